@@ -1,0 +1,137 @@
+//! `outpost`: the hub, the edge runtime and the operator commands in one binary.
+//!
+//! `hub` runs the cloud half (see `outpost-hub`); the other commands talk to a running hub's REST API through
+//! [`service::ServiceClient`], finding it by `--hub` (a service connection string) and trusting `--ca`.
+
+mod hub_command;
+mod operator;
+mod output;
+mod service;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::OutputFormat;
+
+/// Outpost: an IoT edge platform that speaks Azure IoT.
+#[derive(Parser)]
+#[command(name = "outpost", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How the operator commands reach the hub.
+#[derive(clap::Args, Clone)]
+pub struct HubArgs {
+    /// The hub's service connection string (`HostName=..;SharedAccessKeyName=..;SharedAccessKey=..`).
+    #[arg(long = "hub", env = "OUTPOST_HUB_CONNECTION_STRING", hide_env_values = true, global = true)]
+    pub connection_string: Option<String>,
+    /// The CA certificate (PEM) that the hub's TLS certificate chains to.
+    #[arg(long = "ca", env = "OUTPOST_HUB_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Output for people (`human`) or for scripts (`json`).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human, global = true)]
+    pub output: OutputFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run or inspect the hub.
+    Hub {
+        #[command(subcommand)]
+        command: hub_command::HubCommand,
+    },
+    /// Manage devices in the hub's registry.
+    Device {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: operator::DeviceCommand,
+    },
+    /// Manage module identities.
+    Module {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: operator::ModuleCommand,
+    },
+    /// Read and update device and module twins.
+    Twin {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: operator::TwinCommand,
+    },
+    /// Apply a deployment manifest to an edge device.
+    Deploy {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// The edge device.
+        device: String,
+        /// The manifest (`{"modulesContent": {...}}`, Azure IoT Edge format).
+        manifest: PathBuf,
+    },
+    /// Invoke direct methods.
+    Method {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: operator::MethodCommand,
+    },
+    /// Send cloud-to-device messages.
+    Message {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: operator::MessageCommand,
+    },
+    /// Print device-to-cloud messages as JSON lines.
+    Monitor {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(flatten)]
+        args: operator::MonitorArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One crypto provider for the whole process: two enabled providers make rustls panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Hub { command } => hub_command::run(command).await,
+        Command::Device { hub, command } => operator::device(&hub, command).await,
+        Command::Module { hub, command } => operator::module(&hub, command).await,
+        Command::Twin { hub, command } => operator::twin(&hub, command).await,
+        Command::Deploy { hub, device, manifest } => operator::deploy(&hub, &device, &manifest).await,
+        Command::Method { hub, command } => operator::method(&hub, command).await,
+        Command::Message { hub, command } => operator::message(&hub, command).await,
+        Command::Monitor { hub, args } => operator::monitor(&hub, &args).await,
+    }
+}

@@ -1,0 +1,81 @@
+//! The hub's side of the MQTT device protocol: `outpost-mqtt`'s head calls these operations for every
+//! connected device and module.
+
+use async_trait::async_trait;
+use outpost_core::{Identity, Message};
+use outpost_mqtt::{ConnectRefusal, DeviceOperations, OperationError, Outbox};
+use serde_json::Value;
+use std::sync::Arc;
+
+use crate::error::HubError;
+use crate::{store, Hub};
+
+/// [`Hub`] behind an `Arc`, as the protocol head holds it.
+pub struct HubDevices(pub Arc<Hub>);
+
+fn operation_error(error: &HubError) -> OperationError {
+    OperationError { status: error.status(), message: error.to_string() }
+}
+
+#[async_trait]
+impl DeviceOperations for HubDevices {
+    async fn authenticate(&self, identity: &Identity, _username: &str, password: Option<&[u8]>) -> Result<(), ConnectRefusal> {
+        let password = password.and_then(|p| std::str::from_utf8(p).ok()).ok_or(ConnectRefusal::NotAuthorized)?;
+        self.0.authenticate_identity(identity, password).map_err(|error| {
+            tracing::info!(%identity, %error, "connection refused");
+            match error {
+                HubError::Storage(_) => ConnectRefusal::ServerUnavailable,
+                _ => ConnectRefusal::NotAuthorized,
+            }
+        })
+    }
+
+    async fn connected(&self, identity: &Identity, outbox: Outbox) {
+        tracing::debug!(%identity, connection = outbox.connection(), "connected");
+        self.0.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(identity.client_id(), outbox);
+        self.0.push_c2d(identity);
+    }
+
+    async fn disconnected(&self, identity: &Identity, connection: u64) {
+        let mut connections = self.0.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if connections.get(&identity.client_id()).is_some_and(|o| o.connection() == connection) {
+            connections.remove(&identity.client_id());
+        }
+    }
+
+    async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
+        self.0.device_view(identity).map_err(|e| operation_error(&e))
+    }
+
+    async fn patch_reported(&self, identity: &Identity, patch: Value) -> Result<u64, OperationError> {
+        self.0.patch_reported(identity, &patch).map_err(|e| operation_error(&e))
+    }
+
+    async fn send_message(&self, identity: &Identity, message: Message) -> Result<(), OperationError> {
+        self.0.accept_telemetry(identity, &message).map(drop).map_err(|e| operation_error(&e))
+    }
+
+    async fn method_response(&self, _identity: &Identity, rid: &str, status: i32, payload: Vec<u8>) {
+        self.0.method_answered(rid, status, payload);
+    }
+
+    async fn delivered(&self, identity: &Identity, delivery_id: u64) {
+        self.0.complete_c2d(identity, delivery_id);
+    }
+
+    async fn load_subscriptions(&self, client_id: &str) -> Vec<String> {
+        store::session(&self.0.db.lock(), client_id).unwrap_or_else(|error| {
+            tracing::warn!(client_id, %error, "could not load a persisted session");
+            Vec::new()
+        })
+    }
+
+    async fn save_subscriptions(&self, client_id: &str, filters: &[String]) {
+        if let Err(error) = store::put_session(&self.0.db.lock(), client_id, filters) {
+            tracing::warn!(client_id, %error, "could not persist a session");
+        }
+        if let Ok(identity) = Identity::parse_client_id(client_id) {
+            self.0.push_c2d(&identity);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The hub's errors, each with the IoT Hub error code that callers see.
+
+use crate::store::StorageError;
+
+/// What can go wrong in a hub operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The device does not exist.
+    #[error("device {0} not found")]
+    DeviceNotFound(String),
+    /// The module does not exist.
+    #[error("module {0} not found")]
+    ModuleNotFound(String),
+    /// A device with that id exists already.
+    #[error("a device with id {0} already exists")]
+    DeviceAlreadyExists(String),
+    /// A module with that name exists already on the device.
+    #[error("a module with id {0} already exists on the device")]
+    ModuleAlreadyExists(String),
+    /// The `If-Match` etag is stale.
+    #[error("the etag in If-Match does not match the current one")]
+    PreconditionFailed,
+    /// The request is malformed or asks for something impossible.
+    #[error("{0}")]
+    ArgumentInvalid(String),
+    /// A deployment manifest was refused.
+    #[error("invalid configuration content: {0}")]
+    InvalidConfigurationContent(String),
+    /// The caller's credentials do not allow this.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A direct method's target is not connected or not listening for methods.
+    #[error("{0} is not online")]
+    DeviceNotOnline(String),
+    /// A direct method's target did not answer in time.
+    #[error("timed out waiting for the response of {0}")]
+    GatewayTimeout(String),
+    /// The device's cloud-to-device queue is full.
+    #[error("the cloud-to-device queue of {0} is full")]
+    QueueFull(String),
+    /// A message or payload is over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Storage failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl From<rusqlite::Error> for HubError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Storage(error.into())
+    }
+}
+
+impl HubError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::DeviceNotFound(_) | Self::ModuleNotFound(_) | Self::DeviceNotOnline(_) => 404,
+            Self::DeviceAlreadyExists(_) | Self::ModuleAlreadyExists(_) => 409,
+            Self::PreconditionFailed => 412,
+            Self::ArgumentInvalid(_) | Self::InvalidConfigurationContent(_) => 400,
+            Self::Unauthorized(_) => 401,
+            Self::GatewayTimeout(_) => 504,
+            Self::QueueFull(_) => 403,
+            Self::TooLarge(_) => 413,
+            Self::Storage(_) => 500,
+        }
+    }
+
+    /// The IoT Hub error name and number (`DeviceNotFound`, 404001).
+    pub fn code(&self) -> (&'static str, u32) {
+        match self {
+            Self::DeviceNotFound(_) => ("DeviceNotFound", 404_001),
+            Self::ModuleNotFound(_) => ("ModuleNotFound", 404_010),
+            Self::DeviceNotOnline(_) => ("DeviceNotOnline", 404_103),
+            Self::DeviceAlreadyExists(_) => ("DeviceAlreadyExists", 409_001),
+            Self::ModuleAlreadyExists(_) => ("ModuleAlreadyExistsOnDevice", 409_301),
+            Self::PreconditionFailed => ("PreconditionFailed", 412_001),
+            Self::ArgumentInvalid(_) => ("ArgumentInvalid", 400_004),
+            Self::InvalidConfigurationContent(_) => ("InvalidConfigurationContent", 400_004),
+            Self::Unauthorized(_) => ("IotHubUnauthorizedAccess", 401_002),
+            Self::GatewayTimeout(_) => ("GatewayTimeout", 504_101),
+            Self::QueueFull(_) => ("DeviceMaximumQueueDepthExceeded", 403_004),
+            Self::TooLarge(_) => ("MessageTooLarge", 413_001),
+            Self::Storage(_) => ("ServerError", 500_001),
+        }
+    }
+}

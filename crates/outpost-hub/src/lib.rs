@@ -1,0 +1,129 @@
+//! The Outpost hub: the cloud half of Outpost.
+//!
+//! Start reading at [`Hub`], the service state: the registry ([`registry`]), twins and deployments ([`twins`]),
+//! direct methods and messages ([`messaging`]). Two protocol heads sit on top of it: the REST service API of
+//! azure-iot-hub ([`rest`]) and the MQTT device protocol of azure-iot-device, which is `outpost-mqtt`'s head
+//! driven through the [`DeviceOperations`](outpost_mqtt::DeviceOperations) implementation in [`device_ops`].
+//! [`server`] wires both to their listeners. Everything durable lives in SQLite ([`store`]).
+
+pub mod auth;
+pub mod device_ops;
+pub mod error;
+pub mod identity;
+pub mod messaging;
+pub mod pki;
+pub mod registry;
+pub mod rest;
+pub mod server;
+pub mod store;
+pub mod twins;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use outpost_core::{DeviceId, Identity};
+use outpost_mqtt::{Outbox, Outgoing};
+use outpost_store::Database;
+use tokio::sync::{oneshot, watch};
+
+pub use error::HubError;
+pub use server::{HubConfig, RunningHub};
+
+/// The answer of a direct method: the status the device chose and its JSON payload bytes.
+type MethodAnswer = (i32, Vec<u8>);
+
+/// The hub's state, shared by its protocol heads.
+pub struct Hub {
+    /// The host name devices and services address the hub by (the audience of their tokens).
+    host_name: String,
+    db: Database,
+    /// Live device connections by MQTT client id (`d` or `d/m`).
+    ///
+    /// A std `Mutex`: held only to insert, remove or clone an outbox, never across an `.await`.
+    connections: Mutex<HashMap<String, Outbox>>,
+    /// Direct method calls waiting for their response, by request id.
+    pending_methods: Mutex<HashMap<String, oneshot::Sender<MethodAnswer>>>,
+    next_request_id: AtomicU64,
+    /// The sequence number of the newest device-to-cloud event, for long-polling readers.
+    newest_event: watch::Sender<i64>,
+    /// Cloud-to-device messages pushed and not yet acknowledged: message id → connection it went out on.
+    c2d_in_flight: Mutex<HashMap<i64, u64>>,
+}
+
+impl Hub {
+    /// Opens the hub's database in `data_dir` (creating it and the default access policies on first start).
+    pub fn open(data_dir: &Path, host_name: &str) -> Result<Self, HubError> {
+        let db = Database::open(&data_dir.join("hub.sqlite"), store::MIGRATIONS).map_err(|e| match e {
+            outpost_store::StoreError::Sql(e) => HubError::from(e),
+            other @ outpost_store::StoreError::SchemaTooNew { .. } => HubError::ArgumentInvalid(other.to_string()),
+        })?;
+        Self::with_database(db, host_name)
+    }
+
+    /// A hub on an in-memory database, for tests.
+    pub fn in_memory(host_name: &str) -> Result<Self, HubError> {
+        let db = Database::in_memory(store::MIGRATIONS).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+        Self::with_database(db, host_name)
+    }
+
+    fn with_database(db: Database, host_name: &str) -> Result<Self, HubError> {
+        let newest = {
+            let conn = db.lock();
+            if store::policies(&conn)?.is_empty() {
+                for policy in identity::AccessPolicy::defaults() {
+                    store::put_policy(&conn, &policy)?;
+                }
+            }
+            store::last_event(&conn)?
+        };
+        Ok(Self {
+            host_name: host_name.to_owned(),
+            db,
+            connections: Mutex::new(HashMap::new()),
+            pending_methods: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(1),
+            newest_event: watch::channel(newest).0,
+            c2d_in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The host name of the hub.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// Every shared access policy.
+    pub fn policies(&self) -> Result<Vec<identity::AccessPolicy>, HubError> {
+        Ok(store::policies(&self.db.lock())?)
+    }
+
+    /// The outbox of a connected identity.
+    fn outbox(&self, identity: &Identity) -> Option<Outbox> {
+        self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&identity.client_id()).cloned()
+    }
+
+    /// Whether an identity has a live connection.
+    pub fn is_connected(&self, identity: &Identity) -> bool {
+        self.outbox(identity).is_some()
+    }
+
+    /// Closes the connection of one identity, if it has one.
+    fn disconnect(&self, identity: &Identity) {
+        if let Some(outbox) = self.outbox(identity) {
+            outbox.send(Outgoing::Close);
+        }
+    }
+
+    /// Closes the connections of a device and of all its modules.
+    fn disconnect_device(&self, device: &DeviceId) {
+        let prefix = format!("{device}/");
+        let connections = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (client_id, outbox) in connections.iter() {
+            if client_id == device.as_str() || client_id.starts_with(&prefix) {
+                outbox.send(Outgoing::Close);
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Messages and direct methods: the device-to-cloud event stream, cloud-to-device queues, and method calls from
+//! the service to devices and modules.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{SecondsFormat, Utc};
+use outpost_core::{Identity, Message};
+use outpost_mqtt::{Feature, Outgoing};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::error::HubError;
+use crate::registry::{device_id, module_id};
+use crate::store;
+use crate::Hub;
+
+/// Device-to-cloud messages may be at most this large (IoT Hub's limit).
+pub const MAX_D2C_BYTES: usize = 256 * 1024;
+/// Cloud-to-device messages may be at most this large.
+pub const MAX_C2D_BYTES: usize = 64 * 1024;
+/// At most this many cloud-to-device messages wait per device.
+pub const MAX_PENDING_C2D: usize = 50;
+/// Method payloads may be at most this large.
+pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
+
+/// A direct method call from the service.
+#[derive(Debug, Clone)]
+pub struct MethodCall {
+    /// The method's name.
+    pub method: String,
+    /// Its JSON payload.
+    pub payload: Value,
+    /// How long to wait for the answer (5..=300 s, default 30).
+    pub response_timeout: Duration,
+    /// How long to wait for the target to come online (0..=300 s, default 0: fail at once).
+    pub connect_timeout: Duration,
+}
+
+impl MethodCall {
+    /// Reads the body of `POST /twins/{d}[/modules/{m}]/methods`.
+    pub fn from_body(body: &Value) -> Result<Self, HubError> {
+        let invalid = |what: &str| HubError::ArgumentInvalid(what.to_owned());
+        let method = body
+            .get("methodName")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty() && m.len() <= 100)
+            .ok_or_else(|| invalid("methodName is required (at most 100 characters)"))?;
+        let seconds = |key: &str, default: u64, range: std::ops::RangeInclusive<u64>| match body.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(value) => value
+                .as_u64()
+                .filter(|s| range.contains(s))
+                .ok_or_else(|| invalid(&format!("{key} must be a whole number of seconds in {range:?}"))),
+        };
+        let payload = body.get("payload").cloned().unwrap_or(Value::Null);
+        if serde_json::to_vec(&payload).map_or(0, |p| p.len()) > MAX_METHOD_PAYLOAD_BYTES {
+            return Err(HubError::TooLarge("the method payload is larger than 128 KB".into()));
+        }
+        Ok(Self {
+            method: method.to_owned(),
+            payload,
+            response_timeout: Duration::from_secs(seconds("responseTimeoutInSeconds", 30, 5..=300)?),
+            connect_timeout: Duration::from_secs(seconds("connectTimeoutInSeconds", 0, 0..=300)?),
+        })
+    }
+}
+
+/// The JSON form of a message in the event stream (what `outpost monitor` prints).
+pub fn event_json(identity: &Identity, message: &Message, enqueued: &str) -> Value {
+    let mut system: BTreeMap<String, String> = message.system.clone();
+    system.insert("connectionDeviceId".into(), identity.device.to_string());
+    if let Some(module) = &identity.module {
+        system.insert("connectionModuleId".into(), module.to_string());
+    }
+    system.insert("enqueuedTime".into(), enqueued.to_owned());
+    let mut event = json!({
+        "deviceId": identity.device.as_str(),
+        "moduleId": identity.module.as_ref().map(outpost_core::ModuleId::as_str),
+        "properties": message.properties,
+        "systemProperties": system,
+        "enqueuedTime": enqueued,
+    });
+    match std::str::from_utf8(&message.body) {
+        Ok(text) => event["body"] = text.into(),
+        Err(_) => event["bodyBase64"] = base64::engine::general_purpose::STANDARD.encode(&message.body).into(),
+    }
+    event
+}
+
+impl Hub {
+    /// Appends a device-to-cloud message to the event stream (durably, before returning).
+    pub fn accept_telemetry(&self, identity: &Identity, message: &Message) -> Result<i64, HubError> {
+        if message.body.len() > MAX_D2C_BYTES {
+            return Err(HubError::TooLarge("device-to-cloud messages are at most 256 KB".into()));
+        }
+        let enqueued = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let seq = store::append_event(&self.db.lock(), &event_json(identity, message, &enqueued))?;
+        self.newest_event.send_replace(seq);
+        Ok(seq)
+    }
+
+    /// Reads up to `max` events after sequence number `after`, waiting up to `wait` for the first one.
+    pub async fn read_events(&self, after: i64, max: usize, wait: Duration) -> Result<Vec<(i64, Value)>, HubError> {
+        let mut newest = self.newest_event.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let events = store::events_after(&self.db.lock(), after, max)?;
+            if !events.is_empty() {
+                return Ok(events);
+            }
+            if tokio::time::timeout_at(deadline, newest.changed()).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// The sequence number of the newest event.
+    pub fn newest_event(&self) -> i64 {
+        *self.newest_event.borrow()
+    }
+
+    /// Queues a cloud-to-device message for a device and pushes it if the device listens.
+    pub fn send_c2d(&self, device: &str, message: &Message) -> Result<i64, HubError> {
+        let device = device_id(device)?;
+        if message.body.len() > MAX_C2D_BYTES {
+            return Err(HubError::TooLarge("cloud-to-device messages are at most 64 KB".into()));
+        }
+        let stored = json!({
+            "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&message.body),
+            "system": message.system,
+            "properties": message.properties,
+        });
+        let id = self.db.transaction(|tx| {
+            if store::device(tx, &device)?.is_none() {
+                return Err(HubError::DeviceNotFound(device.to_string()));
+            }
+            if store::pending_c2d(tx, &device)?.len() >= MAX_PENDING_C2D {
+                return Err(HubError::QueueFull(device.to_string()));
+            }
+            Ok(store::enqueue_c2d(tx, &device, &stored)?)
+        })?;
+        self.push_c2d(&Identity::device(device));
+        Ok(id)
+    }
+
+    /// Pushes the waiting cloud-to-device messages of a device that listens for them and does not have them yet.
+    pub fn push_c2d(&self, identity: &Identity) {
+        let Some(outbox) = self.outbox(identity) else { return };
+        if identity.module.is_some() || !outbox.subscribed(Feature::CloudToDevice) {
+            return;
+        }
+        let Ok(pending) = store::pending_c2d(&self.db.lock(), &identity.device) else { return };
+        let mut in_flight = self.c2d_in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (id, stored) in pending {
+            if in_flight.get(&id) == Some(&outbox.connection()) {
+                continue;
+            }
+            let Some(message) = stored_c2d(&stored) else { continue };
+            if outbox.send(Outgoing::CloudToDevice { delivery_id: id as u64, message }) {
+                in_flight.insert(id, outbox.connection());
+            }
+        }
+    }
+
+    /// Pushes waiting cloud-to-device messages to every device that can take them.
+    pub fn push_all_c2d(&self) {
+        let Ok(devices) = store::devices_with_c2d(&self.db.lock()) else { return };
+        for device in devices {
+            if let Ok(device) = outpost_core::DeviceId::new(device) {
+                self.push_c2d(&Identity::device(device));
+            }
+        }
+    }
+
+    /// The device acknowledged a cloud-to-device message: it is complete.
+    pub fn complete_c2d(&self, identity: &Identity, delivery_id: u64) {
+        let id = delivery_id as i64;
+        self.c2d_in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+        if let Err(error) = store::complete_c2d(&self.db.lock(), &identity.device, id) {
+            tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
+        }
+    }
+
+    /// Invokes a direct method on a device or module and waits for its answer: `(status, payload)`.
+    pub async fn invoke_method(&self, device: &str, module: Option<&str>, call: MethodCall) -> Result<(i32, Value), HubError> {
+        let identity = Identity { device: device_id(device)?, module: module.map(module_id).transpose()? };
+        match &identity.module {
+            Some(_) => drop(self.module(device, module.unwrap_or_default())?),
+            None => drop(self.device(device)?),
+        }
+        let deadline = tokio::time::Instant::now() + call.connect_timeout;
+        let outbox = loop {
+            match self.outbox(&identity) {
+                Some(outbox) if outbox.subscribed(Feature::Methods) => break outbox,
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(HubError::DeviceNotOnline(identity.to_string()));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let rid = format!("{:x}", self.next_request_id.fetch_add(1, Ordering::Relaxed));
+        let (answer_tx, answer_rx) = oneshot::channel();
+        self.pending_methods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(rid.clone(), answer_tx);
+        let payload = serde_json::to_vec(&call.payload).unwrap_or_default();
+        let sent = outbox.send(Outgoing::MethodRequest { rid: rid.clone(), method: call.method, payload });
+        let answer = if sent { tokio::time::timeout(call.response_timeout, answer_rx).await.ok().and_then(Result::ok) } else { None };
+        self.pending_methods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&rid);
+        let (status, payload) = answer.ok_or_else(|| HubError::GatewayTimeout(identity.to_string()))?;
+        let payload = if payload.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()))
+        };
+        Ok((status, payload))
+    }
+
+    /// A device answered a direct method.
+    pub fn method_answered(&self, rid: &str, status: i32, payload: Vec<u8>) {
+        let waiting = self.pending_methods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(rid);
+        if let Some(waiting) = waiting {
+            let _ = waiting.send((status, payload));
+        }
+    }
+}
+
+/// Reads a queued cloud-to-device message back into a [`Message`].
+fn stored_c2d(stored: &Value) -> Option<Message> {
+    let body = base64::engine::general_purpose::STANDARD.decode(stored.get("bodyBase64")?.as_str()?).ok()?;
+    Some(Message {
+        body,
+        system: serde_json::from_value(stored.get("system")?.clone()).ok()?,
+        properties: serde_json::from_value(stored.get("properties")?.clone()).ok()?,
+    })
+}

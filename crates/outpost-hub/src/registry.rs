@@ -1,0 +1,300 @@
+//! Registry operations: devices and modules, created, updated (with etags), read and deleted.
+
+use chrono::Utc;
+use outpost_core::{DeviceId, Identity, ModuleId, Twin};
+
+use crate::error::HubError;
+use crate::identity::{
+    generate_generation_id, validate_key, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
+};
+use crate::store;
+use crate::Hub;
+
+/// What a caller asks a device to be (a create or an update).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceSpec {
+    /// Its id.
+    pub device_id: String,
+    /// Enabled unless `Some(Disabled)`.
+    pub status: Option<IdentityStatus>,
+    /// Why it has that status.
+    pub status_reason: Option<String>,
+    /// The primary key; empty or missing means generate one.
+    pub primary_key: Option<String>,
+    /// The secondary key; empty or missing means generate one.
+    pub secondary_key: Option<String>,
+    /// Whether it is an edge device.
+    pub iot_edge: bool,
+    /// The parent edge device's id, for a device behind an edge device.
+    pub parent: Option<String>,
+    /// The device scope as a caller gave it (azure-iot-hub style parenting).
+    pub device_scope: Option<String>,
+}
+
+/// What a caller asks a module to be.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleSpec {
+    /// The device it belongs to.
+    pub device_id: String,
+    /// Its name.
+    pub module_id: String,
+    /// Who manages it.
+    pub managed_by: Option<String>,
+    /// The primary key; empty or missing means generate one.
+    pub primary_key: Option<String>,
+    /// The secondary key; empty or missing means generate one.
+    pub secondary_key: Option<String>,
+}
+
+/// How a write is conditioned on the current etag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// No `If-Match`: create only; an existing identity is a conflict.
+    CreateOnly,
+    /// `If-Match: "*"`: any current version.
+    Any,
+    /// `If-Match: "<etag>"`: exactly that version.
+    Etag(String),
+}
+
+impl Precondition {
+    /// Reads an `If-Match` header value (quoted or not).
+    pub fn from_if_match(value: Option<&str>) -> Self {
+        match value.map(|v| v.trim().trim_matches('"')) {
+            None => Self::CreateOnly,
+            Some("*") => Self::Any,
+            Some(etag) => Self::Etag(etag.to_owned()),
+        }
+    }
+
+    /// Checks an existing identity's etag against this precondition.
+    pub fn check(&self, current_etag: &str) -> Result<(), HubError> {
+        match self {
+            Self::Etag(etag) if etag != current_etag => Err(HubError::PreconditionFailed),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn device_id(raw: &str) -> Result<DeviceId, HubError> {
+    DeviceId::new(raw).map_err(|e| HubError::ArgumentInvalid(format!("invalid device id {raw:?}: {e}")))
+}
+
+pub(crate) fn module_id(raw: &str) -> Result<ModuleId, HubError> {
+    ModuleId::new(raw).map_err(|e| HubError::ArgumentInvalid(format!("invalid module id {raw:?}: {e}")))
+}
+
+impl Hub {
+    /// Creates or updates a device as `precondition` allows.
+    pub fn put_device(&self, spec: DeviceSpec, precondition: &Precondition) -> Result<DeviceRecord, HubError> {
+        let id = device_id(&spec.device_id)?;
+        for key in [&spec.primary_key, &spec.secondary_key].into_iter().flatten() {
+            validate_key(key).map_err(HubError::ArgumentInvalid)?;
+        }
+        let record = self.db.transaction(|tx| {
+            let parent_scope = match &spec.parent {
+                Some(parent) => {
+                    let parent_id = device_id(parent)?;
+                    let parent = store::device(tx, &parent_id)?.ok_or(HubError::DeviceNotFound(parent.clone()))?;
+                    if !parent.iot_edge {
+                        return Err(HubError::ArgumentInvalid(format!("parent {parent_id} is not an edge device")));
+                    }
+                    Some(parent.edge_scope())
+                }
+                None => None,
+            };
+            let existing = store::device(tx, &id)?;
+            let record = match (existing, precondition) {
+                (Some(_), Precondition::CreateOnly) => return Err(HubError::DeviceAlreadyExists(id.to_string())),
+                (None, Precondition::Etag(_)) => return Err(HubError::DeviceNotFound(id.to_string())),
+                (Some(mut current), _) => {
+                    precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
+                    let status = spec.status.unwrap_or(current.status);
+                    if status != current.status {
+                        current.status_updated = Utc::now();
+                    }
+                    current.status = status;
+                    current.status_reason = spec.status_reason.clone();
+                    // Keys left empty on an update keep their value: an update is not a key rotation.
+                    let keep = |given: &Option<String>, old: &str| {
+                        given.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| old.to_owned())
+                    };
+                    current.credentials.primary_key = keep(&spec.primary_key, &current.credentials.primary_key);
+                    current.credentials.secondary_key = keep(&spec.secondary_key, &current.credentials.secondary_key);
+                    current.iot_edge = spec.iot_edge;
+                    apply_scopes(&mut current, &spec, parent_scope);
+                    current.etag_counter += 1;
+                    current
+                }
+                (None, _) => {
+                    let mut record = DeviceRecord {
+                        device_id: id.clone(),
+                        generation_id: generate_generation_id(),
+                        etag_counter: 1,
+                        status: spec.status.unwrap_or(IdentityStatus::Enabled),
+                        status_reason: spec.status_reason.clone(),
+                        status_updated: Utc::now(),
+                        credentials: Credentials::sas(spec.primary_key.as_deref(), spec.secondary_key.as_deref()),
+                        iot_edge: spec.iot_edge,
+                        device_scope: None,
+                        parent_scopes: Vec::new(),
+                    };
+                    apply_scopes(&mut record, &spec, parent_scope);
+                    store::put_twin(tx, &id, None, &Twin::new(Utc::now()))?;
+                    record
+                }
+            };
+            store::put_device(tx, &record)?;
+            if record.iot_edge {
+                for system in ["$edgeAgent", "$edgeHub"] {
+                    let module = ModuleId::new(system).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+                    if store::module(tx, &id, &module)?.is_none() {
+                        insert_module(tx, &id, &module, Some("IotEdge".into()), None, None)?;
+                    }
+                }
+            }
+            Ok::<_, HubError>(record)
+        })?;
+        if record.status == IdentityStatus::Disabled {
+            self.disconnect_device(&record.device_id);
+        }
+        Ok(record)
+    }
+
+    /// Reads a device.
+    pub fn device(&self, id: &str) -> Result<DeviceRecord, HubError> {
+        let id = device_id(id)?;
+        store::device(&self.db.lock(), &id)?.ok_or_else(|| HubError::DeviceNotFound(id.to_string()))
+    }
+
+    /// Lists every device.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, HubError> {
+        Ok(store::devices(&self.db.lock())?)
+    }
+
+    /// Deletes a device with its modules and twins, and disconnects them.
+    pub fn delete_device(&self, id: &str, precondition: &Precondition) -> Result<(), HubError> {
+        let id = device_id(id)?;
+        self.db.transaction(|tx| {
+            let current = store::device(tx, &id)?.ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
+            precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
+            store::delete_device(tx, &id)?;
+            Ok::<_, HubError>(())
+        })?;
+        self.disconnect_device(&id);
+        Ok(())
+    }
+
+    /// Creates or updates a module as `precondition` allows; returns it and whether it was created.
+    pub fn put_module(&self, spec: ModuleSpec, precondition: &Precondition) -> Result<(ModuleRecord, bool), HubError> {
+        let device = device_id(&spec.device_id)?;
+        let module = module_id(&spec.module_id)?;
+        for key in [&spec.primary_key, &spec.secondary_key].into_iter().flatten() {
+            validate_key(key).map_err(HubError::ArgumentInvalid)?;
+        }
+        self.db.transaction(|tx| {
+            if store::device(tx, &device)?.is_none() {
+                return Err(HubError::DeviceNotFound(device.to_string()));
+            }
+            match (store::module(tx, &device, &module)?, precondition) {
+                (Some(_), Precondition::CreateOnly) => Err(HubError::ModuleAlreadyExists(module.to_string())),
+                (None, Precondition::Etag(_)) => Err(HubError::ModuleNotFound(module.to_string())),
+                (Some(mut current), _) => {
+                    precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
+                    if let Some(key) = spec.primary_key.filter(|k| !k.is_empty()) {
+                        current.credentials.primary_key = key;
+                    }
+                    if let Some(key) = spec.secondary_key.filter(|k| !k.is_empty()) {
+                        current.credentials.secondary_key = key;
+                    }
+                    if spec.managed_by.is_some() {
+                        current.managed_by = spec.managed_by;
+                    }
+                    current.etag_counter += 1;
+                    store::put_module(tx, &current)?;
+                    Ok((current, false))
+                }
+                (None, _) => {
+                    let record = insert_module(
+                        tx,
+                        &device,
+                        &module,
+                        spec.managed_by,
+                        spec.primary_key.as_deref(),
+                        spec.secondary_key.as_deref(),
+                    )?;
+                    Ok((record, true))
+                }
+            }
+        })
+    }
+
+    /// Reads a module.
+    pub fn module(&self, device: &str, module: &str) -> Result<ModuleRecord, HubError> {
+        let (device, module) = (device_id(device)?, module_id(module)?);
+        let conn = self.db.lock();
+        if store::device(&conn, &device)?.is_none() {
+            return Err(HubError::DeviceNotFound(device.to_string()));
+        }
+        store::module(&conn, &device, &module)?.ok_or_else(|| HubError::ModuleNotFound(module.to_string()))
+    }
+
+    /// Lists the modules of a device.
+    pub fn modules(&self, device: &str) -> Result<Vec<ModuleRecord>, HubError> {
+        let device = device_id(device)?;
+        let conn = self.db.lock();
+        if store::device(&conn, &device)?.is_none() {
+            return Err(HubError::DeviceNotFound(device.to_string()));
+        }
+        Ok(store::modules(&conn, &device)?)
+    }
+
+    /// Deletes a module and its twin, and disconnects it.
+    pub fn delete_module(&self, device: &str, module: &str, precondition: &Precondition) -> Result<(), HubError> {
+        let (device, module) = (device_id(device)?, module_id(module)?);
+        self.db.transaction(|tx| {
+            let current = store::module(tx, &device, &module)?
+                .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))?;
+            precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
+            store::delete_module(tx, &device, &module)?;
+            Ok::<_, HubError>(())
+        })?;
+        self.disconnect(&Identity::module(device, module));
+        Ok(())
+    }
+}
+
+fn apply_scopes(record: &mut DeviceRecord, spec: &DeviceSpec, parent_scope: Option<String>) {
+    if record.iot_edge {
+        record.device_scope = Some(record.edge_scope());
+    } else if let Some(scope) = spec.device_scope.clone().filter(|s| !s.is_empty()) {
+        record.device_scope = Some(scope);
+    }
+    if let Some(scope) = parent_scope {
+        if !record.iot_edge {
+            record.device_scope = Some(scope.clone());
+        }
+        record.parent_scopes = vec![scope];
+    }
+}
+
+pub(crate) fn insert_module(
+    tx: &rusqlite::Connection,
+    device: &DeviceId,
+    module: &ModuleId,
+    managed_by: Option<String>,
+    primary_key: Option<&str>,
+    secondary_key: Option<&str>,
+) -> Result<ModuleRecord, HubError> {
+    let record = ModuleRecord {
+        device_id: device.clone(),
+        module_id: module.clone(),
+        generation_id: generate_generation_id(),
+        etag_counter: 1,
+        managed_by,
+        credentials: Credentials::sas(primary_key, secondary_key),
+    };
+    store::put_module(tx, &record)?;
+    store::put_twin(tx, device, Some(module), &Twin::new(Utc::now()))?;
+    Ok(record)
+}

@@ -1,0 +1,152 @@
+//! The REST service API, as azure-iot-hub 2.7.0 calls it (AZURE-COMPAT §4), plus Outpost's own endpoints for
+//! cloud-to-device messages and reading the event stream.
+//!
+//! Every request needs a known `api-version` and a shared access signature whose policy grants the right the
+//! route needs. Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
+
+mod devices;
+mod messages;
+mod twins;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde_json::Value;
+
+use crate::error::HubError;
+use crate::identity::Right;
+use crate::registry::Precondition;
+use crate::Hub;
+
+/// The api-versions the hub answers. azure-iot-hub 2.7.0 sends 2021-04-12.
+pub const API_VERSIONS: &[&str] = &[
+    "2016-11-14",
+    "2017-11-08-preview",
+    "2018-06-30",
+    "2018-08-30-preview",
+    "2019-03-30",
+    "2019-10-01",
+    "2020-03-13",
+    "2020-05-31-preview",
+    "2020-06-30-preview",
+    "2020-09-30",
+    "2021-04-12",
+];
+
+/// The REST router over a hub.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/devices", get(devices::list_devices))
+        .route("/devices/{device}", put(devices::put_device).get(devices::get_device).delete(devices::delete_device))
+        .route("/devices/{device}/modules", get(devices::list_modules))
+        .route(
+            "/devices/{device}/modules/{module}",
+            put(devices::put_module).get(devices::get_module).delete(devices::delete_module),
+        )
+        .route("/devices/{device}/applyConfigurationContent", post(twins::apply_configuration))
+        .route("/devices/{device}/messages/deviceBound", post(messages::send_c2d))
+        .route("/twins/{device}", get(twins::get_device_twin).patch(twins::patch_device_twin).put(twins::replace_device_twin))
+        .route(
+            "/twins/{device}/modules/{module}",
+            get(twins::get_module_twin).patch(twins::patch_module_twin).put(twins::replace_module_twin),
+        )
+        .route("/twins/{device}/methods", post(messages::invoke_device_method))
+        .route("/twins/{device}/modules/{module}/methods", post(messages::invoke_module_method))
+        .route("/events", get(messages::read_events))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(require_api_version))
+        .with_state(hub)
+}
+
+/// The shared state of the handlers.
+type HubState = State<Arc<Hub>>;
+
+async fn not_found() -> ApiError {
+    ApiError(HubError::ArgumentInvalid("no such resource".into()), StatusCode::NOT_FOUND)
+}
+
+/// Refuses a request without a known `api-version` before any handler runs.
+async fn require_api_version(request: Request, next: Next) -> Response {
+    let version = request.uri().query().and_then(|query| {
+        query.split('&').find_map(|pair| pair.strip_prefix("api-version=")).map(str::to_owned)
+    });
+    match version {
+        None => ApiError::bad_request("the api-version query parameter is required").into_response(),
+        Some(v) if !API_VERSIONS.contains(&v.as_str()) => {
+            ApiError::bad_request(&format!("invalid api-version {v:?}; this hub knows {}", API_VERSIONS.join(", ")))
+                .into_response()
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+/// An error answered in IoT Hub's shape.
+pub struct ApiError(HubError, StatusCode);
+
+impl ApiError {
+    fn bad_request(message: &str) -> Self {
+        HubError::ArgumentInvalid(message.to_owned()).into()
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(error: HubError) -> Self {
+        let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self(error, status)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ApiError(error, status) = self;
+        let (name, _number) = error.code();
+        let text = if let HubError::Storage(cause) = &error {
+            // Internal errors never leak: the caller learns that it failed, the log learns why.
+            tracing::error!(error = %cause, "internal error");
+            "internal error".to_owned()
+        } else {
+            error.to_string()
+        };
+        let now = chrono::Utc::now();
+        let body = serde_json::json!({
+            "Message": format!("ErrorCode:{name};{text}"),
+            "ExceptionMessage": format!(
+                "Tracking ID:{}-G:0-TimeStamp:{}",
+                uuid::Uuid::new_v4().simple(),
+                now.format("%m/%d/%Y %H:%M:%S")
+            ),
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert("iothub-errorcode", HeaderValue::from_static(name));
+        response
+    }
+}
+
+/// Checks the caller's shared access signature for `right`.
+fn authorize(hub: &Hub, headers: &HeaderMap, right: Right) -> Result<(), ApiError> {
+    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    hub.authorize_service(header, right)?;
+    Ok(())
+}
+
+/// The `If-Match` precondition of a request.
+fn precondition(headers: &HeaderMap) -> Precondition {
+    Precondition::from_if_match(headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok()))
+}
+
+/// Parses a JSON request body, refusing malformed JSON with a clear 400.
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(&format!("the request body is not valid JSON: {e}")))
+}
+
+/// A `200 OK` JSON response.
+fn ok_json(value: Value) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}

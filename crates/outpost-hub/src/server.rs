@@ -1,0 +1,157 @@
+//! Runs a hub: opens its data directory, makes its certificates, and serves the MQTT and HTTPS listeners until
+//! shut down.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::device_ops::HubDevices;
+use crate::pki::CertificateAuthority;
+use crate::Hub;
+
+/// How a hub is run.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Where its database and certificates live.
+    pub data_dir: PathBuf,
+    /// The name clients address it by: the server certificate names it, tokens are scoped to it.
+    pub host_name: String,
+    /// The address both listeners bind.
+    pub bind: IpAddr,
+    /// The MQTT/TLS port (8883).
+    pub mqtt_port: u16,
+    /// The HTTPS port (443).
+    pub https_port: u16,
+}
+
+/// A hub serving its listeners.
+pub struct RunningHub {
+    /// The hub's state.
+    pub hub: Arc<Hub>,
+    /// Where MQTT listens.
+    pub mqtt_addr: SocketAddr,
+    /// Where HTTPS listens.
+    pub https_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl HubConfig {
+    /// The service connection string of the `iothubowner` policy (`HostName` carries the port when it is not 443).
+    pub fn owner_connection_string(&self) -> anyhow::Result<String> {
+        let hub = Hub::open(&self.data_dir, &self.host_name)?;
+        connection_string(&hub, &self.host_name, self.https_port)
+    }
+}
+
+/// The service connection string of the `iothubowner` policy of `hub`.
+pub fn connection_string(hub: &Hub, host_name: &str, https_port: u16) -> anyhow::Result<String> {
+    let owner = hub
+        .policies()?
+        .into_iter()
+        .find(|p| p.name == "iothubowner")
+        .ok_or_else(|| anyhow::anyhow!("the hub has no iothubowner policy"))?;
+    let host = if https_port == 443 { host_name.to_owned() } else { format!("{host_name}:{https_port}") };
+    Ok(outpost_core::ConnectionString::service(&host, &owner.name, &owner.primary_key).to_string())
+}
+
+impl RunningHub {
+    /// Opens the hub and starts serving; returns once both listeners are bound.
+    pub async fn start(config: &HubConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
+        let hub = Arc::new(Hub::open(&config.data_dir, &config.host_name)?);
+        let ca = CertificateAuthority::load_or_create(&config.data_dir, "Outpost hub CA")?;
+        let tls = ca.server_tls_config(&config.host_name)?;
+
+        let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT").await?;
+        let https_listener = bind(config.bind, config.https_port, "HTTPS").await?;
+        let mqtt_addr = mqtt_listener.local_addr()?;
+        let https_addr = https_listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let mqtt_config = outpost_mqtt::ServerConfig::new(tls.clone());
+        let devices = Arc::new(HubDevices(hub.clone()));
+        let stop = stopped(shutdown_rx.clone());
+        tasks.spawn(async move {
+            if let Err(error) = outpost_mqtt::serve(mqtt_listener, mqtt_config, devices, stop).await {
+                tracing::error!(%error, "the MQTT listener stopped");
+            }
+        });
+        tasks.spawn(serve_https(https_listener, TlsAcceptor::from(tls), crate::rest::router(hub.clone()), shutdown_rx.clone()));
+        let pusher = hub.clone();
+        let mut stop = shutdown_rx;
+        tasks.spawn(async move {
+            // Cloud-to-device messages wait for a device that listens; this retries the ones not in flight.
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => pusher.push_all_c2d(),
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        tracing::info!(%mqtt_addr, %https_addr, host_name = %config.host_name, "hub listening");
+        Ok(Self { hub, mqtt_addr, https_addr, shutdown, tasks })
+    }
+
+    /// Stops the listeners and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((ip, port)).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {ip}:{port}: {e}"))
+}
+
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves the REST API over TLS, one task per connection.
+async fn serve_https(listener: TcpListener, acceptor: TlsAcceptor, router: axum::Router, shutdown: watch::Receiver<bool>) {
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "HTTPS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return,
+        };
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(error) = connection {
+                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,234 @@
+//! Twins and deployments: reading twins, service updates of tags and desired properties (merge or replace, with
+//! etags), device updates of reported properties, and deployment manifests written into module twins.
+
+use chrono::Utc;
+use outpost_core::{DeploymentManifest, Identity, Twin, TwinError};
+use outpost_mqtt::Outgoing;
+use serde_json::{Map, Value};
+
+use crate::error::HubError;
+use crate::registry::{device_id, module_id, Precondition};
+use crate::store;
+use crate::Hub;
+
+/// A service write to a twin: tags and/or desired properties.
+#[derive(Debug, Clone, Default)]
+pub struct TwinWrite {
+    /// New tags (merged, or replacing all with `replace`).
+    pub tags: Option<Value>,
+    /// New desired properties (merged, or replacing all with `replace`).
+    pub desired: Option<Value>,
+    /// Replace instead of merge (PUT instead of PATCH).
+    pub replace: bool,
+}
+
+impl TwinWrite {
+    /// Reads the body of a twin PATCH or PUT: `{"tags":{..},"properties":{"desired":{..}}}`.
+    pub fn from_body(body: &Value, replace: bool) -> Result<Self, HubError> {
+        let object = body.as_object().ok_or_else(|| HubError::ArgumentInvalid("the twin body must be a JSON object".into()))?;
+        let mut write = Self { replace, ..Self::default() };
+        if let Some(tags) = object.get("tags").filter(|t| !t.is_null()) {
+            write.tags = Some(tags.clone());
+        }
+        if let Some(properties) = object.get("properties").filter(|p| !p.is_null()) {
+            let properties = properties
+                .as_object()
+                .ok_or_else(|| HubError::ArgumentInvalid("twin properties must be a JSON object".into()))?;
+            if properties.get("reported").is_some_and(|r| !r.is_null()) {
+                return Err(HubError::ArgumentInvalid("reported properties can only be written by the device".into()));
+            }
+            if let Some(desired) = properties.get("desired").filter(|d| !d.is_null()) {
+                write.desired = Some(desired.clone());
+            }
+        }
+        Ok(write)
+    }
+}
+
+/// A twin with the identity fields that its REST form shows.
+pub struct TwinView {
+    /// The twin.
+    pub twin: Twin,
+    /// The device.
+    pub device: crate::identity::DeviceRecord,
+    /// The module, for a module twin.
+    pub module: Option<crate::identity::ModuleRecord>,
+    /// Whether the twin's identity is connected now.
+    pub connected: bool,
+}
+
+fn twin_error(error: &TwinError) -> HubError {
+    HubError::ArgumentInvalid(format!("the twin update was refused: {error}"))
+}
+
+impl Hub {
+    /// Reads the twin of a device (`module` `None`) or a module, with its identity.
+    pub fn twin(&self, device: &str, module: Option<&str>) -> Result<TwinView, HubError> {
+        let device_id = device_id(device)?;
+        let module_id = module.map(module_id).transpose()?;
+        let (twin, device, module) = {
+            let conn = self.db.lock();
+            let device = store::device(&conn, &device_id)?.ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
+            let module = match &module_id {
+                Some(m) => Some(store::module(&conn, &device_id, m)?.ok_or_else(|| HubError::ModuleNotFound(m.to_string()))?),
+                None => None,
+            };
+            let twin = store::twin(&conn, &device_id, module_id.as_ref())?.unwrap_or_else(|| Twin::new(Utc::now()));
+            (twin, device, module)
+        };
+        let identity = Identity { device: device_id, module: module_id };
+        Ok(TwinView { twin, device, module, connected: self.is_connected(&identity) })
+    }
+
+    /// Applies a service write to a twin and notifies the connected device of desired changes.
+    pub fn write_twin(
+        &self,
+        device: &str,
+        module: Option<&str>,
+        write: &TwinWrite,
+        precondition: &Precondition,
+    ) -> Result<TwinView, HubError> {
+        let identity = Identity { device: device_id(device)?, module: module.map(module_id).transpose()? };
+        let notification = self.db.transaction(|tx| {
+            let mut twin = self.twin_for_update(tx, &identity)?;
+            if let Precondition::Etag(_) = precondition {
+                precondition.check(&twin.etag())?;
+            }
+            let now = Utc::now();
+            // Work on a copy: a refused part leaves the stored twin as it was.
+            let mut updated = twin.clone();
+            if let Some(tags) = &write.tags {
+                let result = if write.replace { updated.replace_tags(tags) } else { updated.patch_tags(tags) };
+                result.map_err(|e| twin_error(&e))?;
+            }
+            let notification = match &write.desired {
+                Some(desired) if write.replace => Some(updated.replace_desired(desired, now).map_err(|e| twin_error(&e))?),
+                Some(desired) => Some(updated.patch_desired(desired, now).map_err(|e| twin_error(&e))?),
+                None => None,
+            };
+            twin = updated;
+            store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
+            Ok::<_, HubError>(notification)
+        })?;
+        if let Some(body) = notification {
+            self.notify_desired(&identity, body);
+        }
+        self.twin(device, module)
+    }
+
+    /// Applies a reported patch from the device itself; returns the new reported `$version`.
+    pub fn patch_reported(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
+        self.db.transaction(|tx| {
+            let mut twin = self.twin_for_update(tx, identity)?;
+            let version = twin.patch_reported(patch, Utc::now()).map_err(|e| twin_error(&e))?;
+            store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
+            Ok(version)
+        })
+    }
+
+    /// The twin a device or module sees (`{"desired":..,"reported":..}`).
+    pub fn device_view(&self, identity: &Identity) -> Result<Value, HubError> {
+        let conn = self.db.lock();
+        let twin = store::twin(&conn, &identity.device, identity.module.as_ref())?
+            .ok_or_else(|| HubError::DeviceNotFound(identity.to_string()))?;
+        Ok(twin.device_view())
+    }
+
+    /// Applies a deployment manifest to an edge device: each entry of `modulesContent` replaces that module
+    /// twin's desired properties. Module identities named by the manifest are created when missing.
+    pub fn apply_configuration(&self, device: &str, content: &Value) -> Result<(), HubError> {
+        let device_id = device_id(device)?;
+        let manifest =
+            DeploymentManifest::from_json(content).map_err(|e| HubError::InvalidConfigurationContent(e.to_string()))?;
+        let mut notifications = Vec::new();
+        self.db.transaction(|tx| {
+            let record = store::device(tx, &device_id)?.ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
+            if !record.iot_edge {
+                return Err(HubError::ArgumentInvalid(format!("{device} is not an edge device")));
+            }
+            // Validate every twin change first, so that a refused one leaves all twins as they were.
+            let mut updates = Vec::new();
+            for (name, desired) in &manifest.modules_content {
+                let module = module_id(name)?;
+                let mut twin = match store::twin(tx, &device_id, Some(&module))? {
+                    Some(twin) => twin,
+                    None => Twin::new(Utc::now()),
+                };
+                let body = twin.replace_desired(desired, Utc::now()).map_err(|e| {
+                    HubError::InvalidConfigurationContent(format!("module {name}: {e}"))
+                })?;
+                updates.push((module, twin, body));
+            }
+            for (module, twin, body) in updates {
+                if store::module(tx, &device_id, &module)?.is_none() {
+                    crate::registry::insert_module(tx, &device_id, &module, Some("IotEdge".into()), None, None)?;
+                }
+                store::put_twin(tx, &device_id, Some(&module), &twin)?;
+                notifications.push((Identity::module(device_id.clone(), module), body));
+            }
+            store::put_deployment(tx, &device_id, content)?;
+            Ok(())
+        })?;
+        for (identity, body) in notifications {
+            self.notify_desired(&identity, body);
+        }
+        Ok(())
+    }
+
+    fn twin_for_update(&self, tx: &rusqlite::Connection, identity: &Identity) -> Result<Twin, HubError> {
+        if store::device(tx, &identity.device)?.is_none() {
+            return Err(HubError::DeviceNotFound(identity.device.to_string()));
+        }
+        if let Some(module) = &identity.module {
+            if store::module(tx, &identity.device, module)?.is_none() {
+                return Err(HubError::ModuleNotFound(module.to_string()));
+            }
+        }
+        Ok(store::twin(tx, &identity.device, identity.module.as_ref())?.unwrap_or_else(|| Twin::new(Utc::now())))
+    }
+
+    fn notify_desired(&self, identity: &Identity, body: Value) {
+        if let Some(outbox) = self.outbox(identity) {
+            if outbox.subscribed(outpost_mqtt::Feature::DesiredPatches) {
+                outbox.send(Outgoing::DesiredPatch { body });
+            }
+        }
+    }
+}
+
+/// The REST JSON of a twin (`azure-iot-hub`'s `Twin` model).
+pub fn twin_json(view: &TwinView) -> Value {
+    let mut json = Map::new();
+    json.insert("deviceId".into(), view.device.device_id.as_str().into());
+    if let Some(module) = &view.module {
+        json.insert("moduleId".into(), module.module_id.as_str().into());
+    }
+    json.insert("etag".into(), view.twin.etag().into());
+    let device_etag = match &view.module {
+        Some(m) => crate::identity::identity_etag(m.etag_counter),
+        None => crate::identity::identity_etag(view.device.etag_counter),
+    };
+    json.insert("deviceEtag".into(), device_etag.into());
+    json.insert("version".into(), view.twin.version().into());
+    json.insert("status".into(), serde_json::to_value(view.device.status).unwrap_or(Value::Null));
+    json.insert("statusUpdateTime".into(), view.device.status_updated.to_rfc3339().into());
+    json.insert("connectionState".into(), if view.connected { "Connected" } else { "Disconnected" }.into());
+    json.insert("lastActivityTime".into(), "0001-01-01T00:00:00Z".into());
+    json.insert("cloudToDeviceMessageCount".into(), 0.into());
+    json.insert("authenticationType".into(), "sas".into());
+    json.insert(
+        "x509Thumbprint".into(),
+        serde_json::json!({"primaryThumbprint": null, "secondaryThumbprint": null}),
+    );
+    if view.module.is_none() {
+        json.insert("capabilities".into(), serde_json::json!({"iotEdge": view.device.iot_edge}));
+        if let Some(scope) = &view.device.device_scope {
+            json.insert("deviceScope".into(), scope.clone().into());
+        }
+        json.insert("parentScopes".into(), serde_json::to_value(&view.device.parent_scopes).unwrap_or_default());
+    }
+    json.insert("modelId".into(), "".into());
+    json.insert("tags".into(), Value::Object(view.twin.tags().clone()));
+    json.insert("properties".into(), view.twin.properties_json());
+    Value::Object(json)
+}
