@@ -1,0 +1,25 @@
+//! Outpost's pure domain: everything the hub and the edge agree on, with no I/O, no async and no randomness.
+//!
+//! Start with [`id`] (device and module ids and the [`Identity`] that owns a connection), then [`sas`]
+//! (shared-access-signature tokens: parse, verify, build as the Azure SDKs do) and [`connection_string`].
+//! [`message`] turns the MQTT property bag of a topic into system and application properties and back.
+//! [`twin`] holds a twin document: tags, desired and reported sections with their `$version` and `$metadata`,
+//! the merge-patch and replace rules and the IoT Hub limits; a refused change leaves the twin untouched.
+//! [`manifest`] validates an IoT Edge deployment manifest and reads `$edgeAgent` and `$edgeHub` from it.
+//! `quote` (private) percent-encodes exactly as Python's `urllib.parse`, which is what the Azure SDKs use.
+//! Every public function returns an error instead of panicking on bad input.
+
+pub mod connection_string;
+pub mod id;
+pub mod manifest;
+pub mod message;
+mod quote;
+pub mod sas;
+pub mod twin;
+
+pub use connection_string::*;
+pub use id::{DeviceId, IdError, Identity, ModuleId};
+pub use manifest::*;
+pub use message::*;
+pub use sas::*;
+pub use twin::{Twin, TwinError, TwinSection};

@@ -1,0 +1,64 @@
+//! Percent-encoding exactly as Python's `urllib.parse` does it, since the Azure SDKs build their strings with it.
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// What `quote(s, safe="")` leaves alone: Python's "always safe" characters.
+const QUOTE_SAFE_NONE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~');
+
+/// What `quote(s)` leaves alone: its default `safe="/"`.
+const QUOTE_SAFE_SLASH: &AsciiSet = &QUOTE_SAFE_NONE.remove(b'/');
+
+/// `urllib.parse.quote(s, safe="")`.
+pub(crate) fn quote(s: &str) -> String {
+    utf8_percent_encode(s, QUOTE_SAFE_NONE).to_string()
+}
+
+/// `urllib.parse.quote(s)`: like [`quote`] but `/` stays raw.
+pub(crate) fn quote_keep_slash(s: &str) -> String {
+    utf8_percent_encode(s, QUOTE_SAFE_SLASH).to_string()
+}
+
+/// `urllib.parse.quote_plus(s)`: like [`quote`] but a space becomes `+`.
+pub(crate) fn quote_plus(s: &str) -> String {
+    s.split(' ').map(quote).collect::<Vec<_>>().join("+")
+}
+
+/// Percent-decodes `s` to UTF-8. `+` stays `+`: the SDKs never use it for a space, and base64 needs it.
+pub(crate) fn unquote(s: &str) -> Result<String, std::str::Utf8Error> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_matches_python_for_reserved_and_unreserved_characters() {
+        assert_eq!(quote("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(quote("$ /&=+%"), "%24%20%2F%26%3D%2B%25");
+        assert_eq!(quote("\u{e9}"), "%C3%A9");
+    }
+
+    #[test]
+    fn quote_keep_slash_leaves_slashes_raw() {
+        assert_eq!(quote_keep_slash("a/b+c="), "a/b%2Bc%3D");
+    }
+
+    #[test]
+    fn quote_plus_turns_spaces_into_plus() {
+        assert_eq!(quote_plus("a b+c"), "a+b%2Bc");
+    }
+
+    #[test]
+    fn unquote_keeps_plus_and_refuses_invalid_utf8() {
+        assert_eq!(unquote("a+b%2F/").unwrap(), "a+b//");
+        assert!(unquote("%FF").is_err());
+        assert_eq!(unquote("%zz%").unwrap(), "%zz%");
+    }
+}
