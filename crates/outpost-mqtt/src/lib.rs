@@ -1,0 +1,23 @@
+//! The device-protocol head of Outpost: MQTT 3.1.1 as IoT Hub speaks it, over a trait of backend operations.
+//!
+//! Read it in layers, each testable alone. [`packet`] is the codec: one module per packet type, two-phase
+//! framing, [`decode`] and [`encode`]. [`topic`] maps IoT Hub topics to requests and builds the topics the
+//! server publishes on. [`session`] is a pure state machine: packets and backend pushes in, packets and
+//! [`DeviceOperations`] calls out. [`server`] is the tokio/TLS driver ([`serve`]): accept loop, CONNECT and
+//! authentication, one reader task and one batching writer per connection, and the registry that closes a
+//! client's older connection and keeps persistent sessions. [`client`] is a small MQTT/TLS client for the
+//! benchmark, the Rust SDK and the tests. [`ops`] holds the contract with the backend.
+
+pub mod client;
+mod io;
+pub mod ops;
+pub mod packet;
+pub mod server;
+pub mod session;
+pub mod topic;
+
+pub use client::{Client, ClientError};
+pub use io::ReadError;
+pub use ops::{ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing};
+pub use packet::*;
+pub use server::{serve, ServerConfig, DEFAULT_MAX_PACKET_SIZE};

@@ -1,0 +1,128 @@
+//! The tokio/TLS driver of the device protocol: [`serve`] accepts connections and runs one session each.
+//!
+//! Per connection: a reader task decodes packets, the connection task owns the [`Session`](crate::session::Session)
+//! and runs backend operations, a writer task batches replies. Whatever one client sends, only its own
+//! connection closes.
+
+mod connection;
+mod handshake;
+mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use connection::ConnectionError;
+pub use handshake::username_names_client;
+
+use crate::ops::DeviceOperations;
+use registry::Registry;
+
+/// IoT Hub's message limit (256 KiB) plus room for the topic and its property bag.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024 + 16 * 1024;
+
+/// How the server runs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// TLS (the Python SDK needs TLS 1.2 offered; the certificate must name the host clients dial).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Largest packet accepted; a larger one closes its connection (256 KiB + headroom by default).
+    pub max_packet_size: usize,
+    /// Time allowed for the TLS handshake, and then for the CONNECT.
+    pub connect_timeout: Duration,
+    /// QoS 1 publishes sent to one client and not yet acknowledged; more wait their turn.
+    pub max_inflight: u16,
+    /// Connections served at once; past this, accepting waits.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// The defaults around a TLS configuration.
+    pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            tls,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            connect_timeout: Duration::from_secs(30),
+            max_inflight: 100,
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// What every connection of one server shares.
+struct Shared<O> {
+    ops: Arc<O>,
+    config: ServerConfig,
+    acceptor: TlsAcceptor,
+    registry: Registry,
+}
+
+/// Accept loop: TLS handshake, CONNECT, then the session until disconnect. A second connection of the same client id
+/// closes the first. Returns when `shutdown` fires.
+///
+/// On shutdown every connection closes (the backend sees `disconnected`) within a few seconds. Accept
+/// errors (out of file descriptors...) are logged and retried, so the result is `Ok` in practice.
+pub async fn serve<O: DeviceOperations>(
+    listener: TcpListener,
+    config: ServerConfig,
+    ops: Arc<O>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::clone(&config.tls));
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let shared = Arc::new(Shared {
+        ops,
+        config,
+        acceptor,
+        registry: Registry::default(),
+    });
+    // Connections watch this to close on shutdown; a broadcast by value change, never lagging.
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut backoff = Duration::from_millis(10);
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&limit).acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        let shared = Arc::clone(&shared);
+        let stopped = stopped.clone();
+        connections.spawn(async move {
+            connection::run(shared, tcp, peer, stopped).await;
+            drop(permit);
+        });
+        // Reap finished connections so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+    }
+
+    tracing::info!(connections = connections.len(), "MQTT server shutting down");
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        tracing::warn!("connections still closing after 10 s; aborting them");
+    }
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! One client connection, from TLS handshake to close: CONNECT, CONNACK, then the loop that feeds the
+//! session with packets and backend pushes and runs what it asks for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use outpost_core::Identity;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::registry::Kick;
+use super::{handshake, Shared};
+use crate::io::{self, ReadError};
+use crate::ops::{DeviceOperations, Outbox, Outgoing};
+use crate::packet::{ConnAck, ConnectReturnCode, Packet};
+use crate::session::{Action, Call, Operation, Outcome, Session, SessionError, StoredSession};
+
+/// Connection ids are unique in the process, so backends can tell connections of one identity apart
+/// even across several listeners.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Operations running at once for one connection; past this, reading pauses and TCP pushes back.
+const MAX_PENDING_OPERATIONS: usize = 128;
+
+/// Packets decoded ahead of the loop.
+const PACKET_QUEUE: usize = 64;
+
+/// How long a closing connection waits for its running operations, and for its last writes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Reading failed or the bytes were not MQTT.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The session refused what the client did.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// No packet within one and a half keep-alive periods [MQTT-3.1.2-24].
+    #[error("keep-alive expired")]
+    KeepAliveExpired,
+    /// The writer stopped (the socket failed).
+    #[error("connection lost while writing")]
+    WriterGone,
+}
+
+/// How a connection loop ended without error.
+enum Ended {
+    /// The client sent DISCONNECT or closed the socket.
+    ByClient,
+    /// A newer connection of the same client id takes over.
+    Kicked(Option<Kick>),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+type PendingCall = Pin<Box<dyn Future<Output = (Outcome, Option<Packet>)> + Send>>;
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn run<O: DeviceOperations>(
+    shared: Arc<Shared<O>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let timeout = shared.config.connect_timeout;
+    let tls = match tokio::time::timeout(timeout, shared.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let (mut reader, writer) = tokio::io::split(tls);
+    let mut buf = BytesMut::with_capacity(4096);
+    let max_size = shared.config.max_packet_size;
+
+    // [MQTT-3.1.0-1] the first packet must be CONNECT; [MQTT-3.1.4-1] a bad one closes the connection.
+    let connect = match tokio::time::timeout(
+        timeout,
+        io::read_packet(&mut reader, &mut buf, max_size),
+    )
+    .await
+    {
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Ok(Some(other))) => {
+            return tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT; closing")
+        }
+        Ok(Ok(None)) => return tracing::debug!(%peer, "closed before CONNECT"),
+        Ok(Err(e)) => return tracing::info!(%peer, error = %e, "bad CONNECT; closing"),
+        Err(_) => return tracing::info!(%peer, "no CONNECT in time; closing"),
+    };
+
+    let (out, out_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(io::writer_task(writer, out_rx));
+    match handshake::authenticate(&*shared.ops, &connect).await {
+        Err(code) => {
+            tracing::info!(%peer, client_id = %connect.client_id, ?code, "CONNECT refused");
+            let _ = out.send(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+            }));
+        }
+        Ok(identity) => {
+            let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
+            let reader = tokio::spawn(io::reader_task(reader, buf, max_size, packets_tx));
+            let live = Live {
+                shared: &shared,
+                identity,
+                client_id: connect.client_id.clone(),
+                peer,
+            };
+            live.serve(
+                connect.clean_session,
+                connect.keep_alive,
+                out.clone(),
+                packets,
+                shutdown,
+            )
+            .await;
+            reader.abort();
+        }
+    }
+    // The writer sends what is queued (the CONNACK refusal, the last acks), then closes the stream.
+    drop(out);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+}
+
+/// An authenticated connection.
+struct Live<'a, O> {
+    shared: &'a Arc<Shared<O>>,
+    identity: Identity,
+    client_id: String,
+    peer: SocketAddr,
+}
+
+impl<O: DeviceOperations> Live<'_, O> {
+    async fn serve(
+        self,
+        clean: bool,
+        keep_alive: u16,
+        out: mpsc::UnboundedSender<Packet>,
+        packets: mpsc::Receiver<Result<Packet, ReadError>>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let ops = &self.shared.ops;
+        let config = &self.shared.config;
+        let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let (kick_tx, mut kick_rx) = oneshot::channel();
+        let stored = self
+            .shared
+            .registry
+            .claim(&self.client_id, connection, kick_tx)
+            .await;
+        let stored = if clean {
+            // A clean session forgets whatever was persisted for this client id [MQTT-3.1.2-6]; reading
+            // first spares a write on every connection of clients that never persist anything.
+            if !ops.load_subscriptions(&self.client_id).await.is_empty() {
+                ops.save_subscriptions(&self.client_id, &[]).await;
+            }
+            None
+        } else if stored.is_some() {
+            stored
+        } else {
+            // Nothing in memory (first connection since start): the backend's persisted filters, because the
+            // SDK never subscribes again after a reconnect.
+            let filters = ops.load_subscriptions(&self.client_id).await;
+            (!filters.is_empty())
+                .then(|| StoredSession::from_filters(&self.identity, &filters, config.max_inflight))
+        };
+        // [MQTT-3.2.2-1] [MQTT-3.2.2-2] [MQTT-3.2.2-3] session present: whether a stored session resumes.
+        let session_present = stored.is_some();
+        let _ = out.send(Packet::ConnAck(ConnAck {
+            session_present,
+            code: ConnectReturnCode::Accepted,
+        }));
+        let mut session = Session::new(
+            self.identity.clone(),
+            clean,
+            keep_alive,
+            stored,
+            config.max_inflight,
+            Instant::now(),
+        );
+        tracing::info!(peer = %self.peer, client = %self.identity, connection, session_present, "connected");
+
+        let (outbox, outbox_rx) = Outbox::new(connection);
+        outbox.set_features(session.features());
+        let mut driver = Driver {
+            ops: Arc::clone(ops),
+            identity: Arc::new(self.identity.clone()),
+            client_id: Arc::from(self.client_id.as_str()),
+            out,
+            outbox: outbox.clone(),
+            pending: FuturesOrdered::new(),
+        };
+        let result = match driver.apply(session.redeliveries()) {
+            Ok(_) => {
+                ops.connected(&self.identity, outbox).await;
+                driver
+                    .run(&mut session, packets, outbox_rx, &mut kick_rx, shutdown)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let kicked = match result {
+            Ok(Ended::ByClient) => {
+                tracing::info!(client = %self.identity, connection, "disconnected by the client");
+                None
+            }
+            Ok(Ended::Kicked(reply)) => {
+                tracing::info!(client = %self.identity, connection, "closed: a newer connection of the same client id");
+                reply
+            }
+            Ok(Ended::Shutdown) => None,
+            Err(e) => {
+                tracing::info!(client = %self.identity, connection, error = %e, "connection closed");
+                None
+            }
+        };
+        driver.drain().await;
+        ops.disconnected(&self.identity, connection).await;
+        self.shared.registry.release(
+            &self.client_id,
+            connection,
+            session.into_stored(),
+            kicked,
+            &mut kick_rx,
+        );
+    }
+}
+
+/// The loop of a live connection and the operations it runs.
+struct Driver<O> {
+    ops: Arc<O>,
+    identity: Arc<Identity>,
+    client_id: Arc<str>,
+    out: mpsc::UnboundedSender<Packet>,
+    outbox: Outbox,
+    pending: FuturesOrdered<PendingCall>,
+}
+
+impl<O: DeviceOperations> Driver<O> {
+    async fn run(
+        &mut self,
+        session: &mut Session,
+        mut packets: mpsc::Receiver<Result<Packet, ReadError>>,
+        mut outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+        kick: &mut oneshot::Receiver<Kick>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Ended, ConnectionError> {
+        // One timer, moved forward when a packet arrives, rather than a new one per loop.
+        let far = Duration::from_hours(24 * 365);
+        let to_tokio = |deadline: Option<Instant>| {
+            tokio::time::Instant::from_std(deadline.unwrap_or_else(|| Instant::now() + far))
+        };
+        let mut deadline = session.deadline();
+        let keep_alive = tokio::time::sleep_until(to_tokio(deadline));
+        tokio::pin!(keep_alive);
+        loop {
+            if session.deadline() != deadline {
+                deadline = session.deadline();
+                keep_alive.as_mut().reset(to_tokio(deadline));
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(Ended::Shutdown),
+                reply = &mut *kick => return Ok(Ended::Kicked(reply.ok())),
+                Some((outcome, ack)) = self.pending.next(), if !self.pending.is_empty() => {
+                    for packet in session.complete(outcome, ack)? {
+                        self.send(packet)?;
+                    }
+                }
+                packet = packets.recv(), if self.pending.len() < MAX_PENDING_OPERATIONS => match packet {
+                    Some(Ok(packet)) => {
+                        let actions = session.handle(packet, Instant::now())?;
+                        self.outbox.set_features(session.features());
+                        if self.apply(actions)? {
+                            return Ok(Ended::ByClient);
+                        }
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Ok(Ended::ByClient),
+                },
+                Some(item) = outbox_rx.recv() => {
+                    let actions = session.push(item)?;
+                    self.apply(actions)?;
+                }
+                () = &mut keep_alive, if deadline.is_some() => return Err(ConnectionError::KeepAliveExpired),
+            }
+        }
+    }
+
+    /// Carries out the session's actions; true when the client asked to close.
+    fn apply(&mut self, actions: Vec<Action>) -> Result<bool, ConnectionError> {
+        for action in actions {
+            match action {
+                Action::Send(packet) => self.send(packet)?,
+                Action::Call(call) => self.pending.push_back(self.call(call)),
+                Action::Close => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    fn send(&self, packet: Packet) -> Result<(), ConnectionError> {
+        self.out
+            .send(packet)
+            .map_err(|_| ConnectionError::WriterGone)
+    }
+
+    fn call(&self, call: Call) -> PendingCall {
+        let ops = Arc::clone(&self.ops);
+        let identity = Arc::clone(&self.identity);
+        let client_id = Arc::clone(&self.client_id);
+        Box::pin(async move {
+            let outcome = match call.operation {
+                Operation::GetTwin { rid } => Outcome::Twin {
+                    result: ops.get_twin(&identity).await,
+                    rid,
+                },
+                Operation::PatchReported { rid, patch } => Outcome::Reported {
+                    result: ops.patch_reported(&identity, patch).await,
+                    rid,
+                },
+                Operation::SendMessage(message) => {
+                    Outcome::Message(ops.send_message(&identity, message).await)
+                }
+                Operation::MethodResponse {
+                    rid,
+                    status,
+                    payload,
+                } => {
+                    ops.method_response(&identity, &rid, status, payload).await;
+                    Outcome::Done
+                }
+                Operation::Delivered(id) => {
+                    ops.delivered(&identity, id).await;
+                    Outcome::Done
+                }
+                Operation::SaveSubscriptions(filters) => {
+                    ops.save_subscriptions(&client_id, &filters).await;
+                    Outcome::Done
+                }
+                Operation::Ready(outcome) => outcome,
+            };
+            (outcome, call.ack)
+        })
+    }
+
+    /// Lets running operations finish (a message being stored, a delivery being recorded) rather than
+    /// cancelling them half-way; their acks are not sent, so the client sends again what was not acked.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, self.pending.next()).await {}
+    }
+}
