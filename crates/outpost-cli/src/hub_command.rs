@@ -49,8 +49,20 @@ const SERVED_AS: &str = "hub.json";
 
 pub async fn run(command: HubCommand) -> anyhow::Result<()> {
     match command {
-        HubCommand::Serve { data_dir, hostname, bind, mqtt_port, https_port } => {
-            let config = HubConfig { data_dir, host_name: hostname, bind, mqtt_port, https_port };
+        HubCommand::Serve {
+            data_dir,
+            hostname,
+            bind,
+            mqtt_port,
+            https_port,
+        } => {
+            let config = HubConfig {
+                data_dir,
+                host_name: hostname,
+                bind,
+                mqtt_port,
+                https_port,
+            };
             serve(&config).await
         }
         HubCommand::ConnectionString { data_dir } => {
@@ -70,10 +82,17 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
 
 async fn serve(config: &HubConfig) -> anyhow::Result<()> {
     let running = RunningHub::start(config).await?;
-    let served = ServedAs { host_name: config.host_name.clone(), https_port: running.https_addr.port() };
-    std::fs::write(config.data_dir.join(SERVED_AS), serde_json::to_vec_pretty(&served)?)
-        .context("cannot write hub.json in the data directory")?;
-    let connection_string = outpost_hub::server::connection_string(&running.hub, &config.host_name, served.https_port)?;
+    let served = ServedAs {
+        host_name: config.host_name.clone(),
+        https_port: running.https_addr.port(),
+    };
+    std::fs::write(
+        config.data_dir.join(SERVED_AS),
+        serde_json::to_vec_pretty(&served)?,
+    )
+    .context("cannot write hub.json in the data directory")?;
+    let connection_string =
+        outpost_hub::server::connection_string(&running.hub, &config.host_name, served.https_port)?;
     println!("Outpost hub {}", env!("CARGO_PKG_VERSION"));
     println!("  MQTT   {}", running.mqtt_addr);
     println!("  HTTPS  {}", running.https_addr);
@@ -88,10 +107,11 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
 
 /// Waits for Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => return std::future::pending().await,
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
@@ -100,7 +120,12 @@ async fn shutdown_signal() {
 
 fn read_served_as(data_dir: &Path) -> anyhow::Result<ServedAs> {
     let path = data_dir.join(SERVED_AS);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} not found: has `outpost hub serve --data-dir {}` run?", path.display(), data_dir.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} not found: has `outpost hub serve --data-dir {}` run?",
+            path.display(),
+            data_dir.display()
+        )
+    })?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
 }

@@ -27,7 +27,12 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 pub struct HubArgs {
     /// The hub's service connection string (`HostName=..;SharedAccessKeyName=..;SharedAccessKey=..`).
-    #[arg(long = "hub", env = "OUTPOST_HUB_CONNECTION_STRING", hide_env_values = true, global = true)]
+    #[arg(
+        long = "hub",
+        env = "OUTPOST_HUB_CONNECTION_STRING",
+        hide_env_values = true,
+        global = true
+    )]
     pub connection_string: Option<String>,
     /// The CA certificate (PEM) that the hub's TLS certificate chains to.
     #[arg(long = "ca", env = "OUTPOST_HUB_CA", global = true)]
@@ -101,7 +106,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -129,7 +135,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Device { hub, command } => operator::device(&hub, command).await,
         Command::Module { hub, command } => operator::module(&hub, command).await,
         Command::Twin { hub, command } => operator::twin(&hub, command).await,
-        Command::Deploy { hub, device, manifest } => operator::deploy(&hub, &device, &manifest).await,
+        Command::Deploy {
+            hub,
+            device,
+            manifest,
+        } => operator::deploy(&hub, &device, &manifest).await,
         Command::Method { hub, command } => operator::method(&hub, command).await,
         Command::Message { hub, command } => operator::message(&hub, command).await,
         Command::Monitor { hub, args } => operator::monitor(&hub, &args).await,

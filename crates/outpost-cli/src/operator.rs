@@ -210,7 +210,13 @@ pub struct MonitorArgs {
 pub async fn device(args: &HubArgs, command: DeviceCommand) -> anyhow::Result<()> {
     let client = ServiceClient::new(args)?;
     match command {
-        DeviceCommand::Create { id, edge, parent, primary_key, secondary_key } => {
+        DeviceCommand::Create {
+            id,
+            edge,
+            parent,
+            primary_key,
+            secondary_key,
+        } => {
             let mut body = json!({
                 "deviceId": id,
                 "status": "enabled",
@@ -220,27 +226,63 @@ pub async fn device(args: &HubArgs, command: DeviceCommand) -> anyhow::Result<()
             if let Some(parent) = parent {
                 body["parentDeviceId"] = parent.into();
             }
-            let device = client.call(Method::PUT, &format!("/devices/{}", segment(&id)), Some(&body), None).await?;
+            let device = client
+                .call(
+                    Method::PUT,
+                    &format!("/devices/{}", segment(&id)),
+                    Some(&body),
+                    None,
+                )
+                .await?;
             print_object(args.output, &device, DEVICE_FIELDS);
         }
         DeviceCommand::Show { id } => {
-            let device = client.call(Method::GET, &format!("/devices/{}", segment(&id)), None, None).await?;
+            let device = client
+                .call(
+                    Method::GET,
+                    &format!("/devices/{}", segment(&id)),
+                    None,
+                    None,
+                )
+                .await?;
             print_object(args.output, &device, DEVICE_FIELDS);
         }
         DeviceCommand::List => {
             let devices = client.call(Method::GET, "/devices", None, None).await?;
             let rows = devices.as_array().cloned().unwrap_or_default();
-            let columns = [("DEVICE", "deviceId"), ("STATUS", "status"), ("CONNECTION", "connectionState"), ("EDGE", "capabilities/iotEdge")];
+            let columns = [
+                ("DEVICE", "deviceId"),
+                ("STATUS", "status"),
+                ("CONNECTION", "connectionState"),
+                ("EDGE", "capabilities/iotEdge"),
+            ];
             print_table(args.output, &rows, &columns);
         }
         DeviceCommand::Delete { id } => {
-            client.call(Method::DELETE, &format!("/devices/{}", segment(&id)), None, Some("*")).await?;
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/devices/{}", segment(&id)),
+                    None,
+                    Some("*"),
+                )
+                .await?;
             done(args.output, &json!({"deleted": id}));
         }
         DeviceCommand::ConnectionString { id } => {
-            let device = client.call(Method::GET, &format!("/devices/{}", segment(&id)), None, None).await?;
+            let device = client
+                .call(
+                    Method::GET,
+                    &format!("/devices/{}", segment(&id)),
+                    None,
+                    None,
+                )
+                .await?;
             let key = primary_key(&device)?;
-            print_connection_string(args.output, &ConnectionString::device(&client.host_name, &id, key));
+            print_connection_string(
+                args.output,
+                &ConnectionString::device(&client.host_name, &id, key),
+            );
         }
     }
     Ok(())
@@ -248,9 +290,15 @@ pub async fn device(args: &HubArgs, command: DeviceCommand) -> anyhow::Result<()
 
 pub async fn module(args: &HubArgs, command: ModuleCommand) -> anyhow::Result<()> {
     let client = ServiceClient::new(args)?;
-    let path = |device: &str, module: &str| format!("/devices/{}/modules/{}", segment(device), segment(module));
+    let path = |device: &str, module: &str| {
+        format!("/devices/{}/modules/{}", segment(device), segment(module))
+    };
     match command {
-        ModuleCommand::Create { device, module, managed_by } => {
+        ModuleCommand::Create {
+            device,
+            module,
+            managed_by,
+        } => {
             let mut body = json!({
                 "deviceId": device,
                 "moduleId": module,
@@ -259,27 +307,52 @@ pub async fn module(args: &HubArgs, command: ModuleCommand) -> anyhow::Result<()
             if let Some(managed_by) = managed_by {
                 body["managedBy"] = managed_by.into();
             }
-            let created = client.call(Method::PUT, &path(&device, &module), Some(&body), None).await?;
+            let created = client
+                .call(Method::PUT, &path(&device, &module), Some(&body), None)
+                .await?;
             print_object(args.output, &created, MODULE_FIELDS);
         }
         ModuleCommand::Show { device, module } => {
-            let shown = client.call(Method::GET, &path(&device, &module), None, None).await?;
+            let shown = client
+                .call(Method::GET, &path(&device, &module), None, None)
+                .await?;
             print_object(args.output, &shown, MODULE_FIELDS);
         }
         ModuleCommand::List { device } => {
-            let modules = client.call(Method::GET, &format!("/devices/{}/modules", segment(&device)), None, None).await?;
+            let modules = client
+                .call(
+                    Method::GET,
+                    &format!("/devices/{}/modules", segment(&device)),
+                    None,
+                    None,
+                )
+                .await?;
             let rows = modules.as_array().cloned().unwrap_or_default();
-            let columns = [("MODULE", "moduleId"), ("MANAGED BY", "managedBy"), ("CONNECTION", "connectionState")];
+            let columns = [
+                ("MODULE", "moduleId"),
+                ("MANAGED BY", "managedBy"),
+                ("CONNECTION", "connectionState"),
+            ];
             print_table(args.output, &rows, &columns);
         }
         ModuleCommand::Delete { device, module } => {
-            client.call(Method::DELETE, &path(&device, &module), None, Some("*")).await?;
-            done(args.output, &json!({"deleted": format!("{device}/{module}")}));
+            client
+                .call(Method::DELETE, &path(&device, &module), None, Some("*"))
+                .await?;
+            done(
+                args.output,
+                &json!({"deleted": format!("{device}/{module}")}),
+            );
         }
         ModuleCommand::ConnectionString { device, module } => {
-            let shown = client.call(Method::GET, &path(&device, &module), None, None).await?;
+            let shown = client
+                .call(Method::GET, &path(&device, &module), None, None)
+                .await?;
             let key = primary_key(&shown)?;
-            print_connection_string(args.output, &ConnectionString::module(&client.host_name, &device, &module, key));
+            print_connection_string(
+                args.output,
+                &ConnectionString::module(&client.host_name, &device, &module, key),
+            );
         }
     }
     Ok(())
@@ -295,17 +368,41 @@ fn twin_path(device: &str, module: Option<&str>) -> String {
 pub async fn twin(args: &HubArgs, command: TwinCommand) -> anyhow::Result<()> {
     let client = ServiceClient::new(args)?;
     let twin = match command {
-        TwinCommand::Show { device, module } => client.call(Method::GET, &twin_path(&device, module.as_deref()), None, None).await?,
-        TwinCommand::Update { device, patch, module, etag } => {
-            let patch: Value = serde_json::from_str(&patch).context("the patch is not valid JSON")?;
-            let Some(object) = patch.as_object() else { bail!("the patch must be a JSON object") };
+        TwinCommand::Show { device, module } => {
+            client
+                .call(
+                    Method::GET,
+                    &twin_path(&device, module.as_deref()),
+                    None,
+                    None,
+                )
+                .await?
+        }
+        TwinCommand::Update {
+            device,
+            patch,
+            module,
+            etag,
+        } => {
+            let patch: Value =
+                serde_json::from_str(&patch).context("the patch is not valid JSON")?;
+            let Some(object) = patch.as_object() else {
+                bail!("the patch must be a JSON object")
+            };
             let body = if object.contains_key("properties") || object.contains_key("tags") {
                 patch
             } else {
                 json!({"properties": {"desired": patch}})
             };
             let etag = etag.unwrap_or_else(|| "*".to_owned());
-            client.call(Method::PATCH, &twin_path(&device, module.as_deref()), Some(&body), Some(&etag)).await?
+            client
+                .call(
+                    Method::PATCH,
+                    &twin_path(&device, module.as_deref()),
+                    Some(&body),
+                    Some(&etag),
+                )
+                .await?
         }
     };
     // A twin is nested JSON: people read it best as JSON too.
@@ -315,11 +412,18 @@ pub async fn twin(args: &HubArgs, command: TwinCommand) -> anyhow::Result<()> {
 
 pub async fn deploy(args: &HubArgs, device: &str, manifest: &Path) -> anyhow::Result<()> {
     let client = ServiceClient::new(args)?;
-    let text = std::fs::read_to_string(manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-    let content: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", manifest.display()))?;
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let content: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", manifest.display()))?;
     let content = content.get("content").cloned().unwrap_or(content);
     client
-        .call(Method::POST, &format!("/devices/{}/applyConfigurationContent", segment(device)), Some(&content), None)
+        .call(
+            Method::POST,
+            &format!("/devices/{}/applyConfigurationContent", segment(device)),
+            Some(&content),
+            None,
+        )
         .await?;
     done(args.output, &json!({"deployed": device}));
     Ok(())
@@ -327,7 +431,14 @@ pub async fn deploy(args: &HubArgs, device: &str, manifest: &Path) -> anyhow::Re
 
 pub async fn method(args: &HubArgs, command: MethodCommand) -> anyhow::Result<()> {
     let client = ServiceClient::new(args)?;
-    let MethodCommand::Invoke { device, method, module, payload, timeout, connect_timeout } = command;
+    let MethodCommand::Invoke {
+        device,
+        method,
+        module,
+        payload,
+        timeout,
+        connect_timeout,
+    } = command;
     let payload: Value = serde_json::from_str(&payload).context("--payload is not valid JSON")?;
     let body = json!({
         "methodName": method,
@@ -343,10 +454,19 @@ pub async fn method(args: &HubArgs, command: MethodCommand) -> anyhow::Result<()
 
 pub async fn message(args: &HubArgs, command: MessageCommand) -> anyhow::Result<()> {
     let client = ServiceClient::new(args)?;
-    let MessageCommand::Send { device, body, properties, message_id, correlation_id, content_type } = command;
+    let MessageCommand::Send {
+        device,
+        body,
+        properties,
+        message_id,
+        correlation_id,
+        content_type,
+    } = command;
     let mut bag = serde_json::Map::new();
     for property in properties {
-        let (key, value) = property.split_once('=').with_context(|| format!("--property {property:?} is not KEY=VALUE"))?;
+        let (key, value) = property
+            .split_once('=')
+            .with_context(|| format!("--property {property:?} is not KEY=VALUE"))?;
         bag.insert(key.to_owned(), value.into());
     }
     let request = json!({
@@ -356,15 +476,23 @@ pub async fn message(args: &HubArgs, command: MessageCommand) -> anyhow::Result<
         "correlationId": correlation_id,
         "contentType": content_type,
     });
-    let answer =
-        client.call(Method::POST, &format!("/devices/{}/messages/deviceBound", segment(&device)), Some(&request), None).await?;
+    let answer = client
+        .call(
+            Method::POST,
+            &format!("/devices/{}/messages/deviceBound", segment(&device)),
+            Some(&request),
+            None,
+        )
+        .await?;
     done(args.output, &answer);
     Ok(())
 }
 
 pub async fn monitor(args: &HubArgs, options: &MonitorArgs) -> anyhow::Result<()> {
     let client = ServiceClient::new(args)?;
-    let deadline = options.timeout.map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = options
+        .timeout
+        .map(|s| Instant::now() + Duration::from_secs(s));
     let mut after: Option<i64> = if options.from_start { Some(0) } else { None };
     let mut printed = 0usize;
     loop {
@@ -385,8 +513,17 @@ pub async fn monitor(args: &HubArgs, options: &MonitorArgs) -> anyhow::Result<()
         };
         let answer = client.call(Method::GET, &query, None, None).await?;
         after = Some(answer.get("next").and_then(Value::as_i64).unwrap_or(0));
-        for event in answer.get("events").and_then(Value::as_array).into_iter().flatten() {
-            if options.device.as_deref().is_some_and(|d| event.get("deviceId").and_then(Value::as_str) != Some(d)) {
+        for event in answer
+            .get("events")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if options
+                .device
+                .as_deref()
+                .is_some_and(|d| event.get("deviceId").and_then(Value::as_str) != Some(d))
+            {
                 continue;
             }
             println!("{}", serde_json::to_string(event)?);

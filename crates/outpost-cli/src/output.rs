@@ -14,14 +14,21 @@ pub enum OutputFormat {
 /// Prints one JSON object: as JSON, or as `key: value` lines of the fields named in `fields` (all when empty).
 pub fn print_object(format: OutputFormat, value: &Value, fields: &[&str]) {
     if format == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
         return;
     }
     let Some(object) = value.as_object() else {
         println!("{value}");
         return;
     };
-    let keys: Vec<&str> = if fields.is_empty() { object.keys().map(String::as_str).collect() } else { fields.to_vec() };
+    let keys: Vec<&str> = if fields.is_empty() {
+        object.keys().map(String::as_str).collect()
+    } else {
+        fields.to_vec()
+    };
     let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
     for key in keys {
         if let Some(value) = value.pointer(&format!("/{}", key.replace('.', "/"))) {
@@ -38,15 +45,34 @@ pub fn print_table(format: OutputFormat, rows: &[Value], columns: &[(&str, &str)
     }
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| columns.iter().map(|(_, pointer)| row.pointer(&format!("/{pointer}")).map_or_else(String::new, scalar)).collect())
+        .map(|row| {
+            columns
+                .iter()
+                .map(|(_, pointer)| {
+                    row.pointer(&format!("/{pointer}"))
+                        .map_or_else(String::new, scalar)
+                })
+                .collect()
+        })
         .collect();
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
-        .map(|(i, (title, _))| cells.iter().map(|r| r[i].len()).chain([title.len()]).max().unwrap_or(0))
+        .map(|(i, (title, _))| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |values: Vec<&str>| {
-        let padded: Vec<String> = values.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(columns.iter().map(|(title, _)| *title).collect());

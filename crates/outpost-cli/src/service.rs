@@ -36,19 +36,27 @@ pub struct HubRefusal {
 impl ServiceClient {
     /// Connects as the `--hub` connection string says, trusting `--ca`.
     pub fn new(args: &HubArgs) -> anyhow::Result<Self> {
-        let text = args
-            .connection_string
-            .as_deref()
-            .context("no hub given: pass --hub CONNECTION_STRING or set OUTPOST_HUB_CONNECTION_STRING")?;
-        let connection: ConnectionString =
-            text.parse().map_err(|e| anyhow::anyhow!("invalid hub connection string: {e}"))?;
-        let (Some(policy), Some(key)) = (&connection.shared_access_key_name, &connection.shared_access_key) else {
+        let text = args.connection_string.as_deref().context(
+            "no hub given: pass --hub CONNECTION_STRING or set OUTPOST_HUB_CONNECTION_STRING",
+        )?;
+        let connection: ConnectionString = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid hub connection string: {e}"))?;
+        let (Some(policy), Some(key)) = (
+            &connection.shared_access_key_name,
+            &connection.shared_access_key,
+        ) else {
             bail!("the hub connection string needs SharedAccessKeyName and SharedAccessKey");
         };
-        let mut builder = reqwest::Client::builder().use_rustls_tls().timeout(Duration::from_secs(330));
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(330));
         if let Some(ca) = &args.ca {
-            let pem = std::fs::read(ca).with_context(|| format!("cannot read the CA file {}", ca.display()))?;
-            for certificate in reqwest::Certificate::from_pem_bundle(&pem).context("the CA file is not PEM")? {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
+            for certificate in
+                reqwest::Certificate::from_pem_bundle(&pem).context("the CA file is not PEM")?
+            {
                 builder = builder.add_root_certificate(certificate);
             }
         }
@@ -65,17 +73,29 @@ impl ServiceClient {
     }
 
     /// Sends a request and returns the JSON answer (`Value::Null` for an empty one).
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, if_match: Option<&str>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let separator = if path.contains('?') { '&' } else { '?' };
         let url = format!("{}{path}{separator}api-version={API_VERSION}", self.base);
-        let mut request = self.http.request(method, &url).header("Authorization", &self.token);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("Authorization", &self.token);
         if let Some(etag) = if_match {
             request = request.header("If-Match", format!("\"{etag}\""));
         }
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
         let status = response.status();
         let bytes = response.bytes().await?;
         if !status.is_success() {

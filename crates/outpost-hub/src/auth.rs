@@ -13,21 +13,33 @@ fn now_unix() -> u64 {
 
 /// Compares a token's audience host with the hub's host name, ignoring case and a `:port` on either side.
 fn same_host(token_host: &str, hub_host: &str) -> bool {
-    let strip = |h: &str| h.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(h, |(host, _)| host).to_ascii_lowercase();
+    let strip = |h: &str| {
+        h.rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .map_or(h, |(host, _)| host)
+            .to_ascii_lowercase()
+    };
     strip(token_host) == strip(hub_host)
 }
 
 impl Hub {
     /// Checks the SAS token a device or module connects with: right audience, not expired, signed with the
     /// identity's own key, and the identity enabled.
-    pub fn authenticate_identity(&self, identity: &Identity, password: &str) -> Result<(), HubError> {
+    pub fn authenticate_identity(
+        &self,
+        identity: &Identity,
+        password: &str,
+    ) -> Result<(), HubError> {
         let unauthorized = |why: &str| HubError::Unauthorized(format!("{identity}: {why}"));
         let token = SasToken::parse(password).map_err(|e| unauthorized(&e.to_string()))?;
         let scope = token.scope().map_err(|e| unauthorized(&e.to_string()))?;
         if !same_host(&scope.host, &self.host_name) {
             return Err(unauthorized("the token is for another hub"));
         }
-        let device_matches = scope.device.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(identity.device.as_str()));
+        let device_matches = scope
+            .device
+            .as_deref()
+            .is_some_and(|d| d.eq_ignore_ascii_case(identity.device.as_str()));
         let module_matches = match (&identity.module, &scope.module) {
             (Some(m), Some(scoped)) => m.as_str() == scoped,
             (None, None) => true,
@@ -37,24 +49,39 @@ impl Hub {
             return Err(unauthorized("the token is for another identity"));
         }
         let conn = self.db.lock();
-        let device = store::device(&conn, &identity.device)?.ok_or_else(|| unauthorized("no such device"))?;
+        let device = store::device(&conn, &identity.device)?
+            .ok_or_else(|| unauthorized("no such device"))?;
         if device.status != IdentityStatus::Enabled {
             return Err(unauthorized("the device is disabled"));
         }
         let credentials = match &identity.module {
-            Some(module) => store::module(&conn, &identity.device, module)?.ok_or_else(|| unauthorized("no such module"))?.credentials,
+            Some(module) => {
+                store::module(&conn, &identity.device, module)?
+                    .ok_or_else(|| unauthorized("no such module"))?
+                    .credentials
+            }
             None => device.credentials,
         };
         drop(conn);
-        token.verify(&credentials.keys(), now_unix()).map_err(|e| unauthorized(&e.to_string()))
+        token
+            .verify(&credentials.keys(), now_unix())
+            .map_err(|e| unauthorized(&e.to_string()))
     }
 
     /// Checks the `Authorization` header of a service request and that its policy grants `right`.
-    pub fn authorize_service(&self, authorization: Option<&str>, right: Right) -> Result<AccessPolicy, HubError> {
+    pub fn authorize_service(
+        &self,
+        authorization: Option<&str>,
+        right: Right,
+    ) -> Result<AccessPolicy, HubError> {
         let unauthorized = |why: &str| HubError::Unauthorized(why.to_owned());
-        let header = authorization.ok_or_else(|| unauthorized("the Authorization header is missing"))?;
+        let header =
+            authorization.ok_or_else(|| unauthorized("the Authorization header is missing"))?;
         let token = SasToken::parse(header).map_err(|e| unauthorized(&e.to_string()))?;
-        let name = token.key_name.clone().ok_or_else(|| unauthorized("the token names no shared access policy (skn)"))?;
+        let name = token
+            .key_name
+            .clone()
+            .ok_or_else(|| unauthorized("the token names no shared access policy (skn)"))?;
         let scope = token.scope().map_err(|e| unauthorized(&e.to_string()))?;
         if !same_host(&scope.host, &self.host_name) || scope.device.is_some() {
             return Err(unauthorized("the token is not scoped to this hub"));
@@ -65,10 +92,15 @@ impl Hub {
             .find(|p| p.name == name)
             .ok_or_else(|| unauthorized(&format!("no shared access policy named {name}")))?;
         token
-            .verify(&[policy.primary_key.as_str(), policy.secondary_key.as_str()], now_unix())
+            .verify(
+                &[policy.primary_key.as_str(), policy.secondary_key.as_str()],
+                now_unix(),
+            )
             .map_err(|e| unauthorized(&e.to_string()))?;
         if !policy.grants(right) {
-            return Err(unauthorized(&format!("policy {name} does not grant {right:?}")));
+            return Err(unauthorized(&format!(
+                "policy {name} does not grant {right:?}"
+            )));
         }
         Ok(policy)
     }

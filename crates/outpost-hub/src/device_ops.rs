@@ -14,48 +14,92 @@ use crate::{store, Hub};
 pub struct HubDevices(pub Arc<Hub>);
 
 fn operation_error(error: &HubError) -> OperationError {
-    OperationError { status: error.status(), message: error.to_string() }
+    OperationError {
+        status: error.status(),
+        message: error.to_string(),
+    }
 }
 
 #[async_trait]
 impl DeviceOperations for HubDevices {
-    async fn authenticate(&self, identity: &Identity, _username: &str, password: Option<&[u8]>) -> Result<(), ConnectRefusal> {
-        let password = password.and_then(|p| std::str::from_utf8(p).ok()).ok_or(ConnectRefusal::NotAuthorized)?;
-        self.0.authenticate_identity(identity, password).map_err(|error| {
-            tracing::info!(%identity, %error, "connection refused");
-            match error {
-                HubError::Storage(_) => ConnectRefusal::ServerUnavailable,
-                _ => ConnectRefusal::NotAuthorized,
-            }
-        })
+    async fn authenticate(
+        &self,
+        identity: &Identity,
+        _username: &str,
+        password: Option<&[u8]>,
+    ) -> Result<(), ConnectRefusal> {
+        let password = password
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or(ConnectRefusal::NotAuthorized)?;
+        self.0
+            .authenticate_identity(identity, password)
+            .map_err(|error| {
+                tracing::info!(%identity, %error, "connection refused");
+                match error {
+                    HubError::Storage(_) => ConnectRefusal::ServerUnavailable,
+                    _ => ConnectRefusal::NotAuthorized,
+                }
+            })
     }
 
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
         tracing::debug!(%identity, connection = outbox.connection(), "connected");
-        self.0.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(identity.client_id(), outbox);
+        self.0
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(identity.client_id(), outbox);
         self.0.push_c2d(identity);
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
-        let mut connections = self.0.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if connections.get(&identity.client_id()).is_some_and(|o| o.connection() == connection) {
+        let mut connections = self
+            .0
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if connections
+            .get(&identity.client_id())
+            .is_some_and(|o| o.connection() == connection)
+        {
             connections.remove(&identity.client_id());
         }
     }
 
     async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
-        self.0.device_view(identity).map_err(|e| operation_error(&e))
+        self.0
+            .device_view(identity)
+            .map_err(|e| operation_error(&e))
     }
 
-    async fn patch_reported(&self, identity: &Identity, patch: Value) -> Result<u64, OperationError> {
-        self.0.patch_reported(identity, &patch).map_err(|e| operation_error(&e))
+    async fn patch_reported(
+        &self,
+        identity: &Identity,
+        patch: Value,
+    ) -> Result<u64, OperationError> {
+        self.0
+            .patch_reported(identity, &patch)
+            .map_err(|e| operation_error(&e))
     }
 
-    async fn send_message(&self, identity: &Identity, message: Message) -> Result<(), OperationError> {
-        self.0.accept_telemetry(identity, &message).map(drop).map_err(|e| operation_error(&e))
+    async fn send_message(
+        &self,
+        identity: &Identity,
+        message: Message,
+    ) -> Result<(), OperationError> {
+        self.0
+            .accept_telemetry(identity, &message)
+            .map(drop)
+            .map_err(|e| operation_error(&e))
     }
 
-    async fn method_response(&self, _identity: &Identity, rid: &str, status: i32, payload: Vec<u8>) {
+    async fn method_response(
+        &self,
+        _identity: &Identity,
+        rid: &str,
+        status: i32,
+        payload: Vec<u8>,
+    ) {
         self.0.method_answered(rid, status, payload);
     }
 

@@ -50,7 +50,10 @@ pub struct Credentials {
 impl Credentials {
     /// SAS credentials with the given keys, generating any that are missing or empty.
     pub fn sas(primary: Option<&str>, secondary: Option<&str>) -> Self {
-        let pick = |key: Option<&str>| key.filter(|k| !k.is_empty()).map_or_else(generate_key, str::to_owned);
+        let pick = |key: Option<&str>| {
+            key.filter(|k| !k.is_empty())
+                .map_or_else(generate_key, str::to_owned)
+        };
         Self {
             kind: AuthenticationType::Sas,
             primary_key: pick(primary),
@@ -65,7 +68,10 @@ impl Credentials {
         if self.kind != AuthenticationType::Sas {
             return Vec::new();
         }
-        [self.primary_key.as_str(), self.secondary_key.as_str()].into_iter().filter(|k| !k.is_empty()).collect()
+        [self.primary_key.as_str(), self.secondary_key.as_str()]
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect()
     }
 }
 
@@ -78,7 +84,10 @@ pub fn validate_key(key: &str) -> Result<(), String> {
         .decode(key)
         .map_err(|_| "the symmetric key is not valid base64".to_owned())?;
     if !(16..=64).contains(&bytes.len()) {
-        return Err(format!("the symmetric key must be 16 to 64 bytes, not {}", bytes.len()));
+        return Err(format!(
+            "the symmetric key must be 16 to 64 bytes, not {}",
+            bytes.len()
+        ));
     }
     Ok(())
 }
@@ -129,7 +138,10 @@ pub struct DeviceRecord {
 impl DeviceRecord {
     /// The scope an edge device hands to the devices behind it (`ms-azure-iot-edge://{id}-{generationId}`).
     pub fn edge_scope(&self) -> String {
-        format!("ms-azure-iot-edge://{}-{}", self.device_id, self.generation_id)
+        format!(
+            "ms-azure-iot-edge://{}-{}",
+            self.device_id, self.generation_id
+        )
     }
 }
 
@@ -179,7 +191,8 @@ pub struct AccessPolicy {
 impl AccessPolicy {
     /// Whether the policy grants `right` (`RegistryWrite` implies `RegistryRead`).
     pub fn grants(&self, right: Right) -> bool {
-        self.rights.contains(&right) || (right == Right::RegistryRead && self.rights.contains(&Right::RegistryWrite))
+        self.rights.contains(&right)
+            || (right == Right::RegistryRead && self.rights.contains(&Right::RegistryWrite))
     }
 
     /// The policies a new hub starts with, as IoT Hub creates them.
@@ -192,7 +205,10 @@ impl AccessPolicy {
             rights: rights.to_vec(),
         };
         vec![
-            policy("iothubowner", &[RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect]),
+            policy(
+                "iothubowner",
+                &[RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect],
+            ),
             policy("service", &[ServiceConnect]),
             policy("device", &[DeviceConnect]),
             policy("registryRead", &[RegistryRead]),
@@ -229,7 +245,10 @@ mod tests {
     #[test]
     fn registry_write_implies_registry_read() {
         let policies = AccessPolicy::defaults();
-        let read_write = policies.iter().find(|p| p.name == "registryReadWrite").unwrap();
+        let read_write = policies
+            .iter()
+            .find(|p| p.name == "registryReadWrite")
+            .unwrap();
         assert!(read_write.grants(Right::RegistryRead));
         assert!(!read_write.grants(Right::ServiceConnect));
     }

@@ -55,16 +55,22 @@ pub struct Hub {
 impl Hub {
     /// Opens the hub's database in `data_dir` (creating it and the default access policies on first start).
     pub fn open(data_dir: &Path, host_name: &str) -> Result<Self, HubError> {
-        let db = Database::open(&data_dir.join("hub.sqlite"), store::MIGRATIONS).map_err(|e| match e {
-            outpost_store::StoreError::Sql(e) => HubError::from(e),
-            other @ outpost_store::StoreError::SchemaTooNew { .. } => HubError::ArgumentInvalid(other.to_string()),
-        })?;
+        let db =
+            Database::open(&data_dir.join("hub.sqlite"), store::MIGRATIONS).map_err(
+                |e| match e {
+                    outpost_store::StoreError::Sql(e) => HubError::from(e),
+                    other @ outpost_store::StoreError::SchemaTooNew { .. } => {
+                        HubError::ArgumentInvalid(other.to_string())
+                    }
+                },
+            )?;
         Self::with_database(db, host_name)
     }
 
     /// A hub on an in-memory database, for tests.
     pub fn in_memory(host_name: &str) -> Result<Self, HubError> {
-        let db = Database::in_memory(store::MIGRATIONS).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+        let db = Database::in_memory(store::MIGRATIONS)
+            .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
         Self::with_database(db, host_name)
     }
 
@@ -101,7 +107,11 @@ impl Hub {
 
     /// The outbox of a connected identity.
     fn outbox(&self, identity: &Identity) -> Option<Outbox> {
-        self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&identity.client_id()).cloned()
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&identity.client_id())
+            .cloned()
     }
 
     /// Whether an identity has a live connection.
@@ -119,7 +129,10 @@ impl Hub {
     /// Closes the connections of a device and of all its modules.
     fn disconnect_device(&self, device: &DeviceId) {
         let prefix = format!("{device}/");
-        let connections = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (client_id, outbox) in connections.iter() {
             if client_id == device.as_str() || client_id.starts_with(&prefix) {
                 outbox.send(Outgoing::Close);

@@ -48,21 +48,29 @@ impl MethodCall {
             .and_then(Value::as_str)
             .filter(|m| !m.is_empty() && m.len() <= 100)
             .ok_or_else(|| invalid("methodName is required (at most 100 characters)"))?;
-        let seconds = |key: &str, default: u64, range: std::ops::RangeInclusive<u64>| match body.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(value) => value
-                .as_u64()
-                .filter(|s| range.contains(s))
-                .ok_or_else(|| invalid(&format!("{key} must be a whole number of seconds in {range:?}"))),
-        };
+        let seconds =
+            |key: &str, default: u64, range: std::ops::RangeInclusive<u64>| match body.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(value) => value.as_u64().filter(|s| range.contains(s)).ok_or_else(|| {
+                    invalid(&format!(
+                        "{key} must be a whole number of seconds in {range:?}"
+                    ))
+                }),
+            };
         let payload = body.get("payload").cloned().unwrap_or(Value::Null);
         if serde_json::to_vec(&payload).map_or(0, |p| p.len()) > MAX_METHOD_PAYLOAD_BYTES {
-            return Err(HubError::TooLarge("the method payload is larger than 128 KB".into()));
+            return Err(HubError::TooLarge(
+                "the method payload is larger than 128 KB".into(),
+            ));
         }
         Ok(Self {
             method: method.to_owned(),
             payload,
-            response_timeout: Duration::from_secs(seconds("responseTimeoutInSeconds", 30, 5..=300)?),
+            response_timeout: Duration::from_secs(seconds(
+                "responseTimeoutInSeconds",
+                30,
+                5..=300,
+            )?),
             connect_timeout: Duration::from_secs(seconds("connectTimeoutInSeconds", 0, 0..=300)?),
         })
     }
@@ -85,16 +93,26 @@ pub fn event_json(identity: &Identity, message: &Message, enqueued: &str) -> Val
     });
     match std::str::from_utf8(&message.body) {
         Ok(text) => event["body"] = text.into(),
-        Err(_) => event["bodyBase64"] = base64::engine::general_purpose::STANDARD.encode(&message.body).into(),
+        Err(_) => {
+            event["bodyBase64"] = base64::engine::general_purpose::STANDARD
+                .encode(&message.body)
+                .into()
+        }
     }
     event
 }
 
 impl Hub {
     /// Appends a device-to-cloud message to the event stream (durably, before returning).
-    pub fn accept_telemetry(&self, identity: &Identity, message: &Message) -> Result<i64, HubError> {
+    pub fn accept_telemetry(
+        &self,
+        identity: &Identity,
+        message: &Message,
+    ) -> Result<i64, HubError> {
         if message.body.len() > MAX_D2C_BYTES {
-            return Err(HubError::TooLarge("device-to-cloud messages are at most 256 KB".into()));
+            return Err(HubError::TooLarge(
+                "device-to-cloud messages are at most 256 KB".into(),
+            ));
         }
         let enqueued = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         let seq = store::append_event(&self.db.lock(), &event_json(identity, message, &enqueued))?;
@@ -103,7 +121,12 @@ impl Hub {
     }
 
     /// Reads up to `max` events after sequence number `after`, waiting up to `wait` for the first one.
-    pub async fn read_events(&self, after: i64, max: usize, wait: Duration) -> Result<Vec<(i64, Value)>, HubError> {
+    pub async fn read_events(
+        &self,
+        after: i64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(i64, Value)>, HubError> {
         let mut newest = self.newest_event.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -111,7 +134,10 @@ impl Hub {
             if !events.is_empty() {
                 return Ok(events);
             }
-            if tokio::time::timeout_at(deadline, newest.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, newest.changed())
+                .await
+                .is_err()
+            {
                 return Ok(Vec::new());
             }
         }
@@ -126,7 +152,9 @@ impl Hub {
     pub fn send_c2d(&self, device: &str, message: &Message) -> Result<i64, HubError> {
         let device = device_id(device)?;
         if message.body.len() > MAX_C2D_BYTES {
-            return Err(HubError::TooLarge("cloud-to-device messages are at most 64 KB".into()));
+            return Err(HubError::TooLarge(
+                "cloud-to-device messages are at most 64 KB".into(),
+            ));
         }
         let stored = json!({
             "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&message.body),
@@ -148,18 +176,30 @@ impl Hub {
 
     /// Pushes the waiting cloud-to-device messages of a device that listens for them and does not have them yet.
     pub fn push_c2d(&self, identity: &Identity) {
-        let Some(outbox) = self.outbox(identity) else { return };
+        let Some(outbox) = self.outbox(identity) else {
+            return;
+        };
         if identity.module.is_some() || !outbox.subscribed(Feature::CloudToDevice) {
             return;
         }
-        let Ok(pending) = store::pending_c2d(&self.db.lock(), &identity.device) else { return };
-        let mut in_flight = self.c2d_in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(pending) = store::pending_c2d(&self.db.lock(), &identity.device) else {
+            return;
+        };
+        let mut in_flight = self
+            .c2d_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (id, stored) in pending {
             if in_flight.get(&id) == Some(&outbox.connection()) {
                 continue;
             }
-            let Some(message) = stored_c2d(&stored) else { continue };
-            if outbox.send(Outgoing::CloudToDevice { delivery_id: id as u64, message }) {
+            let Some(message) = stored_c2d(&stored) else {
+                continue;
+            };
+            if outbox.send(Outgoing::CloudToDevice {
+                delivery_id: id as u64,
+                message,
+            }) {
                 in_flight.insert(id, outbox.connection());
             }
         }
@@ -167,7 +207,9 @@ impl Hub {
 
     /// Pushes waiting cloud-to-device messages to every device that can take them.
     pub fn push_all_c2d(&self) {
-        let Ok(devices) = store::devices_with_c2d(&self.db.lock()) else { return };
+        let Ok(devices) = store::devices_with_c2d(&self.db.lock()) else {
+            return;
+        };
         for device in devices {
             if let Ok(device) = outpost_core::DeviceId::new(device) {
                 self.push_c2d(&Identity::device(device));
@@ -178,15 +220,26 @@ impl Hub {
     /// The device acknowledged a cloud-to-device message: it is complete.
     pub fn complete_c2d(&self, identity: &Identity, delivery_id: u64) {
         let id = delivery_id as i64;
-        self.c2d_in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+        self.c2d_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
         if let Err(error) = store::complete_c2d(&self.db.lock(), &identity.device, id) {
             tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
         }
     }
 
     /// Invokes a direct method on a device or module and waits for its answer: `(status, payload)`.
-    pub async fn invoke_method(&self, device: &str, module: Option<&str>, call: MethodCall) -> Result<(i32, Value), HubError> {
-        let identity = Identity { device: device_id(device)?, module: module.map(module_id).transpose()? };
+    pub async fn invoke_method(
+        &self,
+        device: &str,
+        module: Option<&str>,
+        call: MethodCall,
+    ) -> Result<(i32, Value), HubError> {
+        let identity = Identity {
+            device: device_id(device)?,
+            module: module.map(module_id).transpose()?,
+        };
         match &identity.module {
             Some(_) => drop(self.module(device, module.unwrap_or_default())?),
             None => drop(self.device(device)?),
@@ -203,23 +256,46 @@ impl Hub {
         };
         let rid = format!("{:x}", self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let (answer_tx, answer_rx) = oneshot::channel();
-        self.pending_methods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(rid.clone(), answer_tx);
+        self.pending_methods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(rid.clone(), answer_tx);
         let payload = serde_json::to_vec(&call.payload).unwrap_or_default();
-        let sent = outbox.send(Outgoing::MethodRequest { rid: rid.clone(), method: call.method, payload });
-        let answer = if sent { tokio::time::timeout(call.response_timeout, answer_rx).await.ok().and_then(Result::ok) } else { None };
-        self.pending_methods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&rid);
-        let (status, payload) = answer.ok_or_else(|| HubError::GatewayTimeout(identity.to_string()))?;
+        let sent = outbox.send(Outgoing::MethodRequest {
+            rid: rid.clone(),
+            method: call.method,
+            payload,
+        });
+        let answer = if sent {
+            tokio::time::timeout(call.response_timeout, answer_rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        self.pending_methods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&rid);
+        let (status, payload) =
+            answer.ok_or_else(|| HubError::GatewayTimeout(identity.to_string()))?;
         let payload = if payload.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
-            serde_json::from_slice(&payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()))
+            serde_json::from_slice(&payload)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()))
         };
         Ok((status, payload))
     }
 
     /// A device answered a direct method.
     pub fn method_answered(&self, rid: &str, status: i32, payload: Vec<u8>) {
-        let waiting = self.pending_methods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(rid);
+        let waiting = self
+            .pending_methods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(rid);
         if let Some(waiting) = waiting {
             let _ = waiting.send((status, payload));
         }
@@ -228,7 +304,9 @@ impl Hub {
 
 /// Reads a queued cloud-to-device message back into a [`Message`].
 fn stored_c2d(stored: &Value) -> Option<Message> {
-    let body = base64::engine::general_purpose::STANDARD.decode(stored.get("bodyBase64")?.as_str()?).ok()?;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(stored.get("bodyBase64")?.as_str()?)
+        .ok()?;
     Some(Message {
         body,
         system: serde_json::from_value(stored.get("system")?.clone()).ok()?,

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 
 /// Errors while creating or loading certificates.
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +53,22 @@ impl CertificateAuthority {
             let key = KeyPair::from_pem(&key_pem)?;
             let certificate = ca_params(common_name).self_signed(&key)?;
             let pem = read(&pem_path)?;
-            return Ok(Self { key, certificate, pem });
+            return Ok(Self {
+                key,
+                certificate,
+                pem,
+            });
         }
         let key = KeyPair::generate()?;
         let certificate = ca_params(common_name).self_signed(&key)?;
         let pem = certificate.pem();
         write_private(&key_path, &key.serialize_pem())?;
         write(&pem_path, &pem)?;
-        Ok(Self { key, certificate, pem })
+        Ok(Self {
+            key,
+            certificate,
+            pem,
+        })
     }
 
     /// The CA certificate that clients trust, as PEM.
@@ -77,23 +88,40 @@ impl CertificateAuthority {
         dn.push(DnType::CommonName, host_name);
         params.distinguished_name = dn;
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.certificate, &self.key)?;
-        Ok((format!("{}{}", certificate.pem(), self.pem), key.serialize_pem()))
+        Ok((
+            format!("{}{}", certificate.pem(), self.pem),
+            key.serialize_pem(),
+        ))
     }
 
     /// A rustls server configuration (TLS 1.2 and 1.3) presenting a fresh certificate for `host_name`.
-    pub fn server_tls_config(&self, host_name: &str) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    pub fn server_tls_config(
+        &self,
+        host_name: &str,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let (chain_pem, key_pem) = self.issue_server_certificate(host_name)?;
         server_tls_config(&chain_pem, &key_pem)
     }
 }
 
 /// Builds a rustls server configuration from PEM text, offering TLS 1.2 (the Python SDK's only version) and 1.3.
-pub fn server_tls_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-    let io = |source| PkiError::Io { path: "<pem>".into(), source };
-    let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(io)?;
+pub fn server_tls_config(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let io = |source| PkiError::Io {
+        path: "<pem>".into(),
+        source,
+    };
+    let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(io)?
         .ok_or_else(|| io(std::io::Error::other("no private key in PEM")))?;
@@ -111,7 +139,11 @@ fn ca_params(common_name: &str) -> CertificateParams {
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2049, 12, 31);
     params
@@ -121,23 +153,39 @@ fn san_for(host_name: &str) -> Result<SanType, PkiError> {
     if let Ok(ip) = host_name.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    let name = host_name.try_into().map_err(|_| PkiError::HostName(host_name.to_owned()))?;
+    let name = host_name
+        .try_into()
+        .map_err(|_| PkiError::HostName(host_name.to_owned()))?;
     Ok(SanType::DnsName(name))
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
-    std::fs::write(path, contents).map_err(|source| PkiError::Io { path: path.display().to_string(), source })
+    std::fs::write(path, contents).map_err(|source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.display().to_string(), source };
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    let io = |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
     file.write_all(contents.as_bytes()).map_err(io)
 }
 
@@ -147,6 +195,7 @@ mod tests {
 
     #[test]
     fn a_reloaded_ca_issues_certificates_that_the_first_ca_pem_verifies() {
+        use rustls::client::danger::ServerCertVerifier as _;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let first = CertificateAuthority::load_or_create(dir.path(), "Outpost test CA").unwrap();
@@ -160,11 +209,21 @@ mod tests {
         for cert in rustls_pemfile::certs(&mut original_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots)).build().unwrap();
-        let certs: Vec<_> = rustls_pemfile::certs(&mut chain.as_bytes()).map(Result::unwrap).collect();
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let certs: Vec<_> = rustls_pemfile::certs(&mut chain.as_bytes())
+            .map(Result::unwrap)
+            .collect();
         let name = rustls::pki_types::ServerName::try_from("127.0.0.5").unwrap();
         verifier
-            .verify_server_cert(&certs[0], &certs[1..], &name, &[], rustls::pki_types::UnixTime::now())
+            .verify_server_cert(
+                &certs[0],
+                &certs[1..],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
             .expect("the reloaded CA's certificate verifies against the original ca.pem");
     }
 }

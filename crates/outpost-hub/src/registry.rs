@@ -77,27 +77,39 @@ impl Precondition {
 }
 
 pub(crate) fn device_id(raw: &str) -> Result<DeviceId, HubError> {
-    DeviceId::new(raw).map_err(|e| HubError::ArgumentInvalid(format!("invalid device id {raw:?}: {e}")))
+    DeviceId::new(raw)
+        .map_err(|e| HubError::ArgumentInvalid(format!("invalid device id {raw:?}: {e}")))
 }
 
 pub(crate) fn module_id(raw: &str) -> Result<ModuleId, HubError> {
-    ModuleId::new(raw).map_err(|e| HubError::ArgumentInvalid(format!("invalid module id {raw:?}: {e}")))
+    ModuleId::new(raw)
+        .map_err(|e| HubError::ArgumentInvalid(format!("invalid module id {raw:?}: {e}")))
 }
 
 impl Hub {
     /// Creates or updates a device as `precondition` allows.
-    pub fn put_device(&self, spec: DeviceSpec, precondition: &Precondition) -> Result<DeviceRecord, HubError> {
+    pub fn put_device(
+        &self,
+        spec: DeviceSpec,
+        precondition: &Precondition,
+    ) -> Result<DeviceRecord, HubError> {
         let id = device_id(&spec.device_id)?;
-        for key in [&spec.primary_key, &spec.secondary_key].into_iter().flatten() {
+        for key in [&spec.primary_key, &spec.secondary_key]
+            .into_iter()
+            .flatten()
+        {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
         let record = self.db.transaction(|tx| {
             let parent_scope = match &spec.parent {
                 Some(parent) => {
                     let parent_id = device_id(parent)?;
-                    let parent = store::device(tx, &parent_id)?.ok_or(HubError::DeviceNotFound(parent.clone()))?;
+                    let parent = store::device(tx, &parent_id)?
+                        .ok_or(HubError::DeviceNotFound(parent.clone()))?;
                     if !parent.iot_edge {
-                        return Err(HubError::ArgumentInvalid(format!("parent {parent_id} is not an edge device")));
+                        return Err(HubError::ArgumentInvalid(format!(
+                            "parent {parent_id} is not an edge device"
+                        )));
                     }
                     Some(parent.edge_scope())
                 }
@@ -105,8 +117,12 @@ impl Hub {
             };
             let existing = store::device(tx, &id)?;
             let record = match (existing, precondition) {
-                (Some(_), Precondition::CreateOnly) => return Err(HubError::DeviceAlreadyExists(id.to_string())),
-                (None, Precondition::Etag(_)) => return Err(HubError::DeviceNotFound(id.to_string())),
+                (Some(_), Precondition::CreateOnly) => {
+                    return Err(HubError::DeviceAlreadyExists(id.to_string()))
+                }
+                (None, Precondition::Etag(_)) => {
+                    return Err(HubError::DeviceNotFound(id.to_string()))
+                }
                 (Some(mut current), _) => {
                     precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
                     let status = spec.status.unwrap_or(current.status);
@@ -117,10 +133,15 @@ impl Hub {
                     current.status_reason = spec.status_reason.clone();
                     // Keys left empty on an update keep their value: an update is not a key rotation.
                     let keep = |given: &Option<String>, old: &str| {
-                        given.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| old.to_owned())
+                        given
+                            .clone()
+                            .filter(|k| !k.is_empty())
+                            .unwrap_or_else(|| old.to_owned())
                     };
-                    current.credentials.primary_key = keep(&spec.primary_key, &current.credentials.primary_key);
-                    current.credentials.secondary_key = keep(&spec.secondary_key, &current.credentials.secondary_key);
+                    current.credentials.primary_key =
+                        keep(&spec.primary_key, &current.credentials.primary_key);
+                    current.credentials.secondary_key =
+                        keep(&spec.secondary_key, &current.credentials.secondary_key);
                     current.iot_edge = spec.iot_edge;
                     apply_scopes(&mut current, &spec, parent_scope);
                     current.etag_counter += 1;
@@ -134,20 +155,26 @@ impl Hub {
                         status: spec.status.unwrap_or(IdentityStatus::Enabled),
                         status_reason: spec.status_reason.clone(),
                         status_updated: Utc::now(),
-                        credentials: Credentials::sas(spec.primary_key.as_deref(), spec.secondary_key.as_deref()),
+                        credentials: Credentials::sas(
+                            spec.primary_key.as_deref(),
+                            spec.secondary_key.as_deref(),
+                        ),
                         iot_edge: spec.iot_edge,
                         device_scope: None,
                         parent_scopes: Vec::new(),
                     };
                     apply_scopes(&mut record, &spec, parent_scope);
-                    store::put_twin(tx, &id, None, &Twin::new(Utc::now()))?;
                     record
                 }
             };
             store::put_device(tx, &record)?;
+            if store::twin(tx, &id, None)?.is_none() {
+                store::put_twin(tx, &id, None, &Twin::new(Utc::now()))?;
+            }
             if record.iot_edge {
                 for system in ["$edgeAgent", "$edgeHub"] {
-                    let module = ModuleId::new(system).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+                    let module = ModuleId::new(system)
+                        .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
                     if store::module(tx, &id, &module)?.is_none() {
                         insert_module(tx, &id, &module, Some("IotEdge".into()), None, None)?;
                     }
@@ -176,7 +203,8 @@ impl Hub {
     pub fn delete_device(&self, id: &str, precondition: &Precondition) -> Result<(), HubError> {
         let id = device_id(id)?;
         self.db.transaction(|tx| {
-            let current = store::device(tx, &id)?.ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
+            let current =
+                store::device(tx, &id)?.ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
             precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
             store::delete_device(tx, &id)?;
             Ok::<_, HubError>(())
@@ -186,10 +214,17 @@ impl Hub {
     }
 
     /// Creates or updates a module as `precondition` allows; returns it and whether it was created.
-    pub fn put_module(&self, spec: ModuleSpec, precondition: &Precondition) -> Result<(ModuleRecord, bool), HubError> {
+    pub fn put_module(
+        &self,
+        spec: ModuleSpec,
+        precondition: &Precondition,
+    ) -> Result<(ModuleRecord, bool), HubError> {
         let device = device_id(&spec.device_id)?;
         let module = module_id(&spec.module_id)?;
-        for key in [&spec.primary_key, &spec.secondary_key].into_iter().flatten() {
+        for key in [&spec.primary_key, &spec.secondary_key]
+            .into_iter()
+            .flatten()
+        {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
         self.db.transaction(|tx| {
@@ -197,7 +232,9 @@ impl Hub {
                 return Err(HubError::DeviceNotFound(device.to_string()));
             }
             match (store::module(tx, &device, &module)?, precondition) {
-                (Some(_), Precondition::CreateOnly) => Err(HubError::ModuleAlreadyExists(module.to_string())),
+                (Some(_), Precondition::CreateOnly) => {
+                    Err(HubError::ModuleAlreadyExists(module.to_string()))
+                }
                 (None, Precondition::Etag(_)) => Err(HubError::ModuleNotFound(module.to_string())),
                 (Some(mut current), _) => {
                     precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
@@ -236,7 +273,8 @@ impl Hub {
         if store::device(&conn, &device)?.is_none() {
             return Err(HubError::DeviceNotFound(device.to_string()));
         }
-        store::module(&conn, &device, &module)?.ok_or_else(|| HubError::ModuleNotFound(module.to_string()))
+        store::module(&conn, &device, &module)?
+            .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))
     }
 
     /// Lists the modules of a device.
@@ -250,7 +288,12 @@ impl Hub {
     }
 
     /// Deletes a module and its twin, and disconnects it.
-    pub fn delete_module(&self, device: &str, module: &str, precondition: &Precondition) -> Result<(), HubError> {
+    pub fn delete_module(
+        &self,
+        device: &str,
+        module: &str,
+        precondition: &Precondition,
+    ) -> Result<(), HubError> {
         let (device, module) = (device_id(device)?, module_id(module)?);
         self.db.transaction(|tx| {
             let current = store::module(tx, &device, &module)?
@@ -295,6 +338,15 @@ pub(crate) fn insert_module(
         credentials: Credentials::sas(primary_key, secondary_key),
     };
     store::put_module(tx, &record)?;
-    store::put_twin(tx, device, Some(module), &Twin::new(Utc::now()))?;
+    let mut twin = Twin::new(Utc::now());
+    // The deployment may have named this module before its identity existed: its twin starts from that content.
+    if let Some(desired) = store::deployment(tx, device)?
+        .as_ref()
+        .and_then(|manifest| manifest.get("modulesContent")?.get(module.as_str()))
+    {
+        twin.replace_desired(desired, Utc::now())
+            .map_err(|e| HubError::InvalidConfigurationContent(format!("module {module}: {e}")))?;
+    }
+    store::put_twin(tx, device, Some(module), &twin)?;
     Ok(record)
 }

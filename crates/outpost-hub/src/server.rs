@@ -58,15 +58,23 @@ pub fn connection_string(hub: &Hub, host_name: &str, https_port: u16) -> anyhow:
         .into_iter()
         .find(|p| p.name == "iothubowner")
         .ok_or_else(|| anyhow::anyhow!("the hub has no iothubowner policy"))?;
-    let host = if https_port == 443 { host_name.to_owned() } else { format!("{host_name}:{https_port}") };
+    let host = if https_port == 443 {
+        host_name.to_owned()
+    } else {
+        format!("{host_name}:{https_port}")
+    };
     Ok(outpost_core::ConnectionString::service(&host, &owner.name, &owner.primary_key).to_string())
 }
 
 impl RunningHub {
     /// Opens the hub and starts serving; returns once both listeners are bound.
     pub async fn start(config: &HubConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
         let hub = Arc::new(Hub::open(&config.data_dir, &config.host_name)?);
         let ca = CertificateAuthority::load_or_create(&config.data_dir, "Outpost hub CA")?;
         let tls = ca.server_tls_config(&config.host_name)?;
@@ -82,11 +90,17 @@ impl RunningHub {
         let devices = Arc::new(HubDevices(hub.clone()));
         let stop = stopped(shutdown_rx.clone());
         tasks.spawn(async move {
-            if let Err(error) = outpost_mqtt::serve(mqtt_listener, mqtt_config, devices, stop).await {
+            if let Err(error) = outpost_mqtt::serve(mqtt_listener, mqtt_config, devices, stop).await
+            {
                 tracing::error!(%error, "the MQTT listener stopped");
             }
         });
-        tasks.spawn(serve_https(https_listener, TlsAcceptor::from(tls), crate::rest::router(hub.clone()), shutdown_rx.clone()));
+        tasks.spawn(serve_https(
+            https_listener,
+            TlsAcceptor::from(tls),
+            crate::rest::router(hub.clone()),
+            shutdown_rx.clone(),
+        ));
         let pusher = hub.clone();
         let mut stop = shutdown_rx;
         tasks.spawn(async move {
@@ -99,7 +113,13 @@ impl RunningHub {
             }
         });
         tracing::info!(%mqtt_addr, %https_addr, host_name = %config.host_name, "hub listening");
-        Ok(Self { hub, mqtt_addr, https_addr, shutdown, tasks })
+        Ok(Self {
+            hub,
+            mqtt_addr,
+            https_addr,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops the listeners and waits for them.
@@ -110,7 +130,9 @@ impl RunningHub {
 }
 
 async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((ip, port)).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {ip}:{port}: {e}"))
+    TcpListener::bind((ip, port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {ip}:{port}: {e}"))
 }
 
 async fn stopped(mut shutdown: watch::Receiver<bool>) {
@@ -122,7 +144,12 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Serves the REST API over TLS, one task per connection.
-async fn serve_https(listener: TcpListener, acceptor: TlsAcceptor, router: axum::Router, shutdown: watch::Receiver<bool>) {
+async fn serve_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    shutdown: watch::Receiver<bool>,
+) {
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     loop {
@@ -140,7 +167,9 @@ async fn serve_https(listener: TcpListener, acceptor: TlsAcceptor, router: axum:
         let acceptor = acceptor.clone();
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),

@@ -53,7 +53,9 @@ fn to_text<T: Serialize>(value: &T) -> Result<String, StorageError> {
 }
 
 fn from_text<T: DeserializeOwned>(text: Option<String>) -> Result<Option<T>, StorageError> {
-    text.map(|t| serde_json::from_str(&t)).transpose().map_err(StorageError::from)
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(StorageError::from)
 }
 
 /// The module column of the twins table: empty for the device twin.
@@ -64,7 +66,11 @@ fn module_key(module: Option<&ModuleId>) -> &str {
 /// Reads one device.
 pub fn device(conn: &Connection, id: &DeviceId) -> Result<Option<DeviceRecord>, StorageError> {
     let text = conn
-        .query_row("SELECT record FROM devices WHERE device_id = ?1", [id.as_str()], |r| r.get(0))
+        .query_row(
+            "SELECT record FROM devices WHERE device_id = ?1",
+            [id.as_str()],
+            |r| r.get(0),
+        )
         .optional()?;
     from_text(text)
 }
@@ -97,7 +103,11 @@ pub fn delete_device(conn: &Connection, id: &DeviceId) -> Result<bool, StorageEr
 }
 
 /// Reads one module.
-pub fn module(conn: &Connection, device: &DeviceId, module: &ModuleId) -> Result<Option<ModuleRecord>, StorageError> {
+pub fn module(
+    conn: &Connection,
+    device: &DeviceId,
+    module: &ModuleId,
+) -> Result<Option<ModuleRecord>, StorageError> {
     let text = conn
         .query_row(
             "SELECT record FROM modules WHERE device_id = ?1 AND module_id = ?2",
@@ -110,7 +120,8 @@ pub fn module(conn: &Connection, device: &DeviceId, module: &ModuleId) -> Result
 
 /// Lists the modules of a device, ordered by name.
 pub fn modules(conn: &Connection, device: &DeviceId) -> Result<Vec<ModuleRecord>, StorageError> {
-    let mut statement = conn.prepare("SELECT record FROM modules WHERE device_id = ?1 ORDER BY module_id")?;
+    let mut statement =
+        conn.prepare("SELECT record FROM modules WHERE device_id = ?1 ORDER BY module_id")?;
     let rows = statement.query_map([device.as_str()], |r| r.get::<_, String>(0))?;
     rows.map(|text| Ok(serde_json::from_str(&text?)?)).collect()
 }
@@ -120,21 +131,42 @@ pub fn put_module(conn: &Connection, record: &ModuleRecord) -> Result<(), Storag
     conn.execute(
         "INSERT INTO modules (device_id, module_id, record) VALUES (?1, ?2, ?3)
          ON CONFLICT (device_id, module_id) DO UPDATE SET record = excluded.record",
-        params![record.device_id.as_str(), record.module_id.as_str(), to_text(record)?],
+        params![
+            record.device_id.as_str(),
+            record.module_id.as_str(),
+            to_text(record)?
+        ],
     )?;
     Ok(())
 }
 
 /// Deletes a module and its twin; returns whether it existed.
-pub fn delete_module(conn: &Connection, device: &DeviceId, module: &ModuleId) -> Result<bool, StorageError> {
+pub fn delete_module(
+    conn: &Connection,
+    device: &DeviceId,
+    module: &ModuleId,
+) -> Result<bool, StorageError> {
     let key = [device.as_str(), module.as_str()];
-    conn.execute("DELETE FROM twins WHERE device_id = ?1 AND module_id = ?2", key)?;
-    conn.execute("DELETE FROM sessions WHERE client_id = ?1", [format!("{device}/{module}")])?;
-    Ok(conn.execute("DELETE FROM modules WHERE device_id = ?1 AND module_id = ?2", key)? > 0)
+    conn.execute(
+        "DELETE FROM twins WHERE device_id = ?1 AND module_id = ?2",
+        key,
+    )?;
+    conn.execute(
+        "DELETE FROM sessions WHERE client_id = ?1",
+        [format!("{device}/{module}")],
+    )?;
+    Ok(conn.execute(
+        "DELETE FROM modules WHERE device_id = ?1 AND module_id = ?2",
+        key,
+    )? > 0)
 }
 
 /// Reads the twin of a device (`module` `None`) or of a module.
-pub fn twin(conn: &Connection, device: &DeviceId, module: Option<&ModuleId>) -> Result<Option<Twin>, StorageError> {
+pub fn twin(
+    conn: &Connection,
+    device: &DeviceId,
+    module: Option<&ModuleId>,
+) -> Result<Option<Twin>, StorageError> {
     let text = conn
         .query_row(
             "SELECT twin FROM twins WHERE device_id = ?1 AND module_id = ?2",
@@ -146,7 +178,12 @@ pub fn twin(conn: &Connection, device: &DeviceId, module: Option<&ModuleId>) -> 
 }
 
 /// Inserts or replaces a twin.
-pub fn put_twin(conn: &Connection, device: &DeviceId, module: Option<&ModuleId>, twin: &Twin) -> Result<(), StorageError> {
+pub fn put_twin(
+    conn: &Connection,
+    device: &DeviceId,
+    module: Option<&ModuleId>,
+    twin: &Twin,
+) -> Result<(), StorageError> {
     conn.execute(
         "INSERT INTO twins (device_id, module_id, twin) VALUES (?1, ?2, ?3)
          ON CONFLICT (device_id, module_id) DO UPDATE SET twin = excluded.twin",
@@ -175,13 +212,21 @@ pub fn put_policy(conn: &Connection, policy: &AccessPolicy) -> Result<(), Storag
 /// The persisted MQTT subscriptions of a client id.
 pub fn session(conn: &Connection, client_id: &str) -> Result<Vec<String>, StorageError> {
     let text = conn
-        .query_row("SELECT filters FROM sessions WHERE client_id = ?1", [client_id], |r| r.get(0))
+        .query_row(
+            "SELECT filters FROM sessions WHERE client_id = ?1",
+            [client_id],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(from_text(text)?.unwrap_or_default())
 }
 
 /// Persists the MQTT subscriptions of a client id; an empty list forgets the session.
-pub fn put_session(conn: &Connection, client_id: &str, filters: &[String]) -> Result<(), StorageError> {
+pub fn put_session(
+    conn: &Connection,
+    client_id: &str,
+    filters: &[String],
+) -> Result<(), StorageError> {
     if filters.is_empty() {
         conn.execute("DELETE FROM sessions WHERE client_id = ?1", [client_id])?;
     } else {
@@ -201,9 +246,16 @@ pub fn append_event(conn: &Connection, event: &serde_json::Value) -> Result<i64,
 }
 
 /// Reads up to `max` events with a sequence number above `after`.
-pub fn events_after(conn: &Connection, after: i64, max: usize) -> Result<Vec<(i64, serde_json::Value)>, StorageError> {
-    let mut statement = conn.prepare_cached("SELECT seq, event FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-    let rows = statement.query_map(params![after, max as i64], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))?;
+pub fn events_after(
+    conn: &Connection,
+    after: i64,
+    max: usize,
+) -> Result<Vec<(i64, serde_json::Value)>, StorageError> {
+    let mut statement =
+        conn.prepare_cached("SELECT seq, event FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = statement.query_map(params![after, max as i64], |r| {
+        Ok((r.get(0)?, r.get::<_, String>(1)?))
+    })?;
     rows.map(|row| {
         let (seq, text) = row?;
         Ok((seq, serde_json::from_str(&text)?))
@@ -217,15 +269,28 @@ pub fn last_event(conn: &Connection) -> Result<i64, StorageError> {
 }
 
 /// Queues a cloud-to-device message; returns its id.
-pub fn enqueue_c2d(conn: &Connection, device: &DeviceId, message: &serde_json::Value) -> Result<i64, StorageError> {
-    conn.execute("INSERT INTO c2d (device_id, message) VALUES (?1, ?2)", params![device.as_str(), to_text(message)?])?;
+pub fn enqueue_c2d(
+    conn: &Connection,
+    device: &DeviceId,
+    message: &serde_json::Value,
+) -> Result<i64, StorageError> {
+    conn.execute(
+        "INSERT INTO c2d (device_id, message) VALUES (?1, ?2)",
+        params![device.as_str(), to_text(message)?],
+    )?;
     Ok(conn.last_insert_rowid())
 }
 
 /// The queued cloud-to-device messages of a device, oldest first.
-pub fn pending_c2d(conn: &Connection, device: &DeviceId) -> Result<Vec<(i64, serde_json::Value)>, StorageError> {
-    let mut statement = conn.prepare_cached("SELECT id, message FROM c2d WHERE device_id = ?1 ORDER BY id")?;
-    let rows = statement.query_map([device.as_str()], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))?;
+pub fn pending_c2d(
+    conn: &Connection,
+    device: &DeviceId,
+) -> Result<Vec<(i64, serde_json::Value)>, StorageError> {
+    let mut statement =
+        conn.prepare_cached("SELECT id, message FROM c2d WHERE device_id = ?1 ORDER BY id")?;
+    let rows = statement.query_map([device.as_str()], |r| {
+        Ok((r.get(0)?, r.get::<_, String>(1)?))
+    })?;
     rows.map(|row| {
         let (id, text) = row?;
         Ok((id, serde_json::from_str(&text)?))
@@ -242,16 +307,38 @@ pub fn devices_with_c2d(conn: &Connection) -> Result<Vec<String>, StorageError> 
 
 /// Removes a delivered cloud-to-device message.
 pub fn complete_c2d(conn: &Connection, device: &DeviceId, id: i64) -> Result<(), StorageError> {
-    conn.execute("DELETE FROM c2d WHERE id = ?1 AND device_id = ?2", params![id, device.as_str()])?;
+    conn.execute(
+        "DELETE FROM c2d WHERE id = ?1 AND device_id = ?2",
+        params![id, device.as_str()],
+    )?;
     Ok(())
 }
 
 /// Records the deployment last applied to an edge device.
-pub fn put_deployment(conn: &Connection, device: &DeviceId, manifest: &serde_json::Value) -> Result<(), StorageError> {
+pub fn put_deployment(
+    conn: &Connection,
+    device: &DeviceId,
+    manifest: &serde_json::Value,
+) -> Result<(), StorageError> {
     conn.execute(
         "INSERT INTO deployments (device_id, manifest, applied) VALUES (?1, ?2, ?3)
          ON CONFLICT (device_id) DO UPDATE SET manifest = excluded.manifest, applied = excluded.applied",
         params![device.as_str(), to_text(manifest)?, chrono::Utc::now().to_rfc3339()],
     )?;
     Ok(())
+}
+
+/// The deployment last applied to an edge device (`{"modulesContent": {..}}`, each entry a desired object).
+pub fn deployment(
+    conn: &Connection,
+    device: &DeviceId,
+) -> Result<Option<serde_json::Value>, StorageError> {
+    let text = conn
+        .query_row(
+            "SELECT manifest FROM deployments WHERE device_id = ?1",
+            [device.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    from_text(text)
 }

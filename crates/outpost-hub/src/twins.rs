@@ -25,17 +25,24 @@ pub struct TwinWrite {
 impl TwinWrite {
     /// Reads the body of a twin PATCH or PUT: `{"tags":{..},"properties":{"desired":{..}}}`.
     pub fn from_body(body: &Value, replace: bool) -> Result<Self, HubError> {
-        let object = body.as_object().ok_or_else(|| HubError::ArgumentInvalid("the twin body must be a JSON object".into()))?;
-        let mut write = Self { replace, ..Self::default() };
+        let object = body.as_object().ok_or_else(|| {
+            HubError::ArgumentInvalid("the twin body must be a JSON object".into())
+        })?;
+        let mut write = Self {
+            replace,
+            ..Self::default()
+        };
         if let Some(tags) = object.get("tags").filter(|t| !t.is_null()) {
             write.tags = Some(tags.clone());
         }
         if let Some(properties) = object.get("properties").filter(|p| !p.is_null()) {
-            let properties = properties
-                .as_object()
-                .ok_or_else(|| HubError::ArgumentInvalid("twin properties must be a JSON object".into()))?;
+            let properties = properties.as_object().ok_or_else(|| {
+                HubError::ArgumentInvalid("twin properties must be a JSON object".into())
+            })?;
             if properties.get("reported").is_some_and(|r| !r.is_null()) {
-                return Err(HubError::ArgumentInvalid("reported properties can only be written by the device".into()));
+                return Err(HubError::ArgumentInvalid(
+                    "reported properties can only be written by the device".into(),
+                ));
             }
             if let Some(desired) = properties.get("desired").filter(|d| !d.is_null()) {
                 write.desired = Some(desired.clone());
@@ -68,16 +75,29 @@ impl Hub {
         let module_id = module.map(module_id).transpose()?;
         let (twin, device, module) = {
             let conn = self.db.lock();
-            let device = store::device(&conn, &device_id)?.ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
+            let device = store::device(&conn, &device_id)?
+                .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
             let module = match &module_id {
-                Some(m) => Some(store::module(&conn, &device_id, m)?.ok_or_else(|| HubError::ModuleNotFound(m.to_string()))?),
+                Some(m) => Some(
+                    store::module(&conn, &device_id, m)?
+                        .ok_or_else(|| HubError::ModuleNotFound(m.to_string()))?,
+                ),
                 None => None,
             };
-            let twin = store::twin(&conn, &device_id, module_id.as_ref())?.unwrap_or_else(|| Twin::new(Utc::now()));
+            let twin = store::twin(&conn, &device_id, module_id.as_ref())?
+                .unwrap_or_else(|| Twin::new(Utc::now()));
             (twin, device, module)
         };
-        let identity = Identity { device: device_id, module: module_id };
-        Ok(TwinView { twin, device, module, connected: self.is_connected(&identity) })
+        let identity = Identity {
+            device: device_id,
+            module: module_id,
+        };
+        Ok(TwinView {
+            twin,
+            device,
+            module,
+            connected: self.is_connected(&identity),
+        })
     }
 
     /// Applies a service write to a twin and notifies the connected device of desired changes.
@@ -88,7 +108,10 @@ impl Hub {
         write: &TwinWrite,
         precondition: &Precondition,
     ) -> Result<TwinView, HubError> {
-        let identity = Identity { device: device_id(device)?, module: module.map(module_id).transpose()? };
+        let identity = Identity {
+            device: device_id(device)?,
+            module: module.map(module_id).transpose()?,
+        };
         let notification = self.db.transaction(|tx| {
             let mut twin = self.twin_for_update(tx, &identity)?;
             if let Precondition::Etag(_) = precondition {
@@ -98,12 +121,24 @@ impl Hub {
             // Work on a copy: a refused part leaves the stored twin as it was.
             let mut updated = twin.clone();
             if let Some(tags) = &write.tags {
-                let result = if write.replace { updated.replace_tags(tags) } else { updated.patch_tags(tags) };
+                let result = if write.replace {
+                    updated.replace_tags(tags)
+                } else {
+                    updated.patch_tags(tags)
+                };
                 result.map_err(|e| twin_error(&e))?;
             }
             let notification = match &write.desired {
-                Some(desired) if write.replace => Some(updated.replace_desired(desired, now).map_err(|e| twin_error(&e))?),
-                Some(desired) => Some(updated.patch_desired(desired, now).map_err(|e| twin_error(&e))?),
+                Some(desired) if write.replace => Some(
+                    updated
+                        .replace_desired(desired, now)
+                        .map_err(|e| twin_error(&e))?,
+                ),
+                Some(desired) => Some(
+                    updated
+                        .patch_desired(desired, now)
+                        .map_err(|e| twin_error(&e))?,
+                ),
                 None => None,
             };
             twin = updated;
@@ -120,7 +155,9 @@ impl Hub {
     pub fn patch_reported(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
         self.db.transaction(|tx| {
             let mut twin = self.twin_for_update(tx, identity)?;
-            let version = twin.patch_reported(patch, Utc::now()).map_err(|e| twin_error(&e))?;
+            let version = twin
+                .patch_reported(patch, Utc::now())
+                .map_err(|e| twin_error(&e))?;
             store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
             Ok(version)
         })
@@ -135,38 +172,42 @@ impl Hub {
     }
 
     /// Applies a deployment manifest to an edge device: each entry of `modulesContent` replaces that module
-    /// twin's desired properties. Module identities named by the manifest are created when missing.
+    /// twin's desired properties. As in IoT Hub, the content for a module whose identity does not exist yet
+    /// waits in the stored deployment and lands in its twin when the edge runtime creates the identity.
     pub fn apply_configuration(&self, device: &str, content: &Value) -> Result<(), HubError> {
         let device_id = device_id(device)?;
-        let manifest =
-            DeploymentManifest::from_json(content).map_err(|e| HubError::InvalidConfigurationContent(e.to_string()))?;
+        let manifest = DeploymentManifest::from_json(content)
+            .map_err(|e| HubError::InvalidConfigurationContent(e.to_string()))?;
         let mut notifications = Vec::new();
         self.db.transaction(|tx| {
-            let record = store::device(tx, &device_id)?.ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
+            let record = store::device(tx, &device_id)?
+                .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
             if !record.iot_edge {
-                return Err(HubError::ArgumentInvalid(format!("{device} is not an edge device")));
+                return Err(HubError::ArgumentInvalid(format!(
+                    "{device} is not an edge device"
+                )));
             }
             // Validate every twin change first, so that a refused one leaves all twins as they were.
             let mut updates = Vec::new();
             for (name, desired) in &manifest.modules_content {
                 let module = module_id(name)?;
-                let mut twin = match store::twin(tx, &device_id, Some(&module))? {
-                    Some(twin) => twin,
-                    None => Twin::new(Utc::now()),
-                };
+                let existing = store::twin(tx, &device_id, Some(&module))?;
+                let exists =
+                    existing.is_some() && store::module(tx, &device_id, &module)?.is_some();
+                let mut twin = existing.unwrap_or_else(|| Twin::new(Utc::now()));
                 let body = twin.replace_desired(desired, Utc::now()).map_err(|e| {
                     HubError::InvalidConfigurationContent(format!("module {name}: {e}"))
                 })?;
-                updates.push((module, twin, body));
+                if exists {
+                    updates.push((module, twin, body));
+                }
             }
             for (module, twin, body) in updates {
-                if store::module(tx, &device_id, &module)?.is_none() {
-                    crate::registry::insert_module(tx, &device_id, &module, Some("IotEdge".into()), None, None)?;
-                }
                 store::put_twin(tx, &device_id, Some(&module), &twin)?;
                 notifications.push((Identity::module(device_id.clone(), module), body));
             }
-            store::put_deployment(tx, &device_id, content)?;
+            let normalized = serde_json::json!({"modulesContent": manifest.modules_content});
+            store::put_deployment(tx, &device_id, &normalized)?;
             Ok(())
         })?;
         for (identity, body) in notifications {
@@ -175,7 +216,11 @@ impl Hub {
         Ok(())
     }
 
-    fn twin_for_update(&self, tx: &rusqlite::Connection, identity: &Identity) -> Result<Twin, HubError> {
+    fn twin_for_update(
+        &self,
+        tx: &rusqlite::Connection,
+        identity: &Identity,
+    ) -> Result<Twin, HubError> {
         if store::device(tx, &identity.device)?.is_none() {
             return Err(HubError::DeviceNotFound(identity.device.to_string()));
         }
@@ -184,7 +229,8 @@ impl Hub {
                 return Err(HubError::ModuleNotFound(module.to_string()));
             }
         }
-        Ok(store::twin(tx, &identity.device, identity.module.as_ref())?.unwrap_or_else(|| Twin::new(Utc::now())))
+        Ok(store::twin(tx, &identity.device, identity.module.as_ref())?
+            .unwrap_or_else(|| Twin::new(Utc::now())))
     }
 
     fn notify_desired(&self, identity: &Identity, body: Value) {
@@ -210,9 +256,23 @@ pub fn twin_json(view: &TwinView) -> Value {
     };
     json.insert("deviceEtag".into(), device_etag.into());
     json.insert("version".into(), view.twin.version().into());
-    json.insert("status".into(), serde_json::to_value(view.device.status).unwrap_or(Value::Null));
-    json.insert("statusUpdateTime".into(), view.device.status_updated.to_rfc3339().into());
-    json.insert("connectionState".into(), if view.connected { "Connected" } else { "Disconnected" }.into());
+    json.insert(
+        "status".into(),
+        serde_json::to_value(view.device.status).unwrap_or(Value::Null),
+    );
+    json.insert(
+        "statusUpdateTime".into(),
+        view.device.status_updated.to_rfc3339().into(),
+    );
+    json.insert(
+        "connectionState".into(),
+        if view.connected {
+            "Connected"
+        } else {
+            "Disconnected"
+        }
+        .into(),
+    );
     json.insert("lastActivityTime".into(), "0001-01-01T00:00:00Z".into());
     json.insert("cloudToDeviceMessageCount".into(), 0.into());
     json.insert("authenticationType".into(), "sas".into());
@@ -221,11 +281,17 @@ pub fn twin_json(view: &TwinView) -> Value {
         serde_json::json!({"primaryThumbprint": null, "secondaryThumbprint": null}),
     );
     if view.module.is_none() {
-        json.insert("capabilities".into(), serde_json::json!({"iotEdge": view.device.iot_edge}));
+        json.insert(
+            "capabilities".into(),
+            serde_json::json!({"iotEdge": view.device.iot_edge}),
+        );
         if let Some(scope) = &view.device.device_scope {
             json.insert("deviceScope".into(), scope.clone().into());
         }
-        json.insert("parentScopes".into(), serde_json::to_value(&view.device.parent_scopes).unwrap_or_default());
+        json.insert(
+            "parentScopes".into(),
+            serde_json::to_value(&view.device.parent_scopes).unwrap_or_default(),
+        );
     }
     json.insert("modelId".into(), "".into());
     json.insert("tags".into(), Value::Object(view.twin.tags().clone()));

@@ -11,15 +11,23 @@ fn hub() -> Hub {
 }
 
 fn device(id: &str) -> DeviceSpec {
-    DeviceSpec { device_id: id.into(), ..DeviceSpec::default() }
+    DeviceSpec {
+        device_id: id.into(),
+        ..DeviceSpec::default()
+    }
 }
 
 #[test]
 fn a_created_device_gets_generated_keys_and_a_twin() {
     let hub = hub();
-    let record = hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
+    let record = hub
+        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
     assert!(!record.credentials.primary_key.is_empty());
-    assert_ne!(record.credentials.primary_key, record.credentials.secondary_key);
+    assert_ne!(
+        record.credentials.primary_key,
+        record.credentials.secondary_key
+    );
     let view = hub.twin("dev1", None).unwrap();
     assert_eq!(view.twin.desired_version(), 1);
 }
@@ -27,17 +35,28 @@ fn a_created_device_gets_generated_keys_and_a_twin() {
 #[test]
 fn creating_an_existing_device_is_a_conflict_and_changes_nothing() {
     let hub = hub();
-    let first = hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
+    let first = hub
+        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
     let again = hub.put_device(device("dev1"), &Precondition::CreateOnly);
     assert!(matches!(again, Err(HubError::DeviceAlreadyExists(_))));
-    assert_eq!(hub.device("dev1").unwrap().credentials.primary_key, first.credentials.primary_key);
+    assert_eq!(
+        hub.device("dev1").unwrap().credentials.primary_key,
+        first.credentials.primary_key
+    );
 }
 
 #[test]
 fn illegal_ids_are_refused() {
     let hub = hub();
     for id in ["bad/id", "a b", "", &"x".repeat(129)] {
-        assert!(matches!(hub.put_device(device(id), &Precondition::CreateOnly), Err(HubError::ArgumentInvalid(_))), "{id:?}");
+        assert!(
+            matches!(
+                hub.put_device(device(id), &Precondition::CreateOnly),
+                Err(HubError::ArgumentInvalid(_))
+            ),
+            "{id:?}"
+        );
     }
     assert!(hub.devices().unwrap().is_empty());
 }
@@ -45,52 +64,114 @@ fn illegal_ids_are_refused() {
 #[test]
 fn a_stale_etag_is_refused_and_the_wildcard_is_not() {
     let hub = hub();
-    let created = hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
+    let created = hub
+        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
     let etag = outpost_hub::identity::identity_etag(created.etag_counter);
-    hub.put_device(device("dev1"), &Precondition::Etag(etag.clone())).unwrap();
-    assert!(matches!(hub.put_device(device("dev1"), &Precondition::Etag(etag)), Err(HubError::PreconditionFailed)));
+    hub.put_device(device("dev1"), &Precondition::Etag(etag.clone()))
+        .unwrap();
+    assert!(matches!(
+        hub.put_device(device("dev1"), &Precondition::Etag(etag)),
+        Err(HubError::PreconditionFailed)
+    ));
     hub.put_device(device("dev1"), &Precondition::Any).unwrap();
 }
 
 #[test]
 fn an_edge_device_gets_its_system_modules_and_a_scope() {
     let hub = hub();
-    let spec = DeviceSpec { iot_edge: true, ..device("edge1") };
+    let spec = DeviceSpec {
+        iot_edge: true,
+        ..device("edge1")
+    };
     let record = hub.put_device(spec, &Precondition::CreateOnly).unwrap();
-    let modules: Vec<String> = hub.modules("edge1").unwrap().into_iter().map(|m| m.module_id.to_string()).collect();
+    let modules: Vec<String> = hub
+        .modules("edge1")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.module_id.to_string())
+        .collect();
     assert_eq!(modules, ["$edgeAgent", "$edgeHub"]);
-    assert_eq!(record.device_scope.unwrap(), format!("ms-azure-iot-edge://edge1-{}", record.generation_id));
+    assert_eq!(
+        record.device_scope.unwrap(),
+        format!("ms-azure-iot-edge://edge1-{}", record.generation_id)
+    );
 }
 
 #[test]
 fn a_child_device_takes_its_parents_scope() {
     let hub = hub();
-    let edge = hub.put_device(DeviceSpec { iot_edge: true, ..device("edge1") }, &Precondition::CreateOnly).unwrap();
-    let child = hub.put_device(DeviceSpec { parent: Some("edge1".into()), ..device("leaf") }, &Precondition::CreateOnly).unwrap();
+    let edge = hub
+        .put_device(
+            DeviceSpec {
+                iot_edge: true,
+                ..device("edge1")
+            },
+            &Precondition::CreateOnly,
+        )
+        .unwrap();
+    let child = hub
+        .put_device(
+            DeviceSpec {
+                parent: Some("edge1".into()),
+                ..device("leaf")
+            },
+            &Precondition::CreateOnly,
+        )
+        .unwrap();
     assert_eq!(child.parent_scopes, vec![edge.edge_scope()]);
-    let not_edge = hub.put_device(DeviceSpec { parent: Some("leaf".into()), ..device("leaf2") }, &Precondition::CreateOnly);
+    let not_edge = hub.put_device(
+        DeviceSpec {
+            parent: Some("leaf".into()),
+            ..device("leaf2")
+        },
+        &Precondition::CreateOnly,
+    );
     assert!(matches!(not_edge, Err(HubError::ArgumentInvalid(_))));
 }
 
 #[test]
 fn deleting_a_device_deletes_its_modules() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
-    let module = ModuleSpec { device_id: "dev1".into(), module_id: "m1".into(), ..ModuleSpec::default() };
-    let (_, created) = hub.put_module(module.clone(), &Precondition::CreateOnly).unwrap();
+    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
+    let module = ModuleSpec {
+        device_id: "dev1".into(),
+        module_id: "m1".into(),
+        ..ModuleSpec::default()
+    };
+    let (_, created) = hub
+        .put_module(module.clone(), &Precondition::CreateOnly)
+        .unwrap();
     assert!(created);
-    assert!(matches!(hub.put_module(module, &Precondition::CreateOnly), Err(HubError::ModuleAlreadyExists(_))));
+    assert!(matches!(
+        hub.put_module(module, &Precondition::CreateOnly),
+        Err(HubError::ModuleAlreadyExists(_))
+    ));
     hub.delete_device("dev1", &Precondition::Any).unwrap();
-    assert!(matches!(hub.module("dev1", "m1"), Err(HubError::DeviceNotFound(_))));
-    assert!(matches!(hub.device("dev1"), Err(HubError::DeviceNotFound(_))));
+    assert!(matches!(
+        hub.module("dev1", "m1"),
+        Err(HubError::DeviceNotFound(_))
+    ));
+    assert!(matches!(
+        hub.device("dev1"),
+        Err(HubError::DeviceNotFound(_))
+    ));
 }
 
 #[test]
 fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
-    let patch = TwinWrite::from_body(&json!({"properties": {"desired": {"a": 1}}, "tags": {"site": "x"}}), false).unwrap();
-    let view = hub.write_twin("dev1", None, &patch, &Precondition::Any).unwrap();
+    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
+    let patch = TwinWrite::from_body(
+        &json!({"properties": {"desired": {"a": 1}}, "tags": {"site": "x"}}),
+        false,
+    )
+    .unwrap();
+    let view = hub
+        .write_twin("dev1", None, &patch, &Precondition::Any)
+        .unwrap();
     assert_eq!(view.twin.desired_version(), 2);
     assert_eq!(view.twin.desired()["a"], 1);
     let before = serde_json::to_string(&hub.twin("dev1", None).unwrap().twin).unwrap();
@@ -99,8 +180,14 @@ fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     for _ in 0..12 {
         deep = json!({"k": deep});
     }
-    let too_deep = TwinWrite::from_body(&json!({"properties": {"desired": deep}, "tags": {"other": 1}}), false).unwrap();
-    assert!(hub.write_twin("dev1", None, &too_deep, &Precondition::Any).is_err());
+    let too_deep = TwinWrite::from_body(
+        &json!({"properties": {"desired": deep}, "tags": {"other": 1}}),
+        false,
+    )
+    .unwrap();
+    assert!(hub
+        .write_twin("dev1", None, &too_deep, &Precondition::Any)
+        .is_err());
     let after = serde_json::to_string(&hub.twin("dev1", None).unwrap().twin).unwrap();
     assert_eq!(before, after);
 }
@@ -108,11 +195,16 @@ fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
 #[test]
 fn a_stale_twin_etag_is_refused() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
+    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
     let etag = hub.twin("dev1", None).unwrap().twin.etag();
     let patch = TwinWrite::from_body(&json!({"properties": {"desired": {"a": 1}}}), false).unwrap();
-    hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag.clone())).unwrap();
-    assert!(matches!(hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag)), Err(HubError::PreconditionFailed)));
+    hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag.clone()))
+        .unwrap();
+    assert!(matches!(
+        hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag)),
+        Err(HubError::PreconditionFailed)
+    ));
 }
 
 #[test]
@@ -141,56 +233,126 @@ fn manifest(schema: &str) -> serde_json::Value {
 #[test]
 fn a_deployment_lands_in_the_module_twins() {
     let hub = hub();
-    hub.put_device(DeviceSpec { iot_edge: true, ..device("edge1") }, &Precondition::CreateOnly).unwrap();
+    hub.put_device(
+        DeviceSpec {
+            iot_edge: true,
+            ..device("edge1")
+        },
+        &Precondition::CreateOnly,
+    )
+    .unwrap();
     hub.apply_configuration("edge1", &manifest("1.1")).unwrap();
     let agent = hub.twin("edge1", Some("$edgeAgent")).unwrap();
     assert_eq!(agent.twin.desired()["schemaVersion"], "1.1");
     let edge_hub = hub.twin("edge1", Some("$edgeHub")).unwrap();
-    assert_eq!(edge_hub.twin.desired()["routes"]["up"], "FROM /messages/* INTO $upstream");
+    assert_eq!(
+        edge_hub.twin.desired()["routes"]["up"],
+        "FROM /messages/* INTO $upstream"
+    );
+    // The sensor's identity does not exist yet: its content waits for the edge runtime to create it.
+    assert!(matches!(
+        hub.module("edge1", "sensor"),
+        Err(HubError::ModuleNotFound(_))
+    ));
+    let module = ModuleSpec {
+        device_id: "edge1".into(),
+        module_id: "sensor".into(),
+        managed_by: Some("IotEdge".into()),
+        ..ModuleSpec::default()
+    };
+    hub.put_module(module, &Precondition::CreateOnly).unwrap();
     let sensor = hub.twin("edge1", Some("sensor")).unwrap();
     assert_eq!(sensor.twin.desired()["SendInterval"], 5);
-    assert_eq!(sensor.module.unwrap().managed_by.as_deref(), Some("IotEdge"));
 }
 
 #[test]
 fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
     let hub = hub();
-    hub.put_device(DeviceSpec { iot_edge: true, ..device("edge1") }, &Precondition::CreateOnly).unwrap();
+    hub.put_device(
+        DeviceSpec {
+            iot_edge: true,
+            ..device("edge1")
+        },
+        &Precondition::CreateOnly,
+    )
+    .unwrap();
     let result = hub.apply_configuration("edge1", &manifest("2.0"));
-    assert!(matches!(result, Err(HubError::InvalidConfigurationContent(_))));
-    assert_eq!(hub.twin("edge1", Some("$edgeAgent")).unwrap().twin.desired_version(), 1);
-    assert!(matches!(hub.module("edge1", "sensor"), Err(HubError::ModuleNotFound(_))));
+    assert!(matches!(
+        result,
+        Err(HubError::InvalidConfigurationContent(_))
+    ));
+    assert_eq!(
+        hub.twin("edge1", Some("$edgeAgent"))
+            .unwrap()
+            .twin
+            .desired_version(),
+        1
+    );
+    assert!(matches!(
+        hub.module("edge1", "sensor"),
+        Err(HubError::ModuleNotFound(_))
+    ));
 }
 
 #[test]
 fn a_deployment_needs_an_edge_device() {
     let hub = hub();
-    hub.put_device(device("plain"), &Precondition::CreateOnly).unwrap();
-    assert!(matches!(hub.apply_configuration("plain", &manifest("1.1")), Err(HubError::ArgumentInvalid(_))));
+    hub.put_device(device("plain"), &Precondition::CreateOnly)
+        .unwrap();
+    assert!(matches!(
+        hub.apply_configuration("plain", &manifest("1.1")),
+        Err(HubError::ArgumentInvalid(_))
+    ));
 }
 
 #[test]
 fn a_device_token_authenticates_only_its_own_identity() {
     let hub = hub();
-    let record = hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
-    hub.put_device(device("dev2"), &Precondition::CreateOnly).unwrap();
+    let record = hub
+        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
+    hub.put_device(device("dev2"), &Precondition::CreateOnly)
+        .unwrap();
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
-    let token = outpost_core::device_token("hub.test", "dev1", &record.credentials.primary_key, expiry).unwrap();
-    let identity = |d: &str| outpost_core::Identity::device(outpost_core::DeviceId::new(d).unwrap());
-    hub.authenticate_identity(&identity("dev1"), &token).unwrap();
-    assert!(hub.authenticate_identity(&identity("dev2"), &token).is_err());
-    let wrong_key = outpost_core::device_token("hub.test", "dev1", &outpost_hub::identity::generate_key(), expiry).unwrap();
-    assert!(hub.authenticate_identity(&identity("dev1"), &wrong_key).is_err());
+    let token =
+        outpost_core::device_token("hub.test", "dev1", &record.credentials.primary_key, expiry)
+            .unwrap();
+    let identity =
+        |d: &str| outpost_core::Identity::device(outpost_core::DeviceId::new(d).unwrap());
+    hub.authenticate_identity(&identity("dev1"), &token)
+        .unwrap();
+    assert!(hub
+        .authenticate_identity(&identity("dev2"), &token)
+        .is_err());
+    let wrong_key = outpost_core::device_token(
+        "hub.test",
+        "dev1",
+        &outpost_hub::identity::generate_key(),
+        expiry,
+    )
+    .unwrap();
+    assert!(hub
+        .authenticate_identity(&identity("dev1"), &wrong_key)
+        .is_err());
     hub.delete_device("dev1", &Precondition::Any).unwrap();
-    assert!(hub.authenticate_identity(&identity("dev1"), &token).is_err());
+    assert!(hub
+        .authenticate_identity(&identity("dev1"), &token)
+        .is_err());
 }
 
 #[test]
 fn a_method_on_an_offline_device_fails_fast() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly).unwrap();
-    let call = outpost_hub::messaging::MethodCall::from_body(&json!({"methodName": "ping", "payload": {}})).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+        .unwrap();
+    let call = outpost_hub::messaging::MethodCall::from_body(
+        &json!({"methodName": "ping", "payload": {}}),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let result = runtime.block_on(hub.invoke_method("dev1", None, call));
     assert!(matches!(result, Err(HubError::DeviceNotOnline(_))));
 }

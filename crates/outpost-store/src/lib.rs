@@ -56,7 +56,10 @@ impl Database {
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let found: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if found > migrations.len() {
-            return Err(StoreError::SchemaTooNew { found, known: migrations.len() });
+            return Err(StoreError::SchemaTooNew {
+                found,
+                known: migrations.len(),
+            });
         }
         for (version, migration) in migrations.iter().enumerate().skip(found) {
             let transaction = connection.transaction()?;
@@ -64,18 +67,25 @@ impl Database {
             transaction.pragma_update(None, "user_version", version + 1)?;
             transaction.commit()?;
         }
-        Ok(Self { connection: Mutex::new(connection) })
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
     }
 
     /// Locks the connection for a few statements. Keep the guard out of any `.await`.
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite itself consistent (transactions roll back on drop),
         // so a poisoned lock is still safe to use.
-        self.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `f` inside one transaction: all of it commits, or none of it does.
-    pub fn transaction<T, E>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    pub fn transaction<T, E>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
     where
         E: From<rusqlite::Error>,
     {
@@ -102,11 +112,17 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         {
             let db = Database::open(&path, &MIGRATIONS[..1]).unwrap();
-            db.lock().execute("INSERT INTO things (name) VALUES ('a')", []).unwrap();
+            db.lock()
+                .execute("INSERT INTO things (name) VALUES ('a')", [])
+                .unwrap();
         }
         let db = Database::open(&path, MIGRATIONS).unwrap();
-        let (name, size): (String, i64) =
-            db.lock().query_row("SELECT name, size FROM things", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let (name, size): (String, i64) = db
+            .lock()
+            .query_row("SELECT name, size FROM things", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
         assert_eq!((name.as_str(), size), ("a", 0));
     }
 
@@ -130,7 +146,10 @@ mod tests {
             Ok(())
         });
         assert!(result.is_err());
-        let count: i64 = db.lock().query_row("SELECT COUNT(*) FROM things", [], |r| r.get(0)).unwrap();
+        let count: i64 = db
+            .lock()
+            .query_row("SELECT COUNT(*) FROM things", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(count, 0);
     }
 }

@@ -11,7 +11,12 @@ use super::wire::{device_json, device_spec, module_json, module_spec};
 use super::{authorize, json_body, ok_json, precondition, ApiError, HubState};
 use crate::identity::Right;
 
-pub(super) async fn put_device(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn put_device(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryWrite)?;
     let spec = device_spec(&device, &json_body(&body)?)?;
     let record = hub.put_device(spec, &precondition(&headers))?;
@@ -19,14 +24,21 @@ pub(super) async fn put_device(State(hub): HubState, Path(device): Path<String>,
     Ok(ok_json(device_json(&record, connected)))
 }
 
-pub(super) async fn get_device(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn get_device(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
     let record = hub.device(&device)?;
     let connected = hub.is_connected(&Identity::device(record.device_id.clone()));
     Ok(ok_json(device_json(&record, connected)))
 }
 
-pub(super) async fn list_devices(State(hub): HubState, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn list_devices(
+    State(hub): HubState,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
     let devices: Vec<Value> = hub
         .devices()?
@@ -36,7 +48,11 @@ pub(super) async fn list_devices(State(hub): HubState, headers: HeaderMap) -> Re
     Ok(ok_json(Value::Array(devices)))
 }
 
-pub(super) async fn delete_device(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn delete_device(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryWrite)?;
     hub.delete_device(&device, &precondition(&headers))?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -51,8 +67,15 @@ pub(super) async fn put_module(
     authorize(&hub, &headers, Right::RegistryWrite)?;
     let spec = module_spec(&device, &module, &json_body(&body)?)?;
     let (record, created) = hub.put_module(spec, &precondition(&headers))?;
-    let connected = hub.is_connected(&Identity::module(record.device_id.clone(), record.module_id.clone()));
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let connected = hub.is_connected(&Identity::module(
+        record.device_id.clone(),
+        record.module_id.clone(),
+    ));
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(module_json(&record, connected))).into_response())
 }
 
@@ -63,16 +86,28 @@ pub(super) async fn get_module(
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
     let record = hub.module(&device, &module)?;
-    let connected = hub.is_connected(&Identity::module(record.device_id.clone(), record.module_id.clone()));
+    let connected = hub.is_connected(&Identity::module(
+        record.device_id.clone(),
+        record.module_id.clone(),
+    ));
     Ok(ok_json(module_json(&record, connected)))
 }
 
-pub(super) async fn list_modules(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn list_modules(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
     let modules: Vec<Value> = hub
         .modules(&device)?
         .iter()
-        .map(|m| module_json(m, hub.is_connected(&Identity::module(m.device_id.clone(), m.module_id.clone()))))
+        .map(|m| {
+            module_json(
+                m,
+                hub.is_connected(&Identity::module(m.device_id.clone(), m.module_id.clone())),
+            )
+        })
         .collect();
     Ok(ok_json(Value::Array(modules)))
 }

@@ -18,14 +18,25 @@ use super::{authorize, json_body, ok_json, ApiError, HubState};
 use crate::identity::Right;
 use crate::messaging::MethodCall;
 
-async fn invoke(hub: &crate::Hub, device: &str, module: Option<&str>, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+async fn invoke(
+    hub: &crate::Hub,
+    device: &str,
+    module: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     authorize(hub, headers, Right::ServiceConnect)?;
     let call = MethodCall::from_body(&json_body(body)?)?;
     let (status, payload) = hub.invoke_method(device, module, call).await?;
     Ok(ok_json(json!({"status": status, "payload": payload})))
 }
 
-pub(super) async fn invoke_device_method(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn invoke_device_method(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     invoke(&hub, &device, None, &headers, &body).await
 }
 
@@ -51,14 +62,24 @@ struct C2dRequest {
     content_encoding: Option<String>,
 }
 
-pub(super) async fn send_c2d(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn send_c2d(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
     let request: C2dRequest = serde_json::from_value(json_body(&body)?)
         .map_err(|e| ApiError::bad_request(&format!("invalid cloud-to-device message: {e}")))?;
     let mut system = BTreeMap::new();
-    let message_id = request.message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let message_id = request
+        .message_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     system.insert("messageId".to_owned(), message_id.clone());
-    system.insert("to".to_owned(), format!("/devices/{device}/messages/deviceBound"));
+    system.insert(
+        "to".to_owned(),
+        format!("/devices/{device}/messages/deviceBound"),
+    );
     for (name, value) in [
         ("correlationId", request.correlation_id),
         ("contentType", request.content_type),
@@ -68,7 +89,11 @@ pub(super) async fn send_c2d(State(hub): HubState, Path(device): Path<String>, h
             system.insert(name.to_owned(), value);
         }
     }
-    let message = Message { body: request.body.into_bytes(), system, properties: request.properties };
+    let message = Message {
+        body: request.body.into_bytes(),
+        system,
+        properties: request.properties,
+    };
     hub.send_c2d(&device, &message)?;
     Ok(ok_json(json!({"messageId": message_id})))
 }
@@ -85,7 +110,11 @@ pub(super) struct EventsQuery {
     wait_secs: Option<u64>,
 }
 
-pub(super) async fn read_events(State(hub): HubState, Query(query): Query<EventsQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn read_events(
+    State(hub): HubState,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
     let after = query.after.unwrap_or_else(|| hub.newest_event());
     let max = query.max.unwrap_or(100).clamp(1, 1000);

@@ -44,21 +44,47 @@ pub const API_VERSIONS: &[&str] = &[
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/devices", get(devices::list_devices))
-        .route("/devices/{device}", put(devices::put_device).get(devices::get_device).delete(devices::delete_device))
+        .route(
+            "/devices/{device}",
+            put(devices::put_device)
+                .get(devices::get_device)
+                .delete(devices::delete_device),
+        )
         .route("/devices/{device}/modules", get(devices::list_modules))
         .route(
             "/devices/{device}/modules/{module}",
-            put(devices::put_module).get(devices::get_module).delete(devices::delete_module),
+            put(devices::put_module)
+                .get(devices::get_module)
+                .delete(devices::delete_module),
         )
-        .route("/devices/{device}/applyConfigurationContent", post(twins::apply_configuration))
-        .route("/devices/{device}/messages/deviceBound", post(messages::send_c2d))
-        .route("/twins/{device}", get(twins::get_device_twin).patch(twins::patch_device_twin).put(twins::replace_device_twin))
+        .route(
+            "/devices/{device}/applyConfigurationContent",
+            post(twins::apply_configuration),
+        )
+        .route(
+            "/devices/{device}/messages/deviceBound",
+            post(messages::send_c2d),
+        )
+        .route(
+            "/twins/{device}",
+            get(twins::get_device_twin)
+                .patch(twins::patch_device_twin)
+                .put(twins::replace_device_twin),
+        )
         .route(
             "/twins/{device}/modules/{module}",
-            get(twins::get_module_twin).patch(twins::patch_module_twin).put(twins::replace_module_twin),
+            get(twins::get_module_twin)
+                .patch(twins::patch_module_twin)
+                .put(twins::replace_module_twin),
         )
-        .route("/twins/{device}/methods", post(messages::invoke_device_method))
-        .route("/twins/{device}/modules/{module}/methods", post(messages::invoke_module_method))
+        .route(
+            "/twins/{device}/methods",
+            post(messages::invoke_device_method),
+        )
+        .route(
+            "/twins/{device}/modules/{module}/methods",
+            post(messages::invoke_module_method),
+        )
         .route("/events", get(messages::read_events))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(require_api_version))
@@ -69,20 +95,29 @@ pub fn router(hub: Arc<Hub>) -> Router {
 type HubState = State<Arc<Hub>>;
 
 async fn not_found() -> ApiError {
-    ApiError(HubError::ArgumentInvalid("no such resource".into()), StatusCode::NOT_FOUND)
+    ApiError(
+        HubError::ArgumentInvalid("no such resource".into()),
+        StatusCode::NOT_FOUND,
+    )
 }
 
 /// Refuses a request without a known `api-version` before any handler runs.
 async fn require_api_version(request: Request, next: Next) -> Response {
     let version = request.uri().query().and_then(|query| {
-        query.split('&').find_map(|pair| pair.strip_prefix("api-version=")).map(str::to_owned)
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("api-version="))
+            .map(str::to_owned)
     });
     match version {
-        None => ApiError::bad_request("the api-version query parameter is required").into_response(),
-        Some(v) if !API_VERSIONS.contains(&v.as_str()) => {
-            ApiError::bad_request(&format!("invalid api-version {v:?}; this hub knows {}", API_VERSIONS.join(", ")))
-                .into_response()
+        None => {
+            ApiError::bad_request("the api-version query parameter is required").into_response()
         }
+        Some(v) if !API_VERSIONS.contains(&v.as_str()) => ApiError::bad_request(&format!(
+            "invalid api-version {v:?}; this hub knows {}",
+            API_VERSIONS.join(", ")
+        ))
+        .into_response(),
         Some(_) => next.run(request).await,
     }
 }
@@ -98,7 +133,8 @@ impl ApiError {
 
 impl From<HubError> for ApiError {
     fn from(error: HubError) -> Self {
-        let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self(error, status)
     }
 }
@@ -124,26 +160,35 @@ impl IntoResponse for ApiError {
             ),
         });
         let mut response = (status, axum::Json(body)).into_response();
-        response.headers_mut().insert("iothub-errorcode", HeaderValue::from_static(name));
+        response
+            .headers_mut()
+            .insert("iothub-errorcode", HeaderValue::from_static(name));
         response
     }
 }
 
 /// Checks the caller's shared access signature for `right`.
 fn authorize(hub: &Hub, headers: &HeaderMap, right: Right) -> Result<(), ApiError> {
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     hub.authorize_service(header, right)?;
     Ok(())
 }
 
 /// The `If-Match` precondition of a request.
 fn precondition(headers: &HeaderMap) -> Precondition {
-    Precondition::from_if_match(headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok()))
+    Precondition::from_if_match(
+        headers
+            .get(axum::http::header::IF_MATCH)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 /// Parses a JSON request body, refusing malformed JSON with a clear 400.
 fn json_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(&format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(&format!("the request body is not valid JSON: {e}")))
 }
 
 /// A `200 OK` JSON response.

@@ -9,7 +9,11 @@ use super::{authorize, json_body, ok_json, precondition, ApiError, HubState};
 use crate::identity::Right;
 use crate::twins::{twin_json, TwinWrite};
 
-pub(super) async fn get_device_twin(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn get_device_twin(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
     Ok(ok_json(twin_json(&hub.twin(&device, None)?)))
 }
@@ -37,11 +41,21 @@ async fn write(
     Ok(ok_json(twin_json(&view)))
 }
 
-pub(super) async fn patch_device_twin(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn patch_device_twin(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     write(&hub, &device, None, &headers, &body, false).await
 }
 
-pub(super) async fn replace_device_twin(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn replace_device_twin(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     write(&hub, &device, None, &headers, &body, true).await
 }
 
@@ -63,7 +77,12 @@ pub(super) async fn replace_module_twin(
     write(&hub, &device, Some(&module), &headers, &body, true).await
 }
 
-pub(super) async fn apply_configuration(State(hub): HubState, Path(device): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn apply_configuration(
+    State(hub): HubState,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
     hub.apply_configuration(&device, &json_body(&body)?)?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -72,7 +72,9 @@ fn keys(body: &Value) -> Result<(Option<String>, Option<String>), HubError> {
     };
     if let Some(kind) = optional_str(authentication, "type")? {
         if kind != "sas" {
-            return Err(invalid(format!("authentication type {kind:?} is not supported yet; use \"sas\"")));
+            return Err(invalid(format!(
+                "authentication type {kind:?} is not supported yet; use \"sas\""
+            )));
         }
     }
     let Some(symmetric) = authentication.get("symmetricKey").filter(|s| !s.is_null()) else {
@@ -91,14 +93,20 @@ pub fn device_spec(path_id: &str, body: &Value) -> Result<DeviceSpec, HubError> 
     }
     if let Some(id) = optional_str(body, "deviceId")? {
         if id != path_id {
-            return Err(invalid(format!("deviceId {id:?} does not match the path's {path_id:?}")));
+            return Err(invalid(format!(
+                "deviceId {id:?} does not match the path's {path_id:?}"
+            )));
         }
     }
     let status = match optional_str(body, "status")? {
         None => None,
         Some("enabled") => Some(IdentityStatus::Enabled),
         Some("disabled") => Some(IdentityStatus::Disabled),
-        Some(other) => return Err(invalid(format!("status must be enabled or disabled, not {other:?}"))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "status must be enabled or disabled, not {other:?}"
+            )))
+        }
     };
     let iot_edge = match body.pointer("/capabilities/iotEdge") {
         None | Some(Value::Null) => false,
@@ -126,7 +134,9 @@ pub fn module_spec(device: &str, module: &str, body: &Value) -> Result<ModuleSpe
     for (key, expected) in [("deviceId", device), ("moduleId", module)] {
         if let Some(id) = optional_str(body, key)? {
             if id != expected {
-                return Err(invalid(format!("{key} {id:?} does not match the path's {expected:?}")));
+                return Err(invalid(format!(
+                    "{key} {id:?} does not match the path's {expected:?}"
+                )));
             }
         }
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use outpost_core::Identity;
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -63,6 +64,9 @@ enum Ended {
 
 type PendingCall = Pin<Box<dyn Future<Output = (Outcome, Option<Packet>)> + Send>>;
 
+/// The control packet type of CONNECT (the high nibble of its first byte).
+const CONNECT_PACKET_TYPE: u8 = 1;
+
 /// Serves one accepted TCP connection until it closes.
 pub async fn run<O: DeviceOperations>(
     shared: Arc<Shared<O>>,
@@ -82,6 +86,17 @@ pub async fn run<O: DeviceOperations>(
     let max_size = shared.config.max_packet_size;
 
     // [MQTT-3.1.0-1] the first packet must be CONNECT; [MQTT-3.1.4-1] a bad one closes the connection.
+    // The first byte already tells: refuse a client that starts with anything else without waiting for the
+    // rest of its packet.
+    match tokio::time::timeout(timeout, reader.read_buf(&mut buf)).await {
+        Ok(Ok(0)) => return tracing::debug!(%peer, "closed before CONNECT"),
+        Ok(Ok(_)) if buf[0] >> 4 != CONNECT_PACKET_TYPE => {
+            return tracing::info!(%peer, first_byte = buf[0], "first packet is not CONNECT; closing")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "read failed before CONNECT"),
+        Err(_) => return tracing::info!(%peer, "no CONNECT in time; closing"),
+    }
     let connect = match tokio::time::timeout(
         timeout,
         io::read_packet(&mut reader, &mut buf, max_size),

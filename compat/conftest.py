@@ -1,0 +1,143 @@
+"""Fixtures of the conformance suite: a fresh `outpost hub serve` per test on its own loopback address,
+the official service SDK pointed at it, and device/module clients that are shut down after the test.
+
+Run with `.venv/bin/pytest compat -q` (OUTPOST_BIN selects the binary; default target/debug/outpost).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import Hub, LoopbackPool, free_port, outpost_bin, run_with_timeout
+
+# A hung SDK call must fail its test, not the whole CI run: every test (setup, call, teardown) gets this long.
+TEST_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_TEST_TIMEOUT", "120"))
+# Last resort if something wedges outside a test: dump every thread's stack and exit non-zero.
+SESSION_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_SESSION_TIMEOUT", "1500"))
+
+
+def pytest_sessionstart(session):
+    faulthandler.dump_traceback_later(SESSION_TIMEOUT_SECS, exit=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    faulthandler.cancel_dump_traceback_later()
+
+
+class TestTimeout(AssertionError):
+    """The test ran past TEST_TIMEOUT_SECS."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    def on_alarm(signum, frame):
+        raise TestTimeout(f"{item.nodeid} ran longer than {TEST_TIMEOUT_SECS} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT_SECS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attaches the tail of each hub's log to a failing test's report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for i, hub in enumerate(getattr(item, "_outpost_hubs", [])):
+            report.sections.append((f"outpost hub #{i} log ({hub.host})", hub.log_tail(80)))
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    path = outpost_bin()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"outpost binary not found at {path}: build it (cargo build --workspace --bins) "
+                    f"or set OUTPOST_BIN", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def loopback() -> LoopbackPool:
+    return LoopbackPool()
+
+
+@pytest.fixture
+def hub_factory(binary, loopback, tmp_path, monkeypatch, request):
+    """Starts hubs (each on a new loopback address and data dir); all are killed after the test."""
+    hubs: list[Hub] = []
+    request.node._outpost_hubs = hubs
+
+    def start(name: str = "hub") -> Hub:
+        host = loopback.next()
+        data_dir = tmp_path / f"{name}-data"
+        data_dir.mkdir()
+        hub = Hub(data_dir, host, free_port(host), tmp_path / f"{name}.log")
+        hubs.append(hub)
+        hub.start()
+        # The service SDK (requests, via msrest) trusts the hub's CA through this variable.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(hub.ca_path))
+        return hub
+
+    yield start
+    for hub in hubs:
+        try:
+            hub.stop(timeout=5)
+        except Exception:  # noqa: BLE001 - teardown must reach every hub
+            if hub.proc is not None and hub.proc.poll() is None:
+                hub.proc.kill()
+
+
+@pytest.fixture
+def hub(hub_factory) -> Hub:
+    return hub_factory()
+
+
+@pytest.fixture
+def registry(hub):
+    return hub.registry()
+
+
+class Clients:
+    """Creates official device/module clients for a hub and shuts them all down at teardown."""
+
+    def __init__(self) -> None:
+        self.created = []
+
+    def open(self, hub: Hub, device_id: str, key: str, module_id: str | None = None, *, connect: bool = True,
+             **kwargs):
+        from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient
+
+        kwargs.setdefault("server_verification_cert", hub.ca_pem)
+        kwargs.setdefault("connection_retry", False)
+        cls = IoTHubModuleClient if module_id is not None else IoTHubDeviceClient
+        client = cls.create_from_connection_string(hub.device_connection_string(device_id, key, module_id),
+                                                    **kwargs)
+        self.created.append(client)
+        if connect:
+            run_with_timeout(client.connect, 20, f"connect of {device_id}{'/' + module_id if module_id else ''}")
+        return client
+
+    def close_all(self) -> None:
+        for client in self.created:
+            try:
+                run_with_timeout(client.shutdown, 10, "client shutdown")
+            except Exception:  # noqa: BLE001 - a broken client must not hide the test's own result
+                pass
+
+
+@pytest.fixture
+def clients():
+    c = Clients()
+    yield c
+    c.close_all()

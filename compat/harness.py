@@ -1,0 +1,498 @@
+"""Test harness for the conformance suite: runs `outpost hub serve`, drives the `outpost` CLI, builds the
+official SDK clients against it, and speaks raw MQTT/TLS for the malformed-input tests.
+
+Each hub gets its own loopback address (the device SDK always dials port 8883, so one address per hub)
+and uses that address as its host name; its HTTPS port is a free port on the same address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MQTT_PORT = 8883
+API_VERSION = "2021-04-12"
+
+
+def outpost_bin() -> Path:
+    """The binary under test: $OUTPOST_BIN, else the debug build of this checkout."""
+    return Path(os.environ.get("OUTPOST_BIN", REPO_ROOT / "target" / "debug" / "outpost"))
+
+
+# --------------------------------------------------------------------------------------------------
+# small utilities
+
+
+def new_key() -> str:
+    """A symmetric key as IoT Hub makes them: 32 random bytes, base64."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def run_with_timeout(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Runs a blocking SDK call on a daemon thread so a hang fails the test instead of freezing the suite."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, name=f"timeout:{what}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise AssertionError(f"{what} did not finish within {timeout} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def set_handler(client, name: str, handler, timeout: float = 15) -> None:
+    """Assigns an SDK handler property; the SDK subscribes synchronously, so this can hang on a silent server."""
+    run_with_timeout(lambda: setattr(client, name, handler), timeout, f"setting {name} (SUBSCRIBE)")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Polls until predicate() is truthy; returns its value or fails naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _bindable(host: str, port: int) -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port(host: str) -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+class LoopbackPool:
+    """Hands out loopback addresses whose port 8883 is free: 127.0.N.2, 127.0.N.3, ... with N picked per
+    test session (so two sessions on one machine rarely meet), skipping any address already in use."""
+
+    def __init__(self) -> None:
+        self._net = 10 + os.getpid() % 240
+        self._host = 1
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            for _ in range(5000):
+                self._host += 1
+                if self._host > 254:
+                    self._host = 2
+                    self._net = 10 + (self._net - 9) % 240
+                ip = f"127.0.{self._net}.{self._host}"
+                if not port_open(ip, MQTT_PORT) and _bindable(ip, MQTT_PORT):
+                    return ip
+        raise RuntimeError("no free loopback address with port 8883 available")
+
+
+# --------------------------------------------------------------------------------------------------
+# the hub process
+
+
+class HubError(AssertionError):
+    """The hub did not start, or died."""
+
+
+class Hub:
+    """One `outpost hub serve` process on its own loopback address, with its data directory."""
+
+    def __init__(self, data_dir: Path, host: str, https_port: int, log_path: Path) -> None:
+        self.data_dir = data_dir
+        self.host = host
+        self.https_port = https_port
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.connection_string: str = ""
+        self.starts = 0
+
+    # -- lifecycle
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    @property
+    def ca_pem(self) -> str:
+        return self.ca_path.read_text()
+
+    def start(self, timeout: float = 30.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "hub already running"
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        log.write(f"\n===== start #{self.starts} =====\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            [
+                str(outpost_bin()), "hub", "serve",
+                "--data-dir", str(self.data_dir),
+                "--hostname", self.host,
+                "--bind", self.host,
+                "--mqtt-port", str(MQTT_PORT),
+                "--https-port", str(self.https_port),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "RUST_BACKTRACE": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not (port_open(self.host, MQTT_PORT) and port_open(self.host, self.https_port)):
+            if self.proc.poll() is not None:
+                raise HubError(f"hub exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise HubError(f"hub not listening on {self.host}:{MQTT_PORT} and :{self.https_port} "
+                               f"within {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        assert self.ca_path.is_file(), f"hub did not create {self.ca_path}"
+        out = self.run_cli(["hub", "connection-string", "--data-dir", str(self.data_dir)], hub_env=False)
+        lines = [l.strip() for l in out.stdout.splitlines() if l.strip().startswith("HostName=")]
+        assert len(lines) == 1, f"`hub connection-string` printed no connection string: {out.stdout!r}"
+        self.connection_string = lines[0]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stops the process (SIGTERM, then SIGKILL after `timeout`), and waits until its ports are free."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        wait_for(lambda: not port_open(self.host, MQTT_PORT) and not port_open(self.host, self.https_port),
+                 10, "the hub's ports to close")
+
+    def kill(self) -> None:
+        """kill -9: nothing gets a chance to flush."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self, hard: bool = False) -> None:
+        """Stops the hub (gracefully, or with SIGKILL when hard) and starts it on the same data dir and ports."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-n:])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    # -- service side
+
+    @property
+    def hub_env(self) -> dict[str, str]:
+        return {"OUTPOST_HUB_CONNECTION_STRING": self.connection_string, "OUTPOST_HUB_CA": str(self.ca_path)}
+
+    def run_cli(self, args: list[str], *, hub_env: bool = True, check: bool = True, timeout: float = 30,
+                input: str | None = None) -> subprocess.CompletedProcess:
+        """Runs `outpost ARGS` (finding this hub through the environment) and returns the finished process."""
+        env = {**os.environ, **(self.hub_env if hub_env else {})}
+        try:
+            cp = subprocess.run([str(outpost_bin()), *args], env=env, input=input, capture_output=True,
+                                text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"`outpost {' '.join(args)}` did not finish within {timeout} s "
+                                 f"(stdout={e.stdout!r}, stderr={e.stderr!r})") from None
+        if check and cp.returncode != 0:
+            raise AssertionError(f"`outpost {' '.join(args)}` exited {cp.returncode}\n"
+                                 f"stdout: {cp.stdout}\nstderr: {cp.stderr}")
+        return cp
+
+    def cli_json(self, *args: str, timeout: float = 30) -> Any:
+        """Runs `outpost ARGS --output json` and parses its stdout."""
+        cp = self.run_cli([*args, "--output", "json"], timeout=timeout)
+        try:
+            return json.loads(cp.stdout)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"`outpost {' '.join(args)} --output json` printed no JSON: {cp.stdout!r}") from e
+
+    def registry(self):
+        from azure.iot.hub import IoTHubRegistryManager
+
+        return IoTHubRegistryManager.from_connection_string(self.connection_string)
+
+    def configuration(self):
+        from azure.iot.hub import IoTHubConfigurationManager
+
+        return IoTHubConfigurationManager.from_connection_string(self.connection_string)
+
+    def rest_session(self):
+        """A requests session signed exactly as azure-iot-hub signs its own (ConnectionStringAuthentication)."""
+        from azure.iot.hub.auth import ConnectionStringAuthentication
+
+        session = ConnectionStringAuthentication(self.connection_string).signed_session()
+        session.verify = str(self.ca_path)
+        return session
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.host}:{self.https_port}"
+
+    # -- device side
+
+    def device_connection_string(self, device_id: str, key: str, module_id: str | None = None) -> str:
+        cs = f"HostName={self.host};DeviceId={device_id}"
+        if module_id is not None:
+            cs += f";ModuleId={module_id}"
+        return cs + f";SharedAccessKey={key}"
+
+
+def connection_string_fields(cs: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in cs.split(";") if part)
+
+
+# --------------------------------------------------------------------------------------------------
+# the `outpost monitor` consumer
+
+
+class Monitor:
+    """`outpost monitor --count N --timeout S` running in the background; `messages()` waits for it."""
+
+    # The monitor has no readiness signal; give it this long to attach before messages are sent.
+    ATTACH_DELAY = 1.5
+
+    def __init__(self, hub: Hub, count: int, timeout: int = 30, from_start: bool = False) -> None:
+        self.count = count
+        self.timeout = timeout
+        self.proc = subprocess.Popen(
+            [str(outpost_bin()), "monitor", "--count", str(count), "--timeout", str(timeout),
+             *(["--from-start"] if from_start else [])],
+            env={**os.environ, **hub.hub_env}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(self.ATTACH_DELAY)
+        if self.proc.poll() is not None:
+            out, err = self.proc.communicate()
+            raise AssertionError(f"`outpost monitor` exited {self.proc.returncode} at once: {out!r} {err!r}")
+
+    def messages(self) -> list[dict]:
+        try:
+            out, err = self.proc.communicate(timeout=self.timeout + 15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError(f"`outpost monitor --count {self.count}` still running after its timeout; "
+                                 f"stdout so far: {out!r}") from None
+        lines = [l for l in out.splitlines() if l.strip()]
+        try:
+            msgs = [json.loads(l) for l in lines]
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"`outpost monitor` printed a line that is not JSON: {out!r}") from e
+        assert len(msgs) == self.count, (
+            f"`outpost monitor --count {self.count}` printed {len(msgs)} messages (exit {self.proc.returncode}):\n"
+            f"{out}\nstderr: {err}")
+        assert self.proc.returncode == 0, f"`outpost monitor` exited {self.proc.returncode}: {err}"
+        return msgs
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def monitor_body(msg: dict) -> bytes:
+    """The body of a monitor line: `body` (UTF-8 text) or `bodyBase64`."""
+    if msg.get("bodyBase64") is not None:
+        return base64.b64decode(msg["bodyBase64"])
+    assert "body" in msg, f"monitor line has neither body nor bodyBase64: {msg}"
+    return msg["body"].encode()
+
+
+# --------------------------------------------------------------------------------------------------
+# SAS tokens (AZURE-COMPAT §2.1), built independently of the SDKs for the raw tests
+
+
+def device_sas(host: str, device_id: str, key: str, module_id: str | None = None, ttl: int = 3600,
+               expiry: int | None = None) -> str:
+    resource = f"{host}/devices/{device_id}" + (f"/modules/{module_id}" if module_id else "")
+    sr = urllib.parse.quote(resource, safe="")
+    se = expiry if expiry is not None else int(time.time()) + ttl
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{sr}\n{se}".encode(), hashlib.sha256).digest())
+    return f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={se}"
+
+
+def service_sas(host: str, policy: str, key: str, ttl: int = 3600, expiry: int | None = None) -> str:
+    sr = urllib.parse.quote_plus(host)
+    se = expiry if expiry is not None else int(time.time()) + ttl
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{sr}\n{se}".encode(), hashlib.sha256).digest())
+    return f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig.decode())}&se={se}&skn={policy}"
+
+
+# --------------------------------------------------------------------------------------------------
+# raw MQTT 3.1.1 over TLS
+
+
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 8, 9, 12, 13, 14
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _mqtt_str(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(b)) + b
+
+
+def packet(ptype: int, flags: int, body: bytes) -> bytes:
+    return bytes([(ptype << 4) | flags]) + _remaining_length(len(body)) + body
+
+
+def connect_packet(client_id: str, username: str | None = None, password: str | None = None,
+                   clean: bool = False, keepalive: int = 60) -> bytes:
+    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _mqtt_str(client_id)
+    if username is not None:
+        body += _mqtt_str(username)
+    if password is not None:
+        body += _mqtt_str(password)
+    return packet(CONNECT, 0, body)
+
+
+def publish_packet(topic: str, payload: bytes, qos: int = 1, packet_id: int = 1) -> bytes:
+    body = _mqtt_str(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
+    return packet(PUBLISH, qos << 1, body)
+
+
+def subscribe_packet(packet_id: int, filters: Iterable[tuple[str, int]]) -> bytes:
+    body = struct.pack("!H", packet_id) + b"".join(_mqtt_str(f) + bytes([q]) for f, q in filters)
+    return packet(SUBSCRIBE, 0x02, body)
+
+
+class RawMqtt:
+    """A TLS socket to a hub's MQTT port that sends bytes as given and reads whole packets."""
+
+    def __init__(self, hub: Hub, timeout: float = 10.0) -> None:
+        ctx = ssl.create_default_context(cafile=str(hub.ca_path))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # what the device SDK offers
+        raw = socket.create_connection((hub.host, MQTT_PORT), timeout=timeout)
+        self.sock = ctx.wrap_socket(raw, server_hostname=hub.host)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.hub = hub
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return False
+            self.buf += chunk
+        return True
+
+    def read_packet(self) -> tuple[int, int, bytes] | None:
+        """(type, flags, body), or None at end of stream."""
+        if not self._fill(2):
+            return None
+        i, mult, length = 1, 1, 0
+        while True:
+            if not self._fill(i + 1):
+                return None
+            byte = self.buf[i]
+            length += (byte & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not byte & 0x80:
+                break
+        if not self._fill(i + length):
+            return None
+        first, body = self.buf[0], self.buf[i:i + length]
+        self.buf = self.buf[i + length:]
+        return first >> 4, first & 0x0F, body
+
+    def connect(self, device_id: str, key: str, module_id: str | None = None, token: str | None = None) -> int:
+        """Sends a CONNECT as the device SDK does and returns the CONNACK return code."""
+        client_id = device_id + (f"/{module_id}" if module_id else "")
+        username = f"{self.hub.host}/{client_id}/?api-version=2019-10-01&DeviceClientType=outpost-compat-raw"
+        password = token if token is not None else device_sas(self.hub.host, device_id, key, module_id)
+        self.send(connect_packet(client_id, username, password))
+        pkt = self.read_packet()
+        assert pkt is not None, "connection closed instead of CONNACK"
+        assert pkt[0] == CONNACK, f"expected CONNACK, got packet type {pkt[0]}"
+        return pkt[2][1]
+
+    def closed_by_peer(self, timeout: float = 10.0) -> bool:
+        """True if the server closes the connection within `timeout` (whatever it sends first is ignored)."""
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if not self.sock.recv(65536):
+                    return True
+        except socket.timeout:
+            return False
+        except (ConnectionError, ssl.SSLError, OSError):
+            return True
+        return False
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

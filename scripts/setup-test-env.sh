@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Creates the Python environment the conformance suite (compat/) runs in: the official Azure IoT SDKs
+# at the exact versions Outpost promises to be compatible with, plus pytest.
+#
+# Idempotent: a marker file inside the venv records a hash of the requirement list; when it matches,
+# nothing is done. Works as root on a fresh Debian machine that has python3 (installs python3-venv
+# through apt-get when the venv module is missing).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${repo_root}/.venv"
+marker="${venv}/.outpost-requirements.sha256"
+
+# azure-iot-hub imports `six` without declaring it, so it is listed explicitly. `requests` (used by
+# the tests for raw REST calls) comes in with both SDKs.
+requirements=(
+  "azure-iot-device==2.14.0"
+  "azure-iot-hub==2.7.0"
+  "six==1.16.0"
+  "pytest==8.3.3"
+)
+
+python="${PYTHON:-python3}"
+req_hash="$(printf '%s\n' "${requirements[@]}" "$("${python}" -c 'import sys; print(sys.version)')" | sha256sum | cut -d' ' -f1)"
+
+if [[ -f "${marker}" && "$(cat "${marker}")" == "${req_hash}" && -x "${venv}/bin/python" ]]; then
+  echo "setup-test-env: ${venv} is up to date"
+  exit 0
+fi
+
+# Debian splits the venv module (and ensurepip) into python3-venv.
+if ! "${python}" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "setup-test-env: installing python3-venv"
+  if [[ "$(id -u)" -ne 0 ]]; then
+    echo "setup-test-env: python3-venv is missing and this is not root; install it and retry" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y python3-venv
+fi
+
+# A venv half-built by an interrupted run (or by another Python) is rebuilt from scratch.
+if [[ -d "${venv}" ]]; then
+  rm -rf "${venv}"
+fi
+echo "setup-test-env: creating ${venv}"
+"${python}" -m venv "${venv}"
+"${venv}/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip
+"${venv}/bin/python" -m pip install --disable-pip-version-check --quiet "${requirements[@]}"
+"${venv}/bin/python" -c 'import azure.iot.device, azure.iot.hub, pytest, six' >/dev/null
+
+printf '%s' "${req_hash}" > "${marker}"
+echo "setup-test-env: ready (${venv})"

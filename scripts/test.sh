@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The one test command: unit and integration tests of every crate, then the conformance suite that
+# drives the `outpost` binary with the official Azure IoT Python SDKs (compat/).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${repo_root}"
+
+echo "==> test environment"
+bash scripts/setup-test-env.sh
+
+echo "==> cargo build --workspace --bins"
+cargo build --workspace --bins
+
+echo "==> cargo test --workspace"
+cargo test --workspace
+
+echo "==> compat (azure-iot-device 2.14.0, azure-iot-hub 2.7.0)"
+export OUTPOST_BIN="${repo_root}/target/debug/outpost"
+.venv/bin/pytest compat -q
