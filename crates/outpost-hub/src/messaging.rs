@@ -96,7 +96,7 @@ pub fn event_json(identity: &Identity, message: &Message, enqueued: &str) -> Val
         Err(_) => {
             event["bodyBase64"] = base64::engine::general_purpose::STANDARD
                 .encode(&message.body)
-                .into()
+                .into();
         }
     }
     event

@@ -90,7 +90,7 @@ impl Hub {
     /// Creates or updates a device as `precondition` allows.
     pub fn put_device(
         &self,
-        spec: DeviceSpec,
+        spec: &DeviceSpec,
         precondition: &Precondition,
     ) -> Result<DeviceRecord, HubError> {
         let id = device_id(&spec.device_id)?;
@@ -130,7 +130,7 @@ impl Hub {
                         current.status_updated = Utc::now();
                     }
                     current.status = status;
-                    current.status_reason = spec.status_reason.clone();
+                    current.status_reason.clone_from(&spec.status_reason);
                     // Keys left empty on an update keep their value: an update is not a key rotation.
                     let keep = |given: &Option<String>, old: &str| {
                         given
@@ -143,7 +143,7 @@ impl Hub {
                     current.credentials.secondary_key =
                         keep(&spec.secondary_key, &current.credentials.secondary_key);
                     current.iot_edge = spec.iot_edge;
-                    apply_scopes(&mut current, &spec, parent_scope);
+                    apply_scopes(&mut current, spec, parent_scope);
                     current.etag_counter += 1;
                     current
                 }
@@ -163,7 +163,7 @@ impl Hub {
                         device_scope: None,
                         parent_scopes: Vec::new(),
                     };
-                    apply_scopes(&mut record, &spec, parent_scope);
+                    apply_scopes(&mut record, spec, parent_scope);
                     record
                 }
             };

@@ -113,7 +113,7 @@ impl Hub {
             module: module.map(module_id).transpose()?,
         };
         let notification = self.db.transaction(|tx| {
-            let mut twin = self.twin_for_update(tx, &identity)?;
+            let mut twin = Self::twin_for_update(tx, &identity)?;
             if let Precondition::Etag(_) = precondition {
                 precondition.check(&twin.etag())?;
             }
@@ -154,7 +154,7 @@ impl Hub {
     /// Applies a reported patch from the device itself; returns the new reported `$version`.
     pub fn patch_reported(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
         self.db.transaction(|tx| {
-            let mut twin = self.twin_for_update(tx, identity)?;
+            let mut twin = Self::twin_for_update(tx, identity)?;
             let version = twin
                 .patch_reported(patch, Utc::now())
                 .map_err(|e| twin_error(&e))?;
@@ -216,11 +216,8 @@ impl Hub {
         Ok(())
     }
 
-    fn twin_for_update(
-        &self,
-        tx: &rusqlite::Connection,
-        identity: &Identity,
-    ) -> Result<Twin, HubError> {
+    /// Reads a twin to change it, refusing an identity that does not exist.
+    fn twin_for_update(tx: &rusqlite::Connection, identity: &Identity) -> Result<Twin, HubError> {
         if store::device(tx, &identity.device)?.is_none() {
             return Err(HubError::DeviceNotFound(identity.device.to_string()));
         }

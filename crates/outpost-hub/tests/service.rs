@@ -21,7 +21,7 @@ fn device(id: &str) -> DeviceSpec {
 fn a_created_device_gets_generated_keys_and_a_twin() {
     let hub = hub();
     let record = hub
-        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
     assert!(!record.credentials.primary_key.is_empty());
     assert_ne!(
@@ -36,9 +36,9 @@ fn a_created_device_gets_generated_keys_and_a_twin() {
 fn creating_an_existing_device_is_a_conflict_and_changes_nothing() {
     let hub = hub();
     let first = hub
-        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
-    let again = hub.put_device(device("dev1"), &Precondition::CreateOnly);
+    let again = hub.put_device(&device("dev1"), &Precondition::CreateOnly);
     assert!(matches!(again, Err(HubError::DeviceAlreadyExists(_))));
     assert_eq!(
         hub.device("dev1").unwrap().credentials.primary_key,
@@ -52,7 +52,7 @@ fn illegal_ids_are_refused() {
     for id in ["bad/id", "a b", "", &"x".repeat(129)] {
         assert!(
             matches!(
-                hub.put_device(device(id), &Precondition::CreateOnly),
+                hub.put_device(&device(id), &Precondition::CreateOnly),
                 Err(HubError::ArgumentInvalid(_))
             ),
             "{id:?}"
@@ -65,16 +65,16 @@ fn illegal_ids_are_refused() {
 fn a_stale_etag_is_refused_and_the_wildcard_is_not() {
     let hub = hub();
     let created = hub
-        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
     let etag = outpost_hub::identity::identity_etag(created.etag_counter);
-    hub.put_device(device("dev1"), &Precondition::Etag(etag.clone()))
+    hub.put_device(&device("dev1"), &Precondition::Etag(etag.clone()))
         .unwrap();
     assert!(matches!(
-        hub.put_device(device("dev1"), &Precondition::Etag(etag)),
+        hub.put_device(&device("dev1"), &Precondition::Etag(etag)),
         Err(HubError::PreconditionFailed)
     ));
-    hub.put_device(device("dev1"), &Precondition::Any).unwrap();
+    hub.put_device(&device("dev1"), &Precondition::Any).unwrap();
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn an_edge_device_gets_its_system_modules_and_a_scope() {
         iot_edge: true,
         ..device("edge1")
     };
-    let record = hub.put_device(spec, &Precondition::CreateOnly).unwrap();
+    let record = hub.put_device(&spec, &Precondition::CreateOnly).unwrap();
     let modules: Vec<String> = hub
         .modules("edge1")
         .unwrap()
@@ -102,8 +102,7 @@ fn an_edge_device_gets_its_system_modules_and_a_scope() {
 fn a_child_device_takes_its_parents_scope() {
     let hub = hub();
     let edge = hub
-        .put_device(
-            DeviceSpec {
+        .put_device(&DeviceSpec {
                 iot_edge: true,
                 ..device("edge1")
             },
@@ -111,8 +110,7 @@ fn a_child_device_takes_its_parents_scope() {
         )
         .unwrap();
     let child = hub
-        .put_device(
-            DeviceSpec {
+        .put_device(&DeviceSpec {
                 parent: Some("edge1".into()),
                 ..device("leaf")
             },
@@ -120,8 +118,7 @@ fn a_child_device_takes_its_parents_scope() {
         )
         .unwrap();
     assert_eq!(child.parent_scopes, vec![edge.edge_scope()]);
-    let not_edge = hub.put_device(
-        DeviceSpec {
+    let not_edge = hub.put_device(&DeviceSpec {
             parent: Some("leaf".into()),
             ..device("leaf2")
         },
@@ -133,7 +130,7 @@ fn a_child_device_takes_its_parents_scope() {
 #[test]
 fn deleting_a_device_deletes_its_modules() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
     let module = ModuleSpec {
         device_id: "dev1".into(),
@@ -162,7 +159,7 @@ fn deleting_a_device_deletes_its_modules() {
 #[test]
 fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
     let patch = TwinWrite::from_body(
         &json!({"properties": {"desired": {"a": 1}}, "tags": {"site": "x"}}),
@@ -195,7 +192,7 @@ fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
 #[test]
 fn a_stale_twin_etag_is_refused() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
     let etag = hub.twin("dev1", None).unwrap().twin.etag();
     let patch = TwinWrite::from_body(&json!({"properties": {"desired": {"a": 1}}}), false).unwrap();
@@ -233,8 +230,7 @@ fn manifest(schema: &str) -> serde_json::Value {
 #[test]
 fn a_deployment_lands_in_the_module_twins() {
     let hub = hub();
-    hub.put_device(
-        DeviceSpec {
+    hub.put_device(&DeviceSpec {
             iot_edge: true,
             ..device("edge1")
         },
@@ -268,8 +264,7 @@ fn a_deployment_lands_in_the_module_twins() {
 #[test]
 fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
     let hub = hub();
-    hub.put_device(
-        DeviceSpec {
+    hub.put_device(&DeviceSpec {
             iot_edge: true,
             ..device("edge1")
         },
@@ -297,7 +292,7 @@ fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
 #[test]
 fn a_deployment_needs_an_edge_device() {
     let hub = hub();
-    hub.put_device(device("plain"), &Precondition::CreateOnly)
+    hub.put_device(&device("plain"), &Precondition::CreateOnly)
         .unwrap();
     assert!(matches!(
         hub.apply_configuration("plain", &manifest("1.1")),
@@ -309,9 +304,9 @@ fn a_deployment_needs_an_edge_device() {
 fn a_device_token_authenticates_only_its_own_identity() {
     let hub = hub();
     let record = hub
-        .put_device(device("dev1"), &Precondition::CreateOnly)
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
-    hub.put_device(device("dev2"), &Precondition::CreateOnly)
+    hub.put_device(&device("dev2"), &Precondition::CreateOnly)
         .unwrap();
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
     let token =
@@ -343,7 +338,7 @@ fn a_device_token_authenticates_only_its_own_identity() {
 #[test]
 fn a_method_on_an_offline_device_fails_fast() {
     let hub = hub();
-    hub.put_device(device("dev1"), &Precondition::CreateOnly)
+    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
     let call = outpost_hub::messaging::MethodCall::from_body(
         &json!({"methodName": "ping", "payload": {}}),

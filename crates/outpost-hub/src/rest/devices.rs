@@ -19,7 +19,7 @@ pub(super) async fn put_device(
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryWrite)?;
     let spec = device_spec(&device, &json_body(&body)?)?;
-    let record = hub.put_device(spec, &precondition(&headers))?;
+    let record = hub.put_device(&spec, &precondition(&headers))?;
     let connected = hub.is_connected(&Identity::device(record.device_id.clone()));
     Ok(ok_json(device_json(&record, connected)))
 }

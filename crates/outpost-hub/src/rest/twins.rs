@@ -27,7 +27,7 @@ pub(super) async fn get_module_twin(
     Ok(ok_json(twin_json(&hub.twin(&device, Some(&module))?)))
 }
 
-async fn write(
+fn write(
     hub: &crate::Hub,
     device: &str,
     module: Option<&str>,
@@ -47,7 +47,7 @@ pub(super) async fn patch_device_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, None, &headers, &body, false).await
+    write(&hub, &device, None, &headers, &body, false)
 }
 
 pub(super) async fn replace_device_twin(
@@ -56,7 +56,7 @@ pub(super) async fn replace_device_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, None, &headers, &body, true).await
+    write(&hub, &device, None, &headers, &body, true)
 }
 
 pub(super) async fn patch_module_twin(
@@ -65,7 +65,7 @@ pub(super) async fn patch_module_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, Some(&module), &headers, &body, false).await
+    write(&hub, &device, Some(&module), &headers, &body, false)
 }
 
 pub(super) async fn replace_module_twin(
@@ -74,7 +74,7 @@ pub(super) async fn replace_module_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, Some(&module), &headers, &body, true).await
+    write(&hub, &device, Some(&module), &headers, &body, true)
 }
 
 pub(super) async fn apply_configuration(
