@@ -351,3 +351,19 @@ fn a_method_on_an_offline_device_fails_fast() {
     let result = runtime.block_on(hub.invoke_method("dev1", None, call));
     assert!(matches!(result, Err(HubError::DeviceNotOnline(_))));
 }
+
+#[test]
+fn an_edge_device_may_manage_its_own_modules_only() {
+    use outpost_hub::identity::Right;
+    let hub = hub();
+    let edge = hub.put_device(&DeviceSpec { iot_edge: true, ..device("edge1") }, &Precondition::CreateOnly).unwrap();
+    let plain = hub.put_device(&device("plain"), &Precondition::CreateOnly).unwrap();
+    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    let edge_token = outpost_core::device_token("hub.test", "edge1", &edge.credentials.primary_key, expiry).unwrap();
+    let plain_token = outpost_core::device_token("hub.test", "plain", &plain.credentials.primary_key, expiry).unwrap();
+
+    hub.authorize_module_management(Some(&edge_token), Right::RegistryWrite, "edge1").unwrap();
+    assert!(hub.authorize_module_management(Some(&edge_token), Right::RegistryWrite, "plain").is_err());
+    assert!(hub.authorize_module_management(Some(&plain_token), Right::RegistryWrite, "plain").is_err());
+    assert!(hub.authorize_module_management(None, Right::RegistryRead, "edge1").is_err());
+}

@@ -8,7 +8,7 @@ use outpost_core::Identity;
 use serde_json::Value;
 
 use super::wire::{device_json, device_spec, module_json, module_spec};
-use super::{authorize, json_body, ok_json, precondition, ApiError, HubState};
+use super::{authorize, authorize_modules, json_body, ok_json, precondition, ApiError, HubState};
 use crate::identity::Right;
 
 pub(super) async fn put_device(
@@ -64,7 +64,7 @@ pub(super) async fn put_module(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&hub, &headers, Right::RegistryWrite)?;
+    authorize_modules(&hub, &headers, Right::RegistryWrite, &device)?;
     let spec = module_spec(&device, &module, &json_body(&body)?)?;
     let (record, created) = hub.put_module(spec, &precondition(&headers))?;
     let connected = hub.is_connected(&Identity::module(
@@ -84,7 +84,7 @@ pub(super) async fn get_module(
     Path((device, module)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&hub, &headers, Right::RegistryRead)?;
+    authorize_modules(&hub, &headers, Right::RegistryRead, &device)?;
     let record = hub.module(&device, &module)?;
     let connected = hub.is_connected(&Identity::module(
         record.device_id.clone(),
@@ -98,7 +98,7 @@ pub(super) async fn list_modules(
     Path(device): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&hub, &headers, Right::RegistryRead)?;
+    authorize_modules(&hub, &headers, Right::RegistryRead, &device)?;
     let modules: Vec<Value> = hub
         .modules(&device)?
         .iter()
@@ -117,7 +117,7 @@ pub(super) async fn delete_module(
     Path((device, module)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&hub, &headers, Right::RegistryWrite)?;
+    authorize_modules(&hub, &headers, Right::RegistryWrite, &device)?;
     hub.delete_module(&device, &module, &precondition(&headers))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
