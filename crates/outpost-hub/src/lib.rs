@@ -4,14 +4,13 @@
 //! direct methods and messages ([`messaging`]). Two protocol heads sit on top of it: the REST service API of
 //! azure-iot-hub ([`rest`]) and the MQTT device protocol of azure-iot-device, which is `outpost-mqtt`'s head
 //! driven through the [`DeviceOperations`](outpost_mqtt::DeviceOperations) implementation in [`device_ops`].
-//! [`server`] wires both to their listeners. Everything durable lives in SQLite ([`store`]).
+//! [`server`] wires both to their listeners with certificates from `outpost-pki`. Everything durable lives in SQLite ([`store`]).
 
 pub mod auth;
 pub mod device_ops;
 pub mod error;
 pub mod identity;
 pub mod messaging;
-pub mod pki;
 pub mod registry;
 pub mod rest;
 pub mod server;

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::device_ops::HubDevices;
-use crate::pki::CertificateAuthority;
+use outpost_pki::CertificateAuthority;
 use crate::Hub;
 
 /// How a hub is run.

@@ -1,9 +1,9 @@
-//! The hub's own certificate authority and its TLS server certificate.
+//! Outpost's certificate authorities and TLS server configurations.
 //!
-//! On first start the hub creates a CA (`ca.pem`, `ca.key`) in its data directory; clients trust `ca.pem`. The
-//! server certificate is issued anew at every start for the configured host name, so changing `--hostname` needs
-//! no manual step. The CA is rebuilt from its stored key with a fixed subject, which yields an issuer that
-//! verifies exactly like the one written on first start.
+//! The hub and each edge device create their own CA on first start (`ca.pem`, `ca.key` in their data
+//! directory); clients trust `ca.pem`. Server certificates are issued anew at every start for the configured
+//! host name, so changing it needs no manual step. The CA is rebuilt from its stored key with a fixed subject,
+//! which yields an issuer that verifies exactly like the one written on first start.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -78,10 +78,16 @@ impl CertificateAuthority {
 
     /// Issues a TLS server certificate for `host_name` (an IP address or a DNS name) and returns `(chain PEM, key PEM)`.
     pub fn issue_server_certificate(&self, host_name: &str) -> Result<(String, String), PkiError> {
+        let extra: &[&str] = if host_name == "localhost" { &[] } else { &["localhost"] };
+        self.issue_server_certificate_for(host_name, extra)
+    }
+
+    /// Issues a TLS server certificate whose common name is `host_name`, naming it and `other_names` as SANs.
+    pub fn issue_server_certificate_for(&self, host_name: &str, other_names: &[&str]) -> Result<(String, String), PkiError> {
         let mut params = CertificateParams::default();
         let mut names = vec![san_for(host_name)?];
-        if host_name != "localhost" {
-            names.push(SanType::DnsName("localhost".try_into()?));
+        for name in other_names {
+            names.push(san_for(name)?);
         }
         params.subject_alt_names = names;
         let mut dn = DistinguishedName::new();
