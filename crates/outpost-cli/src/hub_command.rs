@@ -106,8 +106,10 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
 }
 
 /// Waits for Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+pub async fn shutdown_signal() {
+    let Ok(mut terminate) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -3,6 +3,8 @@
 //! `hub` runs the cloud half (see `outpost-hub`); the other commands talk to a running hub's REST API through
 //! [`service::ServiceClient`], finding it by `--hub` (a service connection string) and trusting `--ca`.
 
+mod edge_check;
+mod edge_command;
 mod hub_command;
 mod operator;
 mod output;
@@ -48,6 +50,11 @@ enum Command {
     Hub {
         #[command(subcommand)]
         command: hub_command::HubCommand,
+    },
+    /// Run or look after the edge daemon on this device.
+    Edge {
+        #[command(subcommand)]
+        command: edge_command::EdgeCommand,
     },
     /// Manage devices in the hub's registry.
     Device {
@@ -132,6 +139,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Hub { command } => hub_command::run(command).await,
+        Command::Edge { command } => edge_command::run(command).await,
         Command::Device { hub, command } => operator::device(&hub, command).await,
         Command::Module { hub, command } => operator::module(&hub, command).await,
         Command::Twin { hub, command } => operator::twin(&hub, command).await,

@@ -70,21 +70,33 @@ impl Hub {
 
     /// Checks a request on the modules of `device`: a shared access policy granting `right`, or the token of
     /// that edge device itself, which manages the modules it owns (the edge runtime creates and deletes them).
-    pub fn authorize_module_management(&self, authorization: Option<&str>, right: Right, device: &str) -> Result<(), HubError> {
-        let header = authorization.ok_or_else(|| HubError::Unauthorized("the Authorization header is missing".into()))?;
+    pub fn authorize_module_management(
+        &self,
+        authorization: Option<&str>,
+        right: Right,
+        device: &str,
+    ) -> Result<(), HubError> {
+        let header = authorization
+            .ok_or_else(|| HubError::Unauthorized("the Authorization header is missing".into()))?;
         let token = SasToken::parse(header).map_err(|e| HubError::Unauthorized(e.to_string()))?;
         if token.key_name.is_some() {
             return self.authorize_service(Some(header), right).map(drop);
         }
-        let scope = token.scope().map_err(|e| HubError::Unauthorized(e.to_string()))?;
+        let scope = token
+            .scope()
+            .map_err(|e| HubError::Unauthorized(e.to_string()))?;
         if scope.module.is_some() || scope.device.as_deref() != Some(device) {
-            return Err(HubError::Unauthorized(format!("the token does not belong to edge device {device}")));
+            return Err(HubError::Unauthorized(format!(
+                "the token does not belong to edge device {device}"
+            )));
         }
         let device_id = crate::registry::device_id(device)?;
         let record = store::device(&self.db.lock(), &device_id)?
             .ok_or_else(|| HubError::Unauthorized(format!("no such device {device}")))?;
         if !record.iot_edge || record.status != IdentityStatus::Enabled {
-            return Err(HubError::Unauthorized(format!("{device} is not an enabled edge device")));
+            return Err(HubError::Unauthorized(format!(
+                "{device} is not an enabled edge device"
+            )));
         }
         self.authenticate_identity(&Identity::device(device_id), header)
     }

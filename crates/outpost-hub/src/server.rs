@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::device_ops::HubDevices;
-use outpost_pki::CertificateAuthority;
 use crate::Hub;
+use outpost_pki::CertificateAuthority;
 
 /// How a hub is run.
 #[derive(Debug, Clone)]

@@ -102,7 +102,8 @@ fn an_edge_device_gets_its_system_modules_and_a_scope() {
 fn a_child_device_takes_its_parents_scope() {
     let hub = hub();
     let edge = hub
-        .put_device(&DeviceSpec {
+        .put_device(
+            &DeviceSpec {
                 iot_edge: true,
                 ..device("edge1")
             },
@@ -110,7 +111,8 @@ fn a_child_device_takes_its_parents_scope() {
         )
         .unwrap();
     let child = hub
-        .put_device(&DeviceSpec {
+        .put_device(
+            &DeviceSpec {
                 parent: Some("edge1".into()),
                 ..device("leaf")
             },
@@ -118,7 +120,8 @@ fn a_child_device_takes_its_parents_scope() {
         )
         .unwrap();
     assert_eq!(child.parent_scopes, vec![edge.edge_scope()]);
-    let not_edge = hub.put_device(&DeviceSpec {
+    let not_edge = hub.put_device(
+        &DeviceSpec {
             parent: Some("leaf".into()),
             ..device("leaf2")
         },
@@ -230,7 +233,8 @@ fn manifest(schema: &str) -> serde_json::Value {
 #[test]
 fn a_deployment_lands_in_the_module_twins() {
     let hub = hub();
-    hub.put_device(&DeviceSpec {
+    hub.put_device(
+        &DeviceSpec {
             iot_edge: true,
             ..device("edge1")
         },
@@ -264,7 +268,8 @@ fn a_deployment_lands_in_the_module_twins() {
 #[test]
 fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
     let hub = hub();
-    hub.put_device(&DeviceSpec {
+    hub.put_device(
+        &DeviceSpec {
             iot_edge: true,
             ..device("edge1")
         },
@@ -356,14 +361,35 @@ fn a_method_on_an_offline_device_fails_fast() {
 fn an_edge_device_may_manage_its_own_modules_only() {
     use outpost_hub::identity::Right;
     let hub = hub();
-    let edge = hub.put_device(&DeviceSpec { iot_edge: true, ..device("edge1") }, &Precondition::CreateOnly).unwrap();
-    let plain = hub.put_device(&device("plain"), &Precondition::CreateOnly).unwrap();
+    let edge = hub
+        .put_device(
+            &DeviceSpec {
+                iot_edge: true,
+                ..device("edge1")
+            },
+            &Precondition::CreateOnly,
+        )
+        .unwrap();
+    let plain = hub
+        .put_device(&device("plain"), &Precondition::CreateOnly)
+        .unwrap();
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
-    let edge_token = outpost_core::device_token("hub.test", "edge1", &edge.credentials.primary_key, expiry).unwrap();
-    let plain_token = outpost_core::device_token("hub.test", "plain", &plain.credentials.primary_key, expiry).unwrap();
+    let edge_token =
+        outpost_core::device_token("hub.test", "edge1", &edge.credentials.primary_key, expiry)
+            .unwrap();
+    let plain_token =
+        outpost_core::device_token("hub.test", "plain", &plain.credentials.primary_key, expiry)
+            .unwrap();
 
-    hub.authorize_module_management(Some(&edge_token), Right::RegistryWrite, "edge1").unwrap();
-    assert!(hub.authorize_module_management(Some(&edge_token), Right::RegistryWrite, "plain").is_err());
-    assert!(hub.authorize_module_management(Some(&plain_token), Right::RegistryWrite, "plain").is_err());
-    assert!(hub.authorize_module_management(None, Right::RegistryRead, "edge1").is_err());
+    hub.authorize_module_management(Some(&edge_token), Right::RegistryWrite, "edge1")
+        .unwrap();
+    assert!(hub
+        .authorize_module_management(Some(&edge_token), Right::RegistryWrite, "plain")
+        .is_err());
+    assert!(hub
+        .authorize_module_management(Some(&plain_token), Right::RegistryWrite, "plain")
+        .is_err());
+    assert!(hub
+        .authorize_module_management(None, Right::RegistryRead, "edge1")
+        .is_err());
 }

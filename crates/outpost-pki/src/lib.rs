@@ -78,12 +78,20 @@ impl CertificateAuthority {
 
     /// Issues a TLS server certificate for `host_name` (an IP address or a DNS name) and returns `(chain PEM, key PEM)`.
     pub fn issue_server_certificate(&self, host_name: &str) -> Result<(String, String), PkiError> {
-        let extra: &[&str] = if host_name == "localhost" { &[] } else { &["localhost"] };
+        let extra: &[&str] = if host_name == "localhost" {
+            &[]
+        } else {
+            &["localhost"]
+        };
         self.issue_server_certificate_for(host_name, extra)
     }
 
     /// Issues a TLS server certificate whose common name is `host_name`, naming it and `other_names` as SANs.
-    pub fn issue_server_certificate_for(&self, host_name: &str, other_names: &[&str]) -> Result<(String, String), PkiError> {
+    pub fn issue_server_certificate_for(
+        &self,
+        host_name: &str,
+        other_names: &[&str],
+    ) -> Result<(String, String), PkiError> {
         let mut params = CertificateParams::default();
         let mut names = vec![san_for(host_name)?];
         for name in other_names {

@@ -177,8 +177,15 @@ fn authorize(hub: &Hub, headers: &HeaderMap, right: Right) -> Result<(), ApiErro
 }
 
 /// Checks the caller's right on the modules of `device` (a policy, or that edge device's own token).
-fn authorize_modules(hub: &Hub, headers: &HeaderMap, right: Right, device: &str) -> Result<(), ApiError> {
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+fn authorize_modules(
+    hub: &Hub,
+    headers: &HeaderMap,
+    right: Right,
+    device: &str,
+) -> Result<(), ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     hub.authorize_module_management(header, right, device)?;
     Ok(())
 }

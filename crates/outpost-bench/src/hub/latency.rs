@@ -1,0 +1,415 @@
+//! Desired-patch propagation: how long from a service `PATCH /twins/{d}` to the device's notification on
+//! `$iothub/twin/PATCH/properties/desired/`, at a paced rate.
+//!
+//! Update `seq` is due at `start + seq / rate` (open loop: a slow hub does not slow the schedule down, it
+//! makes senders late, which the figures show). A pool of senders takes the next `seq`, waits until it is
+//! due, stamps it and sends it to device `seq % devices`; each device's task stamps the notification it
+//! receives and finds its `seq` in the body. Stamps go into per-`seq` slots, so nothing is locked on the way.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use outpost_mqtt::{Client, Publish};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::device::{DeviceCredentials, DeviceEndpoint};
+use crate::hub_process::HubProcess;
+use crate::report::{Part, Table};
+use crate::service::{create_devices, ServiceApi};
+use crate::stats::{millis, seconds, LatencySummary};
+use crate::system::group;
+
+/// Requests in flight while creating and connecting devices.
+const SETUP_CONCURRENCY: usize = 16;
+
+/// How long to wait for the last notifications after the last PATCH was answered.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The topic prefix of desired-property notifications.
+const DESIRED_TOPIC: &str = "$iothub/twin/PATCH/properties/desired/";
+
+/// What the latency benchmark does.
+#[derive(Debug, Clone)]
+pub struct LatencyParams {
+    /// Connected devices the updates go round-robin to.
+    pub devices: usize,
+    /// Updates per second.
+    pub rate: u32,
+    /// How long updates are sent.
+    pub duration: Duration,
+    /// Concurrent senders (and keep-alive HTTPS connections).
+    pub senders: usize,
+}
+
+impl LatencyParams {
+    fn updates(&self) -> usize {
+        (u128::from(self.rate) * self.duration.as_millis() / 1000) as usize
+    }
+}
+
+/// When each update was sent and its notification received, in nanoseconds since `origin` plus one
+/// (0: not yet).
+struct Timeline {
+    origin: Instant,
+    sent: Vec<AtomicU64>,
+    received: Vec<AtomicU64>,
+    received_count: AtomicUsize,
+    duplicates: AtomicUsize,
+    strays: AtomicUsize,
+}
+
+impl Timeline {
+    fn new(updates: usize) -> Self {
+        Self {
+            origin: Instant::now(),
+            sent: (0..updates).map(|_| AtomicU64::new(0)).collect(),
+            received: (0..updates).map(|_| AtomicU64::new(0)).collect(),
+            received_count: AtomicUsize::new(0),
+            duplicates: AtomicUsize::new(0),
+            strays: AtomicUsize::new(0),
+        }
+    }
+
+    fn stamp(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Records a publish received by a device.
+    fn receive(&self, publish: &Publish) {
+        let now = self.stamp();
+        let seq = publish
+            .topic
+            .starts_with(DESIRED_TOPIC)
+            .then(|| serde_json::from_slice::<serde_json::Value>(&publish.payload).ok())
+            .flatten()
+            .and_then(|body| body.get("seq")?.as_u64())
+            .and_then(|seq| self.received.get(seq as usize));
+        match seq {
+            None => {
+                self.strays.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(slot) => {
+                if slot
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.received_count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// What one sender saw.
+#[derive(Default)]
+struct SenderReport {
+    /// PATCH round trips (request to answer), in nanoseconds.
+    round_trips: Vec<u64>,
+    failures: usize,
+    first_failure: Option<String>,
+    /// The latest a send started after it was due.
+    max_lag: Duration,
+}
+
+/// The figures of a latency run.
+pub struct LatencyFigures {
+    updates: usize,
+    accepted: usize,
+    failures: usize,
+    first_failure: Option<String>,
+    achieved_rate: f64,
+    max_lag: Duration,
+    notification: Option<LatencySummary>,
+    round_trip: Option<LatencySummary>,
+    lost: usize,
+    duplicates: usize,
+    strays: usize,
+    disconnected: usize,
+    registry: Duration,
+}
+
+/// Creates and connects the devices, sends the updates, and waits for their notifications.
+pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result<LatencyFigures> {
+    let api = Arc::new(ServiceApi::new(hub, params.senders)?);
+    let ids = (0..params.devices)
+        .map(|i| format!("latency-{i:05}"))
+        .collect();
+    let created = create_devices(&api, ids, SETUP_CONCURRENCY).await?;
+    let endpoint = DeviceEndpoint::new(hub.mqtt_addr(), &hub.host(), &hub.ca_pem())?;
+    let clients = connect_all(&endpoint, &created.devices).await?;
+    eprintln!(
+        "hub: {} devices created and connected; sending {} updates",
+        clients.len(),
+        params.updates()
+    );
+
+    let timeline = Arc::new(Timeline::new(params.updates()));
+    let (stop, stopped) = watch::channel(false);
+    let mut receivers = JoinSet::new();
+    for client in clients {
+        receivers.spawn(receive(client, Arc::clone(&timeline), stopped.clone()));
+    }
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let next = Arc::new(AtomicUsize::new(0));
+    let devices: Arc<Vec<String>> =
+        Arc::new(created.devices.iter().map(|d| d.id.clone()).collect());
+    let mut senders = JoinSet::new();
+    for _ in 0..params.senders {
+        senders.spawn(send(
+            Arc::clone(&api),
+            Arc::clone(&devices),
+            Arc::clone(&timeline),
+            Arc::clone(&next),
+            start,
+            params.rate,
+        ));
+    }
+    let mut reports = Vec::new();
+    while let Some(report) = senders.join_next().await {
+        reports.push(report.context("a sender task failed")?);
+    }
+
+    let accepted = params.updates() - reports.iter().map(|r| r.failures).sum::<usize>();
+    let deadline = Instant::now() + GRACE;
+    while timeline.received_count.load(Ordering::Relaxed) < accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hub.check_alive()?;
+    let _ = stop.send(true);
+    let mut disconnected = 0;
+    while let Some(closed) = receivers.join_next().await {
+        disconnected += usize::from(closed.unwrap_or(true));
+    }
+    Ok(figures(
+        &timeline,
+        reports,
+        params,
+        accepted,
+        disconnected,
+        created.elapsed,
+    ))
+}
+
+fn figures(
+    timeline: &Timeline,
+    reports: Vec<SenderReport>,
+    params: &LatencyParams,
+    accepted: usize,
+    disconnected: usize,
+    registry: Duration,
+) -> LatencyFigures {
+    let mut latencies = Vec::with_capacity(accepted);
+    let mut lost = 0;
+    let (mut first_sent, mut last_sent) = (u64::MAX, 0);
+    for (sent, received) in timeline.sent.iter().zip(&timeline.received) {
+        let (sent, received) = (
+            sent.load(Ordering::Relaxed),
+            received.load(Ordering::Relaxed),
+        );
+        if sent == 0 {
+            continue; // refused by the hub: counted as a failure, not as lost
+        }
+        first_sent = first_sent.min(sent);
+        last_sent = last_sent.max(sent);
+        if received == 0 {
+            lost += 1;
+        } else {
+            latencies.push(received.saturating_sub(sent));
+        }
+    }
+    let window = Duration::from_nanos(last_sent.saturating_sub(first_sent));
+    let achieved_rate = if accepted > 1 && !window.is_zero() {
+        (accepted - 1) as f64 / window.as_secs_f64()
+    } else {
+        0.0
+    };
+    let mut round_trips = Vec::new();
+    let mut failures = 0;
+    let mut first_failure = None;
+    let mut max_lag = Duration::ZERO;
+    for report in reports {
+        round_trips.extend(report.round_trips);
+        failures += report.failures;
+        first_failure = first_failure.or(report.first_failure);
+        max_lag = max_lag.max(report.max_lag);
+    }
+    LatencyFigures {
+        updates: params.updates(),
+        accepted,
+        failures,
+        first_failure,
+        achieved_rate,
+        max_lag,
+        notification: LatencySummary::from_nanos(latencies),
+        round_trip: LatencySummary::from_nanos(round_trips),
+        lost,
+        duplicates: timeline.duplicates.load(Ordering::Relaxed),
+        strays: timeline.strays.load(Ordering::Relaxed),
+        disconnected,
+        registry,
+    }
+}
+
+/// Connects every device, a few at a time.
+async fn connect_all(
+    endpoint: &DeviceEndpoint,
+    devices: &[DeviceCredentials],
+) -> anyhow::Result<Vec<Client>> {
+    let mut pending = devices.iter().cloned();
+    let mut tasks = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<_>, device: DeviceCredentials| {
+        let endpoint = endpoint.clone();
+        tasks.spawn(async move { endpoint.connect(&device).await });
+    };
+    for device in pending.by_ref().take(SETUP_CONCURRENCY) {
+        spawn(&mut tasks, device);
+    }
+    let mut clients = Vec::with_capacity(devices.len());
+    while let Some(joined) = tasks.join_next().await {
+        clients.push(joined.context("a connecting task failed")??);
+        if let Some(device) = pending.next() {
+            spawn(&mut tasks, device);
+        }
+    }
+    Ok(clients)
+}
+
+/// A device: records what it receives until told to stop; true if the hub closed its connection first.
+async fn receive(
+    mut client: Client,
+    timeline: Arc<Timeline>,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    loop {
+        tokio::select! {
+            publish = client.recv() => match publish {
+                Some(publish) => timeline.receive(&publish),
+                None => return true,
+            },
+            _ = stop.changed() => {
+                client.disconnect().await;
+                return false;
+            }
+        }
+    }
+}
+
+/// A sender: takes the next update, waits until it is due, and sends it.
+async fn send(
+    api: Arc<ServiceApi>,
+    devices: Arc<Vec<String>>,
+    timeline: Arc<Timeline>,
+    next: Arc<AtomicUsize>,
+    start: Instant,
+    rate: u32,
+) -> SenderReport {
+    let mut report = SenderReport::default();
+    loop {
+        let seq = next.fetch_add(1, Ordering::Relaxed);
+        let Some(sent_slot) = timeline.sent.get(seq) else {
+            return report;
+        };
+        let due = start + Duration::from_nanos((seq as u64 * 1_000_000_000) / u64::from(rate));
+        tokio::time::sleep_until(due).await;
+        report.max_lag = report
+            .max_lag
+            .max(Instant::now().saturating_duration_since(due));
+        let device = &devices[seq % devices.len()];
+        // sentNanos counts from the start of the run: nanoseconds since 1970 exceed the twin's integer
+        // range (±2^52), which the hub rightly refuses.
+        let sent = timeline.stamp();
+        let body = format!(r#"{{"properties":{{"desired":{{"seq":{seq},"sentNanos":{sent}}}}}}}"#);
+        sent_slot.store(sent, Ordering::Relaxed);
+        match api.patch_twin(device, body).await {
+            Ok(()) => report.round_trips.push(timeline.stamp() - sent),
+            Err(error) => {
+                sent_slot.store(0, Ordering::Relaxed);
+                report.failures += 1;
+                report
+                    .first_failure
+                    .get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+}
+
+impl LatencyFigures {
+    /// The figures as report parts.
+    pub fn to_parts(&self, params: &LatencyParams) -> Vec<Part> {
+        let mut parts = vec![
+            Part::Heading("Desired-patch propagation: service PATCH → device notification".into()),
+            Part::Text(format!(
+                "{devices} devices connect with `outpost_mqtt`'s client (CleanSession=0, subscribed to desired \
+                 patches at QoS 1). The harness sends `PATCH /twins/{{d}}` (`If-Match: *`, body \
+                 `{{\"properties\":{{\"desired\":{{\"seq\":N,\"sentNanos\":T}}}}}}`, T in nanoseconds since the start of the run) at {rate} updates/s \
+                 round-robin over the devices for {secs} s, from {senders} concurrent senders on keep-alive \
+                 HTTPS connections. Latency runs from handing the PATCH to the HTTP client to the device \
+                 receiving the notification, matched by `seq`. The {devices} devices were created in {registry}.",
+                devices = params.devices,
+                rate = group(u64::from(params.rate)),
+                secs = params.duration.as_secs(),
+                senders = params.senders,
+                registry = seconds(self.registry),
+            )),
+        ];
+        let mut table = Table::new(&["figure", "value"]);
+        let mut row = |name: &str, value: String| table.row(vec![name.to_owned(), value]);
+        row(
+            "updates sent / accepted",
+            format!(
+                "{} / {}",
+                group(self.updates as u64),
+                group(self.accepted as u64)
+            ),
+        );
+        row(
+            "achieved rate",
+            format!("{:.1} updates/s", self.achieved_rate),
+        );
+        row("latest send behind schedule", millis(self.max_lag));
+        match &self.notification {
+            Some(n) => {
+                row("notification latency p50", millis(n.p50));
+                row("notification latency p90", millis(n.p90));
+                row("notification latency p99", millis(n.p99));
+                row("notification latency max", millis(n.max));
+            }
+            None => row("notification latency", "no notification received".into()),
+        }
+        if let Some(r) = &self.round_trip {
+            row(
+                "PATCH round trip p50 / p99 / max",
+                format!("{} / {} / {}", millis(r.p50), millis(r.p99), millis(r.max)),
+            );
+        }
+        row(
+            "lost notifications",
+            format!(
+                "{} of {}",
+                group(self.lost as u64),
+                group(self.accepted as u64)
+            ),
+        );
+        row("duplicate notifications", group(self.duplicates as u64));
+        if self.strays > 0 {
+            row("unexpected publishes", group(self.strays as u64));
+        }
+        row(
+            "devices disconnected by the hub",
+            group(self.disconnected as u64),
+        );
+        row("failed PATCHes", group(self.failures as u64));
+        parts.push(Part::Table(table));
+        if let Some(failure) = &self.first_failure {
+            parts.push(Part::Text(format!("First failed PATCH: {failure}")));
+        }
+        parts
+    }
+}

@@ -1,0 +1,227 @@
+//! The hub under test: the real `outpost` binary, started with a fresh data directory on a loopback address of
+//! its own (devices always dial 8883, so each hub needs its own address), and stopped when the benchmark ends.
+
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rustix::process::{kill_process, Pid, Signal};
+use tempfile::TempDir;
+
+use crate::system;
+
+/// The MQTT port the hub listens on (the one the device SDKs always dial).
+const MQTT_PORT: u16 = 8883;
+
+/// How long the hub may take to open both listeners and write its connection string.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the hub may take to shut down after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The loopback addresses tried for hubs: 127.0.0.100 to 127.0.0.199, starting at one derived from the
+/// process id so that two harnesses side by side rarely try the same one first.
+const ADDRESS_RANGE: (u8, u8) = (100, 100);
+
+/// A running `outpost hub serve`.
+pub struct HubProcess {
+    child: Child,
+    /// The hub's loopback address, which is also its host name.
+    pub ip: Ipv4Addr,
+    /// The HTTPS port.
+    pub https_port: u16,
+    /// The service connection string of `iothubowner`, as `outpost hub connection-string` prints it.
+    pub connection_string: String,
+    data_dir: TempDir,
+}
+
+impl HubProcess {
+    /// Starts the hub and returns once both listeners answer and the connection string is known.
+    pub async fn start(outpost: &Path) -> anyhow::Result<Self> {
+        let (ip, https_port) = free_loopback_address()?;
+        let data_dir = tempfile::Builder::new()
+            .prefix("outpost-bench-")
+            .tempdir()
+            .context("cannot create a data directory for the hub")?;
+        let log = File::create(data_dir.path().join("hub.log"))
+            .context("cannot create the hub's log file")?;
+        let child = Command::new(outpost)
+            .arg("hub")
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--hostname", &ip.to_string(), "--bind", &ip.to_string()])
+            .args(["--mqtt-port", &MQTT_PORT.to_string()])
+            .args(["--https-port", &https_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", outpost.display()))?;
+        let mut hub = Self {
+            child,
+            ip,
+            https_port,
+            connection_string: String::new(),
+            data_dir,
+        };
+        hub.wait_for_listeners().await?;
+        hub.connection_string = hub.read_connection_string(outpost).await?;
+        Ok(hub)
+    }
+
+    /// The hub's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The host name devices and services address the hub by.
+    pub fn host(&self) -> String {
+        self.ip.to_string()
+    }
+
+    /// The MQTT/TLS endpoint.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, MQTT_PORT))
+    }
+
+    /// The CA certificate the hub's TLS certificates chain to.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.data_dir.path().join("ca.pem")
+    }
+
+    /// The hub's resident memory, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        system::rss_kib(self.pid())
+    }
+
+    /// The hub's open file descriptors (listeners, database, one per connection).
+    pub fn open_fds(&self) -> anyhow::Result<usize> {
+        system::open_fds(self.pid())
+    }
+
+    /// The last lines the hub logged, for error messages.
+    pub fn log_tail(&self) -> String {
+        let Ok(mut file) = File::open(self.data_dir.path().join("hub.log")) else {
+            return "(no hub log)".to_owned();
+        };
+        let length = file.metadata().map_or(0, |m| m.len());
+        let _ = file.seek(SeekFrom::Start(length.saturating_sub(4096)));
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Whether the hub logged `needle` (case-sensitive) anywhere in its log.
+    pub fn logged(&self, needle: &str) -> bool {
+        std::fs::read_to_string(self.data_dir.path().join("hub.log"))
+            .is_ok_and(|log| log.contains(needle))
+    }
+
+    /// Fails with the hub's last words if it is no longer running.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the hub exited ({status}); its log ends with:\n{}",
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// Asks the hub to shut down (SIGTERM), and kills it if it takes too long.
+    pub async fn stop(mut self) {
+        if let Some(pid) = Pid::from_raw(self.pid() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("the hub did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it");
+        // Drop kills it.
+    }
+
+    async fn wait_for_listeners(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let https = SocketAddr::from((self.ip, self.https_port));
+        loop {
+            self.check_alive()?;
+            let mqtt_up = tokio::net::TcpStream::connect(self.mqtt_addr())
+                .await
+                .is_ok();
+            if mqtt_up && tokio::net::TcpStream::connect(https).await.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "the hub did not listen on {} and {https} within {START_TIMEOUT:?}; its log ends with:\n{}",
+                    self.mqtt_addr(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn read_connection_string(&mut self, outpost: &Path) -> anyhow::Result<String> {
+        let started = Instant::now();
+        loop {
+            let output = tokio::process::Command::new(outpost)
+                .args(["hub", "connection-string", "--data-dir"])
+                .arg(self.data_dir.path())
+                .output()
+                .await
+                .with_context(|| format!("cannot run {}", outpost.display()))?;
+            let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if output.status.success() && !text.is_empty() {
+                return Ok(text);
+            }
+            // `serve` writes hub.json just after its listeners are bound: give it a moment.
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "`outpost hub connection-string` failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+            self.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback address whose port 8883 is free, and a free HTTPS port on it.
+fn free_loopback_address() -> anyhow::Result<(Ipv4Addr, u16)> {
+    let (first, count) = ADDRESS_RANGE;
+    let offset = (std::process::id() % u32::from(count)) as u8;
+    for k in 0..count {
+        let ip = Ipv4Addr::new(127, 0, 0, first + (offset + k) % count);
+        if TcpListener::bind((ip, MQTT_PORT)).is_err() {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind((ip, 0)) {
+            return Ok((ip, listener.local_addr()?.port()));
+        }
+    }
+    bail!(
+        "no free loopback address: port {MQTT_PORT} is taken on 127.0.0.{first} to 127.0.0.{}",
+        first + count - 1
+    )
+}

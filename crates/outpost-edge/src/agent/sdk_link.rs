@@ -1,0 +1,73 @@
+//! The agent's [`TwinLink`] over Outpost's own SDK: the agent is a module client of the hub, as its
+//! `$edgeAgent` identity (created on first start if the hub does not have it yet).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use outpost_core::ConnectionString;
+use outpost_sdk::{ClientOptions, DesiredPatch, Incoming, ModuleClient};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::upstream::TwinLink;
+use super::Agent;
+
+/// The `$edgeAgent` module client and its desired-properties stream.
+struct SdkLink {
+    client: ModuleClient,
+    /// A tokio `Mutex`: `changed` holds it while it waits for the next patch.
+    desired: Mutex<Incoming<DesiredPatch>>,
+}
+
+/// Connects to the hub as this device's `$edgeAgent`.
+pub async fn connect(agent: Arc<Agent>) -> anyhow::Result<Box<dyn TwinLink>> {
+    let credentials = agent.hub.ensure_module("$edgeAgent").await?;
+    // The edge hub's identity exists from the first start too, as IoT Edge's runtime creates both.
+    agent.hub.ensure_module("$edgeHub").await?;
+    let connection = ConnectionString::module(
+        &agent.device.hub_hostname,
+        &agent.device.device_id,
+        "$edgeAgent",
+        &credentials.primary_key,
+    );
+    let ca = std::fs::read_to_string(&agent.config.hub_ca)
+        .with_context(|| format!("cannot read hub_ca {}", agent.config.hub_ca.display()))?;
+    let options = ClientOptions {
+        ca_pem: Some(ca),
+        port: Some(agent.config.hub_mqtt_port),
+        product_info: concat!("outpost-edge-agent/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ..ClientOptions::default()
+    };
+    let client = ModuleClient::from_connection_string(&connection.to_string(), options).await?;
+    let desired = client.desired_properties().await?;
+    Ok(Box::new(SdkLink {
+        client,
+        desired: Mutex::new(desired),
+    }))
+}
+
+#[async_trait]
+impl TwinLink for SdkLink {
+    async fn desired(&self) -> anyhow::Result<Value> {
+        let twin = self.client.twin().await?;
+        let mut desired = twin.desired;
+        desired.insert("$version".into(), twin.desired_version.into());
+        Ok(Value::Object(desired))
+    }
+
+    async fn changed(&self) -> anyhow::Result<()> {
+        self.desired
+            .lock()
+            .await
+            .next()
+            .await
+            .map(drop)
+            .context("the desired-properties stream ended")
+    }
+
+    async fn report(&self, patch: &Value) -> anyhow::Result<()> {
+        self.client.patch_reported(patch.clone()).await?;
+        Ok(())
+    }
+}

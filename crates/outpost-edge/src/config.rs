@@ -1,0 +1,214 @@
+//! The edge daemon's settings (`outpost edge run --config FILE`), a TOML file in the spirit of Azure IoT Edge's
+//! `config.toml`. Documented in docs/operations.md.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use outpost_core::ConnectionString;
+use serde::Deserialize;
+
+/// Errors in the settings file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or misses a setting.
+    #[error("invalid settings in {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The edge daemon's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The edge device's connection string (`HostName=..;DeviceId=..;SharedAccessKey=..`).
+    pub connection_string: String,
+    /// The CA certificate (PEM) the hub's TLS certificate chains to.
+    pub hub_ca: PathBuf,
+    /// The hub's HTTPS port (443 unless the hub serves elsewhere).
+    #[serde(default = "default_https_port")]
+    pub hub_https_port: u16,
+    /// The hub's MQTT port (8883).
+    #[serde(default = "default_mqtt_port")]
+    pub hub_mqtt_port: u16,
+    /// Where the daemon keeps its state: the last-known-good deployment, identities, sockets, logs.
+    pub data_dir: PathBuf,
+    /// The name modules and downstream devices use for this edge device (`IOTEDGE_GATEWAYHOSTNAME`).
+    pub hostname: String,
+    /// The address the edge hub listens on for processes on this device.
+    #[serde(default = "default_listen")]
+    pub listen_address: IpAddr,
+    /// The module runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// Which runtime starts module instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RuntimeConfig {
+    /// Docker Engine.
+    Docker {
+        /// The Engine API socket.
+        #[serde(default = "default_docker_socket")]
+        socket: PathBuf,
+        /// The bridge network Outpost creates for its modules.
+        #[serde(default = "default_network")]
+        network: String,
+        /// Prepended to module names to make container names (several edge devices on one host).
+        #[serde(default)]
+        container_prefix: String,
+    },
+    /// Native processes.
+    Process,
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+fn default_mqtt_port() -> u16 {
+    8883
+}
+fn default_listen() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from("/var/run/docker.sock")
+}
+fn default_network() -> String {
+    "outpost".to_owned()
+}
+
+impl EdgeConfig {
+    /// Reads and checks the settings file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses settings from TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.device()?;
+        if config.hostname.is_empty() {
+            return Err("hostname must not be empty".into());
+        }
+        Ok(config)
+    }
+
+    /// The device connection string, checked: it must name a device with a key.
+    pub fn device(&self) -> Result<DeviceCredentials, String> {
+        let parsed: ConnectionString = self
+            .connection_string
+            .parse()
+            .map_err(|e| format!("connection_string: {e}"))?;
+        let device_id = parsed
+            .device_id
+            .clone()
+            .ok_or("connection_string has no DeviceId")?;
+        let key = parsed
+            .shared_access_key
+            .clone()
+            .ok_or("connection_string has no SharedAccessKey")?;
+        if parsed.module_id.is_some() {
+            return Err("connection_string must be the edge device's, not a module's".into());
+        }
+        Ok(DeviceCredentials {
+            hub_hostname: parsed.host_name.clone(),
+            device_id,
+            key,
+        })
+    }
+
+    /// The directory of the agent's own state.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.data_dir.join("agent")
+    }
+
+    /// The directory of module workload sockets.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.data_dir.join("mnt")
+    }
+
+    /// The management socket that `outpost edge list|logs|restart` talk to.
+    pub fn management_socket(&self) -> PathBuf {
+        self.data_dir.join("management.sock")
+    }
+}
+
+/// The edge device's identity, from its connection string.
+#[derive(Debug, Clone)]
+pub struct DeviceCredentials {
+    /// The hub's host name (the audience of tokens).
+    pub hub_hostname: String,
+    /// The edge device's id.
+    pub device_id: String,
+    /// Its base64 primary key.
+    pub key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        connection_string = "HostName=hub.local;DeviceId=edge1;SharedAccessKey=a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
+        hub_ca = "/etc/outpost/hub-ca.pem"
+        data_dir = "/var/lib/outpost"
+        hostname = "edge1.local"
+
+        [runtime]
+        type = "docker"
+        network = "outpost-test"
+    "#;
+
+    #[test]
+    fn a_complete_file_parses_with_defaults() {
+        let config = EdgeConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(config.hub_https_port, 443);
+        assert_eq!(config.device().unwrap().device_id, "edge1");
+        assert!(
+            matches!(config.runtime, RuntimeConfig::Docker { ref network, .. } if network == "outpost-test")
+        );
+    }
+
+    #[test]
+    fn a_module_connection_string_is_refused() {
+        let text = EXAMPLE.replace("DeviceId=edge1;", "DeviceId=edge1;ModuleId=m;");
+        assert!(EdgeConfig::parse(&text).unwrap_err().contains("module"));
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let text = format!("mystery = 1\n{EXAMPLE}");
+        assert!(EdgeConfig::parse(&text).is_err());
+    }
+
+    #[test]
+    fn a_process_runtime_needs_no_options() {
+        let text = EXAMPLE.replace(
+            "type = \"docker\"\n        network = \"outpost-test\"",
+            "type = \"process\"",
+        );
+        assert!(matches!(
+            EdgeConfig::parse(&text).unwrap().runtime,
+            RuntimeConfig::Process
+        ));
+    }
+}

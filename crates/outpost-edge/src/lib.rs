@@ -1,0 +1,16 @@
+//! The Outpost edge runtime.
+//!
+//! Start at [`agent`]: it reads the `$edgeAgent` desired properties, keeps the last accepted deployment on disk
+//! ([`agent::lkg`]), plans the difference with what runs ([`agent::plan`]), and carries it out through a
+//! [`runtime::ModuleRuntime`] (Docker or native processes), supervising instances by their restart policy
+//! ([`agent::restart`]). Each module gets an identity in the hub and a workload socket ([`workload`]) that signs
+//! its tokens. [`config`] is the daemon's TOML settings.
+
+pub mod agent;
+pub mod config;
+pub mod daemon;
+pub mod hub_client;
+pub mod identities;
+pub mod management;
+pub mod runtime;
+pub mod workload;

@@ -1,0 +1,190 @@
+//! The management API on the daemon's own Unix socket, which `outpost edge list|logs|restart` use: the module
+//! list with status, module logs (tail or follow), and restarts. The socket is the owner's only (0600).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::agent::Agent;
+
+/// Serves the management API on `path` until the task is dropped.
+pub async fn serve(agent: Arc<Agent>, path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let router = Router::new()
+        .route("/modules", get(list))
+        .route("/modules/{module}/logs", get(logs))
+        .route("/modules/{module}/restart", post(restart))
+        .with_state(agent);
+    axum::serve(listener, router).await
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"message": message}))).into_response()
+}
+
+/// The deployed modules as the agent reports them: name, status, description, image.
+async fn list(State(agent): State<Arc<Agent>>) -> Response {
+    agent.refresh_report().await;
+    let report = agent.reported.borrow().clone();
+    let mut modules = Vec::new();
+    for (name, module) in report
+        .get("modules")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        modules.push(json!({
+            "name": name,
+            "status": module.get("runtimeStatus"),
+            "description": module.get("statusDescription"),
+            "image": module.pointer("/settings/image").or_else(|| module.pointer("/settings/path")),
+            "restartCount": module.get("restartCount"),
+        }));
+    }
+    Json(json!({"modules": modules, "lastDesiredStatus": report.get("lastDesiredStatus"), "lastDesiredVersion": report.get("lastDesiredVersion")}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(module): UrlPath<String>,
+    Query(query): Query<LogsQuery>,
+) -> Response {
+    let lines = match agent.runtime.logs(&module, query.tail).await {
+        Ok(lines) => lines,
+        Err(e) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if !query.follow {
+        return text.into_response();
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel::<String>(256);
+    let runtime = agent.runtime.clone();
+    tokio::spawn(async move {
+        if let Err(error) = runtime.follow_logs(&module, sender).await {
+            tracing::debug!(%error, "log follow ended");
+        }
+    });
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(text)) });
+    let tail = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let line = receiver.recv().await?;
+        Some((Ok(Bytes::from(format!("{line}\n"))), receiver))
+    });
+    Body::from_stream(futures_util::StreamExt::chain(head, tail)).into_response()
+}
+
+async fn restart(State(agent): State<Arc<Agent>>, UrlPath(module): UrlPath<String>) -> Response {
+    let known = agent
+        .state
+        .lock()
+        .await
+        .modules
+        .iter()
+        .any(|m| m.instance.name == module);
+    if !known {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("module {module} is not deployed on this device"),
+        );
+    }
+    let _ = agent
+        .runtime
+        .stop(&module, std::time::Duration::from_secs(10))
+        .await;
+    match agent.runtime.start(&module).await {
+        Ok(()) => Json(json!({"restarted": module})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// A response of the management API.
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, as it arrives.
+    pub body: hyper::body::Incoming,
+}
+
+/// Sends one request to the management socket.
+pub async fn request(socket: &Path, method: &str, path: &str) -> std::io::Result<Answer> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach the edge daemon at {}: {e} (is `outpost edge run` running?)",
+                socket.display()
+            ),
+        )
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(Answer {
+        status: response.status().as_u16(),
+        body: response.into_body(),
+    })
+}
+
+impl Answer {
+    /// The whole body as text.
+    pub async fn text(self) -> std::io::Result<String> {
+        let bytes = self
+            .body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The next chunk of the body, for following logs.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some(data);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
