@@ -20,6 +20,29 @@ requirements=(
   "pytest==8.3.3"
 )
 
+# Debian packages the system tests need: a static busybox (the FROM scratch test image), the local container
+# registry the edge agent pulls from, and mosquitto (the broker the benchmarks compare against).
+packages=(busybox-static docker-registry mosquitto)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "${package}" >/dev/null 2>&1 || missing+=("${package}")
+done
+if (( ${#missing[@]} > 0 )); then
+  if [[ "$(id -u)" -eq 0 ]]; then
+    echo "setup-test-env: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+    # The packaged services are not wanted: the tests start their own registry and broker on loopback.
+    for service in docker-registry mosquitto; do
+      if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "${service}" >/dev/null 2>&1 || true; fi
+      service "${service}" stop >/dev/null 2>&1 || true
+    done
+  else
+    echo "setup-test-env: missing ${missing[*]} and this is not root; the tests that need them will say so" >&2
+  fi
+fi
+
 python="${PYTHON:-python3}"
 req_hash="$(printf '%s\n' "${requirements[@]}" "$("${python}" -c 'import sys; print(sys.version)')" | sha256sum | cut -d' ' -f1)"
 

@@ -132,10 +132,8 @@ async fn logs(
     tail: Option<usize>,
     follow: bool,
 ) -> anyhow::Result<()> {
-    let mut path = format!("/modules/{}/logs?follow={follow}", segment(module));
-    if let Some(tail) = tail {
-        path.push_str(&format!("&tail={tail}"));
-    }
+    let tail = tail.map(|n| format!("&tail={n}")).unwrap_or_default();
+    let path = format!("/modules/{}/logs?follow={follow}{tail}", segment(module));
     let mut answer = management::request(&config.management_socket(), "GET", &path).await?;
     if answer.status != 200 {
         let text = answer.text().await?;
@@ -152,9 +150,7 @@ async fn logs(
 /// Whether a file exists and parses as PEM certificates.
 pub fn certificates_in(path: &Path) -> anyhow::Result<usize> {
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let count = rustls_pemfile::certs(&mut pem.as_slice())
-        .filter(Result::is_ok)
-        .count();
+    let count = rustls_pemfile::certs(&mut pem.as_slice()).flatten().count();
     if count == 0 {
         bail!("{} holds no PEM certificate", path.display());
     }

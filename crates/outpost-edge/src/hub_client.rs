@@ -126,22 +126,21 @@ impl HubClient {
             segment(&self.device.device_id),
             segment(module)
         );
-        let found = match self.call(Method::GET, &path, None).await? {
-            Some(found) => found,
-            None => {
-                let body = json!({
-                    "deviceId": self.device.device_id,
-                    "moduleId": module,
-                    "managedBy": "IotEdge",
-                    "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}},
-                });
-                self.call(Method::PUT, &path, Some(&body))
-                    .await?
-                    .ok_or_else(|| HubClientError::Refused {
-                        status: 404,
-                        message: "the device is gone".into(),
-                    })?
-            }
+        let found = if let Some(found) = self.call(Method::GET, &path, None).await? {
+            found
+        } else {
+            let body = json!({
+                "deviceId": self.device.device_id,
+                "moduleId": module,
+                "managedBy": "IotEdge",
+                "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}},
+            });
+            self.call(Method::PUT, &path, Some(&body))
+                .await?
+                .ok_or_else(|| HubClientError::Refused {
+                    status: 404,
+                    message: "the device is gone".into(),
+                })?
         };
         let text = |pointer: &str| {
             found

@@ -212,9 +212,13 @@ async fn manifest_trust_bundle() -> Response {
     )
 }
 
-fn body_json(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+fn body_json(body: &[u8]) -> Result<Value, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid JSON body: {e}"),
+        ))
+    })
 }
 
 async fn sign(
@@ -229,7 +233,7 @@ async fn sign(
     // The SDK sends no Content-Type; only `data` is read (keyId and algo are ignored, as aziot-edged does).
     let body = match body_json(&body) {
         Ok(body) => body,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(data) = body.get("data").and_then(Value::as_str) else {
         return error(StatusCode::BAD_REQUEST, "data is required");
@@ -263,7 +267,7 @@ async fn server_certificate(
     }
     let body = match body_json(&body) {
         Ok(body) => body,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(common_name) = body.get("commonName").and_then(Value::as_str) else {
         return error(StatusCode::BAD_REQUEST, "commonName is required");

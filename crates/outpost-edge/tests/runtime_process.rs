@@ -40,7 +40,7 @@ async fn start(rt: &ProcessRuntime, name: &str) {
         match rt.start(name).await {
             Ok(()) => return,
             Err(e) if e.reason.contains("busy") => {
-                tokio::time::sleep(Duration::from_millis(20)).await
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("{e}"),
         }

@@ -52,10 +52,10 @@ pub fn plan(desired: &[DesiredModule], running: &[InstanceState], boot: bool) ->
         match running.iter().find(|instance| instance.name == name) {
             None => steps.push(Step::Create(name)),
             Some(instance) if instance.digest != module.instance.digest => {
-                steps.push(Step::Recreate(name))
+                steps.push(Step::Recreate(name));
             }
             Some(instance) if !should_run && instance.status == InstanceStatus::Running => {
-                steps.push(Step::Stop(name))
+                steps.push(Step::Stop(name));
             }
             Some(instance) if boot && should_run && instance.status != InstanceStatus::Running => {
                 steps.push(Step::Start(name));

@@ -72,13 +72,12 @@ impl BackOff {
         record: &RestartRecord,
         now: DateTime<Utc>,
     ) -> Decision {
+        // on-unhealthy also restarts a failed module: without health probes it behaves as on-failure.
         let due = match (status, policy) {
             (InstanceStatus::Running | InstanceStatus::Dead, _) | (_, RestartPolicy::Never) => {
                 false
             }
-            (InstanceStatus::Stopped, RestartPolicy::Always) => true,
-            (InstanceStatus::Stopped, _) => false,
-            // on-unhealthy also restarts a failed module: without health probes it behaves as on-failure.
+            (InstanceStatus::Stopped, policy) => policy == RestartPolicy::Always,
             (InstanceStatus::Failed, _) => true,
         };
         if !due {

@@ -63,7 +63,7 @@ where
             Err(error) => {
                 tracing::info!(%error, retry_in = ?back_off, "the hub is unreachable; running on the last-known-good deployment");
                 tokio::time::sleep(back_off).await;
-                back_off = (back_off * 2).min(Duration::from_secs(60));
+                back_off = (back_off * 2).min(Duration::from_mins(1));
                 continue;
             }
         };

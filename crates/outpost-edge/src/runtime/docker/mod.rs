@@ -2,10 +2,10 @@
 //! its Unix socket.
 //!
 //! Containers are named `{prefix}{module}` and labelled with the device, the module and the spec digest, so
-//! [`DockerRuntime::list`](ModuleRuntime::list) sees only this device's instances. They are attached to one bridge
-//! network that Outpost creates; its gateway is the host's address on that network, where the edge hub listens and
-//! to which the gateway host name resolves in every container. The create body is the deployment's
-//! `createOptions` with Outpost's additions merged in ([`create_options`]).
+//! `list` sees only this device's instances. They are attached to one bridge network that Outpost creates; its
+//! gateway is the host's address on that network, where the edge hub listens and to which the gateway host name
+//! resolves in every container. The create body is the deployment's
+//! `createOptions` with Outpost's additions merged in (`create_options.rs`).
 
 mod create_options;
 mod log_lines;
@@ -451,7 +451,7 @@ impl ModuleRuntime for DockerRuntime {
                     Ok((false, true)) => break,
                     Ok((false, false)) => {}
                     Err(e) => {
-                        tracing::debug!(module = name, error = %e, "cannot inspect a followed container")
+                        tracing::debug!(module = name, error = %e, "cannot inspect a followed container");
                     }
                 }
             }

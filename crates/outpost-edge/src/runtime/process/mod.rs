@@ -3,7 +3,7 @@
 //!
 //! Each instance has a directory `state_dir/{name}`: its working directory, with `spec.json` (what to run),
 //! `status.json` (last start, exit and exit code), `pid` (while it runs) and `output.log` (stdout and stderr,
-//! see [`output`]). A watcher task per child records how it ended. Because the spec and pid are on disk, a
+//! see `output.rs`). A watcher task per child records how it ended. Because the spec and pid are on disk, a
 //! daemon that was killed finds its instances again on restart ([`ProcessRuntime::new`]); the children it left
 //! behind run unsupervised, so they are terminated and reported stopped, and the agent starts them again.
 
