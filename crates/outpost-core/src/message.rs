@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 use crate::quote::{quote, unquote};
 
 /// A telemetry / output / input / C2D message.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+///
+/// Its JSON form (for links and stores) is `{"bodyBase64": "...", "system": {..}, "properties": {..}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// The payload, raw bytes.
+    #[serde(rename = "bodyBase64", with = "base64_body")]
     pub body: Vec<u8>,
     /// System properties by internal name: messageId, correlationId, userId, to, contentType, contentEncoding,
     /// absolute-expiry-time, outputName, inputName, connectionDeviceId, connectionModuleId, messageSchema,
@@ -19,6 +22,23 @@ pub struct Message {
     pub system: BTreeMap<String, String>,
     /// Application properties; `None` is a key sent without `=`.
     pub properties: BTreeMap<String, Option<String>>,
+}
+
+/// The body as standard base64 in JSON.
+mod base64_body {
+    use base64::Engine as _;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(body: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(body))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why a property bag cannot be decoded.

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod device_ops;
+pub mod edge_link;
 pub mod error;
 pub mod identity;
 pub mod messaging;
@@ -49,6 +50,8 @@ pub struct Hub {
     newest_event: watch::Sender<i64>,
     /// Cloud-to-device messages pushed and not yet acknowledged: message id → connection it went out on.
     c2d_in_flight: Mutex<HashMap<i64, u64>>,
+    /// The upstream links of edge devices by device id.
+    edge_links: Mutex<HashMap<String, std::sync::Arc<edge_link::EdgeLink>>>,
 }
 
 impl Hub {
@@ -91,6 +94,7 @@ impl Hub {
             next_request_id: AtomicU64::new(1),
             newest_event: watch::channel(newest).0,
             c2d_in_flight: Mutex::new(HashMap::new()),
+            edge_links: Mutex::new(HashMap::new()),
         })
     }
 
@@ -116,6 +120,20 @@ impl Hub {
     /// Whether an identity has a live connection.
     pub fn is_connected(&self, identity: &Identity) -> bool {
         self.outbox(identity).is_some()
+    }
+
+    /// Forgets the connection `connection` of an identity, unless a newer one has replaced it.
+    fn disconnected(&self, identity: &Identity, connection: u64) {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if connections
+            .get(&identity.client_id())
+            .is_some_and(|o| o.connection() == connection)
+        {
+            connections.remove(&identity.client_id());
+        }
     }
 
     /// Closes the connection of one identity, if it has one.

@@ -120,6 +120,31 @@ impl Hub {
         Ok(seq)
     }
 
+    /// Appends a batch of device-to-cloud messages in one transaction (one fsync); returns how many.
+    pub fn accept_telemetry_batch(
+        &self,
+        batch: &[(Identity, &Message)],
+    ) -> Result<usize, HubError> {
+        if let Some((_, big)) = batch.iter().find(|(_, m)| m.body.len() > MAX_D2C_BYTES) {
+            return Err(HubError::TooLarge(format!(
+                "a message of {} bytes is over the 256 KB limit",
+                big.body.len()
+            )));
+        }
+        let enqueued = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let newest = self.db.transaction(|tx| {
+            let mut newest = 0;
+            for (identity, message) in batch {
+                newest = store::append_event(tx, &event_json(identity, message, &enqueued))?;
+            }
+            Ok::<_, HubError>(newest)
+        })?;
+        if newest > 0 {
+            self.newest_event.send_replace(newest);
+        }
+        Ok(batch.len())
+    }
+
     /// Reads up to `max` events after sequence number `after`, waiting up to `wait` for the first one.
     pub async fn read_events(
         &self,
@@ -156,11 +181,8 @@ impl Hub {
                 "cloud-to-device messages are at most 64 KB".into(),
             ));
         }
-        let stored = json!({
-            "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&message.body),
-            "system": message.system,
-            "properties": message.properties,
-        });
+        let stored =
+            serde_json::to_value(message).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
         let id = self.db.transaction(|tx| {
             if store::device(tx, &device)?.is_none() {
                 return Err(HubError::DeviceNotFound(device.to_string()));
@@ -304,12 +326,5 @@ impl Hub {
 
 /// Reads a queued cloud-to-device message back into a [`Message`].
 fn stored_c2d(stored: &Value) -> Option<Message> {
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(stored.get("bodyBase64")?.as_str()?)
-        .ok()?;
-    Some(Message {
-        body,
-        system: serde_json::from_value(stored.get("system")?.clone()).ok()?,
-        properties: serde_json::from_value(stored.get("properties")?.clone()).ok()?,
-    })
+    serde_json::from_value(stored.clone()).ok()
 }

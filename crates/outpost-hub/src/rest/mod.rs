@@ -5,6 +5,7 @@
 //! route needs. Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
 
 mod devices;
+mod edge;
 mod messages;
 mod twins;
 pub mod wire;
@@ -86,6 +87,16 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(messages::invoke_module_method),
         )
         .route("/events", get(messages::read_events))
+        .route("/edge/{device}/presence", post(edge::presence))
+        .route("/edge/{device}/events", get(edge::events))
+        .route("/edge/{device}/messages", post(edge::messages))
+        .route("/edge/{device}/acks", post(edge::acks))
+        .route("/edge/{device}/twin", get(edge::twin))
+        .route(
+            "/edge/{device}/twin/reported",
+            axum::routing::patch(edge::reported),
+        )
+        .route("/edge/{device}/scope", get(edge::scope))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(require_api_version))
         .with_state(hub)
