@@ -100,8 +100,10 @@ def push_test_image(tag: str) -> str:
 class Edge:
     """One `outpost edge run` daemon for an edge device of `hub`."""
 
-    def __init__(self, hub: Hub, device_id: str, work: Path, runtime: str, network: str) -> None:
+    def __init__(self, hub: Hub, device_id: str, work: Path, runtime: str, network: str, host: str,
+                 extra: str = "") -> None:
         self.hub = hub
+        self.host = host
         self.device_id = device_id
         self.data_dir = work / "edge-data"
         self.config = work / "edge.toml"
@@ -120,7 +122,9 @@ class Edge:
             f'hub_ca = "{hub.ca_path}"\n'
             f"hub_https_port = {hub.https_port}\n"
             f'data_dir = "{self.data_dir}"\n'
-            f'hostname = "{hub.host}"\n'
+            f'hostname = "{host}"\n'
+            f'listen_address = "{host}"\n'
+            f"{extra}"
             f"\n[runtime]\n{runtime_section}"
         )
 
@@ -132,6 +136,8 @@ class Edge:
         log.close()
         wait_for(lambda: (self.data_dir / "management.sock").exists() or self.proc.poll() is not None, 30,
                  "the edge daemon's management socket")
+        from harness import port_open
+        wait_for(lambda: port_open(self.host, 8883) or self.proc.poll() is not None, 30, "the edge hub's MQTT port")
         assert self.proc.poll() is None, f"outpost edge run exited:\n{self.log_tail()}"
 
     def kill(self) -> None:
@@ -159,6 +165,13 @@ class Edge:
         if check and cp.returncode != 0:
             raise AssertionError(f"outpost edge {' '.join(args)} exited {cp.returncode}: {cp.stderr}")
         return cp
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "pki" / "ca.pem"
+
+    def stats(self) -> dict:
+        return json.loads(self.cli("stats").stdout)
 
     def container(self, module: str) -> str:
         return f"{self.prefix}{module}"

@@ -10,6 +10,8 @@ from azure.iot.device.exceptions import CredentialError
 
 from harness import RawMqtt, device_sas, new_key, run_with_timeout, wait_for
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 
 def assert_refused(clients, hub, device_id, key, module_id=None):
     client = clients.open(hub, device_id, key, module_id, connect=False)

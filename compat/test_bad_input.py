@@ -14,6 +14,8 @@ from harness import (
     service_sas, set_handler, subscribe_packet,
 )
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 # ---------------------------------------------------------------------------------------------------
 # REST
 

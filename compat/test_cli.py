@@ -14,6 +14,8 @@ import pytest
 
 from harness import Monitor, connection_string_fields, monitor_body, outpost_bin, run_with_timeout, set_handler
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 
 def test_hub_prints_its_connection_string_on_first_start(hub):
     fields = connection_string_fields(hub.connection_string)

@@ -13,6 +13,8 @@ from msrest.exceptions import HttpOperationError
 
 from harness import set_handler
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 FILTER_CREATE_OPTIONS = json.dumps({"HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": "8080"}]}}})
 
 MANIFEST = {

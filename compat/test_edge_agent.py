@@ -39,9 +39,9 @@ def test_image(tmp_path_factory):
 
 
 @pytest.fixture
-def edge(hub, tmp_path, test_image):
+def edge(hub, tmp_path, test_image, loopback):
     run = uuid.uuid4().hex[:6]
-    daemon = Edge(hub, f"edge-{run}", tmp_path, "docker", f"outpost-test-{run}")
+    daemon = Edge(hub, f"edge-{run}", tmp_path, "docker", f"outpost-test-{run}", loopback.next())
     yield daemon
     daemon.cleanup()
 
@@ -140,7 +140,7 @@ def test_one_image_twice_and_a_process_module_run_with_their_own_identities(hub,
         assert env["IOTEDGE_DEVICEID"] == edge.device_id
         assert env["IOTEDGE_MODULEGENERATIONID"] == identity.generation_id
         assert env["IOTEDGE_IOTHUBHOSTNAME"] == hub.host
-        assert env["IOTEDGE_GATEWAYHOSTNAME"] == hub.host
+        assert env["IOTEDGE_GATEWAYHOSTNAME"] == edge.host
         assert env["IOTEDGE_WORKLOADURI"] == "unix:///var/run/iotedge/workload.sock"
         assert env["IOTEDGE_APIVERSION"] == "2022-08-03"
         assert env["MARKER"] == "v1"

@@ -3,11 +3,15 @@ messages (sent with `outpost message send`): AZURE-COMPAT §1.3-1.5."""
 
 from __future__ import annotations
 
+import pytest
+
 import queue
 
 from azure.iot.device import Message
 
 from harness import Monitor, monitor_body, run_with_timeout, set_handler
+
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
 
 
 def make_device(registry, device_id="dev1"):

@@ -11,6 +11,8 @@ from msrest.exceptions import HttpOperationError
 
 from harness import set_handler
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 
 def answer_with(client, status: int = 200):
     """Installs a handler that answers every method with {"method", "payload"} echoed back."""
@@ -118,3 +120,15 @@ def test_method_that_is_never_answered_times_out_with_504(hub, registry, clients
     assert e.value.response.status_code == 504
     assert 4 <= elapsed < 15, f"the response timeout was 5 s, the call took {elapsed:.1f} s"
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("payload", ["text", [1, "two", None], 42, 1.5, True, {"nested": {"deep": [1]}}],
+                         ids=["string", "array", "int", "float", "bool", "object"])
+def test_method_payloads_of_every_json_type_pass_through(hub, registry, clients, payload):
+    key = registry.create_device_with_sas("dev1", "", "", "enabled").authentication.symmetric_key.primary_key
+    client = clients.open(hub, "dev1", key)
+    answer_with(client)
+    result = registry.invoke_device_method("dev1", CloudToDeviceMethod(
+        method_name="echo", payload=payload, response_timeout_in_seconds=10))
+    assert result.status == 200
+    assert result.payload == {"method": "echo", "echo": payload}

@@ -9,6 +9,8 @@ from msrest.exceptions import HttpOperationError
 
 from harness import new_key
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 
 def status_of(excinfo) -> int:
     return excinfo.value.response.status_code

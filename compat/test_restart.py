@@ -12,6 +12,8 @@ from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 
 from harness import Monitor, monitor_body, run_with_timeout, set_handler, wait_for
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 
 def populate(hub, registry, clients):
     """Creates devices, modules, keys, twins with tags/desired/reported; returns what the hub must keep."""

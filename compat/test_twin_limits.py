@@ -9,12 +9,14 @@ from msrest.exceptions import HttpOperationError
 
 from harness import run_with_timeout
 
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
 
 def nested(levels: int) -> dict:
-    """{"l1": {"l2": ... {"l<levels>": {"leaf": 1}}}}: `levels` nested objects below the section.
+    """{"l1": {"l2": ... {"l<levels>": {"leaf": 1}}}}: as a section's content, `levels` objects nested below it.
 
-    The docs' and the hub's ways of counting depth differ by one, so the tests stay clear of the boundary:
-    8 levels is valid under every reading, 11 (12 keys deep) is too deep under every reading."""
+    IoT Hub's documented example of a valid twin has exactly 10 (tags: one: two: ... ten: {property: value}),
+    so 10 is the deepest accepted and 11 is too deep."""
     node: dict = {"leaf": 1}
     for i in range(levels, 0, -1):
         node = {f"l{i}": node}
@@ -44,15 +46,20 @@ def device(registry):
     return created.authentication.symmetric_key.primary_key
 
 
-def test_desired_patch_at_depth_8_is_accepted(registry, device):
-    twin = registry.update_twin("dev1", desired({"deep": nested(8)}), "*")
-    assert twin.properties.desired["deep"] == nested(8)
+def test_desired_patch_at_depth_10_is_accepted(registry, device):
+    twin = registry.update_twin("dev1", desired(nested(10)), "*")
+    assert twin.properties.desired["l1"] == nested(10)["l1"]
+
+
+def test_tags_at_depth_10_are_accepted(registry, device):
+    twin = registry.update_twin("dev1", Twin(tags=nested(10)), "*")
+    assert twin.tags == nested(10)
 
 
 def test_too_deep_desired_patch_is_refused_and_twin_unchanged(registry, device):
     before = snapshot(registry.get_twin("dev1"))
     with pytest.raises(HttpOperationError) as e:
-        registry.update_twin("dev1", desired({"deep": nested(11), "other": 1}), "*")
+        registry.update_twin("dev1", desired({**nested(11), "other": 1}), "*")
     assert e.value.response.status_code == 400
     assert snapshot(registry.get_twin("dev1")) == before
 
@@ -101,11 +108,12 @@ def test_too_large_tags_are_refused(registry, device):
 
 def test_too_deep_reported_patch_is_refused_and_twin_unchanged(hub, registry, device, clients):
     client = clients.open(hub, "dev1", device)
-    run_with_timeout(lambda: client.patch_twin_reported_properties({"ok": 1}), 15, "valid reported patch")
+    run_with_timeout(lambda: client.patch_twin_reported_properties({"ok": 1, **nested(10)}), 15,
+                     "valid reported patch at depth 10")
     before = snapshot(registry.get_twin("dev1"))
 
     with pytest.raises(ClientError) as e:
-        run_with_timeout(lambda: client.patch_twin_reported_properties({"deep": nested(11)}), 15,
+        run_with_timeout(lambda: client.patch_twin_reported_properties(nested(11)), 15,
                          "too-deep reported patch")
     # The hub answers $iothub/twin/res/400; the SDK surfaces that as ServiceError wrapped in ClientError.
     assert isinstance(e.value.__cause__, ServiceError), f"expected a twin error status, got {e.value.__cause__!r}"

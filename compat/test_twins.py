@@ -7,7 +7,9 @@ import queue
 import pytest
 from azure.iot.hub.models import Twin, TwinProperties
 
-from harness import run_with_timeout, set_handler
+from harness import run_with_timeout, set_handler, wait_for
+
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
 
 
 def make_device(registry, device_id="dev1"):
@@ -178,3 +180,40 @@ def test_desired_change_while_offline_reaches_device_on_reconnect(hub, registry,
     patch = patches.get(timeout=10)
     assert patch["offline"] == 1
     assert patch["$version"] == updated.properties.desired["$version"]
+
+
+def test_twin_and_device_show_connection_state(hub, registry, clients):
+    key = make_device(registry)
+    assert registry.get_twin("dev1").connection_state == "Disconnected"
+    client = clients.open(hub, "dev1", key)
+    assert registry.get_twin("dev1").connection_state == "Connected"
+    assert registry.get_device("dev1").connection_state == "Connected"
+    run_with_timeout(client.disconnect, 15, "disconnect")
+    wait_for(lambda: registry.get_device("dev1").connection_state == "Disconnected", 5,
+             "connectionState to become Disconnected")
+
+
+def test_desired_metadata_tracks_versions(hub, registry):
+    make_device(registry)
+    first = registry.update_twin("dev1", desired_patch({"a": 1, "obj": {"x": 1}}), "*")
+    v1 = first.properties.desired["$version"]
+    second = registry.update_twin("dev1", desired_patch({"b": 2}), "*")
+    desired = second.properties.desired
+    meta = desired["$metadata"]
+    assert meta["$lastUpdated"], "every node carries $lastUpdated"
+    assert meta["$lastUpdatedVersion"] == desired["$version"] == v1 + 1
+    assert meta["a"]["$lastUpdatedVersion"] == v1, "a key keeps the version that last changed it"
+    assert meta["b"]["$lastUpdatedVersion"] == v1 + 1
+    assert meta["obj"]["x"]["$lastUpdatedVersion"] == v1
+    assert "$lastUpdated" in second.properties.reported["$metadata"]
+
+
+def test_twin_of_missing_device_is_404(hub, registry):
+    from msrest.exceptions import HttpOperationError
+
+    for call in (lambda: registry.get_twin("nobody"),
+                 lambda: registry.update_twin("nobody", desired_patch({"a": 1}), "*"),
+                 lambda: registry.get_module_twin("nobody", "m1")):
+        with pytest.raises(HttpOperationError) as e:
+            call()
+        assert e.value.response.status_code == 404

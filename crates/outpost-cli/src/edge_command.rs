@@ -54,6 +54,12 @@ pub enum EdgeCommand {
         #[arg(long, env = "OUTPOST_EDGE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the edge hub's store-and-forward counters (queued, delivered, expired, dropped) as JSON.
+    Stats {
+        /// The settings file.
+        #[arg(long, env = "OUTPOST_EDGE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Check the settings, the hub, the clock, the certificates and the runtime.
     Check {
         /// The settings file.
@@ -92,6 +98,17 @@ pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
             Ok(())
         }
         EdgeCommand::Check { config } => crate::edge_check::check(&config).await,
+        EdgeCommand::Stats { config } => {
+            let config = EdgeConfig::load(&config)?;
+            let text = management::request(&config.management_socket(), "GET", "/stats")
+                .await?
+                .text()
+                .await?;
+            let stats: Value =
+                serde_json::from_str(&text).context("the daemon answered with invalid JSON")?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(())
+        }
     }
 }
 

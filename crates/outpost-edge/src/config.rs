@@ -49,8 +49,71 @@ pub struct EdgeConfig {
     /// The address the edge hub listens on for processes on this device.
     #[serde(default = "default_listen")]
     pub listen_address: IpAddr,
+    /// The edge hub's MQTT port (modules and downstream devices dial 8883).
+    #[serde(default = "default_mqtt_port")]
+    pub edge_mqtt_port: u16,
+    /// The edge hub's HTTPS port (the module-to-module method API; the Azure SDK dials 443).
+    #[serde(default = "default_https_port")]
+    pub edge_https_port: u16,
+    /// Store-and-forward settings.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The module runtime.
     pub runtime: RuntimeConfig,
+}
+
+/// The edge hub's message store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The most disk the message log may use, in MiB.
+    #[serde(default = "default_quota_mib")]
+    pub quota_mib: u64,
+    /// When the log is full: `reject` new messages (senders get no acknowledgement and retry; nothing
+    /// acknowledged is ever lost), or `drop-oldest` (the oldest stored messages make room, counted dropped).
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+/// What the edge hub does when its message log reaches its quota.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Refuse new messages until there is room.
+    #[default]
+    Reject,
+    /// Drop the oldest messages.
+    DropOldest,
+}
+
+fn default_quota_mib() -> u64 {
+    1024
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            quota_mib: default_quota_mib(),
+            when_full: WhenFull::Reject,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The log options these settings mean.
+    pub fn log_options(&self) -> outpost_store::log::LogOptions {
+        let quota_bytes = self.quota_mib.max(1) << 20;
+        let segment_bytes = (quota_bytes / 8).clamp(64 << 10, 16 << 20);
+        outpost_store::log::LogOptions {
+            segment_bytes,
+            quota_bytes,
+            full_policy: match self.when_full {
+                WhenFull::Reject => outpost_store::log::FullPolicy::RejectNew,
+                WhenFull::DropOldest => outpost_store::log::FullPolicy::DropOldest,
+            },
+            ..outpost_store::log::LogOptions::default()
+        }
+    }
 }
 
 /// Which runtime starts module instances.

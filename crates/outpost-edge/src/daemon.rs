@@ -53,6 +53,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
 
     let processes: Arc<dyn ModuleRuntime> =
         Arc::new(ProcessRuntime::new(config.data_dir.join("processes"))?);
+    let mut gateway_ips = vec![config.listen_address];
     let containers: Option<Arc<dyn ModuleRuntime>> = match &config.runtime {
         RuntimeConfig::Docker {
             socket,
@@ -62,6 +63,8 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
             let docker =
                 DockerRuntime::connect(socket, &device.device_id, network, container_prefix)
                     .await?;
+            // Containers reach the edge hub through Outpost's own network: it listens on that gateway too.
+            gateway_ips.push(docker.gateway_ip());
             Some(Arc::new(docker))
         }
         RuntimeConfig::Process => None,
@@ -71,6 +74,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
     let identities = Arc::new(IdentityCache::open(
         &config.agent_dir().join("identities.json"),
     )?);
+    let edge_hub = crate::edgehub::start(&config, identities.clone(), &ca, &gateway_ips).await?;
     let trust_bundle = ca.pem().to_owned();
     let service = Arc::new(WorkloadService {
         identities: identities.clone(),
@@ -102,7 +106,8 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
     let management = agent.clone();
     let management_socket = config.management_socket();
     tokio::spawn(async move {
-        if let Err(error) = crate::management::serve(management, &management_socket).await {
+        if let Err(error) = crate::management::serve(management, edge_hub, &management_socket).await
+        {
             tracing::error!(%error, "the management socket stopped");
         }
     });

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod config;
 pub mod daemon;
+pub mod edgehub;
 pub mod hub_client;
 pub mod identities;
 pub mod management;

@@ -18,9 +18,17 @@ use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::agent::Agent;
+use crate::edgehub::EdgeHub;
+
+/// What the management API looks after.
+#[derive(Clone)]
+struct Daemon {
+    agent: Arc<Agent>,
+    edge_hub: Arc<EdgeHub>,
+}
 
 /// Serves the management API on `path` until the task is dropped.
-pub async fn serve(agent: Arc<Agent>, path: &Path) -> std::io::Result<()> {
+pub async fn serve(agent: Arc<Agent>, edge_hub: Arc<EdgeHub>, path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -28,7 +36,8 @@ pub async fn serve(agent: Arc<Agent>, path: &Path) -> std::io::Result<()> {
         .route("/modules", get(list))
         .route("/modules/{module}/logs", get(logs))
         .route("/modules/{module}/restart", post(restart))
-        .with_state(agent);
+        .route("/stats", get(stats))
+        .with_state(Daemon { agent, edge_hub });
     axum::serve(listener, router).await
 }
 
@@ -37,7 +46,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// The deployed modules as the agent reports them: name, status, description, image.
-async fn list(State(agent): State<Arc<Agent>>) -> Response {
+async fn list(State(Daemon { agent, .. }): State<Daemon>) -> Response {
     agent.refresh_report().await;
     let report = agent.reported.borrow().clone();
     let mut modules = Vec::new();
@@ -67,7 +76,7 @@ struct LogsQuery {
 }
 
 async fn logs(
-    State(agent): State<Arc<Agent>>,
+    State(Daemon { agent, .. }): State<Daemon>,
     UrlPath(module): UrlPath<String>,
     Query(query): Query<LogsQuery>,
 ) -> Response {
@@ -99,7 +108,10 @@ async fn logs(
     Body::from_stream(futures_util::StreamExt::chain(head, tail)).into_response()
 }
 
-async fn restart(State(agent): State<Arc<Agent>>, UrlPath(module): UrlPath<String>) -> Response {
+async fn restart(
+    State(Daemon { agent, .. }): State<Daemon>,
+    UrlPath(module): UrlPath<String>,
+) -> Response {
     let known = agent
         .state
         .lock()
@@ -121,6 +133,34 @@ async fn restart(State(agent): State<Arc<Agent>>, UrlPath(module): UrlPath<Strin
         Ok(()) => Json(json!({"restarted": module})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// The edge hub's store-and-forward counters and link state.
+async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
+    let stats = edge_hub.router.log().stats();
+    let endpoints: serde_json::Map<String, Value> = stats
+        .endpoints
+        .iter()
+        .map(|(name, e)| {
+            (
+                name.clone(),
+                json!({"queued": e.queued, "inFlight": e.in_flight, "delivered": e.delivered,
+                                  "expired": e.expired, "dropped": e.dropped}),
+            )
+        })
+        .collect();
+    Json(json!({
+        "online": edge_hub.online.load(std::sync::atomic::Ordering::Acquire),
+        "appended": stats.appended,
+        "queued": stats.endpoints.values().map(|e| e.queued).sum::<u64>(),
+        "delivered": stats.delivered,
+        "expired": stats.expired,
+        "dropped": stats.dropped,
+        "diskBytes": stats.bytes_on_disk,
+        "reportedBacklog": edge_hub.store.reported_backlog().unwrap_or(0),
+        "endpoints": endpoints,
+    }))
+    .into_response()
 }
 
 /// A response of the management API.

@@ -1,0 +1,198 @@
+//! Who may connect to the edge hub: this device's modules and the devices whose parent it is, checked against
+//! identities cached on the device so that authentication works while the hub is unreachable.
+
+use outpost_core::{Identity, SasToken};
+use serde_json::Value;
+
+/// The keys of one identity in scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedIdentity {
+    /// `d` or `d/m`.
+    pub client: String,
+    /// Base64 keys that may sign its tokens.
+    pub keys: Vec<String>,
+    /// Whether it is enabled.
+    pub enabled: bool,
+}
+
+/// Reads the identities of a scope document (`{"devices":[Device..], "modules":[Module..]}`, the hub's JSON).
+pub fn scoped_identities(scope: &Value) -> Vec<ScopedIdentity> {
+    let keys = |entry: &Value| -> Vec<String> {
+        ["primaryKey", "secondaryKey"]
+            .iter()
+            .filter_map(|k| {
+                entry
+                    .pointer(&format!("/authentication/symmetricKey/{k}"))
+                    .and_then(Value::as_str)
+            })
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut identities = Vec::new();
+    for device in scope
+        .get("devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(id) = device.get("deviceId").and_then(Value::as_str) {
+            let enabled = device.get("status").and_then(Value::as_str) != Some("disabled");
+            identities.push(ScopedIdentity {
+                client: id.to_owned(),
+                keys: keys(device),
+                enabled,
+            });
+        }
+    }
+    for module in scope
+        .get("modules")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(d), Some(m)) = (
+            module.get("deviceId").and_then(Value::as_str),
+            module.get("moduleId").and_then(Value::as_str),
+        ) {
+            identities.push(ScopedIdentity {
+                client: format!("{d}/{m}"),
+                keys: keys(module),
+                enabled: true,
+            });
+        }
+    }
+    identities
+}
+
+/// Why a client is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// The identity is not behind this edge device (or not known here yet).
+    #[error("{0} is not in this edge device's scope")]
+    NotInScope(String),
+    /// The identity is disabled.
+    #[error("{0} is disabled")]
+    Disabled(String),
+    /// The token is malformed, expired, for another identity or another hub, or wrongly signed.
+    #[error("bad token for {client}: {reason}")]
+    BadToken {
+        /// Who tried.
+        client: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// Checks a SAS token for `identity`, whose keys are `scoped` (None when unknown). The audience host may be
+/// the hub's host name or this edge device's.
+pub fn check_token(
+    identity: &Identity,
+    token: &str,
+    scoped: Option<&ScopedIdentity>,
+    hosts: &[&str],
+    now_unix: u64,
+) -> Result<(), AuthError> {
+    let client = identity.client_id();
+    let bad = |reason: String| AuthError::BadToken {
+        client: client.clone(),
+        reason,
+    };
+    let scoped = scoped.ok_or_else(|| AuthError::NotInScope(client.clone()))?;
+    if !scoped.enabled {
+        return Err(AuthError::Disabled(client.clone()));
+    }
+    let token = SasToken::parse(token).map_err(|e| bad(e.to_string()))?;
+    let scope = token.scope().map_err(|e| bad(e.to_string()))?;
+    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&scope.host)) {
+        return Err(bad(format!(
+            "the token is for {}, not this hub",
+            scope.host
+        )));
+    }
+    let same_device = scope
+        .device
+        .as_deref()
+        .is_some_and(|d| d.eq_ignore_ascii_case(identity.device.as_str()));
+    let same_module =
+        scope.module.as_deref() == identity.module.as_ref().map(outpost_core::ModuleId::as_str);
+    if !same_device || !same_module {
+        return Err(bad("the token is for another identity".into()));
+    }
+    let keys: Vec<&str> = scoped.keys.iter().map(String::as_str).collect();
+    token
+        .verify(&keys, now_unix)
+        .map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=";
+
+    fn module(d: &str, m: &str) -> Identity {
+        Identity::module(
+            outpost_core::DeviceId::new(d).unwrap(),
+            outpost_core::ModuleId::new(m).unwrap(),
+        )
+    }
+
+    fn scope() -> Vec<ScopedIdentity> {
+        scoped_identities(&json!({
+            "devices": [{"deviceId": "leaf", "status": "enabled", "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": ""}}}],
+            "modules": [{"deviceId": "edge", "moduleId": "filter", "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": ""}}}],
+        }))
+    }
+
+    #[test]
+    fn a_module_token_signed_with_its_key_is_accepted_for_the_hub_or_the_edge_host() {
+        let identity = module("edge", "filter");
+        let scoped = scope();
+        let entry = scoped.iter().find(|s| s.client == "edge/filter");
+        for host in ["hub.local", "edge.local"] {
+            let token =
+                outpost_core::module_token(host, "edge", "filter", KEY, 4_000_000_000).unwrap();
+            check_token(
+                &identity,
+                &token,
+                entry,
+                &["hub.local", "edge.local"],
+                1_700_000_000,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn forged_foreign_and_unknown_tokens_are_refused() {
+        let scoped = scope();
+        let leaf = outpost_core::Identity::device(outpost_core::DeviceId::new("leaf").unwrap());
+        let entry = scoped.iter().find(|s| s.client == "leaf");
+        let forged = outpost_core::device_token(
+            "hub.local",
+            "leaf",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            4_000_000_000,
+        )
+        .unwrap();
+        assert!(matches!(
+            check_token(&leaf, &forged, entry, &["hub.local"], 1_700_000_000),
+            Err(AuthError::BadToken { .. })
+        ));
+        let other = outpost_core::device_token("hub.local", "other", KEY, 4_000_000_000).unwrap();
+        assert!(matches!(
+            check_token(&leaf, &other, entry, &["hub.local"], 1_700_000_000),
+            Err(AuthError::BadToken { .. })
+        ));
+        let elsewhere =
+            outpost_core::device_token("other-hub", "leaf", KEY, 4_000_000_000).unwrap();
+        assert!(check_token(&leaf, &elsewhere, entry, &["hub.local"], 1_700_000_000).is_err());
+        let stranger = module("edge", "stranger");
+        assert_eq!(
+            check_token(&stranger, &other, None, &["hub.local"], 0),
+            Err(AuthError::NotInScope("edge/stranger".into()))
+        );
+    }
+}

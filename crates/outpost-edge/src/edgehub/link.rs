@@ -1,0 +1,211 @@
+//! The edge hub's end of the upstream link: one HTTP/2 connection to the hub that carries every identity behind
+//! this device (presence, a long poll for pushes, telemetry batches, twins and acks on behalf of clients).
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::config::{DeviceCredentials, EdgeConfig};
+use outpost_core::Message;
+
+/// How long the device's tokens live.
+const TOKEN_TTL_SECS: u64 = 3600;
+
+/// Errors of the link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The hub is unreachable: everything waits for it.
+    #[error("the hub is unreachable: {0}")]
+    Unreachable(String),
+    /// The hub refused the request; retrying the same will not help.
+    #[error("the hub refused: {status} {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The hub's message.
+        message: String,
+    },
+    /// The settings do not allow a link.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The link's HTTP client.
+pub struct Link {
+    http: reqwest::Client,
+    base: String,
+    device: DeviceCredentials,
+}
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl Link {
+    /// A link for the hub the settings name, trusting the hub's CA.
+    pub fn new(config: &EdgeConfig) -> Result<Self, LinkError> {
+        let device = config.device().map_err(LinkError::Setup)?;
+        let pem = std::fs::read(&config.hub_ca)
+            .map_err(|e| LinkError::Setup(format!("cannot read hub_ca: {e}")))?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(Duration::from_secs(20));
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| LinkError::Setup(e.to_string()))?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| LinkError::Setup(e.to_string()))?;
+        let base = format!(
+            "https://{}:{}/edge/{}",
+            device.hub_hostname,
+            config.hub_https_port,
+            encode(&device.device_id)
+        );
+        Ok(Self { http, base, device })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, LinkError> {
+        let expiry = chrono::Utc::now().timestamp().max(0) as u64 + TOKEN_TTL_SECS;
+        let token = outpost_core::device_token(
+            &self.device.hub_hostname,
+            &self.device.device_id,
+            &self.device.key,
+            expiry,
+        )
+        .map_err(|e| LinkError::Setup(e.to_string()))?;
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{separator}api-version=2021-04-12", self.base);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("Authorization", token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        if status.is_server_error() {
+            return Err(LinkError::Unreachable(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        if !status.is_success() {
+            return Err(LinkError::Refused {
+                status: status.as_u16(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| LinkError::Unreachable(format!("invalid JSON from the hub: {e}")))
+    }
+
+    /// Tells the hub which clients are connected here and what they listen for.
+    pub async fn presence(&self, clients: &[(String, Vec<&'static str>)]) -> Result<(), LinkError> {
+        let clients: Vec<Value> = clients
+            .iter()
+            .map(|(id, features)| json!({"id": id, "features": features}))
+            .collect();
+        self.call(
+            Method::POST,
+            "/presence",
+            Some(&json!({"clients": clients})),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Waits up to `wait_secs` for pushes from the hub.
+    pub async fn events(&self, wait_secs: u64) -> Result<Vec<Value>, LinkError> {
+        let answer = self
+            .call(Method::GET, &format!("/events?waitSecs={wait_secs}"), None)
+            .await?;
+        Ok(answer
+            .get("events")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Sends a batch of telemetry; returns once the hub has stored it.
+    pub async fn messages(&self, batch: &[(String, Message)]) -> Result<(), LinkError> {
+        let messages: Vec<Value> = batch
+            .iter()
+            .map(|(client, message)| json!({"client": client, "message": message}))
+            .collect();
+        self.call(
+            Method::POST,
+            "/messages",
+            Some(&json!({"messages": messages})),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Reads a client's twin (`{"desired":..,"reported":..}`).
+    pub async fn twin(&self, client: &str) -> Result<Value, LinkError> {
+        self.call(
+            Method::GET,
+            &format!("/twin?client={}", encode(client)),
+            None,
+        )
+        .await
+    }
+
+    /// Applies a reported patch on behalf of a client; returns the hub's new reported version.
+    pub async fn reported(&self, client: &str, patch: &Value) -> Result<u64, LinkError> {
+        let answer = self
+            .call(
+                Method::PATCH,
+                &format!("/twin/reported?client={}", encode(client)),
+                Some(patch),
+            )
+            .await?;
+        Ok(answer.get("version").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// Completes a C2D message a client acknowledged.
+    pub async fn delivered(&self, client: &str, delivery_id: u64) -> Result<(), LinkError> {
+        let body = json!({"delivered": [{"client": client, "deliveryId": delivery_id}]});
+        self.call(Method::POST, "/acks", Some(&body))
+            .await
+            .map(drop)
+    }
+
+    /// Returns a client's answer to a cloud method call.
+    pub async fn method_response(
+        &self,
+        rid: &str,
+        status: i32,
+        payload: &Value,
+    ) -> Result<(), LinkError> {
+        let body = json!({"methodResponses": [{"rid": rid, "status": status, "payload": payload}]});
+        self.call(Method::POST, "/acks", Some(&body))
+            .await
+            .map(drop)
+    }
+
+    /// The identities behind this device, with their keys.
+    pub async fn scope(&self) -> Result<Value, LinkError> {
+        self.call(Method::GET, "/scope", None).await
+    }
+}

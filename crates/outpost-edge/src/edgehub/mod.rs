@@ -1,0 +1,485 @@
+//! The edge hub: the gateway through which this device's modules and the devices behind it reach the hub.
+//!
+//! Clients speak the IoT Hub MQTT protocol to `outpost-mqtt`'s protocol head (the same head the hub uses),
+//! which calls this module's [`DeviceOperations`]: identities are checked against those cached on the device
+//! ([`auth`]); every accepted message is stored once in the durable log and routed by the `$edgeHub` routes
+//! ([`router`]); twins are read through to the hub when it answers and served from the cache when it does not,
+//! reported patches queue durably ([`store`]); and one upstream [`link`] carries everything to the hub.
+//! [`sync`] runs the link's loops; [`methods`] serves the module-to-module method API over HTTPS.
+
+pub mod auth;
+pub mod link;
+pub mod methods;
+pub mod router;
+pub mod store;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use outpost_core::{Identity, Message, Twin};
+use outpost_mqtt::{ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing};
+use serde_json::{json, Map, Value};
+use tokio::sync::{oneshot, Notify};
+
+use crate::config::{DeviceCredentials, EdgeConfig};
+use crate::identities::IdentityCache;
+use auth::{check_token, scoped_identities, ScopedIdentity};
+use link::Link;
+use router::Router;
+use store::EdgeStore;
+
+/// C2D delivery ids carry this bit, so that a PUBACK tells them apart from input deliveries (log sequence numbers).
+const C2D_DELIVERY: u64 = 1 << 63;
+
+/// The edge hub's state, shared by the gateway, the link loops and the method API.
+pub struct EdgeHub {
+    /// The daemon's settings.
+    pub config: EdgeConfig,
+    /// This edge device.
+    pub device: DeviceCredentials,
+    /// Cached twins, queued reported patches, sessions, scope.
+    pub store: EdgeStore,
+    /// Module identities the agent created (known before the next scope refresh).
+    pub identities: Arc<IdentityCache>,
+    /// The routes and the durable log.
+    pub router: Router,
+    /// The upstream link.
+    pub link: Link,
+    /// Whether the hub answered the last call.
+    pub online: AtomicBool,
+    /// Connected clients by client id. A std `Mutex`: held to insert, remove or clone, never across `.await`.
+    pub connections: Mutex<HashMap<String, Outbox>>,
+    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored.
+    pub changed: Notify,
+    /// Method calls of the local method API waiting for their answer, by request id.
+    pub pending_methods: Mutex<HashMap<String, oneshot::Sender<(i32, Vec<u8>)>>>,
+    next_request: AtomicU64,
+    /// The scope as last cached.
+    scope: Mutex<Vec<ScopedIdentity>>,
+}
+
+fn now_unix() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Merges a JSON merge patch into `target` (`null` deletes).
+pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (key, value) in patch {
+        match value {
+            Value::Null => {
+                target.remove(key);
+            }
+            Value::Object(inner) => {
+                let entry = target
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Map::new());
+                }
+                if let Value::Object(existing) = entry {
+                    merge(existing, inner);
+                }
+            }
+            other => {
+                target.insert(key.clone(), other.clone());
+            }
+        }
+    }
+}
+
+impl EdgeHub {
+    /// Builds the edge hub over its store and log.
+    pub fn new(
+        config: EdgeConfig,
+        identities: Arc<IdentityCache>,
+        store: EdgeStore,
+        router: Router,
+    ) -> anyhow::Result<Self> {
+        let device = config.device().map_err(anyhow::Error::msg)?;
+        let link = Link::new(&config)?;
+        let scope = store
+            .scope()?
+            .map(|s| scoped_identities(&s))
+            .unwrap_or_default();
+        Ok(Self {
+            config,
+            device,
+            store,
+            identities,
+            router,
+            link,
+            online: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            pending_methods: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            scope: Mutex::new(scope),
+        })
+    }
+
+    /// Replaces the cached scope (from the hub).
+    pub fn set_scope(&self, scope: &Value) {
+        if let Err(error) = self.store.put_scope(scope) {
+            tracing::warn!(%error, "cannot persist the device scope");
+        }
+        *lock(&self.scope) = scoped_identities(scope);
+    }
+
+    /// The keys of a client in scope: the scope from the hub, or a module the agent just created.
+    fn scoped(&self, identity: &Identity) -> Option<ScopedIdentity> {
+        let client = identity.client_id();
+        if let Some(found) = lock(&self.scope).iter().find(|s| s.client == client) {
+            return Some(found.clone());
+        }
+        let module = identity
+            .module
+            .as_ref()
+            .filter(|_| identity.device.as_str() == self.device.device_id)?;
+        let credentials = self.identities.get(module.as_str())?;
+        Some(ScopedIdentity {
+            client,
+            keys: [credentials.primary_key, credentials.secondary_key]
+                .into_iter()
+                .filter(|k| !k.is_empty())
+                .collect(),
+            enabled: true,
+        })
+    }
+
+    /// Checks a token of a client of this edge hub (MQTT password or HTTPS `Authorization`).
+    pub fn authenticate(&self, identity: &Identity, token: &str) -> Result<(), auth::AuthError> {
+        let hosts = [
+            self.device.hub_hostname.as_str(),
+            self.config.hostname.as_str(),
+        ];
+        check_token(
+            identity,
+            token,
+            self.scoped(identity).as_ref(),
+            &hosts,
+            now_unix(),
+        )
+    }
+
+    /// The outbox of a connected client.
+    pub fn outbox(&self, client: &str) -> Option<Outbox> {
+        lock(&self.connections).get(client).cloned()
+    }
+
+    /// Who is connected and what each listens for (for the hub's presence and `$edgeHub` reports).
+    pub fn presence(&self) -> Vec<(String, Vec<&'static str>)> {
+        let mut clients: Vec<(String, Vec<&'static str>)> = lock(&self.connections)
+            .iter()
+            .filter(|(_, outbox)| !outbox.is_closed())
+            .map(|(id, outbox)| {
+                let features = [
+                    (Feature::DesiredPatches, "desired"),
+                    (Feature::Methods, "methods"),
+                    (Feature::CloudToDevice, "c2d"),
+                    (Feature::Inputs, "inputs"),
+                ]
+                .into_iter()
+                .filter(|(f, _)| outbox.subscribed(*f))
+                .map(|(_, name)| name)
+                .collect();
+                (id.clone(), features)
+            })
+            .collect();
+        // The edge hub's own identity listens for its desired properties (the routes).
+        clients.push((
+            format!("{}/$edgeHub", self.device.device_id),
+            vec!["desired"],
+        ));
+        clients.sort();
+        clients
+    }
+
+    /// A fresh request id for the local method API.
+    pub fn next_rid(&self) -> String {
+        format!(
+            "local-{}",
+            self.next_request.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The twin of a client: from the hub when it answers (refreshing the cache), else the cached copy.
+    pub async fn twin(&self, client: &str) -> Result<Value, OperationError> {
+        if self.online.load(Ordering::Acquire) {
+            match self.link.twin(client).await {
+                Ok(view) => {
+                    if let Err(error) = self.store.put_twin(client, &view) {
+                        tracing::warn!(client, %error, "cannot cache a twin");
+                    }
+                    return Ok(view);
+                }
+                Err(link::LinkError::Refused { status, message }) => {
+                    return Err(OperationError::new(status, message))
+                }
+                Err(error) => {
+                    tracing::info!(client, %error, "hub unreachable: serving the cached twin");
+                    self.online.store(false, Ordering::Release);
+                }
+            }
+        }
+        match self.store.twin(client) {
+            Ok(Some(view)) => Ok(view),
+            Ok(None) => Err(OperationError::new(
+                503,
+                "the hub is unreachable and this twin was never cached",
+            )),
+            Err(error) => Err(OperationError::new(500, error.to_string())),
+        }
+    }
+
+    /// Applies a reported patch locally (cache) and queues it for the hub; returns the local reported version.
+    pub fn patch_reported_locally(
+        &self,
+        client: &str,
+        patch: &Value,
+    ) -> Result<u64, OperationError> {
+        let Value::Object(patch_map) = patch else {
+            return Err(OperationError::new(
+                400,
+                "a reported patch must be a JSON object",
+            ));
+        };
+        // The limits are the hub's: refuse here what the hub would refuse, so the queue holds only good patches.
+        Twin::new(chrono::Utc::now())
+            .patch_reported(patch, chrono::Utc::now())
+            .map_err(|e| OperationError::new(400, e.to_string()))?;
+        let mut view =
+            self.store.twin(client).ok().flatten().unwrap_or_else(
+                || json!({"desired": {"$version": 1}, "reported": {"$version": 1}}),
+            );
+        let reported = view
+            .get_mut("reported")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| OperationError::new(500, "corrupt cached twin"))?;
+        let version = reported
+            .get("$version")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            + 1;
+        merge(reported, patch_map);
+        reported.insert("$version".into(), version.into());
+        self.store
+            .queue_reported(client, patch, &view)
+            .map_err(|e| OperationError::new(500, e.to_string()))?;
+        self.changed.notify_waiters();
+        Ok(version)
+    }
+
+    /// Pushes a desired change from the hub to a connected client (and into the cache).
+    pub fn desired_changed(&self, client: &str, body: &Value) {
+        if let (Ok(Some(mut view)), Value::Object(patch)) = (self.store.twin(client), body) {
+            if let Some(desired) = view.get_mut("desired").and_then(Value::as_object_mut) {
+                merge(desired, patch);
+            }
+            let _ = self.store.put_twin(client, &view);
+        }
+        if let Some(outbox) = self.outbox(client) {
+            if outbox.subscribed(Feature::DesiredPatches) {
+                outbox.send(Outgoing::DesiredPatch { body: body.clone() });
+            }
+        }
+    }
+}
+
+/// [`EdgeHub`] behind an `Arc`, as the protocol head holds it.
+pub struct EdgeDevices(pub Arc<EdgeHub>);
+
+#[async_trait]
+impl DeviceOperations for EdgeDevices {
+    async fn authenticate(
+        &self,
+        identity: &Identity,
+        _username: &str,
+        password: Option<&[u8]>,
+    ) -> Result<(), ConnectRefusal> {
+        let token = password
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or(ConnectRefusal::NotAuthorized)?;
+        let mut result = self.0.authenticate(identity, token);
+        // A device or module created since the last scope refresh: ask the hub once, if it answers.
+        if matches!(result, Err(auth::AuthError::NotInScope(_)))
+            && self.0.online.load(Ordering::Acquire)
+        {
+            if let Ok(scope) = self.0.link.scope().await {
+                self.0.set_scope(&scope);
+                result = self.0.authenticate(identity, token);
+            }
+        }
+        result.map_err(|error| {
+            tracing::info!(%identity, %error, "edge hub connection refused");
+            ConnectRefusal::NotAuthorized
+        })
+    }
+
+    async fn connected(&self, identity: &Identity, outbox: Outbox) {
+        tracing::info!(%identity, "client connected to the edge hub");
+        lock(&self.0.connections).insert(identity.client_id(), outbox);
+        self.0.changed.notify_waiters();
+    }
+
+    async fn disconnected(&self, identity: &Identity, connection: u64) {
+        let mut connections = lock(&self.0.connections);
+        if connections
+            .get(&identity.client_id())
+            .is_some_and(|o| o.connection() == connection)
+        {
+            connections.remove(&identity.client_id());
+        }
+        drop(connections);
+        self.0.changed.notify_waiters();
+    }
+
+    async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
+        self.0.twin(&identity.client_id()).await
+    }
+
+    async fn patch_reported(
+        &self,
+        identity: &Identity,
+        patch: Value,
+    ) -> Result<u64, OperationError> {
+        self.0.patch_reported_locally(&identity.client_id(), &patch)
+    }
+
+    async fn send_message(
+        &self,
+        identity: &Identity,
+        message: Message,
+    ) -> Result<(), OperationError> {
+        self.0
+            .router
+            .accept(identity, message)
+            .await
+            .map_err(|e| OperationError::new(503, e.to_string()))?;
+        self.0.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn method_response(
+        &self,
+        _identity: &Identity,
+        rid: &str,
+        status: i32,
+        payload: Vec<u8>,
+    ) {
+        if let Some(waiting) = lock(&self.0.pending_methods).remove(rid) {
+            let _ = waiting.send((status, payload));
+            return;
+        }
+        let payload: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+        if let Err(error) = self.0.link.method_response(rid, status, &payload).await {
+            tracing::warn!(rid, %error, "cannot return a method response to the hub");
+        }
+    }
+
+    async fn delivered(&self, identity: &Identity, delivery_id: u64) {
+        if delivery_id & C2D_DELIVERY != 0 {
+            if let Err(error) = self
+                .0
+                .link
+                .delivered(&identity.client_id(), delivery_id & !C2D_DELIVERY)
+                .await
+            {
+                tracing::warn!(%identity, %error, "cannot complete a C2D message at the hub");
+            }
+        } else {
+            self.0.router.delivered(identity, delivery_id).await;
+        }
+    }
+
+    async fn load_subscriptions(&self, client_id: &str) -> Vec<String> {
+        self.0.store.session(client_id).unwrap_or_default()
+    }
+
+    async fn save_subscriptions(&self, client_id: &str, filters: &[String]) {
+        if let Err(error) = self.0.store.put_session(client_id, filters) {
+            tracing::warn!(client_id, %error, "cannot persist a session");
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Marks a C2D delivery id.
+pub fn c2d_delivery(id: u64) -> u64 {
+    id | C2D_DELIVERY
+}
+
+/// Starts the edge hub: its store and log, the routes last known, the link loops, and the MQTT and HTTPS
+/// listeners on `addresses` (the configured listen address, and the Docker network's gateway when there is one).
+pub async fn start(
+    config: &EdgeConfig,
+    identities: Arc<IdentityCache>,
+    ca: &outpost_pki::CertificateAuthority,
+    addresses: &[std::net::IpAddr],
+) -> anyhow::Result<Arc<EdgeHub>> {
+    use anyhow::Context as _;
+    let dir = config.data_dir.join("edgehub");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = EdgeStore::open(&dir.join("edgehub.sqlite"))?;
+    let log = outpost_store::log::MessageLog::open(dir.join("log"), config.store.log_options())
+        .context("cannot open the message log")?;
+    let device = config.device().map_err(anyhow::Error::msg)?;
+    let router = Router::new(&device.device_id, log);
+    let hub = Arc::new(EdgeHub::new(config.clone(), identities, store, router)?);
+    router::refresh_configuration(&hub).await;
+    sync::start(&hub);
+
+    let names: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let others: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != config.hostname)
+        .chain(["localhost"])
+        .collect();
+    let (chain, key) = ca.issue_server_certificate_for(&config.hostname, &others)?;
+    let tls = outpost_pki::server_tls_config(&chain, &key)?;
+    for address in addresses {
+        let mqtt = tokio::net::TcpListener::bind((*address, config.edge_mqtt_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "the edge hub cannot listen on {address}:{}",
+                    config.edge_mqtt_port
+                )
+            })?;
+        let devices = Arc::new(EdgeDevices(hub.clone()));
+        let server = outpost_mqtt::ServerConfig::new(tls.clone());
+        tokio::spawn(async move {
+            if let Err(error) =
+                outpost_mqtt::serve(mqtt, server, devices, std::future::pending()).await
+            {
+                tracing::error!(%error, "the edge hub's MQTT listener stopped");
+            }
+        });
+        let https = tokio::net::TcpListener::bind((*address, config.edge_https_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "the edge hub cannot listen on {address}:{}",
+                    config.edge_https_port
+                )
+            })?;
+        let mut https_tls = (*tls).clone();
+        https_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tokio::spawn(methods::serve(
+            hub.clone(),
+            https,
+            tokio_rustls::TlsAcceptor::from(Arc::new(https_tls)),
+        ));
+        tracing::info!(%address, mqtt = config.edge_mqtt_port, https = config.edge_https_port, "edge hub listening");
+    }
+    Ok(hub)
+}

@@ -1,0 +1,373 @@
+//! Routing and store-and-forward: every accepted message is stored once in the durable log, addressed to the
+//! endpoints its `$edgeHub` routes choose (`$upstream`, module inputs), each with its priority and expiry;
+//! each endpoint reads the log with its own cursor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use outpost_core::route::{MessageSource, Route, Sink};
+use outpost_core::{EdgeHubDesired, Identity, Message};
+use outpost_mqtt::{Feature, Outgoing};
+use outpost_store::log::{EndpointQueue, LogError, MessageLog, Record, Target};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::EdgeHub;
+
+/// The endpoint of the cloud.
+pub const UPSTREAM: &str = "$upstream";
+/// Unacknowledged input messages per module endpoint at a time.
+const INPUT_WINDOW: usize = 100;
+
+/// A message as it is stored in the log.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    client: String,
+    message: Message,
+}
+
+/// One route in force.
+struct ActiveRoute {
+    route: Route,
+    priority: u32,
+    /// 0: the store-and-forward TTL.
+    ttl_secs: u64,
+}
+
+/// The routes in force.
+#[derive(Default)]
+struct RouteTable {
+    routes: Vec<(String, ActiveRoute)>,
+    default_ttl_secs: u64,
+}
+
+/// The router and its log.
+pub struct Router {
+    device_id: String,
+    log: MessageLog,
+    upstream: EndpointQueue,
+    /// A std `RwLock`: swapped whole when the routes change, read for every message.
+    table: RwLock<Arc<RouteTable>>,
+    /// Module input endpoints by name, and which client and input each feeds.
+    inputs: Mutex<HashMap<String, (EndpointQueue, String, String)>>,
+    /// Input deliveries in flight: (client, seq) → endpoint name; and the connection they went out on.
+    in_flight: Mutex<HashMap<(String, u64), String>>,
+    delivered_on: Mutex<HashMap<String, u64>>,
+    /// Clients last reported in `$edgeHub`'s `clients`.
+    reported_clients: Mutex<BTreeMap<String, bool>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+impl Router {
+    /// A router over `log` with no routes yet (until the `$edgeHub` desired properties are read).
+    pub fn new(device_id: &str, log: MessageLog) -> Self {
+        let upstream = log.endpoint(UPSTREAM);
+        Self {
+            device_id: device_id.to_owned(),
+            log,
+            upstream,
+            table: RwLock::new(Arc::new(RouteTable {
+                routes: Vec::new(),
+                default_ttl_secs: 7200,
+            })),
+            inputs: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            delivered_on: Mutex::new(HashMap::new()),
+            reported_clients: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The log (for its counters).
+    pub fn log(&self) -> &MessageLog {
+        &self.log
+    }
+
+    /// Parses and installs the routes of the `$edgeHub` desired properties; on error the old routes stay.
+    pub fn configure(&self, desired: &Value) -> Result<usize, String> {
+        let config = EdgeHubDesired::from_desired(desired).map_err(|e| e.to_string())?;
+        let mut routes = Vec::new();
+        for (name, spec) in &config.routes {
+            let route = Route::parse(&spec.route).map_err(|e| format!("route {name}: {e}"))?;
+            routes.push((
+                name.clone(),
+                ActiveRoute {
+                    route,
+                    priority: spec.priority,
+                    ttl_secs: spec.time_to_live_secs,
+                },
+            ));
+        }
+        let count = routes.len();
+        let table = RouteTable {
+            routes,
+            default_ttl_secs: config.store_and_forward_ttl_secs,
+        };
+        *self
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+        Ok(count)
+    }
+
+    fn endpoint_name(&self, module: &str, input: &str) -> String {
+        format!("{}/{module}/{input}", self.device_id)
+    }
+
+    /// Stores a message for the endpoints its routes choose; returns once it is durable (then the sender's
+    /// PUBACK may go). A message no route takes is accepted and dropped, as IoT Edge does.
+    pub async fn accept(&self, identity: &Identity, mut message: Message) -> Result<(), LogError> {
+        message
+            .system
+            .insert("connectionDeviceId".into(), identity.device.to_string());
+        if let Some(module) = &identity.module {
+            message
+                .system
+                .insert("connectionModuleId".into(), module.to_string());
+        }
+        message
+            .system
+            .entry("enqueuedTime".into())
+            .or_insert_with(|| chrono::Utc::now().to_rfc3339());
+        let module = identity.module.as_ref().map(outpost_core::ModuleId::as_str);
+        let source = MessageSource::from_sender(
+            module,
+            message.system.get("outputName").map(String::as_str),
+        );
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let now = now_ms();
+        let mut targets: Vec<Target> = Vec::new();
+        for (_, active) in &table.routes {
+            if !active.route.matches(&source, &message) {
+                continue;
+            }
+            let endpoint = match &active.route.sink {
+                Sink::Upstream => UPSTREAM.to_owned(),
+                Sink::ModuleInput { module, input } => self.endpoint_name(module.as_str(), input),
+            };
+            if targets.iter().any(|t| &*t.endpoint == endpoint.as_str()) {
+                continue;
+            }
+            let ttl = if active.ttl_secs == 0 {
+                table.default_ttl_secs
+            } else {
+                active.ttl_secs
+            };
+            let expiry = if ttl == 0 { 0 } else { now + ttl * 1000 };
+            targets.push(
+                Target::new(endpoint)
+                    .with_priority(active.priority)
+                    .with_expiry(expiry),
+            );
+        }
+        if targets.is_empty() {
+            tracing::debug!(%identity, source = %source.path(), "no route takes this message");
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(&Stored {
+            client: identity.client_id(),
+            message,
+        })
+        .unwrap_or_default();
+        let mut record = Record::new(payload);
+        record.targets = targets;
+        self.log.append(vec![record]).await.map(drop)
+    }
+
+    /// The next messages for the hub, oldest (and most urgent) first: `(seq, sender, message)`.
+    pub async fn upstream_batch(&self, max: usize) -> Vec<(u64, String, Message)> {
+        match self.upstream.next_batch(max) {
+            Ok(deliveries) => deliveries
+                .into_iter()
+                .filter_map(|d| {
+                    let stored: Stored = serde_json::from_slice(&d.payload).ok()?;
+                    Some((d.seq, stored.client, stored.message))
+                })
+                .collect(),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the upstream queue");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The hub stored these.
+    pub async fn upstream_sent(&self, seqs: Vec<u64>) {
+        for seq in seqs {
+            self.upstream.ack(seq);
+        }
+    }
+
+    /// The hub refused these for good.
+    pub async fn upstream_dropped(&self, seqs: Vec<u64>) {
+        self.upstream_sent(seqs).await;
+    }
+
+    /// The hub did not answer: the batch goes again, in order.
+    pub async fn upstream_retry(&self) {
+        self.upstream.rewind();
+    }
+
+    /// A client acknowledged an input message.
+    pub async fn delivered(&self, identity: &Identity, seq: u64) {
+        let endpoint = lock(&self.in_flight).remove(&(identity.client_id(), seq));
+        if let Some(endpoint) = endpoint {
+            if let Some((queue, _, _)) = lock(&self.inputs).get(&endpoint) {
+                queue.ack(seq);
+            }
+        }
+    }
+
+    /// Pushes pending input messages to the connected modules that listen for inputs.
+    pub fn deliver_inputs(&self, hub: &EdgeHub) {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (_, active) in &table.routes {
+            if let Sink::ModuleInput { module, input } = &active.route.sink {
+                let name = self.endpoint_name(module.as_str(), input);
+                let client = format!("{}/{module}", self.device_id);
+                lock(&self.inputs)
+                    .entry(name.clone())
+                    .or_insert_with(|| (self.log.endpoint(&name), client, input.clone()));
+            }
+        }
+        let inputs: Vec<(String, EndpointQueue, String, String)> = lock(&self.inputs)
+            .iter()
+            .map(|(n, (q, c, i))| (n.clone(), q.clone(), c.clone(), i.clone()))
+            .collect();
+        for (name, queue, client, input) in inputs {
+            let Some(outbox) = hub
+                .outbox(&client)
+                .filter(|o| o.subscribed(Feature::Inputs))
+            else {
+                continue;
+            };
+            // A new connection gets everything not acknowledged on the old one again, in order.
+            let previous = lock(&self.delivered_on).insert(name.clone(), outbox.connection());
+            if previous.is_some_and(|p| p != outbox.connection()) {
+                lock(&self.in_flight).retain(|(c, _), e| !(c == &client && e == &name));
+                queue.rewind();
+            }
+            let in_flight = lock(&self.in_flight)
+                .values()
+                .filter(|e| **e == name)
+                .count();
+            if in_flight >= INPUT_WINDOW {
+                continue;
+            }
+            let Ok(batch) = queue.next_batch(INPUT_WINDOW - in_flight) else {
+                continue;
+            };
+            for delivery in batch {
+                let Ok(stored) = serde_json::from_slice::<Stored>(&delivery.payload) else {
+                    queue.ack(delivery.seq);
+                    continue;
+                };
+                let mut message = stored.message;
+                message.system.insert("inputName".into(), input.clone());
+                lock(&self.in_flight).insert((client.clone(), delivery.seq), name.clone());
+                outbox.send(Outgoing::Input {
+                    delivery_id: delivery.seq,
+                    input: input.clone(),
+                    message,
+                });
+            }
+        }
+    }
+}
+
+/// Reads the `$edgeHub` desired properties (from the hub, or the cache while offline), applies the routes and
+/// reports the outcome in `$edgeHub`'s reported properties.
+pub async fn refresh_configuration(hub: &EdgeHub) {
+    let client = format!("{}/$edgeHub", hub.device.device_id);
+    let Ok(view) = hub.twin(&client).await else {
+        return tracing::info!("no $edgeHub configuration yet: no routes");
+    };
+    let mut desired = view.get("desired").cloned().unwrap_or(Value::Null);
+    let version = desired.get("$version").and_then(Value::as_u64).unwrap_or(0);
+    if let Some(object) = desired.as_object_mut() {
+        object.remove("$version");
+        object.remove("$metadata");
+        if object.is_empty() {
+            return;
+        }
+    }
+    let status = match hub.router.configure(&desired) {
+        Ok(count) => {
+            tracing::info!(routes = count, version, "routes in force");
+            json!({"code": 200, "description": ""})
+        }
+        Err(error) => {
+            tracing::warn!(%error, version, "refused the $edgeHub configuration; the previous routes stay in force");
+            json!({"code": 400, "description": error})
+        }
+    };
+    let report = json!({"schemaVersion": "1.0", "lastDesiredVersion": version, "lastDesiredStatus": status,
+                        "version": {"version": env!("CARGO_PKG_VERSION")}});
+    if let Err(error) = hub.patch_reported_locally(&client, &report) {
+        tracing::warn!(%error, "cannot report the $edgeHub status");
+    }
+}
+
+/// The key of a client in `$edgeHub`'s `clients` (AZURE-COMPAT §5.4).
+fn client_key(client: &str) -> String {
+    client
+        .replace('.', "%2E")
+        .replace('$', "%24")
+        .replace(' ', "%20")
+}
+
+/// Reports the connection status of the edge hub's clients in `$edgeHub`'s reported properties: modules that
+/// leave stay as `Disconnected`, leaf devices that leave are removed.
+pub fn report_clients(hub: &EdgeHub, presence: &[(String, Vec<&'static str>)]) {
+    let now = chrono::Utc::now().to_rfc3339();
+    let connected: BTreeMap<String, bool> = presence
+        .iter()
+        .filter(|(id, _)| !id.ends_with("/$edgeHub"))
+        .map(|(id, _)| (id.clone(), id.contains('/')))
+        .collect();
+    let mut previous = lock(&hub.router.reported_clients);
+    let mut clients = serde_json::Map::new();
+    for (id, is_module) in previous.iter() {
+        if !connected.contains_key(id) {
+            let value = if *is_module {
+                json!({"status": "Disconnected", "lastDisconnectedTimeUtc": now})
+            } else {
+                Value::Null
+            };
+            clients.insert(client_key(id), value);
+        }
+    }
+    for id in connected.keys() {
+        if !previous.contains_key(id) {
+            clients.insert(
+                client_key(id),
+                json!({"status": "Connected", "lastConnectedTimeUtc": now}),
+            );
+        }
+    }
+    *previous = connected;
+    drop(previous);
+    if clients.is_empty() {
+        return;
+    }
+    let client = format!("{}/$edgeHub", hub.device.device_id);
+    if let Err(error) = hub.patch_reported_locally(&client, &json!({"clients": clients})) {
+        tracing::warn!(%error, "cannot report the edge hub's clients");
+    }
+}
