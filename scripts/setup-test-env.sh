@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Creates the Python environment the conformance suite (compat/) runs in: the official Azure IoT SDKs
-# at the exact versions Outpost promises to be compatible with, plus pytest.
+# Prepares a machine for scripts/test.sh: the Debian packages the system tests use, and the Python
+# environment the conformance suite (compat/) runs in: the official Azure IoT SDKs at the exact versions
+# Outpost promises to be compatible with, plus pytest, in <repo>/.venv.
 #
-# Idempotent: a marker file inside the venv records a hash of the requirement list; when it matches,
-# nothing is done. Works as root on a fresh Debian machine that has python3 (installs python3-venv
-# through apt-get when the venv module is missing).
+# Idempotent: packages already installed are skipped, and a marker file inside the venv records a hash of
+# the requirement list and the Python version; when it matches, the venv is left alone. Works as root on a
+# fresh Debian machine that has python3 (installs python3-venv through apt-get when the venv module is missing).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

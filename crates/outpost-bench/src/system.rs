@@ -32,6 +32,52 @@ pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
         .count())
 }
 
+/// Time a process's threads spent on a CPU and waiting in a run queue for one, from
+/// `/proc/<pid>/task/*/schedstat` (threads that already exited are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Nanoseconds on a CPU.
+    pub running_ns: u64,
+    /// Nanoseconds runnable but waiting for a CPU (other processes, or too many threads).
+    pub waiting_ns: u64,
+}
+
+impl CpuTimes {
+    /// What was spent between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            running_ns: self.running_ns.saturating_sub(earlier.running_ns),
+            waiting_ns: self.waiting_ns.saturating_sub(earlier.waiting_ns),
+        }
+    }
+}
+
+/// Reads one `schedstat` line: nanoseconds running, nanoseconds waiting, time slices.
+pub fn parse_schedstat(line: &str) -> Option<CpuTimes> {
+    let mut fields = line.split_whitespace().map(str::parse::<u64>);
+    Some(CpuTimes {
+        running_ns: fields.next()?.ok()?,
+        waiting_ns: fields.next()?.ok()?,
+    })
+}
+
+/// The CPU times of all live threads of a process.
+pub fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
+    let path = format!("/proc/{pid}/task");
+    let mut total = CpuTimes::default();
+    for task in std::fs::read_dir(&path).with_context(|| format!("cannot list {path}"))? {
+        // A thread may exit between listing and reading: skip it.
+        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(times) = parse_schedstat(&text) {
+            total.running_ns += times.running_ns;
+            total.waiting_ns += times.waiting_ns;
+        }
+    }
+    Ok(total)
+}
+
 /// The open-files limit (`RLIMIT_NOFILE`) before and after [`raise_open_files_limit`].
 #[derive(Debug, Clone, Copy)]
 pub struct OpenFilesLimit {
@@ -186,6 +232,18 @@ mod tests {
     fn the_own_process_has_a_resident_set_and_open_descriptors() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(open_fds(std::process::id()).unwrap() >= 3);
+    }
+
+    #[test]
+    fn schedstat_gives_running_and_waiting_nanoseconds() {
+        assert_eq!(
+            parse_schedstat("2016720000 2058920000 4711\n"),
+            Some(CpuTimes {
+                running_ns: 2_016_720_000,
+                waiting_ns: 2_058_920_000
+            })
+        );
+        assert_eq!(parse_schedstat("garbage"), None);
     }
 
     #[test]

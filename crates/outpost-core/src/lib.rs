@@ -14,6 +14,7 @@ pub mod id;
 pub mod manifest;
 pub mod message;
 mod quote;
+pub mod route;
 pub mod sas;
 pub mod twin;
 
@@ -21,5 +22,6 @@ pub use connection_string::*;
 pub use id::{DeviceId, IdError, Identity, ModuleId};
 pub use manifest::*;
 pub use message::*;
+pub use route::{Condition, MessageSource, Route, RouteError, RouteSource, Sink};
 pub use sas::*;
 pub use twin::{Twin, TwinError, TwinSection};

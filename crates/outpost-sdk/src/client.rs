@@ -1,32 +1,31 @@
 //! The client: one type, [`Client`], whose identity kind is a type parameter. [`DeviceClient`] and
 //! [`ModuleClient`] are that type for a device and for a module; everything a twin, telemetry and direct
 //! methods need is written once for both, and only what IoT Hub gives one kind alone (cloud-to-device
-//! messages for devices; outputs, inputs and method invocation for modules) is written for that kind.
+//! messages for devices; outputs, inputs and method invocation for modules) is written for that kind, in
+//! `device` and `module`.
+
+mod device;
+mod module;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use outpost_core::{ConnectionString, DeviceId, Identity, ModuleId};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::credentials::Credential;
-use crate::driver::{Command, Config, ConnectionStatus, Driver, Requester, Sinks};
+use crate::config::{self, Config};
+use crate::driver::{Driver, Sinks};
 use crate::error::ClientError;
-use crate::link::{Endpoint, Link};
+use crate::link::Link;
 use crate::message::{Message, MAX_MESSAGE_BYTES};
-use crate::methods::{Invoker, MethodCall, MethodInvocation, MethodResult, MethodTarget};
+use crate::methods::MethodCall;
 use crate::options::ClientOptions;
+use crate::requests::{Command, ConnectionStatus, Requester};
 use crate::stream::Incoming;
 use crate::topics::{self, Feature};
 use crate::twin::{DesiredPatch, Twin};
-use crate::workload::WorkloadClient;
-use crate::EdgeEnvironment;
-
-/// The MQTT port the device SDK dials.
-const MQTT_PORT: u16 = 8883;
 
 /// The identity kinds a client can have.
 pub mod kind {
@@ -74,6 +73,22 @@ pub type ModuleClient = Client<kind::Module>;
 /// The connection is kept up by a background task: lost connections are reopened with back-off, the
 /// token is renewed before it expires, operations not yet answered are sent again, and the twin is read
 /// again so that the desired-properties stream misses nothing.
+///
+/// Code written against `Client<K>` serves devices and modules alike:
+///
+/// ```no_run
+/// use outpost_sdk::{kind::Kind, Client, ClientError, DeviceClient, ModuleClient};
+///
+/// async fn report_firmware<K: Kind>(client: &Client<K>) -> Result<(), ClientError> {
+///     client.patch_reported(serde_json::json!({"firmware": "1.2.0"})).await?;
+///     Ok(())
+/// }
+///
+/// # async fn run(device: DeviceClient, module: ModuleClient) -> Result<(), ClientError> {
+/// report_firmware(&device).await?;
+/// report_firmware(&module).await?;
+/// # Ok(()) }
+/// ```
 pub struct Client<K: Kind> {
     inner: Arc<Inner>,
     kind: PhantomData<fn() -> K>,
@@ -172,61 +187,17 @@ impl<K: Kind> Client<K> {
         })
     }
 
-    /// Builds the configuration of a client from a connection string and connects.
+    /// Connects with a connection string.
     async fn from_parsed(
         connection_string: &str,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        let cs: ConnectionString = connection_string
-            .parse()
-            .map_err(|e| ClientError::Configuration(format!("connection string: {e}")))?;
-        let device = cs.device_id.clone().ok_or_else(|| {
-            ClientError::Configuration(
-                "a service connection string (no DeviceId) cannot open a device or module client"
-                    .into(),
-            )
-        })?;
-        let identity = match (&cs.module_id, K::MODULE) {
-            (Some(module), true) => Identity::module(device_id(&device)?, module_id(module)?),
-            (None, false) => Identity::device(device_id(&device)?),
-            (Some(module), false) => {
-                return Err(ClientError::Configuration(format!(
-                    "the connection string names module {module}: open it with ModuleClient"
-                )))
-            }
-            (None, true) => {
-                return Err(ClientError::Configuration(
-                    "the connection string names no ModuleId: open it with DeviceClient".into(),
-                ))
-            }
-        };
-        let credential = match (&cs.shared_access_key, &cs.shared_access_signature) {
-            (Some(key), _) => Credential::Key(key.clone()),
-            (None, Some(token)) => Credential::Token(token.clone()),
-            (None, None) => {
-                return Err(ClientError::NotSupported(
-                    "X.509 authentication; give SharedAccessKey or SharedAccessSignature".into(),
-                ))
-            }
-        };
-        let hub_host = cs.host_and_port().0.to_owned();
-        let (connect_host, connect_port) = if let Some(gateway) = &cs.gateway_host_name {
-            split_port(gateway)
-        } else {
-            let (host, port) = cs.host_and_port();
-            (host.to_owned(), port)
-        };
-        let gateway = cs.gateway_host_name.as_deref().map(|g| split_port(g).0);
-        let config = config(
-            identity,
-            hub_host,
-            connect_host,
-            connect_port,
-            gateway,
-            credential,
+        Self::open(config::from_connection_string(
+            connection_string,
             options,
-        )?;
-        Self::open(config).await
+            K::MODULE,
+        )?)
+        .await
     }
 
     /// The device id.
@@ -454,302 +425,9 @@ impl<K: Kind> Client<K> {
     }
 }
 
-impl Client<kind::Device> {
-    /// Connects a device with its connection string (`HostName=..;DeviceId=..;SharedAccessKey=..`, optionally
-    /// `GatewayHostName=..` to connect through an edge device).
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), outpost_sdk::ClientError> {
-    /// use outpost_sdk::{ClientOptions, DeviceClient};
-    /// let options = ClientOptions {
-    ///     ca_pem: Some(std::fs::read_to_string("outpost-data/ca.pem").unwrap()),
-    ///     ..ClientOptions::default()
-    /// };
-    /// let client = DeviceClient::from_connection_string(
-    ///     "HostName=hub.local;DeviceId=sensor-1;SharedAccessKey=c2VjcmV0LWtleS1vZi1zZW5zb3ItMQ==",
-    ///     options,
-    /// ).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn from_connection_string(
-        connection_string: &str,
-        options: ClientOptions,
-    ) -> Result<Self, ClientError> {
-        Self::from_parsed(connection_string, options).await
-    }
-
-    /// The stream of cloud-to-device messages. It can be taken once. A message is completed (removed from the
-    /// hub's queue) when it reaches this stream.
-    ///
-    /// ```no_run
-    /// # async fn run(client: outpost_sdk::DeviceClient) -> Result<(), outpost_sdk::ClientError> {
-    /// let mut messages = client.cloud_to_device_messages().await?;
-    /// while let Some(message) = messages.next().await {
-    ///     println!("{:?} {:?}", message.body_str(), message.properties());
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn cloud_to_device_messages(&self) -> Result<Incoming<Message>, ClientError> {
-        self.take(Feature::CloudToDevice, |s| &mut s.cloud_to_device)
-            .await
-    }
-}
-
-impl Client<kind::Module> {
-    /// Connects a module with its connection string (`HostName=..;DeviceId=..;ModuleId=..;SharedAccessKey=..`,
-    /// optionally `GatewayHostName=..` to connect through its edge hub).
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), outpost_sdk::ClientError> {
-    /// use outpost_sdk::{ClientOptions, ModuleClient};
-    /// let client = ModuleClient::from_connection_string(
-    ///     "HostName=hub.local;DeviceId=edge-1;ModuleId=filter;SharedAccessKey=c2VjcmV0LWtleS1vZi1maWx0ZXI=",
-    ///     ClientOptions { ca_pem: Some(std::fs::read_to_string("ca.pem").unwrap()), ..Default::default() },
-    /// ).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn from_connection_string(
-        connection_string: &str,
-        options: ClientOptions,
-    ) -> Result<Self, ClientError> {
-        Self::from_parsed(connection_string, options).await
-    }
-
-    /// Connects the way a module started by the edge runtime does: from the `IOTEDGE_*` environment, with
-    /// the trust bundle and token signatures of the workload API, to the gateway. Outside a runtime it
-    /// falls back to `EdgeHubConnectionString` and `EdgeModuleCACertificateFile`, as the Azure SDK does.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), outpost_sdk::ClientError> {
-    /// let client = outpost_sdk::ModuleClient::from_environment().await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn from_environment() -> Result<Self, ClientError> {
-        Self::from_environment_with(ClientOptions::default()).await
-    }
-
-    /// [`from_environment`](Self::from_environment) with options (its `ca_pem`, when set, replaces the
-    /// trust bundle and the CA file).
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), outpost_sdk::ClientError> {
-    /// use outpost_sdk::{ClientOptions, ModuleClient};
-    /// let options = ClientOptions { product_info: "filter/1.0".into(), ..ClientOptions::default() };
-    /// let client = ModuleClient::from_environment_with(options).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn from_environment_with(options: ClientOptions) -> Result<Self, ClientError> {
-        Self::from_edge_environment(EdgeEnvironment::from_env()?, options).await
-    }
-
-    /// Connects with an environment read elsewhere (see [`EdgeEnvironment::from_lookup`]).
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), outpost_sdk::ClientError> {
-    /// use outpost_sdk::{ClientOptions, EdgeEnvironment, ModuleClient};
-    /// let environment = EdgeEnvironment::ConnectionString {
-    ///     connection_string: "HostName=hub.local;GatewayHostName=edge-1.local;DeviceId=edge-1;ModuleId=filter;SharedAccessKey=c2VjcmV0LWtleS1vZi1maWx0ZXI=".into(),
-    ///     ca_file: Some("/certs/edge-ca.pem".into()),
-    /// };
-    /// let client = ModuleClient::from_edge_environment(environment, ClientOptions::default()).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn from_edge_environment(
-        environment: EdgeEnvironment,
-        mut options: ClientOptions,
-    ) -> Result<Self, ClientError> {
-        match environment {
-            EdgeEnvironment::Runtime {
-                hub_host_name,
-                device_id: device,
-                module_id: module,
-                gateway_host_name,
-                generation_id,
-                workload_uri,
-                api_version,
-            } => {
-                let workload = WorkloadClient::new(&workload_uri, &api_version)?;
-                if options.ca_pem.is_none() {
-                    options.ca_pem = Some(workload.trust_bundle().await?);
-                }
-                let identity = Identity::module(device_id(&device)?, module_id(&module)?);
-                let (gateway, port) = split_port(&gateway_host_name);
-                let credential = Credential::Workload {
-                    client: workload,
-                    generation_id,
-                };
-                let config = config(
-                    identity,
-                    hub_host_name,
-                    gateway.clone(),
-                    port,
-                    Some(gateway),
-                    credential,
-                    options,
-                )?;
-                Self::open(config).await
-            }
-            EdgeEnvironment::ConnectionString {
-                connection_string,
-                ca_file,
-            } => {
-                if let (Some(path), None) = (&ca_file, &options.ca_pem) {
-                    let pem = std::fs::read_to_string(path).map_err(|e| {
-                        ClientError::Configuration(format!(
-                            "EdgeModuleCACertificateFile {}: {e}",
-                            path.display()
-                        ))
-                    })?;
-                    options.ca_pem = Some(pem);
-                }
-                Self::from_connection_string(&connection_string, options).await
-            }
-        }
-    }
-
-    /// The module id.
-    pub fn module_id(&self) -> &str {
-        self.inner
-            .config
-            .identity
-            .module
-            .as_ref()
-            .map_or("", ModuleId::as_str)
-    }
-
-    /// Sends a message to one of the module's outputs (routes of the edge hub take it from there).
-    ///
-    /// ```no_run
-    /// # async fn run(client: outpost_sdk::ModuleClient) -> Result<(), outpost_sdk::ClientError> {
-    /// client.send_output("output1", outpost_sdk::Message::new("alert")).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn send_output(&self, output: &str, message: Message) -> Result<(), ClientError> {
-        self.send_telemetry(message.with_system_property("outputName", output))
-            .await
-    }
-
-    /// The stream of messages routed to the module's inputs; [`Message::input_name`] says which. It can be
-    /// taken once.
-    ///
-    /// ```no_run
-    /// # async fn run(client: outpost_sdk::ModuleClient) -> Result<(), outpost_sdk::ClientError> {
-    /// let mut inputs = client.inputs().await?;
-    /// while let Some(message) = inputs.next().await {
-    ///     if message.input_name() == Some("input1") {
-    ///         client.send_output("output1", message).await?;
-    ///     }
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn inputs(&self) -> Result<Incoming<Message>, ClientError> {
-        self.take(Feature::Inputs, |s| &mut s.inputs).await
-    }
-
-    /// Calls a direct method on another module or a device through the gateway (edge hub), over HTTPS
-    /// (AZURE-COMPAT §1.6). Needs a gateway: a module started by the edge runtime, or a connection string
-    /// with `GatewayHostName`. Outpost's edge hub serves this endpoint; the hub alone does not.
-    ///
-    /// ```no_run
-    /// # async fn run(client: outpost_sdk::ModuleClient) -> Result<(), outpost_sdk::ClientError> {
-    /// use outpost_sdk::{MethodInvocation, MethodTarget};
-    /// let result = client
-    ///     .invoke_method(
-    ///         MethodTarget::module("edge-1", "simulated-temperature-sensor"),
-    ///         MethodInvocation::new("reset", serde_json::Value::Null),
-    ///     )
-    ///     .await?;
-    /// println!("{} {}", result.status, result.payload);
-    /// # Ok(()) }
-    /// ```
-    pub async fn invoke_method(
-        &self,
-        target: MethodTarget,
-        invocation: MethodInvocation,
-    ) -> Result<MethodResult, ClientError> {
-        let config = &self.inner.config;
-        let gateway = config.gateway_host.as_deref().ok_or_else(|| {
-            ClientError::NotSupported(
-                "invoking methods needs a gateway (IOTEDGE_GATEWAYHOSTNAME or GatewayHostName)"
-                    .into(),
-            )
-        })?;
-        let token = config.token().await?;
-        let user_agent = config.options.user_agent();
-        Invoker {
-            gateway,
-            port: config.options.https_port,
-            tls: Arc::clone(&config.endpoint.tls),
-            caller: &config.identity,
-            token: &token.token,
-            user_agent: &user_agent,
-        }
-        .invoke(&target, &invocation)
-        .await
-    }
-}
-
-/// The configuration of a client.
-fn config(
-    identity: Identity,
-    hub_host: String,
-    connect_host: String,
-    connect_port: Option<u16>,
-    gateway_host: Option<String>,
-    credential: Credential,
-    options: ClientOptions,
-) -> Result<Config, ClientError> {
-    let tls = crate::tls::client_config(options.ca_pem.as_deref())?;
-    let keep_alive = u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX);
-    let endpoint = Endpoint {
-        port: options.port.or(connect_port).unwrap_or(MQTT_PORT),
-        host: connect_host,
-        tls,
-        client_id: identity.client_id(),
-        username: topics::username(&hub_host, &identity, &options.user_agent()),
-        keep_alive,
-        connect_timeout: options.connect_timeout,
-    };
-    Ok(Config {
-        identity,
-        hub_host,
-        endpoint,
-        gateway_host,
-        credential,
-        options,
-    })
-}
-
-/// `host:port` → (`host`, `Some(port)`), the rules of `HostName`.
-fn split_port(host: &str) -> (String, Option<u16>) {
-    let parsed = ConnectionString {
-        host_name: host.to_owned(),
-        ..ConnectionString::default()
-    };
-    let (host, port) = parsed.host_and_port();
-    (host.to_owned(), port)
-}
-
-fn device_id(id: &str) -> Result<DeviceId, ClientError> {
-    DeviceId::new(id).map_err(|e| ClientError::Configuration(format!("device id {id:?}: {e}")))
-}
-
-fn module_id(id: &str) -> Result<ModuleId, ClientError> {
-    ModuleId::new(id).map_err(|e| ClientError::Configuration(format!("module id {id:?}: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_port_in_a_host_name_is_split_off() {
-        assert_eq!(
-            split_port("edge.local:18883"),
-            ("edge.local".into(), Some(18883))
-        );
-        assert_eq!(split_port("127.0.0.9"), ("127.0.0.9".into(), None));
-    }
 
     #[tokio::test]
     async fn a_module_connection_string_cannot_open_a_device_client_and_the_reverse() {

@@ -1,163 +1,39 @@
 //! The task behind every client: it owns the connection and all protocol state, reconnects with back-off,
 //! renews the token, and matches answers to the callers waiting for them.
 //!
-//! One task, plain maps, no locks: callers send [`Command`]s and wait on a oneshot; the server's pushes go
+//! One task, plain maps, no locks: callers send `Command`s and wait on a oneshot; the server's pushes go
 //! out on the application's streams. What survives a lost connection: every operation not yet answered
 //! (resent on the next connection; its caller's timeout bounds the wait), the features subscribed to
 //! (subscribed again on every connection), and the desired-properties tracker (the twin is read again after
 //! every connection, so changes made while away are delivered once). A refused CONNECT on a reconnect is
 //! final: the client stops and every caller gets the reason, rather than retrying bad credentials forever.
+//! This file holds the connection's life; `incoming` what the server sends.
+
+mod incoming;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use outpost_core::Identity;
-use outpost_mqtt::packet::{Packet, PubAck, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode};
+use outpost_mqtt::packet::{Packet, Publish, QoS, Subscribe};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::credentials::{Credential, IssuedToken};
+use crate::config::Config;
+use crate::credentials::IssuedToken;
 use crate::error::ClientError;
-use crate::link::{Endpoint, Link, LinkEnd};
+use crate::link::{Link, LinkEnd};
 use crate::message::Message;
 use crate::methods::MethodCall;
-use crate::options::ClientOptions;
-use crate::topics::{self, Feature, Incoming};
-use crate::twin::{DesiredPatch, DesiredTracker, Step, Twin};
+use crate::requests::{Command, ConnectionStatus, Requester, TwinAnswer};
+use crate::topics::{self, Feature};
+use crate::twin::{DesiredPatch, DesiredTracker};
 
 /// A publish whose connection closed this many times before it was acknowledged is failed: IoT Hub closes
 /// the connection on a publish it refuses, and resending that one forever would never end.
 const MAX_ATTEMPTS: u32 = 3;
-
-/// Everything needed to (re)connect, shared by the client and its driver.
-pub(crate) struct Config {
-    /// Whose connection this is.
-    pub(crate) identity: Identity,
-    /// The IoT Hub host name: the token's audience and the username's first part.
-    pub(crate) hub_host: String,
-    /// Where to connect (the gateway, or the hub).
-    pub(crate) endpoint: Endpoint,
-    /// The gateway, when the client connects through one (module method invocation needs it).
-    pub(crate) gateway_host: Option<String>,
-    /// How tokens are made.
-    pub(crate) credential: Credential,
-    /// The settings.
-    pub(crate) options: ClientOptions,
-}
-
-impl Config {
-    /// A fresh token.
-    pub(crate) async fn token(&self) -> Result<IssuedToken, ClientError> {
-        self.credential
-            .issue(
-                &self.hub_host,
-                &self.identity,
-                self.options.token_ttl,
-                self.options.renew_after(),
-            )
-            .await
-    }
-}
-
-/// Whether a client is connected now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionStatus {
-    /// Connected and subscribed.
-    Connected,
-    /// The connection was lost; the client is reconnecting with back-off.
-    Disconnected,
-    /// The client stopped: closed by the application, or refused on a reconnect (the operations return why).
-    Closed,
-}
-
-/// A request from a client handle to its driver.
-pub(crate) enum Command {
-    /// Publish at QoS 1; answered on PUBACK.
-    Publish {
-        topic: String,
-        payload: Bytes,
-        reply: oneshot::Sender<Result<(), ClientError>>,
-    },
-    /// A twin GET or reported patch; answered by the twin response.
-    Twin {
-        patch: Option<Value>,
-        reply: oneshot::Sender<Result<TwinAnswer, ClientError>>,
-    },
-    /// Subscribe to a push; answered on SUBACK.
-    Subscribe {
-        feature: Feature,
-        reply: oneshot::Sender<Result<(), ClientError>>,
-    },
-    /// Disconnect and stop.
-    Close,
-}
-
-/// How a handle asks the driver for something and waits for the answer.
-#[derive(Debug, Clone)]
-pub(crate) struct Requester {
-    commands: mpsc::UnboundedSender<Command>,
-    timeout: Duration,
-    fatal: Arc<OnceLock<ClientError>>,
-}
-
-impl Requester {
-    /// A requester on a driver's queue.
-    pub(crate) fn new(
-        commands: mpsc::UnboundedSender<Command>,
-        timeout: Duration,
-        fatal: Arc<OnceLock<ClientError>>,
-    ) -> Self {
-        Self {
-            commands,
-            timeout,
-            fatal,
-        }
-    }
-
-    /// Sends the command `make` builds and waits for its answer, at most the operation timeout.
-    pub(crate) async fn request<T>(
-        &self,
-        what: &str,
-        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Command,
-    ) -> Result<T, ClientError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(make(reply))
-            .map_err(|_| self.stopped())?;
-        match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.stopped()),
-            Err(_) => Err(ClientError::Timeout(format!(
-                "{what}: no answer within {:?}",
-                self.timeout
-            ))),
-        }
-    }
-
-    /// Asks the driver to close.
-    pub(crate) fn close(&self) {
-        let _ = self.commands.send(Command::Close);
-    }
-
-    /// Why the driver stopped: the error it stopped with, or closed.
-    pub(crate) fn stopped(&self) -> ClientError {
-        self.fatal.get().cloned().unwrap_or(ClientError::Closed)
-    }
-}
-
-/// The server's answer to a twin request.
-#[derive(Debug)]
-pub(crate) struct TwinAnswer {
-    /// 200 (GET), 204 (patch), or an error status.
-    pub(crate) status: u16,
-    /// The new reported `$version` after a patch.
-    pub(crate) version: Option<u64>,
-    /// The body (the twin for a GET, `{"message":..}` for an error).
-    pub(crate) body: Bytes,
-}
 
 /// Where the server's pushes go: the application's streams.
 pub(crate) struct Sinks {
@@ -583,182 +459,6 @@ impl Driver {
             self.rids.remove(rid);
         }
         Some(operation)
-    }
-
-    fn on_packet(&mut self, packet: Packet, link: &Link) {
-        match packet {
-            Packet::PubAck(PubAck { pkid }) => {
-                let Some(id) = self.in_flight.remove(&pkid) else {
-                    return;
-                };
-                let Some(operation) = self.operations.get_mut(&id) else {
-                    return;
-                };
-                // A twin request stays until its response; only its packet id is released.
-                operation.pkid = None;
-                if matches!(operation.waiter, Waiter::Ack(_)) {
-                    if let Some(Operation {
-                        waiter: Waiter::Ack(reply),
-                        ..
-                    }) = self.forget(id)
-                    {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-            }
-            Packet::SubAck(suback) => self.on_suback(&suback, link),
-            Packet::Publish(publish) => {
-                let ack = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
-                self.on_publish(publish, link);
-                if let Some(pkid) = ack {
-                    link.send(Packet::PubAck(PubAck { pkid }));
-                }
-            }
-            Packet::PingResp | Packet::UnsubAck(_) => {}
-            other => tracing::debug!(
-                packet = other.name(),
-                "unexpected packet from the server ignored"
-            ),
-        }
-    }
-
-    fn on_suback(&mut self, suback: &SubAck, link: &Link) {
-        let Some(features) = self.subscribes.remove(&suback.pkid) else {
-            return;
-        };
-        let mut resync = false;
-        for (feature, code) in features.iter().zip(&suback.return_codes) {
-            let Some(feature) = *feature else {
-                continue;
-            };
-            let result = match code {
-                SubscribeReturnCode::Success(_) => {
-                    resync |= feature == Feature::DesiredPatches;
-                    Ok(())
-                }
-                SubscribeReturnCode::Failure => {
-                    self.features.remove(&feature);
-                    Err(ClientError::Rejected {
-                        status: 0x80,
-                        message: format!(
-                            "the server refused the subscription to {}",
-                            feature.name()
-                        ),
-                    })
-                }
-            };
-            let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.subscribers)
-                .into_iter()
-                .partition(|(f, _)| *f == feature);
-            self.subscribers = waiting;
-            for (_, reply) in answered {
-                let _ = reply.send(result.clone());
-            }
-        }
-        // Read the twin now that patches are subscribed: the first read gives the application the whole
-        // document; after a reconnection, what changed while away.
-        if resync && self.desired.start_resync() {
-            self.add_twin_request(None, Waiter::Resync);
-            self.transmit(link);
-        }
-    }
-
-    fn on_publish(&mut self, publish: Publish, link: &Link) {
-        let incoming = match topics::parse_incoming(&publish.topic, &self.config.identity) {
-            Ok(incoming) => incoming,
-            Err(error) => return tracing::warn!(%error, "ignored a publish from the server"),
-        };
-        match incoming {
-            Incoming::TwinResponse {
-                status,
-                rid,
-                version,
-            } => {
-                let Some(id) = self.rids.get(&rid).copied() else {
-                    return tracing::debug!(rid, "twin response for no pending request");
-                };
-                let Some(operation) = self.forget(id) else {
-                    return;
-                };
-                let answer = TwinAnswer {
-                    status,
-                    version,
-                    body: publish.payload,
-                };
-                match operation.waiter {
-                    Waiter::Twin(reply) => drop(reply.send(Ok(answer))),
-                    Waiter::Resync => self.on_resync(&answer, link),
-                    Waiter::Ack(_) => {}
-                }
-            }
-            Incoming::DesiredPatch { version } => {
-                if !self.features.contains(&Feature::DesiredPatches) {
-                    return;
-                }
-                match serde_json::from_slice::<Value>(&publish.payload) {
-                    Ok(body) => {
-                        let step = self.desired.on_patch(&body, version);
-                        self.follow(step, link);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "a desired patch that is not JSON was ignored")
-                    }
-                }
-            }
-            Incoming::MethodRequest { name, rid } => {
-                let payload = if publish.payload.iter().all(u8::is_ascii_whitespace) {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&publish.payload).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&publish.payload).into_owned())
-                    })
-                };
-                let call = MethodCall::new(name, rid, payload, self.responder.clone());
-                let _ = self.sinks.methods.send(call);
-            }
-            Incoming::CloudToDevice(mut message) => {
-                message.body = publish.payload.to_vec();
-                let _ = self.sinks.cloud_to_device.send(message.into());
-            }
-            Incoming::Input(mut message) => {
-                message.body = publish.payload.to_vec();
-                let _ = self.sinks.inputs.send(message.into());
-            }
-        }
-    }
-
-    fn on_resync(&mut self, answer: &TwinAnswer, link: &Link) {
-        let twin = match answer.status {
-            200 => serde_json::from_slice::<Value>(&answer.body)
-                .map_err(|e| ClientError::Protocol(format!("the twin is not JSON: {e}")))
-                .and_then(|body| Twin::from_json(&body)),
-            status => Err(ClientError::from_status(
-                status,
-                crate::error::error_message(&answer.body),
-            )),
-        };
-        match twin {
-            Ok(twin) => {
-                let step = self.desired.on_twin(&twin);
-                self.follow(step, link);
-            }
-            Err(error) => {
-                // Tried again on the next connection, or when a pushed patch skips a version.
-                tracing::warn!(%error, "reading the twin for desired properties failed");
-                self.desired.resync_failed();
-            }
-        }
-    }
-
-    /// Delivers what the tracker released and starts the twin read it asked for.
-    fn follow(&mut self, step: Step, link: &Link) {
-        for patch in step.deliver {
-            let _ = self.sinks.desired.send(patch);
-        }
-        if step.resync {
-            self.add_twin_request(None, Waiter::Resync);
-            self.transmit(link);
-        }
     }
 }
 

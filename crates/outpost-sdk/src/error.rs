@@ -46,14 +46,14 @@ pub enum ClientError {
     /// CA file. Nothing was sent.
     #[error("configuration: {0}")]
     Configuration(String),
-    /// Connecting failed: the host could not be reached, TLS failed, or the server closed the connection.
+    /// Connecting failed: the host could not be reached or resolved, TLS failed, or the server closed the
+    /// connection.
     #[error("connection failed: {context}")]
     Connection {
-        /// What was being done.
+        /// What was being done, and the cause as text.
         context: String,
-        /// The I/O error underneath, if there was one.
-        #[source]
-        source: Option<Arc<std::io::Error>>,
+        /// The I/O error underneath, if there was one (its text is already in `context`).
+        io: Option<Arc<std::io::Error>>,
     },
     /// The server is up but cannot serve now (CONNACK 3); the client retries on its own after the first
     /// connection.
@@ -99,17 +99,17 @@ impl ClientError {
         )
     }
 
-    pub(crate) fn connection(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn connection(context: impl std::fmt::Display, io: std::io::Error) -> Self {
         Self::Connection {
-            context: context.into(),
-            source: Some(Arc::new(source)),
+            context: format!("{context}: {io}"),
+            io: Some(Arc::new(io)),
         }
     }
 
     pub(crate) fn connection_closed(context: impl Into<String>) -> Self {
         Self::Connection {
             context: context.into(),
-            source: None,
+            io: None,
         }
     }
 
@@ -160,6 +160,18 @@ mod tests {
             ClientError::from_status(429, String::new()),
             ClientError::Rejected { status: 429, .. }
         ));
+    }
+
+    #[test]
+    fn a_connection_error_says_what_failed_underneath() {
+        let error = ClientError::connection(
+            "cannot reach hub:8883",
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused"),
+        );
+        assert_eq!(
+            error.to_string(),
+            "connection failed: cannot reach hub:8883: connection refused"
+        );
     }
 
     #[test]

@@ -35,17 +35,20 @@
 //! ```
 //!
 //! Where to read: [`client`] holds the public API and the constructors ([`DeviceClient::from_connection_string`],
-//! [`ModuleClient::from_environment`]). Behind every client runs one task, `driver`, which owns the MQTT
-//! connection (`link`, over `outpost-mqtt`'s packet codec), reconnects with back-off, renews tokens
-//! (`credentials`, signed locally or by the edge runtime's [`workload`] API), resends what was not
-//! acknowledged, and reads the twin again after every reconnection so that the [`twin`] tracker hands the
-//! application every desired change exactly once. `topics` is the client's half of the IoT Hub topic
-//! grammar; [`methods`] covers direct methods both ways (module-to-module calls go over HTTPS to the gateway).
+//! [`ModuleClient::from_environment`], which reads an [`EdgeEnvironment`]); `config` turns either into what a
+//! connection needs. Behind every client runs one task, `driver`, which the handles reach through `requests`
+//! (a command and a oneshot per operation). It owns the MQTT connection (`link`, over `outpost-mqtt`'s packet
+//! codec), reconnects with back-off, renews tokens (`credentials`, signed locally or by the edge runtime's
+//! [`workload`] API), resends what was not acknowledged, and reads the twin again after every reconnection
+//! so that the [`twin`] tracker hands the application every desired change exactly once. `topics` is the
+//! client's half of the IoT Hub topic grammar; [`methods`] covers direct methods both ways
+//! (module-to-module calls go over HTTPS to the gateway, `http`).
 //!
 //! TLS uses rustls with the `ring` provider passed to each configuration; the SDK never installs a
 //! process-wide provider.
 
 pub mod client;
+mod config;
 mod credentials;
 mod driver;
 mod environment;
@@ -56,6 +59,7 @@ mod message;
 pub mod methods;
 mod options;
 mod quote;
+mod requests;
 mod stream;
 mod tls;
 mod topics;
@@ -63,12 +67,12 @@ pub mod twin;
 pub mod workload;
 
 pub use client::{kind, Client, DeviceClient, ModuleClient};
-pub use driver::ConnectionStatus;
 pub use environment::{EdgeEnvironment, RUNTIME_VARIABLES};
 pub use error::ClientError;
 pub use message::{Message, MAX_MESSAGE_BYTES};
 pub use methods::{MethodCall, MethodInvocation, MethodResult, MethodTarget};
 pub use options::ClientOptions;
+pub use requests::ConnectionStatus;
 pub use stream::Incoming;
 pub use twin::{DesiredPatch, Twin};
 pub use workload::{WorkloadClient, WorkloadError};

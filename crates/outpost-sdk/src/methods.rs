@@ -8,9 +8,9 @@ use http_body_util::Full;
 use outpost_core::Identity;
 use serde_json::{json, Value};
 
-use crate::driver::{Command, Requester};
 use crate::error::ClientError;
 use crate::quote::{quote, quote_plus};
+use crate::requests::{Command, Requester};
 use crate::topics;
 
 /// The api-version of the gateway's method endpoint, as azure-iot-device sends it.

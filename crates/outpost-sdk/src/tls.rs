@@ -59,7 +59,7 @@ fn system_bundle() -> Result<String, ClientError> {
         }
     }
     Err(ClientError::Configuration(
-        "no CA certificates to trust: give ClientOptions::ca_pem (the hub's ca.pem) or set SSL_CERT_FILE"
+        "no CA certificates to trust: give the CA of the hub or gateway (ClientOptions::ca_pem, or EdgeModuleCACertificateFile for a module) or set SSL_CERT_FILE"
             .into(),
     ))
 }

@@ -1,7 +1,7 @@
 //! Twins as a client sees them, and the bookkeeping that makes sure no desired change is lost.
 //!
 //! The hub pushes desired patches only to a connected, subscribed client; what changes while the client is
-//! away it never sends. [`DesiredTracker`] keeps the last desired document the application was given and its
+//! away it never sends. `DesiredTracker` keeps the last desired document the application was given and its
 //! `$version`. After every (re)connection the client reads the twin and the tracker turns the difference
 //! into one patch; pushed patches the document already includes (by version) are dropped, so each change
 //! reaches the application exactly once. It is pure: the driver feeds it and sends what it returns.

@@ -1,9 +1,15 @@
 //! Durable storage for Outpost.
 //!
+//! [`log::MessageLog`] is the edge hub's store-and-forward queue: an append-only segmented log whose appends
+//! resolve only once fsync'd (group-committed), read by each endpoint through its own cursors; start at
+//! `log/mod.rs`.
+//!
 //! [`Database`] is the embedded SQL store (SQLite in WAL mode, `synchronous=FULL`): a commit returns only once it
 //! is on disk, so whatever a caller acknowledges after a commit survives a crash. Schemas belong to the crates
 //! that own the data (the hub's registry and twins, the edge's caches); they hand their migrations to
 //! [`Database::open`], which applies the ones not applied yet, in order, each in its own transaction.
+
+pub mod log;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};

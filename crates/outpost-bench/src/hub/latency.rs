@@ -21,7 +21,7 @@ use crate::hub_process::HubProcess;
 use crate::report::{Part, Table};
 use crate::service::{create_devices, ServiceApi};
 use crate::stats::{millis, seconds, LatencySummary};
-use crate::system::group;
+use crate::system::{self, group, CpuTimes};
 
 /// Requests in flight while creating and connecting devices.
 const SETUP_CONCURRENCY: usize = 16;
@@ -132,6 +132,16 @@ pub struct LatencyFigures {
     strays: usize,
     disconnected: usize,
     registry: Duration,
+    cpu: CpuUse,
+}
+
+/// CPU time spent while the updates were being sent.
+#[derive(Default)]
+struct CpuUse {
+    /// Wall time from the first due update to the last answer.
+    window: Duration,
+    hub: CpuTimes,
+    harness: CpuTimes,
 }
 
 /// Creates and connects the devices, sends the updates, and waits for their notifications.
@@ -160,6 +170,8 @@ pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result
     let next = Arc::new(AtomicUsize::new(0));
     let devices: Arc<Vec<String>> =
         Arc::new(created.devices.iter().map(|d| d.id.clone()).collect());
+    let hub_before = system::cpu_times(hub.pid())?;
+    let harness_before = system::cpu_times(std::process::id())?;
     let mut senders = JoinSet::new();
     for _ in 0..params.senders {
         senders.spawn(send(
@@ -175,6 +187,11 @@ pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result
     while let Some(report) = senders.join_next().await {
         reports.push(report.context("a sender task failed")?);
     }
+    let cpu = CpuUse {
+        window: start.elapsed(),
+        hub: system::cpu_times(hub.pid())?.since(hub_before),
+        harness: system::cpu_times(std::process::id())?.since(harness_before),
+    };
 
     let accepted = params.updates() - reports.iter().map(|r| r.failures).sum::<usize>();
     let deadline = Instant::now() + GRACE;
@@ -187,14 +204,16 @@ pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result
     while let Some(closed) = receivers.join_next().await {
         disconnected += usize::from(closed.unwrap_or(true));
     }
-    Ok(figures(
+    let mut figures = figures(
         &timeline,
         reports,
         params,
         accepted,
         disconnected,
         created.elapsed,
-    ))
+    );
+    figures.cpu = cpu;
+    Ok(figures)
 }
 
 fn figures(
@@ -254,6 +273,7 @@ fn figures(
         strays: timeline.strays.load(Ordering::Relaxed),
         disconnected,
         registry,
+        cpu: CpuUse::default(),
     }
 }
 
@@ -406,7 +426,37 @@ impl LatencyFigures {
             group(self.disconnected as u64),
         );
         row("failed PATCHes", group(self.failures as u64));
+        let window = self.cpu.window.as_secs_f64().max(1e-9);
+        let share = |ns: u64| ns as f64 / 1e9 / window * 100.0;
+        let waited = |ns: u64| format!("{:.1} s", ns as f64 / 1e9);
+        row(
+            "hub CPU while sending",
+            format!(
+                "{:.2} ms per update ({:.0}% of one CPU); its threads waited {} for a CPU in {}",
+                self.cpu.hub.running_ns as f64 / 1e6 / self.accepted.max(1) as f64,
+                share(self.cpu.hub.running_ns),
+                waited(self.cpu.hub.waiting_ns),
+                seconds(self.cpu.window),
+            ),
+        );
+        row(
+            "harness CPU while sending",
+            format!(
+                "{:.0}% of one CPU; its threads waited {} for a CPU",
+                share(self.cpu.harness.running_ns),
+                waited(self.cpu.harness.waiting_ns),
+            ),
+        );
         parts.push(Part::Table(table));
+        if self.achieved_rate < 0.95 * f64::from(params.rate) {
+            parts.push(Part::Text(format!(
+                "The hub did not keep up with {} updates/s: it answered {:.0}/s, so sends fell behind \
+                 schedule and the latencies above are mostly time queued behind the {} requests in flight.",
+                group(u64::from(params.rate)),
+                self.achieved_rate,
+                params.senders,
+            )));
+        }
         if let Some(failure) = &self.first_failure {
             parts.push(Part::Text(format!("First failed PATCH: {failure}")));
         }

@@ -1,0 +1,624 @@
+//! The durable message log behind the edge hub's store-and-forward.
+//!
+//! Every accepted message is appended once ([`MessageLog::append`]) and the append resolves only after its
+//! bytes are fsync'd, so an acknowledgement (PUBACK) sent after it survives `kill -9` and power loss. A
+//! single writer thread batches whatever appends are waiting into one write and one `fdatasync` (group
+//! commit): many publishers share each fsync, and none is acknowledged before its own bytes are durable.
+//!
+//! # Endpoints: one persisted copy, one cursor per endpoint and priority
+//! A [`Record`] lists its [`Target`]s: the endpoints its routes chose (`$upstream`, a module input), each
+//! with that route's priority and expiry. The log stores the record once and indexes it in memory under
+//! each target; [`MessageLog::endpoint`] gives an [`EndpointQueue`] that reads only its own records, lower
+//! priority number first and FIFO within a priority (Azure's one queue per endpoint and priority), and whose
+//! acknowledgements move only its own cursors. A slow or absent consumer holds back nobody else's reads; it
+//! only keeps the segments it still needs on disk, which TTL and the quota bound.
+//!
+//! The alternative, one log per endpoint, would be simpler to clean up (each log drops its own consumed
+//! prefix) but writes a message fanned out to n endpoints n times and fsyncs n files per group. The shared
+//! log pays instead with an index rebuilt at open (every segment is read once) and with cleanup that waits
+//! for the slowest endpoint of each segment.
+//!
+//! # On disk
+//! A directory of segment files `{first_seq:020}.seg` (format and crash recovery in `segment.rs`, record
+//! layout in `record.rs`), a `cursors` file rewritten atomically at each checkpoint (`cursor.rs`), and a
+//! `LOCK` file held with `flock` so two processes never write the same log.
+//!
+//! # Acknowledgement durability
+//! [`EndpointQueue::ack`] changes memory only; the writer persists all cursors at each checkpoint (every
+//! [`LogOptions::checkpoint_interval`], or on [`MessageLog::checkpoint`], and when the log closes). A crash
+//! in between makes an endpoint see its last acknowledged records again: at least once, never lost.
+//!
+//! # TTL, cleanup and the disk quota
+//! An expired record is skipped when an endpoint reads it and counted as expired. At each checkpoint the
+//! writer finishes expired records at the front of every lane, then deletes each sealed segment whose every
+//! record is done for every endpoint, after the cursors that say so are durable.
+//! When an append would push the segments past [`LogOptions::quota_bytes`], the writer first checkpoints
+//! (which may free space), then applies [`FullPolicy`]: `RejectNew` fails the append with [`LogError::Full`]
+//! (the publisher gets no PUBACK and retries; nothing acknowledged is ever dropped), `DropOldest` deletes the
+//! oldest sealed segments and counts their undelivered records as dropped.
+
+mod cursor;
+mod endpoint;
+mod queue;
+mod record;
+mod segment;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_crash;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+pub use endpoint::EndpointQueue;
+pub use record::{Delivery, Record, Target, LOWEST_PRIORITY, MAX_ENDPOINT_NAME};
+
+use queue::{EndpointIndex, Lane};
+use record::RecordView;
+use segment::{Segment, Tail};
+use writer::{Command, Writer};
+
+/// Errors of the message log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("message log I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// A file holds bytes that cannot be what the log wrote; the log refuses to guess.
+    #[error("message log corrupt: {} at offset {offset}: {reason}", path.display())]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Where in it the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The append would exceed the disk quota and the policy is [`FullPolicy::RejectNew`] (or nothing is left
+    /// to drop).
+    #[error("message log full: {used} + {needed} bytes exceed the quota of {quota}")]
+    Full {
+        /// Bytes the segments use now.
+        used: u64,
+        /// Bytes the append needs.
+        needed: u64,
+        /// The configured quota.
+        quota: u64,
+    },
+    /// The record cannot be stored as given.
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+    /// The options make no sense together.
+    #[error("invalid message log options: {0}")]
+    InvalidOptions(String),
+    /// Another process (or another `MessageLog` in this one) has the directory open.
+    #[error("message log {} is in use by another process", .0.display())]
+    Locked(PathBuf),
+    /// An earlier write or fsync failed; what reached the disk is unknown until the log is reopened.
+    #[error("message log stopped after an I/O error; reopen it to recover")]
+    Poisoned,
+    /// The writer thread is gone.
+    #[error("message log is closed")]
+    Closed,
+}
+
+impl LogError {
+    /// The same error for another waiter on it (`io::Error` is not `Clone`).
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Io(e) => Self::Io(io::Error::new(e.kind(), e.to_string())),
+            Self::Corrupt {
+                path,
+                offset,
+                reason,
+            } => Self::Corrupt {
+                path: path.clone(),
+                offset: *offset,
+                reason,
+            },
+            &Self::Full {
+                used,
+                needed,
+                quota,
+            } => Self::Full {
+                used,
+                needed,
+                quota,
+            },
+            Self::InvalidRecord(s) => Self::InvalidRecord(s.clone()),
+            Self::InvalidOptions(s) => Self::InvalidOptions(s.clone()),
+            Self::Locked(p) => Self::Locked(p.clone()),
+            Self::Poisoned => Self::Poisoned,
+            Self::Closed => Self::Closed,
+        }
+    }
+}
+
+/// What an append does when the disk quota would be exceeded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Fail the append with [`LogError::Full`]: the sender is not acknowledged and retries later.
+    #[default]
+    RejectNew,
+    /// Delete the oldest sealed segments, counting their undelivered records as dropped.
+    DropOldest,
+}
+
+/// How a [`MessageLog`] sizes and maintains itself.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// A segment is sealed and a new one started once it reaches this size (a record is never split).
+    pub segment_bytes: u64,
+    /// Upper bound on the bytes of all segments.
+    pub quota_bytes: u64,
+    /// What happens when an append would pass `quota_bytes`.
+    pub full_policy: FullPolicy,
+    /// Largest encoded record accepted (payload plus about 30 bytes and the target names).
+    pub max_record_bytes: usize,
+    /// A group commit stops collecting appends once it holds this many bytes.
+    pub max_group_bytes: usize,
+    /// How often acknowledgements are persisted and consumed segments removed.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 16 << 20,
+            quota_bytes: 1 << 30,
+            full_policy: FullPolicy::RejectNew,
+            max_record_bytes: 4 << 20,
+            max_group_bytes: 4 << 20,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl LogOptions {
+    fn validate(&self) -> Result<(), LogError> {
+        let bad = |s: String| Err(LogError::InvalidOptions(s));
+        if !(4096..=1 << 30).contains(&self.segment_bytes) {
+            return bad(format!(
+                "segment_bytes {} not in 4 KiB ..= 1 GiB",
+                self.segment_bytes
+            ));
+        }
+        if self.quota_bytes < 2 * self.segment_bytes {
+            return bad(format!(
+                "quota_bytes {} is less than two segments ({})",
+                self.quota_bytes,
+                2 * self.segment_bytes
+            ));
+        }
+        // Offsets inside a segment are u32: the largest segment is segment_bytes plus one record.
+        if !(64..=1 << 30).contains(&self.max_record_bytes) {
+            return bad(format!(
+                "max_record_bytes {} not in 64 ..= 1 GiB",
+                self.max_record_bytes
+            ));
+        }
+        if self.checkpoint_interval.is_zero() {
+            return bad("checkpoint_interval is zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one endpoint. Counts since the log was opened, except `queued` and `in_flight`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Records not yet acknowledged, expired or dropped (in flight included).
+    pub queued: u64,
+    /// Records handed out and not yet acknowledged.
+    pub in_flight: u64,
+    /// Records acknowledged.
+    pub delivered: u64,
+    /// Records skipped because their TTL passed.
+    pub expired: u64,
+    /// Records lost to [`FullPolicy::DropOldest`].
+    pub dropped: u64,
+}
+
+/// A snapshot of the log's counters. A record sent to n endpoints counts n times in the delivery counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Records appended since open.
+    pub appended: u64,
+    /// Sum of the endpoints' `delivered`.
+    pub delivered: u64,
+    /// Sum of the endpoints' `expired`.
+    pub expired: u64,
+    /// Sum of the endpoints' `dropped`.
+    pub dropped: u64,
+    /// Bytes of all segment files.
+    pub bytes_on_disk: u64,
+    /// Number of segment files.
+    pub segments: usize,
+    /// Bytes cut from a torn tail when the log was opened (records never acknowledged).
+    pub truncated_at_open: u64,
+    /// The sequence number the next record will get.
+    pub next_seq: u64,
+    /// Per endpoint.
+    pub endpoints: BTreeMap<String, EndpointStats>,
+}
+
+/// A step before which tests can inject a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FaultPoint {
+    SegmentWrite,
+    SegmentSync,
+    SegmentCreate,
+    CursorWrite,
+    CursorRename,
+    SegmentRemove,
+}
+
+/// A test hook deciding whether a persistence step fails.
+#[cfg(test)]
+pub(crate) type FaultHook = Arc<dyn Fn(FaultPoint) -> io::Result<()> + Send + Sync>;
+
+/// What the writer thread and the handles share.
+pub(crate) struct Shared {
+    dir: PathBuf,
+    options: LogOptions,
+    state: Mutex<State>,
+    /// Set by the writer after a failed write or fsync; appends fail from then on.
+    poisoned: AtomicBool,
+    #[cfg(test)]
+    fault: Option<FaultHook>,
+}
+
+impl Shared {
+    /// Locks the index. Held for index updates only, never across file I/O or an `.await`; a std `Mutex`
+    /// because readers and the writer thread both take it briefly and the writer is not async.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the index consistent before anything that can panic, so a poisoned lock is safe.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Fails the step `point` if a test asked for it.
+    #[cfg(test)]
+    fn fault(&self, point: FaultPoint) -> io::Result<()> {
+        self.fault.as_ref().map_or(Ok(()), |hook| hook(point))
+    }
+
+    #[cfg(not(test))]
+    #[allow(clippy::unused_self, clippy::unnecessary_wraps)] // the test build's hook has this signature
+    #[inline]
+    fn fault(&self, _point: FaultPoint) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The in-memory index of the log.
+pub(crate) struct State {
+    /// Oldest first; the last one is the segment being written.
+    segments: VecDeque<Segment>,
+    endpoints: HashMap<Arc<str>, EndpointIndex>,
+    next_seq: u64,
+    appended: u64,
+    truncated_at_open: u64,
+    /// A lane's cursor moved since the cursor file was last written.
+    cursors_dirty: bool,
+}
+
+impl State {
+    /// The endpoint called `name`, created empty if needed.
+    fn endpoint_mut(&mut self, name: &str) -> &mut EndpointIndex {
+        if !self.endpoints.contains_key(name) {
+            self.endpoints
+                .insert(Arc::from(name), EndpointIndex::default());
+        }
+        self.endpoints.get_mut(name).expect("inserted above")
+    }
+
+    /// Indexes a record found on disk at open: under each target whose cursor it is past, unless expired.
+    fn index_recovered(&mut self, view: &RecordView<'_>, now_unix_ms: u64) {
+        for target in &view.targets {
+            let endpoint = self.endpoint_mut(target.endpoint);
+            let lane = endpoint.lane(target.priority);
+            if view.seq <= lane.acked_through {
+                continue;
+            }
+            if target.expiry_unix_ms != 0 && target.expiry_unix_ms <= now_unix_ms {
+                endpoint.expired += 1;
+            } else {
+                lane.push(view.seq, target.expiry_unix_ms);
+            }
+        }
+    }
+
+    fn bytes_on_disk(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// The segment holding `seq`.
+    fn segment_of(&self, seq: u64) -> Option<&Segment> {
+        let index = self.segments.partition_point(|s| s.first_seq <= seq);
+        self.segments.get(index.checked_sub(1)?)
+    }
+}
+
+/// The handles' side of the log: the channel to the writer, which it closes and joins when dropped.
+pub(crate) struct Inner {
+    shared: Arc<Shared>,
+    commands: Option<Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    /// Held for the life of the log; `flock` is released when it closes.
+    _lock: File,
+}
+
+impl Inner {
+    fn send(&self, command: Command) -> Result<(), LogError> {
+        self.commands
+            .as_ref()
+            .ok_or(LogError::Closed)?
+            .send(command)
+            .map_err(|_| LogError::Closed)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel makes the writer checkpoint and exit; joining it means a reopen of the same
+        // directory right after this sees every cursor and never races the old writer.
+        drop(self.commands.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// A durable, segmented, group-committed message log with per-endpoint cursors. Cheap to clone.
+#[derive(Clone)]
+pub struct MessageLog {
+    inner: Arc<Inner>,
+}
+
+impl MessageLog {
+    /// Opens (or creates) the log in `dir`: recovers every segment, cuts a torn tail, rebuilds the index.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self, LogError> {
+        Self::open_inner(dir.as_ref(), options, |shared| shared)
+    }
+
+    /// Opens the log with a hook that can fail any persistence step.
+    #[cfg(test)]
+    pub(crate) fn open_with_faults(
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+        hook: FaultHook,
+    ) -> Result<Self, LogError> {
+        Self::open_inner(dir.as_ref(), options, |mut shared| {
+            shared.fault = Some(hook);
+            shared
+        })
+    }
+
+    fn open_inner(
+        dir: &Path,
+        options: LogOptions,
+        configure: impl FnOnce(Shared) -> Shared,
+    ) -> Result<Self, LogError> {
+        options.validate()?;
+        fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
+        let cursors = cursor::load(dir)?;
+        let mut state = State {
+            segments: VecDeque::new(),
+            endpoints: HashMap::new(),
+            next_seq: 1,
+            appended: 0,
+            truncated_at_open: 0,
+            cursors_dirty: false,
+        };
+        let mut max_acked = 0;
+        for (name, lanes) in cursors {
+            let endpoint = state.endpoint_mut(&name);
+            for (priority, acked_through) in lanes {
+                max_acked = max_acked.max(acked_through);
+                endpoint
+                    .lanes
+                    .insert(priority, Lane::resuming(acked_through));
+            }
+        }
+
+        let now = now_unix_ms();
+        let firsts = segment::list(dir)?;
+        let mut end = 1;
+        for (i, &first) in firsts.iter().enumerate() {
+            let path = dir.join(segment::file_name(first));
+            if first < end {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "segment overlaps the one before it",
+                });
+            }
+            let tail = if i + 1 == firsts.len() {
+                Tail::Truncate
+            } else {
+                Tail::Refuse
+            };
+            let recovered =
+                segment::recover(&path, first, options.max_record_bytes, tail, |view| {
+                    state.index_recovered(view, now);
+                })?;
+            end = recovered.segment.end_seq();
+            state.truncated_at_open += recovered.truncated;
+            state.segments.push_back(recovered.segment);
+        }
+        // Never reuse a sequence number a cursor has passed, even if segments went missing.
+        state.next_seq = end.max(max_acked + 1);
+        if state
+            .segments
+            .back()
+            .is_none_or(|s| s.end_seq() != state.next_seq)
+        {
+            state
+                .segments
+                .push_back(segment::create(dir, state.next_seq)?);
+        }
+
+        let shared = Arc::new(configure(Shared {
+            dir: dir.to_owned(),
+            options,
+            state: Mutex::new(state),
+            poisoned: AtomicBool::new(false),
+            #[cfg(test)]
+            fault: None,
+        }));
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let writer = Writer::new(Arc::clone(&shared), receiver);
+        let writer = std::thread::Builder::new()
+            .name("outpost-log-writer".into())
+            .spawn(move || writer.run())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                commands: Some(commands),
+                writer: Some(writer),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Appends `records`; the future resolves to their sequence numbers once they are fsync'd.
+    ///
+    /// The request reaches the writer when `append` is called, not when the future is first polled, so
+    /// appends issued one after another from one task are stored in that order. Until the future resolves
+    /// `Ok`, nothing is promised: after an error the records may or may not be on disk, and a retry may
+    /// store them twice (at least once).
+    pub fn append(
+        &self,
+        records: Vec<Record>,
+    ) -> impl Future<Output = Result<Vec<u64>, LogError>> + Send + 'static {
+        let sent = self.send_append(records);
+        async move {
+            match sent? {
+                Some(reply) => reply.await.map_err(|_| LogError::Closed)?,
+                None => Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// [`MessageLog::append`] for threads outside an async runtime (it panics inside one).
+    pub fn append_blocking(&self, records: Vec<Record>) -> Result<Vec<u64>, LogError> {
+        match self.send_append(records)? {
+            Some(reply) => reply.blocking_recv().map_err(|_| LogError::Closed)?,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn send_append(&self, records: Vec<Record>) -> Result<Option<writer::Reply>, LogError> {
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let max = self.inner.shared.options.max_record_bytes;
+        if let Some(reason) = records.iter().find_map(|r| r.invalid_reason(max)) {
+            return Err(LogError::InvalidRecord(reason));
+        }
+        if self
+            .inner
+            .shared
+            .poisoned
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(LogError::Poisoned);
+        }
+        let (reply, receiver) = oneshot::channel();
+        self.inner.send(Command::Append { records, reply })?;
+        Ok(Some(receiver))
+    }
+
+    /// The queue of endpoint `name`: its records, in priority order, with its own cursors.
+    pub fn endpoint(&self, name: &str) -> EndpointQueue {
+        let notify = Arc::clone(&self.inner.shared.lock().endpoint_mut(name).notify);
+        EndpointQueue::new(Arc::clone(&self.inner), Arc::from(name), notify)
+    }
+
+    /// Persists every acknowledgement now and removes the segments no endpoint needs any more.
+    pub fn checkpoint(&self) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
+        let (reply, receiver) = oneshot::channel();
+        let sent = self.inner.send(Command::Checkpoint { reply });
+        async move {
+            sent?;
+            receiver.await.map_err(|_| LogError::Closed)?
+        }
+    }
+
+    /// [`MessageLog::checkpoint`] for threads outside an async runtime (it panics inside one).
+    pub fn checkpoint_blocking(&self) -> Result<(), LogError> {
+        let (reply, receiver) = oneshot::channel();
+        self.inner.send(Command::Checkpoint { reply })?;
+        receiver.blocking_recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> LogStats {
+        let state = self.inner.shared.lock();
+        let mut stats = LogStats {
+            appended: state.appended,
+            bytes_on_disk: state.bytes_on_disk(),
+            segments: state.segments.len(),
+            truncated_at_open: state.truncated_at_open,
+            next_seq: state.next_seq,
+            ..LogStats::default()
+        };
+        for (name, endpoint) in &state.endpoints {
+            stats.delivered += endpoint.delivered;
+            stats.expired += endpoint.expired;
+            stats.dropped += endpoint.dropped;
+            stats.endpoints.insert(
+                name.to_string(),
+                EndpointStats {
+                    queued: endpoint.queued(),
+                    in_flight: endpoint.in_flight(),
+                    delivered: endpoint.delivered,
+                    expired: endpoint.expired,
+                    dropped: endpoint.dropped,
+                },
+            );
+        }
+        stats
+    }
+
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.dir
+    }
+}
+
+/// Takes the directory's `flock`, so a second writer fails at open instead of interleaving records.
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(LogError::Locked(dir.to_owned())),
+        Err(e) => Err(io::Error::from(e).into()),
+    }
+}
+
+/// Wall-clock unix milliseconds, the unit of expiries.
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,610 @@
+//! Behaviour of the whole log through its public API: durability across reopen, recovery, endpoints,
+//! priorities, TTL, cleanup and the quota.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Small segments, so a few records span several files.
+fn small() -> LogOptions {
+    LogOptions {
+        segment_bytes: 4096,
+        quota_bytes: 1 << 20,
+        ..LogOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> MessageLog {
+    MessageLog::open(dir, small()).unwrap()
+}
+
+fn payload(i: usize, len: usize) -> Vec<u8> {
+    let mut bytes = format!("record-{i}:").into_bytes();
+    bytes.resize(len.max(bytes.len()), (i % 251) as u8);
+    bytes
+}
+
+/// Everything the endpoint has to deliver now, without acknowledging it.
+fn drain(endpoint: &EndpointQueue) -> Vec<Delivery> {
+    endpoint.next_batch(usize::MAX).unwrap()
+}
+
+fn seqs(deliveries: &[Delivery]) -> Vec<u64> {
+    deliveries.iter().map(|d| d.seq).collect()
+}
+
+fn ack_all(endpoint: &EndpointQueue, deliveries: &[Delivery]) {
+    for d in deliveries {
+        assert!(endpoint.ack(d.seq), "seq {} was not in flight", d.seq);
+    }
+}
+
+#[test]
+fn records_round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    {
+        let log = open(dir.path());
+        for i in 0..30 {
+            let seqs = log
+                .append_blocking(vec![Record::to("$upstream", payload(i, 300))])
+                .unwrap();
+            expected.push((seqs[0], payload(i, 300)));
+        }
+        assert!(log.stats().segments > 1, "the records should span segments");
+    }
+    let log = open(dir.path());
+    let read = drain(&log.endpoint("$upstream"));
+    let read: Vec<_> = read.iter().map(|d| (d.seq, d.payload.to_vec())).collect();
+    assert_eq!(read, expected);
+    assert_eq!(
+        expected.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log.append_blocking(vec![Record::to("$upstream", "next")])
+            .unwrap(),
+        vec![31]
+    );
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_appends_resume_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
+            .unwrap();
+    }
+    // What a crash mid-write leaves: the start of a record whose fsync never finished.
+    let mut torn = Vec::new();
+    Record::to("e", payload(9, 50)).encode(4, 0, &mut torn);
+    let last = segment::list(dir.path()).unwrap().pop().unwrap();
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(segment::file_name(last)))
+        .unwrap();
+    file.write_all(&torn[..torn.len() - 7]).unwrap();
+    drop(file);
+
+    let log = open(dir.path());
+    assert_eq!(log.stats().truncated_at_open, torn.len() as u64 - 7);
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
+    assert_eq!(
+        log.append_blocking(vec![Record::to("e", "after")]).unwrap(),
+        vec![4]
+    );
+    drop(log);
+    let log = open(dir.path());
+    let read = drain(&log.endpoint("e"));
+    assert_eq!(seqs(&read), vec![1, 2, 3, 4]);
+    assert_eq!(&read[3].payload[..], b"after");
+}
+
+#[test]
+fn a_checksum_failure_in_a_sealed_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        for i in 0..10 {
+            log.append_blocking(vec![Record::to("e", payload(i, 1000))])
+                .unwrap();
+        }
+    }
+    let first = segment::list(dir.path()).unwrap()[0];
+    let path = dir.path().join(segment::file_name(first));
+    let mut bytes = fs::read(&path).unwrap();
+    let second_record = segment::HEADER.len() + Record::to("e", payload(0, 1000)).encoded_len();
+    bytes[second_record + 100] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+
+    match MessageLog::open(dir.path(), small()) {
+        Err(LogError::Corrupt {
+            path: bad, offset, ..
+        }) => {
+            assert_eq!(bad, path);
+            assert_eq!(offset, second_record as u64);
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("a damaged sealed segment must not open"),
+    }
+}
+
+#[test]
+fn damage_inside_the_last_segment_is_cut_like_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 100))).collect())
+            .unwrap();
+    }
+    let last = segment::list(dir.path()).unwrap().pop().unwrap();
+    let path = dir.path().join(segment::file_name(last));
+    let mut bytes = fs::read(&path).unwrap();
+    let second_record = segment::HEADER.len() + Record::to("e", payload(0, 100)).encoded_len();
+    bytes[second_record + 40] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+
+    let log = open(dir.path());
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1]);
+    assert!(log.stats().truncated_at_open > 0);
+}
+
+#[test]
+fn a_slow_endpoint_does_not_block_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let fast = log.endpoint("edge1/filter/input1");
+    let slow = log.endpoint("$upstream");
+    let both = |i| {
+        Record::new(payload(i, 200))
+            .with_target(Target::new("$upstream"))
+            .with_target(Target::new("edge1/filter/input1"))
+    };
+    log.append_blocking((0..20).map(both).collect()).unwrap();
+    let first = drain(&fast);
+    assert_eq!(first.len(), 20);
+    ack_all(&fast, &first);
+    log.append_blocking((20..25).map(both).collect()).unwrap();
+    assert_eq!(seqs(&drain(&fast)), (21..=25).collect::<Vec<_>>());
+
+    let stats = log.stats();
+    assert_eq!(stats.endpoints["edge1/filter/input1"].delivered, 20);
+    assert_eq!(stats.endpoints["$upstream"].queued, 25);
+    assert_eq!(stats.endpoints["$upstream"].in_flight, 0);
+    // The slow endpoint still has every record, from the first.
+    assert_eq!(seqs(&slow.next_batch(3).unwrap()), vec![1, 2, 3]);
+}
+
+#[test]
+fn records_are_delivered_by_priority_then_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let priorities = [5, 0, LOWEST_PRIORITY, 0, 5, 9, 0];
+    {
+        let log = open(dir.path());
+        let records = priorities
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                Record::new(payload(i, 10)).with_target(Target::new("e").with_priority(p))
+            })
+            .collect();
+        log.append_blocking(records).unwrap();
+        let read = drain(&log.endpoint("e"));
+        assert_eq!(seqs(&read), vec![2, 4, 7, 1, 5, 6, 3]);
+    }
+    // The same order after a reopen, and a newer urgent record goes before older lower ones.
+    let log = open(dir.path());
+    let endpoint = log.endpoint("e");
+    let first = endpoint.next_batch(4).unwrap();
+    assert_eq!(seqs(&first), vec![2, 4, 7, 1]);
+    log.append_blocking(vec![
+        Record::new("urgent").with_target(Target::new("e").with_priority(0))
+    ])
+    .unwrap();
+    let rest = drain(&endpoint);
+    assert_eq!(seqs(&rest), vec![8, 5, 6, 3]);
+    assert_eq!(rest[0].priority, 0);
+    assert_eq!(rest[3].priority, LOWEST_PRIORITY);
+}
+
+#[test]
+fn expired_records_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = now_unix_ms() + 3_600_000;
+    {
+        let log = open(dir.path());
+        log.append_blocking(vec![
+            Record::new("gone").with_target(Target::new("e").with_expiry(1)),
+            Record::new("forever").with_target(Target::new("e")),
+            Record::new("later").with_target(Target::new("e").with_expiry(later)),
+        ])
+        .unwrap();
+        let read = drain(&log.endpoint("e"));
+        assert_eq!(seqs(&read), vec![2, 3]);
+        assert_eq!(read[1].expiry_unix_ms, later);
+        assert_eq!(log.stats().endpoints["e"].expired, 1);
+        assert_eq!(log.stats().expired, 1);
+    }
+    let log = open(dir.path());
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![2, 3]);
+    // Skipping it moved the cursor past it, so it is not counted twice.
+    assert_eq!(log.stats().expired, 0);
+    drop(log);
+
+    // A record that expires while its endpoint is away (behind one that does not) is skipped and counted
+    // when the log is opened.
+    {
+        let log = open(dir.path());
+        let soon = now_unix_ms() + 50;
+        log.append_blocking(vec![
+            Record::to("away", "kept"),
+            Record::new("brief").with_target(Target::new("away").with_expiry(soon)),
+        ])
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = open(dir.path());
+    assert_eq!(log.stats().endpoints["away"].expired, 1);
+    assert_eq!(&drain(&log.endpoint("away"))[0].payload[..], b"kept");
+}
+
+#[test]
+fn a_full_log_rejects_new_records_by_default_until_space_is_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        quota_bytes: 8192,
+        ..small()
+    };
+    let log = MessageLog::open(dir.path(), options).unwrap();
+    let endpoint = log.endpoint("e");
+    let mut accepted = Vec::new();
+    let full = loop {
+        match log.append_blocking(vec![Record::to("e", payload(accepted.len(), 1000))]) {
+            Ok(seqs) => accepted.extend(seqs),
+            Err(e) => break e,
+        }
+        assert!(accepted.len() < 100, "the quota was never enforced");
+    };
+    assert!(matches!(full, LogError::Full { quota: 8192, .. }), "{full}");
+    assert!(log.stats().bytes_on_disk <= 8192);
+    // Nothing acknowledged was dropped.
+    let read = drain(&endpoint);
+    assert_eq!(seqs(&read), accepted);
+    assert_eq!(log.stats().dropped, 0);
+    // Once consumed, the space comes back at the next append.
+    ack_all(&endpoint, &read);
+    let seq = log
+        .append_blocking(vec![Record::to("e", payload(0, 1000))])
+        .unwrap();
+    assert_eq!(seq, vec![accepted.last().unwrap() + 1]);
+}
+
+#[test]
+fn a_full_log_with_drop_oldest_drops_the_oldest_segment_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        quota_bytes: 8192,
+        full_policy: FullPolicy::DropOldest,
+        ..small()
+    };
+    let log = MessageLog::open(dir.path(), options).unwrap();
+    for i in 0..20 {
+        log.append_blocking(vec![Record::to("e", payload(i, 1000))])
+            .unwrap();
+    }
+    let stats = log.stats();
+    assert!(stats.bytes_on_disk <= 8192);
+    assert!(stats.dropped > 0);
+    let read = drain(&log.endpoint("e"));
+    assert_eq!(read.len() as u64 + stats.dropped, 20);
+    // What is left is the newest records, in order.
+    let first = read[0].seq;
+    assert_eq!(seqs(&read), (first..=20).collect::<Vec<_>>());
+    assert_eq!(&read.last().unwrap().payload[..], &payload(19, 1000)[..]);
+}
+
+#[test]
+fn consumed_segments_are_removed_at_checkpoint_and_stay_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        let endpoint = log.endpoint("e");
+        for i in 0..20 {
+            log.append_blocking(vec![Record::to("e", payload(i, 500))])
+                .unwrap();
+        }
+        assert!(log.stats().segments > 2);
+        let read = endpoint.next_batch(15).unwrap();
+        ack_all(&endpoint, &read);
+        log.checkpoint_blocking().unwrap();
+        let stats = log.stats();
+        assert!(
+            stats.segments < 4,
+            "consumed segments should be gone: {stats:?}"
+        );
+        assert_eq!(stats.endpoints["e"].queued, 5);
+        assert_eq!(segment::list(dir.path()).unwrap().len(), stats.segments);
+    }
+    let log = open(dir.path());
+    assert_eq!(
+        seqs(&drain(&log.endpoint("e"))),
+        (16..=20).collect::<Vec<_>>()
+    );
+    assert_eq!(log.stats().next_seq, 21);
+}
+
+#[test]
+fn segments_holding_only_expired_records_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for i in 0..20 {
+        let record = Record::new(payload(i, 500)).with_target(Target::new("absent").with_expiry(1));
+        log.append_blocking(vec![record]).unwrap();
+    }
+    assert!(log.stats().segments > 2);
+    log.checkpoint_blocking().unwrap();
+    let stats = log.stats();
+    assert_eq!(stats.segments, 1);
+    assert_eq!(stats.expired, 20);
+    assert_eq!(stats.endpoints["absent"].queued, 0);
+}
+
+#[test]
+fn acknowledgements_survive_reopen_and_unacknowledged_records_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append_blocking((0..5).map(|i| Record::to("e", payload(i, 10))).collect())
+            .unwrap();
+        let endpoint = log.endpoint("e");
+        assert_eq!(drain(&endpoint).len(), 5);
+        // Out of order: the cursor may only pass 1 and 2.
+        for seq in [1, 2, 4] {
+            assert!(endpoint.ack(seq));
+        }
+        assert!(!endpoint.ack(99));
+    }
+    let log = open(dir.path());
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![3, 4, 5]);
+}
+
+#[test]
+fn rewind_delivers_unacknowledged_records_again_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_blocking((0..4).map(|i| Record::to("e", payload(i, 10))).collect())
+        .unwrap();
+    let endpoint = log.endpoint("e");
+    assert_eq!(seqs(&endpoint.next_batch(3).unwrap()), vec![1, 2, 3]);
+    assert!(endpoint.ack(2));
+    assert!(endpoint.has_pending());
+    endpoint.rewind();
+    assert_eq!(seqs(&drain(&endpoint)), vec![1, 3, 4]);
+    assert!(!endpoint.has_pending());
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert!(matches!(
+        MessageLog::open(dir.path(), small()),
+        Err(LogError::Locked(_))
+    ));
+    drop(log);
+    open(dir.path());
+}
+
+#[test]
+fn invalid_records_and_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert!(matches!(
+        log.append_blocking(vec![Record::new("nowhere")]),
+        Err(LogError::InvalidRecord(_))
+    ));
+    assert!(matches!(
+        log.append_blocking(vec![Record::to("e", vec![0; 5 << 20])]),
+        Err(LogError::InvalidRecord(_))
+    ));
+    assert_eq!(log.append_blocking(Vec::new()).unwrap(), Vec::<u64>::new());
+    let bad = LogOptions {
+        quota_bytes: 4096,
+        ..small()
+    };
+    assert!(matches!(
+        MessageLog::open(dir.path().join("other"), bad),
+        Err(LogError::InvalidOptions(_))
+    ));
+}
+
+#[test]
+fn concurrent_appends_share_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&syncs);
+    let hook: FaultHook = Arc::new(move |point| {
+        if point == FaultPoint::SegmentSync && counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Hold the first group's fsync so the other appends queue up behind it.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    });
+    let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
+    let pending: Vec<_> = (0..16)
+        .map(|i| log.append(vec![Record::to("e", payload(i, 100))]))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut acked: Vec<u64> = runtime.block_on(async {
+        let mut acked = Vec::new();
+        for append in pending {
+            acked.extend(append.await.unwrap());
+        }
+        acked
+    });
+    assert!(
+        syncs.load(Ordering::SeqCst) <= 3,
+        "16 appends took {} fsyncs",
+        syncs.load(Ordering::SeqCst)
+    );
+    let in_call_order = acked.clone();
+    acked.sort_unstable();
+    assert_eq!(
+        in_call_order, acked,
+        "appends from one task keep their order"
+    );
+    assert_eq!(acked, (1..=16).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_fsync_stops_appends_and_a_reopen_keeps_every_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&failing);
+    let hook: FaultHook = Arc::new(move |point| {
+        if point == FaultPoint::SegmentSync && flag.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    });
+    {
+        let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
+        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 10))).collect())
+            .unwrap();
+        failing.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            log.append_blocking(vec![Record::to("e", "lost")]),
+            Err(LogError::Io(_))
+        ));
+        failing.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            log.append_blocking(vec![Record::to("e", "refused")]),
+            Err(LogError::Poisoned)
+        ));
+    }
+    let log = open(dir.path());
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
+    assert_eq!(
+        log.append_blocking(vec![Record::to("e", "again")]).unwrap(),
+        vec![4]
+    );
+}
+
+#[test]
+fn a_failed_cursor_write_delivers_the_records_again_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    for point in [FaultPoint::CursorWrite, FaultPoint::CursorRename] {
+        let hook: FaultHook = Arc::new(move |p| {
+            if p == point {
+                return Err(io::Error::other("injected cursor failure"));
+            }
+            Ok(())
+        });
+        let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
+        if point == FaultPoint::CursorWrite {
+            log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 10))).collect())
+                .unwrap();
+        }
+        let endpoint = log.endpoint("e");
+        let read = drain(&endpoint);
+        assert_eq!(seqs(&read), vec![1, 2, 3], "at {point:?}");
+        ack_all(&endpoint, &read);
+        assert!(log.checkpoint_blocking().is_err());
+    }
+    // Both failures left the acknowledgements unpersisted: at least once, never lost.
+    let log = open(dir.path());
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
+}
+
+#[test]
+fn ready_wakes_a_waiting_consumer_when_a_record_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let endpoint = log.endpoint("e");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let waiter = tokio::spawn({
+            let endpoint = endpoint.clone();
+            async move { endpoint.ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        log.append(vec![Record::to("other", "not for e")])
+            .await
+            .unwrap();
+        log.append(vec![Record::to("e", "for e")]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("ready should wake")
+            .unwrap();
+    });
+    assert_eq!(&drain(&endpoint)[0].payload[..], b"for e");
+}
+
+/// One record of the property test: payload, which of three endpoints (bit mask), and a priority.
+fn arbitrary_record() -> impl Strategy<Value = (Vec<u8>, u8, u32)> {
+    (
+        proptest::collection::vec(any::<u8>(), 0..300),
+        1u8..8,
+        prop_oneof![Just(0u32), Just(3), Just(LOWEST_PRIORITY)],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn arbitrary_records_round_trip_through_append_reopen_and_read(
+        records in proptest::collection::vec(arbitrary_record(), 1..40),
+        batch in 1usize..8,
+    ) {
+        const ENDPOINTS: [&str; 3] = ["$upstream", "edge1/filter/input1", "m/ü/in"];
+        let dir = tempfile::tempdir().unwrap();
+        let mut appended = Vec::new();
+        {
+            let log = open(dir.path());
+            for chunk in records.chunks(batch) {
+                let batch: Vec<Record> = chunk
+                    .iter()
+                    .map(|(payload, mask, priority)| {
+                        let mut record = Record::new(payload.clone());
+                        for (bit, name) in ENDPOINTS.iter().enumerate() {
+                            if mask & (1 << bit) != 0 {
+                                record = record.with_target(Target::new(*name).with_priority(*priority));
+                            }
+                        }
+                        record
+                    })
+                    .collect();
+                appended.extend(log.append_blocking(batch).unwrap());
+            }
+        }
+        let log = open(dir.path());
+        for (bit, name) in ENDPOINTS.iter().enumerate() {
+            let mut expected: Vec<(u32, u64, &[u8])> = records
+                .iter()
+                .zip(&appended)
+                .filter(|((_, mask, _), _)| mask & (1 << bit) != 0)
+                .map(|((payload, _, priority), &seq)| (*priority, seq, payload.as_slice()))
+                .collect();
+            expected.sort_by_key(|&(priority, seq, _)| (priority, seq));
+            let read = drain(&log.endpoint(name));
+            let read: Vec<(u32, u64, &[u8])> =
+                read.iter().map(|d| (d.priority, d.seq, &d.payload[..])).collect();
+            prop_assert_eq!(read, expected);
+        }
+    }
+}

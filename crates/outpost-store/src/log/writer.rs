@@ -1,0 +1,461 @@
+//! The writer thread: the only code that writes segments and the cursor file.
+//!
+//! It takes whatever commands are waiting (up to `max_group_bytes` of appends), encodes every record into one
+//! buffer, writes it with one `pwrite` and makes it durable with one `fdatasync` (group commit); only then does
+//! it publish the records to the index and answer the appenders. A dedicated OS thread rather than a tokio
+//! task: fsync blocks for milliseconds, and the log must work (and close) without a runtime.
+//!
+//! After a failed write or fsync the writer stops accepting appends ([`LogError::Poisoned`]): once fsync has
+//! failed, Linux may have dropped the dirty pages and a retried fsync can succeed without them, so only a
+//! reopen, which reads back what is really on disk, can tell what survived.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{oneshot, Notify};
+
+use super::cursor::{self, Cursors};
+use super::queue::Outcome;
+use super::record::{Record, Target};
+use super::segment::{self, Segment, HEADER};
+use super::{now_unix_ms, FaultPoint, FullPolicy, LogError, Shared, State};
+
+/// Where an append's answer arrives.
+pub(crate) type Reply = oneshot::Receiver<Result<Vec<u64>, LogError>>;
+
+/// What the handles ask of the writer.
+pub(crate) enum Command {
+    /// Persist these records, then answer with their sequence numbers.
+    Append {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<Vec<u64>, LogError>>,
+    },
+    /// Persist the cursors and remove consumed segments now.
+    Checkpoint {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// An append waiting in the current group.
+type Pending = (Vec<Record>, oneshot::Sender<Result<Vec<u64>, LogError>>);
+
+/// A record encoded in the current group, to publish once the group is durable.
+struct Placed {
+    seq: u64,
+    segment_first_seq: u64,
+    offset: u32,
+    len: u64,
+    targets: Vec<Target>,
+}
+
+/// The segment being appended to.
+struct Active {
+    first_seq: u64,
+    file: Arc<File>,
+    /// Bytes written to the file (the group buffer lands here next).
+    len: u64,
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    next_seq: u64,
+    active: Active,
+    /// Encoded records of the current group not yet written.
+    buf: Vec<u8>,
+    /// Bytes of the current group (written or buffered) that the index does not count yet.
+    unpublished: u64,
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>, commands: Receiver<Command>) -> Self {
+        let (next_seq, active) = {
+            let state = shared.lock();
+            let last = state
+                .segments
+                .back()
+                .expect("open always leaves a segment to write");
+            let active = Active {
+                first_seq: last.first_seq,
+                file: Arc::clone(&last.file),
+                len: last.bytes,
+            };
+            (state.next_seq, active)
+        };
+        Self {
+            shared,
+            commands,
+            next_seq,
+            active,
+            buf: Vec::new(),
+            unpublished: 0,
+        }
+    }
+
+    /// Serves commands until every handle is gone, then checkpoints a last time.
+    pub fn run(mut self) {
+        let interval = self.shared.options.checkpoint_interval;
+        let max_group = self.shared.options.max_group_bytes;
+        let mut next_checkpoint = Instant::now() + interval;
+        loop {
+            let wait = next_checkpoint.saturating_duration_since(Instant::now());
+            let mut appends = Vec::new();
+            let mut checkpoints = Vec::new();
+            match self.commands.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut bytes = 0;
+                    let mut next = Some(first);
+                    while let Some(command) = next.take() {
+                        match command {
+                            Command::Append { records, reply } => {
+                                bytes += records.iter().map(Record::encoded_len).sum::<usize>();
+                                appends.push((records, reply));
+                            }
+                            Command::Checkpoint { reply } => checkpoints.push(reply),
+                        }
+                        if bytes < max_group {
+                            next = self.commands.try_recv().ok();
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if !appends.is_empty() {
+                self.commit(appends);
+            }
+            if !checkpoints.is_empty() || Instant::now() >= next_checkpoint {
+                let result = self.checkpoint(self.active.first_seq);
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "message log checkpoint failed; acknowledgements stay in memory");
+                }
+                for reply in checkpoints {
+                    let _ = reply.send(result.as_ref().copied().map_err(LogError::duplicate));
+                }
+                next_checkpoint = Instant::now() + interval;
+            }
+        }
+        if let Err(e) = self.checkpoint(self.active.first_seq) {
+            tracing::warn!(error = %e, "message log: last checkpoint before closing failed");
+        }
+    }
+
+    /// Writes one group durably and answers its appenders.
+    fn commit(&mut self, appends: Vec<Pending>) {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            for (_, reply) in appends {
+                let _ = reply.send(Err(LogError::Poisoned));
+            }
+            return;
+        }
+        // Segments from this one on may hold bytes of this group that the index does not know: never delete them.
+        let protect_from = self.active.first_seq;
+        let group_start = (self.active.first_seq, self.active.len);
+        let enqueued = now_unix_ms();
+        let mut placed = Vec::new();
+        let mut accepted = Vec::new();
+        let mut failure = None;
+        let mut checkpointed = false;
+        for (records, reply) in appends {
+            if failure.is_some() {
+                accepted.push((reply, Vec::new()));
+                continue;
+            }
+            let needed = records.iter().map(|r| r.encoded_len() as u64).sum();
+            if let Err(e) = self.make_room(needed, protect_from, &mut checkpointed) {
+                let _ = reply.send(Err(e));
+                continue;
+            }
+            let mut seqs = Vec::with_capacity(records.len());
+            for record in records {
+                if let Err(e) = self.place(record, enqueued, &mut placed, &mut seqs) {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            accepted.push((reply, seqs));
+        }
+        if failure.is_none() && !placed.is_empty() {
+            failure = self.write_buffer().and_then(|()| self.sync()).err();
+        }
+        match failure {
+            None => {
+                self.publish(placed);
+                for (reply, seqs) in accepted {
+                    let _ = reply.send(Ok(seqs));
+                }
+            }
+            Some(error) => {
+                self.shared.poisoned.store(true, Ordering::Release);
+                tracing::error!(%error, "message log write failed; appends refused until it is reopened");
+                // Tidy, not needed for correctness: unacknowledged bytes left behind would only be delivered
+                // as duplicates after a reopen.
+                if self.active.first_seq == group_start.0 {
+                    let _ = self.active.file.set_len(group_start.1);
+                }
+                for (reply, _) in accepted {
+                    let copy = io::Error::new(error.kind(), error.to_string());
+                    let _ = reply.send(Err(copy.into()));
+                }
+            }
+        }
+    }
+
+    /// Encodes one record into the group, starting a new segment first if this one is full.
+    fn place(
+        &mut self,
+        record: Record,
+        enqueued: u64,
+        placed: &mut Vec<Placed>,
+        seqs: &mut Vec<u64>,
+    ) -> io::Result<()> {
+        let len = record.encoded_len() as u64;
+        let at = self.active.len + self.buf.len() as u64;
+        if at > HEADER.len() as u64 && at + len > self.shared.options.segment_bytes {
+            self.roll()?;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let offset = self.active.len + self.buf.len() as u64;
+        record.encode(seq, enqueued, &mut self.buf);
+        self.unpublished += len;
+        placed.push(Placed {
+            seq,
+            segment_first_seq: self.active.first_seq,
+            // Fits: a segment is at most segment_bytes (≤ 1 GiB) plus one record (≤ 1 GiB).
+            offset: offset as u32,
+            len,
+            targets: record.targets,
+        });
+        seqs.push(seq);
+        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.shared.fault(FaultPoint::SegmentWrite)?;
+        self.active.file.write_all_at(&self.buf, self.active.len)?;
+        self.active.len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.shared.fault(FaultPoint::SegmentSync)?;
+        // fdatasync: the data and the file size, which is all a reader needs; mtime can wait.
+        self.active.file.sync_data()
+    }
+
+    /// Seals the active segment (durably) and starts the next one at `next_seq`.
+    fn roll(&mut self) -> io::Result<()> {
+        self.write_buffer()?;
+        self.sync()?;
+        self.shared.fault(FaultPoint::SegmentCreate)?;
+        let segment = segment::create(&self.shared.dir, self.next_seq)?;
+        self.active = Active {
+            first_seq: segment.first_seq,
+            file: Arc::clone(&segment.file),
+            len: segment.bytes,
+        };
+        self.shared.lock().segments.push_back(segment);
+        Ok(())
+    }
+
+    /// Makes the durable records of a group visible to the endpoints, and wakes the ones waiting.
+    fn publish(&mut self, placed: Vec<Placed>) {
+        let mut wake: Vec<Arc<Notify>> = Vec::new();
+        let mut state = self.shared.lock();
+        let count = placed.len() as u64;
+        for p in placed {
+            let segment = state
+                .segments
+                .iter_mut()
+                .rev()
+                .find(|s| s.first_seq == p.segment_first_seq)
+                .expect("the segments of the current group are never removed");
+            segment.offsets.push(p.offset);
+            segment.bytes = u64::from(p.offset) + p.len;
+            for target in &p.targets {
+                let endpoint = state.endpoint_mut(&target.endpoint);
+                endpoint
+                    .lane(target.priority)
+                    .push(p.seq, target.expiry_unix_ms);
+                if !wake.iter().any(|n| Arc::ptr_eq(n, &endpoint.notify)) {
+                    wake.push(Arc::clone(&endpoint.notify));
+                }
+            }
+        }
+        state.next_seq = self.next_seq;
+        state.appended += count;
+        drop(state);
+        self.unpublished = 0;
+        for notify in wake {
+            notify.notify_one();
+        }
+    }
+
+    /// Ensures `needed` more bytes fit the quota, by checkpointing and then by the full policy.
+    fn make_room(
+        &mut self,
+        needed: u64,
+        protect_from: u64,
+        checkpointed: &mut bool,
+    ) -> Result<(), LogError> {
+        let quota = self.shared.options.quota_bytes;
+        let used = |w: &Self| w.shared.lock().bytes_on_disk() + w.unpublished;
+        if used(self) + needed <= quota {
+            return Ok(());
+        }
+        // Consumed or expired segments may be waiting for the next periodic checkpoint; once per group.
+        if !*checkpointed {
+            *checkpointed = true;
+            self.checkpoint(protect_from)?;
+            if used(self) + needed <= quota {
+                return Ok(());
+            }
+        }
+        if self.shared.options.full_policy == FullPolicy::DropOldest {
+            while self.drop_oldest(protect_from)? {
+                if used(self) + needed <= quota {
+                    return Ok(());
+                }
+            }
+        }
+        Err(LogError::Full {
+            used: used(self),
+            needed,
+            quota,
+        })
+    }
+
+    /// Deletes the oldest segment before `protect_from`, whatever it holds; false if there is none.
+    fn drop_oldest(&mut self, protect_from: u64) -> Result<bool, LogError> {
+        let segment = {
+            let mut state = self.shared.lock();
+            if state
+                .segments
+                .front()
+                .is_none_or(|s| s.first_seq >= protect_from)
+            {
+                return Ok(false);
+            }
+            let segment = state.segments.pop_front().expect("checked above");
+            let last = segment.end_seq().saturating_sub(1);
+            let mut dropped = 0;
+            for endpoint in state.endpoints.values_mut() {
+                let mut outcome = Outcome::default();
+                for lane in endpoint.lanes.values_mut() {
+                    outcome.dropped += lane.purge_through(last).dropped;
+                }
+                dropped += outcome.dropped;
+                endpoint.count(outcome);
+            }
+            state.cursors_dirty = true;
+            tracing::warn!(
+                segment = %segment.path.display(),
+                dropped,
+                "message log over quota: dropping its oldest segment"
+            );
+            segment
+        };
+        self.remove_segments(&[segment])?;
+        Ok(true)
+    }
+
+    /// Persists the cursors if they moved, then deletes the sealed segments before `protect_from` that no
+    /// lane needs any more. The deletion follows the cursor file, so a crash between them only leaves a
+    /// segment that reopening will find fully consumed.
+    fn checkpoint(&mut self, protect_from: u64) -> Result<(), LogError> {
+        let now = now_unix_ms();
+        let (snapshot, floor) = {
+            let mut state = self.shared.lock();
+            let mut floor = u64::MAX;
+            let mut expired = 0;
+            for endpoint in state.endpoints.values_mut() {
+                let mut outcome = Outcome::default();
+                for lane in endpoint.lanes.values_mut() {
+                    outcome.expired += lane.purge_expired_front(now).expired;
+                    if let Some(first) = lane.first_needed() {
+                        floor = floor.min(first);
+                    }
+                }
+                expired += outcome.expired;
+                endpoint.count(outcome);
+            }
+            // Finishing expired records moves cursors.
+            state.cursors_dirty |= expired > 0;
+            let snapshot = if state.cursors_dirty {
+                state.cursors_dirty = false;
+                Some(snapshot(&state))
+            } else {
+                None
+            };
+            (snapshot, floor)
+        };
+        if let Some(cursors) = snapshot {
+            if let Err(e) = cursor::store(&self.shared, &cursors) {
+                self.shared.lock().cursors_dirty = true;
+                return Err(e.into());
+            }
+        }
+        let removable = {
+            let mut state = self.shared.lock();
+            let mut removable = Vec::new();
+            while state
+                .segments
+                .front()
+                .is_some_and(|s| s.first_seq < protect_from && s.end_seq() <= floor)
+            {
+                removable.extend(state.segments.pop_front());
+            }
+            removable
+        };
+        self.remove_segments(&removable)
+    }
+
+    /// Deletes segment files the index has already let go of.
+    fn remove_segments(&self, segments: &[Segment]) -> Result<(), LogError> {
+        if segments.is_empty() {
+            return Ok(());
+        }
+        for segment in segments {
+            self.shared.fault(FaultPoint::SegmentRemove)?;
+            fs::remove_file(&segment.path)?;
+        }
+        cursor::sync_dir(&self.shared.dir)?;
+        Ok(())
+    }
+}
+
+/// The cursors to persist. A lane with nothing left whose cursor is older than every segment is left out:
+/// reading it back as 0 finds the same records, none, so forgotten endpoints do not pile up in the file.
+fn snapshot(state: &State) -> Cursors {
+    let first_on_disk = state
+        .segments
+        .front()
+        .map_or(state.next_seq, |s| s.first_seq);
+    let mut cursors = Cursors::new();
+    for (name, endpoint) in &state.endpoints {
+        let lanes: BTreeMap<u32, u64> = endpoint
+            .lanes
+            .iter()
+            .filter(|(_, lane)| {
+                lane.first_needed().is_some() || lane.acked_through >= first_on_disk
+            })
+            .map(|(&priority, lane)| (priority, lane.acked_through))
+            .collect();
+        if !lanes.is_empty() {
+            cursors.insert(name.to_string(), lanes);
+        }
+    }
+    cursors
+}
