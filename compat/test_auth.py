@@ -131,3 +131,36 @@ def test_token_for_another_hub_is_refused(hub, registry):
 def test_garbage_password_is_refused(hub, registry):
     registry.create_device_with_sas("dev1", "", "", "enabled")
     assert raw_connack(hub, "dev1", "SharedAccessSignature nonsense") in (4, 5)
+
+
+def test_disabling_a_connected_device_closes_its_connection(hub, registry, clients):
+    created = registry.create_device_with_sas("dev1", "", "", "enabled")
+    sk = created.authentication.symmetric_key
+    client = clients.open(hub, "dev1", sk.primary_key)
+    registry.update_device_with_sas("dev1", "*", sk.primary_key, sk.secondary_key, "disabled")
+    wait_for(lambda: not client.connected, 10, "the hub to drop the disabled device's connection")
+
+
+def test_sdk_token_renewal_reconnects_and_keeps_the_session(hub, registry, clients):
+    import queue
+
+    from azure.iot.hub.models import Twin, TwinProperties
+
+    from harness import set_handler
+
+    key = registry.create_device_with_sas("dev1", "", "", "enabled").authentication.symmetric_key.primary_key
+    # The SDK renews 120 s before expiry: with a 124 s token it re-authorizes (DISCONNECT, CONNECT with a
+    # new password, no re-SUBSCRIBE) about 4 s after connecting.
+    client = clients.open(hub, "dev1", key, sastoken_ttl=124)
+    patches: queue.Queue = queue.Queue()
+    set_handler(client, "on_twin_desired_properties_patch_received", patches.put)
+    states: list[bool] = []
+    client.on_connection_state_change = lambda: states.append(client.connected)
+    wait_for(lambda: False in states and client.connected, 15, "the SDK to renew its token and reconnect")
+
+    updated = registry.update_twin("dev1", Twin(properties=TwinProperties(desired={"renewed": True})), "*")
+    # the SDK may first hand over the twin it GETs after reconnecting ({"$version": 1}); then the real patch
+    patch = patches.get(timeout=10)
+    if "renewed" not in patch:
+        patch = patches.get(timeout=10)
+    assert patch == {"renewed": True, "$version": updated.properties.desired["$version"]}

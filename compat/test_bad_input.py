@@ -67,6 +67,11 @@ def test_unknown_api_version_is_400(hub):
     assert s.get(url(hub, "/devices/x"), timeout=10).status_code == 404
 
 
+def test_missing_api_version_is_400(hub, registry):
+    registry.create_device_with_sas("dev1", "", "", "enabled")
+    assert_json_error(hub.rest_session().get(url(hub, "/devices/dev1", api_version=None), timeout=10), 400)
+
+
 def test_requests_without_valid_service_token_are_401(hub, registry):
     registry.create_device_with_sas("dev1", "", "", "enabled")
     fields = dict(p.split("=", 1) for p in hub.connection_string.split(";"))

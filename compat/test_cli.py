@@ -75,6 +75,15 @@ def test_edge_device_and_modules_from_cli(hub, registry):
     assert connection_string_fields(cs) == {
         "HostName": hub.host, "DeviceId": "edge1", "ModuleId": "filter", "SharedAccessKey": key}
 
+    from azure.iot.device import IoTHubModuleClient
+    client = IoTHubModuleClient.create_from_connection_string(cs, server_verification_cert=hub.ca_pem,
+                                                              connection_retry=False)
+    try:
+        run_with_timeout(client.connect, 20, "module connect with the printed connection string")
+        assert run_with_timeout(client.get_twin, 15, "module get_twin")["desired"]["$version"] >= 1
+    finally:
+        run_with_timeout(client.shutdown, 15, "module client shutdown")
+
     hub.run_cli(["module", "delete", "edge1", "filter"])
     assert "filter" not in {m.module_id for m in registry.get_modules("edge1")}
 

@@ -26,6 +26,7 @@ def test_telemetry_with_properties_reaches_monitor(hub, registry, clients):
         msg = Message('{"temp": 21}', message_id="mid-1", content_type="application/json",
                       content_encoding="utf-8")
         msg.correlation_id = "corr-1"
+        msg.expiry_time_utc = "2030-01-01T00:00:00+00:00"
         msg.custom_properties = {"alert": "true", "sp ace": "a b&c=d/e", "plus": "1+1"}
         run_with_timeout(lambda: client.send_message(msg), 15, "send_message")
         run_with_timeout(lambda: client.send_message("plain telemetry"), 15, "send_message (plain)")
@@ -43,6 +44,7 @@ def test_telemetry_with_properties_reaches_monitor(hub, registry, clients):
     assert system["correlationId"] == "corr-1"
     assert system["contentType"] == "application/json"
     assert system["contentEncoding"] == "utf-8"
+    assert system["absolute-expiry-time"] == "2030-01-01T00:00:00+00:00"
     assert monitor_body(first) == b'{"temp": 21}'
     assert first.get("enqueuedTime"), "each event carries enqueuedTime"
 
@@ -141,3 +143,24 @@ def test_message_send_to_unknown_device_fails(hub):
     cp = hub.run_cli(["message", "send", "nobody", "x"], check=False)
     assert cp.returncode != 0
     assert cp.stderr.strip(), "a failing command says why on stderr"
+
+
+def test_cloud_to_device_queue_is_limited_to_50_pending(hub, registry):
+    make_device(registry)
+    for i in range(50):
+        hub.run_cli(["message", "send", "dev1", f"c2d-{i}"])
+    cp = hub.run_cli(["message", "send", "dev1", "one too many"], check=False)
+    assert cp.returncode != 0, "IoT Hub keeps at most 50 pending cloud-to-device messages per device"
+    assert cp.stderr.strip()
+
+
+def test_cloud_to_device_message_over_64kb_is_refused(hub, registry, clients):
+    key = make_device(registry)
+    client = clients.open(hub, "dev1", key)
+    received: queue.Queue = queue.Queue()
+    set_handler(client, "on_message_received", received.put)
+    cp = hub.run_cli(["message", "send", "dev1", "x" * (64 * 1024 + 1)], check=False)
+    assert cp.returncode != 0
+    hub.run_cli(["message", "send", "dev1", "y" * (60 * 1024)])
+    assert received.get(timeout=10).data == b"y" * (60 * 1024)
+    assert received.empty()

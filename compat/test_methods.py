@@ -132,3 +132,25 @@ def test_method_payloads_of_every_json_type_pass_through(hub, registry, clients,
         method_name="echo", payload=payload, response_timeout_in_seconds=10))
     assert result.status == 200
     assert result.payload == {"method": "echo", "echo": payload}
+
+
+def test_method_payload_over_128kb_is_refused(hub, registry, clients):
+    key = registry.create_device_with_sas("dev1", "", "", "enabled").authentication.symmetric_key.primary_key
+    client = clients.open(hub, "dev1", key)
+    seen = answer_with(client)
+    with pytest.raises(HttpOperationError) as e:
+        registry.invoke_device_method("dev1", CloudToDeviceMethod(
+            method_name="big", payload="x" * (128 * 1024 + 16), response_timeout_in_seconds=10))
+    assert e.value.response.status_code in (400, 413)
+    assert seen == []
+
+
+@pytest.mark.parametrize("timeout", [1, 301])
+def test_method_response_timeout_outside_5_to_300_is_400(hub, registry, clients, timeout):
+    key = registry.create_device_with_sas("dev1", "", "", "enabled").authentication.symmetric_key.primary_key
+    client = clients.open(hub, "dev1", key)
+    seen = answer_with(client)
+    with pytest.raises(HttpOperationError) as e:
+        registry.invoke_device_method("dev1", CloudToDeviceMethod(method_name="x", response_timeout_in_seconds=timeout))
+    assert e.value.response.status_code == 400
+    assert seen == []

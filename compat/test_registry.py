@@ -247,3 +247,28 @@ def test_plain_device_is_not_an_edge_device(registry):
     fetched = registry.get_device("leaf")
     assert not fetched.capabilities.iot_edge
     assert registry.get_modules("leaf") == []
+
+
+def test_get_devices_lists_every_device(registry):
+    for name in ("a", "b", "c"):
+        registry.create_device_with_sas(name, "", "", "enabled")
+    devices = registry.get_devices()
+    assert sorted(d.device_id for d in devices) == ["a", "b", "c"]
+    assert all(d.authentication.symmetric_key.primary_key for d in devices)
+
+
+def test_get_devices_honours_top(registry):
+    # azure-iot-hub sends GET /devices?top=N for max_number_of_devices
+    for name in ("a", "b", "c"):
+        registry.create_device_with_sas(name, "", "", "enabled")
+    assert len(registry.get_devices(max_number_of_devices=2)) == 2
+
+
+def test_leaf_device_takes_its_parents_scope(registry):
+    edge = registry.create_device_with_sas("edge1", "", "", "enabled", iot_edge=True)
+    leaf = registry.create_device_with_sas("leaf1", "", "", "enabled", device_scope=edge.device_scope)
+    assert leaf.device_scope == edge.device_scope
+    fetched = registry.get_device("leaf1")
+    assert fetched.device_scope == edge.device_scope
+    # "For leaf devices, parent_scopes ... could be left for the service to copy over" (azure-iot-hub docs)
+    assert fetched.parent_scopes == [edge.device_scope]

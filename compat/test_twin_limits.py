@@ -131,3 +131,12 @@ def test_too_large_reported_patch_is_refused_and_twin_unchanged(hub, registry, d
         run_with_timeout(lambda: client.patch_twin_reported_properties(big(36)), 15, "too-large reported patch")
     assert isinstance(e.value.__cause__, ServiceError), f"expected a twin error status, got {e.value.__cause__!r}"
     assert snapshot(registry.get_twin("dev1")) == before
+
+
+def test_reported_patch_with_a_dollar_key_is_refused(hub, registry, device, clients):
+    client = clients.open(hub, "dev1", device)
+    before = snapshot(registry.get_twin("dev1"))
+    with pytest.raises(ClientError) as e:
+        run_with_timeout(lambda: client.patch_twin_reported_properties({"$bad": 1, "good": 2}), 15, "reported patch")
+    assert isinstance(e.value.__cause__, ServiceError)
+    assert snapshot(registry.get_twin("dev1")) == before

@@ -217,3 +217,28 @@ def test_twin_of_missing_device_is_404(hub, registry):
         with pytest.raises(HttpOperationError) as e:
             call()
         assert e.value.response.status_code == 404
+
+
+def test_module_twin_etags_and_replace(hub, registry):
+    registry.create_device_with_sas("dev1", "", "", "enabled")
+    registry.create_module_with_sas("dev1", "m1", None, "", "")
+    first = registry.update_module_twin("dev1", "m1", desired_patch({"a": 1}), "*")
+    second = registry.update_module_twin("dev1", "m1", desired_patch({"b": 2}), first.etag)
+    from msrest.exceptions import HttpOperationError
+    with pytest.raises(HttpOperationError) as e:
+        registry.update_module_twin("dev1", "m1", desired_patch({"c": 3}), first.etag)
+    assert e.value.response.status_code == 412
+    replaced = registry.replace_module_twin("dev1", "m1", Twin(tags={"t": 1}, properties=TwinProperties(desired={"z": 9})),
+                                            second.etag)
+    assert {k: v for k, v in replaced.properties.desired.items() if not k.startswith("$")} == {"z": 9}
+    assert replaced.tags == {"t": 1}
+    assert replaced.properties.desired["$version"] == second.properties.desired["$version"] + 1
+
+
+def test_null_tag_deletes_it_and_twin_version_counts_changes(hub, registry):
+    make_device(registry)
+    t0 = registry.get_twin("dev1")
+    t1 = registry.update_twin("dev1", Twin(tags={"a": 1, "b": 2}), "*")
+    t2 = registry.update_twin("dev1", Twin(tags={"a": None}), "*")
+    assert t2.tags == {"b": 2}
+    assert t0.version < t1.version < t2.version, "the twin version grows with every change"

@@ -62,7 +62,7 @@ async fn connectivity(hub: Arc<EdgeHub>) {
             Err(error) => {
                 tracing::debug!(%error, "the hub is still unreachable");
                 tokio::time::sleep(back_off).await;
-                back_off = (back_off * 2).min(Duration::from_secs(30));
+                back_off = (back_off * 2).min(Duration::from_secs(5));
             }
         }
     }
