@@ -140,3 +140,9 @@ def test_reported_patch_with_a_dollar_key_is_refused(hub, registry, device, clie
         run_with_timeout(lambda: client.patch_twin_reported_properties({"$bad": 1, "good": 2}), 15, "reported patch")
     assert isinstance(e.value.__cause__, ServiceError)
     assert snapshot(registry.get_twin("dev1")) == before
+
+
+def test_reported_patch_under_32kb_is_accepted(hub, registry, device, clients):
+    client = clients.open(hub, "dev1", device)
+    run_with_timeout(lambda: client.patch_twin_reported_properties(big(28)), 15, "28 KB reported patch")
+    assert registry.get_twin("dev1").properties.reported["k6"] == "x" * 4000

@@ -8,6 +8,7 @@ mod edge_command;
 mod hub_command;
 mod operator;
 mod output;
+mod quickstart;
 mod service;
 
 use std::path::PathBuf;
@@ -46,6 +47,11 @@ pub struct HubArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a hub and an edge device with the sample modules on this machine, and show them at work.
+    Quickstart {
+        #[command(flatten)]
+        args: quickstart::QuickstartArgs,
+    },
     /// Run or inspect the hub.
     Hub {
         #[command(subcommand)]
@@ -138,6 +144,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Quickstart { args } => quickstart::run(args).await,
         Command::Hub { command } => hub_command::run(command).await,
         Command::Edge { command } => edge_command::run(command).await,
         Command::Device { hub, command } => operator::device(&hub, command).await,

@@ -56,7 +56,7 @@ async fn invoke_module(
 }
 
 /// Checks the caller (`x-ms-edge-moduleId` names a module of this device, and the token is that module's).
-fn caller(hub: &EdgeHub, headers: &HeaderMap) -> Result<Identity, Response> {
+fn caller(hub: &EdgeHub, headers: &HeaderMap) -> Result<Identity, Box<Response>> {
     let header = headers
         .get("x-ms-edge-moduleId")
         .and_then(|v| v.to_str().ok());
@@ -64,23 +64,23 @@ fn caller(hub: &EdgeHub, headers: &HeaderMap) -> Result<Identity, Response> {
         .and_then(|h| Identity::parse_client_id(h).ok())
         .filter(|i| i.module.is_some())
         .ok_or_else(|| {
-            refuse(
+            Box::new(refuse(
                 StatusCode::BAD_REQUEST,
                 "Invalid header value for x-ms-edge-moduleId",
-            )
+            ))
         })?;
     if identity.device.as_str() != hub.device.device_id {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::UNAUTHORIZED,
             "the caller is not a module of this edge device",
-        ));
+        )));
     }
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     hub.authenticate(&identity, token)
-        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, &e.to_string()))?;
+        .map_err(|e| Box::new(refuse(StatusCode::UNAUTHORIZED, &e.to_string())))?;
     Ok(identity)
 }
 
@@ -92,7 +92,7 @@ async fn invoke(
     body: &Bytes,
 ) -> Response {
     if let Err(refusal) = caller(hub, headers) {
-        return refusal;
+        return *refusal;
     }
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return refuse(StatusCode::BAD_REQUEST, "the body is not valid JSON");

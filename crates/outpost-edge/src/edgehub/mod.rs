@@ -31,6 +31,9 @@ use link::Link;
 use router::Router;
 use store::EdgeStore;
 
+/// A module's answer to a direct method: its status and JSON payload bytes.
+pub type MethodAnswer = (i32, Vec<u8>);
+
 /// C2D delivery ids carry this bit, so that a PUBACK tells them apart from input deliveries (log sequence numbers).
 const C2D_DELIVERY: u64 = 1 << 63;
 
@@ -55,7 +58,7 @@ pub struct EdgeHub {
     /// Signalled when clients connect, disconnect or subscribe, and when messages are stored.
     pub changed: Notify,
     /// Method calls of the local method API waiting for their answer, by request id.
-    pub pending_methods: Mutex<HashMap<String, oneshot::Sender<(i32, Vec<u8>)>>>,
+    pub pending_methods: Mutex<HashMap<String, oneshot::Sender<MethodAnswer>>>,
     next_request: AtomicU64,
     /// The scope as last cached.
     scope: Mutex<Vec<ScopedIdentity>>,
@@ -396,7 +399,7 @@ impl DeviceOperations for EdgeDevices {
                 tracing::warn!(%identity, %error, "cannot complete a C2D message at the hub");
             }
         } else {
-            self.0.router.delivered(identity, delivery_id).await;
+            self.0.router.delivered(identity, delivery_id);
         }
     }
 

@@ -187,7 +187,7 @@ impl Router {
     }
 
     /// The next messages for the hub, oldest (and most urgent) first: `(seq, sender, message)`.
-    pub async fn upstream_batch(&self, max: usize) -> Vec<(u64, String, Message)> {
+    pub fn upstream_batch(&self, max: usize) -> Vec<(u64, String, Message)> {
         match self.upstream.next_batch(max) {
             Ok(deliveries) => deliveries
                 .into_iter()
@@ -204,24 +204,24 @@ impl Router {
     }
 
     /// The hub stored these.
-    pub async fn upstream_sent(&self, seqs: Vec<u64>) {
+    pub fn upstream_sent(&self, seqs: Vec<u64>) {
         for seq in seqs {
             self.upstream.ack(seq);
         }
     }
 
     /// The hub refused these for good.
-    pub async fn upstream_dropped(&self, seqs: Vec<u64>) {
-        self.upstream_sent(seqs).await;
+    pub fn upstream_dropped(&self, seqs: Vec<u64>) {
+        self.upstream_sent(seqs);
     }
 
     /// The hub did not answer: the batch goes again, in order.
-    pub async fn upstream_retry(&self) {
+    pub fn upstream_retry(&self) {
         self.upstream.rewind();
     }
 
     /// A client acknowledged an input message.
-    pub async fn delivered(&self, identity: &Identity, seq: u64) {
+    pub fn delivered(&self, identity: &Identity, seq: u64) {
         let endpoint = lock(&self.in_flight).remove(&(identity.client_id(), seq));
         if let Some(endpoint) = endpoint {
             if let Some((queue, _, _)) = lock(&self.inputs).get(&endpoint) {

@@ -179,7 +179,7 @@ async fn dispatch(hub: &EdgeHub, event: &Value) {
         .unwrap_or_default();
     match event.get("kind").and_then(Value::as_str) {
         Some("desired") if client.ends_with("/$edgeHub") => {
-            super::router::refresh_configuration(hub).await
+            super::router::refresh_configuration(hub).await;
         }
         Some("desired") => hub.desired_changed(client, event.get("body").unwrap_or(&Value::Null)),
         Some("c2d") => {
@@ -238,7 +238,7 @@ async fn upstream(hub: Arc<EdgeHub>) {
             tokio::time::sleep(IDLE).await;
             continue;
         }
-        let batch = hub.router.upstream_batch(UPSTREAM_BATCH).await;
+        let batch = hub.router.upstream_batch(UPSTREAM_BATCH);
         if batch.is_empty() {
             idle(&hub).await;
             continue;
@@ -250,18 +250,16 @@ async fn upstream(hub: Arc<EdgeHub>) {
         match hub.link.messages(&messages).await {
             Ok(()) => {
                 hub.router
-                    .upstream_sent(batch.iter().map(|(seq, _, _)| *seq).collect())
-                    .await
+                    .upstream_sent(batch.iter().map(|(seq, _, _)| *seq).collect());
             }
             Err(error @ LinkError::Refused { .. }) => {
                 // The hub will never take these (too large, identity gone): count them dropped, do not block the queue.
                 tracing::error!(%error, count = batch.len(), "the hub refused a batch; dropping it");
                 hub.router
-                    .upstream_dropped(batch.iter().map(|(seq, _, _)| *seq).collect())
-                    .await;
+                    .upstream_dropped(batch.iter().map(|(seq, _, _)| *seq).collect());
             }
             Err(error) => {
-                hub.router.upstream_retry().await;
+                hub.router.upstream_retry();
                 offline(&hub, &error);
             }
         }

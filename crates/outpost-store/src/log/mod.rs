@@ -21,7 +21,9 @@
 //! # On disk
 //! A directory of segment files `{first_seq:020}.seg` (format and crash recovery in `segment.rs`, record
 //! layout in `record.rs`), a `cursors` file rewritten atomically at each checkpoint (`cursor.rs`), and a
-//! `LOCK` file held with `flock` so two processes never write the same log.
+//! `LOCK` file held with `flock` so two processes never write the same log. At open, a torn tail of the last
+//! segment (a group whose fsync never finished, so never acknowledged) is cut; a bad record in any earlier,
+//! sealed segment is damage to acknowledged data and the open fails with [`LogError::Corrupt`] instead.
 //!
 //! # Acknowledgement durability
 //! [`EndpointQueue::ack`] changes memory only; the writer persists all cursors at each checkpoint (every
@@ -39,6 +41,8 @@
 
 mod cursor;
 mod endpoint;
+mod error;
+mod options;
 mod queue;
 mod record;
 mod segment;
@@ -48,6 +52,8 @@ mod writer;
 mod tests;
 #[cfg(test)]
 mod tests_crash;
+#[cfg(test)]
+mod tests_faults;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -58,163 +64,19 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
 pub use endpoint::EndpointQueue;
+pub use error::LogError;
+pub use options::{FullPolicy, LogOptions};
 pub use record::{Delivery, Record, Target, LOWEST_PRIORITY, MAX_ENDPOINT_NAME};
 
 use queue::{EndpointIndex, Lane};
 use record::RecordView;
 use segment::{Segment, Tail};
 use writer::{Command, Writer};
-
-/// Errors of the message log.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    /// A file operation failed.
-    #[error("message log I/O error: {0}")]
-    Io(#[from] io::Error),
-    /// A file holds bytes that cannot be what the log wrote; the log refuses to guess.
-    #[error("message log corrupt: {} at offset {offset}: {reason}", path.display())]
-    Corrupt {
-        /// The damaged file.
-        path: PathBuf,
-        /// Where in it the damage starts.
-        offset: u64,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// The append would exceed the disk quota and the policy is [`FullPolicy::RejectNew`] (or nothing is left
-    /// to drop).
-    #[error("message log full: {used} + {needed} bytes exceed the quota of {quota}")]
-    Full {
-        /// Bytes the segments use now.
-        used: u64,
-        /// Bytes the append needs.
-        needed: u64,
-        /// The configured quota.
-        quota: u64,
-    },
-    /// The record cannot be stored as given.
-    #[error("invalid record: {0}")]
-    InvalidRecord(String),
-    /// The options make no sense together.
-    #[error("invalid message log options: {0}")]
-    InvalidOptions(String),
-    /// Another process (or another `MessageLog` in this one) has the directory open.
-    #[error("message log {} is in use by another process", .0.display())]
-    Locked(PathBuf),
-    /// An earlier write or fsync failed; what reached the disk is unknown until the log is reopened.
-    #[error("message log stopped after an I/O error; reopen it to recover")]
-    Poisoned,
-    /// The writer thread is gone.
-    #[error("message log is closed")]
-    Closed,
-}
-
-impl LogError {
-    /// The same error for another waiter on it (`io::Error` is not `Clone`).
-    pub(crate) fn duplicate(&self) -> Self {
-        match self {
-            Self::Io(e) => Self::Io(io::Error::new(e.kind(), e.to_string())),
-            Self::Corrupt {
-                path,
-                offset,
-                reason,
-            } => Self::Corrupt {
-                path: path.clone(),
-                offset: *offset,
-                reason,
-            },
-            &Self::Full {
-                used,
-                needed,
-                quota,
-            } => Self::Full {
-                used,
-                needed,
-                quota,
-            },
-            Self::InvalidRecord(s) => Self::InvalidRecord(s.clone()),
-            Self::InvalidOptions(s) => Self::InvalidOptions(s.clone()),
-            Self::Locked(p) => Self::Locked(p.clone()),
-            Self::Poisoned => Self::Poisoned,
-            Self::Closed => Self::Closed,
-        }
-    }
-}
-
-/// What an append does when the disk quota would be exceeded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FullPolicy {
-    /// Fail the append with [`LogError::Full`]: the sender is not acknowledged and retries later.
-    #[default]
-    RejectNew,
-    /// Delete the oldest sealed segments, counting their undelivered records as dropped.
-    DropOldest,
-}
-
-/// How a [`MessageLog`] sizes and maintains itself.
-#[derive(Clone, Debug)]
-pub struct LogOptions {
-    /// A segment is sealed and a new one started once it reaches this size (a record is never split).
-    pub segment_bytes: u64,
-    /// Upper bound on the bytes of all segments.
-    pub quota_bytes: u64,
-    /// What happens when an append would pass `quota_bytes`.
-    pub full_policy: FullPolicy,
-    /// Largest encoded record accepted (payload plus about 30 bytes and the target names).
-    pub max_record_bytes: usize,
-    /// A group commit stops collecting appends once it holds this many bytes.
-    pub max_group_bytes: usize,
-    /// How often acknowledgements are persisted and consumed segments removed.
-    pub checkpoint_interval: Duration,
-}
-
-impl Default for LogOptions {
-    fn default() -> Self {
-        Self {
-            segment_bytes: 16 << 20,
-            quota_bytes: 1 << 30,
-            full_policy: FullPolicy::RejectNew,
-            max_record_bytes: 4 << 20,
-            max_group_bytes: 4 << 20,
-            checkpoint_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-impl LogOptions {
-    fn validate(&self) -> Result<(), LogError> {
-        let bad = |s: String| Err(LogError::InvalidOptions(s));
-        if !(4096..=1 << 30).contains(&self.segment_bytes) {
-            return bad(format!(
-                "segment_bytes {} not in 4 KiB ..= 1 GiB",
-                self.segment_bytes
-            ));
-        }
-        if self.quota_bytes < 2 * self.segment_bytes {
-            return bad(format!(
-                "quota_bytes {} is less than two segments ({})",
-                self.quota_bytes,
-                2 * self.segment_bytes
-            ));
-        }
-        // Offsets inside a segment are u32: the largest segment is segment_bytes plus one record.
-        if !(64..=1 << 30).contains(&self.max_record_bytes) {
-            return bad(format!(
-                "max_record_bytes {} not in 64 ..= 1 GiB",
-                self.max_record_bytes
-            ));
-        }
-        if self.checkpoint_interval.is_zero() {
-            return bad("checkpoint_interval is zero".into());
-        }
-        Ok(())
-    }
-}
 
 /// Counters of one endpoint. Counts since the log was opened, except `queued` and `in_flight`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -358,8 +220,8 @@ pub(crate) struct Inner {
     shared: Arc<Shared>,
     commands: Option<Sender<Command>>,
     writer: Option<JoinHandle<()>>,
-    /// Held for the life of the log; `flock` is released when it closes.
-    _lock: File,
+    /// Held with `flock` for the life of the log.
+    lock: File,
 }
 
 impl Inner {
@@ -380,10 +242,16 @@ impl Drop for Inner {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        // Unlocked explicitly rather than by closing: a child being spawned right now holds a copy of the
+        // descriptor until its exec, and the lock would live on with that copy.
+        let _ = rustix::fs::flock(&self.lock, rustix::fs::FlockOperation::Unlock);
     }
 }
 
 /// A durable, segmented, group-committed message log with per-endpoint cursors. Cheap to clone.
+///
+/// The writer thread lives as long as any handle (this or an [`EndpointQueue`]); dropping the last one
+/// checkpoints and joins it, which blocks for about one fsync.
 #[derive(Clone)]
 pub struct MessageLog {
     inner: Arc<Inner>,
@@ -491,7 +359,7 @@ impl MessageLog {
                 shared,
                 commands: Some(commands),
                 writer: Some(writer),
-                _lock: lock,
+                lock,
             }),
         })
     }

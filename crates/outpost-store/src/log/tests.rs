@@ -4,8 +4,6 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -13,7 +11,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// Small segments, so a few records span several files.
-fn small() -> LogOptions {
+pub(super) fn small() -> LogOptions {
     LogOptions {
         segment_bytes: 4096,
         quota_bytes: 1 << 20,
@@ -21,26 +19,26 @@ fn small() -> LogOptions {
     }
 }
 
-fn open(dir: &Path) -> MessageLog {
+pub(super) fn open(dir: &Path) -> MessageLog {
     MessageLog::open(dir, small()).unwrap()
 }
 
-fn payload(i: usize, len: usize) -> Vec<u8> {
+pub(super) fn payload(i: usize, len: usize) -> Vec<u8> {
     let mut bytes = format!("record-{i}:").into_bytes();
     bytes.resize(len.max(bytes.len()), (i % 251) as u8);
     bytes
 }
 
 /// Everything the endpoint has to deliver now, without acknowledging it.
-fn drain(endpoint: &EndpointQueue) -> Vec<Delivery> {
+pub(super) fn drain(endpoint: &EndpointQueue) -> Vec<Delivery> {
     endpoint.next_batch(usize::MAX).unwrap()
 }
 
-fn seqs(deliveries: &[Delivery]) -> Vec<u64> {
+pub(super) fn seqs(deliveries: &[Delivery]) -> Vec<u64> {
     deliveries.iter().map(|d| d.seq).collect()
 }
 
-fn ack_all(endpoint: &EndpointQueue, deliveries: &[Delivery]) {
+pub(super) fn ack_all(endpoint: &EndpointQueue, deliveries: &[Delivery]) {
     for d in deliveries {
         assert!(endpoint.ack(d.seq), "seq {} was not in flight", d.seq);
     }
@@ -389,141 +387,6 @@ fn rewind_delivers_unacknowledged_records_again_in_order() {
     endpoint.rewind();
     assert_eq!(seqs(&drain(&endpoint)), vec![1, 3, 4]);
     assert!(!endpoint.has_pending());
-}
-
-#[test]
-fn a_second_open_of_the_same_directory_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    assert!(matches!(
-        MessageLog::open(dir.path(), small()),
-        Err(LogError::Locked(_))
-    ));
-    drop(log);
-    open(dir.path());
-}
-
-#[test]
-fn invalid_records_and_options_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    assert!(matches!(
-        log.append_blocking(vec![Record::new("nowhere")]),
-        Err(LogError::InvalidRecord(_))
-    ));
-    assert!(matches!(
-        log.append_blocking(vec![Record::to("e", vec![0; 5 << 20])]),
-        Err(LogError::InvalidRecord(_))
-    ));
-    assert_eq!(log.append_blocking(Vec::new()).unwrap(), Vec::<u64>::new());
-    let bad = LogOptions {
-        quota_bytes: 4096,
-        ..small()
-    };
-    assert!(matches!(
-        MessageLog::open(dir.path().join("other"), bad),
-        Err(LogError::InvalidOptions(_))
-    ));
-}
-
-#[test]
-fn concurrent_appends_share_one_fsync() {
-    let dir = tempfile::tempdir().unwrap();
-    let syncs = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&syncs);
-    let hook: FaultHook = Arc::new(move |point| {
-        if point == FaultPoint::SegmentSync && counter.fetch_add(1, Ordering::SeqCst) == 0 {
-            // Hold the first group's fsync so the other appends queue up behind it.
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(())
-    });
-    let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
-    let pending: Vec<_> = (0..16)
-        .map(|i| log.append(vec![Record::to("e", payload(i, 100))]))
-        .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let mut acked: Vec<u64> = runtime.block_on(async {
-        let mut acked = Vec::new();
-        for append in pending {
-            acked.extend(append.await.unwrap());
-        }
-        acked
-    });
-    assert!(
-        syncs.load(Ordering::SeqCst) <= 3,
-        "16 appends took {} fsyncs",
-        syncs.load(Ordering::SeqCst)
-    );
-    let in_call_order = acked.clone();
-    acked.sort_unstable();
-    assert_eq!(
-        in_call_order, acked,
-        "appends from one task keep their order"
-    );
-    assert_eq!(acked, (1..=16).collect::<Vec<_>>());
-}
-
-#[test]
-fn a_failed_fsync_stops_appends_and_a_reopen_keeps_every_acknowledged_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let failing = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&failing);
-    let hook: FaultHook = Arc::new(move |point| {
-        if point == FaultPoint::SegmentSync && flag.load(Ordering::SeqCst) {
-            return Err(io::Error::other("injected fsync failure"));
-        }
-        Ok(())
-    });
-    {
-        let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
-        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 10))).collect())
-            .unwrap();
-        failing.store(true, Ordering::SeqCst);
-        assert!(matches!(
-            log.append_blocking(vec![Record::to("e", "lost")]),
-            Err(LogError::Io(_))
-        ));
-        failing.store(false, Ordering::SeqCst);
-        assert!(matches!(
-            log.append_blocking(vec![Record::to("e", "refused")]),
-            Err(LogError::Poisoned)
-        ));
-    }
-    let log = open(dir.path());
-    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
-    assert_eq!(
-        log.append_blocking(vec![Record::to("e", "again")]).unwrap(),
-        vec![4]
-    );
-}
-
-#[test]
-fn a_failed_cursor_write_delivers_the_records_again_after_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    for point in [FaultPoint::CursorWrite, FaultPoint::CursorRename] {
-        let hook: FaultHook = Arc::new(move |p| {
-            if p == point {
-                return Err(io::Error::other("injected cursor failure"));
-            }
-            Ok(())
-        });
-        let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
-        if point == FaultPoint::CursorWrite {
-            log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 10))).collect())
-                .unwrap();
-        }
-        let endpoint = log.endpoint("e");
-        let read = drain(&endpoint);
-        assert_eq!(seqs(&read), vec![1, 2, 3], "at {point:?}");
-        ack_all(&endpoint, &read);
-        assert!(log.checkpoint_blocking().is_err());
-    }
-    // Both failures left the acknowledgements unpersisted: at least once, never lost.
-    let log = open(dir.path());
-    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
 }
 
 #[test]
