@@ -46,6 +46,10 @@ pub struct CertificateAuthority {
 impl CertificateAuthority {
     /// Loads the CA from `dir/ca.key`, or creates it (and `dir/ca.pem`) when there is none.
     pub fn load_or_create(dir: &Path, common_name: &str) -> Result<Self, PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let key_path = dir.join("ca.key");
         let pem_path = dir.join("ca.pem");
         if key_path.exists() {
