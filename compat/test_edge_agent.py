@@ -146,7 +146,7 @@ def test_one_image_twice_and_a_process_module_run_with_their_own_identities(hub,
         assert env["MARKER"] == "v1"
         mounts = {m["Destination"]: m["Source"] for m in info["Mounts"]}
         assert mounts["/var/run/iotedge/workload.sock"] == str(edge.data_dir / "mnt" / f"{name}.sock")
-        assert any(h.startswith(f"{hub.host}:") for h in info["HostConfig"]["ExtraHosts"] or [])
+        assert any(h.startswith(f"{edge.host}:") for h in info["HostConfig"]["ExtraHosts"] or [])
         assert edge.network in info["NetworkSettings"]["Networks"]
 
     seen = json.loads(wait_for(lambda: probe_out.exists() and probe_out.read_text(), 60, "the probe's report"))

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod edgehub;
 pub mod hub_client;
+pub mod hub_http;
 pub mod identities;
 pub mod management;
 pub mod runtime;

@@ -6,11 +6,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::config::{DeviceCredentials, EdgeConfig};
+use crate::config::EdgeConfig;
+use crate::hub_http::{segment, HubHttp};
 use outpost_core::Message;
-
-/// How long the device's tokens live.
-const TOKEN_TTL_SECS: u64 = 3600;
 
 /// Errors of the link.
 #[derive(Debug, thiserror::Error)]
@@ -31,44 +29,19 @@ pub enum LinkError {
     Setup(String),
 }
 
-/// The link's HTTP client.
+/// The link's HTTP session (HTTP/2: one connection carries every request).
 pub struct Link {
-    http: reqwest::Client,
-    base: String,
-    device: DeviceCredentials,
-}
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    http: HubHttp,
+    /// `/edge/{device}`.
+    prefix: String,
 }
 
 impl Link {
     /// A link for the hub the settings name, trusting the hub's CA.
     pub fn new(config: &EdgeConfig) -> Result<Self, LinkError> {
-        let device = config.device().map_err(LinkError::Setup)?;
-        let pem = std::fs::read(&config.hub_ca)
-            .map_err(|e| LinkError::Setup(format!("cannot read hub_ca: {e}")))?;
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(90))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_keep_alive_interval(Duration::from_secs(20));
-        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| LinkError::Setup(e.to_string()))?
-        {
-            builder = builder.add_root_certificate(certificate);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| LinkError::Setup(e.to_string()))?;
-        let base = format!(
-            "https://{}:{}/edge/{}",
-            device.hub_hostname,
-            config.hub_https_port,
-            encode(&device.device_id)
-        );
-        Ok(Self { http, base, device })
+        let http = HubHttp::new(config, Duration::from_secs(90)).map_err(LinkError::Setup)?;
+        let prefix = format!("/edge/{}", segment(&http.device().device_id));
+        Ok(Self { http, prefix })
     }
 
     async fn call(
@@ -77,45 +50,25 @@ impl Link {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, LinkError> {
-        let expiry = chrono::Utc::now().timestamp().max(0) as u64 + TOKEN_TTL_SECS;
-        let token = outpost_core::device_token(
-            &self.device.hub_hostname,
-            &self.device.device_id,
-            &self.device.key,
-            expiry,
-        )
-        .map_err(|e| LinkError::Setup(e.to_string()))?;
-        let separator = if path.contains('?') { '&' } else { '?' };
-        let url = format!("{}{path}{separator}api-version=2021-04-12", self.base);
-        let mut request = self
+        let answer = self
             .http
-            .request(method, &url)
-            .header("Authorization", token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
+            .send(method, &format!("{}{path}", self.prefix), body, None)
             .await
-            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
-        if status.is_server_error() {
+            .map_err(LinkError::Unreachable)?;
+        if answer.status.is_server_error() {
             return Err(LinkError::Unreachable(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&bytes)
+                "{}: {}",
+                answer.status,
+                answer.text()
             )));
         }
-        if !status.is_success() {
+        if !answer.status.is_success() {
             return Err(LinkError::Refused {
-                status: status.as_u16(),
-                message: String::from_utf8_lossy(&bytes).into_owned(),
+                status: answer.status.as_u16(),
+                message: answer.text(),
             });
         }
-        serde_json::from_slice(&bytes)
+        serde_json::from_slice(&answer.body)
             .map_err(|e| LinkError::Unreachable(format!("invalid JSON from the hub: {e}")))
     }
 
@@ -165,7 +118,7 @@ impl Link {
     pub async fn twin(&self, client: &str) -> Result<Value, LinkError> {
         self.call(
             Method::GET,
-            &format!("/twin?client={}", encode(client)),
+            &format!("/twin?client={}", segment(client)),
             None,
         )
         .await
@@ -176,7 +129,7 @@ impl Link {
         let answer = self
             .call(
                 Method::PATCH,
-                &format!("/twin/reported?client={}", encode(client)),
+                &format!("/twin/reported?client={}", segment(client)),
                 Some(patch),
             )
             .await?;
