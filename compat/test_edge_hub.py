@@ -192,3 +192,42 @@ def test_garbage_forged_and_foreign_tokens_are_refused_and_the_gateway_keeps_ser
     client.connect()
     client.send_message(Message("still serving"))
     assert monitor.messages()[0]["body"] == "still serving"
+
+
+def test_cloud_methods_reach_a_module_through_the_edge_and_a_bad_route_keeps_the_old_ones(hub, edge, tmp_path, clients):
+    from azure.iot.device import IoTHubDeviceClient, Message
+    from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
+    deploy(hub, edge.device_id, edge_manifest({"receiver": python_module(tmp_path, "receiver", RECEIVER)}), tmp_path)
+    edge.start()
+    registry = hub.registry()
+
+    def invoke():
+        try:
+            return registry.invoke_device_module_method(
+                edge.device_id, "receiver", CloudToDeviceMethod(method_name="ping", payload={"from": "cloud"},
+                                                                response_timeout_in_seconds=10))
+        except Exception:  # noqa: BLE001 - not connected yet
+            return None
+
+    result = wait_for(invoke, 60, "the receiver to answer a cloud method through the edge")
+    assert result.status == 200 and result.payload == {"pong": {"from": "cloud"}}
+
+    version = wait_for(lambda: edge_hub_reported(hub, edge).get("lastDesiredVersion"), 30, "$edgeHub's report")
+    bad = dict(ROUTES, broken="FROM /messages/* WHERE ( INTO $upstream")
+    desired = edge_manifest({})["modulesContent"]["$edgeHub"]["properties.desired"]
+    desired["routes"] = bad
+    registry.update_module_twin(edge.device_id, "$edgeHub", Twin(properties=TwinProperties(desired=desired)), "*")
+    status = wait_for(lambda: (lambda r: r.get("lastDesiredStatus") if (r.get("lastDesiredVersion") or 0) > version
+                               else None)(edge_hub_reported(hub, edge)), 30, "the refusal of the bad route")
+    assert status["code"] == 400 and "broken" in status["description"]
+
+    leaf = hub.cli_json("device", "create", "leaf-after-bad-route", "--parent", edge.device_id)
+    key = leaf["authentication"]["symmetricKey"]["primaryKey"]
+    cs = f"HostName={hub.host};DeviceId=leaf-after-bad-route;SharedAccessKey={key};GatewayHostName={edge.host}"
+    client = IoTHubDeviceClient.create_from_connection_string(cs, server_verification_cert=edge.ca_path.read_text(),
+                                                              connection_retry=False)
+    clients.created.append(client)
+    monitor = Monitor(hub, count=1, timeout=60)
+    client.connect()
+    client.send_message(Message("routed by the previous routes"))
+    assert monitor.messages()[0]["body"] == "routed by the previous routes"
