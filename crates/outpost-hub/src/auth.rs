@@ -120,9 +120,8 @@ impl Hub {
             return Err(unauthorized("the token is not scoped to this hub"));
         }
         let policy = self
-            .policies()?
-            .into_iter()
-            .find(|p| p.name == name)
+            .policy(&name)
+            .cloned()
             .ok_or_else(|| unauthorized(&format!("no shared access policy named {name}")))?;
         token
             .verify(

@@ -50,6 +50,9 @@ pub struct Hub {
     newest_event: watch::Sender<i64>,
     /// Cloud-to-device messages pushed and not yet acknowledged: message id → connection it went out on.
     c2d_in_flight: Mutex<HashMap<i64, u64>>,
+    /// The shared access policies, read once: every service request is authorised against them, and nothing
+    /// changes them while the hub runs.
+    policies: Vec<identity::AccessPolicy>,
     /// The upstream links of edge devices by device id.
     edge_links: Mutex<HashMap<String, std::sync::Arc<edge_link::EdgeLink>>>,
 }
@@ -77,14 +80,14 @@ impl Hub {
     }
 
     fn with_database(db: Database, host_name: &str) -> Result<Self, HubError> {
-        let newest = {
+        let (newest, policies) = {
             let conn = db.lock();
             if store::policies(&conn)?.is_empty() {
                 for policy in identity::AccessPolicy::defaults() {
                     store::put_policy(&conn, &policy)?;
                 }
             }
-            store::last_event(&conn)?
+            (store::last_event(&conn)?, store::policies(&conn)?)
         };
         Ok(Self {
             host_name: host_name.to_owned(),
@@ -95,6 +98,7 @@ impl Hub {
             newest_event: watch::channel(newest).0,
             c2d_in_flight: Mutex::new(HashMap::new()),
             edge_links: Mutex::new(HashMap::new()),
+            policies,
         })
     }
 
@@ -105,7 +109,12 @@ impl Hub {
 
     /// Every shared access policy.
     pub fn policies(&self) -> Result<Vec<identity::AccessPolicy>, HubError> {
-        Ok(store::policies(&self.db.lock())?)
+        Ok(self.policies.clone())
+    }
+
+    /// The shared access policy named `name`.
+    pub fn policy(&self, name: &str) -> Option<&identity::AccessPolicy> {
+        self.policies.iter().find(|p| p.name == name)
     }
 
     /// The outbox of a connected identity.

@@ -77,7 +77,7 @@ pub fn device(conn: &Connection, id: &DeviceId) -> Result<Option<DeviceRecord>, 
 
 /// Lists every device, ordered by id.
 pub fn devices(conn: &Connection) -> Result<Vec<DeviceRecord>, StorageError> {
-    let mut statement = conn.prepare("SELECT record FROM devices ORDER BY device_id")?;
+    let mut statement = conn.prepare_cached("SELECT record FROM devices ORDER BY device_id")?;
     let rows = statement.query_map([], |r| r.get::<_, String>(0))?;
     rows.map(|text| Ok(serde_json::from_str(&text?)?)).collect()
 }
@@ -121,7 +121,7 @@ pub fn module(
 /// Lists the modules of a device, ordered by name.
 pub fn modules(conn: &Connection, device: &DeviceId) -> Result<Vec<ModuleRecord>, StorageError> {
     let mut statement =
-        conn.prepare("SELECT record FROM modules WHERE device_id = ?1 ORDER BY module_id")?;
+        conn.prepare_cached("SELECT record FROM modules WHERE device_id = ?1 ORDER BY module_id")?;
     let rows = statement.query_map([device.as_str()], |r| r.get::<_, String>(0))?;
     rows.map(|text| Ok(serde_json::from_str(&text?)?)).collect()
 }
@@ -194,7 +194,7 @@ pub fn put_twin(
 
 /// Every shared access policy.
 pub fn policies(conn: &Connection) -> Result<Vec<AccessPolicy>, StorageError> {
-    let mut statement = conn.prepare("SELECT record FROM policies ORDER BY name")?;
+    let mut statement = conn.prepare_cached("SELECT record FROM policies ORDER BY name")?;
     let rows = statement.query_map([], |r| r.get::<_, String>(0))?;
     rows.map(|text| Ok(serde_json::from_str(&text?)?)).collect()
 }
