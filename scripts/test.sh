@@ -13,7 +13,7 @@ echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins
 
 echo "==> cargo test --workspace"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 echo "==> compat (azure-iot-device 2.14.0, azure-iot-hub 2.7.0)"
 export OUTPOST_BIN="${repo_root}/target/debug/outpost"

@@ -323,7 +323,8 @@ async fn a_module_container_runs_with_merged_options_on_the_edge_network_and_is_
         }
         let host_entry = format!("{gateway}\t{GATEWAY_HOST}");
         assert!(lines.iter().any(|l| l == &host_entry), "{host_entry:?} not in /etc/hosts: {lines:?}");
-        wait_for_log(&rt, "filter", "tick-1").await;
+        // Wait for a few ticks: stdout and stderr are separate streams, so the stderr line may land late.
+        wait_for_log(&rt, "filter", "tick-5").await;
         let tail = rt.logs("filter", Some(2)).await.unwrap();
         assert_eq!(tail.len(), 2);
         assert!(tail.iter().all(|l| l.starts_with("tick-")), "{tail:?}");
