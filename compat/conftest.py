@@ -9,7 +9,6 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest

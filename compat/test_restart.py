@@ -19,7 +19,7 @@ def populate(hub, registry, clients):
     """Creates devices, modules, keys, twins with tags/desired/reported; returns what the hub must keep."""
     dev = registry.create_device_with_sas("dev1", "", "", "enabled")
     edge = registry.create_device_with_sas("edge1", "", "", "enabled", iot_edge=True)
-    mod = registry.create_module_with_sas("dev1", "mod1", None, "", "")
+    registry.create_module_with_sas("dev1", "mod1", None, "", "")
     registry.update_twin("dev1", Twin(tags={"site": "lab"}, properties=TwinProperties(desired={"threshold": 30})), "*")
     registry.update_module_twin("dev1", "mod1", Twin(properties=TwinProperties(desired={"interval": 5})), "*")
     client = clients.open(hub, "dev1", dev.authentication.symmetric_key.primary_key)

@@ -115,6 +115,13 @@ impl Hub {
                 }
                 None => None,
             };
+            // A device created with an edge device's scope (azure-iot-hub's way of parenting) takes it as parent.
+            let parent_scope = match (parent_scope, spec.device_scope.as_deref()) {
+                (None, Some(scope)) if !spec.iot_edge => {
+                    edge_of_scope(tx, scope)?.map(|edge| edge.edge_scope())
+                }
+                (found, _) => found,
+            };
             let existing = store::device(tx, &id)?;
             let record = match (existing, precondition) {
                 (Some(_), Precondition::CreateOnly) => {
@@ -305,6 +312,20 @@ impl Hub {
         self.disconnect(&Identity::module(device, module));
         Ok(())
     }
+}
+
+/// The edge device whose scope is `scope` (`ms-azure-iot-edge://{id}-{generationId}`), if there is one.
+fn edge_of_scope(tx: &rusqlite::Connection, scope: &str) -> Result<Option<DeviceRecord>, HubError> {
+    let Some((id, _generation)) = scope
+        .strip_prefix("ms-azure-iot-edge://")
+        .and_then(|rest| rest.rsplit_once('-'))
+    else {
+        return Ok(None);
+    };
+    let Ok(id) = DeviceId::new(id) else {
+        return Ok(None);
+    };
+    Ok(store::device(tx, &id)?.filter(|edge| edge.iot_edge && edge.edge_scope() == scope))
 }
 
 fn apply_scopes(record: &mut DeviceRecord, spec: &DeviceSpec, parent_scope: Option<String>) {

@@ -35,14 +35,22 @@ pub(super) async fn get_device(
     Ok(ok_json(device_json(&record, connected)))
 }
 
+/// The query of `GET /devices` (azure-iot-hub's `get_devices(max_number_of_devices)` sends `top`).
+#[derive(serde::Deserialize)]
+pub(super) struct ListQuery {
+    top: Option<usize>,
+}
+
 pub(super) async fn list_devices(
     State(hub): HubState,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
     let devices: Vec<Value> = hub
         .devices()?
         .iter()
+        .take(query.top.unwrap_or(usize::MAX))
         .map(|d| device_json(d, hub.is_connected(&Identity::device(d.device_id.clone()))))
         .collect();
     Ok(ok_json(Value::Array(devices)))

@@ -120,18 +120,32 @@ async fn require_api_version(request: Request, next: Next) -> Response {
             .find_map(|pair| pair.strip_prefix("api-version="))
             .map(str::to_owned)
     });
-    match version {
-        None => {
-            ApiError::bad_request("the api-version query parameter is required").into_response()
-        }
+    let refusal = match version {
+        None => ApiError::bad_request("the api-version query parameter is required"),
         Some(v) if !API_VERSIONS.contains(&v.as_str()) => ApiError::bad_request(&format!(
             "invalid api-version {v:?}; this hub knows {}",
             API_VERSIONS.join(", ")
-        ))
-        .into_response(),
-        Some(_) => next.run(request).await,
+        )),
+        Some(_) => return next.run(request).await,
+    };
+    // Read the refused request's body first: answering while the client still sends it would reset the
+    // connection (and the answer with it) or leave the rest of the body to be read as the next request.
+    let http1 = request.version() < axum::http::Version::HTTP_2;
+    let drained = axum::body::to_bytes(request.into_body(), MAX_REFUSED_BODY)
+        .await
+        .is_ok();
+    let mut response = refusal.into_response();
+    if !drained && http1 {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
     }
+    response
 }
+
+/// The largest body read from a request refused before its handler runs.
+const MAX_REFUSED_BODY: usize = 1 << 20;
 
 /// An error answered in IoT Hub's shape.
 pub struct ApiError(HubError, StatusCode);
