@@ -80,17 +80,30 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
     }
 }
 
+fn write_served_as(data_dir: &Path, served: &ServedAs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::write(data_dir.join(SERVED_AS), serde_json::to_vec_pretty(served)?)
+        .context("cannot write hub.json in the data directory")
+}
+
 async fn serve(config: &HubConfig) -> anyhow::Result<()> {
+    // Written before the listeners open, so that whoever sees them open can ask for the connection string.
+    if config.https_port != 0 {
+        let served = ServedAs {
+            host_name: config.host_name.clone(),
+            https_port: config.https_port,
+        };
+        write_served_as(&config.data_dir, &served)?;
+    }
     let running = RunningHub::start(config).await?;
     let served = ServedAs {
         host_name: config.host_name.clone(),
         https_port: running.https_addr.port(),
     };
-    std::fs::write(
-        config.data_dir.join(SERVED_AS),
-        serde_json::to_vec_pretty(&served)?,
-    )
-    .context("cannot write hub.json in the data directory")?;
+    if config.https_port == 0 {
+        write_served_as(&config.data_dir, &served)?;
+    }
     let connection_string =
         outpost_hub::server::connection_string(&running.hub, &config.host_name, served.https_port)?;
     println!("Outpost hub {}", env!("CARGO_PKG_VERSION"));
