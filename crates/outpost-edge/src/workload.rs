@@ -221,17 +221,25 @@ fn body_json(body: &[u8]) -> Result<Value, Box<Response>> {
     })
 }
 
+/// The JSON body of a request from one of the socket's module processes, or the refusal to answer with.
+async fn authorised_json(
+    socket: &Socket,
+    module: &str,
+    peer: PeerCredentials,
+    body: &[u8],
+) -> Result<Value, Box<Response>> {
+    authorise(socket, module, peer).await.map_err(Box::new)?;
+    body_json(body)
+}
+
 async fn sign(
     State(socket): State<Socket>,
     ConnectInfo(peer): ConnectInfo<PeerCredentials>,
     UrlPath((module, _genid)): UrlPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refusal) = authorise(&socket, &module, peer).await {
-        return refusal;
-    }
     // The SDK sends no Content-Type; only `data` is read (keyId and algo are ignored, as aziot-edged does).
-    let body = match body_json(&body) {
+    let body = match authorised_json(&socket, &module, peer, &body).await {
         Ok(body) => body,
         Err(refusal) => return *refusal,
     };
@@ -262,10 +270,7 @@ async fn server_certificate(
     UrlPath((module, _genid)): UrlPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refusal) = authorise(&socket, &module, peer).await {
-        return refusal;
-    }
-    let body = match body_json(&body) {
+    let body = match authorised_json(&socket, &module, peer, &body).await {
         Ok(body) => body,
         Err(refusal) => return *refusal,
     };
