@@ -158,6 +158,15 @@ def test_one_image_twice_and_a_process_module_run_with_their_own_identities(hub,
     for name in ("sensorA", "sensorB", "probe"):
         assert name in listing and "running" in listing
 
+    # The operator commands on the device: logs, restart, check.
+    assert "IOTEDGE_MODULEID=sensorA" in edge.cli("logs", "sensorA", "--tail", "100").stdout
+    started = edge.inspect("sensorB")["State"]["StartedAt"]
+    edge.cli("restart", "sensorB")
+    restarted = edge.inspect("sensorB")["State"]
+    assert restarted["Running"] and restarted["StartedAt"] != started
+    check = edge.cli("check").stdout
+    assert "FAIL" not in check and "hub: reachable" in check, check
+
 
 def test_a_process_that_is_not_the_module_gets_403_from_the_workload_api(hub, edge, test_image, tmp_path):
     deploy(hub, edge.device_id, deployment({"sensorA": sensor(test_image)}), tmp_path)
