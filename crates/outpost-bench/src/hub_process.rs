@@ -47,21 +47,7 @@ impl HubProcess {
             .prefix("outpost-bench-")
             .tempdir()
             .context("cannot create a data directory for the hub")?;
-        let log = File::create(data_dir.path().join("hub.log"))
-            .context("cannot create the hub's log file")?;
-        let child = Command::new(outpost)
-            .arg("hub")
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(["--hostname", &ip.to_string(), "--bind", &ip.to_string()])
-            .args(["--mqtt-port", &MQTT_PORT.to_string()])
-            .args(["--https-port", &https_port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", outpost.display()))?;
+        let child = spawn(outpost, data_dir.path(), ip, https_port)?;
         let mut hub = Self {
             child,
             ip,
@@ -72,6 +58,17 @@ impl HubProcess {
         hub.wait_for_listeners().await?;
         hub.connection_string = hub.read_connection_string(outpost).await?;
         Ok(hub)
+    }
+
+    /// Stops the hub (SIGTERM) and keeps its data directory, address and ports for [`HubProcess::resume`].
+    pub async fn pause(&mut self) {
+        terminate(&mut self.child).await;
+    }
+
+    /// Starts the hub again on the same data directory, address and ports; returns once it listens.
+    pub async fn resume(&mut self, outpost: &Path) -> anyhow::Result<()> {
+        self.child = spawn(outpost, self.data_dir.path(), self.ip, self.https_port)?;
+        self.wait_for_listeners().await
     }
 
     /// The hub's process id.
@@ -136,18 +133,7 @@ impl HubProcess {
 
     /// Asks the hub to shut down (SIGTERM), and kills it if it takes too long.
     pub async fn stop(mut self) {
-        if let Some(pid) = Pid::from_raw(self.pid() as i32) {
-            let _ = kill_process(pid, Signal::TERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        eprintln!("the hub did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it");
-        // Drop kills it.
+        terminate(&mut self.child).await;
     }
 
     async fn wait_for_listeners(&mut self) -> anyhow::Result<()> {
@@ -205,6 +191,51 @@ impl Drop for HubProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Starts `outpost hub serve`, its output appended to `DIR/hub.log`.
+fn spawn(outpost: &Path, data_dir: &Path, ip: Ipv4Addr, https_port: u16) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("hub.log"))
+        .context("cannot open the hub's log file")?;
+    Command::new(outpost)
+        .arg("hub")
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--hostname", &ip.to_string(), "--bind", &ip.to_string()])
+        .args(["--mqtt-port", &MQTT_PORT.to_string()])
+        .args(["--https-port", &https_port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", outpost.display()))
+}
+
+/// Sends SIGTERM, waits up to [`STOP_TIMEOUT`], then kills.
+pub async fn terminate(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    if let Some(pid) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process(pid, Signal::TERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "process {} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it",
+        child.id()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A loopback address whose port 8883 is free, and a free HTTPS port on it.

@@ -8,8 +8,12 @@
 //! memory and limits from `/proc`, and [`report`] writes the Markdown.
 
 mod device;
+mod edge;
+mod edge_process;
 mod hub;
 mod hub_process;
+mod loadgen;
+mod mosquitto;
 mod report;
 mod service;
 mod stats;
@@ -56,6 +60,8 @@ struct CommonArgs {
 enum Command {
     /// The hub: desired-patch propagation latency, and device connections held with memory per connection.
     Hub(hub::HubArgs),
+    /// The edge daemon: routed throughput and latency against mosquitto, footprint, offline backlog, deployment.
+    Edge(edge::EdgeArgs),
     /// Every benchmark, each with its defaults for the profile.
     All,
 }
@@ -116,7 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let sections: Vec<Section> = runtime.block_on(async {
         match &cli.command {
             Command::Hub(args) => Ok::<_, anyhow::Error>(vec![hub::run(&bench, args).await?]),
-            Command::All => Ok(vec![hub::run(&bench, &hub::HubArgs::default()).await?]),
+            Command::Edge(args) => Ok(vec![edge::run(&bench, args).await?]),
+            Command::All => Ok(vec![
+                hub::run(&bench, &hub::HubArgs::default()).await?,
+                edge::run(&bench, &edge::EdgeArgs::default()).await?,
+            ]),
         }
     })?;
 

@@ -108,6 +108,77 @@ impl ServiceApi {
         })
     }
 
+    /// Creates an IoT Edge device (capabilities.iotEdge) with generated keys.
+    pub async fn create_edge_device(&self, id: &str) -> anyhow::Result<DeviceCredentials> {
+        let body = json!({
+            "deviceId": id,
+            "status": "enabled",
+            "capabilities": {"iotEdge": true},
+            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}},
+        });
+        let answer = self.put(&format!("/devices/{id}"), &body).await?;
+        primary_key(id, &answer)
+    }
+
+    /// Creates module `module` of `device` with generated keys; returns the module id and its primary key.
+    pub async fn create_module(
+        &self,
+        device: &str,
+        module: &str,
+    ) -> anyhow::Result<DeviceCredentials> {
+        let body = json!({
+            "deviceId": device,
+            "moduleId": module,
+            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}},
+        });
+        let answer = self
+            .put(&format!("/devices/{device}/modules/{module}"), &body)
+            .await?;
+        primary_key(module, &answer)
+    }
+
+    /// `POST /devices/{device}/applyConfigurationContent`: deploys a manifest to an edge device.
+    pub async fn apply_configuration(&self, device: &str, manifest: &Value) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!(
+                "{}/devices/{device}/applyConfigurationContent?api-version={API_VERSION}",
+                self.base
+            ))
+            .header("Authorization", &self.token)
+            .json(manifest)
+            .send()
+            .await?;
+        checked(response).await?.bytes().await?;
+        Ok(())
+    }
+
+    /// `GET /twins/{device}/modules/{module}` (`$` percent-encoded).
+    pub async fn module_twin(&self, device: &str, module: &str) -> anyhow::Result<Value> {
+        let module = module.replace('$', "%24");
+        let response = self
+            .http
+            .get(format!(
+                "{}/twins/{device}/modules/{module}?api-version={API_VERSION}",
+                self.base
+            ))
+            .header("Authorization", &self.token)
+            .send()
+            .await?;
+        Ok(checked(response).await?.json().await?)
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .put(format!("{}{path}?api-version={API_VERSION}", self.base))
+            .header("Authorization", &self.token)
+            .json(body)
+            .send()
+            .await?;
+        Ok(checked(response).await?.json().await?)
+    }
+
     /// `PATCH /twins/{device}` with `If-Match: *`: merges `body` (a twin JSON text) into the twin.
     pub async fn patch_twin(&self, device: &str, body: String) -> Result<(), ServiceError> {
         let response = self
@@ -126,6 +197,18 @@ impl ServiceApi {
         checked(response).await?.bytes().await?;
         Ok(())
     }
+}
+
+fn primary_key(id: &str, answer: &Value) -> anyhow::Result<DeviceCredentials> {
+    let key = answer
+        .pointer("/authentication/symmetricKey/primaryKey")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        .with_context(|| format!("the hub created {id} without a primary key: {answer}"))?;
+    Ok(DeviceCredentials {
+        id: id.to_owned(),
+        key: key.to_owned(),
+    })
 }
 
 async fn checked(response: reqwest::Response) -> Result<reqwest::Response, ServiceError> {

@@ -17,6 +17,29 @@ pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
     })
 }
 
+/// Reads a `Name:   N kB` field (`RssAnon`, `RssFile`...) from the text of `/proc/<pid>/status`.
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?.trim();
+        value
+            .strip_suffix("kB")
+            .unwrap_or(value)
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The resident memory of a process split as `/proc/<pid>/status` does: (anonymous, file-backed), in KiB.
+pub fn rss_split_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    Ok((
+        parse_status_kib(&status, "RssAnon").unwrap_or(0),
+        parse_status_kib(&status, "RssFile").unwrap_or(0),
+    ))
+}
+
 /// The resident set size of a process, in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -203,6 +226,14 @@ pub fn group(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_and_file_backed_memory_are_read_by_name() {
+        let status = "VmRSS:\t   16000 kB\nRssAnon:\t    9000 kB\nRssFile:\t    7000 kB\n";
+        assert_eq!(parse_status_kib(status, "RssAnon"), Some(9000));
+        assert_eq!(parse_status_kib(status, "RssFile"), Some(7000));
+        assert_eq!(parse_status_kib(status, "RssShmem"), None);
+    }
 
     const STATUS: &str = "Name:\toutpost\nVmPeak:\t  123456 kB\nVmSize:\t  120000 kB\nVmHWM:\t   40000 kB\nVmRSS:\t   38412 kB\nRssAnon:\t   30000 kB\nThreads:\t3\n";
 

@@ -164,6 +164,11 @@ impl RouteSource {
     /// Whether a message from `source` is one this route looks at: a case-insensitive prefix test.
     pub fn matches(&self, source: &MessageSource) -> bool {
         let path = source.path();
+        // The common case, on every message and route: ASCII on both sides (ids are ASCII), compared in place.
+        if self.0.is_ascii() && path.is_ascii() {
+            return path.len() >= self.0.len()
+                && path.as_bytes()[..self.0.len()].eq_ignore_ascii_case(self.0.as_bytes());
+        }
         let mut path_chars = path.chars().flat_map(char::to_lowercase);
         self.0
             .chars()

@@ -331,6 +331,7 @@ impl DeviceOperations for EdgeDevices {
         tracing::info!(%identity, "client connected to the edge hub");
         lock(&self.0.connections).insert(identity.client_id(), outbox);
         self.0.changed.notify_waiters();
+        self.0.router.wake.notify_one();
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
@@ -412,6 +413,7 @@ impl DeviceOperations for EdgeDevices {
             tracing::warn!(client_id, %error, "cannot persist a session");
         }
         self.0.changed.notify_waiters();
+        self.0.router.wake.notify_one();
     }
 }
 

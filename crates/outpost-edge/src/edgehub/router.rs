@@ -52,6 +52,11 @@ pub struct Router {
     inputs: Mutex<HashMap<String, (EndpointQueue, String, String)>>,
     /// Input deliveries in flight: (client, seq) → endpoint name; and the connection they went out on.
     in_flight: Mutex<HashMap<(String, u64), String>>,
+    /// How many deliveries each input endpoint has in flight.
+    in_flight_counts: Mutex<HashMap<String, usize>>,
+    /// Wakes the input delivery loop: a stored message, an acknowledgement, a client that connects. A
+    /// `notify_one` keeps its permit when the loop is busy, so no wake-up is lost.
+    pub wake: tokio::sync::Notify,
     delivered_on: Mutex<HashMap<String, u64>>,
     /// Clients last reported in `$edgeHub`'s `clients`.
     reported_clients: Mutex<BTreeMap<String, bool>>,
@@ -81,6 +86,8 @@ impl Router {
             })),
             inputs: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            in_flight_counts: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
             delivered_on: Mutex::new(HashMap::new()),
             reported_clients: Mutex::new(BTreeMap::new()),
         }
@@ -183,7 +190,9 @@ impl Router {
         .unwrap_or_default();
         let mut record = Record::new(payload);
         record.targets = targets;
-        self.log.append(vec![record]).await.map(drop)
+        self.log.append(vec![record]).await?;
+        self.wake.notify_one();
+        Ok(())
     }
 
     /// The next messages for the hub, oldest (and most urgent) first: `(seq, sender, message)`.
@@ -224,9 +233,14 @@ impl Router {
     pub fn delivered(&self, identity: &Identity, seq: u64) {
         let endpoint = lock(&self.in_flight).remove(&(identity.client_id(), seq));
         if let Some(endpoint) = endpoint {
+            if let Some(count) = lock(&self.in_flight_counts).get_mut(&endpoint) {
+                *count = count.saturating_sub(1);
+            }
             if let Some((queue, _, _)) = lock(&self.inputs).get(&endpoint) {
                 queue.ack(seq);
             }
+            // The window has room again.
+            self.wake.notify_one();
         }
     }
 
@@ -261,12 +275,13 @@ impl Router {
             let previous = lock(&self.delivered_on).insert(name.clone(), outbox.connection());
             if previous.is_some_and(|p| p != outbox.connection()) {
                 lock(&self.in_flight).retain(|(c, _), e| !(c == &client && e == &name));
+                lock(&self.in_flight_counts).insert(name.clone(), 0);
                 queue.rewind();
             }
-            let in_flight = lock(&self.in_flight)
-                .values()
-                .filter(|e| **e == name)
-                .count();
+            let in_flight = lock(&self.in_flight_counts)
+                .get(&name)
+                .copied()
+                .unwrap_or(0);
             if in_flight >= INPUT_WINDOW {
                 continue;
             }
@@ -281,6 +296,9 @@ impl Router {
                 let mut message = stored.message;
                 message.system.insert("inputName".into(), input.clone());
                 lock(&self.in_flight).insert((client.clone(), delivery.seq), name.clone());
+                *lock(&self.in_flight_counts)
+                    .entry(name.clone())
+                    .or_default() += 1;
                 outbox.send(Outgoing::Input {
                     delivery_id: delivery.seq,
                     input: input.clone(),

@@ -29,7 +29,9 @@ pub fn start(hub: &Arc<EdgeHub>) {
 async fn inputs(hub: Arc<EdgeHub>) {
     loop {
         hub.router.deliver_inputs(&hub);
-        let _ = tokio::time::timeout(Duration::from_millis(100), hub.changed.notified()).await;
+        // Woken by a stored message or an acknowledgement (a kept permit, never lost); the timer covers clients
+        // that connect or subscribe.
+        let _ = tokio::time::timeout(Duration::from_millis(100), hub.router.wake.notified()).await;
     }
 }
 
