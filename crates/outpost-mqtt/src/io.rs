@@ -7,8 +7,10 @@ use tokio::sync::mpsc;
 
 use crate::packet::{self, Packet, PacketError};
 
-/// Bytes read per syscall at most; the buffer grows only for a frame larger than this.
+/// Bytes read per syscall at most while packets are flowing; the buffer grows only for a frame larger than this.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room kept for the next read when nothing is buffered: an idle connection holds this little, not a chunk.
+const IDLE_READ: usize = 1024;
 
 /// A writer flushes once this many bytes are batched, even if more packets are queued.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -39,7 +41,15 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
         if let Some(packet) = packet::decode(buf, max_size)? {
             return Ok(Some(packet));
         }
-        buf.reserve(READ_CHUNK);
+        if buf.is_empty() {
+            // Between packets: give back a large buffer (a burst or a big frame grew it) before waiting.
+            if buf.capacity() > READ_CHUNK {
+                *buf = BytesMut::new();
+            }
+            buf.reserve(IDLE_READ);
+        } else {
+            buf.reserve(READ_CHUNK);
+        }
         if reader.read_buf(buf).await? == 0 {
             return if buf.is_empty() {
                 Ok(None)
@@ -81,7 +91,8 @@ pub async fn writer_task<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut queue: mpsc::UnboundedReceiver<Packet>,
 ) {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    // Grows to a batch only while a burst lasts; an idle connection holds no write buffer.
+    let mut buf = BytesMut::new();
     while let Some(packet) = queue.recv().await {
         encode_logged(&packet, &mut buf);
         // Take whatever else is queued, up to a batch, into the same write.
@@ -94,6 +105,9 @@ pub async fn writer_task<W: AsyncWrite + Unpin>(
         if let Err(e) = write_all(&mut writer, &mut buf).await {
             tracing::debug!(error = %e, "write failed");
             return;
+        }
+        if queue.is_empty() && buf.capacity() > WRITE_BATCH {
+            buf = BytesMut::new();
         }
     }
     let _ = writer.shutdown().await;
