@@ -138,7 +138,8 @@ impl Client {
         };
 
         let (packets_tx, packets) = mpsc::channel(64);
-        let (out, out_rx) = mpsc::unbounded_channel();
+        // Bounded: when the server stops reading, the loop waits on the writer instead of growing the queue.
+        let (out, out_rx) = mpsc::channel(1024);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming) = mpsc::unbounded_channel();
         let reader = tokio::spawn(io::reader_task(
@@ -233,7 +234,7 @@ impl Client {
 
 /// The client's protocol state, owned by its event-loop task.
 struct EventLoop {
-    out: mpsc::UnboundedSender<Packet>,
+    out: mpsc::Sender<Packet>,
     incoming: mpsc::UnboundedSender<Publish>,
     next_pkid: u16,
     pubacks: HashMap<u16, oneshot::Sender<()>>,
@@ -254,26 +255,26 @@ impl EventLoop {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Disconnect) => {
-                        let _ = self.out.send(Packet::Disconnect);
+                        let _ = self.out.send(Packet::Disconnect).await;
                         return;
                     }
-                    Some(command) => self.command(command),
+                    Some(command) => self.command(command).await,
                     // Every handle dropped: close without DISCONNECT.
                     None => return,
                 },
                 packet = packets.recv() => match packet {
-                    Some(Ok(packet)) => self.incoming(packet),
+                    Some(Ok(packet)) => self.incoming(packet).await,
                     Some(Err(e)) => return tracing::debug!(error = %e, "client connection failed"),
                     None => return,
                 },
                 _ = ping.tick(), if keep_alive > 0 => {
-                    let _ = self.out.send(Packet::PingReq);
+                    let _ = self.out.send(Packet::PingReq).await;
                 }
             }
         }
     }
 
-    fn command(&mut self, command: Command) {
+    async fn command(&mut self, command: Command) {
         let packet = match command {
             Command::Publish(publish, None) => Packet::Publish(publish),
             Command::Publish(publish, Some(done)) => {
@@ -293,7 +294,7 @@ impl EventLoop {
             }
             Command::Disconnect => Packet::Disconnect,
         };
-        let _ = self.out.send(packet);
+        let _ = self.out.send(packet).await;
     }
 
     /// The next packet id not waiting for an ack (1..=65535; 0 is not allowed [MQTT-2.3.1-1]).
@@ -310,13 +311,13 @@ impl EventLoop {
         }
     }
 
-    fn incoming(&mut self, packet: Packet) {
+    async fn incoming(&mut self, packet: Packet) {
         match packet {
             Packet::Publish(publish) => {
                 let ack = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
                 let _ = self.incoming.send(publish);
                 if let Some(pkid) = ack {
-                    let _ = self.out.send(Packet::PubAck(PubAck { pkid }));
+                    let _ = self.out.send(Packet::PubAck(PubAck { pkid })).await;
                 }
             }
             Packet::PubAck(ack) => {

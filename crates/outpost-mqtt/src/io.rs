@@ -87,10 +87,7 @@ pub async fn reader_task<R: AsyncRead + Unpin>(
 }
 
 /// Writes queued packets until the queue closes (then flushes and shuts the stream down) or a write fails.
-pub async fn writer_task<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut queue: mpsc::UnboundedReceiver<Packet>,
-) {
+pub async fn writer_task<W: AsyncWrite + Unpin>(mut writer: W, mut queue: mpsc::Receiver<Packet>) {
     // Grows to a batch only while a burst lasts; an idle connection holds no write buffer.
     let mut buf = BytesMut::new();
     while let Some(packet) = queue.recv().await {
@@ -137,9 +134,9 @@ mod tests {
     #[tokio::test]
     async fn the_writer_sends_every_queued_packet_in_order() {
         let (client, mut server) = tokio::io::duplex(1024);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(4);
         for pkid in 1..=3 {
-            tx.send(Packet::PubAck(PubAck { pkid })).unwrap();
+            tx.try_send(Packet::PubAck(PubAck { pkid })).unwrap();
         }
         drop(tx);
         writer_task(client, rx).await;

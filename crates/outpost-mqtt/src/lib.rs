@@ -18,6 +18,9 @@ pub mod topic;
 
 pub use client::{Client, ClientError};
 pub use io::ReadError;
-pub use ops::{ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing};
+pub use ops::{
+    ConnectRefusal, DeviceOperations, Feature, Inbox, OperationError, Outbox, OutboxOverflow,
+    Outgoing,
+};
 pub use packet::*;
 pub use server::{serve, ServerConfig, DEFAULT_MAX_PACKET_SIZE};

@@ -1,7 +1,7 @@
 //! What the protocol head needs from whoever owns identities, twins and messages (the hub, later the edge
 //! hub), and what that owner pushes back to a connected client.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use outpost_core::{Identity, Message};
@@ -154,27 +154,73 @@ impl Feature {
     }
 }
 
+/// Pushes that may wait for one connection's loop. The loop moves each push into its session at once, so the
+/// queue fills only when a backend pushes faster than a connection can take; past this, the connection closes
+/// (see [`Inbox::recv`]) and the client reconnects to a backend that re-pushes what was not delivered.
+pub const OUTBOX_CAPACITY: usize = 1024;
+
 /// The backend's handle to push to one live connection.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     connection: u64,
-    sender: mpsc::UnboundedSender<Outgoing>,
+    sender: mpsc::Sender<Outgoing>,
     features: Arc<AtomicU8>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// The connection's end of an [`Outbox`].
+#[derive(Debug)]
+pub struct Inbox {
+    receiver: mpsc::Receiver<Outgoing>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// The outbox of a connection overflowed: pushes were refused, so the connection must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the backend pushed more than {OUTBOX_CAPACITY} items the connection had not taken")]
+pub struct OutboxOverflow;
+
+impl Inbox {
+    /// The next push, `None` once every outbox is dropped, or the overflow once one push was refused.
+    ///
+    /// A refused push leaves the queue full, so this wakes and reports it without waiting.
+    pub async fn recv(&mut self) -> Option<Result<Outgoing, OutboxOverflow>> {
+        let item = self.receiver.recv().await?;
+        if self.overflowed.load(Ordering::Acquire) {
+            return Some(Err(OutboxOverflow));
+        }
+        Some(Ok(item))
+    }
+
+    /// Pushes waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.receiver.len()
+    }
+
+    /// Whether no push waits.
+    pub fn is_empty(&self) -> bool {
+        self.receiver.is_empty()
+    }
 }
 
 impl Outbox {
     /// A new outbox for connection `connection` and the receiving end its connection reads.
     ///
     /// The server makes these; backends may make them in their own tests.
-    pub fn new(connection: u64) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
+    pub fn new(connection: u64) -> (Self, Inbox) {
+        let (sender, receiver) = mpsc::channel(OUTBOX_CAPACITY);
+        let overflowed = Arc::new(AtomicBool::new(false));
         (
             Self {
                 connection,
                 sender,
                 features: Arc::new(AtomicU8::new(0)),
+                overflowed: Arc::clone(&overflowed),
             },
-            receiver,
+            Inbox {
+                receiver,
+                overflowed,
+            },
         )
     }
 
@@ -183,9 +229,21 @@ impl Outbox {
         self.connection
     }
 
-    /// Queues `item` for the client; false if the connection is gone.
+    /// Queues `item` for the client; false if the connection is gone or its outbox is full (it then closes).
     pub fn send(&self, item: Outgoing) -> bool {
-        self.sender.send(item).is_ok()
+        match self.sender.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.overflowed.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        connection = self.connection,
+                        "a connection's outbox is full; closing it"
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Whether the client has subscribed to `feature` (persisted subscriptions count).
@@ -225,5 +283,23 @@ mod tests {
         drop(rx);
         assert!(!outbox.send(Outgoing::Close));
         assert!(outbox.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_refuses_the_push_and_its_inbox_reports_the_overflow() {
+        let (outbox, mut inbox) = Outbox::new(1);
+        for _ in 0..OUTBOX_CAPACITY {
+            assert!(outbox.send(Outgoing::Close));
+        }
+        assert!(
+            !outbox.send(Outgoing::Close),
+            "the push past capacity is refused"
+        );
+        assert_eq!(
+            inbox.len(),
+            OUTBOX_CAPACITY,
+            "nothing grows past the capacity"
+        );
+        assert!(matches!(inbox.recv().await, Some(Err(OutboxOverflow))));
     }
 }

@@ -21,6 +21,7 @@ pub use connection::ConnectionError;
 pub use handshake::username_names_client;
 
 use crate::ops::DeviceOperations;
+use crate::session::Limits;
 use registry::Registry;
 
 /// IoT Hub's message limit (256 KiB) plus room for the topic and its property bag.
@@ -35,8 +36,14 @@ pub struct ServerConfig {
     pub max_packet_size: usize,
     /// Time allowed for the TLS handshake, and then for the CONNECT.
     pub connect_timeout: Duration,
-    /// QoS 1 publishes sent to one client and not yet acknowledged; more wait their turn.
-    pub max_inflight: u16,
+    /// What one session may hold for its client: QoS 1 publishes in flight and queued behind them.
+    pub session: Limits,
+    /// Packets waiting to be written to one client. A client that stops reading fills its socket buffer
+    /// and then this queue, and is disconnected.
+    pub max_queued_packets: usize,
+    /// How long the persistent session of a client that went away is kept in memory (its unacknowledged
+    /// publishes); the subscriptions the backend persisted outlive it.
+    pub session_expiry: Duration,
     /// Connections served at once; past this, accepting waits.
     pub max_connections: usize,
 }
@@ -48,11 +55,16 @@ impl ServerConfig {
             tls,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             connect_timeout: Duration::from_secs(30),
-            max_inflight: 100,
+            session: Limits::default(),
+            max_queued_packets: 512,
+            session_expiry: Duration::from_hours(7 * 24),
             max_connections: 50_000,
         }
     }
 }
+
+/// How often parked sessions are checked for expiry.
+const SESSION_SWEEP: Duration = Duration::from_mins(1);
 
 /// What every connection of one server shares.
 struct Shared<O> {
@@ -86,10 +98,19 @@ pub async fn serve<O: DeviceOperations>(
     let mut connections = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
     tokio::pin!(shutdown);
+    let mut sweep = tokio::time::interval(SESSION_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
+            _ = sweep.tick() => {
+                let expired = shared.registry.expire(std::time::Instant::now(), shared.config.session_expiry);
+                if expired > 0 {
+                    tracing::info!(expired, "persistent sessions of clients away too long expired");
+                }
+                continue;
+            }
             permit = Arc::clone(&limit).acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let accepted = tokio::select! {

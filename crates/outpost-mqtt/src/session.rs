@@ -20,7 +20,27 @@ use crate::packet::{
 };
 use crate::topic::{self, ClientRequest, Subscription, TopicError};
 
-use inflight::Inflight;
+use inflight::{Inflight, Pushed};
+
+/// How much one session may hold for its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// QoS 1 publishes sent and not yet acknowledged; more wait their turn.
+    pub max_inflight: u16,
+    /// QoS 1 publishes waiting for a packet id. Past this the session ends ([`SessionError::Overflow`]):
+    /// a client this far behind is disconnected, which loses nothing (the backend keeps C2D and input
+    /// messages until they are acknowledged and pushes them again; the SDK re-reads its twin on reconnect).
+    pub max_queued: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_inflight: 100,
+            max_queued: 1000,
+        }
+    }
+}
 
 /// Why a session ends the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +63,9 @@ pub enum SessionError {
     /// The backend asked for the connection to close ([`Outgoing::Close`]).
     #[error("closed by the backend")]
     ClosedByBackend,
+    /// The client fell so far behind that a publish found no room ([`Limits::max_queued`]).
+    #[error("the client does not acknowledge what it is sent: {0} found the session's queue full")]
+    Overflow(&'static str),
 }
 
 /// What the driver must do after the session handled an input.
@@ -140,7 +163,7 @@ pub struct StoredSession {
 impl StoredSession {
     /// A session rebuilt from persisted filters (after a restart; nothing is in flight). Filters that no
     /// longer parse for this identity are dropped; the rest count as granted at QoS 1, as the SDK asks.
-    pub fn from_filters(identity: &Identity, filters: &[String], max_inflight: u16) -> Self {
+    pub fn from_filters(identity: &Identity, filters: &[String], limits: Limits) -> Self {
         let subscriptions = filters
             .iter()
             .filter_map(|filter| {
@@ -156,7 +179,7 @@ impl StoredSession {
             .collect();
         Self {
             subscriptions,
-            inflight: Inflight::new(max_inflight),
+            inflight: Inflight::new(limits.max_inflight, limits.max_queued),
         }
     }
 
@@ -184,12 +207,12 @@ impl Session {
         clean: bool,
         keep_alive_secs: u16,
         stored: Option<StoredSession>,
-        max_inflight: u16,
+        limits: Limits,
         now: Instant,
     ) -> Self {
         let stored = stored
             .filter(|_| !clean)
-            .unwrap_or_else(|| StoredSession::from_filters(&identity, &[], max_inflight));
+            .unwrap_or_else(|| StoredSession::from_filters(&identity, &[], limits));
         // [MQTT-3.1.2-24] the server disconnects after one and a half keep-alive periods of silence; 0 turns it off.
         let keep_alive =
             (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
@@ -361,21 +384,25 @@ impl Session {
         ack: Option<Packet>,
     ) -> Result<Vec<Packet>, SessionError> {
         let response = match outcome {
-            Outcome::Twin { rid, result } => Some(match result {
-                Ok(twin) => self.twin_response(200, &rid, None, json_bytes(&twin)),
-                Err(e) => self.twin_error(&rid, &e),
-            }),
-            Outcome::Reported { rid, result } => Some(match result {
-                Ok(version) => self.twin_response(204, &rid, Some(version), Vec::new()),
-                Err(e) => self.twin_error(&rid, &e),
-            }),
+            Outcome::Twin { rid, result } => match result {
+                Ok(twin) => self.twin_response(200, &rid, None, json_bytes(&twin))?,
+                Err(e) => self.twin_error(&rid, &e)?,
+            },
+            Outcome::Reported { rid, result } => match result {
+                Ok(version) => self.twin_response(204, &rid, Some(version), Vec::new())?,
+                Err(e) => self.twin_error(&rid, &e)?,
+            },
             Outcome::Message(Err(e)) => return Err(SessionError::MessageRefused(e)),
             Outcome::Message(Ok(())) | Outcome::Done => None,
         };
-        Ok(ack.into_iter().chain(response.flatten()).collect())
+        Ok(ack.into_iter().chain(response).collect())
     }
 
-    fn twin_error(&mut self, rid: &str, error: &OperationError) -> Option<Packet> {
+    fn twin_error(
+        &mut self,
+        rid: &str,
+        error: &OperationError,
+    ) -> Result<Option<Packet>, SessionError> {
         let body = json_bytes(&serde_json::json!({ "message": error.message }));
         self.twin_response(error.status, rid, None, body)
     }
@@ -388,12 +415,12 @@ impl Session {
         rid: &str,
         version: Option<u64>,
         body: Vec<u8>,
-    ) -> Option<Packet> {
+    ) -> Result<Option<Packet>, SessionError> {
         let qos = self
             .granted(Subscription::TwinResponses)
             .unwrap_or(QoS::AtLeastOnce);
         let publish = Publish::new(topic::twin_response(status, rid, version), qos, body);
-        self.send(publish, None)
+        self.send(publish, None, "a twin response")
     }
 
     /// Handles a push from the backend.
@@ -408,7 +435,7 @@ impl Session {
                     .and_then(Value::as_u64)
                     .unwrap_or_default();
                 let publish = Publish::new(topic::desired_patch(version), qos, json_bytes(&body));
-                self.send(publish, None)
+                self.send(publish, None, "a desired patch")?
                     .map(Action::Send)
                     .into_iter()
                     .collect()
@@ -421,7 +448,7 @@ impl Session {
                     return Ok(self.dropped("C2D message to a module", Feature::CloudToDevice));
                 }
                 let topic = topic::cloud_to_device(&self.identity, &message);
-                self.deliver(Feature::CloudToDevice, delivery_id, topic, message.body)
+                self.deliver(Feature::CloudToDevice, delivery_id, topic, message.body)?
             }
             Outgoing::Input {
                 delivery_id,
@@ -432,7 +459,7 @@ impl Session {
                     return Ok(self.dropped("input message to a device", Feature::Inputs));
                 }
                 let topic = topic::input(&self.identity, &input, &message);
-                self.deliver(Feature::Inputs, delivery_id, topic, message.body)
+                self.deliver(Feature::Inputs, delivery_id, topic, message.body)?
             }
             Outgoing::MethodRequest {
                 rid,
@@ -464,14 +491,14 @@ impl Session {
         delivery_id: u64,
         topic: String,
         body: Vec<u8>,
-    ) -> Vec<Action> {
+    ) -> Result<Vec<Action>, SessionError> {
         let Some(qos) = self.granted(Subscription::Feature(feature)) else {
-            return self.dropped("message", feature);
+            return Ok(self.dropped("message", feature));
         };
         // The backend re-pushes what is not delivered when a session resumes; the session may already be
         // redelivering it.
         if self.inflight.holds_delivery(delivery_id) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let publish = Publish::new(topic, qos, body);
         if qos == QoS::AtMostOnce {
@@ -480,22 +507,33 @@ impl Session {
                 operation: Operation::Delivered(delivery_id),
                 ack: None,
             };
-            return vec![
+            return Ok(vec![
                 Action::Send(Packet::Publish(publish)),
                 Action::Call(delivered),
-            ];
+            ]);
         }
-        self.send(publish, Some(delivery_id))
+        Ok(self
+            .send(publish, Some(delivery_id), "a message")?
             .map(Action::Send)
             .into_iter()
-            .collect()
+            .collect())
     }
 
-    /// A QoS 0 publish goes out now; a QoS 1 publish takes a packet id, or waits for one.
-    fn send(&mut self, publish: Publish, delivery: Option<u64>) -> Option<Packet> {
-        match publish.qos {
-            QoS::AtMostOnce => Some(Packet::Publish(publish)),
-            _ => self.inflight.push(publish, delivery).map(Packet::Publish),
+    /// A QoS 0 publish goes out now; a QoS 1 publish takes a packet id, or waits for one, or ends the
+    /// session when the client is so far behind that no room is left ([`Limits::max_queued`]).
+    fn send(
+        &mut self,
+        publish: Publish,
+        delivery: Option<u64>,
+        what: &'static str,
+    ) -> Result<Option<Packet>, SessionError> {
+        if publish.qos == QoS::AtMostOnce {
+            return Ok(Some(Packet::Publish(publish)));
+        }
+        match self.inflight.push(publish, delivery) {
+            Pushed::Send(publish) => Ok(Some(Packet::Publish(publish))),
+            Pushed::Queued => Ok(None),
+            Pushed::Full => Err(SessionError::Overflow(what)),
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::registry::Kick;
 use super::{handshake, Shared};
 use crate::io::{self, ReadError};
-use crate::ops::{DeviceOperations, Outbox, Outgoing};
+use crate::ops::{DeviceOperations, Inbox, Outbox, OutboxOverflow};
 use crate::packet::{ConnAck, ConnectReturnCode, Packet};
 use crate::session::{Action, Call, Operation, Outcome, Session, SessionError, StoredSession};
 
@@ -50,6 +50,15 @@ pub enum ConnectionError {
     /// The writer stopped (the socket failed).
     #[error("connection lost while writing")]
     WriterGone,
+    /// The client does not read what it is sent: the write queue is full ([`ServerConfig::max_queued_packets`](super::ServerConfig)).
+    #[error("the client does not read: {0} packets wait to be written")]
+    SlowReader(usize),
+    /// The backend pushed faster than the connection could take.
+    #[error(transparent)]
+    OutboxOverflow(#[from] OutboxOverflow),
+    /// The SAS token the client connected with has expired; the SDK renews it and reconnects.
+    #[error("the client's SAS token expired")]
+    TokenExpired,
 }
 
 /// How a connection loop ended without error.
@@ -112,12 +121,12 @@ pub async fn run<O: DeviceOperations>(
         Err(_) => return tracing::info!(%peer, "no CONNECT in time; closing"),
     };
 
-    let (out, out_rx) = mpsc::unbounded_channel();
+    let (out, out_rx) = mpsc::channel(shared.config.max_queued_packets);
     let writer = tokio::spawn(io::writer_task(writer, out_rx));
     match handshake::authenticate(&*shared.ops, &connect).await {
         Err(code) => {
             tracing::info!(%peer, client_id = %connect.client_id, ?code, "CONNECT refused");
-            let _ = out.send(Packet::ConnAck(ConnAck {
+            let _ = out.try_send(Packet::ConnAck(ConnAck {
                 session_present: false,
                 code,
             }));
@@ -130,6 +139,7 @@ pub async fn run<O: DeviceOperations>(
                 identity,
                 client_id: connect.client_id.clone(),
                 peer,
+                token_expiry: handshake::token_expiry(&connect),
             };
             live.serve(
                 connect.clean_session,
@@ -144,7 +154,14 @@ pub async fn run<O: DeviceOperations>(
     }
     // The writer sends what is queued (the CONNACK refusal, the last acks), then closes the stream.
     drop(out);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        // A client that does not read keeps the writer waiting forever; it must not keep the socket.
+        writer.abort();
+    }
 }
 
 /// An authenticated connection.
@@ -153,6 +170,8 @@ struct Live<'a, O> {
     identity: Identity,
     client_id: String,
     peer: SocketAddr,
+    /// When the token the client connected with stops being valid.
+    token_expiry: Option<Instant>,
 }
 
 impl<O: DeviceOperations> Live<'_, O> {
@@ -160,7 +179,7 @@ impl<O: DeviceOperations> Live<'_, O> {
         self,
         clean: bool,
         keep_alive: u16,
-        out: mpsc::UnboundedSender<Packet>,
+        out: mpsc::Sender<Packet>,
         packets: mpsc::Receiver<Result<Packet, ReadError>>,
         shutdown: watch::Receiver<bool>,
     ) {
@@ -187,11 +206,11 @@ impl<O: DeviceOperations> Live<'_, O> {
             // SDK never subscribes again after a reconnect.
             let filters = ops.load_subscriptions(&self.client_id).await;
             (!filters.is_empty())
-                .then(|| StoredSession::from_filters(&self.identity, &filters, config.max_inflight))
+                .then(|| StoredSession::from_filters(&self.identity, &filters, config.session))
         };
         // [MQTT-3.2.2-1] [MQTT-3.2.2-2] [MQTT-3.2.2-3] session present: whether a stored session resumes.
         let session_present = stored.is_some();
-        let _ = out.send(Packet::ConnAck(ConnAck {
+        let _ = out.try_send(Packet::ConnAck(ConnAck {
             session_present,
             code: ConnectReturnCode::Accepted,
         }));
@@ -200,7 +219,7 @@ impl<O: DeviceOperations> Live<'_, O> {
             clean,
             keep_alive,
             stored,
-            config.max_inflight,
+            config.session,
             Instant::now(),
         );
         tracing::info!(peer = %self.peer, client = %self.identity, connection, session_present, "connected");
@@ -214,6 +233,7 @@ impl<O: DeviceOperations> Live<'_, O> {
             out,
             outbox: outbox.clone(),
             pending: FuturesOrdered::new(),
+            token_expiry: self.token_expiry,
         };
         let result = match driver.apply(session.redeliveries()) {
             Ok(_) => {
@@ -256,9 +276,10 @@ struct Driver<O> {
     ops: Arc<O>,
     identity: Arc<Identity>,
     client_id: Arc<str>,
-    out: mpsc::UnboundedSender<Packet>,
+    out: mpsc::Sender<Packet>,
     outbox: Outbox,
     pending: FuturesOrdered<PendingCall>,
+    token_expiry: Option<Instant>,
 }
 
 impl<O: DeviceOperations> Driver<O> {
@@ -266,7 +287,7 @@ impl<O: DeviceOperations> Driver<O> {
         &mut self,
         session: &mut Session,
         mut packets: mpsc::Receiver<Result<Packet, ReadError>>,
-        mut outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+        mut inbox: Inbox,
         kick: &mut oneshot::Receiver<Kick>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Ended, ConnectionError> {
@@ -278,6 +299,8 @@ impl<O: DeviceOperations> Driver<O> {
         let mut deadline = session.deadline();
         let keep_alive = tokio::time::sleep_until(to_tokio(deadline));
         tokio::pin!(keep_alive);
+        let token_expired = tokio::time::sleep_until(to_tokio(self.token_expiry));
+        tokio::pin!(token_expired);
         loop {
             if session.deadline() != deadline {
                 deadline = session.deadline();
@@ -303,11 +326,12 @@ impl<O: DeviceOperations> Driver<O> {
                     Some(Err(e)) => return Err(e.into()),
                     None => return Ok(Ended::ByClient),
                 },
-                Some(item) = outbox_rx.recv() => {
-                    let actions = session.push(item)?;
+                Some(item) = inbox.recv() => {
+                    let actions = session.push(item?)?;
                     self.apply(actions)?;
                 }
                 () = &mut keep_alive, if deadline.is_some() => return Err(ConnectionError::KeepAliveExpired),
+                () = &mut token_expired, if self.token_expiry.is_some() => return Err(ConnectionError::TokenExpired),
             }
         }
     }
@@ -324,10 +348,15 @@ impl<O: DeviceOperations> Driver<O> {
         Ok(false)
     }
 
+    /// Queues a packet for the writer. A client that stops reading fills the queue (its socket buffer is
+    /// full, so the writer waits) and is disconnected rather than allowed to grow the server's memory.
     fn send(&self, packet: Packet) -> Result<(), ConnectionError> {
-        self.out
-            .send(packet)
-            .map_err(|_| ConnectionError::WriterGone)
+        self.out.try_send(packet).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ConnectionError::SlowReader(self.out.max_capacity())
+            }
+            mpsc::error::TrySendError::Closed(_) => ConnectionError::WriterGone,
+        })
     }
 
     fn call(&self, call: Call) -> PendingCall {

@@ -1,6 +1,9 @@
 //! The start of a connection: the first packet must be a CONNECT, whose client id, user name and token
 //! must be acceptable before the session starts.
 
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outpost_core::sas::{SasToken, MAX_CLOCK_SKEW_SECS};
 use outpost_core::Identity;
 
 use crate::ops::{ConnectRefusal, DeviceOperations};
@@ -28,6 +31,19 @@ pub async fn authenticate<O: DeviceOperations>(
         .await
         .map_err(ConnectRefusal::return_code)?;
     Ok(identity)
+}
+
+/// When the SAS token a CONNECT carries stops being valid: its `se` plus the clock skew the hub allows when
+/// it checks one ([`MAX_CLOCK_SKEW_SECS`]). `None` without a parsable token (the backend accepted another
+/// kind of credential, whose lifetime is its own to enforce).
+pub fn token_expiry(connect: &Connect) -> Option<Instant> {
+    let token = std::str::from_utf8(connect.password.as_deref()?).ok()?;
+    let expiry = SasToken::parse(token).ok()?.expiry;
+    let valid_until = UNIX_EPOCH + Duration::from_secs(expiry.saturating_add(MAX_CLOCK_SKEW_SECS));
+    let left = valid_until
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Instant::now().checked_add(left)
 }
 
 /// Whether the user name is `{host}/{clientId}`, optionally followed by `/` and a query

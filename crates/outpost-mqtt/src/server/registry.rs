@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -28,7 +28,8 @@ pub struct Registry {
 #[derive(Default)]
 struct Slot {
     live: Option<Live>,
-    parked: Option<StoredSession>,
+    /// The session of a client that went away, and when it went.
+    parked: Option<(StoredSession, Instant)>,
 }
 
 struct Live {
@@ -53,7 +54,7 @@ impl Registry {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let slot = clients.entry(client_id.to_owned()).or_default();
             let previous = slot.live.replace(Live { connection, kick });
-            let parked = slot.parked.take();
+            let parked = slot.parked.take().map(|(session, _)| session);
             match previous {
                 None => return parked,
                 Some(previous) => {
@@ -116,11 +117,31 @@ impl Registry {
             .is_some_and(|live| live.connection == connection)
         {
             slot.live = None;
-            slot.parked = stored;
+            slot.parked = stored.map(|session| (session, Instant::now()));
         }
         if slot.live.is_none() && slot.parked.is_none() {
             clients.remove(client_id);
         }
+    }
+
+    /// Drops the sessions parked longer than `max_age` before `now`; returns how many.
+    pub fn expire(&self, now: Instant, max_age: Duration) -> usize {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = clients.len();
+        clients.retain(|_, slot| {
+            if slot
+                .parked
+                .as_ref()
+                .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= max_age)
+            {
+                slot.parked = None;
+            }
+            slot.live.is_some() || slot.parked.is_some()
+        });
+        before - clients.len()
     }
 
     /// Number of client ids with a live connection or a parked session.
@@ -141,7 +162,11 @@ mod tests {
 
     fn stored(filter: &str) -> StoredSession {
         let identity = Identity::device(DeviceId::new("d").unwrap());
-        StoredSession::from_filters(&identity, &[filter.to_owned()], 4)
+        StoredSession::from_filters(
+            &identity,
+            &[filter.to_owned()],
+            crate::session::Limits::default(),
+        )
     }
 
     #[tokio::test]
@@ -166,6 +191,44 @@ mod tests {
         let (kick, _rx2) = oneshot::channel();
         let resumed = registry.claim("d", 2, kick).await.unwrap();
         assert_eq!(resumed.filters(), vec!["$iothub/methods/POST/#".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_session_parked_longer_than_the_expiry_is_dropped_and_a_younger_one_kept() {
+        let registry = Registry::default();
+        for (client, connection) in [("old", 1), ("young", 2)] {
+            let (kick, mut rx) = oneshot::channel();
+            registry.claim(client, connection, kick).await;
+            registry.release(
+                client,
+                connection,
+                Some(stored("$iothub/methods/POST/#")),
+                None,
+                &mut rx,
+            );
+        }
+        let week = Duration::from_hours(7 * 24);
+        let later = Instant::now() + week;
+        // Pretend "young" left only now, a week after "old".
+        registry
+            .clients
+            .lock()
+            .unwrap()
+            .get_mut("young")
+            .unwrap()
+            .parked
+            .as_mut()
+            .unwrap()
+            .1 = later;
+        assert_eq!(registry.expire(later, week), 1);
+        assert_eq!(registry.len(), 1);
+        let (kick, _rx) = oneshot::channel();
+        assert!(
+            registry.claim("old", 3, kick).await.is_none(),
+            "the expired session is gone"
+        );
+        let (kick, _rx) = oneshot::channel();
+        assert!(registry.claim("young", 4, kick).await.is_some());
     }
 
     #[tokio::test]

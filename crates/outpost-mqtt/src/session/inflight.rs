@@ -2,7 +2,8 @@
 //!
 //! Packet ids run 1..=capacity and index a pre-sized vector, so an ack is O(1). When every id is taken,
 //! further publishes wait in a queue and take the next id that an ack frees; the client never sees more
-//! than `capacity` unacknowledged publishes.
+//! than `capacity` unacknowledged publishes. The queue is bounded too: a publish past it is refused
+//! ([`Pushed::Full`]) and the session decides what that means.
 
 use std::collections::VecDeque;
 
@@ -26,11 +27,23 @@ pub struct Inflight {
     next_pkid: u16,
     next_seq: u64,
     waiting: VecDeque<(Publish, Option<u64>)>,
+    max_waiting: usize,
+}
+
+/// What became of a publish handed to [`Inflight::push`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pushed {
+    /// It took a packet id: send it now.
+    Send(Publish),
+    /// Every id is taken: it waits for an ack.
+    Queued,
+    /// Every id is taken and the queue is full: it was not taken.
+    Full,
 }
 
 impl Inflight {
-    /// Room for `capacity` unacknowledged publishes (at least 1, at most 65535).
-    pub fn new(capacity: u16) -> Self {
+    /// Room for `capacity` unacknowledged publishes (at least 1, at most 65535) and `max_waiting` more queued.
+    pub fn new(capacity: u16, max_waiting: usize) -> Self {
         let capacity = usize::from(capacity.max(1));
         Self {
             slots: vec![None; capacity],
@@ -38,6 +51,7 @@ impl Inflight {
             next_pkid: 1,
             next_seq: 0,
             waiting: VecDeque::new(),
+            max_waiting,
         }
     }
 
@@ -47,13 +61,16 @@ impl Inflight {
         self.in_use + self.waiting.len()
     }
 
-    /// Takes `publish` in: returns it with its packet id if one was free, else queues it.
-    pub fn push(&mut self, publish: Publish, delivery: Option<u64>) -> Option<Publish> {
-        if self.in_use == self.slots.len() {
-            self.waiting.push_back((publish, delivery));
-            return None;
+    /// Takes `publish` in: with its packet id if one is free, else into the queue if it has room.
+    pub fn push(&mut self, publish: Publish, delivery: Option<u64>) -> Pushed {
+        if self.in_use < self.slots.len() {
+            return Pushed::Send(self.assign(publish, delivery));
         }
-        Some(self.assign(publish, delivery))
+        if self.waiting.len() >= self.max_waiting {
+            return Pushed::Full;
+        }
+        self.waiting.push_back((publish, delivery));
+        Pushed::Queued
     }
 
     fn assign(&mut self, mut publish: Publish, delivery: Option<u64>) -> Publish {
@@ -120,21 +137,28 @@ mod tests {
         Publish::new(topic, QoS::AtLeastOnce, &b""[..])
     }
 
+    fn sent(pushed: Pushed) -> Publish {
+        match pushed {
+            Pushed::Send(publish) => publish,
+            other => panic!("expected a packet id, got {other:?}"),
+        }
+    }
+
     #[test]
     fn packet_ids_start_at_one_and_increase() {
-        let mut inflight = Inflight::new(4);
-        assert_eq!(inflight.push(publish("a"), None).unwrap().pkid, 1);
-        assert_eq!(inflight.push(publish("b"), None).unwrap().pkid, 2);
+        let mut inflight = Inflight::new(4, 16);
+        assert_eq!(sent(inflight.push(publish("a"), None)).pkid, 1);
+        assert_eq!(sent(inflight.push(publish("b"), None)).pkid, 2);
     }
 
     #[test]
     fn incoming_puback_removes_the_matching_publish_and_reports_its_delivery() {
-        let mut inflight = Inflight::new(4);
-        let sent = inflight.push(publish("a"), Some(77)).unwrap();
-        assert_eq!(inflight.ack(sent.pkid), Some((Some(77), None)));
+        let mut inflight = Inflight::new(4, 16);
+        let first = sent(inflight.push(publish("a"), Some(77)));
+        assert_eq!(inflight.ack(first.pkid), Some((Some(77), None)));
         assert_eq!(inflight.len(), 0);
         assert_eq!(
-            inflight.ack(sent.pkid),
+            inflight.ack(first.pkid),
             None,
             "a second ack for the same id is unknown"
         );
@@ -142,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_puback_for_an_unknown_or_zero_id_is_ignored() {
-        let mut inflight = Inflight::new(4);
+        let mut inflight = Inflight::new(4, 16);
         assert_eq!(inflight.ack(0), None);
         assert_eq!(inflight.ack(3), None);
         assert_eq!(inflight.ack(9999), None);
@@ -150,10 +174,10 @@ mod tests {
 
     #[test]
     fn publishes_beyond_capacity_wait_and_take_the_id_an_ack_frees() {
-        let mut inflight = Inflight::new(2);
-        inflight.push(publish("a"), None).unwrap();
-        inflight.push(publish("b"), None).unwrap();
-        assert!(inflight.push(publish("c"), Some(5)).is_none());
+        let mut inflight = Inflight::new(2, 16);
+        sent(inflight.push(publish("a"), None));
+        sent(inflight.push(publish("b"), None));
+        assert_eq!(inflight.push(publish("c"), Some(5)), Pushed::Queued);
         assert_eq!(inflight.len(), 3);
         let (_, next) = inflight.ack(1).unwrap();
         let next = next.unwrap();
@@ -162,22 +186,36 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_past_the_queue_is_refused_and_nothing_grows() {
+        let mut inflight = Inflight::new(1, 2);
+        sent(inflight.push(publish("a"), None));
+        assert_eq!(inflight.push(publish("b"), None), Pushed::Queued);
+        assert_eq!(inflight.push(publish("c"), None), Pushed::Queued);
+        assert_eq!(inflight.push(publish("d"), Some(9)), Pushed::Full);
+        assert_eq!(inflight.len(), 3);
+        assert!(
+            !inflight.holds_delivery(9),
+            "a refused delivery is not held"
+        );
+    }
+
+    #[test]
     fn packet_ids_wrap_around_and_skip_ids_still_in_use() {
-        let mut inflight = Inflight::new(3);
+        let mut inflight = Inflight::new(3, 16);
         for topic in ["a", "b", "c"] {
-            inflight.push(publish(topic), None).unwrap();
+            sent(inflight.push(publish(topic), None));
         }
         inflight.ack(2).unwrap();
-        assert_eq!(inflight.push(publish("d"), None).unwrap().pkid, 2);
+        assert_eq!(sent(inflight.push(publish("d"), None)).pkid, 2);
     }
 
     #[test]
     fn redelivery_keeps_the_send_order_and_sets_dup() {
-        let mut inflight = Inflight::new(2);
-        inflight.push(publish("a"), None).unwrap();
-        inflight.push(publish("b"), None).unwrap();
+        let mut inflight = Inflight::new(2, 16);
+        sent(inflight.push(publish("a"), None));
+        sent(inflight.push(publish("b"), None));
         inflight.ack(1).unwrap();
-        inflight.push(publish("c"), None).unwrap(); // takes id 1, but was sent after "b"
+        sent(inflight.push(publish("c"), None)); // takes id 1, but was sent after "b"
         let again: Vec<_> = inflight
             .redeliver()
             .into_iter()

@@ -18,8 +18,15 @@ fn module() -> Identity {
     )
 }
 
+fn limits(max_inflight: u16) -> Limits {
+    Limits {
+        max_inflight,
+        ..Limits::default()
+    }
+}
+
 fn session(identity: Identity, clean: bool) -> Session {
-    Session::new(identity, clean, 60, None, 8, Instant::now())
+    Session::new(identity, clean, 60, None, limits(8), Instant::now())
 }
 
 fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8]) -> Packet {
@@ -435,7 +442,7 @@ fn a_persistent_session_resumes_with_its_subscriptions_and_redelivers_unacked_pu
     );
 
     let stored = s.into_stored().expect("persistent sessions are stored");
-    let mut resumed = Session::new(device(), false, 60, Some(stored), 8, Instant::now());
+    let mut resumed = Session::new(device(), false, 60, Some(stored), limits(8), Instant::now());
     assert_eq!(
         resumed.features(),
         Feature::CloudToDevice.bit() | Feature::DesiredPatches.bit()
@@ -458,7 +465,7 @@ fn a_clean_session_is_not_stored_and_ignores_a_stored_one() {
     let mut s = session(device(), false);
     subscribe(&mut s, "$iothub/methods/POST/#");
     let stored = s.into_stored();
-    let clean = Session::new(device(), true, 60, stored, 8, Instant::now());
+    let clean = Session::new(device(), true, 60, stored, limits(8), Instant::now());
     assert_eq!(clean.features(), 0);
     assert!(clean.into_stored().is_none());
 }
@@ -469,14 +476,14 @@ fn a_session_rebuilt_from_saved_filters_keeps_only_valid_ones() {
         "$iothub/methods/POST/#".to_owned(),
         "devices/other/messages/devicebound/#".to_owned(),
     ];
-    let stored = StoredSession::from_filters(&device(), &filters, 8);
+    let stored = StoredSession::from_filters(&device(), &filters, limits(8));
     assert_eq!(stored.filters(), vec!["$iothub/methods/POST/#".to_owned()]);
 }
 
 #[test]
 fn the_keep_alive_deadline_is_one_and_a_half_periods_after_the_last_packet() {
     let start = Instant::now();
-    let mut s = Session::new(device(), true, 60, None, 8, start);
+    let mut s = Session::new(device(), true, 60, None, limits(8), start);
     assert_eq!(s.deadline(), Some(start + Duration::from_secs(90)));
     let later = start + Duration::from_secs(30);
     s.handle(Packet::PingReq, later).unwrap();
@@ -486,14 +493,14 @@ fn the_keep_alive_deadline_is_one_and_a_half_periods_after_the_last_packet() {
 #[test]
 fn keep_alive_zero_means_no_deadline() {
     assert_eq!(
-        Session::new(device(), true, 0, None, 8, Instant::now()).deadline(),
+        Session::new(device(), true, 0, None, limits(8), Instant::now()).deadline(),
         None
     );
 }
 
 #[test]
 fn publishes_beyond_the_inflight_window_wait_for_a_puback() {
-    let mut s = Session::new(device(), true, 60, None, 1, Instant::now());
+    let mut s = Session::new(device(), true, 60, None, limits(1), Instant::now());
     subscribe(&mut s, "devices/devA/messages/devicebound/#");
     let message = Message::default();
     let first = sent_publish(
@@ -521,4 +528,60 @@ fn publishes_beyond_the_inflight_window_wait_for_a_puback() {
             ack: None
         })
     );
+}
+
+#[test]
+fn a_client_that_acknowledges_nothing_is_closed_once_its_queue_is_full() {
+    let limits = Limits {
+        max_inflight: 2,
+        max_queued: 3,
+    };
+    let mut s = Session::new(device(), true, 60, None, limits, Instant::now());
+    subscribe(&mut s, "$iothub/twin/PATCH/properties/desired/#");
+    let patch = || Outgoing::DesiredPatch {
+        body: json!({"a": 1, "$version": 2}),
+    };
+    for _ in 0..5 {
+        s.push(patch()).unwrap();
+    }
+    assert_eq!(
+        s.push(patch()),
+        Err(SessionError::Overflow("a desired patch"))
+    );
+}
+
+#[test]
+fn twin_responses_nobody_acknowledges_end_the_session_instead_of_piling_up() {
+    let limits = Limits {
+        max_inflight: 1,
+        max_queued: 1,
+    };
+    let mut s = Session::new(device(), true, 60, None, limits, Instant::now());
+    subscribe(&mut s, "$iothub/twin/res/#");
+    let twin = |rid: &str| Outcome::Twin {
+        rid: rid.into(),
+        result: Ok(json!({"desired": {}, "reported": {}})),
+    };
+    s.complete(twin("1"), None).unwrap();
+    s.complete(twin("2"), None).unwrap();
+    assert_eq!(
+        s.complete(twin("3"), None),
+        Err(SessionError::Overflow("a twin response"))
+    );
+}
+
+#[test]
+fn a_delivery_past_the_queue_ends_the_session_and_is_not_held() {
+    let limits = Limits {
+        max_inflight: 1,
+        max_queued: 0,
+    };
+    let mut s = Session::new(device(), true, 60, None, limits, Instant::now());
+    subscribe(&mut s, "devices/devA/messages/devicebound/#");
+    let c2d = |delivery_id| Outgoing::CloudToDevice {
+        delivery_id,
+        message: Message::default(),
+    };
+    s.push(c2d(1)).unwrap();
+    assert_eq!(s.push(c2d(2)), Err(SessionError::Overflow("a message")));
 }

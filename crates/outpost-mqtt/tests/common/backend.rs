@@ -31,12 +31,20 @@ struct State {
     delivered: Vec<u64>,
     subscriptions: HashMap<String, Vec<String>>,
     twin_delay: Duration,
+    tokens: HashMap<String, String>,
 }
 
 impl FakeBackend {
     /// The token the backend accepts for `client_id`.
     pub fn token(client_id: &str) -> String {
         format!("SharedAccessSignature sr={client_id}&sig=good&se=9999999999")
+    }
+
+    /// Lets `client_id` connect with `token` instead of the usual one.
+    pub fn allow_with_token(&self, client_id: &str, token: &str) {
+        let mut state = self.state();
+        state.allowed.insert(client_id.to_owned());
+        state.tokens.insert(client_id.to_owned(), token.to_owned());
     }
 
     /// Lets `client_id` connect.
@@ -137,7 +145,13 @@ impl DeviceOperations for FakeBackend {
         if !self.state().allowed.contains(&client_id) {
             return Err(ConnectRefusal::NotAuthorized);
         }
-        if password != Some(Self::token(&client_id).as_bytes()) {
+        let expected = self
+            .state()
+            .tokens
+            .get(&client_id)
+            .cloned()
+            .unwrap_or_else(|| Self::token(&client_id));
+        if password != Some(expected.as_bytes()) {
             return Err(ConnectRefusal::BadUsernameOrPassword);
         }
         Ok(())

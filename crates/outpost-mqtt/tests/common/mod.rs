@@ -157,10 +157,21 @@ impl Server {
     /// Opens a raw connection and logs in as `client_id` (known to the backend).
     pub async fn raw_connected(&self, client_id: &str, clean_session: bool) -> Raw {
         self.backend.allow(client_id);
+        self.raw_connected_with(client_id, &FakeBackend::token(client_id), clean_session)
+            .await
+    }
+
+    /// Opens a raw connection and logs in as `client_id` with `token` (which the backend must accept).
+    pub async fn raw_connected_with(
+        &self,
+        client_id: &str,
+        token: &str,
+        clean_session: bool,
+    ) -> Raw {
         let mut raw = self.raw().await;
         let mut connect = Connect::new(client_id, 60, clean_session);
         connect.username = Some(format!("{HOST}/{client_id}/?api-version=2019-10-01"));
-        connect.password = Some(FakeBackend::token(client_id).into_bytes().into());
+        connect.password = Some(token.to_owned().into_bytes().into());
         raw.send(&Packet::Connect(connect)).await;
         assert!(
             matches!(raw.recv().await, Some(Packet::ConnAck(ack)) if ack.code == outpost_mqtt::ConnectReturnCode::Accepted)
@@ -197,6 +208,12 @@ impl Raw {
         let mut buf = BytesMut::new();
         encode(packet, &mut buf).unwrap();
         self.send_bytes(&buf).await;
+    }
+
+    /// Writes `bytes`, reporting a failure (the server closed the connection).
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
