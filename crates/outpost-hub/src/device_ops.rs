@@ -95,12 +95,14 @@ impl DeviceOperations for HubDevices {
 
     async fn method_response(
         &self,
-        _identity: &Identity,
+        identity: &Identity,
+        connection: u64,
         rid: &str,
         status: i32,
         payload: Vec<u8>,
     ) {
-        self.0.method_answered(rid, status, payload);
+        self.0
+            .method_answered(identity, connection, rid, status, payload);
     }
 
     async fn delivered(&self, identity: &Identity, delivery_id: u64) {

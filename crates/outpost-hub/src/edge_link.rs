@@ -6,11 +6,11 @@
 //! queue for the edge to collect with a long poll (`events`). Telemetry arrives in batches, appended in one
 //! transaction; twin reads and reported patches are made on behalf of a client in the edge's scope.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_core::{Identity, Message};
+use outpost_core::{DeviceId, Identity, Message};
 use outpost_mqtt::{Feature, Outbox, Outgoing};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -19,6 +19,10 @@ use tokio::sync::Notify;
 use crate::error::HubError;
 use crate::identity::DeviceRecord;
 use crate::{store, Hub};
+
+/// At most this many clients may be present behind one edge device at a time; a presence call declaring more is
+/// refused (400) and changes nothing.
+pub const MAX_EDGE_CLIENTS: usize = 1_000;
 
 /// At most this many events wait for an edge device; older ones are dropped (desired state is re-read on
 /// reconnect, C2D is re-pushed from its queue).
@@ -41,6 +45,20 @@ pub struct EdgeMessage {
     pub client: String,
     /// The message.
     pub message: Message,
+}
+
+/// A client's answer to a direct method, returned by the edge device it is behind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeMethodAnswer {
+    /// Who answered, `d` or `d/m`: it must be the identity the request was sent to.
+    pub client: String,
+    /// The request id.
+    pub rid: String,
+    /// The status the client chose.
+    pub status: i32,
+    /// Its payload.
+    #[serde(default)]
+    pub payload: Value,
 }
 
 /// The pending pushes of one edge device.
@@ -105,25 +123,79 @@ impl Hub {
         self.device(edge)
     }
 
-    /// Whether `identity` is behind `edge`: the edge device itself, one of its modules, or one of its children.
+    /// Whether `identity` is behind `edge`: the edge device itself, one of its modules that exists, or one of its
+    /// child devices.
     pub fn in_scope(&self, edge: &DeviceRecord, identity: &Identity) -> Result<bool, HubError> {
-        if identity.device == edge.device_id {
-            return Ok(true);
-        }
-        let record = store::device(&self.db.lock(), &identity.device)?;
-        Ok(record.is_some_and(|d| d.parent_scopes.contains(&edge.edge_scope())))
+        Ok(self.all_in_scope(edge, std::slice::from_ref(identity))?[0])
     }
 
-    fn scoped(&self, edge: &DeviceRecord, client: &str) -> Result<Identity, HubError> {
-        let identity = Identity::parse_client_id(client)
-            .map_err(|e| HubError::ArgumentInvalid(format!("{client:?}: {e}")))?;
-        if !self.in_scope(edge, &identity)? {
+    /// [`Self::in_scope`] for many identities, read under one lock: one query for the edge device's modules and
+    /// one lookup per distinct other device.
+    fn all_in_scope(
+        &self,
+        edge: &DeviceRecord,
+        identities: &[Identity],
+    ) -> Result<Vec<bool>, HubError> {
+        let conn = self.db.lock();
+        let modules = if identities
+            .iter()
+            .any(|i| i.device == edge.device_id && i.module.is_some())
+        {
+            store::module_ids(&conn, &edge.device_id)?
+        } else {
+            HashSet::new()
+        };
+        let scope = edge.edge_scope();
+        let mut children: HashMap<&DeviceId, bool> = HashMap::new();
+        identities
+            .iter()
+            .map(|identity| {
+                if identity.device == edge.device_id {
+                    return Ok(identity
+                        .module
+                        .as_ref()
+                        .is_none_or(|m| modules.contains(m.as_str())));
+                }
+                // A child device connects as itself: the edge's scope holds no modules of other devices.
+                if identity.module.is_some() {
+                    return Ok(false);
+                }
+                if let Some(&child) = children.get(&identity.device) {
+                    return Ok(child);
+                }
+                let child = store::device(&conn, &identity.device)?
+                    .is_some_and(|d| d.parent_scopes.contains(&scope));
+                children.insert(&identity.device, child);
+                Ok(child)
+            })
+            .collect()
+    }
+
+    /// The identities of `clients`, each of which must be in `edge`'s scope.
+    fn all_scoped<'c>(
+        &self,
+        edge: &DeviceRecord,
+        clients: impl IntoIterator<Item = &'c str>,
+    ) -> Result<Vec<Identity>, HubError> {
+        let identities: Vec<Identity> = clients
+            .into_iter()
+            .map(|client| {
+                Identity::parse_client_id(client)
+                    .map_err(|e| HubError::ArgumentInvalid(format!("{client:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let in_scope = self.all_in_scope(edge, &identities)?;
+        if let Some((identity, _)) = identities.iter().zip(&in_scope).find(|(_, ok)| !**ok) {
             return Err(HubError::Unauthorized(format!(
-                "{client} is not behind edge device {}",
+                "{identity} is not in the scope of edge device {}",
                 edge.device_id
             )));
         }
-        Ok(identity)
+        Ok(identities)
+    }
+
+    fn scoped(&self, edge: &DeviceRecord, client: &str) -> Result<Identity, HubError> {
+        Ok(self.all_scoped(edge, [client])?.remove(0))
     }
 
     fn edge_link(&self, edge: &str) -> Arc<EdgeLink> {
@@ -134,16 +206,25 @@ impl Hub {
         links.entry(edge.to_owned()).or_default().clone()
     }
 
-    /// Replaces the set of clients connected behind an edge device.
+    /// Replaces the set of clients connected behind an edge device. At most [`MAX_EDGE_CLIENTS`] may be declared,
+    /// each in the edge's scope; the sets are compared by client id in linear time.
     pub fn edge_presence(
         &self,
         edge: &DeviceRecord,
         clients: &[EdgeClient],
     ) -> Result<(), HubError> {
-        let identities: Vec<(Identity, u8)> = clients
-            .iter()
-            .map(|c| Ok((self.scoped(edge, &c.id)?, feature_bits(&c.features))))
-            .collect::<Result<_, HubError>>()?;
+        if clients.len() > MAX_EDGE_CLIENTS {
+            return Err(HubError::ArgumentInvalid(format!(
+                "{} clients declared; an edge device may declare at most {MAX_EDGE_CLIENTS}",
+                clients.len()
+            )));
+        }
+        let identities = self.all_scoped(edge, clients.iter().map(|c| c.id.as_str()))?;
+        let wanted: HashMap<String, (Identity, u8)> = identities
+            .into_iter()
+            .zip(clients)
+            .map(|(identity, c)| (identity.client_id(), (identity, feature_bits(&c.features))))
+            .collect();
         let link = self.edge_link(edge.device_id.as_str());
         let mut gone = Vec::new();
         {
@@ -152,7 +233,7 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             current.retain(|id, outbox| {
-                let keep = identities.iter().any(|(i, _)| &i.client_id() == id);
+                let keep = wanted.contains_key(id);
                 if !keep {
                     gone.push((id.clone(), outbox.connection()));
                 }
@@ -164,8 +245,7 @@ impl Hub {
                 self.disconnected(&identity, connection);
             }
         }
-        for (identity, bits) in identities {
-            let id = identity.client_id();
+        for (id, (identity, bits)) in wanted {
             let existing = link
                 .clients
                 .lock()
@@ -188,7 +268,7 @@ impl Hub {
                 .insert(id.clone(), outbox.clone());
             let forward = link.clone();
             tokio::spawn(async move {
-                while let Some(item) = pushes.recv().await {
+                while let Some(Ok(item)) = pushes.recv().await {
                     let Some(event) = event_of(&id, item) else {
                         continue;
                     };
@@ -240,10 +320,11 @@ impl Hub {
         edge: &DeviceRecord,
         messages: &[EdgeMessage],
     ) -> Result<usize, HubError> {
-        let batch: Vec<(Identity, &Message)> = messages
-            .iter()
-            .map(|m| Ok((self.scoped(edge, &m.client)?, &m.message)))
-            .collect::<Result<_, HubError>>()?;
+        let identities = self.all_scoped(edge, messages.iter().map(|m| m.client.as_str()))?;
+        let batch: Vec<(Identity, &Message)> = identities
+            .into_iter()
+            .zip(messages.iter().map(|m| &m.message))
+            .collect();
         self.accept_telemetry_batch(&batch)
     }
 
@@ -267,16 +348,33 @@ impl Hub {
         &self,
         edge: &DeviceRecord,
         delivered: &[(String, u64)],
-        answers: Vec<(String, i32, Value)>,
+        answers: Vec<EdgeMethodAnswer>,
     ) -> Result<(), HubError> {
         for (client, delivery_id) in delivered {
             self.complete_c2d(&self.scoped(edge, client)?, *delivery_id);
         }
-        for (rid, status, payload) in answers {
+        let link = self.edge_link(edge.device_id.as_str());
+        for answer in answers {
+            let identity = self.scoped(edge, &answer.client)?;
+            // The request went out on the client's virtual connection behind this edge device: only an
+            // answer that comes back the same way is taken.
+            let Some(connection) = link
+                .clients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&identity.client_id())
+                .map(Outbox::connection)
+            else {
+                tracing::warn!(edge = %edge.device_id, client = %identity, rid = %answer.rid,
+                    "method answer dropped: the client is not connected behind this edge device");
+                continue;
+            };
             self.method_answered(
-                &rid,
-                status,
-                serde_json::to_vec(&payload).unwrap_or_default(),
+                &identity,
+                connection,
+                &answer.rid,
+                answer.status,
+                serde_json::to_vec(&answer.payload).unwrap_or_default(),
             );
         }
         Ok(())

@@ -41,6 +41,9 @@ pub enum HubError {
     /// A message or payload is over its limit.
     #[error("{0}")]
     TooLarge(String),
+    /// Too many requests of this kind are in progress (IoT Hub's throttling answer).
+    #[error("throttled: {0}")]
+    Throttled(String),
     /// Storage failed.
     #[error("storage error: {0}")]
     Storage(#[from] StorageError),
@@ -64,6 +67,7 @@ impl HubError {
             Self::GatewayTimeout(_) => 504,
             Self::QueueFull(_) => 403,
             Self::TooLarge(_) => 413,
+            Self::Throttled(_) => 429,
             Self::Storage(_) => 500,
         }
     }
@@ -83,6 +87,7 @@ impl HubError {
             Self::GatewayTimeout(_) => ("GatewayTimeout", 504_101),
             Self::QueueFull(_) => ("DeviceMaximumQueueDepthExceeded", 403_004),
             Self::TooLarge(_) => ("MessageTooLarge", 413_001),
+            Self::Throttled(_) => ("ThrottlingException", 429_001),
             Self::Storage(_) => ("ServerError", 500_001),
         }
     }

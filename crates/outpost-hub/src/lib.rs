@@ -24,15 +24,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use outpost_core::{DeviceId, Identity};
-use outpost_mqtt::{Outbox, Outgoing};
+use outpost_mqtt::{Outbox, Outgoing, PendingMethods};
 use outpost_store::Database;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 pub use error::HubError;
 pub use server::{HubConfig, RunningHub};
 
-/// The answer of a direct method: the status the device chose and its JSON payload bytes.
-type MethodAnswer = (i32, Vec<u8>);
+/// Direct method calls that may wait for their answers at once; past this a call is refused with 429.
+const MAX_PENDING_METHODS: usize = 10_000;
 
 /// The hub's state, shared by its protocol heads.
 pub struct Hub {
@@ -43,8 +43,8 @@ pub struct Hub {
     ///
     /// A std `Mutex`: held only to insert, remove or clone an outbox, never across an `.await`.
     connections: Mutex<HashMap<String, Outbox>>,
-    /// Direct method calls waiting for their response, by request id.
-    pending_methods: Mutex<HashMap<String, oneshot::Sender<MethodAnswer>>>,
+    /// Direct method calls waiting for their response, each bound to the connection it was sent on.
+    pending_methods: PendingMethods,
     next_request_id: AtomicU64,
     /// The sequence number of the newest device-to-cloud event, for long-polling readers.
     newest_event: watch::Sender<i64>,
@@ -64,7 +64,7 @@ impl Hub {
             Database::open(&data_dir.join("hub.sqlite"), store::MIGRATIONS).map_err(
                 |e| match e {
                     outpost_store::StoreError::Sql(e) => HubError::from(e),
-                    other @ outpost_store::StoreError::SchemaTooNew { .. } => {
+                    other => {
                         HubError::ArgumentInvalid(other.to_string())
                     }
                 },
@@ -93,7 +93,7 @@ impl Hub {
             host_name: host_name.to_owned(),
             db,
             connections: Mutex::new(HashMap::new()),
-            pending_methods: Mutex::new(HashMap::new()),
+            pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
             next_request_id: AtomicU64::new(1),
             newest_event: watch::channel(newest).0,
             c2d_in_flight: Mutex::new(HashMap::new()),

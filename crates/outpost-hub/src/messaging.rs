@@ -2,15 +2,13 @@
 //! the service to devices and modules.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use outpost_core::{Identity, Message};
 use outpost_mqtt::{Feature, Outgoing};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use crate::error::HubError;
 use crate::registry::{device_id, module_id};
@@ -25,6 +23,39 @@ pub const MAX_C2D_BYTES: usize = 64 * 1024;
 pub const MAX_PENDING_C2D: usize = 50;
 /// Method payloads may be at most this large.
 pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
+
+/// How much of the device-to-cloud event stream the hub keeps: events older than `max_age` and the oldest events
+/// past `max_bytes` of stored JSON are pruned in the background (see [`Hub::prune_events`]).
+///
+/// The size cap counts the bytes of the events' JSON (what `GET /events` returns), not the database file: a row
+/// cap would bound a stream of 256 KB messages a thousand times less tightly than one of small readings, and the
+/// JSON is what grows. SQLite reuses the pages of pruned rows, so the file stops growing rather than shrinking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRetention {
+    /// Events older than this are pruned (default one day).
+    pub max_age: Duration,
+    /// The oldest events are pruned while the stored JSON is larger than this (default 1 GiB).
+    pub max_bytes: u64,
+}
+
+impl Default for EventRetention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_hours(24),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+impl EventRetention {
+    /// How often the pruning task looks: a quarter of the maximum age, between 1 and 10 seconds.
+    pub fn prune_interval(&self) -> Duration {
+        (self.max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+}
+
+/// At most this many events are deleted by one statement, so that pruning never holds the database long.
+pub const PRUNE_BATCH: usize = 256;
 
 /// A direct method call from the service.
 #[derive(Debug, Clone)]
@@ -114,8 +145,13 @@ impl Hub {
                 "device-to-cloud messages are at most 256 KB".into(),
             ));
         }
-        let enqueued = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        let seq = store::append_event(&self.db.lock(), &event_json(identity, message, &enqueued))?;
+        let now = Utc::now();
+        let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let seq = store::append_event(
+            &self.db.lock(),
+            &event_json(identity, message, &enqueued),
+            now.timestamp_millis(),
+        )?;
         self.newest_event.send_replace(seq);
         Ok(seq)
     }
@@ -131,11 +167,16 @@ impl Hub {
                 big.body.len()
             )));
         }
-        let enqueued = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let now = Utc::now();
+        let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
         let newest = self.db.transaction(|tx| {
             let mut newest = 0;
             for (identity, message) in batch {
-                newest = store::append_event(tx, &event_json(identity, message, &enqueued))?;
+                newest = store::append_event(
+                    tx,
+                    &event_json(identity, message, &enqueued),
+                    now.timestamp_millis(),
+                )?;
             }
             Ok::<_, HubError>(newest)
         })?;
@@ -145,7 +186,25 @@ impl Hub {
         Ok(batch.len())
     }
 
-    /// Reads up to `max` events after sequence number `after`, waiting up to `wait` for the first one.
+    /// Deletes one batch of events past `retention` at `now` (at most [`PRUNE_BATCH`]); returns how many, so
+    /// that the caller repeats while a whole batch went and lets others use the database in between.
+    pub fn prune_events(
+        &self,
+        retention: &EventRetention,
+        now: DateTime<Utc>,
+    ) -> Result<usize, HubError> {
+        let max_age = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now.timestamp_millis().saturating_sub(max_age);
+        Ok(store::prune_events(
+            &self.db.lock(),
+            cutoff,
+            retention.max_bytes,
+            PRUNE_BATCH,
+        )?)
+    }
+
+    /// Reads up to `max` events after sequence number `after`, waiting up to `wait` for the first one. A reader
+    /// behind the retention (asking after an event already pruned) gets the oldest events kept.
     pub async fn read_events(
         &self,
         after: i64,
@@ -276,50 +335,41 @@ impl Hub {
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        let rid = format!("{:x}", self.next_request_id.fetch_add(1, Ordering::Relaxed));
-        let (answer_tx, answer_rx) = oneshot::channel();
-        self.pending_methods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(rid.clone(), answer_tx);
+        let pending = self
+            .pending_methods
+            .call(&identity.client_id(), outbox.connection())
+            .map_err(|e| HubError::Throttled(e.to_string()))?;
         let payload = serde_json::to_vec(&call.payload).unwrap_or_default();
         let sent = outbox.send(Outgoing::MethodRequest {
-            rid: rid.clone(),
+            rid: pending.rid().to_owned(),
             method: call.method,
             payload,
         });
         let answer = if sent {
-            tokio::time::timeout(call.response_timeout, answer_rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
+            pending.answer(call.response_timeout).await
         } else {
             None
         };
-        self.pending_methods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&rid);
         let (status, payload) =
             answer.ok_or_else(|| HubError::GatewayTimeout(identity.to_string()))?;
-        let payload = if payload.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&payload)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()))
-        };
-        Ok((status, payload))
+        Ok((status, outpost_mqtt::methods::answer_payload(&payload)))
     }
 
-    /// A device answered a direct method.
-    pub fn method_answered(&self, rid: &str, status: i32, payload: Vec<u8>) {
-        let waiting = self
-            .pending_methods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(rid);
-        if let Some(waiting) = waiting {
-            let _ = waiting.send((status, payload));
+    /// `from` answered a direct method on `connection`: accepted only if the call went to that identity on
+    /// that connection; anything else is dropped and logged (another client cannot forge the answer).
+    pub fn method_answered(
+        &self,
+        from: &Identity,
+        connection: u64,
+        rid: &str,
+        status: i32,
+        payload: Vec<u8>,
+    ) {
+        if let Err(refused) =
+            self.pending_methods
+                .answer(&from.client_id(), connection, rid, (status, payload))
+        {
+            tracing::warn!(client = %from, %refused, "method answer dropped");
         }
     }
 }

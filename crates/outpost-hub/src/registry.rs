@@ -100,6 +100,7 @@ impl Hub {
         {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
+        let mut rotated = false;
         let record = self.db.transaction(|tx| {
             let parent_scope = match &spec.parent {
                 Some(parent) => {
@@ -132,6 +133,10 @@ impl Hub {
                 }
                 (Some(mut current), _) => {
                     precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
+                    let keys_before = (
+                        current.credentials.primary_key.clone(),
+                        current.credentials.secondary_key.clone(),
+                    );
                     let status = spec.status.unwrap_or(current.status);
                     if status != current.status {
                         current.status_updated = Utc::now();
@@ -152,6 +157,11 @@ impl Hub {
                     current.iot_edge = spec.iot_edge;
                     apply_scopes(&mut current, spec, parent_scope);
                     current.etag_counter += 1;
+                    rotated = keys_before
+                        != (
+                            current.credentials.primary_key.clone(),
+                            current.credentials.secondary_key.clone(),
+                        );
                     current
                 }
                 (None, _) => {
@@ -191,6 +201,10 @@ impl Hub {
         })?;
         if record.status == IdentityStatus::Disabled {
             self.disconnect_device(&record.device_id);
+        } else if rotated {
+            // A connection authenticated with a key that no longer exists must not outlive it (IoT Hub
+            // closes it too; the SDK reconnects with the new key).
+            self.disconnect(&Identity::device(record.device_id.clone()));
         }
         Ok(record)
     }
@@ -234,7 +248,8 @@ impl Hub {
         {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
-        self.db.transaction(|tx| {
+        let mut rotated = false;
+        let result = self.db.transaction(|tx| {
             if store::device(tx, &device)?.is_none() {
                 return Err(HubError::DeviceNotFound(device.to_string()));
             }
@@ -246,9 +261,11 @@ impl Hub {
                 (Some(mut current), _) => {
                     precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
                     if let Some(key) = spec.primary_key.filter(|k| !k.is_empty()) {
+                        rotated |= key != current.credentials.primary_key;
                         current.credentials.primary_key = key;
                     }
                     if let Some(key) = spec.secondary_key.filter(|k| !k.is_empty()) {
+                        rotated |= key != current.credentials.secondary_key;
                         current.credentials.secondary_key = key;
                     }
                     if spec.managed_by.is_some() {
@@ -270,7 +287,11 @@ impl Hub {
                     Ok((record, true))
                 }
             }
-        })
+        })?;
+        if rotated {
+            self.disconnect(&Identity::module(device, module));
+        }
+        Ok(result)
     }
 
     /// Reads a module.

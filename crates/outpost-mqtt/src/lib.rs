@@ -10,6 +10,7 @@
 
 pub mod client;
 mod io;
+pub mod methods;
 pub mod ops;
 pub mod packet;
 pub mod server;
@@ -18,6 +19,7 @@ pub mod topic;
 
 pub use client::{Client, ClientError};
 pub use io::ReadError;
+pub use methods::{MethodAnswer, PendingMethods};
 pub use ops::{
     ConnectRefusal, DeviceOperations, Feature, Inbox, OperationError, Outbox, OutboxOverflow,
     Outgoing,

@@ -37,8 +37,16 @@ pub trait DeviceOperations: Send + Sync + 'static {
         identity: &Identity,
         message: Message,
     ) -> Result<(), OperationError>;
-    /// The client answered a direct method.
-    async fn method_response(&self, identity: &Identity, rid: &str, status: i32, payload: Vec<u8>);
+    /// The client answered a direct method on connection `connection` (the backend accepts it only from the
+    /// identity and connection the request went to; see [`PendingMethods`](crate::PendingMethods)).
+    async fn method_response(
+        &self,
+        identity: &Identity,
+        connection: u64,
+        rid: &str,
+        status: i32,
+        payload: Vec<u8>,
+    );
     /// The client PUBACKed a C2D or input message that was pushed with this delivery id.
     async fn delivered(&self, identity: &Identity, delivery_id: u64);
     /// Persisted session state for CleanSession=0 (subscription filters by client id), so sessions survive restarts.

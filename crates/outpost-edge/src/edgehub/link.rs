@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::EdgeConfig;
@@ -27,6 +28,39 @@ pub enum LinkError {
     /// The settings do not allow a link.
     #[error("{0}")]
     Setup(String),
+}
+
+/// One telemetry message of a batch, as the hub's `/edge/{device}/messages` reads it.
+#[derive(Debug, Serialize)]
+pub struct UpstreamMessage<'a> {
+    /// The client that sent it (`device` or `device/module`).
+    pub client: &'a str,
+    /// The message (its body in base64).
+    pub message: &'a Message,
+}
+
+/// The bytes of a batch's body around its messages: `{"messages":[]}`.
+pub const BATCH_ENVELOPE_BYTES: usize = r#"{"messages":[]}"#.len();
+
+impl UpstreamMessage<'_> {
+    /// Its size in a batch's JSON body, the comma before it included.
+    pub fn encoded_len(&self) -> usize {
+        /// Counts what is written and keeps nothing: the size without a second copy of the message.
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut counter = Counter(1);
+        // Serialising plain strings and maps into a writer that never fails cannot fail.
+        let _ = serde_json::to_writer(&mut counter, self);
+        counter.0
+    }
 }
 
 /// The link's HTTP session (HTTP/2: one connection carries every request).
@@ -99,19 +133,12 @@ impl Link {
             .unwrap_or_default())
     }
 
-    /// Sends a batch of telemetry; returns once the hub has stored it.
-    pub async fn messages(&self, batch: &[(String, Message)]) -> Result<(), LinkError> {
-        let messages: Vec<Value> = batch
-            .iter()
-            .map(|(client, message)| json!({"client": client, "message": message}))
-            .collect();
-        self.call(
-            Method::POST,
-            "/messages",
-            Some(&json!({"messages": messages})),
-        )
-        .await
-        .map(drop)
+    /// Sends a batch of telemetry; returns once the hub has stored it. The body is `{"messages":[..]}`, whose
+    /// size is the sum of the messages' [`UpstreamMessage::encoded_len`] plus [`BATCH_ENVELOPE_BYTES`].
+    pub async fn messages(&self, batch: &[UpstreamMessage<'_>]) -> Result<(), LinkError> {
+        self.call(Method::POST, "/messages", Some(&json!({"messages": batch})))
+            .await
+            .map(drop)
     }
 
     /// Reads a client's twin (`{"desired":..,"reported":..}`).
@@ -147,11 +174,14 @@ impl Link {
     /// Returns a client's answer to a cloud method call.
     pub async fn method_response(
         &self,
+        client: &str,
         rid: &str,
         status: i32,
         payload: &Value,
     ) -> Result<(), LinkError> {
-        let body = json!({"methodResponses": [{"rid": rid, "status": status, "payload": payload}]});
+        let body = json!({"methodResponses": [
+            {"client": client, "rid": rid, "status": status, "payload": payload}
+        ]});
         self.call(Method::POST, "/acks", Some(&body))
             .await
             .map(drop)

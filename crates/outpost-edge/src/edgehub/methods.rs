@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use outpost_core::Identity;
+use outpost_mqtt::methods::answer_payload;
 use outpost_mqtt::{Feature, Outgoing};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -19,12 +19,26 @@ use tokio_rustls::TlsAcceptor;
 
 use super::EdgeHub;
 
+/// Method calls that may wait for their answers at once (local and forwarded from the hub); past this a
+/// local call is refused with 429 and a forwarded one answered 429.
+pub const MAX_PENDING_METHODS: usize = 10_000;
+
+/// How long a call forwarded from the hub may wait for its answer: the longest response timeout IoT Hub
+/// allows (the hub gives up on its own timeout and ignores a later answer).
+const FORWARDED_TIMEOUT: Duration = Duration::from_mins(5);
+
 /// Largest method payload (128 KiB).
 const MAX_PAYLOAD: usize = 128 * 1024;
 
 fn refuse(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"message": message}))).into_response()
 }
+
+/// Largest request body: a method call is its name, timeouts and a payload of at most [`MAX_PAYLOAD`].
+const MAX_BODY: usize = 2 * MAX_PAYLOAD;
+
+/// Connections the method API serves at once (each module and downstream device holds one or two).
+pub const MAX_CONNECTIONS: usize = 1_000;
 
 /// The method API's routes.
 pub fn router(hub: Arc<EdgeHub>) -> Router {
@@ -34,7 +48,35 @@ pub fn router(hub: Arc<EdgeHub>) -> Router {
             "/twins/{device}/modules/{module}/methods",
             post(invoke_module),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            require_caller,
+        ))
         .with_state(hub)
+}
+
+/// Refuses a request whose caller is not a module of this device with its own token, before its body is read
+/// (an unauthenticated client cannot make the edge hold bodies); the handler checks the caller again.
+async fn require_caller(
+    State(hub): State<Arc<EdgeHub>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match caller(&hub, request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(refusal) => {
+            let mut refusal = *refusal;
+            // The body is left unread; an HTTP/1.1 connection cannot carry another request after that.
+            if request.version() < axum::http::Version::HTTP_2 {
+                refusal.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            refusal
+        }
+    }
 }
 
 async fn invoke_device(
@@ -138,26 +180,18 @@ async fn invoke(
             &format!("{target} is not connected to this edge hub or does not listen for methods"),
         );
     };
-    let rid = hub.next_rid();
-    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
-    super::lock(&hub.pending_methods).insert(rid.clone(), answer_tx);
+    let pending = match hub.pending_methods.call(&target, outbox.connection()) {
+        Ok(pending) => pending,
+        Err(error) => return refuse(StatusCode::TOO_MANY_REQUESTS, &error.to_string()),
+    };
     outbox.send(Outgoing::MethodRequest {
-        rid: rid.clone(),
+        rid: pending.rid().to_owned(),
         method: method.to_owned(),
         payload,
     });
-    let answer = tokio::time::timeout(Duration::from_secs(timeout), answer_rx).await;
-    super::lock(&hub.pending_methods).remove(&rid);
-    match answer {
-        Ok(Ok((status, payload))) => {
-            let payload: Value = if payload.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
-            } else {
-                serde_json::from_slice(&payload).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(&payload).into_owned())
-                })
-            };
-            Json(json!({"status": status, "payload": payload})).into_response()
+    match pending.answer(Duration::from_secs(timeout)).await {
+        Some((status, payload)) => {
+            Json(json!({"status": status, "payload": answer_payload(&payload)})).into_response()
         }
         _ => refuse(
             StatusCode::GATEWAY_TIMEOUT,
@@ -166,28 +200,63 @@ async fn invoke(
     }
 }
 
-/// Serves the method API over TLS on `listener` until the process ends.
+/// Serves the method API over TLS on `listener` until the process ends, under the limits every Outpost HTTPS
+/// listener keeps (`outpost_https`), with at most [`MAX_CONNECTIONS`] connections.
 pub async fn serve(hub: Arc<EdgeHub>, listener: TcpListener, acceptor: TlsAcceptor) {
-    let app = router(hub);
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                return tracing::debug!(%peer, "method API: TLS handshake failed");
-            };
-            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "method API connection ended with an error");
+    outpost_https::serve(
+        listener,
+        acceptor,
+        router(hub),
+        outpost_https::HttpsLimits::with_max_connections(MAX_CONNECTIONS),
+        std::future::pending(),
+    )
+    .await;
+}
+
+/// Sends a method call that the hub addressed to a client of this edge hub, under the hub's request id, and
+/// returns the client's answer to the hub when it comes. Only the target, on the connection the request went
+/// out on, can answer it; a client that is not connected or not listening is answered 404 at once.
+pub fn forward(hub: &Arc<EdgeHub>, client: &str, rid: String, method: String, payload: Vec<u8>) {
+    let hub = Arc::clone(hub);
+    let client = client.to_owned();
+    tokio::spawn(async move {
+        let outbox = hub
+            .outbox(&client)
+            .filter(|o| o.subscribed(Feature::Methods));
+        let answer = match outbox {
+            None => Some((
+                404,
+                json!({"message": format!("{client} is not connected to the edge hub")}),
+            )),
+            Some(outbox) => {
+                match hub
+                    .pending_methods
+                    .call_with_id(rid.clone(), &client, outbox.connection())
+                {
+                    Err(error) => Some((429, json!({"message": error.to_string()}))),
+                    Ok(pending) => {
+                        outbox.send(Outgoing::MethodRequest {
+                            rid: rid.clone(),
+                            method,
+                            payload,
+                        });
+                        pending
+                            .answer(FORWARDED_TIMEOUT)
+                            .await
+                            .map(|(status, payload)| (status, answer_payload(&payload)))
+                    }
+                }
             }
-        });
-    }
+        };
+        let Some((status, payload)) = answer else {
+            return tracing::debug!(%client, rid, "no answer to a method call from the hub");
+        };
+        if let Err(error) = hub
+            .link
+            .method_response(&client, &rid, status, &payload)
+            .await
+        {
+            tracing::warn!(%client, rid, %error, "cannot return a method response to the hub");
+        }
+    });
 }

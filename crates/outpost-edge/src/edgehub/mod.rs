@@ -15,24 +15,23 @@ pub mod store;
 pub mod sync;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use outpost_core::{Identity, Message, Twin};
-use outpost_mqtt::{ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing};
+use outpost_mqtt::{
+    ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing, PendingMethods,
+};
 use serde_json::{json, Map, Value};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::config::{DeviceCredentials, EdgeConfig};
 use crate::identities::IdentityCache;
-use auth::{check_token, scoped_identities, ScopedIdentity};
+use auth::{check_token, scoped_identities, ScopeRefreshGate, ScopedIdentity};
 use link::Link;
 use router::Router;
 use store::EdgeStore;
-
-/// A module's answer to a direct method: its status and JSON payload bytes.
-pub type MethodAnswer = (i32, Vec<u8>);
 
 /// C2D delivery ids carry this bit, so that a PUBACK tells them apart from input deliveries (log sequence numbers).
 const C2D_DELIVERY: u64 = 1 << 63;
@@ -57,11 +56,13 @@ pub struct EdgeHub {
     pub connections: Mutex<HashMap<String, Outbox>>,
     /// Signalled when clients connect, disconnect or subscribe, and when messages are stored.
     pub changed: Notify,
-    /// Method calls of the local method API waiting for their answer, by request id.
-    pub pending_methods: Mutex<HashMap<String, oneshot::Sender<MethodAnswer>>>,
-    next_request: AtomicU64,
+    /// Method calls waiting for their answer, from the local method API and forwarded from the hub, each
+    /// bound to the client and connection the request went to.
+    pub pending_methods: PendingMethods,
     /// The scope as last cached.
     scope: Mutex<Vec<ScopedIdentity>>,
+    /// When unknown clients last made the edge hub refresh the scope.
+    unknown_client_refresh: Mutex<ScopeRefreshGate>,
 }
 
 fn now_unix() -> u64 {
@@ -123,9 +124,9 @@ impl EdgeHub {
             online: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
             changed: Notify::new(),
-            pending_methods: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
+            pending_methods: PendingMethods::new(methods::MAX_PENDING_METHODS),
             scope: Mutex::new(scope),
+            unknown_client_refresh: Mutex::new(ScopeRefreshGate::default()),
         })
     }
 
@@ -204,14 +205,6 @@ impl EdgeHub {
         ));
         clients.sort();
         clients
-    }
-
-    /// A fresh request id for the local method API.
-    pub fn next_rid(&self) -> String {
-        format!(
-            "local-{}",
-            self.next_request.fetch_add(1, Ordering::Relaxed)
-        )
     }
 
     /// The twin of a client: from the hub when it answers (refreshing the cache), else the cached copy.
@@ -312,9 +305,11 @@ impl DeviceOperations for EdgeDevices {
             .and_then(|p| std::str::from_utf8(p).ok())
             .ok_or(ConnectRefusal::NotAuthorized)?;
         let mut result = self.0.authenticate(identity, token);
-        // A device or module created since the last scope refresh: ask the hub once, if it answers.
+        // A device or module created since the last scope refresh: ask the hub, if it answers and no unknown
+        // client asked it in the last few seconds.
         if matches!(result, Err(auth::AuthError::NotInScope(_)))
             && self.0.online.load(Ordering::Acquire)
+            && lock(&self.0.unknown_client_refresh).admit(std::time::Instant::now())
         {
             if let Ok(scope) = self.0.link.scope().await {
                 self.0.set_scope(&scope);
@@ -363,6 +358,20 @@ impl DeviceOperations for EdgeDevices {
         identity: &Identity,
         message: Message,
     ) -> Result<(), OperationError> {
+        // IoT Hub's limit, which the hub applies to every message of a batch: refused here, before the PUBACK,
+        // the sender learns of it (its connection closes); accepted, it could only be dead-lettered later.
+        if message.body.len() > outpost_sdk::MAX_MESSAGE_BYTES {
+            tracing::warn!(%identity, bytes = message.body.len(), limit = outpost_sdk::MAX_MESSAGE_BYTES,
+                "refused a message over IoT Hub's 256 KB limit: no PUBACK, the connection closes");
+            return Err(OperationError::new(
+                413,
+                format!(
+                    "a message of {} bytes is over IoT Hub's limit of {} bytes",
+                    message.body.len(),
+                    outpost_sdk::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
         self.0
             .router
             .accept(identity, message)
@@ -374,18 +383,19 @@ impl DeviceOperations for EdgeDevices {
 
     async fn method_response(
         &self,
-        _identity: &Identity,
+        identity: &Identity,
+        connection: u64,
         rid: &str,
         status: i32,
         payload: Vec<u8>,
     ) {
-        if let Some(waiting) = lock(&self.0.pending_methods).remove(rid) {
-            let _ = waiting.send((status, payload));
-            return;
-        }
-        let payload: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
-        if let Err(error) = self.0.link.method_response(rid, status, &payload).await {
-            tracing::warn!(rid, %error, "cannot return a method response to the hub");
+        // Local calls and calls forwarded from the hub wait in the same table (see `methods::forward`).
+        if let Err(refused) =
+            self.0
+                .pending_methods
+                .answer(&identity.client_id(), connection, rid, (status, payload))
+        {
+            tracing::warn!(client = %identity, %refused, "method answer dropped");
         }
     }
 

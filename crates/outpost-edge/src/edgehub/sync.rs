@@ -5,13 +5,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_mqtt::{Feature, Outgoing};
+use outpost_core::Message;
+use outpost_mqtt::Outgoing;
 use serde_json::{Map, Value};
 
-use super::{c2d_delivery, link::LinkError, EdgeHub};
+use super::link::{LinkError, UpstreamMessage, BATCH_ENVELOPE_BYTES};
+use super::store::DeadLetter;
+use super::{c2d_delivery, EdgeHub};
+use batches::{Refusal, Taken, UpstreamBatches};
 
-/// Messages sent upstream in one request.
+mod batches;
+
+/// Messages sent upstream in one request at most.
 const UPSTREAM_BATCH: usize = 500;
+/// Bytes of encoded JSON sent upstream in one request at most (a single larger message still goes alone,
+/// but the edge hub refuses messages over 256 KB, about 350 KB as base64). Well below the smallest body
+/// limit of the hub's `/edge/{device}/messages` (axum's default of 2 MiB), so a batch is never refused for
+/// its size.
+pub const UPSTREAM_BATCH_BYTES: usize = (1 << 20) - BATCH_ENVELOPE_BYTES;
 /// How often an idle loop looks again.
 const IDLE: Duration = Duration::from_millis(500);
 
@@ -174,7 +185,7 @@ async fn pushes(hub: Arc<EdgeHub>) {
     }
 }
 
-async fn dispatch(hub: &EdgeHub, event: &Value) {
+async fn dispatch(hub: &Arc<EdgeHub>, event: &Value) {
     let client = event
         .get("client")
         .and_then(Value::as_str)
@@ -198,32 +209,16 @@ async fn dispatch(hub: &EdgeHub, event: &Value) {
             }
         }
         Some("method") => {
-            let rid = event
-                .get("rid")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let method = event
-                .get("method")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let text = |key: &str| {
+                event
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             let payload = serde_json::to_vec(event.get("payload").unwrap_or(&Value::Null))
                 .unwrap_or_default();
-            let sent = hub
-                .outbox(client)
-                .filter(|o| o.subscribed(Feature::Methods))
-                .is_some_and(|o| {
-                    o.send(Outgoing::MethodRequest {
-                        rid: rid.clone(),
-                        method,
-                        payload,
-                    })
-                });
-            if !sent {
-                let answer = serde_json::json!({"message": format!("{client} is not connected to the edge hub")});
-                let _ = hub.link.method_response(&rid, 404, &answer).await;
-            }
+            super::methods::forward(hub, client, text("rid"), text("method"), payload);
         }
         Some("close") => {
             if let Some(outbox) = hub.outbox(client) {
@@ -234,33 +229,105 @@ async fn dispatch(hub: &EdgeHub, event: &Value) {
     }
 }
 
+/// Whether a 4xx means the hub will never take this request: a timeout (408) or throttling (429) is retried.
+fn refused_for_good(error: &LinkError) -> bool {
+    matches!(error, LinkError::Refused { status, .. } if *status != 408 && *status != 429)
+}
+
+/// A refusal of one item may be a refusal of the link itself (say the edge device was disabled or its key
+/// changed): only when the hub still accepts the link is the item refused for itself.
+async fn link_accepted(hub: &EdgeHub) -> bool {
+    match hub.link.scope().await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "the hub refuses the link itself: keeping everything queued");
+            offline(hub, &error);
+            false
+        }
+    }
+}
+
+/// Tops the batches up from the `$upstream` queue.
+fn take_upstream(hub: &EdgeHub, batches: &mut UpstreamBatches<(String, Message)>) {
+    loop {
+        let wants = batches.wants();
+        if wants == 0 {
+            return;
+        }
+        let taken = hub.router.upstream_batch(wants);
+        let got = taken.len();
+        for (seq, client, message) in taken {
+            let bytes = UpstreamMessage {
+                client: &client,
+                message: &message,
+            }
+            .encoded_len();
+            batches.push(Taken {
+                seq,
+                bytes,
+                item: (client, message),
+            });
+        }
+        if got < wants {
+            return;
+        }
+    }
+}
+
+/// Drains `$upstream` to the hub in requests cut by count and bytes; a refused request is split until the
+/// message the hub refuses by itself is found, which alone is dead-lettered (`batches` explains the rules).
 async fn upstream(hub: Arc<EdgeHub>) {
+    let mut batches = UpstreamBatches::new(UPSTREAM_BATCH, UPSTREAM_BATCH_BYTES);
     loop {
         if !hub.online.load(Ordering::Acquire) {
             tokio::time::sleep(IDLE).await;
             continue;
         }
-        let batch = hub.router.upstream_batch(UPSTREAM_BATCH);
-        if batch.is_empty() {
+        take_upstream(&hub, &mut batches);
+        if batches.is_empty() {
             idle(&hub).await;
             continue;
         }
-        let messages: Vec<(String, outpost_core::Message)> = batch
+        let request: Vec<UpstreamMessage<'_>> = batches
+            .next_request()
             .iter()
-            .map(|(_, client, m)| (client.clone(), m.clone()))
+            .map(|t| UpstreamMessage {
+                client: &t.item.0,
+                message: &t.item.1,
+            })
             .collect();
-        match hub.link.messages(&messages).await {
-            Ok(()) => {
-                hub.router
-                    .upstream_sent(batch.iter().map(|(seq, _, _)| *seq).collect());
-            }
-            Err(error @ LinkError::Refused { .. }) => {
-                // The hub will never take these (too large, identity gone): count them dropped, do not block the queue.
-                tracing::error!(%error, count = batch.len(), "the hub refused a batch; dropping it");
-                hub.router
-                    .upstream_dropped(batch.iter().map(|(seq, _, _)| *seq).collect());
-            }
+        let count = request.len();
+        let result = hub.link.messages(&request).await;
+        drop(request);
+        match result {
+            Ok(()) => hub.router.upstream_sent(batches.stored()),
+            Err(error) if refused_for_good(&error) => match batches.refused() {
+                Refusal::Split => {
+                    tracing::warn!(%error, count, "the hub refused a batch: sending it again in halves");
+                }
+                Refusal::Alone(seq) => {
+                    if !link_accepted(&hub).await {
+                        batches.unreachable();
+                        hub.router.upstream_retry();
+                        continue;
+                    }
+                    let Some(Taken {
+                        item: (client, message),
+                        ..
+                    }) = batches.dead_lettered()
+                    else {
+                        continue;
+                    };
+                    if let Err(store_error) = hub.store.count_dead_letter(DeadLetter::Message) {
+                        tracing::warn!(%store_error, "cannot count a dead-lettered message");
+                    }
+                    hub.router.upstream_dead_letter(seq);
+                    tracing::error!(%client, seq, bytes = message.body.len(), reason = %error,
+                        "the hub refused a message by itself: dead-lettered (counted in `outpost edge stats`)");
+                }
+            },
             Err(error) => {
+                batches.unreachable();
                 hub.router.upstream_retry();
                 offline(&hub, &error);
             }
@@ -284,9 +351,16 @@ async fn reported(hub: Arc<EdgeHub>) {
                 Ok(_) => {
                     let _ = hub.store.reported_done(seq);
                 }
-                Err(error @ LinkError::Refused { .. }) => {
-                    tracing::error!(%client, %error, "the hub refused a reported patch; dropping it");
-                    let _ = hub.store.reported_done(seq);
+                Err(error) if refused_for_good(&error) => {
+                    if !link_accepted(&hub).await {
+                        break;
+                    }
+                    if let Err(store_error) = hub.store.reported_dead_lettered(seq) {
+                        tracing::warn!(%store_error, "cannot dead-letter a reported patch");
+                        break;
+                    }
+                    tracing::error!(%client, reason = %error,
+                        "the hub refused a reported patch: dead-lettered (counted in `outpost edge stats`)");
                 }
                 Err(error) => {
                     offline(&hub, &error);
@@ -301,6 +375,41 @@ async fn reported(hub: Arc<EdgeHub>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_sizes_of_a_batch_add_up_to_its_json_body() {
+        let messages: Vec<(String, Message)> = (0..3)
+            .map(|i| {
+                let mut message = Message::default();
+                message.body = vec![i; 1000 + usize::from(i)];
+                message
+                    .properties
+                    .insert("quote\"d".into(), Some("é\n".into()));
+                (format!("edge/module-{i}"), message)
+            })
+            .collect();
+        let batch: Vec<UpstreamMessage<'_>> = messages
+            .iter()
+            .map(|(client, message)| UpstreamMessage { client, message })
+            .collect();
+        let body = serde_json::to_vec(&json!({ "messages": batch })).unwrap();
+        let sum: usize = batch.iter().map(UpstreamMessage::encoded_len).sum();
+        // The first message has no comma before it.
+        assert_eq!(sum - 1 + BATCH_ENVELOPE_BYTES, body.len());
+    }
+
+    #[test]
+    fn a_timeout_or_throttling_is_retried_and_other_refusals_are_final() {
+        let refusal = |status| LinkError::Refused {
+            status,
+            message: String::new(),
+        };
+        assert!(refused_for_good(&refusal(413)));
+        assert!(refused_for_good(&refusal(401)));
+        assert!(!refused_for_good(&refusal(429)));
+        assert!(!refused_for_good(&refusal(408)));
+        assert!(!refused_for_good(&LinkError::Unreachable("down".into())));
+    }
 
     #[test]
     fn the_diff_between_desired_documents_is_a_merge_patch() {

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{json_body, ok_json, ApiError, HubState};
 use crate::edge_link::{EdgeClient, EdgeMessage};
@@ -89,20 +89,12 @@ struct Delivered {
 }
 
 #[derive(Deserialize)]
-struct MethodAnswer {
-    rid: String,
-    status: i32,
-    #[serde(default)]
-    payload: Value,
-}
-
-#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Acks {
     #[serde(default)]
     delivered: Vec<Delivered>,
     #[serde(default)]
-    method_responses: Vec<MethodAnswer>,
+    method_responses: Vec<crate::edge_link::EdgeMethodAnswer>,
 }
 
 pub(super) async fn acks(
@@ -118,12 +110,7 @@ pub(super) async fn acks(
         .into_iter()
         .map(|d| (d.client, d.delivery_id))
         .collect();
-    let answers = acks
-        .method_responses
-        .into_iter()
-        .map(|a| (a.rid, a.status, a.payload))
-        .collect();
-    hub.edge_acks(&record, &delivered, answers)?;
+    hub.edge_acks(&record, &delivered, acks.method_responses)?;
     Ok(ok_json(json!({})))
 }
 

@@ -363,6 +363,7 @@ impl<O: DeviceOperations> Driver<O> {
         let ops = Arc::clone(&self.ops);
         let identity = Arc::clone(&self.identity);
         let client_id = Arc::clone(&self.client_id);
+        let connection = self.outbox.connection();
         Box::pin(async move {
             let outcome = match call.operation {
                 Operation::GetTwin { rid } => Outcome::Twin {
@@ -381,7 +382,8 @@ impl<O: DeviceOperations> Driver<O> {
                     status,
                     payload,
                 } => {
-                    ops.method_response(&identity, &rid, status, payload).await;
+                    ops.method_response(&identity, connection, &rid, status, payload)
+                        .await;
                     Outcome::Done
                 }
                 Operation::Delivered(id) => {

@@ -211,6 +211,7 @@ impl DeviceOperations for FakeBackend {
     async fn method_response(
         &self,
         _identity: &Identity,
+        _connection: u64,
         rid: &str,
         status: i32,
         payload: Vec<u8>,

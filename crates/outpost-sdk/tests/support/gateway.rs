@@ -171,9 +171,16 @@ impl DeviceOperations for GatewayDevices {
         Ok(())
     }
 
-    async fn method_response(&self, identity: &Identity, rid: &str, status: i32, payload: Vec<u8>) {
+    async fn method_response(
+        &self,
+        identity: &Identity,
+        connection: u64,
+        rid: &str,
+        status: i32,
+        payload: Vec<u8>,
+    ) {
         self.hub
-            .method_response(identity, rid, status, payload)
+            .method_response(identity, connection, rid, status, payload)
             .await;
     }
 
