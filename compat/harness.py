@@ -150,6 +150,8 @@ class Hub:
         self.proc: subprocess.Popen | None = None
         self.connection_string: str = ""
         self.starts = 0
+        # More `outpost hub serve` flags (limits, retention), used from the next start.
+        self.extra_args: list[str] = []
 
     # -- lifecycle
 
@@ -175,6 +177,7 @@ class Hub:
                 "--bind", self.host,
                 "--mqtt-port", str(MQTT_PORT),
                 "--https-port", str(self.https_port),
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

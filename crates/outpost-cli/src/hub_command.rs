@@ -2,9 +2,11 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use outpost_hub::messaging::EventRetention;
 use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,15 @@ pub enum HubCommand {
         /// The HTTPS port.
         #[arg(long, default_value_t = 443)]
         https_port: u16,
+
+        // The device-to-cloud event stream (`GET /events`, `outpost monitor`).
+        /// How long device-to-cloud events are kept (`90s`, `30m`, `12h`, `7d`); older ones are pruned in the
+        /// background. A reader asking for events older than those kept gets the oldest kept.
+        #[arg(long, default_value = "1d", value_parser = parse_duration)]
+        event_retention: Duration,
+        /// The most event JSON kept (`500MiB`, `1GiB`, or bytes); past it the oldest events are pruned.
+        #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+        event_max_bytes: u64,
     },
     /// Print the service connection string of the `iothubowner` policy.
     ConnectionString {
@@ -55,6 +66,8 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             bind,
             mqtt_port,
             https_port,
+            event_retention,
+            event_max_bytes,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -62,6 +75,10 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 bind,
                 mqtt_port,
                 https_port,
+                event_retention: EventRetention {
+                    max_age: event_retention,
+                    max_bytes: event_max_bytes,
+                },
             };
             serve(&config).await
         }
@@ -73,6 +90,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 bind: IpAddr::from([127, 0, 0, 1]),
                 mqtt_port: 8883,
                 https_port: served.https_port,
+                event_retention: EventRetention::default(),
             };
             println!("{}", config.owner_connection_string()?);
             Ok(())
@@ -141,4 +159,71 @@ fn read_served_as(data_dir: &Path) -> anyhow::Result<ServedAs> {
         )
     })?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
+
+/// Reads a positive duration: a number followed by `ms`, `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
+    };
+    match number.checked_mul(unit_ms) {
+        Some(0) => Err("the duration must be more than 0".into()),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Err(format!("{text:?} is too long")),
+    }
+}
+
+/// Reads a positive size: bytes, or a number followed by `KiB`, `MiB` or `GiB`.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 500MiB or 1GiB"))?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return Err(format!("{text:?}: the unit must be B, KiB, MiB or GiB")),
+    };
+    match number.checked_mul(1 << shift) {
+        Some(0) => Err("the size must be more than 0".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_read_their_units() {
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_hours(24)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("1GB").is_err());
+    }
 }

@@ -147,6 +147,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         bind: hub_ip,
         mqtt_port: 8883,
         https_port: 8443,
+        event_retention: outpost_hub::messaging::EventRetention::default(),
     };
     let running = RunningHub::start(&hub_config).await?;
     let hub = running.hub.clone();

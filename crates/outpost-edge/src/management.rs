@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::agent::Agent;
+use crate::edgehub::store::DeadLetter;
 use crate::edgehub::EdgeHub;
 
 /// What the management API looks after.
@@ -135,7 +136,7 @@ async fn restart(
     }
 }
 
-/// The edge hub's store-and-forward counters and link state.
+/// The edge hub's store-and-forward counters, dead letters and link state.
 async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
     let stats = edge_hub.router.log().stats();
     let endpoints: serde_json::Map<String, Value> = stats
@@ -145,7 +146,7 @@ async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
             (
                 name.clone(),
                 json!({"queued": e.queued, "inFlight": e.in_flight, "delivered": e.delivered,
-                                  "expired": e.expired, "dropped": e.dropped}),
+                       "expired": e.expired, "dropped": e.dropped, "deadLettered": e.dead_lettered}),
             )
         })
         .collect();
@@ -177,7 +178,11 @@ pub async fn request(socket: &Path, method: &str, path: &str) -> std::io::Result
         std::io::Error::new(
             e.kind(),
             format!(
+        // Since the store was created (the other counters count since the daemon started): each is gone for
+        // good, and its reason is in the log.
+        "deadLettered": edge_hub.store.dead_lettered(DeadLetter::Message).unwrap_or(0),
                 "cannot reach the edge daemon at {}: {e} (is `outpost edge run` running?)",
+        "reportedDeadLettered": edge_hub.store.dead_lettered(DeadLetter::ReportedPatch).unwrap_or(0),
                 socket.display()
             ),
         )

@@ -29,6 +29,10 @@ pub struct HubConfig {
     pub mqtt_port: u16,
     /// The HTTPS port (443).
     pub https_port: u16,
+
+    // The device-to-cloud event stream.
+    /// How long and how much of the event stream is kept (pruned in the background).
+    pub event_retention: crate::messaging::EventRetention,
 }
 
 /// A hub serving its listeners.
@@ -101,6 +105,11 @@ impl RunningHub {
             crate::rest::router(hub.clone()),
             shutdown_rx.clone(),
         ));
+        tasks.spawn(prune_events(
+            hub.clone(),
+            config.event_retention,
+            shutdown_rx.clone(),
+        ));
         let pusher = hub.clone();
         let mut stop = shutdown_rx;
         tasks.spawn(async move {
@@ -139,6 +148,41 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
     while !*shutdown.borrow() {
         if shutdown.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Keeps the event stream within its retention until shut down: a few statements of at most
+/// [`PRUNE_BATCH`](crate::messaging::PRUNE_BATCH) deletes each, yielding between them so that devices and
+/// readers get the database in between.
+async fn prune_events(
+    hub: Arc<Hub>,
+    retention: crate::messaging::EventRetention,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(retention.prune_interval()) => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut pruned = 0;
+        while !*shutdown.borrow() {
+            match hub.prune_events(&retention, chrono::Utc::now()) {
+                Ok(count) => {
+                    pruned += count;
+                    if count < crate::messaging::PRUNE_BATCH {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot prune the event stream");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::debug!(pruned, "pruned the event stream");
         }
     }
 }

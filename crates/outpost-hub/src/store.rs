@@ -35,6 +35,30 @@ pub const MIGRATIONS: &[&str] = &["
         device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,
         manifest TEXT NOT NULL,
         applied TEXT NOT NULL);
+", "
+    -- The event stream's retention (see `prune_events`) needs each event's age and size without reading its JSON:
+    -- both are columns before the JSON, so a large event's overflow pages are not read to find them, and the
+    -- total is kept by triggers so that checking the size cap reads one row.
+    CREATE TABLE events_v2 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        enqueued_ms INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        event TEXT NOT NULL);
+    INSERT INTO events_v2 (seq, enqueued_ms, bytes, event)
+        SELECT seq,
+            COALESCE(CAST(strftime('%s', json_extract(event, '$.enqueuedTime')) AS INTEGER),
+                     CAST(strftime('%s', 'now') AS INTEGER)) * 1000,
+            length(CAST(event AS BLOB)),
+            event
+        FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v2 RENAME TO events;
+    CREATE TABLE event_totals (bytes INTEGER NOT NULL);
+    INSERT INTO event_totals (bytes) SELECT COALESCE(SUM(bytes), 0) FROM events;
+    CREATE TRIGGER event_added AFTER INSERT ON events
+        BEGIN UPDATE event_totals SET bytes = bytes + NEW.bytes; END;
+    CREATE TRIGGER event_removed AFTER DELETE ON events
+        BEGIN UPDATE event_totals SET bytes = bytes - OLD.bytes; END;
 "];
 
 /// Errors of the hub's storage.
@@ -100,6 +124,17 @@ pub fn delete_device(conn: &Connection, id: &DeviceId) -> Result<bool, StorageEr
         params![id.as_str(), prefix],
     )?;
     Ok(conn.execute("DELETE FROM devices WHERE device_id = ?1", [id.as_str()])? > 0)
+}
+
+/// The ids of the modules of a device.
+pub fn module_ids(
+    conn: &Connection,
+    device: &DeviceId,
+) -> Result<std::collections::HashSet<String>, StorageError> {
+    let mut statement =
+        conn.prepare_cached("SELECT module_id FROM modules WHERE device_id = ?1")?;
+    let rows = statement.query_map([device.as_str()], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Reads one module.
@@ -239,13 +274,19 @@ pub fn put_session(
     Ok(())
 }
 
-/// Appends a device-to-cloud event; returns its sequence number.
-pub fn append_event(conn: &Connection, event: &serde_json::Value) -> Result<i64, StorageError> {
-    conn.execute("INSERT INTO events (event) VALUES (?1)", [to_text(event)?])?;
+/// Appends a device-to-cloud event enqueued at `enqueued_ms` (Unix milliseconds); returns its sequence number.
+pub fn append_event(
+    conn: &Connection,
+    event: &serde_json::Value,
+    enqueued_ms: i64,
+) -> Result<i64, StorageError> {
+    let text = to_text(event)?;
+    conn.prepare_cached("INSERT INTO events (enqueued_ms, bytes, event) VALUES (?1, ?2, ?3)")?
+        .execute(params![enqueued_ms, text.len() as i64, text])?;
     Ok(conn.last_insert_rowid())
 }
 
-/// Reads up to `max` events with a sequence number above `after`.
+/// Reads up to `max` events with a sequence number above `after` (from the oldest kept when `after` is older).
 pub fn events_after(
     conn: &Connection,
     after: i64,
@@ -263,9 +304,50 @@ pub fn events_after(
     .collect()
 }
 
-/// The sequence number of the newest event (0 when there is none).
+/// The sequence number of the newest event ever appended (0 when there was none), even if it was pruned.
 pub fn last_event(conn: &Connection) -> Result<i64, StorageError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+    Ok(conn.query_row(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// The bytes of event JSON stored.
+pub fn event_bytes(conn: &Connection) -> Result<u64, StorageError> {
+    let bytes: i64 = conn.query_row("SELECT bytes FROM event_totals", [], |r| r.get(0))?;
+    Ok(bytes.max(0).unsigned_abs())
+}
+
+/// Deletes the oldest events that were enqueued before `cutoff_ms` or that take the stored JSON over
+/// `max_bytes`, at most `batch` of them in one statement; returns how many. Newer events are never deleted
+/// before older ones, so what is kept is always the newest part of the stream.
+pub fn prune_events(
+    conn: &Connection,
+    cutoff_ms: i64,
+    max_bytes: u64,
+    batch: usize,
+) -> Result<usize, StorageError> {
+    let mut excess = i128::from(event_bytes(conn)?) - i128::from(max_bytes);
+    let mut statement =
+        conn.prepare_cached("SELECT seq, enqueued_ms, bytes FROM events ORDER BY seq LIMIT ?1")?;
+    let mut rows = statement.query([batch as i64])?;
+    let (mut last, mut count) = (None, 0);
+    while let Some(row) = rows.next()? {
+        let (seq, enqueued_ms, bytes): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        if enqueued_ms >= cutoff_ms && excess <= 0 {
+            break;
+        }
+        excess -= i128::from(bytes);
+        last = Some(seq);
+        count += 1;
+    }
+    drop(rows);
+    if let Some(last) = last {
+        conn.prepare_cached("DELETE FROM events WHERE seq <= ?1")?
+            .execute([last])?;
+    }
+    Ok(count)
 }
 
 /// Queues a cloud-to-device message; returns its id.
@@ -341,4 +423,112 @@ pub fn deployment(
         )
         .optional()?;
     from_text(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn events_db() -> outpost_store::Database {
+        outpost_store::Database::in_memory(MIGRATIONS).unwrap()
+    }
+
+    fn seqs(conn: &Connection) -> Vec<i64> {
+        events_after(conn, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect()
+    }
+
+    #[test]
+    fn pruning_by_age_deletes_the_events_enqueued_before_the_cutoff_only() {
+        let db = events_db();
+        let conn = db.lock();
+        for at in [1_000, 2_000, 3_000, 4_000] {
+            append_event(&conn, &json!({"at": at}), at).unwrap();
+        }
+        assert_eq!(prune_events(&conn, 3_000, u64::MAX, 100).unwrap(), 2);
+        assert_eq!(seqs(&conn), vec![3, 4]);
+        assert_eq!(prune_events(&conn, 3_000, u64::MAX, 100).unwrap(), 0);
+    }
+
+    #[test]
+    fn pruning_by_size_deletes_the_oldest_until_the_rest_fits_and_keeps_the_newest() {
+        let db = events_db();
+        let conn = db.lock();
+        let event = json!({"body": "x".repeat(90)});
+        let size = to_text(&event).unwrap().len() as u64;
+        for _ in 0..10 {
+            append_event(&conn, &event, 1_000).unwrap();
+        }
+        assert_eq!(event_bytes(&conn).unwrap(), 10 * size);
+        assert_eq!(prune_events(&conn, 0, 3 * size + 1, 100).unwrap(), 7);
+        assert_eq!(seqs(&conn), vec![8, 9, 10]);
+        assert_eq!(event_bytes(&conn).unwrap(), 3 * size);
+    }
+
+    #[test]
+    fn pruning_deletes_at_most_one_batch_per_call() {
+        let db = events_db();
+        let conn = db.lock();
+        for _ in 0..10 {
+            append_event(&conn, &json!({}), 1_000).unwrap();
+        }
+        assert_eq!(prune_events(&conn, 5_000, u64::MAX, 4).unwrap(), 4);
+        assert_eq!(prune_events(&conn, 5_000, u64::MAX, 4).unwrap(), 4);
+        assert_eq!(prune_events(&conn, 5_000, u64::MAX, 4).unwrap(), 2);
+        assert!(seqs(&conn).is_empty());
+    }
+
+    #[test]
+    fn sequence_numbers_keep_growing_after_everything_was_pruned() {
+        let db = events_db();
+        let conn = db.lock();
+        append_event(&conn, &json!({}), 1_000).unwrap();
+        append_event(&conn, &json!({}), 1_000).unwrap();
+        prune_events(&conn, 5_000, u64::MAX, 100).unwrap();
+        assert_eq!(last_event(&conn).unwrap(), 2);
+        assert_eq!(append_event(&conn, &json!({}), 6_000).unwrap(), 3);
+        assert_eq!(event_bytes(&conn).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_reader_behind_the_retention_gets_what_is_kept() {
+        let db = events_db();
+        let conn = db.lock();
+        for at in [1_000, 2_000, 3_000] {
+            append_event(&conn, &json!({}), at).unwrap();
+        }
+        prune_events(&conn, 2_500, u64::MAX, 100).unwrap();
+        assert_eq!(seqs(&conn), vec![3]);
+    }
+
+    #[test]
+    fn the_migration_keeps_existing_events_with_their_age_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        let event = json!({"enqueuedTime": "2024-05-01T10:00:00.250Z", "body": "hi"});
+        {
+            let db = outpost_store::Database::open(&path, &MIGRATIONS[..1]).unwrap();
+            db.lock()
+                .execute(
+                    "INSERT INTO events (event) VALUES (?1)",
+                    [to_text(&event).unwrap()],
+                )
+                .unwrap();
+        }
+        let db = outpost_store::Database::open(&path, MIGRATIONS).unwrap();
+        let conn = db.lock();
+        let (enqueued_ms, bytes): (i64, i64) = conn
+            .query_row("SELECT enqueued_ms, bytes FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(enqueued_ms, 1_714_557_600_000);
+        assert_eq!(bytes, to_text(&event).unwrap().len() as i64);
+        assert_eq!(event_bytes(&conn).unwrap(), bytes.unsigned_abs());
+        assert_eq!(append_event(&conn, &json!({}), 0).unwrap(), 2);
+    }
 }

@@ -1,6 +1,8 @@
 //! Who may connect to the edge hub: this device's modules and the devices whose parent it is, checked against
 //! identities cached on the device so that authentication works while the hub is unreachable.
 
+use std::time::{Duration, Instant};
+
 use outpost_core::{Identity, SasToken};
 use serde_json::Value;
 
@@ -63,6 +65,33 @@ pub fn scoped_identities(scope: &Value) -> Vec<ScopedIdentity> {
         }
     }
     identities
+}
+
+/// How often at most an unknown client may make the edge hub ask the hub for its scope.
+pub const UNKNOWN_CLIENT_REFRESH: Duration = Duration::from_secs(10);
+
+/// Limits the scope refreshes that unknown clients cause: a client not in the cached scope may be a device or
+/// module created since the last refresh, so the edge asks the hub, but at most once per [`UNKNOWN_CLIENT_REFRESH`]
+/// over all clients, so that a client retrying with a made-up id cannot make the edge query the hub on every
+/// attempt. One instant, so bounded by construction; a client refused meanwhile is refused until it retries after
+/// the window (the SDKs retry with back-off).
+#[derive(Debug, Default)]
+pub struct ScopeRefreshGate {
+    last: Option<Instant>,
+}
+
+impl ScopeRefreshGate {
+    /// Whether a refresh may start at `now`; if so, it counts as started.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < UNKNOWN_CLIENT_REFRESH)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 /// Why a client is refused.
@@ -144,6 +173,25 @@ mod tests {
             "devices": [{"deviceId": "leaf", "status": "enabled", "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": ""}}}],
             "modules": [{"deviceId": "edge", "moduleId": "filter", "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": ""}}}],
         }))
+    }
+
+    #[test]
+    fn repeated_unknown_clients_cause_at_most_one_scope_refresh_per_window() {
+        let mut gate = ScopeRefreshGate::default();
+        let start = Instant::now();
+        // 2,500 attempts, one every 10 ms for 25 s: refreshes at 0, 10 and 20 s only.
+        let admitted: Vec<Duration> = (0..2_500u64)
+            .map(|i| Duration::from_millis(i * 10))
+            .filter(|&at| gate.admit(start + at))
+            .collect();
+        assert_eq!(
+            admitted,
+            vec![
+                Duration::ZERO,
+                UNKNOWN_CLIENT_REFRESH,
+                2 * UNKNOWN_CLIENT_REFRESH
+            ]
+        );
     }
 
     #[test]

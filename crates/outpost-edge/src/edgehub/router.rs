@@ -219,9 +219,10 @@ impl Router {
         }
     }
 
-    /// The hub refused these for good.
-    pub fn upstream_dropped(&self, seqs: Vec<u64>) {
-        self.upstream_sent(seqs);
+    /// The hub refused this one message by itself: it leaves the queue counted as dead-lettered, not
+    /// delivered (the caller counts it durably and logs the reason).
+    pub fn upstream_dead_letter(&self, seq: u64) {
+        self.upstream.dead_letter(seq);
     }
 
     /// The hub did not answer: the batch goes again, in order.

@@ -1,5 +1,6 @@
 //! The edge hub's small durable state in SQLite: cached twins, reported patches waiting for the hub, MQTT
-//! sessions, and the identities in this device's scope (for authentication while offline).
+//! sessions, the identities in this device's scope (for authentication while offline), and the counts of what
+//! the hub refused for itself and was dead-lettered.
 
 use outpost_store::{Database, StoreError};
 use rusqlite::{params, OptionalExtension};
@@ -11,7 +12,30 @@ pub const MIGRATIONS: &[&str] = &["
     CREATE TABLE reported_queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, patch TEXT NOT NULL);
     CREATE TABLE sessions (client TEXT PRIMARY KEY, filters TEXT NOT NULL);
     CREATE TABLE scope (id INTEGER PRIMARY KEY CHECK (id = 1), identities TEXT NOT NULL);
+", "
+    CREATE TABLE dead_letters (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
 "];
+
+/// What the hub refused for itself, so the edge gave up on it (counted durably, the reason logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetter {
+    /// A telemetry message of the `$upstream` queue.
+    Message,
+    /// A queued reported-property patch.
+    ReportedPatch,
+}
+
+impl DeadLetter {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::ReportedPatch => "reported",
+        }
+    }
+}
+
+const COUNT_DEAD_LETTER: &str = "INSERT INTO dead_letters (kind, count) VALUES (?1, 1) \
+    ON CONFLICT (kind) DO UPDATE SET count = count + 1";
 
 /// Errors of the edge hub's store.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +126,35 @@ impl EdgeStore {
         Ok(())
     }
 
+    /// Removes a reported patch the hub refused for itself and counts it dead-lettered, in one transaction.
+    pub fn reported_dead_lettered(&self, seq: i64) -> Result<(), EdgeStoreError> {
+        self.db.transaction(|tx| {
+            tx.execute("DELETE FROM reported_queue WHERE seq = ?1", [seq])?;
+            tx.execute(COUNT_DEAD_LETTER, [DeadLetter::ReportedPatch.key()])?;
+            Ok::<_, EdgeStoreError>(())
+        })
+    }
+
+    /// Counts one more dead-lettered item of `kind`.
+    pub fn count_dead_letter(&self, kind: DeadLetter) -> Result<(), EdgeStoreError> {
+        self.db.lock().execute(COUNT_DEAD_LETTER, [kind.key()])?;
+        Ok(())
+    }
+
+    /// How many items of `kind` were dead-lettered since this store was created.
+    pub fn dead_lettered(&self, kind: DeadLetter) -> Result<u64, EdgeStoreError> {
+        let count: Option<i64> = self
+            .db
+            .lock()
+            .query_row(
+                "SELECT count FROM dead_letters WHERE kind = ?1",
+                [kind.key()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(count.unwrap_or(0).max(0) as u64)
+    }
+
     /// How many reported patches wait for the hub.
     pub fn reported_backlog(&self) -> Result<i64, EdgeStoreError> {
         Ok(self
@@ -190,5 +243,27 @@ mod tests {
         drop(store);
         let reopened = EdgeStore::open(&dir.path().join("edgehub.sqlite")).unwrap();
         assert_eq!(reopened.reported_backlog().unwrap(), 1);
+    }
+
+    #[test]
+    fn dead_letters_are_counted_by_kind_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgehub.sqlite");
+        let store = EdgeStore::open(&path).unwrap();
+        store
+            .queue_reported("d/a", &json!({"n": 1}), &json!({}))
+            .unwrap();
+        let (seq, _, _) = store.queued_reported(1).unwrap().remove(0);
+        store.reported_dead_lettered(seq).unwrap();
+        store.count_dead_letter(DeadLetter::Message).unwrap();
+        store.count_dead_letter(DeadLetter::Message).unwrap();
+        drop(store);
+        let reopened = EdgeStore::open(&path).unwrap();
+        assert_eq!(reopened.reported_backlog().unwrap(), 0);
+        assert_eq!(reopened.dead_lettered(DeadLetter::Message).unwrap(), 2);
+        assert_eq!(
+            reopened.dead_lettered(DeadLetter::ReportedPatch).unwrap(),
+            1
+        );
     }
 }

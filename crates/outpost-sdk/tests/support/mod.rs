@@ -71,6 +71,8 @@ impl TestHub {
             bind: ip,
             mqtt_port: 8883,
             https_port: 0,
+            event_retention: outpost_hub::messaging::EventRetention::default(),
+            https_limits: outpost_hub::server::HttpsLimits::default(),
         };
         let running = RunningHub::start(&config).await.expect("the hub starts");
         let ca_pem = std::fs::read_to_string(config.data_dir.join("ca.pem")).unwrap();

@@ -93,6 +93,18 @@ impl EndpointQueue {
         acked
     }
 
+    /// Finishes a record handed out by `next_batch` that its consumer refused for good (say, the hub refused
+    /// that message by itself): it leaves the queue like an acknowledged one but counts as dead-lettered, not
+    /// delivered. False if it was not in flight here.
+    pub fn dead_letter(&self, seq: u64) -> bool {
+        let mut state = self.log.shared.lock();
+        let done = state.endpoint_mut(&self.name).dead_letter(seq);
+        if done {
+            state.cursors_dirty = true;
+        }
+        done
+    }
+
     /// Makes every record handed out and not acknowledged deliverable again, in its original order.
     pub fn rewind(&self) {
         let mut state = self.log.shared.lock();

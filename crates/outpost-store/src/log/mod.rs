@@ -91,6 +91,8 @@ pub struct EndpointStats {
     pub expired: u64,
     /// Records lost to [`FullPolicy::DropOldest`].
     pub dropped: u64,
+    /// Records finished by [`EndpointQueue::dead_letter`].
+    pub dead_lettered: u64,
 }
 
 /// A snapshot of the log's counters. A record sent to n endpoints counts n times in the delivery counts.
@@ -104,6 +106,8 @@ pub struct LogStats {
     pub expired: u64,
     /// Sum of the endpoints' `dropped`.
     pub dropped: u64,
+    /// Sum of the endpoints' `dead_lettered`.
+    pub dead_lettered: u64,
     /// Bytes of all segment files.
     pub bytes_on_disk: u64,
     /// Number of segment files.
@@ -450,6 +454,7 @@ impl MessageLog {
             stats.delivered += endpoint.delivered;
             stats.expired += endpoint.expired;
             stats.dropped += endpoint.dropped;
+            stats.dead_lettered += endpoint.dead_lettered;
             stats.endpoints.insert(
                 name.to_string(),
                 EndpointStats {
@@ -458,6 +463,7 @@ impl MessageLog {
                     delivered: endpoint.delivered,
                     expired: endpoint.expired,
                     dropped: endpoint.dropped,
+                    dead_lettered: endpoint.dead_lettered,
                 },
             );
         }

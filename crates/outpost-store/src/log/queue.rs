@@ -225,6 +225,7 @@ pub(crate) struct EndpointIndex {
     pub delivered: u64,
     pub expired: u64,
     pub dropped: u64,
+    pub dead_lettered: u64,
 }
 
 impl EndpointIndex {
@@ -264,6 +265,15 @@ impl EndpointIndex {
             self.delivered += 1;
         }
         acked
+    }
+
+    /// Finishes `seq`, in flight, as refused by its consumer for good: done, but not delivered.
+    pub fn dead_letter(&mut self, seq: u64) -> bool {
+        let done = self.lanes.values_mut().any(|lane| lane.ack(seq));
+        if done {
+            self.dead_lettered += 1;
+        }
+        done
     }
 
     /// Slots not yet done, over all lanes.
@@ -364,5 +374,19 @@ mod tests {
         assert!(endpoint.ack(4));
         assert_eq!(endpoint.delivered, 1);
         assert_eq!((endpoint.queued(), endpoint.in_flight()), (3, 2));
+    }
+
+    #[test]
+    fn a_dead_lettered_record_is_done_but_not_delivered() {
+        let mut endpoint = EndpointIndex::default();
+        endpoint.lane(0).push(1, 0);
+        endpoint.lane(0).push(2, 0);
+        endpoint.take(2, 1);
+        assert!(endpoint.dead_letter(1));
+        assert!(endpoint.ack(2));
+        assert!(!endpoint.dead_letter(1));
+        assert_eq!((endpoint.delivered, endpoint.dead_lettered), (1, 1));
+        assert_eq!(endpoint.queued(), 0);
+        assert_eq!(endpoint.lanes[&0].acked_through, 2);
     }
 }

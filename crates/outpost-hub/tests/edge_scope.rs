@@ -1,0 +1,205 @@
+//! The upstream link acts only for identities that exist in the edge device's scope, and an edge device declares
+//! a bounded number of clients.
+
+use outpost_core::{DeviceId, Identity, Message, ModuleId};
+use outpost_hub::edge_link::{EdgeClient, EdgeMessage, MAX_EDGE_CLIENTS};
+use outpost_hub::identity::DeviceRecord;
+use outpost_hub::registry::{DeviceSpec, ModuleSpec, Precondition};
+use outpost_hub::{Hub, HubError};
+use serde_json::json;
+
+/// A hub with edge device `edge1` (modules `$edgeAgent`, `$edgeHub`, `filter`), its child `leaf`, and an
+/// unrelated device `stranger` with a module `m`.
+fn hub_with_edge() -> (Hub, DeviceRecord) {
+    let hub = Hub::in_memory("hub.test").unwrap();
+    let create = |id: &str, iot_edge: bool, parent: Option<&str>| {
+        hub.put_device(
+            &DeviceSpec {
+                device_id: id.into(),
+                iot_edge,
+                parent: parent.map(str::to_owned),
+                ..DeviceSpec::default()
+            },
+            &Precondition::CreateOnly,
+        )
+        .unwrap()
+    };
+    let edge = create("edge1", true, None);
+    create("leaf", false, Some("edge1"));
+    create("stranger", false, None);
+    for (device, module) in [("edge1", "filter"), ("stranger", "m")] {
+        module_on(&hub, device, module);
+    }
+    (hub, edge)
+}
+
+fn module_on(hub: &Hub, device: &str, module: &str) {
+    hub.put_module(
+        ModuleSpec {
+            device_id: device.into(),
+            module_id: module.into(),
+            ..ModuleSpec::default()
+        },
+        &Precondition::CreateOnly,
+    )
+    .unwrap();
+}
+
+fn client(id: &str) -> EdgeClient {
+    EdgeClient {
+        id: id.into(),
+        features: vec!["methods".into()],
+    }
+}
+
+fn identity(client: &str) -> Identity {
+    Identity::parse_client_id(client).unwrap()
+}
+
+fn message(client: &str) -> EdgeMessage {
+    EdgeMessage {
+        client: client.into(),
+        message: Message {
+            body: b"21.5".to_vec(),
+            ..Message::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn presence_with_ten_thousand_made_up_modules_is_refused_and_changes_nothing() {
+    let (hub, edge) = hub_with_edge();
+    hub.edge_presence(&edge, &[client("edge1/filter")]).unwrap();
+    let made_up: Vec<EdgeClient> = (0..10_000)
+        .map(|i| client(&format!("edge1/made-up-{i}")))
+        .collect();
+    let refused = hub.edge_presence(&edge, &made_up);
+    assert!(
+        matches!(&refused, Err(e @ HubError::ArgumentInvalid(_)) if e.status() == 400),
+        "{refused:?}"
+    );
+    assert!(hub.is_connected(&identity("edge1/filter")));
+    assert!(!hub.is_connected(&identity("edge1/made-up-0")));
+}
+
+#[tokio::test]
+async fn presence_of_a_module_that_does_not_exist_is_refused_and_changes_nothing() {
+    let (hub, edge) = hub_with_edge();
+    hub.edge_presence(&edge, &[client("edge1/filter")]).unwrap();
+    for foreign in ["edge1/ghost", "stranger", "stranger/m", "leaf/m", "nobody"] {
+        let refused = hub.edge_presence(&edge, &[client("leaf"), client(foreign)]);
+        assert!(
+            matches!(refused, Err(HubError::Unauthorized(_))),
+            "{foreign}: {refused:?}"
+        );
+    }
+    assert!(hub.is_connected(&identity("edge1/filter")));
+    assert!(!hub.is_connected(&identity("leaf")));
+}
+
+#[tokio::test]
+async fn presence_of_the_cap_of_real_modules_is_accepted_and_replaced_by_client_id() {
+    let (hub, edge) = hub_with_edge();
+    // `$edgeAgent`, `$edgeHub`, `filter`, the edge device and `leaf` are five; the rest are modules.
+    for i in 0..MAX_EDGE_CLIENTS - 5 {
+        module_on(&hub, "edge1", &format!("m{i}"));
+    }
+    let mut all: Vec<EdgeClient> = (0..MAX_EDGE_CLIENTS - 5)
+        .map(|i| client(&format!("edge1/m{i}")))
+        .collect();
+    for id in [
+        "edge1/$edgeAgent",
+        "edge1/$edgeHub",
+        "edge1/filter",
+        "edge1",
+        "leaf",
+    ] {
+        all.push(client(id));
+    }
+    assert_eq!(all.len(), MAX_EDGE_CLIENTS);
+    hub.edge_presence(&edge, &all).unwrap();
+    assert!(all.iter().all(|c| hub.is_connected(&identity(&c.id))));
+
+    let (kept, left) = all.split_at(MAX_EDGE_CLIENTS / 2);
+    hub.edge_presence(&edge, kept).unwrap();
+    assert!(kept.iter().all(|c| hub.is_connected(&identity(&c.id))));
+    assert!(left.iter().all(|c| !hub.is_connected(&identity(&c.id))));
+
+    let mut over = all.clone();
+    over.push(client("edge1/filter"));
+    assert!(matches!(
+        hub.edge_presence(&edge, &over),
+        Err(HubError::ArgumentInvalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn telemetry_for_a_module_that_does_not_exist_is_refused_and_a_real_one_is_accepted() {
+    let (hub, edge) = hub_with_edge();
+    let before = hub.newest_event();
+    for foreign in ["edge1/ghost", "stranger", "stranger/m", "leaf/m"] {
+        let refused = hub.edge_messages(&edge, &[message("edge1/filter"), message(foreign)]);
+        assert!(
+            matches!(refused, Err(HubError::Unauthorized(_))),
+            "{foreign}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        hub.newest_event(),
+        before,
+        "a refused batch appends nothing"
+    );
+    let batch = [message("edge1/filter"), message("leaf"), message("edge1")];
+    assert_eq!(hub.edge_messages(&edge, &batch).unwrap(), 3);
+    let events = hub
+        .read_events(before, 10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let senders: Vec<_> = events
+        .iter()
+        .map(|(_, e)| (e["deviceId"].clone(), e["moduleId"].clone()))
+        .collect();
+    assert_eq!(
+        senders,
+        [
+            (json!("edge1"), json!("filter")),
+            (json!("leaf"), json!(null)),
+            (json!("edge1"), json!(null)),
+        ]
+    );
+}
+
+#[test]
+fn twin_calls_for_a_module_that_does_not_exist_are_refused_and_a_real_one_is_served() {
+    let (hub, edge) = hub_with_edge();
+    let patch = json!({"temperature": 21});
+    for foreign in ["edge1/ghost", "stranger/m", "leaf/m"] {
+        assert!(
+            matches!(
+                hub.edge_twin(&edge, foreign),
+                Err(HubError::Unauthorized(_))
+            ),
+            "{foreign}"
+        );
+        assert!(
+            matches!(
+                hub.edge_reported(&edge, foreign, &patch),
+                Err(HubError::Unauthorized(_))
+            ),
+            "{foreign}"
+        );
+    }
+    hub.edge_twin(&edge, "edge1/filter").unwrap();
+    hub.edge_reported(&edge, "edge1/filter", &patch).unwrap();
+    hub.edge_twin(&edge, "leaf").unwrap();
+    let filter = Identity::module(
+        DeviceId::new("edge1").unwrap(),
+        ModuleId::new("filter").unwrap(),
+    );
+    assert!(hub.in_scope(&edge, &filter).unwrap());
+    let ghost = Identity::module(
+        DeviceId::new("edge1").unwrap(),
+        ModuleId::new("ghost").unwrap(),
+    );
+    assert!(!hub.in_scope(&edge, &ghost).unwrap());
+}
