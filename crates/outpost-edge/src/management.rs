@@ -158,7 +158,11 @@ async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
         "expired": stats.expired,
         "dropped": stats.dropped,
         "diskBytes": stats.bytes_on_disk,
+        // Since the store was created (the other counters count since the daemon started): each is gone for
+        // good, and its reason is in the log.
+        "deadLettered": edge_hub.store.dead_lettered(DeadLetter::Message).unwrap_or(0),
         "reportedBacklog": edge_hub.store.reported_backlog().unwrap_or(0),
+        "reportedDeadLettered": edge_hub.store.dead_lettered(DeadLetter::ReportedPatch).unwrap_or(0),
         "endpoints": endpoints,
     }))
     .into_response()
@@ -178,11 +182,7 @@ pub async fn request(socket: &Path, method: &str, path: &str) -> std::io::Result
         std::io::Error::new(
             e.kind(),
             format!(
-        // Since the store was created (the other counters count since the daemon started): each is gone for
-        // good, and its reason is in the log.
-        "deadLettered": edge_hub.store.dead_lettered(DeadLetter::Message).unwrap_or(0),
                 "cannot reach the edge daemon at {}: {e} (is `outpost edge run` running?)",
-        "reportedDeadLettered": edge_hub.store.dead_lettered(DeadLetter::ReportedPatch).unwrap_or(0),
                 socket.display()
             ),
         )
