@@ -131,11 +131,27 @@ impl EdgeHub {
     }
 
     /// Replaces the cached scope (from the hub).
+    /// Replaces the cached scope (from the hub) and closes the connections of clients whose keys changed, who
+    /// were disabled or who left the scope: a session must not outlive the credentials it was opened with.
     pub fn set_scope(&self, scope: &Value) {
         if let Err(error) = self.store.put_scope(scope) {
             tracing::warn!(%error, "cannot persist the device scope");
         }
-        *lock(&self.scope) = scoped_identities(scope);
+        let fresh: HashMap<String, ScopedIdentity> = scoped_identities(scope)
+            .into_iter()
+            .map(|s| (s.client.clone(), s))
+            .collect();
+        let previous =
+            std::mem::replace(&mut *lock(&self.scope), fresh.values().cloned().collect());
+        for old in previous {
+            if fresh.get(&old.client) == Some(&old) {
+                continue;
+            }
+            if let Some(outbox) = self.outbox(&old.client) {
+                tracing::info!(client = %old.client, "credentials changed at the hub: closing its connection");
+                outbox.send(Outgoing::Close);
+            }
+        }
     }
 
     /// The keys of a client in scope: the scope from the hub, or a module the agent just created.

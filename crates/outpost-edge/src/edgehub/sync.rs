@@ -221,6 +221,12 @@ async fn dispatch(hub: &Arc<EdgeHub>, event: &Value) {
             super::methods::forward(hub, client, text("rid"), text("method"), payload);
         }
         Some("close") => {
+            // The hub closes a client whose keys changed or that was deleted or disabled: read the scope
+            // first, so that its reconnection is checked against what the hub holds now.
+            match hub.link.scope().await {
+                Ok(scope) => hub.set_scope(&scope),
+                Err(error) => offline(hub, &error),
+            }
             if let Some(outbox) = hub.outbox(client) {
                 outbox.send(Outgoing::Close);
             }
