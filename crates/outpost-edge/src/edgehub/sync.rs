@@ -386,11 +386,11 @@ mod tests {
     fn the_sizes_of_a_batch_add_up_to_its_json_body() {
         let messages: Vec<(String, Message)> = (0..3)
             .map(|i| {
-                let mut message = Message::default();
-                message.body = vec![i; 1000 + usize::from(i)];
-                message
-                    .properties
-                    .insert("quote\"d".into(), Some("é\n".into()));
+                let message = Message {
+                    body: vec![i; 1000 + usize::from(i)],
+                    properties: [("quote\"d".into(), Some("é\n".into()))].into(),
+                    ..Message::default()
+                };
                 (format!("edge/module-{i}"), message)
             })
             .collect();

@@ -86,20 +86,19 @@ impl<T> UpstreamBatches<T> {
     /// (at least one). It stays in flight until [`stored`](Self::stored), [`refused`](Self::refused) or
     /// [`unreachable`](Self::unreachable).
     pub fn next_request(&mut self) -> &[Taken<T>] {
-        self.sending = match self.groups.front() {
-            Some(&group) => group,
-            None => {
-                let mut count = 0;
-                let mut bytes = 0;
-                for taken in self.pending.iter().take(self.max_count) {
-                    if count > 0 && bytes + taken.bytes > self.max_bytes {
-                        break;
-                    }
-                    count += 1;
-                    bytes += taken.bytes;
+        self.sending = if let Some(&group) = self.groups.front() {
+            group
+        } else {
+            let mut count = 0;
+            let mut bytes = 0;
+            for taken in self.pending.iter().take(self.max_count) {
+                if count > 0 && bytes + taken.bytes > self.max_bytes {
+                    break;
                 }
-                count
+                count += 1;
+                bytes += taken.bytes;
             }
+            count
         };
         &self.pending.make_contiguous()[..self.sending]
     }
