@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use outpost_hub::messaging::EventRetention;
+use outpost_hub::server::HttpsLimits;
 use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,18 @@ pub enum HubCommand {
         /// The most event JSON kept (`500MiB`, `1GiB`, or bytes); past it the oldest events are pruned.
         #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
         event_max_bytes: u64,
+
+        // The HTTPS listener's limits (docs/operations.md).
+        /// HTTPS connections served at once; past this, new ones wait to be accepted.
+        #[arg(long, default_value_t = 10_000)]
+        https_max_connections: usize,
+        /// Seconds an HTTPS client gets to send a request's headers (an idle HTTP/1.1 connection is closed
+        /// after this long too).
+        #[arg(long, default_value_t = 10)]
+        https_header_timeout_secs: u64,
+        /// Seconds an HTTPS connection may stay open without a request in flight.
+        #[arg(long, default_value_t = 60)]
+        https_idle_timeout_secs: u64,
     },
     /// Print the service connection string of the `iothubowner` policy.
     ConnectionString {
@@ -68,6 +81,9 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             https_port,
             event_retention,
             event_max_bytes,
+            https_max_connections,
+            https_header_timeout_secs,
+            https_idle_timeout_secs,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -78,6 +94,12 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 event_retention: EventRetention {
                     max_age: event_retention,
                     max_bytes: event_max_bytes,
+                },
+                https_limits: HttpsLimits {
+                    max_connections: https_max_connections.max(1),
+                    header_read_timeout: Duration::from_secs(https_header_timeout_secs.max(1)),
+                    idle_timeout: Duration::from_secs(https_idle_timeout_secs.max(1)),
+                    ..HttpsLimits::default()
                 },
             };
             serve(&config).await
@@ -91,6 +113,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 mqtt_port: 8883,
                 https_port: served.https_port,
                 event_retention: EventRetention::default(),
+                https_limits: HttpsLimits::default(),
             };
             println!("{}", config.owner_connection_string()?);
             Ok(())

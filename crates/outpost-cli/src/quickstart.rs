@@ -152,6 +152,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let running = RunningHub::start(&hub_config).await?;
     let hub = running.hub.clone();
     println!("hub        https://{HUB_HOST}:8443 (MQTT {HUB_HOST}:8883)");
+        https_limits: outpost_hub::server::HttpsLimits::default(),
     println!(
         "           {}",
         outpost_hub::server::connection_string(&hub, HUB_HOST, 8443)?

@@ -101,15 +101,54 @@ impl Hub {
         self.authenticate_identity(&Identity::device(device_id), header)
     }
 
+    /// Checks that `authorization` is a valid SAS token of this hub: a shared access policy's (whatever rights it
+    /// grants), or an enabled device's or module's signed with its own key. The REST API asks this of every
+    /// request before reading its body; the handler then checks the right it needs.
+    pub fn authenticate_token(&self, authorization: Option<&str>) -> Result<(), HubError> {
+        let unauthorized = |why: &str| HubError::Unauthorized(why.to_owned());
+        let header =
+            authorization.ok_or_else(|| unauthorized("the Authorization header is missing"))?;
+        let token = SasToken::parse(header).map_err(|e| unauthorized(&e.to_string()))?;
+        if token.key_name.is_some() {
+            return self.verified_policy(header).map(drop);
+        }
+        let scope = token.scope().map_err(|e| unauthorized(&e.to_string()))?;
+        let device = scope
+            .device
+            .ok_or_else(|| unauthorized("the token names neither a policy nor a device"))?;
+        let device =
+            outpost_core::DeviceId::new(device).map_err(|e| unauthorized(&e.to_string()))?;
+        let identity = match scope.module {
+            Some(module) => Identity::module(
+                device,
+                outpost_core::ModuleId::new(module).map_err(|e| unauthorized(&e.to_string()))?,
+            ),
+            None => Identity::device(device),
+        };
+        self.authenticate_identity(&identity, header)
+    }
+
     /// Checks the `Authorization` header of a service request and that its policy grants `right`.
     pub fn authorize_service(
         &self,
         authorization: Option<&str>,
         right: Right,
     ) -> Result<AccessPolicy, HubError> {
+        let policy = self.verified_policy(authorization.ok_or_else(|| {
+            HubError::Unauthorized("the Authorization header is missing".into())
+        })?)?;
+        if !policy.grants(right) {
+            return Err(HubError::Unauthorized(format!(
+                "policy {} does not grant {right:?}",
+                policy.name
+            )));
+        }
+        Ok(policy)
+    }
+
+    /// The shared access policy whose key signed the token in `header`, scoped to this hub and not expired.
+    fn verified_policy(&self, header: &str) -> Result<AccessPolicy, HubError> {
         let unauthorized = |why: &str| HubError::Unauthorized(why.to_owned());
-        let header =
-            authorization.ok_or_else(|| unauthorized("the Authorization header is missing"))?;
         let token = SasToken::parse(header).map_err(|e| unauthorized(&e.to_string()))?;
         let name = token
             .key_name
@@ -129,11 +168,6 @@ impl Hub {
                 now_unix(),
             )
             .map_err(|e| unauthorized(&e.to_string()))?;
-        if !policy.grants(right) {
-            return Err(unauthorized(&format!(
-                "policy {name} does not grant {right:?}"
-            )));
-        }
         Ok(policy)
     }
 }

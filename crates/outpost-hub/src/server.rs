@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -14,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::device_ops::HubDevices;
 use crate::Hub;
+pub use outpost_https::HttpsLimits;
 use outpost_pki::CertificateAuthority;
 
 /// How a hub is run.
@@ -33,6 +33,8 @@ pub struct HubConfig {
     // The device-to-cloud event stream.
     /// How long and how much of the event stream is kept (pruned in the background).
     pub event_retention: crate::messaging::EventRetention,
+    /// The HTTPS listener's connection cap and timeouts (see `outpost_https`).
+    pub https_limits: HttpsLimits,
 }
 
 /// A hub serving its listeners.
@@ -99,11 +101,12 @@ impl RunningHub {
                 tracing::error!(%error, "the MQTT listener stopped");
             }
         });
-        tasks.spawn(serve_https(
+        tasks.spawn(outpost_https::serve(
             https_listener,
             TlsAcceptor::from(tls),
             crate::rest::router(hub.clone()),
-            shutdown_rx.clone(),
+            config.https_limits.clone(),
+            stopped(shutdown_rx.clone()),
         ));
         tasks.spawn(prune_events(
             hub.clone(),
@@ -184,46 +187,5 @@ async fn prune_events(
         if pruned > 0 {
             tracing::debug!(pruned, "pruned the event stream");
         }
-    }
-}
-
-/// Serves the REST API over TLS, one task per connection.
-async fn serve_https(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: axum::Router,
-    shutdown: watch::Receiver<bool>,
-) {
-    let stop = stopped(shutdown);
-    tokio::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "HTTPS accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut stop => return,
-        };
-        let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(error) = connection {
-                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
-            }
-        });
     }
 }

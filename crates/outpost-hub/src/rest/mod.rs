@@ -13,7 +13,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -41,9 +41,21 @@ pub const API_VERSIONS: &[&str] = &[
     "2021-04-12",
 ];
 
+/// The largest request body on the service routes: 2 MiB, the limit the hub has always had (axum's default),
+/// far above IoT Hub's own payload limits (a twin 32 KB per section, a method payload 128 KB, a C2D message
+/// 64 KB), which each handler enforces for itself.
+pub const BODY_LIMIT: usize = 2 << 20;
+
+/// The largest request body on the edge upstream link's routes (`/edge/...`): a telemetry batch carries up to
+/// 500 device-to-cloud messages of up to 256 KB, which the edge cuts by bytes below this figure.
+pub const EDGE_BODY_LIMIT: usize = 16 << 20;
+
 /// The REST router over a hub.
+///
+/// Layers, outermost first: [`require_sas_token`] (before any body is read), [`require_api_version`], then the
+/// body limit of the route family, then the handler and its precise rights check.
 pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
+    let service = Router::new()
         .route("/devices", get(devices::list_devices))
         .route(
             "/devices/{device}",
@@ -87,6 +99,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(messages::invoke_module_method),
         )
         .route("/events", get(messages::read_events))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    let edge_link = Router::new()
         .route("/edge/{device}/presence", post(edge::presence))
         .route("/edge/{device}/events", get(edge::events))
         .route("/edge/{device}/messages", post(edge::messages))
@@ -97,8 +111,15 @@ pub fn router(hub: Arc<Hub>) -> Router {
             axum::routing::patch(edge::reported),
         )
         .route("/edge/{device}/scope", get(edge::scope))
+        .layer(DefaultBodyLimit::max(EDGE_BODY_LIMIT));
+    service
+        .merge(edge_link)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(require_api_version))
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            require_sas_token,
+        ))
         .with_state(hub)
 }
 
@@ -110,6 +131,30 @@ async fn not_found() -> ApiError {
         HubError::ArgumentInvalid("no such resource".into()),
         StatusCode::NOT_FOUND,
     )
+}
+
+/// Refuses with 401, before its body is read, a request whose `Authorization` header is not a valid shared access
+/// signature of this hub (a policy's, a device's, a module's or an edge device's). Which right the request needs
+/// is the handler's check; this one keeps unauthenticated clients from making the hub buffer their bodies.
+async fn require_sas_token(State(hub): HubState, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match hub.authenticate_token(header) {
+        Ok(()) => next.run(request).await,
+        Err(error) => {
+            let mut response = ApiError::from(error).into_response();
+            // The body is left unread on purpose; on HTTP/1.1 the connection cannot be reused after that.
+            if request.version() < axum::http::Version::HTTP_2 {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    HeaderValue::from_static("close"),
+                );
+            }
+            response
+        }
+    }
 }
 
 /// Refuses a request without a known `api-version` before any handler runs.
