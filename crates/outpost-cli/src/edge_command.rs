@@ -72,6 +72,7 @@ pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
     match command {
         EdgeCommand::Run { config } => {
             let config = EdgeConfig::load(&config)?;
+            crate::hub_command::raise_open_files_limit();
             outpost_edge::daemon::run(config, crate::hub_command::shutdown_signal()).await
         }
         EdgeCommand::List { config, output } => list(&EdgeConfig::load(&config)?, output).await,

@@ -137,6 +137,7 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
         };
         write_served_as(&config.data_dir, &served)?;
     }
+    raise_open_files_limit();
     let running = RunningHub::start(config).await?;
     let served = ServedAs {
         host_name: config.host_name.clone(),
@@ -157,6 +158,14 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
     eprintln!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard limit (every connection holds a descriptor) and logs the figure.
+pub fn raise_open_files_limit() {
+    match outpost_store::host::raise_open_files_limit() {
+        Ok(limit) => tracing::info!(limit, "open-files soft limit raised to the hard limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+    }
 }
 
 /// Waits for Ctrl-C or SIGTERM.

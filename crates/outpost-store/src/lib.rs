@@ -9,6 +9,7 @@
 //! that own the data (the hub's registry and twins, the edge's caches); they hand their migrations to
 //! [`Database::open`], which applies the ones not applied yet, in order, each in its own transaction.
 
+pub mod host;
 pub mod log;
 
 use std::path::Path;
