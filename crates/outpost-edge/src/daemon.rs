@@ -41,11 +41,9 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
         config.agent_dir(),
         config.socket_dir(),
     ] {
-        std::fs::create_dir_all(&dir)
+        outpost_store::host::private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let ca_dir = config.data_dir.join("pki");
-    std::fs::create_dir_all(&ca_dir)?;
     let ca = Arc::new(outpost_pki::CertificateAuthority::load_or_create(
         &ca_dir,
         &format!("Outpost edge CA {}", device.device_id),
@@ -74,10 +72,15 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
     let identities = Arc::new(IdentityCache::open(
         &config.agent_dir().join("identities.json"),
     )?);
+    // Everything under the data directory is the daemon's user's only: module keys, the CA key, the deployment
+    // (with its registry credentials), tokens in the edge hub's database. An older installation is tightened.
+    let ca_dir = config.data_dir.join("pki");
     let edge_hub = crate::edgehub::start(&config, identities.clone(), &ca, &gateway_ips).await?;
     let trust_bundle = ca.pem().to_owned();
     let service = Arc::new(WorkloadService {
         identities: identities.clone(),
+        ca_dir.clone(),
+        config.data_dir.join("edgehub"),
         runtime: runtime.clone(),
         ca,
         trust_bundle,

@@ -29,8 +29,10 @@ pub struct IdentityCache {
 }
 
 impl IdentityCache {
-    /// Opens the cache at `path`, empty when the file does not exist.
+    /// Opens the cache at `path`, empty when the file does not exist. The file holds module keys: one left
+    /// readable by others by an older version is tightened to `0600`.
     pub fn open(path: &Path) -> std::io::Result<Self> {
+        outpost_store::host::private_file(path)?;
         let entries = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -82,12 +84,22 @@ impl IdentityCache {
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content, never a mix.
+///
+/// The file is written `0600`: what the edge writes this way (module keys, the deployment with its registry
+/// credentials) is its user's only.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir)?;
     let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
+    // A temporary left by a crash may be readable by others: replace it rather than reuse its mode.
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(outpost_store::host::PRIVATE_FILE_MODE)
+        .open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;

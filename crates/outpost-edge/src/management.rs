@@ -30,9 +30,7 @@ struct Daemon {
 
 /// Serves the management API on `path` until the task is dropped.
 pub async fn serve(agent: Arc<Agent>, edge_hub: Arc<EdgeHub>, path: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let listener = bind_private(path)?;
     let router = Router::new()
         .route("/modules", get(list))
         .route("/modules/{module}/logs", get(logs))
@@ -40,6 +38,28 @@ pub async fn serve(agent: Arc<Agent>, edge_hub: Arc<EdgeHub>, path: &Path) -> st
         .route("/stats", get(stats))
         .with_state(Daemon { agent, edge_hub });
     axum::serve(listener, router).await
+}
+
+/// Binds a Unix socket at `path` that only this user can connect to, with no moment where it is open to others:
+/// it is bound inside a fresh `0700` directory, made `0600` there, then renamed into place. (A umask would do the
+/// same, but the umask is the whole process's, and other threads create files at the same time.)
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let parent = path.parent().unwrap_or_else(|| Path::new("."));
+    // Shorter than `path`'s own name: a Unix socket path has at most 107 bytes.
+    let staging = parent.join(format!(".m{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let bound = (|| -> std::io::Result<UnixListener> {
+        let staged = staging.join("s");
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        let _ = std::fs::remove_file(path);
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -75,7 +75,8 @@ pub fn connection_string(hub: &Hub, host_name: &str, https_port: u16) -> anyhow:
 impl RunningHub {
     /// Opens the hub and starts serving; returns once both listeners are bound.
     pub async fn start(config: &HubConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        // The directory holds the CA key and the database of every identity's keys: its user's only.
+        outpost_store::host::private_dir(&config.data_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create the data directory {}: {e}",
                 config.data_dir.display()

@@ -45,14 +45,28 @@ pub struct CertificateAuthority {
 
 impl CertificateAuthority {
     /// Loads the CA from `dir/ca.key`, or creates it (and `dir/ca.pem`) when there is none.
+    ///
+    /// A missing `dir` is created `0700`; the key is written `0600`, and an existing key readable by others is
+    /// tightened to `0600`.
     pub fn load_or_create(dir: &Path, common_name: &str) -> Result<Self, PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| PkiError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
         let key_path = dir.join("ca.key");
         let pem_path = dir.join("ca.pem");
         if key_path.exists() {
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| PkiError::Io {
+                    path: key_path.display().to_string(),
+                    source,
+                },
+            )?;
             let key_pem = read(&key_path)?;
             let key = KeyPair::from_pem(&key_pem)?;
             let certificate = ca_params(common_name).self_signed(&key)?;
@@ -210,6 +224,21 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_key_is_private_and_an_existing_open_one_is_tightened() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("pki");
+        CertificateAuthority::load_or_create(&dir, "test CA").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("ca.key")), 0o600);
+        std::fs::set_permissions(dir.join("ca.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        CertificateAuthority::load_or_create(&dir, "test CA").unwrap();
+        assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    }
 
     #[test]
     fn a_reloaded_ca_issues_certificates_that_the_first_ca_pem_verifies() {

@@ -23,6 +23,14 @@ pub enum StoreError {
     /// SQLite refused or failed an operation.
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The database file could not be created or made private.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
     /// The database was written by a newer Outpost than this one.
     #[error("database schema version {found} is newer than this build knows ({known})")]
     SchemaTooNew {
@@ -45,9 +53,32 @@ impl Database {
     /// Opens (or creates) the database at `path` and applies the `migrations` not yet applied.
     ///
     /// `migrations[i]` brings the schema from version `i` to `i + 1`; never edit one that has shipped, add another.
+    ///
+    /// The database holds keys and tokens: it is created `0600` (SQLite gives its `-wal` and `-shm` files the
+    /// database's mode), and an existing one, with its `-wal` and `-shm`, is tightened to `0600`.
     pub fn open(path: &Path, migrations: &[&str]) -> Result<Self, StoreError> {
+        Self::make_private(path).map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let connection = Connection::open(path)?;
         Self::configure(connection, migrations)
+    }
+
+    fn make_private(path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(host::PRIVATE_FILE_MODE)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            host::private_file(Path::new(&file))?;
+        }
+        Ok(())
     }
 
     /// An in-memory database, for tests.
