@@ -2,7 +2,9 @@
 # The README's first command: builds Outpost and its sample modules, packages the modules as container images
 # when Docker is there (FROM scratch, pushed to a local registry on 127.0.0.1:5000), then runs
 # `outpost quickstart`: a hub and an edge device on this machine, the sensor routed through the filter to the
-# hub. Ctrl-C stops everything. Arguments go to `outpost quickstart` (e.g. --processes, --data-dir DIR).
+# hub. Ctrl-C stops everything, module containers included. Arguments go to `outpost quickstart` (e.g.
+# --processes, --data-dir DIR); its state lives in ${TMPDIR:-/tmp}/outpost-quickstart unless --data-dir says
+# otherwise, so the checkout stays clean. `exec` hands Ctrl-C straight to outpost, which stops what it started.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -33,9 +33,10 @@ const IMAGES: [(&str, &str); 2] = [
 /// Options of `outpost quickstart`.
 #[derive(clap::Args)]
 pub struct QuickstartArgs {
-    /// Where the hub and the edge device keep their state.
-    #[arg(long, default_value = "outpost-quickstart")]
-    data_dir: PathBuf,
+    /// Where the hub and the edge device keep their state (default: `outpost-quickstart` in the temporary
+    /// directory, so that a run from a checkout leaves it clean).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Run the sample modules as processes even when Docker is there.
     #[arg(long)]
     processes: bool,
@@ -127,7 +128,10 @@ fn edge_config(
 
 /// Runs the quickstart until Ctrl-C.
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
-    let dir = std::path::absolute(&args.data_dir)?;
+    let dir = match &args.data_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => std::env::temp_dir().join("outpost-quickstart"),
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let containers = !args.processes && docker_images_present();
     println!(
@@ -148,11 +152,11 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         mqtt_port: 8883,
         https_port: 8443,
         event_retention: outpost_hub::messaging::EventRetention::default(),
+        https_limits: outpost_hub::server::HttpsLimits::default(),
     };
     let running = RunningHub::start(&hub_config).await?;
     let hub = running.hub.clone();
     println!("hub        https://{HUB_HOST}:8443 (MQTT {HUB_HOST}:8883)");
-        https_limits: outpost_hub::server::HttpsLimits::default(),
     println!(
         "           {}",
         outpost_hub::server::connection_string(&hub, HUB_HOST, 8443)?
@@ -170,7 +174,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         )?,
     };
     let config = edge_config(&dir, &hub, &edge.credentials.primary_key, containers)?;
-    let agent = outpost_edge::daemon::start(config).await?;
+    let edge = outpost_edge::daemon::start(config).await?;
     println!(
         "edge       {EDGE_DEVICE}, edge hub on {EDGE_HOST}:8883 (settings in {})",
         dir.join("edge.toml").display()
@@ -184,8 +188,13 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         () = crate::hub_command::shutdown_signal() => Ok(()),
     };
     println!("\nstopping");
+    // The daemon's tasks first (its supervisor would restart what is removed here), then every module it
+    // started, containers included: the quickstart leaves nothing running.
+    let agent = edge.stop().await;
     for instance in agent.runtime.list().await.unwrap_or_default() {
-        let _ = agent.runtime.remove(&instance.name).await;
+        if let Err(error) = agent.runtime.remove(&instance.name).await {
+            eprintln!("could not remove module {}: {error}", instance.name);
+        }
     }
     running.shutdown().await;
     result

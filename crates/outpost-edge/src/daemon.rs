@@ -2,10 +2,12 @@
 //! keeps them running until the daemon is told to stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
 use tokio::sync::{watch, Mutex};
+use tokio::task::JoinSet;
 
 use crate::agent::lkg::LastKnownGood;
 use crate::agent::restart::BackOff;
@@ -19,27 +21,68 @@ use crate::runtime::process::ProcessRuntime;
 use crate::runtime::ModuleRuntime;
 use crate::workload::{WorkloadService, WorkloadSockets};
 
-/// Starts the edge daemon and runs it until `shutdown` resolves.
+/// How long a process module gets to exit after SIGTERM when the daemon stops, before SIGKILL.
+pub const PROCESS_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Starts the edge daemon and runs it until `shutdown` resolves (SIGTERM or SIGINT), then stops it: the
+/// process modules stop with it, the containers keep running (see [`RunningEdge::stop`]).
 pub async fn run(
     config: EdgeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let agent = start(config).await?;
+    let edge = start(config).await?;
     shutdown.await;
     tracing::info!(
-        "edge daemon stopping; module instances keep running and are adopted at the next start"
+        "edge daemon stopping: process modules stop with it, containers keep running; both are adopted at the next start"
     );
-    drop(agent);
+    edge.stop().await;
     Ok(())
 }
 
+/// A started edge daemon: its agent, and the tasks that may start or restart modules.
+pub struct RunningEdge {
+    /// The agent.
+    pub agent: Arc<Agent>,
+    processes: Arc<dyn ModuleRuntime>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningEdge {
+    /// Stops the daemon's own tasks (supervisor, upstream link, management socket) so that nothing restarts a
+    /// module, then stops every process module (SIGTERM, SIGKILL after [`PROCESS_STOP_GRACE`]).
+    ///
+    /// Process modules are children of the daemon: left running, they would be half-alive, with nobody serving
+    /// their workload socket or the edge hub they talk to, and invisible to `systemctl status`. Containers belong
+    /// to the Docker daemon, which keeps them running and restarts them by their own policy, as Azure IoT Edge
+    /// does. `outpost edge run` adopts both at its next start.
+    pub async fn stop(mut self) -> Arc<Agent> {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        for instance in self.processes.list().await.unwrap_or_default() {
+            if let Err(error) = self
+                .processes
+                .stop(&instance.name, PROCESS_STOP_GRACE)
+                .await
+            {
+                tracing::warn!(%error, "cannot stop a process module");
+            }
+        }
+        self.agent
+    }
+}
+
 /// Builds the agent and starts its tasks; returns once the last-known-good deployment has been started.
-pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
+pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let device = config.device().map_err(anyhow::Error::msg)?;
+    // Everything under the data directory is the daemon's user's only: module keys, the CA key, the deployment
+    // (with its registry credentials), tokens in the edge hub's database. An older installation is tightened.
+    let ca_dir = config.data_dir.join("pki");
     for dir in [
         config.data_dir.clone(),
         config.agent_dir(),
         config.socket_dir(),
+        ca_dir.clone(),
+        config.data_dir.join("edgehub"),
     ] {
         outpost_store::host::private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -67,20 +110,16 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
         }
         RuntimeConfig::Process => None,
     };
+    let process_runtime = processes.clone();
     let runtime: Arc<dyn ModuleRuntime> = Arc::new(CombinedRuntime::new(containers, processes));
 
     let identities = Arc::new(IdentityCache::open(
         &config.agent_dir().join("identities.json"),
     )?);
-    // Everything under the data directory is the daemon's user's only: module keys, the CA key, the deployment
-    // (with its registry credentials), tokens in the edge hub's database. An older installation is tightened.
-    let ca_dir = config.data_dir.join("pki");
     let edge_hub = crate::edgehub::start(&config, identities.clone(), &ca, &gateway_ips).await?;
     let trust_bundle = ca.pem().to_owned();
     let service = Arc::new(WorkloadService {
         identities: identities.clone(),
-        ca_dir.clone(),
-        config.data_dir.join("edgehub"),
         runtime: runtime.clone(),
         ca,
         trust_bundle,
@@ -105,18 +144,23 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Agent>> {
         .boot()
         .await
         .context("cannot run the last-known-good deployment")?;
-    tokio::spawn(agent.clone().run_supervisor());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(agent.clone().run_supervisor());
     let management = agent.clone();
     let management_socket = config.management_socket();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(error) = crate::management::serve(management, edge_hub, &management_socket).await
         {
             tracing::error!(%error, "the management socket stopped");
         }
     });
     let link_agent = agent.clone();
-    tokio::spawn(upstream::run(agent.clone(), move || {
+    tasks.spawn(upstream::run(agent.clone(), move || {
         crate::agent::sdk_link::connect(link_agent.clone())
     }));
-    Ok(agent)
+    Ok(RunningEdge {
+        agent,
+        processes: process_runtime,
+        tasks,
+    })
 }
