@@ -182,7 +182,7 @@ class Edge:
 
     def cleanup(self) -> None:
         self.stop()
-        # Process modules outlive a stopped daemon by design (they are adopted at the next start): end them here.
+        # Process modules stop with the daemon on SIGTERM, but a SIGKILLed daemon leaves them orphaned: end them here.
         processes = self.data_dir / "processes"
         for pid_file in processes.glob("*/pid") if processes.exists() else []:
             try:
