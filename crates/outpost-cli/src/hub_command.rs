@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use outpost_hub::messaging::EventRetention;
-use outpost_hub::server::HttpsLimits;
+use outpost_hub::server::{HttpsLimits, DEFAULT_SESSION_EXPIRY};
 use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,11 @@ pub enum HubCommand {
         /// Seconds an HTTPS connection may stay open without a request in flight.
         #[arg(long, default_value_t = 60)]
         https_idle_timeout_secs: u64,
+
+        /// How long the persistent session (unacknowledged publishes) of an MQTT client that went away is kept
+        /// in memory (`12h`, `7d`); its subscriptions stay stored for as long as the identity exists.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        session_expiry: Duration,
     },
     /// Print the service connection string of the `iothubowner` policy.
     ConnectionString {
@@ -84,6 +89,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             https_max_connections,
             https_header_timeout_secs,
             https_idle_timeout_secs,
+            session_expiry,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -101,6 +107,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                     idle_timeout: Duration::from_secs(https_idle_timeout_secs.max(1)),
                     ..HttpsLimits::default()
                 },
+                session_expiry,
             };
             serve(&config).await
         }
@@ -114,6 +121,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 https_port: served.https_port,
                 event_retention: EventRetention::default(),
                 https_limits: HttpsLimits::default(),
+                session_expiry: DEFAULT_SESSION_EXPIRY,
             };
             println!("{}", config.owner_connection_string()?);
             Ok(())

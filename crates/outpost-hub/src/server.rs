@@ -35,7 +35,12 @@ pub struct HubConfig {
     pub event_retention: crate::messaging::EventRetention,
     /// The HTTPS listener's connection cap and timeouts (see `outpost_https`).
     pub https_limits: HttpsLimits,
+    /// How long the in-memory persistent session of an MQTT client that went away is kept (7 days).
+    pub session_expiry: std::time::Duration,
 }
+
+/// How long an away client's persistent session is kept in memory unless the settings say otherwise.
+pub const DEFAULT_SESSION_EXPIRY: std::time::Duration = std::time::Duration::from_hours(7 * 24);
 
 /// A hub serving its listeners.
 pub struct RunningHub {
@@ -93,7 +98,8 @@ impl RunningHub {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
-        let mqtt_config = outpost_mqtt::ServerConfig::new(tls.clone());
+        let mut mqtt_config = outpost_mqtt::ServerConfig::new(tls.clone());
+        mqtt_config.session_expiry = config.session_expiry;
         let devices = Arc::new(HubDevices(hub.clone()));
         let stop = stopped(shutdown_rx.clone());
         tasks.spawn(async move {

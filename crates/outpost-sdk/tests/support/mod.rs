@@ -73,6 +73,7 @@ impl TestHub {
             https_port: 0,
             event_retention: outpost_hub::messaging::EventRetention::default(),
             https_limits: outpost_hub::server::HttpsLimits::default(),
+            session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
         };
         let running = RunningHub::start(&config).await.expect("the hub starts");
         let ca_pem = std::fs::read_to_string(config.data_dir.join("ca.pem")).unwrap();
