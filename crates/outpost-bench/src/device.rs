@@ -1,10 +1,11 @@
 //! The device side of a benchmark: MQTT over TLS to the hub as azure-iot-device connects (client id = device
 //! id, user name `{host}/{device}/?api-version=...`, a SAS token as password, CleanSession=0).
 //!
-//! Two ways to connect. [`DeviceEndpoint::connect`] opens a full `outpost_mqtt::Client` (reader, writer and
+//! Three ways to connect. [`DeviceEndpoint::connect`] opens a full `outpost_mqtt::Client` (reader, writer and
 //! event-loop tasks, keep-alive pings), for devices that receive messages. [`DeviceEndpoint::hold`] opens a
 //! connection from a chosen source address, subscribes, and then only keeps the socket: thousands of them cost
-//! the harness little, so the hub's side is what the connection benchmark measures.
+//! the harness little, so the hub's side is what the connection benchmark measures. [`DeviceEndpoint::open`]
+//! stops after the CONNACK and hands over the raw stream, for the soak benchmark's hostile clients.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -129,21 +130,10 @@ pub struct DeviceEndpoint {
 impl DeviceEndpoint {
     /// Devices of the hub at `addr` named `host`, trusting the CA in `ca_pem`.
     pub fn new(addr: SocketAddr, host: &str, ca_pem: &Path) -> anyhow::Result<Self> {
-        let pem =
-            std::fs::read(ca_pem).with_context(|| format!("cannot read {}", ca_pem.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots
-                .add(certificate.context("the hub's CA file is not PEM")?)
-                .context("the hub's CA certificate is not usable")?;
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(Self {
             addr,
             host: host.to_owned(),
-            tls: Arc::new(tls),
+            tls: client_tls(ca_pem)?,
         })
     }
 
@@ -200,12 +190,63 @@ impl DeviceEndpoint {
             .map_err(|_| HoldError::Timeout)?
     }
 
+    /// Opens a connection from `source_ip` as `device` (CleanSession=0, keep-alive off) and returns the stream
+    /// once the hub has accepted the CONNECT; the caller decides what to send next.
+    pub async fn open(
+        &self,
+        device: &DeviceCredentials,
+        source_ip: IpAddr,
+    ) -> Result<TlsStream<TcpStream>, HoldError> {
+        let password = self.password(device).map_err(|e| HoldError::Io {
+            stage: "signing the token",
+            error: std::io::Error::other(e.to_string()),
+        })?;
+        let mut buf = BytesMut::new();
+        tokio::time::timeout(
+            HOLD_TIMEOUT,
+            self.open_inner(device, source_ip, password, &mut buf),
+        )
+        .await
+        .map_err(|_| HoldError::Timeout)?
+    }
+
     async fn hold_inner(
         &self,
         device: &DeviceCredentials,
         source_ip: IpAddr,
         password: String,
     ) -> Result<HeldConnection, HoldError> {
+        let mut buf = BytesMut::new();
+        let mut stream = self
+            .open_inner(device, source_ip, password, &mut buf)
+            .await?;
+        let subscribe = Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![(DESIRED_PATCHES.to_owned(), QoS::AtLeastOnce)],
+        });
+        let mut out = BytesMut::new();
+        outpost_mqtt::encode(&subscribe, &mut out)?;
+        send(&mut stream, &out, "SUBSCRIBE").await?;
+        match read_packet(&mut stream, &mut buf, "SUBACK").await? {
+            Packet::SubAck(ack)
+                if ack
+                    .return_codes
+                    .first()
+                    .is_some_and(|c| *c != SubscribeReturnCode::Failure) => {}
+            Packet::SubAck(_) => return Err(HoldError::SubscriptionRefused),
+            other => return Err(unexpected("SUBACK", &other)),
+        }
+        Ok(HeldConnection { _stream: stream })
+    }
+
+    /// TCP, TLS, CONNECT and CONNACK; what the hub sent after the CONNACK stays in `buf`.
+    async fn open_inner(
+        &self,
+        device: &DeviceCredentials,
+        source_ip: IpAddr,
+        password: String,
+        buf: &mut BytesMut,
+    ) -> Result<TlsStream<TcpStream>, HoldError> {
         let socket_error = |error| HoldError::Socket { source_ip, error };
         let socket = TcpSocket::new_v4().map_err(socket_error)?;
         socket
@@ -234,33 +275,31 @@ impl DeviceEndpoint {
         let mut connect = outpost_mqtt::Connect::new(device.id.clone(), 0, false);
         connect.username = Some(self.username(&device.id));
         connect.password = Some(Bytes::from(password.into_bytes()));
-        let subscribe = Packet::Subscribe(Subscribe {
-            pkid: 1,
-            filters: vec![(DESIRED_PATCHES.to_owned(), QoS::AtLeastOnce)],
-        });
-        let mut buf = BytesMut::new();
-        outpost_mqtt::encode(&Packet::Connect(connect), &mut buf)?;
-        send(&mut stream, &buf, "CONNECT").await?;
-        buf.clear();
-        match read_packet(&mut stream, &mut buf, "CONNACK").await? {
-            Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => {}
-            Packet::ConnAck(ack) => return Err(HoldError::Refused(ack.code)),
-            other => return Err(unexpected("CONNACK", &other)),
-        }
         let mut out = BytesMut::new();
-        outpost_mqtt::encode(&subscribe, &mut out)?;
-        send(&mut stream, &out, "SUBSCRIBE").await?;
-        match read_packet(&mut stream, &mut buf, "SUBACK").await? {
-            Packet::SubAck(ack)
-                if ack
-                    .return_codes
-                    .first()
-                    .is_some_and(|c| *c != SubscribeReturnCode::Failure) => {}
-            Packet::SubAck(_) => return Err(HoldError::SubscriptionRefused),
-            other => return Err(unexpected("SUBACK", &other)),
+        outpost_mqtt::encode(&Packet::Connect(connect), &mut out)?;
+        send(&mut stream, &out, "CONNECT").await?;
+        buf.clear();
+        match read_packet(&mut stream, buf, "CONNACK").await? {
+            Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Accepted => Ok(stream),
+            Packet::ConnAck(ack) => Err(HoldError::Refused(ack.code)),
+            other => Err(unexpected("CONNACK", &other)),
         }
-        Ok(HeldConnection { _stream: stream })
     }
+}
+
+/// A TLS client configuration that trusts only the hub's CA (in `ca_pem`), for its MQTT and HTTPS ports.
+pub fn client_tls(ca_pem: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let pem = std::fs::read(ca_pem).with_context(|| format!("cannot read {}", ca_pem.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(certificate.context("the hub's CA file is not PEM")?)
+            .context("the hub's CA certificate is not usable")?;
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
 }
 
 /// An open, idle device connection; dropping it closes the socket.

@@ -37,23 +37,31 @@ pub struct HubProcess {
     /// The service connection string of `iothubowner`, as `outpost hub connection-string` prints it.
     pub connection_string: String,
     data_dir: TempDir,
+    /// Options added to `outpost hub serve` (limits a benchmark sets).
+    serve_args: Vec<String>,
 }
 
 impl HubProcess {
     /// Starts the hub and returns once both listeners answer and the connection string is known.
     pub async fn start(outpost: &Path) -> anyhow::Result<Self> {
+        Self::start_with(outpost, Vec::new()).await
+    }
+
+    /// Starts the hub with `serve_args` added to `outpost hub serve`'s command line.
+    pub async fn start_with(outpost: &Path, serve_args: Vec<String>) -> anyhow::Result<Self> {
         let (ip, https_port) = free_loopback_address()?;
         let data_dir = tempfile::Builder::new()
             .prefix("outpost-bench-")
             .tempdir()
             .context("cannot create a data directory for the hub")?;
-        let child = spawn(outpost, data_dir.path(), ip, https_port)?;
+        let child = spawn(outpost, data_dir.path(), ip, https_port, &serve_args)?;
         let mut hub = Self {
             child,
             ip,
             https_port,
             connection_string: String::new(),
             data_dir,
+            serve_args,
         };
         hub.wait_for_listeners().await?;
         hub.connection_string = hub.read_connection_string(outpost).await?;
@@ -67,7 +75,13 @@ impl HubProcess {
 
     /// Starts the hub again on the same data directory, address and ports; returns once it listens.
     pub async fn resume(&mut self, outpost: &Path) -> anyhow::Result<()> {
-        self.child = spawn(outpost, self.data_dir.path(), self.ip, self.https_port)?;
+        self.child = spawn(
+            outpost,
+            self.data_dir.path(),
+            self.ip,
+            self.https_port,
+            &self.serve_args,
+        )?;
         self.wait_for_listeners().await
     }
 
@@ -112,6 +126,19 @@ impl HubProcess {
         let _ = file.read_to_string(&mut text);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// The lines of the hub's log that contain `needle` (case-sensitive).
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(self.data_dir.path().join("hub.log")).map_or_else(
+            |_| Vec::new(),
+            |log| {
+                log.lines()
+                    .filter(|l| l.contains(needle))
+                    .map(str::to_owned)
+                    .collect()
+            },
+        )
     }
 
     /// Whether the hub logged `needle` (case-sensitive) anywhere in its log.
@@ -193,8 +220,14 @@ impl Drop for HubProcess {
     }
 }
 
-/// Starts `outpost hub serve`, its output appended to `DIR/hub.log`.
-fn spawn(outpost: &Path, data_dir: &Path, ip: Ipv4Addr, https_port: u16) -> anyhow::Result<Child> {
+/// Starts `outpost hub serve` (with `serve_args` added), its output appended to `DIR/hub.log`.
+fn spawn(
+    outpost: &Path,
+    data_dir: &Path,
+    ip: Ipv4Addr,
+    https_port: u16,
+    serve_args: &[String],
+) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -208,6 +241,7 @@ fn spawn(outpost: &Path, data_dir: &Path, ip: Ipv4Addr, https_port: u16) -> anyh
         .args(["--hostname", &ip.to_string(), "--bind", &ip.to_string()])
         .args(["--mqtt-port", &MQTT_PORT.to_string()])
         .args(["--https-port", &https_port.to_string()])
+        .args(serve_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

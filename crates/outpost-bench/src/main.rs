@@ -16,6 +16,7 @@ mod loadgen;
 mod mosquitto;
 mod report;
 mod service;
+mod soak;
 mod stats;
 mod system;
 
@@ -62,6 +63,9 @@ enum Command {
     Hub(hub::HubArgs),
     /// The edge daemon: routed throughput and latency against mosquitto, footprint, offline backlog, deployment.
     Edge(edge::EdgeArgs),
+    /// The hub's memory under PINGREQ and twin-GET floods from clients that never read, and 1,000 idle HTTPS
+    /// connections.
+    Soak(soak::SoakArgs),
     /// Every benchmark, each with its defaults for the profile.
     All,
 }
@@ -123,9 +127,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match &cli.command {
             Command::Hub(args) => Ok::<_, anyhow::Error>(vec![hub::run(&bench, args).await?]),
             Command::Edge(args) => Ok(vec![edge::run(&bench, args).await?]),
+            Command::Soak(args) => Ok(vec![soak::run(&bench, args).await?]),
             Command::All => Ok(vec![
                 hub::run(&bench, &hub::HubArgs::default()).await?,
                 edge::run(&bench, &edge::EdgeArgs::default()).await?,
+                soak::run(&bench, &soak::SoakArgs::default()).await?,
             ]),
         }
     })?;
