@@ -312,12 +312,13 @@ class Monitor:
     # The monitor has no readiness signal; give it this long to attach before messages are sent.
     ATTACH_DELAY = 1.5
 
-    def __init__(self, hub: Hub, count: int, timeout: int = 30, from_start: bool = False) -> None:
+    def __init__(self, hub: Hub, count: int, timeout: int = 30, from_start: bool = False,
+                 extra: tuple[str, ...] = ()) -> None:
         self.count = count
         self.timeout = timeout
         self.proc = subprocess.Popen(
             [str(outpost_bin()), "monitor", "--count", str(count), "--timeout", str(timeout),
-             *(["--from-start"] if from_start else [])],
+             *(["--from-start"] if from_start else []), *extra],
             env={**os.environ, **hub.hub_env}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )

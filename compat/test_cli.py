@@ -201,6 +201,21 @@ def test_monitor_prints_json_lines_and_stops_after_count(hub, registry, clients)
         assert json.loads(monitor_body(m)) == {"i": i}
 
 
+def test_monitor_filters_by_module_and_reads_from_the_start(hub, registry, clients):
+    registry.create_device_with_sas("dev1", "", "", "enabled")
+    senders = {}
+    for module in ("noisy", "wanted"):
+        key = registry.create_module_with_sas("dev1", module, None, "", "").authentication.symmetric_key.primary_key
+        senders[module] = clients.open(hub, "dev1", key, module_id=module)
+    for i in range(3):
+        for module, client in senders.items():
+            msg = Message(json.dumps({"module": module, "i": i}))
+            run_with_timeout(lambda c=client, m=msg: c.send_message(m), 15, "send_message")
+    # Everything was sent before the monitor started: --from-start reads it back, --module keeps one sender's.
+    got = Monitor(hub, count=3, timeout=20, from_start=True, extra=("--module", "wanted")).messages()
+    assert [(m["moduleId"], json.loads(monitor_body(m))["i"]) for m in got] == [("wanted", i) for i in range(3)]
+
+
 def test_monitor_timeout_ends_it_without_messages(hub):
     # run_cli fails the test if the monitor is still running after 15 s
     cp = hub.run_cli(["monitor", "--count", "1", "--timeout", "2"], check=False, timeout=15)

@@ -38,7 +38,11 @@ def test_the_quickstart_shows_readings_and_a_twin_change_and_stops_cleanly(tmp_p
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    errors = proc.stderr.read()
+    assert proc.returncode == 0, errors[-3000:]
+    # Only the quickstart's narrative on the terminal; the daemons' logs in its directory.
+    assert " INFO " not in errors and not any(" INFO " in l for l in lines), errors[-3000:]
+    assert " INFO " in (tmp_path / "qs" / "quickstart.log").read_text()
     wait_for(lambda: not port_open("127.0.0.3", 8883), 10, "the edge hub to stop")
     left = subprocess.run(["pgrep", "-f", str(outpost_bin().with_name("filter"))], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a sample module is still running after Ctrl-C"

@@ -117,13 +117,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| "info".into())
+    };
+    // The quickstart tells its own story on the terminal; the daemons' logs go to a file unless --verbose.
+    match &cli.command {
+        Command::Quickstart { args } if !args.verbose => match quickstart_log(args) {
+            Ok(file) => tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init(),
+            Err(error) => {
+                eprintln!("error: cannot open the quickstart's log file: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     // One crypto provider for the whole process: two enabled providers make rustls panic.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -140,6 +154,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn quickstart_log(args: &quickstart::QuickstartArgs) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(args.dir()?)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.log_file()?)
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

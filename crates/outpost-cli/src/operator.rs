@@ -202,6 +202,9 @@ pub struct MonitorArgs {
     /// Only messages from this device.
     #[arg(long)]
     device: Option<String>,
+    /// Only messages from this module (of any device, or of `--device`).
+    #[arg(long)]
+    module: Option<String>,
     /// Start at the oldest stored message instead of the ones arriving from now on.
     #[arg(long)]
     from_start: bool,
@@ -519,11 +522,11 @@ pub async fn monitor(args: &HubArgs, options: &MonitorArgs) -> anyhow::Result<()
             .into_iter()
             .flatten()
         {
-            if options
-                .device
-                .as_deref()
-                .is_some_and(|d| event.get("deviceId").and_then(Value::as_str) != Some(d))
-            {
+            let field = |name: &str| event.get(name).and_then(Value::as_str);
+            let unwanted = |wanted: &Option<String>, name: &str| {
+                wanted.as_deref().is_some_and(|w| field(name) != Some(w))
+            };
+            if unwanted(&options.device, "deviceId") || unwanted(&options.module, "moduleId") {
                 continue;
             }
             println!("{}", serde_json::to_string(event)?);

@@ -40,6 +40,25 @@ pub struct QuickstartArgs {
     /// Run the sample modules as processes even when Docker is there.
     #[arg(long)]
     processes: bool,
+    /// Show the hub's and the edge daemon's logs here; by default they go to `quickstart.log` in the data
+    /// directory and only the quickstart's own narrative is printed.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+impl QuickstartArgs {
+    /// The directory the quickstart keeps its state in.
+    pub fn dir(&self) -> std::io::Result<PathBuf> {
+        match &self.data_dir {
+            Some(dir) => std::path::absolute(dir),
+            None => Ok(std::env::temp_dir().join("outpost-quickstart")),
+        }
+    }
+
+    /// Where the daemons' logs go unless `--verbose`.
+    pub fn log_file(&self) -> std::io::Result<PathBuf> {
+        Ok(self.dir()?.join("quickstart.log"))
+    }
 }
 
 fn docker_images_present() -> bool {
@@ -128,10 +147,7 @@ fn edge_config(
 
 /// Runs the quickstart until Ctrl-C.
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
-    let dir = match &args.data_dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => std::env::temp_dir().join("outpost-quickstart"),
-    };
+    let dir = args.dir()?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let containers = !args.processes && docker_images_present();
     println!(
@@ -143,6 +159,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             "processes"
         }
     );
+    if !args.verbose {
+        println!(
+            "logs       {} (--verbose shows them here)",
+            args.log_file()?.display()
+        );
+    }
 
     let hub_ip: IpAddr = HUB_HOST.parse()?;
     let hub_config = HubConfig {
