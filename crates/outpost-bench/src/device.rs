@@ -276,7 +276,7 @@ impl DeviceEndpoint {
         connect.username = Some(self.username(&device.id));
         connect.password = Some(Bytes::from(password.into_bytes()));
         let mut out = BytesMut::new();
-        outpost_mqtt::encode(&Packet::Connect(connect), &mut out)?;
+        outpost_mqtt::encode(&Packet::Connect(Box::new(connect)), &mut out)?;
         send(&mut stream, &out, "CONNECT").await?;
         buf.clear();
         match read_packet(&mut stream, buf, "CONNACK").await? {

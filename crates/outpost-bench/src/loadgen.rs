@@ -158,7 +158,7 @@ async fn open(broker: &Broker, login: &Login) -> anyhow::Result<Connection> {
     connect.username.clone_from(&login.username);
     connect.password = login.password.clone().map(|p| Bytes::from(p.into_bytes()));
     let mut out = BytesMut::new();
-    outpost_mqtt::encode(&Packet::Connect(connect), &mut out)?;
+    outpost_mqtt::encode(&Packet::Connect(Box::new(connect)), &mut out)?;
     writer.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     match read_packet(&mut reader, &mut buf).await? {

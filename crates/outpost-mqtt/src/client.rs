@@ -117,7 +117,7 @@ impl Client {
         connect.username = username.map(str::to_owned);
         connect.password = password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
         let mut buf = BytesMut::new();
-        packet::encode(&Packet::Connect(connect), &mut buf)?;
+        packet::encode(&Packet::Connect(Box::new(connect)), &mut buf)?;
         writer.write_all(&buf).await?;
         writer.flush().await?;
 

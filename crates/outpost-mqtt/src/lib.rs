@@ -4,7 +4,7 @@
 //! framing, [`decode`] and [`encode`]. [`topic`] maps IoT Hub topics to requests and builds the topics the
 //! server publishes on. [`session`] is a pure state machine: packets and backend pushes in, packets and
 //! [`DeviceOperations`] calls out. [`server`] is the tokio/TLS driver ([`serve`]): accept loop, CONNECT and
-//! authentication, one reader task and one batching writer per connection, and the registry that closes a
+//! authentication, one task per connection that reads and runs its session, a batching writer, and the registry that closes a
 //! client's older connection and keeps persistent sessions. [`client`] is a small MQTT/TLS client for the
 //! benchmark, the Rust SDK and the tests. [`ops`] holds the contract with the backend.
 

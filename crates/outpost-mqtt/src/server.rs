@@ -1,7 +1,7 @@
 //! The tokio/TLS driver of the device protocol: [`serve`] accepts connections and runs one session each.
 //!
-//! Per connection: a reader task decodes packets, the connection task owns the [`Session`](crate::session::Session)
-//! and runs backend operations, a writer task batches replies. Whatever one client sends, only its own
+//! Per connection: the connection task reads and decodes packets, owns the [`Session`](crate::session::Session)
+//! and runs backend operations; a writer task batches replies. Whatever one client sends, only its own
 //! connection closes.
 
 mod connection;

@@ -102,7 +102,7 @@ async fn an_unsupported_protocol_level_is_answered_with_return_code_1() {
     let mut raw = server.raw().await;
     let mut connect = Connect::new("devA", 60, false);
     connect.protocol_level = 5;
-    raw.send(&Packet::Connect(connect)).await;
+    raw.send(&Packet::Connect(Box::new(connect))).await;
     let Some(Packet::ConnAck(ack)) = raw.recv().await else {
         panic!("no CONNACK")
     };
@@ -119,7 +119,7 @@ async fn a_malformed_client_id_is_answered_with_return_code_2() {
     let mut raw = server.raw().await;
     let mut connect = Connect::new("a/b/c", 60, true);
     connect.username = Some("localhost/a/b/c/".into());
-    raw.send(&Packet::Connect(connect)).await;
+    raw.send(&Packet::Connect(Box::new(connect))).await;
     let Some(Packet::ConnAck(ack)) = raw.recv().await else {
         panic!("no CONNACK")
     };
@@ -180,7 +180,7 @@ async fn a_silent_client_is_closed_after_one_and_a_half_keep_alive_periods() {
     let mut connect = Connect::new("quiet", 1, true);
     connect.username = Some("localhost/quiet/".into());
     connect.password = Some(common::FakeBackend::token("quiet").into_bytes().into());
-    raw.send(&Packet::Connect(connect)).await;
+    raw.send(&Packet::Connect(Box::new(connect))).await;
     assert!(matches!(raw.recv().await, Some(Packet::ConnAck(_))));
     let started = std::time::Instant::now();
     assert!(raw.closed().await);

@@ -105,7 +105,7 @@ impl Link {
         connect.username = Some(endpoint.username.clone());
         connect.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
         let mut buf = BytesMut::new();
-        packet::encode(&Packet::Connect(connect), &mut buf)
+        packet::encode(&Packet::Connect(Box::new(connect)), &mut buf)
             .map_err(|e| ClientError::Configuration(format!("cannot encode CONNECT: {e}")))?;
         writer
             .write_all(&buf)

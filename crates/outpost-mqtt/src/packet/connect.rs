@@ -206,9 +206,12 @@ mod tests {
         connect.username = Some("myhub.azure-devices.net/devA/?api-version=2019-10-01".into());
         connect.password = Some(Bytes::from_static(b"SharedAccessSignature sr=x&sig=y&se=1"));
         let mut buf = BytesMut::new();
-        encode(&Packet::Connect(connect.clone()), &mut buf).unwrap();
+        encode(&Packet::Connect(Box::new(connect.clone())), &mut buf).unwrap();
         assert_eq!(buf[9], 0xC0, "connect flags byte as on the wire");
-        assert_eq!(decode(&mut buf, 1024), Ok(Some(Packet::Connect(connect))));
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Ok(Some(Packet::Connect(Box::new(connect))))
+        );
     }
 
     #[test]
@@ -267,7 +270,10 @@ mod tests {
             retain: true,
         });
         let mut buf = BytesMut::new();
-        encode(&Packet::Connect(connect.clone()), &mut buf).unwrap();
-        assert_eq!(decode(&mut buf, 1024), Ok(Some(Packet::Connect(connect))));
+        encode(&Packet::Connect(Box::new(connect.clone())), &mut buf).unwrap();
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Ok(Some(Packet::Connect(Box::new(connect))))
+        );
     }
 }

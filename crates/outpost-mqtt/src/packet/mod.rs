@@ -61,8 +61,9 @@ impl QoS {
 /// An MQTT control packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    /// Client → server: opens the session.
-    Connect(Connect),
+    /// Client → server: opens the session. Boxed: it is by far the largest packet and comes once per
+    /// connection, and every queue of packets holds slots of the enum's size.
+    Connect(Box<Connect>),
     /// Server → client: answers CONNECT.
     ConnAck(ConnAck),
     /// Either way: an application message.
@@ -206,7 +207,7 @@ pub fn decode(buf: &mut BytesMut, max_size: usize) -> Result<Option<Packet>, Pac
 
 fn read(header: FixedHeader, mut body: Reader) -> Result<Packet, PacketError> {
     let packet = match header.packet_type() {
-        kind::CONNECT => Packet::Connect(Connect::read(&mut body)?),
+        kind::CONNECT => Packet::Connect(Box::new(Connect::read(&mut body)?)),
         kind::CONNACK => Packet::ConnAck(ConnAck::read(&mut body)?),
         kind::PUBLISH => Packet::Publish(Publish::read(header.flags(), &mut body)?),
         kind::PUBACK => Packet::PubAck(PubAck::read(&mut body)?),

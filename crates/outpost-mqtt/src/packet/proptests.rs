@@ -113,7 +113,7 @@ fn suback_code() -> impl Strategy<Value = SubscribeReturnCode> {
 
 fn packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
-        connect().prop_map(Packet::Connect),
+        connect().prop_map(|c| Packet::Connect(Box::new(c))),
         connack().prop_map(Packet::ConnAck),
         publish().prop_map(Packet::Publish),
         any::<u16>().prop_map(|pkid| Packet::PubAck(PubAck { pkid })),

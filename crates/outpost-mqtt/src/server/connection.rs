@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use outpost_core::Identity;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::server::TlsStream;
 
 use super::registry::Kick;
 use super::{handshake, Shared};
@@ -28,9 +29,6 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// Operations running at once for one connection; past this, reading pauses and TCP pushes back.
 const MAX_PENDING_OPERATIONS: usize = 128;
-
-/// Packets decoded ahead of the loop.
-const PACKET_QUEUE: usize = 64;
 
 /// How long a closing connection waits for its running operations, and for its last writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,8 +130,6 @@ pub async fn run<O: DeviceOperations>(
             }));
         }
         Ok(identity) => {
-            let (packets_tx, packets) = mpsc::channel(PACKET_QUEUE);
-            let reader = tokio::spawn(io::reader_task(reader, buf, max_size, packets_tx));
             let live = Live {
                 shared: &shared,
                 identity,
@@ -145,11 +141,14 @@ pub async fn run<O: DeviceOperations>(
                 connect.clean_session,
                 connect.keep_alive,
                 out.clone(),
-                packets,
+                Incoming {
+                    reader,
+                    buf,
+                    max_size,
+                },
                 shutdown,
             )
             .await;
-            reader.abort();
         }
     }
     // The writer sends what is queued (the CONNACK refusal, the last acks), then closes the stream.
@@ -161,6 +160,21 @@ pub async fn run<O: DeviceOperations>(
     {
         // A client that does not read keeps the writer waiting forever; it must not keep the socket.
         writer.abort();
+    }
+}
+
+/// The read half of a connection and what it has buffered: the connection's loop reads packets itself,
+/// without a reader task and a channel of packets (each would cost every held connection memory).
+struct Incoming {
+    reader: ReadHalf<TlsStream<TcpStream>>,
+    buf: BytesMut,
+    max_size: usize,
+}
+
+impl Incoming {
+    /// The next packet; `Ok(None)` at a clean end of stream.
+    async fn next(&mut self) -> Result<Option<Packet>, ReadError> {
+        io::read_packet(&mut self.reader, &mut self.buf, self.max_size).await
     }
 }
 
@@ -180,7 +194,7 @@ impl<O: DeviceOperations> Live<'_, O> {
         clean: bool,
         keep_alive: u16,
         out: mpsc::Sender<Packet>,
-        packets: mpsc::Receiver<Result<Packet, ReadError>>,
+        incoming: Incoming,
         shutdown: watch::Receiver<bool>,
     ) {
         let ops = &self.shared.ops;
@@ -239,7 +253,7 @@ impl<O: DeviceOperations> Live<'_, O> {
             Ok(_) => {
                 ops.connected(&self.identity, outbox).await;
                 driver
-                    .run(&mut session, packets, outbox_rx, &mut kick_rx, shutdown)
+                    .run(&mut session, incoming, outbox_rx, &mut kick_rx, shutdown)
                     .await
             }
             Err(e) => Err(e),
@@ -286,7 +300,7 @@ impl<O: DeviceOperations> Driver<O> {
     async fn run(
         &mut self,
         session: &mut Session,
-        mut packets: mpsc::Receiver<Result<Packet, ReadError>>,
+        mut incoming: Incoming,
         mut inbox: Inbox,
         kick: &mut oneshot::Receiver<Kick>,
         mut shutdown: watch::Receiver<bool>,
@@ -315,16 +329,18 @@ impl<O: DeviceOperations> Driver<O> {
                         self.send(packet)?;
                     }
                 }
-                packet = packets.recv(), if self.pending.len() < MAX_PENDING_OPERATIONS => match packet {
-                    Some(Ok(packet)) => {
+                // Reading is cancel-safe (bytes read stay in the buffer), so the read can lose the race to
+                // another branch and start again; reading pauses while too many operations run.
+                packet = incoming.next(), if self.pending.len() < MAX_PENDING_OPERATIONS => match packet {
+                    Ok(Some(packet)) => {
                         let actions = session.handle(packet, Instant::now())?;
                         self.outbox.set_features(session.features());
                         if self.apply(actions)? {
                             return Ok(Ended::ByClient);
                         }
                     }
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Ok(Ended::ByClient),
+                    Err(e) => return Err(e.into()),
+                    Ok(None) => return Ok(Ended::ByClient),
                 },
                 Some(item) = inbox.recv() => {
                     let actions = session.push(item?)?;

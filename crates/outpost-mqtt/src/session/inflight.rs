@@ -1,6 +1,8 @@
 //! Outgoing QoS 1 publishes awaiting their PUBACK, indexed by packet id (after rumqtt's `outgoing` vector).
 //!
-//! Packet ids run 1..=capacity and index a pre-sized vector, so an ack is O(1). When every id is taken,
+//! Packet ids run 1..=capacity and index a vector, so an ack is O(1). The vector grows as publishes are
+//! outstanding at once, up to the capacity, rather than being sized up front: most sessions never have more
+//! than a few in flight, and a held connection should not pay for a hundred empty slots. When every id is taken,
 //! further publishes wait in a queue and take the next id that an ack frees; the client never sees more
 //! than `capacity` unacknowledged publishes. The queue is bounded too: a publish past it is refused
 //! ([`Pushed::Full`]) and the session decides what that means.
@@ -22,7 +24,9 @@ struct Pending {
 /// Outgoing QoS 1 state of a session.
 #[derive(Debug, Clone)]
 pub struct Inflight {
+    /// Indexed by packet id − 1; never longer than `capacity`.
     slots: Vec<Option<Pending>>,
+    capacity: usize,
     in_use: usize,
     next_pkid: u16,
     next_seq: u64,
@@ -44,9 +48,9 @@ pub enum Pushed {
 impl Inflight {
     /// Room for `capacity` unacknowledged publishes (at least 1, at most 65535) and `max_waiting` more queued.
     pub fn new(capacity: u16, max_waiting: usize) -> Self {
-        let capacity = usize::from(capacity.max(1));
         Self {
-            slots: vec![None; capacity],
+            slots: Vec::new(),
+            capacity: usize::from(capacity.max(1)),
             in_use: 0,
             next_pkid: 1,
             next_seq: 0,
@@ -63,7 +67,7 @@ impl Inflight {
 
     /// Takes `publish` in: with its packet id if one is free, else into the queue if it has room.
     pub fn push(&mut self, publish: Publish, delivery: Option<u64>) -> Pushed {
-        if self.in_use < self.slots.len() {
+        if self.in_use < self.capacity {
             return Pushed::Send(self.assign(publish, delivery));
         }
         if self.waiting.len() >= self.max_waiting {
@@ -74,11 +78,15 @@ impl Inflight {
     }
 
     fn assign(&mut self, mut publish: Publish, delivery: Option<u64>) -> Publish {
-        // A free slot exists: scan from the last id handed out, so ids are reused as late as possible.
-        let capacity = self.slots.len();
+        // A free id exists: scan from the last id handed out, so ids are reused as late as possible; an id past
+        // the slots grown so far is free and grows them by one.
+        let capacity = self.capacity;
         let mut index = usize::from(self.next_pkid) - 1;
-        while self.slots[index].is_some() {
+        while self.slots.get(index).is_some_and(Option::is_some) {
             index = (index + 1) % capacity;
+        }
+        if index >= self.slots.len() {
+            self.slots.resize(index + 1, None);
         }
         let pkid = (index + 1) as u16;
         self.next_pkid = if index + 1 == capacity { 1 } else { pkid + 1 };
@@ -197,6 +205,16 @@ mod tests {
             !inflight.holds_delivery(9),
             "a refused delivery is not held"
         );
+    }
+
+    #[test]
+    fn the_table_grows_only_as_far_as_publishes_are_outstanding() {
+        let mut inflight = Inflight::new(100, 16);
+        assert_eq!(inflight.slots.capacity(), 0, "nothing allocated up front");
+        let first = sent(inflight.push(publish("a"), None));
+        inflight.ack(first.pkid).unwrap();
+        sent(inflight.push(publish("b"), None));
+        assert_eq!(inflight.slots.len(), 2);
     }
 
     #[test]

@@ -74,7 +74,7 @@ fn disconnect_closes_without_error() {
 
 #[test]
 fn a_second_connect_is_a_protocol_violation() {
-    let connect = Packet::Connect(crate::packet::Connect::new("devA", 60, false));
+    let connect = Packet::Connect(Box::new(crate::packet::Connect::new("devA", 60, false)));
     assert_eq!(
         session(device(), true).handle(connect, Instant::now()),
         Err(SessionError::SecondConnect)

@@ -172,7 +172,7 @@ impl Server {
         let mut connect = Connect::new(client_id, 60, clean_session);
         connect.username = Some(format!("{HOST}/{client_id}/?api-version=2019-10-01"));
         connect.password = Some(token.to_owned().into_bytes().into());
-        raw.send(&Packet::Connect(connect)).await;
+        raw.send(&Packet::Connect(Box::new(connect))).await;
         assert!(
             matches!(raw.recv().await, Some(Packet::ConnAck(ack)) if ack.code == outpost_mqtt::ConnectReturnCode::Accepted)
         );
