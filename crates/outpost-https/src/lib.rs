@@ -10,6 +10,8 @@
 //!
 //! What a request may carry (body limits, authorisation before the body is read) belongs to each router.
 
+pub mod metrics;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use crate::error::HubError;
+use crate::metrics::{TwinOperation, TwinSource};
 use crate::{store, Hub};
 
 /// [`Hub`] behind an `Arc`, as the protocol head holds it.
@@ -67,9 +68,14 @@ impl DeviceOperations for HubDevices {
     }
 
     async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
-        self.0
+        let twin = self
+            .0
             .device_view(identity)
-            .map_err(|e| operation_error(&e))
+            .map_err(|e| operation_error(&e))?;
+        self.0
+            .metrics()
+            .twin(TwinOperation::Read, TwinSource::Device);
+        Ok(twin)
     }
 
     async fn patch_reported(
@@ -77,9 +83,14 @@ impl DeviceOperations for HubDevices {
         identity: &Identity,
         patch: Value,
     ) -> Result<u64, OperationError> {
-        self.0
+        let version = self
+            .0
             .patch_reported(identity, &patch)
-            .map_err(|e| operation_error(&e))
+            .map_err(|e| operation_error(&e))?;
+        self.0
+            .metrics()
+            .twin(TwinOperation::UpdateReported, TwinSource::Device);
+        Ok(version)
     }
 
     async fn send_message(

@@ -12,6 +12,7 @@ pub mod edge_link;
 pub mod error;
 pub mod identity;
 pub mod messaging;
+pub mod metrics;
 pub mod registry;
 pub mod rest;
 pub mod server;
@@ -55,6 +56,8 @@ pub struct Hub {
     policies: Vec<identity::AccessPolicy>,
     /// The upstream links of edge devices by device id.
     edge_links: Mutex<HashMap<String, std::sync::Arc<edge_link::EdgeLink>>>,
+    /// What the hub counts and times (records nothing unless metrics are on).
+    metrics: metrics::HubMetrics,
 }
 
 impl Hub {
@@ -99,6 +102,7 @@ impl Hub {
             c2d_in_flight: Mutex::new(HashMap::new()),
             edge_links: Mutex::new(HashMap::new()),
             policies,
+            metrics: metrics::HubMetrics::default(),
         })
     }
 

@@ -11,6 +11,7 @@ use outpost_mqtt::{Feature, Outgoing};
 use serde_json::{json, Value};
 
 use crate::error::HubError;
+use crate::metrics::{C2dOutcome, Via};
 use crate::registry::{device_id, module_id};
 use crate::store;
 use crate::Hub;
@@ -147,12 +148,15 @@ impl Hub {
         }
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let seq = store::append_event(
-            &self.db.lock(),
-            &event_json(identity, message, &enqueued),
-            now.timestamp_millis(),
-        )?;
+        let seq = self.commit(|tx| {
+            store::append_event(
+                tx,
+                &event_json(identity, message, &enqueued),
+                now.timestamp_millis(),
+            )
+        })?;
         self.newest_event.send_replace(seq);
+        self.metrics.telemetry(Via::Mqtt, 1);
         Ok(seq)
     }
 
@@ -169,7 +173,7 @@ impl Hub {
         }
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let newest = self.db.transaction(|tx| {
+        let newest = self.commit(|tx| {
             let mut newest = 0;
             for (identity, message) in batch {
                 newest = store::append_event(
@@ -183,6 +187,7 @@ impl Hub {
         if newest > 0 {
             self.newest_event.send_replace(newest);
         }
+        self.metrics.telemetry(Via::Edge, batch.len() as u64);
         Ok(batch.len())
     }
 
@@ -242,7 +247,7 @@ impl Hub {
         }
         let stored =
             serde_json::to_value(message).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
-        let id = self.db.transaction(|tx| {
+        let id = self.commit(|tx| {
             if store::device(tx, &device)?.is_none() {
                 return Err(HubError::DeviceNotFound(device.to_string()));
             }
@@ -251,6 +256,7 @@ impl Hub {
             }
             Ok(store::enqueue_c2d(tx, &device, &stored)?)
         })?;
+        self.metrics.c2d(C2dOutcome::Queued);
         self.push_c2d(&Identity::device(device));
         Ok(id)
     }
@@ -305,13 +311,27 @@ impl Hub {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        if let Err(error) = store::complete_c2d(&self.db.lock(), &identity.device, id) {
-            tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
+        match self.commit(|tx| store::complete_c2d(tx, &identity.device, id)) {
+            Ok(_) => self.metrics.c2d(C2dOutcome::Completed),
+            Err(error) => {
+                tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
+            }
         }
     }
 
     /// Invokes a direct method on a device or module and waits for its answer: `(status, payload)`.
     pub async fn invoke_method(
+        &self,
+        device: &str,
+        module: Option<&str>,
+        call: MethodCall,
+    ) -> Result<(i32, Value), HubError> {
+        let result = self.call_method(device, module, call).await;
+        self.metrics.method_call(&result);
+        result
+    }
+
+    async fn call_method(
         &self,
         device: &str,
         module: Option<&str>,

@@ -101,7 +101,7 @@ impl Hub {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
         let mut rotated = false;
-        let record = self.db.transaction(|tx| {
+        let record = self.commit(|tx| {
             let parent_scope = match &spec.parent {
                 Some(parent) => {
                     let parent_id = device_id(parent)?;
@@ -223,7 +223,7 @@ impl Hub {
     /// Deletes a device with its modules and twins, and disconnects them.
     pub fn delete_device(&self, id: &str, precondition: &Precondition) -> Result<(), HubError> {
         let id = device_id(id)?;
-        self.db.transaction(|tx| {
+        self.commit(|tx| {
             let current =
                 store::device(tx, &id)?.ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
             precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
@@ -249,7 +249,7 @@ impl Hub {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
         let mut rotated = false;
-        let result = self.db.transaction(|tx| {
+        let result = self.commit(|tx| {
             if store::device(tx, &device)?.is_none() {
                 return Err(HubError::DeviceNotFound(device.to_string()));
             }
@@ -323,7 +323,7 @@ impl Hub {
         precondition: &Precondition,
     ) -> Result<(), HubError> {
         let (device, module) = (device_id(device)?, module_id(module)?);
-        self.db.transaction(|tx| {
+        self.commit(|tx| {
             let current = store::module(tx, &device, &module)?
                 .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))?;
             precondition.check(&crate::identity::identity_etag(current.etag_counter))?;

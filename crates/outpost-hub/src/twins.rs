@@ -112,7 +112,7 @@ impl Hub {
             device: device_id(device)?,
             module: module.map(module_id).transpose()?,
         };
-        let notification = self.db.transaction(|tx| {
+        let notification = self.commit(|tx| {
             let mut twin = Self::twin_for_update(tx, &identity)?;
             if let Precondition::Etag(_) = precondition {
                 precondition.check(&twin.etag())?;
@@ -153,7 +153,7 @@ impl Hub {
 
     /// Applies a reported patch from the device itself; returns the new reported `$version`.
     pub fn patch_reported(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
-        self.db.transaction(|tx| {
+        self.commit(|tx| {
             let mut twin = Self::twin_for_update(tx, identity)?;
             let version = twin
                 .patch_reported(patch, Utc::now())
@@ -179,7 +179,7 @@ impl Hub {
         let manifest = DeploymentManifest::from_json(content)
             .map_err(|e| HubError::InvalidConfigurationContent(e.to_string()))?;
         let mut notifications = Vec::new();
-        self.db.transaction(|tx| {
+        self.commit(|tx| {
             let record = store::device(tx, &device_id)?
                 .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
             if !record.iot_edge {

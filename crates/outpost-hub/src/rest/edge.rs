@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{json_body, ok_json, ApiError, HubState};
 use crate::edge_link::{EdgeClient, EdgeMessage};
+use crate::metrics::{TwinOperation, TwinSource};
 use crate::identity::DeviceRecord;
 use crate::Hub;
 
@@ -126,7 +127,9 @@ pub(super) async fn twin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let record = edge(&hub, &headers, &device)?;
-    Ok(ok_json(hub.edge_twin(&record, &query.client)?))
+    let twin = hub.edge_twin(&record, &query.client)?;
+    hub.metrics().twin(TwinOperation::Read, TwinSource::Edge);
+    Ok(ok_json(twin))
 }
 
 pub(super) async fn reported(
@@ -138,6 +141,8 @@ pub(super) async fn reported(
 ) -> Result<Response, ApiError> {
     let record = edge(&hub, &headers, &device)?;
     let version = hub.edge_reported(&record, &query.client, &json_body(&body)?)?;
+    hub.metrics()
+        .twin(TwinOperation::UpdateReported, TwinSource::Edge);
     Ok(ok_json(json!({"version": version})))
 }
 

@@ -114,6 +114,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .layer(DefaultBodyLimit::max(EDGE_BODY_LIMIT));
     service
         .merge(edge_link)
+        .route_layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            time_request,
+        ))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(require_api_version))
         .layer(axum::middleware::from_fn_with_state(
@@ -155,6 +159,26 @@ async fn require_sas_token(State(hub): HubState, request: Request, next: Next) -
             response
         }
     }
+}
+
+/// Times a request that matched a route, labelled by the route's template (never the raw path, which holds ids).
+/// Requests refused before routing (401, 400 for the api-version, 404) are not timed.
+async fn time_request(
+    State(hub): HubState,
+    route: axum::extract::MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    hub.metrics().rest_request(
+        &method,
+        route.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Refuses a request without a known `api-version` before any handler runs.

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{authorize, json_body, ok_json, precondition, ApiError, HubState};
 use crate::identity::Right;
+use crate::metrics::{TwinOperation, TwinSource};
 use crate::twins::{twin_json, TwinWrite};
 
 pub(super) async fn get_device_twin(
@@ -15,7 +16,9 @@ pub(super) async fn get_device_twin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    Ok(ok_json(twin_json(&hub.twin(&device, None)?)))
+    let twin = hub.twin(&device, None)?;
+    hub.metrics().twin(TwinOperation::Read, TwinSource::Service);
+    Ok(ok_json(twin_json(&twin)))
 }
 
 pub(super) async fn get_module_twin(
@@ -24,7 +27,9 @@ pub(super) async fn get_module_twin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    Ok(ok_json(twin_json(&hub.twin(&device, Some(&module))?)))
+    let twin = hub.twin(&device, Some(&module))?;
+    hub.metrics().twin(TwinOperation::Read, TwinSource::Service);
+    Ok(ok_json(twin_json(&twin)))
 }
 
 fn write(
@@ -38,6 +43,12 @@ fn write(
     authorize(hub, headers, Right::ServiceConnect)?;
     let write = TwinWrite::from_body(&json_body(body)?, replace)?;
     let view = hub.write_twin(device, module, &write, &precondition(headers))?;
+    let operation = if replace {
+        TwinOperation::Replace
+    } else {
+        TwinOperation::UpdateDesired
+    };
+    hub.metrics().twin(operation, TwinSource::Service);
     Ok(ok_json(twin_json(&view)))
 }
 
@@ -85,5 +96,7 @@ pub(super) async fn apply_configuration(
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
     hub.apply_configuration(&device, &json_body(&body)?)?;
+    hub.metrics()
+        .twin(TwinOperation::ApplyConfiguration, TwinSource::Service);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
