@@ -22,8 +22,9 @@ requirements=(
 )
 
 # Debian packages the system tests need: a static busybox (the FROM scratch test image), the local container
-# registry the edge agent pulls from, and mosquitto (the broker the benchmarks compare against).
-packages=(busybox-static docker-registry mosquitto)
+# registry the edge agent pulls from, mosquitto (the broker the benchmarks compare against), and prometheus (the
+# metrics test scrapes the hub and the edge with it).
+packages=(busybox-static docker-registry mosquitto prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "${package}" >/dev/null 2>&1 || missing+=("${package}")
@@ -34,8 +35,8 @@ if (( ${#missing[@]} > 0 )); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
-    # The packaged services are not wanted: the tests start their own registry and broker on loopback.
-    for service in docker-registry mosquitto; do
+    # The packaged services are not wanted: the tests start their own registry, broker and Prometheus on loopback.
+    for service in docker-registry mosquitto prometheus prometheus-node-exporter; do
       if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "${service}" >/dev/null 2>&1 || true; fi
       service "${service}" stop >/dev/null 2>&1 || true
     done

@@ -57,6 +57,10 @@ pub enum HubCommand {
         /// in memory (`12h`, `7d`); its subscriptions stay stored for as long as the identity exists.
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         session_expiry: Duration,
+
+        /// Serve Prometheus metrics at `http://ADDR:PORT/metrics` (plain HTTP; off unless given).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_bind: Option<std::net::SocketAddr>,
     },
     /// Print the service connection string of the `iothubowner` policy.
     ConnectionString {
@@ -90,6 +94,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             https_header_timeout_secs,
             https_idle_timeout_secs,
             session_expiry,
+            metrics_bind,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -108,6 +113,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                     ..HttpsLimits::default()
                 },
                 session_expiry,
+                metrics_bind,
             };
             serve(&config).await
         }
@@ -122,6 +128,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 event_retention: EventRetention::default(),
                 https_limits: HttpsLimits::default(),
                 session_expiry: DEFAULT_SESSION_EXPIRY,
+                metrics_bind: None,
             };
             println!("{}", config.owner_connection_string()?);
             Ok(())
@@ -159,6 +166,9 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
     println!("Outpost hub {}", env!("CARGO_PKG_VERSION"));
     println!("  MQTT   {}", running.mqtt_addr);
     println!("  HTTPS  {}", running.https_addr);
+    if let Some(metrics) = running.metrics_addr {
+        println!("  METRICS http://{metrics}/metrics");
+    }
     println!("  CA     {}", config.data_dir.join("ca.pem").display());
     println!("Service connection string:");
     println!("{connection_string}");

@@ -176,6 +176,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         event_retention: outpost_hub::messaging::EventRetention::default(),
         https_limits: outpost_hub::server::HttpsLimits::default(),
         session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
+        metrics_bind: None,
     };
     let running = RunningHub::start(&hub_config).await?;
     let hub = running.hub.clone();

@@ -60,6 +60,17 @@ pub struct EdgeConfig {
     pub store: StoreConfig,
     /// The module runtime.
     pub runtime: RuntimeConfig,
+    /// Prometheus metrics (`[metrics] listen = "ADDR:9600"`): off unless set.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Where the daemon serves Prometheus metrics (docs/operations.md, "Metrics").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The address of the plain-HTTP `/metrics` listener (Azure IoT Edge's port is 9600); none: off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The edge hub's message store.

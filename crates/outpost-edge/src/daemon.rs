@@ -117,6 +117,14 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         &config.agent_dir().join("identities.json"),
     )?);
     let edge_hub = crate::edgehub::start(&config, identities.clone(), &ca, &gateway_ips).await?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let trust_bundle = ca.pem().to_owned();
     let service = Arc::new(WorkloadService {
         identities: identities.clone(),
@@ -135,6 +143,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         sockets,
         hub,
         back_off: BackOff::default(),
+        metrics: edge_hub.metrics.clone(),
         state: Mutex::new(AgentState::default()),
         reported: watch::channel(serde_json::Value::Null).0,
         started: Utc::now(),
@@ -146,6 +155,14 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         .context("cannot run the last-known-good deployment")?;
     let mut tasks = JoinSet::new();
     tasks.spawn(agent.clone().run_supervisor());
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+        tasks.spawn(crate::metrics::serve(
+            edge_hub.clone(),
+            config.data_dir.clone(),
+            listener,
+        ));
+    }
     let management = agent.clone();
     let management_socket = config.management_socket();
     tasks.spawn(async move {

@@ -14,5 +14,6 @@ pub mod hub_client;
 pub mod hub_http;
 pub mod identities;
 pub mod management;
+pub mod metrics;
 pub mod runtime;
 pub mod workload;

@@ -37,6 +37,8 @@ pub struct HubConfig {
     pub https_limits: HttpsLimits,
     /// How long the in-memory persistent session of an MQTT client that went away is kept (7 days).
     pub session_expiry: std::time::Duration,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP), if anywhere: off by default.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// How long an away client's persistent session is kept in memory unless the settings say otherwise.
@@ -50,6 +52,8 @@ pub struct RunningHub {
     pub mqtt_addr: SocketAddr,
     /// Where HTTPS listens.
     pub https_addr: SocketAddr,
+    /// Where `/metrics` is served, when metrics are on.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -87,7 +91,15 @@ impl RunningHub {
                 config.data_dir.display()
             )
         })?;
-        let hub = Arc::new(Hub::open(&config.data_dir, &config.host_name)?);
+        let mut hub = Hub::open(&config.data_dir, &config.host_name)?;
+        let metrics_listener = match config.metrics_bind {
+            Some(addr) => {
+                hub = hub.with_metrics(crate::metrics::HubMetrics::new(&config.host_name)?);
+                Some(bind(addr.ip(), addr.port(), "metrics").await?)
+            }
+            None => None,
+        };
+        let hub = Arc::new(hub);
         let ca = CertificateAuthority::load_or_create(&config.data_dir, "Outpost hub CA")?;
         let tls = ca.server_tls_config(&config.host_name)?;
 
@@ -115,6 +127,18 @@ impl RunningHub {
             config.https_limits.clone(),
             stopped(shutdown_rx.clone()),
         ));
+        let metrics_addr = match metrics_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                tasks.spawn(crate::metrics::serve(
+                    hub.clone(),
+                    listener,
+                    stopped(shutdown_rx.clone()),
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
         tasks.spawn(prune_events(
             hub.clone(),
             config.event_retention,
@@ -131,11 +155,12 @@ impl RunningHub {
                 }
             }
         });
-        tracing::info!(%mqtt_addr, %https_addr, host_name = %config.host_name, "hub listening");
+        tracing::info!(%mqtt_addr, %https_addr, ?metrics_addr, host_name = %config.host_name, "hub listening");
         Ok(Self {
             hub,
             mqtt_addr,
             https_addr,
+            metrics_addr,
             shutdown,
             tasks,
         })

@@ -74,6 +74,8 @@ pub struct Agent {
     pub lkg: LastKnownGood,
     /// Restart back-off.
     pub back_off: BackOff,
+    /// Module starts and stops are counted here (`edgeAgent_module_start_total`...).
+    pub metrics: crate::metrics::EdgeMetrics,
     /// Mutable state.
     pub state: Mutex<AgentState>,
     /// The latest reported document; the upstream link sends it when it changes.
@@ -168,6 +170,10 @@ impl Agent {
                 Decision::Restart => {
                     tracing::info!(module = %name, restarts = record.restart_count + 1, "restarting by policy");
                     let result = self.runtime.start(name).await;
+                    if result.is_ok() {
+                        self.metrics
+                            .module_started(name, module.module.version.as_deref());
+                    }
                     let record = state.restarts.entry(name.clone()).or_default();
                     record.restart_count += 1;
                     record.last_restart = Some(now);

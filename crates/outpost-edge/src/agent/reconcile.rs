@@ -294,19 +294,29 @@ impl Agent {
                         .start(name)
                         .await
                         .map_err(|e| (name.clone(), e.to_string()))?;
+                    self.metrics
+                        .module_started(name, module.module.version.as_deref());
                 }
                 Ok(())
             }
-            Step::Start(name) => self
-                .runtime
-                .start(name)
-                .await
-                .map_err(|e| (name.clone(), e.to_string())),
-            Step::Stop(name) => self
-                .runtime
-                .stop(name, STOP_GRACE)
-                .await
-                .map_err(|e| (name.clone(), e.to_string())),
+            Step::Start(name) => {
+                self.runtime
+                    .start(name)
+                    .await
+                    .map_err(|e| (name.clone(), e.to_string()))?;
+                let version = find(name).and_then(|m| m.module.version.as_deref());
+                self.metrics.module_started(name, version);
+                Ok(())
+            }
+            Step::Stop(name) => {
+                self.runtime
+                    .stop(name, STOP_GRACE)
+                    .await
+                    .map_err(|e| (name.clone(), e.to_string()))?;
+                let version = find(name).and_then(|m| m.module.version.as_deref());
+                self.metrics.module_stopped(name, version);
+                Ok(())
+            }
         }
     }
 }

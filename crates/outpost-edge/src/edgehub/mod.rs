@@ -59,6 +59,8 @@ pub struct EdgeHub {
     /// Method calls waiting for their answer, from the local method API and forwarded from the hub, each
     /// bound to the client and connection the request went to.
     pub pending_methods: PendingMethods,
+    /// What the edge hub and the agent count (records nothing unless `[metrics] listen` is set).
+    pub metrics: crate::metrics::EdgeMetrics,
     /// The scope as last cached.
     scope: Mutex<Vec<ScopedIdentity>>,
     /// When unknown clients last made the edge hub refresh the scope.
@@ -110,6 +112,7 @@ impl EdgeHub {
     ) -> anyhow::Result<Self> {
         let device = config.device().map_err(anyhow::Error::msg)?;
         let link = Link::new(&config)?;
+        let metrics = crate::metrics::EdgeMetrics::new(&config)?;
         let scope = store
             .scope()?
             .map(|s| scoped_identities(&s))
@@ -125,6 +128,7 @@ impl EdgeHub {
             connections: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             pending_methods: PendingMethods::new(methods::MAX_PENDING_METHODS),
+            metrics,
             scope: Mutex::new(scope),
             unknown_client_refresh: Mutex::new(ScopeRefreshGate::default()),
         })
@@ -238,7 +242,9 @@ impl EdgeHub {
                 }
                 Err(error) => {
                     tracing::info!(client, %error, "hub unreachable: serving the cached twin");
-                    self.online.store(false, Ordering::Release);
+                    if self.online.swap(false, Ordering::AcqRel) {
+                        self.metrics.went_offline();
+                    }
                 }
             }
         }
@@ -358,7 +364,9 @@ impl DeviceOperations for EdgeDevices {
     }
 
     async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
-        self.0.twin(&identity.client_id()).await
+        let twin = self.0.twin(&identity.client_id()).await?;
+        self.0.metrics.get_twin(&identity.client_id());
+        Ok(twin)
     }
 
     async fn patch_reported(
@@ -366,7 +374,9 @@ impl DeviceOperations for EdgeDevices {
         identity: &Identity,
         patch: Value,
     ) -> Result<u64, OperationError> {
-        self.0.patch_reported_locally(&identity.client_id(), &patch)
+        let version = self.0.patch_reported_locally(&identity.client_id(), &patch)?;
+        self.0.metrics.reported_properties(&identity.client_id());
+        Ok(version)
     }
 
     async fn send_message(
@@ -388,11 +398,15 @@ impl DeviceOperations for EdgeDevices {
                 ),
             ));
         }
+        let output = message.system.get("outputName").cloned();
         self.0
             .router
             .accept(identity, message)
             .await
             .map_err(|e| OperationError::new(503, e.to_string()))?;
+        self.0
+            .metrics
+            .message_received(&identity.client_id(), output.as_deref());
         self.0.changed.notify_waiters();
         Ok(())
     }

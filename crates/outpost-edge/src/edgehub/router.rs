@@ -295,6 +295,12 @@ impl Router {
                     continue;
                 };
                 let mut message = stored.message;
+                hub.metrics.sent_to_input(
+                    &stored.client,
+                    message.system.get("outputName").map(String::as_str),
+                    &client,
+                    &input,
+                );
                 message.system.insert("inputName".into(), input.clone());
                 lock(&self.in_flight).insert((client.clone(), delivery.seq), name.clone());
                 *lock(&self.in_flight_counts)

@@ -48,6 +48,7 @@ async fn inputs(hub: Arc<EdgeHub>) {
 
 fn offline(hub: &EdgeHub, error: &LinkError) {
     if hub.online.swap(false, Ordering::AcqRel) {
+        hub.metrics.went_offline();
         tracing::warn!(%error, "lost the hub: storing and forwarding until it is back");
     }
 }
@@ -303,7 +304,16 @@ async fn upstream(hub: Arc<EdgeHub>) {
             })
             .collect();
         let count = request.len();
+        let started = std::time::Instant::now();
         let result = hub.link.messages(&request).await;
+        if result.is_ok() {
+            hub.metrics.sent_upstream(
+                request
+                    .iter()
+                    .map(|m| (m.client, m.message.system.get("outputName").map(String::as_str))),
+                started.elapsed(),
+            );
+        }
         drop(request);
         match result {
             Ok(()) => hub.router.upstream_sent(batches.stored()),

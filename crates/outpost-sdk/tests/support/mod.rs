@@ -74,6 +74,7 @@ impl TestHub {
             event_retention: outpost_hub::messaging::EventRetention::default(),
             https_limits: outpost_hub::server::HttpsLimits::default(),
             session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
+            metrics_bind: None,
         };
         let running = RunningHub::start(&config).await.expect("the hub starts");
         let ca_pem = std::fs::read_to_string(config.data_dir.join("ca.pem")).unwrap();
