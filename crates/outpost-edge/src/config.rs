@@ -63,6 +63,83 @@ pub struct EdgeConfig {
     /// Prometheus metrics (`[metrics] listen = "ADDR:9600"`): off unless set.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The disk budget: module logs, image garbage collection, the free-space guard.
+    #[serde(default)]
+    pub disk: DiskConfig,
+}
+
+/// The disk budget of the edge device (docs/operations.md, "The disk budget").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The size at which a module's log file is rotated, in KiB (process modules' `output.log`, containers'
+    /// json-file log).
+    #[serde(default = "default_log_max_size_kib")]
+    pub log_max_size_kib: u64,
+    /// How many log files a module keeps, the current one included.
+    #[serde(default = "default_log_max_files")]
+    pub log_max_files: u32,
+    /// An image Outpost pulled that no deployed module has used for this long is removed, in seconds.
+    #[serde(default = "default_image_gc_unused_secs")]
+    pub image_gc_unused_secs: u64,
+    /// How often images are looked at for removal, in seconds (and once at start).
+    #[serde(default = "default_image_gc_interval_secs")]
+    pub image_gc_interval_secs: u64,
+    /// Below this much free space on the file system of the message log, in MiB, new messages are refused.
+    #[serde(default = "default_min_free_mib")]
+    pub min_free_mib: u64,
+}
+
+fn default_log_max_size_kib() -> u64 {
+    10 * 1024
+}
+fn default_log_max_files() -> u32 {
+    3
+}
+fn default_image_gc_unused_secs() -> u64 {
+    7 * 24 * 3600
+}
+fn default_image_gc_interval_secs() -> u64 {
+    3600
+}
+fn default_min_free_mib() -> u64 {
+    256
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            log_max_size_kib: default_log_max_size_kib(),
+            log_max_files: default_log_max_files(),
+            image_gc_unused_secs: default_image_gc_unused_secs(),
+            image_gc_interval_secs: default_image_gc_interval_secs(),
+            min_free_mib: default_min_free_mib(),
+        }
+    }
+}
+
+impl DiskConfig {
+    /// How module logs rotate.
+    pub fn log_rotation(&self) -> crate::runtime::LogRotation {
+        crate::runtime::LogRotation {
+            max_bytes: self.log_max_size_kib.max(1) << 10,
+            max_files: self.log_max_files.max(1),
+        }
+    }
+
+    /// Checks the values that would make no sense.
+    fn check(&self) -> Result<(), String> {
+        if self.log_max_size_kib == 0 || self.log_max_files == 0 {
+            return Err("disk.log_max_size_kib and disk.log_max_files must be at least 1".into());
+        }
+        if self.image_gc_unused_secs == 0 || self.image_gc_interval_secs == 0 {
+            return Err(
+                "disk.image_gc_unused_secs and disk.image_gc_interval_secs must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Where the daemon serves Prometheus metrics (docs/operations.md, "Metrics").
@@ -183,6 +260,7 @@ impl EdgeConfig {
         if config.hostname.is_empty() {
             return Err("hostname must not be empty".into());
         }
+        config.disk.check()?;
         Ok(config)
     }
 
@@ -272,6 +350,21 @@ mod tests {
     fn unknown_settings_are_refused() {
         let text = format!("mystery = 1\n{EXAMPLE}");
         assert!(EdgeConfig::parse(&text).is_err());
+    }
+
+    #[test]
+    fn the_disk_budget_has_defaults_and_refuses_zero_sizes() {
+        let config = EdgeConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(config.disk, DiskConfig::default());
+        assert_eq!(config.disk.log_rotation().max_bytes, 10 << 20);
+        assert_eq!(config.disk.log_rotation().max_files, 3);
+        let text = format!("{EXAMPLE}\n[disk]\nlog_max_size_kib = 64\nmin_free_mib = 1\n");
+        let disk = EdgeConfig::parse(&text).unwrap().disk;
+        assert_eq!((disk.log_max_size_kib, disk.min_free_mib), (64, 1));
+        let text = format!("{EXAMPLE}\n[disk]\nlog_max_files = 0\n");
+        assert!(EdgeConfig::parse(&text)
+            .unwrap_err()
+            .contains("log_max_files"));
     }
 
     #[test]

@@ -92,8 +92,10 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         &format!("Outpost edge CA {}", device.device_id),
     )?);
 
-    let processes: Arc<dyn ModuleRuntime> =
-        Arc::new(ProcessRuntime::new(config.data_dir.join("processes"))?);
+    let processes: Arc<dyn ModuleRuntime> = Arc::new(
+        ProcessRuntime::new(config.data_dir.join("processes"))?
+            .with_log_rotation(config.disk.log_rotation()),
+    );
     let mut gateway_ips = vec![config.listen_address];
     let containers: Option<Arc<dyn ModuleRuntime>> = match &config.runtime {
         RuntimeConfig::Docker {
@@ -103,7 +105,8 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         } => {
             let docker =
                 DockerRuntime::connect(socket, &device.device_id, network, container_prefix)
-                    .await?;
+                    .await?
+                    .with_log_rotation(config.disk.log_rotation());
             // Containers reach the edge hub through Outpost's own network: it listens on that gateway too.
             gateway_ips.push(docker.gateway_ip());
             Some(Arc::new(docker))
@@ -136,6 +139,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let hub = HubClient::new(&config)?;
     let agent = Arc::new(Agent {
         lkg: LastKnownGood::new(&config.agent_dir()),
+        images: crate::agent::image_gc::ImageGc::open(&config.agent_dir(), &config.disk)?,
         config: config.clone(),
         device,
         runtime,
@@ -155,6 +159,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         .context("cannot run the last-known-good deployment")?;
     let mut tasks = JoinSet::new();
     tasks.spawn(agent.clone().run_supervisor());
+    tasks.spawn(crate::agent::image_gc::run(agent.clone()));
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
         tasks.spawn(crate::metrics::serve(

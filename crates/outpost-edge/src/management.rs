@@ -159,6 +159,7 @@ async fn restart(
 /// The edge hub's store-and-forward counters, dead letters and link state.
 async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
     let stats = edge_hub.router.log().stats();
+    let disk = edge_hub.free_space.status(std::time::Instant::now());
     let endpoints: serde_json::Map<String, Value> = stats
         .endpoints
         .iter()
@@ -184,6 +185,9 @@ async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
         "reportedBacklog": edge_hub.store.reported_backlog().unwrap_or(0),
         "reportedDeadLettered": edge_hub.store.dead_lettered(DeadLetter::ReportedPatch).unwrap_or(0),
         "endpoints": endpoints,
+        // The free-space guard: below `minFreeBytes`, new messages are refused (`refusing`).
+        "disk": {"freeBytes": disk.space.map(|s| s.free_bytes), "totalBytes": disk.space.map(|s| s.total_bytes),
+                 "minFreeBytes": disk.min_free_bytes, "refusing": disk.refusing},
     }))
     .into_response()
 }

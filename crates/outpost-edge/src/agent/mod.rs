@@ -6,6 +6,7 @@
 //! ([`reported`]). A deployment is validated, then saved as last-known-good ([`lkg`]) before anything acts on
 //! it, so a device that boots without its hub runs the same modules at once.
 
+pub mod image_gc;
 pub mod lkg;
 pub mod plan;
 pub mod reconcile;
@@ -72,6 +73,8 @@ pub struct Agent {
     pub hub: HubClient,
     /// The last-known-good deployment.
     pub lkg: LastKnownGood,
+    /// The images the agent pulled and when each was last used (image garbage collection).
+    pub images: image_gc::ImageGc,
     /// Restart back-off.
     pub back_off: BackOff,
     /// Module starts and stops are counted here (`edgeAgent_module_start_total`...).

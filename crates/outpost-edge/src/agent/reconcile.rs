@@ -12,7 +12,7 @@ use super::plan::{plan, DesiredModule, Step};
 use super::Agent;
 use crate::hub_client::HubClientError;
 use crate::identities::ModuleCredentials;
-use crate::runtime::{InstanceSpec, RegistryCredential};
+use crate::runtime::{ImageOrigin, InstanceSpec, RegistryCredential};
 use crate::workload::{API_VERSION, CONTAINER_SOCKET};
 
 /// How long a stopping instance gets before it is killed.
@@ -182,6 +182,10 @@ impl Agent {
 
     /// Applies a deployment: `boot` means the hub is not consulted and every instance that should run is started.
     pub async fn apply(&self, desired: EdgeAgentDesired, version: u64, boot: bool) {
+        // Before anything acts on it: image garbage collection must not remove what it is about to use.
+        self.images
+            .deploying(super::image_gc::images_of(&desired))
+            .await;
         let mut state = self.state.lock().await;
         let mut problems = BTreeMap::new();
         let mut modules = Vec::new();
@@ -277,12 +281,16 @@ impl Agent {
                 }
                 if module.module.image_pull_policy == ImagePullPolicy::OnCreate {
                     // At boot only a missing image is pulled: an offline device runs what it has.
-                    if let Err(error) = self
+                    match self
                         .runtime
                         .pull(&module.instance, credentials, !boot)
                         .await
                     {
-                        tracing::warn!(module = %name, %error, "pull failed; creating from the local image if there is one");
+                        Ok(ImageOrigin::Pulled) => self.images.pulled(&module.instance.image).await,
+                        Ok(ImageOrigin::AlreadyPresent) => {}
+                        Err(error) => {
+                            tracing::warn!(module = %name, %error, "pull failed; creating from the local image if there is one");
+                        }
                     }
                 }
                 self.runtime

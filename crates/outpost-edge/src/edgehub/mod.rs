@@ -8,6 +8,7 @@
 //! [`sync`] runs the link's loops; [`methods`] serves the module-to-module method API over HTTPS.
 
 pub mod auth;
+pub mod free_space;
 pub mod link;
 pub mod methods;
 pub mod router;
@@ -61,6 +62,8 @@ pub struct EdgeHub {
     pub pending_methods: PendingMethods,
     /// What the edge hub and the agent count (records nothing unless `[metrics] listen` is set).
     pub metrics: crate::metrics::EdgeMetrics,
+    /// Refuses new messages while the disk of the message log is low.
+    pub free_space: free_space::FreeSpaceGuard,
     /// The scope as last cached.
     scope: Mutex<Vec<ScopedIdentity>>,
     /// When unknown clients last made the edge hub refresh the scope.
@@ -117,7 +120,12 @@ impl EdgeHub {
             .scope()?
             .map(|s| scoped_identities(&s))
             .unwrap_or_default();
+        let free_space = free_space::FreeSpaceGuard::new(
+            config.data_dir.join("edgehub").join("log"),
+            config.disk.min_free_mib.saturating_mul(1 << 20),
+        );
         Ok(Self {
+            free_space,
             config,
             device,
             store,
@@ -399,6 +407,13 @@ impl DeviceOperations for EdgeDevices {
             ));
         }
         let output = message.system.get("outputName").cloned();
+        // As the `reject` quota policy: no PUBACK, the sender sends again later (the guard logs the change).
+        if !self.0.free_space.admits(std::time::Instant::now()) {
+            return Err(OperationError::new(
+                503,
+                "the edge device's disk is low: new messages are refused until there is room",
+            ));
+        }
         self.0
             .router
             .accept(identity, message)

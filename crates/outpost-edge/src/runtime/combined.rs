@@ -8,7 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{InstanceSpec, InstanceState, ModuleRuntime, RegistryCredential, RuntimeError};
+use super::{
+    ImageOrigin, ImageRemoval, InstanceSpec, InstanceState, ModuleRuntime, RegistryCredential,
+    RuntimeError,
+};
 
 /// Docker (when the device has it) and processes, behind one [`ModuleRuntime`].
 pub struct CombinedRuntime {
@@ -86,8 +89,15 @@ impl ModuleRuntime for CombinedRuntime {
         spec: &InstanceSpec,
         credentials: &[RegistryCredential],
         always: bool,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<ImageOrigin, RuntimeError> {
         self.for_spec(spec)?.pull(spec, credentials, always).await
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<ImageRemoval, RuntimeError> {
+        match &self.containers {
+            Some(containers) => containers.remove_image(reference).await,
+            None => Ok(ImageRemoval::Missing),
+        }
     }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {

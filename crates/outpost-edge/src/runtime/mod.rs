@@ -103,18 +103,61 @@ pub struct RegistryCredential {
     pub password: String,
 }
 
+/// How module logs rotate: a file is rotated when it would pass `max_bytes`, and `max_files` files are kept (the
+/// current one included), so a module's log never takes more than about `max_bytes × max_files`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// The size at which the current file is rotated.
+    pub max_bytes: u64,
+    /// The files kept, the current one included (at least 1).
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    /// 10 MiB × 3 files, as Docker's json-file options operators usually set.
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 << 20,
+            max_files: 3,
+        }
+    }
+}
+
+/// Where the image of a pulled spec came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageOrigin {
+    /// It was not on the device: this pull brought it (only such images are ever garbage-collected).
+    Pulled,
+    /// It was already on the device (pulled again or not), or there is no image (process modules).
+    AlreadyPresent,
+}
+
+/// What removing an image did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRemoval {
+    /// The reference was removed (and the image with it unless other references hold it).
+    Removed,
+    /// There was no such image.
+    Missing,
+    /// A container (any, running or not) uses it: it was left alone.
+    InUse,
+}
+
 /// A module runtime.
 #[async_trait]
 pub trait ModuleRuntime: Send + Sync + 'static {
     /// `docker` or `process` (what `$edgeAgent` reports as `runtime.type`).
     fn kind(&self) -> &'static str;
-    /// Makes the image available: pulls it unless it is present and `always` is false. No-op for processes.
+    /// Makes the image available: pulls it unless it is present and `always` is false, and says whether it was
+    /// there before. No-op for processes.
     async fn pull(
         &self,
         spec: &InstanceSpec,
         credentials: &[RegistryCredential],
         always: bool,
-    ) -> Result<(), RuntimeError>;
+    ) -> Result<ImageOrigin, RuntimeError>;
+    /// Removes the image `reference`, never forcibly: an image a container uses stays. No-op for processes.
+    async fn remove_image(&self, reference: &str) -> Result<ImageRemoval, RuntimeError>;
     /// Creates the instance (not started). An existing instance of that name is an error: remove it first.
     async fn create(&self, spec: &InstanceSpec) -> Result<(), RuntimeError>;
     /// Starts a created or exited instance.

@@ -1,6 +1,7 @@
 //! The Docker create body of a module: the deployment's `createOptions` with what Outpost adds merged in (the
-//! module environment, the workload socket bind, the gateway host entry, the edge network, the image and the
-//! labels), everything else of `createOptions` kept as written.
+//! module environment, the workload socket bind, the gateway host entry, the edge network, a bounded json-file
+//! log unless `createOptions` chooses its own, the image and the labels), everything else of `createOptions`
+//! kept as written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -8,18 +9,20 @@ use std::net::IpAddr;
 use bollard::container::Config;
 use serde_json::{Map, Value};
 
-use crate::runtime::InstanceSpec;
+use crate::runtime::{InstanceSpec, LogRotation};
 
 /// Where the module's workload socket appears inside its container (AZURE-COMPAT §6.1).
 pub const WORKLOAD_SOCKET_IN_CONTAINER: &str = "/var/run/iotedge/workload.sock";
 
 /// Builds the create body of `spec`'s container, attached to `network` (unless `createOptions` chooses a
-/// network mode), resolving the gateway host name to `gateway_ip`.
+/// network mode), resolving the gateway host name to `gateway_ip`, its log bounded by `logs` (unless
+/// `createOptions` sets a `HostConfig.LogConfig`).
 pub(super) fn container_body(
     spec: &InstanceSpec,
     network: &str,
     gateway_ip: IpAddr,
     labels: &BTreeMap<String, String>,
+    logs: LogRotation,
 ) -> Result<Config<String>, String> {
     let mut body = match spec.create_options.as_deref().map(str::trim) {
         None | Some("") => Map::new(),
@@ -66,6 +69,10 @@ pub(super) fn container_body(
     if !has_network_mode {
         host_config.insert("NetworkMode".into(), network.into());
     }
+    // Docker's default json-file log grows without bound: the disk of a device fills with one chatty module.
+    if host_config.get("LogConfig").is_none_or(Value::is_null) {
+        host_config.insert("LogConfig".into(), json_file_log(logs));
+    }
 
     let labels_value = body
         .entry("Labels")
@@ -80,6 +87,20 @@ pub(super) fn container_body(
 
     serde_json::from_value(Value::Object(body))
         .map_err(|e| format!("createOptions does not fit a Docker create body: {e}"))
+}
+
+/// A `HostConfig.LogConfig` for Docker's json-file driver rotating by `logs` (sizes in Docker's units).
+fn json_file_log(logs: LogRotation) -> Value {
+    let kib = logs.max_bytes.div_ceil(1024).max(1);
+    let max_size = if kib.is_multiple_of(1024) {
+        format!("{}m", kib / 1024)
+    } else {
+        format!("{kib}k")
+    };
+    serde_json::json!({
+        "Type": "json-file",
+        "Config": {"max-size": max_size, "max-file": logs.max_files.max(1).to_string()},
+    })
 }
 
 /// Removes `key` from `map` as a list of strings (empty when absent or null).
@@ -128,6 +149,7 @@ mod tests {
             "outpost",
             "172.18.0.1".parse().unwrap(),
             &labels,
+            LogRotation::default(),
         )?;
         Ok(serde_json::to_value(config).unwrap())
     }
@@ -183,6 +205,35 @@ mod tests {
             "8080"
         );
         assert_eq!(b["HostConfig"]["Privileged"], true);
+    }
+
+    #[test]
+    fn the_log_is_bounded_json_file_by_default() {
+        let b = body(None).unwrap();
+        assert_eq!(
+            b["HostConfig"]["LogConfig"],
+            serde_json::json!({"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}})
+        );
+        let small = LogRotation {
+            max_bytes: 64 << 10,
+            max_files: 2,
+        };
+        assert_eq!(
+            json_file_log(small),
+            serde_json::json!({"Type": "json-file", "Config": {"max-size": "64k", "max-file": "2"}})
+        );
+    }
+
+    #[test]
+    fn a_log_config_from_create_options_is_kept_whole() {
+        let b = body(Some(
+            r#"{"HostConfig":{"LogConfig":{"Type":"local","Config":{"max-size":"1m"}}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            b["HostConfig"]["LogConfig"],
+            serde_json::json!({"Type": "local", "Config": {"max-size": "1m"}})
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! `createOptions` with Outpost's additions merged in (`create_options.rs`).
 
 mod create_options;
+pub mod disk_usage;
 mod log_lines;
 mod reference;
 mod state;
@@ -24,7 +25,7 @@ use bollard::container::{
     RemoveContainerOptions, StartContainerOptions, StopContainerOptions, TopOptions,
 };
 use bollard::errors::Error as DockerError;
-use bollard::image::CreateImageOptions;
+use bollard::image::{CreateImageOptions, RemoveImageOptions};
 use bollard::models::ContainerStateStatusEnum;
 use bollard::network::{CreateNetworkOptions, InspectNetworkOptions};
 use bollard::Docker;
@@ -34,7 +35,10 @@ use tokio::sync::mpsc;
 
 pub use self::create_options::WORKLOAD_SOCKET_IN_CONTAINER;
 use self::log_lines::{split_timestamp, LineSplitter};
-use super::{InstanceSpec, InstanceState, ModuleRuntime, RegistryCredential, RuntimeError};
+use super::{
+    ImageOrigin, ImageRemoval, InstanceSpec, InstanceState, LogRotation, ModuleRuntime,
+    RegistryCredential, RuntimeError,
+};
 
 /// The label holding the edge device id of a module container.
 pub const LABEL_DEVICE: &str = "net.outpost.device";
@@ -58,6 +62,7 @@ pub struct DockerRuntime {
     network: String,
     prefix: String,
     gateway_ip: IpAddr,
+    logs: LogRotation,
 }
 
 impl DockerRuntime {
@@ -89,7 +94,16 @@ impl DockerRuntime {
             network: network.to_owned(),
             prefix: container_prefix.to_owned(),
             gateway_ip,
+            logs: LogRotation::default(),
         })
+    }
+
+    /// Creates containers with a json-file log rotated by `logs` instead of [`LogRotation::default`], unless
+    /// their `createOptions` set a `HostConfig.LogConfig`.
+    #[must_use]
+    pub fn with_log_rotation(mut self, logs: LogRotation) -> Self {
+        self.logs = logs;
+        self
     }
 
     /// The host's address on the edge network: the edge hub listens there, and containers resolve the gateway
@@ -197,7 +211,7 @@ impl ModuleRuntime for DockerRuntime {
         spec: &InstanceSpec,
         credentials: &[RegistryCredential],
         always: bool,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<ImageOrigin, RuntimeError> {
         let fail = |e: &dyn std::fmt::Display| {
             RuntimeError::new(
                 "pull the image of",
@@ -205,13 +219,12 @@ impl ModuleRuntime for DockerRuntime {
                 format!("{}: {e}", spec.image),
             )
         };
-        if !always {
-            match self.docker.inspect_image(&spec.image).await {
-                Ok(_) => return Ok(()),
-                Err(e) if status_code(&e) == Some(404) => {}
-                Err(e) => return Err(fail(&e)),
-            }
-        }
+        let origin = match self.docker.inspect_image(&spec.image).await {
+            Ok(_) if !always => return Ok(ImageOrigin::AlreadyPresent),
+            Ok(_) => ImageOrigin::AlreadyPresent,
+            Err(e) if status_code(&e) == Some(404) => ImageOrigin::Pulled,
+            Err(e) => return Err(fail(&e)),
+        };
         let options = CreateImageOptions {
             from_image: reference::pull_reference(&spec.image),
             ..Default::default()
@@ -227,7 +240,29 @@ impl ModuleRuntime for DockerRuntime {
         while let Some(step) = progress.next().await {
             step.map_err(|e| fail(&e))?;
         }
-        Ok(())
+        Ok(origin)
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<ImageRemoval, RuntimeError> {
+        // Never forced: Docker refuses (409) to remove an image that any container uses, running or not.
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+        };
+        match self
+            .docker
+            .remove_image(reference, Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(ImageRemoval::Removed),
+            Err(e) if status_code(&e) == Some(404) => Ok(ImageRemoval::Missing),
+            Err(e) if status_code(&e) == Some(409) => Ok(ImageRemoval::InUse),
+            Err(e) => Err(RuntimeError::new(
+                "remove an unused image for",
+                "$edgeAgent",
+                format!("{reference}: {e}"),
+            )),
+        }
     }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
@@ -237,6 +272,7 @@ impl ModuleRuntime for DockerRuntime {
             &self.network,
             self.gateway_ip,
             &self.labels(spec),
+            self.logs,
         )
         .map_err(|e| fail(&e))?;
         let options = CreateContainerOptions {

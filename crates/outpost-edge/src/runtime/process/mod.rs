@@ -3,7 +3,7 @@
 //!
 //! Each instance has a directory `state_dir/{name}`: its working directory, with `spec.json` (what to run),
 //! `status.json` (last start, exit and exit code), `pid` (while it runs) and `output.log` (stdout and stderr,
-//! see `output.rs`). A watcher task per child records how it ended. Because the spec and pid are on disk, a
+//! rotated by size and count, see `output.rs`). A watcher task per child records how it ended. Because the spec and pid are on disk, a
 //! daemon that was killed finds its instances again on restart ([`ProcessRuntime::new`]); the children it left
 //! behind run unsupervised, so they are terminated and reported stopped, and the agent starts them again.
 
@@ -31,11 +31,9 @@ use tokio::task::AbortHandle;
 use self::output::OutputLog;
 use self::persisted::{write_json, RunRecord, StoredSpec, PID_FILE, SPEC_FILE, STATUS_FILE};
 use super::{
-    InstanceSpec, InstanceState, InstanceStatus, ModuleRuntime, RegistryCredential, RuntimeError,
+    ImageOrigin, ImageRemoval, InstanceSpec, InstanceState, InstanceStatus, LogRotation,
+    ModuleRuntime, RegistryCredential, RuntimeError,
 };
-
-/// The size at which a module's `output.log` is rotated (one old file is kept).
-pub const OUTPUT_LOG_LIMIT: u64 = 10 * 1024 * 1024;
 /// How long an orphan of a previous daemon gets between SIGTERM and SIGKILL.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// How long a child's output may keep flowing after it exited before its exit is recorded anyway (a grandchild
@@ -48,7 +46,7 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct ProcessRuntime {
     state_dir: PathBuf,
-    log_limit: u64,
+    log_rotation: LogRotation,
     instances: Arc<Mutex<BTreeMap<String, Instance>>>,
 }
 
@@ -77,11 +75,11 @@ struct Running {
 }
 
 impl Instance {
-    fn new(spec: StoredSpec, dir: PathBuf, record: RunRecord, log_limit: u64) -> Self {
+    fn new(spec: StoredSpec, dir: PathBuf, record: RunRecord, rotation: LogRotation) -> Self {
         let (lines, _) = broadcast::channel(1024);
         let log = Arc::new(Mutex::new(OutputLog::new(
             dir.clone(),
-            log_limit,
+            rotation,
             lines.clone(),
         )));
         Self {
@@ -164,26 +162,35 @@ impl ProcessRuntime {
             }
             instances.insert(
                 spec.name.clone(),
-                Instance::new(spec, dir, record, OUTPUT_LOG_LIMIT),
+                Instance::new(spec, dir, record, LogRotation::default()),
             );
         }
         procfs::terminate(&orphans, ORPHAN_GRACE);
         Ok(Self {
             state_dir,
-            log_limit: OUTPUT_LOG_LIMIT,
+            log_rotation: LogRotation::default(),
             instances: Arc::new(Mutex::new(instances)),
         })
     }
 
-    /// Rotates every module's `output.log` at `bytes` instead of [`OUTPUT_LOG_LIMIT`].
+    /// Rotates every module's `output.log` by `rotation` instead of [`LogRotation::default`] (10 MiB × 3).
     #[must_use]
-    pub fn with_log_limit(mut self, bytes: u64) -> Self {
-        self.log_limit = bytes;
+    pub fn with_log_rotation(mut self, rotation: LogRotation) -> Self {
+        self.log_rotation = rotation;
         for instance in lock(&self.instances).values_mut() {
             *lock(&instance.log) =
-                OutputLog::new(instance.dir.clone(), bytes, instance.lines.clone());
+                OutputLog::new(instance.dir.clone(), rotation, instance.lines.clone());
         }
         self
+    }
+
+    /// Rotates every module's `output.log` at `bytes`, keeping one old file.
+    #[must_use]
+    pub fn with_log_limit(self, bytes: u64) -> Self {
+        self.with_log_rotation(LogRotation {
+            max_bytes: bytes,
+            max_files: 2,
+        })
     }
 
     fn spawn(&self, instance: &mut Instance) -> Result<(), String> {
@@ -326,8 +333,14 @@ impl ModuleRuntime for ProcessRuntime {
         spec: &InstanceSpec,
         _: &[RegistryCredential],
         _: bool,
-    ) -> Result<(), RuntimeError> {
-        check_executable(spec).map_err(|e| RuntimeError::new("pull the image of", &spec.name, e))
+    ) -> Result<ImageOrigin, RuntimeError> {
+        check_executable(spec)
+            .map(|()| ImageOrigin::AlreadyPresent)
+            .map_err(|e| RuntimeError::new("pull the image of", &spec.name, e))
+    }
+
+    async fn remove_image(&self, _: &str) -> Result<ImageRemoval, RuntimeError> {
+        Ok(ImageRemoval::Missing)
     }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
@@ -355,7 +368,7 @@ impl ModuleRuntime for ProcessRuntime {
             .map_err(|e| fail(&e))?;
         instances.insert(
             spec.name.clone(),
-            Instance::new(stored, dir, record, self.log_limit),
+            Instance::new(stored, dir, record, self.log_rotation),
         );
         Ok(())
     }
@@ -514,7 +527,7 @@ mod tests {
             spec,
             PathBuf::from("/nonexistent"),
             record,
-            OUTPUT_LOG_LIMIT,
+            LogRotation::default(),
         )
     }
 

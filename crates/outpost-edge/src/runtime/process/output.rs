@@ -1,5 +1,6 @@
-//! A process module's output: stdout and stderr lines appended to `output.log` in its directory, rotated at a
-//! size cap keeping one old file (`output.log.1`), and broadcast to whoever follows the logs.
+//! A process module's output: stdout and stderr lines appended to `output.log` in its directory, rotated by size
+//! keeping a number of files (`output.log.1` the newest old one, `output.log.2` older, ...), and broadcast to
+//! whoever follows the logs.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -9,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
 
+use crate::runtime::LogRotation;
+
 /// The log file's name in the module's directory.
 pub(super) const LOG_FILE: &str = "output.log";
-/// The rotated file's name.
-pub(super) const OLD_LOG_FILE: &str = "output.log.1";
 /// A longer line is cut into pieces of this size, so a child that never prints a newline cannot grow our memory.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -20,18 +21,22 @@ const MAX_LINE: usize = 16 * 1024;
 #[derive(Debug)]
 pub(super) struct OutputLog {
     dir: PathBuf,
-    limit: u64,
+    rotation: LogRotation,
     file: Option<File>,
     size: u64,
     lines: broadcast::Sender<String>,
 }
 
 impl OutputLog {
-    /// A log in `dir`, rotated when it would pass `limit` bytes; every line is also sent to `lines`.
-    pub(super) fn new(dir: PathBuf, limit: u64, lines: broadcast::Sender<String>) -> Self {
+    /// A log in `dir`, rotated by `rotation`; every line is also sent to `lines`.
+    pub(super) fn new(
+        dir: PathBuf,
+        rotation: LogRotation,
+        lines: broadcast::Sender<String>,
+    ) -> Self {
         Self {
             dir,
-            limit,
+            rotation,
             file: None,
             size: 0,
             lines,
@@ -49,9 +54,9 @@ impl OutputLog {
             self.size = file.metadata()?.len();
             self.file = Some(file);
         }
-        if self.size > 0 && self.size + len > self.limit {
+        if self.size > 0 && self.size + len > self.rotation.max_bytes {
             self.file = None;
-            fs::rename(self.dir.join(LOG_FILE), self.dir.join(OLD_LOG_FILE))?;
+            rotate(&self.dir, self.rotation.max_files)?;
             self.file = Some(
                 OpenOptions::new()
                     .create(true)
@@ -69,6 +74,41 @@ impl OutputLog {
         // No follower is the usual case, not an error.
         let _ = self.lines.send(line.to_owned());
         Ok(())
+    }
+}
+
+/// The path of the `age`-th file of the log in `dir`: 0 is `output.log`, 1 is `output.log.1`, ...
+pub(super) fn log_file(dir: &Path, age: u32) -> PathBuf {
+    if age == 0 {
+        dir.join(LOG_FILE)
+    } else {
+        dir.join(format!("{LOG_FILE}.{age}"))
+    }
+}
+
+/// Shifts every file one age older, dropping what would pass `max_files` (and any file a larger earlier setting
+/// left), so that `output.log` can start afresh.
+fn rotate(dir: &Path, max_files: u32) -> io::Result<()> {
+    let mut oldest = max_files.saturating_sub(1);
+    while log_file(dir, oldest + 1).exists() {
+        oldest += 1;
+    }
+    for age in (max_files.saturating_sub(1)..=oldest).rev() {
+        remove_if_present(&log_file(dir, age))?;
+    }
+    for age in (0..max_files.saturating_sub(1)).rev() {
+        match fs::rename(log_file(dir, age), log_file(dir, age + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -116,13 +156,21 @@ fn write_lines(log: &Mutex<OutputLog>, lines: &[Vec<u8>]) {
     }
 }
 
-/// The last `tail` lines of the log in `dir` (all when `None`), reading the rotated file only when needed.
+/// The last `tail` lines of the log in `dir` (all when `None`), oldest first across the rotated files, reading
+/// an older file only when the newer ones hold too few lines.
 pub(super) fn read_tail(dir: &Path, tail: Option<usize>) -> io::Result<Vec<String>> {
-    let mut lines = read_lines(&dir.join(LOG_FILE))?;
-    if tail.is_none_or(|n| lines.len() < n) {
-        let mut old = read_lines(&dir.join(OLD_LOG_FILE))?;
-        old.append(&mut lines);
-        lines = old;
+    let mut lines = Vec::new();
+    let mut age = 0;
+    // A rotation may be under way: a file missing in the middle is skipped, the oldest ends the walk.
+    while tail.is_none_or(|n| lines.len() < n) {
+        let path = log_file(dir, age);
+        if age > 0 && !path.exists() && !log_file(dir, age + 1).exists() {
+            break;
+        }
+        let mut older = read_lines(&path)?;
+        older.append(&mut lines);
+        lines = older;
+        age += 1;
     }
     if let Some(n) = tail {
         lines.drain(..lines.len().saturating_sub(n));
@@ -146,8 +194,20 @@ mod tests {
     use super::*;
 
     fn log_in(dir: &Path, limit: u64) -> (OutputLog, broadcast::Receiver<String>) {
+        log_with(dir, limit, 2)
+    }
+
+    fn log_with(
+        dir: &Path,
+        max_bytes: u64,
+        max_files: u32,
+    ) -> (OutputLog, broadcast::Receiver<String>) {
         let (tx, rx) = broadcast::channel(16);
-        (OutputLog::new(dir.to_owned(), limit, tx), rx)
+        let rotation = LogRotation {
+            max_bytes,
+            max_files,
+        };
+        (OutputLog::new(dir.to_owned(), rotation, tx), rx)
     }
 
     #[test]
@@ -172,7 +232,7 @@ mod tests {
             log.append(line).unwrap();
         }
         assert_eq!(
-            fs::read_to_string(dir.path().join(OLD_LOG_FILE)).unwrap(),
+            fs::read_to_string(log_file(dir.path(), 1)).unwrap(),
             "cccc\ndddd\n"
         );
         assert_eq!(
@@ -185,6 +245,48 @@ mod tests {
         );
         assert_eq!(read_tail(dir.path(), Some(2)).unwrap(), ["dddd", "eeee"]);
         assert_eq!(read_tail(dir.path(), Some(1)).unwrap(), ["eeee"]);
+    }
+
+    #[test]
+    fn the_log_keeps_max_files_and_reads_across_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _rx) = log_with(dir.path(), 10, 3);
+        for i in 0..20 {
+            log.append(&format!("line{i:02}")).unwrap();
+        }
+        // 7 bytes a line, one line a file: the newest three lines survive, in three files.
+        assert!(!log_file(dir.path(), 3).exists());
+        assert_eq!(
+            fs::read_to_string(log_file(dir.path(), 2)).unwrap(),
+            "line17\n"
+        );
+        assert_eq!(
+            read_tail(dir.path(), None).unwrap(),
+            ["line17", "line18", "line19"]
+        );
+        assert_eq!(
+            read_tail(dir.path(), Some(2)).unwrap(),
+            ["line18", "line19"]
+        );
+        assert_eq!(
+            read_tail(dir.path(), Some(10)).unwrap(),
+            ["line17", "line18", "line19"]
+        );
+    }
+
+    #[test]
+    fn a_smaller_file_count_drops_the_files_a_larger_one_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _rx) = log_with(dir.path(), 10, 5);
+        for i in 0..6 {
+            log.append(&format!("line{i:02}")).unwrap();
+        }
+        assert!(log_file(dir.path(), 4).exists());
+        let (mut log, _rx) = log_with(dir.path(), 10, 2);
+        log.append("line06").unwrap();
+        log.append("line07").unwrap();
+        assert!(!log_file(dir.path(), 2).exists() && !log_file(dir.path(), 4).exists());
+        assert_eq!(read_tail(dir.path(), None).unwrap(), ["line06", "line07"]);
     }
 
     #[test]
