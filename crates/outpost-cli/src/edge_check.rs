@@ -45,15 +45,7 @@ pub async fn check(config_path: &Path) -> anyhow::Result<()> {
         ),
         Err(error) => report.line(false, "hub CA", &error.to_string()),
     }
-    let edge_ca = config.data_dir.join("pki").join("ca.pem");
-    match crate::edge_command::certificates_in(&edge_ca) {
-        Ok(_) => report.line(true, "edge CA", &edge_ca.display().to_string()),
-        Err(_) => report.line(
-            true,
-            "edge CA",
-            "not created yet (the daemon creates it on first start)",
-        ),
-    }
+    certificates(&mut report, &config);
     match HubClient::new(&config) {
         Ok(hub) => match hub.reachable().await {
             Ok(Some(hub_time)) => {
@@ -247,6 +239,79 @@ fn size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Each certificate the device depends on, with its subject, end and state: the edge CA (and the ones it
+/// replaced, kept in the trust bundle until they expire), the edge hub's server certificate, the hub's CA.
+///
+/// A certificate in force past 80 % of its life fails the check: the daemon renews it then, so it is stopped or
+/// cannot write its `pki/` directory. A replaced CA past 80 % is expected and only shown.
+fn certificates(report: &mut Report, config: &EdgeConfig) {
+    use outpost_pki::CertificateState;
+    let now = outpost_pki::unix_now();
+    let pki = config.data_dir.join("pki");
+    let files = [
+        ("edge CA", pki.join("ca.pem")),
+        (
+            "edge hub server certificate",
+            pki.join(outpost_edge::edgehub::SERVER_CERTIFICATE_FILE),
+        ),
+        ("hub CA", config.hub_ca.clone()),
+    ];
+    for (what, path) in files {
+        let infos = match std::fs::read_to_string(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|pem| Ok(outpost_pki::inspect_pem(&pem)?))
+        {
+            Ok(infos) => infos,
+            Err(_) if what != "hub CA" => {
+                report.line(
+                    true,
+                    what,
+                    &format!(
+                        "{} not created yet (the daemon creates it at start)",
+                        path.display()
+                    ),
+                );
+                continue;
+            }
+            Err(error) => {
+                report.line(false, what, &format!("{}: {error}", path.display()));
+                continue;
+            }
+        };
+        // A server chain is its leaf then the CA: only the leaf is the server's. A bundle's first CA is the one
+        // in force; the edge CA's next ones were replaced by it.
+        let shown = if what.ends_with("server certificate") {
+            &infos[..infos.len().min(1)]
+        } else {
+            &infos[..]
+        };
+        for (index, info) in shown.iter().enumerate() {
+            let replaced = what == "edge CA" && index > 0;
+            let state = info.state(now);
+            let not_after = chrono::DateTime::from_timestamp(info.not_after, 0)
+                .map_or_else(|| info.not_after.to_string(), |t| t.to_rfc3339());
+            let detail = match (state, replaced) {
+                (CertificateState::Valid, _) => "valid".to_owned(),
+                (CertificateState::Expiring, true) => {
+                    "replaced, kept in the trust bundle until it expires".to_owned()
+                }
+                (CertificateState::Expiring, false) => {
+                    "expiring: past 80 % of its life and not renewed (is the daemon running?)"
+                        .to_owned()
+                }
+                (CertificateState::Expired, _) => "EXPIRED".to_owned(),
+            };
+            let ok = state == CertificateState::Valid
+                || (replaced && state == CertificateState::Expiring);
+            report.line(
+                ok,
+                what,
+                &format!("{}, not after {not_after}, {detail}", info.subject),
+            );
+        }
+    }
 }
 
 #[cfg(test)]

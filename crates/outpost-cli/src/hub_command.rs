@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use outpost_hub::messaging::EventRetention;
-use outpost_hub::server::{HttpsLimits, DEFAULT_SESSION_EXPIRY};
+use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
 use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,15 @@ pub enum HubCommand {
         /// Serve Prometheus metrics at `http://ADDR:PORT/metrics` (plain HTTP; off unless given).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_bind: Option<std::net::SocketAddr>,
+        // Certificates (docs/operations.md, "Certificates that renew themselves").
+        /// How long a new CA of the hub is valid (`365d`; `90s`, `30m`, `12h` for tests); renewed at 80 % of
+        /// its life, the old one staying in ca.pem until it expires.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        ca_lifetime: Duration,
+        /// How long the listeners' server certificate is valid (`90d`; `30s` for tests); renewed at 80 % of
+        /// its life without a restart.
+        #[arg(long, default_value = "90d", value_parser = parse_duration)]
+        server_cert_lifetime: Duration,
     },
     /// Print the service connection string of the `iothubowner` policy.
     ConnectionString {
@@ -95,6 +104,8 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             https_idle_timeout_secs,
             session_expiry,
             metrics_bind,
+            ca_lifetime,
+            server_cert_lifetime,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -114,6 +125,10 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 },
                 session_expiry,
                 metrics_bind,
+                certificates: CertificateLifetimes {
+                    ca: ca_lifetime,
+                    server: server_cert_lifetime,
+                },
             };
             serve(&config).await
         }
@@ -129,6 +144,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 https_limits: HttpsLimits::default(),
                 session_expiry: DEFAULT_SESSION_EXPIRY,
                 metrics_bind: None,
+                certificates: CertificateLifetimes::default(),
             };
             println!("{}", config.owner_connection_string()?);
             Ok(())

@@ -177,6 +177,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         https_limits: outpost_hub::server::HttpsLimits::default(),
         session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
         metrics_bind: None,
+        certificates: outpost_hub::server::CertificateLifetimes::default(),
     };
     let running = RunningHub::start(&hub_config).await?;
     let hub = running.hub.clone();

@@ -66,6 +66,73 @@ pub struct EdgeConfig {
     /// The disk budget: module logs, image garbage collection, the free-space guard.
     #[serde(default)]
     pub disk: DiskConfig,
+    /// The lifetimes of the certificates the daemon makes.
+    #[serde(default)]
+    pub certificates: CertificatesConfig,
+}
+
+/// How long the edge's certificates are valid (`"365d"`, `"90d"`, `"30s"`); each is renewed at 80 % of its
+/// life without a restart (docs/operations.md, "Certificates that renew themselves").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesConfig {
+    /// A new edge CA (365 days). The old one stays in the trust bundle until it expires.
+    #[serde(default = "default_ca_lifetime", deserialize_with = "lifetime")]
+    pub ca_lifetime: std::time::Duration,
+    /// The edge hub's server certificate (90 days).
+    #[serde(default = "default_server_lifetime", deserialize_with = "lifetime")]
+    pub server_cert_lifetime: std::time::Duration,
+    /// The module server certificates the workload API issues (30 days); modules ask again before the
+    /// `expiration` they were given.
+    #[serde(default = "default_workload_lifetime", deserialize_with = "lifetime")]
+    pub workload_cert_lifetime: std::time::Duration,
+}
+
+impl Default for CertificatesConfig {
+    fn default() -> Self {
+        Self {
+            ca_lifetime: default_ca_lifetime(),
+            server_cert_lifetime: default_server_lifetime(),
+            workload_cert_lifetime: default_workload_lifetime(),
+        }
+    }
+}
+
+fn default_ca_lifetime() -> std::time::Duration {
+    outpost_pki::DEFAULT_CA_LIFETIME
+}
+fn default_server_lifetime() -> std::time::Duration {
+    outpost_pki::DEFAULT_SERVER_LIFETIME
+}
+fn default_workload_lifetime() -> std::time::Duration {
+    outpost_pki::DEFAULT_WORKLOAD_LIFETIME
+}
+
+/// Reads a certificate lifetime: a positive number followed by `s`, `m`, `h` or `d`.
+fn lifetime<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let invalid = || {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a lifetime like \"30s\", \"12h\" or \"90d\""
+        ))
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let number: u64 = text[..split].parse().map_err(|_| invalid())?;
+    let unit = match &text[split..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    match number.checked_mul(unit) {
+        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(invalid()),
+    }
 }
 
 /// The disk budget of the edge device (docs/operations.md, "The disk budget").
@@ -365,6 +432,30 @@ mod tests {
         assert!(EdgeConfig::parse(&text)
             .unwrap_err()
             .contains("log_max_files"));
+    }
+
+    #[test]
+    fn certificate_lifetimes_read_their_units_and_default_to_a_year_90_and_30_days() {
+        let config = EdgeConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(config.certificates, CertificatesConfig::default());
+        assert_eq!(
+            config.certificates.server_cert_lifetime.as_secs(),
+            90 * 86_400
+        );
+        let text = format!(
+            "{EXAMPLE}\n[certificates]\nca_lifetime = \"2h\"\nserver_cert_lifetime = \"30s\"\n"
+        );
+        let config = EdgeConfig::parse(&text).unwrap();
+        assert_eq!(config.certificates.ca_lifetime.as_secs(), 7_200);
+        assert_eq!(config.certificates.server_cert_lifetime.as_secs(), 30);
+        assert_eq!(
+            config.certificates.workload_cert_lifetime.as_secs(),
+            30 * 86_400
+        );
+        for wrong in ["0s", "30", "1w", "s"] {
+            let text = format!("{EXAMPLE}\n[certificates]\nca_lifetime = \"{wrong}\"\n");
+            assert!(EdgeConfig::parse(&text).is_err(), "{wrong}");
+        }
     }
 
     #[test]

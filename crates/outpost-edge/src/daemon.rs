@@ -45,9 +45,18 @@ pub struct RunningEdge {
     pub agent: Arc<Agent>,
     processes: Arc<dyn ModuleRuntime>,
     tasks: JoinSet<()>,
+    /// The edge CA and the edge hub's server certificate, renewed by a task in `tasks`.
+    pub certificates: Arc<outpost_pki::CertificateRenewal>,
 }
 
 impl RunningEdge {
+    /// `(name, notAfter in Unix seconds)` of the edge's certificates: each CA of the trust bundle (`CA Outpost
+    /// edge CA edge-1`), the edge hub's server certificate (`edge hub server`) and each module's newest one from
+    /// the workload API (`module filter server`). What the certificate-expiry metric reads.
+    pub fn certificate_expiries(&self) -> Vec<(String, i64)> {
+        self.certificates.expiries()
+    }
+
     /// Stops the daemon's own tasks (supervisor, upstream link, management socket) so that nothing restarts a
     /// module, then stops every process module (SIGTERM, SIGKILL after [`PROCESS_STOP_GRACE`]).
     ///
@@ -87,10 +96,16 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         outpost_store::host::private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let ca = Arc::new(outpost_pki::CertificateAuthority::load_or_create(
+    let now = outpost_pki::unix_now();
+    let ca = Arc::new(outpost_pki::CertificateAuthority::open(
         &ca_dir,
         &format!("Outpost edge CA {}", device.device_id),
+        config.certificates.ca_lifetime,
+        now,
     )?);
+    if ca.current().renewal_due(now) {
+        ca.renew(now)?;
+    }
 
     let processes: Arc<dyn ModuleRuntime> = Arc::new(
         ProcessRuntime::new(config.data_dir.join("processes"))?
@@ -119,7 +134,19 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let identities = Arc::new(IdentityCache::open(
         &config.agent_dir().join("identities.json"),
     )?);
-    let edge_hub = crate::edgehub::start(&config, identities.clone(), &ca, &gateway_ips).await?;
+    let edge_hub_certificate = Arc::new(crate::edgehub::server_certificate(
+        &config,
+        &ca,
+        &gateway_ips,
+        now,
+    )?);
+    let edge_hub = crate::edgehub::start(
+        &config,
+        identities.clone(),
+        &edge_hub_certificate,
+        &gateway_ips,
+    )
+    .await?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -128,12 +155,15 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         ),
         None => None,
     };
-    let trust_bundle = ca.pem().to_owned();
+    let certificates = Arc::new(outpost_pki::CertificateRenewal::new(
+        ca.clone(),
+        vec![edge_hub_certificate],
+    ));
     let service = Arc::new(WorkloadService {
         identities: identities.clone(),
         runtime: runtime.clone(),
         ca,
-        trust_bundle,
+        certificate_lifetime: config.certificates.workload_cert_lifetime,
     });
     let sockets = Arc::new(WorkloadSockets::new(service, &config.socket_dir()));
     let hub = HubClient::new(&config)?;
@@ -159,6 +189,8 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         .context("cannot run the last-known-good deployment")?;
     let mut tasks = JoinSet::new();
     tasks.spawn(agent.clone().run_supervisor());
+    let renewal = certificates.clone();
+    tasks.spawn(async move { renewal.run(tokio::time::sleep).await });
     tasks.spawn(crate::agent::image_gc::run(agent.clone()));
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
@@ -184,5 +216,6 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         agent,
         processes: process_runtime,
         tasks,
+        certificates,
     })
 }

@@ -88,22 +88,7 @@ impl IdentityCache {
 /// The file is written `0600`: what the edge writes this way (module keys, the deployment with its registry
 /// credentials) is its user's only.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension("tmp");
-    // A temporary left by a crash may be readable by others: replace it rather than reuse its mode.
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(outpost_store::host::PRIVATE_FILE_MODE)
-        .open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    outpost_store::host::write_atomically(path, bytes, outpost_store::host::PRIVATE_FILE_MODE)
 }
 
 #[cfg(test)]

@@ -61,10 +61,11 @@ pub struct WorkloadService {
     pub identities: Arc<IdentityCache>,
     /// Who runs the modules (to list their PIDs).
     pub runtime: Arc<dyn ModuleRuntime>,
-    /// The edge device's CA: it issues module server certificates.
+    /// The edge device's CA: it issues module server certificates, and its bundle (the current CA and the ones
+    /// it replaced that are still valid) is the trust bundle, read at each request so that a renewal shows.
     pub ca: Arc<outpost_pki::CertificateAuthority>,
-    /// The PEM certificates modules trust (the edge CA).
-    pub trust_bundle: String,
+    /// How long a module server certificate is valid (`[certificates] workload_cert_lifetime`).
+    pub certificate_lifetime: std::time::Duration,
 }
 
 /// The per-module sockets being served.
@@ -202,7 +203,7 @@ async fn authorise(socket: &Socket, module: &str, peer: PeerCredentials) -> Resu
 }
 
 async fn trust_bundle(State(socket): State<Socket>) -> Response {
-    Json(json!({"certificate": socket.service.trust_bundle})).into_response()
+    Json(json!({"certificate": socket.service.ca.pem()})).into_response()
 }
 
 async fn manifest_trust_bundle() -> Response {
@@ -278,14 +279,22 @@ async fn server_certificate(
         return error(StatusCode::BAD_REQUEST, "commonName is required");
     };
     let module_name = socket.module.trim_start_matches('$').to_ascii_lowercase();
-    match socket
-        .service
-        .ca
-        .issue_server_certificate_for(common_name, &[module_name.as_str()])
-    {
-        Ok((chain, key)) => {
-            let expiration = (chrono::Utc::now() + chrono::Duration::days(90)).to_rfc3339();
-            let body = json!({"privateKey": {"type": "key", "bytes": key}, "certificate": chain, "expiration": expiration});
+    // One label per module: the expiry a metric shows is that of the module's newest certificate.
+    let label = format!("module {module_name} server");
+    let issued = socket.service.ca.issue(
+        &label,
+        common_name,
+        &[module_name.as_str()],
+        socket.service.certificate_lifetime,
+        outpost_pki::unix_now(),
+    );
+    match issued {
+        Ok(issued) => {
+            // The SDKs ask for a new certificate before this time; it is the certificate's own notAfter.
+            let expiration = chrono::DateTime::from_timestamp(issued.info.not_after, 0)
+                .unwrap_or_default()
+                .to_rfc3339();
+            let body = json!({"privateKey": {"type": "key", "bytes": issued.key_pem}, "certificate": issued.chain_pem, "expiration": expiration});
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Err(e) => error(

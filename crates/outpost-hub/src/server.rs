@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::device_ops::HubDevices;
 use crate::Hub;
 pub use outpost_https::HttpsLimits;
-use outpost_pki::CertificateAuthority;
+use outpost_pki::{CertificateAuthority, CertificateRenewal, ServerCertificate};
 
 /// How a hub is run.
 #[derive(Debug, Clone)]
@@ -39,6 +39,26 @@ pub struct HubConfig {
     pub session_expiry: std::time::Duration,
     /// Where Prometheus scrapes `/metrics` (plain HTTP), if anywhere: off by default.
     pub metrics_bind: Option<SocketAddr>,
+    /// How long the hub's CA and its server certificate are valid (each is renewed at 80 % of its life).
+    pub certificates: CertificateLifetimes,
+}
+
+/// How long the certificates a daemon makes are valid; each is renewed at 80 % of its life.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateLifetimes {
+    /// A new CA (365 days).
+    pub ca: Duration,
+    /// The listeners' server certificate (90 days).
+    pub server: Duration,
+}
+
+impl Default for CertificateLifetimes {
+    fn default() -> Self {
+        Self {
+            ca: outpost_pki::DEFAULT_CA_LIFETIME,
+            server: outpost_pki::DEFAULT_SERVER_LIFETIME,
+        }
+    }
 }
 
 /// How long an away client's persistent session is kept in memory unless the settings say otherwise.
@@ -56,6 +76,7 @@ pub struct RunningHub {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    certificates: Arc<CertificateRenewal>,
 }
 
 impl HubConfig {
@@ -100,8 +121,8 @@ impl RunningHub {
             None => None,
         };
         let hub = Arc::new(hub);
-        let ca = CertificateAuthority::load_or_create(&config.data_dir, "Outpost hub CA")?;
-        let tls = ca.server_tls_config(&config.host_name)?;
+        let certificates = Arc::new(hub_certificates(config)?);
+        let tls = certificates_tls(&certificates)?;
 
         let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT").await?;
         let https_listener = bind(config.bind, config.https_port, "HTTPS").await?;
@@ -144,6 +165,14 @@ impl RunningHub {
             config.event_retention,
             shutdown_rx.clone(),
         ));
+        let renewal = certificates.clone();
+        let stop = stopped(shutdown_rx.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = renewal.run(tokio::time::sleep) => {}
+                () = stop => {}
+            }
+        });
         let pusher = hub.clone();
         let mut stop = shutdown_rx;
         tasks.spawn(async move {
@@ -163,7 +192,14 @@ impl RunningHub {
             metrics_addr,
             shutdown,
             tasks,
+            certificates,
         })
+    }
+
+    /// `(name, notAfter in Unix seconds)` of the hub's certificates: each CA of `ca.pem` (`CA Outpost hub CA`) and
+    /// the server certificate (`hub server`). What the certificate-expiry metric reads.
+    pub fn certificate_expiries(&self) -> Vec<(String, i64)> {
+        self.certificates.expiries()
     }
 
     /// Stops the listeners and waits for them.
@@ -171,6 +207,43 @@ impl RunningHub {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// The hub's CA (`ca.pem`, `ca.key`, renewed ones in the same files) and its listeners' server certificate
+/// (written to `server.pem`), renewed together; a CA found due or expired at start is renewed before listening.
+fn hub_certificates(config: &HubConfig) -> anyhow::Result<CertificateRenewal> {
+    let now = outpost_pki::unix_now();
+    let ca = Arc::new(CertificateAuthority::open(
+        &config.data_dir,
+        "Outpost hub CA",
+        config.certificates.ca,
+        now,
+    )?);
+    if ca.current().renewal_due(now) {
+        ca.renew(now)?;
+    }
+    let others: &[&str] = if config.host_name == "localhost" {
+        &[]
+    } else {
+        &["localhost"]
+    };
+    let server = ServerCertificate::issue(
+        &ca,
+        "hub server",
+        &config.host_name,
+        others,
+        config.certificates.server,
+        config.data_dir.join("server.pem"),
+        now,
+    )?;
+    Ok(CertificateRenewal::new(ca, vec![Arc::new(server)]))
+}
+
+/// The TLS configuration both listeners share: it presents the hub's server certificate as renewed.
+fn certificates_tls(
+    certificates: &CertificateRenewal,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(certificates.servers()[0].tls_config()?)
 }
 
 async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {

@@ -97,7 +97,7 @@ async fn an_unreachable_hub_or_an_untrusted_certificate_is_a_connection_error() 
         outpost_pki::CertificateAuthority::load_or_create(&stranger_dir, "Someone else's CA")
             .unwrap();
     let options = ClientOptions {
-        ca_pem: Some(stranger.pem().to_owned()),
+        ca_pem: Some(stranger.pem()),
         ..hub.options()
     };
     let error = refused_quickly(DeviceClient::from_connection_string(

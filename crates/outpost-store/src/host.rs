@@ -44,6 +44,30 @@ fn restrict(path: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content, never a mix: the bytes
+/// go to `{path}.tmp` created with `mode`, are fsync'd, renamed over `path`, and the directory is fsync'd.
+///
+/// A temporary left by a crash is removed first rather than reused, since it may have a wider mode.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temporary = dir.join(name);
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Raises the soft limit on open files to the hard limit and returns the figure now in force.
 ///
 /// Every MQTT and HTTPS connection holds a descriptor; the common default soft limit (1,024) would cap a hub at
@@ -93,6 +117,18 @@ mod tests {
         private_file(&file).unwrap();
         assert_eq!(mode(&file), 0o600);
         private_file(&root.path().join("missing")).unwrap();
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_with_the_mode_asked_for() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("ca.key");
+        std::fs::write(&file, b"old").unwrap();
+        std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        write_atomically(&file, b"new", PRIVATE_FILE_MODE).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        assert_eq!(mode(&file), 0o600);
+        assert!(!root.path().join("ca.key.tmp").exists());
     }
 
     #[test]

@@ -477,12 +477,41 @@ pub fn c2d_delivery(id: u64) -> u64 {
     id | C2D_DELIVERY
 }
 
+/// Issues the edge hub's server certificate from the edge CA: named `hostname`, the listen `addresses` and
+/// `localhost`, valid for `[certificates] server_cert_lifetime`, its chain written to `pki/edge-hub.pem`.
+pub fn server_certificate(
+    config: &EdgeConfig,
+    ca: &outpost_pki::CertificateAuthority,
+    addresses: &[std::net::IpAddr],
+    now: i64,
+) -> Result<outpost_pki::ServerCertificate, outpost_pki::PkiError> {
+    let names: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let others: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != config.hostname)
+        .chain(["localhost"])
+        .collect();
+    outpost_pki::ServerCertificate::issue(
+        ca,
+        "edge hub server",
+        &config.hostname,
+        &others,
+        config.certificates.server_cert_lifetime,
+        config.data_dir.join("pki").join(SERVER_CERTIFICATE_FILE),
+        now,
+    )
+}
+
+/// The edge hub's server certificate chain in the edge's `pki/` directory (what `outpost edge check` reads).
+pub const SERVER_CERTIFICATE_FILE: &str = "edge-hub.pem";
+
 /// Starts the edge hub: its store and log, the routes last known, the link loops, and the MQTT and HTTPS
 /// listeners on `addresses` (the configured listen address, and the Docker network's gateway when there is one).
 pub async fn start(
     config: &EdgeConfig,
     identities: Arc<IdentityCache>,
-    ca: &outpost_pki::CertificateAuthority,
+    server_certificate: &outpost_pki::ServerCertificate,
     addresses: &[std::net::IpAddr],
 ) -> anyhow::Result<Arc<EdgeHub>> {
     use anyhow::Context as _;
@@ -497,15 +526,8 @@ pub async fn start(
     router::refresh_configuration(&hub).await;
     sync::start(&hub);
 
-    let names: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-    let others: Vec<&str> = names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| *n != config.hostname)
-        .chain(["localhost"])
-        .collect();
-    let (chain, key) = ca.issue_server_certificate_for(&config.hostname, &others)?;
-    let tls = outpost_pki::server_tls_config(&chain, &key)?;
+    // Every listener presents the certificate as renewed (the daemon's renewal task swaps it).
+    let tls = server_certificate.tls_config()?;
     for address in addresses {
         let mqtt = tokio::net::TcpListener::bind((*address, config.edge_mqtt_port))
             .await

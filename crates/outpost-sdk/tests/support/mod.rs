@@ -75,6 +75,7 @@ impl TestHub {
             https_limits: outpost_hub::server::HttpsLimits::default(),
             session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
             metrics_bind: None,
+            certificates: outpost_hub::server::CertificateLifetimes::default(),
         };
         let running = RunningHub::start(&config).await.expect("the hub starts");
         let ca_pem = std::fs::read_to_string(config.data_dir.join("ca.pem")).unwrap();

@@ -1,0 +1,188 @@
+"""Certificates that renew themselves (issue 14, item 4): a hub and an edge hub whose server certificates live
+for 20 s are renewed at 80 % of that life without a restart. Clients connected before a renewal keep working on
+their open connection; new TLS connections verify against the CA and get a certificate with a new serial.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import ssl
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from azure.iot.hub.models import Twin
+
+from edge_harness import Edge, deployment, wait_reported
+from harness import API_VERSION, MQTT_PORT, Monitor, run_with_timeout, set_handler, wait_for
+
+pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+
+LIFETIME_SECS = 20
+
+
+def peer_certificate(host: str, port: int, ca_path: Path) -> dict:
+    """Opens a new TLS connection that verifies the server against `ca_path`; returns the peer certificate."""
+    context = ssl.create_default_context(cafile=str(ca_path))
+    with socket.create_connection((host, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            return tls.getpeercert()
+
+
+def renewed(host: str, port: int, ca_path: Path, serial: str, timeout: float) -> dict:
+    """Waits until a new connection sees a certificate whose serial is not `serial`."""
+    return wait_for(lambda: (lambda c: c if c["serialNumber"] != serial else None)(
+        peer_certificate(host, port, ca_path)), timeout, "a renewed server certificate", interval=1)
+
+
+def read_events(hub) -> list[dict]:
+    got = hub.rest_session().get(f"{hub.base_url}/events", params={"api-version": API_VERSION, "after": 0})
+    assert got.status_code == 200, got.text
+    return got.json()["events"]
+
+
+def test_serve_help_documents_the_certificate_lifetimes(hub):
+    out = hub.run_cli(["hub", "serve", "--help"], hub_env=False).stdout
+    assert "--server-cert-lifetime" in out and "[default: 90d]" in out
+    assert "--ca-lifetime" in out and "[default: 365d]" in out
+
+
+def test_a_device_connected_before_the_hub_renews_its_certificate_keeps_working(hub, registry, clients):
+    hub.extra_args = ["--server-cert-lifetime", f"{LIFETIME_SECS}s"]
+    hub.restart()
+    first = peer_certificate(hub.host, MQTT_PORT, hub.ca_path)
+    first_https = peer_certificate(hub.host, hub.https_port, hub.ca_path)
+    assert first["serialNumber"] == first_https["serialNumber"], "both listeners present one certificate"
+
+    key = registry.create_device_with_sas("dev1", "", "", "enabled").authentication.symmetric_key.primary_key
+    client = clients.open(hub, "dev1", key)
+    disconnects = []
+    set_handler(client, "on_connection_state_change", lambda: disconnects.append(client.connected))
+    patches: queue.Queue = queue.Queue()
+    set_handler(client, "on_twin_desired_properties_patch_received", patches.put)
+
+    second = renewed(hub.host, MQTT_PORT, hub.ca_path, first["serialNumber"], timeout=LIFETIME_SECS + 10)
+    assert second["subject"] == first["subject"]
+    assert peer_certificate(hub.host, hub.https_port, hub.ca_path)["serialNumber"] == second["serialNumber"]
+    assert "renewed a server certificate" in hub.log_text()
+
+    # The connection opened before the renewal still carries telemetry and twin patches.
+    run_with_timeout(lambda: client.send_message("after renewal"), 15, "send_message")
+    wait_for(lambda: any(e["body"] == "after renewal" for e in read_events(hub)), 15, "the telemetry at the hub")
+    registry.update_twin("dev1", Twin(properties={"desired": {"interval": 7}}), "*")
+    patch = patches.get(timeout=15)
+    assert patch["interval"] == 7
+    assert client.connected and disconnects == [], "the open connection was not dropped"
+
+    # A new device connection after the renewal verifies the new certificate against ca.pem.
+    registry.create_device_with_sas("dev2", "", "", "enabled")
+    key2 = registry.get_device("dev2").authentication.symmetric_key.primary_key
+    fresh = clients.open(hub, "dev2", key2)
+    run_with_timeout(lambda: fresh.send_message("new connection"), 15, "send_message")
+    written = (hub.data_dir / "server.pem").read_text()
+    assert written.startswith("-----BEGIN CERTIFICATE-----")
+
+
+MODULE = textwrap.dedent("""\
+    import json, os, sys, time
+    from azure.iot.device import IoTHubModuleClient, Message
+    out = sys.argv[1]
+    client = IoTHubModuleClient.create_from_edge_environment()
+    events = []
+    def record(event):
+        events.append(event)
+        with open(out + ".tmp", "w") as f:
+            json.dump(events, f)
+        os.replace(out + ".tmp", out)
+    def on_state():
+        record({"connected": client.connected})
+    def on_patch(patch):
+        record({"patch": patch})
+        client.send_message_to_output(Message(json.dumps({"seen": patch.get("round")})), "out")
+    client.on_connection_state_change = on_state
+    client.on_twin_desired_properties_patch_received = on_patch
+    client.connect()
+    client.patch_twin_reported_properties({"ready": True})
+    record({"ready": True})
+    while True:
+        time.sleep(1)
+""")
+
+
+def module_events(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def test_a_module_connected_before_the_edge_hub_renews_its_certificate_keeps_working(hub, tmp_path, loopback):
+    edge = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next(),
+                extra=f'[certificates]\nserver_cert_lifetime = "{LIFETIME_SECS}s"\n')
+    try:
+        out = tmp_path / "module.json"
+        script = tmp_path / "module.py"
+        script.write_text(MODULE)
+        manifest = deployment({"m": {"version": "1.0", "type": "process", "status": "running",
+                                     "restartPolicy": "always",
+                                     "settings": {"path": sys.executable, "args": [str(script), str(out)]}}})
+        manifest["modulesContent"]["$edgeHub"]["properties.desired"]["routes"] = {
+            "up": "FROM /messages/modules/m/outputs/* INTO $upstream"}
+        path = tmp_path / "manifest.json"
+        path.write_text(json.dumps(manifest))
+        hub.run_cli(["deploy", edge.device_id, str(path)])
+        edge.start()
+        wait_for(lambda: any(e.get("ready") for e in module_events(out)), 60, "the module to connect")
+        first = peer_certificate(edge.host, 8883, edge.ca_path)
+
+        second = renewed(edge.host, 8883, edge.ca_path, first["serialNumber"], timeout=LIFETIME_SECS + 10)
+        assert second["subject"] == first["subject"]
+
+        # The module's connection from before the renewal still gets twin patches and sends telemetry.
+        monitor = Monitor(hub, count=1, timeout=60)
+        registry = hub.registry()
+        registry.update_module_twin(edge.device_id, "m", Twin(properties={"desired": {"round": 1}}), "*")
+        wait_for(lambda: any("patch" in e for e in module_events(out)), 30, "the patch at the module")
+        [message] = monitor.messages()
+        assert '"seen": 1' in json.dumps(message["body"]) or '\\"seen\\": 1' in json.dumps(message["body"]), message
+        events = module_events(out)
+        after_ready = events[next(i for i, e in enumerate(events) if e.get("ready")):]
+        assert [e for e in after_ready if "connected" in e] == [], f"the module's connection was dropped: {events}"
+
+        # A new connection verifies against the trust bundle the workload API serves (pki/ca.pem).
+        peer_certificate(edge.host, 8883, edge.ca_path)
+
+        check = edge.cli("check", check=False).stdout
+        server_lines = [line for line in check.splitlines() if "edge hub server certificate" in line]
+        assert len(server_lines) == 1 and "not after" in server_lines[0], check
+        assert server_lines[0].startswith("ok"), check
+        assert any("edge CA" in line and "not after" in line for line in check.splitlines()), check
+    finally:
+        edge.cleanup()
+
+
+def test_after_the_hub_ca_renews_clients_with_the_old_or_the_new_ca_pem_both_verify(hub, registry, clients, tmp_path):
+    # The lifetime applies to a new CA: start over with none (the fixture's hub made one valid for a year).
+    hub.stop()
+    for name in ("ca.pem", "ca.key", "ca-cross.pem"):
+        (hub.data_dir / name).unlink(missing_ok=True)
+    hub.extra_args = ["--ca-lifetime", "30s", "--server-cert-lifetime", "1h"]
+    hub.start()
+    old_ca = tmp_path / "old-ca.pem"
+    old_ca.write_text(hub.ca_pem)
+    key = registry.create_device_with_sas("dev1", "", "", "enabled").authentication.symmetric_key.primary_key
+    client = clients.open(hub, "dev1", key)
+
+    wait_for(lambda: hub.ca_pem.count("BEGIN CERTIFICATE") == 2, 40, "ca.pem to hold the old and the new CA")
+    new_leaf = peer_certificate(hub.host, MQTT_PORT, hub.ca_path)
+    assert "Outpost hub CA 2" in str(new_leaf["issuer"])
+    # A device that loaded ca.pem before the renewal verifies through the cross-signed CA the server presents.
+    assert peer_certificate(hub.host, MQTT_PORT, old_ca)["serialNumber"] == new_leaf["serialNumber"]
+    run_with_timeout(lambda: client.send_message("after the CA renewal"), 15, "send_message")
+    fresh = clients.open(hub, "dev1", key, server_verification_cert=old_ca.read_text())
+    run_with_timeout(lambda: fresh.send_message("old ca.pem, new connection"), 15, "send_message")
