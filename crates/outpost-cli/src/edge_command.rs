@@ -60,6 +60,16 @@ pub enum EdgeCommand {
         #[arg(long, env = "OUTPOST_EDGE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Write a support bundle (tar.gz) to attach to a ticket: settings and deployment with secrets redacted,
+    /// module logs, check and stats output, versions.
+    SupportBundle {
+        /// Where to write the bundle.
+        #[arg(long)]
+        output: PathBuf,
+        /// The settings file.
+        #[arg(long, env = "OUTPOST_EDGE_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Check the settings, the hub, the clock, the certificates and the runtime.
     Check {
         /// The settings file.
@@ -97,6 +107,9 @@ pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
             }
             println!("restarted {module}");
             Ok(())
+        }
+        EdgeCommand::SupportBundle { output, config } => {
+            support_bundle(&EdgeConfig::load(&config)?, &output).await
         }
         EdgeCommand::Check { config } => crate::edge_check::check(&config).await,
         EdgeCommand::Stats { config } => {
@@ -162,6 +175,37 @@ async fn logs(
         stdout.write_all(&chunk)?;
         stdout.flush()?;
     }
+    Ok(())
+}
+
+/// Asks the daemon for its support bundle and writes it to `output`, readable by this user only (it holds
+/// logs), replacing the file only once the whole bundle has arrived.
+async fn support_bundle(config: &EdgeConfig, output: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut answer =
+        management::request(&config.management_socket(), "GET", "/support-bundle").await?;
+    if answer.status != 200 {
+        let text = answer.text().await?;
+        bail!("{}", message(&text));
+    }
+    let partial = output.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    let mut size = 0;
+    while let Some(chunk) = answer.next_chunk().await {
+        file.write_all(&chunk)?;
+        size += chunk.len();
+    }
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&partial, output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!("wrote {} ({size} bytes)", output.display());
     Ok(())
 }
 

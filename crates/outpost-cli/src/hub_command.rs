@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use outpost_core::units::{parse_bytes, parse_duration};
 use outpost_hub::messaging::EventRetention;
 use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
 use outpost_hub::{HubConfig, RunningHub};
@@ -61,6 +62,7 @@ pub enum HubCommand {
         /// Serve Prometheus metrics at `http://ADDR:PORT/metrics` (plain HTTP; off unless given).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_bind: Option<std::net::SocketAddr>,
+
         // Certificates (docs/operations.md, "Certificates that renew themselves").
         /// How long a new CA of the hub is valid (`365d`; `90s`, `30m`, `12h` for tests); renewed at 80 % of
         /// its life, the old one staying in ca.pem until it expires.
@@ -225,71 +227,4 @@ fn read_served_as(data_dir: &Path) -> anyhow::Result<ServedAs> {
         )
     })?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
-}
-
-/// Reads a positive duration: a number followed by `ms`, `s`, `m`, `h` or `d`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
-    };
-    match number.checked_mul(unit_ms) {
-        Some(0) => Err("the duration must be more than 0".into()),
-        Some(ms) => Ok(Duration::from_millis(ms)),
-        None => Err(format!("{text:?} is too long")),
-    }
-}
-
-/// Reads a positive size: bytes, or a number followed by `KiB`, `MiB` or `GiB`.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 500MiB or 1GiB"))?;
-    let shift = match unit {
-        "" | "B" => 0,
-        "KiB" => 10,
-        "MiB" => 20,
-        "GiB" => 30,
-        _ => return Err(format!("{text:?}: the unit must be B, KiB, MiB or GiB")),
-    };
-    match number.checked_mul(1 << shift) {
-        Some(0) => Err("the size must be more than 0".into()),
-        Some(bytes) => Ok(bytes),
-        None => Err(format!("{text:?} is too large")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_sizes_read_their_units() {
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_hours(24)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("1w").is_err());
-        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("1GB").is_err());
-    }
 }

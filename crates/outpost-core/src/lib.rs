@@ -17,6 +17,7 @@ mod quote;
 pub mod route;
 pub mod sas;
 pub mod twin;
+pub mod units;
 
 pub use connection_string::*;
 pub use id::{DeviceId, IdError, Identity, ModuleId};

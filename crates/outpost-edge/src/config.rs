@@ -63,6 +63,13 @@ pub struct EdgeConfig {
     /// Prometheus metrics (`[metrics] listen = "ADDR:9600"`): off unless set.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Uploads of logs and support bundles (`$edgeAgent`'s `UploadModuleLogs`, `UploadSupportBundle`).
+    #[serde(default)]
+    pub upload: UploadConfig,
+    /// The file these settings were read from (set by [`EdgeConfig::load`]; the support bundle includes it,
+    /// redacted, and runs `outpost edge check` on it).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// The disk budget: module logs, image garbage collection, the free-space guard.
     #[serde(default)]
     pub disk: DiskConfig,
@@ -113,26 +120,15 @@ fn lifetime<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<std::time::Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    let invalid = || {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a lifetime like \"30s\", \"12h\" or \"90d\""
-        ))
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let number: u64 = text[..split].parse().map_err(|_| invalid())?;
-    let unit = match &text[split..] {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(invalid()),
-    };
-    match number.checked_mul(unit) {
-        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
-        _ => Err(invalid()),
-    }
+    outpost_core::units::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Where the daemon serves Prometheus metrics (docs/operations.md, "Metrics").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The address of the plain-HTTP `/metrics` listener (Azure IoT Edge's port is 9600); none: off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The disk budget of the edge device (docs/operations.md, "The disk budget").
@@ -209,12 +205,14 @@ impl DiskConfig {
     }
 }
 
-/// Where the daemon serves Prometheus metrics (docs/operations.md, "Metrics").
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// Where `$edgeAgent` may upload logs and support bundles: any HTTPS endpoint that takes a PUT (an Azure blob
+/// container's SAS URL), trusted by the public web roots plus, optionally, one more CA.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// The address of the plain-HTTP `/metrics` listener (Azure IoT Edge's port is 9600); none: off.
-    pub listen: Option<std::net::SocketAddr>,
+pub struct UploadConfig {
+    /// A PEM file of CA certificates trusted for uploads besides the public roots (a private blob endpoint).
+    #[serde(default)]
+    pub trusted_ca: Option<PathBuf>,
 }
 
 /// The edge hub's message store.
@@ -314,10 +312,12 @@ impl EdgeConfig {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+        let mut config = Self::parse(&text).map_err(|reason| ConfigError::Invalid {
             path: path.display().to_string(),
             reason,
-        })
+        })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses settings from TOML text.

@@ -192,6 +192,11 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let renewal = certificates.clone();
     tasks.spawn(async move { renewal.run(tokio::time::sleep).await });
     tasks.spawn(crate::agent::image_gc::run(agent.clone()));
+    let methods =
+        crate::agent::methods::MethodService::new(crate::support_bundle::BundleSources {
+            agent: agent.clone(),
+            edge_hub: edge_hub.clone(),
+        })?;
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
         tasks.spawn(crate::metrics::serve(
@@ -210,7 +215,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
     });
     let link_agent = agent.clone();
     tasks.spawn(upstream::run(agent.clone(), move || {
-        crate::agent::sdk_link::connect(link_agent.clone())
+        crate::agent::sdk_link::connect(link_agent.clone(), methods.clone())
     }));
     Ok(RunningEdge {
         agent,

@@ -16,4 +16,5 @@ pub mod identities;
 pub mod management;
 pub mod metrics;
 pub mod runtime;
+pub mod support_bundle;
 pub mod workload;

@@ -17,9 +17,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, RestartModuleError};
 use crate::edgehub::store::DeadLetter;
 use crate::edgehub::EdgeHub;
+use crate::support_bundle::{BundleOptions, BundleSources};
 
 /// What the management API looks after.
 #[derive(Clone)]
@@ -36,6 +37,7 @@ pub async fn serve(agent: Arc<Agent>, edge_hub: Arc<EdgeHub>, path: &Path) -> st
         .route("/modules/{module}/logs", get(logs))
         .route("/modules/{module}/restart", post(restart))
         .route("/stats", get(stats))
+        .route("/support-bundle", get(support_bundle))
         .with_state(Daemon { agent, edge_hub });
     axum::serve(listener, router).await
 }
@@ -133,31 +135,36 @@ async fn restart(
     State(Daemon { agent, .. }): State<Daemon>,
     UrlPath(module): UrlPath<String>,
 ) -> Response {
-    let known = agent
-        .state
-        .lock()
-        .await
-        .modules
-        .iter()
-        .any(|m| m.instance.name == module);
-    if !known {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("module {module} is not deployed on this device"),
-        );
-    }
-    let _ = agent
-        .runtime
-        .stop(&module, std::time::Duration::from_secs(10))
-        .await;
-    match agent.runtime.start(&module).await {
+    match agent.restart_module(&module).await {
         Ok(()) => Json(json!({"restarted": module})).into_response(),
+        Err(e @ RestartModuleError::NotDeployed(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// The support bundle (tar.gz), as `outpost edge support-bundle` writes it.
+async fn support_bundle(State(Daemon { agent, edge_hub }): State<Daemon>) -> Response {
+    let sources = BundleSources { agent, edge_hub };
+    match crate::support_bundle::build(&sources, &BundleOptions::default()).await {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/gzip")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "support bundle");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
     }
 }
 
 /// The edge hub's store-and-forward counters, dead letters and link state.
 async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
+    Json(stats_document(&edge_hub)).into_response()
+}
+
+/// What `outpost edge stats` prints (and the support bundle holds).
+pub fn stats_document(edge_hub: &EdgeHub) -> Value {
     let stats = edge_hub.router.log().stats();
     let disk = edge_hub.free_space.status(std::time::Instant::now());
     let endpoints: serde_json::Map<String, Value> = stats
@@ -171,7 +178,7 @@ async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
             )
         })
         .collect();
-    Json(json!({
+    json!({
         "online": edge_hub.online.load(std::sync::atomic::Ordering::Acquire),
         "appended": stats.appended,
         "queued": stats.endpoints.values().map(|e| e.queued).sum::<u64>(),
@@ -188,8 +195,7 @@ async fn stats(State(Daemon { edge_hub, .. }): State<Daemon>) -> Response {
         // The free-space guard: below `minFreeBytes`, new messages are refused (`refusing`).
         "disk": {"freeBytes": disk.space.map(|s| s.free_bytes), "totalBytes": disk.space.map(|s| s.total_bytes),
                  "minFreeBytes": disk.min_free_bytes, "refusing": disk.refusing},
-    }))
-    .into_response()
+    })
 }
 
 /// A response of the management API.

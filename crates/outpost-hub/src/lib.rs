@@ -67,9 +67,7 @@ impl Hub {
             Database::open(&data_dir.join("hub.sqlite"), store::MIGRATIONS).map_err(
                 |e| match e {
                     outpost_store::StoreError::Sql(e) => HubError::from(e),
-                    other => {
-                        HubError::ArgumentInvalid(other.to_string())
-                    }
+                    other => HubError::ArgumentInvalid(other.to_string()),
                 },
             )?;
         Self::with_database(db, host_name)

@@ -312,7 +312,7 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
         match self.commit(|tx| store::complete_c2d(tx, &identity.device, id)) {
-            Ok(_) => self.metrics.c2d(C2dOutcome::Completed),
+            Ok(()) => self.metrics.c2d(C2dOutcome::Completed),
             Err(error) => {
                 tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
             }

@@ -8,6 +8,7 @@
 
 pub mod image_gc;
 pub mod lkg;
+pub mod methods;
 pub mod plan;
 pub mod reconcile;
 pub mod reported;
@@ -36,6 +37,20 @@ use restart::{BackOff, Decision, RestartRecord};
 
 /// How often the supervisor looks at the instances.
 const SUPERVISION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a module gets to stop when restarted on request.
+pub const RESTART_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a requested restart did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartModuleError {
+    /// No deployed module has this name.
+    #[error("module {0} is not deployed on this device")]
+    NotDeployed(String),
+    /// The runtime could not start it.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+}
 
 /// The agent's changing state. A tokio `Mutex`: the reconciler holds it across runtime calls so that a
 /// deployment is applied whole before the supervisor looks again.
@@ -258,6 +273,30 @@ impl Agent {
                 true
             }
         });
+    }
+
+    /// Restarts a deployed module on request (`outpost edge restart`, `$edgeAgent`'s `RestartModule`): stops
+    /// it (killed after [`RESTART_GRACE`]) and starts it again, holding the state so that the supervisor does
+    /// not step in between. Reported as `lastRestartTimeUtc`; the restart count, which drives back-off, is
+    /// left alone.
+    pub async fn restart_module(&self, name: &str) -> Result<(), RestartModuleError> {
+        let mut state = self.state.lock().await;
+        if !state.modules.iter().any(|m| m.instance.name == name) {
+            return Err(RestartModuleError::NotDeployed(name.to_owned()));
+        }
+        if let Err(error) = self.runtime.stop(name, RESTART_GRACE).await {
+            tracing::debug!(%error, "stopping before a requested restart");
+        }
+        self.runtime.start(name).await?;
+        tracing::info!(module = name, "restarted on request");
+        state
+            .restarts
+            .entry(name.to_owned())
+            .or_default()
+            .last_restart = Some(Utc::now());
+        drop(state);
+        self.refresh_report().await;
+        Ok(())
     }
 
     /// Runs the supervisor until the process ends.

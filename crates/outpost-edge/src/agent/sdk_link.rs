@@ -1,5 +1,6 @@
 //! The agent's [`TwinLink`] over Outpost's own SDK: the agent is a module client of the hub, as its
-//! `$edgeAgent` identity (created on first start if the hub does not have it yet).
+//! `$edgeAgent` identity (created on first start if the hub does not have it yet). The same client receives
+//! `$edgeAgent`'s direct methods, which [`MethodService`] answers for as long as the link lives.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use outpost_sdk::{ClientOptions, DesiredPatch, Incoming, ModuleClient};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use super::methods::MethodService;
 use super::upstream::TwinLink;
 use super::Agent;
 
@@ -18,10 +20,21 @@ struct SdkLink {
     client: ModuleClient,
     /// A tokio `Mutex`: `changed` holds it while it waits for the next patch.
     desired: Mutex<Incoming<DesiredPatch>>,
+    /// The task answering direct methods; ended with the link.
+    methods: tokio::task::AbortHandle,
 }
 
-/// Connects to the hub as this device's `$edgeAgent`.
-pub async fn connect(agent: Arc<Agent>) -> anyhow::Result<Box<dyn TwinLink>> {
+impl Drop for SdkLink {
+    fn drop(&mut self) {
+        self.methods.abort();
+    }
+}
+
+/// Connects to the hub as this device's `$edgeAgent`, and answers its direct methods with `methods`.
+pub async fn connect(
+    agent: Arc<Agent>,
+    methods: Arc<MethodService>,
+) -> anyhow::Result<Box<dyn TwinLink>> {
     let credentials = agent.hub.ensure_module("$edgeAgent").await?;
     // The edge hub's identity exists from the first start too, as IoT Edge's runtime creates both.
     agent.hub.ensure_module("$edgeHub").await?;
@@ -41,9 +54,12 @@ pub async fn connect(agent: Arc<Agent>) -> anyhow::Result<Box<dyn TwinLink>> {
     };
     let client = ModuleClient::from_connection_string(&connection.to_string(), options).await?;
     let desired = client.desired_properties().await?;
+    let calls = client.direct_methods().await?;
+    let methods = tokio::spawn(methods.serve(calls)).abort_handle();
     Ok(Box::new(SdkLink {
         client,
         desired: Mutex::new(desired),
+        methods,
     }))
 }
 

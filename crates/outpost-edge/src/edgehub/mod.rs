@@ -60,10 +60,10 @@ pub struct EdgeHub {
     /// Method calls waiting for their answer, from the local method API and forwarded from the hub, each
     /// bound to the client and connection the request went to.
     pub pending_methods: PendingMethods,
-    /// What the edge hub and the agent count (records nothing unless `[metrics] listen` is set).
-    pub metrics: crate::metrics::EdgeMetrics,
     /// Refuses new messages while the disk of the message log is low.
     pub free_space: free_space::FreeSpaceGuard,
+    /// What the edge hub and the agent count (records nothing unless `[metrics] listen` is set).
+    pub metrics: crate::metrics::EdgeMetrics,
     /// The scope as last cached.
     scope: Mutex<Vec<ScopedIdentity>>,
     /// When unknown clients last made the edge hub refresh the scope.
@@ -382,7 +382,9 @@ impl DeviceOperations for EdgeDevices {
         identity: &Identity,
         patch: Value,
     ) -> Result<u64, OperationError> {
-        let version = self.0.patch_reported_locally(&identity.client_id(), &patch)?;
+        let version = self
+            .0
+            .patch_reported_locally(&identity.client_id(), &patch)?;
         self.0.metrics.reported_properties(&identity.client_id());
         Ok(version)
     }
@@ -406,7 +408,6 @@ impl DeviceOperations for EdgeDevices {
                 ),
             ));
         }
-        let output = message.system.get("outputName").cloned();
         // As the `reject` quota policy: no PUBACK, the sender sends again later (the guard logs the change).
         if !self.0.free_space.admits(std::time::Instant::now()) {
             return Err(OperationError::new(
@@ -414,6 +415,7 @@ impl DeviceOperations for EdgeDevices {
                 "the edge device's disk is low: new messages are refused until there is room",
             ));
         }
+        let output = message.system.get("outputName").cloned();
         self.0
             .router
             .accept(identity, message)

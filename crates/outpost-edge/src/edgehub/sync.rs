@@ -308,9 +308,12 @@ async fn upstream(hub: Arc<EdgeHub>) {
         let result = hub.link.messages(&request).await;
         if result.is_ok() {
             hub.metrics.sent_upstream(
-                request
-                    .iter()
-                    .map(|m| (m.client, m.message.system.get("outputName").map(String::as_str))),
+                request.iter().map(|m| {
+                    (
+                        m.client,
+                        m.message.system.get("outputName").map(String::as_str),
+                    )
+                }),
                 started.elapsed(),
             );
         }

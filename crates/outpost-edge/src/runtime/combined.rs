@@ -146,6 +146,15 @@ impl ModuleRuntime for CombinedRuntime {
         self.owner(name).await.logs(name, tail).await
     }
 
+    async fn stream_logs(
+        &self,
+        name: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        lines: mpsc::Sender<super::LogLine>,
+    ) -> Result<(), RuntimeError> {
+        self.owner(name).await.stream_logs(name, since, lines).await
+    }
+
     async fn follow_logs(
         &self,
         name: &str,

@@ -178,4 +178,22 @@ pub trait ModuleRuntime: Send + Sync + 'static {
         name: &str,
         lines: mpsc::Sender<String>,
     ) -> Result<(), RuntimeError>;
+    /// The instance's stored output, oldest first, sent line by line into `lines` so that no caller holds a
+    /// whole log; returns when all is sent or `lines` is closed. A runtime that records when each line was
+    /// written skips what is older than `since` (it may send a little more: callers filter exactly).
+    async fn stream_logs(
+        &self,
+        name: &str,
+        since: Option<DateTime<Utc>>,
+        lines: mpsc::Sender<LogLine>,
+    ) -> Result<(), RuntimeError>;
+}
+
+/// One line of an instance's stored output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// When the runtime recorded it (Docker does; a process module's `output.log` does not).
+    pub time: Option<DateTime<Utc>>,
+    /// The line, without its newline.
+    pub text: String,
 }

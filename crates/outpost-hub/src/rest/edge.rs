@@ -12,8 +12,8 @@ use serde_json::json;
 
 use super::{json_body, ok_json, ApiError, HubState};
 use crate::edge_link::{EdgeClient, EdgeMessage};
-use crate::metrics::{TwinOperation, TwinSource};
 use crate::identity::DeviceRecord;
+use crate::metrics::{TwinOperation, TwinSource};
 use crate::Hub;
 
 fn edge(hub: &Hub, headers: &HeaderMap, device: &str) -> Result<DeviceRecord, ApiError> {

@@ -413,6 +413,50 @@ impl ModuleRuntime for DockerRuntime {
         Ok(lines)
     }
 
+    async fn stream_logs(
+        &self,
+        name: &str,
+        since: Option<DateTime<Utc>>,
+        lines: mpsc::Sender<super::LogLine>,
+    ) -> Result<(), RuntimeError> {
+        // Docker's `since` has a resolution of seconds: rounded down, so nothing asked for is missed.
+        let options = LogsOptions::<String> {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since: since.map_or(0, |t| t.timestamp()),
+            tail: "all".to_owned(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(&self.container_name(name), Some(options));
+        let mut splitter = LineSplitter::default();
+        let send = |line: String| {
+            let line = match split_timestamp(&line) {
+                Some((time, text)) => super::LogLine {
+                    time: Some(time),
+                    text: text.to_owned(),
+                },
+                None => super::LogLine {
+                    time: None,
+                    text: line,
+                },
+            };
+            lines.send(line)
+        };
+        while let Some(output) = stream.next().await {
+            let output = output.map_err(|e| RuntimeError::new("read the logs of", name, e))?;
+            for line in splitter.push(output.as_ref()) {
+                if send(line).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(line) = splitter.finish() {
+            let _ = send(line).await;
+        }
+        Ok(())
+    }
+
     /// Runs until the container is removed or `lines` is closed; across restarts of the container.
     async fn follow_logs(
         &self,

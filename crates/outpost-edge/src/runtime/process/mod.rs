@@ -459,6 +459,20 @@ impl ModuleRuntime for ProcessRuntime {
             .map_err(|e| RuntimeError::new("read the logs of", name, e))
     }
 
+    /// `output.log` records no times: every line is sent, and `since` is left to the caller.
+    async fn stream_logs(
+        &self,
+        name: &str,
+        _since: Option<chrono::DateTime<Utc>>,
+        lines: mpsc::Sender<super::LogLine>,
+    ) -> Result<(), RuntimeError> {
+        let dir = self.with_instance("read the logs of", name, |i| i.dir.clone())?;
+        tokio::task::spawn_blocking(move || output::stream_lines(&dir, &lines))
+            .await
+            .map_err(|e| RuntimeError::new("read the logs of", name, e))?
+            .map_err(|e| RuntimeError::new("read the logs of", name, e))
+    }
+
     /// Runs until the instance is removed or `lines` is closed.
     async fn follow_logs(
         &self,

@@ -178,6 +178,47 @@ pub(super) fn read_tail(dir: &Path, tail: Option<usize>) -> io::Result<Vec<Strin
     Ok(lines)
 }
 
+/// Sends every line of the log in `dir` into `lines`, oldest file first, one line in memory at a time; stops
+/// early when the receiver is gone. (Blocking: run it on a blocking thread.)
+pub(super) fn stream_lines(
+    dir: &Path,
+    lines: &tokio::sync::mpsc::Sender<crate::runtime::LogLine>,
+) -> io::Result<()> {
+    use std::io::{BufRead as _, Read as _};
+    let mut oldest = 0;
+    while log_file(dir, oldest + 1).exists() || log_file(dir, oldest + 2).exists() {
+        oldest += 1;
+    }
+    for age in (0..=oldest).rev() {
+        let file = match File::open(log_file(dir, age)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut reader = io::BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // The pumps cut lines at MAX_LINE; a file written otherwise cannot make us hold more than that.
+            let n = (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
+            let text = text.trim_end_matches('\r').to_owned();
+            if lines
+                .blocking_send(crate::runtime::LogLine { time: None, text })
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_lines(path: &Path) -> io::Result<Vec<String>> {
     match fs::read(path) {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
