@@ -1,6 +1,6 @@
 //! Reads what Outpost needs from an X.509 certificate (RFC 5280 §4.1): its serial number, subject, validity and
-//! public key. rcgen writes certificates but does not read them without its `x509-parser` feature, and these four
-//! fields are a short walk over the DER.
+//! public key, with `x509-parser` (certificates come from disk, some from operators: a well-kept parser reads
+//! them, not a walk of our own over the DER).
 
 use crate::PkiError;
 
@@ -85,162 +85,61 @@ pub fn inspect_pem(pem: &str) -> Result<Vec<CertificateInfo>, PkiError> {
 
 /// Reads one DER certificate.
 pub fn inspect(der: &[u8]) -> Result<CertificateInfo, PkiError> {
-    let mut input = der;
-    let certificate = expect(&mut input, SEQUENCE, "Certificate")?;
-    let mut certificate = certificate;
-    let mut tbs = expect(&mut certificate, SEQUENCE, "TBSCertificate")?;
-    if tbs.first() == Some(&VERSION) {
-        read(&mut tbs)?;
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+    let (rest, certificate) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::Malformed(format!("not an X.509 certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(malformed("bytes after the certificate"));
     }
-    let serial = expect(&mut tbs, INTEGER, "serialNumber")?;
-    expect(&mut tbs, SEQUENCE, "signature")?;
-    expect(&mut tbs, SEQUENCE, "issuer")?;
-    let mut validity = expect(&mut tbs, SEQUENCE, "validity")?;
-    let not_before = time(&mut validity)?;
-    let not_after = time(&mut validity)?;
-    let subject = name(expect(&mut tbs, SEQUENCE, "subject")?)?;
-    let mut spki = expect(&mut tbs, SEQUENCE, "subjectPublicKeyInfo")?;
-    expect(&mut spki, SEQUENCE, "algorithm")?;
-    let bits = expect(&mut spki, BIT_STRING, "subjectPublicKey")?;
-    let common_name = subject
+    let mut subject = Vec::new();
+    let mut common_name = String::new();
+    for attribute in certificate.subject().iter_attributes() {
+        let oid = attribute.attr_type();
+        let label = if *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME {
+            "CN"
+        } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
+            "O"
+        } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATIONAL_UNIT {
+            "OU"
+        } else {
+            continue;
+        };
+        let value = attribute
+            .as_str()
+            .map_err(|_| malformed("a subject name that is not a string"))?
+            .to_owned();
+        if label == "CN" && common_name.is_empty() {
+            common_name.clone_from(&value);
+        }
+        subject.push(format!("{label}={value}"));
+    }
+    let serial = certificate
+        .raw_serial()
         .iter()
-        .find(|(label, _)| *label == "CN")
-        .map(|(_, value)| value.clone())
-        .unwrap_or_default();
-    Ok(CertificateInfo {
-        subject: subject
-            .iter()
-            .map(|(label, value)| format!("{label}={value}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        common_name,
-        serial: serial.iter().fold(String::new(), |mut hex, b| {
+        .fold(String::new(), |mut hex, b| {
             use std::fmt::Write as _;
             let _ = write!(hex, "{b:02x}");
             hex
-        }),
-        not_before,
-        not_after,
-        public_key: bits.get(1..).unwrap_or_default().to_vec(),
+        });
+    let validity = certificate.validity();
+    Ok(CertificateInfo {
+        subject: subject.join(", "),
+        common_name,
+        serial,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        public_key: certificate.public_key().subject_public_key.data.to_vec(),
     })
 }
-
-const INTEGER: u8 = 0x02;
-const BIT_STRING: u8 = 0x03;
-const OID: u8 = 0x06;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const VERSION: u8 = 0xa0;
 
 fn malformed(what: &str) -> PkiError {
     PkiError::Malformed(what.to_owned())
 }
 
-/// Reads one tag-length-value and advances `input` past it.
-fn read<'a>(input: &mut &'a [u8]) -> Result<(u8, &'a [u8]), PkiError> {
-    let (&tag, rest) = input.split_first().ok_or_else(|| malformed("truncated"))?;
-    let (&first, mut rest) = rest.split_first().ok_or_else(|| malformed("truncated"))?;
-    let length = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return Err(malformed("a length"));
-        }
-        let (bytes, after) = rest.split_at(count);
-        rest = after;
-        bytes.iter().fold(0, |n, b| (n << 8) | usize::from(*b))
-    };
-    if rest.len() < length {
-        return Err(malformed("truncated"));
-    }
-    let (value, after) = rest.split_at(length);
-    *input = after;
-    Ok((tag, value))
-}
-
-fn expect<'a>(input: &mut &'a [u8], tag: u8, what: &str) -> Result<&'a [u8], PkiError> {
-    match read(input)? {
-        (found, value) if found == tag => Ok(value),
-        _ => Err(malformed(what)),
-    }
-}
-
-/// `UTCTime` (`YYMMDDHHMMSSZ`, years 1950–2049) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`), as Unix seconds.
-fn time(input: &mut &[u8]) -> Result<i64, PkiError> {
-    let (tag, value) = read(input)?;
-    let text = std::str::from_utf8(value)
-        .ok()
-        .filter(|text| text.is_ascii())
-        .ok_or_else(|| malformed("a time"))?;
-    let (year, rest) = match tag {
-        UTC_TIME if text.len() >= 2 => {
-            let yy = digits(&text[..2])?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
-        }
-        GENERALIZED_TIME if text.len() >= 4 => (digits(&text[..4])?, &text[4..]),
-        _ => return Err(malformed("a time")),
-    };
-    if rest.len() < 10 || !rest.ends_with('Z') {
-        return Err(malformed("a time"));
-    }
-    let field = |at: usize| digits(&rest[at..at + 2]);
-    let (month, day) = (field(0)?, field(2)?);
-    let seconds = field(4)? * 3600 + field(6)? * 60 + field(8)?;
-    Ok(days_from_civil(year, month, day) * 86_400 + seconds)
-}
-
-fn digits(text: &str) -> Result<i64, PkiError> {
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        text.parse().map_err(|_| malformed("a time"))
-    } else {
-        Err(malformed("a time"))
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The attributes of a `Name` this crate prints, in order.
-fn name(mut input: &[u8]) -> Result<Vec<(&'static str, String)>, PkiError> {
-    let mut attributes = Vec::new();
-    while !input.is_empty() {
-        let mut set = expect(&mut input, SET, "a name")?;
-        while !set.is_empty() {
-            let mut pair = expect(&mut set, SEQUENCE, "a name")?;
-            let oid = expect(&mut pair, OID, "a name")?;
-            let (_, value) = read(&mut pair)?;
-            let label = match oid {
-                [0x55, 0x04, 0x03] => "CN",
-                [0x55, 0x04, 0x0a] => "O",
-                [0x55, 0x04, 0x0b] => "OU",
-                _ => continue,
-            };
-            attributes.push((label, String::from_utf8_lossy(value).into_owned()));
-        }
-    }
-    Ok(attributes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_count_days_from_the_epoch() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2049, 12, 31), 29_219);
-    }
 
     #[test]
     fn a_certificate_shows_its_subject_serial_and_validity() {
@@ -257,8 +156,9 @@ mod tests {
         assert_eq!(info.subject, "CN=device.example");
         assert_eq!(info.common_name, "device.example");
         assert_eq!(info.serial, "0102ff");
-        assert_eq!(info.not_before, days_from_civil(2030, 1, 2) * 86_400);
-        assert_eq!(info.not_after, days_from_civil(2060, 6, 30) * 86_400);
+        // 2030-01-02 and 2060-06-30 at midnight UTC.
+        assert_eq!(info.not_before, 1_893_542_400);
+        assert_eq!(info.not_after, 2_855_779_200);
         assert_eq!(info.public_key, key.public_key_raw());
     }
 
