@@ -178,6 +178,16 @@ def test_prometheus_scrapes_the_hub_and_the_edge_and_their_counters_follow_the_t
             lambda v: v == 1, "the method call's latency under its route template")
         prometheus.wait_value('outpost_hub_storage_commit_duration_seconds_count', lambda v: v > 0,
                               "storage commits timed")
+        # Certificates: when each one stops being valid, for alerts (the defaults: a year for a CA, 90 days for a
+        # server certificate, so both lie well in the future).
+        now = time.time()
+        prometheus.wait_value('outpost_certificate_expiry_timestamp_seconds{job="hub",certificate="hub server"}',
+                              lambda v: now + 80 * 86400 < v < now + 91 * 86400, "the hub's server certificate expiry")
+        prometheus.wait_value(
+            'outpost_certificate_expiry_timestamp_seconds{job="edge",certificate="edge hub server"}',
+            lambda v: now + 80 * 86400 < v < now + 91 * 86400, "the edge hub's server certificate expiry")
+        prometheus.wait_value('count(outpost_certificate_expiry_timestamp_seconds{job="edge",certificate=~"CA .*"})',
+                              lambda v: v >= 1, "the edge CA's expiry")
         raw_paths = prometheus.query(f'count({{route=~".*{edge.device_id}.*"}})')
         assert raw_paths is None, "a route label held a raw path"
     finally:

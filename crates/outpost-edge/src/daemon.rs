@@ -201,6 +201,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
         tasks.spawn(crate::metrics::serve(
             edge_hub.clone(),
+            certificates.clone(),
             config.data_dir.clone(),
             listener,
         ));

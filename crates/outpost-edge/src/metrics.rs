@@ -335,12 +335,22 @@ fn mount_of(mounts: &str, path: &Path) -> Option<(String, String)> {
 }
 
 /// Serves `/metrics` for the daemon on `listener`, until the task is aborted.
-pub async fn serve(hub: Arc<EdgeHub>, data_dir: PathBuf, listener: tokio::net::TcpListener) {
+pub async fn serve(
+    hub: Arc<EdgeHub>,
+    certificates: Arc<outpost_pki::CertificateRenewal>,
+    data_dir: PathBuf,
+    listener: tokio::net::TcpListener,
+) {
     let metrics = hub.metrics.clone();
     outpost_https::metrics::serve(
         listener,
         metrics.registry().clone(),
-        move || metrics.sample(&hub, &data_dir),
+        move || {
+            metrics.sample(&hub, &data_dir);
+            metrics
+                .registry()
+                .certificate_expiries(&certificates.expiries());
+        },
         std::future::pending(),
     )
     .await;

@@ -55,7 +55,23 @@ pub enum MetricsError {
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
+/// When each certificate a hub or an edge device presents or trusts stops being valid (`notAfter`, Unix seconds),
+/// labelled by `certificate` (`CA Outpost hub CA`, `hub server`, `edge hub server`, `module NAME server`):
+/// alert on `outpost_certificate_expiry_timestamp_seconds - time() < 86400 * 7`.
+pub const CERTIFICATE_EXPIRY: &str = "outpost_certificate_expiry_timestamp_seconds";
+
 impl Registry {
+    /// Sets [`CERTIFICATE_EXPIRY`] for each `(name, notAfter)`.
+    pub fn certificate_expiries(&self, expiries: &[(String, i64)]) {
+        for (name, not_after) in expiries {
+            self.gauge(
+                CERTIFICATE_EXPIRY,
+                vec![Label::new("certificate", name.clone())],
+            )
+            .set(*not_after as f64);
+        }
+    }
+
     /// A registry that records nothing.
     pub fn disabled() -> Self {
         Self(None)

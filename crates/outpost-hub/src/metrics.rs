@@ -260,6 +260,7 @@ impl Hub {
 /// Serves `/metrics` for `hub` on `listener` until `shutdown` resolves.
 pub async fn serve(
     hub: Arc<Hub>,
+    certificates: Arc<outpost_pki::CertificateRenewal>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -267,7 +268,10 @@ pub async fn serve(
     outpost_https::metrics::serve(
         listener,
         registry,
-        move || hub.metrics.sample(&hub),
+        move || {
+            hub.metrics.sample(&hub);
+            hub.metrics.0.certificate_expiries(&certificates.expiries());
+        },
         shutdown,
     )
     .await;

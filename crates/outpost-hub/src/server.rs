@@ -153,6 +153,7 @@ impl RunningHub {
                 let addr = listener.local_addr()?;
                 tasks.spawn(crate::metrics::serve(
                     hub.clone(),
+                    certificates.clone(),
                     listener,
                     stopped(shutdown_rx.clone()),
                 ));
