@@ -9,8 +9,13 @@
 //!   flight (see [`serve`] for why this is Outpost's own timer and not hyper's).
 //!
 //! What a request may carry (body limits, authorisation before the body is read) belongs to each router.
+//!
+//! Requests carry the client's address as axum's `ConnectInfo<SocketAddr>`, and HTTP/1.1 connections may be
+//! upgraded (a router's WebSocket route): the upgraded stream leaves this listener's cap and timers, and is the
+//! route's to bound ([`websocket::WebSocketBytes`] reads a WebSocket as bytes).
 
 pub mod metrics;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -205,7 +210,10 @@ async fn connection(
     };
     let activity = Activity::new();
     let counted = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let in_flight = counted.begin();
         let router = router.clone();
         async move {
@@ -220,7 +228,7 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let served = builder.serve_connection(TokioIo::new(tls), service);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(served);
     let mut closing = false;
     loop {

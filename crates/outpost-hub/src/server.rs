@@ -133,18 +133,30 @@ impl RunningHub {
 
         let mut mqtt_config = outpost_mqtt::ServerConfig::new(tls.clone());
         mqtt_config.session_expiry = config.session_expiry;
+        let max_packet_size = mqtt_config.max_packet_size;
         let devices = Arc::new(HubDevices(hub.clone()));
         let stop = stopped(shutdown_rx.clone());
+        // MQTT over WebSocket: the HTTPS listener upgrades, the MQTT server serves.
+        let (websockets, handed) = outpost_mqtt::server::handoff();
         tasks.spawn(async move {
-            if let Err(error) = outpost_mqtt::serve(mqtt_listener, mqtt_config, devices, stop).await
-            {
+            let served = outpost_mqtt::server::serve_with_handoff(
+                mqtt_listener,
+                mqtt_config,
+                devices,
+                handed,
+                stop,
+            );
+            if let Err(error) = served.await {
                 tracing::error!(%error, "the MQTT listener stopped");
             }
         });
         tasks.spawn(outpost_https::serve(
             https_listener,
             TlsAcceptor::from(tls),
-            crate::rest::router(hub.clone()),
+            crate::rest::router(hub.clone()).merge(crate::rest::mqtt_over_websocket(
+                websockets,
+                max_packet_size,
+            )),
             config.https_limits.clone(),
             stopped(shutdown_rx.clone()),
         ));

@@ -3,17 +3,23 @@
 //! Per connection: the connection task reads and decodes packets, owns the [`Session`](crate::session::Session)
 //! and runs backend operations; a writer task batches replies. Whatever one client sends, only its own
 //! connection closes.
+//!
+//! Besides its own TLS listener, a server takes connections whose transport another listener set up (MQTT
+//! over WebSocket, upgraded by the HTTPS listener): [`handoff`] makes the pair, [`serve_with_handoff`] serves
+//! both kinds under one connection cap, one shutdown and one registry of client ids.
 
 mod connection;
 mod handshake;
 mod registry;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -63,6 +69,56 @@ impl ServerConfig {
     }
 }
 
+/// A byte stream that carries MQTT: a TLS stream, or WebSocket messages read and written as bytes.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+/// A connection whose transport another listener set up, waiting for the server to take it.
+struct Established {
+    stream: Box<dyn Transport>,
+    peer: SocketAddr,
+}
+
+/// Streams handed over at once and not yet taken by the server; past this, handing over waits.
+const HANDOFF_QUEUE: usize = 64;
+
+/// The sending end of [`handoff`]: gives established streams to a running [`serve_with_handoff`].
+#[derive(Clone)]
+pub struct StreamHandoff(mpsc::Sender<Established>);
+
+/// The receiving end of [`handoff`], for [`serve_with_handoff`].
+pub struct HandedStreams(mpsc::Receiver<Established>);
+
+/// The server has stopped and takes no more streams.
+#[derive(Debug, thiserror::Error)]
+#[error("the MQTT server has stopped")]
+pub struct ServerStopped;
+
+/// A channel of established streams into a server.
+pub fn handoff() -> (StreamHandoff, HandedStreams) {
+    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+    (StreamHandoff(tx), HandedStreams(rx))
+}
+
+impl StreamHandoff {
+    /// Gives `stream` (from `peer`) to the server, which reads CONNECT from it and serves it like a connection
+    /// of its own listener. Waits while the server is at its connection cap.
+    pub async fn hand_over(
+        &self,
+        stream: impl Transport,
+        peer: SocketAddr,
+    ) -> Result<(), ServerStopped> {
+        self.0
+            .send(Established {
+                stream: Box::new(stream),
+                peer,
+            })
+            .await
+            .map_err(|_| ServerStopped)
+    }
+}
+
 /// How often parked sessions are checked for expiry.
 const SESSION_SWEEP: Duration = Duration::from_mins(1);
 
@@ -85,6 +141,22 @@ pub async fn serve<O: DeviceOperations>(
     ops: Arc<O>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // No sender: the server takes its own listener's connections only.
+    let (_, handed) = handoff();
+    serve_with_handoff(listener, config, ops, handed, shutdown).await
+}
+
+/// [`serve`], and also the streams handed over through `handed` (their TLS and `peer` are the other listener's
+/// business; from CONNECT on they are served alike, under the same connection cap).
+pub async fn serve_with_handoff<O: DeviceOperations>(
+    listener: TcpListener,
+    config: ServerConfig,
+    ops: Arc<O>,
+    handed: HandedStreams,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let HandedStreams(mut handed) = handed;
+    let mut handing = true;
     let acceptor = TlsAcceptor::from(Arc::clone(&config.tls));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let shared = Arc::new(Shared {
@@ -116,6 +188,21 @@ pub async fn serve<O: DeviceOperations>(
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
+            established = handed.recv(), if handing => {
+                let Some(Established { stream, peer }) = established else {
+                    // Every sender is gone: only the listener is left.
+                    handing = false;
+                    continue;
+                };
+                let shared = Arc::clone(&shared);
+                let stopped = stopped.clone();
+                connections.spawn(async move {
+                    connection::run_established(shared, stream, peer, stopped).await;
+                    drop(permit);
+                });
+                while connections.try_join_next().is_some() {}
+                continue;
+            }
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,

@@ -2,7 +2,8 @@
 //! cloud-to-device messages and reading the event stream.
 //!
 //! Every request needs a known `api-version` and a shared access signature whose policy grants the right the
-//! route needs. Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
+//! route needs, except the upgrade to MQTT over WebSocket ([`mqtt_over_websocket`]), whose client
+//! authenticates in its MQTT CONNECT. Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
 
 mod devices;
 mod edge;
@@ -10,9 +11,12 @@ mod messages;
 mod twins;
 pub mod wire;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -125,6 +129,72 @@ pub fn router(hub: Arc<Hub>) -> Router {
             require_sas_token,
         ))
         .with_state(hub)
+}
+
+/// The path the Azure IoT SDKs open for MQTT over WebSocket (`websockets=True`, on port 443).
+pub const MQTT_WEBSOCKET_PATH: &str = "/$iothub/websocket";
+
+/// The WebSocket subprotocol of MQTT, which the SDK (paho) asks for.
+const MQTT_SUBPROTOCOL: &str = "mqtt";
+
+/// Room in a WebSocket message beyond one MQTT packet of the largest size (for a client that packs the start
+/// of the next packet into the same message).
+const WEBSOCKET_MESSAGE_HEADROOM: usize = 16 * 1024;
+
+/// The route that upgrades `GET /$iothub/websocket` (subprotocol `mqtt`) and hands the WebSocket, read as
+/// bytes, to the MQTT server behind `mqtt`, which serves it like a connection of its own port: CONNECT and its
+/// SAS token, packet size, queues, token expiry.
+///
+/// Merge it into [`router`]'s router; it stays outside that router's layers on purpose: the SDK sends neither
+/// a token nor an api-version with the upgrade (it authenticates in CONNECT), so [`require_sas_token`] would
+/// refuse every client. What the route allows before CONNECT is the HTTP upgrade itself; the MQTT server's
+/// CONNECT timeout and connection cap apply from then on. A WebSocket message may hold at most
+/// `max_packet_size` plus a little, whatever MQTT packets or parts of them it carries.
+pub fn mqtt_over_websocket(
+    mqtt: outpost_mqtt::server::StreamHandoff,
+    max_packet_size: usize,
+) -> Router {
+    let upgrade = MqttUpgrade {
+        mqtt,
+        max_message_size: max_packet_size + WEBSOCKET_MESSAGE_HEADROOM,
+    };
+    Router::new()
+        .route(MQTT_WEBSOCKET_PATH, get(upgrade_to_mqtt))
+        .with_state(upgrade)
+}
+
+/// What the MQTT-over-WebSocket route needs.
+#[derive(Clone)]
+struct MqttUpgrade {
+    mqtt: outpost_mqtt::server::StreamHandoff,
+    max_message_size: usize,
+}
+
+async fn upgrade_to_mqtt(
+    State(upgrade): State<MqttUpgrade>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    websocket: WebSocketUpgrade,
+) -> Response {
+    let websocket = websocket.protocols([MQTT_SUBPROTOCOL]);
+    if websocket.selected_protocol().is_none() {
+        return ApiError::bad_request("the WebSocket subprotocol must be mqtt").into_response();
+    }
+    let MqttUpgrade {
+        mqtt,
+        max_message_size,
+    } = upgrade;
+    websocket
+        .max_message_size(max_message_size)
+        .max_frame_size(max_message_size)
+        // The MQTT writer flushes after each batch, so the buffer holds about one batch and one packet.
+        .max_write_buffer_size(2 * max_message_size + (128 << 10))
+        .on_failed_upgrade(move |error| tracing::debug!(%peer, %error, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let stream = outpost_https::websocket::WebSocketBytes::new(socket);
+            if mqtt.hand_over(stream, peer).await.is_err() {
+                tracing::debug!(%peer, "MQTT over WebSocket refused: the MQTT server has stopped");
+            }
+        })
 }
 
 /// The shared state of the handlers.

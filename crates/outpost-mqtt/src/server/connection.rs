@@ -1,5 +1,7 @@
 //! One client connection, from TLS handshake to close: CONNECT, CONNACK, then the loop that feeds the
-//! session with packets and backend pushes and runs what it asks for.
+//! session with packets and backend pushes and runs what it asks for. [`run`] does the TLS handshake of a TCP
+//! connection; [`run_established`] takes over from there, and also serves streams whose transport another
+//! listener set up (MQTT over WebSocket on the HTTPS port).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,10 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use outpost_core::Identity;
-use tokio::io::{AsyncReadExt as _, ReadHalf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_rustls::server::TlsStream;
 
 use super::registry::Kick;
 use super::{handshake, Shared};
@@ -88,7 +89,22 @@ pub async fn run<O: DeviceOperations>(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let (mut reader, writer) = tokio::io::split(tls);
+    run_established(shared, tls, peer, shutdown).await;
+}
+
+/// Serves one connection whose transport is set up (TLS done, or a WebSocket upgraded) until it closes: CONNECT
+/// within [`ServerConfig::connect_timeout`](super::ServerConfig), then the session, under the same limits as
+/// every connection of the server.
+pub async fn run_established<O: DeviceOperations, S>(
+    shared: Arc<Shared<O>>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = shared.config.connect_timeout;
+    let (mut reader, writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(4096);
     let max_size = shared.config.max_packet_size;
 
@@ -165,13 +181,13 @@ pub async fn run<O: DeviceOperations>(
 
 /// The read half of a connection and what it has buffered: the connection's loop reads packets itself,
 /// without a reader task and a channel of packets (each would cost every held connection memory).
-struct Incoming {
-    reader: ReadHalf<TlsStream<TcpStream>>,
+struct Incoming<S> {
+    reader: ReadHalf<S>,
     buf: BytesMut,
     max_size: usize,
 }
 
-impl Incoming {
+impl<S: AsyncRead + Unpin> Incoming<S> {
     /// The next packet; `Ok(None)` at a clean end of stream.
     async fn next(&mut self) -> Result<Option<Packet>, ReadError> {
         io::read_packet(&mut self.reader, &mut self.buf, self.max_size).await
@@ -189,12 +205,12 @@ struct Live<'a, O> {
 }
 
 impl<O: DeviceOperations> Live<'_, O> {
-    async fn serve(
+    async fn serve<S: AsyncRead + Unpin>(
         self,
         clean: bool,
         keep_alive: u16,
         out: mpsc::Sender<Packet>,
-        incoming: Incoming,
+        incoming: Incoming<S>,
         shutdown: watch::Receiver<bool>,
     ) {
         let ops = &self.shared.ops;
@@ -297,10 +313,10 @@ struct Driver<O> {
 }
 
 impl<O: DeviceOperations> Driver<O> {
-    async fn run(
+    async fn run<S: AsyncRead + Unpin>(
         &mut self,
         session: &mut Session,
-        mut incoming: Incoming,
+        mut incoming: Incoming<S>,
         mut inbox: Inbox,
         kick: &mut oneshot::Receiver<Kick>,
         mut shutdown: watch::Receiver<bool>,
