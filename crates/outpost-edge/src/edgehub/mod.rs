@@ -34,7 +34,8 @@ use link::Link;
 use router::Router;
 use store::EdgeStore;
 
-/// C2D delivery ids carry this bit, so that a PUBACK tells them apart from input deliveries (log sequence numbers).
+/// C2D delivery ids carry this bit, so that a PUBACK tells them apart from input deliveries (whose ids name
+/// the endpoint and the log sequence, see `router::deliveries`).
 const C2D_DELIVERY: u64 = 1 << 63;
 
 /// The edge hub's state, shared by the gateway, the link loops and the method API.

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::EdgeHub;
+use deliveries::InputDeliveries;
+
+mod deliveries;
 
 /// The endpoint of the cloud.
 pub const UPSTREAM: &str = "$upstream";
@@ -50,13 +53,12 @@ pub struct Router {
     table: RwLock<Arc<RouteTable>>,
     /// Module input endpoints by name, and which client and input each feeds.
     inputs: Mutex<HashMap<String, (EndpointQueue, String, String)>>,
-    /// Input deliveries in flight: (client, seq) → endpoint name; and the connection they went out on.
-    in_flight: Mutex<HashMap<(String, u64), String>>,
-    /// How many deliveries each input endpoint has in flight.
-    in_flight_counts: Mutex<HashMap<String, usize>>,
+    /// Input deliveries awaiting their PUBACK, by a delivery id that names the endpoint and the sequence.
+    deliveries: Mutex<InputDeliveries>,
     /// Wakes the input delivery loop: a stored message, an acknowledgement, a client that connects. A
     /// `notify_one` keeps its permit when the loop is busy, so no wake-up is lost.
     pub wake: tokio::sync::Notify,
+    /// The connection each input endpoint last delivered on.
     delivered_on: Mutex<HashMap<String, u64>>,
     /// Clients last reported in `$edgeHub`'s `clients`.
     reported_clients: Mutex<BTreeMap<String, bool>>,
@@ -85,8 +87,7 @@ impl Router {
                 default_ttl_secs: 7200,
             })),
             inputs: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
-            in_flight_counts: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(InputDeliveries::default()),
             wake: tokio::sync::Notify::new(),
             delivered_on: Mutex::new(HashMap::new()),
             reported_clients: Mutex::new(BTreeMap::new()),
@@ -230,13 +231,12 @@ impl Router {
         self.upstream.rewind();
     }
 
-    /// A client acknowledged an input message.
-    pub fn delivered(&self, identity: &Identity, seq: u64) {
-        let endpoint = lock(&self.in_flight).remove(&(identity.client_id(), seq));
-        if let Some(endpoint) = endpoint {
-            if let Some(count) = lock(&self.in_flight_counts).get_mut(&endpoint) {
-                *count = count.saturating_sub(1);
-            }
+    /// A client acknowledged an input message: the copy of that one endpoint is complete.
+    pub fn delivered(&self, identity: &Identity, delivery_id: u64) {
+        let acked = lock(&self.deliveries)
+            .acked(&identity.client_id(), delivery_id)
+            .map(|(endpoint, seq)| (endpoint.to_owned(), seq));
+        if let Some((endpoint, seq)) = acked {
             if let Some((queue, _, _)) = lock(&self.inputs).get(&endpoint) {
                 queue.ack(seq);
             }
@@ -272,17 +272,17 @@ impl Router {
             else {
                 continue;
             };
+            let Some(index) = lock(&self.deliveries).index(&name) else {
+                tracing::error!(endpoint = %name, "too many input endpoints: this one is not delivered");
+                continue;
+            };
             // A new connection gets everything not acknowledged on the old one again, in order.
             let previous = lock(&self.delivered_on).insert(name.clone(), outbox.connection());
             if previous.is_some_and(|p| p != outbox.connection()) {
-                lock(&self.in_flight).retain(|(c, _), e| !(c == &client && e == &name));
-                lock(&self.in_flight_counts).insert(name.clone(), 0);
+                lock(&self.deliveries).forget(index);
                 queue.rewind();
             }
-            let in_flight = lock(&self.in_flight_counts)
-                .get(&name)
-                .copied()
-                .unwrap_or(0);
+            let in_flight = lock(&self.deliveries).in_flight(index);
             if in_flight >= INPUT_WINDOW {
                 continue;
             }
@@ -294,6 +294,12 @@ impl Router {
                     queue.ack(delivery.seq);
                     continue;
                 };
+                let Some(delivery_id) = lock(&self.deliveries).sent(&client, index, delivery.seq)
+                else {
+                    tracing::error!(endpoint = %name, seq = delivery.seq, "a log sequence past 2^48 cannot be delivered: dead-lettered");
+                    queue.dead_letter(delivery.seq);
+                    continue;
+                };
                 let mut message = stored.message;
                 hub.metrics.sent_to_input(
                     &stored.client,
@@ -302,12 +308,8 @@ impl Router {
                     &input,
                 );
                 message.system.insert("inputName".into(), input.clone());
-                lock(&self.in_flight).insert((client.clone(), delivery.seq), name.clone());
-                *lock(&self.in_flight_counts)
-                    .entry(name.clone())
-                    .or_default() += 1;
                 outbox.send(Outgoing::Input {
-                    delivery_id: delivery.seq,
+                    delivery_id,
                     input: input.clone(),
                     message,
                 });
