@@ -100,7 +100,7 @@ pub struct AgentReport<'a> {
 }
 
 impl AgentReport<'_> {
-    /// The reported JSON (the upstream link turns modules that disappeared into `null` when it sends it).
+    /// The reported JSON (the upstream link sends its [`reported_diff`] from what the hub holds).
     pub fn to_json(&self) -> Value {
         let mut modules = Map::new();
         for (name, module) in self.modules {
@@ -125,9 +125,82 @@ impl AgentReport<'_> {
     }
 }
 
+/// The merge patch that takes reported properties from `current` (as the twin holds them, or as last
+/// acknowledged) to `next`: what changed, `null` for what is gone, nothing for what is equal (an empty object
+/// when nothing changed). Keys starting with `$` (`$version`, `$metadata`) are the twin's own and never
+/// deleted; a key absent on one side equals a `null` on the other, as a merge patch reads it.
+pub fn reported_diff(current: &Value, next: &Value) -> Value {
+    let (Some(current), Some(next)) = (current.as_object(), next.as_object()) else {
+        return next.clone();
+    };
+    let mut patch = Map::new();
+    for (key, value) in current {
+        if !key.starts_with('$') && !value.is_null() && next.get(key).is_none_or(Value::is_null) {
+            patch.insert(key.clone(), Value::Null);
+        }
+    }
+    for (key, value) in next {
+        let old = current.get(key).unwrap_or(&Value::Null);
+        if value == old || value.is_null() {
+            continue;
+        }
+        if value.is_object() && old.is_object() {
+            let nested = reported_diff(old, value);
+            if nested.as_object().is_some_and(Map::is_empty) {
+                continue;
+            }
+            patch.insert(key.clone(), nested);
+        } else {
+            patch.insert(key.clone(), value.clone());
+        }
+    }
+    Value::Object(patch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_module_the_twin_still_holds_but_the_report_lacks_is_deleted_with_null() {
+        let twin = json!({"modules": {"a": {"runtimeStatus": "running"}, "b": {"runtimeStatus": "running"}},
+                          "lastDesiredVersion": 3, "$version": 9});
+        let next = json!({"modules": {"a": {"runtimeStatus": "running"}}, "lastDesiredVersion": 4});
+        assert_eq!(
+            reported_diff(&twin, &next),
+            json!({"modules": {"b": null}, "lastDesiredVersion": 4})
+        );
+    }
+
+    #[test]
+    fn a_report_equal_to_the_twin_is_an_empty_patch() {
+        let twin =
+            json!({"modules": {"a": {"x": [1, 2]}}, "lastDesiredVersion": null, "$metadata": {}});
+        let next = json!({"modules": {"a": {"x": [1, 2]}}, "lastDesiredVersion": null});
+        assert_eq!(reported_diff(&twin, &next), json!({}));
+    }
+
+    #[test]
+    fn a_changed_field_is_sent_alone_and_a_new_module_whole() {
+        let twin = json!({"modules": {"a": {"runtimeStatus": "running", "restartCount": 0}}});
+        let next = json!({"modules": {"a": {"runtimeStatus": "failed", "restartCount": 0}, "b": {"x": 1}}});
+        assert_eq!(
+            reported_diff(&twin, &next),
+            json!({"modules": {"a": {"runtimeStatus": "failed"}, "b": {"x": 1}}})
+        );
+    }
+
+    #[test]
+    fn an_empty_twin_gets_the_whole_report() {
+        let next = json!({"modules": {"a": {}}, "schemaVersion": "1.0"});
+        assert_eq!(reported_diff(&json!({}), &next), next);
+    }
+
+    #[test]
+    fn the_twins_own_dollar_keys_are_never_deleted() {
+        let twin = json!({"$version": 4, "$metadata": {"$lastUpdated": "t"}, "gone": 1});
+        assert_eq!(reported_diff(&twin, &json!({})), json!({"gone": null}));
+    }
 
     #[test]
     fn a_running_module_reports_its_status_times_and_image_hash() {

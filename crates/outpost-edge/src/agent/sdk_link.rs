@@ -82,6 +82,10 @@ impl TwinLink for SdkLink {
             .context("the desired-properties stream ended")
     }
 
+    async fn reported(&self) -> anyhow::Result<Value> {
+        Ok(Value::Object(self.client.twin().await?.reported))
+    }
+
     async fn report(&self, patch: &Value) -> anyhow::Result<()> {
         self.client.patch_reported(patch.clone()).await?;
         Ok(())
