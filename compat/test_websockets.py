@@ -268,3 +268,20 @@ def test_the_upgrade_needs_the_mqtt_subprotocol_and_other_routes_still_need_a_to
     # a plain GET of the WebSocket path is not an upgrade: refused, and serves nothing
     response = requests.get(f"{hub.base_url}{PATH}", verify=str(hub.ca_path), timeout=10)
     assert 400 <= response.status_code < 500
+
+
+def test_an_upgraded_connection_leaves_the_https_idle_and_header_timeouts(hub, registry, clients):
+    hub.stop(timeout=5)
+    hub.extra_args = ["--https-idle-timeout-secs", "1", "--https-header-timeout-secs", "1"]
+    hub.start()
+    key = new_device(registry, "dev1")
+    client = ws_client(clients, hub, "dev1", key)
+    time.sleep(3)  # well past both HTTPS timeouts; the MQTT keep-alive (60 s) is what applies now
+    assert client.connected
+    monitor = Monitor(hub, count=1)
+    try:
+        run_with_timeout(lambda: client.send_message("after the HTTPS timeouts"), 15, "send_message")
+        (received,) = monitor.messages()
+    finally:
+        monitor.close()
+    assert monitor_body(received) == b"after the HTTPS timeouts"
