@@ -12,6 +12,9 @@ from harness import API_VERSION, device_sas
 
 pytestmark = pytest.mark.docker_free  # the outpost binary and raw HTTPS only: no Docker
 
+# `outpost_core::edge_link::LINK_API_VERSION`: every call of the link names it.
+LINK_VERSION = {"link-version": "2026-12-01"}
+
 
 def message(client: str, body: bytes) -> dict:
     return {"client": client, "message": {"bodyBase64": base64.b64encode(body).decode(), "system": {},
@@ -20,7 +23,8 @@ def message(client: str, body: bytes) -> dict:
 
 def edge_call(hub, edge_key: str, method: str, path: str, body: dict) -> requests.Response:
     return requests.request(
-        method, f"{hub.base_url}/edge/edge1/{path}", params={"api-version": API_VERSION}, json=body,
+        method, f"{hub.base_url}/edge/edge1/{path}", params={"api-version": API_VERSION, **LINK_VERSION},
+        json=body,
         headers={"Authorization": device_sas(hub.host, "edge1", edge_key)}, verify=str(hub.ca_path), timeout=30)
 
 
@@ -61,7 +65,7 @@ def test_twin_calls_for_a_module_that_does_not_exist_are_refused(hub, edge_key):
     auth = {"Authorization": device_sas(hub.host, "edge1", edge_key)}
     url = f"{hub.base_url}/edge/edge1/twin"
     for client, status in [("edge1/ghost", 401), ("edge1/filter", 200)]:
-        got = requests.get(url, params={"api-version": API_VERSION, "client": client}, headers=auth,
+        got = requests.get(url, params={"api-version": API_VERSION, "client": client, **LINK_VERSION}, headers=auth,
                            verify=str(hub.ca_path), timeout=30)
         assert got.status_code == status, (client, got.text)
 

@@ -7,9 +7,11 @@
 //! the merge-patch and replace rules and the IoT Hub limits; a refused change leaves the twin untouched.
 //! [`manifest`] validates an IoT Edge deployment manifest and reads `$edgeAgent` and `$edgeHub` from it.
 //! `quote` (private) percent-encodes exactly as Python's `urllib.parse`, which is what the Azure SDKs use.
+//! [`edge_link`] is the wire contract of the upstream link between an edge device and the hub.
 //! Every public function returns an error instead of panicking on bad input.
 
 pub mod connection_string;
+pub mod edge_link;
 pub mod id;
 pub mod manifest;
 pub mod message;

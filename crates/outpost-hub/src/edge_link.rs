@@ -10,10 +10,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outpost_core::edge_link::{
+    Delivered, LinkEvent, LinkFeature, MethodResponse, PresenceClient, ScopeAnswer,
+    ScopeAuthentication, ScopeDevice, ScopeModule, ScopeStatus, SymmetricKeys, TwinAnswer,
+    UpstreamMessage,
+};
 use outpost_core::{DeviceId, Identity, Message};
 use outpost_mqtt::{Feature, Outbox, Outgoing};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::error::HubError;
@@ -28,82 +32,51 @@ pub const MAX_EDGE_CLIENTS: usize = 1_000;
 /// reconnect, C2D is re-pushed from its queue).
 const MAX_PENDING_EVENTS: usize = 10_000;
 
-/// One connected client behind an edge device, as its edge hub reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EdgeClient {
-    /// `d` or `d/m`.
-    pub id: String,
-    /// What it listens for: `desired`, `methods`, `c2d`, `inputs`.
-    #[serde(default)]
-    pub features: Vec<String>,
-}
-
-/// A telemetry message of a client behind an edge device.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EdgeMessage {
-    /// The sender, `d` or `d/m`.
-    pub client: String,
-    /// The message.
-    pub message: Message,
-}
-
-/// A client's answer to a direct method, returned by the edge device it is behind.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EdgeMethodAnswer {
-    /// Who answered, `d` or `d/m`: it must be the identity the request was sent to.
-    pub client: String,
-    /// The request id.
-    pub rid: String,
-    /// The status the client chose.
-    pub status: i32,
-    /// Its payload.
-    #[serde(default)]
-    pub payload: Value,
-}
-
 /// The pending pushes of one edge device.
 #[derive(Default)]
 pub struct EdgeLink {
     /// A std `Mutex`: held to push or drain, never across an `.await`.
-    events: Mutex<VecDeque<Value>>,
+    events: Mutex<VecDeque<LinkEvent>>,
     arrived: Notify,
     /// The virtual connections of its clients by client id.
     clients: Mutex<HashMap<String, Outbox>>,
 }
 
-fn feature_bits(features: &[String]) -> u8 {
+fn feature_bits(features: &[LinkFeature]) -> u8 {
     features
         .iter()
-        .filter_map(|f| match f.as_str() {
-            "desired" => Some(Feature::DesiredPatches),
-            "methods" => Some(Feature::Methods),
-            "c2d" => Some(Feature::CloudToDevice),
-            "inputs" => Some(Feature::Inputs),
-            _ => None,
+        .map(|f| match f {
+            LinkFeature::Desired => Feature::DesiredPatches,
+            LinkFeature::Methods => Feature::Methods,
+            LinkFeature::C2d => Feature::CloudToDevice,
+            LinkFeature::Inputs => Feature::Inputs,
         })
         .fold(0, |bits, f| bits | f.bit())
 }
 
-fn event_of(client: &str, item: Outgoing) -> Option<Value> {
+fn event_of(client: &str, item: Outgoing) -> Option<LinkEvent> {
+    let client = client.to_owned();
     Some(match item {
-        Outgoing::DesiredPatch { body } => {
-            json!({"kind": "desired", "client": client, "body": body})
-        }
+        Outgoing::DesiredPatch { body } => LinkEvent::Desired { client, body },
         Outgoing::CloudToDevice {
             delivery_id,
             message,
-        } => {
-            json!({"kind": "c2d", "client": client, "deliveryId": delivery_id, "message": message})
-        }
+        } => LinkEvent::C2d {
+            client,
+            delivery_id,
+            message,
+        },
         Outgoing::MethodRequest {
             rid,
             method,
             payload,
-        } => json!({
-            "kind": "method", "client": client, "rid": rid, "method": method,
-            "payload": serde_json::from_slice::<Value>(&payload).unwrap_or(Value::Null),
-        }),
-        Outgoing::Close => json!({"kind": "close", "client": client}),
+        } => LinkEvent::Method {
+            client,
+            rid,
+            method,
+            payload: serde_json::from_slice::<Value>(&payload).unwrap_or(Value::Null),
+        },
+        Outgoing::Close => LinkEvent::Close { client },
         Outgoing::Input { .. } => return None,
     })
 }
@@ -211,7 +184,7 @@ impl Hub {
     pub fn edge_presence(
         &self,
         edge: &DeviceRecord,
-        clients: &[EdgeClient],
+        clients: &[PresenceClient],
     ) -> Result<(), HubError> {
         if clients.len() > MAX_EDGE_CLIENTS {
             return Err(HubError::ArgumentInvalid(format!(
@@ -294,7 +267,7 @@ impl Hub {
     }
 
     /// The pushes waiting for an edge device, waiting up to `wait` for the first one.
-    pub async fn edge_events(&self, edge: &DeviceRecord, wait: Duration) -> Vec<Value> {
+    pub async fn edge_events(&self, edge: &DeviceRecord, wait: Duration) -> Vec<LinkEvent> {
         let link = self.edge_link(edge.device_id.as_str());
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -318,19 +291,24 @@ impl Hub {
     pub fn edge_messages(
         &self,
         edge: &DeviceRecord,
-        messages: &[EdgeMessage],
+        messages: &[UpstreamMessage<'_>],
     ) -> Result<usize, HubError> {
-        let identities = self.all_scoped(edge, messages.iter().map(|m| m.client.as_str()))?;
+        let identities = self.all_scoped(edge, messages.iter().map(|m| &*m.client))?;
         let batch: Vec<(Identity, &Message)> = identities
             .into_iter()
-            .zip(messages.iter().map(|m| &m.message))
+            .zip(messages.iter().map(|m| &*m.message))
             .collect();
         self.accept_telemetry_batch(&batch)
     }
 
     /// Reads a twin on behalf of a client behind an edge device.
-    pub fn edge_twin(&self, edge: &DeviceRecord, client: &str) -> Result<Value, HubError> {
-        self.device_view(&self.scoped(edge, client)?)
+    pub fn edge_twin(&self, edge: &DeviceRecord, client: &str) -> Result<TwinAnswer, HubError> {
+        let mut view = self.device_view(&self.scoped(edge, client)?)?;
+        let mut section = |name: &str| view.get_mut(name).map(Value::take).unwrap_or_default();
+        Ok(TwinAnswer {
+            desired: section("desired"),
+            reported: section("reported"),
+        })
     }
 
     /// Applies a reported patch on behalf of a client behind an edge device.
@@ -347,11 +325,11 @@ impl Hub {
     pub fn edge_acks(
         &self,
         edge: &DeviceRecord,
-        delivered: &[(String, u64)],
-        answers: Vec<EdgeMethodAnswer>,
+        delivered: &[Delivered],
+        answers: Vec<MethodResponse>,
     ) -> Result<(), HubError> {
-        for (client, delivery_id) in delivered {
-            self.complete_c2d(&self.scoped(edge, client)?, *delivery_id);
+        for ack in delivered {
+            self.complete_c2d(&self.scoped(edge, &ack.client)?, ack.delivery_id);
         }
         let link = self.edge_link(edge.device_id.as_str());
         for answer in answers {
@@ -381,18 +359,35 @@ impl Hub {
     }
 
     /// The identities behind an edge device with their keys, for its offline authentication cache.
-    pub fn edge_scope(&self, edge: &DeviceRecord) -> Result<Value, HubError> {
+    pub fn edge_scope(&self, edge: &DeviceRecord) -> Result<ScopeAnswer, HubError> {
+        let authentication = |c: &crate::identity::Credentials| ScopeAuthentication {
+            symmetric_key: SymmetricKeys {
+                primary_key: c.primary_key.clone(),
+                secondary_key: c.secondary_key.clone(),
+            },
+        };
         let conn = self.db.lock();
-        let modules: Vec<Value> = store::modules(&conn, &edge.device_id)?
+        let modules = store::modules(&conn, &edge.device_id)?
             .iter()
-            .map(|m| crate::rest::wire::module_json(m, false))
+            .map(|m| ScopeModule {
+                device_id: m.device_id.to_string(),
+                module_id: m.module_id.to_string(),
+                authentication: authentication(&m.credentials),
+            })
             .collect();
         let scope = edge.edge_scope();
-        let devices: Vec<Value> = store::devices(&conn)?
+        let devices = store::devices(&conn)?
             .iter()
             .filter(|d| d.parent_scopes.contains(&scope))
-            .map(|d| crate::rest::wire::device_json(d, false))
+            .map(|d| ScopeDevice {
+                device_id: d.device_id.to_string(),
+                status: match d.status {
+                    crate::identity::IdentityStatus::Enabled => ScopeStatus::Enabled,
+                    crate::identity::IdentityStatus::Disabled => ScopeStatus::Disabled,
+                },
+                authentication: authentication(&d.credentials),
+            })
             .collect();
-        Ok(json!({"devices": devices, "modules": modules}))
+        Ok(ScopeAnswer { devices, modules })
     }
 }

@@ -1,8 +1,9 @@
 //! The upstream link acts only for identities that exist in the edge device's scope, and an edge device declares
 //! a bounded number of clients.
 
+use outpost_core::edge_link::{LinkFeature, PresenceClient, UpstreamMessage};
 use outpost_core::{DeviceId, Identity, Message, ModuleId};
-use outpost_hub::edge_link::{EdgeClient, EdgeMessage, MAX_EDGE_CLIENTS};
+use outpost_hub::edge_link::MAX_EDGE_CLIENTS;
 use outpost_hub::identity::DeviceRecord;
 use outpost_hub::registry::{DeviceSpec, ModuleSpec, Precondition};
 use outpost_hub::{Hub, HubError};
@@ -45,10 +46,10 @@ fn module_on(hub: &Hub, device: &str, module: &str) {
     .unwrap();
 }
 
-fn client(id: &str) -> EdgeClient {
-    EdgeClient {
+fn client(id: &str) -> PresenceClient {
+    PresenceClient {
         id: id.into(),
-        features: vec!["methods".into()],
+        features: vec![LinkFeature::Methods],
     }
 }
 
@@ -56,13 +57,13 @@ fn identity(client: &str) -> Identity {
     Identity::parse_client_id(client).unwrap()
 }
 
-fn message(client: &str) -> EdgeMessage {
-    EdgeMessage {
-        client: client.into(),
-        message: Message {
+fn message(client: &str) -> UpstreamMessage<'static> {
+    UpstreamMessage {
+        client: client.to_owned().into(),
+        message: std::borrow::Cow::Owned(Message {
             body: b"21.5".to_vec(),
             ..Message::default()
-        },
+        }),
     }
 }
 
@@ -70,7 +71,7 @@ fn message(client: &str) -> EdgeMessage {
 async fn presence_with_ten_thousand_made_up_modules_is_refused_and_changes_nothing() {
     let (hub, edge) = hub_with_edge();
     hub.edge_presence(&edge, &[client("edge1/filter")]).unwrap();
-    let made_up: Vec<EdgeClient> = (0..10_000)
+    let made_up: Vec<PresenceClient> = (0..10_000)
         .map(|i| client(&format!("edge1/made-up-{i}")))
         .collect();
     let refused = hub.edge_presence(&edge, &made_up);
@@ -104,7 +105,7 @@ async fn presence_of_the_cap_of_real_modules_is_accepted_and_replaced_by_client_
     for i in 0..MAX_EDGE_CLIENTS - 5 {
         module_on(&hub, "edge1", &format!("m{i}"));
     }
-    let mut all: Vec<EdgeClient> = (0..MAX_EDGE_CLIENTS - 5)
+    let mut all: Vec<PresenceClient> = (0..MAX_EDGE_CLIENTS - 5)
         .map(|i| client(&format!("edge1/m{i}")))
         .collect();
     for id in [

@@ -1,15 +1,23 @@
 //! The edge hub's end of the upstream link: one HTTP/2 connection to the hub that carries every identity behind
-//! this device (presence, a long poll for pushes, telemetry batches, twins and acks on behalf of clients).
+//! this device (presence, a long poll for pushes, telemetry batches, twins and acks on behalf of clients). Every
+//! body is a type of [`outpost_core::edge_link`], the contract the hub's side imports too, and every request
+//! names [`LINK_API_VERSION`].
 
 use std::time::Duration;
 
+use outpost_core::edge_link::{
+    AcksAnswer, AcksRequest, Delivered, EventsAnswer, LinkEvent, LinkFeature, MethodResponse,
+    PresenceAnswer, PresenceClient, PresenceRequest, ReportedAnswer, ScopeAnswer, TelemetryAnswer,
+    TelemetryBatch, TwinAnswer, LINK_API_VERSION, LINK_VERSION_PARAM,
+};
+pub use outpost_core::edge_link::{UpstreamMessage, BATCH_ENVELOPE_BYTES};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::EdgeConfig;
 use crate::hub_http::{segment, HubHttp};
-use outpost_core::Message;
 
 /// Errors of the link.
 #[derive(Debug, thiserror::Error)]
@@ -30,39 +38,6 @@ pub enum LinkError {
     Setup(String),
 }
 
-/// One telemetry message of a batch, as the hub's `/edge/{device}/messages` reads it.
-#[derive(Debug, Serialize)]
-pub struct UpstreamMessage<'a> {
-    /// The client that sent it (`device` or `device/module`).
-    pub client: &'a str,
-    /// The message (its body in base64).
-    pub message: &'a Message,
-}
-
-/// The bytes of a batch's body around its messages: `{"messages":[]}`.
-pub const BATCH_ENVELOPE_BYTES: usize = r#"{"messages":[]}"#.len();
-
-impl UpstreamMessage<'_> {
-    /// Its size in a batch's JSON body, the comma before it included.
-    pub fn encoded_len(&self) -> usize {
-        /// Counts what is written and keeps nothing: the size without a second copy of the message.
-        struct Counter(usize);
-        impl std::io::Write for Counter {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0 += bytes.len();
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut counter = Counter(1);
-        // Serialising plain strings and maps into a writer that never fails cannot fail.
-        let _ = serde_json::to_writer(&mut counter, self);
-        counter.0
-    }
-}
-
 /// The link's HTTP session (HTTP/2: one connection carries every request).
 pub struct Link {
     http: HubHttp,
@@ -78,15 +53,25 @@ impl Link {
         Ok(Self { http, prefix })
     }
 
-    async fn call(
+    /// Sends `body` (a contract type or, for a reported patch, the user's document) and reads the answer as `A`.
+    async fn call<A: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, LinkError> {
+        body: Option<&impl Serialize>,
+    ) -> Result<A, LinkError> {
+        let body = body
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| LinkError::Setup(format!("cannot encode a link request: {e}")))?;
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{}{path}{separator}{LINK_VERSION_PARAM}={LINK_API_VERSION}",
+            self.prefix
+        );
         let answer = self
             .http
-            .send(method, &format!("{}{path}", self.prefix), body, None)
+            .send(method, &url, body.as_ref(), None)
             .await
             .map_err(LinkError::Unreachable)?;
         if answer.status.is_server_error() {
@@ -102,73 +87,94 @@ impl Link {
                 message: answer.text(),
             });
         }
-        serde_json::from_slice(&answer.body)
-            .map_err(|e| LinkError::Unreachable(format!("invalid JSON from the hub: {e}")))
+        serde_json::from_slice(&answer.body).map_err(|e| {
+            LinkError::Unreachable(format!("the hub's answer breaks the link contract: {e}"))
+        })
     }
 
-    /// Tells the hub which clients are connected here and what they listen for.
+    /// Tells the hub which clients are connected here and what they listen for (features by wire name).
     pub async fn presence(&self, clients: &[(String, Vec<&'static str>)]) -> Result<(), LinkError> {
-        let clients: Vec<Value> = clients
-            .iter()
-            .map(|(id, features)| json!({"id": id, "features": features}))
-            .collect();
-        self.call(
-            Method::POST,
-            "/presence",
-            Some(&json!({"clients": clients})),
-        )
-        .await
-        .map(drop)
+        let request = PresenceRequest {
+            clients: clients
+                .iter()
+                .map(|(id, features)| PresenceClient {
+                    id: id.clone(),
+                    features: features
+                        .iter()
+                        .filter_map(|name| LinkFeature::from_name(name))
+                        .collect(),
+                })
+                .collect(),
+        };
+        let _: PresenceAnswer = self.call(Method::POST, "/presence", Some(&request)).await?;
+        Ok(())
     }
 
     /// Waits up to `wait_secs` for pushes from the hub.
-    pub async fn events(&self, wait_secs: u64) -> Result<Vec<Value>, LinkError> {
-        let answer = self
-            .call(Method::GET, &format!("/events?waitSecs={wait_secs}"), None)
+    pub async fn events(&self, wait_secs: u64) -> Result<Vec<LinkEvent>, LinkError> {
+        let answer: EventsAnswer = self
+            .call(
+                Method::GET,
+                &format!("/events?waitSecs={wait_secs}"),
+                None::<&()>,
+            )
             .await?;
-        Ok(answer
-            .get("events")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default())
+        Ok(answer.events)
     }
 
-    /// Sends a batch of telemetry; returns once the hub has stored it. The body is `{"messages":[..]}`, whose
-    /// size is the sum of the messages' [`UpstreamMessage::encoded_len`] plus [`BATCH_ENVELOPE_BYTES`].
-    pub async fn messages(&self, batch: &[UpstreamMessage<'_>]) -> Result<(), LinkError> {
-        self.call(Method::POST, "/messages", Some(&json!({"messages": batch})))
-            .await
-            .map(drop)
+    /// Sends a batch of telemetry; returns once the hub has stored it. The body's size is the sum of the
+    /// messages' [`UpstreamMessage::encoded_len`] plus [`BATCH_ENVELOPE_BYTES`].
+    pub async fn messages(&self, batch: &TelemetryBatch<'_>) -> Result<(), LinkError> {
+        let answer: TelemetryAnswer = self.call(Method::POST, "/messages", Some(batch)).await?;
+        if answer.accepted != batch.messages.len() {
+            tracing::warn!(
+                sent = batch.messages.len(),
+                accepted = answer.accepted,
+                "the hub stored a different number of messages than were sent"
+            );
+        }
+        Ok(())
     }
 
-    /// Reads a client's twin (`{"desired":..,"reported":..}`).
+    /// Reads a client's twin: the document `{"desired":..,"reported":..}`.
     pub async fn twin(&self, client: &str) -> Result<Value, LinkError> {
-        self.call(
-            Method::GET,
-            &format!("/twin?client={}", segment(client)),
-            None,
-        )
-        .await
+        let answer: TwinAnswer = self
+            .call(
+                Method::GET,
+                &format!("/twin?client={}", segment(client)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(answer.into_document())
     }
 
     /// Applies a reported patch on behalf of a client; returns the hub's new reported version.
     pub async fn reported(&self, client: &str, patch: &Value) -> Result<u64, LinkError> {
-        let answer = self
+        let answer: ReportedAnswer = self
             .call(
                 Method::PATCH,
                 &format!("/twin/reported?client={}", segment(client)),
                 Some(patch),
             )
             .await?;
-        Ok(answer.get("version").and_then(Value::as_u64).unwrap_or(0))
+        Ok(answer.version)
+    }
+
+    async fn acks(&self, request: &AcksRequest) -> Result<(), LinkError> {
+        let _: AcksAnswer = self.call(Method::POST, "/acks", Some(request)).await?;
+        Ok(())
     }
 
     /// Completes a C2D message a client acknowledged.
     pub async fn delivered(&self, client: &str, delivery_id: u64) -> Result<(), LinkError> {
-        let body = json!({"delivered": [{"client": client, "deliveryId": delivery_id}]});
-        self.call(Method::POST, "/acks", Some(&body))
-            .await
-            .map(drop)
+        self.acks(&AcksRequest {
+            delivered: vec![Delivered {
+                client: client.to_owned(),
+                delivery_id,
+            }],
+            ..AcksRequest::default()
+        })
+        .await
     }
 
     /// Returns a client's answer to a cloud method call.
@@ -179,16 +185,23 @@ impl Link {
         status: i32,
         payload: &Value,
     ) -> Result<(), LinkError> {
-        let body = json!({"methodResponses": [
-            {"client": client, "rid": rid, "status": status, "payload": payload}
-        ]});
-        self.call(Method::POST, "/acks", Some(&body))
-            .await
-            .map(drop)
+        self.acks(&AcksRequest {
+            method_responses: vec![MethodResponse {
+                client: client.to_owned(),
+                rid: rid.to_owned(),
+                status,
+                payload: payload.clone(),
+            }],
+            ..AcksRequest::default()
+        })
+        .await
     }
 
-    /// The identities behind this device, with their keys.
+    /// The identities behind this device with their keys: a [`ScopeAnswer`], as the document the edge's store
+    /// keeps for offline authentication.
     pub async fn scope(&self) -> Result<Value, LinkError> {
-        self.call(Method::GET, "/scope", None).await
+        let answer: ScopeAnswer = self.call(Method::GET, "/scope", None::<&()>).await?;
+        serde_json::to_value(&answer)
+            .map_err(|e| LinkError::Unreachable(format!("cannot keep the scope: {e}")))
     }
 }

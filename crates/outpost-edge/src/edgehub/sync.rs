@@ -9,6 +9,8 @@ use outpost_core::Message;
 use outpost_mqtt::Outgoing;
 use serde_json::{Map, Value};
 
+use outpost_core::edge_link::{LinkEvent, TelemetryBatch};
+
 use super::link::{LinkError, UpstreamMessage, BATCH_ENVELOPE_BYTES};
 use super::store::DeadLetter;
 use super::{c2d_delivery, EdgeHub};
@@ -178,7 +180,7 @@ async fn pushes(hub: Arc<EdgeHub>) {
         match hub.link.events(20).await {
             Ok(events) => {
                 for event in events {
-                    dispatch(&hub, &event).await;
+                    dispatch(&hub, event).await;
                 }
             }
             Err(error) => offline(&hub, &error),
@@ -186,53 +188,47 @@ async fn pushes(hub: Arc<EdgeHub>) {
     }
 }
 
-async fn dispatch(hub: &Arc<EdgeHub>, event: &Value) {
-    let client = event
-        .get("client")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    match event.get("kind").and_then(Value::as_str) {
-        Some("desired") if client.ends_with("/$edgeHub") => {
+async fn dispatch(hub: &Arc<EdgeHub>, event: LinkEvent) {
+    match event {
+        LinkEvent::Desired { client, .. } if client.ends_with("/$edgeHub") => {
             super::router::refresh_configuration(hub).await;
         }
-        Some("desired") => hub.desired_changed(client, event.get("body").unwrap_or(&Value::Null)),
-        Some("c2d") => {
-            let id = event.get("deliveryId").and_then(Value::as_u64).unwrap_or(0);
-            let message = event
-                .get("message")
-                .cloned()
-                .and_then(|m| serde_json::from_value(m).ok());
-            if let (Some(outbox), Some(message)) = (hub.outbox(client), message) {
+        LinkEvent::Desired { client, body } => hub.desired_changed(&client, &body),
+        LinkEvent::C2d {
+            client,
+            delivery_id,
+            message,
+        } => {
+            if let Some(outbox) = hub.outbox(&client) {
                 outbox.send(Outgoing::CloudToDevice {
-                    delivery_id: c2d_delivery(id),
+                    delivery_id: c2d_delivery(delivery_id),
                     message,
                 });
             }
         }
-        Some("method") => {
-            let text = |key: &str| {
-                event
-                    .get(key)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let payload = serde_json::to_vec(event.get("payload").unwrap_or(&Value::Null))
-                .unwrap_or_default();
-            super::methods::forward(hub, client, text("rid"), text("method"), payload);
+        LinkEvent::Method {
+            client,
+            rid,
+            method,
+            payload,
+        } => {
+            let payload = serde_json::to_vec(&payload).unwrap_or_default();
+            super::methods::forward(hub, &client, rid, method, payload);
         }
-        Some("close") => {
+        LinkEvent::Close { client } => {
             // The hub closes a client whose keys changed or that was deleted or disabled: read the scope
             // first, so that its reconnection is checked against what the hub holds now.
             match hub.link.scope().await {
                 Ok(scope) => hub.set_scope(&scope),
                 Err(error) => offline(hub, &error),
             }
-            if let Some(outbox) = hub.outbox(client) {
+            if let Some(outbox) = hub.outbox(&client) {
                 outbox.send(Outgoing::Close);
             }
         }
-        _ => tracing::debug!(?event, "unknown push from the hub"),
+        LinkEvent::Unknown => {
+            tracing::warn!("skipped a push of a kind this edge does not know (from a newer hub?)");
+        }
     }
 }
 
@@ -264,11 +260,7 @@ fn take_upstream(hub: &EdgeHub, batches: &mut UpstreamBatches<(String, Message)>
         let taken = hub.router.upstream_batch(wants);
         let got = taken.len();
         for (seq, client, message) in taken {
-            let bytes = UpstreamMessage {
-                client: &client,
-                message: &message,
-            }
-            .encoded_len();
+            let bytes = UpstreamMessage::borrowed(&client, &message).encoded_len();
             batches.push(Taken {
                 seq,
                 bytes,
@@ -295,22 +287,21 @@ async fn upstream(hub: Arc<EdgeHub>) {
             idle(&hub).await;
             continue;
         }
-        let request: Vec<UpstreamMessage<'_>> = batches
-            .next_request()
-            .iter()
-            .map(|t| UpstreamMessage {
-                client: &t.item.0,
-                message: &t.item.1,
-            })
-            .collect();
-        let count = request.len();
+        let request = TelemetryBatch {
+            messages: batches
+                .next_request()
+                .iter()
+                .map(|t| UpstreamMessage::borrowed(&t.item.0, &t.item.1))
+                .collect(),
+        };
+        let count = request.messages.len();
         let started = std::time::Instant::now();
         let result = hub.link.messages(&request).await;
         if result.is_ok() {
             hub.metrics.sent_upstream(
-                request.iter().map(|m| {
+                request.messages.iter().map(|m| {
                     (
-                        m.client,
+                        &*m.client,
                         m.message.system.get("outputName").map(String::as_str),
                     )
                 }),
@@ -407,12 +398,18 @@ mod tests {
                 (format!("edge/module-{i}"), message)
             })
             .collect();
-        let batch: Vec<UpstreamMessage<'_>> = messages
+        let batch = TelemetryBatch {
+            messages: messages
+                .iter()
+                .map(|(client, message)| UpstreamMessage::borrowed(client, message))
+                .collect(),
+        };
+        let body = serde_json::to_vec(&batch).unwrap();
+        let sum: usize = batch
+            .messages
             .iter()
-            .map(|(client, message)| UpstreamMessage { client, message })
-            .collect();
-        let body = serde_json::to_vec(&json!({ "messages": batch })).unwrap();
-        let sum: usize = batch.iter().map(UpstreamMessage::encoded_len).sum();
+            .map(UpstreamMessage::encoded_len)
+            .sum();
         // The first message has no comma before it.
         assert_eq!(sum - 1 + BATCH_ENVELOPE_BYTES, body.len());
     }

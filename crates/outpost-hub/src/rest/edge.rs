@@ -1,22 +1,40 @@
-//! Routes of the edge upstream link (`/edge/{device}/...`), authenticated with the edge device's own token.
+//! Routes of the edge upstream link (`/edge/{device}/...`), authenticated with the edge device's own token. Every
+//! body is a type of [`outpost_core::edge_link`]; a request naming another link version is refused (400).
 //! See [`crate::edge_link`].
 
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
-use serde::Deserialize;
-use serde_json::json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use outpost_core::edge_link::{
+    check_link_version, AcksAnswer, AcksRequest, EventsAnswer, PresenceAnswer, PresenceRequest,
+    ReportedAnswer, TelemetryAnswer, TelemetryBatch,
+};
+use serde::{Deserialize, Serialize};
 
-use super::{json_body, ok_json, ApiError, HubState};
-use crate::edge_link::{EdgeClient, EdgeMessage};
+use super::{json_body, ApiError, HubState};
 use crate::identity::DeviceRecord;
 use crate::metrics::{TwinOperation, TwinSource};
 use crate::Hub;
 
-fn edge(hub: &Hub, headers: &HeaderMap, device: &str) -> Result<DeviceRecord, ApiError> {
+/// The link version a request names, in its query.
+#[derive(Deserialize)]
+pub(super) struct LinkVersion {
+    #[serde(rename = "link-version")]
+    version: Option<String>,
+}
+
+/// Checks the link version, then that the caller is the enabled edge device `device`.
+fn edge(
+    hub: &Hub,
+    version: &LinkVersion,
+    headers: &HeaderMap,
+    device: &str,
+) -> Result<DeviceRecord, ApiError> {
+    check_link_version(version.version.as_deref())
+        .map_err(|e| ApiError::bad_request(&e.to_string()))?;
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -24,25 +42,28 @@ fn edge(hub: &Hub, headers: &HeaderMap, device: &str) -> Result<DeviceRecord, Ap
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_value(json_body(body)?)
+    serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(&format!("invalid request body: {e}")))
 }
 
-#[derive(Deserialize)]
-struct Presence {
-    clients: Vec<EdgeClient>,
+/// A `200 OK` with a typed answer.
+fn ok<T: Serialize>(answer: &T) -> Response {
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }
 
 pub(super) async fn presence(
     State(hub): HubState,
     Path(device): Path<String>,
+    Query(version): Query<LinkVersion>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &headers, &device)?;
-    let presence: Presence = parse(&body)?;
+    let record = edge(&hub, &version, &headers, &device)?;
+    let presence: PresenceRequest = parse(&body)?;
     hub.edge_presence(&record, &presence.clients)?;
-    Ok(ok_json(json!({"clients": presence.clients.len()})))
+    Ok(ok(&PresenceAnswer {
+        clients: presence.clients.len(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -55,64 +76,41 @@ pub(super) async fn events(
     State(hub): HubState,
     Path(device): Path<String>,
     Query(query): Query<EventsQuery>,
+    Query(version): Query<LinkVersion>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device)?;
     let wait = Duration::from_secs(query.wait_secs.unwrap_or(0).min(60));
-    Ok(ok_json(
-        json!({"events": hub.edge_events(&record, wait).await}),
-    ))
-}
-
-#[derive(Deserialize)]
-struct Messages {
-    messages: Vec<EdgeMessage>,
+    Ok(ok(&EventsAnswer {
+        events: hub.edge_events(&record, wait).await,
+    }))
 }
 
 pub(super) async fn messages(
     State(hub): HubState,
     Path(device): Path<String>,
+    Query(version): Query<LinkVersion>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &headers, &device)?;
-    let batch: Messages = parse(&body)?;
-    Ok(ok_json(
-        json!({"accepted": hub.edge_messages(&record, &batch.messages)?}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Delivered {
-    client: String,
-    delivery_id: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Acks {
-    #[serde(default)]
-    delivered: Vec<Delivered>,
-    #[serde(default)]
-    method_responses: Vec<crate::edge_link::EdgeMethodAnswer>,
+    let record = edge(&hub, &version, &headers, &device)?;
+    let batch: TelemetryBatch<'static> = parse(&body)?;
+    Ok(ok(&TelemetryAnswer {
+        accepted: hub.edge_messages(&record, &batch.messages)?,
+    }))
 }
 
 pub(super) async fn acks(
     State(hub): HubState,
     Path(device): Path<String>,
+    Query(version): Query<LinkVersion>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &headers, &device)?;
-    let acks: Acks = parse(&body)?;
-    let delivered: Vec<(String, u64)> = acks
-        .delivered
-        .into_iter()
-        .map(|d| (d.client, d.delivery_id))
-        .collect();
-    hub.edge_acks(&record, &delivered, acks.method_responses)?;
-    Ok(ok_json(json!({})))
+    let record = edge(&hub, &version, &headers, &device)?;
+    let acks: AcksRequest = parse(&body)?;
+    hub.edge_acks(&record, &acks.delivered, acks.method_responses)?;
+    Ok(ok(&AcksAnswer {}))
 }
 
 #[derive(Deserialize)]
@@ -124,33 +122,37 @@ pub(super) async fn twin(
     State(hub): HubState,
     Path(device): Path<String>,
     Query(query): Query<ClientQuery>,
+    Query(version): Query<LinkVersion>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device)?;
     let twin = hub.edge_twin(&record, &query.client)?;
     hub.metrics().twin(TwinOperation::Read, TwinSource::Edge);
-    Ok(ok_json(twin))
+    Ok(ok(&twin))
 }
 
 pub(super) async fn reported(
     State(hub): HubState,
     Path(device): Path<String>,
     Query(query): Query<ClientQuery>,
+    Query(version): Query<LinkVersion>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device)?;
+    // The patch is a document whose shape the user owns.
     let version = hub.edge_reported(&record, &query.client, &json_body(&body)?)?;
     hub.metrics()
         .twin(TwinOperation::UpdateReported, TwinSource::Edge);
-    Ok(ok_json(json!({"version": version})))
+    Ok(ok(&ReportedAnswer { version }))
 }
 
 pub(super) async fn scope(
     State(hub): HubState,
     Path(device): Path<String>,
+    Query(version): Query<LinkVersion>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &headers, &device)?;
-    Ok(ok_json(hub.edge_scope(&record)?))
+    let record = edge(&hub, &version, &headers, &device)?;
+    Ok(ok(&hub.edge_scope(&record)?))
 }
