@@ -260,7 +260,7 @@ impl Hub {
 /// Serves `/metrics` for `hub` on `listener` until `shutdown` resolves.
 pub async fn serve(
     hub: Arc<Hub>,
-    certificates: Arc<outpost_pki::CertificateRenewal>,
+    certificate_expiries: impl Fn() -> Vec<(String, i64)> + Send + Sync + 'static,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -270,7 +270,7 @@ pub async fn serve(
         registry,
         move || {
             hub.metrics.sample(&hub);
-            hub.metrics.0.certificate_expiries(&certificates.expiries());
+            hub.metrics.0.certificate_expiries(&certificate_expiries());
         },
         shutdown,
     )

@@ -163,9 +163,10 @@ impl RunningHub {
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let addr = listener.local_addr()?;
+                let renewal = certificates.clone();
                 tasks.spawn(crate::metrics::serve(
                     hub.clone(),
-                    certificates.clone(),
+                    move || renewal.expiries(),
                     listener,
                     stopped(shutdown_rx.clone()),
                 ));

@@ -125,9 +125,15 @@ async fn a_scrape_of_the_hub_parses_as_prometheus_text_and_counts_what_happened(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(outpost_hub::metrics::serve(hub.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let expiries = || vec![("hub server".to_owned(), 2_000_000_000)];
+    let served = tokio::spawn(outpost_hub::metrics::serve(
+        hub.clone(),
+        expiries,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let (head, body) = scrape(addr).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -168,6 +174,11 @@ async fn a_scrape_of_the_hub_parses_as_prometheus_text_and_counts_what_happened(
         .find(|s| s.name == format!("{STORAGE_COMMIT_DURATION}_bucket") && s.labels["le"] == "+Inf")
         .unwrap();
     assert_eq!(infinite.value, 4.0);
+    let expiry = find("outpost_certificate_expiry_timestamp_seconds").unwrap();
+    assert_eq!(
+        (expiry.labels["certificate"].as_str(), expiry.value),
+        ("hub server", 2_000_000_000.0)
+    );
 
     let (head, ()) = {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
