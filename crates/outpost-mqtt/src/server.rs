@@ -80,7 +80,9 @@ struct Established {
     peer: SocketAddr,
 }
 
-/// Streams handed over at once and not yet taken by the server; past this, handing over waits.
+/// Streams handed over and not yet taken by the server (which takes one when it has a connection permit);
+/// past this, handing over is refused and the stream closed, so streams cannot pile up while the server is at
+/// its connection cap.
 const HANDOFF_QUEUE: usize = 64;
 
 /// The sending end of [`handoff`]: gives established streams to a running [`serve_with_handoff`].
@@ -90,10 +92,16 @@ pub struct StreamHandoff(mpsc::Sender<Established>);
 /// The receiving end of [`handoff`], for [`serve_with_handoff`].
 pub struct HandedStreams(mpsc::Receiver<Established>);
 
-/// The server has stopped and takes no more streams.
+/// Why a stream was not taken; it has been dropped (closed).
 #[derive(Debug, thiserror::Error)]
-#[error("the MQTT server has stopped")]
-pub struct ServerStopped;
+pub enum HandoffRefused {
+    /// [`HANDOFF_QUEUE`] streams already wait for the server, which is at its connection cap.
+    #[error("the MQTT server is at its connection cap")]
+    Busy,
+    /// The server has stopped.
+    #[error("the MQTT server has stopped")]
+    Stopped,
+}
 
 /// A channel of established streams into a server.
 pub fn handoff() -> (StreamHandoff, HandedStreams) {
@@ -103,19 +111,21 @@ pub fn handoff() -> (StreamHandoff, HandedStreams) {
 
 impl StreamHandoff {
     /// Gives `stream` (from `peer`) to the server, which reads CONNECT from it and serves it like a connection
-    /// of its own listener. Waits while the server is at its connection cap.
-    pub async fn hand_over(
+    /// of its own listener. Never waits: when the server cannot take it soon, the stream is closed.
+    pub fn hand_over(
         &self,
         stream: impl Transport,
         peer: SocketAddr,
-    ) -> Result<(), ServerStopped> {
+    ) -> Result<(), HandoffRefused> {
         self.0
-            .send(Established {
+            .try_send(Established {
                 stream: Box::new(stream),
                 peer,
             })
-            .await
-            .map_err(|_| ServerStopped)
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => HandoffRefused::Busy,
+                mpsc::error::TrySendError::Closed(_) => HandoffRefused::Stopped,
+            })
     }
 }
 
@@ -233,4 +243,43 @@ pub async fn serve_with_handoff<O: DeviceOperations>(
         tracing::warn!("connections still closing after 10 s; aborting them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 443))
+    }
+
+    #[tokio::test]
+    async fn handing_over_past_the_queue_is_refused_and_after_the_server_stopped_too() {
+        let (handoff, handed) = handoff();
+        let mut kept = Vec::new();
+        for _ in 0..HANDOFF_QUEUE {
+            let (ours, theirs) = tokio::io::duplex(64);
+            handoff.hand_over(ours, peer()).unwrap();
+            kept.push(theirs);
+        }
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        assert!(matches!(
+            handoff.hand_over(ours, peer()),
+            Err(HandoffRefused::Busy)
+        ));
+        // The refused stream is closed: its other end reads the end of the stream.
+        let mut byte = [0; 1];
+        assert_eq!(
+            tokio::io::AsyncReadExt::read(&mut theirs, &mut byte)
+                .await
+                .unwrap(),
+            0
+        );
+        drop(handed);
+        let (ours, _theirs) = tokio::io::duplex(64);
+        assert!(matches!(
+            handoff.hand_over(ours, peer()),
+            Err(HandoffRefused::Stopped)
+        ));
+    }
 }

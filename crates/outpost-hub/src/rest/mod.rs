@@ -191,8 +191,8 @@ async fn upgrade_to_mqtt(
         .on_failed_upgrade(move |error| tracing::debug!(%peer, %error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let stream = outpost_https::websocket::WebSocketBytes::new(socket);
-            if mqtt.hand_over(stream, peer).await.is_err() {
-                tracing::debug!(%peer, "MQTT over WebSocket refused: the MQTT server has stopped");
+            if let Err(error) = mqtt.hand_over(stream, peer) {
+                tracing::info!(%peer, %error, "MQTT over WebSocket refused");
             }
         })
 }
