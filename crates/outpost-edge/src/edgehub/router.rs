@@ -62,6 +62,10 @@ pub struct Router {
     delivered_on: Mutex<HashMap<String, u64>>,
     /// Clients last reported in `$edgeHub`'s `clients`.
     reported_clients: Mutex<BTreeMap<String, bool>>,
+    /// Held by [`refresh_configuration`] from its read of the twin to the routes' installation: the link's
+    /// catch-up and a pushed change may refresh at once, and the older read must not be installed last. A
+    /// tokio `Mutex`: held across the twin read.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,6 +95,7 @@ impl Router {
             wake: tokio::sync::Notify::new(),
             delivered_on: Mutex::new(HashMap::new()),
             reported_clients: Mutex::new(BTreeMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -321,6 +326,7 @@ impl Router {
 /// Reads the `$edgeHub` desired properties (from the hub, or the cache while offline), applies the routes and
 /// reports the outcome in `$edgeHub`'s reported properties.
 pub async fn refresh_configuration(hub: &EdgeHub) {
+    let _refreshing = hub.router.refreshing.lock().await;
     let client = format!("{}/$edgeHub", hub.device.device_id);
     let Ok(view) = hub.twin(&client).await else {
         return tracing::info!("no $edgeHub configuration yet: no routes");

@@ -73,6 +73,13 @@ async fn connectivity(hub: Arc<EdgeHub>) {
                 hub.online.store(true, Ordering::Release);
                 back_off = Duration::from_secs(1);
                 tracing::info!("upstream link to the hub is up");
+                // Declare who listens before reading what they missed: the hub pushes the changes made after
+                // the declaration (`$edgeHub`'s routes among them), the catch-up reads those made before it.
+                // In the other order a deployment applied in between waited for the next reconnect.
+                if let Err(error) = hub.link.presence(&hub.presence()).await {
+                    offline(&hub, &error);
+                    continue;
+                }
                 catch_up(&hub).await;
             }
             Err(error) => {
