@@ -37,11 +37,24 @@ SENDER = textwrap.dedent("""\
     connection_string, ca, plan, report = sys.argv[1], open(sys.argv[2]).read(), json.loads(sys.argv[3]), \\
         json.loads(sys.argv[4])
 
+    def bounded(what, action, seconds):
+        # Runs action in a thread; False if it did not finish in time (the SDK can hang after a drop).
+        done = []
+        thread = threading.Thread(target=lambda: (action(), done.append(True)), daemon=True)
+        thread.start()
+        thread.join(seconds)
+        if not done:
+            print(f"{what} did not finish in {seconds} s", file=sys.stderr, flush=True)
+        return bool(done)
+
     def connected():
-        client = IoTHubDeviceClient.create_from_connection_string(connection_string, server_verification_cert=ca,
-                                                                  connection_retry=False)
-        client.connect()
-        return client
+        # A client whose connect hangs is abandoned for a fresh one; three in a row fail the run.
+        for _ in range(3):
+            client = IoTHubDeviceClient.create_from_connection_string(
+                connection_string, server_verification_cert=ca, connection_retry=False)
+            if bounded("connect", client.connect, 20):
+                return client
+        raise SystemExit("three connects in a row did not finish")
 
     client = connected()
     outcomes = []
@@ -63,10 +76,12 @@ SENDER = textwrap.dedent("""\
         outcomes.append(outcome[0])
         if outcome[0] != "ack":
             # The edge hub closed the connection (or will): carry on with a new one.
-            try:
-                client.shutdown()
-            except Exception:  # noqa: BLE001
-                pass
+            def shutdown(client=client):
+                try:
+                    client.shutdown()
+                except Exception:  # noqa: BLE001
+                    pass
+            bounded("shutdown", shutdown, 10)
             client = connected()
     if report is not None:
         client.patch_twin_reported_properties(report)
