@@ -15,6 +15,7 @@ import pytest
 
 from edge_harness import Edge, deployment
 from harness import wait_for
+from test_edge_inputs_and_agent_report import RECEIVER
 
 # Sends {"n": k} on out1 for every file k that appears in the trigger directory.
 SENDER = textwrap.dedent("""\
@@ -32,19 +33,6 @@ SENDER = textwrap.dedent("""\
         time.sleep(0.2)
 """)
 
-RECEIVER = textwrap.dedent("""\
-    import json, sys, time
-    from azure.iot.device import IoTHubModuleClient
-    out = sys.argv[1]
-    client = IoTHubModuleClient.create_from_edge_environment()
-    def on_message(message):
-        with open(out, "a") as f:
-            f.write(json.dumps({"input": message.input_name, "n": json.loads(message.data)["n"]}) + "\\n")
-    client.on_message_received = on_message
-    client.connect()
-    while True:
-        time.sleep(1)
-""")
 
 
 def python_module(tmp_path: Path, name: str, source: str, *args: str) -> dict:

@@ -201,14 +201,7 @@ async fn check(source: Option<&Path>) -> String {
 
 /// Each deployed module's recent log (or why it could not be read), redacted.
 async fn module_logs(agent: &Agent, options: &BundleOptions) -> Vec<(String, String)> {
-    let modules: Vec<String> = agent
-        .state
-        .lock()
-        .await
-        .modules
-        .iter()
-        .map(|m| m.instance.name.clone())
-        .collect();
+    let modules = agent.deployed_module_names().await;
     let origin = Origin {
         hub: &agent.device.hub_hostname,
         device: &agent.device.device_id,

@@ -103,6 +103,17 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The names of the modules deployed now.
+    pub async fn deployed_module_names(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .await
+            .modules
+            .iter()
+            .map(|m| m.instance.name.clone())
+            .collect()
+    }
+
     /// Runs the last-known-good deployment, if there is one, without contacting the hub.
     pub async fn boot(&self) -> anyhow::Result<()> {
         let Some(deployment) = self.lkg.load()? else {

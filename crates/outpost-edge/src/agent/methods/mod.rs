@@ -125,15 +125,7 @@ impl MethodService {
     /// The deployed modules' names and what an items list asks of them.
     async fn queries(&self, request: &ModuleLogsRequest) -> Result<Vec<ModuleQuery>, Answer> {
         check_schema(&request.schema_version).map_err(|m| (400, error_payload(m)))?;
-        let modules: Vec<String> = self
-            .agent()
-            .state
-            .lock()
-            .await
-            .modules
-            .iter()
-            .map(|m| m.instance.name.clone())
-            .collect();
+        let modules = self.agent().deployed_module_names().await;
         logs::queries(&request.items, &modules, Utc::now())
             .map_err(|e| (400, error_payload(e.to_string())))
     }
