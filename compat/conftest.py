@@ -9,10 +9,12 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import uuid
 from pathlib import Path
 
 import pytest
 
+from edge_harness import Edge
 from harness import Hub, LoopbackPool, free_port, outpost_bin, run_with_timeout
 
 # A hung SDK call must fail its test, not the whole CI run: every test (setup, call, teardown) gets this long.
@@ -140,3 +142,12 @@ def clients():
     c = Clients()
     yield c
     c.close_all()
+
+
+@pytest.fixture
+def edge(hub, tmp_path, loopback):
+    """An `outpost edge run` daemon for process modules on its own loopback address, under `hub` (a test file
+    that needs another kind defines its own `edge`)."""
+    daemon = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next())
+    yield daemon
+    daemon.cleanup()

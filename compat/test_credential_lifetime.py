@@ -13,9 +13,6 @@ import time
 import uuid
 from types import SimpleNamespace
 
-import pytest
-
-from edge_harness import Edge
 from harness import PINGREQ, RawMqtt, device_sas, wait_for
 from test_edge_hub import deploy, edge_manifest
 
@@ -76,13 +73,6 @@ def test_deleting_a_module_closes_its_connection(hub, registry):
     assert raw.connect("host", key, module_id="gone") == 0
     registry.delete_module("host", "gone")
     assert closed_within(raw, 10), "the connection outlived its module"
-
-
-@pytest.fixture
-def edge(hub, tmp_path, loopback):
-    daemon = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next())
-    yield daemon
-    daemon.cleanup()
 
 
 def test_rotating_a_leafs_key_closes_its_connection_at_the_edge_hub(hub, edge, tmp_path):

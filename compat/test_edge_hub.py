@@ -14,9 +14,7 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
-from edge_harness import Edge, deployment, wait_reported
+from edge_harness import deployment, wait_reported
 from harness import Monitor, RawMqtt, wait_for
 
 SENDER = textwrap.dedent("""\
@@ -93,13 +91,6 @@ def deploy(hub, device_id: str, manifest: dict, tmp_path: Path) -> None:
     path = tmp_path / f"manifest-{uuid.uuid4().hex[:6]}.json"
     path.write_text(json.dumps(manifest))
     hub.run_cli(["deploy", device_id, str(path)])
-
-
-@pytest.fixture
-def edge(hub, tmp_path, loopback):
-    daemon = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next())
-    yield daemon
-    daemon.cleanup()
 
 
 def edge_hub_reported(hub, edge) -> dict:

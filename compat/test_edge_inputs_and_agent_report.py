@@ -13,9 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
-from edge_harness import Edge, deployment, reported_modules, wait_reported
+from edge_harness import deployment, reported_modules, wait_reported
 from harness import wait_for
 
 COUNT = 6
@@ -63,13 +61,6 @@ def deploy(hub, device_id: str, modules: dict, routes: dict, tmp_path: Path) -> 
     path = tmp_path / f"manifest-{uuid.uuid4().hex[:6]}.json"
     path.write_text(json.dumps(manifest))
     hub.run_cli(["deploy", device_id, str(path)])
-
-
-@pytest.fixture
-def edge(hub, tmp_path, loopback):
-    daemon = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next())
-    yield daemon
-    daemon.cleanup()
 
 
 def test_one_message_routed_to_two_inputs_of_one_module_reaches_each_input_once_in_order(hub, edge, tmp_path):

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
 
-from edge_harness import Edge, deployment
+from edge_harness import deployment
 from harness import wait_for
 from test_edge_inputs_and_agent_report import RECEIVER
 
@@ -34,19 +33,11 @@ SENDER = textwrap.dedent("""\
 """)
 
 
-
 def python_module(tmp_path: Path, name: str, source: str, *args: str) -> dict:
     script = tmp_path / f"{name}.py"
     script.write_text(source)
     return {"version": "1.0", "type": "process", "status": "running", "restartPolicy": "always",
             "settings": {"path": sys.executable, "args": [str(script), *args]}}
-
-
-@pytest.fixture
-def edge(hub, tmp_path, loopback):
-    daemon = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next())
-    yield daemon
-    daemon.cleanup()
 
 
 class Scenario:

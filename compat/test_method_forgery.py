@@ -13,13 +13,10 @@ import re
 import textwrap
 import threading
 import time
-import uuid
 
-import pytest
 from azure.iot.device import MethodResponse
 from azure.iot.hub.models import CloudToDeviceMethod
 
-from edge_harness import Edge
 from harness import set_handler, wait_for
 from test_edge_hub import deploy, edge_manifest, python_module
 
@@ -112,13 +109,6 @@ CALLER = textwrap.dedent("""\
     while True:
         time.sleep(1)
 """)
-
-
-@pytest.fixture
-def edge(hub, tmp_path, loopback):
-    daemon = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next())
-    yield daemon
-    daemon.cleanup()
 
 
 def test_a_module_cannot_answer_a_method_sent_to_another_module_through_the_edge(hub, edge, tmp_path):
