@@ -6,12 +6,19 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${repo_root}"
 
+# CI builds once from scratch: incremental state would only take disk (a CI machine has run out of it).
+if [[ "${CI:-}" == "true" ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+df -h . | sed 's/^/disk: /'
+
 echo "==> test environment"
 bash scripts/setup-test-env.sh
 
 echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins
 
+df -h . | sed 's/^/disk: /'
 echo "==> cargo test --workspace"
 cargo test --workspace --no-fail-fast
 
