@@ -53,7 +53,10 @@ pub enum EventPosition {
     /// After (or at, when inclusive) this offset.
     Offset { offset: i64, inclusive: bool },
     /// After (or at, when inclusive) this partition sequence number.
-    SequenceNumber { sequence_number: i64, inclusive: bool },
+    SequenceNumber {
+        sequence_number: i64,
+        inclusive: bool,
+    },
     /// Events enqueued after this time (Unix milliseconds).
     EnqueuedTime { ms: i64 },
 }
@@ -156,7 +159,11 @@ pub trait ServiceBackend: Send + Sync + 'static {
     fn partition_info(&self, partition: u32) -> Result<PartitionInfo, BackendError>;
     /// The sequence number to read after for `position` (so that reading starts at the first event the
     /// position selects; `-1` to start at the partition's first event).
-    fn resolve_position(&self, partition: u32, position: EventPosition) -> Result<i64, BackendError>;
+    fn resolve_position(
+        &self,
+        partition: u32,
+        position: EventPosition,
+    ) -> Result<i64, BackendError>;
     /// Up to `max` events of `partition` with a sequence number above `after`, in order; waits until at least
     /// one exists.
     async fn wait_events(

@@ -1,0 +1,638 @@
+//! One task per link: what each node does with its link once attached.
+//!
+//! [`attach`] decides from an incoming attach which node it names and whether this connection may use it,
+//! then accepts it (or refuses it: the attach is answered, then detached with the condition Event Hubs uses)
+//! and spawns the link's loop: `$cbs` and `$management` requests, their reply links, a partition's events,
+//! C2D messages, feedback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fe2o3_amqp::acceptor::{
+    LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SupportedSenderSettleModes,
+};
+use fe2o3_amqp::link::delivery::Sendable;
+use fe2o3_amqp::link::receiver::CreditMode;
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::types::definitions::{self, AmqpError, Role, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{Body, Message, Outcome, Source, Target, TargetArchetype};
+use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::primitives::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::backend::{EventPosition, ServiceBackend};
+use crate::claims::{Claims, Denied};
+use crate::node::{self, Node};
+use crate::wire::{self, amqp_error, vendor_error, Request};
+
+/// Links one session may have attached at once; past this, attaches are refused.
+pub const MAX_LINKS_PER_SESSION: usize = 64;
+/// Events fetched from the backend per batch; the sender then waits for the receiver's credit.
+const EVENT_BATCH: usize = 64;
+/// Credit given to a client sending requests or C2D messages.
+const INBOUND_CREDIT: u32 = 16;
+/// Replies waiting for a reply link (per link), and reply links per node on one connection.
+const REPLY_QUEUE: usize = 16;
+const MAX_REPLY_LINKS: usize = 16;
+/// How long a refused link waits for the client's detach.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle event link checks that its grant is still valid.
+const GRANT_CHECK: Duration = Duration::from_secs(30);
+/// Largest `$cbs`/`$management` request (a token and a few properties).
+const MAX_REQUEST_SIZE: u64 = 64 * 1024;
+
+/// What the links of one connection share.
+pub(crate) struct Connection<B> {
+    pub backend: Arc<B>,
+    pub host_name: String,
+    pub max_message_size: u64,
+    /// A std mutex: held for lookups only, never across an await.
+    pub claims: Mutex<Claims>,
+    replies: Mutex<Replies>,
+}
+
+impl<B: ServiceBackend> Connection<B> {
+    pub fn new(backend: Arc<B>, host_name: String, max_message_size: u64, claims: Claims) -> Self {
+        Self {
+            backend,
+            host_name,
+            max_message_size,
+            claims: Mutex::new(claims),
+            replies: Mutex::new(Replies::default()),
+        }
+    }
+
+    fn service_connect(&self, path: &str) -> Result<crate::backend::Grant, Denied> {
+        self.claims
+            .lock()
+            .expect("claims lock poisoned")
+            .service_connect(path, SystemTime::now())
+    }
+}
+
+/// An answer to a `$cbs` or `$management` request, on its way to a reply link.
+type Reply = Message<Body<Value>>;
+/// The source and target a link acceptor answers with (never dynamic: such attaches are refused).
+type Terminus<T> = fn(T) -> Option<T>;
+
+/// The reply links of one connection, by node (`$cbs`, `$management`): their target address and queue.
+#[derive(Default)]
+struct Replies(HashMap<&'static str, Vec<(String, mpsc::Sender<Reply>)>>);
+
+impl Replies {
+    fn add(&mut self, node: &'static str, address: String, queue: mpsc::Sender<Reply>) -> bool {
+        let links = self.0.entry(node).or_default();
+        links.retain(|(_, q)| !q.is_closed());
+        if links.len() >= MAX_REPLY_LINKS {
+            return false;
+        }
+        links.push((address, queue));
+        true
+    }
+
+    /// The reply link whose target is the request's `reply-to`, else the newest one of the node.
+    fn route(&mut self, node: &'static str, reply_to: Option<&str>) -> Option<mpsc::Sender<Reply>> {
+        let links = self.0.get_mut(node)?;
+        links.retain(|(_, q)| !q.is_closed());
+        reply_to
+            .and_then(|to| links.iter().find(|(address, _)| address == to))
+            .or_else(|| links.last())
+            .map(|(_, q)| q.clone())
+    }
+}
+
+fn node_name(node: &Node) -> &'static str {
+    match node {
+        Node::Management => node::MANAGEMENT,
+        _ => node::CBS,
+    }
+}
+
+/// The address an attach names: the source's for a link the client receives on, the target's otherwise.
+fn attach_address(attach: &Attach) -> Option<String> {
+    match attach.role {
+        Role::Receiver => attach.source.as_ref().and_then(|s| s.address.clone()),
+        Role::Sender => match attach.target.as_deref() {
+            Some(TargetArchetype::Target(target)) => target.address.clone(),
+            _ => None,
+        },
+    }
+}
+
+/// The client's receiver link's target address (where replies are addressed).
+fn attach_reply_address(attach: &Attach) -> String {
+    match attach.target.as_deref() {
+        Some(TargetArchetype::Target(target)) => target.address.clone().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn denied_error(denied: &Denied) -> definitions::Error {
+    amqp_error(AmqpError::UnauthorizedAccess, denied.to_string())
+}
+
+fn acceptor(
+    sender_modes: SupportedSenderSettleModes,
+    max_message_size: u64,
+) -> LinkAcceptor<Terminus<Source>, Terminus<Target>> {
+    LinkAcceptor::builder()
+        .supported_sender_settle_modes(sender_modes)
+        .fallback_sender_settle_mode(SenderSettleMode::Settled)
+        .max_message_size(max_message_size)
+        .verify_incoming_source(false)
+        .verify_incoming_target(false)
+        .build()
+}
+
+/// Handles one incoming attach: accepts the link and spawns its loop into `links`, or refuses it.
+pub(crate) async fn attach<B: ServiceBackend>(
+    attach: Attach,
+    session: &mut ListenerSessionHandle,
+    connection: &Arc<Connection<B>>,
+    links: &mut JoinSet<()>,
+) {
+    let name = attach.name.clone();
+    let role = attach.role.clone();
+    let address = attach_address(&attach).unwrap_or_default();
+    let node = Node::parse(&address);
+    // The selector filter is read before accepting, so that a bad one refuses the link.
+    let position = attach
+        .source
+        .as_deref()
+        .map_or(Ok(EventPosition::Earliest), position_of);
+    let refusal = if links.len() >= MAX_LINKS_PER_SESSION {
+        Some(amqp_error(
+            AmqpError::ResourceLimitExceeded,
+            format!("a session may hold {MAX_LINKS_PER_SESSION} links"),
+        ))
+    } else {
+        match &node {
+            None => Some(amqp_error(
+                AmqpError::NotFound,
+                format!("no node at '{address}'"),
+            )),
+            Some(node) => check_node(node, &role, connection)
+                .and_then(|()| match node {
+                    Node::Partition { .. } => position.as_ref().map(|_| ()).map_err(Clone::clone),
+                    _ => Ok(()),
+                })
+                .err(),
+        }
+    };
+    // Events go out pre-settled (no unsettled state grows on the hub); the rest as the client asks.
+    let events_link = matches!(node, Some(Node::Partition { .. }));
+    let link_acceptor = if events_link {
+        acceptor(SupportedSenderSettleModes::Settled, 0)
+    } else {
+        let limit = match node {
+            Some(Node::Devicebound) => connection.max_message_size.saturating_mul(2),
+            _ => MAX_REQUEST_SIZE,
+        };
+        acceptor(SupportedSenderSettleModes::All, limit)
+    };
+    let reply_address = attach_reply_address(&attach);
+    let endpoint = match link_acceptor.accept_incoming_attach(attach, session).await {
+        Ok(endpoint) => endpoint,
+        Err(error) => {
+            tracing::debug!(%error, link = %name, "AMQP attach failed");
+            return;
+        }
+    };
+    if let Some(error) = refusal {
+        tracing::debug!(link = %name, %address, %error, "AMQP link refused");
+        links.spawn(refuse(endpoint, error));
+        return;
+    }
+    let Some(node) = node else { return };
+    let connection = Arc::clone(connection);
+    match (node, endpoint) {
+        (node @ (Node::Cbs | Node::Management), LinkEndpoint::Sender(sender)) => {
+            let (queue, replies) = mpsc::channel(REPLY_QUEUE);
+            let added = connection
+                .replies
+                .lock()
+                .expect("replies lock poisoned")
+                .add(node_name(&node), reply_address, queue);
+            if added {
+                links.spawn(reply_link(sender, replies));
+            } else {
+                links.spawn(refuse(
+                    LinkEndpoint::Sender(sender),
+                    amqp_error(AmqpError::ResourceLimitExceeded, "too many reply links"),
+                ));
+            }
+        }
+        (node @ (Node::Cbs | Node::Management), LinkEndpoint::Receiver(receiver)) => {
+            links.spawn(request_link(node, receiver, connection));
+        }
+        (
+            Node::Partition {
+                consumer_group,
+                partition,
+                ..
+            },
+            LinkEndpoint::Sender(sender),
+        ) => {
+            // check_node validated the partition, and the filter was checked above.
+            let partition = partition.parse().unwrap_or_default();
+            let position = position.unwrap_or(EventPosition::Earliest);
+            links.spawn(event_link(
+                sender,
+                connection,
+                consumer_group,
+                partition,
+                position,
+            ));
+        }
+        (Node::Devicebound, LinkEndpoint::Receiver(receiver)) => {
+            links.spawn(c2d_link(receiver, connection));
+        }
+        (Node::Feedback, LinkEndpoint::Sender(sender)) => {
+            links.spawn(feedback_link(sender, connection));
+        }
+        (_, endpoint) => {
+            links.spawn(refuse(
+                endpoint,
+                amqp_error(
+                    AmqpError::NotAllowed,
+                    "this node does not take a link in this direction",
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether `node` may be attached with the client's `role` on this connection; the error to detach with
+/// otherwise.
+fn check_node<B: ServiceBackend>(
+    node: &Node,
+    role: &Role,
+    connection: &Connection<B>,
+) -> Result<(), definitions::Error> {
+    let wrong_direction = || {
+        amqp_error(
+            AmqpError::NotAllowed,
+            "this node does not take a link in this direction",
+        )
+    };
+    match node {
+        Node::Cbs | Node::Management => Ok(()),
+        Node::Devicebound | Node::Feedback => {
+            let expected = if *node == Node::Devicebound {
+                Role::Sender
+            } else {
+                Role::Receiver
+            };
+            if *role != expected {
+                return Err(wrong_direction());
+            }
+            let path = node.protected_path().unwrap_or_default();
+            connection
+                .service_connect(&path)
+                .map(|_| ())
+                .map_err(|d| denied_error(&d))
+        }
+        Node::Partition {
+            entity,
+            consumer_group,
+            partition,
+        } => {
+            if *role != Role::Receiver {
+                return Err(wrong_direction());
+            }
+            connection
+                .service_connect(entity)
+                .map_err(|d| denied_error(&d))?;
+            let hub = connection.backend.event_hub();
+            if !entity.eq_ignore_ascii_case(&hub.name) {
+                return Err(amqp_error(
+                    AmqpError::NotFound,
+                    format!("the messaging entity '{entity}' could not be found"),
+                ));
+            }
+            if !connection.backend.consumer_group_exists(consumer_group) {
+                return Err(amqp_error(
+                    AmqpError::NotFound,
+                    format!("the consumer group '{consumer_group}' could not be found"),
+                ));
+            }
+            match partition.parse::<u32>() {
+                Ok(p) if p < hub.partition_count => Ok(()),
+                _ => Err(vendor_error(
+                    "com.microsoft:argument-out-of-range",
+                    format!(
+                        "the partition '{partition}' is out of range: valid partitions are 0 to {}",
+                        hub.partition_count.saturating_sub(1)
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// The selector filter's position (no filter: the earliest event).
+fn position_of(source: &Source) -> Result<EventPosition, definitions::Error> {
+    let Some(filters) = &source.filter else {
+        return Ok(EventPosition::Earliest);
+    };
+    for (key, value) in filters {
+        if !key.as_str().contains("selector-filter") {
+            continue;
+        }
+        let expression = match value {
+            Value::Described(described) => match &described.value {
+                Value::String(text) => text.clone(),
+                _ => String::new(),
+            },
+            Value::String(text) => text.clone(),
+            _ => String::new(),
+        };
+        return node::parse_selector(&expression)
+            .map_err(|e| amqp_error(AmqpError::InvalidField, e.to_string()));
+    }
+    Ok(EventPosition::Earliest)
+}
+
+/// Detaches (closes) an accepted link with `error`; the client sees its attach answered, then refused.
+async fn refuse(endpoint: LinkEndpoint, error: definitions::Error) {
+    let closing = async {
+        match endpoint {
+            LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
+            LinkEndpoint::Receiver(receiver) => receiver.close_with_error(error).await,
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, closing).await;
+}
+
+/// A reply link: sends the answers routed to it until the client detaches.
+async fn reply_link(mut sender: Sender, mut replies: mpsc::Receiver<Reply>) {
+    loop {
+        tokio::select! {
+            reply = replies.recv() => {
+                let Some(reply) = reply else { break };
+                let sendable = Sendable::builder().message(reply).settled(true).build();
+                if let Err(error) = sender.send(sendable).await {
+                    tracing::debug!(%error, "AMQP reply link failed");
+                    return;
+                }
+            }
+            _ = sender.on_detach() => return,
+        }
+    }
+    let _ = sender.close().await;
+}
+
+/// A `$cbs` or `$management` request link: each request is answered on the connection's reply link.
+async fn request_link<B: ServiceBackend>(
+    node: Node,
+    mut receiver: Receiver,
+    connection: Arc<Connection<B>>,
+) {
+    receiver.set_credit_mode(CreditMode::Auto(INBOUND_CREDIT));
+    loop {
+        let delivery = match receiver.recv::<Body<Value>>().await {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::debug!(%error, "AMQP request link closed");
+                return;
+            }
+        };
+        let request = Request::from_message(delivery.message());
+        let _ = receiver.accept(&delivery).await;
+        let answer = match node {
+            Node::Cbs => put_token(&request, &connection),
+            _ => management(&request, &connection),
+        };
+        let route = connection
+            .replies
+            .lock()
+            .expect("replies lock poisoned")
+            .route(node_name(&node), request.reply_to.as_deref());
+        let Some(queue) = route else {
+            tracing::debug!(node = node_name(&node), "a request without a reply link");
+            continue;
+        };
+        if queue.send(answer).await.is_err() {
+            tracing::debug!("the reply link closed before its answer");
+        }
+    }
+}
+
+/// `$cbs` put-token: checks the token for its audience and records the grant on the connection.
+fn put_token<B: ServiceBackend>(
+    request: &Request,
+    connection: &Connection<B>,
+) -> Message<Body<Value>> {
+    if request.property("operation") != Some("put-token") {
+        return wire::response(request, 400, "the $cbs node only takes put-token", None);
+    }
+    let (Some(audience), Some(token)) = (request.property("name"), request.body_text.as_deref())
+    else {
+        return wire::response(
+            request,
+            400,
+            "put-token needs a name and a token body",
+            None,
+        );
+    };
+    match connection.backend.authorize_token(audience, token) {
+        Ok(grant) => {
+            connection
+                .claims
+                .lock()
+                .expect("claims lock poisoned")
+                .put(audience, grant);
+            wire::response(request, 200, "OK", None)
+        }
+        Err(error) => wire::response(request, 401, &error.0, None),
+    }
+}
+
+/// `$management` READ of the Event Hub or one partition.
+fn management<B: ServiceBackend>(
+    request: &Request,
+    connection: &Connection<B>,
+) -> Message<Body<Value>> {
+    let hub = connection.backend.event_hub();
+    // A token on the connection, or the one the request carries.
+    let allowed = connection.service_connect(&hub.name).or_else(|denied| {
+        let token = request.property("security_token").ok_or(denied)?;
+        let audience = format!("sb://{}/{}", connection.host_name, hub.name);
+        let grant = connection
+            .backend
+            .authorize_token(&audience, token)
+            .map_err(|e| Denied::NoToken(e.0))?;
+        if grant.service_connect {
+            Ok(grant)
+        } else {
+            Err(Denied::Insufficient {
+                policy: grant.policy,
+                path: hub.name.clone(),
+            })
+        }
+    });
+    if let Err(denied) = allowed {
+        return wire::response(request, 401, &denied.to_string(), None);
+    }
+    if request.property("operation") != Some("READ") {
+        return wire::response(request, 400, "only READ is supported", None);
+    }
+    if let Some(name) = request.property("name") {
+        if !name.eq_ignore_ascii_case(&hub.name) {
+            return wire::response(
+                request,
+                404,
+                &format!("the entity '{name}' could not be found"),
+                None,
+            );
+        }
+    }
+    match request.property("type") {
+        Some("com.microsoft:eventhub") => {
+            wire::response(request, 200, "OK", Some(wire::eventhub_properties(&hub)))
+        }
+        Some("com.microsoft:partition") => {
+            let partition = request
+                .property("partition")
+                .and_then(|p| p.parse::<u32>().ok());
+            let Some(partition) = partition.filter(|p| *p < hub.partition_count) else {
+                return wire::response(request, 400, "the partition is out of range", None);
+            };
+            match connection.backend.partition_info(partition) {
+                Ok(info) => wire::response(
+                    request,
+                    200,
+                    "OK",
+                    Some(wire::partition_properties(&hub.name, partition, &info)),
+                ),
+                Err(crate::backend::BackendError::NotFound(text)) => {
+                    wire::response(request, 404, &text, None)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "partition properties failed");
+                    wire::response(request, 500, "internal error", None)
+                }
+            }
+        }
+        _ => wire::response(request, 400, "unknown type", None),
+    }
+}
+
+/// A partition's events, from `position` on, sent as the receiver's credit allows.
+async fn event_link<B: ServiceBackend>(
+    mut sender: Sender,
+    connection: Arc<Connection<B>>,
+    consumer_group: String,
+    partition: u32,
+    position: EventPosition,
+) {
+    let entity = connection.backend.event_hub().name;
+    let mut after = match connection.backend.resolve_position(partition, position) {
+        Ok(after) => after,
+        Err(error) => {
+            refuse(LinkEndpoint::Sender(sender), wire::backend_error(&error)).await;
+            return;
+        }
+    };
+    tracing::debug!(%consumer_group, partition, after, "AMQP event receiver attached");
+    loop {
+        if let Err(denied) = connection.service_connect(&entity) {
+            refuse(LinkEndpoint::Sender(sender), denied_error(&denied)).await;
+            return;
+        }
+        let events = tokio::select! {
+            events = connection.backend.wait_events(partition, after, EVENT_BATCH) => events,
+            () = tokio::time::sleep(GRANT_CHECK) => continue,
+            _ = sender.on_detach() => return,
+        };
+        let events = match events {
+            Ok(events) => events,
+            Err(error) => {
+                refuse(LinkEndpoint::Sender(sender), wire::backend_error(&error)).await;
+                return;
+            }
+        };
+        for event in events {
+            after = event.sequence_number;
+            // Pre-settled: `send` returns once the transfer is written, after waiting for credit.
+            match sender.send(wire::event_message(&event)).await {
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "AMQP event receiver gone");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `/messages/devicebound`: each message is queued for its device, then accepted, or rejected with why.
+async fn c2d_link<B: ServiceBackend>(mut receiver: Receiver, connection: Arc<Connection<B>>) {
+    receiver.set_credit_mode(CreditMode::Auto(INBOUND_CREDIT));
+    let path = node::DEVICEBOUND.trim_start_matches('/');
+    loop {
+        let delivery = match receiver.recv::<Body<Value>>().await {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::debug!(%error, "AMQP C2D link closed");
+                return;
+            }
+        };
+        let outcome = match connection.service_connect(path) {
+            Err(denied) => Err(denied_error(&denied)),
+            Ok(grant) => match wire::c2d_message(delivery.message(), connection.max_message_size) {
+                Err(refusal) => Err(refusal.to_error()),
+                Ok(message) => connection
+                    .backend
+                    .send_c2d(&grant, message)
+                    .await
+                    .map_err(|e| wire::backend_error(&e)),
+            },
+        };
+        let disposed = match outcome {
+            Ok(()) => receiver.accept(&delivery).await,
+            Err(error) => receiver.reject(&delivery, error).await,
+        };
+        if disposed.is_err() {
+            return;
+        }
+    }
+}
+
+/// `/messages/servicebound/feedback`: feedback batches, each completed once the client accepts it.
+async fn feedback_link<B: ServiceBackend>(mut sender: Sender, connection: Arc<Connection<B>>) {
+    let path = node::FEEDBACK.trim_start_matches('/');
+    loop {
+        if let Err(denied) = connection.service_connect(path) {
+            refuse(LinkEndpoint::Sender(sender), denied_error(&denied)).await;
+            return;
+        }
+        let batch = tokio::select! {
+            batch = connection.backend.next_feedback() => batch,
+            () = tokio::time::sleep(GRANT_CHECK) => continue,
+            _ = sender.on_detach() => return,
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                refuse(LinkEndpoint::Sender(sender), wire::backend_error(&error)).await;
+                return;
+            }
+        };
+        match sender.send(wire::feedback_message(&batch)).await {
+            Ok(Outcome::Accepted(_)) => {
+                if let Err(error) = connection.backend.complete_feedback(batch.lock_token) {
+                    tracing::warn!(%error, "completing a feedback batch failed");
+                }
+            }
+            // Not accepted: the lock expires and the batch is handed out again.
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "AMQP feedback receiver gone");
+                return;
+            }
+        }
+    }
+}
