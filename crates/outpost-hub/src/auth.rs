@@ -12,7 +12,7 @@ fn now_unix() -> u64 {
 }
 
 /// Compares a token's audience host with the hub's host name, ignoring case and a `:port` on either side.
-fn same_host(token_host: &str, hub_host: &str) -> bool {
+pub(crate) fn same_host(token_host: &str, hub_host: &str) -> bool {
     let strip = |h: &str| {
         h.rsplit_once(':')
             .filter(|(_, port)| port.parse::<u16>().is_ok())

@@ -5,11 +5,14 @@
 //! azure-iot-hub ([`rest`]) and the MQTT device protocol of azure-iot-device, which is `outpost-mqtt`'s head
 //! driven through the [`DeviceOperations`](outpost_mqtt::DeviceOperations) implementation in [`device_ops`].
 //! [`server`] wires both to their listeners with certificates from `outpost-pki`. Everything durable lives in SQLite ([`store`]).
+//! The event stream is also an Event Hub with partitions ([`stream`] stores it, [`eventhub`] serves it to the
+//! AMQP head of `outpost-amqp` with cloud-to-device messages and their feedback).
 
 pub mod auth;
 pub mod device_ops;
 pub mod edge_link;
 pub mod error;
+pub mod eventhub;
 pub mod identity;
 pub mod messaging;
 pub mod metrics;
@@ -17,6 +20,7 @@ pub mod registry;
 pub mod rest;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod twins;
 
 use std::collections::HashMap;
@@ -58,11 +62,24 @@ pub struct Hub {
     edge_links: Mutex<HashMap<String, std::sync::Arc<edge_link::EdgeLink>>>,
     /// What the hub counts and times (records nothing unless metrics are on).
     metrics: metrics::HubMetrics,
+    /// The event stream as an Event Hub: its partitions' heads, twin change events, feedback.
+    stream: eventhub::EventHubState,
 }
 
 impl Hub {
-    /// Opens the hub's database in `data_dir` (creating it and the default access policies on first start).
+    /// Opens the hub's database in `data_dir` (creating it and the default access policies on first start), with
+    /// the stream settings stored in it (or the defaults for a new one).
     pub fn open(data_dir: &Path, host_name: &str) -> Result<Self, HubError> {
+        Self::open_with(data_dir, host_name, &eventhub::StreamSettings::default())
+    }
+
+    /// Opens the hub's database in `data_dir` with `stream` settings: a partition count that differs from the
+    /// stored one is refused.
+    pub fn open_with(
+        data_dir: &Path,
+        host_name: &str,
+        stream: &eventhub::StreamSettings,
+    ) -> Result<Self, HubError> {
         let db =
             Database::open(&data_dir.join("hub.sqlite"), store::MIGRATIONS).map_err(
                 |e| match e {
@@ -70,17 +87,32 @@ impl Hub {
                     other => HubError::ArgumentInvalid(other.to_string()),
                 },
             )?;
-        Self::with_database(db, host_name)
+        Self::with_database(db, host_name, stream)
     }
 
     /// A hub on an in-memory database, for tests.
     pub fn in_memory(host_name: &str) -> Result<Self, HubError> {
         let db = Database::in_memory(store::MIGRATIONS)
             .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
-        Self::with_database(db, host_name)
+        Self::with_database(db, host_name, &eventhub::StreamSettings::default())
     }
 
-    fn with_database(db: Database, host_name: &str) -> Result<Self, HubError> {
+    /// A hub on an in-memory database with `stream` settings, for tests.
+    pub fn in_memory_with(
+        host_name: &str,
+        stream: &eventhub::StreamSettings,
+    ) -> Result<Self, HubError> {
+        let db = Database::in_memory(store::MIGRATIONS)
+            .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+        Self::with_database(db, host_name, stream)
+    }
+
+    fn with_database(
+        db: Database,
+        host_name: &str,
+        stream: &eventhub::StreamSettings,
+    ) -> Result<Self, HubError> {
+        let event_hub = eventhub::EventHubState::open(&db, host_name, stream)?;
         let (newest, policies) = {
             let conn = db.lock();
             if store::policies(&conn)?.is_empty() {
@@ -101,6 +133,7 @@ impl Hub {
             edge_links: Mutex::new(HashMap::new()),
             policies,
             metrics: metrics::HubMetrics::default(),
+            stream: event_hub,
         })
     }
 

@@ -11,6 +11,7 @@ use outpost_mqtt::{Feature, Outgoing};
 use serde_json::{json, Value};
 
 use crate::error::HubError;
+use crate::eventhub::{record_feedback, DeliveryOutcome};
 use crate::metrics::{C2dOutcome, Via};
 use crate::registry::{device_id, module_id};
 use crate::store;
@@ -148,16 +149,17 @@ impl Hub {
         }
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let seq = self.commit(|tx| {
-            store::append_event(
+        let appended = self.commit(|tx| {
+            self.append_telemetry(
                 tx,
+                identity,
                 &event_json(identity, message, &enqueued),
                 now.timestamp_millis(),
             )
         })?;
-        self.newest_event.send_replace(seq);
+        self.streamed(&[appended]);
         self.metrics.telemetry(Via::Mqtt, 1);
-        Ok(seq)
+        Ok(appended.seq)
     }
 
     /// Appends a batch of device-to-cloud messages in one transaction (one fsync); returns how many.
@@ -173,20 +175,20 @@ impl Hub {
         }
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let newest = self.commit(|tx| {
-            let mut newest = 0;
-            for (identity, message) in batch {
-                newest = store::append_event(
-                    tx,
-                    &event_json(identity, message, &enqueued),
-                    now.timestamp_millis(),
-                )?;
-            }
-            Ok::<_, HubError>(newest)
+        let appended = self.commit(|tx| {
+            batch
+                .iter()
+                .map(|(identity, message)| {
+                    self.append_telemetry(
+                        tx,
+                        identity,
+                        &event_json(identity, message, &enqueued),
+                        now.timestamp_millis(),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
         })?;
-        if newest > 0 {
-            self.newest_event.send_replace(newest);
-        }
+        self.streamed(&appended);
         self.metrics.telemetry(Via::Edge, batch.len() as u64);
         Ok(batch.len())
     }
@@ -208,18 +210,30 @@ impl Hub {
         )?)
     }
 
-    /// Reads up to `max` events after sequence number `after`, waiting up to `wait` for the first one. A reader
-    /// behind the retention (asking after an event already pruned) gets the oldest events kept.
+    /// Reads up to `max` device-to-cloud messages after sequence number `after`, waiting up to `wait` for the
+    /// first one. A reader behind the retention (asking after an event already pruned) gets the oldest events kept.
     pub async fn read_events(
         &self,
         after: i64,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<(i64, Value)>, HubError> {
+        self.read_stream(after, max, wait, false).await
+    }
+
+    /// As [`read_events`](Self::read_events), with twin change events too when `all_sources`.
+    pub async fn read_stream(
+        &self,
+        after: i64,
+        max: usize,
+        wait: Duration,
+        all_sources: bool,
+    ) -> Result<Vec<(i64, Value)>, HubError> {
         let mut newest = self.newest_event.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let events = store::events_after(&self.db.lock(), after, max)?;
+            newest.borrow_and_update();
+            let events = store::events_after(&self.db.lock(), after, max, all_sources)?;
             if !events.is_empty() {
                 return Ok(events);
             }
@@ -304,19 +318,63 @@ impl Hub {
         }
     }
 
-    /// The device acknowledged a cloud-to-device message: it is complete.
+    /// The device acknowledged a cloud-to-device message: it is complete (with its feedback, if asked for).
     pub fn complete_c2d(&self, identity: &Identity, delivery_id: u64) {
         let id = delivery_id as i64;
         self.c2d_in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        match self.commit(|tx| store::complete_c2d(tx, &identity.device, id)) {
+        match self.settle_c2d(&identity.device, id, DeliveryOutcome::Completed) {
             Ok(()) => self.metrics.c2d(C2dOutcome::Completed),
             Err(error) => {
                 tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
             }
         }
+    }
+
+    /// Removes a queued cloud-to-device message with its `outcome`, recording the feedback its sender asked for
+    /// in the same transaction.
+    pub fn settle_c2d(
+        &self,
+        device: &outpost_core::DeviceId,
+        id: i64,
+        outcome: DeliveryOutcome,
+    ) -> Result<(), HubError> {
+        let recorded = self.commit(|tx| {
+            let recorded = match store::c2d_message(tx, device, id)?
+                .as_ref()
+                .and_then(stored_c2d)
+            {
+                Some(message) => record_feedback(tx, device, &message, outcome)?,
+                None => false,
+            };
+            store::complete_c2d(tx, device, id)?;
+            Ok::<_, HubError>(recorded)
+        })?;
+        if recorded {
+            self.feedback_recorded();
+        }
+        Ok(())
+    }
+
+    /// Removes the queued cloud-to-device messages whose `absolute-expiry-time` passed, with their feedback;
+    /// returns how many.
+    pub fn expire_c2d(&self, now: DateTime<Utc>) -> Result<usize, HubError> {
+        let expired: Vec<(outpost_core::DeviceId, i64)> = store::expiring_c2d(&self.db.lock())?
+            .into_iter()
+            .filter_map(|(device, id, expiry)| {
+                let expiry = DateTime::parse_from_rfc3339(&expiry).ok()?;
+                (expiry < now)
+                    .then(|| outpost_core::DeviceId::new(device).ok().map(|d| (d, id)))
+                    .flatten()
+            })
+            .collect();
+        for (device, id) in &expired {
+            self.settle_c2d(device, *id, DeliveryOutcome::Expired)?;
+            self.metrics.c2d(C2dOutcome::Expired);
+        }
+        Ok(expired.len())
     }
 
     /// Invokes a direct method on a device or module and waits for its answer: `(status, payload)`.

@@ -49,6 +49,8 @@ pub enum C2dOutcome {
     Queued,
     /// The device acknowledged it.
     Completed,
+    /// Its expiry time passed before the device took it.
+    Expired,
 }
 
 /// A twin operation.
@@ -91,6 +93,7 @@ impl C2dOutcome {
         match self {
             Self::Queued => "queued",
             Self::Completed => "completed",
+            Self::Expired => "expired",
         }
     }
 }

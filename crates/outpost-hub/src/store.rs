@@ -59,6 +59,50 @@ pub const MIGRATIONS: &[&str] = &["
         BEGIN UPDATE event_totals SET bytes = bytes + NEW.bytes; END;
     CREATE TRIGGER event_removed AFTER DELETE ON events
         BEGIN UPDATE event_totals SET bytes = bytes - OLD.bytes; END;
+", "
+    -- The Event Hubs-compatible endpoint (see `stream`): every event belongs to a partition and has a sequence
+    -- number in it. The partition count is a setting of the hub, not of the schema: events of an older database
+    -- get theirs when the hub first opens it (`stream::assign_partitions`), hence the NULLs. The source tells
+    -- telemetry (0) from twin change events (1). The columns stay before the JSON (see the previous migration).
+    CREATE TABLE events_v3 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        enqueued_ms INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        partition INTEGER,
+        partition_seq INTEGER,
+        source INTEGER NOT NULL DEFAULT 0,
+        event TEXT NOT NULL);
+    INSERT INTO events_v3 (seq, enqueued_ms, bytes, event) SELECT seq, enqueued_ms, bytes, event FROM events;
+    -- The high-water mark survives even when every event was pruned.
+    DELETE FROM sqlite_sequence WHERE name = 'events_v3';
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'events_v3', seq FROM sqlite_sequence WHERE name = 'events';
+    DROP TABLE events;
+    ALTER TABLE events_v3 RENAME TO events;
+    CREATE INDEX events_by_partition ON events (partition, partition_seq);
+    CREATE TRIGGER event_added AFTER INSERT ON events
+        BEGIN UPDATE event_totals SET bytes = bytes + NEW.bytes; END;
+    CREATE TRIGGER event_removed AFTER DELETE ON events
+        BEGIN UPDATE event_totals SET bytes = bytes - OLD.bytes; END;
+    -- One row: the Event Hub the stream is presented as, fixed when the hub first opens the database.
+    CREATE TABLE event_hub (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        name TEXT NOT NULL,
+        partitions INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL);
+    -- Each partition's newest event, kept apart from the events so that pruning never resets a sequence.
+    CREATE TABLE partition_heads (
+        partition INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL,
+        last_offset INTEGER NOT NULL,
+        last_enqueued_ms INTEGER NOT NULL);
+    CREATE TABLE consumer_groups (name TEXT PRIMARY KEY COLLATE NOCASE, created_ms INTEGER NOT NULL);
+    -- Delivery feedback of cloud-to-device messages, handed to the service in locked batches.
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        enqueued_ms INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        lock_token INTEGER,
+        locked_until_ms INTEGER NOT NULL DEFAULT 0);
 "];
 
 /// Errors of the hub's storage.
@@ -274,27 +318,18 @@ pub fn put_session(
     Ok(())
 }
 
-/// Appends a device-to-cloud event enqueued at `enqueued_ms` (Unix milliseconds); returns its sequence number.
-pub fn append_event(
-    conn: &Connection,
-    event: &serde_json::Value,
-    enqueued_ms: i64,
-) -> Result<i64, StorageError> {
-    let text = to_text(event)?;
-    conn.prepare_cached("INSERT INTO events (enqueued_ms, bytes, event) VALUES (?1, ?2, ?3)")?
-        .execute(params![enqueued_ms, text.len() as i64, text])?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Reads up to `max` events with a sequence number above `after` (from the oldest kept when `after` is older).
+/// Reads up to `max` events with a sequence number above `after` (from the oldest kept when `after` is older);
+/// twin change events only with `all_sources`.
 pub fn events_after(
     conn: &Connection,
     after: i64,
     max: usize,
+    all_sources: bool,
 ) -> Result<Vec<(i64, serde_json::Value)>, StorageError> {
-    let mut statement =
-        conn.prepare_cached("SELECT seq, event FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-    let rows = statement.query_map(params![after, max as i64], |r| {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, event FROM events WHERE seq > ?1 AND (?3 OR source = 0) ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![after, max as i64, all_sources], |r| {
         Ok((r.get(0)?, r.get::<_, String>(1)?))
     })?;
     rows.map(|row| {
@@ -380,6 +415,29 @@ pub fn pending_c2d(
     .collect()
 }
 
+/// One queued cloud-to-device message of a device.
+pub fn c2d_message(
+    conn: &Connection,
+    device: &DeviceId,
+    id: i64,
+) -> Result<Option<serde_json::Value>, StorageError> {
+    let text = conn
+        .prepare_cached("SELECT message FROM c2d WHERE id = ?1 AND device_id = ?2")?
+        .query_row(params![id, device.as_str()], |r| r.get(0))
+        .optional()?;
+    from_text(text)
+}
+
+/// `(device, id, absolute-expiry-time)` of the queued cloud-to-device messages that have an expiry time.
+pub fn expiring_c2d(conn: &Connection) -> Result<Vec<(String, i64, String)>, StorageError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT device_id, id, json_extract(message, '$.system.\"absolute-expiry-time\"') AS expiry
+         FROM c2d WHERE expiry IS NOT NULL",
+    )?;
+    let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The devices that have cloud-to-device messages waiting.
 pub fn devices_with_c2d(conn: &Connection) -> Result<Vec<String>, StorageError> {
     let mut statement = conn.prepare_cached("SELECT DISTINCT device_id FROM c2d")?;
@@ -430,12 +488,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn append(conn: &Connection, event: &serde_json::Value, at: i64) -> i64 {
+        crate::stream::append_event(conn, 0, crate::stream::EventSource::Telemetry, event, at)
+            .unwrap()
+            .seq
+    }
+
     fn events_db() -> outpost_store::Database {
         outpost_store::Database::in_memory(MIGRATIONS).unwrap()
     }
 
     fn seqs(conn: &Connection) -> Vec<i64> {
-        events_after(conn, 0, 1000)
+        events_after(conn, 0, 1000, true)
             .unwrap()
             .into_iter()
             .map(|(seq, _)| seq)
@@ -447,7 +511,7 @@ mod tests {
         let db = events_db();
         let conn = db.lock();
         for at in [1_000, 2_000, 3_000, 4_000] {
-            append_event(&conn, &json!({"at": at}), at).unwrap();
+            append(&conn, &json!({"at": at}), at);
         }
         assert_eq!(prune_events(&conn, 3_000, u64::MAX, 100).unwrap(), 2);
         assert_eq!(seqs(&conn), vec![3, 4]);
@@ -461,7 +525,7 @@ mod tests {
         let event = json!({"body": "x".repeat(90)});
         let size = to_text(&event).unwrap().len() as u64;
         for _ in 0..10 {
-            append_event(&conn, &event, 1_000).unwrap();
+            append(&conn, &event, 1_000);
         }
         assert_eq!(event_bytes(&conn).unwrap(), 10 * size);
         assert_eq!(prune_events(&conn, 0, 3 * size + 1, 100).unwrap(), 7);
@@ -474,7 +538,7 @@ mod tests {
         let db = events_db();
         let conn = db.lock();
         for _ in 0..10 {
-            append_event(&conn, &json!({}), 1_000).unwrap();
+            append(&conn, &json!({}), 1_000);
         }
         assert_eq!(prune_events(&conn, 5_000, u64::MAX, 4).unwrap(), 4);
         assert_eq!(prune_events(&conn, 5_000, u64::MAX, 4).unwrap(), 4);
@@ -486,11 +550,11 @@ mod tests {
     fn sequence_numbers_keep_growing_after_everything_was_pruned() {
         let db = events_db();
         let conn = db.lock();
-        append_event(&conn, &json!({}), 1_000).unwrap();
-        append_event(&conn, &json!({}), 1_000).unwrap();
+        append(&conn, &json!({}), 1_000);
+        append(&conn, &json!({}), 1_000);
         prune_events(&conn, 5_000, u64::MAX, 100).unwrap();
         assert_eq!(last_event(&conn).unwrap(), 2);
-        assert_eq!(append_event(&conn, &json!({}), 6_000).unwrap(), 3);
+        assert_eq!(append(&conn, &json!({}), 6_000), 3);
         assert_eq!(event_bytes(&conn).unwrap(), 2);
     }
 
@@ -499,7 +563,7 @@ mod tests {
         let db = events_db();
         let conn = db.lock();
         for at in [1_000, 2_000, 3_000] {
-            append_event(&conn, &json!({}), at).unwrap();
+            append(&conn, &json!({}), at);
         }
         prune_events(&conn, 2_500, u64::MAX, 100).unwrap();
         assert_eq!(seqs(&conn), vec![3]);
@@ -529,6 +593,6 @@ mod tests {
         assert_eq!(enqueued_ms, 1_714_557_600_000);
         assert_eq!(bytes, to_text(&event).unwrap().len() as i64);
         assert_eq!(event_bytes(&conn).unwrap(), bytes.unsigned_abs());
-        assert_eq!(append_event(&conn, &json!({}), 0).unwrap(), 2);
+        assert_eq!(append(&conn, &json!({}), 0), 2);
     }
 }

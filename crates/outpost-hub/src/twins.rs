@@ -7,6 +7,7 @@ use outpost_mqtt::Outgoing;
 use serde_json::{Map, Value};
 
 use crate::error::HubError;
+use crate::eventhub::{twin_change_body, TwinOperation};
 use crate::registry::{device_id, module_id, Precondition};
 use crate::store;
 use crate::Hub;
@@ -62,6 +63,15 @@ pub struct TwinView {
     pub module: Option<crate::identity::ModuleRecord>,
     /// Whether the twin's identity is connected now.
     pub connected: bool,
+}
+
+/// The `opType` of a service write.
+fn operation(replace: bool) -> TwinOperation {
+    if replace {
+        TwinOperation::Replace
+    } else {
+        TwinOperation::Update
+    }
 }
 
 fn twin_error(error: &TwinError) -> HubError {
@@ -143,8 +153,21 @@ impl Hub {
             };
             twin = updated;
             store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
-            Ok::<_, HubError>(notification)
+            let tags = write.tags.as_ref().map(|patch| {
+                if write.replace {
+                    Value::Object(twin.tags().clone())
+                } else {
+                    patch.clone()
+                }
+            });
+            let change =
+                twin_change_body(twin.version(), tags.as_ref(), notification.as_ref(), None);
+            let appended =
+                self.append_twin_change(tx, &identity, operation(write.replace), &change)?;
+            Ok::<_, HubError>((notification, appended))
         })?;
+        let (notification, appended) = notification;
+        self.streamed(appended.as_slice());
         if let Some(body) = notification {
             self.notify_desired(&identity, body);
         }
@@ -153,14 +176,22 @@ impl Hub {
 
     /// Applies a reported patch from the device itself; returns the new reported `$version`.
     pub fn patch_reported(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
-        self.commit(|tx| {
+        let (version, appended) = self.commit(|tx| {
             let mut twin = Self::twin_for_update(tx, identity)?;
             let version = twin
                 .patch_reported(patch, Utc::now())
                 .map_err(|e| twin_error(&e))?;
             store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
-            Ok(version)
-        })
+            let mut reported = patch.as_object().cloned().unwrap_or_default();
+            reported.remove("$metadata");
+            reported.insert("$version".into(), version.into());
+            let change =
+                twin_change_body(twin.version(), None, None, Some(&Value::Object(reported)));
+            let appended = self.append_twin_change(tx, identity, TwinOperation::Update, &change)?;
+            Ok::<_, HubError>((version, appended))
+        })?;
+        self.streamed(appended.as_slice());
+        Ok(version)
     }
 
     /// The twin a device or module sees (`{"desired":..,"reported":..}`).
@@ -179,6 +210,7 @@ impl Hub {
         let manifest = DeploymentManifest::from_json(content)
             .map_err(|e| HubError::InvalidConfigurationContent(e.to_string()))?;
         let mut notifications = Vec::new();
+        let mut appended = Vec::new();
         self.commit(|tx| {
             let record = store::device(tx, &device_id)?
                 .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
@@ -204,12 +236,21 @@ impl Hub {
             }
             for (module, twin, body) in updates {
                 store::put_twin(tx, &device_id, Some(&module), &twin)?;
-                notifications.push((Identity::module(device_id.clone(), module), body));
+                let identity = Identity::module(device_id.clone(), module);
+                let change = twin_change_body(twin.version(), None, Some(&body), None);
+                appended.extend(self.append_twin_change(
+                    tx,
+                    &identity,
+                    TwinOperation::Replace,
+                    &change,
+                )?);
+                notifications.push((identity, body));
             }
             let normalized = serde_json::json!({"modulesContent": manifest.modules_content});
             store::put_deployment(tx, &device_id, &normalized)?;
             Ok(())
         })?;
+        self.streamed(&appended);
         for (identity, body) in notifications {
             self.notify_desired(&identity, body);
         }

@@ -1,0 +1,788 @@
+//! The hub's side of the Event Hubs-compatible endpoint and of cloud-to-device messages over AMQP: the partitioned
+//! stream's settings and heads, twin change events, delivery feedback, and [`HubService`], the
+//! [`ServiceBackend`] the AMQP head of `outpost-amqp` calls.
+//!
+//! Appending is always part of the transaction that makes the event true (a telemetry batch, a twin write), and
+//! the partition's watch is told only after that transaction committed: a reader never sees an event the hub
+//! could still lose, and [`ServiceBackend::wait_events`] sleeps until an append, without polling.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{SecondsFormat, Utc};
+use outpost_amqp::{
+    AuthError, BackendError, C2dMessage, Event, EventHubInfo, EventPosition, FeedbackBatch, Grant,
+    PartitionInfo, ServiceBackend, Value as AmqpValue,
+};
+use outpost_core::{Identity, Message, SasToken};
+use outpost_store::Database;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::error::HubError;
+use crate::identity::Right;
+use crate::store::StorageError;
+use crate::stream::{self, Appended, EventHubRecord, EventSource, PartitionEvent};
+use crate::Hub;
+
+/// Partitions of a new hub unless `--partitions` says otherwise.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+/// The most partitions a hub may have (Event Hubs' limit for a standard namespace).
+pub const MAX_PARTITIONS: u32 = 32;
+/// The consumer group every Event Hub has.
+pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
+/// At most this many consumer groups may be created (IoT Hub's limit on its built-in endpoint is 20).
+pub const MAX_CONSUMER_GROUPS: usize = 20;
+/// At most this many feedback records wait; past it the oldest are dropped (IoT Hub keeps them for a while
+/// only, too).
+pub const MAX_FEEDBACK_RECORDS: usize = 10_000;
+/// At most this many records travel in one feedback message.
+const FEEDBACK_BATCH: usize = 100;
+/// How long a feedback batch handed out stays locked before it is handed out again.
+const FEEDBACK_LOCK: Duration = Duration::from_mins(1);
+
+/// How the stream is partitioned and what it carries besides telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// The partition count: `None` keeps the stored one ([`DEFAULT_PARTITIONS`] for a new hub); a count that
+    /// differs from the stored one is an error, as the partition of every event would change.
+    pub partitions: Option<u32>,
+    /// Whether twin changes append twin change events.
+    pub twin_change_events: bool,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            partitions: None,
+            twin_change_events: true,
+        }
+    }
+}
+
+/// The Event Hub's name for a hub host name: its first DNS label (IoT Hub's hub name), or `outpost` for an IP
+/// address.
+pub fn event_hub_name(host_name: &str) -> String {
+    let host = host_name
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(host_name, |(host, _)| host);
+    if host.parse::<std::net::IpAddr>().is_ok() || host.is_empty() {
+        return "outpost".to_owned();
+    }
+    host.split('.').next().unwrap_or(host).to_ascii_lowercase()
+}
+
+/// What the hub holds of its Event Hub while it runs.
+pub(crate) struct EventHubState {
+    record: EventHubRecord,
+    /// The sequence number of each partition's newest event, for waiting readers.
+    heads: Vec<watch::Sender<i64>>,
+    twin_change_events: bool,
+    /// Bumped when a feedback record is added, for the waiting feedback receiver.
+    feedback_added: watch::Sender<u64>,
+    next_lock_token: AtomicI64,
+}
+
+impl EventHubState {
+    /// Reads (or creates) the Event Hub of `db` and gives events of an older database their partitions.
+    pub(crate) fn open(
+        db: &Database,
+        host_name: &str,
+        settings: &StreamSettings,
+    ) -> Result<Self, HubError> {
+        if let Some(count) = settings.partitions {
+            if !(1..=MAX_PARTITIONS).contains(&count) {
+                return Err(HubError::ArgumentInvalid(format!(
+                    "the partition count must be between 1 and {MAX_PARTITIONS}, not {count}"
+                )));
+            }
+        }
+        let (record, heads) = db.transaction(|tx| {
+            let record = if let Some(stored) = stream::event_hub(tx)? {
+                if let Some(asked) = settings.partitions.filter(|&p| p != stored.partitions) {
+                    return Err(HubError::ArgumentInvalid(format!(
+                        "the event stream of this data directory has {} partitions, not {asked}: the \
+                         partition count is fixed when a hub is created (leave --partitions out, or give {})",
+                        stored.partitions, stored.partitions
+                    )));
+                }
+                stored
+            } else {
+                let record = EventHubRecord {
+                    name: event_hub_name(host_name),
+                    partitions: settings.partitions.unwrap_or(DEFAULT_PARTITIONS),
+                    created_ms: Utc::now().timestamp_millis(),
+                };
+                stream::create_event_hub(tx, &record)?;
+                record
+            };
+            let assigned = stream::assign_partitions(tx, record.partitions)?;
+            if assigned > 0 {
+                tracing::info!(assigned, "gave the events of an older database their partitions");
+            }
+            let heads = (0..record.partitions)
+                .map(|p| Ok(stream::head(tx, p)?.last_seq))
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            Ok::<_, HubError>((record, heads))
+        })?;
+        Ok(Self {
+            record,
+            heads: heads.into_iter().map(|h| watch::channel(h).0).collect(),
+            twin_change_events: settings.twin_change_events,
+            feedback_added: watch::channel(0).0,
+            next_lock_token: AtomicI64::new(Utc::now().timestamp_micros()),
+        })
+    }
+
+    fn partition(&self, partition: u32) -> Result<&watch::Sender<i64>, BackendError> {
+        self.heads.get(partition as usize).ok_or_else(|| {
+            BackendError::NotFound(format!(
+                "partition {partition} does not exist (the event hub has {})",
+                self.record.partitions
+            ))
+        })
+    }
+}
+
+/// Why a twin changed, as twin change events say it (`opType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwinOperation {
+    /// A patch of tags, desired or reported properties.
+    Update,
+    /// A replacement of tags or desired properties.
+    Replace,
+}
+
+impl TwinOperation {
+    fn op_type(self) -> &'static str {
+        match self {
+            Self::Update => "updateTwin",
+            Self::Replace => "replaceTwin",
+        }
+    }
+}
+
+/// The body of a twin change event: the new twin `version` and what changed, each section with its `$version`.
+pub fn twin_change_body(
+    version: u64,
+    tags: Option<&Value>,
+    desired: Option<&Value>,
+    reported: Option<&Value>,
+) -> Value {
+    let mut body = json!({ "version": version });
+    if let Some(tags) = tags {
+        body["tags"] = tags.clone();
+    }
+    let mut properties = serde_json::Map::new();
+    if let Some(desired) = desired {
+        properties.insert("desired".into(), desired.clone());
+    }
+    if let Some(reported) = reported {
+        properties.insert("reported".into(), reported.clone());
+    }
+    if !properties.is_empty() {
+        body["properties"] = Value::Object(properties);
+    }
+    body
+}
+
+impl Hub {
+    /// The hub's Event Hub.
+    pub fn event_hub(&self) -> EventHubInfo {
+        EventHubInfo {
+            name: self.stream.record.name.clone(),
+            created_at_ms: self.stream.record.created_ms,
+            partition_count: self.stream.record.partitions,
+        }
+    }
+
+    /// Appends a device-to-cloud message of `identity` to its device's partition, inside the caller's transaction.
+    pub(crate) fn append_telemetry(
+        &self,
+        tx: &rusqlite::Connection,
+        identity: &Identity,
+        event: &Value,
+        enqueued_ms: i64,
+    ) -> Result<Appended, StorageError> {
+        let partition =
+            stream::partition_of(identity.device.as_str(), self.stream.record.partitions);
+        stream::append_event(tx, partition, EventSource::Telemetry, event, enqueued_ms)
+    }
+
+    /// Appends the twin change event of `identity` with `body` (see [`twin_change_body`]) inside the caller's
+    /// transaction, unless twin change events are off.
+    pub(crate) fn append_twin_change(
+        &self,
+        tx: &rusqlite::Connection,
+        identity: &Identity,
+        operation: TwinOperation,
+        body: &Value,
+    ) -> Result<Option<Appended>, StorageError> {
+        if !self.stream.twin_change_events {
+            return Ok(None);
+        }
+        let now = Utc::now();
+        let timestamp = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let module = identity.module.as_ref().map(outpost_core::ModuleId::as_str);
+        let mut properties = json!({
+            "hubName": self.stream.record.name,
+            "deviceId": identity.device.as_str(),
+            "operationTimestamp": timestamp,
+            "iothub-message-schema": "twinChangeNotification",
+            "opType": operation.op_type(),
+        });
+        let mut system = json!({
+            "contentType": "application/json",
+            "contentEncoding": "utf-8",
+            "connectionDeviceId": identity.device.as_str(),
+            "enqueuedTime": timestamp,
+        });
+        if let Some(module) = module {
+            properties["moduleId"] = module.into();
+            system["connectionModuleId"] = module.into();
+        }
+        let event = json!({
+            "deviceId": identity.device.as_str(),
+            "moduleId": module,
+            "properties": properties,
+            "systemProperties": system,
+            "enqueuedTime": timestamp,
+            "body": body.to_string(),
+        });
+        let partition =
+            stream::partition_of(identity.device.as_str(), self.stream.record.partitions);
+        stream::append_event(
+            tx,
+            partition,
+            EventSource::TwinChange,
+            &event,
+            now.timestamp_millis(),
+        )
+        .map(Some)
+    }
+
+    /// Wakes the readers of the partitions `appended` went to; call after their transaction committed.
+    pub(crate) fn streamed(&self, appended: &[Appended]) {
+        let mut newest = None;
+        for event in appended {
+            if let Some(head) = self.stream.heads.get(event.partition as usize) {
+                head.send_if_modified(|last| {
+                    let newer = event.partition_seq > *last;
+                    if newer {
+                        *last = event.partition_seq;
+                    }
+                    newer
+                });
+            }
+            newest = newest.max(Some(event.seq));
+        }
+        if let Some(newest) = newest {
+            self.newest_event.send_if_modified(|last| {
+                let newer = newest > *last;
+                if newer {
+                    *last = newest;
+                }
+                newer
+            });
+        }
+    }
+
+    /// The state of one partition.
+    pub fn partition_info(&self, partition: u32) -> Result<PartitionInfo, BackendError> {
+        self.stream.partition(partition)?;
+        let conn = self.db.lock();
+        let head = stream::head(&conn, partition).map_err(internal)?;
+        let first = stream::first_kept(&conn, partition).map_err(internal)?;
+        Ok(PartitionInfo {
+            begin_sequence_number: first.unwrap_or(head.last_seq + 1),
+            last_enqueued_sequence_number: head.last_seq,
+            last_enqueued_offset: head.last_offset,
+            last_enqueued_time_ms: head.last_enqueued_ms,
+            is_empty: first.is_none(),
+        })
+    }
+
+    /// The partition sequence number to read after so that reading starts where `position` says.
+    pub fn resolve_position(
+        &self,
+        partition: u32,
+        position: EventPosition,
+    ) -> Result<i64, BackendError> {
+        self.stream.partition(partition)?;
+        let conn = self.db.lock();
+        let last =
+            || Ok::<_, BackendError>(stream::head(&conn, partition).map_err(internal)?.last_seq);
+        let before = |first: Option<i64>| match first {
+            Some(seq) => Ok(seq - 1),
+            None => last(),
+        };
+        match position {
+            EventPosition::Earliest => Ok(-1),
+            EventPosition::Latest => last(),
+            EventPosition::Offset { offset, inclusive } => before(
+                stream::first_from_offset(&conn, partition, offset, inclusive).map_err(internal)?,
+            ),
+            EventPosition::SequenceNumber {
+                sequence_number,
+                inclusive,
+            } => Ok(if inclusive {
+                sequence_number - 1
+            } else {
+                sequence_number
+            }
+            .max(-1)),
+            EventPosition::EnqueuedTime { ms } => {
+                before(stream::first_after_time(&conn, partition, ms).map_err(internal)?)
+            }
+        }
+    }
+
+    /// Up to `max` events of `partition` after sequence number `after`; waits until there is one.
+    pub async fn wait_partition_events(
+        &self,
+        partition: u32,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<Event>, BackendError> {
+        let mut head = self.stream.partition(partition)?.subscribe();
+        loop {
+            // Marked seen before reading, so that an append between the read and the wait still wakes us.
+            head.borrow_and_update();
+            let events = stream::partition_events(&self.db.lock(), partition, after, max.max(1))
+                .map_err(internal)?;
+            if !events.is_empty() {
+                return Ok(events.iter().map(amqp_event).collect());
+            }
+            if head.changed().await.is_err() {
+                return Err(BackendError::Internal("the hub is shutting down".into()));
+            }
+        }
+    }
+
+    /// The consumer groups: `$Default` and those created.
+    pub fn consumer_groups(&self) -> Result<Vec<String>, HubError> {
+        let mut groups = vec![DEFAULT_CONSUMER_GROUP.to_owned()];
+        groups.extend(stream::consumer_groups(&self.db.lock())?);
+        Ok(groups)
+    }
+
+    /// Whether a consumer group exists (read from the database, so that groups created by the CLI while the hub
+    /// runs count at once).
+    pub fn consumer_group_exists(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP)
+            || stream::consumer_group_exists(&self.db.lock(), name).unwrap_or(false)
+    }
+
+    /// Wakes the feedback receiver; call after a transaction that recorded feedback committed.
+    pub(crate) fn feedback_recorded(&self) {
+        self.stream
+            .feedback_added
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The oldest feedback records not locked, locked for one receiver; waits until there are some.
+    pub async fn next_feedback(&self) -> Result<FeedbackBatch, BackendError> {
+        let mut added = self.stream.feedback_added.subscribe();
+        loop {
+            added.borrow_and_update();
+            let now = Utc::now().timestamp_millis();
+            let token = self.stream.next_lock_token.fetch_add(1, Ordering::Relaxed);
+            let lock_ms = i64::try_from(FEEDBACK_LOCK.as_millis()).unwrap_or(i64::MAX);
+            let (locked, unlock) = self
+                .db
+                .transaction(|tx| {
+                    let locked =
+                        stream::lock_feedback(tx, token, now, now + lock_ms, FEEDBACK_BATCH)?;
+                    let unlock = stream::next_feedback_unlock(tx, now)?;
+                    Ok::<_, StorageError>((locked, unlock))
+                })
+                .map_err(internal)?;
+            if let Some(locked) = locked {
+                let body = serde_json::to_vec(&locked.records)
+                    .map_err(|e| BackendError::Internal(e.to_string()))?;
+                return Ok(FeedbackBatch {
+                    lock_token: token,
+                    body,
+                    enqueued_time_ms: locked.enqueued_ms,
+                });
+            }
+            // Nothing free: wait for a new record, or for the earliest lock to end (its receiver went away).
+            let until_unlock = unlock.map_or(FEEDBACK_LOCK, |at| {
+                Duration::from_millis((at - now).max(1).unsigned_abs())
+            });
+            tokio::select! {
+                changed = added.changed() => if changed.is_err() {
+                    return Err(BackendError::Internal("the hub is shutting down".into()));
+                },
+                () = tokio::time::sleep(until_unlock) => {}
+            }
+        }
+    }
+
+    /// Deletes the feedback records a receiver accepted.
+    pub fn complete_feedback(&self, lock_token: i64) -> Result<(), BackendError> {
+        self.db
+            .transaction(|tx| stream::complete_feedback(tx, lock_token))
+            .map(drop)
+            .map_err(internal)
+    }
+
+    /// The grant of a SAS token put on `$cbs` for `audience`: signed by an access policy of this hub, for this
+    /// hub (or its Event Hub), not expired.
+    pub fn authorize_amqp_token(&self, audience: &str, token: &str) -> Result<Grant, AuthError> {
+        let refuse = |why: String| AuthError(why);
+        let parsed = SasToken::parse(token).map_err(|e| refuse(e.to_string()))?;
+        let resource = percent_encoding::percent_decode_str(&parsed.resource_raw)
+            .decode_utf8()
+            .map_err(|_| refuse("the token's resource is not UTF-8".into()))?;
+        if !self.covers(&resource) {
+            return Err(refuse(format!(
+                "the token's resource {resource} is not this hub ({})",
+                self.host_name
+            )));
+        }
+        if !audience.is_empty() && !self.covers(audience) {
+            return Err(refuse(format!("the audience {audience} is not this hub")));
+        }
+        let policy_name = parsed
+            .key_name
+            .clone()
+            .ok_or_else(|| refuse("the token names no shared access policy (skn)".into()))?;
+        let policy = self
+            .policy(&policy_name)
+            .ok_or_else(|| refuse(format!("no shared access policy named {policy_name}")))?;
+        parsed
+            .verify(
+                &[policy.primary_key.as_str(), policy.secondary_key.as_str()],
+                chrono::Utc::now().timestamp().max(0).unsigned_abs(),
+            )
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(Grant {
+            policy: policy.name.clone(),
+            service_connect: policy.grants(Right::ServiceConnect),
+            expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(parsed.expiry)),
+        })
+    }
+
+    /// The grant of SASL PLAIN credentials: a policy name (`name` or `name@sas.root.HUB`) with a SAS token of
+    /// that policy or the policy's key itself.
+    pub fn authorize_amqp_plain(&self, user: &str, password: &str) -> Result<Grant, AuthError> {
+        let name = user.split_once('@').map_or(user, |(name, _)| name);
+        if password.starts_with("SharedAccessSignature ") {
+            let grant = self.authorize_amqp_token("", password)?;
+            if !grant.policy.eq_ignore_ascii_case(name) {
+                return Err(AuthError(format!(
+                    "the token is signed by policy {}, not {name}",
+                    grant.policy
+                )));
+            }
+            return Ok(grant);
+        }
+        let policy = self
+            .policy(name)
+            .ok_or_else(|| AuthError(format!("no shared access policy named {name}")))?;
+        let matches = [&policy.primary_key, &policy.secondary_key]
+            .iter()
+            .any(|key| constant_time_eq(key.as_bytes(), password.as_bytes()));
+        if !matches {
+            return Err(AuthError(format!("wrong key for policy {name}")));
+        }
+        Ok(Grant {
+            policy: policy.name.clone(),
+            service_connect: policy.grants(Right::ServiceConnect),
+            expires_at: None,
+        })
+    }
+
+    /// Whether a token resource or audience names this hub: its host, optionally with a scheme, and a path that
+    /// is empty, the Event Hub's name or an IoT Hub service node (`messages/...`, `devices/...`).
+    fn covers(&self, resource: &str) -> bool {
+        let rest = resource
+            .split_once("://")
+            .map_or(resource, |(_, rest)| rest);
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let first = path.split('/').next().unwrap_or("");
+        crate::auth::same_host(host, &self.host_name)
+            && (first.is_empty()
+                || first.eq_ignore_ascii_case(&self.stream.record.name)
+                || first.eq_ignore_ascii_case("messages")
+                || first.eq_ignore_ascii_case("devices"))
+    }
+
+    /// Queues a cloud-to-device message that came over AMQP, as the REST route does.
+    pub fn send_amqp_c2d(&self, grant: &Grant, message: C2dMessage) -> Result<(), BackendError> {
+        if !grant.service_connect {
+            return Err(BackendError::InvalidArgument(format!(
+                "policy {} does not grant ServiceConnect",
+                grant.policy
+            )));
+        }
+        let device = message.device_id.clone();
+        let message = c2d_message(message);
+        self.send_c2d(&device, &message)
+            .map(drop)
+            .map_err(|error| match error {
+                HubError::DeviceNotFound(_) => BackendError::NotFound(error.to_string()),
+                HubError::QueueFull(_) => BackendError::LimitExceeded(error.to_string()),
+                HubError::TooLarge(_) | HubError::ArgumentInvalid(_) => {
+                    BackendError::InvalidArgument(error.to_string())
+                }
+                other => BackendError::Internal(other.to_string()),
+            })
+    }
+}
+
+/// Records the delivery feedback of a cloud-to-device message whose sender asked for it, inside the caller's
+/// transaction; returns whether one was recorded.
+pub(crate) fn record_feedback(
+    tx: &rusqlite::Connection,
+    device: &outpost_core::DeviceId,
+    message: &Message,
+    outcome: DeliveryOutcome,
+) -> Result<bool, StorageError> {
+    let ack = message.system.get("ack").map_or("none", String::as_str);
+    let wanted = match outcome {
+        DeliveryOutcome::Completed => matches!(ack, "positive" | "full"),
+        DeliveryOutcome::Rejected | DeliveryOutcome::Expired => {
+            matches!(ack, "negative" | "full")
+        }
+    };
+    if !wanted {
+        return Ok(false);
+    }
+    let generation = crate::store::device(tx, device)?
+        .map(|d| d.generation_id)
+        .unwrap_or_default();
+    let now = Utc::now();
+    let record = json!({
+        "originalMessageId": message.system.get("messageId"),
+        "description": outcome.description(),
+        "deviceGenerationId": generation,
+        "deviceId": device.as_str(),
+        "enqueuedTimeUtc": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "statusCode": outcome.status_code(),
+    });
+    stream::add_feedback(tx, &record, now.timestamp_millis())?;
+    tx.execute(
+        "DELETE FROM feedback WHERE id <= (SELECT MAX(id) FROM feedback) - ?1",
+        [MAX_FEEDBACK_RECORDS as i64],
+    )?;
+    Ok(true)
+}
+
+/// What became of a cloud-to-device message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The device completed it.
+    Completed,
+    /// The device rejected it.
+    Rejected,
+    /// It expired before the device took it.
+    Expired,
+}
+
+impl DeliveryOutcome {
+    fn description(self) -> &'static str {
+        match self {
+            Self::Completed => "Success",
+            Self::Rejected => "Message was rejected",
+            Self::Expired => "Expired",
+        }
+    }
+
+    fn status_code(self) -> &'static str {
+        match self {
+            Self::Completed => "Success",
+            Self::Rejected => "Rejected",
+            Self::Expired => "Expired",
+        }
+    }
+}
+
+/// A cloud-to-device message of the AMQP head as the hub queues it.
+fn c2d_message(message: C2dMessage) -> Message {
+    let mut system = std::collections::BTreeMap::new();
+    let message_id = message
+        .message_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    system.insert("messageId".to_owned(), message_id);
+    system.insert(
+        "to".to_owned(),
+        format!("/devices/{}/messages/deviceBound", message.device_id),
+    );
+    let user_id = message
+        .user_id
+        .map(|u| String::from_utf8_lossy(&u).into_owned());
+    let expiry = message.expiry_time_ms.and_then(|ms| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    });
+    for (name, value) in [
+        ("correlationId", message.correlation_id),
+        ("contentType", message.content_type),
+        ("contentEncoding", message.content_encoding),
+        ("userId", user_id),
+        ("absolute-expiry-time", expiry),
+        ("ack", message.ack.filter(|a| a != "none")),
+    ] {
+        if let Some(value) = value {
+            system.insert(name.to_owned(), value);
+        }
+    }
+    Message {
+        body: message.body,
+        system,
+        properties: message
+            .application_properties
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect(),
+    }
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn internal(error: impl std::fmt::Display) -> BackendError {
+    BackendError::Internal(error.to_string())
+}
+
+/// An event as the AMQP head sends it, from its stored JSON.
+fn amqp_event(stored: &PartitionEvent) -> Event {
+    let event = &stored.event;
+    let body = match (event.get("body"), event.get("bodyBase64")) {
+        (Some(Value::String(text)), _) => text.clone().into_bytes(),
+        (_, Some(Value::String(encoded))) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let system = |name: &str| {
+        event
+            .get("systemProperties")
+            .and_then(|s| s.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let application_properties = event
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|properties| {
+            properties
+                .iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), AmqpValue::String(value))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let device = event.get("deviceId").and_then(Value::as_str).unwrap_or("");
+    let module = event.get("moduleId").and_then(Value::as_str);
+    let mut annotations = vec![(
+        "iothub-connection-device-id".to_owned(),
+        AmqpValue::String(device.to_owned()),
+    )];
+    if let Some(module) = module {
+        annotations.push((
+            "iothub-connection-module-id".to_owned(),
+            AmqpValue::String(module.to_owned()),
+        ));
+    }
+    if stored.source == EventSource::Telemetry {
+        let scope = if module.is_some() { "module" } else { "device" };
+        annotations.push((
+            "iothub-connection-auth-method".to_owned(),
+            AmqpValue::String(format!(
+                r#"{{"scope":"{scope}","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}}"#
+            )),
+        ));
+    }
+    annotations.push((
+        "iothub-enqueuedtime".to_owned(),
+        AmqpValue::Timestamp(stored.enqueued_ms),
+    ));
+    annotations.push((
+        "iothub-message-source".to_owned(),
+        AmqpValue::String(stored.source.annotation().to_owned()),
+    ));
+    Event {
+        sequence_number: stored.partition_seq,
+        offset: stored.offset,
+        enqueued_time_ms: stored.enqueued_ms,
+        body,
+        message_id: system("messageId"),
+        correlation_id: system("correlationId"),
+        content_type: system("contentType"),
+        content_encoding: system("contentEncoding"),
+        user_id: system("userId").map(String::into_bytes),
+        application_properties,
+        annotations,
+    }
+}
+
+/// [`Hub`] behind an `Arc`, as the AMQP head holds it.
+pub struct HubService(pub Arc<Hub>);
+
+#[async_trait::async_trait]
+impl ServiceBackend for HubService {
+    fn authorize_token(&self, audience: &str, token: &str) -> Result<Grant, AuthError> {
+        self.0.authorize_amqp_token(audience, token)
+    }
+
+    fn authorize_plain(&self, user: &str, password: &str) -> Result<Grant, AuthError> {
+        self.0.authorize_amqp_plain(user, password)
+    }
+
+    fn event_hub(&self) -> EventHubInfo {
+        self.0.event_hub()
+    }
+
+    fn consumer_group_exists(&self, name: &str) -> bool {
+        self.0.consumer_group_exists(name)
+    }
+
+    fn partition_info(&self, partition: u32) -> Result<PartitionInfo, BackendError> {
+        self.0.partition_info(partition)
+    }
+
+    fn resolve_position(
+        &self,
+        partition: u32,
+        position: EventPosition,
+    ) -> Result<i64, BackendError> {
+        self.0.resolve_position(partition, position)
+    }
+
+    async fn wait_events(
+        &self,
+        partition: u32,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<Event>, BackendError> {
+        self.0.wait_partition_events(partition, after, max).await
+    }
+
+    async fn send_c2d(&self, grant: &Grant, message: C2dMessage) -> Result<(), BackendError> {
+        self.0.send_amqp_c2d(grant, message)
+    }
+
+    async fn next_feedback(&self) -> Result<FeedbackBatch, BackendError> {
+        self.0.next_feedback().await
+    }
+
+    fn complete_feedback(&self, lock_token: i64) -> Result<(), BackendError> {
+        self.0.complete_feedback(lock_token)
+    }
+}
