@@ -10,8 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from edge_harness import deployment
 from harness import wait_for
 from test_edge_inputs_and_agent_report import RECEIVER
@@ -107,12 +105,6 @@ def test_routes_deployed_while_connected_or_while_the_link_reconnects_route_the_
     scenario.send_and_expect(3)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 13, the window left: a graceful hub restart between two long polls is invisible to the edge (no call "
-    "fails), but the restarted hub has forgotten the edge's presence (in memory), so it pushes no `$edgeHub` "
-    "desired change until the link reconnects. Fails about 2 runs in 5. Needs the hub's events endpoint to refuse "
-    "an edge that has not declared its presence since the hub started (the edge then reconnects: presence, then "
-    "catch-up), in outpost-hub's edge_link.rs / rest/edge.rs."))
 def test_routes_deployed_after_a_hub_restart_the_edge_did_not_notice_route_the_next_message(hub, edge, tmp_path):
     scenario = Scenario(hub, edge, tmp_path)
     scenario.deploy_to(1)

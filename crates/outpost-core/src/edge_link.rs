@@ -15,6 +15,10 @@
 //! | `PATCH /twin/reported?client=` | the patch (a document) | [`ReportedAnswer`]  |
 //! | `POST /acks`                   | [`AcksRequest`]        | [`AcksAnswer`]      |
 //! | `GET /scope`                   |                        | [`ScopeAnswer`]     |
+//!
+//! A refusal that is the link's state and not the request's fault is a `409` with a [`LinkRefusal`]: today
+//! only `GET /events` from an edge that has not declared its presence to this hub process (the hub restarted
+//! between two long polls and forgot it), answered by declaring presence again, catching up, and polling on.
 
 use std::borrow::Cow;
 
@@ -47,6 +51,42 @@ pub fn check_link_version(version: Option<&str>) -> Result<(), LinkVersionError>
         None => Err(LinkVersionError::Missing),
         Some(LINK_API_VERSION) => Ok(()),
         Some(other) => Err(LinkVersionError::Unsupported(other.to_owned())),
+    }
+}
+
+/// The status of a [`LinkRefusal`].
+pub const LINK_REFUSAL_STATUS: u16 = 409;
+
+/// Why the link's state makes the hub refuse a request: what the edge must do before it asks again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LinkRefusalCode {
+    /// The edge has not declared its presence since this hub process started: the hub holds no virtual
+    /// connection for its clients, so it would push them nothing. Declare presence, catch up, then poll.
+    PresenceRequired,
+    /// A code this side does not know (from a newer hub): the request is refused, for a reason unknown.
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+/// The body of a `409` on the link ([`LINK_REFUSAL_STATUS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRefusal {
+    /// What the edge must do.
+    pub code: LinkRefusalCode,
+    /// For people.
+    pub message: String,
+}
+
+impl LinkRefusal {
+    /// The refusal of a long poll from an edge device that has not declared its presence to this hub process.
+    pub fn presence_required(edge: &str) -> Self {
+        Self {
+            code: LinkRefusalCode::PresenceRequired,
+            message: format!(
+                "edge device {edge} has not declared its presence since the hub started: declare it, then poll"
+            ),
+        }
     }
 }
 
@@ -567,6 +607,21 @@ mod tests {
         ] {
             assert!(parsed.is_some(), "{name} parsed without a field");
         }
+    }
+
+    #[test]
+    fn a_link_refusal_round_trips_and_an_unknown_code_parses_as_unknown() {
+        let refusal: LinkRefusal = round_trip(json!({
+            "code": "presenceRequired",
+            "message": LinkRefusal::presence_required("edge1").message,
+        }));
+        assert_eq!(refusal.code, LinkRefusalCode::PresenceRequired);
+        let newer: LinkRefusal =
+            serde_json::from_value(json!({"code": "moveToAnotherHub", "message": "bye"})).unwrap();
+        assert_eq!(newer.code, LinkRefusalCode::Unknown);
+        assert!(
+            serde_json::from_value::<LinkRefusal>(json!({"code": "presenceRequired"})).is_err()
+        );
     }
 
     #[test]

@@ -5,8 +5,14 @@
 //! treats each as connected through a virtual [`Outbox`], whose pushes (desired patches, C2D, method requests)
 //! queue for the edge to collect with a long poll (`events`). Telemetry arrives in batches, appended in one
 //! transaction; twin reads and reported patches are made on behalf of a client in the edge's scope.
+//!
+//! Presence lives in this process's memory. A long poll from an edge device that has not declared its presence
+//! since the hub started is refused ([`PresenceRequired`]): after a restart the edge may not have noticed that
+//! anything happened (HTTP/2 reconnects under it), and polling a hub that holds no virtual connection for its
+//! clients would wait for pushes that never come.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +46,14 @@ pub struct EdgeLink {
     arrived: Notify,
     /// The virtual connections of its clients by client id.
     clients: Mutex<HashMap<String, Outbox>>,
+    /// Whether the edge device has declared its presence to this process.
+    declared: AtomicBool,
 }
+
+/// A long poll from an edge device that has not declared its presence since the hub started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("edge device {0} has not declared its presence since the hub started")]
+pub struct PresenceRequired(pub String);
 
 fn feature_bits(features: &[LinkFeature]) -> u8 {
     features
@@ -263,12 +276,21 @@ impl Hub {
                 .insert(identity.client_id(), outbox);
             self.push_c2d(&identity);
         }
+        link.declared.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// The pushes waiting for an edge device, waiting up to `wait` for the first one.
-    pub async fn edge_events(&self, edge: &DeviceRecord, wait: Duration) -> Vec<LinkEvent> {
+    /// The pushes waiting for an edge device, waiting up to `wait` for the first one. Refused when the edge
+    /// device has not declared its presence since this process started (see the module's documentation).
+    pub async fn edge_events(
+        &self,
+        edge: &DeviceRecord,
+        wait: Duration,
+    ) -> Result<Vec<LinkEvent>, PresenceRequired> {
         let link = self.edge_link(edge.device_id.as_str());
+        if !link.declared.load(Ordering::Acquire) {
+            return Err(PresenceRequired(edge.device_id.to_string()));
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let arrived = link.arrived.notified();
@@ -278,11 +300,11 @@ impl Hub {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if !events.is_empty() {
-                    return events.drain(..).collect();
+                    return Ok(events.drain(..).collect());
                 }
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Vec::new();
+                return Ok(Vec::new());
             }
         }
     }

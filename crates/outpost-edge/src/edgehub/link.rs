@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use outpost_core::edge_link::{
-    AcksAnswer, AcksRequest, Delivered, EventsAnswer, LinkEvent, LinkFeature, MethodResponse,
-    PresenceAnswer, PresenceClient, PresenceRequest, ReportedAnswer, ScopeAnswer, TelemetryAnswer,
-    TelemetryBatch, TwinAnswer, LINK_API_VERSION, LINK_VERSION_PARAM,
+    AcksAnswer, AcksRequest, Delivered, EventsAnswer, LinkEvent, LinkFeature, LinkRefusal,
+    LinkRefusalCode, MethodResponse, PresenceAnswer, PresenceClient, PresenceRequest,
+    ReportedAnswer, ScopeAnswer, TelemetryAnswer, TelemetryBatch, TwinAnswer, LINK_API_VERSION,
+    LINK_REFUSAL_STATUS, LINK_VERSION_PARAM,
 };
 pub use outpost_core::edge_link::{UpstreamMessage, BATCH_ENVELOPE_BYTES};
 use reqwest::Method;
@@ -33,9 +34,30 @@ pub enum LinkError {
         /// The hub's message.
         message: String,
     },
+    /// The hub does not know which clients are connected here (it restarted since the last declaration):
+    /// declare presence, catch up, and ask again.
+    #[error("the hub asks for this edge's presence: {0}")]
+    PresenceRequired(String),
     /// The settings do not allow a link.
     #[error("{0}")]
     Setup(String),
+}
+
+/// The error of a refused answer: a [`LinkRefusal`] the edge knows how to answer, or a plain refusal.
+fn refusal(status: u16, body: &[u8]) -> LinkError {
+    if status == LINK_REFUSAL_STATUS {
+        if let Ok(LinkRefusal {
+            code: LinkRefusalCode::PresenceRequired,
+            message,
+        }) = serde_json::from_slice(body)
+        {
+            return LinkError::PresenceRequired(message);
+        }
+    }
+    LinkError::Refused {
+        status,
+        message: String::from_utf8_lossy(body).into_owned(),
+    }
 }
 
 /// The link's HTTP session (HTTP/2: one connection carries every request).
@@ -82,10 +104,7 @@ impl Link {
             )));
         }
         if !answer.status.is_success() {
-            return Err(LinkError::Refused {
-                status: answer.status.as_u16(),
-                message: answer.text(),
-            });
+            return Err(refusal(answer.status.as_u16(), &answer.body));
         }
         serde_json::from_slice(&answer.body).map_err(|e| {
             LinkError::Unreachable(format!("the hub's answer breaks the link contract: {e}"))
@@ -203,5 +222,28 @@ impl Link {
         let answer: ScopeAnswer = self.call(Method::GET, "/scope", None::<&()>).await?;
         serde_json::to_value(&answer)
             .map_err(|e| LinkError::Unreachable(format!("cannot keep the scope: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_refusal_asks_for_presence_and_other_refusals_stay_refusals() {
+        let body = serde_json::to_vec(&LinkRefusal::presence_required("edge1")).unwrap();
+        assert!(matches!(
+            refusal(LINK_REFUSAL_STATUS, &body),
+            LinkError::PresenceRequired(message) if message.contains("edge1")
+        ));
+        let unknown = br#"{"code":"moveToAnotherHub","message":"bye"}"#;
+        assert!(matches!(
+            refusal(LINK_REFUSAL_STATUS, unknown),
+            LinkError::Refused { status: 409, .. }
+        ));
+        assert!(matches!(
+            refusal(401, &body),
+            LinkError::Refused { status: 401, .. }
+        ));
     }
 }

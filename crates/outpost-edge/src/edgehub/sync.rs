@@ -30,9 +30,10 @@ const IDLE: Duration = Duration::from_millis(500);
 
 /// Starts every loop; they run until the process ends.
 pub fn start(hub: &Arc<EdgeHub>) {
-    tokio::spawn(connectivity(hub.clone()));
+    let declaring = Arc::new(tokio::sync::Mutex::new(()));
+    tokio::spawn(connectivity(hub.clone(), declaring.clone()));
     tokio::spawn(presence(hub.clone()));
-    tokio::spawn(pushes(hub.clone()));
+    tokio::spawn(pushes(hub.clone(), declaring));
     tokio::spawn(upstream(hub.clone()));
     tokio::spawn(reported(hub.clone()));
     tokio::spawn(inputs(hub.clone()));
@@ -60,7 +61,19 @@ async fn idle(hub: &EdgeHub) {
     let _ = tokio::time::timeout(IDLE, hub.changed.notified()).await;
 }
 
-async fn connectivity(hub: Arc<EdgeHub>) {
+/// Declares who listens here, then reads what they missed: after every reconnect, and when the hub asks for it
+/// (it restarted between two long polls, and forgot). Declare before the catch-up: the hub pushes the changes
+/// made after the declaration (`$edgeHub`'s routes among them), the catch-up reads those made before it; in the
+/// other order a deployment applied in between waited for the next reconnect. One declaration at a time
+/// (`declaring`), so that two catch-ups never send a client the same desired patch twice.
+async fn declare(hub: &EdgeHub, declaring: &tokio::sync::Mutex<()>) -> Result<(), LinkError> {
+    let _one_at_a_time = declaring.lock().await;
+    hub.link.presence(&hub.presence()).await?;
+    catch_up(hub).await;
+    Ok(())
+}
+
+async fn connectivity(hub: Arc<EdgeHub>, declaring: Arc<tokio::sync::Mutex<()>>) {
     let mut back_off = Duration::from_secs(1);
     loop {
         if hub.online.load(Ordering::Acquire) {
@@ -73,14 +86,11 @@ async fn connectivity(hub: Arc<EdgeHub>) {
                 hub.online.store(true, Ordering::Release);
                 back_off = Duration::from_secs(1);
                 tracing::info!("upstream link to the hub is up");
-                // Declare who listens before reading what they missed: the hub pushes the changes made after
-                // the declaration (`$edgeHub`'s routes among them), the catch-up reads those made before it.
-                // In the other order a deployment applied in between waited for the next reconnect.
-                if let Err(error) = hub.link.presence(&hub.presence()).await {
+                if let Err(error) = declare(&hub, &declaring).await {
                     offline(&hub, &error);
-                    continue;
+                    // A presence the hub refuses is refused again at once: ask again later.
+                    tokio::time::sleep(back_off).await;
                 }
-                catch_up(&hub).await;
             }
             Err(error) => {
                 tracing::debug!(%error, "the hub is still unreachable");
@@ -178,7 +188,7 @@ async fn presence(hub: Arc<EdgeHub>) {
     }
 }
 
-async fn pushes(hub: Arc<EdgeHub>) {
+async fn pushes(hub: Arc<EdgeHub>, declaring: Arc<tokio::sync::Mutex<()>>) {
     loop {
         if !hub.online.load(Ordering::Acquire) {
             tokio::time::sleep(IDLE).await;
@@ -188,6 +198,14 @@ async fn pushes(hub: Arc<EdgeHub>) {
             Ok(events) => {
                 for event in events {
                     dispatch(&hub, event).await;
+                }
+            }
+            // The link stays up (nothing else failed): declare, catch up and poll on. Once the hub has a
+            // declaration it never asks again until it restarts, so the loops cannot take turns refusing.
+            Err(LinkError::PresenceRequired(reason)) => {
+                tracing::info!(%reason, "the hub forgot this edge's clients: declaring them again");
+                if let Err(error) = declare(&hub, &declaring).await {
+                    offline(&hub, &error);
                 }
             }
             Err(error) => offline(&hub, &error),

@@ -1,6 +1,7 @@
 //! Routes of the edge upstream link (`/edge/{device}/...`), authenticated with the edge device's own token. Every
 //! body is a type of [`outpost_core::edge_link`]; a request naming another link version is refused (400).
-//! See [`crate::edge_link`].
+//! A long poll from an edge device that has not declared its presence to this process is a 409 with a
+//! [`LinkRefusal`]. See [`crate::edge_link`].
 
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use outpost_core::edge_link::{
-    check_link_version, AcksAnswer, AcksRequest, EventsAnswer, PresenceAnswer, PresenceRequest,
-    ReportedAnswer, TelemetryAnswer, TelemetryBatch,
+    check_link_version, AcksAnswer, AcksRequest, EventsAnswer, LinkRefusal, PresenceAnswer,
+    PresenceRequest, ReportedAnswer, TelemetryAnswer, TelemetryBatch, LINK_REFUSAL_STATUS,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,9 +82,18 @@ pub(super) async fn events(
 ) -> Result<Response, ApiError> {
     let record = edge(&hub, &version, &headers, &device)?;
     let wait = Duration::from_secs(query.wait_secs.unwrap_or(0).min(60));
-    Ok(ok(&EventsAnswer {
-        events: hub.edge_events(&record, wait).await,
-    }))
+    match hub.edge_events(&record, wait).await {
+        Ok(events) => Ok(ok(&EventsAnswer { events })),
+        Err(undeclared) => {
+            tracing::info!(edge = %undeclared.0, "a long poll before any presence: asking the edge to declare it");
+            let status = StatusCode::from_u16(LINK_REFUSAL_STATUS).unwrap_or(StatusCode::CONFLICT);
+            Ok((
+                status,
+                axum::Json(LinkRefusal::presence_required(&undeclared.0)),
+            )
+                .into_response())
+        }
+    }
 }
 
 pub(super) async fn messages(

@@ -1,0 +1,102 @@
+//! The hub refuses the long poll of an edge device that has not declared its presence to this hub process: a
+//! restarted hub has forgotten the edge's clients, and a poll it answered would wait for pushes that never come.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use outpost_core::edge_link::{
+    EventsAnswer, LinkRefusal, LinkRefusalCode, PresenceRequest, LINK_API_VERSION,
+    LINK_REFUSAL_STATUS, LINK_VERSION_PARAM,
+};
+use outpost_hub::registry::{DeviceSpec, Precondition};
+use outpost_hub::rest::API_VERSIONS;
+use outpost_hub::Hub;
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+/// `hub` with the edge device `edge1`, and that device's token.
+fn hub_with_edge(hub: Hub) -> (Arc<Hub>, String) {
+    let edge = hub
+        .put_device(
+            &DeviceSpec {
+                device_id: "edge1".into(),
+                iot_edge: true,
+                ..DeviceSpec::default()
+            },
+            &Precondition::CreateOnly,
+        )
+        .unwrap();
+    let token =
+        outpost_core::device_token("hub.test", "edge1", &edge.credentials.primary_key, u64::MAX)
+            .unwrap();
+    (Arc::new(hub), token)
+}
+
+/// Calls the link route `method path` as the edge device; returns the status and body.
+async fn call(
+    hub: &Arc<Hub>,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let uri = format!(
+        "/edge/edge1{path}{separator}api-version={}&{LINK_VERSION_PARAM}={LINK_API_VERSION}",
+        API_VERSIONS[0]
+    );
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("Authorization", token)
+        .header("Content-Type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let answer = outpost_hub::rest::router(hub.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn a_long_poll_before_any_presence_is_refused_with_a_presence_refusal() {
+    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap());
+    let (status, body) = call(&hub, &token, "GET", "/events?waitSecs=0", None).await;
+    assert_eq!(status.as_u16(), LINK_REFUSAL_STATUS, "{body}");
+    let refusal: LinkRefusal = serde_json::from_value(body).unwrap();
+    assert_eq!(refusal.code, LinkRefusalCode::PresenceRequired);
+}
+
+#[tokio::test]
+async fn a_long_poll_after_a_presence_is_answered_even_when_no_client_is_declared() {
+    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap());
+    let presence = serde_json::to_value(PresenceRequest { clients: vec![] }).unwrap();
+    let (status, body) = call(&hub, &token, "POST", "/presence", Some(presence)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&hub, &token, "GET", "/events?waitSecs=0", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: EventsAnswer = serde_json::from_value(body).unwrap();
+    assert!(answer.events.is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_hub_asks_again_for_the_presence_the_last_one_was_told() {
+    let data = tempfile::tempdir().unwrap();
+    let (hub, token) = hub_with_edge(Hub::open(data.path(), "hub.test").unwrap());
+    let presence = serde_json::to_value(PresenceRequest { clients: vec![] }).unwrap();
+    let (status, _) = call(&hub, &token, "POST", "/presence", Some(presence)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&hub, &token, "GET", "/events?waitSecs=0", None).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(hub);
+    // The same registry in a new process: the edge device and its token are still good, its presence is gone.
+    let restarted = Arc::new(Hub::open(data.path(), "hub.test").unwrap());
+    let (status, body) = call(&restarted, &token, "GET", "/events?waitSecs=0", None).await;
+    assert_eq!(status.as_u16(), LINK_REFUSAL_STATUS, "{body}");
+}
