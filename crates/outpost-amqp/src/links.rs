@@ -157,11 +157,9 @@ pub(crate) async fn attach<B: ServiceBackend>(
     let role = attach.role.clone();
     let address = attach_address(&attach).unwrap_or_default();
     let node = Node::parse(&address);
-    // The selector filter is read before accepting, so that a bad one refuses the link.
-    let position = attach
-        .source
-        .as_deref()
-        .map_or(Ok(EventPosition::Earliest), position_of);
+    // A partition's start is resolved before accepting: a bad filter refuses the link, and `@latest` means
+    // what had arrived when the client's attach was answered.
+    let mut start = None;
     let refusal = if links.len() >= MAX_LINKS_PER_SESSION {
         Some(amqp_error(
             AmqpError::ResourceLimitExceeded,
@@ -175,7 +173,10 @@ pub(crate) async fn attach<B: ServiceBackend>(
             )),
             Some(node) => check_node(node, &role, connection)
                 .and_then(|()| match node {
-                    Node::Partition { .. } => position.as_ref().map(|_| ()).map_err(Clone::clone),
+                    Node::Partition { partition, .. } => {
+                        start = Some(partition_start(partition, &attach, connection)?);
+                        Ok(())
+                    }
                     _ => Ok(()),
                 })
                 .err(),
@@ -227,24 +228,11 @@ pub(crate) async fn attach<B: ServiceBackend>(
         (node @ (Node::Cbs | Node::Management), LinkEndpoint::Receiver(receiver)) => {
             links.spawn(request_link(node, receiver, connection));
         }
-        (
-            Node::Partition {
-                consumer_group,
-                partition,
-                ..
-            },
-            LinkEndpoint::Sender(sender),
-        ) => {
-            // check_node validated the partition, and the filter was checked above.
-            let partition = partition.parse().unwrap_or_default();
-            let position = position.unwrap_or(EventPosition::Earliest);
-            links.spawn(event_link(
-                sender,
-                connection,
-                consumer_group,
-                partition,
-                position,
-            ));
+        (Node::Partition { .. }, LinkEndpoint::Sender(sender)) => {
+            // Without a refusal, the start was resolved.
+            if let Some((partition, after)) = start {
+                links.spawn(event_link(sender, connection, partition, after));
+            }
         }
         (Node::Devicebound, LinkEndpoint::Receiver(receiver)) => {
             links.spawn(c2d_link(receiver, connection));
@@ -330,6 +318,25 @@ fn check_node<B: ServiceBackend>(
             }
         }
     }
+}
+
+/// The partition number and the sequence number to read after, from the attach's filter.
+fn partition_start<B: ServiceBackend>(
+    partition: &str,
+    attach: &Attach,
+    connection: &Connection<B>,
+) -> Result<(u32, i64), definitions::Error> {
+    // check_node validated the number.
+    let partition = partition.parse().unwrap_or_default();
+    let position = attach
+        .source
+        .as_deref()
+        .map_or(Ok(EventPosition::Earliest), position_of)?;
+    let after = connection
+        .backend
+        .resolve_position(partition, position)
+        .map_err(|e| wire::backend_error(&e))?;
+    Ok((partition, after))
 }
 
 /// The selector filter's position (no filter: the earliest event).
@@ -520,23 +527,15 @@ fn management<B: ServiceBackend>(
     }
 }
 
-/// A partition's events, from `position` on, sent as the receiver's credit allows.
+/// A partition's events after sequence number `after`, sent as the receiver's credit allows.
 async fn event_link<B: ServiceBackend>(
     mut sender: Sender,
     connection: Arc<Connection<B>>,
-    consumer_group: String,
     partition: u32,
-    position: EventPosition,
+    mut after: i64,
 ) {
     let entity = connection.backend.event_hub().name;
-    let mut after = match connection.backend.resolve_position(partition, position) {
-        Ok(after) => after,
-        Err(error) => {
-            refuse(LinkEndpoint::Sender(sender), wire::backend_error(&error)).await;
-            return;
-        }
-    };
-    tracing::debug!(%consumer_group, partition, after, "AMQP event receiver attached");
+    tracing::debug!(partition, after, "AMQP event receiver attached");
     loop {
         if let Err(denied) = connection.service_connect(&entity) {
             refuse(LinkEndpoint::Sender(sender), denied_error(&denied)).await;
