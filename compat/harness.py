@@ -152,6 +152,8 @@ class Hub:
         self.starts = 0
         # More `outpost hub serve` flags (limits, retention), used from the next start.
         self.extra_args: list[str] = []
+        # The AMQP port (Event Hubs-compatible endpoint, C2D over AMQP): off unless a test asks for it.
+        self.amqp_port = 0
 
     # -- lifecycle
 
@@ -177,6 +179,7 @@ class Hub:
                 "--bind", self.host,
                 "--mqtt-port", str(MQTT_PORT),
                 "--https-port", str(self.https_port),
+                "--amqp-port", str(self.amqp_port),
                 *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
@@ -186,7 +189,8 @@ class Hub:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not (port_open(self.host, MQTT_PORT) and port_open(self.host, self.https_port)):
+        while not (port_open(self.host, MQTT_PORT) and port_open(self.host, self.https_port)
+                   and (self.amqp_port == 0 or port_open(self.host, self.amqp_port))):
             if self.proc.poll() is not None:
                 raise HubError(f"hub exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
             if time.monotonic() > deadline:
@@ -210,7 +214,8 @@ class Hub:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-        wait_for(lambda: not port_open(self.host, MQTT_PORT) and not port_open(self.host, self.https_port),
+        wait_for(lambda: not port_open(self.host, MQTT_PORT) and not port_open(self.host, self.https_port)
+                 and (self.amqp_port == 0 or not port_open(self.host, self.amqp_port)),
                  10, "the hub's ports to close")
 
     def kill(self) -> None:

@@ -13,10 +13,14 @@ venv="${repo_root}/.venv"
 marker="${venv}/.outpost-requirements.sha256"
 
 # azure-iot-hub imports `six` without declaring it, so it is listed explicitly. `requests` (used by
-# the tests for raw REST calls) comes in with both SDKs.
+# the tests for raw REST calls) comes in with both SDKs. azure-eventhub (pure Python AMQP) reads the hub's
+# Event Hubs-compatible endpoint; uamqp is what azure-iot-hub's send_c2d_message speaks AMQP with (both from
+# wheels).
 requirements=(
   "azure-iot-device==2.14.0"
   "azure-iot-hub==2.7.0"
+  "azure-eventhub==5.15.1"
+  "uamqp==1.6.11"
   "six==1.16.0"
   "pytest==8.3.3"
 )
@@ -74,7 +78,7 @@ echo "setup-test-env: creating ${venv}"
 "${python}" -m venv "${venv}"
 "${venv}/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip
 "${venv}/bin/python" -m pip install --disable-pip-version-check --quiet "${requirements[@]}"
-"${venv}/bin/python" -c 'import azure.iot.device, azure.iot.hub, pytest, six' >/dev/null
+"${venv}/bin/python" -c 'import azure.iot.device, azure.iot.hub, azure.eventhub, uamqp, pytest, six' >/dev/null
 
 printf '%s' "${req_hash}" > "${marker}"
 echo "setup-test-env: ready (${venv})"

@@ -1,4 +1,5 @@
-//! `outpost hub`: run the hub, and print its connection string.
+//! `outpost hub`: run the hub, print its connection strings, and manage the consumer groups of its Event
+//! Hubs-compatible endpoint.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -7,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use outpost_core::units::{parse_bytes, parse_duration};
+use outpost_hub::eventhub::{StreamSettings, DEFAULT_CONSUMER_GROUP, MAX_CONSUMER_GROUPS};
 use outpost_hub::messaging::EventRetention;
 use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
+use outpost_hub::stream;
 use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,18 @@ pub enum HubCommand {
         /// The HTTPS port.
         #[arg(long, default_value_t = 443)]
         https_port: u16,
+        /// The AMQP/TLS port of the Event Hubs-compatible endpoint and of cloud-to-device messages over AMQP
+        /// (`0`: no AMQP).
+        #[arg(long, default_value_t = 5671)]
+        amqp_port: u16,
+        /// The partitions of the event stream, fixed when the hub is created (4 for a new hub); a different count
+        /// on a later start is refused.
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Whether twin changes (reported, desired, tags) append twin change events to the event stream
+        /// (`--twin-change-events false` turns them off).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        twin_change_events: bool,
 
         // The device-to-cloud event stream (`GET /events`, `outpost monitor`).
         /// How long device-to-cloud events are kept (`90s`, `30m`, `12h`, `7d`); older ones are pruned in the
@@ -79,6 +94,43 @@ pub enum HubCommand {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Print the Event Hubs-compatible connection string of the `iothubowner` policy (for `azure-eventhub`).
+    EventhubConnectionString {
+        /// The hub's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Create, list or delete the consumer groups of the Event Hubs-compatible endpoint (`$Default` always
+    /// exists). Works on the database, whether or not the hub runs; a running hub sees the change at once.
+    #[command(subcommand)]
+    ConsumerGroup(ConsumerGroupCommand),
+}
+
+/// `outpost hub consumer-group`.
+#[derive(Subcommand)]
+pub enum ConsumerGroupCommand {
+    /// Create a consumer group.
+    Create {
+        /// The hub's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Its name: letters, digits, `.`, `-`, `_`, at most 50.
+        name: String,
+    },
+    /// List the consumer groups.
+    List {
+        /// The hub's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Delete a consumer group.
+    Delete {
+        /// The hub's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// What `serve` remembers in the data directory so that `connection-string` can say how to reach the hub.
@@ -87,7 +139,20 @@ pub enum HubCommand {
 struct ServedAs {
     host_name: String,
     https_port: u16,
+    /// The AMQP port when it is not 5671 (`0`: AMQP is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    amqp_port: Option<u16>,
 }
+
+impl ServedAs {
+    /// What `hub.json` says of a hub serving AMQP on `amqp_port` (`0`: not at all).
+    fn amqp(amqp_port: u16) -> Option<u16> {
+        (amqp_port != AMQP_PORT).then_some(amqp_port)
+    }
+}
+
+/// The port Event Hubs clients dial.
+const AMQP_PORT: u16 = 5671;
 
 const SERVED_AS: &str = "hub.json";
 
@@ -99,6 +164,9 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             bind,
             mqtt_port,
             https_port,
+            amqp_port,
+            partitions,
+            twin_change_events,
             event_retention,
             event_max_bytes,
             https_max_connections,
@@ -115,6 +183,11 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 bind,
                 mqtt_port,
                 https_port,
+                amqp_port: (amqp_port != 0).then_some(amqp_port),
+                stream: StreamSettings {
+                    partitions,
+                    twin_change_events,
+                },
                 event_retention: EventRetention {
                     max_age: event_retention,
                     max_bytes: event_max_bytes,
@@ -142,6 +215,8 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 bind: IpAddr::from([127, 0, 0, 1]),
                 mqtt_port: 8883,
                 https_port: served.https_port,
+                amqp_port: None,
+                stream: StreamSettings::default(),
                 event_retention: EventRetention::default(),
                 https_limits: HttpsLimits::default(),
                 session_expiry: DEFAULT_SESSION_EXPIRY,
@@ -151,7 +226,103 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             println!("{}", config.owner_connection_string()?);
             Ok(())
         }
+        HubCommand::EventhubConnectionString { data_dir } => {
+            println!("{}", eventhub_connection_string(&data_dir)?);
+            Ok(())
+        }
+        HubCommand::ConsumerGroup(command) => consumer_group(command),
     }
+}
+
+/// `Endpoint=sb://HOST[:PORT]/;SharedAccessKeyName=iothubowner;SharedAccessKey=..;EntityPath=NAME`.
+fn eventhub_connection_string(data_dir: &Path) -> anyhow::Result<String> {
+    let served = read_served_as(data_dir)?;
+    if served.amqp_port == Some(0) {
+        anyhow::bail!("the hub serves no AMQP (it was started with --amqp-port 0)");
+    }
+    let hub = outpost_hub::Hub::open(data_dir, &served.host_name)?;
+    let owner = hub
+        .policy("iothubowner")
+        .ok_or_else(|| anyhow::anyhow!("the hub has no iothubowner policy"))?;
+    let host = match served.amqp_port {
+        Some(port) => format!("{}:{port}", served.host_name),
+        None => served.host_name.clone(),
+    };
+    Ok(format!(
+        "Endpoint=sb://{host}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath={}",
+        owner.name,
+        owner.primary_key,
+        hub.event_hub().name
+    ))
+}
+
+/// Whether `name` may name a consumer group (Event Hubs' rule: letters, digits, `.`, `-`, `_`; 1 to 50).
+fn valid_consumer_group(name: &str) -> bool {
+    (1..=50).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
+    let open = |data_dir: &Path| {
+        let path = data_dir.join("hub.sqlite");
+        if !path.exists() {
+            anyhow::bail!(
+                "{} not found: has `outpost hub serve --data-dir {}` run?",
+                path.display(),
+                data_dir.display()
+            );
+        }
+        Ok(outpost_store::Database::open(
+            &path,
+            outpost_hub::store::MIGRATIONS,
+        )?)
+    };
+    match command {
+        ConsumerGroupCommand::Create { data_dir, name } => {
+            if name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP) {
+                anyhow::bail!("{DEFAULT_CONSUMER_GROUP} always exists");
+            }
+            if !valid_consumer_group(&name) {
+                anyhow::bail!(
+                    "{name:?} is not a consumer group name: letters, digits, '.', '-' and '_', at most 50"
+                );
+            }
+            let db = open(&data_dir)?;
+            db.transaction(|tx| {
+                if stream::consumer_groups(tx)?.len() >= MAX_CONSUMER_GROUPS {
+                    anyhow::bail!(
+                        "a hub has at most {MAX_CONSUMER_GROUPS} consumer groups besides $Default"
+                    );
+                }
+                if !stream::create_consumer_group(tx, &name, chrono::Utc::now().timestamp_millis())?
+                {
+                    anyhow::bail!("consumer group {name} exists already");
+                }
+                Ok(())
+            })?;
+            println!("created consumer group {name}");
+        }
+        ConsumerGroupCommand::List { data_dir } => {
+            let db = open(&data_dir)?;
+            println!("{DEFAULT_CONSUMER_GROUP}");
+            for name in stream::consumer_groups(&db.lock())? {
+                println!("{name}");
+            }
+        }
+        ConsumerGroupCommand::Delete { data_dir, name } => {
+            if name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP) {
+                anyhow::bail!("{DEFAULT_CONSUMER_GROUP} cannot be deleted");
+            }
+            let db = open(&data_dir)?;
+            if !stream::delete_consumer_group(&db.lock(), &name)? {
+                anyhow::bail!("no consumer group named {name}");
+            }
+            println!("deleted consumer group {name}");
+        }
+    }
+    Ok(())
 }
 
 fn write_served_as(data_dir: &Path, served: &ServedAs) -> anyhow::Result<()> {
@@ -167,6 +338,7 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
         let served = ServedAs {
             host_name: config.host_name.clone(),
             https_port: config.https_port,
+            amqp_port: ServedAs::amqp(config.amqp_port.unwrap_or(0)),
         };
         write_served_as(&config.data_dir, &served)?;
     }
@@ -175,8 +347,9 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
     let served = ServedAs {
         host_name: config.host_name.clone(),
         https_port: running.https_addr.port(),
+        amqp_port: ServedAs::amqp(running.amqp_addr.map_or(0, |a| a.port())),
     };
-    if config.https_port == 0 {
+    if config.https_port == 0 || config.amqp_port == Some(0) {
         write_served_as(&config.data_dir, &served)?;
     }
     let connection_string =
@@ -184,6 +357,9 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
     println!("Outpost hub {}", env!("CARGO_PKG_VERSION"));
     println!("  MQTT   {}", running.mqtt_addr);
     println!("  HTTPS  {}", running.https_addr);
+    if let Some(amqp) = running.amqp_addr {
+        println!("  AMQP   {amqp}");
+    }
     if let Some(metrics) = running.metrics_addr {
         println!("  METRICS http://{metrics}/metrics");
     }

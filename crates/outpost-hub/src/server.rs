@@ -1,5 +1,5 @@
-//! Runs a hub: opens its data directory, makes its certificates, and serves the MQTT and HTTPS listeners until
-//! shut down.
+//! Runs a hub: opens its data directory, makes its certificates, and serves the MQTT, HTTPS and (when asked)
+//! AMQP listeners until shut down.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -29,10 +29,15 @@ pub struct HubConfig {
     pub mqtt_port: u16,
     /// The HTTPS port (443).
     pub https_port: u16,
+    /// The AMQP/TLS port of the Event Hubs-compatible endpoint and C2D (5671); `None` serves no AMQP (what
+    /// tests use, so that concurrent hubs do not collide), `Some(0)` any free port.
+    pub amqp_port: Option<u16>,
 
     // The device-to-cloud event stream.
     /// How long and how much of the event stream is kept (pruned in the background).
     pub event_retention: crate::messaging::EventRetention,
+    /// The stream's partitions and whether twin changes are streamed too.
+    pub stream: crate::eventhub::StreamSettings,
     /// The HTTPS listener's connection cap and timeouts (see `outpost_https`).
     pub https_limits: HttpsLimits,
     /// How long the in-memory persistent session of an MQTT client that went away is kept (7 days).
@@ -72,6 +77,8 @@ pub struct RunningHub {
     pub mqtt_addr: SocketAddr,
     /// Where HTTPS listens.
     pub https_addr: SocketAddr,
+    /// Where AMQP listens, when it does.
+    pub amqp_addr: Option<SocketAddr>,
     /// Where `/metrics` is served, when metrics are on.
     pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -82,7 +89,7 @@ pub struct RunningHub {
 impl HubConfig {
     /// The service connection string of the `iothubowner` policy (`HostName` carries the port when it is not 443).
     pub fn owner_connection_string(&self) -> anyhow::Result<String> {
-        let hub = Hub::open(&self.data_dir, &self.host_name)?;
+        let hub = Hub::open_with(&self.data_dir, &self.host_name, &self.stream)?;
         connection_string(&hub, &self.host_name, self.https_port)
     }
 }
@@ -112,7 +119,7 @@ impl RunningHub {
                 config.data_dir.display()
             )
         })?;
-        let mut hub = Hub::open(&config.data_dir, &config.host_name)?;
+        let mut hub = Hub::open_with(&config.data_dir, &config.host_name, &config.stream)?;
         let metrics_listener = match config.metrics_bind {
             Some(addr) => {
                 hub = hub.with_metrics(crate::metrics::HubMetrics::new(&config.host_name)?);
@@ -126,8 +133,16 @@ impl RunningHub {
 
         let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT").await?;
         let https_listener = bind(config.bind, config.https_port, "HTTPS").await?;
+        let amqp_listener = match config.amqp_port {
+            Some(port) => Some(bind(config.bind, port, "AMQP").await?),
+            None => None,
+        };
         let mqtt_addr = mqtt_listener.local_addr()?;
         let https_addr = https_listener.local_addr()?;
+        let amqp_addr = amqp_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -152,7 +167,7 @@ impl RunningHub {
         });
         tasks.spawn(outpost_https::serve(
             https_listener,
-            TlsAcceptor::from(tls),
+            TlsAcceptor::from(tls.clone()),
             crate::rest::router(hub.clone()).merge(crate::rest::mqtt_over_websocket(
                 websockets,
                 max_packet_size,
@@ -160,6 +175,17 @@ impl RunningHub {
             config.https_limits.clone(),
             stopped(shutdown_rx.clone()),
         ));
+        if let Some(listener) = amqp_listener {
+            let amqp_config = outpost_amqp::AmqpConfig::new(tls.clone(), config.host_name.clone());
+            let backend = Arc::new(crate::eventhub::HubService(hub.clone()));
+            let stop = stopped(shutdown_rx.clone());
+            tasks.spawn(async move {
+                if let Err(error) = outpost_amqp::serve(listener, amqp_config, backend, stop).await
+                {
+                    tracing::error!(%error, "the AMQP listener stopped");
+                }
+            });
+        }
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let addr = listener.local_addr()?;
@@ -190,19 +216,26 @@ impl RunningHub {
         let pusher = hub.clone();
         let mut stop = shutdown_rx;
         tasks.spawn(async move {
-            // Cloud-to-device messages wait for a device that listens; this retries the ones not in flight.
+            // Cloud-to-device messages wait for a device that listens; this retries the ones not in flight,
+            // after removing those whose expiry time passed (with their feedback).
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => pusher.push_all_c2d(),
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if let Err(error) = pusher.expire_c2d(chrono::Utc::now()) {
+                            tracing::warn!(%error, "cannot expire cloud-to-device messages");
+                        }
+                        pusher.push_all_c2d();
+                    }
                     _ = stop.changed() => break,
                 }
             }
         });
-        tracing::info!(%mqtt_addr, %https_addr, ?metrics_addr, host_name = %config.host_name, "hub listening");
+        tracing::info!(%mqtt_addr, %https_addr, ?amqp_addr, ?metrics_addr, host_name = %config.host_name, "hub listening");
         Ok(Self {
             hub,
             mqtt_addr,
             https_addr,
+            amqp_addr,
             metrics_addr,
             shutdown,
             tasks,

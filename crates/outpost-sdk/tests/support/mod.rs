@@ -72,6 +72,8 @@ impl TestHub {
             mqtt_port: 8883,
             https_port: 0,
             event_retention: outpost_hub::messaging::EventRetention::default(),
+            amqp_port: None,
+            stream: outpost_hub::eventhub::StreamSettings::default(),
             https_limits: outpost_hub::server::HttpsLimits::default(),
             session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
             metrics_bind: None,
