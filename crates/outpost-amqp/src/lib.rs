@@ -10,13 +10,14 @@
 //! events, `/messages/devicebound`, `/messages/servicebound/feedback`. The pure parts are apart and tested
 //! alone: [`node`] parses addresses, selector filters, a C2D `to` and token audiences; [`claims`] holds what
 //! one connection's credentials grant; [`wire`] converts between the backend's types and AMQP messages and
-//! builds the nodes' answers. [`backend`] is the contract with the hub, which implements
+//! builds the nodes' answers. `pad` writes performatives with all their fields, as the Python client needs. [`backend`] is the contract with the hub, which implements
 //! [`ServiceBackend`] over its event stream, policies and C2D queues.
 
 pub mod backend;
 pub mod claims;
 mod links;
 pub mod node;
+mod pad;
 pub mod server;
 pub mod wire;
 

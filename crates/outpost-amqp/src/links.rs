@@ -228,10 +228,10 @@ pub(crate) async fn attach<B: ServiceBackend>(
         (node @ (Node::Cbs | Node::Management), LinkEndpoint::Receiver(receiver)) => {
             links.spawn(request_link(node, receiver, connection));
         }
-        (Node::Partition { .. }, LinkEndpoint::Sender(sender)) => {
+        (node @ Node::Partition { .. }, LinkEndpoint::Sender(sender)) => {
             // Without a refusal, the start was resolved.
-            if let Some((partition, after)) = start {
-                links.spawn(event_link(sender, connection, partition, after));
+            if let (Some((partition, after)), Some(path)) = (start, node.protected_path()) {
+                links.spawn(event_link(sender, connection, path, partition, after));
             }
         }
         (Node::Devicebound, LinkEndpoint::Receiver(receiver)) => {
@@ -290,8 +290,9 @@ fn check_node<B: ServiceBackend>(
             if *role != Role::Receiver {
                 return Err(wrong_direction());
             }
+            // A token for the entity, its consumer group (as azure-eventhub puts) or the partition.
             connection
-                .service_connect(entity)
+                .service_connect(&node.protected_path().unwrap_or_default())
                 .map_err(|d| denied_error(&d))?;
             let hub = connection.backend.event_hub();
             if !entity.eq_ignore_ascii_case(&hub.name) {
@@ -380,7 +381,8 @@ async fn reply_link(mut sender: Sender, mut replies: mpsc::Receiver<Reply>) {
             reply = replies.recv() => {
                 let Some(reply) = reply else { break };
                 let sendable = Sendable::builder().message(reply).settled(true).build();
-                if let Err(error) = sender.send(sendable).await {
+                // Batchable: the transfer is written with all its fields (see `pad`) and the outcome is not awaited.
+                if let Err(error) = sender.send_batchable(sendable).await {
                     tracing::debug!(%error, "AMQP reply link failed");
                     return;
                 }
@@ -531,13 +533,13 @@ fn management<B: ServiceBackend>(
 async fn event_link<B: ServiceBackend>(
     mut sender: Sender,
     connection: Arc<Connection<B>>,
+    path: String,
     partition: u32,
     mut after: i64,
 ) {
-    let entity = connection.backend.event_hub().name;
     tracing::debug!(partition, after, "AMQP event receiver attached");
     loop {
-        if let Err(denied) = connection.service_connect(&entity) {
+        if let Err(denied) = connection.service_connect(&path) {
             refuse(LinkEndpoint::Sender(sender), denied_error(&denied)).await;
             return;
         }
@@ -555,8 +557,8 @@ async fn event_link<B: ServiceBackend>(
         };
         for event in events {
             after = event.sequence_number;
-            // Pre-settled: `send` returns once the transfer is written, after waiting for credit.
-            match sender.send(wire::event_message(&event)).await {
+            // Pre-settled: this returns once the transfer is written, after waiting for credit.
+            match sender.send_batchable(wire::event_message(&event)).await {
                 Ok(_) => {}
                 Err(error) => {
                     tracing::debug!(%error, "AMQP event receiver gone");
@@ -620,7 +622,11 @@ async fn feedback_link<B: ServiceBackend>(mut sender: Sender, connection: Arc<Co
                 return;
             }
         };
-        match sender.send(wire::feedback_message(&batch)).await {
+        let outcome = match sender.send_batchable(wire::feedback_message(&batch)).await {
+            Ok(delivery) => delivery.await,
+            Err(error) => Err(error),
+        };
+        match outcome {
             Ok(Outcome::Accepted(_)) => {
                 if let Err(error) = connection.backend.complete_feedback(batch.lock_token) {
                     tracing::warn!(%error, "completing a feedback batch failed");

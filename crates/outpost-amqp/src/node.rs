@@ -71,7 +71,13 @@ impl Node {
     pub fn protected_path(&self) -> Option<String> {
         match self {
             Node::Cbs | Node::Management => None,
-            Node::Partition { entity, .. } => Some(entity.clone()),
+            Node::Partition {
+                entity,
+                consumer_group,
+                partition,
+            } => Some(format!(
+                "{entity}/ConsumerGroups/{consumer_group}/Partitions/{partition}"
+            )),
             Node::Devicebound => Some(DEVICEBOUND[1..].to_owned()),
             Node::Feedback => Some(FEEDBACK[1..].to_owned()),
         }

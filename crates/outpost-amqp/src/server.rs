@@ -8,9 +8,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
@@ -19,7 +17,7 @@ use fe2o3_amqp::acceptor::{
 };
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -28,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::{AuthError, Grant, ServiceBackend};
 use crate::claims::Claims;
 use crate::links;
+use crate::pad::PaddedStream;
 
 /// IoT Hub's and Event Hubs' largest message: 256 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 256 * 1024;
@@ -35,6 +34,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 256 * 1024;
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 64 * 1024;
 /// Sessions one connection may begin.
 const MAX_SESSIONS: u16 = 64;
+/// The largest link handle a client may use on a session (links are capped lower, at
+/// [`links::MAX_LINKS_PER_SESSION`]; handles may be sparse).
+const HANDLE_MAX: u32 = 1023;
 /// Time for TLS, SASL and Open together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that sends nothing for this long is closed (Event Hubs' value; clients send empty frames
@@ -170,7 +172,11 @@ pub async fn serve_connection<B, S>(
         .idle_time_out(IDLE_TIMEOUT_MS)
         .sasl_acceptor(sasl.clone())
         .build();
-    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Opaque(stream))).await;
+    let opened = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        acceptor.accept(PaddedStream::new(stream)),
+    )
+    .await;
     let mut handle = match opened {
         Ok(Ok(handle)) => handle,
         Ok(Err(error)) => {
@@ -189,13 +195,15 @@ pub async fn serve_connection<B, S>(
         config.max_message_size,
         claims,
     ));
+    // An explicit handle-max: the Python client compares with it, and fe2o3-amqp leaves the default out.
+    let session_acceptor = SessionAcceptor::builder().handle_max(HANDLE_MAX).build();
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             incoming = handle.next_incoming_session() => {
                 let Some(incoming) = incoming else { break };
-                match SessionAcceptor::new().accept_incoming_session(incoming, &mut handle).await {
+                match session_acceptor.accept_incoming_session(incoming, &mut handle).await {
                     Ok(session) => {
                         sessions.spawn(run_session(session, Arc::clone(&connection)));
                     }
@@ -314,42 +322,5 @@ impl SaslAcceptor for Sasl {
     fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
         // No mechanism offered here sends a challenge, so a response is a protocol error.
         Self::outcome(SaslCode::Sys)
-    }
-}
-
-/// A stream fe2o3-amqp can take (it wants `Debug`; WebSocket streams need not have it).
-struct Opaque<S>(S);
-
-impl<S> fmt::Debug for Opaque<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("stream")
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Opaque<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Opaque<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

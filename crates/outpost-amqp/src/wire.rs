@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, LinkError};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Fields, LinkError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId,
@@ -21,30 +21,30 @@ use crate::backend::{
 /// The content type of a feedback message.
 pub const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
 
+/// An error with `condition`. Its `info` is an empty map, not null: the Python client reads an error's
+/// three fields by position.
+fn error(condition: ErrorCondition, description: String) -> definitions::Error {
+    definitions::Error::new(condition, Some(description), Some(Fields::new()))
+}
+
 /// An AMQP error with a standard condition.
 pub fn amqp_error(condition: AmqpError, description: impl Into<String>) -> definitions::Error {
-    definitions::Error::new(
-        ErrorCondition::AmqpError(condition),
-        Some(description.into()),
-        None,
-    )
+    error(ErrorCondition::AmqpError(condition), description.into())
 }
 
 /// An AMQP error with one of Microsoft's conditions (`com.microsoft:argument-out-of-range`, ...).
 pub fn vendor_error(condition: &str, description: impl Into<String>) -> definitions::Error {
-    definitions::Error::new(
+    error(
         ErrorCondition::Custom(Symbol::from(condition)),
-        Some(description.into()),
-        None,
+        description.into(),
     )
 }
 
 /// `amqp:link:message-size-exceeded`.
 pub fn too_large(description: impl Into<String>) -> definitions::Error {
-    definitions::Error::new(
+    error(
         ErrorCondition::LinkError(LinkError::MessageSizeExceeded),
-        Some(description.into()),
-        None,
+        description.into(),
     )
 }
 
