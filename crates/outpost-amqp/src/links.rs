@@ -184,8 +184,21 @@ pub(crate) async fn attach<B: ServiceBackend>(
     };
     // Events go out pre-settled (no unsettled state grows on the hub); the rest as the client asks.
     let events_link = matches!(node, Some(Node::Partition { .. }));
+    let runtime_metric = events_link
+        && attach
+            .desired_capabilities
+            .as_ref()
+            .is_some_and(|c| c.0.iter().any(|s| s.as_str() == wire::RUNTIME_METRIC));
     let link_acceptor = if events_link {
-        acceptor(SupportedSenderSettleModes::Settled, 0)
+        let events = acceptor(SupportedSenderSettleModes::Settled, 0);
+        if runtime_metric {
+            events
+                .into_builder()
+                .add_offered_capabilities(wire::RUNTIME_METRIC)
+                .build()
+        } else {
+            events
+        }
     } else {
         let limit = match node {
             Some(Node::Devicebound) => connection.max_message_size.saturating_mul(2),
@@ -231,7 +244,13 @@ pub(crate) async fn attach<B: ServiceBackend>(
         (node @ Node::Partition { .. }, LinkEndpoint::Sender(sender)) => {
             // Without a refusal, the start was resolved.
             if let (Some((partition, after)), Some(path)) = (start, node.protected_path()) {
-                links.spawn(event_link(sender, connection, path, partition, after));
+                let reader = EventReader {
+                    path,
+                    partition,
+                    after,
+                    runtime_metric,
+                };
+                links.spawn(event_link(sender, connection, reader));
             }
         }
         (Node::Devicebound, LinkEndpoint::Receiver(receiver)) => {
@@ -529,14 +548,29 @@ fn management<B: ServiceBackend>(
     }
 }
 
-/// A partition's events after sequence number `after`, sent as the receiver's credit allows.
+/// Where an event link reads.
+struct EventReader {
+    /// The node's path, which the connection's grant must keep covering.
+    path: String,
+    partition: u32,
+    /// The last sequence number sent (or the one before the start).
+    after: i64,
+    /// Whether each event carries the partition's last-enqueued figures.
+    runtime_metric: bool,
+}
+
+/// A partition's events after the reader's start, sent as the receiver's credit allows.
 async fn event_link<B: ServiceBackend>(
     mut sender: Sender,
     connection: Arc<Connection<B>>,
-    path: String,
-    partition: u32,
-    mut after: i64,
+    reader: EventReader,
 ) {
+    let EventReader {
+        path,
+        partition,
+        mut after,
+        runtime_metric,
+    } = reader;
     tracing::debug!(partition, after, "AMQP event receiver attached");
     loop {
         if let Err(denied) = connection.service_connect(&path) {
@@ -555,10 +589,22 @@ async fn event_link<B: ServiceBackend>(
                 return;
             }
         };
+        let metric = if runtime_metric {
+            connection
+                .backend
+                .partition_info(partition)
+                .ok()
+                .map(|info| wire::runtime_metric(&info, unix_ms()))
+        } else {
+            None
+        };
         for event in events {
             after = event.sequence_number;
             // Pre-settled: this returns once the transfer is written, after waiting for credit.
-            match sender.send_batchable(wire::event_message(&event)).await {
+            match sender
+                .send_batchable(wire::event_message(&event, metric.clone()))
+                .await
+            {
                 Ok(_) => {}
                 Err(error) => {
                     tracing::debug!(%error, "AMQP event receiver gone");
@@ -640,4 +686,10 @@ async fn feedback_link<B: ServiceBackend>(mut sender: Sender, connection: Arc<Co
             }
         }
     }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, Fields, LinkError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId,
-    Properties,
+    AmqpValue, ApplicationProperties, Body, Data, DeliveryAnnotations, Message, MessageAnnotations,
+    MessageId, Properties,
 };
 use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue, Symbol, Timestamp, Value};
 
@@ -87,9 +87,35 @@ fn simple_value(value: &backend::Value) -> SimpleValue {
     }
 }
 
+/// The capability a receiver desires to get its partition's last-enqueued figures on each event.
+pub const RUNTIME_METRIC: &str = "com.microsoft:enable-receiver-runtime-metric";
+
+/// The partition's last-enqueued figures as delivery annotations (the runtime metric), read at `now_ms`.
+pub fn runtime_metric(info: &PartitionInfo, now_ms: i64) -> DeliveryAnnotations {
+    let mut annotations = OrderedMap::new();
+    annotations.insert(
+        symbol_key("last_enqueued_sequence_number"),
+        Value::Long(info.last_enqueued_sequence_number),
+    );
+    annotations.insert(
+        symbol_key("last_enqueued_offset"),
+        Value::String(info.last_enqueued_offset.to_string()),
+    );
+    annotations.insert(
+        symbol_key("last_enqueued_time_utc"),
+        Value::Timestamp(Timestamp::from_milliseconds(info.last_enqueued_time_ms)),
+    );
+    annotations.insert(
+        symbol_key("runtime_info_retrieval_time_utc"),
+        Value::Timestamp(Timestamp::from_milliseconds(now_ms)),
+    );
+    DeliveryAnnotations(annotations)
+}
+
 /// An event as Event Hubs delivers it: the body in one Data section, the system properties, the
-/// application properties, and the `x-opt-*` annotations before the event's own.
-pub fn event_message(event: &Event) -> Message<Data> {
+/// application properties, and the `x-opt-*` annotations before the event's own; with the runtime metric
+/// when the receiver asked for it.
+pub fn event_message(event: &Event, metric: Option<DeliveryAnnotations>) -> Message<Data> {
     let properties = Properties {
         message_id: event.message_id.clone().map(MessageId::String),
         correlation_id: event.correlation_id.clone().map(MessageId::String),
@@ -120,6 +146,7 @@ pub fn event_message(event: &Event) -> Message<Data> {
         .map(|(name, value)| (name.clone(), simple_value(value)))
         .collect();
     Message::builder()
+        .delivery_annotations(metric)
         .properties(properties)
         .application_properties(
             (!application.is_empty()).then_some(ApplicationProperties(application)),
@@ -514,7 +541,7 @@ mod tests {
             )],
             ..Event::default()
         };
-        let message = event_message(&event);
+        let message = event_message(&event, None);
         let MessageAnnotations(annotations) = message.message_annotations.unwrap();
         assert_eq!(
             annotations.get(&symbol_key("x-opt-offset")),

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Client, Server, HUB};
@@ -11,8 +12,8 @@ use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::definitions::SenderSettleMode;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
-    Source,
+    ApplicationProperties, Body, Data, DeliveryAnnotations, Message, MessageAnnotations, MessageId,
+    Outcome, Properties, Source,
 };
 use fe2o3_amqp::types::primitives::{Symbol, Timestamp, Value};
 use fe2o3_amqp::{Receiver, Sender};
@@ -20,12 +21,25 @@ use tokio::io::AsyncWriteExt;
 
 const AUDIENCE: &str = "sb://localhost/myhub";
 
+/// Numbers the test links (names must be unique on a session).
+static LINKS: AtomicU64 = AtomicU64::new(0);
+
 fn partition_address(consumer_group: &str, partition: &str) -> String {
     format!("amqps://localhost/{HUB}/ConsumerGroups/{consumer_group}/Partitions/{partition}")
 }
 
 /// A receiver on a partition from the position `selector` selects (`None`: no filter).
 async fn attach_partition(client: &mut Client, address: &str, selector: Option<&str>) -> Receiver {
+    attach_partition_with(client, address, selector, &[]).await
+}
+
+/// [`attach_partition`], desiring `capabilities`.
+async fn attach_partition_with(
+    client: &mut Client,
+    address: &str,
+    selector: Option<&str>,
+    capabilities: &[&str],
+) -> Receiver {
     let mut source = Source::builder().address(address.to_owned());
     if let Some(selector) = selector {
         source = source.add_to_filter(
@@ -39,10 +53,14 @@ async fn attach_partition(client: &mut Client, address: &str, selector: Option<&
         );
     }
     Receiver::builder()
-        .name(format!("receiver-{address}-{selector:?}"))
+        .name(format!(
+            "receiver-{}",
+            LINKS.fetch_add(1, Ordering::Relaxed)
+        ))
         .source(source.build())
         .target("client")
         .sender_settle_mode(SenderSettleMode::Settled)
+        .set_desired_capabilities(capabilities.iter().map(|c| Symbol::from(*c)).collect())
         .attach(&mut client.session)
         .await
         .unwrap()
@@ -202,6 +220,42 @@ async fn events_from_the_earliest_carry_body_properties_and_annotations() {
             Some(Value::String("Telemetry".into()))
         );
     }
+}
+
+#[tokio::test]
+async fn a_receiver_that_desires_the_runtime_metric_gets_the_last_enqueued_figures() {
+    let server = Server::start().await;
+    let mut client = server.connect(SaslProfile::Anonymous).await;
+    assert_eq!(client.put_token(AUDIENCE, "good").await, 200);
+    let address = partition_address("$Default", "0");
+    let metric = outpost_amqp::wire::RUNTIME_METRIC;
+    let mut receiver = attach_partition_with(&mut client, &address, None, &[metric]).await;
+    let delivery = next_event(&mut receiver).await;
+    let DeliveryAnnotations(annotations) = delivery.message().delivery_annotations.clone().unwrap();
+    let annotation = |name: &str| {
+        annotations
+            .get(&OwnedKey::Symbol(Symbol::from(name)))
+            .cloned()
+    };
+    assert_eq!(
+        annotation("last_enqueued_sequence_number"),
+        Some(Value::Long(2))
+    );
+    assert_eq!(
+        annotation("last_enqueued_offset"),
+        Some(Value::String("200".into()))
+    );
+    assert_eq!(
+        annotation("last_enqueued_time_utc"),
+        Some(Value::Timestamp(Timestamp::from_milliseconds(3000)))
+    );
+    // Without the capability, no delivery annotations.
+    let mut receiver = attach_partition(&mut client, &address, None).await;
+    assert!(next_event(&mut receiver)
+        .await
+        .message()
+        .delivery_annotations
+        .is_none());
 }
 
 #[tokio::test]
