@@ -73,8 +73,11 @@ pub async fn check(config_path: &Path) -> anyhow::Result<()> {
         }
         RuntimeConfig::Process => report.line(true, "runtime", "native processes"),
     }
-    let daemon =
-        outpost_edge::management::request(&config.management_socket(), "GET", "/modules").await;
+    let daemon = outpost_edge::management::call::<outpost_edge::management::api::ModuleList>(
+        &config.management_socket(),
+        &outpost_edge::management::api::ManagementRequest::ListModules,
+    )
+    .await;
     report.line(
         daemon.is_ok(),
         "daemon",

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use outpost_edge::config::EdgeConfig;
-use outpost_edge::management;
+use outpost_edge::management::api::{ManagementRequest, ModuleList, Restarted, Stats};
+use outpost_edge::management::{self, refusal_message};
 use serde_json::Value;
 
 use crate::output::{print_table, OutputFormat};
@@ -94,18 +95,9 @@ pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
         } => logs(&EdgeConfig::load(&config)?, &module, tail, follow).await,
         EdgeCommand::Restart { module, config } => {
             let config = EdgeConfig::load(&config)?;
-            let answer = management::request(
-                &config.management_socket(),
-                "POST",
-                &format!("/modules/{}/restart", segment(&module)),
-            )
-            .await?;
-            let status = answer.status;
-            let text = answer.text().await?;
-            if status != 200 {
-                bail!("{}", message(&text));
-            }
-            println!("restarted {module}");
+            let request = ManagementRequest::Restart { module: &module };
+            let answer: Restarted = management::call(&config.management_socket(), &request).await?;
+            println!("restarted {}", answer.restarted);
             Ok(())
         }
         EdgeCommand::SupportBundle { output, config } => {
@@ -114,39 +106,22 @@ pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
         EdgeCommand::Check { config } => crate::edge_check::check(&config).await,
         EdgeCommand::Stats { config } => {
             let config = EdgeConfig::load(&config)?;
-            let text = management::request(&config.management_socket(), "GET", "/stats")
-                .await?
-                .text()
-                .await?;
-            let stats: Value =
-                serde_json::from_str(&text).context("the daemon answered with invalid JSON")?;
+            let stats: Stats =
+                management::call(&config.management_socket(), &ManagementRequest::Stats).await?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
             Ok(())
         }
     }
 }
 
-fn segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn message(text: &str) -> String {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| text.to_owned())
-}
-
 async fn list(config: &EdgeConfig, output: OutputFormat) -> anyhow::Result<()> {
-    let answer = management::request(&config.management_socket(), "GET", "/modules").await?;
-    let text = answer.text().await?;
-    let listing: Value =
-        serde_json::from_str(&text).context("the daemon answered with invalid JSON")?;
-    let modules = listing
-        .get("modules")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let listing: ModuleList =
+        management::call(&config.management_socket(), &ManagementRequest::ListModules).await?;
+    let modules: Vec<Value> = listing
+        .modules
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
     let columns = [
         ("NAME", "name"),
         ("STATUS", "status"),
@@ -163,12 +138,14 @@ async fn logs(
     tail: Option<usize>,
     follow: bool,
 ) -> anyhow::Result<()> {
-    let tail = tail.map(|n| format!("&tail={n}")).unwrap_or_default();
-    let path = format!("/modules/{}/logs?follow={follow}{tail}", segment(module));
-    let mut answer = management::request(&config.management_socket(), "GET", &path).await?;
+    let request = ManagementRequest::Logs {
+        module,
+        tail,
+        follow,
+    };
+    let mut answer = management::send(&config.management_socket(), &request).await?;
     if answer.status != 200 {
-        let text = answer.text().await?;
-        bail!("{}", message(&text));
+        bail!("{}", refusal_message(&answer.bytes().await?));
     }
     let mut stdout = std::io::stdout();
     while let Some(chunk) = answer.next_chunk().await {
@@ -182,11 +159,13 @@ async fn logs(
 /// logs), replacing the file only once the whole bundle has arrived.
 async fn support_bundle(config: &EdgeConfig, output: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut answer =
-        management::request(&config.management_socket(), "GET", "/support-bundle").await?;
+    let mut answer = management::send(
+        &config.management_socket(),
+        &ManagementRequest::SupportBundle,
+    )
+    .await?;
     if answer.status != 200 {
-        let text = answer.text().await?;
-        bail!("{}", message(&text));
+        bail!("{}", refusal_message(&answer.bytes().await?));
     }
     let partial = output.with_extension("partial");
     let mut file = std::fs::OpenOptions::new()

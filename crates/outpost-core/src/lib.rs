@@ -20,6 +20,7 @@ pub mod route;
 pub mod sas;
 pub mod twin;
 pub mod units;
+pub mod workload_api;
 
 pub use connection_string::*;
 pub use id::{DeviceId, IdError, Identity, ModuleId};

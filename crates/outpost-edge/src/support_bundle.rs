@@ -99,7 +99,7 @@ pub async fn build(
     Ok(tar)
 }
 
-fn pretty(value: &Value) -> Vec<u8> {
+fn pretty(value: &impl serde::Serialize) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
     bytes.push(b'\n');
     bytes

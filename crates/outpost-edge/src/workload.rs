@@ -1,7 +1,8 @@
 //! The workload API (AZURE-COMPAT §6.2): each module gets its own Unix socket, mounted into its container at
 //! `/var/run/iotedge/workload.sock`, through which the Azure SDK asks for the trust bundle and for signatures
 //! made with the module's key (the key never leaves the edge daemon). A caller is authorised by its peer PID:
-//! it must be one of the module's processes, or it gets 403.
+//! it must be one of the module's processes, or it gets 403. Every body is a type of
+//! [`outpost_core::workload_api`], the contract `outpost_sdk::WorkloadClient` imports too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,25 +15,17 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use outpost_core::workload_api::{
+    ApiVersion, ErrorResponse, PrivateKey, PrivateKeyKind, ServerCertificateRequest,
+    ServerCertificateResponse, SignRequest, SignResponse, TrustBundleResponse,
+};
+use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
 use crate::identities::IdentityCache;
 use crate::runtime::ModuleRuntime;
 
-/// The workload api-version this runtime announces to modules (`IOTEDGE_APIVERSION`).
-pub const API_VERSION: &str = "2022-08-03";
-/// Every api-version the workload API accepts.
-pub const API_VERSIONS: &[&str] = &[
-    "2018-06-28",
-    "2019-01-30",
-    "2019-10-22",
-    "2019-11-05",
-    "2020-07-07",
-    "2021-12-07",
-    "2022-08-03",
-];
 /// Where a container finds its workload socket.
 pub const CONTAINER_SOCKET: &str = "/var/run/iotedge/workload.sock";
 
@@ -157,22 +150,16 @@ fn router(service: Arc<WorkloadService>, module: String) -> Router {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"message": message}))).into_response()
+    let body = ErrorResponse {
+        message: message.to_owned(),
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn require_api_version(request: Request, next: Next) -> Response {
-    let version = request.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("api-version="))
-            .map(str::to_owned)
-    });
-    match version {
-        None => error(StatusCode::BAD_REQUEST, "api-version not specified"),
-        Some(v) if !API_VERSIONS.contains(&v.as_str()) => error(
-            StatusCode::BAD_REQUEST,
-            &format!("invalid api-version {v:?}"),
-        ),
-        Some(_) => next.run(request).await,
+    match ApiVersion::of_query(request.uri().query()) {
+        Ok(_) => next.run(request).await,
+        Err(refused) => error(StatusCode::BAD_REQUEST, &refused.to_string()),
     }
 }
 
@@ -203,7 +190,10 @@ async fn authorise(socket: &Socket, module: &str, peer: PeerCredentials) -> Resu
 }
 
 async fn trust_bundle(State(socket): State<Socket>) -> Response {
-    Json(json!({"certificate": socket.service.ca.pem()})).into_response()
+    Json(TrustBundleResponse {
+        certificate: socket.service.ca.pem(),
+    })
+    .into_response()
 }
 
 async fn manifest_trust_bundle() -> Response {
@@ -213,22 +203,22 @@ async fn manifest_trust_bundle() -> Response {
     )
 }
 
-fn body_json(body: &[u8]) -> Result<Value, Box<Response>> {
+fn body_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
-            &format!("invalid JSON body: {e}"),
+            &format!("invalid request body: {e}"),
         ))
     })
 }
 
-/// The JSON body of a request from one of the socket's module processes, or the refusal to answer with.
-async fn authorised_json(
+/// The body of a request from one of the socket's module processes, or the refusal to answer with.
+async fn authorised_json<T: DeserializeOwned>(
     socket: &Socket,
     module: &str,
     peer: PeerCredentials,
     body: &[u8],
-) -> Result<Value, Box<Response>> {
+) -> Result<T, Box<Response>> {
     authorise(socket, module, peer).await.map_err(Box::new)?;
     body_json(body)
 }
@@ -239,15 +229,14 @@ async fn sign(
     UrlPath((module, _genid)): UrlPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    // The SDK sends no Content-Type; only `data` is read (keyId and algo are ignored, as aziot-edged does).
-    let body = match authorised_json(&socket, &module, peer, &body).await {
-        Ok(body) => body,
+    // The SDK sends no Content-Type. The primary key signs whatever `keyId` says, as in aziot-edged.
+    let request: SignRequest = match authorised_json(&socket, &module, peer, &body).await {
+        Ok(request) => request,
         Err(refusal) => return *refusal,
     };
-    let Some(data) = body.get("data").and_then(Value::as_str) else {
-        return error(StatusCode::BAD_REQUEST, "data is required");
-    };
-    let Ok(data) = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data) else {
+    let Ok(data) =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &request.data)
+    else {
         return error(StatusCode::BAD_REQUEST, "data is not base64");
     };
     let Some(credentials) = socket.service.identities.get(&socket.module) else {
@@ -257,7 +246,7 @@ async fn sign(
         );
     };
     match outpost_core::sign(&credentials.primary_key, &data) {
-        Ok(digest) => Json(json!({"digest": digest})).into_response(),
+        Ok(digest) => Json(SignResponse { digest }).into_response(),
         Err(e) => {
             tracing::error!(module = %socket.module, error = %e, "cannot sign with the module key");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -271,13 +260,12 @@ async fn server_certificate(
     UrlPath((module, _genid)): UrlPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body = match authorised_json(&socket, &module, peer, &body).await {
-        Ok(body) => body,
-        Err(refusal) => return *refusal,
-    };
-    let Some(common_name) = body.get("commonName").and_then(Value::as_str) else {
-        return error(StatusCode::BAD_REQUEST, "commonName is required");
-    };
+    let request: ServerCertificateRequest =
+        match authorised_json(&socket, &module, peer, &body).await {
+            Ok(request) => request,
+            Err(refusal) => return *refusal,
+        };
+    let common_name = request.common_name.as_str();
     let module_name = socket.module.trim_start_matches('$').to_ascii_lowercase();
     // One label per module: the expiry a metric shows is that of the module's newest certificate.
     let label = format!("module {module_name} server");
@@ -294,7 +282,14 @@ async fn server_certificate(
             let expiration = chrono::DateTime::from_timestamp(issued.info.not_after, 0)
                 .unwrap_or_default()
                 .to_rfc3339();
-            let body = json!({"privateKey": {"type": "key", "bytes": issued.key_pem}, "certificate": issued.chain_pem, "expiration": expiration});
+            let body = ServerCertificateResponse {
+                private_key: PrivateKey {
+                    kind: PrivateKeyKind::Key,
+                    bytes: issued.key_pem,
+                },
+                certificate: issued.chain_pem,
+                expiration,
+            };
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Err(e) => error(

@@ -1,14 +1,16 @@
 //! The edge runtime's workload API, as a module calls it (AZURE-COMPAT §6.2): HTTP/1.1 over a Unix socket,
 //! for the trust bundle (the CA of the gateway's certificate) and for signatures made with the module's key,
-//! which never leaves the runtime.
+//! which never leaves the runtime. Every body is a type of [`outpost_core::workload_api`], the contract the
+//! runtime's side imports too.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
-use serde_json::json;
+use outpost_core::workload_api::{SignRequest, SignResponse, TrustBundleResponse};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::quote::quote;
 
@@ -93,16 +95,10 @@ impl WorkloadClient {
     /// ```
     pub async fn trust_bundle(&self) -> Result<String, WorkloadError> {
         let uri = format!("/trust-bundle?api-version={}", quote(&self.api_version));
-        let body = self
-            .call("trust-bundle", http::Method::GET, &uri, None)
+        let answer: TrustBundleResponse = self
+            .call("trust-bundle", http::Method::GET, &uri, None::<&()>)
             .await?;
-        body.get("certificate")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| WorkloadError::Malformed {
-                call: "trust-bundle",
-                reason: "no \"certificate\" string".into(),
-            })
+        Ok(answer.certificate)
     }
 
     /// `POST /modules/{module}/genid/{generation}/sign`: `base64(HMAC-SHA256(module key, data))` made by the
@@ -121,30 +117,25 @@ impl WorkloadClient {
         data: &[u8],
     ) -> Result<String, WorkloadError> {
         let uri = sign_path(module, generation_id, &self.api_version);
-        let request = json!({
-            "keyId": "primary",
-            "algo": "HMACSHA256",
-            "data": base64::engine::general_purpose::STANDARD.encode(data),
-        });
-        let body = self
-            .call("sign", http::Method::POST, &uri, Some(&request))
+        let answer: SignResponse = self
+            .call(
+                "sign",
+                http::Method::POST,
+                &uri,
+                Some(&SignRequest::primary(data)),
+            )
             .await?;
-        body.get("digest")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| WorkloadError::Malformed {
-                call: "sign",
-                reason: "no \"digest\" string".into(),
-            })
+        Ok(answer.digest)
     }
 
-    async fn call(
+    /// Sends `body` and reads the answer as `A`.
+    async fn call<A: DeserializeOwned>(
         &self,
         call: &'static str,
         method: http::Method,
         uri: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value, WorkloadError> {
+        body: Option<&impl Serialize>,
+    ) -> Result<A, WorkloadError> {
         let unreachable = |reason: String| WorkloadError::Unreachable {
             socket: self.socket.display().to_string(),
             reason,
@@ -160,7 +151,10 @@ impl WorkloadClient {
         let body = match body {
             Some(body) => {
                 request = request.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(body.to_string())
+                Bytes::from(
+                    serde_json::to_vec(body)
+                        .map_err(|e| unreachable(format!("cannot encode the request: {e}")))?,
+                )
             }
             None => Bytes::new(),
         };

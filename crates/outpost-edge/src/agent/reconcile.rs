@@ -13,7 +13,7 @@ use super::Agent;
 use crate::hub_client::HubClientError;
 use crate::identities::ModuleCredentials;
 use crate::runtime::{ImageOrigin, InstanceSpec, RegistryCredential};
-use crate::workload::{API_VERSION, CONTAINER_SOCKET};
+use crate::workload::CONTAINER_SOCKET;
 
 /// How long a stopping instance gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -86,7 +86,10 @@ impl Agent {
             ("IOTEDGE_GATEWAYHOSTNAME", self.config.hostname.clone()),
             ("IOTEDGE_DEVICEID", self.device.device_id.clone()),
             ("IOTEDGE_MODULEID", name.to_owned()),
-            ("IOTEDGE_APIVERSION", API_VERSION.to_owned()),
+            (
+                "IOTEDGE_APIVERSION",
+                outpost_core::workload_api::ApiVersion::CURRENT.to_string(),
+            ),
             ("RuntimeLogLevel", "info".to_owned()),
         ];
         for (key, value) in ours {
