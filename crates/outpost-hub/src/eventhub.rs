@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use chrono::{SecondsFormat, Utc};
 use outpost_amqp::{
     AuthError, BackendError, C2dMessage, Event, EventHubInfo, EventPosition, FeedbackBatch, Grant,
@@ -453,9 +454,20 @@ impl Hub {
         let policy = self
             .policy(&policy_name)
             .ok_or_else(|| refuse(format!("no shared access policy named {policy_name}")))?;
+        // IoT Hub's SDKs sign with the base64-decoded key; Event Hubs' (azure-eventhub, Service Bus) sign with
+        // the key's text as it is, and IoT Hub's Event Hubs-compatible endpoint takes both. `verify` decodes
+        // each key, so the second pair is the keys' text encoded once more.
+        let as_text = |key: &str| base64::engine::general_purpose::STANDARD.encode(key.as_bytes());
+        let (primary_text, secondary_text) =
+            (as_text(&policy.primary_key), as_text(&policy.secondary_key));
         parsed
             .verify(
-                &[policy.primary_key.as_str(), policy.secondary_key.as_str()],
+                &[
+                    policy.primary_key.as_str(),
+                    policy.secondary_key.as_str(),
+                    primary_text.as_str(),
+                    secondary_text.as_str(),
+                ],
                 chrono::Utc::now().timestamp().max(0).unsigned_abs(),
             )
             .map_err(|e| refuse(e.to_string()))?;
@@ -656,12 +668,9 @@ fn amqp_event(stored: &PartitionEvent) -> Event {
     let event = &stored.event;
     let body = match (event.get("body"), event.get("bodyBase64")) {
         (Some(Value::String(text)), _) => text.clone().into_bytes(),
-        (_, Some(Value::String(encoded))) => {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .unwrap_or_default()
-        }
+        (_, Some(Value::String(encoded))) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap_or_default(),
         _ => Vec::new(),
     };
     let system = |name: &str| {

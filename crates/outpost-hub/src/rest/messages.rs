@@ -108,6 +108,9 @@ pub(super) struct EventsQuery {
     max: Option<usize>,
     /// Wait up to this many seconds for the first event (default 0, at most 60).
     wait_secs: Option<u64>,
+    /// Twin change events too (default: device-to-cloud messages only).
+    #[serde(default)]
+    include_twin_changes: bool,
 }
 
 pub(super) async fn read_events(
@@ -119,7 +122,9 @@ pub(super) async fn read_events(
     let after = query.after.unwrap_or_else(|| hub.newest_event());
     let max = query.max.unwrap_or(100).clamp(1, 1000);
     let wait = Duration::from_secs(query.wait_secs.unwrap_or(0).min(60));
-    let events = hub.read_events(after, max, wait).await?;
+    let events = hub
+        .read_stream(after, max, wait, query.include_twin_changes)
+        .await?;
     let next = events.last().map_or(after, |(seq, _)| *seq);
     let events: Vec<Value> = events
         .into_iter()
