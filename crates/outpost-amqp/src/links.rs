@@ -19,7 +19,7 @@ use fe2o3_amqp::types::definitions::{self, AmqpError, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Message, Outcome, Source, Target, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use crate::backend::{EventPosition, ServiceBackend};
@@ -36,6 +36,8 @@ const INBOUND_CREDIT: u32 = 16;
 /// Replies waiting for a reply link (per link), and reply links per node on one connection.
 const REPLY_QUEUE: usize = 16;
 const MAX_REPLY_LINKS: usize = 16;
+/// How long a request waits for its reply link to be attached.
+const REPLY_LINK_WAIT: Duration = Duration::from_secs(10);
 /// How long a refused link waits for the client's detach.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle event link checks that its grant is still valid.
@@ -51,6 +53,9 @@ pub(crate) struct Connection<B> {
     /// A std mutex: held for lookups only, never across an await.
     pub claims: Mutex<Claims>,
     replies: Mutex<Replies>,
+    /// Woken when a reply link is added: a client's first request may arrive before its reply link is
+    /// accepted (it sends both attaches, then the request).
+    reply_added: Notify,
 }
 
 impl<B: ServiceBackend> Connection<B> {
@@ -61,7 +66,33 @@ impl<B: ServiceBackend> Connection<B> {
             max_message_size,
             claims: Mutex::new(claims),
             replies: Mutex::new(Replies::default()),
+            reply_added: Notify::new(),
         }
+    }
+
+    /// The reply link for a request to `node`, waiting a little for one that is being attached.
+    async fn reply_link(
+        &self,
+        node: &'static str,
+        reply_to: Option<&str>,
+    ) -> Option<mpsc::Sender<Reply>> {
+        let wait = async {
+            loop {
+                let added = self.reply_added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                let route = self
+                    .replies
+                    .lock()
+                    .expect("replies lock poisoned")
+                    .route(node, reply_to);
+                if let Some(queue) = route {
+                    return queue;
+                }
+                added.await;
+            }
+        };
+        tokio::time::timeout(REPLY_LINK_WAIT, wait).await.ok()
     }
 
     fn service_connect(&self, path: &str) -> Result<crate::backend::Grant, Denied> {
@@ -230,6 +261,7 @@ pub(crate) async fn attach<B: ServiceBackend>(
                 .expect("replies lock poisoned")
                 .add(node_name(&node), reply_address, queue);
             if added {
+                connection.reply_added.notify_waiters();
                 links.spawn(reply_link(sender, replies));
             } else {
                 links.spawn(refuse(
@@ -434,10 +466,8 @@ async fn request_link<B: ServiceBackend>(
             _ => management(&request, &connection),
         };
         let route = connection
-            .replies
-            .lock()
-            .expect("replies lock poisoned")
-            .route(node_name(&node), request.reply_to.as_deref());
+            .reply_link(node_name(&node), request.reply_to.as_deref())
+            .await;
         let Some(queue) = route else {
             tracing::debug!(node = node_name(&node), "a request without a reply link");
             continue;

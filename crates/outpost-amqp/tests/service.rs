@@ -124,6 +124,43 @@ async fn cbs_accepts_a_good_token_and_answers_401_to_a_bad_one() {
 }
 
 #[tokio::test]
+async fn a_request_sent_before_its_reply_link_is_attached_is_answered_on_it() {
+    let server = Server::start().await;
+    let mut client = server.connect(SaslProfile::Anonymous).await;
+    let mut sender = Sender::attach(&mut client.session, "cbs-sender", "$cbs")
+        .await
+        .unwrap();
+    let mut application = fe2o3_amqp::types::primitives::OrderedMap::new();
+    for (k, v) in [
+        ("operation", "put-token"),
+        ("type", "servicebus.windows.net:sastoken"),
+        ("name", AUDIENCE),
+    ] {
+        application.insert(
+            k.to_owned(),
+            fe2o3_amqp::types::primitives::SimpleValue::String(v.into()),
+        );
+    }
+    let request = Message::builder()
+        .properties(Properties {
+            message_id: Some(MessageId::Ulong(0)),
+            ..Properties::default()
+        })
+        .application_properties(ApplicationProperties(application))
+        .value(Value::String("good".into()))
+        .build();
+    // The hub accepts the request (settling it) before it has anywhere to answer.
+    let outcome = sender.send(request).await.unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)));
+    let mut receiver = Receiver::attach(&mut client.session, "cbs-receiver", "$cbs")
+        .await
+        .unwrap();
+    let answer = next_event(&mut receiver).await;
+    let properties = answer.message().properties.clone().unwrap();
+    assert_eq!(properties.correlation_id, Some(MessageId::Ulong(0)));
+}
+
+#[tokio::test]
 async fn a_partition_without_a_token_or_with_an_insufficient_or_expired_one_is_refused() {
     let server = Server::start().await;
     let address = partition_address("$Default", "0");
