@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fe2o3_amqp::acceptor::{
-    LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SupportedSenderSettleModes,
+    LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SupportedReceiverSettleModes,
+    SupportedSenderSettleModes,
 };
 use fe2o3_amqp::link::delivery::Sendable;
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp::types::definitions::{self, AmqpError, Role, SenderSettleMode};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Message, Outcome, Source, Target, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::Value;
@@ -168,9 +169,13 @@ fn acceptor(
     sender_modes: SupportedSenderSettleModes,
     max_message_size: u64,
 ) -> LinkAcceptor<Terminus<Source>, Terminus<Target>> {
+    // The hub settles what it receives at once (receiver settle mode first), whatever the client asks: the
+    // C client (uamqp) asks for "second" and yet waits for a settled disposition, as IoT Hub sends.
     LinkAcceptor::builder()
         .supported_sender_settle_modes(sender_modes)
         .fallback_sender_settle_mode(SenderSettleMode::Settled)
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
         .max_message_size(max_message_size)
         .verify_incoming_source(false)
         .verify_incoming_target(false)
