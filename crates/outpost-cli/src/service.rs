@@ -112,7 +112,6 @@ impl ServiceClient {
     }
 }
 
-/// A path segment percent-encoded as the service SDK does it (`$edgeAgent` → `%24edgeAgent`).
-pub fn segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
+/// A path segment percent-encoded as the service SDK does it (`$edgeAgent` → `%24edgeAgent`): core's one
+/// percent-encoding, `urllib.parse.quote(s, safe="")`.
+pub use outpost_core::quote::quote as segment;

@@ -382,14 +382,15 @@ pub struct ScopeAnswer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde::de::DeserializeOwned;
     use serde_json::json;
 
     use super::*;
 
-    /// Parses `wire` (the JSON the link carries today) as `T` and prints it back: the same JSON.
-    fn round_trip<T: Serialize + DeserializeOwned>(wire: Value) -> T {
+    /// Parses `wire` (the JSON a contract carries today) as `T` and prints it back: the same JSON. Shared by the
+    /// tests of every wire contract in this crate.
+    pub(crate) fn round_trip<T: Serialize + DeserializeOwned>(wire: Value) -> T {
         let expected = wire.clone();
         let parsed: T = serde_json::from_value(wire).expect("today's JSON parses");
         assert_eq!(serde_json::to_value(&parsed).unwrap(), expected);

@@ -15,7 +15,7 @@ pub mod edge_link;
 pub mod id;
 pub mod manifest;
 pub mod message;
-mod quote;
+pub mod quote;
 pub mod route;
 pub mod sas;
 pub mod twin;

@@ -1,4 +1,6 @@
-//! Percent-encoding exactly as Python's `urllib.parse` does it, since the Azure SDKs build their strings with it.
+//! Percent-encoding exactly as Python's `urllib.parse` does it, since the Azure SDKs build their strings with it:
+//! the one percent-encoding of the workspace (tokens, topics, message properties, URL path segments), so that
+//! what Outpost writes is what the SDKs write and what it reads is what they read.
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -13,22 +15,22 @@ const QUOTE_SAFE_NONE: &AsciiSet = &NON_ALPHANUMERIC
 const QUOTE_SAFE_SLASH: &AsciiSet = &QUOTE_SAFE_NONE.remove(b'/');
 
 /// `urllib.parse.quote(s, safe="")`.
-pub(crate) fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     utf8_percent_encode(s, QUOTE_SAFE_NONE).to_string()
 }
 
 /// `urllib.parse.quote(s)`: like [`quote`] but `/` stays raw.
-pub(crate) fn quote_keep_slash(s: &str) -> String {
+pub fn quote_keep_slash(s: &str) -> String {
     utf8_percent_encode(s, QUOTE_SAFE_SLASH).to_string()
 }
 
 /// `urllib.parse.quote_plus(s)`: like [`quote`] but a space becomes `+`.
-pub(crate) fn quote_plus(s: &str) -> String {
+pub fn quote_plus(s: &str) -> String {
     s.split(' ').map(quote).collect::<Vec<_>>().join("+")
 }
 
 /// Percent-decodes `s` to UTF-8. `+` stays `+`: the SDKs never use it for a space, and base64 needs it.
-pub(crate) fn unquote(s: &str) -> Result<String, std::str::Utf8Error> {
+pub fn unquote(s: &str) -> Result<String, std::str::Utf8Error> {
     percent_decode_str(s)
         .decode_utf8()
         .map(std::borrow::Cow::into_owned)

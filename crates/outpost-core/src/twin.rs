@@ -337,8 +337,10 @@ fn tags_body(value: &Value) -> Result<Map<String, Value>, TwinError> {
     Ok(body.clone())
 }
 
-/// JSON merge patch (RFC 7386): `null` deletes, objects merge, anything else replaces.
-fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+/// JSON merge patch (RFC 7386): `null` deletes, objects merge, anything else replaces. The keys that stay keep
+/// their order and new keys come last, as IoT Hub shows a twin; every copy of a twin (the hub's, the edge's cache)
+/// merges with this one. It does not bound the depth: [`Twin`]'s patches are checked first.
+pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     for (key, value) in patch {
         match value {
             Value::Null => {

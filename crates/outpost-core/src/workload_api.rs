@@ -176,18 +176,10 @@ pub struct ErrorResponse {
 
 #[cfg(test)]
 mod tests {
-    use serde::de::DeserializeOwned;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     use super::*;
-
-    /// Parses `wire` (what the SDKs and the runtime send today) as `T` and prints it back: the same JSON.
-    fn round_trip<T: Serialize + DeserializeOwned>(wire: Value) -> T {
-        let expected = wire.clone();
-        let parsed: T = serde_json::from_value(wire).expect("today's JSON parses");
-        assert_eq!(serde_json::to_value(&parsed).unwrap(), expected);
-        parsed
-    }
+    use crate::edge_link::tests::round_trip;
 
     #[test]
     fn a_sign_request_is_what_the_azure_sdks_send() {

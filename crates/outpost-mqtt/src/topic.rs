@@ -6,17 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use outpost_core::quote::quote;
 use outpost_core::{Identity, Message, PropertyBagError};
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::ops::Feature;
-
-/// Python's `urllib.parse.quote(safe="")`: what the SDK `unquote`s in method names, input names and query values.
-const QUOTE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// What a client's PUBLISH asks for, read from its topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,15 +176,9 @@ fn query_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Percent-decodes with core's `unquote` (Python's `urllib.parse` rules); `None` for invalid UTF-8.
 fn unquote(s: &str) -> Option<String> {
-    percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(std::borrow::Cow::into_owned)
-}
-
-fn quote(s: &str) -> String {
-    utf8_percent_encode(s, QUOTE).to_string()
+    outpost_core::quote::unquote(s).ok()
 }
 
 /// `$iothub/twin/res/{status}/?$rid={rid}`, plus `&$version={v}` after a reported patch.

@@ -58,13 +58,15 @@ mod link;
 mod message;
 pub mod methods;
 mod options;
-mod quote;
 mod requests;
 mod stream;
 mod tls;
 mod topics;
 pub mod twin;
 pub mod workload;
+
+/// The one percent-encoding (Python's `urllib.parse` rules), core's.
+use outpost_core::quote;
 
 pub use client::{kind, Client, DeviceClient, ModuleClient};
 pub use environment::{EdgeEnvironment, RUNTIME_VARIABLES};

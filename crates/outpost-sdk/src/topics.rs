@@ -152,7 +152,7 @@ pub(crate) fn parse_incoming(topic: &str, identity: &Identity) -> Result<Incomin
                 version: query_value(query, "version").and_then(|v| v.parse().ok()),
             }),
             ["methods", "POST", name] => Ok(Incoming::MethodRequest {
-                name: unquote(name).ok_or_else(malformed)?,
+                name: unquote(name).ok().ok_or_else(malformed)?,
                 rid: rid()?,
             }),
             _ => Err(TopicError::Unexpected(topic.to_owned())),
@@ -171,6 +171,7 @@ pub(crate) fn parse_incoming(topic: &str, identity: &Identity) -> Result<Incomin
     } else if let Some(rest) = rest.strip_prefix("inputs/") {
         let (input, bag) = rest.split_once('/').unwrap_or((rest, ""));
         let input = unquote(input)
+            .ok()
             .filter(|i| !i.is_empty())
             .ok_or_else(malformed)?;
         let mut message = decode(bag, topic)?;
@@ -195,9 +196,9 @@ fn decode(bag: &str, topic: &str) -> Result<Message, TopicError> {
 fn query_value(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
-        let key = unquote(key)?;
+        let key = unquote(key).ok()?;
         (key.strip_prefix('$').unwrap_or(&key) == name)
-            .then(|| unquote(value))
+            .then(|| unquote(value).ok())
             .flatten()
     })
 }

@@ -436,3 +436,17 @@ fn mirrors(properties: &Map<String, Value>, meta: &Map<String, Value>) -> bool {
             _ => false,
         })
 }
+
+#[test]
+fn a_merge_patch_keeps_the_order_of_the_keys_that_stay() {
+    let mut target = json!({"a": 1, "b": 2, "c": 3, "d": {"x": 1, "y": 2, "z": 3}});
+    let patch = json!({"b": null, "d": {"x": null, "w": 0}, "e": 5});
+    let (Value::Object(target_map), Value::Object(patch_map)) = (&mut target, &patch) else {
+        unreachable!()
+    };
+    super::merge(target_map, patch_map);
+    assert_eq!(
+        serde_json::to_string(&target).unwrap(),
+        r#"{"a":1,"c":3,"d":{"y":2,"z":3,"w":0},"e":5}"#
+    );
+}

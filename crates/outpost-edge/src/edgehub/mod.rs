@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use outpost_core::twin::merge;
 use outpost_core::{Identity, Message, Twin};
 use outpost_mqtt::{
     ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing, PendingMethods,
@@ -81,28 +82,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Merges a JSON merge patch into `target` (`null` deletes).
-pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
-    for (key, value) in patch {
-        match value {
-            Value::Null => {
-                target.remove(key);
-            }
-            Value::Object(inner) => {
-                let entry = target
-                    .entry(key.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if !entry.is_object() {
-                    *entry = Value::Object(Map::new());
-                }
-                if let Value::Object(existing) = entry {
-                    merge(existing, inner);
-                }
-            }
-            other => {
-                target.insert(key.clone(), other.clone());
-            }
-        }
+/// Merges a desired patch from the hub into a cached twin view `{"desired":..,"reported":..}`, with core's merge
+/// (the keys that stay keep their order, as on the hub).
+fn merge_desired(view: &mut Value, patch: &Map<String, Value>) {
+    if let Some(desired) = view.get_mut("desired").and_then(Value::as_object_mut) {
+        merge(desired, patch);
     }
 }
 
@@ -308,9 +292,7 @@ impl EdgeHub {
     /// Pushes a desired change from the hub to a connected client (and into the cache).
     pub fn desired_changed(&self, client: &str, body: &Value) {
         if let (Ok(Some(mut view)), Value::Object(patch)) = (self.store.twin(client), body) {
-            if let Some(desired) = view.get_mut("desired").and_then(Value::as_object_mut) {
-                merge(desired, patch);
-            }
+            merge_desired(&mut view, patch);
             let _ = self.store.put_twin(client, &view);
         }
         if let Some(outbox) = self.outbox(client) {
@@ -567,4 +549,24 @@ pub async fn start(
         tracing::info!(%address, mqtt = config.edge_mqtt_port, https = config.edge_https_port, "edge hub listening");
     }
     Ok(hub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_desired_patch_keeps_the_order_of_the_cached_twins_keys() {
+        let mut view = json!({
+            "desired": {"first": 1, "second": 2, "third": 3, "$version": 4},
+            "reported": {"$version": 1},
+        });
+        let patch = json!({"first": null, "fourth": 4, "$version": 5});
+        merge_desired(&mut view, patch.as_object().unwrap());
+        // A swap-remove would have moved `$version` into `first`'s place.
+        assert_eq!(
+            serde_json::to_string(&view["desired"]).unwrap(),
+            r#"{"second":2,"third":3,"$version":5,"fourth":4}"#
+        );
+    }
 }

@@ -289,8 +289,11 @@ impl ProcessRuntime {
             exited_at: instance.record.exited_at,
             exit_code: None,
         };
-        fs::write(instance.dir.join(PID_FILE), format!("{pid}\n"))
-            .map_err(|e| format!("could not write its pid: {e}"))?;
+        crate::identities::write_durably(
+            &instance.dir.join(PID_FILE),
+            format!("{pid}\n").as_bytes(),
+        )
+        .map_err(|e| format!("could not write its pid: {e}"))?;
         write_json(&instance.dir.join(STATUS_FILE), &instance.record)
             .map_err(|e| format!("could not write its status: {e}"))?;
         Ok(())

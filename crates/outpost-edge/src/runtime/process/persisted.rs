@@ -77,14 +77,11 @@ pub(super) fn load(dir: &Path) -> Option<(StoredSpec, RunRecord, Option<u32>)> {
     Some((spec, record, pid))
 }
 
-/// Writes JSON through a temporary file and a rename, so a crash never leaves half a file.
+/// Writes JSON with the edge's one atomic write (temporary file, fsync, rename, directory fsync), so a crash
+/// never leaves half a file; `0600`, since a spec holds the module's environment.
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(value).map_err(io::Error::other)?,
-    )?;
-    fs::rename(tmp, path)
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    crate::identities::write_durably(path, &bytes)
 }
 
 #[cfg(test)]
@@ -117,6 +114,15 @@ mod tests {
             ("m", "V", "-x")
         );
         assert_eq!((record.exit_code, pid), (None, Some(42)));
+        // Written with the one atomic write: its owner's only, and no temporary left behind.
+        let mode = fs::metadata(dir.path().join(SPEC_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]
