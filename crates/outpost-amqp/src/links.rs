@@ -608,15 +608,18 @@ async fn event_link<B: ServiceBackend>(
     } = reader;
     tracing::debug!(partition, after, "AMQP event receiver attached");
     loop {
+        let events = tokio::select! {
+            events = connection.backend.wait_events(partition, after, EVENT_BATCH) => Some(events),
+            () = tokio::time::sleep(GRANT_CHECK) => None,
+            _ = sender.on_detach() => return,
+        };
+        // The grant is checked before each batch and every GRANT_CHECK: a token that expired without being
+        // renewed on $cbs ends the link.
         if let Err(denied) = connection.service_connect(&path) {
             refuse(LinkEndpoint::Sender(sender), denied_error(&denied)).await;
             return;
         }
-        let events = tokio::select! {
-            events = connection.backend.wait_events(partition, after, EVENT_BATCH) => events,
-            () = tokio::time::sleep(GRANT_CHECK) => continue,
-            _ = sender.on_detach() => return,
-        };
+        let Some(events) = events else { continue };
         let events = match events {
             Ok(events) => events,
             Err(error) => {
@@ -687,15 +690,16 @@ async fn c2d_link<B: ServiceBackend>(mut receiver: Receiver, connection: Arc<Con
 async fn feedback_link<B: ServiceBackend>(mut sender: Sender, connection: Arc<Connection<B>>) {
     let path = node::FEEDBACK.trim_start_matches('/');
     loop {
+        let batch = tokio::select! {
+            batch = connection.backend.next_feedback() => Some(batch),
+            () = tokio::time::sleep(GRANT_CHECK) => None,
+            _ = sender.on_detach() => return,
+        };
         if let Err(denied) = connection.service_connect(path) {
             refuse(LinkEndpoint::Sender(sender), denied_error(&denied)).await;
             return;
         }
-        let batch = tokio::select! {
-            batch = connection.backend.next_feedback() => batch,
-            () = tokio::time::sleep(GRANT_CHECK) => continue,
-            _ = sender.on_detach() => return,
-        };
+        let Some(batch) = batch else { continue };
         let batch = match batch {
             Ok(batch) => batch,
             Err(error) => {

@@ -184,6 +184,23 @@ async fn a_partition_without_a_token_or_with_an_insufficient_or_expired_one_is_r
 }
 
 #[tokio::test]
+async fn an_event_link_whose_token_expired_is_detached_before_its_next_event() {
+    let server = Server::start().await;
+    let mut client = server.connect(SaslProfile::Anonymous).await;
+    assert_eq!(client.put_token(AUDIENCE, "short").await, 200);
+    let mut receiver = attach_partition(
+        &mut client,
+        &partition_address("$Default", "1"),
+        Some("amqp.annotation.x-opt-offset > '@latest'"),
+    )
+    .await;
+    // Let the token expire (nothing to wait on but the clock), then give the link something to send.
+    tokio::time::sleep(common::SHORT_TOKEN).await;
+    server.hub.append(1, b"too late");
+    assert!(refusal(&mut receiver).await.contains("UnauthorizedAccess"));
+}
+
+#[tokio::test]
 async fn events_from_the_earliest_carry_body_properties_and_annotations() {
     let server = Server::start().await;
     let mut client = server.connect(SaslProfile::Anonymous).await;

@@ -33,6 +33,8 @@ use tokio_rustls::TlsConnector;
 pub const HUB: &str = "myhub";
 pub const HOST: &str = "localhost";
 pub const PARTITIONS: u32 = 2;
+/// How long the token `short` lasts.
+pub const SHORT_TOKEN: Duration = Duration::from_millis(300);
 
 /// The in-memory hub.
 pub struct MemoryHub {
@@ -135,6 +137,7 @@ impl ServiceBackend for MemoryHub {
         match token {
             "good" => Ok(Self::grant(true, Some(later))),
             "no-service-connect" => Ok(Self::grant(false, Some(later))),
+            "short" => Ok(Self::grant(true, Some(SystemTime::now() + SHORT_TOKEN))),
             "expired" => Ok(Self::grant(
                 true,
                 Some(SystemTime::now() - Duration::from_secs(1)),
