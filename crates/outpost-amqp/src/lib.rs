@@ -22,6 +22,7 @@ pub mod server;
 pub mod wire;
 
 pub use backend::*;
+pub use links::MAX_LINKS_PER_SESSION;
 pub use server::{
     serve, serve_connection, AmqpConfig, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
 };

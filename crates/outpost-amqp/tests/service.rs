@@ -666,3 +666,63 @@ async fn connections_past_the_cap_are_closed() {
     assert!(handshake.is_err(), "the second connection was served");
     assert_eq!(first.put_token(AUDIENCE, "good").await, 200);
 }
+
+#[tokio::test]
+async fn shutdown_closes_the_connections_and_serve_returns() {
+    let server = Server::start().await;
+    let mut client = server.connect(SaslProfile::Anonymous).await;
+    assert_eq!(client.put_token(AUDIENCE, "good").await, 200);
+    let mut receiver = attach_partition(
+        &mut client,
+        &partition_address("$Default", "1"),
+        Some("amqp.annotation.x-opt-offset > '@latest'"),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), server.shut_down())
+        .await
+        .expect("serve did not return")
+        .unwrap();
+    // The link is gone with its connection.
+    let received = tokio::time::timeout(Duration::from_secs(10), receiver.recv::<Body<Value>>())
+        .await
+        .expect("the connection stayed open");
+    assert!(received.is_err());
+}
+
+#[tokio::test]
+async fn links_past_the_session_cap_are_refused() {
+    let server = Server::start().await;
+    let mut client = server.connect(SaslProfile::Anonymous).await;
+    let mut senders = Vec::new();
+    for i in 0..outpost_amqp::MAX_LINKS_PER_SESSION {
+        senders.push(
+            Sender::attach(&mut client.session, format!("cbs-{i}"), "$cbs")
+                .await
+                .unwrap(),
+        );
+    }
+    let mut extra = Sender::attach(&mut client.session, "cbs-extra", "$cbs")
+        .await
+        .unwrap();
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        extra.send(Message::builder().value(Value::String("x".into())).build()),
+    )
+    .await
+    .expect("the link was neither refused nor served");
+    assert!(
+        format!("{sent:?}").contains("ResourceLimitExceeded"),
+        "{sent:?}"
+    );
+    // Another session of the same connection has its own links.
+    let mut other = fe2o3_amqp::Session::begin(&mut client.connection)
+        .await
+        .unwrap();
+    let mut sender = Sender::attach(&mut other, "cbs-other", "$cbs")
+        .await
+        .unwrap();
+    let sent = sender
+        .send(Message::builder().value(Value::String("x".into())).build())
+        .await;
+    assert!(matches!(sent, Ok(Outcome::Accepted(_))), "{sent:?}");
+}

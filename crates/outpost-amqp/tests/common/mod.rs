@@ -312,6 +312,7 @@ pub struct Server {
     pub hub: Arc<MemoryHub>,
     pub tls: Tls,
     stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Server {
@@ -327,7 +328,7 @@ impl Server {
         configure(&mut config);
         let hub = Arc::new(MemoryHub::new());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(outpost_amqp::serve(
+        let served = tokio::spawn(outpost_amqp::serve(
             listener,
             config,
             hub.clone(),
@@ -340,6 +341,7 @@ impl Server {
             hub,
             tls,
             stop: Some(stop),
+            served: Some(served),
         }
     }
 
@@ -374,6 +376,16 @@ impl Server {
             session,
             next_id: 0,
         })
+    }
+}
+
+impl Server {
+    /// Fires the shutdown signal and waits for `serve` to return.
+    pub async fn shut_down(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.served.take().unwrap().await.unwrap()
     }
 }
 
