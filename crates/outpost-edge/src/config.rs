@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use outpost_core::ConnectionString;
+use outpost_core::{ConnectionString, ConnectionStringError};
 use serde::Deserialize;
 
 /// Errors in the settings file.
@@ -24,8 +24,35 @@ pub enum ConfigError {
         /// The file.
         path: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        reason: SettingsError,
     },
+}
+
+/// What is wrong with settings text.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Not valid TOML, an unknown setting, or a value of the wrong type.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// The connection string does not parse.
+    #[error("connection_string: {0}")]
+    ConnectionString(#[from] ConnectionStringError),
+    /// The connection string names no device.
+    #[error("connection_string has no DeviceId")]
+    NoDeviceId,
+    /// The connection string has no key.
+    #[error("connection_string has no SharedAccessKey")]
+    NoSharedAccessKey,
+    /// The connection string is a module's.
+    #[error("connection_string must be the edge device's, not a module's")]
+    ModuleConnectionString,
+    /// `hostname` is empty.
+    #[error("hostname must not be empty")]
+    EmptyHostname,
+    /// A setting that must be at least 1 is 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
 }
 
 /// The edge daemon's settings.
@@ -191,15 +218,16 @@ impl DiskConfig {
     }
 
     /// Checks the values that would make no sense.
-    fn check(&self) -> Result<(), String> {
-        if self.log_max_size_kib == 0 || self.log_max_files == 0 {
-            return Err("disk.log_max_size_kib and disk.log_max_files must be at least 1".into());
-        }
-        if self.image_gc_unused_secs == 0 || self.image_gc_interval_secs == 0 {
-            return Err(
-                "disk.image_gc_unused_secs and disk.image_gc_interval_secs must be at least 1"
-                    .into(),
-            );
+    fn check(&self) -> Result<(), SettingsError> {
+        for (name, value) in [
+            ("disk.log_max_size_kib", self.log_max_size_kib),
+            ("disk.log_max_files", u64::from(self.log_max_files)),
+            ("disk.image_gc_unused_secs", self.image_gc_unused_secs),
+            ("disk.image_gc_interval_secs", self.image_gc_interval_secs),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::Zero(name));
+            }
         }
         Ok(())
     }
@@ -321,32 +349,26 @@ impl EdgeConfig {
     }
 
     /// Parses settings from TOML text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, SettingsError> {
+        let config: Self = toml::from_str(text)?;
         config.device()?;
         if config.hostname.is_empty() {
-            return Err("hostname must not be empty".into());
+            return Err(SettingsError::EmptyHostname);
         }
         config.disk.check()?;
         Ok(config)
     }
 
     /// The device connection string, checked: it must name a device with a key.
-    pub fn device(&self) -> Result<DeviceCredentials, String> {
-        let parsed: ConnectionString = self
-            .connection_string
-            .parse()
-            .map_err(|e| format!("connection_string: {e}"))?;
-        let device_id = parsed
-            .device_id
-            .clone()
-            .ok_or("connection_string has no DeviceId")?;
+    pub fn device(&self) -> Result<DeviceCredentials, SettingsError> {
+        let parsed: ConnectionString = self.connection_string.parse()?;
+        let device_id = parsed.device_id.clone().ok_or(SettingsError::NoDeviceId)?;
         let key = parsed
             .shared_access_key
             .clone()
-            .ok_or("connection_string has no SharedAccessKey")?;
+            .ok_or(SettingsError::NoSharedAccessKey)?;
         if parsed.module_id.is_some() {
-            return Err("connection_string must be the edge device's, not a module's".into());
+            return Err(SettingsError::ModuleConnectionString);
         }
         Ok(DeviceCredentials {
             hub_hostname: parsed.host_name.clone(),
@@ -410,7 +432,10 @@ mod tests {
     #[test]
     fn a_module_connection_string_is_refused() {
         let text = EXAMPLE.replace("DeviceId=edge1;", "DeviceId=edge1;ModuleId=m;");
-        assert!(EdgeConfig::parse(&text).unwrap_err().contains("module"));
+        assert!(matches!(
+            EdgeConfig::parse(&text),
+            Err(SettingsError::ModuleConnectionString)
+        ));
     }
 
     #[test]
@@ -429,9 +454,10 @@ mod tests {
         let disk = EdgeConfig::parse(&text).unwrap().disk;
         assert_eq!((disk.log_max_size_kib, disk.min_free_mib), (64, 1));
         let text = format!("{EXAMPLE}\n[disk]\nlog_max_files = 0\n");
-        assert!(EdgeConfig::parse(&text)
-            .unwrap_err()
-            .contains("log_max_files"));
+        assert!(matches!(
+            EdgeConfig::parse(&text),
+            Err(SettingsError::Zero("disk.log_max_files"))
+        ));
     }
 
     #[test]

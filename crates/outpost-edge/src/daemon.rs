@@ -82,7 +82,7 @@ impl RunningEdge {
 
 /// Builds the agent and starts its tasks; returns once the last-known-good deployment has been started.
 pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
-    let device = config.device().map_err(anyhow::Error::msg)?;
+    let device = config.device()?;
     // Everything under the data directory is the daemon's user's only: module keys, the CA key, the deployment
     // (with its registry credentials), tokens in the edge hub's database. An older installation is tightened.
     let ca_dir = config.data_dir.join("pki");

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::EdgeConfig;
-use crate::hub_http::{segment, HubHttp};
+use crate::hub_http::{segment, HubHttp, HubRequestError, HubSetupError};
 use crate::identities::ModuleCredentials;
 
 /// Errors talking to the hub.
@@ -15,7 +15,10 @@ use crate::identities::ModuleCredentials;
 pub enum HubClientError {
     /// The hub could not be reached (offline).
     #[error("the hub is unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[from] HubRequestError),
+    /// The hub's answer is not the JSON its API documents.
+    #[error("invalid JSON from the hub: {0}")]
+    Malformed(#[source] serde_json::Error),
     /// The hub answered with an error.
     #[error("the hub answered {status}: {message}")]
     Refused {
@@ -25,8 +28,8 @@ pub enum HubClientError {
         message: String,
     },
     /// The settings do not allow a connection (bad CA file, bad key).
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Setup(#[from] HubSetupError),
 }
 
 /// A REST client of the hub acting as the edge device.
@@ -38,7 +41,7 @@ impl HubClient {
     /// A client for the hub named by the settings, trusting the hub's CA.
     pub fn new(config: &EdgeConfig) -> Result<Self, HubClientError> {
         Ok(Self {
-            http: HubHttp::new(config, Duration::from_secs(20)).map_err(HubClientError::Setup)?,
+            http: HubHttp::new(config, Duration::from_secs(20))?,
         })
     }
 
@@ -57,11 +60,7 @@ impl HubClient {
         body: Option<&Value>,
     ) -> Result<Option<Value>, HubClientError> {
         let if_match = (method == Method::DELETE).then_some("*");
-        let answer = self
-            .http
-            .send(method, path, body, if_match)
-            .await
-            .map_err(HubClientError::Unreachable)?;
+        let answer = self.http.send(method, path, body, if_match).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -76,7 +75,7 @@ impl HubClient {
         }
         serde_json::from_slice(&answer.body)
             .map(Some)
-            .map_err(|e| HubClientError::Unreachable(format!("invalid JSON from the hub: {e}")))
+            .map_err(HubClientError::Malformed)
     }
 
     /// Reads a module identity of this device, creating it (`managedBy: IotEdge`, generated keys) when missing.
@@ -124,8 +123,7 @@ impl HubClient {
         let answer = self
             .http
             .send(Method::GET, &self.modules_path(), None, None)
-            .await
-            .map_err(HubClientError::Unreachable)?;
+            .await?;
         if !answer.status.is_success() {
             return Err(HubClientError::Refused {
                 status: answer.status.as_u16(),

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::config::{DeviceCredentials, EdgeConfig};
+use crate::config::{DeviceCredentials, EdgeConfig, SettingsError};
 
 /// How long the device's tokens live.
 const TOKEN_TTL_SECS: u64 = 3600;
@@ -16,6 +16,39 @@ const TOKEN_TTL_SECS: u64 = 3600;
 /// A path segment percent-encoded as the service SDK does it (`$edgeAgent` → `%24edgeAgent`): core's one
 /// percent-encoding, `urllib.parse.quote(s, safe="")`.
 pub use outpost_core::quote::quote as segment;
+
+/// Why a session with the hub cannot be set up: the settings are wrong, retrying will not help.
+#[derive(Debug, thiserror::Error)]
+pub enum HubSetupError {
+    /// The connection string.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The hub's CA file could not be read.
+    #[error("cannot read hub_ca {path}: {source}")]
+    HubCa {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The hub's CA file is not PEM certificates.
+    #[error("hub_ca is not PEM: {0}")]
+    HubCaPem(#[source] reqwest::Error),
+    /// The HTTPS client could not be built.
+    #[error("cannot build the HTTPS client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Why a request did not reach the hub, or its answer did not come back: the hub is unreachable.
+#[derive(Debug, thiserror::Error)]
+pub enum HubRequestError {
+    /// The device key cannot sign a token.
+    #[error("cannot sign with the device key: {0}")]
+    Sign(#[from] outpost_core::SasError),
+    /// The exchange failed (connect, TLS, timeout, a dropped connection).
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
 
 /// The hub's answer to one request.
 pub struct HubAnswer {
@@ -43,22 +76,24 @@ pub struct HubHttp {
 
 impl HubHttp {
     /// A session with the hub the settings name; a request gives up after `timeout`.
-    pub fn new(config: &EdgeConfig, timeout: Duration) -> Result<Self, String> {
+    pub fn new(config: &EdgeConfig, timeout: Duration) -> Result<Self, HubSetupError> {
         let device = config.device()?;
-        let pem = std::fs::read(&config.hub_ca)
-            .map_err(|e| format!("cannot read hub_ca {}: {e}", config.hub_ca.display()))?;
+        let pem = std::fs::read(&config.hub_ca).map_err(|source| HubSetupError::HubCa {
+            path: config.hub_ca.display().to_string(),
+            source,
+        })?;
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_keep_alive_interval(Duration::from_secs(20));
-        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("hub_ca is not PEM: {e}"))?
+        for certificate in
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(HubSetupError::HubCaPem)?
         {
             builder = builder.add_root_certificate(certificate);
         }
-        let http = builder.build().map_err(|e| e.to_string())?;
+        let http = builder.build().map_err(HubSetupError::Client)?;
         let base = format!("https://{}:{}", device.hub_hostname, config.hub_https_port);
         Ok(Self { http, base, device })
     }
@@ -75,15 +110,14 @@ impl HubHttp {
         path: &str,
         body: Option<&Value>,
         if_match: Option<&str>,
-    ) -> Result<HubAnswer, String> {
+    ) -> Result<HubAnswer, HubRequestError> {
         let expiry = Utc::now().timestamp().max(0) as u64 + TOKEN_TTL_SECS;
         let token = outpost_core::device_token(
             &self.device.hub_hostname,
             &self.device.device_id,
             &self.device.key,
             expiry,
-        )
-        .map_err(|e| format!("cannot sign with the device key: {e}"))?;
+        )?;
         let separator = if path.contains('?') { '&' } else { '?' };
         let url = format!("{}{path}{separator}api-version=2021-04-12", self.base);
         let mut request = self
@@ -96,7 +130,7 @@ impl HubHttp {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| e.to_string())?;
+        let response = request.send().await?;
         let status = response.status();
         let date = response
             .headers()
@@ -104,7 +138,7 @@ impl HubHttp {
             .and_then(|d| d.to_str().ok())
             .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
             .map(|d| d.with_timezone(&Utc));
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        let body = response.bytes().await?;
         Ok(HubAnswer { status, date, body })
     }
 }

@@ -79,7 +79,7 @@ pub struct EdgeMetrics {
 impl EdgeMetrics {
     /// The metrics the settings ask for.
     pub fn new(config: &EdgeConfig) -> anyhow::Result<Self> {
-        let device = config.device().map_err(anyhow::Error::msg)?;
+        let device = config.device()?;
         let registry = if config.metrics.listen.is_some() {
             Registry::new(
                 &[

@@ -168,7 +168,7 @@ impl Agent {
                     }
                     return Ok(credentials);
                 }
-                Err(HubClientError::Unreachable(error)) => {
+                Err(error @ (HubClientError::Unreachable(_) | HubClientError::Malformed(_))) => {
                     tracing::info!(module = name, %error, "hub unreachable: using the cached identity");
                 }
                 Err(error) => {

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
 use outpost_core::ConnectionString;
 use outpost_sdk::{ClientOptions, DesiredPatch, Incoming, ModuleClient};
@@ -12,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::methods::MethodService;
-use super::upstream::TwinLink;
+use super::upstream::{TwinLink, TwinLinkError};
 use super::Agent;
 
 /// The `$edgeAgent` module client and its desired-properties stream.
@@ -34,7 +33,7 @@ impl Drop for SdkLink {
 pub async fn connect(
     agent: Arc<Agent>,
     methods: Arc<MethodService>,
-) -> anyhow::Result<Box<dyn TwinLink>> {
+) -> Result<Box<dyn TwinLink>, TwinLinkError> {
     let credentials = agent.hub.ensure_module("$edgeAgent").await?;
     // The edge hub's identity exists from the first start too, as IoT Edge's runtime creates both.
     agent.hub.ensure_module("$edgeHub").await?;
@@ -44,8 +43,11 @@ pub async fn connect(
         "$edgeAgent",
         &credentials.primary_key,
     );
-    let ca = std::fs::read_to_string(&agent.config.hub_ca)
-        .with_context(|| format!("cannot read hub_ca {}", agent.config.hub_ca.display()))?;
+    let ca =
+        std::fs::read_to_string(&agent.config.hub_ca).map_err(|source| TwinLinkError::HubCa {
+            path: agent.config.hub_ca.display().to_string(),
+            source,
+        })?;
     let options = ClientOptions {
         ca_pem: Some(ca),
         port: Some(agent.config.hub_mqtt_port),
@@ -65,28 +67,28 @@ pub async fn connect(
 
 #[async_trait]
 impl TwinLink for SdkLink {
-    async fn desired(&self) -> anyhow::Result<Value> {
+    async fn desired(&self) -> Result<Value, TwinLinkError> {
         let twin = self.client.twin().await?;
         let mut desired = twin.desired;
         desired.insert("$version".into(), twin.desired_version.into());
         Ok(Value::Object(desired))
     }
 
-    async fn changed(&self) -> anyhow::Result<()> {
+    async fn changed(&self) -> Result<(), TwinLinkError> {
         self.desired
             .lock()
             .await
             .next()
             .await
             .map(drop)
-            .context("the desired-properties stream ended")
+            .ok_or(TwinLinkError::DesiredStreamEnded)
     }
 
-    async fn reported(&self) -> anyhow::Result<Value> {
+    async fn reported(&self) -> Result<Value, TwinLinkError> {
         Ok(Value::Object(self.client.twin().await?.reported))
     }
 
-    async fn report(&self, patch: &Value) -> anyhow::Result<()> {
+    async fn report(&self, patch: &Value) -> Result<(), TwinLinkError> {
         self.client.patch_reported(patch.clone()).await?;
         Ok(())
     }

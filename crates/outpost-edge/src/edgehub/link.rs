@@ -18,14 +18,28 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::EdgeConfig;
-use crate::hub_http::{segment, HubHttp};
+use crate::hub_http::{segment, HubHttp, HubRequestError, HubSetupError};
 
 /// Errors of the link.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The hub is unreachable: everything waits for it.
     #[error("the hub is unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[from] HubRequestError),
+    /// The hub failed (5xx): everything waits for it, as when it is unreachable.
+    #[error("the hub failed: {status} {message}")]
+    HubFailed {
+        /// The HTTP status.
+        status: u16,
+        /// The hub's message.
+        message: String,
+    },
+    /// The hub's answer breaks the link contract (a hub of another release?): taken as unreachable.
+    #[error("the hub's answer breaks the link contract: {0}")]
+    Contract(#[source] serde_json::Error),
+    /// A request or the scope could not be encoded.
+    #[error("cannot encode for the link: {0}")]
+    Encode(#[source] serde_json::Error),
     /// The hub refused the request; retrying the same will not help.
     #[error("the hub refused: {status} {message}")]
     Refused {
@@ -39,8 +53,8 @@ pub enum LinkError {
     #[error("the hub asks for this edge's presence: {0}")]
     PresenceRequired(String),
     /// The settings do not allow a link.
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Setup(#[from] HubSetupError),
 }
 
 /// The error of a refused answer: a [`LinkRefusal`] the edge knows how to answer, or a plain refusal.
@@ -70,7 +84,7 @@ pub struct Link {
 impl Link {
     /// A link for the hub the settings name, trusting the hub's CA.
     pub fn new(config: &EdgeConfig) -> Result<Self, LinkError> {
-        let http = HubHttp::new(config, Duration::from_secs(90)).map_err(LinkError::Setup)?;
+        let http = HubHttp::new(config, Duration::from_secs(90))?;
         let prefix = format!("/edge/{}", segment(&http.device().device_id));
         Ok(Self { http, prefix })
     }
@@ -85,30 +99,23 @@ impl Link {
         let body = body
             .map(serde_json::to_value)
             .transpose()
-            .map_err(|e| LinkError::Setup(format!("cannot encode a link request: {e}")))?;
+            .map_err(LinkError::Encode)?;
         let separator = if path.contains('?') { '&' } else { '?' };
         let url = format!(
             "{}{path}{separator}{LINK_VERSION_PARAM}={LINK_API_VERSION}",
             self.prefix
         );
-        let answer = self
-            .http
-            .send(method, &url, body.as_ref(), None)
-            .await
-            .map_err(LinkError::Unreachable)?;
+        let answer = self.http.send(method, &url, body.as_ref(), None).await?;
         if answer.status.is_server_error() {
-            return Err(LinkError::Unreachable(format!(
-                "{}: {}",
-                answer.status,
-                answer.text()
-            )));
+            return Err(LinkError::HubFailed {
+                status: answer.status.as_u16(),
+                message: answer.text(),
+            });
         }
         if !answer.status.is_success() {
             return Err(refusal(answer.status.as_u16(), &answer.body));
         }
-        serde_json::from_slice(&answer.body).map_err(|e| {
-            LinkError::Unreachable(format!("the hub's answer breaks the link contract: {e}"))
-        })
+        serde_json::from_slice(&answer.body).map_err(LinkError::Contract)
     }
 
     /// Tells the hub which clients are connected here and what they listen for (features by wire name).
@@ -220,8 +227,7 @@ impl Link {
     /// keeps for offline authentication.
     pub async fn scope(&self) -> Result<Value, LinkError> {
         let answer: ScopeAnswer = self.call(Method::GET, "/scope", None::<&()>).await?;
-        serde_json::to_value(&answer)
-            .map_err(|e| LinkError::Unreachable(format!("cannot keep the scope: {e}")))
+        serde_json::to_value(&answer).map_err(LinkError::Encode)
     }
 }
 

@@ -98,7 +98,7 @@ impl EdgeHub {
         store: EdgeStore,
         router: Router,
     ) -> anyhow::Result<Self> {
-        let device = config.device().map_err(anyhow::Error::msg)?;
+        let device = config.device()?;
         let link = Link::new(&config)?;
         let metrics = crate::metrics::EdgeMetrics::new(&config)?;
         let scope = store
@@ -505,7 +505,7 @@ pub async fn start(
     let store = EdgeStore::open(&dir.join("edgehub.sqlite"))?;
     let log = outpost_store::log::MessageLog::open(dir.join("log"), config.store.log_options())
         .context("cannot open the message log")?;
-    let device = config.device().map_err(anyhow::Error::msg)?;
+    let device = config.device()?;
     let router = Router::new(&device.device_id, log);
     let hub = Arc::new(EdgeHub::new(config.clone(), identities, store, router)?);
     router::refresh_configuration(&hub).await;

@@ -449,7 +449,10 @@ mod tests {
         assert!(refused_for_good(&refusal(401)));
         assert!(!refused_for_good(&refusal(429)));
         assert!(!refused_for_good(&refusal(408)));
-        assert!(!refused_for_good(&LinkError::Unreachable("down".into())));
+        assert!(!refused_for_good(&LinkError::HubFailed {
+            status: 503,
+            message: String::new(),
+        }));
     }
 
     #[test]
