@@ -500,13 +500,23 @@ fn put_token<B: ServiceBackend>(
             None,
         );
     };
+    // A token is good for the narrower of the name it was put for and the resource it was signed for.
+    let resource = node::token_resource(token);
+    let Some(scope) = node::token_scope(audience, resource.as_deref()) else {
+        return wire::response(
+            request,
+            401,
+            "the token's resource does not cover the audience it was put for",
+            None,
+        );
+    };
     match connection.backend.authorize_token(audience, token) {
         Ok(grant) => {
             connection
                 .claims
                 .lock()
                 .expect("claims lock poisoned")
-                .put(audience, grant);
+                .put(&scope, grant);
             wire::response(request, 200, "OK", None)
         }
         Err(error) => wire::response(request, 401, &error.0, None),
@@ -523,6 +533,9 @@ fn management<B: ServiceBackend>(
     let allowed = connection.service_connect(&hub.name).or_else(|denied| {
         let token = request.property("security_token").ok_or(denied)?;
         let audience = format!("sb://{}/{}", connection.host_name, hub.name);
+        if node::token_scope(&audience, node::token_resource(token).as_deref()).is_none() {
+            return Err(Denied::NoToken(hub.name.clone()));
+        }
         let grant = connection
             .backend
             .authorize_token(&audience, token)

@@ -98,20 +98,50 @@ pub fn resource_path(address: &str) -> &str {
 /// one of its parents. The host part is the backend's to check (it knows the names the hub answers to); an
 /// audience always starts with a host, with or without a scheme (`sb://h/hub`, `h/hub`).
 pub fn audience_covers(audience: &str, path: &str) -> bool {
-    let scope = if audience.contains("://") {
-        resource_path(audience)
-    } else {
-        audience
-            .split_once('/')
-            .map_or("", |(_, path)| path)
-            .trim_matches('/')
-    };
+    let scope = audience_path(audience);
     if scope.is_empty() {
         return true;
     }
     let scope = scope.to_ascii_lowercase();
     let path = path.trim_matches('/').to_ascii_lowercase();
     path == scope || path.starts_with(&format!("{scope}/"))
+}
+
+/// The path of an audience (or a token's `sr`): without its host, with or without a scheme.
+pub fn audience_path(audience: &str) -> &str {
+    if audience.contains("://") {
+        resource_path(audience)
+    } else {
+        audience
+            .split_once('/')
+            .map_or("", |(_, path)| path)
+            .trim_matches('/')
+    }
+}
+
+/// The resource (`sr`) a SAS token (`SharedAccessSignature sr=...&sig=...`) names, decoded; `None` for
+/// another kind of token.
+pub fn token_resource(token: &str) -> Option<String> {
+    let fields = token.trim().strip_prefix("SharedAccessSignature ")?;
+    let raw = fields
+        .split('&')
+        .find_map(|field| field.strip_prefix("sr="))?;
+    percent_decode(raw)
+}
+
+/// What a token put for `audience` may be used for: the narrower of the audience and the token's own
+/// resource, when one covers the other; `None` when they are unrelated.
+pub fn token_scope(audience: &str, resource: Option<&str>) -> Option<String> {
+    let Some(resource) = resource else {
+        return Some(audience.to_owned());
+    };
+    if audience_covers(audience, audience_path(resource)) {
+        Some(resource.to_owned())
+    } else if audience_covers(resource, audience_path(audience)) {
+        Some(audience.to_owned())
+    } else {
+        None
+    }
 }
 
 /// Why a selector filter was not understood.
@@ -297,6 +327,23 @@ mod tests {
         ));
         assert!(!audience_covers("sb://h/hub", "hubby/ConsumerGroups/x"));
         assert!(!audience_covers("sb://h/other", "hub"));
+    }
+
+    #[test]
+    fn a_token_is_scoped_to_the_narrower_of_its_audience_and_resource() {
+        let token = "SharedAccessSignature sr=sb%3A%2F%2Fh%2Fhub&sig=x&se=1&skn=p";
+        assert_eq!(token_resource(token).as_deref(), Some("sb://h/hub"));
+        assert_eq!(
+            token_scope("sb://h", Some("sb://h/hub")).as_deref(),
+            Some("sb://h/hub")
+        );
+        assert_eq!(
+            token_scope("sb://h/hub/ConsumerGroups/$Default", Some("h")).as_deref(),
+            Some("sb://h/hub/ConsumerGroups/$Default")
+        );
+        assert_eq!(token_scope("sb://h/hub", Some("sb://h/other")), None);
+        assert_eq!(token_scope("https://h", None).as_deref(), Some("https://h"));
+        assert_eq!(token_resource("Bearer abc"), None);
     }
 
     #[test]

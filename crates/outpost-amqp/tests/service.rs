@@ -201,6 +201,26 @@ async fn an_event_link_whose_token_expired_is_detached_before_its_next_event() {
 }
 
 #[tokio::test]
+async fn a_sas_token_covers_only_the_resource_it_was_signed_for() {
+    let server = Server::start().await;
+    let address = partition_address("$Default", "0");
+    // Signed for another entity, put for the whole hub: it does not cover this entity.
+    let mut client = server.connect(SaslProfile::Anonymous).await;
+    let other = "SharedAccessSignature sr=localhost%2Fotherhub&sig=good&se=1&skn=service";
+    assert_eq!(client.put_token("sb://localhost", other).await, 200);
+    let mut receiver = attach_partition(&mut client, &address, None).await;
+    assert!(refusal(&mut receiver).await.contains("UnauthorizedAccess"));
+    // Signed for the whole hub, put for this entity: it does.
+    let mut client = server.connect(SaslProfile::Anonymous).await;
+    let hub = "SharedAccessSignature sr=localhost&sig=good&se=1&skn=service";
+    assert_eq!(client.put_token(AUDIENCE, hub).await, 200);
+    let mut receiver = attach_partition(&mut client, &address, None).await;
+    assert_eq!(sequence_number(&next_event(&mut receiver).await), 0);
+    // Signed for an unrelated entity and put for this one: refused at once.
+    assert_eq!(client.put_token(AUDIENCE, other).await, 401);
+}
+
+#[tokio::test]
 async fn events_from_the_earliest_carry_body_properties_and_annotations() {
     let server = Server::start().await;
     let mut client = server.connect(SaslProfile::Anonymous).await;

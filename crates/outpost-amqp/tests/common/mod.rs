@@ -2,8 +2,8 @@
 //! server, and fe2o3-amqp client helpers (connect, put a token on `$cbs`, ask `$management`).
 //!
 //! [`MemoryHub`] stands for the hub's storage and policies (the hub's own implementation is tested in
-//! outpost-hub against its real store); it holds a few events per partition, three tokens (`good`,
-//! `no-service-connect`, `expired`), one PLAIN credential (`service` / `key`), and devices `d1` and `full`
+//! outpost-hub against its real store); it holds a few events per partition, tokens (`good`,
+//! `no-service-connect`, `expired`, `short`, and any SAS token whose signature is `good`), one PLAIN credential (`service` / `key`), and devices `d1` and `full`
 //! (whose queue is full).
 
 #![allow(dead_code)]
@@ -137,6 +137,9 @@ impl ServiceBackend for MemoryHub {
         match token {
             "good" => Ok(Self::grant(true, Some(later))),
             "no-service-connect" => Ok(Self::grant(false, Some(later))),
+            sas if sas.starts_with("SharedAccessSignature ") && sas.contains("&sig=good") => {
+                Ok(Self::grant(true, Some(later)))
+            }
             "short" => Ok(Self::grant(true, Some(SystemTime::now() + SHORT_TOKEN))),
             "expired" => Ok(Self::grant(
                 true,
