@@ -6,8 +6,9 @@
 //! `acceptor` side); nothing here encodes a frame. [`server`] is the tokio driver ([`serve`]): accept loop
 //! and connection cap, TLS, SASL (ANONYMOUS, PLAIN checked by the backend), then one task per connection,
 //! session and link. [`links`](crate::links) decides what an attach names and whether the connection may use
-//! it, and runs each link: `$cbs` put-token and `$management` requests with their reply links, a partition's
-//! events, `/messages/devicebound`, `/messages/servicebound/feedback`. The pure parts are apart and tested
+//! it, and runs each link: a partition's events, `/messages/devicebound`, `/messages/servicebound/feedback`;
+//! `requests` runs the request/response nodes, `$cbs` put-token and `$management` READ, with their reply
+//! links. The pure parts are apart and tested
 //! alone: [`node`] parses addresses, selector filters, a C2D `to` and token audiences; [`claims`] holds what
 //! one connection's credentials grant; [`wire`] converts between the backend's types and AMQP messages and
 //! builds the nodes' answers. `pad` writes performatives with all their fields, as the Python client needs. [`backend`] is the contract with the hub, which implements
@@ -18,6 +19,7 @@ pub mod claims;
 mod links;
 pub mod node;
 mod pad;
+mod requests;
 pub mod server;
 pub mod wire;
 

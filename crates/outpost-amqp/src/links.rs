@@ -2,10 +2,9 @@
 //!
 //! [`attach`] decides from an incoming attach which node it names and whether this connection may use it,
 //! then accepts it (or refuses it: the attach is answered, then detached with the condition Event Hubs uses)
-//! and spawns the link's loop: `$cbs` and `$management` requests, their reply links, a partition's events,
-//! C2D messages, feedback.
+//! and spawns the link's loop: a partition's events, C2D messages, feedback, or (in [`crate::requests`])
+//! `$cbs` and `$management` requests and their reply links.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -13,32 +12,26 @@ use fe2o3_amqp::acceptor::{
     LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SupportedReceiverSettleModes,
     SupportedSenderSettleModes,
 };
-use fe2o3_amqp::link::delivery::Sendable;
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role, SenderSettleMode};
-use fe2o3_amqp::types::messaging::{Body, Message, Outcome, Source, Target, TargetArchetype};
+use fe2o3_amqp::types::messaging::{Body, Outcome, Source, Target, TargetArchetype};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::Value;
-use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use crate::backend::{EventPosition, ServiceBackend};
 use crate::claims::{Claims, Denied};
 use crate::node::{self, Node};
-use crate::wire::{self, amqp_error, vendor_error, Request};
+use crate::requests::{node_name, reply_link, request_link, ReplyLinks};
+use crate::wire::{self, amqp_error, vendor_error};
 
 /// Links one session may have attached at once; past this, attaches are refused.
 pub const MAX_LINKS_PER_SESSION: usize = 64;
 /// Events fetched from the backend per batch; the sender then waits for the receiver's credit.
 const EVENT_BATCH: usize = 64;
 /// Credit given to a client sending requests or C2D messages.
-const INBOUND_CREDIT: u32 = 16;
-/// Replies waiting for a reply link (per link), and reply links per node on one connection.
-const REPLY_QUEUE: usize = 16;
-const MAX_REPLY_LINKS: usize = 16;
-/// How long a request waits for its reply link to be attached.
-const REPLY_LINK_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const INBOUND_CREDIT: u32 = 16;
 /// How long a refused link waits for the client's detach.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle event link checks that its grant is still valid.
@@ -53,10 +46,8 @@ pub(crate) struct Connection<B> {
     pub max_message_size: u64,
     /// A std mutex: held for lookups only, never across an await.
     pub claims: Mutex<Claims>,
-    replies: Mutex<Replies>,
-    /// Woken when a reply link is added: a client's first request may arrive before its reply link is
-    /// accepted (it sends both attaches, then the request).
-    reply_added: Notify,
+    /// Where `$cbs` and `$management` answers go.
+    pub replies: ReplyLinks,
 }
 
 impl<B: ServiceBackend> Connection<B> {
@@ -66,37 +57,11 @@ impl<B: ServiceBackend> Connection<B> {
             host_name,
             max_message_size,
             claims: Mutex::new(claims),
-            replies: Mutex::new(Replies::default()),
-            reply_added: Notify::new(),
+            replies: ReplyLinks::default(),
         }
     }
 
-    /// The reply link for a request to `node`, waiting a little for one that is being attached.
-    async fn reply_link(
-        &self,
-        node: &'static str,
-        reply_to: Option<&str>,
-    ) -> Option<mpsc::Sender<Reply>> {
-        let wait = async {
-            loop {
-                let added = self.reply_added.notified();
-                tokio::pin!(added);
-                added.as_mut().enable();
-                let route = self
-                    .replies
-                    .lock()
-                    .expect("replies lock poisoned")
-                    .route(node, reply_to);
-                if let Some(queue) = route {
-                    return queue;
-                }
-                added.await;
-            }
-        };
-        tokio::time::timeout(REPLY_LINK_WAIT, wait).await.ok()
-    }
-
-    fn service_connect(&self, path: &str) -> Result<crate::backend::Grant, Denied> {
+    pub fn service_connect(&self, path: &str) -> Result<crate::backend::Grant, Denied> {
         self.claims
             .lock()
             .expect("claims lock poisoned")
@@ -104,43 +69,8 @@ impl<B: ServiceBackend> Connection<B> {
     }
 }
 
-/// An answer to a `$cbs` or `$management` request, on its way to a reply link.
-type Reply = Message<Body<Value>>;
 /// The source and target a link acceptor answers with (never dynamic: such attaches are refused).
 type Terminus<T> = fn(T) -> Option<T>;
-
-/// The reply links of one connection, by node (`$cbs`, `$management`): their target address and queue.
-#[derive(Default)]
-struct Replies(HashMap<&'static str, Vec<(String, mpsc::Sender<Reply>)>>);
-
-impl Replies {
-    fn add(&mut self, node: &'static str, address: String, queue: mpsc::Sender<Reply>) -> bool {
-        let links = self.0.entry(node).or_default();
-        links.retain(|(_, q)| !q.is_closed());
-        if links.len() >= MAX_REPLY_LINKS {
-            return false;
-        }
-        links.push((address, queue));
-        true
-    }
-
-    /// The reply link whose target is the request's `reply-to`, else the newest one of the node.
-    fn route(&mut self, node: &'static str, reply_to: Option<&str>) -> Option<mpsc::Sender<Reply>> {
-        let links = self.0.get_mut(node)?;
-        links.retain(|(_, q)| !q.is_closed());
-        reply_to
-            .and_then(|to| links.iter().find(|(address, _)| address == to))
-            .or_else(|| links.last())
-            .map(|(_, q)| q.clone())
-    }
-}
-
-fn node_name(node: &Node) -> &'static str {
-    match node {
-        Node::Management => node::MANAGEMENT,
-        _ => node::CBS,
-    }
-}
 
 /// The address an attach names: the source's for a link the client receives on, the target's otherwise.
 fn attach_address(attach: &Attach) -> Option<String> {
@@ -161,7 +91,7 @@ fn attach_reply_address(attach: &Attach) -> String {
     }
 }
 
-fn denied_error(denied: &Denied) -> definitions::Error {
+pub(crate) fn denied_error(denied: &Denied) -> definitions::Error {
     amqp_error(AmqpError::UnauthorizedAccess, denied.to_string())
 }
 
@@ -259,14 +189,7 @@ pub(crate) async fn attach<B: ServiceBackend>(
     let connection = Arc::clone(connection);
     match (node, endpoint) {
         (node @ (Node::Cbs | Node::Management), LinkEndpoint::Sender(sender)) => {
-            let (queue, replies) = mpsc::channel(REPLY_QUEUE);
-            let added = connection
-                .replies
-                .lock()
-                .expect("replies lock poisoned")
-                .add(node_name(&node), reply_address, queue);
-            if added {
-                connection.reply_added.notify_waiters();
+            if let Some(replies) = connection.replies.add(node_name(&node), reply_address) {
                 links.spawn(reply_link(sender, replies));
             } else {
                 links.spawn(refuse(
@@ -420,7 +343,7 @@ fn position_of(source: &Source) -> Result<EventPosition, definitions::Error> {
 }
 
 /// Detaches (closes) an accepted link with `error`; the client sees its attach answered, then refused.
-async fn refuse(endpoint: LinkEndpoint, error: definitions::Error) {
+pub(crate) async fn refuse(endpoint: LinkEndpoint, error: definitions::Error) {
     let closing = async {
         match endpoint {
             LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
@@ -428,172 +351,6 @@ async fn refuse(endpoint: LinkEndpoint, error: definitions::Error) {
         }
     };
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, closing).await;
-}
-
-/// A reply link: sends the answers routed to it until the client detaches.
-async fn reply_link(mut sender: Sender, mut replies: mpsc::Receiver<Reply>) {
-    loop {
-        tokio::select! {
-            reply = replies.recv() => {
-                let Some(reply) = reply else { break };
-                let sendable = Sendable::builder().message(reply).settled(true).build();
-                // Batchable: the transfer is written with all its fields (see `pad`) and the outcome is not awaited.
-                if let Err(error) = sender.send_batchable(sendable).await {
-                    tracing::debug!(%error, "AMQP reply link failed");
-                    return;
-                }
-            }
-            _ = sender.on_detach() => return,
-        }
-    }
-    let _ = sender.close().await;
-}
-
-/// A `$cbs` or `$management` request link: each request is answered on the connection's reply link.
-async fn request_link<B: ServiceBackend>(
-    node: Node,
-    mut receiver: Receiver,
-    connection: Arc<Connection<B>>,
-) {
-    receiver.set_credit_mode(CreditMode::Auto(INBOUND_CREDIT));
-    loop {
-        let delivery = match receiver.recv::<Body<Value>>().await {
-            Ok(delivery) => delivery,
-            Err(error) => {
-                tracing::debug!(%error, "AMQP request link closed");
-                return;
-            }
-        };
-        let request = Request::from_message(delivery.message());
-        let _ = receiver.accept(&delivery).await;
-        let answer = match node {
-            Node::Cbs => put_token(&request, &connection),
-            _ => management(&request, &connection),
-        };
-        let route = connection
-            .reply_link(node_name(&node), request.reply_to.as_deref())
-            .await;
-        let Some(queue) = route else {
-            tracing::debug!(node = node_name(&node), "a request without a reply link");
-            continue;
-        };
-        if queue.send(answer).await.is_err() {
-            tracing::debug!("the reply link closed before its answer");
-        }
-    }
-}
-
-/// `$cbs` put-token: checks the token for its audience and records the grant on the connection.
-fn put_token<B: ServiceBackend>(
-    request: &Request,
-    connection: &Connection<B>,
-) -> Message<Body<Value>> {
-    if request.property("operation") != Some("put-token") {
-        return wire::response(request, 400, "the $cbs node only takes put-token", None);
-    }
-    let (Some(audience), Some(token)) = (request.property("name"), request.body_text.as_deref())
-    else {
-        return wire::response(
-            request,
-            400,
-            "put-token needs a name and a token body",
-            None,
-        );
-    };
-    // A token is good for the narrower of the name it was put for and the resource it was signed for.
-    let resource = node::token_resource(token);
-    let Some(scope) = node::token_scope(audience, resource.as_deref()) else {
-        return wire::response(
-            request,
-            401,
-            "the token's resource does not cover the audience it was put for",
-            None,
-        );
-    };
-    match connection.backend.authorize_token(audience, token) {
-        Ok(grant) => {
-            connection
-                .claims
-                .lock()
-                .expect("claims lock poisoned")
-                .put(&scope, grant);
-            wire::response(request, 200, "OK", None)
-        }
-        Err(error) => wire::response(request, 401, &error.0, None),
-    }
-}
-
-/// `$management` READ of the Event Hub or one partition.
-fn management<B: ServiceBackend>(
-    request: &Request,
-    connection: &Connection<B>,
-) -> Message<Body<Value>> {
-    let hub = connection.backend.event_hub();
-    // A token on the connection, or the one the request carries.
-    let allowed = connection.service_connect(&hub.name).or_else(|denied| {
-        let token = request.property("security_token").ok_or(denied)?;
-        let audience = format!("sb://{}/{}", connection.host_name, hub.name);
-        if node::token_scope(&audience, node::token_resource(token).as_deref()).is_none() {
-            return Err(Denied::NoToken(hub.name.clone()));
-        }
-        let grant = connection
-            .backend
-            .authorize_token(&audience, token)
-            .map_err(|e| Denied::NoToken(e.0))?;
-        if grant.service_connect {
-            Ok(grant)
-        } else {
-            Err(Denied::Insufficient {
-                policy: grant.policy,
-                path: hub.name.clone(),
-            })
-        }
-    });
-    if let Err(denied) = allowed {
-        return wire::response(request, 401, &denied.to_string(), None);
-    }
-    if request.property("operation") != Some("READ") {
-        return wire::response(request, 400, "only READ is supported", None);
-    }
-    if let Some(name) = request.property("name") {
-        if !name.eq_ignore_ascii_case(&hub.name) {
-            return wire::response(
-                request,
-                404,
-                &format!("the entity '{name}' could not be found"),
-                None,
-            );
-        }
-    }
-    match request.property("type") {
-        Some("com.microsoft:eventhub") => {
-            wire::response(request, 200, "OK", Some(wire::eventhub_properties(&hub)))
-        }
-        Some("com.microsoft:partition") => {
-            let partition = request
-                .property("partition")
-                .and_then(|p| p.parse::<u32>().ok());
-            let Some(partition) = partition.filter(|p| *p < hub.partition_count) else {
-                return wire::response(request, 400, "the partition is out of range", None);
-            };
-            match connection.backend.partition_info(partition) {
-                Ok(info) => wire::response(
-                    request,
-                    200,
-                    "OK",
-                    Some(wire::partition_properties(&hub.name, partition, &info)),
-                ),
-                Err(crate::backend::BackendError::NotFound(text)) => {
-                    wire::response(request, 404, &text, None)
-                }
-                Err(error) => {
-                    tracing::error!(%error, "partition properties failed");
-                    wire::response(request, 500, "internal error", None)
-                }
-            }
-        }
-        _ => wire::response(request, 400, "unknown type", None),
-    }
 }
 
 /// Where an event link reads.
