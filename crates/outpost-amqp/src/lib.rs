@@ -3,16 +3,17 @@
 //! service SDKs and `azure-eventhub` speak them on port 5671.
 //!
 //! Read it in layers. fe2o3-amqp is the codec and the connection, session and link state machines (its
-//! `acceptor` side); nothing here encodes a frame. [`server`] is the tokio driver ([`serve`]): accept loop
-//! and connection cap, TLS, SASL (ANONYMOUS, PLAIN checked by the backend), then one task per connection,
-//! session and link. [`links`](crate::links) decides what an attach names and whether the connection may use
-//! it, and runs each link: a partition's events, `/messages/devicebound`, `/messages/servicebound/feedback`;
+//! `acceptor` side); nothing here decodes what a client sends. [`server`] is the tokio driver ([`serve`]):
+//! accept loop and connection cap, TLS, SASL (ANONYMOUS, PLAIN checked by the backend), then one task per
+//! connection, session and link. `links` decides what an attach names and whether the connection may use it,
+//! and runs each link: a partition's events, `/messages/devicebound`, `/messages/servicebound/feedback`;
 //! `requests` runs the request/response nodes, `$cbs` put-token and `$management` READ, with their reply
-//! links. The pure parts are apart and tested
-//! alone: [`node`] parses addresses, selector filters, a C2D `to` and token audiences; [`claims`] holds what
-//! one connection's credentials grant; [`wire`] converts between the backend's types and AMQP messages and
-//! builds the nodes' answers. `pad` writes performatives with all their fields, as the Python client needs. [`backend`] is the contract with the hub, which implements
-//! [`ServiceBackend`] over its event stream, policies and C2D queues.
+//! links. The pure parts are apart and tested alone: [`node`] parses addresses, selector filters, a C2D `to`
+//! and token audiences; [`claims`] holds what one connection's credentials grant; [`wire`] converts between
+//! the backend's types and AMQP messages and builds the nodes' answers. `pad` rewrites only what fe2o3-amqp
+//! writes, giving each performative all its fields, as the pure-Python `azure-eventhub` reads them by
+//! position. [`backend`] is the contract with the hub, which implements [`ServiceBackend`] over its event
+//! stream, policies and C2D queues.
 
 pub mod backend;
 pub mod claims;

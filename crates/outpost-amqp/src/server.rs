@@ -4,7 +4,7 @@
 //! TLS comes first and alone (Event Hubs and IoT Hub speak plain TLS on 5671, without AMQP's TLS protocol
 //! header); inside it fe2o3-amqp negotiates the SASL header (`AMQP 3 1 0 0`), the mechanism, then the AMQP
 //! header and Open. From there a connection task accepts sessions, a session task accepts attaches and hands
-//! each to [`crate::links`].
+//! each to `links`.
 
 use std::fmt;
 use std::future::Future;
