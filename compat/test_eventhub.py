@@ -16,7 +16,7 @@ from azure.eventhub import EventHubConsumerClient
 from azure.iot.device import Message
 from azure.iot.hub.models import Twin, TwinProperties
 
-from harness import Hub, run_with_timeout
+from harness import Hub, HubError, free_port, run_with_timeout
 
 pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
 
@@ -304,3 +304,19 @@ def test_hub_and_partition_properties(amqp_hub, clients, consumers):
         assert sizes.count(False) == 1, "one event, one partition"
     finally:
         client.close()
+
+
+def test_the_partition_count_is_fixed_and_the_connection_string_names_a_non_default_port(hub):
+    off = hub.run_cli(["hub", "eventhub-connection-string", "--data-dir", str(hub.data_dir)], hub_env=False,
+                      check=False)
+    assert off.returncode != 0 and "--amqp-port 0" in off.stderr, "a hub without AMQP says so"
+    hub.stop()
+    hub.amqp_port = free_port(hub.host)
+    hub.extra_args = ["--partitions", "4"]
+    hub.start()
+    out = hub.run_cli(["hub", "eventhub-connection-string", "--data-dir", str(hub.data_dir)], hub_env=False)
+    assert out.stdout.startswith(f"Endpoint=sb://{hub.host}:{hub.amqp_port}/;"), out.stdout
+    hub.stop()
+    hub.extra_args = ["--partitions", "8"]
+    with pytest.raises(HubError, match="has 4 partitions, not 8"):
+        hub.start(timeout=10)

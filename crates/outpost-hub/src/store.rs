@@ -595,4 +595,27 @@ mod tests {
         assert_eq!(event_bytes(&conn).unwrap(), bytes.unsigned_abs());
         assert_eq!(append(&conn, &json!({}), 0), 2);
     }
+
+    #[test]
+    fn the_partition_migration_keeps_the_sequence_high_water_mark_of_a_pruned_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        {
+            let db = outpost_store::Database::open(&path, &MIGRATIONS[..2]).unwrap();
+            let conn = db.lock();
+            for _ in 0..2 {
+                conn.execute(
+                    "INSERT INTO events (enqueued_ms, bytes, event) VALUES (1, 2, '{}')",
+                    [],
+                )
+                .unwrap();
+            }
+            conn.execute("DELETE FROM events", []).unwrap();
+        }
+        let db = outpost_store::Database::open(&path, MIGRATIONS).unwrap();
+        let conn = db.lock();
+        assert_eq!(last_event(&conn).unwrap(), 2);
+        assert_eq!(append(&conn, &json!({}), 0), 3);
+        assert_eq!(event_bytes(&conn).unwrap(), 2);
+    }
 }

@@ -630,3 +630,54 @@ fn tokens_of_policies_with_service_connect_are_granted_it() {
         .is_ok());
     assert!(hub.authorize_amqp_plain("iothubowner", "wrong").is_err());
 }
+
+#[tokio::test]
+async fn a_module_twin_change_names_the_module() {
+    let hub = Hub::in_memory("hub.test").unwrap();
+    add_device(&hub, "sensor");
+    hub.put_module(
+        outpost_hub::registry::ModuleSpec {
+            device_id: "sensor".into(),
+            module_id: "filter".into(),
+            managed_by: None,
+            primary_key: None,
+            secondary_key: None,
+        },
+        &Precondition::CreateOnly,
+    )
+    .unwrap();
+    let module = Identity::module(
+        DeviceId::new("sensor").unwrap(),
+        ModuleId::new("filter").unwrap(),
+    );
+    hub.patch_reported(&module, &json!({"ok": true})).unwrap();
+    let service = service(hub);
+    let events = partition(&service, partition_of("sensor", 4)).await;
+    let changes = twin_changes(&events);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].0["moduleId"], "filter");
+    assert_eq!(
+        string(annotation(&events[0], "iothub-connection-module-id")),
+        Some("filter")
+    );
+    assert!(
+        annotation(&events[0], "iothub-connection-auth-method").is_none(),
+        "twin changes come from the hub, not a connection"
+    );
+}
+
+#[test]
+fn the_event_hub_is_named_after_the_first_label_of_the_host_name() {
+    assert_eq!(
+        outpost_hub::eventhub::event_hub_name("MyHub.azure-devices.net"),
+        "myhub"
+    );
+    assert_eq!(
+        outpost_hub::eventhub::event_hub_name("localhost"),
+        "localhost"
+    );
+    assert_eq!(
+        outpost_hub::eventhub::event_hub_name("127.0.0.7"),
+        "outpost"
+    );
+}
