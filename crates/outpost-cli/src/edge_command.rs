@@ -84,7 +84,8 @@ pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
         EdgeCommand::Run { config } => {
             let config = EdgeConfig::load(&config)?;
             crate::hub_command::raise_open_files_limit();
-            outpost_edge::daemon::run(config, crate::hub_command::shutdown_signal()).await
+            outpost_edge::daemon::run(config, crate::hub_command::shutdown_signal()).await?;
+            Ok(())
         }
         EdgeCommand::List { config, output } => list(&EdgeConfig::load(&config)?, output).await,
         EdgeCommand::Logs {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::Utc;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
@@ -24,12 +23,57 @@ use crate::workload::{WorkloadService, WorkloadSockets};
 /// How long a process module gets to exit after SIGTERM when the daemon stops, before SIGKILL.
 pub const PROCESS_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Why the edge daemon cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The settings.
+    #[error(transparent)]
+    Settings(#[from] crate::config::SettingsError),
+    /// A directory of the daemon's cannot be created or made private.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The edge CA or the edge hub's certificate.
+    #[error(transparent)]
+    Certificates(#[from] outpost_pki::PkiError),
+    /// A module runtime.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    /// A file of the agent's state (module identities, the image ledger).
+    #[error("the agent's state: {0}")]
+    AgentState(#[source] std::io::Error),
+    /// The edge hub.
+    #[error(transparent)]
+    EdgeHub(#[from] crate::edgehub::EdgeHubError),
+    /// The metrics listener.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The agent's client of the hub.
+    #[error(transparent)]
+    HubClient(#[from] crate::hub_client::HubClientError),
+    /// The direct methods' upload settings.
+    #[error(transparent)]
+    Upload(#[from] crate::agent::methods::upload::UploadError),
+    /// The last-known-good deployment.
+    #[error(transparent)]
+    Boot(#[from] crate::agent::BootError),
+}
+
 /// Starts the edge daemon and runs it until `shutdown` resolves (SIGTERM or SIGINT), then stops it: the
 /// process modules stop with it, the containers keep running (see [`RunningEdge::stop`]).
 pub async fn run(
     config: EdgeConfig,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let edge = start(config).await?;
     shutdown.await;
     tracing::info!(
@@ -81,7 +125,7 @@ impl RunningEdge {
 }
 
 /// Builds the agent and starts its tasks; returns once the last-known-good deployment has been started.
-pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
+pub async fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
     let device = config.device()?;
     // Everything under the data directory is the daemon's user's only: module keys, the CA key, the deployment
     // (with its registry credentials), tokens in the edge hub's database. An older installation is tightened.
@@ -93,8 +137,10 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         ca_dir.clone(),
         config.data_dir.join("edgehub"),
     ] {
-        outpost_store::host::private_dir(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        outpost_store::host::private_dir(&dir).map_err(|source| StartError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let now = outpost_pki::unix_now();
     let ca = Arc::new(outpost_pki::CertificateAuthority::open(
@@ -131,9 +177,10 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let process_runtime = processes.clone();
     let runtime: Arc<dyn ModuleRuntime> = Arc::new(CombinedRuntime::new(containers, processes));
 
-    let identities = Arc::new(IdentityCache::open(
-        &config.agent_dir().join("identities.json"),
-    )?);
+    let identities = Arc::new(
+        IdentityCache::open(&config.agent_dir().join("identities.json"))
+            .map_err(StartError::AgentState)?,
+    );
     let edge_hub_certificate = Arc::new(crate::edgehub::server_certificate(
         &config,
         &ca,
@@ -151,7 +198,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+                .map_err(|source| StartError::Metrics { addr, source })?,
         ),
         None => None,
     };
@@ -169,7 +216,8 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let hub = HubClient::new(&config)?;
     let agent = Arc::new(Agent {
         lkg: LastKnownGood::new(&config.agent_dir()),
-        images: crate::agent::image_gc::ImageGc::open(&config.agent_dir(), &config.disk)?,
+        images: crate::agent::image_gc::ImageGc::open(&config.agent_dir(), &config.disk)
+            .map_err(StartError::AgentState)?,
         config: config.clone(),
         device,
         runtime,
@@ -183,10 +231,7 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         started: Utc::now(),
     });
 
-    agent
-        .boot()
-        .await
-        .context("cannot run the last-known-good deployment")?;
+    agent.boot().await?;
     let mut tasks = JoinSet::new();
     tasks.spawn(agent.clone().run_supervisor());
     let renewal = certificates.clone();
@@ -198,7 +243,10 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
             edge_hub: edge_hub.clone(),
         })?;
     if let Some(listener) = metrics_listener {
-        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "serving metrics"),
+            Err(error) => tracing::info!(%error, "serving metrics (its address is unknown)"),
+        }
         tasks.spawn(crate::metrics::serve(
             edge_hub.clone(),
             certificates.clone(),
@@ -224,4 +272,35 @@ pub async fn start(config: EdgeConfig) -> anyhow::Result<RunningEdge> {
         tasks,
         certificates,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_directory_that_cannot_be_created_is_a_typed_start_error_naming_it() {
+        let blocker = tempfile::NamedTempFile::new().unwrap();
+        let data_dir = blocker.path().join("data");
+        let config = EdgeConfig::parse(&format!(
+            r#"
+            connection_string = "HostName=hub.local;DeviceId=edge1;SharedAccessKey=a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
+            hub_ca = "/nonexistent/hub-ca.pem"
+            data_dir = "{}"
+            hostname = "edge1.local"
+            [runtime]
+            type = "process"
+            "#,
+            data_dir.display()
+        ))
+        .unwrap();
+        let Err(error) = start(config).await else {
+            panic!("started under a file");
+        };
+        assert!(
+            matches!(&error, StartError::CreateDir { path, .. } if path == &data_dir.display().to_string()),
+            "{error}"
+        );
+        assert!(std::error::Error::source(&error).is_some());
+    }
 }

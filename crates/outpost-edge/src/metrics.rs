@@ -76,9 +76,20 @@ pub struct EdgeMetrics {
     own_id: Arc<str>,
 }
 
+/// Why the metrics the settings ask for cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsSetupError {
+    /// The connection string (its hub and device label every series).
+    #[error(transparent)]
+    Settings(#[from] crate::config::SettingsError),
+    /// The registry refused its labels.
+    #[error(transparent)]
+    Registry(#[from] outpost_https::metrics::MetricsError),
+}
+
 impl EdgeMetrics {
     /// The metrics the settings ask for.
-    pub fn new(config: &EdgeConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &EdgeConfig) -> Result<Self, MetricsSetupError> {
         let device = config.device()?;
         let registry = if config.metrics.listen.is_some() {
             Registry::new(

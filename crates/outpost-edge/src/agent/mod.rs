@@ -52,6 +52,17 @@ pub enum RestartModuleError {
     Runtime(#[from] crate::runtime::RuntimeError),
 }
 
+/// Why the last-known-good deployment cannot be run at start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Its file cannot be read.
+    #[error("cannot read the last-known-good deployment: {0}")]
+    Read(#[from] std::io::Error),
+    /// It no longer parses as a deployment (written by another release?).
+    #[error("the last-known-good deployment is invalid: {0}")]
+    Invalid(#[from] outpost_core::ManifestError),
+}
+
 /// The agent's changing state. A tokio `Mutex`: the reconciler holds it across runtime calls so that a
 /// deployment is applied whole before the supervisor looks again.
 #[derive(Default)]
@@ -115,7 +126,7 @@ impl Agent {
     }
 
     /// Runs the last-known-good deployment, if there is one, without contacting the hub.
-    pub async fn boot(&self) -> anyhow::Result<()> {
+    pub async fn boot(&self) -> Result<(), BootError> {
         let Some(deployment) = self.lkg.load()? else {
             tracing::info!("no last-known-good deployment yet: waiting for the hub");
             return Ok(());

@@ -90,6 +90,45 @@ fn merge_desired(view: &mut Value, patch: &Map<String, Value>) {
     }
 }
 
+/// Why the edge hub cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeHubError {
+    /// The settings.
+    #[error(transparent)]
+    Settings(#[from] crate::config::SettingsError),
+    /// The upstream link cannot be set up.
+    #[error("the upstream link: {0}")]
+    Link(#[from] link::LinkError),
+    /// The metrics cannot be set up.
+    #[error("the edge hub's metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsSetupError),
+    /// The store of twins, sessions and scope.
+    #[error("the edge hub's store: {0}")]
+    Store(#[from] store::EdgeStoreError),
+    /// Its directory cannot be created.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The message log cannot be opened.
+    #[error("cannot open the message log: {0}")]
+    Log(#[from] outpost_store::log::LogError),
+    /// The server certificate cannot be presented.
+    #[error("the edge hub's TLS settings: {0}")]
+    Tls(#[from] outpost_pki::PkiError),
+    /// A listener cannot be bound.
+    #[error("the edge hub cannot listen on {address}: {source}")]
+    Listen {
+        /// The address and port.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 impl EdgeHub {
     /// Builds the edge hub over its store and log.
     pub fn new(
@@ -97,7 +136,7 @@ impl EdgeHub {
         identities: Arc<IdentityCache>,
         store: EdgeStore,
         router: Router,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, EdgeHubError> {
         let device = config.device()?;
         let link = Link::new(&config)?;
         let metrics = crate::metrics::EdgeMetrics::new(&config)?;
@@ -498,13 +537,20 @@ pub async fn start(
     identities: Arc<IdentityCache>,
     server_certificate: &outpost_pki::ServerCertificate,
     addresses: &[std::net::IpAddr],
-) -> anyhow::Result<Arc<EdgeHub>> {
-    use anyhow::Context as _;
+) -> Result<Arc<EdgeHub>, EdgeHubError> {
     let dir = config.data_dir.join("edgehub");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| EdgeHubError::CreateDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let store = EdgeStore::open(&dir.join("edgehub.sqlite"))?;
-    let log = outpost_store::log::MessageLog::open(dir.join("log"), config.store.log_options())
-        .context("cannot open the message log")?;
+    let log = outpost_store::log::MessageLog::open(dir.join("log"), config.store.log_options())?;
+    let listen = |port: u16, address: std::net::IpAddr| {
+        move |source| EdgeHubError::Listen {
+            address: format!("{address}:{port}"),
+            source,
+        }
+    };
     let device = config.device()?;
     let router = Router::new(&device.device_id, log);
     let hub = Arc::new(EdgeHub::new(config.clone(), identities, store, router)?);
@@ -516,12 +562,7 @@ pub async fn start(
     for address in addresses {
         let mqtt = tokio::net::TcpListener::bind((*address, config.edge_mqtt_port))
             .await
-            .with_context(|| {
-                format!(
-                    "the edge hub cannot listen on {address}:{}",
-                    config.edge_mqtt_port
-                )
-            })?;
+            .map_err(listen(config.edge_mqtt_port, *address))?;
         let devices = Arc::new(EdgeDevices(hub.clone()));
         let server = outpost_mqtt::ServerConfig::new(tls.clone());
         tokio::spawn(async move {
@@ -533,12 +574,7 @@ pub async fn start(
         });
         let https = tokio::net::TcpListener::bind((*address, config.edge_https_port))
             .await
-            .with_context(|| {
-                format!(
-                    "the edge hub cannot listen on {address}:{}",
-                    config.edge_https_port
-                )
-            })?;
+            .map_err(listen(config.edge_https_port, *address))?;
         let mut https_tls = (*tls).clone();
         https_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         tokio::spawn(methods::serve(
