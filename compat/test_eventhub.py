@@ -34,10 +34,12 @@ def eventhub_connection_string(hub: Hub) -> str:
 class Consumer:
     """An `EventHubConsumerClient.receive` running on its own thread, collecting what it gets."""
 
-    def __init__(self, hub: Hub, consumer_group: str = "$Default", retry_total: int = 3, **receive) -> None:
+    def __init__(self, hub: Hub, consumer_group: str = "$Default", retry_total: int = 3, transport_type=None,
+                 **receive) -> None:
+        options = {"transport_type": transport_type} if transport_type is not None else {}
         self.client = EventHubConsumerClient.from_connection_string(
             eventhub_connection_string(hub), consumer_group=consumer_group,
-            connection_verify=str(hub.ca_path), retry_total=retry_total)
+            connection_verify=str(hub.ca_path), retry_total=retry_total, **options)
         self.events: queue.Queue = queue.Queue()
         self.errors: queue.Queue = queue.Queue()
         self.initialized: queue.Queue = queue.Queue()
@@ -320,3 +322,18 @@ def test_the_partition_count_is_fixed_and_the_connection_string_names_a_non_defa
     hub.extra_args = ["--partitions", "8"]
     with pytest.raises(HubError, match="has 4 partitions, not 8"):
         hub.start(timeout=10)
+
+
+def test_a_consumer_over_websocket_on_the_https_port_reads_the_same_events(amqp_hub, clients):
+    from azure.eventhub import TransportType
+
+    key = make_device(amqp_hub.registry(), "sensor")
+    device = clients.open(amqp_hub, "sensor", key)
+    send(device, "over websocket")
+    consumer = Consumer(amqp_hub, transport_type=TransportType.AmqpOverWebsocket, starting_position="-1")
+    try:
+        (_, event), = consumer.take(1)
+        assert event.body_as_str() == "over websocket"
+        assert system(event, "iothub-connection-device-id") == "sensor"
+    finally:
+        run_with_timeout(consumer.close, 15, "closing a consumer")

@@ -15,12 +15,13 @@ marker="${venv}/.outpost-requirements.sha256"
 # azure-iot-hub imports `six` without declaring it, so it is listed explicitly. `requests` (used by
 # the tests for raw REST calls) comes in with both SDKs. azure-eventhub (pure Python AMQP) reads the hub's
 # Event Hubs-compatible endpoint; uamqp is what azure-iot-hub's send_c2d_message speaks AMQP with (both from
-# wheels).
+# wheels); websocket-client is azure-eventhub's optional dependency for transport_type=AmqpOverWebsocket.
 requirements=(
   "azure-iot-device==2.14.0"
   "azure-iot-hub==2.7.0"
   "azure-eventhub==5.15.1"
   "uamqp==1.6.11"
+  "websocket-client==1.8.0"
   "six==1.16.0"
   "pytest==8.3.3"
 )

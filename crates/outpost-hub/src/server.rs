@@ -165,13 +165,24 @@ impl RunningHub {
                 tracing::error!(%error, "the MQTT listener stopped");
             }
         });
+        let mut https_routes = crate::rest::router(hub.clone()).merge(
+            crate::rest::mqtt_over_websocket(websockets, max_packet_size),
+        );
+        if config.amqp_port.is_some() {
+            // AMQP over WebSocket on the HTTPS port, wherever AMQP is served.
+            https_routes = https_routes.merge(crate::rest::amqp_over_websocket(
+                Arc::new(outpost_amqp::AmqpConfig::new(
+                    tls.clone(),
+                    config.host_name.clone(),
+                )),
+                Arc::new(crate::eventhub::HubService(hub.clone())),
+                shutdown_rx.clone(),
+            ));
+        }
         tasks.spawn(outpost_https::serve(
             https_listener,
             TlsAcceptor::from(tls.clone()),
-            crate::rest::router(hub.clone()).merge(crate::rest::mqtt_over_websocket(
-                websockets,
-                max_packet_size,
-            )),
+            https_routes,
             config.https_limits.clone(),
             stopped(shutdown_rx.clone()),
         ));
