@@ -3,8 +3,9 @@
 //! service SDKs and `azure-eventhub` speak them on port 5671.
 //!
 //! Read it in layers. fe2o3-amqp is the codec and the connection, session and link state machines (its
-//! `acceptor` side); nothing here decodes what a client sends. [`server`] is the tokio driver ([`serve`]):
-//! accept loop and connection cap, TLS, SASL (ANONYMOUS, PLAIN checked by the backend), then one task per
+//! `acceptor` side); nothing here decodes what a client sends. [`server`] is the tokio driver ([`serve`];
+//! [`serve_with_handoff`] also serves streams another listener set up, as MQTT's does): accept loop and
+//! connection cap, TLS, SASL (ANONYMOUS, PLAIN checked by the backend), then one task per
 //! connection, session and link. `links` decides what an attach names and whether the connection may use it,
 //! and runs each link: a partition's events, `/messages/devicebound`, `/messages/servicebound/feedback`;
 //! `requests` runs the request/response nodes, `$cbs` put-token and `$management` READ, with their reply
@@ -27,5 +28,6 @@ pub mod wire;
 pub use backend::*;
 pub use links::MAX_LINKS_PER_SESSION;
 pub use server::{
-    serve, serve_connection, AmqpConfig, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
+    handoff, serve, serve_connection, serve_with_handoff, AmqpConfig, HandedStreams,
+    HandoffRefused, StreamHandoff, Transport, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
 };

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use fe2o3_amqp::acceptor::{
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -84,6 +85,65 @@ impl fmt::Debug for AmqpConfig {
     }
 }
 
+/// A byte stream that carries AMQP: a TLS stream, or WebSocket messages read and written as bytes.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+/// A connection whose transport another listener set up (AMQP over WebSocket on the HTTPS port).
+struct Established {
+    stream: Box<dyn Transport>,
+    peer: SocketAddr,
+}
+
+/// Streams handed over and not yet taken by the server; past this, handing over is refused and the stream
+/// closed.
+const HANDOFF_QUEUE: usize = 64;
+
+/// The sending end of [`handoff`]: gives established streams to a running [`serve_with_handoff`].
+#[derive(Clone)]
+pub struct StreamHandoff(mpsc::Sender<Established>);
+
+/// The receiving end of [`handoff`], for [`serve_with_handoff`].
+pub struct HandedStreams(mpsc::Receiver<Established>);
+
+/// Why a stream was not taken; it has been dropped (closed).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffRefused {
+    /// [`HANDOFF_QUEUE`] streams already wait for the server.
+    #[error("the AMQP server has too many connections waiting")]
+    Busy,
+    /// The server has stopped.
+    #[error("the AMQP server has stopped")]
+    Stopped,
+}
+
+/// A channel of established streams into a server.
+pub fn handoff() -> (StreamHandoff, HandedStreams) {
+    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+    (StreamHandoff(tx), HandedStreams(rx))
+}
+
+impl StreamHandoff {
+    /// Gives `stream` (from `peer`) to the server, which negotiates SASL on it and serves it like a connection
+    /// of its own listener, under the same cap. Never waits.
+    pub fn hand_over(
+        &self,
+        stream: impl Transport,
+        peer: SocketAddr,
+    ) -> Result<(), HandoffRefused> {
+        self.0
+            .try_send(Established {
+                stream: Box::new(stream),
+                peer,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => HandoffRefused::Busy,
+                mpsc::error::TrySendError::Closed(_) => HandoffRefused::Stopped,
+            })
+    }
+}
+
 /// Accept loop: TLS, then [`serve_connection`] for each connection, under the connection cap. Returns when
 /// `shutdown` fires, after closing every connection (at most a few seconds).
 ///
@@ -94,6 +154,22 @@ pub async fn serve<B: ServiceBackend>(
     backend: Arc<B>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // No sender: the server takes its own listener's connections only.
+    let (_, handed) = handoff();
+    serve_with_handoff(listener, config, backend, handed, shutdown).await
+}
+
+/// [`serve`], and also the streams handed over through `handed` (their TLS and `peer` are the other
+/// listener's business; from the SASL header on they are served alike, under the same connection cap).
+pub async fn serve_with_handoff<B: ServiceBackend>(
+    listener: TcpListener,
+    config: AmqpConfig,
+    backend: Arc<B>,
+    handed: HandedStreams,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let HandedStreams(mut handed) = handed;
+    let mut handing = true;
     let acceptor = TlsAcceptor::from(Arc::clone(&config.tls));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let config = Arc::new(config);
@@ -103,24 +179,31 @@ pub async fn serve<B: ServiceBackend>(
     let mut backoff = Duration::from_millis(10);
     tokio::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
+        let incoming = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => Incoming::Tcp(tcp, peer),
+                Err(error) => {
+                    tracing::warn!(%error, "AMQP accept failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            established = handed.recv(), if handing => {
+                let Some(Established { stream, peer }) = established else {
+                    // Every sender is gone: only the listener is left.
+                    handing = false;
+                    continue;
+                };
+                Incoming::Handed(stream, peer)
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "AMQP accept failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
         backoff = Duration::from_millis(10);
+        let peer = incoming.peer();
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
             tracing::warn!(%peer, max = config.max_connections, "AMQP connection cap reached; closing the new connection");
-            drop(tcp);
             continue;
         };
         let acceptor = acceptor.clone();
@@ -128,16 +211,22 @@ pub async fn serve<B: ServiceBackend>(
         let backend = Arc::clone(&backend);
         let mut stopped = stopped.clone();
         connections.spawn(async move {
-            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            match tls {
-                Ok(Ok(stream)) => {
-                    let stop = async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    };
+            let stop = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            match incoming {
+                Incoming::Handed(stream, _) => {
                     serve_connection(stream, &config, backend, stop).await;
                 }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "AMQP TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "AMQP TLS handshake timed out"),
+                Incoming::Tcp(tcp, _) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, &config, backend, stop).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "AMQP TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "AMQP TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -151,6 +240,20 @@ pub async fn serve<B: ServiceBackend>(
         tracing::warn!("AMQP connections still closing after 10 s; aborting them");
     }
     Ok(())
+}
+
+/// A connection to serve: from the listener (TLS to do) or handed over (ready).
+enum Incoming {
+    Tcp(TcpStream, SocketAddr),
+    Handed(Box<dyn Transport>, SocketAddr),
+}
+
+impl Incoming {
+    fn peer(&self) -> SocketAddr {
+        match self {
+            Incoming::Tcp(_, peer) | Incoming::Handed(_, peer) => *peer,
+        }
+    }
 }
 
 /// Serves one established stream (TLS already done, or a WebSocket carrying AMQP): SASL, Open, then its

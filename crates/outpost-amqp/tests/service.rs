@@ -746,3 +746,31 @@ async fn links_past_the_session_cap_are_refused() {
         .await;
     assert!(matches!(sent, Ok(Outcome::Accepted(_))), "{sent:?}");
 }
+
+#[tokio::test]
+async fn a_stream_handed_over_by_another_listener_is_served_under_the_same_cap() {
+    let server = Server::start_with(|config| config.max_connections = 2).await;
+    let peer: std::net::SocketAddr = ([127, 0, 0, 1], 443).into();
+    // As the HTTPS listener hands over an upgraded WebSocket: TLS is already done, AMQP starts at SASL.
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    server.handoff.hand_over(server_end, peer).unwrap();
+    let mut handed = Server::open(client_end, SaslProfile::Anonymous)
+        .await
+        .unwrap();
+    assert_eq!(handed.put_token(AUDIENCE, "good").await, 200);
+    let mut receiver =
+        attach_partition(&mut handed, &partition_address("$Default", "0"), None).await;
+    assert_eq!(sequence_number(&next_event(&mut receiver).await), 0);
+
+    // One connection from the listener reaches the cap of two; the next handed stream is closed.
+    let _listened = server.connect(SaslProfile::Anonymous).await;
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    server.handoff.hand_over(server_end, peer).unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        Server::open(client_end, SaslProfile::Anonymous),
+    )
+    .await
+    .expect("the stream was neither served nor closed");
+    assert!(refused.is_err());
+}

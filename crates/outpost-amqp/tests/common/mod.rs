@@ -316,6 +316,8 @@ pub struct Server {
     pub tls: Tls,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Gives the server streams set up elsewhere (as the HTTPS listener does for AMQP over WebSocket).
+    pub handoff: outpost_amqp::StreamHandoff,
 }
 
 impl Server {
@@ -331,10 +333,12 @@ impl Server {
         configure(&mut config);
         let hub = Arc::new(MemoryHub::new());
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(outpost_amqp::serve(
+        let (handoff, handed) = outpost_amqp::handoff();
+        let served = tokio::spawn(outpost_amqp::serve_with_handoff(
             listener,
             config,
             hub.clone(),
+            handed,
             async move {
                 let _ = stopped.await;
             },
@@ -345,6 +349,7 @@ impl Server {
             tls,
             stop: Some(stop),
             served: Some(served),
+            handoff,
         }
     }
 
@@ -367,6 +372,19 @@ impl Server {
         sasl: SaslProfile,
     ) -> Result<Client, fe2o3_amqp::connection::OpenError> {
         let stream = self.tls_stream().await;
+        Self::open(stream, sasl).await
+    }
+
+    /// An AMQP connection with `sasl` over `stream`, and a session on it.
+    pub async fn open(
+        stream: impl tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + std::fmt::Debug
+            + Send
+            + Unpin
+            + 'static,
+        sasl: SaslProfile,
+    ) -> Result<Client, fe2o3_amqp::connection::OpenError> {
         let mut connection = Connection::builder()
             .container_id("test-client")
             .hostname(HOST)
