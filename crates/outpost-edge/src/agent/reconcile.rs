@@ -18,6 +18,22 @@ use crate::workload::CONTAINER_SOCKET;
 /// How long a stopping instance gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Why a module has no identity to run with: it stays as it is and the reason is reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleIdentityError {
+    /// The hub refused to read or create it.
+    #[error("cannot create the identity of module {module}: {source}")]
+    Create {
+        /// The module.
+        module: String,
+        /// Why.
+        source: HubClientError,
+    },
+    /// The hub has not been reached since the module was deployed, and nothing is cached.
+    #[error("module {0} has no identity yet (the hub has not been reached)")]
+    NotYetKnown(String),
+}
+
 /// What the reported properties echo of a module's manifest entry.
 pub fn manifest_echo(module: &ModuleSpec) -> Value {
     let env: BTreeMap<&str, Value> = module
@@ -159,7 +175,7 @@ impl Agent {
         &self,
         name: &str,
         offline: bool,
-    ) -> Result<ModuleCredentials, String> {
+    ) -> Result<ModuleCredentials, ModuleIdentityError> {
         if !offline {
             match self.hub.ensure_module(name).await {
                 Ok(credentials) => {
@@ -171,16 +187,17 @@ impl Agent {
                 Err(error @ (HubClientError::Unreachable(_) | HubClientError::Malformed(_))) => {
                     tracing::info!(module = name, %error, "hub unreachable: using the cached identity");
                 }
-                Err(error) => {
-                    return Err(format!(
-                        "cannot create the identity of module {name}: {error}"
-                    ))
+                Err(source) => {
+                    return Err(ModuleIdentityError::Create {
+                        module: name.to_owned(),
+                        source,
+                    })
                 }
             }
         }
-        self.identities.get(name).ok_or_else(|| {
-            format!("module {name} has no identity yet (the hub has not been reached)")
-        })
+        self.identities
+            .get(name)
+            .ok_or_else(|| ModuleIdentityError::NotYetKnown(name.to_owned()))
     }
 
     /// Applies a deployment: `boot` means the hub is not consulted and every instance that should run is started.
@@ -196,7 +213,7 @@ impl Agent {
             let credentials = match self.module_identity(name, boot).await {
                 Ok(credentials) => credentials,
                 Err(problem) => {
-                    problems.insert(name.clone(), problem);
+                    problems.insert(name.clone(), problem.to_string());
                     continue;
                 }
             };

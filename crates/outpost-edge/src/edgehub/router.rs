@@ -17,6 +17,21 @@ use deliveries::InputDeliveries;
 
 mod deliveries;
 
+/// Why a `$edgeHub` configuration is refused (reported as its `lastDesiredStatus` 400).
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    /// The desired properties are not an `$edgeHub` configuration.
+    #[error(transparent)]
+    Desired(#[from] outpost_core::ManifestError),
+    /// A route does not parse.
+    #[error("route {name}: {source}")]
+    Route {
+        /// The route's name.
+        name: String,
+        /// Why.
+        source: outpost_core::RouteError,
+    },
+}
 /// The endpoint of the cloud.
 pub const UPSTREAM: &str = "$upstream";
 /// Unacknowledged input messages per module endpoint at a time.
@@ -105,11 +120,14 @@ impl Router {
     }
 
     /// Parses and installs the routes of the `$edgeHub` desired properties; on error the old routes stay.
-    pub fn configure(&self, desired: &Value) -> Result<usize, String> {
-        let config = EdgeHubDesired::from_desired(desired).map_err(|e| e.to_string())?;
+    pub fn configure(&self, desired: &Value) -> Result<usize, RoutesError> {
+        let config = EdgeHubDesired::from_desired(desired)?;
         let mut routes = Vec::new();
         for (name, spec) in &config.routes {
-            let route = Route::parse(&spec.route).map_err(|e| format!("route {name}: {e}"))?;
+            let route = Route::parse(&spec.route).map_err(|source| RoutesError::Route {
+                name: name.clone(),
+                source,
+            })?;
             routes.push((
                 name.clone(),
                 ActiveRoute {
@@ -347,7 +365,7 @@ pub async fn refresh_configuration(hub: &EdgeHub) {
         }
         Err(error) => {
             tracing::warn!(%error, version, "refused the $edgeHub configuration; the previous routes stay in force");
-            json!({"code": 400, "description": error})
+            json!({"code": 400, "description": error.to_string()})
         }
     };
     let report = json!({"schemaVersion": "1.0", "lastDesiredVersion": version, "lastDesiredStatus": status,

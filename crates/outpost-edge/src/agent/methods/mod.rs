@@ -29,6 +29,8 @@ use self::wire::{
     RestartModuleRequest, SupportBundleRequest, TaskState, TaskStatusRequest,
 };
 use super::{Agent, RestartModuleError};
+use crate::runtime::RuntimeError;
+use crate::support_bundle::BundleError;
 use crate::support_bundle::{BundleOptions, BundleSources};
 
 /// How many calls are answered at once; further calls wait in the SDK's stream.
@@ -112,8 +114,8 @@ impl MethodService {
             Ok(request) => request,
             Err(answer) => return answer,
         };
-        if let Err(message) = check_schema(&request.schema_version) {
-            return (400, error_payload(message));
+        if let Err(error) = check_schema(&request.schema_version) {
+            return (400, error_payload(error.to_string()));
         }
         match self.agent().restart_module(&request.id).await {
             Ok(()) => (200, Value::Null),
@@ -122,12 +124,11 @@ impl MethodService {
         }
     }
 
-    /// The deployed modules' names and what an items list asks of them.
-    async fn queries(&self, request: &ModuleLogsRequest) -> Result<Vec<ModuleQuery>, Answer> {
-        check_schema(&request.schema_version).map_err(|m| (400, error_payload(m)))?;
+    /// The deployed modules' names and what an items list asks of them (a refusal is the caller's 400).
+    async fn queries(&self, request: &ModuleLogsRequest) -> Result<Vec<ModuleQuery>, QueryError> {
+        check_schema(&request.schema_version)?;
         let modules = self.agent().deployed_module_names().await;
-        logs::queries(&request.items, &modules, Utc::now())
-            .map_err(|e| (400, error_payload(e.to_string())))
+        Ok(logs::queries(&request.items, &modules, Utc::now())?)
     }
 
     fn origin(&self) -> Origin<'_> {
@@ -145,7 +146,7 @@ impl MethodService {
         };
         let queries = match self.queries(&request).await {
             Ok(queries) => queries,
-            Err(answer) => return answer,
+            Err(error) => return (400, error_payload(error.to_string())),
         };
         let layout = Layout::answer(request.content_type, request.encoding, queries.len());
         let mut items = Vec::with_capacity(queries.len());
@@ -178,9 +179,7 @@ impl MethodService {
             return (400, error_payload(error.to_string()));
         }
         self.start_task(move |service| async move {
-            let queries = service.queries(&request).await.map_err(|(_, payload)| {
-                payload["message"].as_str().unwrap_or_default().to_owned()
-            })?;
+            let queries = service.queries(&request).await?;
             let layout = Layout::upload(request.content_type, request.encoding);
             let stamp = Utc::now().format("%Y-%m-%d--%H-%M-%S").to_string();
             let extension = match (request.content_type, request.encoding) {
@@ -198,9 +197,8 @@ impl MethodService {
             };
             let origin = service.origin();
             for query in &queries {
-                let selection = logs::read(service.agent().runtime.as_ref(), query, layout, origin)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let selection =
+                    logs::read(service.agent().runtime.as_ref(), query, layout, origin).await?;
                 let body = logs::render(&selection, layout, origin, &query.module);
                 let blob = format!("{}-{stamp}.{extension}", query.module);
                 service
@@ -211,8 +209,7 @@ impl MethodService {
                         content_type,
                         body,
                     )
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             Ok(())
         })
@@ -223,8 +220,8 @@ impl MethodService {
             Ok(request) => request,
             Err(answer) => return answer,
         };
-        if let Err(message) = check_schema(&request.schema_version) {
-            return (400, error_payload(message));
+        if let Err(error) = check_schema(&request.schema_version) {
+            return (400, error_payload(error.to_string()));
         }
         if let Err(error) = upload::check_sas_url(&request.sas_url) {
             return (400, error_payload(error.to_string()));
@@ -245,9 +242,7 @@ impl MethodService {
             (Err(answer), _) | (_, Err(answer)) => return answer,
         };
         self.start_task(move |service| async move {
-            let bundle = crate::support_bundle::build(&service.sources, &options)
-                .await
-                .map_err(|e| e.to_string())?;
+            let bundle = crate::support_bundle::build(&service.sources, &options).await?;
             let origin = service.origin();
             let blob = format!("support-bundle-{}.tar.gz", now.format("%Y-%m-%d--%H-%M-%S"));
             service
@@ -258,8 +253,8 @@ impl MethodService {
                     "application/gzip",
                     bundle,
                 )
-                .await
-                .map_err(|e| e.to_string())
+                .await?;
+            Ok(())
         })
     }
 
@@ -267,7 +262,7 @@ impl MethodService {
     fn start_task<F, Fut>(self: &Arc<Self>, work: F) -> Answer
     where
         F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<(), String>> + Send,
+        Fut: std::future::Future<Output = Result<(), UploadTaskError>> + Send,
     {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let admitted = self
@@ -287,9 +282,9 @@ impl MethodService {
             service.set_task(&correlation_id, TaskState::Running, String::new());
             let (state, message) = match work(service.clone()).await {
                 Ok(()) => (TaskState::Completed, String::new()),
-                Err(message) => {
-                    tracing::warn!(correlation_id, %message, "a $edgeAgent upload failed");
-                    (TaskState::Failed, message)
+                Err(error) => {
+                    tracing::warn!(correlation_id, %error, "a $edgeAgent upload failed");
+                    (TaskState::Failed, error.to_string())
                 }
             };
             service.set_task(&correlation_id, state, message);
@@ -312,8 +307,8 @@ impl MethodService {
             Ok(request) => request,
             Err(answer) => return answer,
         };
-        if let Err(message) = check_schema(&request.schema_version) {
-            return (400, error_payload(message));
+        if let Err(error) = check_schema(&request.schema_version) {
+            return (400, error_payload(error.to_string()));
         }
         let status = self
             .tasks
@@ -325,6 +320,34 @@ impl MethodService {
             Err(error) => (500, error_payload(error.to_string())),
         }
     }
+}
+
+/// Why a logs request's items cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Its `schemaVersion`.
+    #[error(transparent)]
+    Schema(#[from] wire::SchemaVersionError),
+    /// Its items.
+    #[error(transparent)]
+    Request(#[from] logs::LogsRequestError),
+}
+
+/// Why a background upload failed (its task's status carries the message).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadTaskError {
+    /// What to upload could not be worked out.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// A module's logs could not be read.
+    #[error(transparent)]
+    Logs(#[from] RuntimeError),
+    /// The support bundle could not be built.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The upload failed.
+    #[error(transparent)]
+    Upload(#[from] upload::UploadError),
 }
 
 /// A request payload, or a 400 answer saying what is wrong with it.

@@ -187,14 +187,17 @@ pub fn error_payload(message: impl Into<String>) -> Value {
     serde_json::json!({ "message": message.into() })
 }
 
+/// A request's `schemaVersion` that is not [`SCHEMA_VERSION`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("schemaVersion {0:?} is not supported (use {SCHEMA_VERSION:?})")]
+pub struct SchemaVersionError(pub String);
+
 /// Checks `schemaVersion` (Azure accepts `1.0` and answers 400 otherwise).
-pub fn check_schema(version: &str) -> Result<(), String> {
+pub fn check_schema(version: &str) -> Result<(), SchemaVersionError> {
     if version == SCHEMA_VERSION {
         Ok(())
     } else {
-        Err(format!(
-            "schemaVersion {version:?} is not supported (use {SCHEMA_VERSION:?})"
-        ))
+        Err(SchemaVersionError(version.to_owned()))
     }
 }
 
