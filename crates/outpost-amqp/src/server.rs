@@ -110,7 +110,7 @@ pub struct HandedStreams(mpsc::Receiver<Established>);
 /// Why a stream was not taken; it has been dropped (closed).
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffRefused {
-    /// [`HANDOFF_QUEUE`] streams already wait for the server.
+    /// Too many handed streams (64) already wait for the server.
     #[error("the AMQP server has too many connections waiting")]
     Busy,
     /// The server has stopped.
