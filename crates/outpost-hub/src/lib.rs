@@ -13,6 +13,7 @@ pub mod device_ops;
 pub mod edge_link;
 pub mod error;
 pub mod eventhub;
+pub mod feedback;
 pub mod identity;
 pub mod messaging;
 pub mod metrics;

@@ -11,7 +11,7 @@ use outpost_mqtt::{Feature, Outgoing};
 use serde_json::{json, Value};
 
 use crate::error::HubError;
-use crate::eventhub::{record_feedback, DeliveryOutcome};
+use crate::feedback::{record_feedback, DeliveryOutcome};
 use crate::metrics::{C2dOutcome, Via};
 use crate::registry::{device_id, module_id};
 use crate::store;

@@ -1,0 +1,211 @@
+//! Cloud-to-device messages that arrive over AMQP, and the delivery feedback their senders ask for
+//! (`iothub-ack`): durable records written in the transaction that settles the message, handed to the service in
+//! batches locked for one receiver, deleted once it accepted them.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use outpost_amqp::{BackendError, C2dMessage, FeedbackBatch, Grant};
+use outpost_core::Message;
+use serde_json::json;
+
+use crate::error::HubError;
+use crate::eventhub::internal;
+use crate::store::StorageError;
+use crate::stream;
+use crate::Hub;
+
+/// At most this many feedback records wait; past it the oldest are dropped (IoT Hub keeps them for a while
+/// only, too).
+pub const MAX_FEEDBACK_RECORDS: usize = 10_000;
+/// At most this many records travel in one feedback message.
+const FEEDBACK_BATCH: usize = 100;
+/// How long a feedback batch handed out stays locked before it is handed out again.
+const FEEDBACK_LOCK: Duration = Duration::from_mins(1);
+
+impl Hub {
+    /// Wakes the feedback receiver; call after a transaction that recorded feedback committed.
+    pub(crate) fn feedback_recorded(&self) {
+        self.stream
+            .feedback_added
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The oldest feedback records not locked, locked for one receiver; waits until there are some.
+    pub async fn next_feedback(&self) -> Result<FeedbackBatch, BackendError> {
+        let mut added = self.stream.feedback_added.subscribe();
+        loop {
+            added.borrow_and_update();
+            let now = Utc::now().timestamp_millis();
+            let token = self.stream.next_lock_token.fetch_add(1, Ordering::Relaxed);
+            let lock_ms = i64::try_from(FEEDBACK_LOCK.as_millis()).unwrap_or(i64::MAX);
+            let (locked, unlock) = self
+                .db
+                .transaction(|tx| {
+                    let locked =
+                        stream::lock_feedback(tx, token, now, now + lock_ms, FEEDBACK_BATCH)?;
+                    let unlock = stream::next_feedback_unlock(tx, now)?;
+                    Ok::<_, StorageError>((locked, unlock))
+                })
+                .map_err(internal)?;
+            if let Some(locked) = locked {
+                let body = serde_json::to_vec(&locked.records)
+                    .map_err(|e| BackendError::Internal(e.to_string()))?;
+                return Ok(FeedbackBatch {
+                    lock_token: token,
+                    body,
+                    enqueued_time_ms: locked.enqueued_ms,
+                });
+            }
+            // Nothing free: wait for a new record, or for the earliest lock to end (its receiver went away).
+            let until_unlock = unlock.map_or(FEEDBACK_LOCK, |at| {
+                Duration::from_millis((at - now).max(1).unsigned_abs())
+            });
+            tokio::select! {
+                changed = added.changed() => if changed.is_err() {
+                    return Err(BackendError::Internal("the hub is shutting down".into()));
+                },
+                () = tokio::time::sleep(until_unlock) => {}
+            }
+        }
+    }
+
+    /// Deletes the feedback records a receiver accepted.
+    pub fn complete_feedback(&self, lock_token: i64) -> Result<(), BackendError> {
+        self.db
+            .transaction(|tx| stream::complete_feedback(tx, lock_token))
+            .map(drop)
+            .map_err(internal)
+    }
+
+    /// Queues a cloud-to-device message that came over AMQP, as the REST route does.
+    pub fn send_amqp_c2d(&self, grant: &Grant, message: C2dMessage) -> Result<(), BackendError> {
+        if !grant.service_connect {
+            return Err(BackendError::InvalidArgument(format!(
+                "policy {} does not grant ServiceConnect",
+                grant.policy
+            )));
+        }
+        let device = message.device_id.clone();
+        let message = c2d_message(message);
+        self.send_c2d(&device, &message)
+            .map(drop)
+            .map_err(|error| match error {
+                HubError::DeviceNotFound(_) => BackendError::NotFound(error.to_string()),
+                HubError::QueueFull(_) => BackendError::LimitExceeded(error.to_string()),
+                HubError::TooLarge(_) | HubError::ArgumentInvalid(_) => {
+                    BackendError::InvalidArgument(error.to_string())
+                }
+                other => BackendError::Internal(other.to_string()),
+            })
+    }
+}
+
+/// Records the delivery feedback of a cloud-to-device message whose sender asked for it, inside the caller's
+/// transaction; returns whether one was recorded.
+pub(crate) fn record_feedback(
+    tx: &rusqlite::Connection,
+    device: &outpost_core::DeviceId,
+    message: &Message,
+    outcome: DeliveryOutcome,
+) -> Result<bool, StorageError> {
+    let ack = message.system.get("ack").map_or("none", String::as_str);
+    let wanted = match outcome {
+        DeliveryOutcome::Completed => matches!(ack, "positive" | "full"),
+        DeliveryOutcome::Rejected | DeliveryOutcome::Expired => {
+            matches!(ack, "negative" | "full")
+        }
+    };
+    if !wanted {
+        return Ok(false);
+    }
+    let generation = crate::store::device(tx, device)?
+        .map(|d| d.generation_id)
+        .unwrap_or_default();
+    let now = Utc::now();
+    let record = json!({
+        "originalMessageId": message.system.get("messageId"),
+        "description": outcome.description(),
+        "deviceGenerationId": generation,
+        "deviceId": device.as_str(),
+        "enqueuedTimeUtc": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "statusCode": outcome.status_code(),
+    });
+    stream::add_feedback(tx, &record, now.timestamp_millis())?;
+    tx.execute(
+        "DELETE FROM feedback WHERE id <= (SELECT MAX(id) FROM feedback) - ?1",
+        [MAX_FEEDBACK_RECORDS as i64],
+    )?;
+    Ok(true)
+}
+
+/// What became of a cloud-to-device message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The device completed it.
+    Completed,
+    /// The device rejected it.
+    Rejected,
+    /// It expired before the device took it.
+    Expired,
+}
+
+impl DeliveryOutcome {
+    fn description(self) -> &'static str {
+        match self {
+            Self::Completed => "Success",
+            Self::Rejected => "Message was rejected",
+            Self::Expired => "Expired",
+        }
+    }
+
+    fn status_code(self) -> &'static str {
+        match self {
+            Self::Completed => "Success",
+            Self::Rejected => "Rejected",
+            Self::Expired => "Expired",
+        }
+    }
+}
+
+/// A cloud-to-device message of the AMQP head as the hub queues it.
+fn c2d_message(message: C2dMessage) -> Message {
+    let mut system = std::collections::BTreeMap::new();
+    let message_id = message
+        .message_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    system.insert("messageId".to_owned(), message_id);
+    system.insert(
+        "to".to_owned(),
+        format!("/devices/{}/messages/deviceBound", message.device_id),
+    );
+    let user_id = message
+        .user_id
+        .map(|u| String::from_utf8_lossy(&u).into_owned());
+    let expiry = message.expiry_time_ms.and_then(|ms| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    });
+    for (name, value) in [
+        ("correlationId", message.correlation_id),
+        ("contentType", message.content_type),
+        ("contentEncoding", message.content_encoding),
+        ("userId", user_id),
+        ("absolute-expiry-time", expiry),
+        ("ack", message.ack.filter(|a| a != "none")),
+    ] {
+        if let Some(value) = value {
+            system.insert(name.to_owned(), value);
+        }
+    }
+    Message {
+        body: message.body,
+        system,
+        properties: message
+            .application_properties
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect(),
+    }
+}
