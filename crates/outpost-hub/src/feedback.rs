@@ -209,3 +209,66 @@ fn c2d_message(message: C2dMessage) -> Message {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_cap_the_oldest_feedback_records_are_dropped() {
+        let db = outpost_store::Database::in_memory(crate::store::MIGRATIONS).unwrap();
+        let device = outpost_core::DeviceId::new("sensor").unwrap();
+        db.transaction(|tx| {
+            for i in 0..MAX_FEEDBACK_RECORDS + 3 {
+                let message = Message {
+                    system: [
+                        ("messageId".to_owned(), format!("m{i}")),
+                        ("ack".to_owned(), "positive".to_owned()),
+                    ]
+                    .into(),
+                    ..Message::default()
+                };
+                assert!(record_feedback(
+                    tx,
+                    &device,
+                    &message,
+                    DeliveryOutcome::Completed
+                )?);
+            }
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
+        let conn = db.lock();
+        assert_eq!(stream::feedback_count(&conn).unwrap(), MAX_FEEDBACK_RECORDS);
+        let oldest = stream::lock_feedback(&conn, 1, 0, 1, 1).unwrap().unwrap();
+        assert_eq!(oldest.records[0]["originalMessageId"], "m3");
+    }
+
+    #[test]
+    fn feedback_is_recorded_only_for_the_outcomes_the_sender_asked_about() {
+        let db = outpost_store::Database::in_memory(crate::store::MIGRATIONS).unwrap();
+        let device = outpost_core::DeviceId::new("sensor").unwrap();
+        let asking = |ack: &str| Message {
+            system: [("ack".to_owned(), ack.to_owned())].into(),
+            ..Message::default()
+        };
+        let conn = db.lock();
+        let recorded =
+            |ack: &str, outcome| record_feedback(&conn, &device, &asking(ack), outcome).unwrap();
+        assert!(recorded("positive", DeliveryOutcome::Completed));
+        assert!(!recorded("positive", DeliveryOutcome::Expired));
+        assert!(!recorded("negative", DeliveryOutcome::Completed));
+        assert!(recorded("negative", DeliveryOutcome::Expired));
+        assert!(recorded("negative", DeliveryOutcome::Rejected));
+        assert!(recorded("full", DeliveryOutcome::Completed));
+        assert!(recorded("full", DeliveryOutcome::Expired));
+        assert!(!recorded("none", DeliveryOutcome::Completed));
+        assert!(!record_feedback(
+            &conn,
+            &device,
+            &Message::default(),
+            DeliveryOutcome::Expired
+        )
+        .unwrap());
+    }
+}
