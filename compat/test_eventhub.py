@@ -7,6 +7,7 @@ Each hub listens on 5671 (and HTTPS on 443) of its own loopback address, as the 
 from __future__ import annotations
 
 import datetime
+import json
 import queue
 import threading
 import time
@@ -337,3 +338,18 @@ def test_a_consumer_over_websocket_on_the_https_port_reads_the_same_events(amqp_
         assert system(event, "iothub-connection-device-id") == "sensor"
     finally:
         run_with_timeout(consumer.close, 15, "closing a consumer")
+
+
+def test_outpost_monitor_shows_twin_changes_only_when_asked(hub, clients):
+    key = make_device(hub.registry(), "sensor")
+    device = clients.open(hub, "sensor", key)
+    run_with_timeout(lambda: device.patch_twin_reported_properties({"temperature": 21}), TIMEOUT, "reported patch")
+    send(device, "telemetry")
+    plain = hub.run_cli(["monitor", "--from-start", "--count", "1", "--timeout", "10"]).stdout.splitlines()
+    assert [json.loads(line)["body"] for line in plain] == ["telemetry"]
+    both = hub.run_cli(["monitor", "--from-start", "--twin-changes", "--count", "2", "--timeout", "10"]) \
+        .stdout.splitlines()
+    first, second = (json.loads(line) for line in both)
+    assert first["messageSource"] == "twinChangeEvents"
+    assert json.loads(first["body"])["properties"]["reported"]["temperature"] == 21
+    assert second["body"] == "telemetry"

@@ -208,6 +208,9 @@ pub struct MonitorArgs {
     /// Start at the oldest stored message instead of the ones arriving from now on.
     #[arg(long)]
     from_start: bool,
+    /// Twin change events too (`"messageSource": "twinChangeEvents"`), not only device-to-cloud messages.
+    #[arg(long)]
+    twin_changes: bool,
 }
 
 pub async fn device(args: &HubArgs, command: DeviceCommand) -> anyhow::Result<()> {
@@ -510,10 +513,13 @@ pub async fn monitor(args: &HubArgs, options: &MonitorArgs) -> anyhow::Result<()
             return Ok(());
         }
         let wait = remaining.map_or(20, |r| r.as_secs().clamp(1, 20));
-        let query = match after {
+        let mut query = match after {
             Some(after) => format!("/events?after={after}&waitSecs={wait}"),
             None => format!("/events?waitSecs={wait}"),
         };
+        if options.twin_changes {
+            query.push_str("&includeTwinChanges=true");
+        }
         let answer = client.call(Method::GET, &query, None, None).await?;
         after = Some(answer.get("next").and_then(Value::as_i64).unwrap_or(0));
         for event in answer

@@ -243,6 +243,7 @@ impl Hub {
             "properties": properties,
             "systemProperties": system,
             "enqueuedTime": timestamp,
+            "messageSource": EventSource::TwinChange.annotation(),
             "body": body.to_string(),
         });
         let partition =
