@@ -121,3 +121,12 @@ def feedback_records_within(hub: Hub, seconds: float) -> list[dict]:
         return feedback_records(hub, 1)
     finally:
         TIMEOUT = saved
+
+
+def test_a_message_that_expires_before_the_device_takes_it_leaves_an_expired_record(hub):
+    make_device(hub.registry(), "sleeper")
+    expiry_ms = int(time.time() * 1000) + 1000
+    send_c2d(hub, "sleeper", "too late", {"messageId": "exp-1", "iothub-ack": "negative", "expiryTimeUtc": expiry_ms})
+    records = feedback_records(hub, 1)
+    assert [(r["originalMessageId"], r["statusCode"], r["deviceId"]) for r in records] == \
+        [("exp-1", "Expired", "sleeper")]
