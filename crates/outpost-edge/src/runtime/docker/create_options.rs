@@ -23,13 +23,13 @@ pub(super) fn container_body(
     gateway_ip: IpAddr,
     labels: &BTreeMap<String, String>,
     logs: LogRotation,
-) -> Result<Config<String>, String> {
+) -> Result<Config<String>, CreateOptionsError> {
     let mut body = match spec.create_options.as_deref().map(str::trim) {
         None | Some("") => Map::new(),
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => map,
-            Ok(_) => return Err("createOptions is not a JSON object".into()),
-            Err(e) => return Err(format!("createOptions is not valid JSON: {e}")),
+            Ok(_) => return Err(CreateOptionsError::NotAJsonObject),
+            Err(e) => return Err(CreateOptionsError::NotJson(e)),
         },
     };
 
@@ -51,7 +51,7 @@ pub(super) fn container_body(
         .entry("HostConfig")
         .or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(host_config) = host_config else {
-        return Err("createOptions HostConfig is not an object".into());
+        return Err(CreateOptionsError::NotAnObject("createOptions HostConfig"));
     };
     let mut binds = take_strings(host_config, "Binds", "HostConfig.Binds")?;
     binds.push(format!(
@@ -78,15 +78,37 @@ pub(super) fn container_body(
         .entry("Labels")
         .or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(all_labels) = labels_value else {
-        return Err("createOptions Labels is not an object".into());
+        return Err(CreateOptionsError::NotAnObject("createOptions Labels"));
     };
     for (k, v) in labels {
         all_labels.insert(k.clone(), v.clone().into());
     }
     body.insert("Image".into(), spec.image.clone().into());
 
-    serde_json::from_value(Value::Object(body))
-        .map_err(|e| format!("createOptions does not fit a Docker create body: {e}"))
+    serde_json::from_value(Value::Object(body)).map_err(CreateOptionsError::DoesNotFit)
+}
+
+/// Why a module's `createOptions` cannot make a Docker create body.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateOptionsError {
+    /// Not JSON.
+    #[error("createOptions is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// It is JSON, but not an object.
+    #[error("createOptions is not a JSON object")]
+    NotAJsonObject,
+    /// A part of it that must be an object is not one.
+    #[error("{0} is not an object")]
+    NotAnObject(&'static str),
+    /// A list of strings is something else.
+    #[error("createOptions {0} is not a list: {1}")]
+    NotAList(&'static str, Value),
+    /// A list of strings holds something else.
+    #[error("createOptions {0} holds a non-string: {1}")]
+    NotAString(&'static str, Value),
+    /// The whole is not what Docker's create API takes.
+    #[error("createOptions does not fit a Docker create body: {0}")]
+    DoesNotFit(#[source] serde_json::Error),
 }
 
 /// A `HostConfig.LogConfig` for Docker's json-file driver rotating by `logs` (sizes in Docker's units).
@@ -107,18 +129,18 @@ fn json_file_log(logs: LogRotation) -> Value {
 fn take_strings(
     map: &mut Map<String, Value>,
     key: &str,
-    what: &str,
-) -> Result<Vec<String>, String> {
+    what: &'static str,
+) -> Result<Vec<String>, CreateOptionsError> {
     match map.remove(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .into_iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s),
-                other => Err(format!("createOptions {what} holds a non-string: {other}")),
+                other => Err(CreateOptionsError::NotAString(what, other)),
             })
             .collect(),
-        Some(other) => Err(format!("createOptions {what} is not a list: {other}")),
+        Some(other) => Err(CreateOptionsError::NotAList(what, other)),
     }
 }
 
@@ -142,7 +164,7 @@ mod tests {
         }
     }
 
-    fn body(create_options: Option<&str>) -> Result<Value, String> {
+    fn body(create_options: Option<&str>) -> Result<Value, CreateOptionsError> {
         let labels = BTreeMap::from([("net.outpost.module".to_owned(), "filter".to_owned())]);
         let config = container_body(
             &spec(create_options),
@@ -257,16 +279,27 @@ mod tests {
     fn invalid_create_options_are_refused_with_the_reason() {
         assert!(body(Some("{not json"))
             .unwrap_err()
+            .to_string()
             .contains("not valid JSON"));
-        assert!(body(Some("[1]")).unwrap_err().contains("not a JSON object"));
+        assert!(matches!(
+            body(Some("[1]")),
+            Err(CreateOptionsError::NotAJsonObject)
+        ));
+        assert!(matches!(
+            body(Some(r#"{"HostConfig":[]}"#)),
+            Err(CreateOptionsError::NotAnObject("createOptions HostConfig"))
+        ));
         assert!(body(Some(r#"{"Env":"A=1"}"#))
             .unwrap_err()
+            .to_string()
             .contains("Env is not a list"));
         assert!(body(Some(r#"{"HostConfig":{"Binds":[1]}}"#))
             .unwrap_err()
+            .to_string()
             .contains("non-string"));
         assert!(body(Some(r#"{"Cmd":"not a list"}"#))
             .unwrap_err()
+            .to_string()
             .contains("does not fit"));
     }
 

@@ -10,7 +10,7 @@ use bollard::Docker;
 use super::{status_code, LABEL_DEVICE, LABEL_MODULE};
 
 /// Docker's disk use as it concerns one edge device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct DockerDiskUsage {
     /// How many images the Docker daemon holds.
     pub image_count: usize,
@@ -20,7 +20,7 @@ pub struct DockerDiskUsage {
     pub pulled: Vec<(String, Option<u64>)>,
     /// Each module container's log: its bytes (rotated files included), or why they could not be read (Docker
     /// keeps them under its own directory, usually readable by root only).
-    pub container_logs: Vec<(String, Result<u64, String>)>,
+    pub container_logs: Vec<(String, Result<u64, LogSizeError>)>,
 }
 
 /// Asks the Docker daemon at `socket` about images and the logs of `device_id`'s containers; `pulled` are the
@@ -29,13 +29,12 @@ pub async fn disk_usage(
     socket: &Path,
     device_id: &str,
     pulled: &[String],
-) -> Result<DockerDiskUsage, String> {
+) -> Result<DockerDiskUsage, DiskUsageError> {
     let path = socket
         .to_str()
-        .ok_or_else(|| format!("{}: not UTF-8", socket.display()))?;
-    let docker = Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION)
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
-    let df = docker.df().await.map_err(|e| e.to_string())?;
+        .ok_or_else(|| DiskUsageError::SocketPath(socket.to_owned()))?;
+    let docker = Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION)?;
+    let df = docker.df().await?;
     let mut usage = DockerDiskUsage {
         image_count: df.images.as_ref().map_or(0, Vec::len),
         image_bytes: u64::try_from(df.layers_size.unwrap_or(0)).unwrap_or(0),
@@ -46,7 +45,7 @@ pub async fn disk_usage(
         let size = match docker.inspect_image(reference).await {
             Ok(image) => image.size.and_then(|s| u64::try_from(s).ok()),
             Err(e) if status_code(&e) == Some(404) => None,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         usage.pulled.push((reference.clone(), size));
     }
@@ -58,10 +57,7 @@ pub async fn disk_usage(
         )]),
         ..Default::default()
     };
-    let containers = docker
-        .list_containers(Some(options))
-        .await
-        .map_err(|e| e.to_string())?;
+    let containers = docker.list_containers(Some(options)).await?;
     for id in containers.iter().filter_map(|c| c.id.as_deref()) {
         let Ok(inspect) = docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -77,7 +73,7 @@ pub async fn disk_usage(
             .cloned()
             .unwrap_or_else(|| id.to_owned());
         let bytes = match inspect.log_path.as_deref().filter(|p| !p.is_empty()) {
-            None => Err("no log file (not the json-file driver)".to_owned()),
+            None => Err(LogSizeError::NotJsonFile),
             Some(log) => log_bytes(Path::new(log)),
         };
         usage.container_logs.push((module, bytes));
@@ -86,10 +82,40 @@ pub async fn disk_usage(
     Ok(usage)
 }
 
+/// Why the Docker daemon's disk use cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskUsageError {
+    /// The socket's path is not UTF-8 (the Docker client takes a string).
+    #[error("{}: not UTF-8", .0.display())]
+    SocketPath(std::path::PathBuf),
+    /// The Docker daemon did not answer.
+    #[error(transparent)]
+    Docker(#[from] bollard::errors::Error),
+}
+
+/// Why a container's log size is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSizeError {
+    /// It does not log to a file (not the json-file driver).
+    #[error("no log file (not the json-file driver)")]
+    NotJsonFile,
+    /// Its log file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// The bytes of a json-file log and its rotated files (`x-json.log.1`, ...).
-fn log_bytes(log: &Path) -> Result<u64, String> {
+fn log_bytes(log: &Path) -> Result<u64, LogSizeError> {
     let mut total = std::fs::metadata(log)
-        .map_err(|e| format!("{}: {e}", log.display()))?
+        .map_err(|source| LogSizeError::Unreadable {
+            path: log.to_owned(),
+            source,
+        })?
         .len();
     for n in 1.. {
         match std::fs::metadata(format!("{}.{n}", log.display())) {

@@ -147,8 +147,22 @@ impl DockerRuntime {
     }
 }
 
+/// Why Outpost's Docker network cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum NetworkError {
+    /// It could not be read.
+    #[error(transparent)]
+    Inspect(DockerError),
+    /// It did not exist and could not be created.
+    #[error("could not create it: {0}")]
+    Create(#[source] DockerError),
+    /// It has no gateway for the edge hub to listen on.
+    #[error("it has no gateway address")]
+    NoGateway,
+}
+
 /// Creates the bridge network `name` unless it exists, and returns its gateway address.
-async fn ensure_network(docker: &Docker, name: &str) -> Result<IpAddr, String> {
+async fn ensure_network(docker: &Docker, name: &str) -> Result<IpAddr, NetworkError> {
     let network = match docker
         .inspect_network(name, None::<InspectNetworkOptions<String>>)
         .await
@@ -164,17 +178,15 @@ async fn ensure_network(docker: &Docker, name: &str) -> Result<IpAddr, String> {
             };
             match docker.create_network(options).await {
                 // 409: another runtime created it meanwhile.
-                Err(e) if status_code(&e) != Some(409) => {
-                    return Err(format!("could not create it: {e}"))
-                }
+                Err(e) if status_code(&e) != Some(409) => return Err(NetworkError::Create(e)),
                 _ => {}
             }
             docker
                 .inspect_network(name, None::<InspectNetworkOptions<String>>)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(NetworkError::Inspect)?
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(NetworkError::Inspect(e)),
     };
     let gateways: Vec<IpAddr> = network
         .ipam
@@ -189,7 +201,7 @@ async fn ensure_network(docker: &Docker, name: &str) -> Result<IpAddr, String> {
         .find(|ip| ip.is_ipv4())
         .or(gateways.first())
         .copied()
-        .ok_or_else(|| "it has no gateway address".to_owned())
+        .ok_or(NetworkError::NoGateway)
 }
 
 /// The HTTP status of a daemon error, if the daemon answered.

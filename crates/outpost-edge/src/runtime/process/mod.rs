@@ -193,13 +193,10 @@ impl ProcessRuntime {
         })
     }
 
-    fn spawn(&self, instance: &mut Instance) -> Result<(), String> {
+    fn spawn(&self, instance: &mut Instance) -> Result<(), SpawnError> {
         let spec = &instance.spec;
         let name = spec.name.clone();
-        let executable = spec
-            .executable
-            .as_ref()
-            .ok_or("the spec has no executable")?;
+        let executable = spec.executable.as_ref().ok_or(SpawnError::NoExecutable)?;
         let mut command = tokio::process::Command::new(executable);
         command
             .args(&spec.args)
@@ -216,12 +213,11 @@ impl ProcessRuntime {
                 command.env("PATH", path);
             }
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("{}: {e}", executable.display()))?;
-        let pid = child
-            .id()
-            .ok_or("the child exited before it could be watched")?;
+        let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
+            path: executable.clone(),
+            source,
+        })?;
+        let pid = child.id().ok_or(SpawnError::ExitedAtOnce)?;
         let run_id = NEXT_RUN.fetch_add(1, Ordering::Relaxed);
         let started_at = Utc::now();
 
@@ -293,9 +289,9 @@ impl ProcessRuntime {
             &instance.dir.join(PID_FILE),
             format!("{pid}\n").as_bytes(),
         )
-        .map_err(|e| format!("could not write its pid: {e}"))?;
+        .map_err(SpawnError::Pid)?;
         write_json(&instance.dir.join(STATUS_FILE), &instance.record)
-            .map_err(|e| format!("could not write its status: {e}"))?;
+            .map_err(SpawnError::Status)?;
         Ok(())
     }
 
@@ -502,15 +498,59 @@ impl ModuleRuntime for ProcessRuntime {
     }
 }
 
+/// Why a process module cannot be started.
+#[derive(Debug, thiserror::Error)]
+enum SpawnError {
+    /// Its spec names no executable.
+    #[error("the spec has no executable")]
+    NoExecutable,
+    /// The process could not be started.
+    #[error("{}: {source}", path.display())]
+    Spawn {
+        /// The executable.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// It ended before its PID could be read.
+    #[error("the child exited before it could be watched")]
+    ExitedAtOnce,
+    /// Its PID file could not be written.
+    #[error("could not write its pid: {0}")]
+    Pid(#[source] io::Error),
+    /// Its status file could not be written.
+    #[error("could not write its status: {0}")]
+    Status(#[source] io::Error),
+}
+
+/// Why a process module's executable cannot run.
+#[derive(Debug, thiserror::Error)]
+enum ExecutableError {
+    /// Its spec names none.
+    #[error("a process module needs an executable")]
+    Missing,
+    /// It cannot be read.
+    #[error("executable {}: {source}", path.display())]
+    Unreadable {
+        /// The executable.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// It is not an executable file.
+    #[error("{} is not an executable file", .0.display())]
+    NotExecutable(PathBuf),
+}
+
 /// Checks that the spec's executable exists and may be executed.
-fn check_executable(spec: &InstanceSpec) -> Result<(), String> {
-    let path = spec
-        .executable
-        .as_ref()
-        .ok_or("a process module needs an executable")?;
-    let meta = fs::metadata(path).map_err(|e| format!("executable {}: {e}", path.display()))?;
+fn check_executable(spec: &InstanceSpec) -> Result<(), ExecutableError> {
+    let path = spec.executable.as_ref().ok_or(ExecutableError::Missing)?;
+    let meta = fs::metadata(path).map_err(|source| ExecutableError::Unreadable {
+        path: path.clone(),
+        source,
+    })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!("{} is not an executable file", path.display()));
+        return Err(ExecutableError::NotExecutable(path.clone()));
     }
     Ok(())
 }
@@ -575,6 +615,17 @@ mod tests {
             gateway_hostname: String::new(),
             digest: String::new(),
         };
-        assert!(check_executable(&spec).is_err());
+        assert!(matches!(
+            check_executable(&spec),
+            Err(ExecutableError::Missing)
+        ));
+        let not_executable = InstanceSpec {
+            executable: Some("/".into()),
+            ..spec
+        };
+        assert!(matches!(
+            check_executable(&not_executable),
+            Err(ExecutableError::NotExecutable(_))
+        ));
     }
 }
