@@ -244,16 +244,22 @@ def test_two_consumer_groups_read_independently(amqp_hub, clients, consumers):
     assert "nobody" in str(error) or "not found" in str(error).lower() or "NotFound" in type(error).__name__, error
 
 
-def test_events_sent_around_a_hub_restart_are_all_there_afterwards(amqp_hub, clients, consumers):
+def test_events_sent_around_a_hub_restart_are_all_there_afterwards_and_a_live_reader_gets_each_once(
+        amqp_hub, clients, consumers):
     key = make_device(amqp_hub.registry(), "sensor")
     device = clients.open(amqp_hub, "sensor", key)
+    live = consumers(amqp_hub, starting_position="-1", retry_total=10)
     for i in range(3):
         send(device, f"before{i}")
+    assert bodies(live.take(3)) == [f"before{i}" for i in range(3)]
     run_with_timeout(device.shutdown, TIMEOUT, "shutdown")
     amqp_hub.restart()
     device = clients.open(amqp_hub, "sensor", key)
     for i in range(3):
         send(device, f"after{i}")
+    # The reader reconnects by itself and resumes after the last event it got.
+    assert bodies(live.take(3, timeout=40)) == [f"after{i}" for i in range(3)]
+    live.nothing_more(within=1)
     consumer = consumers(amqp_hub, starting_position="-1")
     events = consumer.take(6)
     assert bodies(events) == [f"before{i}" for i in range(3)] + [f"after{i}" for i in range(3)]
