@@ -21,6 +21,7 @@ use rustix::io::Errno;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -285,6 +286,33 @@ impl DeviceEndpoint {
             other => Err(unexpected("CONNACK", &other)),
         }
     }
+}
+
+/// Connects every device with [`DeviceEndpoint::connect`], `concurrency` at a time; the clients come back in
+/// the order of `devices`.
+pub async fn connect_all(
+    endpoint: &DeviceEndpoint,
+    devices: &[DeviceCredentials],
+    concurrency: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let mut pending = devices.iter().cloned().enumerate();
+    let mut tasks = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<_>, (index, device): (usize, DeviceCredentials)| {
+        let endpoint = endpoint.clone();
+        tasks.spawn(async move { (index, endpoint.connect(&device).await) });
+    };
+    for next in pending.by_ref().take(concurrency.max(1)) {
+        spawn(&mut tasks, next);
+    }
+    let mut clients: Vec<Option<Client>> = devices.iter().map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, client) = joined.context("a connecting task failed")?;
+        clients[index] = Some(client?);
+        if let Some(next) = pending.next() {
+            spawn(&mut tasks, next);
+        }
+    }
+    Ok(clients.into_iter().flatten().collect())
 }
 
 /// A TLS client configuration that trusts only the hub's CA (in `ca_pem`), for its MQTT and HTTPS ports.

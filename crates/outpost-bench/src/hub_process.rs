@@ -1,5 +1,6 @@
 //! The hub under test: the real `outpost` binary, started with a fresh data directory on a loopback address of
 //! its own (devices always dial 8883, so each hub needs its own address), and stopped when the benchmark ends.
+//! Its HTTPS and AMQP ports are free ports of that address.
 
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -34,6 +35,8 @@ pub struct HubProcess {
     pub ip: Ipv4Addr,
     /// The HTTPS port.
     pub https_port: u16,
+    /// The AMQP/TLS port (the Event Hubs-compatible endpoint).
+    pub amqp_port: u16,
     /// The service connection string of `iothubowner`, as `outpost hub connection-string` prints it.
     pub connection_string: String,
     data_dir: TempDir,
@@ -49,16 +52,21 @@ impl HubProcess {
 
     /// Starts the hub with `serve_args` added to `outpost hub serve`'s command line.
     pub async fn start_with(outpost: &Path, serve_args: Vec<String>) -> anyhow::Result<Self> {
-        let (ip, https_port) = free_loopback_address()?;
+        let (ip, https_port, amqp_port) = free_loopback_address()?;
         let data_dir = tempfile::Builder::new()
             .prefix("outpost-bench-")
             .tempdir()
             .context("cannot create a data directory for the hub")?;
-        let child = spawn(outpost, data_dir.path(), ip, https_port, &serve_args)?;
+        let ports = Ports {
+            https: https_port,
+            amqp: amqp_port,
+        };
+        let child = spawn(outpost, data_dir.path(), ip, ports, &serve_args)?;
         let mut hub = Self {
             child,
             ip,
             https_port,
+            amqp_port,
             connection_string: String::new(),
             data_dir,
             serve_args,
@@ -79,7 +87,7 @@ impl HubProcess {
             outpost,
             self.data_dir.path(),
             self.ip,
-            self.https_port,
+            self.ports(),
             &self.serve_args,
         )?;
         self.wait_for_listeners().await
@@ -98,6 +106,37 @@ impl HubProcess {
     /// The MQTT/TLS endpoint.
     pub fn mqtt_addr(&self) -> SocketAddr {
         SocketAddr::from((self.ip, MQTT_PORT))
+    }
+
+    /// The AMQP/TLS endpoint.
+    pub fn amqp_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.amqp_port))
+    }
+
+    /// The Event Hubs-compatible connection string of `iothubowner`, as `outpost hub
+    /// eventhub-connection-string` prints it.
+    pub async fn eventhub_connection_string(&self, outpost: &Path) -> anyhow::Result<String> {
+        let output = tokio::process::Command::new(outpost)
+            .args(["hub", "eventhub-connection-string", "--data-dir"])
+            .arg(self.data_dir.path())
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}", outpost.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if !output.status.success() || text.is_empty() {
+            bail!(
+                "`outpost hub eventhub-connection-string` failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(text)
+    }
+
+    fn ports(&self) -> Ports {
+        Ports {
+            https: self.https_port,
+            amqp: self.amqp_port,
+        }
     }
 
     /// The CA certificate the hub's TLS certificates chain to.
@@ -168,16 +207,18 @@ impl HubProcess {
         let https = SocketAddr::from((self.ip, self.https_port));
         loop {
             self.check_alive()?;
-            let mqtt_up = tokio::net::TcpStream::connect(self.mqtt_addr())
-                .await
-                .is_ok();
-            if mqtt_up && tokio::net::TcpStream::connect(https).await.is_ok() {
+            let mut up = true;
+            for addr in [self.mqtt_addr(), https, self.amqp_addr()] {
+                up = up && tokio::net::TcpStream::connect(addr).await.is_ok();
+            }
+            if up {
                 return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
                 bail!(
-                    "the hub did not listen on {} and {https} within {START_TIMEOUT:?}; its log ends with:\n{}",
+                    "the hub did not listen on {}, {https} and {} within {START_TIMEOUT:?}; its log ends with:\n{}",
                     self.mqtt_addr(),
+                    self.amqp_addr(),
                     self.log_tail()
                 );
             }
@@ -220,12 +261,19 @@ impl Drop for HubProcess {
     }
 }
 
+/// The ports a hub listens on besides MQTT's.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    https: u16,
+    amqp: u16,
+}
+
 /// Starts `outpost hub serve` (with `serve_args` added), its output appended to `DIR/hub.log`.
 fn spawn(
     outpost: &Path,
     data_dir: &Path,
     ip: Ipv4Addr,
-    https_port: u16,
+    ports: Ports,
     serve_args: &[String],
 ) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
@@ -240,7 +288,8 @@ fn spawn(
         .arg(data_dir)
         .args(["--hostname", &ip.to_string(), "--bind", &ip.to_string()])
         .args(["--mqtt-port", &MQTT_PORT.to_string()])
-        .args(["--https-port", &https_port.to_string()])
+        .args(["--https-port", &ports.https.to_string()])
+        .args(["--amqp-port", &ports.amqp.to_string()])
         .args(serve_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -272,8 +321,8 @@ pub async fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A loopback address whose port 8883 is free, and a free HTTPS port on it.
-fn free_loopback_address() -> anyhow::Result<(Ipv4Addr, u16)> {
+/// A loopback address whose port 8883 is free, and free HTTPS and AMQP ports on it.
+fn free_loopback_address() -> anyhow::Result<(Ipv4Addr, u16, u16)> {
     let (first, count) = ADDRESS_RANGE;
     let offset = (std::process::id() % u32::from(count)) as u8;
     for k in 0..count {
@@ -281,8 +330,9 @@ fn free_loopback_address() -> anyhow::Result<(Ipv4Addr, u16)> {
         if TcpListener::bind((ip, MQTT_PORT)).is_err() {
             continue;
         }
-        if let Ok(listener) = TcpListener::bind((ip, 0)) {
-            return Ok((ip, listener.local_addr()?.port()));
+        // Both listeners stay open until both ports are known, so that the two differ.
+        if let (Ok(https), Ok(amqp)) = (TcpListener::bind((ip, 0)), TcpListener::bind((ip, 0))) {
+            return Ok((ip, https.local_addr()?.port(), amqp.local_addr()?.port()));
         }
     }
     bail!(

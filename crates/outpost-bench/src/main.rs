@@ -10,6 +10,7 @@
 mod device;
 mod edge;
 mod edge_process;
+mod eventhub;
 mod hub;
 mod hub_process;
 mod loadgen;
@@ -63,6 +64,9 @@ enum Command {
     Hub(hub::HubArgs),
     /// The edge daemon: routed throughput and latency against mosquitto, footprint, offline backlog, deployment.
     Edge(edge::EdgeArgs),
+    /// The Event Hubs-compatible endpoint: events/s per partition consumer from 1,000 devices' telemetry, and
+    /// the latency from a device's PUBACK to the consumer.
+    Eventhub(eventhub::EventhubArgs),
     /// The hub's memory under PINGREQ and twin-GET floods from clients that never read, and 1,000 idle HTTPS
     /// connections.
     Soak(soak::SoakArgs),
@@ -128,10 +132,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Hub(args) => Ok::<_, anyhow::Error>(vec![hub::run(&bench, args).await?]),
             Command::Edge(args) => Ok(vec![edge::run(&bench, args).await?]),
             Command::Soak(args) => Ok(vec![soak::run(&bench, args).await?]),
+            Command::Eventhub(args) => Ok(vec![eventhub::run(&bench, args).await?]),
             Command::All => Ok(vec![
                 hub::run(&bench, &hub::HubArgs::default()).await?,
                 edge::run(&bench, &edge::EdgeArgs::default()).await?,
                 soak::run(&bench, &soak::SoakArgs::default()).await?,
+                eventhub::run(&bench, &eventhub::EventhubArgs::default()).await?,
             ]),
         }
     })?;

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::device::{DeviceCredentials, DeviceEndpoint};
+use crate::device::{connect_all, DeviceEndpoint};
 use crate::hub_process::HubProcess;
 use crate::report::{Part, Table};
 use crate::service::{create_devices, ServiceApi};
@@ -152,7 +152,7 @@ pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result
         .collect();
     let created = create_devices(&api, ids, SETUP_CONCURRENCY).await?;
     let endpoint = DeviceEndpoint::new(hub.mqtt_addr(), &hub.host(), &hub.ca_pem())?;
-    let clients = connect_all(&endpoint, &created.devices).await?;
+    let clients = connect_all(&endpoint, &created.devices, SETUP_CONCURRENCY).await?;
     eprintln!(
         "hub: {} devices created and connected; sending {} updates",
         clients.len(),
@@ -275,30 +275,6 @@ fn figures(
         registry,
         cpu: CpuUse::default(),
     }
-}
-
-/// Connects every device, a few at a time.
-async fn connect_all(
-    endpoint: &DeviceEndpoint,
-    devices: &[DeviceCredentials],
-) -> anyhow::Result<Vec<Client>> {
-    let mut pending = devices.iter().cloned();
-    let mut tasks = JoinSet::new();
-    let spawn = |tasks: &mut JoinSet<_>, device: DeviceCredentials| {
-        let endpoint = endpoint.clone();
-        tasks.spawn(async move { endpoint.connect(&device).await });
-    };
-    for device in pending.by_ref().take(SETUP_CONCURRENCY) {
-        spawn(&mut tasks, device);
-    }
-    let mut clients = Vec::with_capacity(devices.len());
-    while let Some(joined) = tasks.join_next().await {
-        clients.push(joined.context("a connecting task failed")??);
-        if let Some(device) = pending.next() {
-            spawn(&mut tasks, device);
-        }
-    }
-    Ok(clients)
 }
 
 /// A device: records what it receives until told to stop; true if the hub closed its connection first.
