@@ -190,6 +190,12 @@ impl PartitionConsumer {
             .recv::<Data>()
             .await
             .with_context(|| format!("partition {}'s receiver failed", self.partition))?;
+        // The delivery is pre-settled, so no disposition goes out; but fe2o3-amqp counts what it processed by
+        // its accepts, and renews the credit (the prefetch) once half of it was processed.
+        self.receiver
+            .accept(&delivery)
+            .await
+            .with_context(|| format!("partition {}'s credit was not renewed", self.partition))?;
         Ok(delivery.into_message().body.0.into_vec())
     }
 
