@@ -103,6 +103,9 @@ pub const MIGRATIONS: &[&str] = &["
         record TEXT NOT NULL,
         lock_token INTEGER,
         locked_until_ms INTEGER NOT NULL DEFAULT 0);
+", "
+    -- A receiver that starts at an enqueued time finds its first event without scanning its partition.
+    CREATE INDEX events_by_partition_time ON events (partition, enqueued_ms);
 "];
 
 /// Errors of the hub's storage.

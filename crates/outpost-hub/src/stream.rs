@@ -229,8 +229,11 @@ pub fn first_from_offset(
         offset.saturating_add(1)
     };
     Ok(conn
+        // A rowid range scan from the offset: it stops at the first event of the partition, a few rows on,
+        // where the partition index would walk the partition's events before the offset.
         .prepare_cached(
-            "SELECT partition_seq FROM events WHERE partition = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
+            "SELECT partition_seq FROM events NOT INDEXED WHERE seq >= ?2 AND partition = ?1
+             ORDER BY seq LIMIT 1",
         )?
         .query_row(params![partition, from], |r| r.get(0))
         .optional()?)
@@ -244,8 +247,8 @@ pub fn first_after_time(
 ) -> Result<Option<i64>, StorageError> {
     Ok(conn
         .prepare_cached(
-            "SELECT partition_seq FROM events WHERE partition = ?1 AND enqueued_ms > ?2
-             ORDER BY partition_seq LIMIT 1",
+            "SELECT partition_seq FROM events INDEXED BY events_by_partition_time
+             WHERE partition = ?1 AND enqueued_ms > ?2 ORDER BY enqueued_ms, partition_seq LIMIT 1",
         )?
         .query_row(params![partition, ms], |r| r.get(0))
         .optional()?)

@@ -681,3 +681,53 @@ fn the_event_hub_is_named_after_the_first_label_of_the_host_name() {
         "outpost"
     );
 }
+
+#[tokio::test]
+async fn offsets_and_times_resolve_within_their_partition_when_partitions_interleave() {
+    let hub = Hub::in_memory("hub.test").unwrap();
+    let (a, b) = ("d0", "d1");
+    assert_ne!(partition_of(a, 4), partition_of(b, 4));
+    let (da, db) = (add_device(&hub, a), add_device(&hub, b));
+    for i in 0..3 {
+        hub.accept_telemetry(&da, &text(&format!("a{i}"))).unwrap();
+        hub.accept_telemetry(&db, &text(&format!("b{i}"))).unwrap();
+    }
+    let service = service(hub);
+    let pa = partition_of(a, 4);
+    let events = partition(&service, pa).await;
+    let after_first = service
+        .resolve_position(
+            pa,
+            EventPosition::Offset {
+                offset: events[0].offset,
+                inclusive: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        after_first, 0,
+        "the next event of the partition is its second"
+    );
+    let after_b_offset = service
+        .resolve_position(
+            pa,
+            EventPosition::Offset {
+                offset: events[0].offset + 1,
+                inclusive: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        after_b_offset, 0,
+        "an offset of another partition selects the next event of this one"
+    );
+    let by_time = service
+        .resolve_position(
+            pa,
+            EventPosition::EnqueuedTime {
+                ms: events[1].enqueued_time_ms - 1,
+            },
+        )
+        .unwrap();
+    assert!(by_time <= 0);
+}
