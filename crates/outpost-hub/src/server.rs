@@ -168,16 +168,28 @@ impl RunningHub {
         let mut https_routes = crate::rest::router(hub.clone()).merge(
             crate::rest::mqtt_over_websocket(websockets, max_packet_size),
         );
-        if config.amqp_port.is_some() {
-            // AMQP over WebSocket on the HTTPS port, wherever AMQP is served.
+        if let Some(listener) = amqp_listener {
+            // AMQP over WebSocket: the HTTPS listener upgrades, the AMQP server serves (under its cap).
+            let (amqp_websockets, amqp_handed) = outpost_amqp::handoff();
+            let amqp_config = outpost_amqp::AmqpConfig::new(tls.clone(), config.host_name.clone());
             https_routes = https_routes.merge(crate::rest::amqp_over_websocket(
-                Arc::new(outpost_amqp::AmqpConfig::new(
-                    tls.clone(),
-                    config.host_name.clone(),
-                )),
-                Arc::new(crate::eventhub::HubService(hub.clone())),
-                shutdown_rx.clone(),
+                amqp_websockets,
+                amqp_config.max_frame_size as usize,
             ));
+            let backend = Arc::new(crate::eventhub::HubService(hub.clone()));
+            let stop = stopped(shutdown_rx.clone());
+            tasks.spawn(async move {
+                let served = outpost_amqp::serve_with_handoff(
+                    listener,
+                    amqp_config,
+                    backend,
+                    amqp_handed,
+                    stop,
+                );
+                if let Err(error) = served.await {
+                    tracing::error!(%error, "the AMQP listener stopped");
+                }
+            });
         }
         tasks.spawn(outpost_https::serve(
             https_listener,
@@ -186,17 +198,6 @@ impl RunningHub {
             config.https_limits.clone(),
             stopped(shutdown_rx.clone()),
         ));
-        if let Some(listener) = amqp_listener {
-            let amqp_config = outpost_amqp::AmqpConfig::new(tls.clone(), config.host_name.clone());
-            let backend = Arc::new(crate::eventhub::HubService(hub.clone()));
-            let stop = stopped(shutdown_rx.clone());
-            tasks.spawn(async move {
-                if let Err(error) = outpost_amqp::serve(listener, amqp_config, backend, stop).await
-                {
-                    tracing::error!(%error, "the AMQP listener stopped");
-                }
-            });
-        }
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let addr = listener.local_addr()?;

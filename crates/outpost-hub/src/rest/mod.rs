@@ -203,30 +203,26 @@ pub const AMQP_WEBSOCKET_PATH: &str = "/$servicebus/websocket";
 /// The WebSocket subprotocol of AMQP 1.0 (pyamqp and uamqp ask for it).
 const AMQP_SUBPROTOCOL: &str = "AMQPWSB10";
 
-/// The route that upgrades `GET /$servicebus/websocket` (subprotocol `AMQPWSB10`) and serves the WebSocket, read
-/// as bytes, with the same AMQP head as the AMQP port: SASL, `$cbs`, links. Like [`mqtt_over_websocket`] it stays
-/// outside [`router`]'s layers (the client authenticates inside AMQP); the HTTPS listener's connection cap and
-/// timeouts bound the upgrades, and each connection ends when `shutdown` turns true.
-pub fn amqp_over_websocket(
-    config: Arc<outpost_amqp::AmqpConfig>,
-    backend: Arc<crate::eventhub::HubService>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Router {
+/// The route that upgrades `GET /$servicebus/websocket` (subprotocol `AMQPWSB10`) and hands the WebSocket, read
+/// as bytes, to the AMQP server behind `amqp`, which serves it like a connection of its own port (SASL, `$cbs`,
+/// links) under the same connection cap. Like [`mqtt_over_websocket`] it stays outside [`router`]'s layers: the
+/// client authenticates inside AMQP. A WebSocket message may hold at most one AMQP frame of `max_frame_size` plus
+/// a little.
+pub fn amqp_over_websocket(amqp: outpost_amqp::StreamHandoff, max_frame_size: usize) -> Router {
+    let upgrade = AmqpUpgrade {
+        amqp,
+        max_message_size: max_frame_size + WEBSOCKET_MESSAGE_HEADROOM,
+    };
     Router::new()
         .route(AMQP_WEBSOCKET_PATH, get(upgrade_to_amqp))
-        .with_state(AmqpUpgrade {
-            config,
-            backend,
-            shutdown,
-        })
+        .with_state(upgrade)
 }
 
 /// What the AMQP-over-WebSocket route needs.
 #[derive(Clone)]
 struct AmqpUpgrade {
-    config: Arc<outpost_amqp::AmqpConfig>,
-    backend: Arc<crate::eventhub::HubService>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    amqp: outpost_amqp::StreamHandoff,
+    max_message_size: usize,
 }
 
 async fn upgrade_to_amqp(
@@ -239,26 +235,19 @@ async fn upgrade_to_amqp(
         return ApiError::bad_request("the WebSocket subprotocol must be AMQPWSB10")
             .into_response();
     }
-    let max_message_size = upgrade.config.max_frame_size as usize + WEBSOCKET_MESSAGE_HEADROOM;
+    let AmqpUpgrade {
+        amqp,
+        max_message_size,
+    } = upgrade;
     websocket
         .max_message_size(max_message_size)
         .max_frame_size(max_message_size)
         .on_failed_upgrade(move |error| tracing::debug!(%peer, %error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            let AmqpUpgrade {
-                config,
-                backend,
-                mut shutdown,
-            } = upgrade;
             let stream = outpost_https::websocket::WebSocketBytes::new(socket);
-            let stopped = async move {
-                while !*shutdown.borrow_and_update() {
-                    if shutdown.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            outpost_amqp::serve_connection(stream, &config, backend, stopped).await;
+            if let Err(error) = amqp.hand_over(stream, peer) {
+                tracing::info!(%peer, %error, "AMQP over WebSocket refused");
+            }
         })
 }
 
