@@ -182,7 +182,11 @@ pub async fn serve_with_handoff<B: ServiceBackend>(
         let incoming = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => Incoming::Tcp(tcp, peer),
+                Ok((tcp, peer)) => {
+                    // Frames are written whole; waiting for more to coalesce only adds latency.
+                    let _ = tcp.set_nodelay(true);
+                    Incoming::Tcp(tcp, peer)
+                }
                 Err(error) => {
                     tracing::warn!(%error, "AMQP accept failed; retrying");
                     tokio::time::sleep(backoff).await;
