@@ -37,6 +37,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The management socket cannot be bound.
+    #[error("cannot serve the management API at {path}: {source}")]
+    ManagementSocket {
+        /// The socket.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The edge CA or the edge hub's certificate.
     #[error(transparent)]
     Certificates(#[from] outpost_pki::PkiError),
@@ -142,6 +150,13 @@ pub async fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
             source,
         })?;
     }
+    let management_listener =
+        crate::management::bind(&config.management_socket()).map_err(|source| {
+            StartError::ManagementSocket {
+                path: config.management_socket().display().to_string(),
+                source,
+            }
+        })?;
     let now = outpost_pki::unix_now();
     let ca = Arc::new(outpost_pki::CertificateAuthority::open(
         &ca_dir,
@@ -255,9 +270,9 @@ pub async fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
         ));
     }
     let management = agent.clone();
-    let management_socket = config.management_socket();
     tasks.spawn(async move {
-        if let Err(error) = crate::management::serve(management, edge_hub, &management_socket).await
+        if let Err(error) =
+            crate::management::serve(management, edge_hub, management_listener).await
         {
             tracing::error!(%error, "the management socket stopped");
         }

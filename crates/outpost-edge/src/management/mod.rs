@@ -39,9 +39,12 @@ struct Daemon {
     edge_hub: Arc<EdgeHub>,
 }
 
-/// Serves the management API on `path` until the task is dropped.
-pub async fn serve(agent: Arc<Agent>, edge_hub: Arc<EdgeHub>, path: &Path) -> std::io::Result<()> {
-    let listener = bind_private(path)?;
+/// Serves the management API on `listener` (from [`bind`]) until the task is dropped.
+pub async fn serve(
+    agent: Arc<Agent>,
+    edge_hub: Arc<EdgeHub>,
+    listener: UnixListener,
+) -> std::io::Result<()> {
     let router = Router::new()
         .route("/modules", get(list))
         .route("/modules/{module}/logs", get(logs))
@@ -56,7 +59,10 @@ pub async fn serve(agent: Arc<Agent>, edge_hub: Arc<EdgeHub>, path: &Path) -> st
 /// Binds a Unix socket at `path` that only this user can connect to, with no moment where it is open to others:
 /// it is bound inside a fresh `0700` directory, made `0600` there, then renamed into place. (A umask would do the
 /// same, but the umask is the whole process's, and other threads create files at the same time.)
-fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+///
+/// The daemon binds it first thing, before it starts modules: a socket left by a killed daemon is replaced at
+/// once, and a CLI call made while the daemon is still starting waits in the backlog instead of being refused.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let parent = path.parent().unwrap_or_else(|| Path::new("."));
     // Shorter than `path`'s own name: a Unix socket path has at most 107 bytes.
@@ -407,6 +413,24 @@ mod tests {
             empty,
             json!({"modules": [], "lastDesiredStatus": null, "lastDesiredVersion": null})
         );
+    }
+
+    #[tokio::test]
+    async fn the_socket_replaces_one_a_killed_daemon_left_and_is_its_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("management.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(
+            UnixStream::connect(&path).await.is_err(),
+            "a stale socket refuses"
+        );
+        let listener = bind(&path).unwrap();
+        let connecting = UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), connecting);
+        assert!(accepted.is_ok() && connected.is_ok());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]
