@@ -262,7 +262,8 @@ async fn show(hub: &Arc<Hub>) -> anyhow::Result<()> {
                 &json!({"properties": {"desired": {"TemperatureThreshold": 25}}}),
                 false,
             )?;
-            hub.write_twin(EDGE_DEVICE, Some("filter"), &write, &Precondition::Any)?;
+            hub.write_twin(EDGE_DEVICE, Some("filter"), &write, &Precondition::Any)
+                .await?;
             println!("twin       filter desired TemperatureThreshold 21 -> 25");
             changed_at = Some(Instant::now());
         }

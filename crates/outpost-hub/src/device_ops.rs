@@ -85,7 +85,8 @@ impl DeviceOperations for HubDevices {
     ) -> Result<u64, OperationError> {
         let version = self
             .0
-            .patch_reported(identity, &patch)
+            .report(identity, &patch)
+            .await
             .map_err(|e| operation_error(&e))?;
         self.0
             .metrics()

@@ -79,6 +79,68 @@ pub(crate) struct EventHubState {
     pub(crate) next_lock_token: AtomicI64,
 }
 
+/// The Event Hub's settings that twin change events need, owned, so that a write job can carry them.
+#[derive(Debug, Clone)]
+pub(crate) struct TwinChanges {
+    hub_name: String,
+    partitions: u32,
+    enabled: bool,
+}
+
+impl TwinChanges {
+    /// Appends the twin change event of `identity` with `body` (see [`twin_change_body`]) inside the caller's
+    /// transaction, unless twin change events are off.
+    pub(crate) fn append(
+        &self,
+        tx: &rusqlite::Connection,
+        identity: &Identity,
+        operation: TwinOperation,
+        body: &Value,
+    ) -> Result<Option<Appended>, StorageError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let now = Utc::now();
+        let timestamp = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let module = identity.module.as_ref().map(outpost_core::ModuleId::as_str);
+        let mut properties = json!({
+            "hubName": self.hub_name,
+            "deviceId": identity.device.as_str(),
+            "operationTimestamp": timestamp,
+            "iothub-message-schema": "twinChangeNotification",
+            "opType": operation.op_type(),
+        });
+        let mut system = json!({
+            "contentType": "application/json",
+            "contentEncoding": "utf-8",
+            "connectionDeviceId": identity.device.as_str(),
+            "enqueuedTime": timestamp,
+        });
+        if let Some(module) = module {
+            properties["moduleId"] = module.into();
+            system["connectionModuleId"] = module.into();
+        }
+        let event = json!({
+            "deviceId": identity.device.as_str(),
+            "moduleId": module,
+            "properties": properties,
+            "systemProperties": system,
+            "enqueuedTime": timestamp,
+            "messageSource": EventSource::TwinChange.annotation(),
+            "body": body.to_string(),
+        });
+        let partition = stream::partition_of(identity.device.as_str(), self.partitions);
+        stream::append_event(
+            tx,
+            partition,
+            EventSource::TwinChange,
+            &event,
+            now.timestamp_millis(),
+        )
+        .map(Some)
+    }
+}
+
 impl EventHubState {
     /// Reads (or creates) the Event Hub of `db` and gives events of an older database their partitions.
     pub(crate) fn open(
@@ -214,48 +276,16 @@ impl Hub {
         operation: TwinOperation,
         body: &Value,
     ) -> Result<Option<Appended>, StorageError> {
-        if !self.stream.twin_change_events {
-            return Ok(None);
+        self.twin_changes().append(tx, identity, operation, body)
+    }
+
+    /// What a write job on the storage writer's thread needs to append twin change events.
+    pub(crate) fn twin_changes(&self) -> TwinChanges {
+        TwinChanges {
+            hub_name: self.stream.record.name.clone(),
+            partitions: self.stream.record.partitions,
+            enabled: self.stream.twin_change_events,
         }
-        let now = Utc::now();
-        let timestamp = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let module = identity.module.as_ref().map(outpost_core::ModuleId::as_str);
-        let mut properties = json!({
-            "hubName": self.stream.record.name,
-            "deviceId": identity.device.as_str(),
-            "operationTimestamp": timestamp,
-            "iothub-message-schema": "twinChangeNotification",
-            "opType": operation.op_type(),
-        });
-        let mut system = json!({
-            "contentType": "application/json",
-            "contentEncoding": "utf-8",
-            "connectionDeviceId": identity.device.as_str(),
-            "enqueuedTime": timestamp,
-        });
-        if let Some(module) = module {
-            properties["moduleId"] = module.into();
-            system["connectionModuleId"] = module.into();
-        }
-        let event = json!({
-            "deviceId": identity.device.as_str(),
-            "moduleId": module,
-            "properties": properties,
-            "systemProperties": system,
-            "enqueuedTime": timestamp,
-            "messageSource": EventSource::TwinChange.annotation(),
-            "body": body.to_string(),
-        });
-        let partition =
-            stream::partition_of(identity.device.as_str(), self.stream.record.partitions);
-        stream::append_event(
-            tx,
-            partition,
-            EventSource::TwinChange,
-            &event,
-            now.timestamp_millis(),
-        )
-        .map(Some)
     }
 
     /// Wakes the readers of the partitions `appended` went to; call after their transaction committed.

@@ -4,7 +4,8 @@
 //! direct methods and messages ([`messaging`]). Two protocol heads sit on top of it: the REST service API of
 //! azure-iot-hub ([`rest`]) and the MQTT device protocol of azure-iot-device, which is `outpost-mqtt`'s head
 //! driven through the [`DeviceOperations`](outpost_mqtt::DeviceOperations) implementation in [`device_ops`].
-//! [`server`] wires both to their listeners with certificates from `outpost-pki`. Everything durable lives in SQLite ([`store`]).
+//! [`server`] wires both to their listeners with certificates from `outpost-pki`. Everything durable lives in SQLite ([`store`]);
+//! twin writes are group-committed by the storage writer's thread ([`writer`]), off the async workers.
 //! The event stream is also an Event Hub with partitions ([`stream`] stores it, [`eventhub`] serves it to the
 //! AMQP head of `outpost-amqp` with cloud-to-device messages and their feedback).
 
@@ -23,11 +24,12 @@ pub mod server;
 pub mod store;
 pub mod stream;
 pub mod twins;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use outpost_core::{DeviceId, Identity};
 use outpost_mqtt::{Outbox, Outgoing, PendingMethods};
@@ -44,7 +46,10 @@ const MAX_PENDING_METHODS: usize = 10_000;
 pub struct Hub {
     /// The host name devices and services address the hub by (the audience of their tokens).
     host_name: String,
-    db: Database,
+    /// The database: reads lock it on the caller's thread; the twin writes go through `writer`.
+    db: Arc<Database>,
+    /// The thread that group-commits writes, so that no tokio worker waits on an fsync.
+    writer: writer::StorageWriter,
     /// Live device connections by MQTT client id (`d` or `d/m`).
     ///
     /// A std `Mutex`: held only to insert, remove or clone an outbox, never across an `.await`.
@@ -123,9 +128,13 @@ impl Hub {
             }
             (store::last_event(&conn)?, store::policies(&conn)?)
         };
+        let db = Arc::new(db);
+        let writer = writer::StorageWriter::start(db.clone())
+            .map_err(|e| HubError::Storage(store::StorageError::WriterStart(e)))?;
         Ok(Self {
             host_name: host_name.to_owned(),
             db,
+            writer,
             connections: Mutex::new(HashMap::new()),
             pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
             next_request_id: AtomicU64::new(1),

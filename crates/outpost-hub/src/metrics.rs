@@ -150,6 +150,13 @@ impl HubMetrics {
         &self.0
     }
 
+    /// A storage transaction committed in `elapsed` (the commit's fsync is most of it).
+    pub(crate) fn storage_commit(&self, elapsed: std::time::Duration) {
+        self.0
+            .histogram(STORAGE_COMMIT_DURATION, Vec::new())
+            .record(elapsed);
+    }
+
     /// `count` device-to-cloud messages were appended to the event stream.
     pub(crate) fn telemetry(&self, via: Via, count: u64) {
         self.0
@@ -240,18 +247,22 @@ impl Hub {
     {
         let started = Instant::now();
         let result = self.db.transaction(f);
-        self.metrics
-            .0
-            .histogram(STORAGE_COMMIT_DURATION, Vec::new())
-            .record(started.elapsed());
+        self.metrics.storage_commit(started.elapsed());
         result
     }
 
     /// The hub recording into `metrics`.
     #[must_use]
     pub fn with_metrics(mut self, metrics: HubMetrics) -> Self {
+        self.writer.set_metrics(metrics.clone());
         self.metrics = metrics;
         self
+    }
+
+    /// The transactions the storage writer has committed; each carries every write that was waiting, so under
+    /// load this grows slower than the writes do.
+    pub fn storage_commits(&self) -> u64 {
+        self.writer.commits()
     }
 
     /// The hub's metrics.

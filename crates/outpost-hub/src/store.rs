@@ -117,6 +117,15 @@ pub enum StorageError {
     /// A stored record could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// The group commit that carried a write failed, so the write is not stored.
+    #[error("the group commit failed: {0}")]
+    CommitFailed(String),
+    /// The storage writer's thread could not be started.
+    #[error("could not start the storage writer: {0}")]
+    WriterStart(std::io::Error),
+    /// The storage writer has stopped (the hub is shutting down).
+    #[error("the storage writer has stopped")]
+    WriterStopped,
 }
 
 fn to_text<T: Serialize>(value: &T) -> Result<String, StorageError> {

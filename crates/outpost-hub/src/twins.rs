@@ -7,9 +7,10 @@ use outpost_mqtt::Outgoing;
 use serde_json::{Map, Value};
 
 use crate::error::HubError;
-use crate::eventhub::{twin_change_body, TwinOperation};
+use crate::eventhub::{twin_change_body, TwinChanges, TwinOperation};
 use crate::registry::{device_id, module_id, Precondition};
 use crate::store;
+use crate::stream::Appended;
 use crate::Hub;
 
 /// A service write to a twin: tags and/or desired properties.
@@ -111,7 +112,10 @@ impl Hub {
     }
 
     /// Applies a service write to a twin and notifies the connected device of desired changes.
-    pub fn write_twin(
+    ///
+    /// The write is group-committed by the storage writer; the answer and the device's notification come only
+    /// after its commit is on disk.
+    pub async fn write_twin(
         &self,
         device: &str,
         module: Option<&str>,
@@ -122,51 +126,15 @@ impl Hub {
             device: device_id(device)?,
             module: module.map(module_id).transpose()?,
         };
-        let notification = self.commit(|tx| {
-            let mut twin = Self::twin_for_update(tx, &identity)?;
-            if let Precondition::Etag(_) = precondition {
-                precondition.check(&twin.etag())?;
+        let job = {
+            let (identity, write, precondition) =
+                (identity.clone(), write.clone(), precondition.clone());
+            let changes = self.twin_changes();
+            move |tx: &rusqlite::Connection| {
+                service_write(tx, &identity, &write, &precondition, &changes)
             }
-            let now = Utc::now();
-            // Work on a copy: a refused part leaves the stored twin as it was.
-            let mut updated = twin.clone();
-            if let Some(tags) = &write.tags {
-                let result = if write.replace {
-                    updated.replace_tags(tags)
-                } else {
-                    updated.patch_tags(tags)
-                };
-                result.map_err(|e| twin_error(&e))?;
-            }
-            let notification = match &write.desired {
-                Some(desired) if write.replace => Some(
-                    updated
-                        .replace_desired(desired, now)
-                        .map_err(|e| twin_error(&e))?,
-                ),
-                Some(desired) => Some(
-                    updated
-                        .patch_desired(desired, now)
-                        .map_err(|e| twin_error(&e))?,
-                ),
-                None => None,
-            };
-            twin = updated;
-            store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
-            let tags = write.tags.as_ref().map(|patch| {
-                if write.replace {
-                    Value::Object(twin.tags().clone())
-                } else {
-                    patch.clone()
-                }
-            });
-            let change =
-                twin_change_body(twin.version(), tags.as_ref(), notification.as_ref(), None);
-            let appended =
-                self.append_twin_change(tx, &identity, operation(write.replace), &change)?;
-            Ok::<_, HubError>((notification, appended))
-        })?;
-        let (notification, appended) = notification;
+        };
+        let (notification, appended) = self.writer.write(job).await?;
         self.streamed(appended.as_slice());
         if let Some(body) = notification {
             self.notify_desired(&identity, body);
@@ -174,22 +142,28 @@ impl Hub {
         self.twin(device, module)
     }
 
-    /// Applies a reported patch from the device itself; returns the new reported `$version`.
+    /// Applies a reported patch from the device itself, group-committed by the storage writer; returns the new
+    /// reported `$version` once it is on disk.
+    pub async fn report(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
+        let job = {
+            let (identity, patch) = (identity.clone(), patch.clone());
+            let changes = self.twin_changes();
+            move |tx: &rusqlite::Connection| reported_write(tx, &identity, &patch, &changes)
+        };
+        let (version, appended) = self.writer.write(job).await?;
+        self.streamed(appended.as_slice());
+        Ok(version)
+    }
+
+    /// Applies a reported patch from the device itself on the caller's thread; returns the new reported
+    /// `$version`.
+    ///
+    /// This blocks on the database: async callers use [`Hub::report`]. It stays for the edge link's synchronous
+    /// path until that moves to the storage writer too.
     pub fn patch_reported(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
-        let (version, appended) = self.commit(|tx| {
-            let mut twin = Self::twin_for_update(tx, identity)?;
-            let version = twin
-                .patch_reported(patch, Utc::now())
-                .map_err(|e| twin_error(&e))?;
-            store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
-            let mut reported = patch.as_object().cloned().unwrap_or_default();
-            reported.remove("$metadata");
-            reported.insert("$version".into(), version.into());
-            let change =
-                twin_change_body(twin.version(), None, None, Some(&Value::Object(reported)));
-            let appended = self.append_twin_change(tx, identity, TwinOperation::Update, &change)?;
-            Ok::<_, HubError>((version, appended))
-        })?;
+        let changes = self.twin_changes();
+        let (version, appended) =
+            self.commit(|tx| reported_write(tx, identity, patch, &changes))?;
         self.streamed(appended.as_slice());
         Ok(version)
     }
@@ -258,7 +232,10 @@ impl Hub {
     }
 
     /// Reads a twin to change it, refusing an identity that does not exist.
-    fn twin_for_update(tx: &rusqlite::Connection, identity: &Identity) -> Result<Twin, HubError> {
+    pub(crate) fn twin_for_update(
+        tx: &rusqlite::Connection,
+        identity: &Identity,
+    ) -> Result<Twin, HubError> {
         if store::device(tx, &identity.device)?.is_none() {
             return Err(HubError::DeviceNotFound(identity.device.to_string()));
         }
@@ -278,6 +255,77 @@ impl Hub {
             }
         }
     }
+}
+
+/// Applies a service write to the stored twin of `identity` with its twin change event, inside the caller's
+/// transaction; returns the desired notification to push once it commits.
+fn service_write(
+    tx: &rusqlite::Connection,
+    identity: &Identity,
+    write: &TwinWrite,
+    precondition: &Precondition,
+    changes: &TwinChanges,
+) -> Result<(Option<Value>, Option<Appended>), HubError> {
+    let twin = Hub::twin_for_update(tx, identity)?;
+    if let Precondition::Etag(_) = precondition {
+        precondition.check(&twin.etag())?;
+    }
+    let now = Utc::now();
+    let mut updated = twin;
+    if let Some(tags) = &write.tags {
+        let result = if write.replace {
+            updated.replace_tags(tags)
+        } else {
+            updated.patch_tags(tags)
+        };
+        result.map_err(|e| twin_error(&e))?;
+    }
+    let notification = match &write.desired {
+        Some(desired) if write.replace => Some(
+            updated
+                .replace_desired(desired, now)
+                .map_err(|e| twin_error(&e))?,
+        ),
+        Some(desired) => Some(
+            updated
+                .patch_desired(desired, now)
+                .map_err(|e| twin_error(&e))?,
+        ),
+        None => None,
+    };
+    let twin = updated;
+    store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
+    let tags = write.tags.as_ref().map(|patch| {
+        if write.replace {
+            Value::Object(twin.tags().clone())
+        } else {
+            patch.clone()
+        }
+    });
+    let change = twin_change_body(twin.version(), tags.as_ref(), notification.as_ref(), None);
+    let appended = changes.append(tx, identity, operation(write.replace), &change)?;
+    Ok((notification, appended))
+}
+
+/// Applies a device's reported patch to the stored twin of `identity` with its twin change event, inside the
+/// caller's transaction; returns the new reported `$version`.
+fn reported_write(
+    tx: &rusqlite::Connection,
+    identity: &Identity,
+    patch: &Value,
+    changes: &TwinChanges,
+) -> Result<(u64, Option<Appended>), HubError> {
+    let mut twin = Hub::twin_for_update(tx, identity)?;
+    let version = twin
+        .patch_reported(patch, Utc::now())
+        .map_err(|e| twin_error(&e))?;
+    store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
+    let mut reported = patch.as_object().cloned().unwrap_or_default();
+    reported.remove("$metadata");
+    reported.insert("$version".into(), version.into());
+    let change = twin_change_body(twin.version(), None, None, Some(&Value::Object(reported)));
+    let appended = changes.append(tx, identity, TwinOperation::Update, &change)?;
+    Ok((version, appended))
 }
 
 /// The REST JSON of a twin (`azure-iot-hub`'s `Twin` model).

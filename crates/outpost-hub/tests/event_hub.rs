@@ -329,7 +329,8 @@ fn twin_changes(events: &[outpost_amqp::Event]) -> Vec<(BTreeMap<String, String>
 async fn twin_changes_append_twin_change_events_with_what_changed() {
     let hub = Hub::in_memory("myhub.example.net").unwrap();
     let sensor = add_device(&hub, "sensor");
-    hub.patch_reported(&sensor, &json!({"temperature": 21}))
+    hub.report(&sensor, &json!({"temperature": 21}))
+        .await
         .unwrap();
     hub.write_twin(
         "sensor",
@@ -341,6 +342,7 @@ async fn twin_changes_append_twin_change_events_with_what_changed() {
         },
         &Precondition::Any,
     )
+    .await
     .unwrap();
     hub.write_twin(
         "sensor",
@@ -352,6 +354,7 @@ async fn twin_changes_append_twin_change_events_with_what_changed() {
         },
         &Precondition::Any,
     )
+    .await
     .unwrap();
     let rest = hub.read_events(0, 100, Duration::ZERO).await.unwrap();
     assert!(rest.is_empty(), "GET /events shows telemetry only");
@@ -403,7 +406,8 @@ async fn twin_change_events_can_be_turned_off() {
     )
     .unwrap();
     let sensor = add_device(&hub, "sensor");
-    hub.patch_reported(&sensor, &json!({"temperature": 21}))
+    hub.report(&sensor, &json!({"temperature": 21}))
+        .await
         .unwrap();
     assert!(hub
         .read_stream(0, 100, Duration::ZERO, true)
@@ -650,7 +654,7 @@ async fn a_module_twin_change_names_the_module() {
         DeviceId::new("sensor").unwrap(),
         ModuleId::new("filter").unwrap(),
     );
-    hub.patch_reported(&module, &json!({"ok": true})).unwrap();
+    hub.report(&module, &json!({"ok": true})).await.unwrap();
     let service = service(hub);
     let events = partition(&service, partition_of("sensor", 4)).await;
     let changes = twin_changes(&events);

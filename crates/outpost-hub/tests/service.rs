@@ -159,8 +159,8 @@ fn deleting_a_device_deletes_its_modules() {
     ));
 }
 
-#[test]
-fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
+#[tokio::test]
+async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     let hub = hub();
     hub.put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
@@ -171,6 +171,7 @@ fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     .unwrap();
     let view = hub
         .write_twin("dev1", None, &patch, &Precondition::Any)
+        .await
         .unwrap();
     assert_eq!(view.twin.desired_version(), 2);
     assert_eq!(view.twin.desired()["a"], 1);
@@ -187,22 +188,25 @@ fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     .unwrap();
     assert!(hub
         .write_twin("dev1", None, &too_deep, &Precondition::Any)
+        .await
         .is_err());
     let after = serde_json::to_string(&hub.twin("dev1", None).unwrap().twin).unwrap();
     assert_eq!(before, after);
 }
 
-#[test]
-fn a_stale_twin_etag_is_refused() {
+#[tokio::test]
+async fn a_stale_twin_etag_is_refused() {
     let hub = hub();
     hub.put_device(&device("dev1"), &Precondition::CreateOnly)
         .unwrap();
     let etag = hub.twin("dev1", None).unwrap().twin.etag();
     let patch = TwinWrite::from_body(&json!({"properties": {"desired": {"a": 1}}}), false).unwrap();
     hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag.clone()))
+        .await
         .unwrap();
     assert!(matches!(
-        hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag)),
+        hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag))
+            .await,
         Err(HubError::PreconditionFailed)
     ));
 }

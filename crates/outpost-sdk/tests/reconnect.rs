@@ -33,14 +33,15 @@ async fn restart_under<K: Kind>(
     let first = within("the desired document", desired.next())
         .await
         .unwrap();
-    hub.patch_desired(device, module, json!({"a": 1}));
+    hub.patch_desired(device, module, json!({"a": 1})).await;
     let live = within("a live patch", desired.next()).await.unwrap();
     assert_eq!(live.version, first.version + 1);
 
     let after = hub.newest_event();
     hub.stop().await;
     wait_status(client, ConnectionStatus::Disconnected).await;
-    hub.patch_desired_while_stopped(device, module, json!({"b": 2, "a": null}));
+    hub.patch_desired_while_stopped(device, module, json!({"b": 2, "a": null}))
+        .await;
     // Sent while the hub is down: it waits for the next connection.
     let sending = {
         let client = client.clone();
@@ -89,7 +90,7 @@ async fn restart_under<K: Kind>(
         .await;
 
     // And live patches flow again, exactly once each.
-    hub.patch_desired(device, module, json!({"c": 3}));
+    hub.patch_desired(device, module, json!({"c": 3})).await;
     let next = within("a live patch after the restart", desired.next())
         .await
         .unwrap();
@@ -196,7 +197,8 @@ async fn a_token_is_renewed_by_reconnecting_before_it_expires() {
         .patch_reported(json!({"still": "working"}))
         .await
         .unwrap();
-    hub.patch_desired("e1", Some("short-lived"), json!({"x": 1}));
+    hub.patch_desired("e1", Some("short-lived"), json!({"x": 1}))
+        .await;
     let patch = within("a patch after renewals", desired.next())
         .await
         .unwrap();

@@ -15,7 +15,8 @@ async fn twin_round_trip<K: Kind>(
     device: &str,
     module: Option<&str>,
 ) {
-    hub.patch_desired(device, module, json!({"SendInterval": 5}));
+    hub.patch_desired(device, module, json!({"SendInterval": 5}))
+        .await;
 
     // The desired stream starts with the whole document...
     let mut desired = client.desired_properties().await.unwrap();
@@ -54,7 +55,8 @@ async fn twin_round_trip<K: Kind>(
         device,
         module,
         json!({"SendInterval": 10, "mode": {"fast": true}}),
-    );
+    )
+    .await;
     let patch = within("a desired patch", desired.next()).await.unwrap();
     assert!(!patch.complete);
     assert_eq!(patch.version, first.version + 1);

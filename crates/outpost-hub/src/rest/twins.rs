@@ -32,7 +32,7 @@ pub(super) async fn get_module_twin(
     Ok(ok_json(twin_json(&twin)))
 }
 
-fn write(
+async fn write(
     hub: &crate::Hub,
     device: &str,
     module: Option<&str>,
@@ -42,7 +42,9 @@ fn write(
 ) -> Result<Response, ApiError> {
     authorize(hub, headers, Right::ServiceConnect)?;
     let write = TwinWrite::from_body(&json_body(body)?, replace)?;
-    let view = hub.write_twin(device, module, &write, &precondition(headers))?;
+    let view = hub
+        .write_twin(device, module, &write, &precondition(headers))
+        .await?;
     let operation = if replace {
         TwinOperation::Replace
     } else {
@@ -58,7 +60,7 @@ pub(super) async fn patch_device_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, None, &headers, &body, false)
+    write(&hub, &device, None, &headers, &body, false).await
 }
 
 pub(super) async fn replace_device_twin(
@@ -67,7 +69,7 @@ pub(super) async fn replace_device_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, None, &headers, &body, true)
+    write(&hub, &device, None, &headers, &body, true).await
 }
 
 pub(super) async fn patch_module_twin(
@@ -76,7 +78,7 @@ pub(super) async fn patch_module_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, Some(&module), &headers, &body, false)
+    write(&hub, &device, Some(&module), &headers, &body, false).await
 }
 
 pub(super) async fn replace_module_twin(
@@ -85,7 +87,7 @@ pub(super) async fn replace_module_twin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(&hub, &device, Some(&module), &headers, &body, true)
+    write(&hub, &device, Some(&module), &headers, &body, true).await
 }
 
 pub(super) async fn apply_configuration(

@@ -158,13 +158,14 @@ impl TestHub {
     }
 
     /// Patches desired properties the way the service API does (notifying a connected client).
-    pub fn patch_desired(&self, device: &str, module: Option<&str>, patch: Value) {
+    pub async fn patch_desired(&self, device: &str, module: Option<&str>, patch: Value) {
         let write = TwinWrite {
             desired: Some(patch),
             ..TwinWrite::default()
         };
         self.hub()
             .write_twin(device, module, &write, &Precondition::Any)
+            .await
             .unwrap();
     }
 
@@ -182,7 +183,12 @@ impl TestHub {
     }
 
     /// Patches desired properties while the hub is stopped, in its database (nobody can be notified).
-    pub fn patch_desired_while_stopped(&self, device: &str, module: Option<&str>, patch: Value) {
+    pub async fn patch_desired_while_stopped(
+        &self,
+        device: &str,
+        module: Option<&str>,
+        patch: Value,
+    ) {
         assert!(self.running.is_none(), "the hub must be stopped");
         let hub = Hub::open(&self.config.data_dir, &self.config.host_name).unwrap();
         let write = TwinWrite {
@@ -190,6 +196,7 @@ impl TestHub {
             ..TwinWrite::default()
         };
         hub.write_twin(device, module, &write, &Precondition::Any)
+            .await
             .unwrap();
     }
 
