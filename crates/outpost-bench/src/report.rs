@@ -104,9 +104,9 @@ Figures printed by the benchmark harness, `crates/outpost-bench`, run against th
 loopback. Build and run it with:
 
     cargo build --release -p outpost-cli -p outpost-bench -p simulated-temperature-sensor -p filter
-    target/release/outpost-bench all      # or one benchmark: outpost-bench hub | edge | soak
+    target/release/outpost-bench all      # or one benchmark: outpost-bench hub | edge | soak | eventhub
 
-The standard profile (`all`) takes about 9 minutes. `outpost-bench edge --full` is the long profile of the edge
+The standard profile (`all`) takes about 10 minutes. `outpost-bench edge --full` is the long profile of the edge
 benchmark (a 1,000,000-message backlog, a 10-minute soak). `--quick` is a smoke run of a few seconds whose figures
 are printed, not recorded. The edge benchmark needs `mosquitto` (scripts/setup-test-env.sh installs it) and, for
 its container case, Docker and the local registry (scripts/local-registry.sh); without them it says what it skipped. Each section below is
