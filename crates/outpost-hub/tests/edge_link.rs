@@ -1,12 +1,16 @@
-//! The hub refuses the long poll of an edge device that has not declared its presence to this hub process: a
-//! restarted hub has forgotten the edge's clients, and a poll it answered would wait for pushes that never come.
+//! The hub's side of the upstream link's contract, through its REST routes.
+//!
+//! Every link route checks the link version before anything else: another version, or none, is a 400 in IoT
+//! Hub's error shape, never a guess. And the hub refuses the long poll of an edge device that has not declared
+//! its presence to this hub process: a restarted hub has forgotten the edge's clients, and a poll it answered
+//! would wait for pushes that never come.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use outpost_core::edge_link::{
-    EventsAnswer, LinkRefusal, LinkRefusalCode, PresenceRequest, LINK_API_VERSION,
+    EventsAnswer, LinkRefusal, LinkRefusalCode, PresenceRequest, ScopeAnswer, LINK_API_VERSION,
     LINK_REFUSAL_STATUS, LINK_VERSION_PARAM,
 };
 use outpost_hub::registry::{DeviceSpec, Precondition};
@@ -33,7 +37,7 @@ fn hub_with_edge(hub: Hub) -> (Arc<Hub>, String) {
     (Arc::new(hub), token)
 }
 
-/// Calls the link route `method path` as the edge device; returns the status and body.
+/// Calls the link route `method path` as the edge device, with this link version; returns the status and body.
 async fn call(
     hub: &Arc<Hub>,
     token: &str,
@@ -41,9 +45,24 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    call_as_version(hub, token, method, path, body, Some(LINK_API_VERSION)).await
+}
+
+/// [`call`] with `link_version` (if any) as the link version.
+async fn call_as_version(
+    hub: &Arc<Hub>,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    link_version: Option<&str>,
+) -> (StatusCode, Value) {
     let separator = if path.contains('?') { '&' } else { '?' };
+    let link_version = link_version
+        .map(|version| format!("&{LINK_VERSION_PARAM}={version}"))
+        .unwrap_or_default();
     let uri = format!(
-        "/edge/edge1{path}{separator}api-version={}&{LINK_VERSION_PARAM}={LINK_API_VERSION}",
+        "/edge/edge1{path}{separator}api-version={}{link_version}",
         API_VERSIONS[0]
     );
     let request = Request::builder()
@@ -62,6 +81,41 @@ async fn call(
         .await
         .unwrap();
     (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// `GET /scope` with `link_version` (if any) on a new hub.
+async fn scope_call(link_version: Option<&str>) -> (StatusCode, Value) {
+    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap());
+    call_as_version(&hub, &token, "GET", "/scope", None, link_version).await
+}
+
+#[tokio::test]
+async fn a_link_call_of_another_version_is_refused_with_a_400_in_iot_hubs_shape() {
+    let (status, body) = scope_call(Some("2019-01-01")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["Message"].as_str().unwrap();
+    assert!(message.starts_with("ErrorCode:ArgumentInvalid;"), "{body}");
+    assert!(message.contains("2019-01-01"), "{body}");
+    assert!(message.contains(LINK_API_VERSION), "{body}");
+    assert!(body["ExceptionMessage"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn a_link_call_without_a_version_is_refused() {
+    let (status, body) = scope_call(None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["Message"]
+        .as_str()
+        .unwrap()
+        .contains(LINK_VERSION_PARAM));
+}
+
+#[tokio::test]
+async fn a_link_call_of_this_version_is_answered_with_the_contract() {
+    let (status, body) = scope_call(Some(LINK_API_VERSION)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let scope: ScopeAnswer = serde_json::from_value(body).unwrap();
+    assert!(scope.devices.is_empty());
 }
 
 #[tokio::test]
