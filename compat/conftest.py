@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_harness import Edge
-from harness import Hub, LoopbackPool, _bindable, free_port, outpost_bin, run_with_timeout
+from harness import Hub, LoopbackPool, free_port, hub_on_standard_ports, outpost_bin, run_with_timeout
 
 # A hung SDK call must fail its test, not the whole CI run: every test (setup, call, teardown) gets this long.
 TEST_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_TEST_TIMEOUT", "120"))
@@ -157,22 +157,4 @@ def edge(hub, tmp_path, loopback):
 def amqp_hub(binary, loopback, tmp_path, monkeypatch, request):
     """A hub with AMQP on 5671 and HTTPS on 443 of its own loopback address: the ports the service SDKs dial
     (azure-iot-hub's C2D client takes the AMQP host from `HostName`, which names no port when HTTPS is on 443)."""
-    for _ in range(50):
-        host = loopback.next()
-        if _bindable(host, 443) and _bindable(host, 5671):
-            break
-    else:
-        pytest.skip("cannot bind ports 443 and 5671 on a loopback address (not root?)")
-    data_dir = tmp_path / "hub-data"
-    data_dir.mkdir()
-    hub = Hub(data_dir, host, 443, tmp_path / "hub.log")
-    hub.amqp_port = 5671
-    request.node._outpost_hubs = [hub]
-    hub.start()
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(hub.ca_path))
-    yield hub
-    try:
-        hub.stop(timeout=5)
-    except Exception:  # noqa: BLE001 - teardown must not hide the test's result
-        if hub.proc is not None and hub.proc.poll() is None:
-            hub.proc.kill()
+    yield from hub_on_standard_ports(loopback, tmp_path, monkeypatch, request, amqp=True)

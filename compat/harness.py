@@ -24,6 +24,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MQTT_PORT = 8883
 API_VERSION = "2021-04-12"
@@ -98,6 +100,33 @@ def _bindable(host: str, port: int) -> bool:
         return False
     finally:
         s.close()
+
+
+def hub_on_standard_ports(loopback, tmp_path, monkeypatch, request, amqp: bool = False):
+    """A hub on the ports the SDKs dial without being told, HTTPS 443 (and AMQP 5671 when `amqp`), on a loopback
+    address of its own; skips the test when no address has them free (not root?). A generator for fixtures to
+    yield from."""
+    ports = (443, 5671) if amqp else (443,)
+    for _ in range(50):
+        host = loopback.next()
+        if all(_bindable(host, port) for port in ports):
+            break
+    else:
+        pytest.skip(f"cannot bind ports {ports} on a loopback address (not root?)")
+    data_dir = tmp_path / "hub-data"
+    data_dir.mkdir()
+    hub = Hub(data_dir, host, 443, tmp_path / "hub.log")
+    if amqp:
+        hub.amqp_port = 5671
+    request.node._outpost_hubs = [hub]
+    hub.start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(hub.ca_path))
+    yield hub
+    try:
+        hub.stop(timeout=5)
+    except Exception:  # noqa: BLE001 - teardown must not hide the test's result
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.proc.kill()
 
 
 def free_port(host: str) -> int:

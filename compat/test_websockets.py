@@ -19,7 +19,7 @@ import pytest
 from azure.iot.device import Message, MethodResponse
 from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 
-from harness import (Hub, Monitor, RawMqtt, _bindable, connect_packet, device_sas, monitor_body,
+from harness import (Hub, Monitor, RawMqtt, hub_on_standard_ports, connect_packet, device_sas, monitor_body,
                      run_with_timeout, set_handler)
 
 pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
@@ -31,24 +31,7 @@ PATH = "/$iothub/websocket"
 @pytest.fixture
 def hub(binary, loopback, tmp_path, monkeypatch, request):
     """A hub with HTTPS on port 443 of its own loopback address."""
-    for _ in range(50):
-        host = loopback.next()
-        if _bindable(host, HTTPS_PORT):
-            break
-    else:
-        pytest.skip("cannot bind port 443 on a loopback address (not root?)")
-    data_dir = tmp_path / "hub-data"
-    data_dir.mkdir()
-    hub = Hub(data_dir, host, HTTPS_PORT, tmp_path / "hub.log")
-    request.node._outpost_hubs = [hub]
-    hub.start()
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(hub.ca_path))
-    yield hub
-    try:
-        hub.stop(timeout=5)
-    except Exception:  # noqa: BLE001 - teardown must not hide the test's result
-        if hub.proc is not None and hub.proc.poll() is None:
-            hub.proc.kill()
+    yield from hub_on_standard_ports(loopback, tmp_path, monkeypatch, request)
 
 
 @pytest.fixture
