@@ -16,6 +16,7 @@ mod hub_process;
 mod loadgen;
 mod mosquitto;
 mod report;
+mod rumqttd;
 mod service;
 mod soak;
 mod stats;
@@ -62,7 +63,7 @@ struct CommonArgs {
 enum Command {
     /// The hub: desired-patch propagation latency, and device connections held with memory per connection.
     Hub(hub::HubArgs),
-    /// The edge daemon: routed throughput and latency against mosquitto, footprint, offline backlog, deployment.
+    /// The edge daemon: routed throughput and latency against mosquitto and rumqttd, footprint, offline backlog, deployment.
     Edge(edge::EdgeArgs),
     /// The Event Hubs-compatible endpoint: events/s per partition consumer from 1,000 devices' telemetry, and
     /// the latency from a device's PUBACK to the consumer.

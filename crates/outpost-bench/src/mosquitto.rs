@@ -1,6 +1,12 @@
-//! mosquitto, the reference broker of the routed benchmark: Debian's package with its default in-memory
-//! settings (no persistence), a plain listener on 1883 and a TLS listener on 8883 of a loopback address of its
-//! own, with a server certificate from an `outpost-pki` CA.
+//! mosquitto, a reference broker of the routed benchmark: Debian's package with its default in-memory
+//! settings (no persistence) except its queue limit, a plain listener on 1883 and a TLS listener on 8883 of a
+//! loopback address of its own, with a server certificate from an `outpost-pki` CA.
+//!
+//! mosquitto.conf(5): `max_queued_messages` (default 1000) and `max_queued_bytes` bound the QoS 1 messages queued
+//! per client above those in flight, and "once this limit has been reached, subsequent messages will be silently
+//! dropped" — messages the broker has already acknowledged to their publisher. Both are set to 0 (no limit) so
+//! that a connected subscriber that falls behind gets everything that was acknowledged, as it does from the edge
+//! hub. `memory_limit` stays unset (no limit): with it, mosquitto drops outgoing messages too.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -18,15 +24,60 @@ pub const PLAIN_PORT: u16 = 1883;
 /// The MQTT/TLS port.
 pub const TLS_PORT: u16 = 8883;
 
-/// The mosquitto configuration: two listeners, anonymous clients, nothing persisted.
+/// The mosquitto configuration: two listeners, anonymous clients, nothing persisted, no queue limit.
 pub fn config_text(ip: Ipv4Addr, cert: &Path, key: &Path) -> String {
     format!(
-        "persistence false\nallow_anonymous true\nuser root\n\n\
+        "persistence false\nallow_anonymous true\nuser root\n\
+         max_queued_messages 0\nmax_queued_bytes 0\n\n\
          listener {PLAIN_PORT} {ip}\n\n\
          listener {TLS_PORT} {ip}\ncertfile {}\nkeyfile {}\n",
         cert.display(),
         key.display()
     )
+}
+
+/// Writes a server certificate for `ip` (`server.pem`, `server.key`) and the CA it chains to (`ca.pem`) into
+/// `dir`; returns the certificate's and the key's paths.
+pub fn server_certificate(
+    dir: &Path,
+    ca_name: &str,
+    ip: Ipv4Addr,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let ca = outpost_pki::CertificateAuthority::load_or_create(dir, ca_name)?;
+    let (chain, key) = ca.issue_server_certificate(&ip.to_string())?;
+    let cert_path = dir.join("server.pem");
+    let key_path = dir.join("server.key");
+    std::fs::write(&cert_path, chain)?;
+    std::fs::write(&key_path, key)?;
+    Ok((cert_path, key_path))
+}
+
+/// Waits until every address in `addrs` accepts a TCP connection (10 s at most); fails with the log at `log`
+/// if `child` exits first.
+pub async fn wait_listening(
+    name: &str,
+    child: &mut Child,
+    addrs: &[SocketAddr],
+    log: &Path,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{name} exited ({status}): {log}");
+        }
+        let mut all = true;
+        for addr in addrs {
+            all = all && tokio::net::TcpStream::connect(addr).await.is_ok();
+        }
+        if all {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("{name} did not listen within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A running mosquitto.
@@ -56,13 +107,7 @@ impl Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("outpost-bench-mosquitto-")
             .tempdir()?;
-        let ca =
-            outpost_pki::CertificateAuthority::load_or_create(dir.path(), "bench mosquitto CA")?;
-        let (chain, key) = ca.issue_server_certificate(&ip.to_string())?;
-        let cert_path = dir.path().join("server.pem");
-        let key_path = dir.path().join("server.key");
-        std::fs::write(&cert_path, chain)?;
-        std::fs::write(&key_path, key)?;
+        let (cert_path, key_path) = server_certificate(dir.path(), "bench mosquitto CA", ip)?;
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, config_text(ip, &cert_path, &key_path))?;
         let log = std::fs::File::create(dir.path().join("mosquitto.log"))?;
@@ -80,28 +125,10 @@ impl Mosquitto {
             dir,
             version,
         };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = broker.child.try_wait()? {
-                let log = std::fs::read_to_string(broker.dir.path().join("mosquitto.log"))
-                    .unwrap_or_default();
-                bail!("mosquitto exited ({status}): {log}");
-            }
-            let plain = tokio::net::TcpStream::connect(broker.plain_addr())
-                .await
-                .is_ok();
-            if plain
-                && tokio::net::TcpStream::connect(broker.tls_addr())
-                    .await
-                    .is_ok()
-            {
-                return Ok(broker);
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                bail!("mosquitto did not listen within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log = broker.dir.path().join("mosquitto.log");
+        let addrs = [broker.plain_addr(), broker.tls_addr()];
+        wait_listening("mosquitto", &mut broker.child, &addrs, &log).await?;
+        Ok(broker)
     }
 
     /// The plain listener.
@@ -139,13 +166,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_configuration_has_a_plain_and_a_tls_listener_and_no_persistence() {
+    fn the_configuration_has_a_plain_and_a_tls_listener_no_persistence_and_no_queue_limit() {
         let text = config_text(
             Ipv4Addr::new(127, 0, 0, 241),
             Path::new("/c.pem"),
             Path::new("/k.pem"),
         );
         assert!(text.contains("persistence false\n"));
+        assert!(text.contains("max_queued_messages 0\n"));
+        assert!(text.contains("max_queued_bytes 0\n"));
+        assert!(!text.contains("memory_limit"));
         assert!(text.contains("listener 1883 127.0.0.241\n"));
         assert!(text.contains("listener 8883 127.0.0.241\ncertfile /c.pem\nkeyfile /k.pem\n"));
     }

@@ -2,7 +2,7 @@
 //!
 //! In order: the idle footprint with the two sample modules deployed; routed throughput and latency (N
 //! publisher modules → routes → M subscriber modules, QoS 1, through the durable store) next to the same
-//! clients against mosquitto; a soak at a fixed rate sampling the daemon's memory; the offline backlog and its
+//! clients against mosquitto and rumqttd, with what each broker acknowledged and did not deliver; a soak at a fixed rate sampling the daemon's memory; the offline backlog and its
 //! drain; and the time from a manifest applied to a module running ([`deploy`]).
 
 mod backlog;
@@ -10,7 +10,7 @@ mod deploy;
 mod manifest;
 mod routed;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::hub_process::HubProcess;
 use crate::loadgen::{Broker, Login};
 use crate::mosquitto::Mosquitto;
 use crate::report::{Part, Section, Table};
+use crate::rumqttd::{self, Rumqttd};
 use crate::service::ServiceApi;
 use crate::{Bench, Profile};
 
@@ -64,6 +65,12 @@ pub struct EdgeArgs {
     /// Skip the comparison with mosquitto.
     #[arg(long)]
     pub skip_mosquitto: bool,
+    /// The rumqttd executable [default: <repo>/.tools/bin/rumqttd, installed by scripts/bench-peers.sh].
+    #[arg(long, value_name = "PATH")]
+    pub rumqttd: Option<PathBuf>,
+    /// Skip the comparison with rumqttd.
+    #[arg(long)]
+    pub skip_rumqttd: bool,
     /// Skip the container deployment case.
     #[arg(long)]
     pub skip_docker: bool,
@@ -164,6 +171,7 @@ impl Setup {
             subscribers.push((self.module_login(module)?, filter));
         }
         Ok(Target {
+            peer: "Outpost",
             name: "Outpost edge hub, TLS, durable".into(),
             broker: self.edge_broker()?,
             publishers,
@@ -172,14 +180,21 @@ impl Setup {
     }
 }
 
-/// The same clients on mosquitto: publisher i to topic `bench/{i mod M}`, subscriber j on `bench/j`.
-fn mosquitto_target(broker: Broker, name: &str, publishers: usize, subscribers: usize) -> Target {
+/// The same clients on a peer broker: publisher i to topic `bench/{i mod M}`, subscriber j on `bench/j`.
+fn peer_target(
+    peer: &'static str,
+    broker: Broker,
+    name: &str,
+    publishers: usize,
+    subscribers: usize,
+) -> Target {
     let login = |id: String| Login {
         client_id: id,
         username: None,
         password: None,
     };
     Target {
+        peer,
         name: name.to_owned(),
         broker,
         publishers: (0..publishers)
@@ -302,15 +317,45 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
                 m.ip.to_string(),
             )),
         };
-        targets.push(mosquitto_target(
+        targets.push(peer_target(
+            "mosquitto",
             plain,
             "mosquitto, plain TCP, in-memory",
             params.publishers,
             params.subscribers,
         ));
-        targets.push(mosquitto_target(
+        targets.push(peer_target(
+            "mosquitto",
             tls,
             "mosquitto, TLS, in-memory",
+            params.publishers,
+            params.subscribers,
+        ));
+    }
+    let rumqttd = start_rumqttd(args, &params).await;
+    if let Some(r) = &rumqttd {
+        let plain = Broker {
+            addr: r.plain,
+            tls: None,
+        };
+        let tls = Broker {
+            addr: r.tls,
+            tls: Some((
+                Broker::tls_config(&std::fs::read(r.ca_pem())?)?,
+                r.tls.ip().to_string(),
+            )),
+        };
+        targets.push(peer_target(
+            "rumqttd",
+            plain,
+            "rumqttd, plain TCP, in-memory",
+            params.publishers,
+            params.subscribers,
+        ));
+        targets.push(peer_target(
+            "rumqttd",
+            tls,
+            "rumqttd, TLS, in-memory",
             params.publishers,
             params.subscribers,
         ));
@@ -327,10 +372,20 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
         "p99",
         "p99.9",
         "sent / acked / delivered",
+        "lost (acked, not delivered)",
+    ]);
+    let mut summary = Table::new(&[
+        "payload",
+        "Outpost msg/s",
+        "mosquitto msg/s",
+        "rumqttd msg/s",
+        "Outpost / faster peer",
+        "p99 at max: Outpost / mosquitto / rumqttd",
+        "lost, all phases: Outpost / mosquitto / rumqttd",
     ]);
     let mut peak_rss = idle_kib;
     for &size in &params.sizes {
-        let mut rows: Vec<(String, String, PhaseFigures)> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for target in &targets {
             let max = Load {
                 size,
@@ -363,25 +418,36 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
                 ..max
             };
             let at_low = routed::run_phase(target, low).await?;
-            rows.push((
-                target.name.clone(),
+            let row = |load: String, figures, max| Row {
+                peer: target.peer,
+                name: target.name.clone(),
+                load,
+                figures,
+                max,
+            };
+            rows.push(row(
                 format!("max (window {}×{})", params.window, params.publishers),
                 at_max,
+                true,
             ));
-            rows.push((
-                target.name.clone(),
+            rows.push(row(
                 format!("half of max: {half_rate:.0} msg/s paced"),
                 at_half,
+                false,
             ));
-            rows.push((
-                target.name.clone(),
-                format!("{LOW_RATE:.0} msg/s paced"),
-                at_low,
-            ));
+            rows.push(row(format!("{LOW_RATE:.0} msg/s paced"), at_low, false));
         }
-        let outpost_max = rows.first().map_or(0.0, |r| r.2.rate);
-        for (name, load, f) in rows {
-            let compare = if name.starts_with("Outpost") || !load.starts_with("max") {
+        summary.row(side_by_side(size, &rows));
+        let outpost_max = rows.first().map_or(0.0, |r| r.figures.rate);
+        for Row {
+            name,
+            load,
+            figures: f,
+            max,
+            ..
+        } in rows
+        {
+            let compare = if name.starts_with("Outpost") || !max {
                 "–".to_owned()
             } else {
                 ratio(outpost_max, f.rate)
@@ -402,29 +468,40 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
                 ms(f.p99_ns),
                 ms(f.p999_ns),
                 format!("{} / {} / {}{stale}", f.sent, f.acked, f.delivered),
+                f.loss(),
             ]);
         }
     }
     let mosquitto_version = mosquitto
         .as_ref()
         .map_or("not run".to_owned(), |m| m.version.clone());
+    let rumqttd_version = rumqttd
+        .as_ref()
+        .map_or("rumqttd (not run)".to_owned(), |r| r.version.clone());
     if let Some(m) = mosquitto {
         m.stop().await;
+    }
+    if let Some(r) = rumqttd {
+        r.stop().await;
     }
     parts.push(Part::Heading("Routed throughput and latency".into()));
     parts.push(Part::Text(format!(
         "{} publisher modules → {} routes → {} subscriber modules (publisher i to subscriber i mod {}), QoS 1 both ways, \
          through the edge hub's durable store (a PUBACK goes once the message is in the log). The same bare MQTT 3.1.1 \
          clients (the harness's, on `outpost_mqtt`'s codec) then load {mosquitto_version} (Debian's package, \
-         `persistence false`, default limits, publisher i to topic `bench/{{i mod {}}}`). Maximum load: each publisher \
+         `persistence false`, `max_queued_messages 0` and `max_queued_bytes 0`: no queue limit, so that it does not \
+         drop what it acknowledged for a subscriber that falls behind; other settings default) and {rumqttd_version} \
+         (scripts/bench-peers.sh; the settings of its default rumqttd.toml, `max_payload_size` {}, a plain and a TLS \
+         v4 server), publisher i to topic `bench/{{i mod {}}}`. Maximum load: each publisher \
          keeps {} publishes unacknowledged for {:?}; then the same clients paced at half the delivered rate just measured, then at 1,000 msg/s for 4 s. \
          Latency runs from encoding the PUBLISH to the subscriber reading it (one clock, one process). \
          \"Outpost / this\" is Outpost's maximum delivered rate over that broker's, same payload. \
-         mosquitto's default `max_queued_messages 1000` drops QoS 1 messages for a subscriber that falls behind: \
-         compare acked and delivered.",
-        params.publishers, params.publishers, params.subscribers, params.subscribers, params.subscribers,
-        params.window, params.duration
+         \"Lost\" is what the broker acknowledged (PUBACK) and no subscriber received once the subscribers stopped \
+         making progress for 5 s. Side by side, a peer's rate and p99 are those of its faster listener at maximum load.",
+        params.publishers, params.publishers, params.subscribers, params.subscribers,
+        rumqttd::MAX_PAYLOAD, params.subscribers, params.window, params.duration
     )));
+    parts.push(Part::Table(summary));
     parts.push(Part::Table(table));
 
     // Soak: the footprint under load and its growth.
@@ -518,6 +595,104 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
         title: "Edge: routed messages, footprint, offline backlog, deployment".into(),
         parts,
     })
+}
+
+/// One phase of one target, for the tables.
+struct Row {
+    peer: &'static str,
+    name: String,
+    load: String,
+    figures: PhaseFigures,
+    max: bool,
+}
+
+/// Starts rumqttd unless skipped; says why not when it cannot.
+async fn start_rumqttd(args: &EdgeArgs, params: &EdgeParams) -> Option<Rumqttd> {
+    if args.skip_rumqttd {
+        return None;
+    }
+    let binary = args.rumqttd.clone().unwrap_or_else(rumqttd::default_path);
+    let largest = params.sizes.iter().copied().max().unwrap_or(0);
+    match Rumqttd::start(&binary, largest).await {
+        Ok(r) => {
+            eprintln!("edge: {} on {} and {} (TLS)", r.version, r.plain, r.tls);
+            Some(r)
+        }
+        Err(e) => {
+            eprintln!("edge: rumqttd not measured: {e:#}");
+            None
+        }
+    }
+}
+
+/// The side-by-side row of one payload size: each broker's fastest listener at maximum load, Outpost's rate
+/// over the faster peer's, p99 at maximum load, and what each broker lost over all its phases.
+fn side_by_side(size: usize, rows: &[Row]) -> Vec<String> {
+    let peers = ["Outpost", "mosquitto", "rumqttd"];
+    let best: Vec<Option<&Row>> = peers
+        .iter()
+        .map(|peer| {
+            rows.iter()
+                .filter(|r| r.max && r.peer == *peer)
+                .max_by(|a, b| a.figures.rate.total_cmp(&b.figures.rate))
+        })
+        .collect();
+    let listener = |r: &Row| {
+        if r.name.contains("plain") {
+            " (plain)"
+        } else {
+            " (TLS)"
+        }
+    };
+    let rate = |r: Option<&Row>| {
+        r.map_or("not run".to_owned(), |r| {
+            let via = if r.peer == "Outpost" { "" } else { listener(r) };
+            format!("{:.0}{via}", r.figures.rate)
+        })
+    };
+    let faster = best[1..]
+        .iter()
+        .flatten()
+        .map(|r| r.figures.rate)
+        .fold(0.0, f64::max);
+    let outpost = best[0].map_or(0.0, |r| r.figures.rate);
+    let p99 = best
+        .iter()
+        .map(|r| r.map_or("–".to_owned(), |r| ms(r.figures.p99_ns)))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let lost = peers
+        .iter()
+        .map(|peer| {
+            let mine: Vec<&PhaseFigures> = rows
+                .iter()
+                .filter(|r| r.peer == *peer)
+                .map(|r| &r.figures)
+                .collect();
+            if mine.is_empty() {
+                return "–".to_owned();
+            }
+            // Lost per phase, summed: a duplicate in one phase does not hide a loss in another.
+            let acked: u64 = mine.iter().map(|f| f.acked).sum();
+            let lost: u64 = mine.iter().map(|f| f.lost()).sum();
+            PhaseFigures {
+                acked,
+                delivered: acked - lost,
+                ..PhaseFigures::default()
+            }
+            .loss()
+        })
+        .collect::<Vec<_>>()
+        .join(" / ");
+    vec![
+        format!("{size} B"),
+        rate(best[0]),
+        rate(best[1]),
+        rate(best[2]),
+        ratio(outpost, faster),
+        p99,
+        lost,
+    ]
 }
 
 /// The soak's figures.

@@ -16,6 +16,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Who publishes and subscribes where, on one broker.
 #[derive(Clone)]
 pub struct Target {
+    /// The broker, for the side-by-side table: `Outpost`, `mosquitto` or `rumqttd`.
+    pub peer: &'static str,
     /// Name in the table (`Outpost edge hub (TLS)`).
     pub name: String,
     /// The broker.
@@ -60,6 +62,21 @@ pub struct PhaseFigures {
     pub p999_ns: u64,
     /// Messages of earlier phases that arrived during this one.
     pub stale: u64,
+}
+
+impl PhaseFigures {
+    /// Publishes the broker acknowledged that no subscriber received: what it dropped (duplicates aside).
+    pub fn lost(&self) -> u64 {
+        self.acked.saturating_sub(self.delivered)
+    }
+
+    /// [`Self::lost`] as `1234 (5.6 %)` of what was acknowledged, or `0`.
+    pub fn loss(&self) -> String {
+        match self.lost() {
+            0 => "0".to_owned(),
+            lost => format!("{lost} ({:.1} %)", lost as f64 * 100.0 / self.acked as f64),
+        }
+    }
 }
 
 /// Delivered messages per second over `nanos`.
@@ -140,7 +157,7 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
     }
     latencies.sort_unstable();
     let delivered = latencies.len() as u64;
-    Ok(PhaseFigures {
+    let figures = PhaseFigures {
         sent,
         acked,
         delivered,
@@ -150,7 +167,13 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
         p99_ns: percentile(&latencies, 99.0).unwrap_or(0),
         p999_ns: percentile(&latencies, 99.9).unwrap_or(0),
         stale,
-    })
+    };
+    eprintln!(
+        "  {}: sent {sent}, acked {acked}, delivered {delivered}, lost {}",
+        target.name,
+        figures.loss()
+    );
+    Ok(figures)
 }
 
 /// `a / b` as `1.23×`, or `–` when `b` is zero.
@@ -181,6 +204,23 @@ mod tests {
     fn a_ratio_has_two_decimals_and_no_division_by_zero() {
         assert_eq!(ratio(3.0, 2.0), "1.50×");
         assert_eq!(ratio(1.0, 0.0), "–");
+    }
+
+    #[test]
+    fn what_was_acknowledged_and_not_delivered_is_lost() {
+        let figures = PhaseFigures {
+            acked: 1000,
+            delivered: 600,
+            ..PhaseFigures::default()
+        };
+        assert_eq!(figures.lost(), 400);
+        assert_eq!(figures.loss(), "400 (40.0 %)");
+        let all = PhaseFigures {
+            acked: 10,
+            delivered: 10,
+            ..PhaseFigures::default()
+        };
+        assert_eq!(all.loss(), "0");
     }
 
     #[test]
