@@ -129,7 +129,15 @@ impl DeviceOperations for HubDevices {
     }
 
     async fn save_subscriptions(&self, client_id: &str, filters: &[String]) {
-        if let Err(error) = store::put_session(&self.0.db.lock(), client_id, filters) {
+        // Group-committed with the other writes waiting: many devices subscribing at once share fsyncs.
+        let saved = {
+            let (client_id, filters) = (client_id.to_owned(), filters.to_vec());
+            self.0
+                .writer
+                .write(move |conn| store::put_session(conn, &client_id, &filters))
+                .await
+        };
+        if let Err(error) = saved {
             tracing::warn!(client_id, %error, "could not persist a session");
         }
         if let Ok(identity) = Identity::parse_client_id(client_id) {

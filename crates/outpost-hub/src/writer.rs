@@ -369,4 +369,16 @@ mod tests {
         }
         assert!(desired.get("stale").is_none());
     }
+
+    #[tokio::test]
+    async fn a_devices_subscriptions_are_saved_by_the_writer() {
+        use outpost_mqtt::DeviceOperations as _;
+        let hub = Arc::new(Hub::in_memory("hub.example").unwrap());
+        let devices = crate::device_ops::HubDevices(hub.clone());
+        let before = hub.storage_commits();
+        let filters = vec!["$iothub/twin/PATCH/properties/desired/#".to_owned()];
+        devices.save_subscriptions("sensor", &filters).await;
+        assert_eq!(hub.storage_commits(), before + 1);
+        assert_eq!(devices.load_subscriptions("sensor").await, filters);
+    }
 }
