@@ -191,14 +191,17 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
 
     let edge = match hub.device(EDGE_DEVICE) {
         Ok(edge) => edge,
-        Err(_) => hub.put_device(
-            &DeviceSpec {
-                device_id: EDGE_DEVICE.into(),
-                iot_edge: true,
-                ..DeviceSpec::default()
-            },
-            &Precondition::CreateOnly,
-        )?,
+        Err(_) => {
+            hub.put_device(
+                &DeviceSpec {
+                    device_id: EDGE_DEVICE.into(),
+                    iot_edge: true,
+                    ..DeviceSpec::default()
+                },
+                &Precondition::CreateOnly,
+            )
+            .await?
+        }
     };
     let config = edge_config(&dir, &hub, &edge.credentials.primary_key, containers)?;
     let edge = outpost_edge::daemon::start(config).await?;

@@ -87,8 +87,8 @@ pub(crate) fn module_id(raw: &str) -> Result<ModuleId, HubError> {
 }
 
 impl Hub {
-    /// Creates or updates a device as `precondition` allows.
-    pub fn put_device(
+    /// Creates or updates a device as `precondition` allows, group-committed by the storage writer.
+    pub async fn put_device(
         &self,
         spec: &DeviceSpec,
         precondition: &Precondition,
@@ -100,105 +100,110 @@ impl Hub {
         {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
-        let mut rotated = false;
-        let record = self.commit(|tx| {
-            let parent_scope = match &spec.parent {
-                Some(parent) => {
-                    let parent_id = device_id(parent)?;
-                    let parent = store::device(tx, &parent_id)?
-                        .ok_or(HubError::DeviceNotFound(parent.clone()))?;
-                    if !parent.iot_edge {
-                        return Err(HubError::ArgumentInvalid(format!(
-                            "parent {parent_id} is not an edge device"
-                        )));
+        let (spec, precondition) = (spec.clone(), precondition.clone());
+        let (record, rotated) = self
+            .writer
+            .write(move |tx| {
+                let mut rotated = false;
+                let parent_scope = match &spec.parent {
+                    Some(parent) => {
+                        let parent_id = device_id(parent)?;
+                        let parent = store::device(tx, &parent_id)?
+                            .ok_or(HubError::DeviceNotFound(parent.clone()))?;
+                        if !parent.iot_edge {
+                            return Err(HubError::ArgumentInvalid(format!(
+                                "parent {parent_id} is not an edge device"
+                            )));
+                        }
+                        Some(parent.edge_scope())
                     }
-                    Some(parent.edge_scope())
-                }
-                None => None,
-            };
-            // A device created with an edge device's scope (azure-iot-hub's way of parenting) takes it as parent.
-            let parent_scope = match (parent_scope, spec.device_scope.as_deref()) {
-                (None, Some(scope)) if !spec.iot_edge => {
-                    edge_of_scope(tx, scope)?.map(|edge| edge.edge_scope())
-                }
-                (found, _) => found,
-            };
-            let existing = store::device(tx, &id)?;
-            let record = match (existing, precondition) {
-                (Some(_), Precondition::CreateOnly) => {
-                    return Err(HubError::DeviceAlreadyExists(id.to_string()))
-                }
-                (None, Precondition::Etag(_)) => {
-                    return Err(HubError::DeviceNotFound(id.to_string()))
-                }
-                (Some(mut current), _) => {
-                    precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
-                    let keys_before = (
-                        current.credentials.primary_key.clone(),
-                        current.credentials.secondary_key.clone(),
-                    );
-                    let status = spec.status.unwrap_or(current.status);
-                    if status != current.status {
-                        current.status_updated = Utc::now();
+                    None => None,
+                };
+                // A device created with an edge device's scope (azure-iot-hub's way of parenting) takes it as parent.
+                let parent_scope = match (parent_scope, spec.device_scope.as_deref()) {
+                    (None, Some(scope)) if !spec.iot_edge => {
+                        edge_of_scope(tx, scope)?.map(|edge| edge.edge_scope())
                     }
-                    current.status = status;
-                    current.status_reason.clone_from(&spec.status_reason);
-                    // Keys left empty on an update keep their value: an update is not a key rotation.
-                    let keep = |given: &Option<String>, old: &str| {
-                        given
-                            .clone()
-                            .filter(|k| !k.is_empty())
-                            .unwrap_or_else(|| old.to_owned())
-                    };
-                    current.credentials.primary_key =
-                        keep(&spec.primary_key, &current.credentials.primary_key);
-                    current.credentials.secondary_key =
-                        keep(&spec.secondary_key, &current.credentials.secondary_key);
-                    current.iot_edge = spec.iot_edge;
-                    apply_scopes(&mut current, spec, parent_scope);
-                    current.etag_counter += 1;
-                    rotated = keys_before
-                        != (
+                    (found, _) => found,
+                };
+                let existing = store::device(tx, &id)?;
+                let record = match (existing, &precondition) {
+                    (Some(_), Precondition::CreateOnly) => {
+                        return Err(HubError::DeviceAlreadyExists(id.to_string()))
+                    }
+                    (None, Precondition::Etag(_)) => {
+                        return Err(HubError::DeviceNotFound(id.to_string()))
+                    }
+                    (Some(mut current), _) => {
+                        precondition
+                            .check(&crate::identity::identity_etag(current.etag_counter))?;
+                        let keys_before = (
                             current.credentials.primary_key.clone(),
                             current.credentials.secondary_key.clone(),
                         );
-                    current
+                        let status = spec.status.unwrap_or(current.status);
+                        if status != current.status {
+                            current.status_updated = Utc::now();
+                        }
+                        current.status = status;
+                        current.status_reason.clone_from(&spec.status_reason);
+                        // Keys left empty on an update keep their value: an update is not a key rotation.
+                        let keep = |given: &Option<String>, old: &str| {
+                            given
+                                .clone()
+                                .filter(|k| !k.is_empty())
+                                .unwrap_or_else(|| old.to_owned())
+                        };
+                        current.credentials.primary_key =
+                            keep(&spec.primary_key, &current.credentials.primary_key);
+                        current.credentials.secondary_key =
+                            keep(&spec.secondary_key, &current.credentials.secondary_key);
+                        current.iot_edge = spec.iot_edge;
+                        apply_scopes(&mut current, &spec, parent_scope);
+                        current.etag_counter += 1;
+                        rotated = keys_before
+                            != (
+                                current.credentials.primary_key.clone(),
+                                current.credentials.secondary_key.clone(),
+                            );
+                        current
+                    }
+                    (None, _) => {
+                        let mut record = DeviceRecord {
+                            device_id: id.clone(),
+                            generation_id: generate_generation_id(),
+                            etag_counter: 1,
+                            status: spec.status.unwrap_or(IdentityStatus::Enabled),
+                            status_reason: spec.status_reason.clone(),
+                            status_updated: Utc::now(),
+                            credentials: Credentials::sas(
+                                spec.primary_key.as_deref(),
+                                spec.secondary_key.as_deref(),
+                            ),
+                            iot_edge: spec.iot_edge,
+                            device_scope: None,
+                            parent_scopes: Vec::new(),
+                        };
+                        apply_scopes(&mut record, &spec, parent_scope);
+                        record
+                    }
+                };
+                store::put_device(tx, &record)?;
+                if store::twin(tx, &id, None)?.is_none() {
+                    store::put_twin(tx, &id, None, &Twin::new(Utc::now()))?;
                 }
-                (None, _) => {
-                    let mut record = DeviceRecord {
-                        device_id: id.clone(),
-                        generation_id: generate_generation_id(),
-                        etag_counter: 1,
-                        status: spec.status.unwrap_or(IdentityStatus::Enabled),
-                        status_reason: spec.status_reason.clone(),
-                        status_updated: Utc::now(),
-                        credentials: Credentials::sas(
-                            spec.primary_key.as_deref(),
-                            spec.secondary_key.as_deref(),
-                        ),
-                        iot_edge: spec.iot_edge,
-                        device_scope: None,
-                        parent_scopes: Vec::new(),
-                    };
-                    apply_scopes(&mut record, spec, parent_scope);
-                    record
-                }
-            };
-            store::put_device(tx, &record)?;
-            if store::twin(tx, &id, None)?.is_none() {
-                store::put_twin(tx, &id, None, &Twin::new(Utc::now()))?;
-            }
-            if record.iot_edge {
-                for system in ["$edgeAgent", "$edgeHub"] {
-                    let module = ModuleId::new(system)
-                        .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
-                    if store::module(tx, &id, &module)?.is_none() {
-                        insert_module(tx, &id, &module, Some("IotEdge".into()), None, None)?;
+                if record.iot_edge {
+                    for system in ["$edgeAgent", "$edgeHub"] {
+                        let module = ModuleId::new(system)
+                            .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+                        if store::module(tx, &id, &module)?.is_none() {
+                            insert_module(tx, &id, &module, Some("IotEdge".into()), None, None)?;
+                        }
                     }
                 }
-            }
-            Ok::<_, HubError>(record)
-        })?;
+                Ok::<_, HubError>((record, rotated))
+            })
+            .await?;
         if record.status == IdentityStatus::Disabled {
             self.disconnect_device(&record.device_id);
         } else if rotated {
@@ -221,21 +226,29 @@ impl Hub {
     }
 
     /// Deletes a device with its modules and twins, and disconnects them.
-    pub fn delete_device(&self, id: &str, precondition: &Precondition) -> Result<(), HubError> {
+    pub async fn delete_device(
+        &self,
+        id: &str,
+        precondition: &Precondition,
+    ) -> Result<(), HubError> {
         let id = device_id(id)?;
-        self.commit(|tx| {
-            let current =
-                store::device(tx, &id)?.ok_or_else(|| HubError::DeviceNotFound(id.to_string()))?;
-            precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
-            store::delete_device(tx, &id)?;
-            Ok::<_, HubError>(())
-        })?;
+        let (deleted, precondition) = (id.clone(), precondition.clone());
+        self.writer
+            .write(move |tx| {
+                let current = store::device(tx, &deleted)?
+                    .ok_or_else(|| HubError::DeviceNotFound(deleted.to_string()))?;
+                precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
+                store::delete_device(tx, &deleted)?;
+                Ok::<_, HubError>(())
+            })
+            .await?;
         self.disconnect_device(&id);
         Ok(())
     }
 
-    /// Creates or updates a module as `precondition` allows; returns it and whether it was created.
-    pub fn put_module(
+    /// Creates or updates a module as `precondition` allows, group-committed by the storage writer; returns it and
+    /// whether it was created.
+    pub async fn put_module(
         &self,
         spec: ModuleSpec,
         precondition: &Precondition,
@@ -248,46 +261,56 @@ impl Hub {
         {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
-        let mut rotated = false;
-        let result = self.commit(|tx| {
-            if store::device(tx, &device)?.is_none() {
-                return Err(HubError::DeviceNotFound(device.to_string()));
-            }
-            match (store::module(tx, &device, &module)?, precondition) {
-                (Some(_), Precondition::CreateOnly) => {
-                    Err(HubError::ModuleAlreadyExists(module.to_string()))
+        let precondition = precondition.clone();
+        let (written_device, written_module) = (device.clone(), module.clone());
+        let (result, rotated) = self
+            .writer
+            .write(move |tx| {
+                let (device, module) = (written_device, written_module);
+                let mut rotated = false;
+                if store::device(tx, &device)?.is_none() {
+                    return Err(HubError::DeviceNotFound(device.to_string()));
                 }
-                (None, Precondition::Etag(_)) => Err(HubError::ModuleNotFound(module.to_string())),
-                (Some(mut current), _) => {
-                    precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
-                    if let Some(key) = spec.primary_key.filter(|k| !k.is_empty()) {
-                        rotated |= key != current.credentials.primary_key;
-                        current.credentials.primary_key = key;
+                let result = match (store::module(tx, &device, &module)?, &precondition) {
+                    (Some(_), Precondition::CreateOnly) => {
+                        Err(HubError::ModuleAlreadyExists(module.to_string()))
                     }
-                    if let Some(key) = spec.secondary_key.filter(|k| !k.is_empty()) {
-                        rotated |= key != current.credentials.secondary_key;
-                        current.credentials.secondary_key = key;
+                    (None, Precondition::Etag(_)) => {
+                        Err(HubError::ModuleNotFound(module.to_string()))
                     }
-                    if spec.managed_by.is_some() {
-                        current.managed_by = spec.managed_by;
+                    (Some(mut current), _) => {
+                        precondition
+                            .check(&crate::identity::identity_etag(current.etag_counter))?;
+                        if let Some(key) = spec.primary_key.filter(|k| !k.is_empty()) {
+                            rotated |= key != current.credentials.primary_key;
+                            current.credentials.primary_key = key;
+                        }
+                        if let Some(key) = spec.secondary_key.filter(|k| !k.is_empty()) {
+                            rotated |= key != current.credentials.secondary_key;
+                            current.credentials.secondary_key = key;
+                        }
+                        if spec.managed_by.is_some() {
+                            current.managed_by = spec.managed_by;
+                        }
+                        current.etag_counter += 1;
+                        store::put_module(tx, &current)?;
+                        Ok((current, false))
                     }
-                    current.etag_counter += 1;
-                    store::put_module(tx, &current)?;
-                    Ok((current, false))
-                }
-                (None, _) => {
-                    let record = insert_module(
-                        tx,
-                        &device,
-                        &module,
-                        spec.managed_by,
-                        spec.primary_key.as_deref(),
-                        spec.secondary_key.as_deref(),
-                    )?;
-                    Ok((record, true))
-                }
-            }
-        })?;
+                    (None, _) => {
+                        let record = insert_module(
+                            tx,
+                            &device,
+                            &module,
+                            spec.managed_by,
+                            spec.primary_key.as_deref(),
+                            spec.secondary_key.as_deref(),
+                        )?;
+                        Ok((record, true))
+                    }
+                };
+                result.map(|written| (written, rotated))
+            })
+            .await?;
         if rotated {
             self.disconnect(&Identity::module(device, module));
         }
@@ -316,20 +339,24 @@ impl Hub {
     }
 
     /// Deletes a module and its twin, and disconnects it.
-    pub fn delete_module(
+    pub async fn delete_module(
         &self,
         device: &str,
         module: &str,
         precondition: &Precondition,
     ) -> Result<(), HubError> {
         let (device, module) = (device_id(device)?, module_id(module)?);
-        self.commit(|tx| {
-            let current = store::module(tx, &device, &module)?
-                .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))?;
-            precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
-            store::delete_module(tx, &device, &module)?;
-            Ok::<_, HubError>(())
-        })?;
+        let (deleted_device, deleted_module) = (device.clone(), module.clone());
+        let precondition = precondition.clone();
+        self.writer
+            .write(move |tx| {
+                let current = store::module(tx, &deleted_device, &deleted_module)?
+                    .ok_or_else(|| HubError::ModuleNotFound(deleted_module.to_string()))?;
+                precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
+                store::delete_module(tx, &deleted_device, &deleted_module)?;
+                Ok::<_, HubError>(())
+            })
+            .await?;
         self.disconnect(&Identity::module(device, module));
         Ok(())
     }

@@ -312,6 +312,7 @@ mod tests {
             },
             &Precondition::CreateOnly,
         )
+        .await
         .unwrap();
         let commits_before = hub.storage_commits();
         let commit_in_progress = hub.db.lock();

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 /// `hub` with the edge device `edge1`, and that device's token.
-fn hub_with_edge(hub: Hub) -> (Arc<Hub>, String) {
+async fn hub_with_edge(hub: Hub) -> (Arc<Hub>, String) {
     let edge = hub
         .put_device(
             &DeviceSpec {
@@ -30,6 +30,7 @@ fn hub_with_edge(hub: Hub) -> (Arc<Hub>, String) {
             },
             &Precondition::CreateOnly,
         )
+        .await
         .unwrap();
     let token =
         outpost_core::device_token("hub.test", "edge1", &edge.credentials.primary_key, u64::MAX)
@@ -85,7 +86,7 @@ async fn call_as_version(
 
 /// `GET /scope` with `link_version` (if any) on a new hub.
 async fn scope_call(link_version: Option<&str>) -> (StatusCode, Value) {
-    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap());
+    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap()).await;
     call_as_version(&hub, &token, "GET", "/scope", None, link_version).await
 }
 
@@ -120,7 +121,7 @@ async fn a_link_call_of_this_version_is_answered_with_the_contract() {
 
 #[tokio::test]
 async fn a_long_poll_before_any_presence_is_refused_with_a_presence_refusal() {
-    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap());
+    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap()).await;
     let (status, body) = call(&hub, &token, "GET", "/events?waitSecs=0", None).await;
     assert_eq!(status.as_u16(), LINK_REFUSAL_STATUS, "{body}");
     let refusal: LinkRefusal = serde_json::from_value(body).unwrap();
@@ -129,7 +130,7 @@ async fn a_long_poll_before_any_presence_is_refused_with_a_presence_refusal() {
 
 #[tokio::test]
 async fn a_long_poll_after_a_presence_is_answered_even_when_no_client_is_declared() {
-    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap());
+    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap()).await;
     let presence = serde_json::to_value(PresenceRequest { clients: vec![] }).unwrap();
     let (status, body) = call(&hub, &token, "POST", "/presence", Some(presence)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -142,7 +143,7 @@ async fn a_long_poll_after_a_presence_is_answered_even_when_no_client_is_declare
 #[tokio::test]
 async fn a_restarted_hub_asks_again_for_the_presence_the_last_one_was_told() {
     let data = tempfile::tempdir().unwrap();
-    let (hub, token) = hub_with_edge(Hub::open(data.path(), "hub.test").unwrap());
+    let (hub, token) = hub_with_edge(Hub::open(data.path(), "hub.test").unwrap()).await;
     let presence = serde_json::to_value(PresenceRequest { clients: vec![] }).unwrap();
     let (status, _) = call(&hub, &token, "POST", "/presence", Some(presence)).await;
     assert_eq!(status, StatusCode::OK);

@@ -11,30 +11,32 @@ use serde_json::json;
 
 /// A hub with edge device `edge1` (modules `$edgeAgent`, `$edgeHub`, `filter`), its child `leaf`, and an
 /// unrelated device `stranger` with a module `m`.
-fn hub_with_edge() -> (Hub, DeviceRecord) {
+async fn hub_with_edge() -> (Hub, DeviceRecord) {
     let hub = Hub::in_memory("hub.test").unwrap();
     let create = |id: &str, iot_edge: bool, parent: Option<&str>| {
-        hub.put_device(
-            &DeviceSpec {
-                device_id: id.into(),
-                iot_edge,
-                parent: parent.map(str::to_owned),
-                ..DeviceSpec::default()
-            },
-            &Precondition::CreateOnly,
-        )
-        .unwrap()
+        let spec = DeviceSpec {
+            device_id: id.into(),
+            iot_edge,
+            parent: parent.map(str::to_owned),
+            ..DeviceSpec::default()
+        };
+        let hub = &hub;
+        async move {
+            hub.put_device(&spec, &Precondition::CreateOnly)
+                .await
+                .unwrap()
+        }
     };
-    let edge = create("edge1", true, None);
-    create("leaf", false, Some("edge1"));
-    create("stranger", false, None);
+    let edge = create("edge1", true, None).await;
+    create("leaf", false, Some("edge1")).await;
+    create("stranger", false, None).await;
     for (device, module) in [("edge1", "filter"), ("stranger", "m")] {
-        module_on(&hub, device, module);
+        module_on(&hub, device, module).await;
     }
     (hub, edge)
 }
 
-fn module_on(hub: &Hub, device: &str, module: &str) {
+async fn module_on(hub: &Hub, device: &str, module: &str) {
     hub.put_module(
         ModuleSpec {
             device_id: device.into(),
@@ -43,6 +45,7 @@ fn module_on(hub: &Hub, device: &str, module: &str) {
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
 }
 
@@ -69,7 +72,7 @@ fn message(client: &str) -> UpstreamMessage<'static> {
 
 #[tokio::test]
 async fn presence_with_ten_thousand_made_up_modules_is_refused_and_changes_nothing() {
-    let (hub, edge) = hub_with_edge();
+    let (hub, edge) = hub_with_edge().await;
     hub.edge_presence(&edge, &[client("edge1/filter")]).unwrap();
     let made_up: Vec<PresenceClient> = (0..10_000)
         .map(|i| client(&format!("edge1/made-up-{i}")))
@@ -85,7 +88,7 @@ async fn presence_with_ten_thousand_made_up_modules_is_refused_and_changes_nothi
 
 #[tokio::test]
 async fn presence_of_a_module_that_does_not_exist_is_refused_and_changes_nothing() {
-    let (hub, edge) = hub_with_edge();
+    let (hub, edge) = hub_with_edge().await;
     hub.edge_presence(&edge, &[client("edge1/filter")]).unwrap();
     for foreign in ["edge1/ghost", "stranger", "stranger/m", "leaf/m", "nobody"] {
         let refused = hub.edge_presence(&edge, &[client("leaf"), client(foreign)]);
@@ -100,10 +103,10 @@ async fn presence_of_a_module_that_does_not_exist_is_refused_and_changes_nothing
 
 #[tokio::test]
 async fn presence_of_the_cap_of_real_modules_is_accepted_and_replaced_by_client_id() {
-    let (hub, edge) = hub_with_edge();
+    let (hub, edge) = hub_with_edge().await;
     // `$edgeAgent`, `$edgeHub`, `filter`, the edge device and `leaf` are five; the rest are modules.
     for i in 0..MAX_EDGE_CLIENTS - 5 {
-        module_on(&hub, "edge1", &format!("m{i}"));
+        module_on(&hub, "edge1", &format!("m{i}")).await;
     }
     let mut all: Vec<PresenceClient> = (0..MAX_EDGE_CLIENTS - 5)
         .map(|i| client(&format!("edge1/m{i}")))
@@ -136,7 +139,7 @@ async fn presence_of_the_cap_of_real_modules_is_accepted_and_replaced_by_client_
 
 #[tokio::test]
 async fn telemetry_for_a_module_that_does_not_exist_is_refused_and_a_real_one_is_accepted() {
-    let (hub, edge) = hub_with_edge();
+    let (hub, edge) = hub_with_edge().await;
     let before = hub.newest_event();
     for foreign in ["edge1/ghost", "stranger", "stranger/m", "leaf/m"] {
         let refused = hub.edge_messages(&edge, &[message("edge1/filter"), message(foreign)]);
@@ -170,9 +173,9 @@ async fn telemetry_for_a_module_that_does_not_exist_is_refused_and_a_real_one_is
     );
 }
 
-#[test]
-fn twin_calls_for_a_module_that_does_not_exist_are_refused_and_a_real_one_is_served() {
-    let (hub, edge) = hub_with_edge();
+#[tokio::test]
+async fn twin_calls_for_a_module_that_does_not_exist_are_refused_and_a_real_one_is_served() {
+    let (hub, edge) = hub_with_edge().await;
     let patch = json!({"temperature": 21});
     for foreign in ["edge1/ghost", "stranger/m", "leaf/m"] {
         assert!(

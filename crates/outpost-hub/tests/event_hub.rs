@@ -16,7 +16,7 @@ use outpost_hub::twins::TwinWrite;
 use outpost_hub::Hub;
 use serde_json::{json, Value};
 
-fn add_device(hub: &Hub, id: &str) -> Identity {
+async fn add_device(hub: &Hub, id: &str) -> Identity {
     hub.put_device(
         &DeviceSpec {
             device_id: id.into(),
@@ -24,6 +24,7 @@ fn add_device(hub: &Hub, id: &str) -> Identity {
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
     Identity::device(DeviceId::new(id).unwrap())
 }
@@ -76,7 +77,10 @@ fn a_device_always_lands_in_the_same_partition_whatever_the_run() {
 #[tokio::test]
 async fn one_devices_messages_keep_their_order_in_one_partition_with_contiguous_sequence_numbers() {
     let hub = Hub::in_memory("hub.test").unwrap();
-    let devices: Vec<Identity> = (0..8).map(|i| add_device(&hub, &format!("d{i}"))).collect();
+    let mut devices: Vec<Identity> = Vec::new();
+    for i in 0..8 {
+        devices.push(add_device(&hub, &format!("d{i}")).await);
+    }
     for round in 0..5 {
         for device in &devices {
             hub.accept_telemetry(device, &text(&format!("{}:{round}", device.device)))
@@ -116,7 +120,7 @@ async fn one_devices_messages_keep_their_order_in_one_partition_with_contiguous_
 #[tokio::test]
 async fn events_carry_the_body_properties_and_annotations_iot_hub_puts_on_them() {
     let hub = Hub::in_memory("hub.test").unwrap();
-    let device = add_device(&hub, "sensor");
+    let device = add_device(&hub, "sensor").await;
     let module = Identity::module(device.device.clone(), ModuleId::new("filter").unwrap());
     hub.put_module(
         outpost_hub::registry::ModuleSpec {
@@ -128,6 +132,7 @@ async fn events_carry_the_body_properties_and_annotations_iot_hub_puts_on_them()
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
     let message = Message {
         body: vec![0xff, 0x00, 0x01],
@@ -189,7 +194,7 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
     let sensor_partition = partition_of("sensor", 4);
     {
         let hub = Hub::open(dir.path(), "hub.test").unwrap();
-        let sensor = add_device(&hub, "sensor");
+        let sensor = add_device(&hub, "sensor").await;
         for i in 0..3 {
             hub.accept_telemetry(&sensor, &text(&i.to_string()))
                 .unwrap();
@@ -226,7 +231,7 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
 #[tokio::test]
 async fn positions_resolve_to_the_event_they_select() {
     let hub = Hub::in_memory("hub.test").unwrap();
-    let sensor = add_device(&hub, "sensor");
+    let sensor = add_device(&hub, "sensor").await;
     for i in 0..5 {
         hub.accept_telemetry(&sensor, &text(&i.to_string()))
             .unwrap();
@@ -290,7 +295,7 @@ async fn positions_resolve_to_the_event_they_select() {
 #[tokio::test]
 async fn a_waiting_reader_wakes_when_its_partition_gets_an_event() {
     let hub = Arc::new(Hub::in_memory("hub.test").unwrap());
-    let sensor = add_device(&hub, "sensor");
+    let sensor = add_device(&hub, "sensor").await;
     let p = partition_of("sensor", 4);
     let reader = {
         let service = HubService(hub.clone());
@@ -328,7 +333,7 @@ fn twin_changes(events: &[outpost_amqp::Event]) -> Vec<(BTreeMap<String, String>
 #[tokio::test]
 async fn twin_changes_append_twin_change_events_with_what_changed() {
     let hub = Hub::in_memory("myhub.example.net").unwrap();
-    let sensor = add_device(&hub, "sensor");
+    let sensor = add_device(&hub, "sensor").await;
     hub.report(&sensor, &json!({"temperature": 21}))
         .await
         .unwrap();
@@ -405,7 +410,7 @@ async fn twin_change_events_can_be_turned_off() {
         },
     )
     .unwrap();
-    let sensor = add_device(&hub, "sensor");
+    let sensor = add_device(&hub, "sensor").await;
     hub.report(&sensor, &json!({"temperature": 21}))
         .await
         .unwrap();
@@ -520,7 +525,7 @@ async fn next_feedback(service: &HubService) -> outpost_amqp::FeedbackBatch {
 #[tokio::test]
 async fn completed_and_expired_messages_that_asked_for_feedback_leave_feedback_records() {
     let hub = Arc::new(Hub::in_memory("hub.test").unwrap());
-    let sensor = add_device(&hub, "sensor");
+    let sensor = add_device(&hub, "sensor").await;
     let service = HubService(hub.clone());
     let c2d = |id: &str, ack: &str, expiry: Option<String>| {
         let mut system = BTreeMap::from([
@@ -579,7 +584,7 @@ async fn completed_and_expired_messages_that_asked_for_feedback_leave_feedback_r
 #[tokio::test]
 async fn a_feedback_batch_not_completed_stays_locked_for_others() {
     let hub = Arc::new(Hub::in_memory("hub.test").unwrap());
-    let sensor = add_device(&hub, "sensor");
+    let sensor = add_device(&hub, "sensor").await;
     let service = HubService(hub.clone());
     let message = Message {
         body: b"hi".to_vec(),
@@ -638,7 +643,7 @@ fn tokens_of_policies_with_service_connect_are_granted_it() {
 #[tokio::test]
 async fn a_module_twin_change_names_the_module() {
     let hub = Hub::in_memory("hub.test").unwrap();
-    add_device(&hub, "sensor");
+    add_device(&hub, "sensor").await;
     hub.put_module(
         outpost_hub::registry::ModuleSpec {
             device_id: "sensor".into(),
@@ -649,6 +654,7 @@ async fn a_module_twin_change_names_the_module() {
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
     let module = Identity::module(
         DeviceId::new("sensor").unwrap(),
@@ -691,7 +697,7 @@ async fn offsets_and_times_resolve_within_their_partition_when_partitions_interl
     let hub = Hub::in_memory("hub.test").unwrap();
     let (a, b) = ("d0", "d1");
     assert_ne!(partition_of(a, 4), partition_of(b, 4));
-    let (da, db) = (add_device(&hub, a), add_device(&hub, b));
+    let (da, db) = (add_device(&hub, a).await, add_device(&hub, b).await);
     for i in 0..3 {
         hub.accept_telemetry(&da, &text(&format!("a{i}"))).unwrap();
         hub.accept_telemetry(&db, &text(&format!("b{i}"))).unwrap();

@@ -8,7 +8,7 @@ use outpost_hub::messaging::{EventRetention, PRUNE_BATCH};
 use outpost_hub::registry::{DeviceSpec, Precondition};
 use outpost_hub::Hub;
 
-fn hub_with_sensor() -> (Hub, Identity) {
+async fn hub_with_sensor() -> (Hub, Identity) {
     let hub = Hub::in_memory("hub.test").unwrap();
     hub.put_device(
         &DeviceSpec {
@@ -17,6 +17,7 @@ fn hub_with_sensor() -> (Hub, Identity) {
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
     (hub, Identity::device(DeviceId::new("sensor").unwrap()))
 }
@@ -51,7 +52,7 @@ async fn kept(hub: &Hub) -> Vec<i64> {
 
 #[tokio::test]
 async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_what_is_kept() {
-    let (hub, sensor) = hub_with_sensor();
+    let (hub, sensor) = hub_with_sensor().await;
     let retention = EventRetention {
         max_age: Duration::from_mins(1),
         ..EventRetention::default()
@@ -84,7 +85,7 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
 
 #[tokio::test]
 async fn the_oldest_events_past_the_size_cap_are_pruned_and_the_newest_kept() {
-    let (hub, sensor) = hub_with_sensor();
+    let (hub, sensor) = hub_with_sensor().await;
     for i in 0..100 {
         hub.accept_telemetry(&sensor, &reading(i)).unwrap();
     }

@@ -109,6 +109,7 @@ async fn a_scrape_of_the_hub_parses_as_prometheus_text_and_counts_what_happened(
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
     let sensor = Identity::device(DeviceId::new("sensor").unwrap());
     for i in 0..3 {

@@ -17,11 +17,12 @@ fn device(id: &str) -> DeviceSpec {
     }
 }
 
-#[test]
-fn a_created_device_gets_generated_keys_and_a_twin() {
+#[tokio::test]
+async fn a_created_device_gets_generated_keys_and_a_twin() {
     let hub = hub();
     let record = hub
         .put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     assert!(!record.credentials.primary_key.is_empty());
     assert_ne!(
@@ -32,13 +33,16 @@ fn a_created_device_gets_generated_keys_and_a_twin() {
     assert_eq!(view.twin.desired_version(), 1);
 }
 
-#[test]
-fn creating_an_existing_device_is_a_conflict_and_changes_nothing() {
+#[tokio::test]
+async fn creating_an_existing_device_is_a_conflict_and_changes_nothing() {
     let hub = hub();
     let first = hub
         .put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
-    let again = hub.put_device(&device("dev1"), &Precondition::CreateOnly);
+    let again = hub
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await;
     assert!(matches!(again, Err(HubError::DeviceAlreadyExists(_))));
     assert_eq!(
         hub.device("dev1").unwrap().credentials.primary_key,
@@ -46,13 +50,13 @@ fn creating_an_existing_device_is_a_conflict_and_changes_nothing() {
     );
 }
 
-#[test]
-fn illegal_ids_are_refused() {
+#[tokio::test]
+async fn illegal_ids_are_refused() {
     let hub = hub();
     for id in ["bad/id", "a b", "", &"x".repeat(129)] {
         assert!(
             matches!(
-                hub.put_device(&device(id), &Precondition::CreateOnly),
+                hub.put_device(&device(id), &Precondition::CreateOnly).await,
                 Err(HubError::ArgumentInvalid(_))
             ),
             "{id:?}"
@@ -61,30 +65,38 @@ fn illegal_ids_are_refused() {
     assert!(hub.devices().unwrap().is_empty());
 }
 
-#[test]
-fn a_stale_etag_is_refused_and_the_wildcard_is_not() {
+#[tokio::test]
+async fn a_stale_etag_is_refused_and_the_wildcard_is_not() {
     let hub = hub();
     let created = hub
         .put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     let etag = outpost_hub::identity::identity_etag(created.etag_counter);
     hub.put_device(&device("dev1"), &Precondition::Etag(etag.clone()))
+        .await
         .unwrap();
     assert!(matches!(
-        hub.put_device(&device("dev1"), &Precondition::Etag(etag)),
+        hub.put_device(&device("dev1"), &Precondition::Etag(etag))
+            .await,
         Err(HubError::PreconditionFailed)
     ));
-    hub.put_device(&device("dev1"), &Precondition::Any).unwrap();
+    hub.put_device(&device("dev1"), &Precondition::Any)
+        .await
+        .unwrap();
 }
 
-#[test]
-fn an_edge_device_gets_its_system_modules_and_a_scope() {
+#[tokio::test]
+async fn an_edge_device_gets_its_system_modules_and_a_scope() {
     let hub = hub();
     let spec = DeviceSpec {
         iot_edge: true,
         ..device("edge1")
     };
-    let record = hub.put_device(&spec, &Precondition::CreateOnly).unwrap();
+    let record = hub
+        .put_device(&spec, &Precondition::CreateOnly)
+        .await
+        .unwrap();
     let modules: Vec<String> = hub
         .modules("edge1")
         .unwrap()
@@ -98,8 +110,8 @@ fn an_edge_device_gets_its_system_modules_and_a_scope() {
     );
 }
 
-#[test]
-fn a_child_device_takes_its_parents_scope() {
+#[tokio::test]
+async fn a_child_device_takes_its_parents_scope() {
     let hub = hub();
     let edge = hub
         .put_device(
@@ -109,6 +121,7 @@ fn a_child_device_takes_its_parents_scope() {
             },
             &Precondition::CreateOnly,
         )
+        .await
         .unwrap();
     let child = hub
         .put_device(
@@ -118,22 +131,26 @@ fn a_child_device_takes_its_parents_scope() {
             },
             &Precondition::CreateOnly,
         )
+        .await
         .unwrap();
     assert_eq!(child.parent_scopes, vec![edge.edge_scope()]);
-    let not_edge = hub.put_device(
-        &DeviceSpec {
-            parent: Some("leaf".into()),
-            ..device("leaf2")
-        },
-        &Precondition::CreateOnly,
-    );
+    let not_edge = hub
+        .put_device(
+            &DeviceSpec {
+                parent: Some("leaf".into()),
+                ..device("leaf2")
+            },
+            &Precondition::CreateOnly,
+        )
+        .await;
     assert!(matches!(not_edge, Err(HubError::ArgumentInvalid(_))));
 }
 
-#[test]
-fn deleting_a_device_deletes_its_modules() {
+#[tokio::test]
+async fn deleting_a_device_deletes_its_modules() {
     let hub = hub();
     hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     let module = ModuleSpec {
         device_id: "dev1".into(),
@@ -142,13 +159,14 @@ fn deleting_a_device_deletes_its_modules() {
     };
     let (_, created) = hub
         .put_module(module.clone(), &Precondition::CreateOnly)
+        .await
         .unwrap();
     assert!(created);
     assert!(matches!(
-        hub.put_module(module, &Precondition::CreateOnly),
+        hub.put_module(module, &Precondition::CreateOnly).await,
         Err(HubError::ModuleAlreadyExists(_))
     ));
-    hub.delete_device("dev1", &Precondition::Any).unwrap();
+    hub.delete_device("dev1", &Precondition::Any).await.unwrap();
     assert!(matches!(
         hub.module("dev1", "m1"),
         Err(HubError::DeviceNotFound(_))
@@ -163,6 +181,7 @@ fn deleting_a_device_deletes_its_modules() {
 async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     let hub = hub();
     hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     let patch = TwinWrite::from_body(
         &json!({"properties": {"desired": {"a": 1}}, "tags": {"site": "x"}}),
@@ -198,6 +217,7 @@ async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
 async fn a_stale_twin_etag_is_refused() {
     let hub = hub();
     hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     let etag = hub.twin("dev1", None).unwrap().twin.etag();
     let patch = TwinWrite::from_body(&json!({"properties": {"desired": {"a": 1}}}), false).unwrap();
@@ -234,8 +254,8 @@ fn manifest(schema: &str) -> serde_json::Value {
     }})
 }
 
-#[test]
-fn a_deployment_lands_in_the_module_twins() {
+#[tokio::test]
+async fn a_deployment_lands_in_the_module_twins() {
     let hub = hub();
     hub.put_device(
         &DeviceSpec {
@@ -244,6 +264,7 @@ fn a_deployment_lands_in_the_module_twins() {
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
     hub.apply_configuration("edge1", &manifest("1.1")).unwrap();
     let agent = hub.twin("edge1", Some("$edgeAgent")).unwrap();
@@ -264,13 +285,15 @@ fn a_deployment_lands_in_the_module_twins() {
         managed_by: Some("IotEdge".into()),
         ..ModuleSpec::default()
     };
-    hub.put_module(module, &Precondition::CreateOnly).unwrap();
+    hub.put_module(module, &Precondition::CreateOnly)
+        .await
+        .unwrap();
     let sensor = hub.twin("edge1", Some("sensor")).unwrap();
     assert_eq!(sensor.twin.desired()["SendInterval"], 5);
 }
 
-#[test]
-fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
+#[tokio::test]
+async fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
     let hub = hub();
     hub.put_device(
         &DeviceSpec {
@@ -279,6 +302,7 @@ fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
         },
         &Precondition::CreateOnly,
     )
+    .await
     .unwrap();
     let result = hub.apply_configuration("edge1", &manifest("2.0"));
     assert!(matches!(
@@ -298,10 +322,11 @@ fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
     ));
 }
 
-#[test]
-fn a_deployment_needs_an_edge_device() {
+#[tokio::test]
+async fn a_deployment_needs_an_edge_device() {
     let hub = hub();
     hub.put_device(&device("plain"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     assert!(matches!(
         hub.apply_configuration("plain", &manifest("1.1")),
@@ -309,13 +334,15 @@ fn a_deployment_needs_an_edge_device() {
     ));
 }
 
-#[test]
-fn a_device_token_authenticates_only_its_own_identity() {
+#[tokio::test]
+async fn a_device_token_authenticates_only_its_own_identity() {
     let hub = hub();
     let record = hub
         .put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     hub.put_device(&device("dev2"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
     let token =
@@ -338,31 +365,28 @@ fn a_device_token_authenticates_only_its_own_identity() {
     assert!(hub
         .authenticate_identity(&identity("dev1"), &wrong_key)
         .is_err());
-    hub.delete_device("dev1", &Precondition::Any).unwrap();
+    hub.delete_device("dev1", &Precondition::Any).await.unwrap();
     assert!(hub
         .authenticate_identity(&identity("dev1"), &token)
         .is_err());
 }
 
-#[test]
-fn a_method_on_an_offline_device_fails_fast() {
+#[tokio::test]
+async fn a_method_on_an_offline_device_fails_fast() {
     let hub = hub();
     hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     let call = outpost_hub::messaging::MethodCall::from_body(
         &json!({"methodName": "ping", "payload": {}}),
     )
     .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let result = runtime.block_on(hub.invoke_method("dev1", None, call));
+    let result = hub.invoke_method("dev1", None, call).await;
     assert!(matches!(result, Err(HubError::DeviceNotOnline(_))));
 }
 
-#[test]
-fn an_edge_device_may_manage_its_own_modules_only() {
+#[tokio::test]
+async fn an_edge_device_may_manage_its_own_modules_only() {
     use outpost_hub::identity::Right;
     let hub = hub();
     let edge = hub
@@ -373,9 +397,11 @@ fn an_edge_device_may_manage_its_own_modules_only() {
             },
             &Precondition::CreateOnly,
         )
+        .await
         .unwrap();
     let plain = hub
         .put_device(&device("plain"), &Precondition::CreateOnly)
+        .await
         .unwrap();
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
     let edge_token =

@@ -28,7 +28,7 @@ async fn refused_quickly<T: std::fmt::Debug>(
 #[tokio::test]
 async fn a_wrong_key_is_unauthorized() {
     let hub = TestHub::start().await;
-    hub.create_device("d1");
+    hub.create_device("d1").await;
     let connection_string = format!(
         "HostName={};DeviceId=d1;SharedAccessKey={WRONG_KEY}",
         hub.host()
@@ -52,7 +52,7 @@ async fn an_unknown_device_or_module_is_unauthorized() {
     let error = refused_quickly(DeviceClient::from_connection_string(&device, hub.options())).await;
     assert!(matches!(error, ClientError::Unauthorized(_)), "{error}");
 
-    hub.create_device("d1");
+    hub.create_device("d1").await;
     let module = format!(
         "HostName={};DeviceId=d1;ModuleId=ghost;SharedAccessKey={WRONG_KEY}",
         hub.host()
@@ -64,7 +64,7 @@ async fn an_unknown_device_or_module_is_unauthorized() {
 #[tokio::test]
 async fn a_token_for_another_hub_is_unauthorized() {
     let hub = TestHub::start().await;
-    let connection_string = hub.create_device("d1");
+    let connection_string = hub.create_device("d1").await;
     // Connect to this hub, but sign for another host name.
     let other = connection_string.replace(hub.host(), "other-hub.example");
     let options = ClientOptions {
@@ -79,7 +79,7 @@ async fn a_token_for_another_hub_is_unauthorized() {
 #[tokio::test]
 async fn an_unreachable_hub_or_an_untrusted_certificate_is_a_connection_error() {
     let hub = TestHub::start().await;
-    let connection_string = hub.create_device("d1");
+    let connection_string = hub.create_device("d1").await;
     let options = ClientOptions {
         port: Some(1),
         ..hub.options()
@@ -114,9 +114,10 @@ async fn an_unreachable_hub_or_an_untrusted_certificate_is_a_connection_error() 
 #[tokio::test]
 async fn a_client_whose_identity_is_deleted_stops_with_unauthorized_instead_of_retrying() {
     let hub = TestHub::start().await;
-    let client = DeviceClient::from_connection_string(&hub.create_device("doomed"), hub.options())
-        .await
-        .unwrap();
+    let client =
+        DeviceClient::from_connection_string(&hub.create_device("doomed").await, hub.options())
+            .await
+            .unwrap();
     let mut desired = client.desired_properties().await.unwrap();
     within("the desired document", desired.next())
         .await
@@ -124,6 +125,7 @@ async fn a_client_whose_identity_is_deleted_stops_with_unauthorized_instead_of_r
 
     hub.hub()
         .delete_device("doomed", &Precondition::Any)
+        .await
         .unwrap();
 
     let mut status = client.status_changes();

@@ -121,7 +121,7 @@ struct Edge {
 async fn edge() -> Edge {
     let hub = TestHub::start().await;
     let gateway = TestGateway::start(hub.hub(), &hub.config.data_dir).await;
-    hub.create_module("edge-1", "filter");
+    hub.create_module("edge-1", "filter").await;
     let record = hub.hub().module("edge-1", "filter").unwrap();
     Edge {
         key: record.credentials.primary_key.clone(),

@@ -14,7 +14,7 @@ use support::{within, TestHub};
 async fn telemetry_reaches_the_event_stream_with_its_system_and_custom_properties() {
     let hub = TestHub::start().await;
     let client =
-        DeviceClient::from_connection_string(&hub.create_device("sensor-1"), hub.options())
+        DeviceClient::from_connection_string(&hub.create_device("sensor-1").await, hub.options())
             .await
             .unwrap();
     let after = hub.newest_event();
@@ -45,9 +45,10 @@ async fn telemetry_reaches_the_event_stream_with_its_system_and_custom_propertie
 #[tokio::test]
 async fn a_message_over_the_iot_hub_limit_is_refused_before_sending() {
     let hub = TestHub::start().await;
-    let client = DeviceClient::from_connection_string(&hub.create_device("big"), hub.options())
-        .await
-        .unwrap();
+    let client =
+        DeviceClient::from_connection_string(&hub.create_device("big").await, hub.options())
+            .await
+            .unwrap();
     let refused = client
         .send_telemetry(Message::new(vec![b'x'; MAX_MESSAGE_BYTES + 1]))
         .await;
@@ -63,7 +64,7 @@ async fn a_message_over_the_iot_hub_limit_is_refused_before_sending() {
 async fn cloud_to_device_messages_arrive_with_their_properties() {
     let hub = TestHub::start().await;
     let client =
-        DeviceClient::from_connection_string(&hub.create_device("actuator"), hub.options())
+        DeviceClient::from_connection_string(&hub.create_device("actuator").await, hub.options())
             .await
             .unwrap();
     // Queued before the device listens: it waits in the hub.
@@ -96,11 +97,12 @@ async fn cloud_to_device_messages_arrive_with_their_properties() {
 #[tokio::test]
 async fn direct_methods_are_answered_with_status_and_payload_for_devices_and_modules() {
     let hub = TestHub::start().await;
-    let device = DeviceClient::from_connection_string(&hub.create_device("d1"), hub.options())
-        .await
-        .unwrap();
+    let device =
+        DeviceClient::from_connection_string(&hub.create_device("d1").await, hub.options())
+            .await
+            .unwrap();
     let module =
-        ModuleClient::from_connection_string(&hub.create_module("d1", "m1"), hub.options())
+        ModuleClient::from_connection_string(&hub.create_module("d1", "m1").await, hub.options())
             .await
             .unwrap();
     let mut device_calls = device.direct_methods().await.unwrap();
@@ -144,10 +146,12 @@ async fn direct_methods_are_answered_with_status_and_payload_for_devices_and_mod
 #[tokio::test]
 async fn a_module_output_carries_its_output_name_to_the_event_stream() {
     let hub = TestHub::start().await;
-    let module =
-        ModuleClient::from_connection_string(&hub.create_module("edge-1", "sensor"), hub.options())
-            .await
-            .unwrap();
+    let module = ModuleClient::from_connection_string(
+        &hub.create_module("edge-1", "sensor").await,
+        hub.options(),
+    )
+    .await
+    .unwrap();
     let after = hub.newest_event();
     module
         .send_output(
@@ -172,13 +176,13 @@ async fn a_module_behind_a_gateway_receives_inputs_and_outputs_are_routed_to_oth
     let gateway = TestGateway::start(hub.hub(), &hub.config.data_dir).await;
     gateway.route("edge-1", ("sender", "out1"), ("receiver", "in1"));
     let sender = ModuleClient::from_connection_string(
-        &gateway.connection_string(&hub.create_module("edge-1", "sender")),
+        &gateway.connection_string(&hub.create_module("edge-1", "sender").await),
         hub.options(),
     )
     .await
     .unwrap();
     let receiver = ModuleClient::from_connection_string(
-        &gateway.connection_string(&hub.create_module("edge-1", "receiver")),
+        &gateway.connection_string(&hub.create_module("edge-1", "receiver").await),
         hub.options(),
     )
     .await

@@ -103,9 +103,10 @@ async fn restart_under<K: Kind>(
 #[tokio::test]
 async fn a_device_client_survives_a_hub_restart_and_gets_the_missed_desired_change_once() {
     let mut hub = TestHub::start().await;
-    let client = DeviceClient::from_connection_string(&hub.create_device("d1"), hub.options())
-        .await
-        .unwrap();
+    let client =
+        DeviceClient::from_connection_string(&hub.create_device("d1").await, hub.options())
+            .await
+            .unwrap();
     restart_under(&mut hub, &client, "d1", None).await;
 }
 
@@ -113,7 +114,7 @@ async fn a_device_client_survives_a_hub_restart_and_gets_the_missed_desired_chan
 async fn a_module_client_survives_a_hub_restart_and_gets_the_missed_desired_change_once() {
     let mut hub = TestHub::start().await;
     let client =
-        ModuleClient::from_connection_string(&hub.create_module("e1", "m1"), hub.options())
+        ModuleClient::from_connection_string(&hub.create_module("e1", "m1").await, hub.options())
             .await
             .unwrap();
     restart_under(&mut hub, &client, "e1", Some("m1")).await;
@@ -122,9 +123,10 @@ async fn a_module_client_survives_a_hub_restart_and_gets_the_missed_desired_chan
 #[tokio::test]
 async fn method_calls_and_cloud_to_device_messages_resume_after_a_restart() {
     let mut hub = TestHub::start().await;
-    let client = DeviceClient::from_connection_string(&hub.create_device("d2"), hub.options())
-        .await
-        .unwrap();
+    let client =
+        DeviceClient::from_connection_string(&hub.create_device("d2").await, hub.options())
+            .await
+            .unwrap();
     let mut calls = client.direct_methods().await.unwrap();
     let mut messages = client.cloud_to_device_messages().await.unwrap();
     hub.stop().await;
@@ -166,7 +168,7 @@ async fn a_token_is_renewed_by_reconnecting_before_it_expires() {
         ..hub.options()
     };
     let client = ModuleClient::from_connection_string(
-        &gateway.connection_string(&hub.create_module("e1", "short-lived")),
+        &gateway.connection_string(&hub.create_module("e1", "short-lived").await),
         options,
     )
     .await

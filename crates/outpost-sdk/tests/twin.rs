@@ -83,7 +83,7 @@ async fn twin_round_trip<K: Kind>(
 #[tokio::test]
 async fn the_twin_api_works_for_a_device_client() {
     let hub = TestHub::start().await;
-    let connection_string = hub.create_device("thermostat-1");
+    let connection_string = hub.create_device("thermostat-1").await;
     let client = DeviceClient::from_connection_string(&connection_string, hub.options())
         .await
         .unwrap();
@@ -95,7 +95,7 @@ async fn the_twin_api_works_for_a_device_client() {
 #[tokio::test]
 async fn the_same_twin_api_works_for_a_module_client() {
     let hub = TestHub::start().await;
-    let connection_string = hub.create_module("edge-1", "sensor");
+    let connection_string = hub.create_module("edge-1", "sensor").await;
     let client = ModuleClient::from_connection_string(&connection_string, hub.options())
         .await
         .unwrap();
@@ -110,11 +110,12 @@ async fn the_same_twin_api_works_for_a_module_client() {
 #[tokio::test]
 async fn a_device_twin_and_its_module_twin_are_separate_documents() {
     let hub = TestHub::start().await;
-    let device = DeviceClient::from_connection_string(&hub.create_device("d1"), hub.options())
-        .await
-        .unwrap();
+    let device =
+        DeviceClient::from_connection_string(&hub.create_device("d1").await, hub.options())
+            .await
+            .unwrap();
     let module =
-        ModuleClient::from_connection_string(&hub.create_module("d1", "m1"), hub.options())
+        ModuleClient::from_connection_string(&hub.create_module("d1", "m1").await, hub.options())
             .await
             .unwrap();
     device

@@ -19,7 +19,7 @@ pub(super) async fn put_device(
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryWrite)?;
     let spec = device_spec(&device, &json_body(&body)?)?;
-    let record = hub.put_device(&spec, &precondition(&headers))?;
+    let record = hub.put_device(&spec, &precondition(&headers)).await?;
     let connected = hub.is_connected(&Identity::device(record.device_id.clone()));
     Ok(ok_json(device_json(&record, connected)))
 }
@@ -62,7 +62,7 @@ pub(super) async fn delete_device(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryWrite)?;
-    hub.delete_device(&device, &precondition(&headers))?;
+    hub.delete_device(&device, &precondition(&headers)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -74,7 +74,7 @@ pub(super) async fn put_module(
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryWrite, &device)?;
     let spec = module_spec(&device, &module, &json_body(&body)?)?;
-    let (record, created) = hub.put_module(spec, &precondition(&headers))?;
+    let (record, created) = hub.put_module(spec, &precondition(&headers)).await?;
     let connected = hub.is_connected(&Identity::module(
         record.device_id.clone(),
         record.module_id.clone(),
@@ -126,6 +126,7 @@ pub(super) async fn delete_module(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryWrite, &device)?;
-    hub.delete_module(&device, &module, &precondition(&headers))?;
+    hub.delete_module(&device, &module, &precondition(&headers))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -116,7 +116,7 @@ impl TestHub {
     }
 
     /// Creates a device; returns its connection string.
-    pub fn create_device(&self, device: &str) -> String {
+    pub async fn create_device(&self, device: &str) -> String {
         let record = self
             .hub()
             .put_device(
@@ -126,6 +126,7 @@ impl TestHub {
                 },
                 &Precondition::CreateOnly,
             )
+            .await
             .unwrap();
         format!(
             "HostName={};DeviceId={device};SharedAccessKey={}",
@@ -135,10 +136,10 @@ impl TestHub {
     }
 
     /// Creates a module (and its device if needed); returns its connection string.
-    pub fn create_module(&self, device: &str, module: &str) -> String {
+    pub async fn create_module(&self, device: &str, module: &str) -> String {
         let hub = self.hub();
         if hub.device(device).is_err() {
-            self.create_device(device);
+            self.create_device(device).await;
         }
         let (record, _) = hub
             .put_module(
@@ -149,6 +150,7 @@ impl TestHub {
                 },
                 &Precondition::CreateOnly,
             )
+            .await
             .unwrap();
         format!(
             "HostName={};DeviceId={device};ModuleId={module};SharedAccessKey={}",
