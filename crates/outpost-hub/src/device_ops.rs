@@ -101,6 +101,7 @@ impl DeviceOperations for HubDevices {
     ) -> Result<(), OperationError> {
         self.0
             .accept_telemetry(identity, &message)
+            .await
             .map(drop)
             .map_err(|e| operation_error(&e))
     }

@@ -310,7 +310,7 @@ impl Hub {
     }
 
     /// Appends a batch of telemetry of clients behind an edge device, durably, in one transaction.
-    pub fn edge_messages(
+    pub async fn edge_messages(
         &self,
         edge: &DeviceRecord,
         messages: &[UpstreamMessage<'_>],
@@ -320,7 +320,7 @@ impl Hub {
             .into_iter()
             .zip(messages.iter().map(|m| &*m.message))
             .collect();
-        self.accept_telemetry_batch(&batch)
+        self.accept_telemetry_batch(&batch).await
     }
 
     /// Reads a twin on behalf of a client behind an edge device.
@@ -334,13 +334,13 @@ impl Hub {
     }
 
     /// Applies a reported patch on behalf of a client behind an edge device.
-    pub fn edge_reported(
+    pub async fn edge_reported(
         &self,
         edge: &DeviceRecord,
         client: &str,
         patch: &Value,
     ) -> Result<u64, HubError> {
-        self.patch_reported(&self.scoped(edge, client)?, patch)
+        self.report(&self.scoped(edge, client)?, patch).await
     }
 
     /// Completes C2D messages and answers methods on behalf of clients behind an edge device.

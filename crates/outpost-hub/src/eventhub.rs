@@ -254,17 +254,9 @@ impl Hub {
         }
     }
 
-    /// Appends a device-to-cloud message of `identity` to its device's partition, inside the caller's transaction.
-    pub(crate) fn append_telemetry(
-        &self,
-        tx: &rusqlite::Connection,
-        identity: &Identity,
-        event: &Value,
-        enqueued_ms: i64,
-    ) -> Result<Appended, StorageError> {
-        let partition =
-            stream::partition_of(identity.device.as_str(), self.stream.record.partitions);
-        stream::append_event(tx, partition, EventSource::Telemetry, event, enqueued_ms)
+    /// The partition `identity`'s device-to-cloud messages go to (a device and its modules share one).
+    pub(crate) fn partition_of(&self, identity: &Identity) -> u32 {
+        stream::partition_of(identity.device.as_str(), self.stream.record.partitions)
     }
 
     /// Appends the twin change event of `identity` with `body` (see [`twin_change_body`]) inside the caller's

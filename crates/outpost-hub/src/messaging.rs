@@ -15,6 +15,7 @@ use crate::feedback::{record_feedback, DeliveryOutcome};
 use crate::metrics::{C2dOutcome, Via};
 use crate::registry::{device_id, module_id};
 use crate::store;
+use crate::stream::{self, EventSource};
 use crate::Hub;
 
 /// Device-to-cloud messages may be at most this large (IoT Hub's limit).
@@ -136,8 +137,9 @@ pub fn event_json(identity: &Identity, message: &Message, enqueued: &str) -> Val
 }
 
 impl Hub {
-    /// Appends a device-to-cloud message to the event stream (durably, before returning).
-    pub fn accept_telemetry(
+    /// Appends a device-to-cloud message to the event stream; answers once it is on disk, in the storage writer's
+    /// next group commit (messages from many devices share one fsync).
+    pub async fn accept_telemetry(
         &self,
         identity: &Identity,
         message: &Message,
@@ -149,21 +151,28 @@ impl Hub {
         }
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let appended = self.commit(|tx| {
-            self.append_telemetry(
-                tx,
-                identity,
-                &event_json(identity, message, &enqueued),
-                now.timestamp_millis(),
-            )
-        })?;
+        let event = event_json(identity, message, &enqueued);
+        let partition = self.partition_of(identity);
+        let appended = self
+            .writer
+            .write(move |tx| {
+                stream::append_event(
+                    tx,
+                    partition,
+                    EventSource::Telemetry,
+                    &event,
+                    now.timestamp_millis(),
+                )
+            })
+            .await?;
         self.streamed(&[appended]);
         self.metrics.telemetry(Via::Mqtt, 1);
         Ok(appended.seq)
     }
 
-    /// Appends a batch of device-to-cloud messages in one transaction (one fsync); returns how many.
-    pub fn accept_telemetry_batch(
+    /// Appends a batch of device-to-cloud messages in one write of the storage writer (one fsync, shared with
+    /// whatever else is in its group); returns how many.
+    pub async fn accept_telemetry_batch(
         &self,
         batch: &[(Identity, &Message)],
     ) -> Result<usize, HubError> {
@@ -175,19 +184,32 @@ impl Hub {
         }
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let appended = self.commit(|tx| {
-            batch
-                .iter()
-                .map(|(identity, message)| {
-                    self.append_telemetry(
-                        tx,
-                        identity,
-                        &event_json(identity, message, &enqueued),
-                        now.timestamp_millis(),
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })?;
+        let events: Vec<(u32, Value)> = batch
+            .iter()
+            .map(|(identity, message)| {
+                (
+                    self.partition_of(identity),
+                    event_json(identity, message, &enqueued),
+                )
+            })
+            .collect();
+        let appended = self
+            .writer
+            .write(move |tx| {
+                events
+                    .iter()
+                    .map(|(partition, event)| {
+                        stream::append_event(
+                            tx,
+                            *partition,
+                            EventSource::Telemetry,
+                            event,
+                            now.timestamp_millis(),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         self.streamed(&appended);
         self.metrics.telemetry(Via::Edge, batch.len() as u64);
         Ok(batch.len())

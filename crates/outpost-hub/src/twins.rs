@@ -155,19 +155,6 @@ impl Hub {
         Ok(version)
     }
 
-    /// Applies a reported patch from the device itself on the caller's thread; returns the new reported
-    /// `$version`.
-    ///
-    /// This blocks on the database: async callers use [`Hub::report`]. It stays for the edge link's synchronous
-    /// path until that moves to the storage writer too.
-    pub fn patch_reported(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
-        let changes = self.twin_changes();
-        let (version, appended) =
-            self.commit(|tx| reported_write(tx, identity, patch, &changes))?;
-        self.streamed(appended.as_slice());
-        Ok(version)
-    }
-
     /// The twin a device or module sees (`{"desired":..,"reported":..}`).
     pub fn device_view(&self, identity: &Identity) -> Result<Value, HubError> {
         let conn = self.db.lock();

@@ -142,7 +142,9 @@ async fn telemetry_for_a_module_that_does_not_exist_is_refused_and_a_real_one_is
     let (hub, edge) = hub_with_edge().await;
     let before = hub.newest_event();
     for foreign in ["edge1/ghost", "stranger", "stranger/m", "leaf/m"] {
-        let refused = hub.edge_messages(&edge, &[message("edge1/filter"), message(foreign)]);
+        let refused = hub
+            .edge_messages(&edge, &[message("edge1/filter"), message(foreign)])
+            .await;
         assert!(
             matches!(refused, Err(HubError::Unauthorized(_))),
             "{foreign}: {refused:?}"
@@ -154,7 +156,7 @@ async fn telemetry_for_a_module_that_does_not_exist_is_refused_and_a_real_one_is
         "a refused batch appends nothing"
     );
     let batch = [message("edge1/filter"), message("leaf"), message("edge1")];
-    assert_eq!(hub.edge_messages(&edge, &batch).unwrap(), 3);
+    assert_eq!(hub.edge_messages(&edge, &batch).await.unwrap(), 3);
     let events = hub
         .read_events(before, 10, std::time::Duration::ZERO)
         .await
@@ -187,14 +189,16 @@ async fn twin_calls_for_a_module_that_does_not_exist_are_refused_and_a_real_one_
         );
         assert!(
             matches!(
-                hub.edge_reported(&edge, foreign, &patch),
+                hub.edge_reported(&edge, foreign, &patch).await,
                 Err(HubError::Unauthorized(_))
             ),
             "{foreign}"
         );
     }
     hub.edge_twin(&edge, "edge1/filter").unwrap();
-    hub.edge_reported(&edge, "edge1/filter", &patch).unwrap();
+    hub.edge_reported(&edge, "edge1/filter", &patch)
+        .await
+        .unwrap();
     hub.edge_twin(&edge, "leaf").unwrap();
     let filter = Identity::module(
         DeviceId::new("edge1").unwrap(),

@@ -84,6 +84,7 @@ async fn one_devices_messages_keep_their_order_in_one_partition_with_contiguous_
     for round in 0..5 {
         for device in &devices {
             hub.accept_telemetry(device, &text(&format!("{}:{round}", device.device)))
+                .await
                 .unwrap();
         }
     }
@@ -147,8 +148,9 @@ async fn events_carry_the_body_properties_and_annotations_iot_hub_puts_on_them()
         ]),
         properties: BTreeMap::from([("alert".to_owned(), Some("high".to_owned()))]),
     };
-    hub.accept_telemetry(&device, &message).unwrap();
+    hub.accept_telemetry(&device, &message).await.unwrap();
     hub.accept_telemetry(&module, &text("from the module"))
+        .await
         .unwrap();
     let service = service(hub);
     let events = partition(&service, partition_of("sensor", 4)).await;
@@ -197,6 +199,7 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
         let sensor = add_device(&hub, "sensor").await;
         for i in 0..3 {
             hub.accept_telemetry(&sensor, &text(&i.to_string()))
+                .await
                 .unwrap();
         }
         let all = EventRetention {
@@ -212,7 +215,7 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
     }
     let hub = Hub::open(dir.path(), "hub.test").unwrap();
     let sensor = Identity::device(DeviceId::new("sensor").unwrap());
-    hub.accept_telemetry(&sensor, &text("after")).unwrap();
+    hub.accept_telemetry(&sensor, &text("after")).await.unwrap();
     let service = service(hub);
     let events = partition(&service, sensor_partition).await;
     assert_eq!(events.len(), 1);
@@ -234,6 +237,7 @@ async fn positions_resolve_to_the_event_they_select() {
     let sensor = add_device(&hub, "sensor").await;
     for i in 0..5 {
         hub.accept_telemetry(&sensor, &text(&i.to_string()))
+            .await
             .unwrap();
     }
     let service = service(hub);
@@ -303,7 +307,9 @@ async fn a_waiting_reader_wakes_when_its_partition_gets_an_event() {
     };
     tokio::task::yield_now().await;
     assert!(!reader.is_finished());
-    hub.accept_telemetry(&sensor, &text("wake up")).unwrap();
+    hub.accept_telemetry(&sensor, &text("wake up"))
+        .await
+        .unwrap();
     let events = tokio::time::timeout(Duration::from_secs(5), reader)
         .await
         .expect("the reader wakes")
@@ -699,8 +705,12 @@ async fn offsets_and_times_resolve_within_their_partition_when_partitions_interl
     assert_ne!(partition_of(a, 4), partition_of(b, 4));
     let (da, db) = (add_device(&hub, a).await, add_device(&hub, b).await);
     for i in 0..3 {
-        hub.accept_telemetry(&da, &text(&format!("a{i}"))).unwrap();
-        hub.accept_telemetry(&db, &text(&format!("b{i}"))).unwrap();
+        hub.accept_telemetry(&da, &text(&format!("a{i}")))
+            .await
+            .unwrap();
+        hub.accept_telemetry(&db, &text(&format!("b{i}")))
+            .await
+            .unwrap();
     }
     let service = service(hub);
     let pa = partition_of(a, 4);
@@ -740,4 +750,49 @@ async fn offsets_and_times_resolve_within_their_partition_when_partitions_interl
         )
         .unwrap();
     assert!(by_time <= 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_from_many_devices_at_once_shares_commits_and_every_message_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = 40;
+    {
+        let hub = Arc::new(Hub::open(dir.path(), "hub.test").unwrap());
+        let mut senders = Vec::new();
+        for i in 0..devices {
+            senders.push(add_device(&hub, &format!("device-{i}")).await);
+        }
+        let before = hub.storage_commits();
+        let sent: Vec<_> = senders
+            .into_iter()
+            .map(|sender| {
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    hub.accept_telemetry(&sender, &text(sender.device.as_str()))
+                        .await
+                })
+            })
+            .collect();
+        for answer in sent {
+            answer.await.unwrap().unwrap();
+        }
+        let commits = hub.storage_commits() - before;
+        // Through the storage writer (its commits counted), and grouped: fewer commits than messages.
+        assert!(
+            (1..devices).contains(&commits),
+            "{devices} messages sent at once took {commits} writer commits"
+        );
+    }
+    // Every acknowledged message is on disk: a new hub over the same files has them all.
+    let service = service(Hub::open(dir.path(), "hub.test").unwrap());
+    let mut bodies = Vec::new();
+    for p in 0..4 {
+        bodies.extend(partition(&service, p).await.into_iter().map(|e| e.body));
+    }
+    bodies.sort();
+    let mut expected: Vec<_> = (0..devices)
+        .map(|i| format!("device-{i}").into_bytes())
+        .collect();
+    expected.sort();
+    assert_eq!(bodies, expected);
 }

@@ -59,7 +59,7 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
     };
     let count = PRUNE_BATCH * 2 + 10;
     for i in 0..count {
-        hub.accept_telemetry(&sensor, &reading(i)).unwrap();
+        hub.accept_telemetry(&sensor, &reading(i)).await.unwrap();
     }
     assert_eq!(prune(&hub, &retention, Utc::now()), 0, "nothing is old yet");
     assert_eq!(
@@ -75,7 +75,7 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
 
     let newest = i64::try_from(count).unwrap();
     assert_eq!(hub.newest_event(), newest);
-    let next = hub.accept_telemetry(&sensor, &reading(0)).unwrap();
+    let next = hub.accept_telemetry(&sensor, &reading(0)).await.unwrap();
     assert_eq!(next, newest + 1, "sequence numbers are never reused");
     // A reader that last saw an event long pruned gets the oldest kept.
     let events = hub.read_events(3, 10, Duration::ZERO).await.unwrap();
@@ -87,7 +87,7 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
 async fn the_oldest_events_past_the_size_cap_are_pruned_and_the_newest_kept() {
     let (hub, sensor) = hub_with_sensor().await;
     for i in 0..100 {
-        hub.accept_telemetry(&sensor, &reading(i)).unwrap();
+        hub.accept_telemetry(&sensor, &reading(i)).await.unwrap();
     }
     let one = hub.read_events(0, 1, Duration::ZERO).await.unwrap();
     let size = serde_json::to_string(&one[0].1).unwrap().len() as u64;

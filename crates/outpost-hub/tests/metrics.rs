@@ -120,6 +120,7 @@ async fn a_scrape_of_the_hub_parses_as_prometheus_text_and_counts_what_happened(
                 ..Message::default()
             },
         )
+        .await
         .unwrap();
     }
     let hub = Arc::new(hub);

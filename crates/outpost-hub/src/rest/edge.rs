@@ -106,7 +106,7 @@ pub(super) async fn messages(
     let record = edge(&hub, &version, &headers, &device)?;
     let batch: TelemetryBatch<'static> = parse(&body)?;
     Ok(ok(&TelemetryAnswer {
-        accepted: hub.edge_messages(&record, &batch.messages)?,
+        accepted: hub.edge_messages(&record, &batch.messages).await?,
     }))
 }
 
@@ -151,7 +151,9 @@ pub(super) async fn reported(
 ) -> Result<Response, ApiError> {
     let record = edge(&hub, &version, &headers, &device)?;
     // The patch is a document whose shape the user owns.
-    let version = hub.edge_reported(&record, &query.client, &json_body(&body)?)?;
+    let version = hub
+        .edge_reported(&record, &query.client, &json_body(&body)?)
+        .await?;
     hub.metrics()
         .twin(TwinOperation::UpdateReported, TwinSource::Edge);
     Ok(ok(&ReportedAnswer { version }))
