@@ -128,6 +128,9 @@ pub struct Login {
     pub username: Option<String>,
     /// Password (a SAS token for Outpost), if any.
     pub password: Option<String>,
+    /// Keep-alive in seconds (0: none; rumqttd refuses 0). The clients send no PINGREQ, so it must outlast the
+    /// longest phase.
+    pub keep_alive: u16,
 }
 
 /// An open MQTT connection, split.
@@ -154,7 +157,7 @@ async fn open(broker: &Broker, login: &Login) -> anyhow::Result<Connection> {
         }
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut connect = outpost_mqtt::Connect::new(login.client_id.clone(), 0, true);
+    let mut connect = outpost_mqtt::Connect::new(login.client_id.clone(), login.keep_alive, true);
     connect.username.clone_from(&login.username);
     connect.password = login.password.clone().map(|p| Bytes::from(p.into_bytes()));
     let mut out = BytesMut::new();

@@ -32,6 +32,9 @@ use routed::{ms, ratio, Load, PhaseFigures, Target};
 /// The low paced load of every target: the latency floor.
 const LOW_RATE: f64 = 1000.0;
 
+/// Keep-alive of the clients on the peers, seconds: rumqttd refuses 0, and no phase lasts this long.
+const PEER_KEEP_ALIVE: u16 = 900;
+
 /// Module tokens live this long: longer than any run.
 const TOKEN_TTL_SECS: u64 = 4 * 3600;
 
@@ -144,6 +147,7 @@ impl Setup {
                 module.id
             )),
             password: Some(token),
+            keep_alive: 0,
         })
     }
 
@@ -192,6 +196,7 @@ fn peer_target(
         client_id: id,
         username: None,
         password: None,
+        keep_alive: PEER_KEEP_ALIVE,
     };
     Target {
         peer,
