@@ -303,8 +303,11 @@ impl Hub {
                     return Ok(events.drain(..).collect());
                 }
             }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Ok(Vec::new());
+            tokio::select! {
+                waited = tokio::time::timeout_at(deadline, arrived) => if waited.is_err() {
+                    return Ok(Vec::new());
+                },
+                () = self.stopping() => return Ok(Vec::new()),
             }
         }
     }

@@ -70,9 +70,24 @@ pub struct Hub {
     metrics: metrics::HubMetrics,
     /// The event stream as an Event Hub: its partitions' heads, twin change events, feedback.
     stream: eventhub::EventHubState,
+    /// Set when the hub shuts down: long polls answer at once instead of holding their connections open.
+    stopping: watch::Sender<bool>,
 }
 
 impl Hub {
+    /// Ends the long polls in progress, and answers those that come later at once, as if their wait had passed:
+    /// a hub shutting down does not wait for the edge devices' and monitors' polls to time out.
+    pub fn stop_long_polls(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`stop_long_polls`](Self::stop_long_polls) was called.
+    pub(crate) async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        // The sender lives as long as the hub, so this only ends when the flag is set.
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    }
+
     /// Opens the hub's database in `data_dir` (creating it and the default access policies on first start), with
     /// the stream settings stored in it (or the defaults for a new one).
     pub fn open(data_dir: &Path, host_name: &str) -> Result<Self, HubError> {
@@ -139,6 +154,7 @@ impl Hub {
             pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
             next_request_id: AtomicU64::new(1),
             newest_event: watch::channel(newest).0,
+            stopping: watch::channel(false).0,
             c2d_in_flight: Mutex::new(HashMap::new()),
             edge_links: Mutex::new(HashMap::new()),
             policies,

@@ -259,11 +259,11 @@ impl Hub {
             if !events.is_empty() {
                 return Ok(events);
             }
-            if tokio::time::timeout_at(deadline, newest.changed())
-                .await
-                .is_err()
-            {
-                return Ok(Vec::new());
+            tokio::select! {
+                waited = tokio::time::timeout_at(deadline, newest.changed()) => if waited.is_err() {
+                    return Ok(Vec::new());
+                },
+                () = self.stopping() => return Ok(Vec::new()),
             }
         }
     }

@@ -263,6 +263,7 @@ impl RunningHub {
 
     /// Stops the listeners and waits for them.
     pub async fn shutdown(mut self) {
+        self.hub.stop_long_polls();
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
     }

@@ -155,3 +155,25 @@ async fn a_restarted_hub_asks_again_for_the_presence_the_last_one_was_told() {
     let (status, body) = call(&restarted, &token, "GET", "/events?waitSecs=0", None).await;
     assert_eq!(status.as_u16(), LINK_REFUSAL_STATUS, "{body}");
 }
+
+#[tokio::test]
+async fn a_hub_that_stops_answers_the_long_polls_in_progress_at_once() {
+    let (hub, token) = hub_with_edge(Hub::in_memory("hub.test").unwrap()).await;
+    let presence = serde_json::to_value(PresenceRequest { clients: vec![] }).unwrap();
+    let (status, _) = call(&hub, &token, "POST", "/presence", Some(presence)).await;
+    assert_eq!(status, StatusCode::OK);
+    let poll = {
+        let (hub, token) = (hub.clone(), token.clone());
+        tokio::spawn(async move { call(&hub, &token, "GET", "/events?waitSecs=60", None).await })
+    };
+    tokio::task::yield_now().await;
+    hub.stop_long_polls();
+    // Without the stop, the poll would hold its connection (and the hub's shutdown) for 60 s.
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), poll)
+        .await
+        .expect("the long poll ends when the hub stops")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: EventsAnswer = serde_json::from_value(body).unwrap();
+    assert!(answer.events.is_empty());
+}
