@@ -20,7 +20,7 @@ use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -85,64 +85,9 @@ impl fmt::Debug for AmqpConfig {
     }
 }
 
-/// A byte stream that carries AMQP: a TLS stream, or WebSocket messages read and written as bytes.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
-
-/// A connection whose transport another listener set up (AMQP over WebSocket on the HTTPS port).
-struct Established {
-    stream: Box<dyn Transport>,
-    peer: SocketAddr,
-}
-
-/// Streams handed over and not yet taken by the server; past this, handing over is refused and the stream
-/// closed.
-const HANDOFF_QUEUE: usize = 64;
-
-/// The sending end of [`handoff`]: gives established streams to a running [`serve_with_handoff`].
-#[derive(Clone)]
-pub struct StreamHandoff(mpsc::Sender<Established>);
-
-/// The receiving end of [`handoff`], for [`serve_with_handoff`].
-pub struct HandedStreams(mpsc::Receiver<Established>);
-
-/// Why a stream was not taken; it has been dropped (closed).
-#[derive(Debug, thiserror::Error)]
-pub enum HandoffRefused {
-    /// Too many handed streams (64) already wait for the server.
-    #[error("the AMQP server has too many connections waiting")]
-    Busy,
-    /// The server has stopped.
-    #[error("the AMQP server has stopped")]
-    Stopped,
-}
-
-/// A channel of established streams into a server.
-pub fn handoff() -> (StreamHandoff, HandedStreams) {
-    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    (StreamHandoff(tx), HandedStreams(rx))
-}
-
-impl StreamHandoff {
-    /// Gives `stream` (from `peer`) to the server, which negotiates SASL on it and serves it like a connection
-    /// of its own listener, under the same cap. Never waits.
-    pub fn hand_over(
-        &self,
-        stream: impl Transport,
-        peer: SocketAddr,
-    ) -> Result<(), HandoffRefused> {
-        self.0
-            .try_send(Established {
-                stream: Box::new(stream),
-                peer,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => HandoffRefused::Busy,
-                mpsc::error::TrySendError::Closed(_) => HandoffRefused::Stopped,
-            })
-    }
-}
+pub use outpost_https::handoff::{
+    handoff, HandedStreams, HandoffRefused, StreamHandoff, Transport,
+};
 
 /// Accept loop: TLS, then [`serve_connection`] for each connection, under the connection cap. Returns when
 /// `shutdown` fires, after closing every connection (at most a few seconds).
@@ -168,7 +113,7 @@ pub async fn serve_with_handoff<B: ServiceBackend>(
     handed: HandedStreams,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let HandedStreams(mut handed) = handed;
+    let mut handed = handed;
     let mut handing = true;
     let acceptor = TlsAcceptor::from(Arc::clone(&config.tls));
     let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -195,7 +140,7 @@ pub async fn serve_with_handoff<B: ServiceBackend>(
                 }
             },
             established = handed.recv(), if handing => {
-                let Some(Established { stream, peer }) = established else {
+                let Some(outpost_https::handoff::Established { stream, peer }) = established else {
                     // Every sender is gone: only the listener is left.
                     handing = false;
                     continue;

@@ -14,6 +14,7 @@
 //! upgraded (a router's WebSocket route): the upgraded stream leaves this listener's cap and timers, and is the
 //! route's to bound ([`websocket::WebSocketBytes`] reads a WebSocket as bytes).
 
+pub mod handoff;
 pub mod metrics;
 pub mod websocket;
 

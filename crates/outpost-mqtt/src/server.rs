@@ -13,13 +13,11 @@ mod handshake;
 mod registry;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -69,65 +67,9 @@ impl ServerConfig {
     }
 }
 
-/// A byte stream that carries MQTT: a TLS stream, or WebSocket messages read and written as bytes.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
-
-/// A connection whose transport another listener set up, waiting for the server to take it.
-struct Established {
-    stream: Box<dyn Transport>,
-    peer: SocketAddr,
-}
-
-/// Streams handed over and not yet taken by the server (which takes one when it has a connection permit);
-/// past this, handing over is refused and the stream closed, so streams cannot pile up while the server is at
-/// its connection cap.
-const HANDOFF_QUEUE: usize = 64;
-
-/// The sending end of [`handoff`]: gives established streams to a running [`serve_with_handoff`].
-#[derive(Clone)]
-pub struct StreamHandoff(mpsc::Sender<Established>);
-
-/// The receiving end of [`handoff`], for [`serve_with_handoff`].
-pub struct HandedStreams(mpsc::Receiver<Established>);
-
-/// Why a stream was not taken; it has been dropped (closed).
-#[derive(Debug, thiserror::Error)]
-pub enum HandoffRefused {
-    /// [`HANDOFF_QUEUE`] streams already wait for the server, which is at its connection cap.
-    #[error("the MQTT server is at its connection cap")]
-    Busy,
-    /// The server has stopped.
-    #[error("the MQTT server has stopped")]
-    Stopped,
-}
-
-/// A channel of established streams into a server.
-pub fn handoff() -> (StreamHandoff, HandedStreams) {
-    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    (StreamHandoff(tx), HandedStreams(rx))
-}
-
-impl StreamHandoff {
-    /// Gives `stream` (from `peer`) to the server, which reads CONNECT from it and serves it like a connection
-    /// of its own listener. Never waits: when the server cannot take it soon, the stream is closed.
-    pub fn hand_over(
-        &self,
-        stream: impl Transport,
-        peer: SocketAddr,
-    ) -> Result<(), HandoffRefused> {
-        self.0
-            .try_send(Established {
-                stream: Box::new(stream),
-                peer,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => HandoffRefused::Busy,
-                mpsc::error::TrySendError::Closed(_) => HandoffRefused::Stopped,
-            })
-    }
-}
+pub use outpost_https::handoff::{
+    handoff, HandedStreams, HandoffRefused, StreamHandoff, Transport,
+};
 
 /// How often parked sessions are checked for expiry.
 const SESSION_SWEEP: Duration = Duration::from_mins(1);
@@ -165,7 +107,7 @@ pub async fn serve_with_handoff<O: DeviceOperations>(
     handed: HandedStreams,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let HandedStreams(mut handed) = handed;
+    let mut handed = handed;
     let mut handing = true;
     let acceptor = TlsAcceptor::from(Arc::clone(&config.tls));
     let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -199,7 +141,7 @@ pub async fn serve_with_handoff<O: DeviceOperations>(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
             established = handed.recv(), if handing => {
-                let Some(Established { stream, peer }) = established else {
+                let Some(outpost_https::handoff::Established { stream, peer }) = established else {
                     // Every sender is gone: only the listener is left.
                     handing = false;
                     continue;
@@ -243,43 +185,4 @@ pub async fn serve_with_handoff<O: DeviceOperations>(
         tracing::warn!("connections still closing after 10 s; aborting them");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 443))
-    }
-
-    #[tokio::test]
-    async fn handing_over_past_the_queue_is_refused_and_after_the_server_stopped_too() {
-        let (handoff, handed) = handoff();
-        let mut kept = Vec::new();
-        for _ in 0..HANDOFF_QUEUE {
-            let (ours, theirs) = tokio::io::duplex(64);
-            handoff.hand_over(ours, peer()).unwrap();
-            kept.push(theirs);
-        }
-        let (ours, mut theirs) = tokio::io::duplex(64);
-        assert!(matches!(
-            handoff.hand_over(ours, peer()),
-            Err(HandoffRefused::Busy)
-        ));
-        // The refused stream is closed: its other end reads the end of the stream.
-        let mut byte = [0; 1];
-        assert_eq!(
-            tokio::io::AsyncReadExt::read(&mut theirs, &mut byte)
-                .await
-                .unwrap(),
-            0
-        );
-        drop(handed);
-        let (ours, _theirs) = tokio::io::duplex(64);
-        assert!(matches!(
-            handoff.hand_over(ours, peer()),
-            Err(HandoffRefused::Stopped)
-        ));
-    }
 }
