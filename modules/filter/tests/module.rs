@@ -67,12 +67,13 @@ fn is_alert_at(temperature: f64) -> impl Fn(&Value) -> bool {
 async fn the_filter_forwards_only_readings_above_the_threshold_it_reports() {
     let hub = TestHub::start().await;
     let gateway = TestGateway::start(hub.hub(), &hub.config.data_dir).await;
-    let connection_string = gateway.connection_string(&hub.create_module("edge-1", "filter"));
+    let connection_string = gateway.connection_string(&hub.create_module("edge-1", "filter").await);
     hub.patch_desired(
         "edge-1",
         Some("filter"),
         json!({"TemperatureThreshold": 30}),
-    );
+    )
+    .await;
     let mut filter =
         ModuleProcess::start(BINARY, &connection_string, &hub.ca_path(), hub.dir.path());
 
@@ -100,7 +101,8 @@ async fn the_filter_forwards_only_readings_above_the_threshold_it_reports() {
         "edge-1",
         Some("filter"),
         json!({"TemperatureThreshold": 36.5}),
-    );
+    )
+    .await;
     eventually("threshold 36.5 reported", || {
         hub.reported("edge-1", Some("filter"))["TemperatureThreshold"] == 36.5
     })
@@ -120,7 +122,7 @@ async fn the_filter_forwards_only_readings_above_the_threshold_it_reports() {
 #[tokio::test]
 async fn the_filter_connects_to_the_hub_directly_and_reports_the_default_threshold() {
     let hub = TestHub::start().await;
-    let connection_string = hub.create_module("edge-1", "filter");
+    let connection_string = hub.create_module("edge-1", "filter").await;
     let filter = ModuleProcess::start(BINARY, &connection_string, &hub.ca_path(), hub.dir.path());
     eventually("the default threshold reported", || {
         hub.reported("edge-1", Some("filter"))["TemperatureThreshold"] == 25.0

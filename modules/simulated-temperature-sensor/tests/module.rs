@@ -31,8 +31,9 @@ fn method(name: &str) -> MethodCall {
 #[tokio::test]
 async fn the_sensor_sends_readings_obeys_send_interval_and_send_data_and_answers_reset() {
     let hub = TestHub::start().await;
-    let connection_string = hub.create_module("edge-1", "sensor");
-    hub.patch_desired("edge-1", Some("sensor"), json!({"SendInterval": 0.3}));
+    let connection_string = hub.create_module("edge-1", "sensor").await;
+    hub.patch_desired("edge-1", Some("sensor"), json!({"SendInterval": 0.3}))
+        .await;
     let after = hub.newest_event();
     let mut sensor =
         ModuleProcess::start(BINARY, &connection_string, &hub.ca_path(), hub.dir.path());
@@ -62,7 +63,8 @@ async fn the_sensor_sends_readings_obeys_send_interval_and_send_data_and_answers
     );
 
     // SendData false stops the readings.
-    hub.patch_desired("edge-1", Some("sensor"), json!({"SendData": false}));
+    hub.patch_desired("edge-1", Some("sensor"), json!({"SendData": false}))
+        .await;
     eventually("SendData false reported", || {
         hub.reported("edge-1", Some("sensor"))["SendData"] == false
     })
@@ -89,7 +91,8 @@ async fn the_sensor_sends_readings_obeys_send_interval_and_send_data_and_answers
         .unwrap();
     assert_eq!(status, 404);
     let resumed_from = hub.newest_event();
-    hub.patch_desired("edge-1", Some("sensor"), json!({"SendData": true}));
+    hub.patch_desired("edge-1", Some("sensor"), json!({"SendData": true}))
+        .await;
     let event = hub.wait_for_event(resumed_from, is_reading).await;
     let temperature = body(&event)["machine"]["temperature"].as_f64().unwrap();
     assert!(temperature <= 22.25, "{temperature} after reset");
@@ -102,7 +105,7 @@ async fn the_sensor_sends_readings_obeys_send_interval_and_send_data_and_answers
 #[tokio::test]
 async fn the_sensor_exits_with_an_error_when_its_key_is_wrong() {
     let hub = TestHub::start().await;
-    let connection_string = hub.create_module("edge-1", "sensor");
+    let connection_string = hub.create_module("edge-1", "sensor").await;
     let wrong = format!(
         "{};SharedAccessKey=d3Jvbmd3cm9uZ3dyb25nd3Jvbmd3cm9uZ3dyb25nMTI=",
         connection_string.split(";SharedAccessKey=").next().unwrap()
