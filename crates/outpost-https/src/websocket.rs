@@ -4,15 +4,89 @@
 //! The protocol's framing is independent of WebSocket's: a binary message may carry part of a packet, one
 //! packet or several, so reading hands out the bytes of each message in turn and the protocol's own parser
 //! finds the packets. Each write is sent as one binary message.
+//!
+//! [`mqtt_over_websocket`] is the route the hub's and the edge hub's HTTPS ports share: it upgrades
+//! `GET /$iothub/websocket` and hands the stream to their MQTT server ([`crate::handoff`]).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum::body::Bytes;
-use axum::extract::ws::Message;
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The path the Azure IoT SDKs open for MQTT over WebSocket (`websockets=True`, on port 443).
+pub const MQTT_WEBSOCKET_PATH: &str = "/$iothub/websocket";
+
+/// The WebSocket subprotocol of MQTT, which the SDK (paho) asks for.
+const MQTT_SUBPROTOCOL: &str = "mqtt";
+
+/// Room in a WebSocket message beyond one protocol packet of the largest size (for a client that packs the
+/// start of the next packet into the same message).
+pub const WEBSOCKET_MESSAGE_HEADROOM: usize = 16 * 1024;
+
+/// The route that upgrades `GET /$iothub/websocket` (subprotocol `mqtt`) and hands the WebSocket, read as
+/// bytes, to the MQTT server behind `mqtt`, which serves it like a connection of its own port: CONNECT and its
+/// SAS token, packet size, queues, token expiry, connection cap.
+///
+/// Merge it into the HTTPS port's router, outside that router's authorisation layers: the SDK sends no token
+/// with the upgrade (it authenticates in CONNECT). What the route allows before CONNECT is the HTTP upgrade
+/// itself; the MQTT server's CONNECT timeout and connection cap apply from then on. A WebSocket message may
+/// hold at most `max_packet_size` plus a little, whatever MQTT packets or parts of them it carries.
+pub fn mqtt_over_websocket(mqtt: crate::handoff::StreamHandoff, max_packet_size: usize) -> Router {
+    let upgrade = MqttUpgrade {
+        mqtt,
+        max_message_size: max_packet_size + WEBSOCKET_MESSAGE_HEADROOM,
+    };
+    Router::new()
+        .route(MQTT_WEBSOCKET_PATH, get(upgrade_to_mqtt))
+        .with_state(upgrade)
+}
+
+/// What the MQTT-over-WebSocket route needs.
+#[derive(Clone)]
+struct MqttUpgrade {
+    mqtt: crate::handoff::StreamHandoff,
+    max_message_size: usize,
+}
+
+async fn upgrade_to_mqtt(
+    State(upgrade): State<MqttUpgrade>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    websocket: WebSocketUpgrade,
+) -> Response {
+    let websocket = websocket.protocols([MQTT_SUBPROTOCOL]);
+    if websocket.selected_protocol().is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the WebSocket subprotocol must be mqtt",
+        )
+            .into_response();
+    }
+    let MqttUpgrade {
+        mqtt,
+        max_message_size,
+    } = upgrade;
+    websocket
+        .max_message_size(max_message_size)
+        .max_frame_size(max_message_size)
+        // The MQTT writer flushes after each batch, so the buffer holds about one batch and one packet.
+        .max_write_buffer_size(2 * max_message_size + (128 << 10))
+        .on_failed_upgrade(move |error| tracing::debug!(%peer, %error, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            if let Err(error) = mqtt.hand_over(WebSocketBytes::new(socket), peer) {
+                tracing::info!(%peer, %error, "MQTT over WebSocket refused");
+            }
+        })
+}
 
 /// A WebSocket (anything that streams and sinks [`Message`]s, such as axum's `WebSocket`) read and written as
 /// bytes.

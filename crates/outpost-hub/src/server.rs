@@ -166,7 +166,7 @@ impl RunningHub {
             }
         });
         let mut https_routes = crate::rest::router(hub.clone()).merge(
-            crate::rest::mqtt_over_websocket(websockets, max_packet_size),
+            outpost_https::websocket::mqtt_over_websocket(websockets, max_packet_size),
         );
         if let Some(listener) = amqp_listener {
             // AMQP over WebSocket: the HTTPS listener upgrades, the AMQP server serves (under its cap).

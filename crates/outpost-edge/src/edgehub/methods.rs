@@ -1,5 +1,6 @@
 //! The edge hub's HTTPS method API (AZURE-COMPAT §1.6): a module invokes a direct method on another module of
-//! this device, or on a device behind it, through its gateway, even while the hub is unreachable.
+//! this device, or on a device behind it, through its gateway, even while the hub is unreachable. The same
+//! HTTPS port upgrades `GET /$iothub/websocket` to MQTT over WebSocket for the edge hub's MQTT server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,12 +202,19 @@ async fn invoke(
 }
 
 /// Serves the method API over TLS on `listener` until the process ends, under the limits every Outpost HTTPS
-/// listener keeps (`outpost_https`), with at most [`MAX_CONNECTIONS`] connections.
-pub async fn serve(hub: Arc<EdgeHub>, listener: TcpListener, acceptor: TlsAcceptor) {
+/// listener keeps (`outpost_https`), with at most [`MAX_CONNECTIONS`] connections. `websockets` are the
+/// routes served beside it, outside its authorisation (the upgrade to MQTT over WebSocket, whose clients
+/// authenticate in CONNECT).
+pub async fn serve(
+    hub: Arc<EdgeHub>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    websockets: Router,
+) {
     outpost_https::serve(
         listener,
         acceptor,
-        router(hub),
+        router(hub).merge(websockets),
         outpost_https::HttpsLimits::with_max_connections(MAX_CONNECTIONS),
         std::future::pending(),
     )

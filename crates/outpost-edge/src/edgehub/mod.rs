@@ -5,7 +5,8 @@
 //! ([`auth`]); every accepted message is stored once in the durable log and routed by the `$edgeHub` routes
 //! ([`router`]); twins are read through to the hub when it answers and served from the cache when it does not,
 //! reported patches queue durably ([`store`]); and one upstream [`link`] carries everything to the hub.
-//! [`sync`] runs the link's loops; [`methods`] serves the module-to-module method API over HTTPS.
+//! [`sync`] runs the link's loops; [`methods`] serves the module-to-module method API over HTTPS, on the port
+//! that also carries MQTT over WebSocket to the same protocol head.
 
 pub mod auth;
 pub mod free_space;
@@ -565,10 +566,18 @@ pub async fn start(
             .map_err(listen(config.edge_mqtt_port, *address))?;
         let devices = Arc::new(EdgeDevices(hub.clone()));
         let server = outpost_mqtt::ServerConfig::new(tls.clone());
+        let max_packet_size = server.max_packet_size;
+        // MQTT over WebSocket: the HTTPS listener upgrades, the MQTT server serves (under its cap).
+        let (websockets, handed) = outpost_mqtt::server::handoff();
         tokio::spawn(async move {
-            if let Err(error) =
-                outpost_mqtt::serve(mqtt, server, devices, std::future::pending()).await
-            {
+            let served = outpost_mqtt::server::serve_with_handoff(
+                mqtt,
+                server,
+                devices,
+                handed,
+                std::future::pending(),
+            );
+            if let Err(error) = served.await {
                 tracing::error!(%error, "the edge hub's MQTT listener stopped");
             }
         });
@@ -581,6 +590,7 @@ pub async fn start(
             hub.clone(),
             https,
             tokio_rustls::TlsAcceptor::from(Arc::new(https_tls)),
+            outpost_https::websocket::mqtt_over_websocket(websockets, max_packet_size),
         ));
         tracing::info!(%address, mqtt = config.edge_mqtt_port, https = config.edge_https_port, "edge hub listening");
     }

@@ -2,8 +2,9 @@
 //! cloud-to-device messages and reading the event stream.
 //!
 //! Every request needs a known `api-version` and a shared access signature whose policy grants the right the
-//! route needs, except the upgrade to MQTT over WebSocket ([`mqtt_over_websocket`]), whose client
-//! authenticates in its MQTT CONNECT. Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
+//! route needs, except the upgrades to MQTT over WebSocket (`outpost_https::websocket::mqtt_over_websocket`)
+//! and to AMQP over WebSocket ([`amqp_over_websocket`]), whose clients authenticate inside the protocol.
+//! Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
 
 mod devices;
 mod edge;
@@ -131,71 +132,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// The path the Azure IoT SDKs open for MQTT over WebSocket (`websockets=True`, on port 443).
-pub const MQTT_WEBSOCKET_PATH: &str = "/$iothub/websocket";
-
-/// The WebSocket subprotocol of MQTT, which the SDK (paho) asks for.
-const MQTT_SUBPROTOCOL: &str = "mqtt";
-
-/// Room in a WebSocket message beyond one MQTT packet of the largest size (for a client that packs the start
-/// of the next packet into the same message).
-const WEBSOCKET_MESSAGE_HEADROOM: usize = 16 * 1024;
-
-/// The route that upgrades `GET /$iothub/websocket` (subprotocol `mqtt`) and hands the WebSocket, read as
-/// bytes, to the MQTT server behind `mqtt`, which serves it like a connection of its own port: CONNECT and its
-/// SAS token, packet size, queues, token expiry.
-///
-/// Merge it into [`router`]'s router; it stays outside that router's layers on purpose: the SDK sends neither
-/// a token nor an api-version with the upgrade (it authenticates in CONNECT), so [`require_sas_token`] would
-/// refuse every client. What the route allows before CONNECT is the HTTP upgrade itself; the MQTT server's
-/// CONNECT timeout and connection cap apply from then on. A WebSocket message may hold at most
-/// `max_packet_size` plus a little, whatever MQTT packets or parts of them it carries.
-pub fn mqtt_over_websocket(
-    mqtt: outpost_mqtt::server::StreamHandoff,
-    max_packet_size: usize,
-) -> Router {
-    let upgrade = MqttUpgrade {
-        mqtt,
-        max_message_size: max_packet_size + WEBSOCKET_MESSAGE_HEADROOM,
-    };
-    Router::new()
-        .route(MQTT_WEBSOCKET_PATH, get(upgrade_to_mqtt))
-        .with_state(upgrade)
-}
-
-/// What the MQTT-over-WebSocket route needs.
-#[derive(Clone)]
-struct MqttUpgrade {
-    mqtt: outpost_mqtt::server::StreamHandoff,
-    max_message_size: usize,
-}
-
-async fn upgrade_to_mqtt(
-    State(upgrade): State<MqttUpgrade>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    websocket: WebSocketUpgrade,
-) -> Response {
-    let websocket = websocket.protocols([MQTT_SUBPROTOCOL]);
-    if websocket.selected_protocol().is_none() {
-        return ApiError::bad_request("the WebSocket subprotocol must be mqtt").into_response();
-    }
-    let MqttUpgrade {
-        mqtt,
-        max_message_size,
-    } = upgrade;
-    websocket
-        .max_message_size(max_message_size)
-        .max_frame_size(max_message_size)
-        // The MQTT writer flushes after each batch, so the buffer holds about one batch and one packet.
-        .max_write_buffer_size(2 * max_message_size + (128 << 10))
-        .on_failed_upgrade(move |error| tracing::debug!(%peer, %error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            let stream = outpost_https::websocket::WebSocketBytes::new(socket);
-            if let Err(error) = mqtt.hand_over(stream, peer) {
-                tracing::info!(%peer, %error, "MQTT over WebSocket refused");
-            }
-        })
-}
+/// Room in a WebSocket message beyond one AMQP frame of the largest size.
+const WEBSOCKET_MESSAGE_HEADROOM: usize = outpost_https::websocket::WEBSOCKET_MESSAGE_HEADROOM;
 
 /// The path the Azure service SDKs open for AMQP over WebSocket (`transport_type=AmqpOverWebsocket`, port 443).
 pub const AMQP_WEBSOCKET_PATH: &str = "/$servicebus/websocket";
@@ -205,7 +143,7 @@ const AMQP_SUBPROTOCOL: &str = "AMQPWSB10";
 
 /// The route that upgrades `GET /$servicebus/websocket` (subprotocol `AMQPWSB10`) and hands the WebSocket, read
 /// as bytes, to the AMQP server behind `amqp`, which serves it like a connection of its own port (SASL, `$cbs`,
-/// links) under the same connection cap. Like [`mqtt_over_websocket`] it stays outside [`router`]'s layers: the
+/// links) under the same connection cap. Like `outpost_https::websocket::mqtt_over_websocket` it stays outside [`router`]'s layers: the
 /// client authenticates inside AMQP. A WebSocket message may hold at most one AMQP frame of `max_frame_size` plus
 /// a little.
 pub fn amqp_over_websocket(amqp: outpost_amqp::StreamHandoff, max_frame_size: usize) -> Router {
