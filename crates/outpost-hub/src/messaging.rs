@@ -383,15 +383,11 @@ impl Hub {
     /// Removes the queued cloud-to-device messages whose `absolute-expiry-time` passed, with their feedback;
     /// returns how many.
     pub fn expire_c2d(&self, now: DateTime<Utc>) -> Result<usize, HubError> {
-        let expired: Vec<(outpost_core::DeviceId, i64)> = store::expiring_c2d(&self.db.lock())?
-            .into_iter()
-            .filter_map(|(device, id, expiry)| {
-                let expiry = DateTime::parse_from_rfc3339(&expiry).ok()?;
-                (expiry < now)
-                    .then(|| outpost_core::DeviceId::new(device).ok().map(|d| (d, id)))
-                    .flatten()
-            })
-            .collect();
+        let expired: Vec<(outpost_core::DeviceId, i64)> =
+            store::expired_c2d(&self.db.lock(), now.timestamp_millis())?
+                .into_iter()
+                .filter_map(|(device, id)| Some((outpost_core::DeviceId::new(device).ok()?, id)))
+                .collect();
         for (device, id) in &expired {
             self.settle_c2d(device, *id, DeliveryOutcome::Expired)?;
             self.metrics.c2d(C2dOutcome::Expired);

@@ -106,6 +106,12 @@ pub const MIGRATIONS: &[&str] = &["
 ", "
     -- A receiver that starts at an enqueued time finds its first event without scanning its partition.
     CREATE INDEX events_by_partition_time ON events (partition, enqueued_ms);
+", "
+    -- Expired cloud-to-device messages are found through an index, not by reading every queued message's JSON.
+    ALTER TABLE c2d ADD COLUMN expiry_ms INTEGER;
+    UPDATE c2d SET expiry_ms = CAST(ROUND((julianday(
+        json_extract(message, '$.system.\"absolute-expiry-time\"')) - 2440587.5) * 86400000) AS INTEGER);
+    CREATE INDEX c2d_by_expiry ON c2d (expiry_ms);
 "];
 
 /// Errors of the hub's storage.
@@ -397,16 +403,19 @@ pub fn prune_events(
     Ok(count)
 }
 
-/// Queues a cloud-to-device message; returns its id.
+/// Queues a cloud-to-device message; returns its id. Its `absolute-expiry-time` (RFC 3339), if any, is kept in
+/// Unix milliseconds beside it for [`expired_c2d`].
 pub fn enqueue_c2d(
     conn: &Connection,
     device: &DeviceId,
     message: &serde_json::Value,
 ) -> Result<i64, StorageError> {
-    conn.execute(
-        "INSERT INTO c2d (device_id, message) VALUES (?1, ?2)",
-        params![device.as_str(), to_text(message)?],
-    )?;
+    let expiry_ms = message["system"]["absolute-expiry-time"]
+        .as_str()
+        .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
+        .map(|time| time.timestamp_millis());
+    conn.prepare_cached("INSERT INTO c2d (device_id, message, expiry_ms) VALUES (?1, ?2, ?3)")?
+        .execute(params![device.as_str(), to_text(message)?, expiry_ms])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -440,13 +449,11 @@ pub fn c2d_message(
     from_text(text)
 }
 
-/// `(device, id, absolute-expiry-time)` of the queued cloud-to-device messages that have an expiry time.
-pub fn expiring_c2d(conn: &Connection) -> Result<Vec<(String, i64, String)>, StorageError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT device_id, id, json_extract(message, '$.system.\"absolute-expiry-time\"') AS expiry
-         FROM c2d WHERE expiry IS NOT NULL",
-    )?;
-    let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+/// `(device, id)` of the queued cloud-to-device messages whose expiry time is before `now_ms`.
+pub fn expired_c2d(conn: &Connection, now_ms: i64) -> Result<Vec<(String, i64)>, StorageError> {
+    let mut statement = conn
+        .prepare_cached("SELECT device_id, id FROM c2d WHERE expiry_ms < ?1 ORDER BY expiry_ms")?;
+    let rows = statement.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -629,5 +636,54 @@ mod tests {
         assert_eq!(last_event(&conn).unwrap(), 2);
         assert_eq!(append(&conn, &json!({}), 0), 3);
         assert_eq!(event_bytes(&conn).unwrap(), 2);
+    }
+
+    /// The device the C2D rows below belong to.
+    const DEVICE_D: &str = "INSERT INTO devices (device_id, record) VALUES ('d', '{}')";
+
+    fn c2d(expiry: Option<&str>) -> serde_json::Value {
+        json!({"body": "b", "system": {"absolute-expiry-time": expiry}})
+    }
+
+    #[test]
+    fn expired_cloud_to_device_messages_are_found_by_their_expiry_time_only() {
+        let db = outpost_store::Database::in_memory(MIGRATIONS).unwrap();
+        let conn = db.lock();
+        conn.execute(DEVICE_D, []).unwrap();
+        let device = DeviceId::new("d").unwrap();
+        let past = enqueue_c2d(&conn, &device, &c2d(Some("2024-05-01T10:00:00.000Z"))).unwrap();
+        enqueue_c2d(&conn, &device, &c2d(Some("2024-05-01T12:00:00+00:00"))).unwrap();
+        enqueue_c2d(&conn, &device, &c2d(None)).unwrap();
+        let eleven = 1_714_561_200_000; // 2024-05-01T11:00:00Z
+        assert_eq!(
+            expired_c2d(&conn, eleven).unwrap(),
+            [("d".to_owned(), past)]
+        );
+        assert_eq!(expired_c2d(&conn, eleven + 7_200_000).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_expiry_migration_gives_queued_messages_their_expiry_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        {
+            let db = outpost_store::Database::open(&path, &MIGRATIONS[..4]).unwrap();
+            let conn = db.lock();
+            conn.execute(DEVICE_D, []).unwrap();
+            for expiry in [Some("2024-05-01T10:00:00.000Z"), None] {
+                conn.execute(
+                    "INSERT INTO c2d (device_id, message) VALUES ('d', ?1)",
+                    [to_text(&c2d(expiry)).unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        let db = outpost_store::Database::open(&path, MIGRATIONS).unwrap();
+        let conn = db.lock();
+        assert_eq!(
+            expired_c2d(&conn, 1_714_557_600_001).unwrap(),
+            [("d".to_owned(), 1)]
+        );
+        assert!(expired_c2d(&conn, 1_714_557_600_000).unwrap().is_empty());
     }
 }
