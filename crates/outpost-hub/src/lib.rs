@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod registry;
 pub mod rest;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod stream;
 pub mod twins;

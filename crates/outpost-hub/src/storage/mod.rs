@@ -1,0 +1,225 @@
+//! The hub's storage boundary: what the hub keeps, behind one trait per role, with one engine per database.
+//!
+//! [`Tables`] is one transaction's view of every table the hub keeps (registry, twins, deployments, policies,
+//! sessions, the event stream and its Event Hub presentation, cloud-to-device messages and their feedback, the
+//! hub's own settings). It only loads, stores and commits: the domain rules (twin merge, limits, etags,
+//! versions, the C2D queue limit) stay in `outpost-core` and the hub's services, which compose these calls
+//! inside one transaction. [`Engine`] runs such compositions on a real database: reads in a consistent view,
+//! writes in group commits where each job has its own savepoint.
+//!
+//! Every method blocks the thread it runs on: engines are driven from the storage writer's thread and from
+//! `spawn_blocking`, never from an async worker ([`crate::writer`]).
+//!
+//! Two engines implement it: SQLite, the embedded default, in a data directory ([`sqlite`]); PostgreSQL, for
+//! several hub replicas on one database ([`postgres`]).
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::HashSet;
+
+use outpost_core::{DeviceId, ModuleId, Twin};
+use serde_json::Value;
+
+use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
+use crate::store::StorageError;
+use crate::stream::{Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent};
+
+/// One transaction's view of the hub's tables. Changes made through it are committed or rolled back together
+/// by the [`Engine`] that lent it.
+pub trait Tables {
+    // The registry.
+
+    /// One device.
+    fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StorageError>;
+    /// Every device, ordered by id.
+    fn devices(&mut self) -> Result<Vec<DeviceRecord>, StorageError>;
+    /// Inserts or replaces a device.
+    fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StorageError>;
+    /// Deletes a device with its modules, twins, sessions, queued messages and deployment; whether it existed.
+    fn delete_device(&mut self, id: &DeviceId) -> Result<bool, StorageError>;
+    /// The ids of the modules of a device.
+    fn module_ids(&mut self, device: &DeviceId) -> Result<HashSet<String>, StorageError>;
+    /// One module.
+    fn module(
+        &mut self,
+        device: &DeviceId,
+        module: &ModuleId,
+    ) -> Result<Option<ModuleRecord>, StorageError>;
+    /// The modules of a device, ordered by id.
+    fn modules(&mut self, device: &DeviceId) -> Result<Vec<ModuleRecord>, StorageError>;
+    /// Inserts or replaces a module.
+    fn put_module(&mut self, record: &ModuleRecord) -> Result<(), StorageError>;
+    /// Deletes a module with its twin and session; whether it existed.
+    fn delete_module(&mut self, device: &DeviceId, module: &ModuleId) -> Result<bool, StorageError>;
+
+    // Twins and deployments.
+
+    /// The twin of a device (`module` `None`) or of a module.
+    fn twin(
+        &mut self,
+        device: &DeviceId,
+        module: Option<&ModuleId>,
+    ) -> Result<Option<Twin>, StorageError>;
+    /// Inserts or replaces a twin.
+    fn put_twin(
+        &mut self,
+        device: &DeviceId,
+        module: Option<&ModuleId>,
+        twin: &Twin,
+    ) -> Result<(), StorageError>;
+    /// Records the deployment last applied to an edge device.
+    fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError>;
+    /// The deployment last applied to an edge device.
+    fn deployment(&mut self, device: &DeviceId) -> Result<Option<Value>, StorageError>;
+
+    // The hub's own state.
+
+    /// Every shared access policy, ordered by name.
+    fn policies(&mut self) -> Result<Vec<AccessPolicy>, StorageError>;
+    /// Inserts or replaces a shared access policy.
+    fn put_policy(&mut self, policy: &AccessPolicy) -> Result<(), StorageError>;
+    /// A setting of the hub by name (its CA and server certificate, say, so that every replica shares them).
+    fn setting(&mut self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Stores a setting; `only_if_absent` keeps an existing value (the first replica to start wins) and says
+    /// whether this call stored it.
+    fn put_setting(
+        &mut self,
+        name: &str,
+        value: &[u8],
+        only_if_absent: bool,
+    ) -> Result<bool, StorageError>;
+
+    // MQTT sessions.
+
+    /// The persisted subscriptions of an MQTT client id.
+    fn session(&mut self, client_id: &str) -> Result<Vec<String>, StorageError>;
+    /// Persists the subscriptions of a client id; an empty list forgets the session.
+    fn put_session(&mut self, client_id: &str, filters: &[String]) -> Result<(), StorageError>;
+
+    // The event stream.
+
+    /// Up to `max` events with a sequence number above `after`; twin change events only with `all_sources`.
+    fn events_after(
+        &mut self,
+        after: i64,
+        max: usize,
+        all_sources: bool,
+    ) -> Result<Vec<(i64, Value)>, StorageError>;
+    /// The sequence number of the newest event ever appended (0 when none), even if it was pruned.
+    fn last_event(&mut self) -> Result<i64, StorageError>;
+    /// The bytes of event JSON stored.
+    fn event_bytes(&mut self) -> Result<u64, StorageError>;
+    /// Deletes the oldest events enqueued before `cutoff_ms` or past `max_bytes`, at most `batch`; how many.
+    fn prune_events(
+        &mut self,
+        cutoff_ms: i64,
+        max_bytes: u64,
+        batch: usize,
+    ) -> Result<usize, StorageError>;
+    /// The Event Hub the stream is presented as, once created.
+    fn event_hub(&mut self) -> Result<Option<EventHubRecord>, StorageError>;
+    /// Creates the Event Hub record (once).
+    fn create_event_hub(&mut self, record: &EventHubRecord) -> Result<(), StorageError>;
+    /// Appends an event to `partition`, with the next sequence number of the stream and of the partition.
+    fn append_event(
+        &mut self,
+        partition: u32,
+        source: EventSource,
+        event: &Value,
+        enqueued_ms: i64,
+    ) -> Result<Appended, StorageError>;
+    /// Gives events stored before partitions existed their partition; how many.
+    fn assign_partitions(&mut self, partitions: u32) -> Result<usize, StorageError>;
+    /// A partition's newest event.
+    fn head(&mut self, partition: u32) -> Result<Head, StorageError>;
+    /// The offset of the oldest event kept in a partition.
+    fn first_kept(&mut self, partition: u32) -> Result<Option<i64>, StorageError>;
+    /// The offset of the first event of a partition at (`inclusive`) or after `offset`.
+    fn first_from_offset(
+        &mut self,
+        partition: u32,
+        offset: i64,
+        inclusive: bool,
+    ) -> Result<Option<i64>, StorageError>;
+    /// The offset of the first event of a partition enqueued after `ms`.
+    fn first_after_time(&mut self, partition: u32, ms: i64) -> Result<Option<i64>, StorageError>;
+    /// Up to `max` events of a partition with offsets above `after`.
+    fn partition_events(
+        &mut self,
+        partition: u32,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<PartitionEvent>, StorageError>;
+    /// The consumer groups created (without `$Default`).
+    fn consumer_groups(&mut self) -> Result<Vec<String>, StorageError>;
+    /// Whether a consumer group exists (case-insensitive).
+    fn consumer_group_exists(&mut self, name: &str) -> Result<bool, StorageError>;
+    /// Creates a consumer group; false when it exists.
+    fn create_consumer_group(&mut self, name: &str, created_ms: i64) -> Result<bool, StorageError>;
+    /// Deletes a consumer group; whether it existed.
+    fn delete_consumer_group(&mut self, name: &str) -> Result<bool, StorageError>;
+
+    // Cloud-to-device messages and their feedback.
+
+    /// Queues a cloud-to-device message; its id.
+    fn enqueue_c2d(&mut self, device: &DeviceId, message: &Value) -> Result<i64, StorageError>;
+    /// The queued messages of a device, oldest first.
+    fn pending_c2d(&mut self, device: &DeviceId) -> Result<Vec<(i64, Value)>, StorageError>;
+    /// One queued message of a device.
+    fn c2d_message(&mut self, device: &DeviceId, id: i64) -> Result<Option<Value>, StorageError>;
+    /// `(device, id)` of the queued messages whose expiry is before `now_ms`.
+    fn expired_c2d(&mut self, now_ms: i64) -> Result<Vec<(String, i64)>, StorageError>;
+    /// The devices with messages queued.
+    fn devices_with_c2d(&mut self) -> Result<Vec<String>, StorageError>;
+    /// Removes a delivered (or expired, or rejected) message.
+    fn complete_c2d(&mut self, device: &DeviceId, id: i64) -> Result<(), StorageError>;
+    /// Records one feedback record, keeping at most `cap` (the oldest go); its id.
+    fn add_feedback(
+        &mut self,
+        record: &Value,
+        enqueued_ms: i64,
+        cap: usize,
+    ) -> Result<i64, StorageError>;
+    /// Locks up to `max` records unlocked at `now_ms` under `token` until `until_ms`.
+    fn lock_feedback(
+        &mut self,
+        token: i64,
+        now_ms: i64,
+        until_ms: i64,
+        max: usize,
+    ) -> Result<Option<LockedFeedback>, StorageError>;
+    /// When the next locked record unlocks, if any is locked at `now_ms`.
+    fn next_feedback_unlock(&mut self, now_ms: i64) -> Result<Option<i64>, StorageError>;
+    /// Removes the records locked under `token`; how many.
+    fn complete_feedback(&mut self, token: i64) -> Result<usize, StorageError>;
+    /// The records kept.
+    fn feedback_count(&mut self) -> Result<usize, StorageError>;
+}
+
+/// A job that runs in its own savepoint of a group commit: `false` (or an error) rolls back its changes alone.
+pub type SavepointJob<'a> = &'a mut dyn FnMut(&mut dyn Tables) -> bool;
+
+/// One group commit in progress: runs jobs in savepoints of one transaction.
+pub trait Group {
+    /// Runs `job` in a savepoint of the group's transaction, rolled back if it returns `false`. An `Err` means
+    /// the transaction itself failed: the group is lost and will not commit.
+    fn run(&mut self, job: SavepointJob<'_>) -> Result<(), StorageError>;
+}
+
+/// A database the hub runs on.
+pub trait Engine: Send + Sync + 'static {
+    /// What the engine is, for logs (`sqlite /path` or `postgres host:port/db`, never a password).
+    fn describe(&self) -> String;
+    /// Runs `job` in a read-only, consistent view. Blocks: call it from `spawn_blocking` or a storage thread.
+    fn read(
+        &self,
+        job: &mut dyn FnMut(&mut dyn Tables) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError>;
+    /// Opens one transaction, lets `fill` run jobs in it through [`Group::run`], and commits it durably
+    /// (one fsync) before returning. Blocks: the storage writer's thread calls it.
+    fn write_group(
+        &self,
+        fill: &mut dyn FnMut(&mut dyn Group) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError>;
+}

@@ -1,0 +1,1 @@
+//! The PostgreSQL engine: several hub replicas on one database (see the parent module).
