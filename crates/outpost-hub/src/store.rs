@@ -132,6 +132,12 @@ pub enum StorageError {
     /// The storage writer has stopped (the hub is shutting down).
     #[error("the storage writer has stopped")]
     WriterStopped,
+    /// PostgreSQL refused or failed a statement (a constraint, a type, a bad query).
+    #[error("PostgreSQL failed: {0}")]
+    Postgres(String),
+    /// The database cannot be reached (connection lost, refused or timed out): answer 503 and retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn to_text<T: Serialize>(value: &T) -> Result<String, StorageError> {
