@@ -28,9 +28,10 @@ requirements=(
 
 # Debian packages the system tests need: a static busybox (the FROM scratch test image), the local container
 # registry the edge agent pulls from, mosquitto (the broker the benchmarks compare against), and prometheus (the
-# metrics test scrapes the hub and the edge with it), and openssl (the $edgeAgent upload test makes its HTTPS
-# endpoint's certificates with it).
-packages=(busybox-static docker-registry mosquitto prometheus openssl)
+# metrics test scrapes the hub and the edge with it), openssl (the $edgeAgent upload test makes its HTTPS
+# endpoint's certificates with it), postgresql (scripts/postgres.sh starts throwaway servers from its binaries for
+# the hub's PostgreSQL engine) and haproxy (one address in front of several hub replicas).
+packages=(busybox-static docker-registry mosquitto prometheus openssl postgresql haproxy)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "${package}" >/dev/null 2>&1 || missing+=("${package}")
