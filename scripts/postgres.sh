@@ -3,7 +3,8 @@
 #
 #   scripts/postgres.sh start DIR PORT   initdb into DIR/data, listen on 127.0.0.1:PORT only, trust auth, a user
 #                                        `outpost` (not a superuser; may create databases) owning a database
-#                                        `outpost`; returns once the server accepts connections.
+#                                        `outpost`; returns once the server accepts connections. On a DIR that
+#                                        was started before, starts the same cluster again (a restart test).
 #   scripts/postgres.sh stop DIR         stops it (fast shutdown); DIR is left for the caller to remove.
 #
 # The URL is then postgres://outpost@127.0.0.1:PORT/outpost. PostgreSQL refuses to run as root: as root the
@@ -51,14 +52,20 @@ case "${command}" in
         parent="$(dirname "${parent}")"
       done
     fi
-    as_server_user "${bin}/initdb" -D "${dir}/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
-      >"${dir}/initdb.log" 2>&1 || { cat "${dir}/initdb.log" >&2; exit 1; }
+    fresh=0
+    if [[ ! -f "${dir}/data/PG_VERSION" ]]; then
+      fresh=1
+      as_server_user "${bin}/initdb" -D "${dir}/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+        >"${dir}/initdb.log" 2>&1 || { cat "${dir}/initdb.log" >&2; exit 1; }
+    fi
     as_server_user "${bin}/pg_ctl" -D "${dir}/data" -l "${dir}/server.log" -w -t 30 \
       -o "-c listen_addresses=127.0.0.1 -p ${port} -c unix_socket_directories='${dir}' -c max_connections=200" \
       start >/dev/null || { cat "${dir}/server.log" >&2; exit 1; }
     psql=("${bin}/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${port}" -U postgres -d postgres)
-    as_server_user "${psql[@]}" -c "CREATE ROLE outpost LOGIN CREATEDB" \
-      -c "CREATE DATABASE outpost OWNER outpost" >/dev/null
+    if (( fresh )); then
+      as_server_user "${psql[@]}" -c "CREATE ROLE outpost LOGIN CREATEDB" \
+        -c "CREATE DATABASE outpost OWNER outpost" >/dev/null
+    fi
     echo "postgres.sh: postgres://outpost@127.0.0.1:${port}/outpost (data in ${dir}/data)"
     ;;
   stop)
