@@ -11,7 +11,8 @@ use outpost_core::units::{parse_bytes, parse_duration};
 use outpost_hub::eventhub::{StreamSettings, DEFAULT_CONSUMER_GROUP, MAX_CONSUMER_GROUPS};
 use outpost_hub::messaging::EventRetention;
 use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
-use outpost_hub::stream;
+use outpost_hub::storage::sqlite::SqliteEngine;
+use outpost_hub::storage::transaction;
 use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
@@ -274,10 +275,7 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
                 data_dir.display()
             );
         }
-        Ok(outpost_store::Database::open(
-            &path,
-            outpost_hub::store::MIGRATIONS,
-        )?)
+        Ok(SqliteEngine::open(&path)?)
     };
     match command {
         ConsumerGroupCommand::Create { data_dir, name } => {
@@ -289,15 +287,14 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
                     "{name:?} is not a consumer group name: letters, digits, '.', '-' and '_', at most 50"
                 );
             }
-            let db = open(&data_dir)?;
-            db.transaction(|tx| {
-                if stream::consumer_groups(tx)?.len() >= MAX_CONSUMER_GROUPS {
+            let engine = open(&data_dir)?;
+            transaction(&engine, |tables| {
+                if tables.consumer_groups()?.len() >= MAX_CONSUMER_GROUPS {
                     anyhow::bail!(
                         "a hub has at most {MAX_CONSUMER_GROUPS} consumer groups besides $Default"
                     );
                 }
-                if !stream::create_consumer_group(tx, &name, chrono::Utc::now().timestamp_millis())?
-                {
+                if !tables.create_consumer_group(&name, chrono::Utc::now().timestamp_millis())? {
                     anyhow::bail!("consumer group {name} exists already");
                 }
                 Ok(())
@@ -305,9 +302,9 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
             println!("created consumer group {name}");
         }
         ConsumerGroupCommand::List { data_dir } => {
-            let db = open(&data_dir)?;
+            let engine = open(&data_dir)?;
             println!("{DEFAULT_CONSUMER_GROUP}");
-            for name in stream::consumer_groups(&db.lock())? {
+            for name in transaction(&engine, |tables| tables.consumer_groups())? {
                 println!("{name}");
             }
         }
@@ -315,8 +312,8 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
             if name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP) {
                 anyhow::bail!("{DEFAULT_CONSUMER_GROUP} cannot be deleted");
             }
-            let db = open(&data_dir)?;
-            if !stream::delete_consumer_group(&db.lock(), &name)? {
+            let engine = open(&data_dir)?;
+            if !transaction(&engine, |tables| tables.delete_consumer_group(&name))? {
                 anyhow::bail!("no consumer group named {name}");
             }
             println!("deleted consumer group {name}");

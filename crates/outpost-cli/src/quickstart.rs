@@ -189,7 +189,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         outpost_hub::server::connection_string(&hub, HUB_HOST, 8443)?
     );
 
-    let edge = match hub.device(EDGE_DEVICE) {
+    let edge = match hub.device(EDGE_DEVICE).await {
         Ok(edge) => edge,
         Err(_) => {
             hub.put_device(
@@ -210,7 +210,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         dir.join("edge.toml").display()
     );
 
-    hub.apply_configuration(EDGE_DEVICE, &manifest(containers)?)?;
+    hub.apply_configuration(EDGE_DEVICE, &manifest(containers)?)
+        .await?;
     println!("deployed   SimulatedTemperatureSensor -> filter (TemperatureThreshold 21) -> hub");
 
     let result = tokio::select! {
@@ -271,7 +272,7 @@ async fn show(hub: &Arc<Hub>) -> anyhow::Result<()> {
             changed_at = Some(Instant::now());
         }
         if let (Some(at), false) = (changed_at, applied) {
-            let reported = hub.device_view(&filter)?;
+            let reported = hub.device_view(&filter).await?;
             if reported
                 .pointer("/reported/TemperatureThreshold")
                 .and_then(Value::as_f64)

@@ -4,7 +4,6 @@ use outpost_core::{Identity, SasToken};
 
 use crate::error::HubError;
 use crate::identity::{AccessPolicy, IdentityStatus, Right};
-use crate::store;
 use crate::Hub;
 
 fn now_unix() -> u64 {
@@ -25,7 +24,7 @@ pub(crate) fn same_host(token_host: &str, hub_host: &str) -> bool {
 impl Hub {
     /// Checks the SAS token a device or module connects with: right audience, not expired, signed with the
     /// identity's own key, and the identity enabled.
-    pub fn authenticate_identity(
+    pub async fn authenticate_identity(
         &self,
         identity: &Identity,
         password: &str,
@@ -48,21 +47,30 @@ impl Hub {
         if !device_matches || !module_matches {
             return Err(unauthorized("the token is for another identity"));
         }
-        let conn = self.db.lock();
-        let device = store::device(&conn, &identity.device)?
-            .ok_or_else(|| unauthorized("no such device"))?;
+        let read = identity.clone();
+        let (device, module) = self
+            .storage
+            .read(move |tables| {
+                let device = tables.device(&read.device)?;
+                let module = match (&device, &read.module) {
+                    (Some(_), Some(module)) => tables.module(&read.device, module)?,
+                    _ => None,
+                };
+                Ok::<_, HubError>((device, module))
+            })
+            .await?;
+        let device = device.ok_or_else(|| unauthorized("no such device"))?;
         if device.status != IdentityStatus::Enabled {
             return Err(unauthorized("the device is disabled"));
         }
         let credentials = match &identity.module {
-            Some(module) => {
-                store::module(&conn, &identity.device, module)?
+            Some(_) => {
+                module
                     .ok_or_else(|| unauthorized("no such module"))?
                     .credentials
             }
             None => device.credentials,
         };
-        drop(conn);
         token
             .verify(&credentials.keys(), now_unix())
             .map_err(|e| unauthorized(&e.to_string()))
@@ -70,7 +78,7 @@ impl Hub {
 
     /// Checks a request on the modules of `device`: a shared access policy granting `right`, or the token of
     /// that edge device itself, which manages the modules it owns (the edge runtime creates and deletes them).
-    pub fn authorize_module_management(
+    pub async fn authorize_module_management(
         &self,
         authorization: Option<&str>,
         right: Right,
@@ -91,7 +99,11 @@ impl Hub {
             )));
         }
         let device_id = crate::registry::device_id(device)?;
-        let record = store::device(&self.db.lock(), &device_id)?
+        let read = device_id.clone();
+        let record = self
+            .storage
+            .read(move |tables| tables.device(&read))
+            .await?
             .ok_or_else(|| HubError::Unauthorized(format!("no such device {device}")))?;
         if !record.iot_edge || record.status != IdentityStatus::Enabled {
             return Err(HubError::Unauthorized(format!(
@@ -99,12 +111,13 @@ impl Hub {
             )));
         }
         self.authenticate_identity(&Identity::device(device_id), header)
+            .await
     }
 
     /// Checks that `authorization` is a valid SAS token of this hub: a shared access policy's (whatever rights it
     /// grants), or an enabled device's or module's signed with its own key. The REST API asks this of every
     /// request before reading its body; the handler then checks the right it needs.
-    pub fn authenticate_token(&self, authorization: Option<&str>) -> Result<(), HubError> {
+    pub async fn authenticate_token(&self, authorization: Option<&str>) -> Result<(), HubError> {
         let unauthorized = |why: &str| HubError::Unauthorized(why.to_owned());
         let header =
             authorization.ok_or_else(|| unauthorized("the Authorization header is missing"))?;
@@ -125,7 +138,7 @@ impl Hub {
             ),
             None => Identity::device(device),
         };
-        self.authenticate_identity(&identity, header)
+        self.authenticate_identity(&identity, header).await
     }
 
     /// Checks the `Authorization` header of a service request and that its policy grants `right`.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::error::HubError;
 use crate::metrics::{TwinOperation, TwinSource};
-use crate::{store, Hub};
+use crate::Hub;
 
 /// [`Hub`] behind an `Arc`, as the protocol head holds it.
 pub struct HubDevices(pub Arc<Hub>);
@@ -34,6 +34,7 @@ impl DeviceOperations for HubDevices {
             .ok_or(ConnectRefusal::NotAuthorized)?;
         self.0
             .authenticate_identity(identity, password)
+            .await
             .map_err(|error| {
                 tracing::info!(%identity, %error, "connection refused");
                 match error {
@@ -50,7 +51,7 @@ impl DeviceOperations for HubDevices {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(identity.client_id(), outbox);
-        self.0.push_c2d(identity);
+        self.0.push_c2d(identity).await;
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
@@ -71,6 +72,7 @@ impl DeviceOperations for HubDevices {
         let twin = self
             .0
             .device_view(identity)
+            .await
             .map_err(|e| operation_error(&e))?;
         self.0
             .metrics()
@@ -119,14 +121,19 @@ impl DeviceOperations for HubDevices {
     }
 
     async fn delivered(&self, identity: &Identity, delivery_id: u64) {
-        self.0.complete_c2d(identity, delivery_id);
+        self.0.complete_c2d(identity, delivery_id).await;
     }
 
     async fn load_subscriptions(&self, client_id: &str) -> Vec<String> {
-        store::session(&self.0.db.lock(), client_id).unwrap_or_else(|error| {
-            tracing::warn!(client_id, %error, "could not load a persisted session");
-            Vec::new()
-        })
+        let read = client_id.to_owned();
+        self.0
+            .storage
+            .read(move |tables| tables.session(&read))
+            .await
+            .unwrap_or_else(|error: crate::store::StorageError| {
+                tracing::warn!(client_id, %error, "could not load a persisted session");
+                Vec::new()
+            })
     }
 
     async fn save_subscriptions(&self, client_id: &str, filters: &[String]) {
@@ -134,15 +141,15 @@ impl DeviceOperations for HubDevices {
         let saved = {
             let (client_id, filters) = (client_id.to_owned(), filters.to_vec());
             self.0
-                .writer
-                .write(move |conn| store::put_session(conn, &client_id, &filters))
+                .storage
+                .write(move |tables| tables.put_session(&client_id, &filters))
                 .await
         };
         if let Err(error) = saved {
             tracing::warn!(client_id, %error, "could not persist a session");
         }
         if let Ok(identity) = Identity::parse_client_id(client_id) {
-            self.0.push_c2d(&identity);
+            self.0.push_c2d(&identity).await;
         }
     }
 }

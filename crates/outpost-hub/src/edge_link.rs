@@ -28,7 +28,8 @@ use tokio::sync::Notify;
 
 use crate::error::HubError;
 use crate::identity::DeviceRecord;
-use crate::{store, Hub};
+use crate::storage::Tables;
+use crate::Hub;
 
 /// At most this many clients may be present behind one edge device at a time; a presence call declaring more is
 /// refused (400) and changes nothing.
@@ -96,7 +97,7 @@ fn event_of(client: &str, item: Outgoing) -> Option<LinkEvent> {
 
 impl Hub {
     /// Checks that `authorization` is the token of the enabled edge device `edge`; returns its record.
-    pub fn authorize_edge(
+    pub async fn authorize_edge(
         &self,
         authorization: Option<&str>,
         edge: &str,
@@ -105,60 +106,38 @@ impl Hub {
             authorization,
             crate::identity::Right::ServiceConnect,
             edge,
-        )?;
-        self.device(edge)
+        )
+        .await?;
+        self.device(edge).await
     }
 
     /// Whether `identity` is behind `edge`: the edge device itself, one of its modules that exists, or one of its
     /// child devices.
-    pub fn in_scope(&self, edge: &DeviceRecord, identity: &Identity) -> Result<bool, HubError> {
-        Ok(self.all_in_scope(edge, std::slice::from_ref(identity))?[0])
-    }
-
-    /// [`Self::in_scope`] for many identities, read under one lock: one query for the edge device's modules and
-    /// one lookup per distinct other device.
-    fn all_in_scope(
+    pub async fn in_scope(
         &self,
         edge: &DeviceRecord,
-        identities: &[Identity],
-    ) -> Result<Vec<bool>, HubError> {
-        let conn = self.db.lock();
-        let modules = if identities
-            .iter()
-            .any(|i| i.device == edge.device_id && i.module.is_some())
-        {
-            store::module_ids(&conn, &edge.device_id)?
-        } else {
-            HashSet::new()
-        };
-        let scope = edge.edge_scope();
-        let mut children: HashMap<&DeviceId, bool> = HashMap::new();
-        identities
-            .iter()
-            .map(|identity| {
-                if identity.device == edge.device_id {
-                    return Ok(identity
-                        .module
-                        .as_ref()
-                        .is_none_or(|m| modules.contains(m.as_str())));
-                }
-                // A child device connects as itself: the edge's scope holds no modules of other devices.
-                if identity.module.is_some() {
-                    return Ok(false);
-                }
-                if let Some(&child) = children.get(&identity.device) {
-                    return Ok(child);
-                }
-                let child = store::device(&conn, &identity.device)?
-                    .is_some_and(|d| d.parent_scopes.contains(&scope));
-                children.insert(&identity.device, child);
-                Ok(child)
-            })
-            .collect()
+        identity: &Identity,
+    ) -> Result<bool, HubError> {
+        Ok(self.all_in_scope(edge, vec![identity.clone()]).await?.1[0])
     }
 
+    /// [`Self::in_scope`] for many identities, read in one view: one query for the edge device's modules and
+    /// one lookup per distinct other device. Gives the identities back with the answers.
+    async fn all_in_scope(
+        &self,
+        edge: &DeviceRecord,
+        identities: Vec<Identity>,
+    ) -> Result<(Vec<Identity>, Vec<bool>), HubError> {
+        let edge = edge.clone();
+        self.storage
+            .read(move |tables| {
+                let answers = scope_of(tables, &edge, &identities)?;
+                Ok((identities, answers))
+            })
+            .await
+    }
     /// The identities of `clients`, each of which must be in `edge`'s scope.
-    fn all_scoped<'c>(
+    async fn all_scoped<'c>(
         &self,
         edge: &DeviceRecord,
         clients: impl IntoIterator<Item = &'c str>,
@@ -170,7 +149,7 @@ impl Hub {
                     .map_err(|e| HubError::ArgumentInvalid(format!("{client:?}: {e}")))
             })
             .collect::<Result<_, _>>()?;
-        let in_scope = self.all_in_scope(edge, &identities)?;
+        let (identities, in_scope) = self.all_in_scope(edge, identities).await?;
         if let Some((identity, _)) = identities.iter().zip(&in_scope).find(|(_, ok)| !**ok) {
             return Err(HubError::Unauthorized(format!(
                 "{identity} is not in the scope of edge device {}",
@@ -180,8 +159,8 @@ impl Hub {
         Ok(identities)
     }
 
-    fn scoped(&self, edge: &DeviceRecord, client: &str) -> Result<Identity, HubError> {
-        Ok(self.all_scoped(edge, [client])?.remove(0))
+    async fn scoped(&self, edge: &DeviceRecord, client: &str) -> Result<Identity, HubError> {
+        Ok(self.all_scoped(edge, [client]).await?.remove(0))
     }
 
     fn edge_link(&self, edge: &str) -> Arc<EdgeLink> {
@@ -194,7 +173,7 @@ impl Hub {
 
     /// Replaces the set of clients connected behind an edge device. At most [`MAX_EDGE_CLIENTS`] may be declared,
     /// each in the edge's scope; the sets are compared by client id in linear time.
-    pub fn edge_presence(
+    pub async fn edge_presence(
         &self,
         edge: &DeviceRecord,
         clients: &[PresenceClient],
@@ -205,7 +184,9 @@ impl Hub {
                 clients.len()
             )));
         }
-        let identities = self.all_scoped(edge, clients.iter().map(|c| c.id.as_str()))?;
+        let identities = self
+            .all_scoped(edge, clients.iter().map(|c| c.id.as_str()))
+            .await?;
         let wanted: HashMap<String, (Identity, u8)> = identities
             .into_iter()
             .zip(clients)
@@ -274,7 +255,7 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(identity.client_id(), outbox);
-            self.push_c2d(&identity);
+            self.push_c2d(&identity).await;
         }
         link.declared.store(true, Ordering::Release);
         Ok(())
@@ -318,7 +299,9 @@ impl Hub {
         edge: &DeviceRecord,
         messages: &[UpstreamMessage<'_>],
     ) -> Result<usize, HubError> {
-        let identities = self.all_scoped(edge, messages.iter().map(|m| &*m.client))?;
+        let identities = self
+            .all_scoped(edge, messages.iter().map(|m| &*m.client))
+            .await?;
         let batch: Vec<(Identity, &Message)> = identities
             .into_iter()
             .zip(messages.iter().map(|m| &*m.message))
@@ -327,8 +310,12 @@ impl Hub {
     }
 
     /// Reads a twin on behalf of a client behind an edge device.
-    pub fn edge_twin(&self, edge: &DeviceRecord, client: &str) -> Result<TwinAnswer, HubError> {
-        let mut view = self.device_view(&self.scoped(edge, client)?)?;
+    pub async fn edge_twin(
+        &self,
+        edge: &DeviceRecord,
+        client: &str,
+    ) -> Result<TwinAnswer, HubError> {
+        let mut view = self.device_view(&self.scoped(edge, client).await?).await?;
         let mut section = |name: &str| view.get_mut(name).map(Value::take).unwrap_or_default();
         Ok(TwinAnswer {
             desired: section("desired"),
@@ -343,22 +330,23 @@ impl Hub {
         client: &str,
         patch: &Value,
     ) -> Result<u64, HubError> {
-        self.report(&self.scoped(edge, client)?, patch).await
+        self.report(&self.scoped(edge, client).await?, patch).await
     }
 
     /// Completes C2D messages and answers methods on behalf of clients behind an edge device.
-    pub fn edge_acks(
+    pub async fn edge_acks(
         &self,
         edge: &DeviceRecord,
         delivered: &[Delivered],
         answers: Vec<MethodResponse>,
     ) -> Result<(), HubError> {
         for ack in delivered {
-            self.complete_c2d(&self.scoped(edge, &ack.client)?, ack.delivery_id);
+            self.complete_c2d(&self.scoped(edge, &ack.client).await?, ack.delivery_id)
+                .await;
         }
         let link = self.edge_link(edge.device_id.as_str());
         for answer in answers {
-            let identity = self.scoped(edge, &answer.client)?;
+            let identity = self.scoped(edge, &answer.client).await?;
             // The request went out on the client's virtual connection behind this edge device: only an
             // answer that comes back the same way is taken.
             let Some(connection) = link
@@ -384,15 +372,19 @@ impl Hub {
     }
 
     /// The identities behind an edge device with their keys, for its offline authentication cache.
-    pub fn edge_scope(&self, edge: &DeviceRecord) -> Result<ScopeAnswer, HubError> {
+    pub async fn edge_scope(&self, edge: &DeviceRecord) -> Result<ScopeAnswer, HubError> {
         let authentication = |c: &crate::identity::Credentials| ScopeAuthentication {
             symmetric_key: SymmetricKeys {
                 primary_key: c.primary_key.clone(),
                 secondary_key: c.secondary_key.clone(),
             },
         };
-        let conn = self.db.lock();
-        let modules = store::modules(&conn, &edge.device_id)?
+        let edge_id = edge.device_id.clone();
+        let (modules, devices) = self
+            .storage
+            .read(move |tables| Ok::<_, HubError>((tables.modules(&edge_id)?, tables.devices()?)))
+            .await?;
+        let modules = modules
             .iter()
             .map(|m| ScopeModule {
                 device_id: m.device_id.to_string(),
@@ -401,7 +393,7 @@ impl Hub {
             })
             .collect();
         let scope = edge.edge_scope();
-        let devices = store::devices(&conn)?
+        let devices = devices
             .iter()
             .filter(|d| d.parent_scopes.contains(&scope))
             .map(|d| ScopeDevice {
@@ -415,4 +407,45 @@ impl Hub {
             .collect();
         Ok(ScopeAnswer { devices, modules })
     }
+}
+
+/// Whether each of `identities` is behind `edge` (see [`Hub::in_scope`]).
+fn scope_of(
+    tables: &mut dyn Tables,
+    edge: &DeviceRecord,
+    identities: &[Identity],
+) -> Result<Vec<bool>, HubError> {
+    let modules = if identities
+        .iter()
+        .any(|i| i.device == edge.device_id && i.module.is_some())
+    {
+        tables.module_ids(&edge.device_id)?
+    } else {
+        HashSet::new()
+    };
+    let scope = edge.edge_scope();
+    let mut children: HashMap<&DeviceId, bool> = HashMap::new();
+    identities
+        .iter()
+        .map(|identity| {
+            if identity.device == edge.device_id {
+                return Ok(identity
+                    .module
+                    .as_ref()
+                    .is_none_or(|m| modules.contains(m.as_str())));
+            }
+            // A child device connects as itself: the edge's scope holds no modules of other devices.
+            if identity.module.is_some() {
+                return Ok(false);
+            }
+            if let Some(&child) = children.get(&identity.device) {
+                return Ok(child);
+            }
+            let child = tables
+                .device(&identity.device)?
+                .is_some_and(|d| d.parent_scopes.contains(&scope));
+            children.insert(&identity.device, child);
+            Ok(child)
+        })
+        .collect()
 }

@@ -17,12 +17,12 @@ use outpost_amqp::{
     PartitionInfo, ServiceBackend, Value as AmqpValue,
 };
 use outpost_core::{Identity, SasToken};
-use outpost_store::Database;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::error::HubError;
 use crate::identity::Right;
+use crate::storage::{self, Engine, Tables};
 use crate::store::StorageError;
 use crate::stream::{self, Appended, EventHubRecord, EventSource, PartitionEvent};
 use crate::Hub;
@@ -92,7 +92,7 @@ impl TwinChanges {
     /// transaction, unless twin change events are off.
     pub(crate) fn append(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &mut dyn Tables,
         identity: &Identity,
         operation: TwinOperation,
         body: &Value,
@@ -130,8 +130,7 @@ impl TwinChanges {
             "body": body.to_string(),
         });
         let partition = stream::partition_of(identity.device.as_str(), self.partitions);
-        stream::append_event(
-            tx,
+        tx.append_event(
             partition,
             EventSource::TwinChange,
             &event,
@@ -142,9 +141,9 @@ impl TwinChanges {
 }
 
 impl EventHubState {
-    /// Reads (or creates) the Event Hub of `db` and gives events of an older database their partitions.
+    /// Reads (or creates) the Event Hub of `engine` and gives events of an older database their partitions.
     pub(crate) fn open(
-        db: &Database,
+        engine: &dyn Engine,
         host_name: &str,
         settings: &StreamSettings,
     ) -> Result<Self, HubError> {
@@ -155,8 +154,8 @@ impl EventHubState {
                 )));
             }
         }
-        let (record, heads) = db.transaction(|tx| {
-            let record = if let Some(stored) = stream::event_hub(tx)? {
+        let (record, heads) = storage::transaction(engine, |tx| {
+            let record = if let Some(stored) = tx.event_hub()? {
                 if let Some(asked) = settings.partitions.filter(|&p| p != stored.partitions) {
                     return Err(HubError::ArgumentInvalid(format!(
                         "the event stream of this data directory has {} partitions, not {asked}: the \
@@ -171,15 +170,18 @@ impl EventHubState {
                     partitions: settings.partitions.unwrap_or(DEFAULT_PARTITIONS),
                     created_ms: Utc::now().timestamp_millis(),
                 };
-                stream::create_event_hub(tx, &record)?;
+                tx.create_event_hub(&record)?;
                 record
             };
-            let assigned = stream::assign_partitions(tx, record.partitions)?;
+            let assigned = tx.assign_partitions(record.partitions)?;
             if assigned > 0 {
-                tracing::info!(assigned, "gave the events of an older database their partitions");
+                tracing::info!(
+                    assigned,
+                    "gave the events of an older database their partitions"
+                );
             }
             let heads = (0..record.partitions)
-                .map(|p| Ok(stream::head(tx, p)?.last_seq))
+                .map(|p| Ok(tx.head(p)?.last_seq))
                 .collect::<Result<Vec<_>, StorageError>>()?;
             Ok::<_, HubError>((record, heads))
         })?;
@@ -200,6 +202,33 @@ impl EventHubState {
             ))
         })
     }
+}
+
+/// The partition sequence number to read after so that reading `partition` starts where `position` says.
+fn resolve(
+    tables: &mut dyn Tables,
+    partition: u32,
+    position: EventPosition,
+) -> Result<i64, StorageError> {
+    let last = tables.head(partition)?.last_seq;
+    let before = |first: Option<i64>| first.map_or(last, |seq| seq - 1);
+    Ok(match position {
+        EventPosition::Earliest => -1,
+        EventPosition::Latest => last,
+        EventPosition::Offset { offset, inclusive } => {
+            before(tables.first_from_offset(partition, offset, inclusive)?)
+        }
+        EventPosition::SequenceNumber {
+            sequence_number,
+            inclusive,
+        } => if inclusive {
+            sequence_number - 1
+        } else {
+            sequence_number
+        }
+        .max(-1),
+        EventPosition::EnqueuedTime { ms } => before(tables.first_after_time(partition, ms)?),
+    })
 }
 
 /// Why a twin changed, as twin change events say it (`opType`).
@@ -259,18 +288,6 @@ impl Hub {
         stream::partition_of(identity.device.as_str(), self.stream.record.partitions)
     }
 
-    /// Appends the twin change event of `identity` with `body` (see [`twin_change_body`]) inside the caller's
-    /// transaction, unless twin change events are off.
-    pub(crate) fn append_twin_change(
-        &self,
-        tx: &rusqlite::Connection,
-        identity: &Identity,
-        operation: TwinOperation,
-        body: &Value,
-    ) -> Result<Option<Appended>, StorageError> {
-        self.twin_changes().append(tx, identity, operation, body)
-    }
-
     /// What a write job on the storage writer's thread needs to append twin change events.
     pub(crate) fn twin_changes(&self) -> TwinChanges {
         TwinChanges {
@@ -309,9 +326,12 @@ impl Hub {
     /// The state of one partition.
     pub fn partition_info(&self, partition: u32) -> Result<PartitionInfo, BackendError> {
         self.stream.partition(partition)?;
-        let conn = self.db.lock();
-        let head = stream::head(&conn, partition).map_err(internal)?;
-        let first = stream::first_kept(&conn, partition).map_err(internal)?;
+        let (head, first) = self
+            .storage
+            .read_blocking(|tables| {
+                Ok::<_, StorageError>((tables.head(partition)?, tables.first_kept(partition)?))
+            })
+            .map_err(internal)?;
         Ok(PartitionInfo {
             begin_sequence_number: first.unwrap_or(head.last_seq + 1),
             last_enqueued_sequence_number: head.last_seq,
@@ -328,32 +348,9 @@ impl Hub {
         position: EventPosition,
     ) -> Result<i64, BackendError> {
         self.stream.partition(partition)?;
-        let conn = self.db.lock();
-        let last =
-            || Ok::<_, BackendError>(stream::head(&conn, partition).map_err(internal)?.last_seq);
-        let before = |first: Option<i64>| match first {
-            Some(seq) => Ok(seq - 1),
-            None => last(),
-        };
-        match position {
-            EventPosition::Earliest => Ok(-1),
-            EventPosition::Latest => last(),
-            EventPosition::Offset { offset, inclusive } => before(
-                stream::first_from_offset(&conn, partition, offset, inclusive).map_err(internal)?,
-            ),
-            EventPosition::SequenceNumber {
-                sequence_number,
-                inclusive,
-            } => Ok(if inclusive {
-                sequence_number - 1
-            } else {
-                sequence_number
-            }
-            .max(-1)),
-            EventPosition::EnqueuedTime { ms } => {
-                before(stream::first_after_time(&conn, partition, ms).map_err(internal)?)
-            }
-        }
+        self.storage
+            .read_blocking(|tables| resolve(tables, partition, position))
+            .map_err(internal)
     }
 
     /// Up to `max` events of `partition` after sequence number `after`; waits until there is one.
@@ -367,7 +364,10 @@ impl Hub {
         loop {
             // Marked seen before reading, so that an append between the read and the wait still wakes us.
             head.borrow_and_update();
-            let events = stream::partition_events(&self.db.lock(), partition, after, max.max(1))
+            let events = self
+                .storage
+                .read(move |tables| tables.partition_events(partition, after, max.max(1)))
+                .await
                 .map_err(internal)?;
             if !events.is_empty() {
                 return Ok(events.iter().map(amqp_event).collect());
@@ -379,9 +379,9 @@ impl Hub {
     }
 
     /// The consumer groups: `$Default` and those created.
-    pub fn consumer_groups(&self) -> Result<Vec<String>, HubError> {
+    pub async fn consumer_groups(&self) -> Result<Vec<String>, HubError> {
         let mut groups = vec![DEFAULT_CONSUMER_GROUP.to_owned()];
-        groups.extend(stream::consumer_groups(&self.db.lock())?);
+        groups.extend(self.storage.read(|tables| tables.consumer_groups()).await?);
         Ok(groups)
     }
 
@@ -389,7 +389,10 @@ impl Hub {
     /// runs count at once).
     pub fn consumer_group_exists(&self, name: &str) -> bool {
         name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP)
-            || stream::consumer_group_exists(&self.db.lock(), name).unwrap_or(false)
+            || self
+                .storage
+                .read_blocking(|tables| tables.consumer_group_exists(name))
+                .unwrap_or(false)
     }
 
     /// The grant of a SAS token put on `$cbs` for `audience`: signed by an access policy of this hub, for this
@@ -616,7 +619,7 @@ impl ServiceBackend for HubService {
     }
 
     async fn send_c2d(&self, grant: &Grant, message: C2dMessage) -> Result<(), BackendError> {
-        self.0.send_amqp_c2d(grant, message)
+        self.0.send_amqp_c2d(grant, message).await
     }
 
     async fn next_feedback(&self) -> Result<FeedbackBatch, BackendError> {

@@ -12,8 +12,8 @@ use serde_json::json;
 
 use crate::error::HubError;
 use crate::eventhub::internal;
+use crate::storage::Tables;
 use crate::store::StorageError;
-use crate::stream;
 use crate::Hub;
 
 /// At most this many feedback records wait; past it the oldest are dropped (IoT Hub keeps them for a while
@@ -41,13 +41,13 @@ impl Hub {
             let token = self.stream.next_lock_token.fetch_add(1, Ordering::Relaxed);
             let lock_ms = i64::try_from(FEEDBACK_LOCK.as_millis()).unwrap_or(i64::MAX);
             let (locked, unlock) = self
-                .db
-                .transaction(|tx| {
-                    let locked =
-                        stream::lock_feedback(tx, token, now, now + lock_ms, FEEDBACK_BATCH)?;
-                    let unlock = stream::next_feedback_unlock(tx, now)?;
+                .storage
+                .write(move |tx| {
+                    let locked = tx.lock_feedback(token, now, now + lock_ms, FEEDBACK_BATCH)?;
+                    let unlock = tx.next_feedback_unlock(now)?;
                     Ok::<_, StorageError>((locked, unlock))
                 })
+                .await
                 .map_err(internal)?;
             if let Some(locked) = locked {
                 let body = serde_json::to_vec(&locked.records)
@@ -71,16 +71,33 @@ impl Hub {
         }
     }
 
-    /// Deletes the feedback records a receiver accepted.
+    /// Deletes the feedback records a receiver accepted, in the storage writer's next group commit, without
+    /// waiting for it (the AMQP head asks from a synchronous method): until then the records stay locked under
+    /// `lock_token`, so no receiver gets them again.
+    ///
+    /// # Errors
+    ///
+    /// Outside a tokio runtime, where the deletion cannot be queued.
     pub fn complete_feedback(&self, lock_token: i64) -> Result<(), BackendError> {
-        self.db
-            .transaction(|tx| stream::complete_feedback(tx, lock_token))
-            .map(drop)
-            .map_err(internal)
+        let runtime = tokio::runtime::Handle::try_current().map_err(internal)?;
+        let storage = self.storage.clone();
+        runtime.spawn(async move {
+            let deleted = storage
+                .write(move |tx| tx.complete_feedback(lock_token))
+                .await;
+            if let Err(error) = deleted {
+                tracing::warn!(%error, lock_token, "could not delete accepted feedback records");
+            }
+        });
+        Ok(())
     }
 
     /// Queues a cloud-to-device message that came over AMQP, as the REST route does.
-    pub fn send_amqp_c2d(&self, grant: &Grant, message: C2dMessage) -> Result<(), BackendError> {
+    pub async fn send_amqp_c2d(
+        &self,
+        grant: &Grant,
+        message: C2dMessage,
+    ) -> Result<(), BackendError> {
         if !grant.service_connect {
             return Err(BackendError::InvalidArgument(format!(
                 "policy {} does not grant ServiceConnect",
@@ -90,6 +107,7 @@ impl Hub {
         let device = message.device_id.clone();
         let message = c2d_message(message);
         self.send_c2d(&device, &message)
+            .await
             .map(drop)
             .map_err(|error| match error {
                 HubError::DeviceNotFound(_) => BackendError::NotFound(error.to_string()),
@@ -105,7 +123,7 @@ impl Hub {
 /// Records the delivery feedback of a cloud-to-device message whose sender asked for it, inside the caller's
 /// transaction; returns whether one was recorded.
 pub(crate) fn record_feedback(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Tables,
     device: &outpost_core::DeviceId,
     message: &Message,
     outcome: DeliveryOutcome,
@@ -120,7 +138,8 @@ pub(crate) fn record_feedback(
     if !wanted {
         return Ok(false);
     }
-    let generation = crate::store::device(tx, device)?
+    let generation = tx
+        .device(device)?
         .map(|d| d.generation_id)
         .unwrap_or_default();
     let now = Utc::now();
@@ -132,11 +151,7 @@ pub(crate) fn record_feedback(
         "enqueuedTimeUtc": now.to_rfc3339_opts(SecondsFormat::Millis, true),
         "statusCode": outcome.status_code(),
     });
-    stream::add_feedback(tx, &record, now.timestamp_millis())?;
-    tx.execute(
-        "DELETE FROM feedback WHERE id <= (SELECT MAX(id) FROM feedback) - ?1",
-        [MAX_FEEDBACK_RECORDS as i64],
-    )?;
+    tx.add_feedback(&record, now.timestamp_millis(), MAX_FEEDBACK_RECORDS)?;
     Ok(true)
 }
 
@@ -214,11 +229,14 @@ fn c2d_message(message: C2dMessage) -> Message {
 mod tests {
     use super::*;
 
+    use crate::storage::sqlite::SqliteEngine;
+    use crate::storage::transaction;
+
     #[test]
     fn past_the_cap_the_oldest_feedback_records_are_dropped() {
-        let db = outpost_store::Database::in_memory(crate::store::MIGRATIONS).unwrap();
+        let engine = SqliteEngine::in_memory().unwrap();
         let device = outpost_core::DeviceId::new("sensor").unwrap();
-        db.transaction(|tx| {
+        let oldest = transaction(&engine, |tx| {
             for i in 0..MAX_FEEDBACK_RECORDS + 3 {
                 let message = Message {
                     system: [
@@ -235,40 +253,42 @@ mod tests {
                     DeliveryOutcome::Completed
                 )?);
             }
-            Ok::<_, StorageError>(())
+            assert_eq!(tx.feedback_count()?, MAX_FEEDBACK_RECORDS);
+            tx.lock_feedback(1, 0, 1, 1)
         })
+        .unwrap()
         .unwrap();
-        let conn = db.lock();
-        assert_eq!(stream::feedback_count(&conn).unwrap(), MAX_FEEDBACK_RECORDS);
-        let oldest = stream::lock_feedback(&conn, 1, 0, 1, 1).unwrap().unwrap();
         assert_eq!(oldest.records[0]["originalMessageId"], "m3");
     }
 
     #[test]
     fn feedback_is_recorded_only_for_the_outcomes_the_sender_asked_about() {
-        let db = outpost_store::Database::in_memory(crate::store::MIGRATIONS).unwrap();
+        let engine = SqliteEngine::in_memory().unwrap();
         let device = outpost_core::DeviceId::new("sensor").unwrap();
         let asking = |ack: &str| Message {
             system: [("ack".to_owned(), ack.to_owned())].into(),
             ..Message::default()
         };
-        let conn = db.lock();
-        let recorded =
-            |ack: &str, outcome| record_feedback(&conn, &device, &asking(ack), outcome).unwrap();
-        assert!(recorded("positive", DeliveryOutcome::Completed));
-        assert!(!recorded("positive", DeliveryOutcome::Expired));
-        assert!(!recorded("negative", DeliveryOutcome::Completed));
-        assert!(recorded("negative", DeliveryOutcome::Expired));
-        assert!(recorded("negative", DeliveryOutcome::Rejected));
-        assert!(recorded("full", DeliveryOutcome::Completed));
-        assert!(recorded("full", DeliveryOutcome::Expired));
-        assert!(!recorded("none", DeliveryOutcome::Completed));
-        assert!(!record_feedback(
-            &conn,
-            &device,
-            &Message::default(),
-            DeliveryOutcome::Expired
-        )
-        .unwrap());
+        transaction(&engine, |tx| {
+            let mut recorded = |ack: &str, outcome| {
+                record_feedback(&mut *tx, &device, &asking(ack), outcome).unwrap()
+            };
+            assert!(recorded("positive", DeliveryOutcome::Completed));
+            assert!(!recorded("positive", DeliveryOutcome::Expired));
+            assert!(!recorded("negative", DeliveryOutcome::Completed));
+            assert!(recorded("negative", DeliveryOutcome::Expired));
+            assert!(recorded("negative", DeliveryOutcome::Rejected));
+            assert!(recorded("full", DeliveryOutcome::Completed));
+            assert!(recorded("full", DeliveryOutcome::Expired));
+            assert!(!recorded("none", DeliveryOutcome::Completed));
+            assert!(!record_feedback(
+                tx,
+                &device,
+                &Message::default(),
+                DeliveryOutcome::Expired
+            )?);
+            Ok::<_, StorageError>(())
+        })
+        .unwrap();
     }
 }

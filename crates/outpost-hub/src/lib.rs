@@ -4,8 +4,11 @@
 //! direct methods and messages ([`messaging`]). Two protocol heads sit on top of it: the REST service API of
 //! azure-iot-hub ([`rest`]) and the MQTT device protocol of azure-iot-device, which is `outpost-mqtt`'s head
 //! driven through the [`DeviceOperations`](outpost_mqtt::DeviceOperations) implementation in [`device_ops`].
-//! [`server`] wires both to their listeners with certificates from `outpost-pki`. Everything durable lives in SQLite ([`store`]);
-//! twin writes are group-committed by the storage writer's thread ([`writer`]), off the async workers.
+//! [`server`] wires both to their listeners with certificates from `outpost-pki`. Everything durable goes through
+//! the storage boundary ([`storage`]: the [`Tables`](storage::Tables) of one transaction, run by an
+//! [`Engine`](storage::Engine): SQLite by default, PostgreSQL for replicas); the hub holds a
+//! [`Storage`](writer::Storage) handle whose reads run on tokio's blocking pool and whose writes are
+//! group-committed by the storage writer's thread ([`writer`]), so no async worker waits on a disk.
 //! The event stream is also an Event Hub with partitions ([`stream`] stores it, [`eventhub`] serves it to the
 //! AMQP head of `outpost-amqp` with cloud-to-device messages and their feedback).
 
@@ -34,7 +37,8 @@ use std::sync::{Arc, Mutex};
 
 use outpost_core::{DeviceId, Identity};
 use outpost_mqtt::{Outbox, Outgoing, PendingMethods};
-use outpost_store::Database;
+use storage::sqlite::SqliteEngine;
+use storage::Engine;
 use tokio::sync::watch;
 
 pub use error::HubError;
@@ -47,10 +51,9 @@ const MAX_PENDING_METHODS: usize = 10_000;
 pub struct Hub {
     /// The host name devices and services address the hub by (the audience of their tokens).
     host_name: String,
-    /// The database: reads lock it on the caller's thread; the twin writes go through `writer`.
-    db: Arc<Database>,
-    /// The thread that group-commits writes, so that no tokio worker waits on an fsync.
-    writer: writer::StorageWriter,
+    /// The storage: reads on the blocking pool over the engine's read connections, writes group-committed by
+    /// the writer's thread, so that no tokio worker waits on a disk.
+    storage: writer::Storage,
     /// Live device connections by MQTT client id (`d` or `d/m`).
     ///
     /// A std `Mutex`: held only to insert, remove or clone an outbox, never across an `.await`.
@@ -102,21 +105,16 @@ impl Hub {
         host_name: &str,
         stream: &eventhub::StreamSettings,
     ) -> Result<Self, HubError> {
-        let db =
-            Database::open(&data_dir.join("hub.sqlite"), store::MIGRATIONS).map_err(
-                |e| match e {
-                    outpost_store::StoreError::Sql(e) => HubError::from(e),
-                    other => HubError::ArgumentInvalid(other.to_string()),
-                },
-            )?;
-        Self::with_database(db, host_name, stream)
+        let engine = SqliteEngine::open(&data_dir.join("hub.sqlite")).map_err(|e| match e {
+            store::StorageError::Engine(why) => HubError::ArgumentInvalid(why),
+            other => HubError::Storage(other),
+        })?;
+        Self::with_engine(Arc::new(engine), host_name, stream)
     }
 
     /// A hub on an in-memory database, for tests.
     pub fn in_memory(host_name: &str) -> Result<Self, HubError> {
-        let db = Database::in_memory(store::MIGRATIONS)
-            .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
-        Self::with_database(db, host_name, &eventhub::StreamSettings::default())
+        Self::in_memory_with(host_name, &eventhub::StreamSettings::default())
     }
 
     /// A hub on an in-memory database with `stream` settings, for tests.
@@ -124,33 +122,30 @@ impl Hub {
         host_name: &str,
         stream: &eventhub::StreamSettings,
     ) -> Result<Self, HubError> {
-        let db = Database::in_memory(store::MIGRATIONS)
-            .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
-        Self::with_database(db, host_name, stream)
+        Self::with_engine(Arc::new(SqliteEngine::in_memory()?), host_name, stream)
     }
 
-    fn with_database(
-        db: Database,
+    /// A hub on `engine` (SQLite or PostgreSQL) with `stream` settings: creates the default access policies and
+    /// the Event Hub on first start, reads the policies once, and starts the storage writer.
+    pub fn with_engine(
+        engine: Arc<dyn Engine>,
         host_name: &str,
         stream: &eventhub::StreamSettings,
     ) -> Result<Self, HubError> {
-        let event_hub = eventhub::EventHubState::open(&db, host_name, stream)?;
-        let (newest, policies) = {
-            let conn = db.lock();
-            if store::policies(&conn)?.is_empty() {
+        let event_hub = eventhub::EventHubState::open(&*engine, host_name, stream)?;
+        let (newest, policies) = storage::transaction(&*engine, |tables| {
+            if tables.policies()?.is_empty() {
                 for policy in identity::AccessPolicy::defaults() {
-                    store::put_policy(&conn, &policy)?;
+                    tables.put_policy(&policy)?;
                 }
             }
-            (store::last_event(&conn)?, store::policies(&conn)?)
-        };
-        let db = Arc::new(db);
-        let writer = writer::StorageWriter::start(db.clone())
-            .map_err(|e| HubError::Storage(store::StorageError::WriterStart(e)))?;
+            Ok::<_, HubError>((tables.last_event()?, tables.policies()?))
+        })?;
+        tracing::debug!(engine = %engine.describe(), "hub storage opened");
+        let storage = writer::Storage::start(engine)?;
         Ok(Self {
             host_name: host_name.to_owned(),
-            db,
-            writer,
+            storage,
             connections: Mutex::new(HashMap::new()),
             pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
             next_request_id: AtomicU64::new(1),

@@ -14,8 +14,7 @@ use crate::error::HubError;
 use crate::feedback::{record_feedback, DeliveryOutcome};
 use crate::metrics::{C2dOutcome, Via};
 use crate::registry::{device_id, module_id};
-use crate::store;
-use crate::stream::{self, EventSource};
+use crate::stream::EventSource;
 use crate::Hub;
 
 /// Device-to-cloud messages may be at most this large (IoT Hub's limit).
@@ -154,10 +153,9 @@ impl Hub {
         let event = event_json(identity, message, &enqueued);
         let partition = self.partition_of(identity);
         let appended = self
-            .writer
+            .storage
             .write(move |tx| {
-                stream::append_event(
-                    tx,
+                tx.append_event(
                     partition,
                     EventSource::Telemetry,
                     &event,
@@ -194,13 +192,12 @@ impl Hub {
             })
             .collect();
         let appended = self
-            .writer
+            .storage
             .write(move |tx| {
                 events
                     .iter()
                     .map(|(partition, event)| {
-                        stream::append_event(
-                            tx,
+                        tx.append_event(
                             *partition,
                             EventSource::Telemetry,
                             event,
@@ -217,19 +214,18 @@ impl Hub {
 
     /// Deletes one batch of events past `retention` at `now` (at most [`PRUNE_BATCH`]); returns how many, so
     /// that the caller repeats while a whole batch went and lets others use the database in between.
-    pub fn prune_events(
+    pub async fn prune_events(
         &self,
         retention: &EventRetention,
         now: DateTime<Utc>,
     ) -> Result<usize, HubError> {
         let max_age = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now.timestamp_millis().saturating_sub(max_age);
-        Ok(store::prune_events(
-            &self.db.lock(),
-            cutoff,
-            retention.max_bytes,
-            PRUNE_BATCH,
-        )?)
+        let max_bytes = retention.max_bytes;
+        self.storage
+            .write(move |tx| tx.prune_events(cutoff, max_bytes, PRUNE_BATCH))
+            .await
+            .map_err(HubError::from)
     }
 
     /// Reads up to `max` device-to-cloud messages after sequence number `after`, waiting up to `wait` for the
@@ -255,7 +251,10 @@ impl Hub {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             newest.borrow_and_update();
-            let events = store::events_after(&self.db.lock(), after, max, all_sources)?;
+            let events = self
+                .storage
+                .read(move |tables| tables.events_after(after, max, all_sources))
+                .await?;
             if !events.is_empty() {
                 return Ok(events);
             }
@@ -274,7 +273,7 @@ impl Hub {
     }
 
     /// Queues a cloud-to-device message for a device and pushes it if the device listens.
-    pub fn send_c2d(&self, device: &str, message: &Message) -> Result<i64, HubError> {
+    pub async fn send_c2d(&self, device: &str, message: &Message) -> Result<i64, HubError> {
         let device = device_id(device)?;
         if message.body.len() > MAX_C2D_BYTES {
             return Err(HubError::TooLarge(
@@ -283,29 +282,38 @@ impl Hub {
         }
         let stored =
             serde_json::to_value(message).map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
-        let id = self.commit(|tx| {
-            if store::device(tx, &device)?.is_none() {
-                return Err(HubError::DeviceNotFound(device.to_string()));
-            }
-            if store::pending_c2d(tx, &device)?.len() >= MAX_PENDING_C2D {
-                return Err(HubError::QueueFull(device.to_string()));
-            }
-            Ok(store::enqueue_c2d(tx, &device, &stored)?)
-        })?;
+        let queued = device.clone();
+        let id = self
+            .storage
+            .write(move |tx| {
+                if tx.device(&queued)?.is_none() {
+                    return Err(HubError::DeviceNotFound(queued.to_string()));
+                }
+                if tx.pending_c2d(&queued)?.len() >= MAX_PENDING_C2D {
+                    return Err(HubError::QueueFull(queued.to_string()));
+                }
+                Ok(tx.enqueue_c2d(&queued, &stored)?)
+            })
+            .await?;
         self.metrics.c2d(C2dOutcome::Queued);
-        self.push_c2d(&Identity::device(device));
+        self.push_c2d(&Identity::device(device)).await;
         Ok(id)
     }
 
     /// Pushes the waiting cloud-to-device messages of a device that listens for them and does not have them yet.
-    pub fn push_c2d(&self, identity: &Identity) {
+    pub async fn push_c2d(&self, identity: &Identity) {
         let Some(outbox) = self.outbox(identity) else {
             return;
         };
         if identity.module.is_some() || !outbox.subscribed(Feature::CloudToDevice) {
             return;
         }
-        let Ok(pending) = store::pending_c2d(&self.db.lock(), &identity.device) else {
+        let device = identity.device.clone();
+        let Ok(pending) = self
+            .storage
+            .read(move |tables| tables.pending_c2d(&device))
+            .await
+        else {
             return;
         };
         let mut in_flight = self
@@ -329,25 +337,28 @@ impl Hub {
     }
 
     /// Pushes waiting cloud-to-device messages to every device that can take them.
-    pub fn push_all_c2d(&self) {
-        let Ok(devices) = store::devices_with_c2d(&self.db.lock()) else {
+    pub async fn push_all_c2d(&self) {
+        let Ok(devices) = self.storage.read(|tables| tables.devices_with_c2d()).await else {
             return;
         };
         for device in devices {
             if let Ok(device) = outpost_core::DeviceId::new(device) {
-                self.push_c2d(&Identity::device(device));
+                self.push_c2d(&Identity::device(device)).await;
             }
         }
     }
 
     /// The device acknowledged a cloud-to-device message: it is complete (with its feedback, if asked for).
-    pub fn complete_c2d(&self, identity: &Identity, delivery_id: u64) {
+    pub async fn complete_c2d(&self, identity: &Identity, delivery_id: u64) {
         let id = delivery_id as i64;
         self.c2d_in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        match self.settle_c2d(&identity.device, id, DeliveryOutcome::Completed) {
+        match self
+            .settle_c2d(&identity.device, id, DeliveryOutcome::Completed)
+            .await
+        {
             Ok(()) => self.metrics.c2d(C2dOutcome::Completed),
             Err(error) => {
                 tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
@@ -357,23 +368,24 @@ impl Hub {
 
     /// Removes a queued cloud-to-device message with its `outcome`, recording the feedback its sender asked for
     /// in the same transaction.
-    pub fn settle_c2d(
+    pub async fn settle_c2d(
         &self,
         device: &outpost_core::DeviceId,
         id: i64,
         outcome: DeliveryOutcome,
     ) -> Result<(), HubError> {
-        let recorded = self.commit(|tx| {
-            let recorded = match store::c2d_message(tx, device, id)?
-                .as_ref()
-                .and_then(stored_c2d)
-            {
-                Some(message) => record_feedback(tx, device, &message, outcome)?,
-                None => false,
-            };
-            store::complete_c2d(tx, device, id)?;
-            Ok::<_, HubError>(recorded)
-        })?;
+        let device = device.clone();
+        let recorded = self
+            .storage
+            .write(move |tx| {
+                let recorded = match tx.c2d_message(&device, id)?.as_ref().and_then(stored_c2d) {
+                    Some(message) => record_feedback(tx, &device, &message, outcome)?,
+                    None => false,
+                };
+                tx.complete_c2d(&device, id)?;
+                Ok::<_, HubError>(recorded)
+            })
+            .await?;
         if recorded {
             self.feedback_recorded();
         }
@@ -382,14 +394,18 @@ impl Hub {
 
     /// Removes the queued cloud-to-device messages whose `absolute-expiry-time` passed, with their feedback;
     /// returns how many.
-    pub fn expire_c2d(&self, now: DateTime<Utc>) -> Result<usize, HubError> {
-        let expired: Vec<(outpost_core::DeviceId, i64)> =
-            store::expired_c2d(&self.db.lock(), now.timestamp_millis())?
-                .into_iter()
-                .filter_map(|(device, id)| Some((outpost_core::DeviceId::new(device).ok()?, id)))
-                .collect();
+    pub async fn expire_c2d(&self, now: DateTime<Utc>) -> Result<usize, HubError> {
+        let now_ms = now.timestamp_millis();
+        let expired: Vec<(outpost_core::DeviceId, i64)> = self
+            .storage
+            .read(move |tables| tables.expired_c2d(now_ms))
+            .await?
+            .into_iter()
+            .filter_map(|(device, id)| Some((outpost_core::DeviceId::new(device).ok()?, id)))
+            .collect();
         for (device, id) in &expired {
-            self.settle_c2d(device, *id, DeliveryOutcome::Expired)?;
+            self.settle_c2d(device, *id, DeliveryOutcome::Expired)
+                .await?;
             self.metrics.c2d(C2dOutcome::Expired);
         }
         Ok(expired.len())
@@ -418,8 +434,8 @@ impl Hub {
             module: module.map(module_id).transpose()?,
         };
         match &identity.module {
-            Some(_) => drop(self.module(device, module.unwrap_or_default())?),
-            None => drop(self.device(device)?),
+            Some(_) => drop(self.module(device, module.unwrap_or_default()).await?),
+            None => drop(self.device(device).await?),
         }
         let deadline = tokio::time::Instant::now() + call.connect_timeout;
         let outbox = loop {

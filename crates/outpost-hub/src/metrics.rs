@@ -5,7 +5,7 @@
 //! No label carries a device id: a hub serves millions of them, a time series each would not be.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::Label;
 use outpost_https::metrics::{Distributions, MetricsError, Registry};
@@ -237,24 +237,10 @@ impl HubMetrics {
 }
 
 impl Hub {
-    /// Runs `f` in one transaction, timing it as a storage commit (the commit's fsync is most of it).
-    pub(crate) fn commit<T, E>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        E: From<rusqlite::Error>,
-    {
-        let started = Instant::now();
-        let result = self.db.transaction(f);
-        self.metrics.storage_commit(started.elapsed());
-        result
-    }
-
     /// The hub recording into `metrics`.
     #[must_use]
     pub fn with_metrics(mut self, metrics: HubMetrics) -> Self {
-        self.writer.set_metrics(metrics.clone());
+        self.storage.writer().set_metrics(metrics.clone());
         self.metrics = metrics;
         self
     }
@@ -262,7 +248,7 @@ impl Hub {
     /// The transactions the storage writer has committed; each carries every write that was waiting, so under
     /// load this grows slower than the writes do.
     pub fn storage_commits(&self) -> u64 {
-        self.writer.commits()
+        self.storage.writer().commits()
     }
 
     /// The hub's metrics.

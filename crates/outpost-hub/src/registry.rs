@@ -7,7 +7,7 @@ use crate::error::HubError;
 use crate::identity::{
     generate_generation_id, validate_key, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
 };
-use crate::store;
+use crate::storage::Tables;
 use crate::Hub;
 
 /// What a caller asks a device to be (a create or an update).
@@ -102,13 +102,14 @@ impl Hub {
         }
         let (spec, precondition) = (spec.clone(), precondition.clone());
         let (record, rotated) = self
-            .writer
+            .storage
             .write(move |tx| {
                 let mut rotated = false;
                 let parent_scope = match &spec.parent {
                     Some(parent) => {
                         let parent_id = device_id(parent)?;
-                        let parent = store::device(tx, &parent_id)?
+                        let parent = tx
+                            .device(&parent_id)?
                             .ok_or(HubError::DeviceNotFound(parent.clone()))?;
                         if !parent.iot_edge {
                             return Err(HubError::ArgumentInvalid(format!(
@@ -126,7 +127,7 @@ impl Hub {
                     }
                     (found, _) => found,
                 };
-                let existing = store::device(tx, &id)?;
+                let existing = tx.device(&id)?;
                 let record = match (existing, &precondition) {
                     (Some(_), Precondition::CreateOnly) => {
                         return Err(HubError::DeviceAlreadyExists(id.to_string()))
@@ -188,15 +189,15 @@ impl Hub {
                         record
                     }
                 };
-                store::put_device(tx, &record)?;
-                if store::twin(tx, &id, None)?.is_none() {
-                    store::put_twin(tx, &id, None, &Twin::new(Utc::now()))?;
+                tx.put_device(&record)?;
+                if tx.twin(&id, None)?.is_none() {
+                    tx.put_twin(&id, None, &Twin::new(Utc::now()))?;
                 }
                 if record.iot_edge {
                     for system in ["$edgeAgent", "$edgeHub"] {
                         let module = ModuleId::new(system)
                             .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
-                        if store::module(tx, &id, &module)?.is_none() {
+                        if tx.module(&id, &module)?.is_none() {
                             insert_module(tx, &id, &module, Some("IotEdge".into()), None, None)?;
                         }
                     }
@@ -215,14 +216,20 @@ impl Hub {
     }
 
     /// Reads a device.
-    pub fn device(&self, id: &str) -> Result<DeviceRecord, HubError> {
+    pub async fn device(&self, id: &str) -> Result<DeviceRecord, HubError> {
         let id = device_id(id)?;
-        store::device(&self.db.lock(), &id)?.ok_or_else(|| HubError::DeviceNotFound(id.to_string()))
+        self.storage
+            .read(move |tables| {
+                tables
+                    .device(&id)?
+                    .ok_or_else(|| HubError::DeviceNotFound(id.to_string()))
+            })
+            .await
     }
 
     /// Lists every device.
-    pub fn devices(&self) -> Result<Vec<DeviceRecord>, HubError> {
-        Ok(store::devices(&self.db.lock())?)
+    pub async fn devices(&self) -> Result<Vec<DeviceRecord>, HubError> {
+        Ok(self.storage.read(|tables| tables.devices()).await?)
     }
 
     /// Deletes a device with its modules and twins, and disconnects them.
@@ -233,12 +240,13 @@ impl Hub {
     ) -> Result<(), HubError> {
         let id = device_id(id)?;
         let (deleted, precondition) = (id.clone(), precondition.clone());
-        self.writer
+        self.storage
             .write(move |tx| {
-                let current = store::device(tx, &deleted)?
+                let current = tx
+                    .device(&deleted)?
                     .ok_or_else(|| HubError::DeviceNotFound(deleted.to_string()))?;
                 precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
-                store::delete_device(tx, &deleted)?;
+                tx.delete_device(&deleted)?;
                 Ok::<_, HubError>(())
             })
             .await?;
@@ -264,14 +272,14 @@ impl Hub {
         let precondition = precondition.clone();
         let (written_device, written_module) = (device.clone(), module.clone());
         let (result, rotated) = self
-            .writer
+            .storage
             .write(move |tx| {
                 let (device, module) = (written_device, written_module);
                 let mut rotated = false;
-                if store::device(tx, &device)?.is_none() {
+                if tx.device(&device)?.is_none() {
                     return Err(HubError::DeviceNotFound(device.to_string()));
                 }
-                let result = match (store::module(tx, &device, &module)?, &precondition) {
+                let result = match (tx.module(&device, &module)?, &precondition) {
                     (Some(_), Precondition::CreateOnly) => {
                         Err(HubError::ModuleAlreadyExists(module.to_string()))
                     }
@@ -293,7 +301,7 @@ impl Hub {
                             current.managed_by = spec.managed_by;
                         }
                         current.etag_counter += 1;
-                        store::put_module(tx, &current)?;
+                        tx.put_module(&current)?;
                         Ok((current, false))
                     }
                     (None, _) => {
@@ -318,24 +326,31 @@ impl Hub {
     }
 
     /// Reads a module.
-    pub fn module(&self, device: &str, module: &str) -> Result<ModuleRecord, HubError> {
+    pub async fn module(&self, device: &str, module: &str) -> Result<ModuleRecord, HubError> {
         let (device, module) = (device_id(device)?, module_id(module)?);
-        let conn = self.db.lock();
-        if store::device(&conn, &device)?.is_none() {
-            return Err(HubError::DeviceNotFound(device.to_string()));
-        }
-        store::module(&conn, &device, &module)?
-            .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))
+        self.storage
+            .read(move |tables| {
+                if tables.device(&device)?.is_none() {
+                    return Err(HubError::DeviceNotFound(device.to_string()));
+                }
+                tables
+                    .module(&device, &module)?
+                    .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))
+            })
+            .await
     }
 
     /// Lists the modules of a device.
-    pub fn modules(&self, device: &str) -> Result<Vec<ModuleRecord>, HubError> {
+    pub async fn modules(&self, device: &str) -> Result<Vec<ModuleRecord>, HubError> {
         let device = device_id(device)?;
-        let conn = self.db.lock();
-        if store::device(&conn, &device)?.is_none() {
-            return Err(HubError::DeviceNotFound(device.to_string()));
-        }
-        Ok(store::modules(&conn, &device)?)
+        self.storage
+            .read(move |tables| {
+                if tables.device(&device)?.is_none() {
+                    return Err(HubError::DeviceNotFound(device.to_string()));
+                }
+                Ok(tables.modules(&device)?)
+            })
+            .await
     }
 
     /// Deletes a module and its twin, and disconnects it.
@@ -348,12 +363,13 @@ impl Hub {
         let (device, module) = (device_id(device)?, module_id(module)?);
         let (deleted_device, deleted_module) = (device.clone(), module.clone());
         let precondition = precondition.clone();
-        self.writer
+        self.storage
             .write(move |tx| {
-                let current = store::module(tx, &deleted_device, &deleted_module)?
+                let current = tx
+                    .module(&deleted_device, &deleted_module)?
                     .ok_or_else(|| HubError::ModuleNotFound(deleted_module.to_string()))?;
                 precondition.check(&crate::identity::identity_etag(current.etag_counter))?;
-                store::delete_module(tx, &deleted_device, &deleted_module)?;
+                tx.delete_module(&deleted_device, &deleted_module)?;
                 Ok::<_, HubError>(())
             })
             .await?;
@@ -363,7 +379,7 @@ impl Hub {
 }
 
 /// The edge device whose scope is `scope` (`ms-azure-iot-edge://{id}-{generationId}`), if there is one.
-fn edge_of_scope(tx: &rusqlite::Connection, scope: &str) -> Result<Option<DeviceRecord>, HubError> {
+fn edge_of_scope(tx: &mut dyn Tables, scope: &str) -> Result<Option<DeviceRecord>, HubError> {
     let Some((id, _generation)) = scope
         .strip_prefix("ms-azure-iot-edge://")
         .and_then(|rest| rest.rsplit_once('-'))
@@ -373,7 +389,9 @@ fn edge_of_scope(tx: &rusqlite::Connection, scope: &str) -> Result<Option<Device
     let Ok(id) = DeviceId::new(id) else {
         return Ok(None);
     };
-    Ok(store::device(tx, &id)?.filter(|edge| edge.iot_edge && edge.edge_scope() == scope))
+    Ok(tx
+        .device(&id)?
+        .filter(|edge| edge.iot_edge && edge.edge_scope() == scope))
 }
 
 fn apply_scopes(record: &mut DeviceRecord, spec: &DeviceSpec, parent_scope: Option<String>) {
@@ -391,7 +409,7 @@ fn apply_scopes(record: &mut DeviceRecord, spec: &DeviceSpec, parent_scope: Opti
 }
 
 pub(crate) fn insert_module(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Tables,
     device: &DeviceId,
     module: &ModuleId,
     managed_by: Option<String>,
@@ -406,16 +424,17 @@ pub(crate) fn insert_module(
         managed_by,
         credentials: Credentials::sas(primary_key, secondary_key),
     };
-    store::put_module(tx, &record)?;
+    tx.put_module(&record)?;
     let mut twin = Twin::new(Utc::now());
     // The deployment may have named this module before its identity existed: its twin starts from that content.
-    if let Some(desired) = store::deployment(tx, device)?
+    if let Some(desired) = tx
+        .deployment(device)?
         .as_ref()
         .and_then(|manifest| manifest.get("modulesContent")?.get(module.as_str()))
     {
         twin.replace_desired(desired, Utc::now())
             .map_err(|e| HubError::InvalidConfigurationContent(format!("module {module}: {e}")))?;
     }
-    store::put_twin(tx, device, Some(module), &twin)?;
+    tx.put_twin(device, Some(module), &twin)?;
     Ok(record)
 }

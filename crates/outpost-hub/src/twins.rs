@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::error::HubError;
 use crate::eventhub::{twin_change_body, TwinChanges, TwinOperation};
 use crate::registry::{device_id, module_id, Precondition};
-use crate::store;
+use crate::storage::Tables;
 use crate::stream::Appended;
 use crate::Hub;
 
@@ -66,6 +66,13 @@ pub struct TwinView {
     pub connected: bool,
 }
 
+/// A twin as stored, with the records of its identity.
+pub(crate) struct StoredTwin {
+    twin: Twin,
+    device: crate::identity::DeviceRecord,
+    module: Option<crate::identity::ModuleRecord>,
+}
+
 /// The `opType` of a service write.
 fn operation(replace: bool) -> TwinOperation {
     if replace {
@@ -81,34 +88,27 @@ fn twin_error(error: &TwinError) -> HubError {
 
 impl Hub {
     /// Reads the twin of a device (`module` `None`) or a module, with its identity.
-    pub fn twin(&self, device: &str, module: Option<&str>) -> Result<TwinView, HubError> {
-        let device_id = device_id(device)?;
-        let module_id = module.map(module_id).transpose()?;
-        let (twin, device, module) = {
-            let conn = self.db.lock();
-            let device = store::device(&conn, &device_id)?
-                .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
-            let module = match &module_id {
-                Some(m) => Some(
-                    store::module(&conn, &device_id, m)?
-                        .ok_or_else(|| HubError::ModuleNotFound(m.to_string()))?,
-                ),
-                None => None,
-            };
-            let twin = store::twin(&conn, &device_id, module_id.as_ref())?
-                .unwrap_or_else(|| Twin::new(Utc::now()));
-            (twin, device, module)
-        };
+    pub async fn twin(&self, device: &str, module: Option<&str>) -> Result<TwinView, HubError> {
         let identity = Identity {
-            device: device_id,
-            module: module_id,
+            device: device_id(device)?,
+            module: module.map(module_id).transpose()?,
         };
-        Ok(TwinView {
-            twin,
-            device,
-            module,
-            connected: self.is_connected(&identity),
-        })
+        let read = identity.clone();
+        let stored = self
+            .storage
+            .read(move |tables| Self::twin_for_update(tables, &read))
+            .await?;
+        Ok(self.view(&identity, stored))
+    }
+
+    /// The view of a twin read (or written) with its identity's records.
+    fn view(&self, identity: &Identity, stored: StoredTwin) -> TwinView {
+        TwinView {
+            twin: stored.twin,
+            device: stored.device,
+            module: stored.module,
+            connected: self.is_connected(identity),
+        }
     }
 
     /// Applies a service write to a twin and notifies the connected device of desired changes.
@@ -130,16 +130,15 @@ impl Hub {
             let (identity, write, precondition) =
                 (identity.clone(), write.clone(), precondition.clone());
             let changes = self.twin_changes();
-            move |tx: &rusqlite::Connection| {
-                service_write(tx, &identity, &write, &precondition, &changes)
-            }
+            move |tx: &mut dyn Tables| service_write(tx, &identity, &write, &precondition, &changes)
         };
-        let (notification, appended) = self.writer.write(job).await?;
+        // The answer is the twin the job wrote, as committed: no second read.
+        let (stored, notification, appended) = self.storage.write(job).await?;
         self.streamed(appended.as_slice());
         if let Some(body) = notification {
             self.notify_desired(&identity, body);
         }
-        self.twin(device, module)
+        Ok(self.view(&identity, stored))
     }
 
     /// Applies a reported patch from the device itself, group-committed by the storage writer; returns the new
@@ -148,69 +147,79 @@ impl Hub {
         let job = {
             let (identity, patch) = (identity.clone(), patch.clone());
             let changes = self.twin_changes();
-            move |tx: &rusqlite::Connection| reported_write(tx, &identity, &patch, &changes)
+            move |tx: &mut dyn Tables| reported_write(tx, &identity, &patch, &changes)
         };
-        let (version, appended) = self.writer.write(job).await?;
+        let (version, appended) = self.storage.write(job).await?;
         self.streamed(appended.as_slice());
         Ok(version)
     }
 
     /// The twin a device or module sees (`{"desired":..,"reported":..}`).
-    pub fn device_view(&self, identity: &Identity) -> Result<Value, HubError> {
-        let conn = self.db.lock();
-        let twin = store::twin(&conn, &identity.device, identity.module.as_ref())?
-            .ok_or_else(|| HubError::DeviceNotFound(identity.to_string()))?;
-        Ok(twin.device_view())
+    pub async fn device_view(&self, identity: &Identity) -> Result<Value, HubError> {
+        let identity = identity.clone();
+        self.storage
+            .read(move |tables| {
+                let twin = tables
+                    .twin(&identity.device, identity.module.as_ref())?
+                    .ok_or_else(|| HubError::DeviceNotFound(identity.to_string()))?;
+                Ok(twin.device_view())
+            })
+            .await
     }
 
     /// Applies a deployment manifest to an edge device: each entry of `modulesContent` replaces that module
     /// twin's desired properties. As in IoT Hub, the content for a module whose identity does not exist yet
     /// waits in the stored deployment and lands in its twin when the edge runtime creates the identity.
-    pub fn apply_configuration(&self, device: &str, content: &Value) -> Result<(), HubError> {
+    pub async fn apply_configuration(&self, device: &str, content: &Value) -> Result<(), HubError> {
         let device_id = device_id(device)?;
         let manifest = DeploymentManifest::from_json(content)
             .map_err(|e| HubError::InvalidConfigurationContent(e.to_string()))?;
-        let mut notifications = Vec::new();
-        let mut appended = Vec::new();
-        self.commit(|tx| {
-            let record = store::device(tx, &device_id)?
-                .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
-            if !record.iot_edge {
-                return Err(HubError::ArgumentInvalid(format!(
-                    "{device} is not an edge device"
-                )));
-            }
-            // Validate every twin change first, so that a refused one leaves all twins as they were.
-            let mut updates = Vec::new();
-            for (name, desired) in &manifest.modules_content {
-                let module = module_id(name)?;
-                let existing = store::twin(tx, &device_id, Some(&module))?;
-                let exists =
-                    existing.is_some() && store::module(tx, &device_id, &module)?.is_some();
-                let mut twin = existing.unwrap_or_else(|| Twin::new(Utc::now()));
-                let body = twin.replace_desired(desired, Utc::now()).map_err(|e| {
-                    HubError::InvalidConfigurationContent(format!("module {name}: {e}"))
-                })?;
-                if exists {
-                    updates.push((module, twin, body));
+        let changes = self.twin_changes();
+        let (notifications, appended) = self
+            .storage
+            .write(move |tx| {
+                let device = device_id.as_str();
+                let mut notifications = Vec::new();
+                let mut appended = Vec::new();
+                let record = tx
+                    .device(&device_id)?
+                    .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
+                if !record.iot_edge {
+                    return Err(HubError::ArgumentInvalid(format!(
+                        "{device} is not an edge device"
+                    )));
                 }
-            }
-            for (module, twin, body) in updates {
-                store::put_twin(tx, &device_id, Some(&module), &twin)?;
-                let identity = Identity::module(device_id.clone(), module);
-                let change = twin_change_body(twin.version(), None, Some(&body), None);
-                appended.extend(self.append_twin_change(
-                    tx,
-                    &identity,
-                    TwinOperation::Replace,
-                    &change,
-                )?);
-                notifications.push((identity, body));
-            }
-            let normalized = serde_json::json!({"modulesContent": manifest.modules_content});
-            store::put_deployment(tx, &device_id, &normalized)?;
-            Ok(())
-        })?;
+                // Validate every twin change first, so that a refused one leaves all twins as they were.
+                let mut updates = Vec::new();
+                for (name, desired) in &manifest.modules_content {
+                    let module = module_id(name)?;
+                    let existing = tx.twin(&device_id, Some(&module))?;
+                    let exists = existing.is_some() && tx.module(&device_id, &module)?.is_some();
+                    let mut twin = existing.unwrap_or_else(|| Twin::new(Utc::now()));
+                    let body = twin.replace_desired(desired, Utc::now()).map_err(|e| {
+                        HubError::InvalidConfigurationContent(format!("module {name}: {e}"))
+                    })?;
+                    if exists {
+                        updates.push((module, twin, body));
+                    }
+                }
+                for (module, twin, body) in updates {
+                    tx.put_twin(&device_id, Some(&module), &twin)?;
+                    let identity = Identity::module(device_id.clone(), module);
+                    let change = twin_change_body(twin.version(), None, Some(&body), None);
+                    appended.extend(changes.append(
+                        tx,
+                        &identity,
+                        TwinOperation::Replace,
+                        &change,
+                    )?);
+                    notifications.push((identity, body));
+                }
+                let normalized = serde_json::json!({"modulesContent": manifest.modules_content});
+                tx.put_deployment(&device_id, &normalized)?;
+                Ok::<_, HubError>((notifications, appended))
+            })
+            .await?;
         self.streamed(&appended);
         for (identity, body) in notifications {
             self.notify_desired(&identity, body);
@@ -218,21 +227,29 @@ impl Hub {
         Ok(())
     }
 
-    /// Reads a twin to change it, refusing an identity that does not exist.
+    /// Reads a twin (to change it) with its identity's records, refusing an identity that does not exist.
     pub(crate) fn twin_for_update(
-        tx: &rusqlite::Connection,
+        tx: &mut dyn Tables,
         identity: &Identity,
-    ) -> Result<Twin, HubError> {
-        if store::device(tx, &identity.device)?.is_none() {
-            return Err(HubError::DeviceNotFound(identity.device.to_string()));
-        }
-        if let Some(module) = &identity.module {
-            if store::module(tx, &identity.device, module)?.is_none() {
-                return Err(HubError::ModuleNotFound(module.to_string()));
-            }
-        }
-        Ok(store::twin(tx, &identity.device, identity.module.as_ref())?
-            .unwrap_or_else(|| Twin::new(Utc::now())))
+    ) -> Result<StoredTwin, HubError> {
+        let device = tx
+            .device(&identity.device)?
+            .ok_or_else(|| HubError::DeviceNotFound(identity.device.to_string()))?;
+        let module = match &identity.module {
+            Some(module) => Some(
+                tx.module(&identity.device, module)?
+                    .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))?,
+            ),
+            None => None,
+        };
+        let twin = tx
+            .twin(&identity.device, identity.module.as_ref())?
+            .unwrap_or_else(|| Twin::new(Utc::now()));
+        Ok(StoredTwin {
+            twin,
+            device,
+            module,
+        })
     }
 
     fn notify_desired(&self, identity: &Identity, body: Value) {
@@ -247,13 +264,17 @@ impl Hub {
 /// Applies a service write to the stored twin of `identity` with its twin change event, inside the caller's
 /// transaction; returns the desired notification to push once it commits.
 fn service_write(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Tables,
     identity: &Identity,
     write: &TwinWrite,
     precondition: &Precondition,
     changes: &TwinChanges,
-) -> Result<(Option<Value>, Option<Appended>), HubError> {
-    let twin = Hub::twin_for_update(tx, identity)?;
+) -> Result<(StoredTwin, Option<Value>, Option<Appended>), HubError> {
+    let StoredTwin {
+        twin,
+        device,
+        module,
+    } = Hub::twin_for_update(tx, identity)?;
     if let Precondition::Etag(_) = precondition {
         precondition.check(&twin.etag())?;
     }
@@ -281,7 +302,7 @@ fn service_write(
         None => None,
     };
     let twin = updated;
-    store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
+    tx.put_twin(&identity.device, identity.module.as_ref(), &twin)?;
     let tags = write.tags.as_ref().map(|patch| {
         if write.replace {
             Value::Object(twin.tags().clone())
@@ -291,22 +312,27 @@ fn service_write(
     });
     let change = twin_change_body(twin.version(), tags.as_ref(), notification.as_ref(), None);
     let appended = changes.append(tx, identity, operation(write.replace), &change)?;
-    Ok((notification, appended))
+    let stored = StoredTwin {
+        twin,
+        device,
+        module,
+    };
+    Ok((stored, notification, appended))
 }
 
 /// Applies a device's reported patch to the stored twin of `identity` with its twin change event, inside the
 /// caller's transaction; returns the new reported `$version`.
 fn reported_write(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Tables,
     identity: &Identity,
     patch: &Value,
     changes: &TwinChanges,
 ) -> Result<(u64, Option<Appended>), HubError> {
-    let mut twin = Hub::twin_for_update(tx, identity)?;
+    let mut twin = Hub::twin_for_update(tx, identity)?.twin;
     let version = twin
         .patch_reported(patch, Utc::now())
         .map_err(|e| twin_error(&e))?;
-    store::put_twin(tx, &identity.device, identity.module.as_ref(), &twin)?;
+    tx.put_twin(&identity.device, identity.module.as_ref(), &twin)?;
     let mut reported = patch.as_object().cloned().unwrap_or_default();
     reported.remove("$metadata");
     reported.insert("$version".into(), version.into());

@@ -1,27 +1,31 @@
-//! The storage writer: one thread that owns SQLite writes and commits them in groups.
+//! The storage writer, and [`Storage`], the handle the hub holds on its engine.
 //!
-//! An async caller hands a write job (a closure over the connection, inside a transaction) to
-//! [`StorageWriter::write`] and awaits its answer; no tokio worker runs SQLite or waits on its fsync. The thread
-//! takes every job waiting (up to [`MAX_BATCH`]), runs each in its own `SAVEPOINT` inside one transaction, so a
-//! job that fails rolls back only its own changes, commits once (one fsync for the whole group) and only then
-//! answers each caller: nothing is acknowledged before it is durable.
+//! An async caller hands a write job (a closure over [`Tables`], inside a transaction) to
+//! [`StorageWriter::write`] and awaits its answer; no tokio worker runs a write or waits on its commit. The
+//! writer's thread takes every job waiting (up to [`MAX_BATCH`]) and gives them to the engine as one group
+//! ([`Engine::write_group`]): each job runs in its own savepoint inside one transaction, so a job that fails rolls
+//! back only its own changes; the group commits once (one fsync for the whole group), and only then is each
+//! caller answered: nothing is acknowledged before it is durable. The writer knows no SQL: it runs over any
+//! [`Engine`].
 //!
 //! The queue is bounded ([`QUEUE_CAPACITY`]): past it a caller waits for room, which is the back-pressure that
 //! keeps a slow disk from growing memory. The thread stops when the [`StorageWriter`] is dropped: the queue
 //! closes, the jobs already in it are committed and answered, and the drop joins the thread.
 //!
-//! Reads still take the database's lock on the caller's thread; while the writer commits a group they wait for
-//! it, as before. Moving them to a WAL read connection is the next step.
+//! Reads go through [`Storage::read`], which runs the engine's [`Engine::read`] on tokio's blocking pool: the
+//! engine reads on connections of its own (SQLite: WAL readers), so a read waits neither for the writer nor on
+//! an async worker.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use outpost_store::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::HubMetrics;
+use crate::storage::{Engine, Group, Tables};
 use crate::store::StorageError;
 
 /// Write jobs that may wait for the writer; past this a caller waits for room.
@@ -34,8 +38,97 @@ pub const MAX_BATCH: usize = 256;
 type Answer = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
 /// A write job: runs inside its savepoint and says whether it succeeded (`false` rolls the savepoint back).
-/// Given no connection (the group could not begin), it does not run and its caller gets the group's failure.
-type Job = Box<dyn FnOnce(Option<&rusqlite::Connection>) -> (bool, Answer) + Send>;
+/// Given no tables (the group could not begin), it does not run and its caller gets the group's failure.
+type Job = Box<dyn FnOnce(Option<&mut dyn Tables>) -> (bool, Answer) + Send>;
+
+/// The handle on the hub's storage: reads on the blocking pool, writes through the group-committing writer.
+/// Cheap to clone; the writer's thread stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Storage {
+    engine: Arc<dyn Engine>,
+    writer: Arc<StorageWriter>,
+}
+
+impl Storage {
+    /// Starts the writer's thread over `engine`.
+    pub fn start(engine: Arc<dyn Engine>) -> Result<Self, StorageError> {
+        let writer = StorageWriter::start(engine.clone()).map_err(StorageError::WriterStart)?;
+        Ok(Self {
+            engine,
+            writer: Arc::new(writer),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The writer.
+    pub fn writer(&self) -> &StorageWriter {
+        &self.writer
+    }
+
+    /// Runs `job` in a consistent read view on tokio's blocking pool (never on an async worker).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn read<T, E, F>(&self, job: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut dyn Tables) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || read_now(&*engine, job))
+            .await
+            .map_err(|e| E::from(StorageError::Engine(format!("a read task failed: {e}"))))?
+    }
+
+    /// Runs `job` in a consistent read view on the calling thread. Only for the callers that cannot wait
+    /// asynchronously (synchronous trait methods of the AMQP head): the engine's readers never wait for the
+    /// writer, but the read itself blocks this thread.
+    pub fn read_blocking<T, E>(
+        &self,
+        job: impl FnOnce(&mut dyn Tables) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StorageError>,
+    {
+        read_now(&*self.engine, job)
+    }
+
+    /// Runs `job` in the writer's next group commit and answers once that commit is durable (see
+    /// [`StorageWriter::write`]).
+    pub async fn write<T, E, F>(&self, job: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut dyn Tables) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        self.writer.write(job).await
+    }
+}
+
+/// Runs a one-shot job through the engine's [`Engine::read`].
+fn read_now<T, E>(
+    engine: &dyn Engine,
+    job: impl FnOnce(&mut dyn Tables) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<StorageError>,
+{
+    let mut job = Some(job);
+    let mut result = None;
+    engine.read(&mut |tables| {
+        if let Some(job) = job.take() {
+            result = Some(job(tables));
+        }
+        Ok(())
+    })?;
+    result.unwrap_or_else(|| Err(E::from(StorageError::Engine("the read did not run".into()))))
+}
 
 /// The handle of the writer thread: submits jobs, and stops and joins the thread when dropped.
 pub struct StorageWriter {
@@ -46,8 +139,8 @@ pub struct StorageWriter {
 }
 
 impl StorageWriter {
-    /// Starts the writer thread over `db`.
-    pub fn start(db: Arc<Database>) -> std::io::Result<Self> {
+    /// Starts the writer thread over `engine`.
+    pub fn start(engine: Arc<dyn Engine>) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let commits = Arc::new(AtomicU64::new(0));
         let metrics = Arc::new(Mutex::new(HubMetrics::default()));
@@ -56,7 +149,7 @@ impl StorageWriter {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("outpost-storage".into())
-                .spawn(move || run(&db, queue, &commits, &metrics))?
+                .spawn(move || run(&*engine, queue, &commits, &metrics))?
         };
         Ok(Self {
             jobs: Some(jobs),
@@ -85,7 +178,7 @@ impl StorageWriter {
     /// `E::from(StorageError)`.
     pub async fn write<T, E, F>(&self, job: F) -> Result<T, E>
     where
-        F: FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut dyn Tables) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StorageError> + Send + 'static,
     {
@@ -96,13 +189,13 @@ impl StorageWriter {
     /// Queues `job` (waiting for room) and returns where its answer will arrive.
     async fn submit<T, E, F>(&self, job: F) -> Result<oneshot::Receiver<Result<T, E>>, StorageError>
     where
-        F: FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut dyn Tables) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StorageError> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
-        let job: Job = Box::new(move |connection| {
-            let result = connection.map(job);
+        let job: Job = Box::new(move |tables| {
+            let result = tables.map(job);
             let ok = result.as_ref().is_some_and(Result::is_ok);
             let reply: Answer = Box::new(move |committed| {
                 let answered = match (committed, result) {
@@ -141,21 +234,21 @@ impl Drop for StorageWriter {
 
 /// The writer thread: takes a group of jobs, commits it, answers it, until the queue closes.
 fn run(
-    db: &Database,
+    engine: &dyn Engine,
     mut queue: mpsc::Receiver<Job>,
     commits: &AtomicU64,
     metrics: &Mutex<HubMetrics>,
 ) {
     while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
+        let mut batch = VecDeque::from([first]);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => batch.push_back(job),
                 Err(_) => break,
             }
         }
         let started = Instant::now();
-        let (answers, committed) = commit_group(db, batch);
+        let (answers, committed) = commit_group(engine, batch);
         let elapsed = started.elapsed();
         commits.fetch_add(1, Ordering::Relaxed);
         metrics
@@ -175,40 +268,32 @@ fn run(
     }
 }
 
-/// Runs `batch` in one transaction, each job in its own savepoint, and commits it.
-fn commit_group(db: &Database, batch: Vec<Job>) -> (Vec<Answer>, Result<(), rusqlite::Error>) {
+/// Runs `batch` as one group of the engine, each job in its own savepoint, and commits it. Jobs the group did
+/// not reach (it failed first) are answered with its failure.
+fn commit_group(
+    engine: &dyn Engine,
+    mut batch: VecDeque<Job>,
+) -> (Vec<Answer>, Result<(), StorageError>) {
     let mut answers = Vec::with_capacity(batch.len());
-    let mut jobs = batch.into_iter();
-    let mut connection = db.lock();
-    let mut transaction = match connection.transaction() {
-        Ok(transaction) => transaction,
-        Err(error) => return (not_run(answers, jobs), Err(error)),
-    };
-    while let Some(job) = jobs.next() {
-        let savepoint = match transaction.savepoint() {
-            Ok(savepoint) => savepoint,
-            Err(error) => {
+    let committed = engine.write_group(&mut |group: &mut dyn Group| {
+        while let Some(job) = batch.pop_front() {
+            let mut job = Some(job);
+            let ran = group.run(&mut |tables| {
+                let Some(job) = job.take() else { return false };
+                let (ok, answer) = job(Some(tables));
+                answers.push(answer);
+                ok
+            });
+            if let Some(job) = job.take() {
+                // The savepoint could not begin: the job never ran.
                 answers.push(job(None).1);
-                return (not_run(answers, jobs), Err(error));
             }
-        };
-        let (ok, answer) = job(Some(&savepoint));
-        answers.push(answer);
-        if ok {
-            if let Err(error) = savepoint.commit() {
-                return (not_run(answers, jobs), Err(error));
-            }
+            ran?;
         }
-        // A failed job's savepoint rolls back when dropped here.
-    }
-    let committed = transaction.commit();
+        Ok(())
+    });
+    answers.extend(batch.into_iter().map(|job| job(None).1));
     (answers, committed)
-}
-
-/// Adds the answers of `jobs` that will not run to `answers`.
-fn not_run(mut answers: Vec<Answer>, jobs: impl Iterator<Item = Job>) -> Vec<Answer> {
-    answers.extend(jobs.map(|job| job(None).1));
-    answers
 }
 
 #[cfg(test)]
@@ -220,7 +305,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::eventhub::StreamSettings;
     use crate::registry::{DeviceSpec, Precondition};
+    use crate::storage::sqlite::SqliteEngine;
     use crate::twins::TwinWrite;
     use crate::{Hub, HubError};
 
@@ -242,38 +329,37 @@ mod tests {
             .collect()
     }
 
-    fn names(db: &Database) -> Vec<String> {
-        let connection = db.lock();
-        let mut statement = connection
-            .prepare("SELECT name FROM things ORDER BY name")
-            .unwrap();
-        let rows = statement.query_map([], |row| row.get(0)).unwrap();
-        rows.collect::<Result<_, _>>().unwrap()
+    fn names(storage: &Storage) -> Vec<String> {
+        storage
+            .read_blocking(|tables| {
+                let mut names = Vec::new();
+                for i in 0..JOBS {
+                    let name = format!("job{i:02}");
+                    if tables.setting(&name)?.is_some() {
+                        names.push(name);
+                    }
+                }
+                Ok::<_, StorageError>(names)
+            })
+            .unwrap()
     }
 
     #[tokio::test]
     async fn jobs_waiting_for_a_commit_share_the_next_one_and_a_failing_job_rolls_back_alone() {
-        let db = Arc::new(
-            Database::in_memory(&["CREATE TABLE things (name TEXT PRIMARY KEY);"]).unwrap(),
-        );
-        db.lock()
-            .execute("INSERT INTO things (name) VALUES ('taken')", [])
-            .unwrap();
-        let writer = StorageWriter::start(db.clone()).unwrap();
-        let writer = Arc::new(writer);
-        // Holding the database stands for a commit in progress: the jobs queue behind it.
-        let commit_in_progress = db.lock();
+        let engine = Arc::new(SqliteEngine::in_memory().unwrap());
+        let storage = Storage::start(engine.clone()).unwrap();
+        // Holding the write connection stands for a commit in progress: the jobs queue behind it.
+        let commit_in_progress = engine.lock_writer();
         let futures: Vec<Pending<Result<(), StorageError>>> = (0..JOBS)
             .map(|i| {
-                let writer = writer.clone();
+                let storage = storage.clone();
                 Box::pin(async move {
-                    writer
-                        .write(move |connection| {
+                    storage
+                        .write(move |tables| {
                             let name = format!("job{i:02}");
-                            connection.execute("INSERT INTO things (name) VALUES (?1)", [&name])?;
+                            tables.put_setting(&name, b"x", false)?;
                             if i == FAILING {
-                                connection
-                                    .execute("INSERT INTO things (name) VALUES ('taken')", [])?;
+                                return Err(StorageError::Engine("refused".into()));
                             }
                             Ok(())
                         })
@@ -287,24 +373,43 @@ mod tests {
             let answer = future.await;
             assert_eq!(answer.is_ok(), i != FAILING, "job {i}: {answer:?}");
         }
-        let stored = names(&db);
-        assert_eq!(
-            stored.len(),
-            JOBS,
-            "every job but the failing one, and 'taken'"
-        );
+        let stored = names(&storage);
+        assert_eq!(stored.len(), JOBS - 1, "every job but the failing one");
         assert!(!stored.contains(&format!("job{FAILING:02}")));
-        assert!(
-            writer.commits() <= 2,
-            "{} commits for {JOBS} jobs",
-            writer.commits()
-        );
+        let commits = storage.writer().commits();
+        assert!(commits <= 2, "{commits} commits for {JOBS} jobs");
+    }
+
+    #[tokio::test]
+    // Holding the write connection across the read is the point: the read must not need it.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_read_does_not_wait_for_a_commit_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(SqliteEngine::open(&dir.path().join("hub.sqlite")).unwrap());
+        let storage = Storage::start(engine.clone()).unwrap();
+        storage
+            .write(|tables| tables.put_setting("name", b"before", false))
+            .await
+            .unwrap();
+        let commit_in_progress = engine.lock_writer();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            storage.read(|tables| tables.setting("name")),
+        )
+        .await
+        .expect("the read waited for the writer")
+        .unwrap();
+        drop(commit_in_progress);
+        assert_eq!(read.as_deref(), Some(&b"before"[..]));
     }
 
     #[tokio::test]
     async fn concurrent_twin_writes_are_answered_after_fewer_commits_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = Arc::new(Hub::open(dir.path(), "hub.example").unwrap());
+        let engine = Arc::new(SqliteEngine::open(&dir.path().join("hub.sqlite")).unwrap());
+        let hub = Arc::new(
+            Hub::with_engine(engine.clone(), "hub.example", &StreamSettings::default()).unwrap(),
+        );
         hub.put_device(
             &DeviceSpec {
                 device_id: "sensor".into(),
@@ -315,7 +420,7 @@ mod tests {
         .await
         .unwrap();
         let commits_before = hub.storage_commits();
-        let commit_in_progress = hub.db.lock();
+        let commit_in_progress = engine.lock_writer();
         let mut futures: Vec<Pending<Result<u64, HubError>>> = (0..WRITES)
             .map(|i| {
                 let hub = hub.clone();
@@ -363,8 +468,15 @@ mod tests {
         assert!(commits <= 2, "{commits} commits for {} writes", WRITES + 1);
 
         drop(hub);
+        drop(engine);
         let hub = Hub::open(dir.path(), "hub.example").unwrap();
-        let desired = hub.twin("sensor", None).unwrap().twin.desired().clone();
+        let desired = hub
+            .twin("sensor", None)
+            .await
+            .unwrap()
+            .twin
+            .desired()
+            .clone();
         for i in 0..WRITES {
             assert_eq!(desired[&format!("key{i}")], json!(i), "{desired:?}");
         }

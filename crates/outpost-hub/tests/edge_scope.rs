@@ -73,11 +73,13 @@ fn message(client: &str) -> UpstreamMessage<'static> {
 #[tokio::test]
 async fn presence_with_ten_thousand_made_up_modules_is_refused_and_changes_nothing() {
     let (hub, edge) = hub_with_edge().await;
-    hub.edge_presence(&edge, &[client("edge1/filter")]).unwrap();
+    hub.edge_presence(&edge, &[client("edge1/filter")])
+        .await
+        .unwrap();
     let made_up: Vec<PresenceClient> = (0..10_000)
         .map(|i| client(&format!("edge1/made-up-{i}")))
         .collect();
-    let refused = hub.edge_presence(&edge, &made_up);
+    let refused = hub.edge_presence(&edge, &made_up).await;
     assert!(
         matches!(&refused, Err(e @ HubError::ArgumentInvalid(_)) if e.status() == 400),
         "{refused:?}"
@@ -89,9 +91,13 @@ async fn presence_with_ten_thousand_made_up_modules_is_refused_and_changes_nothi
 #[tokio::test]
 async fn presence_of_a_module_that_does_not_exist_is_refused_and_changes_nothing() {
     let (hub, edge) = hub_with_edge().await;
-    hub.edge_presence(&edge, &[client("edge1/filter")]).unwrap();
+    hub.edge_presence(&edge, &[client("edge1/filter")])
+        .await
+        .unwrap();
     for foreign in ["edge1/ghost", "stranger", "stranger/m", "leaf/m", "nobody"] {
-        let refused = hub.edge_presence(&edge, &[client("leaf"), client(foreign)]);
+        let refused = hub
+            .edge_presence(&edge, &[client("leaf"), client(foreign)])
+            .await;
         assert!(
             matches!(refused, Err(HubError::Unauthorized(_))),
             "{foreign}: {refused:?}"
@@ -121,18 +127,18 @@ async fn presence_of_the_cap_of_real_modules_is_accepted_and_replaced_by_client_
         all.push(client(id));
     }
     assert_eq!(all.len(), MAX_EDGE_CLIENTS);
-    hub.edge_presence(&edge, &all).unwrap();
+    hub.edge_presence(&edge, &all).await.unwrap();
     assert!(all.iter().all(|c| hub.is_connected(&identity(&c.id))));
 
     let (kept, left) = all.split_at(MAX_EDGE_CLIENTS / 2);
-    hub.edge_presence(&edge, kept).unwrap();
+    hub.edge_presence(&edge, kept).await.unwrap();
     assert!(kept.iter().all(|c| hub.is_connected(&identity(&c.id))));
     assert!(left.iter().all(|c| !hub.is_connected(&identity(&c.id))));
 
     let mut over = all.clone();
     over.push(client("edge1/filter"));
     assert!(matches!(
-        hub.edge_presence(&edge, &over),
+        hub.edge_presence(&edge, &over).await,
         Err(HubError::ArgumentInvalid(_))
     ));
 }
@@ -182,7 +188,7 @@ async fn twin_calls_for_a_module_that_does_not_exist_are_refused_and_a_real_one_
     for foreign in ["edge1/ghost", "stranger/m", "leaf/m"] {
         assert!(
             matches!(
-                hub.edge_twin(&edge, foreign),
+                hub.edge_twin(&edge, foreign).await,
                 Err(HubError::Unauthorized(_))
             ),
             "{foreign}"
@@ -195,19 +201,19 @@ async fn twin_calls_for_a_module_that_does_not_exist_are_refused_and_a_real_one_
             "{foreign}"
         );
     }
-    hub.edge_twin(&edge, "edge1/filter").unwrap();
+    hub.edge_twin(&edge, "edge1/filter").await.unwrap();
     hub.edge_reported(&edge, "edge1/filter", &patch)
         .await
         .unwrap();
-    hub.edge_twin(&edge, "leaf").unwrap();
+    hub.edge_twin(&edge, "leaf").await.unwrap();
     let filter = Identity::module(
         DeviceId::new("edge1").unwrap(),
         ModuleId::new("filter").unwrap(),
     );
-    assert!(hub.in_scope(&edge, &filter).unwrap());
+    assert!(hub.in_scope(&edge, &filter).await.unwrap());
     let ghost = Identity::module(
         DeviceId::new("edge1").unwrap(),
         ModuleId::new("ghost").unwrap(),
     );
-    assert!(!hub.in_scope(&edge, &ghost).unwrap());
+    assert!(!hub.in_scope(&edge, &ghost).await.unwrap());
 }

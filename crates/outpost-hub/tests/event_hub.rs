@@ -1,6 +1,8 @@
 //! The event stream as an Event Hub: partitions, sequence numbers, positions, twin change events, consumer
 //! groups and cloud-to-device feedback, as the AMQP head sees them through `ServiceBackend`.
 
+use outpost_hub::storage::sqlite::SqliteEngine;
+use outpost_hub::storage::transaction;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,6 +209,7 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
             ..EventRetention::default()
         };
         hub.prune_events(&all, Utc::now() + chrono::Duration::seconds(1))
+            .await
             .unwrap();
         let info = hub.partition_info(sensor_partition).unwrap();
         assert!(info.is_empty);
@@ -497,26 +500,26 @@ async fn futures_len(service: &HubService) -> usize {
     total
 }
 
-#[test]
-fn consumer_groups_are_default_plus_the_created_ones() {
+#[tokio::test]
+async fn consumer_groups_are_default_plus_the_created_ones() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::open(dir.path(), "hub.test").unwrap();
     assert!(hub.consumer_group_exists("$Default"));
     assert!(!hub.consumer_group_exists("analytics"));
     {
-        let db = outpost_store::Database::open(
-            &dir.path().join("hub.sqlite"),
-            outpost_hub::store::MIGRATIONS,
-        )
-        .unwrap();
-        assert!(outpost_hub::stream::create_consumer_group(&db.lock(), "analytics", 0).unwrap());
+        // Another process (the CLI) on the same database.
+        let engine = SqliteEngine::open(&dir.path().join("hub.sqlite")).unwrap();
+        let created = transaction(&engine, |tables| {
+            tables.create_consumer_group("analytics", 0)
+        });
+        assert!(created.unwrap());
     }
     assert!(
         hub.consumer_group_exists("analytics"),
         "seen while the hub runs"
     );
     assert_eq!(
-        hub.consumer_groups().unwrap(),
+        hub.consumer_groups().await.unwrap(),
         vec!["$Default", "analytics"]
     );
 }
@@ -549,17 +552,20 @@ async fn completed_and_expired_messages_that_asked_for_feedback_leave_feedback_r
     };
     let full = hub
         .send_c2d("sensor", &c2d("full-1", "full", None))
+        .await
         .unwrap();
     let negative = hub
         .send_c2d("sensor", &c2d("neg-1", "negative", None))
+        .await
         .unwrap();
     hub.send_c2d(
         "sensor",
         &c2d("gone-1", "full", Some("2020-01-01T00:00:00.000Z".into())),
     )
+    .await
     .unwrap();
-    hub.complete_c2d(&sensor, full.unsigned_abs());
-    hub.complete_c2d(&sensor, negative.unsigned_abs());
+    hub.complete_c2d(&sensor, full.unsigned_abs()).await;
+    hub.complete_c2d(&sensor, negative.unsigned_abs()).await;
 
     let batch = next_feedback(&service).await;
     let records: Value = serde_json::from_slice(&batch.body).unwrap();
@@ -577,7 +583,7 @@ async fn completed_and_expired_messages_that_asked_for_feedback_leave_feedback_r
         .is_some_and(|g| !g.is_empty()));
     service.complete_feedback(batch.lock_token).unwrap();
 
-    assert_eq!(hub.expire_c2d(Utc::now()).unwrap(), 1);
+    assert_eq!(hub.expire_c2d(Utc::now()).await.unwrap(), 1);
     let batch = next_feedback(&service).await;
     let records: Value = serde_json::from_slice(&batch.body).unwrap();
     assert_eq!(records[0]["originalMessageId"], "gone-1");
@@ -597,8 +603,8 @@ async fn a_feedback_batch_not_completed_stays_locked_for_others() {
         system: BTreeMap::from([("ack".to_owned(), "positive".to_owned())]),
         properties: BTreeMap::new(),
     };
-    let id = hub.send_c2d("sensor", &message).unwrap();
-    hub.complete_c2d(&sensor, id.unsigned_abs());
+    let id = hub.send_c2d("sensor", &message).await.unwrap();
+    hub.complete_c2d(&sensor, id.unsigned_abs()).await;
     let _locked = next_feedback(&service).await;
     let again = tokio::time::timeout(Duration::from_millis(200), service.next_feedback()).await;
     assert!(

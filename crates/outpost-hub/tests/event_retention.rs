@@ -30,10 +30,10 @@ fn reading(i: usize) -> Message {
 }
 
 /// Prunes until a call deletes less than a batch, as the hub's background task does; returns how many went.
-fn prune(hub: &Hub, retention: &EventRetention, now: chrono::DateTime<Utc>) -> usize {
+async fn prune(hub: &Hub, retention: &EventRetention, now: chrono::DateTime<Utc>) -> usize {
     let mut total = 0;
     loop {
-        let count = hub.prune_events(retention, now).unwrap();
+        let count = hub.prune_events(retention, now).await.unwrap();
         total += count;
         if count < PRUNE_BATCH {
             return total;
@@ -61,14 +61,19 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
     for i in 0..count {
         hub.accept_telemetry(&sensor, &reading(i)).await.unwrap();
     }
-    assert_eq!(prune(&hub, &retention, Utc::now()), 0, "nothing is old yet");
+    assert_eq!(
+        prune(&hub, &retention, Utc::now()).await,
+        0,
+        "nothing is old yet"
+    );
     assert_eq!(
         hub.prune_events(&retention, Utc::now() + chrono::Duration::seconds(61))
+            .await
             .unwrap(),
         PRUNE_BATCH
     );
     assert_eq!(
-        prune(&hub, &retention, Utc::now() + chrono::Duration::seconds(61)),
+        prune(&hub, &retention, Utc::now() + chrono::Duration::seconds(61)).await,
         count - PRUNE_BATCH
     );
     assert!(kept(&hub).await.is_empty());
@@ -95,7 +100,7 @@ async fn the_oldest_events_past_the_size_cap_are_pruned_and_the_newest_kept() {
         max_bytes: 10 * size,
         ..EventRetention::default()
     };
-    assert_eq!(prune(&hub, &retention, Utc::now()), 90);
+    assert_eq!(prune(&hub, &retention, Utc::now()).await, 90);
     assert_eq!(kept(&hub).await, (91..=100).collect::<Vec<i64>>());
     let bodies: Vec<String> = hub
         .read_events(0, 100, Duration::ZERO)
@@ -106,7 +111,7 @@ async fn the_oldest_events_past_the_size_cap_are_pruned_and_the_newest_kept() {
         .collect();
     assert_eq!(bodies.first().unwrap(), "{\"reading\": 0090}");
     assert_eq!(bodies.last().unwrap(), "{\"reading\": 0099}");
-    assert_eq!(prune(&hub, &retention, Utc::now()), 0);
+    assert_eq!(prune(&hub, &retention, Utc::now()).await, 0);
 }
 
 #[test]

@@ -29,7 +29,7 @@ async fn a_created_device_gets_generated_keys_and_a_twin() {
         record.credentials.primary_key,
         record.credentials.secondary_key
     );
-    let view = hub.twin("dev1", None).unwrap();
+    let view = hub.twin("dev1", None).await.unwrap();
     assert_eq!(view.twin.desired_version(), 1);
 }
 
@@ -45,7 +45,7 @@ async fn creating_an_existing_device_is_a_conflict_and_changes_nothing() {
         .await;
     assert!(matches!(again, Err(HubError::DeviceAlreadyExists(_))));
     assert_eq!(
-        hub.device("dev1").unwrap().credentials.primary_key,
+        hub.device("dev1").await.unwrap().credentials.primary_key,
         first.credentials.primary_key
     );
 }
@@ -62,7 +62,7 @@ async fn illegal_ids_are_refused() {
             "{id:?}"
         );
     }
-    assert!(hub.devices().unwrap().is_empty());
+    assert!(hub.devices().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -99,6 +99,7 @@ async fn an_edge_device_gets_its_system_modules_and_a_scope() {
         .unwrap();
     let modules: Vec<String> = hub
         .modules("edge1")
+        .await
         .unwrap()
         .into_iter()
         .map(|m| m.module_id.to_string())
@@ -168,11 +169,11 @@ async fn deleting_a_device_deletes_its_modules() {
     ));
     hub.delete_device("dev1", &Precondition::Any).await.unwrap();
     assert!(matches!(
-        hub.module("dev1", "m1"),
+        hub.module("dev1", "m1").await,
         Err(HubError::DeviceNotFound(_))
     ));
     assert!(matches!(
-        hub.device("dev1"),
+        hub.device("dev1").await,
         Err(HubError::DeviceNotFound(_))
     ));
 }
@@ -194,7 +195,7 @@ async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
         .unwrap();
     assert_eq!(view.twin.desired_version(), 2);
     assert_eq!(view.twin.desired()["a"], 1);
-    let before = serde_json::to_string(&hub.twin("dev1", None).unwrap().twin).unwrap();
+    let before = serde_json::to_string(&hub.twin("dev1", None).await.unwrap().twin).unwrap();
 
     let mut deep = json!(1);
     for _ in 0..12 {
@@ -209,7 +210,7 @@ async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
         .write_twin("dev1", None, &too_deep, &Precondition::Any)
         .await
         .is_err());
-    let after = serde_json::to_string(&hub.twin("dev1", None).unwrap().twin).unwrap();
+    let after = serde_json::to_string(&hub.twin("dev1", None).await.unwrap().twin).unwrap();
     assert_eq!(before, after);
 }
 
@@ -219,7 +220,7 @@ async fn a_stale_twin_etag_is_refused() {
     hub.put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
-    let etag = hub.twin("dev1", None).unwrap().twin.etag();
+    let etag = hub.twin("dev1", None).await.unwrap().twin.etag();
     let patch = TwinWrite::from_body(&json!({"properties": {"desired": {"a": 1}}}), false).unwrap();
     hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag.clone()))
         .await
@@ -266,17 +267,19 @@ async fn a_deployment_lands_in_the_module_twins() {
     )
     .await
     .unwrap();
-    hub.apply_configuration("edge1", &manifest("1.1")).unwrap();
-    let agent = hub.twin("edge1", Some("$edgeAgent")).unwrap();
+    hub.apply_configuration("edge1", &manifest("1.1"))
+        .await
+        .unwrap();
+    let agent = hub.twin("edge1", Some("$edgeAgent")).await.unwrap();
     assert_eq!(agent.twin.desired()["schemaVersion"], "1.1");
-    let edge_hub = hub.twin("edge1", Some("$edgeHub")).unwrap();
+    let edge_hub = hub.twin("edge1", Some("$edgeHub")).await.unwrap();
     assert_eq!(
         edge_hub.twin.desired()["routes"]["up"],
         "FROM /messages/* INTO $upstream"
     );
     // The sensor's identity does not exist yet: its content waits for the edge runtime to create it.
     assert!(matches!(
-        hub.module("edge1", "sensor"),
+        hub.module("edge1", "sensor").await,
         Err(HubError::ModuleNotFound(_))
     ));
     let module = ModuleSpec {
@@ -288,7 +291,7 @@ async fn a_deployment_lands_in_the_module_twins() {
     hub.put_module(module, &Precondition::CreateOnly)
         .await
         .unwrap();
-    let sensor = hub.twin("edge1", Some("sensor")).unwrap();
+    let sensor = hub.twin("edge1", Some("sensor")).await.unwrap();
     assert_eq!(sensor.twin.desired()["SendInterval"], 5);
 }
 
@@ -304,20 +307,21 @@ async fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
     )
     .await
     .unwrap();
-    let result = hub.apply_configuration("edge1", &manifest("2.0"));
+    let result = hub.apply_configuration("edge1", &manifest("2.0")).await;
     assert!(matches!(
         result,
         Err(HubError::InvalidConfigurationContent(_))
     ));
     assert_eq!(
         hub.twin("edge1", Some("$edgeAgent"))
+            .await
             .unwrap()
             .twin
             .desired_version(),
         1
     );
     assert!(matches!(
-        hub.module("edge1", "sensor"),
+        hub.module("edge1", "sensor").await,
         Err(HubError::ModuleNotFound(_))
     ));
 }
@@ -329,7 +333,7 @@ async fn a_deployment_needs_an_edge_device() {
         .await
         .unwrap();
     assert!(matches!(
-        hub.apply_configuration("plain", &manifest("1.1")),
+        hub.apply_configuration("plain", &manifest("1.1")).await,
         Err(HubError::ArgumentInvalid(_))
     ));
 }
@@ -351,9 +355,11 @@ async fn a_device_token_authenticates_only_its_own_identity() {
     let identity =
         |d: &str| outpost_core::Identity::device(outpost_core::DeviceId::new(d).unwrap());
     hub.authenticate_identity(&identity("dev1"), &token)
+        .await
         .unwrap();
     assert!(hub
         .authenticate_identity(&identity("dev2"), &token)
+        .await
         .is_err());
     let wrong_key = outpost_core::device_token(
         "hub.test",
@@ -364,10 +370,12 @@ async fn a_device_token_authenticates_only_its_own_identity() {
     .unwrap();
     assert!(hub
         .authenticate_identity(&identity("dev1"), &wrong_key)
+        .await
         .is_err());
     hub.delete_device("dev1", &Precondition::Any).await.unwrap();
     assert!(hub
         .authenticate_identity(&identity("dev1"), &token)
+        .await
         .is_err());
 }
 
@@ -412,14 +420,18 @@ async fn an_edge_device_may_manage_its_own_modules_only() {
             .unwrap();
 
     hub.authorize_module_management(Some(&edge_token), Right::RegistryWrite, "edge1")
+        .await
         .unwrap();
     assert!(hub
         .authorize_module_management(Some(&edge_token), Right::RegistryWrite, "plain")
+        .await
         .is_err());
     assert!(hub
         .authorize_module_management(Some(&plain_token), Right::RegistryWrite, "plain")
+        .await
         .is_err());
     assert!(hub
         .authorize_module_management(None, Right::RegistryRead, "edge1")
+        .await
         .is_err());
 }

@@ -122,7 +122,7 @@ async fn edge() -> Edge {
     let hub = TestHub::start().await;
     let gateway = TestGateway::start(hub.hub(), &hub.config.data_dir).await;
     hub.create_module("edge-1", "filter").await;
-    let record = hub.hub().module("edge-1", "filter").unwrap();
+    let record = hub.hub().module("edge-1", "filter").await.unwrap();
     Edge {
         key: record.credentials.primary_key.clone(),
         generation_id: record.generation_id.clone(),
@@ -182,7 +182,7 @@ async fn a_module_connects_from_the_runtime_environment_with_signatures_from_the
         .await
         .unwrap();
     assert_eq!(
-        edge.hub.reported("edge-1", Some("filter"))["from"],
+        edge.hub.reported("edge-1", Some("filter")).await["from"],
         "environment"
     );
 
@@ -277,7 +277,7 @@ async fn without_a_runtime_the_module_uses_the_edge_hub_connection_string_and_ca
         .await
         .unwrap();
     assert_eq!(
-        edge.hub.reported("edge-1", Some("filter"))["from"],
+        edge.hub.reported("edge-1", Some("filter")).await["from"],
         "fallback"
     );
 

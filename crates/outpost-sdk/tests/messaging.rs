@@ -76,7 +76,7 @@ async fn cloud_to_device_messages_arrive_with_their_properties() {
     first
         .properties
         .insert("valve".into(), Some("3 & 4".into()));
-    hub.hub().send_c2d("actuator", &first).unwrap();
+    hub.hub().send_c2d("actuator", &first).await.unwrap();
 
     let mut messages = client.cloud_to_device_messages().await.unwrap();
     let received = within("the queued message", messages.next()).await.unwrap();
@@ -89,7 +89,7 @@ async fn cloud_to_device_messages_arrive_with_their_properties() {
         body: b"close valve".to_vec(),
         ..outpost_core::Message::default()
     };
-    hub.hub().send_c2d("actuator", &second).unwrap();
+    hub.hub().send_c2d("actuator", &second).await.unwrap();
     let received = within("the pushed message", messages.next()).await.unwrap();
     assert_eq!(received.body_str(), Some("close valve"));
 }

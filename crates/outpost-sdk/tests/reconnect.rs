@@ -85,7 +85,7 @@ async fn restart_under<K: Kind>(
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(hub.reported(device, module)["offline"], true);
+    assert_eq!(hub.reported(device, module).await["offline"], true);
     hub.wait_for_event(after, |e| e["body"] == "sent while the hub was down")
         .await;
 
@@ -138,7 +138,7 @@ async fn method_calls_and_cloud_to_device_messages_resume_after_a_restart() {
         body: b"after restart".to_vec(),
         ..outpost_core::Message::default()
     };
-    hub.hub().send_c2d("d2", &message).unwrap();
+    hub.hub().send_c2d("d2", &message).await.unwrap();
     let received = within("a C2D message after the restart", messages.next())
         .await
         .unwrap();

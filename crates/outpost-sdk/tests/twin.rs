@@ -41,12 +41,12 @@ async fn twin_round_trip<K: Kind>(
         .await
         .unwrap();
     assert_eq!(version, Some(twin.reported_version + 1));
-    assert_eq!(hub.reported(device, module)["firmware"], "1.0");
+    assert_eq!(hub.reported(device, module).await["firmware"], "1.0");
     client
         .patch_reported(json!({"firmware": null, "nested": {"b": 2}}))
         .await
         .unwrap();
-    let reported = hub.reported(device, module);
+    let reported = hub.reported(device, module).await;
     assert!(reported.get("firmware").is_none(), "{reported}");
     assert_eq!(reported["nested"], json!({"a": 1, "b": 2}));
 

@@ -30,7 +30,7 @@ pub(super) async fn get_device(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
-    let record = hub.device(&device)?;
+    let record = hub.device(&device).await?;
     let connected = hub.is_connected(&Identity::device(record.device_id.clone()));
     Ok(ok_json(device_json(&record, connected)))
 }
@@ -48,7 +48,8 @@ pub(super) async fn list_devices(
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
     let devices: Vec<Value> = hub
-        .devices()?
+        .devices()
+        .await?
         .iter()
         .take(query.top.unwrap_or(usize::MAX))
         .map(|d| device_json(d, hub.is_connected(&Identity::device(d.device_id.clone()))))
@@ -72,7 +73,7 @@ pub(super) async fn put_module(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryWrite, &device)?;
+    authorize_modules(&hub, &headers, Right::RegistryWrite, &device).await?;
     let spec = module_spec(&device, &module, &json_body(&body)?)?;
     let (record, created) = hub.put_module(spec, &precondition(&headers)).await?;
     let connected = hub.is_connected(&Identity::module(
@@ -92,8 +93,8 @@ pub(super) async fn get_module(
     Path((device, module)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryRead, &device)?;
-    let record = hub.module(&device, &module)?;
+    authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
+    let record = hub.module(&device, &module).await?;
     let connected = hub.is_connected(&Identity::module(
         record.device_id.clone(),
         record.module_id.clone(),
@@ -106,9 +107,10 @@ pub(super) async fn list_modules(
     Path(device): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryRead, &device)?;
+    authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
     let modules: Vec<Value> = hub
-        .modules(&device)?
+        .modules(&device)
+        .await?
         .iter()
         .map(|m| {
             module_json(
@@ -125,7 +127,7 @@ pub(super) async fn delete_module(
     Path((device, module)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryWrite, &device)?;
+    authorize_modules(&hub, &headers, Right::RegistryWrite, &device).await?;
     hub.delete_module(&device, &module, &precondition(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -28,7 +28,7 @@ pub(super) struct LinkVersion {
 }
 
 /// Checks the link version, then that the caller is the enabled edge device `device`.
-fn edge(
+async fn edge(
     hub: &Hub,
     version: &LinkVersion,
     headers: &HeaderMap,
@@ -39,7 +39,7 @@ fn edge(
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    Ok(hub.authorize_edge(header, device)?)
+    Ok(hub.authorize_edge(header, device).await?)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -59,9 +59,9 @@ pub(super) async fn presence(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device).await?;
     let presence: PresenceRequest = parse(&body)?;
-    hub.edge_presence(&record, &presence.clients)?;
+    hub.edge_presence(&record, &presence.clients).await?;
     Ok(ok(&PresenceAnswer {
         clients: presence.clients.len(),
     }))
@@ -80,7 +80,7 @@ pub(super) async fn events(
     Query(version): Query<LinkVersion>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device).await?;
     let wait = Duration::from_secs(query.wait_secs.unwrap_or(0).min(60));
     match hub.edge_events(&record, wait).await {
         Ok(events) => Ok(ok(&EventsAnswer { events })),
@@ -103,7 +103,7 @@ pub(super) async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device).await?;
     let batch: TelemetryBatch<'static> = parse(&body)?;
     Ok(ok(&TelemetryAnswer {
         accepted: hub.edge_messages(&record, &batch.messages).await?,
@@ -117,9 +117,10 @@ pub(super) async fn acks(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device).await?;
     let acks: AcksRequest = parse(&body)?;
-    hub.edge_acks(&record, &acks.delivered, acks.method_responses)?;
+    hub.edge_acks(&record, &acks.delivered, acks.method_responses)
+        .await?;
     Ok(ok(&AcksAnswer {}))
 }
 
@@ -135,8 +136,8 @@ pub(super) async fn twin(
     Query(version): Query<LinkVersion>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device)?;
-    let twin = hub.edge_twin(&record, &query.client)?;
+    let record = edge(&hub, &version, &headers, &device).await?;
+    let twin = hub.edge_twin(&record, &query.client).await?;
     hub.metrics().twin(TwinOperation::Read, TwinSource::Edge);
     Ok(ok(&twin))
 }
@@ -149,7 +150,7 @@ pub(super) async fn reported(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device)?;
+    let record = edge(&hub, &version, &headers, &device).await?;
     // The patch is a document whose shape the user owns.
     let version = hub
         .edge_reported(&record, &query.client, &json_body(&body)?)
@@ -165,6 +166,6 @@ pub(super) async fn scope(
     Query(version): Query<LinkVersion>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device)?;
-    Ok(ok(&hub.edge_scope(&record)?))
+    let record = edge(&hub, &version, &headers, &device).await?;
+    Ok(ok(&hub.edge_scope(&record).await?))
 }

@@ -94,7 +94,7 @@ pub(super) async fn send_c2d(
         system,
         properties: request.properties,
     };
-    hub.send_c2d(&device, &message)?;
+    hub.send_c2d(&device, &message).await?;
     Ok(ok_json(json!({"messageId": message_id})))
 }
 

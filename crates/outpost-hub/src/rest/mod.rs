@@ -207,7 +207,7 @@ async fn require_sas_token(State(hub): HubState, request: Request, next: Next) -
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match hub.authenticate_token(header) {
+    match hub.authenticate_token(header).await {
         Ok(()) => next.run(request).await,
         Err(error) => {
             let mut response = ApiError::from(error).into_response();
@@ -333,7 +333,7 @@ fn authorize(hub: &Hub, headers: &HeaderMap, right: Right) -> Result<(), ApiErro
 }
 
 /// Checks the caller's right on the modules of `device` (a policy, or that edge device's own token).
-fn authorize_modules(
+async fn authorize_modules(
     hub: &Hub,
     headers: &HeaderMap,
     right: Right,
@@ -342,7 +342,8 @@ fn authorize_modules(
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    hub.authorize_module_management(header, right, device)?;
+    hub.authorize_module_management(header, right, device)
+        .await?;
     Ok(())
 }
 

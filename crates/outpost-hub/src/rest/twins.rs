@@ -16,7 +16,7 @@ pub(super) async fn get_device_twin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    let twin = hub.twin(&device, None)?;
+    let twin = hub.twin(&device, None).await?;
     hub.metrics().twin(TwinOperation::Read, TwinSource::Service);
     Ok(ok_json(twin_json(&twin)))
 }
@@ -27,7 +27,7 @@ pub(super) async fn get_module_twin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    let twin = hub.twin(&device, Some(&module))?;
+    let twin = hub.twin(&device, Some(&module)).await?;
     hub.metrics().twin(TwinOperation::Read, TwinSource::Service);
     Ok(ok_json(twin_json(&twin)))
 }
@@ -97,7 +97,7 @@ pub(super) async fn apply_configuration(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    hub.apply_configuration(&device, &json_body(&body)?)?;
+    hub.apply_configuration(&device, &json_body(&body)?).await?;
     hub.metrics()
         .twin(TwinOperation::ApplyConfiguration, TwinSource::Service);
     Ok(StatusCode::NO_CONTENT.into_response())

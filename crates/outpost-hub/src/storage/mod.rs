@@ -51,7 +51,8 @@ pub trait Tables {
     /// Inserts or replaces a module.
     fn put_module(&mut self, record: &ModuleRecord) -> Result<(), StorageError>;
     /// Deletes a module with its twin and session; whether it existed.
-    fn delete_module(&mut self, device: &DeviceId, module: &ModuleId) -> Result<bool, StorageError>;
+    fn delete_module(&mut self, device: &DeviceId, module: &ModuleId)
+        -> Result<bool, StorageError>;
 
     // Twins and deployments.
 
@@ -222,4 +223,30 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         fill: &mut dyn FnMut(&mut dyn Group) -> Result<(), StorageError>,
     ) -> Result<(), StorageError>;
+}
+
+/// Runs `job` in one transaction of `engine` and commits it, on the calling thread: a group of one job, for
+/// start-up and the CLI (the hub's own writes go through [`crate::writer`]). An `Err` from `job` rolls its
+/// changes back and is returned.
+pub fn transaction<T, E>(
+    engine: &dyn Engine,
+    job: impl FnOnce(&mut dyn Tables) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<StorageError>,
+{
+    let mut job = Some(job);
+    let mut result = None;
+    engine.write_group(&mut |group| {
+        group.run(&mut |tables| {
+            let Some(job) = job.take() else {
+                return false;
+            };
+            let outcome = job(tables);
+            let ok = outcome.is_ok();
+            result = Some(outcome);
+            ok
+        })
+    })?;
+    result.unwrap_or_else(|| Err(StorageError::Engine("the transaction did not run".into()).into()))
 }

@@ -138,7 +138,7 @@ impl TestHub {
     /// Creates a module (and its device if needed); returns its connection string.
     pub async fn create_module(&self, device: &str, module: &str) -> String {
         let hub = self.hub();
-        if hub.device(device).is_err() {
+        if hub.device(device).await.is_err() {
             self.create_device(device).await;
         }
         let (record, _) = hub
@@ -172,8 +172,8 @@ impl TestHub {
     }
 
     /// The reported properties in the hub.
-    pub fn reported(&self, device: &str, module: Option<&str>) -> Value {
-        let view = self.hub().twin(device, module).unwrap();
+    pub async fn reported(&self, device: &str, module: Option<&str>) -> Value {
+        let view = self.hub().twin(device, module).await.unwrap();
         outpost_hub::twins::twin_json(&view)["properties"]["reported"].clone()
     }
 
