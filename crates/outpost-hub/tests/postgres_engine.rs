@@ -949,3 +949,49 @@ fn a_lost_database_is_unavailable_and_the_engine_recovers_when_it_returns() {
     write(&engine, |t| t.put_device(&device_record("after", 1)));
     assert_eq!(read(&engine, |t| t.devices()).len(), 2);
 }
+
+#[test]
+fn events_copied_without_partitions_get_theirs_in_order_and_appends_go_on_after_them() {
+    let Some((_server, url, engine)) = fresh_engine("assign") else {
+        return;
+    };
+    // Events as `outpost hub migrate` copies them from a hub that had no partitions yet.
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    for (seq, device) in [(1_i64, "a"), (2, "b"), (3, "a"), (4, "a")] {
+        let event = format!(r#"{{"deviceId":"{device}"}}"#);
+        client
+            .execute(
+                "INSERT INTO events (seq, enqueued_ms, bytes, event) VALUES ($1, $2, $3, $4)",
+                &[
+                    &seq,
+                    &(seq * 1_000),
+                    &i64::try_from(event.len()).unwrap(),
+                    &event,
+                ],
+            )
+            .unwrap();
+    }
+    client
+        .execute("UPDATE event_totals SET last_seq = 4 WHERE id = 0", &[])
+        .unwrap();
+    let partition = |device: &str| outpost_hub::stream::partition_of(device, 4);
+    assert_eq!(write(&engine, |t| t.assign_partitions(4)), 4);
+    assert_eq!(write(&engine, |t| t.assign_partitions(4)), 0, "once");
+    let a = read(&engine, |t| t.partition_events(partition("a"), -1, 10));
+    let offsets: Vec<(i64, i64)> = a.iter().map(|e| (e.partition_seq, e.offset)).collect();
+    if partition("a") == partition("b") {
+        assert_eq!(offsets, [(0, 1), (1, 2), (2, 3), (3, 4)]);
+    } else {
+        assert_eq!(offsets, [(0, 1), (1, 3), (2, 4)]);
+    }
+    let next = write(&engine, |t| {
+        t.append_event(
+            partition("a"),
+            EventSource::Telemetry,
+            &json!({"deviceId": "a"}),
+            9_000,
+        )
+    });
+    assert_eq!(next.seq, 5);
+    assert_eq!(next.partition_seq, i64::try_from(a.len()).unwrap());
+}

@@ -93,7 +93,8 @@ pub const MIGRATIONS: &[&str] = &[r#"
         partition_seq BIGINT,
         source SMALLINT NOT NULL DEFAULT 0,
         event TEXT NOT NULL);
-    CREATE INDEX events_by_partition ON events (partition, partition_seq);
+    -- Unique: a sequence number handed out twice is refused, whatever goes wrong above.
+    CREATE UNIQUE INDEX events_by_partition ON events (partition, partition_seq);
     CREATE INDEX events_by_partition_time ON events (partition, enqueued_ms);
     CREATE TABLE event_hub (
         id INTEGER PRIMARY KEY CHECK (id = 0),
