@@ -919,6 +919,32 @@ fn the_engine_works_from_spawn_blocking() {
 }
 
 #[test]
+fn the_engine_connects_reads_and_drops_on_the_workers_of_a_multi_thread_runtime() {
+    let Some(server) = shared_server() else {
+        return;
+    };
+    let url = server.database("on_workers");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let found = runtime.block_on(async move {
+        // As the hub starts, and as the AMQP head's synchronous methods read: on async workers.
+        let engine = PostgresEngine::connect(&url).expect("connects from async code");
+        tokio::spawn(async move {
+            write(&engine, |t| t.put_device(&device_record("w", 1)));
+            let found = read(&engine, |t| t.device(&id("w")));
+            drop(engine);
+            found
+        })
+        .await
+        .unwrap()
+    });
+    assert!(found.is_some());
+}
+
+#[test]
 fn a_lost_database_is_unavailable_and_the_engine_recovers_when_it_returns() {
     // Its own server: this test stops it.
     let Some(server) = Server::start() else {

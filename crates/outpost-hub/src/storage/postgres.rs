@@ -22,8 +22,13 @@
 //!
 //! Errors: a lost, refused or timed-out connection (and PostgreSQL shutting down) is
 //! [`StorageError::Unavailable`], which the hub answers with 503; anything else PostgreSQL says is
-//! [`StorageError::Postgres`]. A pooled connection found dead when a transaction begins is replaced once, so
-//! that the first request after the database came back does not fail.
+//! [`StorageError::Postgres`]. Pooled connections found dead when a transaction begins are replaced, so that
+//! the first request after the database came back does not fail.
+//!
+//! The client is `postgres`, the blocking face of tokio-postgres: each connection blocks on a small runtime of
+//! its own, which tokio refuses to start on a thread that drives a runtime. The engine's methods block by
+//! contract (storage thread, `spawn_blocking`); on a worker of a multi-thread runtime they go through
+//! `block_in_place`; connecting and dropping the engine happen on threads of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -202,8 +207,33 @@ impl r2d2::HandleError<postgres::Error> for PoolErrors {
 
 /// The hub's tables in a PostgreSQL database, shared by every replica that connects to it.
 pub struct PostgresEngine {
-    pool: r2d2::Pool<Connector>,
+    /// `None` only while the engine drops (see its `Drop`).
+    pool: Option<r2d2::Pool<Connector>>,
     described: String,
+}
+
+impl Drop for PostgresEngine {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the client's own runtime, which cannot start on a thread that drives
+        // an async runtime: the pool is dropped on a thread of its own.
+        if let Some(pool) = self.pool.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(pool)).join();
+            }
+        }
+    }
+}
+
+/// Runs `work` where the blocking client may block: as it is on a plain thread or a `spawn_blocking` thread; on
+/// a worker of a multi-thread tokio runtime through `block_in_place` (the AMQP head's few synchronous reads).
+/// The one place it cannot run is the thread of a current-thread runtime: use `spawn_blocking` there.
+fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 impl std::fmt::Debug for PostgresEngine {
@@ -224,6 +254,17 @@ impl PostgresEngine {
 
     /// [`PostgresEngine::connect`] with `pool_size` connections at most.
     pub fn connect_with_pool(url: &str, pool_size: u32) -> Result<Self, StorageError> {
+        // On a thread of its own: the blocking client cannot connect on a thread that drives a runtime, and the
+        // hub starts from async code.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| Self::open(url, pool_size))
+                .join()
+                .unwrap_or_else(|_| Err(StorageError::Postgres("connecting panicked".to_owned())))
+        })
+    }
+
+    fn open(url: &str, pool_size: u32) -> Result<Self, StorageError> {
         let mut config: Config = url
             .parse()
             .map_err(|e| StorageError::Postgres(format!("bad database URL: {e}")))?;
@@ -266,20 +307,31 @@ impl PostgresEngine {
             .test_on_check_out(false)
             .error_handler(Box::new(PoolErrors))
             .build_unchecked(Connector { config });
-        Ok(Self { pool, described })
+        Ok(Self {
+            pool: Some(pool),
+            described,
+        })
     }
 
     /// The schema version of the database (the number of migrations applied).
     pub fn schema_version(&self) -> Result<i32, StorageError> {
-        let mut connection = self.checkout()?;
-        let row = connection
-            .client
-            .query_one("SELECT version FROM schema_version WHERE id = 0", &[])?;
-        Ok(row.get(0))
+        off_runtime(|| {
+            let mut connection = self.checkout()?;
+            let row = connection
+                .client
+                .query_one("SELECT version FROM schema_version WHERE id = 0", &[])?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn pool(&self) -> Result<&r2d2::Pool<Connector>, StorageError> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| StorageError::Unavailable("the engine is closing".to_owned()))
     }
 
     fn checkout(&self) -> Result<r2d2::PooledConnection<Connector>, StorageError> {
-        self.pool.get().map_err(|e| {
+        self.pool()?.get().map_err(|e| {
             StorageError::Unavailable(format!("no connection to {}: {e}", self.described))
         })
     }
@@ -311,7 +363,7 @@ impl PostgresEngine {
             let mut tx = match begun.map_err(StorageError::from) {
                 Ok(tx) => tx,
                 // Each dead connection fails at once; a checkout that must connect waits, then fails.
-                Err(StorageError::Unavailable(_)) if attempt <= self.pool.max_size() => continue,
+                Err(StorageError::Unavailable(_)) if attempt <= self.pool()?.max_size() => continue,
                 Err(error) => return Err(error),
             };
             let result = work(&mut tx, statements)?;
@@ -406,8 +458,10 @@ impl Engine for PostgresEngine {
         &self,
         job: &mut dyn FnMut(&mut dyn Tables) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        self.transaction(true, &mut |tx, statements| {
-            job(&mut PgTables { tx, statements })
+        off_runtime(|| {
+            self.transaction(true, &mut |tx, statements| {
+                job(&mut PgTables { tx, statements })
+            })
         })
     }
 
@@ -415,9 +469,10 @@ impl Engine for PostgresEngine {
         &self,
         fill: &mut dyn FnMut(&mut dyn Group) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        self.transaction(false, &mut |tx, statements| {
-            let mut group = PgGroup { tx, statements };
-            fill(&mut group)
+        off_runtime(|| {
+            self.transaction(false, &mut |tx, statements| {
+                fill(&mut PgGroup { tx, statements })
+            })
         })
     }
 }
