@@ -692,6 +692,7 @@ pub fn a_failing_job_rolls_back_alone(engine: &dyn Engine) {
     engine
         .write_group(&mut |group| {
             group.run(&mut |t| t.put_device(&device_record("x", 1)).is_ok())?;
+            group.run(&mut |t| t.put_device(&device_record("x2", 1)).is_ok())?;
             group.run(&mut |t| {
                 t.put_device(&device_record("y", 1)).unwrap();
                 t.append_event(0, EventSource::Telemetry, &json!({"job": "y"}), 1)
@@ -714,6 +715,7 @@ pub fn a_failing_job_rolls_back_alone(engine: &dyn Engine) {
     assert_eq!(outcomes, [true], "the foreign key is enforced");
     read(engine, |t| {
         assert!(t.device(&id("x"))?.is_some());
+        assert!(t.device(&id("x2"))?.is_some());
         assert!(t.device(&id("y"))?.is_none());
         assert!(t.device(&id("z"))?.is_some());
         let events = t.partition_events(0, -1, 10)?;
@@ -725,23 +727,6 @@ pub fn a_failing_job_rolls_back_alone(engine: &dyn Engine) {
         assert_eq!(t.event_bytes()?, 11);
         Ok(())
     });
-    // The Event Hub is created once: a second create fails in its own savepoint.
-    let record = EventHubRecord {
-        name: "hub".to_owned(),
-        partitions: 4,
-        created_ms: 1,
-    };
-    write(engine, |t| t.create_event_hub(&record));
-    let mut second = None;
-    engine
-        .write_group(&mut |group| {
-            group.run(&mut |t| {
-                second = Some(t.create_event_hub(&record).is_err());
-                false
-            })
-        })
-        .unwrap();
-    assert_eq!(second, Some(true));
 }
 
 /// A read-only view refuses writes.
@@ -1020,4 +1005,38 @@ fn events_copied_without_partitions_get_theirs_in_order_and_appends_go_on_after_
     });
     assert_eq!(next.seq, 5);
     assert_eq!(next.partition_seq, i64::try_from(a.len()).unwrap());
+}
+
+#[test]
+fn replicas_creating_the_event_hub_together_keep_the_first_record() {
+    let Some((_server, url, engine)) = fresh_engine("event_hub") else {
+        return;
+    };
+    let other = PostgresEngine::connect(&url).unwrap();
+    let record = |partitions| EventHubRecord {
+        name: "hub".to_owned(),
+        partitions,
+        created_ms: 1,
+    };
+    write(&engine, |t| t.create_event_hub(&record(4)));
+    write(&other, |t| t.create_event_hub(&record(8)));
+    assert_eq!(read(&other, |t| t.event_hub()), Some(record(4)));
+}
+
+#[test]
+fn a_job_that_goes_on_after_a_failed_statement_fails_its_group() {
+    let Some((_server, _url, engine)) = fresh_engine("went_on") else {
+        return;
+    };
+    let error = engine
+        .write_group(&mut |group| {
+            group.run(&mut |t| t.put_device(&device_record("first", 1)).is_ok())?;
+            group.run(&mut |t| {
+                let _ = t.put_twin(&id("ghost"), None, &Twin::new(Utc::now()));
+                true
+            })
+        })
+        .expect_err("PostgreSQL discarded the job's work: the group must not commit");
+    assert!(matches!(error, StorageError::Postgres(_)), "{error:?}");
+    assert!(read(&engine, |t| t.device(&id("first"))).is_none());
 }

@@ -460,7 +460,11 @@ impl Engine for PostgresEngine {
     ) -> Result<(), StorageError> {
         off_runtime(|| {
             self.transaction(true, &mut |tx, statements| {
-                job(&mut PgTables { tx, statements })
+                job(&mut PgTables {
+                    tx,
+                    statements,
+                    failed: false,
+                })
             })
         })
     }
@@ -471,29 +475,54 @@ impl Engine for PostgresEngine {
     ) -> Result<(), StorageError> {
         off_runtime(|| {
             self.transaction(false, &mut |tx, statements| {
-                fill(&mut PgGroup { tx, statements })
+                fill(&mut PgGroup {
+                    tx,
+                    statements,
+                    release_pending: false,
+                })
             })
         })
     }
 }
 
 /// A group commit in progress: one transaction, a savepoint per job.
+///
+/// A kept job's savepoint is released in the same round trip as the next job's is set (`COMMIT` releases the
+/// last one): one round trip per job besides its statements.
 struct PgGroup<'g, 'c> {
     tx: &'g mut Transaction<'c>,
     statements: &'g mut Statements,
+    /// The previous job was kept and its savepoint is not released yet.
+    release_pending: bool,
 }
 
 impl Group for PgGroup<'_, '_> {
     fn run(&mut self, job: SavepointJob<'_>) -> Result<(), StorageError> {
-        let mut savepoint = self.tx.savepoint("job")?;
-        let keep = job(&mut PgTables {
-            tx: &mut savepoint,
-            statements: &mut *self.statements,
-        });
-        if keep {
-            savepoint.commit()?;
+        self.tx.batch_execute(if self.release_pending {
+            "RELEASE SAVEPOINT job; SAVEPOINT job"
         } else {
-            savepoint.rollback()?;
+            "SAVEPOINT job"
+        })?;
+        self.release_pending = false;
+        let mut tables = PgTables {
+            tx: &mut *self.tx,
+            statements: &mut *self.statements,
+            failed: false,
+        };
+        let keep = job(&mut tables);
+        let failed = tables.failed;
+        if keep && !failed {
+            self.release_pending = true;
+            return Ok(());
+        }
+        self.tx
+            .batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?;
+        if keep {
+            // After a failed statement PostgreSQL has discarded the job's work (unlike SQLite, where the job
+            // may go on): what the job answered its caller is not true, so the group must not commit.
+            return Err(StorageError::Postgres(
+                "a job went on after one of its statements failed".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -503,6 +532,8 @@ impl Group for PgGroup<'_, '_> {
 struct PgTables<'t, 'c> {
     tx: &'t mut Transaction<'c>,
     statements: &'t mut Statements,
+    /// A statement failed: PostgreSQL has aborted the transaction (or the job's savepoint).
+    failed: bool,
 }
 
 /// A count or limit as a `BIGINT`.
@@ -544,11 +575,18 @@ fn json<T: Serialize + std::fmt::Debug>(value: &T) -> Json<&T> {
 }
 
 impl PgTables<'_, '_> {
+    /// Notes a failed statement (see [`PgTables::failed`]).
+    fn track<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StorageError> {
+        self.failed |= result.is_err();
+        Ok(result?)
+    }
+
     fn statement(&mut self, sql: &'static str) -> Result<Statement, StorageError> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.tx.prepare(sql)?;
+        let prepared = self.tx.prepare(sql);
+        let statement = self.track(prepared)?;
         self.statements.insert(sql, statement.clone());
         Ok(statement)
     }
@@ -559,7 +597,8 @@ impl PgTables<'_, '_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StorageError> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.query(&statement, params)?)
+        let result = self.tx.query(&statement, params);
+        self.track(result)
     }
 
     fn query_opt(
@@ -568,7 +607,8 @@ impl PgTables<'_, '_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, StorageError> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.query_opt(&statement, params)?)
+        let result = self.tx.query_opt(&statement, params);
+        self.track(result)
     }
 
     fn query_one(
@@ -577,7 +617,8 @@ impl PgTables<'_, '_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, StorageError> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.query_one(&statement, params)?)
+        let result = self.tx.query_one(&statement, params);
+        self.track(result)
     }
 
     fn execute(
@@ -586,7 +627,8 @@ impl PgTables<'_, '_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StorageError> {
         let statement = self.statement(sql)?;
-        Ok(self.tx.execute(&statement, params)?)
+        let result = self.tx.execute(&statement, params);
+        self.track(result)
     }
 
     /// The JSON record of the first column of the one row `sql` finds, if any.
@@ -915,7 +957,9 @@ impl Tables for PgTables<'_, '_> {
 
     fn create_event_hub(&mut self, record: &EventHubRecord) -> Result<(), StorageError> {
         self.execute(
-            "INSERT INTO event_hub (id, name, partitions, created_ms) VALUES (0, $1, $2, $3)",
+            // Replicas starting together may both find none: the first one's stays, the others read it.
+            "INSERT INTO event_hub (id, name, partitions, created_ms) VALUES (0, $1, $2, $3)
+             ON CONFLICT (id) DO NOTHING",
             &[
                 &record.name,
                 &partition_column(record.partitions),
@@ -934,28 +978,30 @@ impl Tables for PgTables<'_, '_> {
     ) -> Result<Appended, StorageError> {
         let text = serde_json::to_string(event)?;
         let bytes = big(text.len());
-        // First the counter row: its lock orders appending transactions until COMMIT (module documentation).
-        let seq: i64 = self
-            .query_one(
-                "UPDATE event_totals SET last_seq = last_seq + 1, bytes = bytes + $1 WHERE id = 0
-                 RETURNING last_seq",
-                &[&bytes],
-            )?
-            .get(0);
-        let partition_seq = self.next_partition_seq(partition, seq, enqueued_ms)?;
-        self.execute(
-            "INSERT INTO events (seq, enqueued_ms, bytes, partition, partition_seq, source, event)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        // One round trip: first the counter row, whose lock orders appending transactions until COMMIT
+        // (module documentation), then the partition's head (the upsert locks it), then the event.
+        let row = self.query_one(
+            "WITH total AS (
+                 UPDATE event_totals SET last_seq = last_seq + 1, bytes = bytes + $1 WHERE id = 0
+                 RETURNING last_seq),
+             head AS (
+                 INSERT INTO partition_heads (partition, last_seq, last_offset, last_enqueued_ms)
+                 SELECT $2, 0, total.last_seq, $3 FROM total
+                 ON CONFLICT (partition) DO UPDATE SET last_seq = partition_heads.last_seq + 1,
+                     last_offset = excluded.last_offset, last_enqueued_ms = excluded.last_enqueued_ms
+                 RETURNING last_seq, last_offset)
+             INSERT INTO events (seq, enqueued_ms, bytes, partition, partition_seq, source, event)
+             SELECT head.last_offset, $3, $1, $2, head.last_seq, $4, $5 FROM head
+             RETURNING seq, partition_seq",
             &[
-                &seq,
-                &enqueued_ms,
                 &bytes,
                 &partition_column(partition),
-                &partition_seq,
+                &enqueued_ms,
                 &source_column(source),
                 &text,
             ],
         )?;
+        let (seq, partition_seq) = (row.get(0), row.get(1));
         Ok(Appended {
             seq,
             partition,
