@@ -1040,3 +1040,54 @@ fn a_job_that_goes_on_after_a_failed_statement_fails_its_group() {
     assert!(matches!(error, StorageError::Postgres(_)), "{error:?}");
     assert!(read(&engine, |t| t.device(&id("first"))).is_none());
 }
+
+#[test]
+fn a_deadlock_between_replicas_fails_one_job_as_unavailable_and_both_groups_commit() {
+    let Some((_server, url, a)) = fresh_engine("deadlock") else {
+        return;
+    };
+    let b = PostgresEngine::connect(&url).unwrap();
+    write(&a, |t| t.put_device(&device_record("x", 1)));
+    let twin = Twin::new(Utc::now());
+    let barrier = Barrier::new(2);
+    // Replica A appends (the event counter's lock) then writes the twin; replica B the other way round.
+    let errors: Vec<Option<StorageError>> = std::thread::scope(|scope| {
+        let engines: [(&PostgresEngine, bool); 2] = [(&a, true), (&b, false)];
+        let threads: Vec<_> = engines
+            .into_iter()
+            .map(|(engine, event_first)| {
+                let (barrier, twin) = (&barrier, &twin);
+                scope.spawn(move || {
+                    let mut error = None;
+                    let mut step = |t: &mut dyn Tables, event: bool| {
+                        let result = if event {
+                            t.append_event(0, EventSource::Telemetry, &json!({}), 1)
+                                .map(drop)
+                        } else {
+                            t.put_twin(&id("x"), None, twin)
+                        };
+                        result.map_err(|e| error = Some(e)).is_ok()
+                    };
+                    engine
+                        .write_group(&mut |group| {
+                            group.run(&mut |t| step(t, event_first))?;
+                            barrier.wait();
+                            group.run(&mut |t| step(t, !event_first))
+                        })
+                        .expect("the group commits");
+                    error
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let failed: Vec<&StorageError> = errors.iter().flatten().collect();
+    assert_eq!(failed.len(), 1, "{errors:?}");
+    assert!(
+        matches!(failed[0], StorageError::Unavailable(m) if m.contains("40P01")),
+        "{failed:?}"
+    );
+    // A's event always stays; B's unless B's second job was the one chosen to fail.
+    let events = if errors[1].is_some() { 1 } else { 2 };
+    assert_eq!(all_seqs(&a).len(), events);
+}

@@ -20,10 +20,10 @@
 //! committed later with a smaller one (a `SEQUENCE` cannot promise that). The partition's head row is then
 //! upserted (`ON CONFLICT DO UPDATE` locks it), so partition sequence numbers stay contiguous.
 //!
-//! Errors: a lost, refused or timed-out connection (and PostgreSQL shutting down) is
-//! [`StorageError::Unavailable`], which the hub answers with 503; anything else PostgreSQL says is
-//! [`StorageError::Postgres`]. Pooled connections found dead when a transaction begins are replaced, so that
-//! the first request after the database came back does not fail.
+//! Errors: a lost, refused or timed-out connection (and PostgreSQL shutting down, and a deadlock between
+//! replicas' groups) is [`StorageError::Unavailable`], which the hub answers with 503; anything else PostgreSQL
+//! says is [`StorageError::Postgres`]. Pooled connections found dead when a transaction begins are replaced, so
+//! that the first request after the database came back does not fail.
 //!
 //! The client is `postgres`, the blocking face of tokio-postgres: each connection blocks on a small runtime of
 //! its own, which tokio refuses to start on a thread that drives a runtime. The engine's methods block by
@@ -141,8 +141,13 @@ impl From<postgres::Error> for StorageError {
                 message = format!("{message}: {detail}");
             }
             // 08: connection exceptions; 57P01-03: the server shuts down or cannot take connections yet;
-            // 53300: too many connections.
-            return if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+            // 53300: too many connections; 40: a deadlock or serialization failure between replicas, for
+            // which the answer is also "try again".
+            return if code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("40")
+                || code == "53300"
+            {
                 Self::Unavailable(message)
             } else {
                 Self::Postgres(message)
@@ -1223,10 +1228,10 @@ impl Tables for PgTables<'_, '_> {
                 &[&enqueued_ms, &serde_json::to_string(record)?],
             )?
             .get(0);
-        // Ids may have gaps (rolled-back inserts), so the cap counts rows: the newest `cap` stay.
+        // As SQLite: ids come one by one (no cache), so at most `cap` are kept, fewer only after a rolled-back
+        // insert left a gap; counting rows instead would walk `cap` index entries on every insert.
         self.execute(
-            "DELETE FROM feedback WHERE id <= (
-                 SELECT id FROM feedback WHERE id <= $1 ORDER BY id DESC OFFSET $2 LIMIT 1)",
+            "DELETE FROM feedback WHERE id <= $1::bigint - $2::bigint",
             &[&id, &big(cap)],
         )?;
         Ok(id)
