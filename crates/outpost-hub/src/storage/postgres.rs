@@ -184,8 +184,12 @@ impl r2d2::ManageConnection for Connector {
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<Connection, postgres::Error> {
+        let mut client = self.config.connect(NoTls)?;
+        // Durable when COMMIT returns, whatever the server's or the role's default. A SET, not a startup
+        // option, which connection poolers may refuse.
+        client.batch_execute("SET synchronous_commit = on")?;
         Ok(Connection {
-            client: self.config.connect(NoTls)?,
+            client,
             statements: HashMap::new(),
         })
     }
@@ -281,12 +285,6 @@ impl PostgresEngine {
         }
         // A peer that vanished without closing the connection is noticed within a minute, not two hours.
         config.keepalives_idle(Duration::from_secs(30));
-        // Durable when COMMIT returns, whatever the server's default.
-        let options = match config.get_options() {
-            Some(given) => format!("{given} -c synchronous_commit=on"),
-            None => "-c synchronous_commit=on".to_owned(),
-        };
-        config.options(&options);
         let described = describe(&config);
 
         let mut client = config.connect(NoTls).map_err(|e| {
