@@ -9,7 +9,7 @@
 //! [`Engine`](storage::Engine): SQLite by default, PostgreSQL for replicas); the hub holds a
 //! [`Storage`](writer::Storage) handle whose reads run on tokio's blocking pool and whose writes are
 //! group-committed by the storage writer's thread ([`writer`]), so no async worker waits on a disk.
-//! The event stream is also an Event Hub with partitions ([`stream`] stores it, [`eventhub`] serves it to the
+//! The event stream is also an Event Hub with partitions ([`stream`] has its records, [`eventhub`] serves it to the
 //! AMQP head of `outpost-amqp` with cloud-to-device messages and their feedback).
 
 pub mod auth;

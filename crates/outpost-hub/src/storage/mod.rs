@@ -8,7 +8,8 @@
 //! writes in group commits where each job has its own savepoint.
 //!
 //! Every method blocks the thread it runs on: engines are driven from the storage writer's thread and from
-//! `spawn_blocking`, never from an async worker ([`crate::writer`]).
+//! `spawn_blocking` ([`crate::writer::Storage`]), never from an async worker, but for the few synchronous methods
+//! of the AMQP head, which read on their caller's thread through the engine's read connections.
 //!
 //! Two engines implement it: SQLite, the embedded default, in a data directory ([`sqlite`]); PostgreSQL, for
 //! several hub replicas on one database ([`postgres`]).

@@ -90,21 +90,6 @@ impl SqliteEngine {
         })
     }
 
-    /// Runs `job` on the write connection in one transaction, outside the storage writer (start-up, the CLI).
-    pub fn transaction<T, E>(
-        &self,
-        job: impl FnOnce(&mut dyn Tables) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        E: From<StorageError>,
-    {
-        let mut connection = self.lock_writer();
-        let transaction = connection.transaction().map_err(StorageError::from)?;
-        let value = job(&mut SqliteTables { conn: &transaction })?;
-        transaction.commit().map_err(StorageError::from)?;
-        Ok(value)
-    }
-
     /// Holds the write connection, as a commit in progress does: tests queue writes behind it.
     pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Connection> {
         self.writer
