@@ -1,19 +1,23 @@
 //! The two I/O halves of a connection, server or client: a reader task that turns bytes into packets, and a
 //! writer task that batches queued packets into as few writes as possible.
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::packet::{self, Packet, PacketError};
 
 /// Bytes read per syscall at most while packets are flowing; the buffer grows only for a frame larger than this.
 const READ_CHUNK: usize = 16 * 1024;
-/// Room kept for the next read when nothing is buffered: an idle connection holds this little, not a chunk.
-const IDLE_READ: usize = 1024;
+/// Bytes read at most by the read that waits between packets. It reads into the stack, so an idle connection
+/// holds no read buffer at all; what arrives is then copied into one just the size of the data.
+const IDLE_READ: usize = 4 * 1024;
 
 /// A writer flushes once this many bytes are batched, even if more packets are queued.
-const WRITE_BATCH: usize = 64 * 1024;
+pub(crate) const WRITE_BATCH: usize = 64 * 1024;
 
 /// Why reading stopped.
 #[derive(Debug, thiserror::Error)]
@@ -41,16 +45,15 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
         if let Some(packet) = packet::decode(buf, max_size)? {
             return Ok(Some(packet));
         }
-        if buf.is_empty() {
-            // Between packets: give back a large buffer (a burst or a big frame grew it) before waiting.
-            if buf.capacity() > READ_CHUNK {
-                *buf = BytesMut::new();
-            }
-            buf.reserve(IDLE_READ);
+        let read = if buf.is_empty() {
+            // Between packets: hold no buffer while waiting (a decoded packet may still share the old one).
+            *buf = BytesMut::new();
+            read_idle(reader, buf).await?
         } else {
             buf.reserve(READ_CHUNK);
-        }
-        if reader.read_buf(buf).await? == 0 {
+            reader.read_buf(buf).await?
+        };
+        if read == 0 {
             return if buf.is_empty() {
                 Ok(None)
             } else {
@@ -58,6 +61,22 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
             };
         }
     }
+}
+
+/// One read into a stack buffer, its bytes then appended to `buf`: no heap memory is held while it waits.
+/// Cancel-safe as `read_buf` is: bytes are either returned in `buf` or left in the reader.
+async fn read_idle<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut stack = [0u8; IDLE_READ];
+        let mut read = ReadBuf::new(&mut stack);
+        std::task::ready!(Pin::new(&mut *reader).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
 }
 
 /// Reads packets and forwards them to the connection's loop until EOF, an error or the loop goes away.
@@ -119,7 +138,7 @@ async fn write_all<W: AsyncWrite + Unpin>(
     writer.flush().await
 }
 
-fn encode_logged(packet: &Packet, buf: &mut BytesMut) {
+pub(crate) fn encode_logged(packet: &Packet, buf: &mut BytesMut) {
     // Only a publish built from backend data (a huge topic or body) can fail; it is skipped, not sent cut.
     if let Err(e) = packet::encode(packet, buf) {
         tracing::error!(error = %e, packet = packet.name(), "cannot encode packet; not sent");
@@ -183,5 +202,18 @@ mod tests {
             result,
             Err(ReadError::Packet(PacketError::PacketTooLarge { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_between_packets_holds_no_buffer() {
+        use futures_util::FutureExt as _;
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[0xC0, 0x00]).await.unwrap();
+        let mut buf = BytesMut::with_capacity(4096);
+        let first = read_packet(&mut server, &mut buf, 1024).await;
+        assert!(matches!(first, Ok(Some(Packet::PingReq))));
+        let waiting = read_packet(&mut server, &mut buf, 1024).now_or_never();
+        assert!(waiting.is_none(), "nothing more was sent");
+        assert_eq!(buf.capacity(), 0);
     }
 }

@@ -1,11 +1,12 @@
 //! What the protocol head needs from whoever owns identities, twins and messages (the hub, later the edge
 //! hub), and what that owner pushes back to a connected client.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use outpost_core::{Identity, Message};
-use tokio::sync::mpsc;
 
 use crate::packet::ConnectReturnCode;
 
@@ -168,19 +169,54 @@ impl Feature {
 pub const OUTBOX_CAPACITY: usize = 1024;
 
 /// The backend's handle to push to one live connection.
-#[derive(Debug, Clone)]
+///
+/// The queue is a `VecDeque` behind a std `Mutex` (held for one push or pop, never across an `.await`) rather
+/// than a tokio channel: a channel allocates a block of 32 slots up front, and every held connection has an
+/// outbox that is empty nearly all the time.
+#[derive(Debug)]
 pub struct Outbox {
     connection: u64,
-    sender: mpsc::Sender<Outgoing>,
-    features: Arc<AtomicU8>,
-    overflowed: Arc<AtomicBool>,
+    shared: Arc<OutboxShared>,
 }
 
 /// The connection's end of an [`Outbox`].
 #[derive(Debug)]
 pub struct Inbox {
-    receiver: mpsc::Receiver<Outgoing>,
-    overflowed: Arc<AtomicBool>,
+    shared: Arc<OutboxShared>,
+}
+
+/// What an outbox and its inbox share.
+#[derive(Debug, Default)]
+struct OutboxShared {
+    features: AtomicU8,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    /// A push was refused: the connection must close.
+    overflowed: bool,
+    /// The inbox was dropped.
+    closed: bool,
+    /// Outboxes alive; at zero the inbox ends.
+    senders: usize,
+    /// The inbox's task, waiting for a push.
+    waiting: Option<Waker>,
+}
+
+impl OutboxShared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Queue {
+    fn wake(&mut self) {
+        if let Some(waker) = self.waiting.take() {
+            waker.wake();
+        }
+    }
 }
 
 /// The outbox of a connection overflowed: pushes were refused, so the connection must close.
@@ -191,23 +227,53 @@ pub struct OutboxOverflow;
 impl Inbox {
     /// The next push, `None` once every outbox is dropped, or the overflow once one push was refused.
     ///
-    /// A refused push leaves the queue full, so this wakes and reports it without waiting.
+    /// A refused push leaves the queue full, so this wakes and reports it without waiting. Cancel-safe: a
+    /// push is taken from the queue only when it is returned.
     pub async fn recv(&mut self) -> Option<Result<Outgoing, OutboxOverflow>> {
-        let item = self.receiver.recv().await?;
-        if self.overflowed.load(Ordering::Acquire) {
-            return Some(Err(OutboxOverflow));
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Outgoing, OutboxOverflow>>> {
+        let mut queue = self.shared.queue();
+        if queue.overflowed {
+            return Poll::Ready(Some(Err(OutboxOverflow)));
         }
-        Some(Ok(item))
+        if let Some(item) = queue.items.pop_front() {
+            if queue.items.is_empty() {
+                // What a push or a burst grew is given back: an idle connection holds no queue memory.
+                queue.items = VecDeque::new();
+            }
+            return Poll::Ready(Some(Ok(item)));
+        }
+        if queue.senders == 0 {
+            return Poll::Ready(None);
+        }
+        if !queue
+            .waiting
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            queue.waiting = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Pushes waiting to be taken.
     pub fn len(&self) -> usize {
-        self.receiver.len()
+        self.shared.queue().items.len()
     }
 
     /// Whether no push waits.
     pub fn is_empty(&self) -> bool {
-        self.receiver.is_empty()
+        self.shared.queue().items.is_empty()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        queue.closed = true;
+        queue.items = VecDeque::new();
     }
 }
 
@@ -216,19 +282,14 @@ impl Outbox {
     ///
     /// The server makes these; backends may make them in their own tests.
     pub fn new(connection: u64) -> (Self, Inbox) {
-        let (sender, receiver) = mpsc::channel(OUTBOX_CAPACITY);
-        let overflowed = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(OutboxShared::default());
+        shared.queue().senders = 1;
         (
             Self {
                 connection,
-                sender,
-                features: Arc::new(AtomicU8::new(0)),
-                overflowed: Arc::clone(&overflowed),
+                shared: Arc::clone(&shared),
             },
-            Inbox {
-                receiver,
-                overflowed,
-            },
+            Inbox { shared },
         )
     }
 
@@ -239,34 +300,58 @@ impl Outbox {
 
     /// Queues `item` for the client; false if the connection is gone or its outbox is full (it then closes).
     pub fn send(&self, item: Outgoing) -> bool {
-        match self.sender.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.overflowed.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(
-                        connection = self.connection,
-                        "a connection's outbox is full; closing it"
-                    );
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut queue = self.shared.queue();
+        if queue.closed {
+            return false;
         }
+        if queue.items.len() >= OUTBOX_CAPACITY {
+            if !std::mem::replace(&mut queue.overflowed, true) {
+                tracing::warn!(
+                    connection = self.connection,
+                    "a connection's outbox is full; closing it"
+                );
+            }
+            queue.wake();
+            return false;
+        }
+        queue.items.push_back(item);
+        queue.wake();
+        true
     }
 
     /// Whether the client has subscribed to `feature` (persisted subscriptions count).
     pub fn subscribed(&self, feature: Feature) -> bool {
-        self.features.load(Ordering::Acquire) & feature.bit() != 0
+        self.shared.features.load(Ordering::Acquire) & feature.bit() != 0
     }
 
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.shared.queue().closed
     }
 
     /// Replaces the feature set (bits of [`Feature::bit`]); the connection calls it after every SUBSCRIBE.
     pub fn set_features(&self, bits: u8) {
-        self.features.store(bits, Ordering::Release);
+        self.shared.features.store(bits, Ordering::Release);
+    }
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.queue().senders += 1;
+        Self {
+            connection: self.connection,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        queue.senders -= 1;
+        if queue.senders == 0 {
+            queue.wake();
+        }
     }
 }
 
@@ -309,5 +394,41 @@ mod tests {
             "nothing grows past the capacity"
         );
         assert!(matches!(inbox.recv().await, Some(Err(OutboxOverflow))));
+    }
+
+    #[tokio::test]
+    async fn the_inbox_ends_once_every_outbox_is_dropped() {
+        let (outbox, mut inbox) = Outbox::new(1);
+        let copy = outbox.clone();
+        assert!(copy.send(Outgoing::Close));
+        drop(outbox);
+        drop(copy);
+        assert!(matches!(inbox.recv().await, Some(Ok(Outgoing::Close))));
+        assert!(inbox.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_inbox_wakes_on_a_push_from_another_task() {
+        let (outbox, mut inbox) = Outbox::new(1);
+        let waiting = tokio::spawn(async move { inbox.recv().await });
+        tokio::task::yield_now().await;
+        assert!(outbox.send(Outgoing::Close));
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the push wakes the inbox")
+            .unwrap();
+        assert!(matches!(received, Some(Ok(Outgoing::Close))));
+    }
+
+    #[tokio::test]
+    async fn an_emptied_queue_gives_back_what_a_burst_grew() {
+        let (outbox, mut inbox) = Outbox::new(1);
+        for _ in 0..100 {
+            assert!(outbox.send(Outgoing::Close));
+        }
+        while !inbox.is_empty() {
+            inbox.recv().await.unwrap().unwrap();
+        }
+        assert_eq!(inbox.shared.queue().items.capacity(), 0);
     }
 }

@@ -1,8 +1,7 @@
 //! The tokio/TLS driver of the device protocol: [`serve`] accepts connections and runs one session each.
 //!
-//! Per connection: the connection task reads and decodes packets, owns the [`Session`](crate::session::Session)
-//! and runs backend operations; a writer task batches replies. Whatever one client sends, only its own
-//! connection closes.
+//! Per connection, one task: it reads and decodes packets, owns the [`Session`](crate::session::Session), runs
+//! backend operations and writes replies in batches. Whatever one client sends, only its own connection closes.
 //!
 //! Besides its own TLS listener, a server takes connections whose transport another listener set up (MQTT
 //! over WebSocket, upgraded by the HTTPS listener): [`handoff`] makes the pair, [`serve_with_handoff`] serves
