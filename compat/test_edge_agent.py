@@ -301,3 +301,42 @@ def test_sigterm_leaves_containers_running_stops_processes_and_the_next_start_ad
     assert reported["sensorA"].get("restartCount", 0) == first["modules"]["sensorA"].get("restartCount", 0), reported
     assert reported["sensorA"]["runtimeStatus"] == "running"
 
+
+CHATTY_SH = ('echo "<6> started in a container"; echo "<3> an error on stderr" >&2; i=0; '
+             'while true; do i=$((i+1)); if [ $((i % 4)) -eq 0 ]; then echo "<4> warn $i"; '
+             'else echo "<6> tick $i"; fi; sleep 0.05; done')
+
+
+def test_get_module_logs_of_a_container_module_with_tail_and_regex(hub, edge, test_image, tmp_path):
+    from test_edge_agent_methods import invoke, logs_request, text_lines, wait_connected
+    chatty = sensor(test_image, settings={"image": test_image,
+                                          "createOptions": json.dumps({"Cmd": ["sh", "-c", CHATTY_SH]})})
+    deploy(hub, edge.device_id, deployment({"chatty": chatty}), tmp_path)
+    edge.start()
+    wait_reported(hub, edge.device_id, all_running(["chatty"]), 90, "chatty running")
+    wait_connected(hub, edge)
+    wait_for(lambda: " tick 41" in docker("logs", edge.container("chatty")).stdout, 60, "40 lines in the container log")
+
+    status, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"tail": 3}))
+    assert status == 200, answer
+    lines = text_lines(answer, "chatty")
+    assert len(lines) == 3 and all(" tick " in line or " warn " in line for line in lines), lines
+
+    # regex over the whole log: stdout and stderr alike.
+    _, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"regex": "started|error"}))
+    lines = text_lines(answer, "chatty")
+    assert any("started in a container" in line for line in lines), lines
+    assert any("an error on stderr" in line for line in lines), lines
+    assert all("started" in line or "error" in line for line in lines), lines
+
+    # tail and regex together: at most the tail, every line matching.
+    status, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"tail": 20, "regex": "warn [0-9]+"},
+                                                                     encoding="gzip"))
+    assert status == 200 and "payloadBytes" in answer[0], answer
+    lines = text_lines(answer, "chatty")
+    assert 1 <= len(lines) <= 20 and all(" warn " in line for line in lines), lines
+
+    _, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"tail": 2}, content_type="json"))
+    messages = json.loads(answer[0]["payload"])
+    assert [m["moduleId"] for m in messages] == ["chatty", "chatty"], messages
+    assert all(m["timeStamp"] for m in messages), messages
