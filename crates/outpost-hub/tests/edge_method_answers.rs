@@ -243,6 +243,34 @@ async fn forged_answers_over_the_link_are_dropped_and_the_caller_gets_the_target
 }
 
 #[tokio::test]
+async fn an_answer_for_a_client_outside_the_scope_does_not_sink_the_real_answer_in_the_same_request(
+) {
+    let (hub, edge1, _) = hub_with_two_edges().await;
+    let call = call_filter(&hub, Duration::from_secs(30));
+    let rid = edge1.method_request_for(&hub, "edge1/filter").await;
+
+    // One request of the link carries answers of many clients; one of them outside the edge device's scope
+    // (forged, or deleted at the hub since) is dropped, the others are taken.
+    let status = edge1
+        .answer(
+            &hub,
+            vec![
+                answer("stranger", &rid, 666, json!({"forged": "stranger"})),
+                answer("edge1/filter", &rid, 200, json!({"rebooted": true})),
+            ],
+        )
+        .await;
+    let (status_code, payload) = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the target's answer completes the call")
+        .unwrap()
+        .unwrap();
+    assert_eq!((status_code, payload), (200, json!({"rebooted": true})));
+    // The edge still hears that an entry was refused.
+    assert!(status.is_client_error(), "{status}");
+}
+
+#[tokio::test]
 async fn a_call_answered_only_by_forgers_times_out() {
     let (hub, edge1, edge2) = hub_with_two_edges().await;
     let call = call_filter(&hub, Duration::from_secs(3));
