@@ -123,13 +123,21 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| "info".into())
     };
     // The quickstart tells its own story on the terminal; the daemons' logs go to a file unless --verbose.
-    // Beside either, every line is kept in the bounded ring the edge daemon's support bundle reads.
-    let recent = || {
+    // Where an edge daemon runs in this process, every line is also kept in the bounded ring its support bundle
+    // reads (`outpost_edge::daemon_log`); other commands have no use for it.
+    let runs_edge_daemon = matches!(
+        &cli.command,
+        Command::Quickstart { .. }
+            | Command::Edge {
+                command: edge_command::EdgeCommand::Run { .. }
+            }
+    );
+    let recent = runs_edge_daemon.then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(|| outpost_edge::daemon_log::RECENT.writer())
-    };
-    let registry = tracing_subscriber::registry().with(filter()).with(recent());
+    });
+    let registry = tracing_subscriber::registry().with(filter()).with(recent);
     match &cli.command {
         Command::Quickstart { args } if !args.verbose => match quickstart_log(args) {
             Ok(file) => registry
