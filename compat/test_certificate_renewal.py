@@ -186,3 +186,103 @@ def test_after_the_hub_ca_renews_clients_with_the_old_or_the_new_ca_pem_both_ver
     run_with_timeout(lambda: client.send_message("after the CA renewal"), 15, "send_message")
     fresh = clients.open(hub, "dev1", key, server_verification_cert=old_ca.read_text())
     run_with_timeout(lambda: fresh.send_message("old ca.pem, new connection"), 15, "send_message")
+
+
+SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
+
+
+def workload_trust_bundle(socket_path: Path) -> str:
+    """GETs the trust bundle from a module's workload socket, as the Azure SDK does at start."""
+    request = (b"GET /trust-bundle?api-version=2022-08-03 HTTP/1.1\r\nHost: localhost\r\n"
+               b"Connection: close\r\n\r\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(socket_path))
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", head
+    return json.loads(body)["certificate"]
+
+
+def edge_with_a_module(hub, tmp_path, loopback, certificates: str) -> Edge:
+    edge = Edge(hub, f"edge-{uuid.uuid4().hex[:6]}", tmp_path, "process", "unused", loopback.next(),
+                extra=f"[certificates]\n{certificates}\n")
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    manifest = deployment({"m": {"version": "1.0", "type": "process", "status": "running",
+                                 "restartPolicy": "always",
+                                 "settings": {"path": sys.executable, "args": [str(script)]}}})
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    hub.run_cli(["deploy", edge.device_id, str(path)])
+    return edge
+
+
+def test_after_the_edge_ca_renews_a_modules_trust_bundle_verifies_the_new_server_certificate(
+        hub, tmp_path, loopback):
+    ca_lifetime = 30
+    edge = edge_with_a_module(hub, tmp_path, loopback, f'ca_lifetime = "{ca_lifetime}s"\nserver_cert_lifetime = "1h"')
+    try:
+        edge.start()
+        started = time.time()
+        sock = edge.data_dir / "mnt" / "m.sock"
+        wait_for(sock.exists, 60, "the module's workload socket")
+        first_bundle = workload_trust_bundle(sock)
+        assert first_bundle.count("BEGIN CERTIFICATE") == 1
+        first = peer_certificate(edge.host, 8883, edge.ca_path)
+        first_issuer = first["issuer"]
+
+        # At 80 % of its life the edge CA is renewed and the server certificate reissued under the new one.
+        second = wait_for(lambda: (lambda c: c if c["issuer"] != first_issuer else None)(
+            peer_certificate(edge.host, 8883, edge.ca_path)), ca_lifetime + 15,
+            "a server certificate issued by the renewed edge CA", interval=1)
+        assert second["serialNumber"] != first["serialNumber"]
+
+        # Past the old CA's end: only the renewed part of the trust bundle can verify the server.
+        time.sleep(max(0.0, started + ca_lifetime + 2 - time.time()))
+        bundle = workload_trust_bundle(sock)
+        assert bundle != first_bundle
+        bundle_path = tmp_path / "bundle-after-renewal.pem"
+        bundle_path.write_text(bundle)
+        # (Verified against the bundle, or peer_certificate raises.) Issued by the renewed CA, on both ports.
+        assert peer_certificate(edge.host, 8883, bundle_path)["issuer"] == second["issuer"]
+        assert peer_certificate(edge.host, 443, bundle_path)["issuer"] == second["issuer"]
+        # The bundle a module fetched before the renewal no longer does: why modules must fetch it again.
+        stale = tmp_path / "bundle-before-renewal.pem"
+        stale.write_text(first_bundle)
+        with pytest.raises(ssl.SSLError):
+            peer_certificate(edge.host, 8883, stale)
+        # A server certificate cut short by its CA is renewed at 80 % of the life it got, not on every tick.
+        renewals = edge.log_path.read_text(errors="replace").count("renewed a server certificate")
+        assert renewals <= 8, f"{renewals} server certificate renewals in {time.time() - started:.0f} s"
+    finally:
+        edge.cleanup()
+
+
+def test_edge_check_fails_a_certificate_close_to_expiry_and_an_expired_one(hub, tmp_path, loopback):
+    lifetime = 10
+    edge = edge_with_a_module(hub, tmp_path, loopback, f'server_cert_lifetime = "{lifetime}s"')
+    try:
+        edge.start()
+        issued = time.time()
+        check = edge.cli("check", check=False)
+        line = next(l for l in check.stdout.splitlines() if "edge hub server certificate" in l)
+        assert line.startswith("ok") and "valid" in line, check.stdout
+        # Stopped, the daemon renews nothing: past 80 % of its life the certificate is close to expiry.
+        edge.stop()
+        time.sleep(max(0.0, issued + lifetime * 0.8 + 1 - time.time()))
+        check = edge.cli("check", check=False)
+        line = next(l for l in check.stdout.splitlines() if "edge hub server certificate" in l)
+        assert line.startswith("FAIL") and "expiring" in line and "not after" in line, check.stdout
+        assert check.returncode != 0, check.stdout
+
+        time.sleep(max(0.0, issued + lifetime + 1 - time.time()))
+        check = edge.cli("check", check=False)
+        line = next(l for l in check.stdout.splitlines() if "edge hub server certificate" in l)
+        assert line.startswith("FAIL") and "EXPIRED" in line, check.stdout
+        assert check.returncode != 0
+    finally:
+        edge.cleanup()

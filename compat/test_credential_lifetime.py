@@ -92,3 +92,64 @@ def test_rotating_a_leafs_key_closes_its_connection_at_the_edge_hub(hub, edge, t
     again = RawMqtt(target)
     assert again.connect(leaf_id, old, token=device_sas(hub.host, leaf_id, old)) != 0, \
         "the edge hub still accepts the old key"
+
+
+def _edge_target(edge) -> SimpleNamespace:
+    return SimpleNamespace(host=edge.host, ca_path=edge.ca_path)
+
+
+def _connected_at_the_hub(hub, device_id: str, module_id: str | None = None) -> None:
+    registry = hub.registry()
+
+    def connected():
+        twin = registry.get_module(device_id, module_id) if module_id else registry.get_device(device_id)
+        return twin.connection_state == "Connected"
+
+    wait_for(connected, 30, f"the edge to report {device_id}{'/' + module_id if module_id else ''} connected")
+
+
+def test_deleting_a_module_closes_its_connection_at_the_edge_hub(hub, edge, tmp_path):
+    deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
+    edge.start()
+    module = hub.cli_json("module", "create", edge.device_id, "doomed")
+    key = module["authentication"]["symmetricKey"]["primaryKey"]
+    token = device_sas(hub.host, edge.device_id, key, module_id="doomed")
+    raw = RawMqtt(_edge_target(edge))
+    assert raw.connect(edge.device_id, key, module_id="doomed", token=token) == 0
+    _connected_at_the_hub(hub, edge.device_id, "doomed")
+
+    hub.registry().delete_module(edge.device_id, "doomed")
+    assert closed_within(raw, 20), "the edge hub kept the connection of a module deleted at the hub"
+    again = RawMqtt(_edge_target(edge))
+    assert again.connect(edge.device_id, key, module_id="doomed", token=token) != 0, \
+        "the edge hub still accepts the deleted module"
+
+
+def test_deleting_a_leaf_device_closes_its_connection_at_the_edge_hub(hub, edge, tmp_path):
+    deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
+    edge.start()
+    leaf = hub.cli_json("device", "create", f"leaf-{uuid.uuid4().hex[:4]}", "--parent", edge.device_id)
+    leaf_id, key = leaf["deviceId"], leaf["authentication"]["symmetricKey"]["primaryKey"]
+    raw = RawMqtt(_edge_target(edge))
+    assert raw.connect(leaf_id, key, token=device_sas(hub.host, leaf_id, key)) == 0
+    _connected_at_the_hub(hub, leaf_id)
+
+    hub.registry().delete_device(leaf_id)
+    assert closed_within(raw, 20), "the edge hub kept the connection of a device deleted at the hub"
+    again = RawMqtt(_edge_target(edge))
+    assert again.connect(leaf_id, key, token=device_sas(hub.host, leaf_id, key)) != 0, \
+        "the edge hub still accepts the deleted device"
+
+
+def test_a_connection_closes_when_its_token_expires_at_the_edge_hub(hub, edge, tmp_path):
+    deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
+    edge.start()
+    leaf = hub.cli_json("device", "create", f"leaf-{uuid.uuid4().hex[:4]}", "--parent", edge.device_id)
+    leaf_id, key = leaf["deviceId"], leaf["authentication"]["symmetricKey"]["primaryKey"]
+    # Still accepted for four seconds: its expiry lies within the allowed clock skew.
+    expiry = int(time.time()) + 4 - MAX_CLOCK_SKEW_SECS
+    raw = RawMqtt(_edge_target(edge))
+    assert raw.connect(leaf_id, key, token=device_sas(hub.host, leaf_id, key, expiry=expiry)) == 0
+    started = time.monotonic()
+    assert closed_within(raw, 20), "the edge hub kept a connection whose token expired"
+    assert time.monotonic() - started >= 2, "closed long before the token expired"

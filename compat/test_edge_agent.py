@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import textwrap
@@ -258,3 +259,84 @@ def test_a_restart_while_the_hub_is_down_brings_every_module_back(hub, edge, tes
 
     hub.start()
     wait_reported(hub, edge.device_id, all_running(["sensorA", "probe"]), 90, "the report caught up after reconnect")
+
+
+def test_sigterm_leaves_containers_running_stops_processes_and_the_next_start_adopts_the_containers(
+        hub, edge, test_image, tmp_path):
+    from test_edge_shutdown import SLEEPER, alive
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    pid_file = tmp_path / "sleeper.pid"
+    sleeper = {"version": "1.0", "type": "process", "status": "running", "restartPolicy": "always",
+               "startupOrder": 0, "settings": {"path": sys.executable, "args": [str(script), str(pid_file)]}}
+    deploy(hub, edge.device_id, deployment({"sensorA": sensor(test_image), "sleeper": sleeper}), tmp_path)
+    edge.start()
+    first = wait_reported(hub, edge.device_id, all_running(["sensorA", "sleeper"]), 90, "modules running")
+    wait_for(pid_file.exists, 60, "the process module to start")
+    first_pid = int(pid_file.read_text())
+    before = edge.inspect("sensorA")
+    assert before["State"]["Running"]
+
+    edge.proc.send_signal(signal.SIGTERM)
+    edge.proc.wait(30)
+    after_stop = edge.inspect("sensorA")
+    assert after_stop is not None and after_stop["State"]["Running"], "the container stopped with the daemon"
+    assert after_stop["Id"] == before["Id"]
+    assert not alive(first_pid), f"process module {first_pid} still running after SIGTERM to the edge daemon"
+
+    pid_file.unlink()
+    edge.start()
+    wait_for(pid_file.exists, 60, "the process module to run again after the restart")
+    assert int(pid_file.read_text()) != first_pid
+    wait_reported(hub, edge.device_id,
+                          all_running(["sensorA", "sleeper"]), 90, "modules running after the restart")
+    # Give the agent time to (wrongly) act on what it found before looking.
+    time.sleep(3)
+    adopted = edge.inspect("sensorA")
+    assert adopted["Id"] == before["Id"], "the container was recreated instead of adopted"
+    assert adopted["State"]["Running"]
+    assert adopted["State"]["StartedAt"] == before["State"]["StartedAt"], "the container was restarted"
+    assert adopted["RestartCount"] == before["RestartCount"]
+    reported = reported_modules(hub, edge.device_id)
+    assert reported["sensorA"].get("restartCount", 0) == first["modules"]["sensorA"].get("restartCount", 0), reported
+    assert reported["sensorA"]["runtimeStatus"] == "running"
+
+
+CHATTY_SH = ('echo "<6> started in a container"; echo "<3> an error on stderr" >&2; i=0; '
+             'while true; do i=$((i+1)); if [ $((i % 4)) -eq 0 ]; then echo "<4> warn $i"; '
+             'else echo "<6> tick $i"; fi; sleep 0.05; done')
+
+
+def test_get_module_logs_of_a_container_module_with_tail_and_regex(hub, edge, test_image, tmp_path):
+    from test_edge_agent_methods import invoke, logs_request, text_lines, wait_connected
+    chatty = sensor(test_image, settings={"image": test_image,
+                                          "createOptions": json.dumps({"Cmd": ["sh", "-c", CHATTY_SH]})})
+    deploy(hub, edge.device_id, deployment({"chatty": chatty}), tmp_path)
+    edge.start()
+    wait_reported(hub, edge.device_id, all_running(["chatty"]), 90, "chatty running")
+    wait_connected(hub, edge)
+    wait_for(lambda: " tick 41" in docker("logs", edge.container("chatty")).stdout, 60, "40 lines in the container log")
+
+    status, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"tail": 3}))
+    assert status == 200, answer
+    lines = text_lines(answer, "chatty")
+    assert len(lines) == 3 and all(" tick " in line or " warn " in line for line in lines), lines
+
+    # regex over the whole log: stdout and stderr alike.
+    _, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"regex": "started|error"}))
+    lines = text_lines(answer, "chatty")
+    assert any("started in a container" in line for line in lines), lines
+    assert any("an error on stderr" in line for line in lines), lines
+    assert all("started" in line or "error" in line for line in lines), lines
+
+    # tail and regex together: at most the tail, every line matching.
+    status, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"tail": 20, "regex": "warn [0-9]+"},
+                                                                     encoding="gzip"))
+    assert status == 200 and "payloadBytes" in answer[0], answer
+    lines = text_lines(answer, "chatty")
+    assert 1 <= len(lines) <= 20 and all(" warn " in line for line in lines), lines
+
+    _, answer = invoke(hub, edge, "GetModuleLogs", logs_request({"tail": 2}, content_type="json"))
+    messages = json.loads(answer[0]["payload"])
+    assert [m["moduleId"] for m in messages] == ["chatty", "chatty"], messages
+    assert all(m["timeStamp"] for m in messages), messages

@@ -212,6 +212,33 @@ def test_ping_restart_module_and_get_module_logs(hub, edge):
     assert status == 404 and "not deployed" in answer["message"]
 
 
+def management_get(edge, path: str) -> str:
+    """GETs `path` from the daemon's management socket (API version 2026-12-01); returns the body as text."""
+    import socket
+    separator = "&" if "?" in path else "?"
+    request = (f"GET {path}{separator}api-version=2026-12-01 HTTP/1.1\r\nHost: localhost\r\n"
+               f"Connection: close\r\n\r\n").encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(edge.data_dir / "management.sock"))
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", head
+    if b"transfer-encoding: chunked" in head.lower():
+        decoded, rest = b"", body
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            decoded, rest = decoded + rest[:n], rest[n + 2:]
+        body = decoded
+    return body.decode()
+
+
 def wait_task(hub, edge, correlation_id: str) -> dict:
     def done():
         status, answer = invoke(hub, edge, "GetTaskStatus", {"schemaVersion": "1.0", "correlationId": correlation_id})
@@ -248,6 +275,8 @@ def test_uploads_reach_an_https_endpoint_and_the_support_bundle_has_no_key(hub, 
     path, _, uploaded = uploads.received[-1]
     assert "/support-bundle-" in path and ".tar.gz?" in path
 
+    # A signature the daemon may log (the upload fails): it must not reach the bundle.
+    invoke(hub, edge, "UploadModuleLogs", dict(request, sasUrl="https://127.0.0.1:1/c?sv=2021&sig=TopSecretSig42"))
     key = edge.config.read_text().split("SharedAccessKey=")[1].split('"')[0]
     out = tmp_path / "bundle.tar.gz"
     edge.cli("support-bundle", "--output", str(out))
@@ -256,7 +285,7 @@ def test_uploads_reach_an_https_endpoint_and_the_support_bundle_has_no_key(hub, 
         with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
             files = {Path(m.name).relative_to(Path(m.name).parts[0]).as_posix(): m for m in tar.getmembers()}
             for expected in ("README.txt", "versions.json", "settings.toml", "deployment.json",
-                             "agent-reported.json", "stats.json", "check.txt", "logs/chatty.log"):
+                             "agent-reported.json", "stats.json", "check.txt", "daemon.log", "logs/chatty.log"):
                 assert expected in files, sorted(files)
             read = lambda name: tar.extractfile(files[name]).read().decode()  # noqa: E731
             assert "SharedAccessKey=<redacted>" in read("settings.toml")
@@ -265,3 +294,15 @@ def test_uploads_reach_an_https_endpoint_and_the_support_bundle_has_no_key(hub, 
             assert "tick" in read("logs/chatty.log")
             assert "configuration" in read("check.txt")
             assert "queued" in json.loads(read("stats.json"))
+            # The daemon's own log, as it wrote it to stderr at start, without colours or secrets.
+            daemon_log = read("daemon.log")
+            assert "edge hub listening" in daemon_log and "connected to the hub as $edgeAgent" in daemon_log
+            assert "\x1b[" not in daemon_log
+            assert key not in daemon_log and "TopSecretSig42" not in daemon_log
+            assert "daemon.log" in read("README.txt")
+
+    # The same lines over the management API, the last ones with `tail`.
+    lines = management_get(edge, "/daemon-logs?tail=3").splitlines()
+    assert len(lines) == 3, lines
+    everything = management_get(edge, "/daemon-logs")
+    assert "edge hub listening" in everything and key not in everything

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::output::OutputFormat;
 
@@ -121,21 +123,37 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| "info".into())
     };
     // The quickstart tells its own story on the terminal; the daemons' logs go to a file unless --verbose.
+    // Where an edge daemon runs in this process, every line is also kept in the bounded ring its support bundle
+    // reads (`outpost_edge::daemon_log`); other commands have no use for it.
+    let runs_edge_daemon = matches!(
+        &cli.command,
+        Command::Quickstart { .. }
+            | Command::Edge {
+                command: edge_command::EdgeCommand::Run { .. }
+            }
+    );
+    let recent = runs_edge_daemon.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| outpost_edge::daemon_log::RECENT.writer())
+    });
+    let registry = tracing_subscriber::registry().with(filter()).with(recent);
     match &cli.command {
         Command::Quickstart { args } if !args.verbose => match quickstart_log(args) {
-            Ok(file) => tracing_subscriber::fmt()
-                .with_env_filter(filter())
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
+            Ok(file) => registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(std::sync::Mutex::new(file)),
+                )
                 .init(),
             Err(error) => {
                 eprintln!("error: cannot open the quickstart's log file: {error}");
                 return ExitCode::FAILURE;
             }
         },
-        _ => tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
+        _ => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init(),
     }
     // One crypto provider for the whole process: two enabled providers make rustls panic.

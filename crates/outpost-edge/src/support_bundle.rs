@@ -2,8 +2,8 @@
 //! support-bundle` (through the management socket) and `$edgeAgent`'s `UploadSupportBundle`.
 //!
 //! It holds the settings and the deployment in force with secrets redacted, the agent's report, the edge hub's
-//! counters, `outpost edge check`'s output, versions, and each module's recent log (bounded). Everything that
-//! goes in passes through [`redact_text`] or [`redact_json`].
+//! counters, `outpost edge check`'s output, versions, the daemon's own recent log ([`crate::daemon_log`]) and
+//! each module's recent log (bounded). Everything that goes in passes through [`redact_text`] or [`redact_json`].
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -88,6 +88,7 @@ pub async fn build(
         "check.txt".into(),
         check(agent.config.source.as_deref()).await.into_bytes(),
     ));
+    files.push(("daemon.log".into(), daemon_log(None).into_bytes()));
     if !options.runtime_only {
         for (module, text) in module_logs(agent, options).await {
             files.push((format!("logs/{module}.log"), text.into_bytes()));
@@ -130,15 +131,15 @@ fn readme(now: DateTime<Utc>) -> String {
          agent-reported.json  the $edgeAgent reported properties: each module's status, exit code, restarts\n\
          stats.json           the edge hub's store-and-forward counters (outpost edge stats)\n\
          check.txt            the output of outpost edge check\n\
+         daemon.log           the daemon's own most recent log lines, as it also writes them to stderr: at most {} lines\n\
+         \x20                    and {} KiB (under systemd, older ones are in `journalctl -u <its unit>`)\n\
          logs/MODULE.log      each module's most recent output: at most {MODULE_LOG_LINES} lines and {} KiB\n\
-         \n\
-         The daemon's own log is not here: `outpost edge run` writes it to stderr only (under systemd, read it with\n\
-         `journalctl -u <its unit> --since -1h`). What the daemon can tell about itself is in agent-reported.json,\n\
-         stats.json and check.txt.\n\
          \n\
          Secrets (shared access keys and signatures, passwords, tokens, registry credentials) are replaced by\n\
          {REDACTED}. Module logs are included as the modules wrote them (with the same redaction); they may hold\n\
          personal data.\n",
+        crate::daemon_log::MAX_LINES,
+        crate::daemon_log::MAX_BYTES / 1024,
         MODULE_LOG_BYTES / 1024
     )
 }
@@ -197,6 +198,12 @@ async fn check(source: Option<&Path>) -> String {
         Ok(Err(error)) => format!("cannot run outpost edge check: {error}\n"),
         Err(_) => format!("outpost edge check did not finish within {CHECK_TIMEOUT:?}\n"),
     }
+}
+
+/// The daemon's own recent log lines ([`crate::daemon_log::RECENT`]), the last `tail` of them, redacted: what
+/// the bundle holds as `daemon.log` and the management API serves.
+pub fn daemon_log(tail: Option<usize>) -> String {
+    redact_text(&crate::daemon_log::RECENT.text(tail))
 }
 
 /// Each deployed module's recent log (or why it could not be read), redacted.
@@ -299,6 +306,22 @@ fn redact_all(value: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_log_is_the_rings_last_lines_with_secrets_redacted() {
+        let ring = &crate::daemon_log::RECENT;
+        ring.push("2026-12-02T00:00:00Z  INFO start: edge hub listening");
+        ring.push(
+            "2026-12-02T00:00:01Z  WARN bad settings connection_string=\"HostName=h;DeviceId=d;\
+             SharedAccessKey=c2VrcmV0LWtleQ==\" url=https://b/c?sv=1&sig=c2lnbmF0dXJl%2B",
+        );
+        let last = daemon_log(Some(1));
+        assert_eq!(last.lines().count(), 1, "{last}");
+        assert!(!last.contains("c2VrcmV0LWtleQ"), "{last}");
+        assert!(!last.contains("c2lnbmF0dXJl"), "{last}");
+        assert!(last.contains("SharedAccessKey=<redacted>"), "{last}");
+        assert!(daemon_log(None).contains("edge hub listening"));
+    }
 
     #[test]
     fn a_connection_string_loses_its_key_and_keeps_the_rest() {

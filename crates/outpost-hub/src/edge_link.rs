@@ -163,6 +163,26 @@ impl Hub {
         Ok(self.all_scoped(edge, [client]).await?.remove(0))
     }
 
+    /// [`scoped`](Self::scoped) for one entry of a batch: a client outside the edge device's scope (forged, or
+    /// deleted at the hub since) is logged and dropped (`None`), its error kept in `refused` for the answer.
+    async fn scoped_or_dropped(
+        &self,
+        edge: &DeviceRecord,
+        client: &str,
+        refused: &mut Option<HubError>,
+    ) -> Result<Option<Identity>, HubError> {
+        match self.scoped(edge, client).await {
+            Ok(identity) => Ok(Some(identity)),
+            Err(error @ (HubError::Unauthorized(_) | HubError::ArgumentInvalid(_))) => {
+                tracing::warn!(edge = %edge.device_id, client, %error,
+                    "link acknowledgement dropped: the client is not in the edge device's scope");
+                refused.get_or_insert(error);
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     fn edge_link(&self, edge: &str) -> Arc<EdgeLink> {
         let mut links = self
             .edge_links
@@ -334,19 +354,28 @@ impl Hub {
     }
 
     /// Completes C2D messages and answers methods on behalf of clients behind an edge device.
+    ///
+    /// Each entry stands alone: one for a client outside the edge device's scope (forged, or deleted at the hub
+    /// since) is dropped and logged, and the others are still taken; the request is then refused with that
+    /// entry's error, so the edge hears of it. Taking an entry twice is harmless (a completed message or a
+    /// settled call ignores it), so an edge that sends the request again loses nothing.
     pub async fn edge_acks(
         &self,
         edge: &DeviceRecord,
         delivered: &[Delivered],
         answers: Vec<MethodResponse>,
     ) -> Result<(), HubError> {
+        let mut refused = None;
         for ack in delivered {
-            self.complete_c2d(&self.scoped(edge, &ack.client).await?, ack.delivery_id)
-                .await;
+            if let Some(identity) = self.scoped_or_dropped(edge, &ack.client, &mut refused).await? {
+                self.complete_c2d(&identity, ack.delivery_id).await;
+            }
         }
         let link = self.edge_link(edge.device_id.as_str());
         for answer in answers {
-            let identity = self.scoped(edge, &answer.client).await?;
+            let Some(identity) = self.scoped_or_dropped(edge, &answer.client, &mut refused).await? else {
+                continue;
+            };
             // The request went out on the client's virtual connection behind this edge device: only an
             // answer that comes back the same way is taken.
             let Some(connection) = link
@@ -368,7 +397,7 @@ impl Hub {
                 serde_json::to_vec(&answer.payload).unwrap_or_default(),
             );
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     /// The identities behind an edge device with their keys, for its offline authentication cache.

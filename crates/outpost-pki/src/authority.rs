@@ -161,7 +161,13 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let issued = {
             let state = self.read();
-            let (not_before, not_after) = validity(now, lifetime);
+            // Cut to the CA's remaining life before the validity is worked out: `notBefore`'s setback is a tenth
+            // of the life the certificate really gets, so its renewal point (80 % of the way from `notBefore`)
+            // lies ahead. Set back by a tenth of the asked-for life instead, a certificate cut short by its CA
+            // was due at once and was reissued on every tick until the CA renewed.
+            let remaining = u64::try_from(state.current.not_after - now).unwrap_or(0);
+            let (not_before, not_after) =
+                validity(now, lifetime.min(Duration::from_secs(remaining)));
             set_validity(
                 &mut params,
                 not_before,

@@ -149,6 +149,53 @@ mod tests {
     }
 
     #[test]
+    fn a_server_certificate_cut_short_by_its_ca_is_not_renewed_again_at_once() {
+        // A CA that lives 30 s and a server certificate asked for an hour: the certificate ends with the CA.
+        // Its renewal point must lie 80 % into the life it really has, not in the past (which renewed it on
+        // every tick, once a second, until the CA itself was renewed).
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        let ca = Arc::new(
+            CertificateAuthority::open(dir.path(), "Outpost test CA", Duration::from_secs(30), now)
+                .unwrap(),
+        );
+        let server = Arc::new(
+            ServerCertificate::issue(
+                &ca,
+                "test server",
+                "localhost",
+                &[],
+                Duration::from_hours(1),
+                dir.path().join("server.pem"),
+                now,
+            )
+            .unwrap(),
+        );
+        let first = server.current();
+        assert_eq!(first.not_after, ca.current().not_after);
+        assert!(first.not_before >= now - 3, "{}", now - first.not_before);
+        let renewal = CertificateRenewal::new(ca.clone(), vec![server.clone()]);
+        let next = renewal.tick(now).unwrap();
+        assert_eq!(server.current(), first, "renewed at once");
+        assert!(next >= now + 20, "next renewal {} s from now", next - now);
+        renewal.tick(now + 1).unwrap();
+        assert_eq!(server.current(), first, "renewed again a second later");
+        // Through the CA's renewal and beyond, at most one reissue per event, never one per tick.
+        let mut reissues = 0;
+        let mut serial = first.serial.clone();
+        for t in now..now + 120 {
+            renewal.tick(t).unwrap();
+            let current = server.current();
+            assert!(current.not_after > t, "expired at {}", t - now);
+            if current.serial != serial {
+                reissues += 1;
+                serial = current.serial;
+            }
+        }
+        assert!(reissues <= 12, "{reissues} reissues in 120 s");
+    }
+
+    #[test]
     fn the_resolver_presents_the_replacement_from_the_next_handshake() {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::load_or_create(dir.path(), "Outpost test CA").unwrap();

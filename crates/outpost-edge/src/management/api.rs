@@ -9,6 +9,7 @@
 //! | `POST /modules/{m}/restart`                | [`Restarted`]                              |
 //! | `GET /stats`                               | [`Stats`]                                  |
 //! | `GET /support-bundle`                      | the bundle, `application/gzip`             |
+//! | `GET /daemon-logs?tail=`                   | the daemon's recent log lines, as text, secrets redacted |
 //!
 //! Every refusal is an [`ErrorResponse`]. A missing field is an error: what the daemon does not know is sent as
 //! `null`, never left out.
@@ -69,6 +70,11 @@ pub enum ManagementRequest<'a> {
     Stats,
     /// `GET /support-bundle`.
     SupportBundle,
+    /// `GET /daemon-logs`: the daemon's own recent log lines (see [`crate::daemon_log`]).
+    DaemonLogs {
+        /// Only the last lines.
+        tail: Option<usize>,
+    },
 }
 
 impl ManagementRequest<'_> {
@@ -102,6 +108,10 @@ impl ManagementRequest<'_> {
             ),
             Self::Stats => format!("/stats?{version}"),
             Self::SupportBundle => format!("/support-bundle?{version}"),
+            Self::DaemonLogs { tail } => {
+                let tail = tail.map(|n| format!("&tail={n}")).unwrap_or_default();
+                format!("/daemon-logs?{version}{tail}")
+            }
         }
     }
 }
@@ -241,6 +251,11 @@ mod tests {
             .path(),
             format!("/modules/filter/logs?api-version={MANAGEMENT_API_VERSION}&follow=true&tail=5")
         );
+        assert_eq!(
+            ManagementRequest::DaemonLogs { tail: Some(50) }.path(),
+            format!("/daemon-logs?api-version={MANAGEMENT_API_VERSION}&tail=50")
+        );
+        assert_eq!(ManagementRequest::DaemonLogs { tail: None }.method(), "GET");
         assert_eq!(ManagementRequest::Restart { module: "m" }.method(), "POST");
         assert_eq!(ManagementRequest::Stats.method(), "GET");
     }

@@ -51,6 +51,7 @@ pub async fn serve(
         .route("/modules/{module}/restart", post(restart))
         .route("/stats", get(stats))
         .route("/support-bundle", get(support_bundle))
+        .route("/daemon-logs", get(daemon_logs))
         .layer(axum::middleware::from_fn(require_version))
         .with_state(Daemon { agent, edge_hub });
     axum::serve(listener, router).await
@@ -191,6 +192,16 @@ async fn restart(
         Err(e @ RestartModuleError::NotDeployed(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+#[derive(Deserialize)]
+struct DaemonLogsQuery {
+    tail: Option<usize>,
+}
+
+/// The daemon's own recent log lines, secrets redacted as in the support bundle.
+async fn daemon_logs(Query(query): Query<DaemonLogsQuery>) -> Response {
+    crate::support_bundle::daemon_log(query.tail).into_response()
 }
 
 /// The support bundle (tar.gz), as `outpost edge support-bundle` writes it.
