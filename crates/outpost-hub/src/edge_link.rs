@@ -367,13 +367,19 @@ impl Hub {
     ) -> Result<(), HubError> {
         let mut refused = None;
         for ack in delivered {
-            if let Some(identity) = self.scoped_or_dropped(edge, &ack.client, &mut refused).await? {
+            if let Some(identity) = self
+                .scoped_or_dropped(edge, &ack.client, &mut refused)
+                .await?
+            {
                 self.complete_c2d(&identity, ack.delivery_id).await;
             }
         }
         let link = self.edge_link(edge.device_id.as_str());
         for answer in answers {
-            let Some(identity) = self.scoped_or_dropped(edge, &answer.client, &mut refused).await? else {
+            let Some(identity) = self
+                .scoped_or_dropped(edge, &answer.client, &mut refused)
+                .await?
+            else {
                 continue;
             };
             // The request went out on the client's virtual connection behind this edge device: only an
