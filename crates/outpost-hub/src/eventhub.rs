@@ -312,6 +312,9 @@ impl Hub {
             }
             newest = newest.max(Some(event.seq));
         }
+        if let (Some(newest), Some(replicas)) = (newest, &self.replicas) {
+            replicas.tell(crate::replicas::Notice::Events { newest });
+        }
         if let Some(newest) = newest {
             self.newest_event.send_if_modified(|last| {
                 let newer = newest > *last;

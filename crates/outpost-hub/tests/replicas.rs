@@ -221,3 +221,162 @@ async fn a_lost_database_answers_503_and_the_hub_recovers_when_it_returns() {
     assert!(running.hub.device("before").await.is_ok());
     running.shutdown().await;
 }
+
+/// A device connection made in-process through replica `hub`'s device operations, listening for everything.
+async fn connect(
+    hub: &std::sync::Arc<outpost_hub::Hub>,
+    device: &str,
+    connection: u64,
+) -> outpost_mqtt::Inbox {
+    use outpost_mqtt::{DeviceOperations as _, Feature, Outbox};
+    let (outbox, inbox) = Outbox::new(connection);
+    outbox.set_features(
+        Feature::CloudToDevice.bit() | Feature::Methods.bit() | Feature::DesiredPatches.bit(),
+    );
+    outpost_hub::device_ops::HubDevices(hub.clone())
+        .connected(&identity(device), outbox)
+        .await;
+    inbox
+}
+
+fn identity(device: &str) -> outpost_core::Identity {
+    outpost_core::Identity::device(outpost_core::DeviceId::new(device).unwrap())
+}
+
+async fn next(inbox: &mut outpost_mqtt::Inbox) -> outpost_mqtt::Outgoing {
+    tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .expect("a push within 5 s")
+        .expect("the outbox lives")
+        .expect("no overflow")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on_another() {
+    use outpost_hub::messaging::MethodCall;
+    use outpost_hub::twins::TwinWrite;
+    use outpost_mqtt::Outgoing;
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let url = server.database("routing");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for dir in &dirs {
+        replicas.push(RunningHub::start(&config(dir.path(), &url)).await.unwrap());
+    }
+    let (a, b, c) = (&replicas[0].hub, &replicas[1].hub, &replicas[2].hub);
+    b.put_device(
+        &DeviceSpec {
+            device_id: "roamer".into(),
+            ..DeviceSpec::default()
+        },
+        &Precondition::CreateOnly,
+    )
+    .await
+    .unwrap();
+    let mut on_a = connect(a, "roamer", 1).await;
+    // The connection is recorded by A's sending thread: wait until B can see where it is.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A desired patch made through B.
+    let started = Instant::now();
+    let patch = TwinWrite::from_body(
+        &serde_json::json!({"properties": {"desired": {"x": 1}}}),
+        false,
+    )
+    .unwrap();
+    b.write_twin("roamer", None, &patch, &Precondition::Any)
+        .await
+        .unwrap();
+    match next(&mut on_a).await {
+        Outgoing::DesiredPatch { body } => assert_eq!(body["x"], 1, "{body}"),
+        other => panic!("expected the desired patch, got {other:?}"),
+    }
+    eprintln!(
+        "desired patch through B reached A in {:?}",
+        started.elapsed()
+    );
+
+    // A direct method made through B, answered by the device on A.
+    let answering = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            match next(&mut on_a).await {
+                Outgoing::MethodRequest { rid, method, .. } => {
+                    assert_eq!(method, "reboot");
+                    a.method_answered(
+                        &identity("roamer"),
+                        1,
+                        &rid,
+                        200,
+                        br#"{"ok":true}"#.to_vec(),
+                    );
+                }
+                other => panic!("expected the method, got {other:?}"),
+            }
+            on_a
+        })
+    };
+    let (status, payload) = b
+        .invoke_method(
+            "roamer",
+            None,
+            MethodCall {
+                method: "reboot".into(),
+                payload: serde_json::json!({}),
+                response_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::ZERO,
+            },
+        )
+        .await
+        .expect("the method is answered through A");
+    assert_eq!((status, payload), (200, serde_json::json!({"ok": true})));
+    let mut on_a = answering.await.unwrap();
+
+    // A cloud-to-device message sent through B.
+    let message = outpost_core::Message {
+        body: b"hello".to_vec(),
+        ..outpost_core::Message::default()
+    };
+    b.send_c2d("roamer", &message).await.unwrap();
+    match next(&mut on_a).await {
+        Outgoing::CloudToDevice { message, .. } => assert_eq!(message.body, b"hello"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+
+    // The same identity connecting through C closes A's connection.
+    let _on_c = connect(c, "roamer", 2).await;
+    assert!(
+        matches!(next(&mut on_a).await, Outgoing::Close),
+        "A closes its connection of the device"
+    );
+
+    // A device nobody holds: DeviceNotOnline, not a hang.
+    b.put_device(
+        &DeviceSpec {
+            device_id: "absent".into(),
+            ..DeviceSpec::default()
+        },
+        &Precondition::CreateOnly,
+    )
+    .await
+    .unwrap();
+    let error = b
+        .invoke_method(
+            "absent",
+            None,
+            MethodCall {
+                method: "m".into(),
+                payload: serde_json::json!({}),
+                response_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code().0, "DeviceNotOnline");
+    for running in replicas {
+        running.shutdown().await;
+    }
+}
