@@ -21,6 +21,7 @@ pub mod feedback;
 pub mod identity;
 pub mod messaging;
 pub mod metrics;
+pub mod migrate;
 pub mod registry;
 pub mod replicas;
 pub mod rest;
