@@ -561,8 +561,10 @@ impl Hub {
         }
     }
 
-    /// Wakes the long polls of this replica: another one appended events up to `newest`.
-    pub(crate) fn events_appended_elsewhere(&self, newest: i64) {
+    /// Wakes the long polls and Event Hub readers of this replica: another one appended events up to `newest`,
+    /// to `partitions` (each with its newest partition sequence number).
+    pub(crate) fn events_appended_elsewhere(&self, newest: i64, partitions: &[(u32, i64)]) {
+        self.streamed_elsewhere(partitions);
         self.newest_event.send_if_modified(|last| {
             let newer = newest > *last;
             if newer {

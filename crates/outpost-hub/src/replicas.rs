@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::{Client, Config, NoTls};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,13 @@ const MAX_PAYLOAD: usize = 7_000;
 const LISTEN_TICK: Duration = Duration::from_millis(250);
 /// Notices received and not yet acted on; past this the listener waits for the hub.
 const RECEIVED_QUEUE: usize = 10_000;
+/// How often a replica says it is alive (`replicas.last_seen`).
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// A replica not seen for this many seconds is dead: its `replica_connections` rows no longer count, and the
+/// next heartbeat of any replica deletes them.
+pub const DEAD_AFTER_SECS: u32 = 15;
+/// Idle connections kept for holder lookups.
+const LOOKUP_POOL: usize = 4;
 
 /// The notices of other replicas with their senders' ids, as [`serve`] takes them.
 pub type Received = mpsc::Receiver<(String, Notice)>;
@@ -63,11 +70,14 @@ pub enum Notice {
         /// The client id.
         client_id: String,
     },
-    /// Events were appended up to `newest`: long polls wake.
+    /// Events were appended up to `newest`: long polls and Event Hub readers wake.
     #[serde(rename_all = "camelCase")]
     Events {
         /// The sequence number of the newest event.
         newest: i64,
+        /// The partitions appended to, each with its newest partition sequence number.
+        #[serde(default)]
+        partitions: Vec<(u32, i64)>,
     },
     /// A direct method for a client held by `holder`.
     #[serde(rename_all = "camelCase")]
@@ -139,6 +149,8 @@ pub struct Replicas {
     /// Forwarded method calls waiting for their answers.
     calls: Mutex<HashMap<u64, oneshot::Sender<MethodOutcome>>>,
     next_call: AtomicU64,
+    /// Connections for holder lookups, reused (a lookup does not pay for a new connection).
+    lookups: Arc<Mutex<Vec<Client>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -163,8 +175,10 @@ impl Replicas {
         let (sender, listener) = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> Result<_, StorageError> {
-                    let sender = Client::connect(url, NoTls)?;
-                    let mut listener = Client::connect(url, NoTls)?;
+                    let mut sender = connect(url)?;
+                    // Alive from the start: its connections count as soon as they are recorded.
+                    heartbeat(&id, &mut sender, &HashMap::new())?;
+                    let mut listener = connect(url)?;
                     listener.batch_execute(&format!("LISTEN {CHANNEL}"))?;
                     Ok((sender, listener))
                 })
@@ -177,6 +191,7 @@ impl Replicas {
             outbound: Mutex::new(Some(outbound)),
             calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
+            lookups: Arc::new(Mutex::new(Vec::new())),
             stop: stop.clone(),
             threads: Mutex::new(Vec::new()),
         });
@@ -240,15 +255,44 @@ impl Replicas {
         });
     }
 
-    /// The replica holding a connection of `client_id`, if any (this one included).
+    /// The live replica holding a connection of `client_id`, if any (this one included): rows of a replica not
+    /// seen for [`DEAD_AFTER_SECS`] do not count. Runs on a pooled connection of its own.
     pub async fn holder(&self, client_id: &str) -> Result<Option<String>, StorageError> {
-        let (url, client_id) = (self.url.clone(), client_id.to_owned());
+        let (url, pool, client_id) = (self.url.clone(), self.lookups.clone(), client_id.to_owned());
         tokio::task::spawn_blocking(move || {
-            let mut client = Client::connect(&url, NoTls)?;
-            let row = client.query_opt(
-                "SELECT replica FROM replica_connections WHERE client_id = $1",
-                &[&client_id],
-            )?;
+            let sql = format!(
+                "SELECT c.replica FROM replica_connections c JOIN replicas r ON r.id = c.replica
+                 WHERE c.client_id = $1 AND r.last_seen > now() - interval '{DEAD_AFTER_SECS} seconds'"
+            );
+            let pooled = pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            let fresh = || -> Result<_, postgres::Error> {
+                let mut client = connect(&url)?;
+                let row = client.query_opt(&sql, &[&client_id])?;
+                Ok((client, row))
+            };
+            let (client, row) = if let Some(mut client) = pooled {
+                match client.query_opt(&sql, &[&client_id]) {
+                    Ok(row) => (client, row),
+                    // A pooled connection the database closed: once more on a new one.
+                    Err(error) if client.is_closed() => {
+                        tracing::debug!(%error, "holder lookup: reconnecting");
+                        fresh()?
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            } else {
+                fresh()?
+            };
+            let mut idle = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < LOOKUP_POOL && !client.is_closed() {
+                idle.push(client);
+            } else {
+                drop(idle);
+                client.close().ok();
+            }
             Ok(row.map(|row| row.get(0)))
         })
         .await
@@ -318,40 +362,170 @@ impl Drop for Replicas {
         for thread in threads {
             let _ = thread.join();
         }
+        // A client blocks on a runtime of its own when dropped, which a tokio worker may not do.
+        let idle = std::mem::take(
+            &mut *self
+                .lookups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
     }
 }
 
-/// The sending thread: sends what is queued, in order, coalescing event wake-ups; reconnects when the database
-/// comes back (what was queued while it was away is dropped: notices are wake-ups).
+/// Connects to the database at `url`, within [`CONNECT_TIMEOUT`](crate::storage::postgres::CONNECT_TIMEOUT)
+/// unless the URL says otherwise.
+fn connect(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(crate::storage::postgres::CONNECT_TIMEOUT);
+    }
+    config.connect(NoTls)
+}
+
+/// Says this replica is alive, and deletes the replicas not seen for [`DEAD_AFTER_SECS`] with their
+/// connections (one statement: a replica's row goes only with its connections). A replica found dead by the
+/// others while it lived (its database away for long) records its connections (`held`) again.
+fn heartbeat(
+    id: &str,
+    client: &mut Client,
+    held: &HashMap<String, i64>,
+) -> Result<(), postgres::Error> {
+    let row = client.query_one(
+        "INSERT INTO replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET last_seen = now()
+         RETURNING xmax = 0",
+        &[&id],
+    )?;
+    let new: bool = row.get(0);
+    if new && !held.is_empty() {
+        tracing::warn!(
+            connections = held.len(),
+            "this replica was taken for dead: recording its connections again"
+        );
+        for (client_id, connection) in held {
+            client.execute(
+                "INSERT INTO replica_connections (client_id, replica, connection) VALUES ($1, $2, $3)
+                 ON CONFLICT (client_id) DO NOTHING",
+                &[client_id, &id, connection],
+            )?;
+        }
+    }
+    let removed = client.execute(
+        &format!(
+            "WITH dead AS (
+                DELETE FROM replicas WHERE last_seen < now() - interval '{DEAD_AFTER_SECS} seconds' RETURNING id)
+             DELETE FROM replica_connections WHERE replica IN (SELECT id FROM dead)"
+        ),
+        &[],
+    )?;
+    if removed > 0 {
+        tracing::info!(
+            connections = removed,
+            "forgot the connections of replicas that stopped"
+        );
+    }
+    Ok(())
+}
+
+/// Keeps `held` (this replica's connections, as recorded) up to date with what is about to be sent.
+fn track(held: &mut HashMap<String, i64>, item: &Outbound) {
+    match item {
+        Outbound::Connected {
+            client_id,
+            connection,
+        } => {
+            held.insert(
+                client_id.clone(),
+                i64::try_from(*connection).unwrap_or(i64::MAX),
+            );
+        }
+        Outbound::Disconnected {
+            client_id,
+            connection,
+        } => {
+            let connection = i64::try_from(*connection).unwrap_or(i64::MAX);
+            if held.get(client_id) == Some(&connection) {
+                held.remove(client_id);
+            }
+        }
+        Outbound::Notice(_) => {}
+    }
+}
+
+/// Merges the event wake-ups of a batch into one (the newest event, each partition's newest), last.
+fn coalesce_events(batch: &mut Vec<Outbound>) {
+    let mut newest = None;
+    let mut heads: HashMap<u32, i64> = HashMap::new();
+    batch.retain(|item| match item {
+        Outbound::Notice(Notice::Events {
+            newest: n,
+            partitions,
+        }) => {
+            newest = newest.max(Some(*n));
+            for &(partition, seq) in partitions {
+                let head = heads.entry(partition).or_insert(seq);
+                *head = (*head).max(seq);
+            }
+            false
+        }
+        _ => true,
+    });
+    if let Some(newest) = newest {
+        let mut partitions: Vec<_> = heads.into_iter().collect();
+        partitions.sort_unstable();
+        batch.push(Outbound::Notice(Notice::Events { newest, partitions }));
+    }
+}
+
+/// The sending thread: sends what is queued, in order, as soon as it is queued, coalescing event wake-ups;
+/// says every [`HEARTBEAT`] that this replica lives; reconnects when the database comes back (what was queued
+/// while it was away is dropped: notices are wake-ups, and the connections are recorded again by the
+/// heartbeat if the others took this replica for dead). Leaving, it removes this replica's rows.
 fn send(id: &str, url: &str, client: Client, queue: &std_mpsc::Receiver<Outbound>) {
     let mut client = Some(client);
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
+    let mut held = HashMap::new();
+    let mut next_beat = Instant::now() + HEARTBEAT;
+    loop {
+        let mut batch =
+            match queue.recv_timeout(next_beat.saturating_duration_since(Instant::now())) {
+                Ok(first) => vec![first],
+                Err(std_mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            };
         batch.extend(queue.try_iter());
-        // Only the newest event wake-up of a batch matters.
-        let newest = batch
-            .iter()
-            .filter_map(|item| match item {
-                Outbound::Notice(Notice::Events { newest }) => Some(*newest),
-                _ => None,
-            })
-            .max();
-        batch.retain(|item| !matches!(item, Outbound::Notice(Notice::Events { .. })));
-        if let Some(newest) = newest {
-            batch.push(Outbound::Notice(Notice::Events { newest }));
+        coalesce_events(&mut batch);
+        for item in &batch {
+            track(&mut held, item);
         }
         if client.as_ref().is_none_or(Client::is_closed) {
-            client = Client::connect(url, NoTls)
+            client = connect(url)
                 .inspect_err(|error| tracing::warn!(%error, "replica notices: no database"))
                 .ok();
         }
         let Some(connected) = client.as_mut() else {
+            next_beat = next_beat.max(Instant::now() + HEARTBEAT);
             continue;
         };
         for item in batch {
             if let Err(error) = send_one(id, connected, item) {
                 tracing::warn!(%error, "could not tell the other replicas");
             }
+        }
+        if Instant::now() >= next_beat {
+            if let Err(error) = heartbeat(id, connected, &held) {
+                tracing::warn!(%error, "replica heartbeat failed");
+            }
+            next_beat = Instant::now() + HEARTBEAT;
+        }
+    }
+    if let Some(client) = client.as_mut().filter(|c| !c.is_closed()) {
+        let left = client
+            .execute("DELETE FROM replica_connections WHERE replica = $1", &[&id])
+            .and_then(|_| client.execute("DELETE FROM replicas WHERE id = $1", &[&id]));
+        if let Err(error) = left {
+            tracing::debug!(%error, "could not remove this replica's rows");
         }
     }
 }
@@ -423,27 +597,33 @@ fn listen(
     while !stop.load(Ordering::Relaxed) {
         let Some(listening) = client.as_mut().filter(|c| !c.is_closed()) else {
             std::thread::sleep(Duration::from_secs(1));
-            client = Client::connect(url, NoTls)
+            client = connect(url)
                 .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|()| c))
                 .inspect_err(|error| tracing::warn!(%error, "replica notices: cannot listen"))
                 .ok();
             continue;
         };
+        // Waits for the first notice at most a tick (to check `stop`), then takes those already received
+        // without waiting: a notice is acted on as soon as it arrives, never held back for company.
         let mut payloads = Vec::new();
         {
             let mut notifications = listening.notifications();
-            let mut waiting = notifications.timeout_iter(LISTEN_TICK);
-            loop {
-                match postgres::fallible_iterator::FallibleIterator::next(&mut waiting) {
-                    Ok(Some(note)) => payloads.push(note.payload().to_owned()),
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "replica notices: the connection was lost");
-                        break;
-                    }
+            match postgres::fallible_iterator::FallibleIterator::next(
+                &mut notifications.timeout_iter(LISTEN_TICK),
+            ) {
+                Ok(Some(note)) => payloads.push(note.payload().to_owned()),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "replica notices: the connection was lost");
                 }
-                if payloads.len() >= 256 {
-                    break;
+            }
+            if !payloads.is_empty() {
+                let mut pending = notifications.iter();
+                while payloads.len() < 256 {
+                    match postgres::fallible_iterator::FallibleIterator::next(&mut pending) {
+                        Ok(Some(note)) => payloads.push(note.payload().to_owned()),
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             }
         }
@@ -500,7 +680,9 @@ pub async fn serve(hub: Arc<crate::Hub>, mut notices: Received) {
                 }
             }
             Notice::Connected { client_id } => hub.close_here(&client_id),
-            Notice::Events { newest } => hub.events_appended_elsewhere(newest),
+            Notice::Events { newest, partitions } => {
+                hub.events_appended_elsewhere(newest, &partitions);
+            }
             Notice::MethodCall {
                 holder,
                 call_id,

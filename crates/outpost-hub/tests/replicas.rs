@@ -298,6 +298,37 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
         started.elapsed()
     );
 
+    // No fixed delay on the way (a listener that waited a tick after each notice took ~250 ms a patch):
+    // 20 patches one after the other, each waited for on A, take well under 20 x 100 ms.
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for x in 2..22 {
+        let sent = Instant::now();
+        let patch = TwinWrite::from_body(
+            &serde_json::json!({"properties": {"desired": {"x": x}}}),
+            false,
+        )
+        .unwrap();
+        b.write_twin("roamer", None, &patch, &Precondition::Any)
+            .await
+            .unwrap();
+        match next(&mut on_a).await {
+            Outgoing::DesiredPatch { body } => assert_eq!(body["x"], x, "{body}"),
+            other => panic!("expected the desired patch, got {other:?}"),
+        }
+        latencies.push(sent.elapsed());
+    }
+    let total = started.elapsed();
+    latencies.sort();
+    eprintln!(
+        "20 desired patches through B reached A in {total:?}: median {:?}, max {:?}",
+        latencies[10], latencies[19]
+    );
+    assert!(
+        total < Duration::from_secs(2),
+        "20 cross-replica patches took {total:?}"
+    );
+
     // A direct method made through B, answered by the device on A.
     let answering = {
         let a = a.clone();

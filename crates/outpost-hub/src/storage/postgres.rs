@@ -145,6 +145,15 @@ pub const MIGRATIONS: &[&str] = &[
         created TIMESTAMPTZ NOT NULL DEFAULT now(),
         notice TEXT NOT NULL);
 "#,
+    r#"
+    -- Replica liveness (crate::replicas): each replica's heartbeat. Connections of a replica not seen for a while
+    -- do not count and are deleted with its row; rows recorded before liveness existed have no replica row.
+    CREATE TABLE replicas (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        last_seen TIMESTAMPTZ NOT NULL DEFAULT now());
+    CREATE INDEX replica_connections_by_replica ON replica_connections (replica);
+    DELETE FROM replica_connections;
+"#,
 ];
 
 impl From<postgres::Error> for StorageError {
