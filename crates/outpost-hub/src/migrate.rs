@@ -308,6 +308,86 @@ fn write_snapshot(
 mod tests {
     use super::*;
 
+    /// A data directory with a hub (one device) and a CA.
+    fn sqlite_hub() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SqliteEngine::open(&dir.path().join(DATABASE_FILE)).unwrap();
+        crate::Hub::with_engine(
+            std::sync::Arc::new(engine),
+            "localhost",
+            &crate::eventhub::StreamSettings::default(),
+        )
+        .unwrap();
+        let engine = SqliteEngine::open(&dir.path().join(DATABASE_FILE)).unwrap();
+        let record = DeviceRecord {
+            device_id: DeviceId::new("d1").unwrap(),
+            generation_id: "g1".into(),
+            etag_counter: 7,
+            status: crate::identity::IdentityStatus::Enabled,
+            status_reason: None,
+            status_updated: chrono::Utc::now(),
+            credentials: crate::identity::Credentials::sas(None, None),
+            iot_edge: false,
+            device_scope: None,
+            parent_scopes: Vec::new(),
+        };
+        transaction(&engine, |t| t.put_device(&record)).unwrap();
+        outpost_pki::CertificateAuthority::load_or_create(dir.path(), "Outpost hub CA").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_hub_is_copied_once_and_a_non_empty_target_is_left_alone() {
+        let hub = sqlite_hub();
+        let target = SqliteEngine::in_memory().unwrap();
+        let report = migrate(hub.path(), &target).unwrap();
+        assert_eq!((report.devices, report.policies), (1, 5));
+        assert!(report.ca && report.event_hub);
+        let copied = transaction(&target, |t| {
+            Ok::<_, StorageError>((t.devices()?, t.setting(CA_SETTING)?))
+        })
+        .unwrap();
+        assert_eq!(copied.0.len(), 1);
+        assert_eq!(copied.0[0].etag_counter, 7);
+        let ca: StoredCa = serde_json::from_slice(&copied.1.unwrap()).unwrap();
+        assert_eq!(
+            ca.bundle,
+            std::fs::read_to_string(hub.path().join("ca.pem")).unwrap()
+        );
+
+        assert!(matches!(
+            migrate(hub.path(), &target),
+            Err(MigrateError::NotEmpty(_))
+        ));
+        // A target holding only a setting of the hub is not empty either, and is not written to.
+        let other = SqliteEngine::in_memory().unwrap();
+        transaction(&other, |t| t.put_setting(POLICIES_CREATED, b"1", false)).unwrap();
+        assert!(matches!(
+            migrate(hub.path(), &other),
+            Err(MigrateError::NotEmpty(_))
+        ));
+        let written = transaction(&other, |t| {
+            Ok::<_, StorageError>((
+                t.devices()?.len(),
+                t.policies()?.len(),
+                t.setting(CA_SETTING)?,
+            ))
+        })
+        .unwrap();
+        assert_eq!(written, (0, 0, None));
+    }
+
+    #[test]
+    fn a_hub_without_its_ca_is_refused() {
+        let hub = sqlite_hub();
+        std::fs::remove_file(hub.path().join("ca.key")).unwrap();
+        let target = SqliteEngine::in_memory().unwrap();
+        assert!(matches!(
+            migrate(hub.path(), &target),
+            Err(MigrateError::NoCa(_))
+        ));
+    }
+
     #[test]
     fn a_directory_without_a_hub_is_refused() {
         let dir = tempfile::tempdir().unwrap();
