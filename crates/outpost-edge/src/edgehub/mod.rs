@@ -13,6 +13,7 @@ pub mod free_space;
 pub mod link;
 pub mod methods;
 pub mod router;
+pub mod state;
 pub mod store;
 pub mod sync;
 

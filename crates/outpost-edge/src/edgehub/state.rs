@@ -1,0 +1,437 @@
+//! The edge hub's delivery state as a pure state machine, after `outpost_mqtt::session`: which clients are
+//! connected on which connection and listen for inputs, which module input endpoints the routes feed, and which
+//! input deliveries await their PUBACK. Events go in with `now`; actions come out. No I/O, no clock, no locks:
+//! one task owns it (`delivery_loop`) and carries the actions out over the message log and the client outboxes.
+//!
+//! Each endpoint reads the log with its own cursor and has at most a window of deliveries in flight. One message
+//! routed to two inputs of one module is two deliveries to the same client: the delivery id its PUBACK names
+//! carries the endpoint as well as the log sequence, so that each copy is sent, de-duplicated by the MQTT
+//! session and completed on its own. Layout of an input delivery id: bit 63 is clear (it marks C2D deliveries,
+//! see `edgehub::C2D_DELIVERY`), bits 48–62 are the endpoint's index, bits 0–47 the log sequence. The id of
+//! `(endpoint, seq)` is the same on every connection, so a resumed MQTT session that is already redelivering a
+//! message recognises the re-push.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Unacknowledged input messages per module endpoint at a time.
+pub const INPUT_WINDOW: usize = 100;
+/// Bits of the log sequence in a delivery id.
+const SEQ_BITS: u32 = 48;
+/// Input endpoints a process can tell apart: 15 bits, below the C2D bit.
+const MAX_ENDPOINTS: usize = 1 << 15;
+
+/// The delivery id of `seq` of endpoint `index`, if both fit.
+fn delivery_id(index: usize, seq: u64) -> Option<u64> {
+    (index < MAX_ENDPOINTS && seq >> SEQ_BITS == 0).then_some(((index as u64) << SEQ_BITS) | seq)
+}
+
+/// The endpoint index and log sequence a delivery id names.
+fn split_delivery_id(id: u64) -> (usize, u64) {
+    // At most 15 bits after the C2D bit is masked off: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let index = ((id & !(1 << 63)) >> SEQ_BITS) as usize;
+    (index, id & ((1 << SEQ_BITS) - 1))
+}
+
+/// A module input a route feeds: its endpoint in the log, and the client and input it is delivered to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRoute {
+    /// The endpoint's name in the log (`{device}/{module}/{input}`).
+    pub endpoint: Arc<str>,
+    /// The module's client id (`{device}/{module}`).
+    pub client: String,
+    /// The input's name.
+    pub input: String,
+}
+
+/// What happened, as the edge hub's state machine learns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The routes in force feed these inputs. Endpoints are added, never forgotten: what was stored for an input
+    /// whose route left still goes out.
+    Routes(Vec<InputRoute>),
+    /// A client connected; `inputs` says whether its (resumed) session listens for inputs.
+    Connected {
+        /// Client id.
+        client: String,
+        /// The connection, as the MQTT head numbers them.
+        connection: u64,
+        /// Whether it listens for inputs.
+        inputs: bool,
+    },
+    /// A client's subscriptions changed.
+    Subscribed {
+        /// Client id.
+        client: String,
+        /// The connection the change was made on.
+        connection: u64,
+        /// Whether it now listens for inputs.
+        inputs: bool,
+    },
+    /// A connection ended.
+    Disconnected {
+        /// Client id.
+        client: String,
+        /// The connection that ended.
+        connection: u64,
+    },
+    /// A message was stored durably in the log for these endpoints.
+    Stored(Vec<Arc<str>>),
+    /// The outcome of an [`Action::Read`]: the sequences handed out (in delivery order), and whether the
+    /// endpoint has more to hand out.
+    Read {
+        /// The endpoint read.
+        endpoint: Arc<str>,
+        /// The log sequences handed out.
+        seqs: Vec<u64>,
+        /// Whether more wait.
+        more: bool,
+    },
+    /// A client PUBACKed an input delivery on a connection.
+    Acked {
+        /// Client id.
+        client: String,
+        /// The connection the PUBACK came on.
+        connection: u64,
+        /// The delivery id it names.
+        delivery_id: u64,
+    },
+}
+
+/// What the owner of the state must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Hand out up to `max` records of the endpoint's log queue, then report them as [`Event::Read`].
+    Read {
+        /// The endpoint.
+        endpoint: Arc<str>,
+        /// How many at most.
+        max: usize,
+    },
+    /// Push a record handed out by a read to a client's input, with this delivery id.
+    Deliver {
+        /// Client id.
+        client: String,
+        /// The connection to push it on.
+        connection: u64,
+        /// The endpoint the record was read from.
+        endpoint: Arc<str>,
+        /// The input it goes to.
+        input: String,
+        /// Its log sequence.
+        seq: u64,
+        /// The id its PUBACK will name.
+        delivery_id: u64,
+    },
+    /// The endpoint's copy of the record is delivered: acknowledge it in the log.
+    Complete {
+        /// The endpoint.
+        endpoint: Arc<str>,
+        /// Its log sequence.
+        seq: u64,
+    },
+    /// The record cannot be delivered (its sequence does not fit a delivery id): dead-letter it.
+    DeadLetter {
+        /// The endpoint.
+        endpoint: Arc<str>,
+        /// Its log sequence.
+        seq: u64,
+    },
+    /// Make every record of the endpoint handed out and not acknowledged deliverable again, in order.
+    Rewind {
+        /// The endpoint.
+        endpoint: Arc<str>,
+    },
+}
+
+/// A connected client.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    connection: u64,
+    inputs: bool,
+}
+
+/// One module input endpoint.
+#[derive(Debug)]
+struct Endpoint {
+    route: InputRoute,
+    /// Deliveries awaiting their PUBACK.
+    in_flight: usize,
+    /// Whether the log may hold records not yet handed out.
+    backlog: bool,
+    /// The size of the read asked for and not yet reported (0: none).
+    reading: usize,
+    /// The connection it last delivered on: a new connection of its client gets everything again.
+    delivered_on: Option<u64>,
+}
+
+/// The edge hub's delivery state. Bounded: one entry per live connection, at most [`MAX_ENDPOINTS`] endpoints,
+/// and at most `window` deliveries in flight per endpoint.
+#[derive(Debug)]
+pub struct EdgeHubState {
+    window: usize,
+    clients: HashMap<String, Client>,
+    /// Endpoints by index (an index is never reused while the process lives: it is part of delivery ids).
+    endpoints: Vec<Endpoint>,
+    indexes: HashMap<Arc<str>, usize>,
+    /// Delivery id → the client and connection it went to.
+    in_flight: HashMap<u64, (String, u64)>,
+}
+
+impl Default for EdgeHubState {
+    fn default() -> Self {
+        Self::new(INPUT_WINDOW)
+    }
+}
+
+impl EdgeHubState {
+    /// An empty state whose endpoints each have at most `window` deliveries in flight.
+    pub fn new(window: usize) -> Self {
+        Self {
+            window: window.max(1),
+            clients: HashMap::new(),
+            endpoints: Vec::new(),
+            indexes: HashMap::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// Handles one event. `now` is taken as the MQTT session takes it; nothing on the delivery side waits
+    /// on a clock (redelivery is by reconnect, expiry is the log's).
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let _ = now;
+        match event {
+            Event::Routes(routes) => self.routes(routes),
+            Event::Connected {
+                client,
+                connection,
+                inputs,
+            } => self.connected(client, connection, inputs),
+            Event::Subscribed {
+                client,
+                connection,
+                inputs,
+            } => self.subscribed(&client, connection, inputs),
+            Event::Disconnected { client, connection } => {
+                if self
+                    .clients
+                    .get(&client)
+                    .is_some_and(|c| c.connection == connection)
+                {
+                    self.clients.remove(&client);
+                }
+                Vec::new()
+            }
+            Event::Stored(endpoints) => {
+                let mut actions = Vec::new();
+                for name in endpoints {
+                    if let Some(&index) = self.indexes.get(&name) {
+                        self.endpoints[index].backlog = true;
+                        self.pump(index, &mut actions);
+                    }
+                }
+                actions
+            }
+            Event::Read {
+                endpoint,
+                seqs,
+                more,
+            } => self.read(&endpoint, seqs, more),
+            Event::Acked {
+                client,
+                connection,
+                delivery_id,
+            } => self.acked(&client, connection, delivery_id),
+        }
+    }
+
+    /// How many deliveries of an endpoint await their PUBACK.
+    pub fn in_flight(&self, endpoint: &str) -> usize {
+        self.indexes
+            .get(endpoint)
+            .map_or(0, |&i| self.endpoints[i].in_flight)
+    }
+
+    fn routes(&mut self, routes: Vec<InputRoute>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for route in routes {
+            if self.indexes.contains_key(&route.endpoint) {
+                continue;
+            }
+            if self.endpoints.len() >= MAX_ENDPOINTS {
+                tracing::error!(endpoint = %route.endpoint, "too many input endpoints: this one is not delivered");
+                continue;
+            }
+            let index = self.endpoints.len();
+            self.indexes.insert(route.endpoint.clone(), index);
+            // Unknown until read: the log may hold records from before a restart.
+            self.endpoints.push(Endpoint {
+                route,
+                in_flight: 0,
+                backlog: true,
+                reading: 0,
+                delivered_on: None,
+            });
+            self.pump(index, &mut actions);
+        }
+        actions
+    }
+
+    fn connected(&mut self, client: String, connection: u64, inputs: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mine: Vec<usize> = self.endpoints_of(&client).collect();
+        self.clients.insert(client, Client { connection, inputs });
+        for index in mine {
+            // A new connection gets everything not acknowledged on the old one again, in order.
+            if self.endpoints[index]
+                .delivered_on
+                .is_some_and(|c| c != connection)
+            {
+                self.forget(index);
+                actions.push(Action::Rewind {
+                    endpoint: self.endpoints[index].route.endpoint.clone(),
+                });
+            }
+            self.pump(index, &mut actions);
+        }
+        actions
+    }
+
+    fn subscribed(&mut self, client: &str, connection: u64, inputs: bool) -> Vec<Action> {
+        let Some(known) = self
+            .clients
+            .get_mut(client)
+            .filter(|c| c.connection == connection)
+        else {
+            return Vec::new();
+        };
+        known.inputs = inputs;
+        let mut actions = Vec::new();
+        let mine: Vec<usize> = self.endpoints_of(client).collect();
+        for index in mine {
+            self.pump(index, &mut actions);
+        }
+        actions
+    }
+
+    fn read(&mut self, name: &str, seqs: Vec<u64>, more: bool) -> Vec<Action> {
+        let Some(&index) = self.indexes.get(name) else {
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        let endpoint = &mut self.endpoints[index];
+        endpoint.reading = 0;
+        endpoint.backlog = more;
+        let target = self
+            .clients
+            .get(&endpoint.route.client)
+            .filter(|c| c.inputs)
+            .map(|c| c.connection);
+        let Some(connection) = target else {
+            // Its client left or stopped listening while the read ran: the records go back, in order.
+            if !seqs.is_empty() {
+                endpoint.backlog = true;
+                actions.push(Action::Rewind {
+                    endpoint: endpoint.route.endpoint.clone(),
+                });
+            }
+            return actions;
+        };
+        for seq in seqs {
+            let Some(id) = delivery_id(index, seq) else {
+                tracing::error!(endpoint = %endpoint.route.endpoint, seq, "a log sequence past 2^48 cannot be delivered: dead-lettered");
+                actions.push(Action::DeadLetter {
+                    endpoint: endpoint.route.endpoint.clone(),
+                    seq,
+                });
+                continue;
+            };
+            let owner = (endpoint.route.client.clone(), connection);
+            if self.in_flight.insert(id, owner).is_none() {
+                endpoint.in_flight += 1;
+            }
+            endpoint.delivered_on = Some(connection);
+            actions.push(Action::Deliver {
+                client: endpoint.route.client.clone(),
+                connection,
+                endpoint: endpoint.route.endpoint.clone(),
+                input: endpoint.route.input.clone(),
+                seq,
+                delivery_id: id,
+            });
+        }
+        self.pump(index, &mut actions);
+        actions
+    }
+
+    fn acked(&mut self, client: &str, connection: u64, id: u64) -> Vec<Action> {
+        // Only the connection the delivery went to completes it: a late PUBACK of an older connection, or one
+        // from another client, completes nothing.
+        if self
+            .in_flight
+            .get(&id)
+            .is_none_or(|(c, n)| c != client || *n != connection)
+        {
+            return Vec::new();
+        }
+        self.in_flight.remove(&id);
+        let (index, seq) = split_delivery_id(id);
+        let Some(endpoint) = self.endpoints.get_mut(index) else {
+            return Vec::new();
+        };
+        endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
+        let mut actions = vec![Action::Complete {
+            endpoint: endpoint.route.endpoint.clone(),
+            seq,
+        }];
+        // The window has room again.
+        self.pump(index, &mut actions);
+        actions
+    }
+
+    /// Asks for a read when the endpoint may have records, its client listens, and its window has room.
+    fn pump(&mut self, index: usize, actions: &mut Vec<Action>) {
+        let endpoint = &self.endpoints[index];
+        let listening = self
+            .clients
+            .get(&endpoint.route.client)
+            .is_some_and(|c| c.inputs);
+        if !listening
+            || !endpoint.backlog
+            || endpoint.reading > 0
+            || endpoint.in_flight >= self.window
+        {
+            return;
+        }
+        let max = self.window - endpoint.in_flight;
+        let endpoint = &mut self.endpoints[index];
+        endpoint.reading = max;
+        actions.push(Action::Read {
+            endpoint: endpoint.route.endpoint.clone(),
+            max,
+        });
+    }
+
+    /// Forgets what endpoint `index` has in flight: its client connected again and gets it all again.
+    fn forget(&mut self, index: usize) {
+        self.in_flight
+            .retain(|id, _| split_delivery_id(*id).0 != index);
+        let endpoint = &mut self.endpoints[index];
+        endpoint.in_flight = 0;
+        endpoint.backlog = true;
+        endpoint.delivered_on = None;
+    }
+
+    fn endpoints_of<'a>(&'a self, client: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter(move |(_, e)| e.route.client == client)
+            .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests;
