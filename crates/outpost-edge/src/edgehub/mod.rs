@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod free_space;
+pub mod hub_loop;
 pub mod link;
 pub mod methods;
 pub mod router;
@@ -33,12 +34,13 @@ use tokio::sync::Notify;
 use crate::config::{DeviceCredentials, EdgeConfig};
 use crate::identities::IdentityCache;
 use auth::{check_token, scoped_identities, ScopeRefreshGate, ScopedIdentity};
+use hub_loop::HubLoop;
 use link::Link;
 use router::Router;
 use store::EdgeStore;
 
 /// C2D delivery ids carry this bit, so that a PUBACK tells them apart from input deliveries (whose ids name
-/// the endpoint and the log sequence, see `router::deliveries`).
+/// the endpoint and the log sequence, see [`state`]).
 const C2D_DELIVERY: u64 = 1 << 63;
 
 /// The edge hub's state, shared by the gateway, the link loops and the method API.
@@ -59,8 +61,11 @@ pub struct EdgeHub {
     pub online: AtomicBool,
     /// Connected clients by client id. A std `Mutex`: held to insert, remove or clone, never across `.await`.
     pub connections: Mutex<HashMap<String, Outbox>>,
-    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored.
+    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored (for the link's
+    /// presence and reported-patch loops).
     pub changed: Notify,
+    /// The task that owns the delivery state: clients, input endpoints, deliveries in flight.
+    hub_loop: HubLoop,
     /// Method calls waiting for their answer, from the local method API and forwarded from the hub, each
     /// bound to the client and connection the request went to.
     pub pending_methods: PendingMethods,
@@ -146,6 +151,8 @@ impl EdgeHub {
             .scope()?
             .map(|s| scoped_identities(&s))
             .unwrap_or_default();
+        // Ends when the hub is dropped, with the last sender of its channel.
+        let (hub_loop, _task) = HubLoop::start(router.log().clone(), metrics.clone());
         let free_space = free_space::FreeSpaceGuard::new(
             config.data_dir.join("edgehub").join("log"),
             config.disk.min_free_mib.saturating_mul(1 << 20),
@@ -161,6 +168,7 @@ impl EdgeHub {
             online: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            hub_loop,
             pending_methods: PendingMethods::new(methods::MAX_PENDING_METHODS),
             metrics,
             scope: Mutex::new(scope),
@@ -378,21 +386,29 @@ impl DeviceOperations for EdgeDevices {
 
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
         tracing::info!(%identity, "client connected to the edge hub");
-        lock(&self.0.connections).insert(identity.client_id(), outbox);
+        lock(&self.0.connections).insert(identity.client_id(), outbox.clone());
         self.0.changed.notify_waiters();
-        self.0.router.wake.notify_one();
+        self.0
+            .hub_loop
+            .connected(identity.client_id(), outbox)
+            .await;
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
-        let mut connections = lock(&self.0.connections);
-        if connections
-            .get(&identity.client_id())
-            .is_some_and(|o| o.connection() == connection)
         {
-            connections.remove(&identity.client_id());
+            let mut connections = lock(&self.0.connections);
+            if connections
+                .get(&identity.client_id())
+                .is_some_and(|o| o.connection() == connection)
+            {
+                connections.remove(&identity.client_id());
+            }
         }
-        drop(connections);
         self.0.changed.notify_waiters();
+        self.0
+            .hub_loop
+            .disconnected(identity.client_id(), connection)
+            .await;
     }
 
     async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
@@ -440,11 +456,13 @@ impl DeviceOperations for EdgeDevices {
             ));
         }
         let output = message.system.get("outputName").cloned();
-        self.0
+        let inputs = self
+            .0
             .router
             .accept(identity, message)
             .await
             .map_err(|e| OperationError::new(503, e.to_string()))?;
+        self.0.hub_loop.stored(inputs).await;
         self.0
             .metrics
             .message_received(&identity.client_id(), output.as_deref());
@@ -470,7 +488,7 @@ impl DeviceOperations for EdgeDevices {
         }
     }
 
-    async fn delivered(&self, identity: &Identity, delivery_id: u64) {
+    async fn delivered(&self, identity: &Identity, connection: u64, delivery_id: u64) {
         if delivery_id & C2D_DELIVERY != 0 {
             if let Err(error) = self
                 .0
@@ -481,7 +499,10 @@ impl DeviceOperations for EdgeDevices {
                 tracing::warn!(%identity, %error, "cannot complete a C2D message at the hub");
             }
         } else {
-            self.0.router.delivered(identity, delivery_id);
+            self.0
+                .hub_loop
+                .acked(identity.client_id(), connection, delivery_id)
+                .await;
         }
     }
 
@@ -494,7 +515,7 @@ impl DeviceOperations for EdgeDevices {
             tracing::warn!(client_id, %error, "cannot persist a session");
         }
         self.0.changed.notify_waiters();
-        self.0.router.wake.notify_one();
+        self.0.hub_loop.subscribed(client_id.to_owned()).await;
     }
 }
 

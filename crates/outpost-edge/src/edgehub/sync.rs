@@ -1,5 +1,6 @@
 //! The loops that keep the edge hub and the hub in step over the upstream link: connectivity, presence, pushes
 //! from the hub, the `$upstream` queue, queued reported patches, and the catch-up after every reconnect.
+//! (Module inputs are delivered by the task that owns the edge hub's state, `hub_loop`.)
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,17 +37,6 @@ pub fn start(hub: &Arc<EdgeHub>) {
     tokio::spawn(pushes(hub.clone(), declaring));
     tokio::spawn(upstream(hub.clone()));
     tokio::spawn(reported(hub.clone()));
-    tokio::spawn(inputs(hub.clone()));
-}
-
-/// Delivers routed messages to the module inputs whose modules are connected and listening.
-async fn inputs(hub: Arc<EdgeHub>) {
-    loop {
-        hub.router.deliver_inputs(&hub);
-        // Woken by a stored message or an acknowledgement (a kept permit, never lost); the timer covers clients
-        // that connect or subscribe.
-        let _ = tokio::time::timeout(Duration::from_millis(100), hub.router.wake.notified()).await;
-    }
 }
 
 fn offline(hub: &EdgeHub, error: &LinkError) {

@@ -419,7 +419,7 @@ impl<O: DeviceOperations> Driver<O> {
                     Outcome::Done
                 }
                 Operation::Delivered(id) => {
-                    ops.delivered(&identity, id).await;
+                    ops.delivered(&identity, connection, id).await;
                     Outcome::Done
                 }
                 Operation::SaveSubscriptions(filters) => {
