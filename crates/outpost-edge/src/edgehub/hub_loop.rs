@@ -1,21 +1,22 @@
-//! The task that owns the edge hub's [`EdgeHubState`]: the MQTT head, the router and the route refresh send
-//! it events over one bounded channel; it hands each to the state and carries out the actions over the drivers
-//! around it, the log's endpoint queues and the client outboxes. Nothing else touches the delivery state, so it
-//! needs no lock, and it waits on its channel alone: no timer, every change is an event.
+//! The task that owns the edge hub's [`EdgeHubState`]: the MQTT head, the router, the route refresh and the
+//! callers of direct methods (the method API, calls forwarded from the hub) send it events over one bounded
+//! channel; it hands each to the state and carries out the actions over the drivers around it: the log's
+//! endpoint queues, the client outboxes, and the callers' answer channels. Nothing else touches that state, so
+//! it needs no lock. It waits on its channel, and on a timer only while a method call waits for its deadline.
 //!
-//! The task never waits on anything but its channel (log reads are short `pread`s, pushes go to an outbox
-//! with `try_send`), so a sender blocked on a full channel always sees it drained.
+//! The task never waits on anything else (log reads are short `pread`s, pushes go to an outbox with
+//! `try_send`, answers to a `oneshot`), so a sender blocked on a full channel always sees it drained.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use outpost_mqtt::{Feature, Outbox, Outgoing};
 use outpost_store::log::{EndpointQueue, MessageLog};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::router::Stored;
-use super::state::{Action, EdgeHubState, Event, InputRoute};
+use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome};
 use crate::metrics::EdgeMetrics;
 
 /// Events waiting for the task at most; a sender past this waits its turn.
@@ -24,8 +25,20 @@ const EVENTS_CAPACITY: usize = 1024;
 /// What the task receives: an event of the state, or a change of the outboxes it pushes through.
 enum Input {
     Event(Event),
-    Connected { client: String, outbox: Outbox },
-    Subscribed { client: String },
+    Connected {
+        client: String,
+        outbox: Outbox,
+    },
+    Subscribed {
+        client: String,
+    },
+    /// A method call (its `id` is set by the task) and where its outcome goes.
+    Method {
+        call: MethodCall,
+        reply: oneshot::Sender<MethodOutcome>,
+    },
+    /// A method call's deadline passed.
+    Tick,
 }
 
 /// The sending end of the task that owns the edge hub's state; the task ends when every copy is dropped.
@@ -44,6 +57,8 @@ impl HubLoop {
             queues: HashMap::new(),
             outboxes: HashMap::new(),
             fetched: HashMap::new(),
+            callers: HashMap::new(),
+            next_call: 0,
         };
         let task = tokio::spawn(run(receiver, EdgeHubState::default(), drivers));
         (Self { events }, task)
@@ -82,6 +97,48 @@ impl HubLoop {
         }
     }
 
+    /// Calls `method` on client `target` under request id `rid` and waits for its outcome: the answer, or why
+    /// there is none (not listening, too many calls waiting, no answer within `timeout`).
+    pub async fn call_method(
+        &self,
+        target: String,
+        rid: String,
+        method: String,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> MethodOutcome {
+        let (reply, outcome) = oneshot::channel();
+        let call = MethodCall {
+            id: 0,
+            rid,
+            target,
+            method,
+            payload,
+            timeout,
+        };
+        self.send(Input::Method { call, reply }).await;
+        outcome.await.unwrap_or(MethodOutcome::TimedOut)
+    }
+
+    /// A client answered a direct method on `connection`.
+    pub async fn method_answered(
+        &self,
+        client: String,
+        connection: u64,
+        rid: String,
+        status: i32,
+        payload: Vec<u8>,
+    ) {
+        self.send(Input::Event(Event::MethodAnswered {
+            client,
+            connection,
+            rid,
+            status,
+            payload,
+        }))
+        .await;
+    }
+
     /// A client PUBACKed an input delivery on `connection`.
     pub async fn acked(&self, client: String, connection: u64, delivery_id: u64) {
         self.send(Input::Event(Event::Acked {
@@ -94,7 +151,17 @@ impl HubLoop {
 }
 
 async fn run(mut receiver: mpsc::Receiver<Input>, mut state: EdgeHubState, mut drivers: Drivers) {
-    while let Some(input) = receiver.recv().await {
+    loop {
+        let input = match state.next_deadline() {
+            Some(deadline) => tokio::select! {
+                input = receiver.recv() => input,
+                () = tokio::time::sleep_until(deadline.into()) => Some(Input::Tick),
+            },
+            None => receiver.recv().await,
+        };
+        let Some(input) = input else {
+            return;
+        };
         let Some(event) = drivers.event(input) else {
             continue;
         };
@@ -113,6 +180,10 @@ struct Drivers {
     outboxes: HashMap<String, Outbox>,
     /// Records read and not yet pushed, for the actions of the read's outcome.
     fetched: HashMap<(Arc<str>, u64), Stored>,
+    /// Where the outcome of each method call goes, by call id (as many as the state lets wait, and each
+    /// taken out when the state ends its call).
+    callers: HashMap<u64, oneshot::Sender<MethodOutcome>>,
+    next_call: u64,
 }
 
 impl Drivers {
@@ -136,6 +207,7 @@ impl Drivers {
                     client: client.clone(),
                     connection: outbox.connection(),
                     inputs: outbox.subscribed(Feature::Inputs),
+                    methods: outbox.subscribed(Feature::Methods),
                 };
                 self.outboxes.insert(client, outbox);
                 Some(event)
@@ -145,9 +217,17 @@ impl Drivers {
                 Some(Event::Subscribed {
                     connection: outbox.connection(),
                     inputs: outbox.subscribed(Feature::Inputs),
+                    methods: outbox.subscribed(Feature::Methods),
                     client,
                 })
             }
+            Input::Method { mut call, reply } => {
+                self.next_call += 1;
+                call.id = self.next_call;
+                self.callers.insert(call.id, reply);
+                Some(Event::MethodCalled(call))
+            }
+            Input::Tick => Some(Event::Tick),
         }
     }
 
@@ -181,6 +261,31 @@ impl Drivers {
                     self.queue(&endpoint).dead_letter(seq);
                 }
                 Action::Rewind { endpoint } => self.queue(&endpoint).rewind(),
+                Action::SendMethod {
+                    client,
+                    connection,
+                    rid,
+                    method,
+                    payload,
+                } => {
+                    if let Some(outbox) = self
+                        .outboxes
+                        .get(&client)
+                        .filter(|o| o.connection() == connection)
+                    {
+                        outbox.send(Outgoing::MethodRequest {
+                            rid,
+                            method,
+                            payload,
+                        });
+                    }
+                }
+                Action::MethodDone { id, outcome } => {
+                    if let Some(reply) = self.callers.remove(&id) {
+                        // The caller may have given up (its HTTP request closed): nobody to tell.
+                        let _ = reply.send(outcome);
+                    }
+                }
             }
         }
         // Records the state gave back rather than pushed were rewound in the log.

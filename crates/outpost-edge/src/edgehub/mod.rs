@@ -25,9 +25,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use outpost_core::twin::merge;
 use outpost_core::{Identity, Message, Twin};
-use outpost_mqtt::{
-    ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing, PendingMethods,
-};
+use outpost_mqtt::{ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing};
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 
@@ -64,11 +62,9 @@ pub struct EdgeHub {
     /// Signalled when clients connect, disconnect or subscribe, and when messages are stored (for the link's
     /// presence and reported-patch loops).
     pub changed: Notify,
-    /// The task that owns the delivery state: clients, input endpoints, deliveries in flight.
+    /// The task that owns the edge hub's state: clients, input endpoints, deliveries in flight, and method
+    /// calls waiting for their answer (local and forwarded from the hub).
     hub_loop: HubLoop,
-    /// Method calls waiting for their answer, from the local method API and forwarded from the hub, each
-    /// bound to the client and connection the request went to.
-    pub pending_methods: PendingMethods,
     /// Refuses new messages while the disk of the message log is low.
     pub free_space: free_space::FreeSpaceGuard,
     /// What the edge hub and the agent count (records nothing unless `[metrics] listen` is set).
@@ -169,7 +165,6 @@ impl EdgeHub {
             connections: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             hub_loop,
-            pending_methods: PendingMethods::new(methods::MAX_PENDING_METHODS),
             metrics,
             scope: Mutex::new(scope),
             unknown_client_refresh: Mutex::new(ScopeRefreshGate::default()),
@@ -478,14 +473,18 @@ impl DeviceOperations for EdgeDevices {
         status: i32,
         payload: Vec<u8>,
     ) {
-        // Local calls and calls forwarded from the hub wait in the same table (see `methods::forward`).
-        if let Err(refused) =
-            self.0
-                .pending_methods
-                .answer(&identity.client_id(), connection, rid, (status, payload))
-        {
-            tracing::warn!(client = %identity, %refused, "method answer dropped");
-        }
+        // Local calls and calls forwarded from the hub wait in the same state (see `methods::forward`); it
+        // drops and logs an answer that is not from the target on the connection the request went out on.
+        self.0
+            .hub_loop
+            .method_answered(
+                identity.client_id(),
+                connection,
+                rid.to_owned(),
+                status,
+                payload,
+            )
+            .await;
     }
 
     async fn delivered(&self, identity: &Identity, connection: u64, delivery_id: u64) {

@@ -1,7 +1,8 @@
-//! The edge hub's delivery state as a pure state machine, after `outpost_mqtt::session`: which clients are
-//! connected on which connection and listen for inputs, which module input endpoints the routes feed, and which
-//! input deliveries await their PUBACK. Events go in with `now`; actions come out. No I/O, no clock, no locks:
-//! one task owns it (`delivery_loop`) and carries the actions out over the message log and the client outboxes.
+//! The edge hub's state as a pure state machine, after `outpost_mqtt::session`: which clients are connected on
+//! which connection and listen for inputs or methods, which module input endpoints the routes feed, which input
+//! deliveries await their PUBACK, and which direct-method calls await their answer ([`methods`]). Events go in
+//! with `now`; actions come out. No I/O, no clock, no locks: one task owns it (`hub_loop`) and carries the
+//! actions out over the message log, the client outboxes and the callers of methods.
 //!
 //! Each endpoint reads the log with its own cursor and has at most a window of deliveries in flight. One message
 //! routed to two inputs of one module is two deliveries to the same client: the delivery id its PUBACK names
@@ -14,6 +15,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+pub use methods::{MethodCall, MethodOutcome, MAX_PENDING_METHODS};
+
+mod methods;
 
 /// Unacknowledged input messages per module endpoint at a time.
 pub const INPUT_WINDOW: usize = 100;
@@ -52,7 +57,7 @@ pub enum Event {
     /// The routes in force feed these inputs. Endpoints are added, never forgotten: what was stored for an input
     /// whose route left still goes out.
     Routes(Vec<InputRoute>),
-    /// A client connected; `inputs` says whether its (resumed) session listens for inputs.
+    /// A client connected; `inputs` and `methods` say what its (resumed) session listens for.
     Connected {
         /// Client id.
         client: String,
@@ -60,6 +65,8 @@ pub enum Event {
         connection: u64,
         /// Whether it listens for inputs.
         inputs: bool,
+        /// Whether it listens for direct methods.
+        methods: bool,
     },
     /// A client's subscriptions changed.
     Subscribed {
@@ -69,6 +76,8 @@ pub enum Event {
         connection: u64,
         /// Whether it now listens for inputs.
         inputs: bool,
+        /// Whether it now listens for direct methods.
+        methods: bool,
     },
     /// A connection ended.
     Disconnected {
@@ -98,6 +107,23 @@ pub enum Event {
         /// The delivery id it names.
         delivery_id: u64,
     },
+    /// A direct method is called on a client of the edge hub (from the method API, or forwarded by the hub).
+    MethodCalled(MethodCall),
+    /// A client answered a direct method on a connection.
+    MethodAnswered {
+        /// Client id.
+        client: String,
+        /// The connection the answer came on.
+        connection: u64,
+        /// The request id it answers.
+        rid: String,
+        /// The status it chose.
+        status: i32,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
+    /// Time passed: calls whose deadline is past end ([`EdgeHubState::next_deadline`] says when to send it).
+    Tick,
 }
 
 /// What the owner of the state must do.
@@ -144,6 +170,26 @@ pub enum Action {
         /// The endpoint.
         endpoint: Arc<str>,
     },
+    /// Push a direct-method request to a client.
+    SendMethod {
+        /// Client id.
+        client: String,
+        /// The connection to push it on (only an answer on this one counts).
+        connection: u64,
+        /// The request id.
+        rid: String,
+        /// The method's name.
+        method: String,
+        /// The request's payload.
+        payload: Vec<u8>,
+    },
+    /// A method call ended: tell its caller.
+    MethodDone {
+        /// The call's [`MethodCall::id`].
+        id: u64,
+        /// How it ended.
+        outcome: MethodOutcome,
+    },
 }
 
 /// A connected client.
@@ -151,6 +197,7 @@ pub enum Action {
 struct Client {
     connection: u64,
     inputs: bool,
+    methods: bool,
 }
 
 /// One module input endpoint.
@@ -167,8 +214,8 @@ struct Endpoint {
     delivered_on: Option<u64>,
 }
 
-/// The edge hub's delivery state. Bounded: one entry per live connection, at most [`MAX_ENDPOINTS`] endpoints,
-/// and at most `window` deliveries in flight per endpoint.
+/// The edge hub's state. Bounded: one entry per live connection, at most [`MAX_ENDPOINTS`] endpoints, at most
+/// `window` deliveries in flight per endpoint, and at most [`MAX_PENDING_METHODS`] method calls waiting.
 #[derive(Debug)]
 pub struct EdgeHubState {
     window: usize,
@@ -178,6 +225,7 @@ pub struct EdgeHubState {
     indexes: HashMap<Arc<str>, usize>,
     /// Delivery id → the client and connection it went to.
     in_flight: HashMap<u64, (String, u64)>,
+    methods: methods::PendingMethods,
 }
 
 impl Default for EdgeHubState {
@@ -195,25 +243,41 @@ impl EdgeHubState {
             endpoints: Vec::new(),
             indexes: HashMap::new(),
             in_flight: HashMap::new(),
+            methods: methods::PendingMethods::new(MAX_PENDING_METHODS),
         }
     }
 
-    /// Handles one event. `now` is taken as the MQTT session takes it; nothing on the delivery side waits
-    /// on a clock (redelivery is by reconnect, expiry is the log's).
+    /// The same state with at most `max` method calls waiting at once.
+    #[must_use]
+    pub fn with_max_methods(mut self, max: usize) -> Self {
+        self.methods = methods::PendingMethods::new(max);
+        self
+    }
+
+    /// Handles one event at `now`. Only method calls wait on the clock; nothing on the delivery side does
+    /// (redelivery is by reconnect, expiry is the log's).
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        let _ = now;
         match event {
             Event::Routes(routes) => self.routes(routes),
             Event::Connected {
                 client,
                 connection,
                 inputs,
-            } => self.connected(client, connection, inputs),
+                methods,
+            } => self.connected(
+                client,
+                Client {
+                    connection,
+                    inputs,
+                    methods,
+                },
+            ),
             Event::Subscribed {
                 client,
                 connection,
                 inputs,
-            } => self.subscribed(&client, connection, inputs),
+                methods,
+            } => self.subscribed(&client, connection, inputs, methods),
             Event::Disconnected { client, connection } => {
                 if self
                     .clients
@@ -244,7 +308,42 @@ impl EdgeHubState {
                 connection,
                 delivery_id,
             } => self.acked(&client, connection, delivery_id),
+            Event::MethodCalled(call) => vec![self.method_called(call, now)],
+            Event::MethodAnswered {
+                client,
+                connection,
+                rid,
+                status,
+                payload,
+            } => self
+                .methods
+                .answer(&client, connection, &rid)
+                .map(|id| Action::MethodDone {
+                    id,
+                    outcome: MethodOutcome::Answered { status, payload },
+                })
+                .into_iter()
+                .collect(),
+            Event::Tick => self
+                .methods
+                .expire(now)
+                .into_iter()
+                .map(|id| Action::MethodDone {
+                    id,
+                    outcome: MethodOutcome::TimedOut,
+                })
+                .collect(),
         }
+    }
+
+    /// When the next method call times out: the owner sends [`Event::Tick`] then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.methods.next_deadline()
+    }
+
+    /// How many method calls wait for their answer.
+    pub fn pending_methods(&self) -> usize {
+        self.methods.len()
     }
 
     /// How many deliveries of an endpoint await their PUBACK.
@@ -279,10 +378,38 @@ impl EdgeHubState {
         actions
     }
 
-    fn connected(&mut self, client: String, connection: u64, inputs: bool) -> Vec<Action> {
+    fn method_called(&mut self, call: MethodCall, now: Instant) -> Action {
+        let Some(connection) = self
+            .clients
+            .get(&call.target)
+            .filter(|c| c.methods)
+            .map(|c| c.connection)
+        else {
+            return Action::MethodDone {
+                id: call.id,
+                outcome: MethodOutcome::NotListening,
+            };
+        };
+        if let Err(outcome) = self.methods.wait(&call, connection, now) {
+            return Action::MethodDone {
+                id: call.id,
+                outcome,
+            };
+        }
+        Action::SendMethod {
+            client: call.target,
+            connection,
+            rid: call.rid,
+            method: call.method,
+            payload: call.payload,
+        }
+    }
+
+    fn connected(&mut self, client: String, state: Client) -> Vec<Action> {
         let mut actions = Vec::new();
+        let connection = state.connection;
         let mine: Vec<usize> = self.endpoints_of(&client).collect();
-        self.clients.insert(client, Client { connection, inputs });
+        self.clients.insert(client, state);
         for index in mine {
             // A new connection gets everything not acknowledged on the old one again, in order.
             if self.endpoints[index]
@@ -299,7 +426,13 @@ impl EdgeHubState {
         actions
     }
 
-    fn subscribed(&mut self, client: &str, connection: u64, inputs: bool) -> Vec<Action> {
+    fn subscribed(
+        &mut self,
+        client: &str,
+        connection: u64,
+        inputs: bool,
+        methods: bool,
+    ) -> Vec<Action> {
         let Some(known) = self
             .clients
             .get_mut(client)
@@ -308,6 +441,7 @@ impl EdgeHubState {
             return Vec::new();
         };
         known.inputs = inputs;
+        known.methods = methods;
         let mut actions = Vec::new();
         let mine: Vec<usize> = self.endpoints_of(client).collect();
         for index in mine {

@@ -156,3 +156,92 @@ async fn a_module_gets_its_inputs_once_it_subscribes() {
     harness.hub_loop.subscribed(MODULE.into()).await;
     assert_eq!(next(&mut inbox).await.1, "a");
 }
+
+async fn listening_for_methods(harness: &Harness, connection: u64) -> Inbox {
+    let (outbox, inbox) = Outbox::new(connection);
+    outbox.set_features(Feature::Methods.bit());
+    harness.hub_loop.connected(MODULE.into(), outbox).await;
+    inbox
+}
+
+#[tokio::test]
+async fn a_method_call_is_pushed_to_its_target_and_returns_the_answer_from_its_connection() {
+    let harness = Harness::new(&[]).await;
+    let mut inbox = listening_for_methods(&harness, 3).await;
+    let hub_loop = harness.hub_loop.clone();
+    let call = tokio::spawn(async move {
+        hub_loop
+            .call_method(
+                MODULE.into(),
+                "rid1".into(),
+                "reboot".into(),
+                b"{}".to_vec(),
+                Duration::from_secs(30),
+            )
+            .await
+    });
+    let pushed = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&pushed, Outgoing::MethodRequest { rid, method, .. } if rid == "rid1" && method == "reboot"),
+        "{pushed:?}"
+    );
+    // A forged answer from another connection first: dropped, the call keeps waiting.
+    harness
+        .hub_loop
+        .method_answered(MODULE.into(), 9, "rid1".into(), 500, b"forged".to_vec())
+        .await;
+    harness
+        .hub_loop
+        .method_answered(MODULE.into(), 3, "rid1".into(), 200, b"done".to_vec())
+        .await;
+    assert_eq!(
+        call.await.unwrap(),
+        MethodOutcome::Answered {
+            status: 200,
+            payload: b"done".to_vec()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_method_call_nobody_answers_times_out_on_the_tasks_timer() {
+    let harness = Harness::new(&[]).await;
+    let _inbox = listening_for_methods(&harness, 3).await;
+    let outcome = harness
+        .hub_loop
+        .call_method(
+            MODULE.into(),
+            "rid1".into(),
+            "reboot".into(),
+            Vec::new(),
+            Duration::from_millis(100),
+        )
+        .await;
+    assert_eq!(outcome, MethodOutcome::TimedOut);
+    // The late answer finds no call.
+    harness
+        .hub_loop
+        .method_answered(MODULE.into(), 3, "rid1".into(), 200, Vec::new())
+        .await;
+}
+
+#[tokio::test]
+async fn a_method_call_to_a_client_not_listening_is_refused_at_once() {
+    let harness = Harness::new(&["in1"]).await;
+    let (_outbox, _inbox) = harness.connect(1).await;
+    let outcome = harness
+        .hub_loop
+        .call_method(
+            MODULE.into(),
+            "rid1".into(),
+            "reboot".into(),
+            Vec::new(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(outcome, MethodOutcome::NotListening);
+}
