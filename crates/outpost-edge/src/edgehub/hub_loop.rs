@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use outpost_mqtt::{Feature, Outbox, Outgoing};
 use outpost_store::log::{EndpointQueue, MessageLog};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::router::Stored;
-use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome};
+use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence};
 use crate::metrics::EdgeMetrics;
 
 /// Events waiting for the task at most; a sender past this waits its turn.
@@ -45,13 +45,29 @@ enum Input {
 #[derive(Clone)]
 pub struct HubLoop {
     events: mpsc::Sender<Input>,
+    presence: watch::Receiver<Option<Presence>>,
+}
+
+/// The [`Feature`] bits an outbox's connection listens for.
+fn features(outbox: &Outbox) -> u8 {
+    [
+        Feature::CloudToDevice,
+        Feature::Inputs,
+        Feature::Methods,
+        Feature::DesiredPatches,
+    ]
+    .into_iter()
+    .filter(|f| outbox.subscribed(*f))
+    .fold(0, |bits, f| bits | f.bit())
 }
 
 impl HubLoop {
     /// Starts the task over the message log (which it reads endpoint by endpoint).
     pub fn start(log: MessageLog, metrics: EdgeMetrics) -> (Self, tokio::task::JoinHandle<()>) {
         let (events, receiver) = mpsc::channel(EVENTS_CAPACITY);
+        let (declare, presence) = watch::channel(None);
         let drivers = Drivers {
+            declare,
             log,
             metrics,
             queues: HashMap::new(),
@@ -61,7 +77,19 @@ impl HubLoop {
             next_call: 0,
         };
         let task = tokio::spawn(run(receiver, EdgeHubState::default(), drivers));
-        (Self { events }, task)
+        (Self { events, presence }, task)
+    }
+
+    /// The presence to declare to the hub: the latest only, changed each time the link comes up and each time
+    /// who listens for what changes while it is up.
+    pub fn presence(&self) -> watch::Receiver<Option<Presence>> {
+        self.presence.clone()
+    }
+
+    /// The upstream link came up or went down.
+    pub async fn link(&self, up: bool) {
+        let event = if up { Event::LinkUp } else { Event::LinkDown };
+        self.send(Input::Event(event)).await;
     }
 
     async fn send(&self, input: Input) {
@@ -172,6 +200,8 @@ async fn run(mut receiver: mpsc::Receiver<Input>, mut state: EdgeHubState, mut d
 
 /// What the state's actions are carried out with.
 struct Drivers {
+    /// Where presence declarations go (the link's presence loop sends them).
+    declare: watch::Sender<Option<Presence>>,
     log: MessageLog,
     metrics: EdgeMetrics,
     /// The log's queue of each endpoint the state named.
@@ -206,8 +236,7 @@ impl Drivers {
                 let event = Event::Connected {
                     client: client.clone(),
                     connection: outbox.connection(),
-                    inputs: outbox.subscribed(Feature::Inputs),
-                    methods: outbox.subscribed(Feature::Methods),
+                    features: features(&outbox),
                 };
                 self.outboxes.insert(client, outbox);
                 Some(event)
@@ -216,8 +245,7 @@ impl Drivers {
                 let outbox = self.outboxes.get(&client)?;
                 Some(Event::Subscribed {
                     connection: outbox.connection(),
-                    inputs: outbox.subscribed(Feature::Inputs),
-                    methods: outbox.subscribed(Feature::Methods),
+                    features: features(outbox),
                     client,
                 })
             }
@@ -279,6 +307,9 @@ impl Drivers {
                             payload,
                         });
                     }
+                }
+                Action::DeclarePresence(presence) => {
+                    self.declare.send_replace(Some(presence));
                 }
                 Action::MethodDone { id, outcome } => {
                     if let Some(reply) = self.callers.remove(&id) {

@@ -55,8 +55,12 @@ pub struct EdgeHub {
     pub router: Router,
     /// The upstream link.
     pub link: Link,
-    /// Whether the hub answered the last call.
+    /// Whether the hub answered the last call. Changed only through [`went_online`](Self::went_online) and
+    /// [`went_offline`](Self::went_offline), which tell the state; read anywhere.
     pub online: AtomicBool,
+    /// Held while a change of `online` is told to the state, so that the state learns the changes in order.
+    /// A tokio `Mutex`: held across the send.
+    link_change: tokio::sync::Mutex<()>,
     /// Connected clients by client id. A std `Mutex`: held to insert, remove or clone, never across `.await`.
     pub connections: Mutex<HashMap<String, Outbox>>,
     /// Signalled when clients connect, disconnect or subscribe, and when messages are stored (for the link's
@@ -162,6 +166,7 @@ impl EdgeHub {
             router,
             link,
             online: AtomicBool::new(false),
+            link_change: tokio::sync::Mutex::new(()),
             connections: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             hub_loop,
@@ -231,37 +236,49 @@ impl EdgeHub {
         )
     }
 
-    /// The outbox of a connected client.
-    pub fn outbox(&self, client: &str) -> Option<Outbox> {
-        lock(&self.connections).get(client).cloned()
+    /// The hub answered: the link is up (the state then declares presence).
+    pub async fn went_online(&self) {
+        let _in_order = self.link_change.lock().await;
+        if !self.online.swap(true, Ordering::AcqRel) {
+            self.hub_loop.link(true).await;
+        }
     }
 
-    /// Who is connected and what each listens for (for the hub's presence and `$edgeHub` reports).
-    pub fn presence(&self) -> Vec<(String, Vec<&'static str>)> {
-        let mut clients: Vec<(String, Vec<&'static str>)> = lock(&self.connections)
-            .iter()
-            .filter(|(_, outbox)| !outbox.is_closed())
-            .map(|(id, outbox)| {
-                let features = [
-                    (Feature::DesiredPatches, "desired"),
-                    (Feature::Methods, "methods"),
-                    (Feature::CloudToDevice, "c2d"),
-                    (Feature::Inputs, "inputs"),
-                ]
-                .into_iter()
-                .filter(|(f, _)| outbox.subscribed(*f))
-                .map(|(_, name)| name)
-                .collect();
-                (id.clone(), features)
-            })
-            .collect();
-        // The edge hub's own identity listens for its desired properties (the routes).
+    /// The hub did not answer: the link is down until the connectivity loop reaches it again. Whether it was up.
+    pub async fn went_offline(&self) -> bool {
+        let _in_order = self.link_change.lock().await;
+        if !self.online.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.metrics.went_offline();
+        self.hub_loop.link(false).await;
+        true
+    }
+
+    /// `clients` as the hub is told them: with the edge hub's own identity, which listens for its desired
+    /// properties (the routes).
+    fn with_own_identity(&self, mut clients: state::Presence) -> state::Presence {
         clients.push((
             format!("{}/$edgeHub", self.device.device_id),
             vec!["desired"],
         ));
         clients.sort();
         clients
+    }
+
+    /// The outbox of a connected client.
+    pub fn outbox(&self, client: &str) -> Option<Outbox> {
+        lock(&self.connections).get(client).cloned()
+    }
+
+    /// Who is connected and what each listens for (for the hub's presence and `$edgeHub` reports).
+    pub fn presence(&self) -> state::Presence {
+        let clients = lock(&self.connections)
+            .iter()
+            .filter(|(_, outbox)| !outbox.is_closed())
+            .map(|(id, outbox)| (id.clone(), state::feature_names(|f| outbox.subscribed(f))))
+            .collect();
+        self.with_own_identity(clients)
     }
 
     /// The twin of a client: from the hub when it answers (refreshing the cache), else the cached copy.
@@ -279,9 +296,7 @@ impl EdgeHub {
                 }
                 Err(error) => {
                     tracing::info!(client, %error, "hub unreachable: serving the cached twin");
-                    if self.online.swap(false, Ordering::AcqRel) {
-                        self.metrics.went_offline();
-                    }
+                    self.went_offline().await;
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The edge hub's state as a pure state machine, after `outpost_mqtt::session`: which clients are connected on
-//! which connection and listen for inputs or methods, which module input endpoints the routes feed, which input
-//! deliveries await their PUBACK, and which direct-method calls await their answer ([`methods`]). Events go in
-//! with `now`; actions come out. No I/O, no clock, no locks: one task owns it (`hub_loop`) and carries the
+//! which connection and what they listen for, which module input endpoints the routes feed, which input
+//! deliveries await their PUBACK, which direct-method calls await their answer ([`methods`]), and whether the
+//! upstream link is up (while it is, every change of who listens for what is declared to the hub as presence).
+//! Events go in with `now`; actions come out. No I/O, no clock, no locks: one task owns it (`hub_loop`) and carries the
 //! actions out over the message log, the client outboxes and the callers of methods.
 //!
 //! Each endpoint reads the log with its own cursor and has at most a window of deliveries in flight. One message
@@ -15,6 +16,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+use outpost_mqtt::Feature;
 
 pub use methods::{MethodCall, MethodOutcome, MAX_PENDING_METHODS};
 
@@ -57,16 +60,14 @@ pub enum Event {
     /// The routes in force feed these inputs. Endpoints are added, never forgotten: what was stored for an input
     /// whose route left still goes out.
     Routes(Vec<InputRoute>),
-    /// A client connected; `inputs` and `methods` say what its (resumed) session listens for.
+    /// A client connected.
     Connected {
         /// Client id.
         client: String,
         /// The connection, as the MQTT head numbers them.
         connection: u64,
-        /// Whether it listens for inputs.
-        inputs: bool,
-        /// Whether it listens for direct methods.
-        methods: bool,
+        /// What its (resumed) session listens for: [`Feature`] bits.
+        features: u8,
     },
     /// A client's subscriptions changed.
     Subscribed {
@@ -74,11 +75,13 @@ pub enum Event {
         client: String,
         /// The connection the change was made on.
         connection: u64,
-        /// Whether it now listens for inputs.
-        inputs: bool,
-        /// Whether it now listens for direct methods.
-        methods: bool,
+        /// What it listens for now: [`Feature`] bits.
+        features: u8,
     },
+    /// The upstream link to the hub is up.
+    LinkUp,
+    /// The upstream link to the hub is down.
+    LinkDown,
     /// A connection ended.
     Disconnected {
         /// Client id.
@@ -190,14 +193,39 @@ pub enum Action {
         /// How it ended.
         outcome: MethodOutcome,
     },
+    /// Declare to the hub who is connected here and what each listens for (the link is up, and this changed
+    /// since the last declaration on it).
+    DeclarePresence(Presence),
+}
+
+/// Connected clients by id, each with what it listens for (`desired`, `methods`, `c2d`, `inputs`), sorted.
+pub type Presence = Vec<(String, Vec<&'static str>)>;
+
+/// The presence names of the features a client listens for, in the order the hub is told them.
+pub fn feature_names(listens: impl Fn(Feature) -> bool) -> Vec<&'static str> {
+    [
+        (Feature::DesiredPatches, "desired"),
+        (Feature::Methods, "methods"),
+        (Feature::CloudToDevice, "c2d"),
+        (Feature::Inputs, "inputs"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| listens(*f))
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// A connected client.
 #[derive(Debug, Clone, Copy)]
 struct Client {
     connection: u64,
-    inputs: bool,
-    methods: bool,
+    features: u8,
+}
+
+impl Client {
+    fn listens(self, feature: Feature) -> bool {
+        self.features & feature.bit() != 0
+    }
 }
 
 /// One module input endpoint.
@@ -226,6 +254,9 @@ pub struct EdgeHubState {
     /// Delivery id → the client and connection it went to.
     in_flight: HashMap<u64, (String, u64)>,
     methods: methods::PendingMethods,
+    link_up: bool,
+    /// What was last declared on the link as it is now up (`None`: nothing yet).
+    declared: Option<Presence>,
 }
 
 impl Default for EdgeHubState {
@@ -244,6 +275,8 @@ impl EdgeHubState {
             indexes: HashMap::new(),
             in_flight: HashMap::new(),
             methods: methods::PendingMethods::new(MAX_PENDING_METHODS),
+            link_up: false,
+            declared: None,
         }
     }
 
@@ -257,27 +290,52 @@ impl EdgeHubState {
     /// Handles one event at `now`. Only method calls wait on the clock; nothing on the delivery side does
     /// (redelivery is by reconnect, expiry is the log's).
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let presence_may_change = matches!(
+            event,
+            Event::Connected { .. }
+                | Event::Subscribed { .. }
+                | Event::Disconnected { .. }
+                | Event::LinkUp
+        );
+        let mut actions = self.apply(event, now);
+        if presence_may_change && self.link_up {
+            let current = self.presence();
+            if self.declared.as_ref() != Some(&current) {
+                self.declared = Some(current.clone());
+                actions.push(Action::DeclarePresence(current));
+            }
+        }
+        actions
+    }
+
+    fn apply(&mut self, event: Event, now: Instant) -> Vec<Action> {
         match event {
+            Event::LinkUp => {
+                self.link_up = true;
+                Vec::new()
+            }
+            Event::LinkDown => {
+                self.link_up = false;
+                self.declared = None;
+                Vec::new()
+            }
             Event::Routes(routes) => self.routes(routes),
             Event::Connected {
                 client,
                 connection,
-                inputs,
-                methods,
+                features,
             } => self.connected(
                 client,
                 Client {
                     connection,
-                    inputs,
-                    methods,
+                    features,
                 },
             ),
             Event::Subscribed {
                 client,
                 connection,
-                inputs,
-                methods,
-            } => self.subscribed(&client, connection, inputs, methods),
+                features,
+            } => self.subscribed(&client, connection, features),
             Event::Disconnected { client, connection } => {
                 if self
                     .clients
@@ -341,6 +399,17 @@ impl EdgeHubState {
         self.methods.next_deadline()
     }
 
+    /// Who is connected and what each listens for, as the hub is told it.
+    pub fn presence(&self) -> Presence {
+        let mut clients: Presence = self
+            .clients
+            .iter()
+            .map(|(id, client)| (id.clone(), feature_names(|f| client.listens(f))))
+            .collect();
+        clients.sort();
+        clients
+    }
+
     /// How many method calls wait for their answer.
     pub fn pending_methods(&self) -> usize {
         self.methods.len()
@@ -382,7 +451,7 @@ impl EdgeHubState {
         let Some(connection) = self
             .clients
             .get(&call.target)
-            .filter(|c| c.methods)
+            .filter(|c| c.listens(Feature::Methods))
             .map(|c| c.connection)
         else {
             return Action::MethodDone {
@@ -426,13 +495,7 @@ impl EdgeHubState {
         actions
     }
 
-    fn subscribed(
-        &mut self,
-        client: &str,
-        connection: u64,
-        inputs: bool,
-        methods: bool,
-    ) -> Vec<Action> {
+    fn subscribed(&mut self, client: &str, connection: u64, features: u8) -> Vec<Action> {
         let Some(known) = self
             .clients
             .get_mut(client)
@@ -440,8 +503,7 @@ impl EdgeHubState {
         else {
             return Vec::new();
         };
-        known.inputs = inputs;
-        known.methods = methods;
+        known.features = features;
         let mut actions = Vec::new();
         let mine: Vec<usize> = self.endpoints_of(client).collect();
         for index in mine {
@@ -461,7 +523,7 @@ impl EdgeHubState {
         let target = self
             .clients
             .get(&endpoint.route.client)
-            .filter(|c| c.inputs)
+            .filter(|c| c.listens(Feature::Inputs))
             .map(|c| c.connection);
         let Some(connection) = target else {
             // Its client left or stopped listening while the read ran: the records go back, in order.
@@ -531,7 +593,7 @@ impl EdgeHubState {
         let listening = self
             .clients
             .get(&endpoint.route.client)
-            .is_some_and(|c| c.inputs);
+            .is_some_and(|c| c.listens(Feature::Inputs));
         if !listening
             || !endpoint.backlog
             || endpoint.reading > 0

@@ -7,6 +7,9 @@ use std::time::Duration;
 use super::*;
 
 const MODULE: &str = "edge/m";
+/// `Feature::Inputs.bit()` and `Feature::Methods.bit()` (checked below).
+const INPUTS: u8 = 2;
+const METHODS: u8 = 4;
 
 fn route(input: &str) -> InputRoute {
     InputRoute {
@@ -77,8 +80,7 @@ impl Hub {
         self.feed(Event::Connected {
             client: MODULE.to_owned(),
             connection,
-            inputs,
-            methods: false,
+            features: if inputs { INPUTS } else { 0 },
         });
     }
 
@@ -137,7 +139,9 @@ impl Hub {
                     let handed = std::mem::take(&mut queue.handed);
                     queue.waiting.extend(handed);
                 }
-                Action::SendMethod { .. } | Action::MethodDone { .. } => {
+                Action::SendMethod { .. }
+                | Action::MethodDone { .. }
+                | Action::DeclarePresence(_) => {
                     panic!("no method was called: {action:?}")
                 }
             }
@@ -298,15 +302,13 @@ fn nothing_is_read_until_the_module_listens_for_inputs() {
     hub.feed(Event::Subscribed {
         client: MODULE.into(),
         connection: 0,
-        inputs: true,
-        methods: false,
+        features: INPUTS,
     });
     assert!(hub.reads.is_empty());
     hub.feed(Event::Subscribed {
         client: MODULE.into(),
         connection: 1,
-        inputs: true,
-        methods: false,
+        features: INPUTS,
     });
     assert_eq!(Hub::seqs_to(&hub.take_pushed(), "in1"), [1]);
 }
@@ -320,8 +322,7 @@ fn records_read_after_the_client_left_go_back_in_order() {
         Event::Connected {
             client: MODULE.into(),
             connection: 1,
-            inputs: true,
-            methods: false,
+            features: INPUTS,
         },
         now,
     );
@@ -433,8 +434,7 @@ fn listening(state: &mut EdgeHubState, connection: u64, now: Instant) {
         Event::Connected {
             client: MODULE.into(),
             connection,
-            inputs: false,
-            methods: true,
+            features: METHODS,
         },
         now,
     );
@@ -508,8 +508,7 @@ fn a_method_call_to_a_client_not_listening_for_methods_ends_at_once() {
         Event::Connected {
             client: MODULE.into(),
             connection: 1,
-            inputs: true,
-            methods: false,
+            features: INPUTS,
         },
         now,
     );
@@ -582,4 +581,108 @@ fn method_calls_are_bounded_and_a_request_id_waits_once() {
         state.handle(call(5, "r5", 30), now)[..],
         [Action::SendMethod { .. }]
     ));
+}
+
+#[test]
+fn the_feature_bits_of_these_tests_are_the_mqtt_heads() {
+    assert_eq!(INPUTS, Feature::Inputs.bit());
+    assert_eq!(METHODS, Feature::Methods.bit());
+}
+
+fn connect_as(
+    state: &mut EdgeHubState,
+    client: &str,
+    connection: u64,
+    features: u8,
+) -> Vec<Action> {
+    state.handle(
+        Event::Connected {
+            client: client.into(),
+            connection,
+            features,
+        },
+        Instant::now(),
+    )
+}
+
+fn declared(actions: &[Action]) -> Vec<&Presence> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeclarePresence(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn presence_is_declared_when_the_link_comes_up_and_when_it_changes_while_up() {
+    let mut state = EdgeHubState::default();
+    let now = Instant::now();
+    assert!(
+        declared(&connect_as(&mut state, "edge/b", 1, METHODS)).is_empty(),
+        "link down"
+    );
+    let up = state.handle(Event::LinkUp, now);
+    assert_eq!(
+        declared(&up),
+        [&vec![("edge/b".to_owned(), vec!["methods"])]]
+    );
+    let more = connect_as(
+        &mut state,
+        "edge/a",
+        2,
+        INPUTS | Feature::DesiredPatches.bit(),
+    );
+    assert_eq!(
+        declared(&more),
+        [&vec![
+            ("edge/a".to_owned(), vec!["desired", "inputs"]),
+            ("edge/b".to_owned(), vec!["methods"]),
+        ]]
+    );
+    // The same subscriptions again, a stale disconnect, or a message stored: nothing new to declare.
+    let same = state.handle(
+        Event::Subscribed {
+            client: "edge/b".into(),
+            connection: 1,
+            features: METHODS,
+        },
+        now,
+    );
+    assert!(declared(&same).is_empty());
+    let stale = state.handle(
+        Event::Disconnected {
+            client: "edge/b".into(),
+            connection: 9,
+        },
+        now,
+    );
+    assert!(declared(&stale).is_empty());
+    let gone = state.handle(
+        Event::Disconnected {
+            client: "edge/b".into(),
+            connection: 1,
+        },
+        now,
+    );
+    assert_eq!(
+        declared(&gone),
+        [&vec![("edge/a".to_owned(), vec!["desired", "inputs"])]]
+    );
+}
+
+#[test]
+fn after_the_link_went_down_and_up_presence_is_declared_again_even_unchanged() {
+    let mut state = EdgeHubState::default();
+    let now = Instant::now();
+    connect_as(&mut state, "edge/a", 1, 0);
+    assert_eq!(declared(&state.handle(Event::LinkUp, now)).len(), 1);
+    assert!(declared(&state.handle(Event::LinkUp, now)).is_empty());
+    assert!(state.handle(Event::LinkDown, now).is_empty());
+    assert!(declared(&connect_as(&mut state, "edge/a", 2, 0)).is_empty());
+    assert_eq!(
+        declared(&state.handle(Event::LinkUp, now)),
+        [&vec![("edge/a".to_owned(), Vec::<&str>::new())]]
+    );
 }
