@@ -63,8 +63,8 @@ pub struct EdgeHub {
     link_change: tokio::sync::Mutex<()>,
     /// Connected clients by client id. A std `Mutex`: held to insert, remove or clone, never across `.await`.
     pub connections: Mutex<HashMap<String, Outbox>>,
-    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored (for the link's
-    /// presence and reported-patch loops).
+    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored or reported
+    /// patches queued (the link's `$upstream` and reported-patch loops wait on it).
     pub changed: Notify,
     /// The task that owns the edge hub's state: clients, input endpoints, deliveries in flight, and method
     /// calls waiting for their answer (local and forwarded from the hub).

@@ -1,6 +1,7 @@
 //! The loops that keep the edge hub and the hub in step over the upstream link: connectivity, presence, pushes
 //! from the hub, the `$upstream` queue, queued reported patches, and the catch-up after every reconnect.
-//! (Module inputs are delivered by the task that owns the edge hub's state, `hub_loop`.)
+//! Module inputs, method calls and the presence to declare come from the task that owns the edge hub's state
+//! (`hub_loop`); these loops tell it when the link goes up or down.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
