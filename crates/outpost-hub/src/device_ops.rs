@@ -127,7 +127,7 @@ impl DeviceOperations for HubDevices {
             .method_answered(identity, connection, rid, status, payload);
     }
 
-    async fn delivered(&self, identity: &Identity, delivery_id: u64) {
+    async fn delivered(&self, identity: &Identity, _connection: u64, delivery_id: u64) {
         self.0.complete_c2d(identity, delivery_id).await;
     }
 

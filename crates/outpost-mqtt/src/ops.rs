@@ -48,8 +48,9 @@ pub trait DeviceOperations: Send + Sync + 'static {
         status: i32,
         payload: Vec<u8>,
     );
-    /// The client PUBACKed a C2D or input message that was pushed with this delivery id.
-    async fn delivered(&self, identity: &Identity, delivery_id: u64);
+    /// The client PUBACKed, on connection `connection`, a C2D or input message that was pushed with this
+    /// delivery id (a backend may accept it only from the connection the message went to).
+    async fn delivered(&self, identity: &Identity, connection: u64, delivery_id: u64);
     /// Persisted session state for CleanSession=0 (subscription filters by client id), so sessions survive restarts.
     async fn load_subscriptions(&self, client_id: &str) -> Vec<String>;
     /// Stores the full filter list after every change; an empty list for a clean session means "forget".

@@ -549,7 +549,7 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                     Outcome::Done
                 }
                 Operation::Delivered(id) => {
-                    ops.delivered(&identity, id).await;
+                    ops.delivered(&identity, connection, id).await;
                     Outcome::Done
                 }
                 Operation::SaveSubscriptions(filters) => {

@@ -219,7 +219,7 @@ impl DeviceOperations for FakeBackend {
         self.record(|s| s.method_responses.push((rid.to_owned(), status, payload)));
     }
 
-    async fn delivered(&self, _identity: &Identity, delivery_id: u64) {
+    async fn delivered(&self, _identity: &Identity, _connection: u64, delivery_id: u64) {
         self.record(|s| s.delivered.push(delivery_id));
     }
 

@@ -184,9 +184,9 @@ impl DeviceOperations for GatewayDevices {
             .await;
     }
 
-    async fn delivered(&self, identity: &Identity, delivery_id: u64) {
+    async fn delivered(&self, identity: &Identity, connection: u64, delivery_id: u64) {
         if delivery_id < INPUT_DELIVERY_BASE {
-            self.hub.delivered(identity, delivery_id).await;
+            self.hub.delivered(identity, connection, delivery_id).await;
         }
     }
 
