@@ -14,7 +14,7 @@ use std::time::Duration;
 use outpost_mqtt::Feature;
 use serde_json::{json, Value};
 use support::gateway::TestGateway;
-use support::{eventually, ModuleProcess, TestHub};
+use support::{eventually, within, ModuleProcess, TestHub};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_filter");
 
@@ -77,8 +77,10 @@ async fn the_filter_forwards_only_readings_above_the_threshold_it_reports() {
     let mut filter =
         ModuleProcess::start(BINARY, &connection_string, &hub.ca_path(), hub.dir.path());
 
-    eventually("threshold 30 reported", || {
-        hub.reported("edge-1", Some("filter"))["TemperatureThreshold"] == 30.0
+    within("threshold 30 reported", async {
+        while hub.reported("edge-1", Some("filter")).await["TemperatureThreshold"] != 30.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
     eventually("the filter to listen on its inputs", || {
@@ -103,8 +105,10 @@ async fn the_filter_forwards_only_readings_above_the_threshold_it_reports() {
         json!({"TemperatureThreshold": 36.5}),
     )
     .await;
-    eventually("threshold 36.5 reported", || {
-        hub.reported("edge-1", Some("filter"))["TemperatureThreshold"] == 36.5
+    within("threshold 36.5 reported", async {
+        while hub.reported("edge-1", Some("filter")).await["TemperatureThreshold"] != 36.5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
     let after = hub.newest_event();
@@ -124,8 +128,10 @@ async fn the_filter_connects_to_the_hub_directly_and_reports_the_default_thresho
     let hub = TestHub::start().await;
     let connection_string = hub.create_module("edge-1", "filter").await;
     let filter = ModuleProcess::start(BINARY, &connection_string, &hub.ca_path(), hub.dir.path());
-    eventually("the default threshold reported", || {
-        hub.reported("edge-1", Some("filter"))["TemperatureThreshold"] == 25.0
+    within("the default threshold reported", async {
+        while hub.reported("edge-1", Some("filter")).await["TemperatureThreshold"] != 25.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
     let status = filter.terminate().await;

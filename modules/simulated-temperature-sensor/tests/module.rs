@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use outpost_hub::messaging::MethodCall;
 use serde_json::{json, Value};
-use support::{eventually, ModuleProcess, TestHub};
+use support::{within, ModuleProcess, TestHub};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_simulated-temperature-sensor");
 
@@ -39,9 +39,14 @@ async fn the_sensor_sends_readings_obeys_send_interval_and_send_data_and_answers
         ModuleProcess::start(BINARY, &connection_string, &hub.ca_path(), hub.dir.path());
 
     // It applies the desired properties and reports what it applies.
-    eventually("SendInterval 0.3 reported", || {
-        let reported = hub.reported("edge-1", Some("sensor"));
-        reported["SendInterval"] == 0.3 && reported["SendData"] == true
+    within("SendInterval 0.3 reported", async {
+        loop {
+            let reported = hub.reported("edge-1", Some("sensor")).await;
+            if reported["SendInterval"] == 0.3 && reported["SendData"] == true {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
 
@@ -65,8 +70,10 @@ async fn the_sensor_sends_readings_obeys_send_interval_and_send_data_and_answers
     // SendData false stops the readings.
     hub.patch_desired("edge-1", Some("sensor"), json!({"SendData": false}))
         .await;
-    eventually("SendData false reported", || {
-        hub.reported("edge-1", Some("sensor"))["SendData"] == false
+    within("SendData false reported", async {
+        while hub.reported("edge-1", Some("sensor")).await["SendData"] != false {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

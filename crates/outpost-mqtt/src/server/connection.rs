@@ -605,7 +605,7 @@ mod tests {
             Ok(())
         }
         async fn method_response(&self, _: &Identity, _: u64, _: &str, _: i32, _: Vec<u8>) {}
-        async fn delivered(&self, _: &Identity, _: u64) {}
+        async fn delivered(&self, _: &Identity, _: u64, _: u64) {}
         async fn load_subscriptions(&self, _: &str) -> Vec<String> {
             Vec::new()
         }
