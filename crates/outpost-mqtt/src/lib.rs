@@ -19,7 +19,7 @@ pub mod topic;
 
 pub use client::{Client, ClientError};
 pub use io::ReadError;
-pub use methods::{MethodAnswer, PendingMethods};
+pub use methods::{MethodAnswer, MethodTable, PendingMethods};
 pub use ops::{
     ConnectRefusal, DeviceOperations, Feature, Inbox, OperationError, Outbox, OutboxOverflow,
     Outgoing,

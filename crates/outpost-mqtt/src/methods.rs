@@ -43,19 +43,100 @@ pub enum AnswerError {
     },
 }
 
-struct Waiting {
+/// A call whose request went out: who it went to, on which connection, and what waits for its answer.
+#[derive(Debug)]
+struct Waiting<W> {
     /// The client id (`d` or `d/m`) the request was sent to.
     target: String,
     /// The connection it was sent on.
     connection: u64,
-    answer: oneshot::Sender<MethodAnswer>,
+    waiter: W,
 }
 
-/// Method calls waiting for their answer, by request id.
-pub struct PendingMethods {
-    /// A std `Mutex`: held for one map operation, never across an `.await`.
-    calls: Mutex<HashMap<String, Waiting>>,
+/// The binding rule of direct-method calls, without I/O: calls by request id, each bound to its target and
+/// connection, bounded. `W` is what waits for the answer: a channel in [`PendingMethods`] (the hub), a call
+/// handle in the edge hub's state machine.
+#[derive(Debug)]
+pub struct MethodTable<W> {
+    calls: HashMap<String, Waiting<W>>,
     max_calls: usize,
+}
+
+impl<W> MethodTable<W> {
+    /// A table holding at most `max_calls` waiting calls.
+    pub fn new(max_calls: usize) -> Self {
+        Self {
+            calls: HashMap::new(),
+            max_calls,
+        }
+    }
+
+    /// Registers a call sent to `target` on `connection` under `rid`; refused past the limit, or when a call
+    /// with that id waits already.
+    pub fn insert(
+        &mut self,
+        rid: &str,
+        target: &str,
+        connection: u64,
+        waiter: W,
+    ) -> Result<(), CallError> {
+        if self.calls.len() >= self.max_calls {
+            return Err(CallError::TooManyCalls(self.max_calls));
+        }
+        if self.calls.contains_key(rid) {
+            return Err(CallError::DuplicateRequestId(rid.to_owned()));
+        }
+        self.calls.insert(
+            rid.to_owned(),
+            Waiting {
+                target: target.to_owned(),
+                connection,
+                waiter,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes an answer from `from` (a client id) on `connection`: the call's waiter, only if the answer came
+    /// from the call's target on the connection the request went out on. A refused answer leaves the call
+    /// waiting.
+    pub fn answer(&mut self, from: &str, connection: u64, rid: &str) -> Result<W, AnswerError> {
+        let waiting = self
+            .calls
+            .get(rid)
+            .ok_or_else(|| AnswerError::Unknown(rid.to_owned()))?;
+        if waiting.target != from || waiting.connection != connection {
+            return Err(AnswerError::NotTheTarget {
+                rid: rid.to_owned(),
+                target: waiting.target.clone(),
+                from: from.to_owned(),
+            });
+        }
+        self.remove(rid)
+            .ok_or_else(|| AnswerError::Unknown(rid.to_owned()))
+    }
+
+    /// Forgets a call (it timed out, or its caller went away): its waiter, if it was waiting.
+    pub fn remove(&mut self, rid: &str) -> Option<W> {
+        self.calls.remove(rid).map(|waiting| waiting.waiter)
+    }
+
+    /// Calls waiting.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether no call waits.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+}
+
+/// Method calls waiting for their answer, by request id, shared by the tasks that send requests and the
+/// connections that read the answers.
+pub struct PendingMethods {
+    /// A std `Mutex`: held for one table operation, never across an `.await`.
+    calls: Mutex<MethodTable<oneshot::Sender<MethodAnswer>>>,
 }
 
 /// A registered call: its request id, and the answer to wait for. Dropping it forgets the call.
@@ -86,12 +167,11 @@ impl PendingMethods {
     /// A table holding at most `max_calls` waiting calls.
     pub fn new(max_calls: usize) -> Self {
         Self {
-            calls: Mutex::new(HashMap::new()),
-            max_calls,
+            calls: Mutex::new(MethodTable::new(max_calls)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MethodTable<oneshot::Sender<MethodAnswer>>> {
         self.calls
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -110,21 +190,7 @@ impl PendingMethods {
         connection: u64,
     ) -> Result<PendingCall<'_>, CallError> {
         let (answer_tx, answer) = oneshot::channel();
-        let mut calls = self.lock();
-        if calls.len() >= self.max_calls {
-            return Err(CallError::TooManyCalls(self.max_calls));
-        }
-        if calls.contains_key(&rid) {
-            return Err(CallError::DuplicateRequestId(rid));
-        }
-        calls.insert(
-            rid.clone(),
-            Waiting {
-                target: target.to_owned(),
-                connection,
-                answer: answer_tx,
-            },
-        );
+        self.lock().insert(&rid, target, connection, answer_tx)?;
         Ok(PendingCall {
             rid,
             answer,
@@ -141,20 +207,9 @@ impl PendingMethods {
         rid: &str,
         answer: MethodAnswer,
     ) -> Result<(), AnswerError> {
-        let mut calls = self.lock();
-        let waiting = calls
-            .get(rid)
-            .ok_or_else(|| AnswerError::Unknown(rid.to_owned()))?;
-        if waiting.target != from || waiting.connection != connection {
-            return Err(AnswerError::NotTheTarget {
-                rid: rid.to_owned(),
-                target: waiting.target.clone(),
-                from: from.to_owned(),
-            });
-        }
-        if let Some(waiting) = calls.remove(rid) {
-            let _ = waiting.answer.send(answer);
-        }
+        let waiter = self.lock().answer(from, connection, rid)?;
+        // The caller may have stopped waiting as the answer came: the answer is accepted either way.
+        let _ = waiter.send(answer);
         Ok(())
     }
 

@@ -3,8 +3,10 @@
 //! answer it; an answer from anyone else is dropped and logged, and the call keeps waiting for its real answer
 //! or its deadline. Bounded: at most `max` calls wait at once, each for at most its timeout.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+use outpost_mqtt::methods::{CallError, MethodTable};
 
 /// Method calls that may wait for their answers at once (local and forwarded from the hub); past this a
 /// call is refused ([`MethodOutcome::TooManyCalls`]).
@@ -47,29 +49,26 @@ pub enum MethodOutcome {
     TimedOut,
 }
 
-/// A call whose request went out.
+/// A waiting call's handle and deadline (its target and connection are kept by the shared [`MethodTable`]).
 #[derive(Debug)]
 struct Waiting {
     id: u64,
-    target: String,
-    connection: u64,
     deadline: Instant,
 }
 
-/// The waiting calls by request id, and their deadlines in order.
+/// The waiting calls by request id, bound to their targets' connections by outpost-mqtt's [`MethodTable`]
+/// (the rule the hub applies too), and their deadlines in order.
 #[derive(Debug)]
 pub(super) struct PendingMethods {
-    calls: HashMap<String, Waiting>,
+    calls: MethodTable<Waiting>,
     deadlines: BTreeSet<(Instant, String)>,
-    max: usize,
 }
 
 impl PendingMethods {
     pub(super) fn new(max: usize) -> Self {
         Self {
-            calls: HashMap::new(),
+            calls: MethodTable::new(max),
             deadlines: BTreeSet::new(),
-            max,
         }
     }
 
@@ -80,45 +79,34 @@ impl PendingMethods {
         connection: u64,
         now: Instant,
     ) -> Result<(), MethodOutcome> {
-        if self.calls.len() >= self.max {
-            return Err(MethodOutcome::TooManyCalls(self.max));
-        }
-        if self.calls.contains_key(&call.rid) {
-            return Err(MethodOutcome::DuplicateRequestId);
-        }
         let deadline = now + call.timeout;
+        let waiting = Waiting {
+            id: call.id,
+            deadline,
+        };
+        self.calls
+            .insert(&call.rid, &call.target, connection, waiting)
+            .map_err(|error| match error {
+                CallError::TooManyCalls(max) => MethodOutcome::TooManyCalls(max),
+                CallError::DuplicateRequestId(_) => MethodOutcome::DuplicateRequestId,
+            })?;
         self.deadlines.insert((deadline, call.rid.clone()));
-        self.calls.insert(
-            call.rid.clone(),
-            Waiting {
-                id: call.id,
-                target: call.target.clone(),
-                connection,
-                deadline,
-            },
-        );
         Ok(())
     }
 
     /// Takes an answer from `from` on `connection`: the id of the call it ends, if it came from the call's
     /// target on the connection the request went out on.
     pub(super) fn answer(&mut self, from: &str, connection: u64, rid: &str) -> Option<u64> {
-        let Some(waiting) = self.calls.get(rid) else {
-            tracing::warn!(
-                client = from,
-                rid,
-                "method answer dropped: no call waits for it"
-            );
-            return None;
-        };
-        if waiting.target != from || waiting.connection != connection {
-            tracing::warn!(client = from, connection, rid, target = %waiting.target,
-                "method answer dropped: the request was not sent to this client on this connection");
-            return None;
+        match self.calls.answer(from, connection, rid) {
+            Ok(waiting) => {
+                self.deadlines.remove(&(waiting.deadline, rid.to_owned()));
+                Some(waiting.id)
+            }
+            Err(error) => {
+                tracing::warn!(client = from, connection, rid, %error, "method answer dropped");
+                None
+            }
         }
-        let waiting = self.calls.remove(rid)?;
-        self.deadlines.remove(&(waiting.deadline, rid.to_owned()));
-        Some(waiting.id)
     }
 
     /// The ids of the calls whose deadline is past at `now`; they wait no longer.
