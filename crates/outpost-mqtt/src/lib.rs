@@ -21,8 +21,8 @@ pub use client::{Client, ClientError};
 pub use io::ReadError;
 pub use methods::{MethodAnswer, MethodTable, PendingMethods};
 pub use ops::{
-    ConnectRefusal, DeviceOperations, Feature, Inbox, OperationError, Outbox, OutboxOverflow,
-    Outgoing,
+    ConnectRefusal, ConnectionTable, DeviceOperations, Feature, Inbox, OperationError, Outbox,
+    OutboxOverflow, Outgoing,
 };
 pub use packet::*;
 pub use server::{serve, ServerConfig, DEFAULT_MAX_PACKET_SIZE};

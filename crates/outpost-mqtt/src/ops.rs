@@ -356,9 +356,133 @@ impl Drop for Outbox {
     }
 }
 
+/// The live connections of a protocol head's owner by client id (`d` or `d/m`): the newest connection of each
+/// identity, as the hub and the edge hub both keep them.
+///
+/// A std `Mutex`: held for one map operation, never across an `.await`.
+#[derive(Debug, Default)]
+pub struct ConnectionTable {
+    outboxes: Mutex<std::collections::HashMap<String, Outbox>>,
+}
+
+impl ConnectionTable {
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<String, Outbox>> {
+        self.outboxes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `outbox` as `client_id`'s connection; the one it replaces, if any.
+    pub fn connected(&self, client_id: String, outbox: Outbox) -> Option<Outbox> {
+        self.lock().insert(client_id, outbox)
+    }
+
+    /// Forgets `client_id`'s connection `connection`, unless a newer one has replaced it; whether it did.
+    pub fn disconnected(&self, client_id: &str, connection: u64) -> bool {
+        let mut outboxes = self.lock();
+        let current = outboxes
+            .get(client_id)
+            .is_some_and(|outbox| outbox.connection() == connection);
+        if current {
+            outboxes.remove(client_id);
+        }
+        current
+    }
+
+    /// The outbox of a connected client.
+    pub fn get(&self, client_id: &str) -> Option<Outbox> {
+        self.lock().get(client_id).cloned()
+    }
+
+    /// Whether a client is connected.
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.lock().contains_key(client_id)
+    }
+
+    /// Closes the connection of one client; whether it had one.
+    pub fn close(&self, client_id: &str) -> bool {
+        self.get(client_id)
+            .is_some_and(|outbox| outbox.send(Outgoing::Close))
+    }
+
+    /// Closes the connections of a device and of all its modules.
+    pub fn close_device(&self, device: &str) {
+        let prefix = format!("{device}/");
+        for (client_id, outbox) in self.lock().iter() {
+            if client_id == device || client_id.starts_with(&prefix) {
+                outbox.send(Outgoing::Close);
+            }
+        }
+    }
+
+    /// Each connected client's id with what `f` makes of its outbox.
+    pub fn map<T>(&self, mut f: impl FnMut(&str, &Outbox) -> T) -> Vec<T> {
+        self.lock()
+            .iter()
+            .map(|(client_id, outbox)| f(client_id, outbox))
+            .collect()
+    }
+
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_disconnect_leaves_the_newer_connection_in_the_table() {
+        let table = ConnectionTable::default();
+        let (first, _first_inbox) = Outbox::new(1);
+        let (second, _second_inbox) = Outbox::new(2);
+        assert!(table.connected("d".into(), first).is_none());
+        let replaced = table
+            .connected("d".into(), second)
+            .expect("the first is replaced");
+        assert_eq!(replaced.connection(), 1);
+        assert!(
+            !table.disconnected("d", 1),
+            "connection 1 is not the current one"
+        );
+        assert_eq!(table.get("d").map(|o| o.connection()), Some(2));
+        assert!(table.disconnected("d", 2));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn closing_a_device_closes_its_modules_and_not_its_namesakes() {
+        let table = ConnectionTable::default();
+        let mut inboxes = Vec::new();
+        for (n, client) in ["d", "d/m1", "d/m2", "d2", "d2/m1"].into_iter().enumerate() {
+            let (outbox, inbox) = Outbox::new(n as u64);
+            table.connected(client.into(), outbox);
+            inboxes.push((client, inbox));
+        }
+        table.close_device("d");
+        for (client, inbox) in &mut inboxes {
+            let closed = matches!(
+                futures_poll_once(inbox.recv()),
+                Some(Some(Ok(Outgoing::Close)))
+            );
+            assert_eq!(closed, !client.starts_with("d2"), "{client}");
+        }
+    }
+
+    /// Polls a future once: its output if it was ready.
+    fn futures_poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let mut context = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        }
+    }
 
     #[test]
     fn an_outbox_reports_the_features_it_was_given() {

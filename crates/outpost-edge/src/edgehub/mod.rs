@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use outpost_core::twin::merge;
 use outpost_core::{Identity, Message, Twin};
-use outpost_mqtt::{ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing};
+use outpost_mqtt::{
+    ConnectRefusal, ConnectionTable, DeviceOperations, Feature, OperationError, Outbox, Outgoing,
+};
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 
@@ -62,7 +64,7 @@ pub struct EdgeHub {
     /// A tokio `Mutex`: held across the send.
     link_change: tokio::sync::Mutex<()>,
     /// Connected clients by client id. A std `Mutex`: held to insert, remove or clone, never across `.await`.
-    pub connections: Mutex<HashMap<String, Outbox>>,
+    pub connections: ConnectionTable,
     /// Signalled when clients connect, disconnect or subscribe, and when messages are stored or reported
     /// patches queued (the link's `$upstream` and reported-patch loops wait on it).
     pub changed: Notify,
@@ -167,7 +169,7 @@ impl EdgeHub {
             link,
             online: AtomicBool::new(false),
             link_change: tokio::sync::Mutex::new(()),
-            connections: Mutex::new(HashMap::new()),
+            connections: ConnectionTable::default(),
             changed: Notify::new(),
             hub_loop,
             metrics,
@@ -268,15 +270,23 @@ impl EdgeHub {
 
     /// The outbox of a connected client.
     pub fn outbox(&self, client: &str) -> Option<Outbox> {
-        lock(&self.connections).get(client).cloned()
+        self.connections.get(client)
     }
 
     /// Who is connected and what each listens for (for the hub's presence and `$edgeHub` reports).
     pub fn presence(&self) -> state::Presence {
-        let clients = lock(&self.connections)
-            .iter()
-            .filter(|(_, outbox)| !outbox.is_closed())
-            .map(|(id, outbox)| (id.clone(), state::feature_names(|f| outbox.subscribed(f))))
+        let clients = self
+            .connections
+            .map(|id, outbox| {
+                (!outbox.is_closed()).then(|| {
+                    (
+                        id.to_owned(),
+                        state::feature_names(|f| outbox.subscribed(f)),
+                    )
+                })
+            })
+            .into_iter()
+            .flatten()
             .collect();
         self.with_own_identity(clients)
     }
@@ -396,7 +406,9 @@ impl DeviceOperations for EdgeDevices {
 
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
         tracing::info!(%identity, "client connected to the edge hub");
-        lock(&self.0.connections).insert(identity.client_id(), outbox.clone());
+        self.0
+            .connections
+            .connected(identity.client_id(), outbox.clone());
         self.0.changed.notify_waiters();
         self.0
             .hub_loop
@@ -405,15 +417,9 @@ impl DeviceOperations for EdgeDevices {
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
-        {
-            let mut connections = lock(&self.0.connections);
-            if connections
-                .get(&identity.client_id())
-                .is_some_and(|o| o.connection() == connection)
-            {
-                connections.remove(&identity.client_id());
-            }
-        }
+        self.0
+            .connections
+            .disconnected(&identity.client_id(), connection);
         self.0.changed.notify_waiters();
         self.0
             .hub_loop
