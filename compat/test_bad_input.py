@@ -14,7 +14,10 @@ from harness import (
     service_sas, set_handler, subscribe_packet,
 )
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 # ---------------------------------------------------------------------------------------------------
 # REST

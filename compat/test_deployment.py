@@ -13,7 +13,10 @@ from msrest.exceptions import HttpOperationError
 
 from harness import set_handler
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 FILTER_CREATE_OPTIONS = json.dumps({"HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": "8080"}]}}})
 
