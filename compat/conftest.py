@@ -9,15 +9,14 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
 from edge_harness import Edge
-from harness import (Hub, LoopbackPool, Postgres, ReplicatedHub, free_port, hub_on_standard_ports, outpost_bin,
-                     run_with_timeout)
+from harness import (Hub, LoopbackPool, Postgres, ReplicatedHub, binary_has_database_flag, free_port,
+                     hub_on_standard_ports, outpost_bin, run_with_timeout)
 
 # A hung SDK call must fail its test, not the whole CI run: every test (setup, call, teardown) gets this long.
 TEST_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_TEST_TIMEOUT", "120"))
@@ -105,18 +104,6 @@ def loopback() -> LoopbackPool:
 def hub_setup(request) -> str:
     """The set-up of this test's hubs: `sqlite` unless the test is parametrized by `hub_setups`."""
     return getattr(request, "param", "sqlite")
-
-
-_database_flag: dict[str, bool] = {}
-
-
-def binary_has_database_flag(binary: Path) -> bool:
-    """Whether `outpost hub serve` takes `--database` (the PostgreSQL engine has landed in this binary)."""
-    key = str(binary)
-    if key not in _database_flag:
-        cp = subprocess.run([str(binary), "hub", "serve", "--help"], capture_output=True, text=True, timeout=30)
-        _database_flag[key] = "--database" in cp.stdout
-    return _database_flag[key]
 
 
 @pytest.fixture(scope="session")

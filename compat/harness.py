@@ -602,6 +602,19 @@ def postgres_bin_dir() -> Path | None:
     return dirs[-1] if dirs and (dirs[-1] / "initdb").is_file() else None
 
 
+_database_flag: dict[str, bool] = {}
+
+
+def binary_has_database_flag(binary: Path) -> bool:
+    """Whether `outpost hub serve` takes `--database` (the PostgreSQL engine has landed in this binary)."""
+    key = str(binary)
+    if key not in _database_flag:
+        cp = subprocess.run([str(binary), "hub", "serve", "--help"], capture_output=True, text=True, timeout=30)
+        _database_flag[key] = "--database" in cp.stdout
+    return _database_flag[key]
+
+
+
 class Postgres:
     """A throwaway PostgreSQL server run by scripts/postgres.sh on 127.0.0.1:PORT (trust auth, user `outpost`
     who may create databases). `create_database()` gives each hub set-up a fresh database of its own."""
