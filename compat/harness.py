@@ -685,7 +685,7 @@ class ReplicatedHub(Hub):
         self.replicas = []
         for i, host in enumerate(hosts):
             data_dir = work_dir / f"replica{i}-data"
-            data_dir.mkdir(exist_ok=True)
+            data_dir.mkdir(parents=True, exist_ok=True)
             self.replicas.append(Hub(data_dir, host, port, work_dir / f"replica{i}.log", database=database,
                                      public_host=front))
         self.haproxy: subprocess.Popen | None = None
