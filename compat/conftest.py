@@ -121,7 +121,7 @@ def hub_factory(binary, loopback, tmp_path, monkeypatch, request, hub_setup):
     """Starts hubs (each on a new loopback address and data dir; on PostgreSQL each on a fresh database), in the
     test's set-up unless `setup=` says otherwise; all are stopped after the test."""
     hubs: list[Hub] = []
-    databases: list[str] = []
+    databases: list[tuple[Postgres, str]] = []
     request.node._outpost_hubs = hubs
 
     def start(name: str = "hub", setup: str | None = None) -> Hub:
@@ -136,7 +136,7 @@ def hub_factory(binary, loopback, tmp_path, monkeypatch, request, hub_setup):
                 pytest.skip(f"{binary} has no `hub serve --database` (PostgreSQL engine not in this build)")
             pg = request.getfixturevalue("postgres")
             database = pg.create_database()
-            databases.append(database)
+            databases.append((pg, database))
             if setup == "postgres":
                 host = loopback.next()
                 data_dir = tmp_path / f"{name}-data"
@@ -162,13 +162,11 @@ def hub_factory(binary, loopback, tmp_path, monkeypatch, request, hub_setup):
             for proc in [h.proc for h in getattr(hub, "replicas", [hub])] + [getattr(hub, "haproxy", None)]:
                 if proc is not None and proc.poll() is None:
                     proc.kill()
-    if databases:
-        pg = request.getfixturevalue("postgres")
-        for database in databases:
-            try:
-                pg.drop_database(database)
-            except Exception:  # noqa: BLE001 - a leftover database only costs disk
-                pass
+    for pg, database in databases:
+        try:
+            pg.drop_database(database)
+        except Exception:  # noqa: BLE001 - a leftover database only costs disk
+            pass
 
 
 @pytest.fixture
