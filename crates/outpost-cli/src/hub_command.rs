@@ -11,8 +11,9 @@ use outpost_core::units::{parse_bytes, parse_duration};
 use outpost_hub::eventhub::{StreamSettings, DEFAULT_CONSUMER_GROUP, MAX_CONSUMER_GROUPS};
 use outpost_hub::messaging::EventRetention;
 use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
+use outpost_hub::storage::postgres::PostgresEngine;
 use outpost_hub::storage::sqlite::SqliteEngine;
-use outpost_hub::storage::transaction;
+use outpost_hub::storage::{transaction, Engine};
 use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,12 @@ pub enum HubCommand {
         /// Where the hub keeps its database and certificates (created on first start).
         #[arg(long)]
         data_dir: PathBuf,
+        /// Keep the hub in this PostgreSQL database (`postgres://USER[:PASSWORD]@HOST:PORT/DB` or `key=value`
+        /// pairs) instead of SQLite in the data directory: any number of hubs started on one database are
+        /// replicas of one hub (docs/operations.md). The data directory then holds this replica's copy of the
+        /// shared CA and `hub.json`.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// The name devices and services use for the hub (a DNS name or an IP address).
         #[arg(long, default_value = "localhost")]
         hostname: String,
@@ -143,6 +150,10 @@ struct ServedAs {
     /// The AMQP port when it is not 5671 (`0`: AMQP is off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     amqp_port: Option<u16>,
+    /// The PostgreSQL database of `--database`, when the hub is not SQLite in the data directory (the file is
+    /// its user's only, as the directory is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
 }
 
 impl ServedAs {
@@ -161,6 +172,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
     match command {
         HubCommand::Serve {
             data_dir,
+            database,
             hostname,
             bind,
             mqtt_port,
@@ -180,6 +192,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
         } => {
             let config = HubConfig {
                 data_dir,
+                database,
                 host_name: hostname,
                 bind,
                 mqtt_port,
@@ -212,6 +225,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             let served: ServedAs = read_served_as(&data_dir)?;
             let config = HubConfig {
                 data_dir,
+                database: served.database,
                 host_name: served.host_name,
                 bind: IpAddr::from([127, 0, 0, 1]),
                 mqtt_port: 8883,
@@ -241,7 +255,14 @@ fn eventhub_connection_string(data_dir: &Path) -> anyhow::Result<String> {
     if served.amqp_port == Some(0) {
         anyhow::bail!("the hub serves no AMQP (it was started with --amqp-port 0)");
     }
-    let hub = outpost_hub::Hub::open(data_dir, &served.host_name)?;
+    let hub = match &served.database {
+        Some(url) => outpost_hub::Hub::with_engine(
+            std::sync::Arc::new(PostgresEngine::connect(url)?),
+            &served.host_name,
+            &StreamSettings::default(),
+        )?,
+        None => outpost_hub::Hub::open(data_dir, &served.host_name)?,
+    };
     let owner = hub
         .policy("iothubowner")
         .ok_or_else(|| anyhow::anyhow!("the hub has no iothubowner policy"))?;
@@ -266,7 +287,13 @@ fn valid_consumer_group(name: &str) -> bool {
 }
 
 fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
-    let open = |data_dir: &Path| {
+    let open = |data_dir: &Path| -> anyhow::Result<Box<dyn Engine>> {
+        if let Some(url) = read_served_as(data_dir)
+            .ok()
+            .and_then(|served| served.database)
+        {
+            return Ok(Box::new(PostgresEngine::connect(&url)?));
+        }
         let path = data_dir.join("hub.sqlite");
         if !path.exists() {
             anyhow::bail!(
@@ -275,7 +302,7 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
                 data_dir.display()
             );
         }
-        Ok(SqliteEngine::open(&path)?)
+        Ok(Box::new(SqliteEngine::open(&path)?))
     };
     match command {
         ConsumerGroupCommand::Create { data_dir, name } => {
@@ -288,7 +315,7 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
                 );
             }
             let engine = open(&data_dir)?;
-            transaction(&engine, |tables| {
+            transaction(&*engine, |tables| {
                 if tables.consumer_groups()?.len() >= MAX_CONSUMER_GROUPS {
                     anyhow::bail!(
                         "a hub has at most {MAX_CONSUMER_GROUPS} consumer groups besides $Default"
@@ -304,7 +331,7 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
         ConsumerGroupCommand::List { data_dir } => {
             let engine = open(&data_dir)?;
             println!("{DEFAULT_CONSUMER_GROUP}");
-            for name in transaction(&engine, |tables| tables.consumer_groups())? {
+            for name in transaction(&*engine, |tables| tables.consumer_groups())? {
                 println!("{name}");
             }
         }
@@ -313,7 +340,7 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
                 anyhow::bail!("{DEFAULT_CONSUMER_GROUP} cannot be deleted");
             }
             let engine = open(&data_dir)?;
-            if !transaction(&engine, |tables| tables.delete_consumer_group(&name))? {
+            if !transaction(&*engine, |tables| tables.delete_consumer_group(&name))? {
                 anyhow::bail!("no consumer group named {name}");
             }
             println!("deleted consumer group {name}");
@@ -325,8 +352,13 @@ fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
 fn write_served_as(data_dir: &Path, served: &ServedAs) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    std::fs::write(data_dir.join(SERVED_AS), serde_json::to_vec_pretty(served)?)
-        .context("cannot write hub.json in the data directory")
+    // Its user's only: the database URL may carry a password.
+    outpost_store::host::write_atomically(
+        &data_dir.join(SERVED_AS),
+        &serde_json::to_vec_pretty(served)?,
+        0o600,
+    )
+    .context("cannot write hub.json in the data directory")
 }
 
 async fn serve(config: &HubConfig) -> anyhow::Result<()> {
@@ -336,6 +368,7 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
             host_name: config.host_name.clone(),
             https_port: config.https_port,
             amqp_port: ServedAs::amqp(config.amqp_port.unwrap_or(0)),
+            database: config.database.clone(),
         };
         write_served_as(&config.data_dir, &served)?;
     }
@@ -345,6 +378,7 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
         host_name: config.host_name.clone(),
         https_port: running.https_addr.port(),
         amqp_port: ServedAs::amqp(running.amqp_addr.map_or(0, |a| a.port())),
+        database: config.database.clone(),
     };
     if config.https_port == 0 || config.amqp_port == Some(0) {
         write_served_as(&config.data_dir, &served)?;

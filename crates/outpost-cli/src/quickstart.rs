@@ -169,6 +169,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let hub_ip: IpAddr = HUB_HOST.parse()?;
     let hub_config = HubConfig {
         data_dir: dir.join("hub"),
+        database: None,
         host_name: HUB_HOST.into(),
         bind: hub_ip,
         mqtt_port: 8883,

@@ -44,7 +44,8 @@ pub enum HubError {
     /// Too many requests of this kind are in progress (IoT Hub's throttling answer).
     #[error("throttled: {0}")]
     Throttled(String),
-    /// Storage failed.
+    /// Storage failed; when the database cannot be reached ([`StorageError::Unavailable`]) callers get 503 and
+    /// may retry: the hub recovers when it comes back.
     #[error("storage error: {0}")]
     Storage(#[from] StorageError),
 }
@@ -68,6 +69,7 @@ impl HubError {
             Self::QueueFull(_) => 403,
             Self::TooLarge(_) => 413,
             Self::Throttled(_) => 429,
+            Self::Storage(StorageError::Unavailable(_)) => 503,
             Self::Storage(_) => 500,
         }
     }
@@ -88,6 +90,7 @@ impl HubError {
             Self::QueueFull(_) => ("DeviceMaximumQueueDepthExceeded", 403_004),
             Self::TooLarge(_) => ("MessageTooLarge", 413_001),
             Self::Throttled(_) => ("ThrottlingException", 429_001),
+            Self::Storage(StorageError::Unavailable(_)) => ("ServiceUnavailable", 503_001),
             Self::Storage(_) => ("ServerError", 500_001),
         }
     }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod registry;
 pub mod rest;
 pub mod server;
+pub mod shared_identity;
 pub mod storage;
 pub mod store;
 pub mod stream;
@@ -46,6 +47,9 @@ pub use server::{HubConfig, RunningHub};
 
 /// Direct method calls that may wait for their answers at once; past this a call is refused with 429.
 const MAX_PENDING_METHODS: usize = 10_000;
+
+/// The setting that says the default access policies were created (see [`Hub::with_engine`]).
+const POLICIES_CREATED: &str = "hub.policies-created";
 
 /// The hub's state, shared by its protocol heads.
 pub struct Hub {
@@ -134,7 +138,9 @@ impl Hub {
     ) -> Result<Self, HubError> {
         let event_hub = eventhub::EventHubState::open(&*engine, host_name, stream)?;
         let (newest, policies) = storage::transaction(&*engine, |tables| {
-            if tables.policies()?.is_empty() {
+            // Replicas starting together on one new database: the marker's insert makes all but the first wait
+            // for its commit and then skip, so every replica reads the same policies (with the same keys).
+            if tables.policies()?.is_empty() && tables.put_setting(POLICIES_CREATED, b"1", true)? {
                 for policy in identity::AccessPolicy::defaults() {
                     tables.put_policy(&policy)?;
                 }

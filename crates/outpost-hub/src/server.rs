@@ -12,6 +12,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::device_ops::HubDevices;
+use crate::storage::postgres::PostgresEngine;
+use crate::storage::Engine;
 use crate::Hub;
 pub use outpost_https::HttpsLimits;
 use outpost_pki::{CertificateAuthority, CertificateRenewal, ServerCertificate};
@@ -19,8 +21,11 @@ use outpost_pki::{CertificateAuthority, CertificateRenewal, ServerCertificate};
 /// How a hub is run.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Where its database and certificates live.
+    /// Where its database and certificates live (with `database`, its copy of the shared CA and `hub.json`).
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://USER@HOST:PORT/DB` or `key=value` pairs) the hub keeps its tables
+    /// and identity in, shared by every replica on it; `None`: SQLite in `data_dir`.
+    pub database: Option<String>,
     /// The name clients address it by: the server certificate names it, tokens are scoped to it.
     pub host_name: String,
     /// The address both listeners bind.
@@ -89,8 +94,26 @@ pub struct RunningHub {
 impl HubConfig {
     /// The service connection string of the `iothubowner` policy (`HostName` carries the port when it is not 443).
     pub fn owner_connection_string(&self) -> anyhow::Result<String> {
-        let hub = Hub::open_with(&self.data_dir, &self.host_name, &self.stream)?;
+        let hub = self.open_hub()?.0;
         connection_string(&hub, &self.host_name, self.https_port)
+    }
+
+    /// Opens the hub on its database: PostgreSQL when `database` is set (an unreachable or wrong one is an
+    /// error within seconds), SQLite in the data directory otherwise. Also returns the engine when it is
+    /// shared by replicas.
+    pub fn open_hub(&self) -> anyhow::Result<(Hub, Option<Arc<dyn Engine>>)> {
+        let Some(url) = &self.database else {
+            return Ok((
+                Hub::open_with(&self.data_dir, &self.host_name, &self.stream)?,
+                None,
+            ));
+        };
+        let engine: Arc<dyn Engine> =
+            Arc::new(PostgresEngine::connect(url).map_err(|e| {
+                anyhow::anyhow!("cannot open the database given by --database: {e}")
+            })?);
+        let hub = Hub::with_engine(engine.clone(), &self.host_name, &self.stream)?;
+        Ok((hub, Some(engine)))
     }
 }
 
@@ -119,7 +142,7 @@ impl RunningHub {
                 config.data_dir.display()
             )
         })?;
-        let mut hub = Hub::open_with(&config.data_dir, &config.host_name, &config.stream)?;
+        let (mut hub, shared) = config.open_hub()?;
         let metrics_listener = match config.metrics_bind {
             Some(addr) => {
                 hub = hub.with_metrics(crate::metrics::HubMetrics::new(&config.host_name)?);
@@ -128,7 +151,7 @@ impl RunningHub {
             None => None,
         };
         let hub = Arc::new(hub);
-        let certificates = Arc::new(hub_certificates(config)?);
+        let certificates = Arc::new(hub_certificates(config, shared.as_deref())?);
         let tls = certificates_tls(&certificates)?;
 
         let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT").await?;
@@ -271,15 +294,28 @@ impl RunningHub {
 
 /// The hub's CA (`ca.pem`, `ca.key`, renewed ones in the same files) and its listeners' server certificate
 /// (written to `server.pem`), renewed together; a CA found due or expired at start is renewed before listening.
-fn hub_certificates(config: &HubConfig) -> anyhow::Result<CertificateRenewal> {
+///
+/// With a `shared` database (replicas) both come from it ([`crate::shared_identity`]): the first replica stores
+/// its own, the others write the stored CA into their data directory and present the stored server certificate
+/// while it is not due; the CA is then not renewed by replicas, the server certificate is, by each on its own.
+fn hub_certificates(
+    config: &HubConfig,
+    shared: Option<&dyn Engine>,
+) -> anyhow::Result<CertificateRenewal> {
     let now = outpost_pki::unix_now();
-    let ca = Arc::new(CertificateAuthority::open(
-        &config.data_dir,
-        "Outpost hub CA",
-        config.certificates.ca,
-        now,
-    )?);
-    if ca.current().renewal_due(now) {
+    let open = || -> anyhow::Result<CertificateAuthority> {
+        Ok(CertificateAuthority::open(
+            &config.data_dir,
+            "Outpost hub CA",
+            config.certificates.ca,
+            now,
+        )?)
+    };
+    let ca = Arc::new(match shared {
+        Some(engine) => crate::shared_identity::share_ca(engine, &config.data_dir, open)?.0,
+        None => open()?,
+    });
+    if ca.current().renewal_due(now) && shared.is_none() {
         ca.renew(now)?;
     }
     let others: &[&str] = if config.host_name == "localhost" {
@@ -287,16 +323,76 @@ fn hub_certificates(config: &HubConfig) -> anyhow::Result<CertificateRenewal> {
     } else {
         &["localhost"]
     };
-    let server = ServerCertificate::issue(
-        &ca,
-        "hub server",
-        &config.host_name,
-        others,
-        config.certificates.server,
-        config.data_dir.join("server.pem"),
-        now,
-    )?;
-    Ok(CertificateRenewal::new(ca, vec![Arc::new(server)]))
+    let file = config.data_dir.join("server.pem");
+    let issue = || {
+        ServerCertificate::issue(
+            &ca,
+            "hub server",
+            &config.host_name,
+            others,
+            config.certificates.server,
+            file.clone(),
+            now,
+        )
+    };
+    let Some(engine) = shared else {
+        return Ok(CertificateRenewal::new(
+            ca.clone(),
+            vec![Arc::new(issue()?)],
+        ));
+    };
+    let adopt = |stored: &crate::shared_identity::StoredServerCertificate| {
+        ServerCertificate::adopt(
+            "hub server",
+            &config.host_name,
+            others,
+            config.certificates.server,
+            file.clone(),
+            &stored.chain,
+            &stored.key,
+        )
+    };
+    let stored = crate::shared_identity::stored_server_certificate(engine, &config.host_name)?;
+    // Issued by the shared CA (its chain leads to the CA's key) and not due: every replica presents it.
+    let usable = stored.clone().filter(|stored| {
+        outpost_pki::inspect_pem(&stored.chain).is_ok_and(|chain| {
+            chain.len() > 1
+                && chain[1].public_key == ca.current().public_key
+                && !chain[0].renewal_due(now)
+        })
+    });
+    let server = if let Some(stored) = usable {
+        adopt(&stored)?
+    } else {
+        let issued = ca.issue(
+            "hub server",
+            &config.host_name,
+            others,
+            config.certificates.server,
+            now,
+        )?;
+        let ours = crate::shared_identity::StoredServerCertificate {
+            chain: issued.chain_pem,
+            key: issued.key_pem,
+        };
+        // None stored: the first replica's wins (the others adopt it); one stored but due or of another CA:
+        // replaced.
+        let replace = stored.is_some();
+        if crate::shared_identity::store_server_certificate(
+            engine,
+            &config.host_name,
+            &ours,
+            replace,
+        )? {
+            adopt(&ours)?
+        } else {
+            let theirs =
+                crate::shared_identity::stored_server_certificate(engine, &config.host_name)?
+                    .unwrap_or(ours);
+            adopt(&theirs)?
+        }
+    };
+    Ok(CertificateRenewal::new(ca, vec![Arc::new(server)]).with_shared_ca())
 }
 
 /// The TLS configuration both listeners share: it presents the hub's server certificate as renewed.

@@ -260,8 +260,14 @@ fn run(
             Err(error) => {
                 tracing::error!(%error, jobs = answers.len(), "a group commit failed");
                 let text = error.to_string();
+                // A lost database stays recognisable (503, retry) through the group's failure.
+                let unavailable = matches!(error, StorageError::Unavailable(_));
                 for answer in answers {
-                    answer(Err(StorageError::CommitFailed(text.clone())));
+                    answer(Err(if unavailable {
+                        StorageError::Unavailable(text.clone())
+                    } else {
+                        StorageError::CommitFailed(text.clone())
+                    }));
                 }
             }
         }

@@ -59,6 +59,33 @@ impl ServerCertificate {
         })
     }
 
+    /// A certificate issued earlier (by another process of the same service: hub replicas share theirs through
+    /// their database), presented as it is and written to `file`; renewed like an issued one.
+    pub fn adopt(
+        label: &str,
+        host_name: &str,
+        other_names: &[&str],
+        lifetime: Duration,
+        file: PathBuf,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, PkiError> {
+        let info = crate::x509::inspect_pem(chain_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PkiError::Malformed("the adopted chain holds no certificate".into()))?;
+        write_chain(&file, chain_pem)?;
+        Ok(Self {
+            label: label.to_owned(),
+            host_name: host_name.to_owned(),
+            other_names: other_names.iter().map(|n| (*n).to_owned()).collect(),
+            lifetime,
+            file,
+            presented: Arc::new(ReloadableCertificate::from_pem(chain_pem, key_pem)?),
+            current: Mutex::new(info),
+        })
+    }
+
     /// A rustls server configuration (TLS 1.2 and 1.3) that presents this certificate, renewed or not, at each
     /// handshake. Listeners that need ALPN set it on a clone: the clone shares the certificate.
     pub fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
@@ -95,12 +122,26 @@ impl ServerCertificate {
 pub struct CertificateRenewal {
     ca: Arc<CertificateAuthority>,
     servers: Vec<Arc<ServerCertificate>>,
+    /// Whether this process renews the CA (not when several processes share it: each would make its own).
+    renews_ca: bool,
 }
 
 impl CertificateRenewal {
     /// Renews `ca` and `servers` on schedule.
     pub fn new(ca: Arc<CertificateAuthority>, servers: Vec<Arc<ServerCertificate>>) -> Self {
-        Self { ca, servers }
+        Self {
+            ca,
+            servers,
+            renews_ca: true,
+        }
+    }
+
+    /// Renews only the server certificates: the CA is shared with other processes (hub replicas on one
+    /// database), which would each make a different new CA; a CA due for renewal is logged instead.
+    #[must_use]
+    pub fn with_shared_ca(mut self) -> Self {
+        self.renews_ca = false;
+        self
     }
 
     /// One round at `now` (Unix seconds): renews the CA when due (and then every server certificate, so that the
@@ -109,7 +150,10 @@ impl CertificateRenewal {
     pub fn tick(&self, now: i64) -> Result<i64, PkiError> {
         let mut reissue_all = false;
         let ca = self.ca.current();
-        if ca.renewal_due(now) {
+        if ca.renewal_due(now) && !self.renews_ca {
+            tracing::warn!(ca = %ca.subject, not_after = ca.not_after,
+                "the shared CA is due for renewal, which replicas do not do: see docs/operations.md");
+        } else if ca.renewal_due(now) {
             let renewed = self.ca.renew(now)?;
             tracing::info!(old = %ca.subject, new = %renewed.subject, not_after = renewed.not_after,
                 "renewed the CA: the trust bundle holds both until the old one expires");

@@ -67,6 +67,7 @@ impl TestHub {
         let ip = free_loopback();
         let config = HubConfig {
             data_dir: dir.path().join("hub"),
+            database: None,
             host_name: ip.to_string(),
             bind: ip,
             mqtt_port: 8883,
