@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -107,13 +109,22 @@ def hub_setup(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory) -> Postgres:
+def postgres() -> Postgres:
     """One throwaway PostgreSQL server for the session (scripts/postgres.sh), started by the first test that
-    needs it and stopped at the end; every hub set-up gets a fresh database on it."""
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
-    server.start()
-    yield server
-    server.stop()
+    needs it and stopped (and its directory removed) at the end; every hub set-up gets a fresh database on it.
+
+    Its directory is not under pytest's temporary tree: as root the server runs as `nobody`, and every pytest
+    session on the machine resets /tmp/pytest-of-root to 0700, which would cut a running server off its files."""
+    work = Path(tempfile.mkdtemp(prefix="outpost-compat-pg-"))
+    server = Postgres(work / "pg")
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture
