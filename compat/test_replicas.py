@@ -219,12 +219,15 @@ def test_unreachable_database_is_a_clear_error_at_start(tmp_path, loopback, need
         f"the error does not name the database: {output!r}"
 
 
-def test_missing_database_is_a_clear_error_at_start(tmp_path, loopback, needs_database_flag, postgres):
-    cp, elapsed = serve_with_database(tmp_path, loopback, postgres.url("no_such_database"))
+@pytest.mark.parametrize("wrong", ["database", "user"])
+def test_wrong_database_is_a_clear_error_at_start(tmp_path, loopback, needs_database_flag, postgres, wrong):
+    url = postgres.url("no_such_database") if wrong == "database" else \
+        postgres.url().replace("outpost@", "no_such_user@")
+    cp, elapsed = serve_with_database(tmp_path, loopback, url)
     output = cp.stdout + cp.stderr
-    assert cp.returncode != 0, f"hub serve on a missing database exited 0: {output}"
-    assert elapsed < 12, f"hub serve took {elapsed:.1f} s to give up on a missing database"
-    assert "no_such_database" in output, f"the error does not name the database: {output!r}"
+    assert cp.returncode != 0, f"hub serve on {url} exited 0: {output}"
+    assert elapsed < 12, f"hub serve took {elapsed:.1f} s to give up on {url}"
+    assert f"no_such_{wrong}" in output, f"the error does not name the {wrong}: {output!r}"
 
 
 @pytest.mark.parametrize("url", ["mysql://outpost@127.0.0.1/outpost", "not a url"])
