@@ -1,5 +1,5 @@
-//! `outpost hub`: run the hub, print its connection strings, and manage the consumer groups of its Event
-//! Hubs-compatible endpoint.
+//! `outpost hub`: run the hub, print its connection strings, manage the consumer groups of its Event
+//! Hubs-compatible endpoint, and migrate a SQLite hub into PostgreSQL.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -95,6 +95,22 @@ pub enum HubCommand {
         /// its life without a restart.
         #[arg(long, default_value = "90d", value_parser = parse_duration)]
         server_cert_lifetime: Duration,
+    },
+    /// Copy a stopped hub kept in SQLite (its data directory) into an empty PostgreSQL database: identities and
+    /// keys, twins with their versions and etags, deployments, access policies, MQTT sessions, queued
+    /// cloud-to-device messages, consumer groups and the CA. Then start it with `outpost hub serve --data-dir
+    /// DIR --database URL` (docs/operations.md). The event stream and delivery feedback are not copied.
+    Migrate {
+        /// The data directory of the SQLite hub (stop the hub first).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The PostgreSQL database to copy it into (`postgres://USER[:PASSWORD]@HOST:PORT/DB`); it must hold no
+        /// hub yet.
+        #[arg(long, value_name = "URL")]
+        database: String,
+        /// Migrate even though something answers on the hub's HTTPS port (use when that is not the hub).
+        #[arg(long)]
+        skip_running_check: bool,
     },
     /// Print the service connection string of the `iothubowner` policy.
     ConnectionString {
@@ -221,6 +237,11 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             };
             serve(&config).await
         }
+        HubCommand::Migrate {
+            data_dir,
+            database,
+            skip_running_check,
+        } => migrate(data_dir, database, skip_running_check).await,
         HubCommand::ConnectionString { data_dir } => {
             let served: ServedAs = read_served_as(&data_dir)?;
             let config = HubConfig {
@@ -276,6 +297,83 @@ fn eventhub_connection_string(data_dir: &Path) -> anyhow::Result<String> {
         owner.primary_key,
         hub.event_hub().name
     ))
+}
+
+/// `outpost hub migrate`: refuses a data directory that is a PostgreSQL replica or whose hub seems to run, then
+/// copies it (on a thread of its own: the PostgreSQL client blocks) and prints what was copied.
+async fn migrate(
+    data_dir: PathBuf,
+    database: String,
+    skip_running_check: bool,
+) -> anyhow::Result<()> {
+    if let Ok(served) = read_served_as(&data_dir) {
+        if served.database.is_some() {
+            anyhow::bail!(
+                "{} is the data directory of a hub on PostgreSQL (hub.json), not of a SQLite hub: nothing to migrate",
+                data_dir.display()
+            );
+        }
+        if !skip_running_check && served.https_port != 0 {
+            if let Some(answering) = answering(&served.host_name, served.https_port) {
+                anyhow::bail!(
+                    "the hub of {} seems to be running ({answering} answers, its HTTPS port in hub.json): stop it \
+                     first, or what it writes during the migration is lost (--skip-running-check if that is not the hub)",
+                    data_dir.display()
+                );
+            }
+        }
+    }
+    let source = data_dir.clone();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let target = PostgresEngine::connect(&database)
+            .map_err(|e| anyhow::anyhow!("cannot open the database given by --database: {e}"))?;
+        Ok(outpost_hub::migrate::migrate(&source, &target)?)
+    })
+    .await??;
+    println!(
+        "migrated the hub of {} into PostgreSQL:",
+        data_dir.display()
+    );
+    for (count, what) in [
+        (report.devices, "devices"),
+        (report.modules, "modules"),
+        (report.twins, "twins"),
+        (report.deployments, "deployments"),
+        (report.policies, "shared access policies"),
+        (report.sessions, "MQTT sessions"),
+        (report.c2d_messages, "queued cloud-to-device messages"),
+        (report.consumer_groups, "consumer groups (besides $Default)"),
+    ] {
+        println!("  {count:>8} {what}");
+    }
+    println!(
+        "  the Event Hub record: {}; the CA: {}",
+        if report.event_hub {
+            "copied"
+        } else {
+            "none (created at first start)"
+        },
+        if report.ca { "copied" } else { "not copied" }
+    );
+    println!("not copied: the event stream (the new hub's starts empty) and delivery feedback");
+    println!(
+        "start it with: outpost hub serve --data-dir {} --database URL",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// The address of `host:port` (or of `127.0.0.1:port`) that accepts a TCP connection within half a second, if any.
+fn answering(host: &str, port: u16) -> Option<std::net::SocketAddr> {
+    use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+    let mut addresses: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    addresses.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    addresses
+        .into_iter()
+        .find(|address| TcpStream::connect_timeout(address, Duration::from_millis(500)).is_ok())
 }
 
 /// Whether `name` may name a consumer group (Event Hubs' rule: letters, digits, `.`, `-`, `_`; 1 to 50).

@@ -46,6 +46,10 @@ impl DeviceOperations for HubDevices {
 
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
         tracing::debug!(%identity, connection = outbox.connection(), "connected");
+        if let Some(replicas) = &self.0.replicas {
+            // One connection per identity across the hub: the others close theirs.
+            replicas.connected(&identity.client_id(), outbox.connection());
+        }
         self.0
             .connections
             .lock()
@@ -65,6 +69,9 @@ impl DeviceOperations for HubDevices {
             .is_some_and(|o| o.connection() == connection)
         {
             connections.remove(&identity.client_id());
+            if let Some(replicas) = &self.0.replicas {
+                replicas.disconnected(&identity.client_id(), connection);
+            }
         }
     }
 

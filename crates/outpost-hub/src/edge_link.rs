@@ -230,6 +230,9 @@ impl Hub {
         for (id, connection) in gone {
             if let Ok(identity) = Identity::parse_client_id(&id) {
                 self.disconnected(&identity, connection);
+                if let Some(replicas) = &self.replicas {
+                    replicas.disconnected(&id, connection);
+                }
             }
         }
         for (id, (identity, bits)) in wanted {
@@ -271,6 +274,11 @@ impl Hub {
                     forward.arrived.notify_waiters();
                 }
             });
+            if let Some(replicas) = &self.replicas {
+                // Held by this replica, like a device connected here: what other replicas make for the client
+                // (desired patches, C2D, methods) is routed here and wakes the edge's long poll.
+                replicas.connected(&identity.client_id(), connection);
+            }
             self.connections
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -300,7 +300,12 @@ impl Hub {
     /// Wakes the readers of the partitions `appended` went to; call after their transaction committed.
     pub(crate) fn streamed(&self, appended: &[Appended]) {
         let mut newest = None;
+        let mut partitions: Vec<(u32, i64)> = Vec::new();
         for event in appended {
+            match partitions.iter_mut().find(|(p, _)| *p == event.partition) {
+                Some((_, seq)) => *seq = (*seq).max(event.partition_seq),
+                None => partitions.push((event.partition, event.partition_seq)),
+            }
             if let Some(head) = self.stream.heads.get(event.partition as usize) {
                 head.send_if_modified(|last| {
                     let newer = event.partition_seq > *last;
@@ -312,6 +317,9 @@ impl Hub {
             }
             newest = newest.max(Some(event.seq));
         }
+        if let (Some(newest), Some(replicas)) = (newest, &self.replicas) {
+            replicas.tell(crate::replicas::Notice::Events { newest, partitions });
+        }
         if let Some(newest) = newest {
             self.newest_event.send_if_modified(|last| {
                 let newer = newest > *last;
@@ -320,6 +328,21 @@ impl Hub {
                 }
                 newer
             });
+        }
+    }
+
+    /// Wakes the readers of the partitions another replica appended to (each with its newest sequence number).
+    pub(crate) fn streamed_elsewhere(&self, partitions: &[(u32, i64)]) {
+        for &(partition, seq) in partitions {
+            if let Some(head) = self.stream.heads.get(partition as usize) {
+                head.send_if_modified(|last| {
+                    let newer = seq > *last;
+                    if newer {
+                        *last = seq;
+                    }
+                    newer
+                });
+            }
         }
     }
 

@@ -21,7 +21,9 @@ pub mod feedback;
 pub mod identity;
 pub mod messaging;
 pub mod metrics;
+pub mod migrate;
 pub mod registry;
+pub mod replicas;
 pub mod rest;
 pub mod server;
 pub mod shared_identity;
@@ -78,6 +80,8 @@ pub struct Hub {
     metrics: metrics::HubMetrics,
     /// The event stream as an Event Hub: its partitions' heads, twin change events, feedback.
     stream: eventhub::EventHubState,
+    /// The other replicas of the hub on its PostgreSQL database, when it has some ([`replicas`]).
+    replicas: Option<Arc<replicas::Replicas>>,
     /// Set when the hub shuts down: long polls answer at once instead of holding their connections open.
     stopping: watch::Sender<bool>,
 }
@@ -157,12 +161,37 @@ impl Hub {
             next_request_id: AtomicU64::new(1),
             newest_event: watch::channel(newest).0,
             stopping: watch::channel(false).0,
+            replicas: None,
             c2d_in_flight: Mutex::new(HashMap::new()),
             edge_links: Mutex::new(HashMap::new()),
             policies,
             metrics: metrics::HubMetrics::default(),
             stream: event_hub,
         })
+    }
+
+    /// Makes this hub one replica of those on its PostgreSQL database (see [`replicas`]).
+    #[must_use]
+    pub fn with_replicas(mut self, replicas: Arc<replicas::Replicas>) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Closes this replica's connection of `client_id`: the client connected through another replica.
+    fn close_here(&self, client_id: &str) {
+        let outbox = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(client_id)
+            .cloned();
+        if let Some(outbox) = outbox {
+            tracing::debug!(
+                client_id,
+                "connected through another replica: closing this connection"
+            );
+            outbox.send(Outgoing::Close);
+        }
     }
 
     /// The host name of the hub.

@@ -296,7 +296,15 @@ impl Hub {
             })
             .await?;
         self.metrics.c2d(C2dOutcome::Queued);
-        self.push_c2d(&Identity::device(device)).await;
+        let identity = Identity::device(device);
+        match &self.replicas {
+            Some(replicas) if !self.is_connected(&identity) => {
+                replicas.tell(crate::replicas::Notice::C2dQueued {
+                    device: identity.device.to_string(),
+                });
+            }
+            _ => self.push_c2d(&identity).await,
+        }
         Ok(id)
     }
 
@@ -441,11 +449,17 @@ impl Hub {
         let outbox = loop {
             match self.outbox(&identity) {
                 Some(outbox) if outbox.subscribed(Feature::Methods) => break outbox,
-                _ if tokio::time::Instant::now() >= deadline => {
-                    return Err(HubError::DeviceNotOnline(identity.to_string()));
+                Some(_) => {}
+                None => {
+                    if let Some(answer) = self.call_elsewhere(&identity, &call).await? {
+                        return Ok(answer);
+                    }
                 }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HubError::DeviceNotOnline(identity.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let pending = self
             .pending_methods
@@ -465,6 +479,99 @@ impl Hub {
         let (status, payload) =
             answer.ok_or_else(|| HubError::GatewayTimeout(identity.to_string()))?;
         Ok((status, outpost_mqtt::methods::answer_payload(&payload)))
+    }
+
+    /// Forwards a method call to the replica holding `identity`'s connection, if another one does: its answer,
+    /// or `None` when no replica holds it.
+    async fn call_elsewhere(
+        &self,
+        identity: &Identity,
+        call: &MethodCall,
+    ) -> Result<Option<(i32, Value)>, HubError> {
+        let Some(replicas) = &self.replicas else {
+            return Ok(None);
+        };
+        let client_id = identity.client_id();
+        let Some(holder) = replicas.holder(&client_id).await? else {
+            return Ok(None);
+        };
+        if holder == replicas.id() {
+            return Ok(None);
+        }
+        let outcome = replicas
+            .call(
+                &holder,
+                &client_id,
+                call.method.clone(),
+                call.payload.clone(),
+                call.response_timeout,
+            )
+            .await;
+        match outcome {
+            Some(crate::replicas::MethodOutcome::Answered { status, payload }) => {
+                Ok(Some((status, payload)))
+            }
+            Some(crate::replicas::MethodOutcome::NotOnline) => Ok(None),
+            Some(crate::replicas::MethodOutcome::Throttled) => Err(HubError::Throttled(
+                "too many direct methods wait at the replica holding the device".into(),
+            )),
+            Some(crate::replicas::MethodOutcome::TimedOut) | None => {
+                Err(HubError::GatewayTimeout(identity.to_string()))
+            }
+        }
+    }
+
+    /// Invokes a method forwarded by another replica on `identity`'s connection here.
+    pub(crate) async fn call_method_here(
+        &self,
+        identity: &Identity,
+        method: String,
+        payload: &Value,
+        response_timeout: Duration,
+    ) -> crate::replicas::MethodOutcome {
+        use crate::replicas::MethodOutcome;
+        let Some(outbox) = self
+            .outbox(identity)
+            .filter(|o| o.subscribed(Feature::Methods))
+        else {
+            return MethodOutcome::NotOnline;
+        };
+        let Ok(pending) = self
+            .pending_methods
+            .call(&identity.client_id(), outbox.connection())
+        else {
+            return MethodOutcome::Throttled;
+        };
+        let sent = outbox.send(Outgoing::MethodRequest {
+            rid: pending.rid().to_owned(),
+            method,
+            payload: serde_json::to_vec(payload).unwrap_or_default(),
+        });
+        let answer = if sent {
+            pending.answer(response_timeout).await
+        } else {
+            None
+        };
+        match answer {
+            Some((status, payload)) => MethodOutcome::Answered {
+                status,
+                payload: outpost_mqtt::methods::answer_payload(&payload),
+            },
+            None => MethodOutcome::TimedOut,
+        }
+    }
+
+    /// Wakes the long polls and Event Hub readers of this replica: another one appended events up to `newest`,
+    /// to `partitions` (each with its newest partition sequence number).
+    pub(crate) fn events_appended_elsewhere(&self, newest: i64, partitions: &[(u32, i64)]) {
+        self.streamed_elsewhere(partitions);
+        self.newest_event.send_if_modified(|last| {
+            let newer = newest > *last;
+            if newer {
+                *last = newest;
+            }
+            newer
+        });
     }
 
     /// `from` answered a direct method on `connection`: accepted only if the call went to that identity on

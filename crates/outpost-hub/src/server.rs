@@ -150,6 +150,14 @@ impl RunningHub {
             }
             None => None,
         };
+        let replica_notices = match &config.database {
+            Some(url) => {
+                let (replicas, notices) = crate::replicas::Replicas::start(url)?;
+                hub = hub.with_replicas(replicas);
+                Some(notices)
+            }
+            None => None,
+        };
         let hub = Arc::new(hub);
         let certificates = Arc::new(hub_certificates(config, shared.as_deref())?);
         let tls = certificates_tls(&certificates)?;
@@ -168,6 +176,16 @@ impl RunningHub {
             .transpose()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        if let Some(notices) = replica_notices {
+            let stop = stopped(shutdown_rx.clone());
+            let hub = hub.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = crate::replicas::serve(hub, notices) => {}
+                    () = stop => {}
+                }
+            });
+        }
 
         let mut mqtt_config = outpost_mqtt::ServerConfig::new(tls.clone());
         mqtt_config.session_expiry = config.session_expiry;

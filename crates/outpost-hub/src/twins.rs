@@ -252,7 +252,20 @@ impl Hub {
         })
     }
 
+    /// Pushes a desired patch to `identity`: on its connection here, or through the replica that holds it.
     fn notify_desired(&self, identity: &Identity, body: Value) {
+        if self.outbox(identity).is_some() {
+            self.notify_desired_here(identity, body);
+        } else if let Some(replicas) = &self.replicas {
+            replicas.tell(crate::replicas::Notice::Desired {
+                client_id: identity.client_id(),
+                body,
+            });
+        }
+    }
+
+    /// Pushes a desired patch to `identity`'s connection here, if it has one that listens.
+    pub(crate) fn notify_desired_here(&self, identity: &Identity, body: Value) {
         if let Some(outbox) = self.outbox(identity) {
             if outbox.subscribed(outpost_mqtt::Feature::DesiredPatches) {
                 outbox.send(Outgoing::DesiredPatch { body });

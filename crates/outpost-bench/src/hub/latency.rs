@@ -43,9 +43,22 @@ pub struct LatencyParams {
     pub duration: Duration,
     /// Concurrent senders (and keep-alive HTTPS connections).
     pub senders: usize,
+    /// The PostgreSQL database of the hub, if not SQLite.
+    pub database: Option<String>,
+    /// Hub processes on `database`.
+    pub replicas: usize,
 }
 
 impl LatencyParams {
+    /// What the hub stores its state in, for messages and the report.
+    pub fn storage(&self) -> String {
+        match (&self.database, self.replicas) {
+            (None, _) => "SQLite".to_owned(),
+            (Some(_), 1) => "PostgreSQL, one replica".to_owned(),
+            (Some(_), n) => format!("PostgreSQL, {n} replicas"),
+        }
+    }
+
     fn updates(&self) -> usize {
         (u128::from(self.rate) * self.duration.as_millis() / 1000) as usize
     }
@@ -144,15 +157,33 @@ struct CpuUse {
     harness: CpuTimes,
 }
 
-/// Creates and connects the devices, sends the updates, and waits for their notifications.
-pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result<LatencyFigures> {
-    let api = Arc::new(ServiceApi::new(hub, params.senders)?);
+/// Creates the devices, connects them (device `i` to replica `i % replicas`), sends the updates (update `seq`
+/// through replica `seq % replicas`), and waits for their notifications.
+pub async fn run(
+    hubs: &mut [HubProcess],
+    params: &LatencyParams,
+) -> anyhow::Result<LatencyFigures> {
+    let apis = hubs
+        .iter()
+        .map(|hub| ServiceApi::new(hub, params.senders).map(Arc::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let apis = Arc::new(apis);
     let ids = (0..params.devices)
         .map(|i| format!("latency-{i:05}"))
         .collect();
-    let created = create_devices(&api, ids, SETUP_CONCURRENCY).await?;
-    let endpoint = DeviceEndpoint::new(hub.mqtt_addr(), &hub.host(), &hub.ca_pem())?;
-    let clients = connect_all(&endpoint, &created.devices, SETUP_CONCURRENCY).await?;
+    let created = create_devices(&apis[0], ids, SETUP_CONCURRENCY).await?;
+    let mut clients = Vec::with_capacity(created.devices.len());
+    for (replica, hub) in hubs.iter().enumerate() {
+        let endpoint = DeviceEndpoint::new(hub.mqtt_addr(), &hub.host(), &hub.ca_pem())?;
+        let devices: Vec<_> = created
+            .devices
+            .iter()
+            .skip(replica)
+            .step_by(hubs.len())
+            .cloned()
+            .collect();
+        clients.extend(connect_all(&endpoint, &devices, SETUP_CONCURRENCY).await?);
+    }
     eprintln!(
         "hub: {} devices created and connected; sending {} updates",
         clients.len(),
@@ -170,12 +201,21 @@ pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result
     let next = Arc::new(AtomicUsize::new(0));
     let devices: Arc<Vec<String>> =
         Arc::new(created.devices.iter().map(|d| d.id.clone()).collect());
-    let hub_before = system::cpu_times(hub.pid())?;
+    let hub_cpu = |hubs: &[HubProcess]| -> anyhow::Result<CpuTimes> {
+        let mut total = CpuTimes::default();
+        for hub in hubs {
+            let times = system::cpu_times(hub.pid())?;
+            total.running_ns += times.running_ns;
+            total.waiting_ns += times.waiting_ns;
+        }
+        Ok(total)
+    };
+    let hub_before = hub_cpu(hubs)?;
     let harness_before = system::cpu_times(std::process::id())?;
     let mut senders = JoinSet::new();
     for _ in 0..params.senders {
         senders.spawn(send(
-            Arc::clone(&api),
+            Arc::clone(&apis),
             Arc::clone(&devices),
             Arc::clone(&timeline),
             Arc::clone(&next),
@@ -189,7 +229,7 @@ pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result
     }
     let cpu = CpuUse {
         window: start.elapsed(),
-        hub: system::cpu_times(hub.pid())?.since(hub_before),
+        hub: hub_cpu(hubs)?.since(hub_before),
         harness: system::cpu_times(std::process::id())?.since(harness_before),
     };
 
@@ -198,7 +238,9 @@ pub async fn run(hub: &mut HubProcess, params: &LatencyParams) -> anyhow::Result
     while timeline.received_count.load(Ordering::Relaxed) < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    hub.check_alive()?;
+    for hub in hubs.iter_mut() {
+        hub.check_alive()?;
+    }
     let _ = stop.send(true);
     let mut disconnected = 0;
     while let Some(closed) = receivers.join_next().await {
@@ -299,7 +341,7 @@ async fn receive(
 
 /// A sender: takes the next update, waits until it is due, and sends it.
 async fn send(
-    api: Arc<ServiceApi>,
+    apis: Arc<Vec<Arc<ServiceApi>>>,
     devices: Arc<Vec<String>>,
     timeline: Arc<Timeline>,
     next: Arc<AtomicUsize>,
@@ -323,7 +365,7 @@ async fn send(
         let sent = timeline.stamp();
         let body = format!(r#"{{"properties":{{"desired":{{"seq":{seq},"sentNanos":{sent}}}}}}}"#);
         sent_slot.store(sent, Ordering::Relaxed);
-        match api.patch_twin(device, body).await {
+        match apis[seq % apis.len()].patch_twin(device, body).await {
             Ok(()) => report.round_trips.push(timeline.stamp() - sent),
             Err(error) => {
                 sent_slot.store(0, Ordering::Relaxed);
@@ -340,19 +382,31 @@ impl LatencyFigures {
     /// The figures as report parts.
     pub fn to_parts(&self, params: &LatencyParams) -> Vec<Part> {
         let mut parts = vec![
-            Part::Heading("Desired-patch propagation: service PATCH → device notification".into()),
+            Part::Heading(format!(
+                "Desired-patch propagation: service PATCH → device notification ({})",
+                params.storage()
+            )),
             Part::Text(format!(
                 "{devices} devices connect with `outpost_mqtt`'s client (CleanSession=0, subscribed to desired \
                  patches at QoS 1). The harness sends `PATCH /twins/{{d}}` (`If-Match: *`, body \
                  `{{\"properties\":{{\"desired\":{{\"seq\":N,\"sentNanos\":T}}}}}}`, T in nanoseconds since the start of the run) at {rate} updates/s \
                  round-robin over the devices for {secs} s, from {senders} concurrent senders on keep-alive \
                  HTTPS connections. Latency runs from handing the PATCH to the HTTP client to the device \
-                 receiving the notification, matched by `seq`. The {devices} devices were created in {registry}.",
+                 receiving the notification, matched by `seq`. The {devices} devices were created in {registry}.{replicas}",
                 devices = params.devices,
                 rate = group(u64::from(params.rate)),
                 secs = params.duration.as_secs(),
                 senders = params.senders,
                 registry = seconds(self.registry),
+                replicas = if params.replicas > 1 {
+                    format!(
+                        " {n} hub processes on one PostgreSQL database: device i connects to replica i mod {n}, \
+                         update N goes through replica N mod {n}, so most notifications cross replicas.",
+                        n = params.replicas
+                    )
+                } else {
+                    String::new()
+                },
             )),
         ];
         let mut table = Table::new(&["figure", "value"]);

@@ -49,6 +49,14 @@ pub struct HubArgs {
     /// Skip the connections benchmark.
     #[arg(long)]
     pub skip_connections: bool,
+    /// Run the latency part's hub on this PostgreSQL database (`postgres://USER@HOST:PORT/DB`, an empty
+    /// database: its devices are created there) instead of SQLite; the connections part stays on SQLite.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// Hub replicas on `--database` for the latency part: devices connect to them in turn, and PATCHes go
+    /// through them in turn [default: 1].
+    #[arg(long)]
+    pub replicas: Option<usize>,
 }
 
 impl HubArgs {
@@ -62,9 +70,17 @@ impl HubArgs {
             rate: self.rate.unwrap_or(1000),
             duration: Duration::from_secs(self.duration.unwrap_or(if quick { 2 } else { 10 })),
             senders: self.senders.unwrap_or(32),
+            database: self.database.clone(),
+            replicas: self.replicas.unwrap_or(1),
         };
-        if params.devices == 0 || params.rate == 0 || params.senders == 0 {
-            bail!("--devices, --rate and --senders must be at least 1");
+        if params.devices == 0 || params.rate == 0 || params.senders == 0 || params.replicas == 0 {
+            bail!("--devices, --rate, --senders and --replicas must be at least 1");
+        }
+        if params.replicas > 1 && params.database.is_none() {
+            bail!("--replicas above 1 needs --database (replicas share a PostgreSQL database)");
+        }
+        if params.replicas > 16 {
+            bail!("--replicas: at most 16");
         }
         if params.duration.is_zero() || params.duration > Duration::from_mins(2) {
             bail!("--duration must be between 1 and 120 seconds");
@@ -106,13 +122,29 @@ pub async fn run(bench: &Bench, args: &HubArgs) -> anyhow::Result<Section> {
 
     if let Some(params) = &latency {
         eprintln!(
-            "hub: desired-patch latency: {} devices, {} updates/s for {:?}, {} senders",
-            params.devices, params.rate, params.duration, params.senders
+            "hub: desired-patch latency: {} devices, {} updates/s for {:?}, {} senders, {}",
+            params.devices,
+            params.rate,
+            params.duration,
+            params.senders,
+            params.storage()
         );
-        let mut hub = HubProcess::start(&bench.outpost).await?;
-        eprintln!("hub: started pid {} on {}", hub.pid(), hub.host());
-        let figures = latency::run(&mut hub, params).await;
-        hub.stop().await;
+        let serve_args = params
+            .database
+            .iter()
+            .flat_map(|url| ["--database".to_owned(), url.clone()])
+            .collect::<Vec<_>>();
+        // One after the other: the first creates the hub's identity in the database, the others load it.
+        let mut hubs = Vec::new();
+        for _ in 0..params.replicas {
+            let hub = HubProcess::start_with(&bench.outpost, serve_args.clone()).await?;
+            eprintln!("hub: started pid {} on {}", hub.pid(), hub.host());
+            hubs.push(hub);
+        }
+        let figures = latency::run(&mut hubs, params).await;
+        for hub in hubs {
+            hub.stop().await;
+        }
         parts.extend(figures?.to_parts(params));
     }
 

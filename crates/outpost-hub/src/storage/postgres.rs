@@ -59,7 +59,8 @@ const MIGRATION_LOCK: i64 = 0x6f75_7470_6f73_7401;
 
 /// The schema, one migration per version: version N is `MIGRATIONS[N - 1]`. Key columns are `COLLATE "C"`:
 /// byte order, as SQLite sorts, whatever the database's locale, and prefix ranges on the index.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE devices (device_id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
     CREATE TABLE modules (
         device_id TEXT COLLATE "C" NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
@@ -130,7 +131,30 @@ pub const MIGRATIONS: &[&str] = &[r#"
         locked_until_ms BIGINT NOT NULL DEFAULT 0,
         record TEXT NOT NULL);
     CREATE INDEX feedback_by_lock_token ON feedback (lock_token) WHERE lock_token IS NOT NULL;
-"#];
+"#,
+    r#"
+    -- Replicas (crate::replicas): which replica holds each live device connection, and the bodies of notices
+    -- too large for a NOTIFY payload (pruned after a minute).
+    CREATE TABLE replica_connections (
+        client_id TEXT COLLATE "C" PRIMARY KEY,
+        replica TEXT NOT NULL,
+        connection BIGINT NOT NULL,
+        since TIMESTAMPTZ NOT NULL DEFAULT now());
+    CREATE TABLE replica_mailbox (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        created TIMESTAMPTZ NOT NULL DEFAULT now(),
+        notice TEXT NOT NULL);
+"#,
+    r#"
+    -- Replica liveness (crate::replicas): each replica's heartbeat. Connections of a replica not seen for a while
+    -- do not count and are deleted with its row; rows recorded before liveness existed have no replica row.
+    CREATE TABLE replicas (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        last_seen TIMESTAMPTZ NOT NULL DEFAULT now());
+    CREATE INDEX replica_connections_by_replica ON replica_connections (replica);
+    DELETE FROM replica_connections;
+"#,
+];
 
 impl From<postgres::Error> for StorageError {
     fn from(error: postgres::Error) -> Self {
