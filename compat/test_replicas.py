@@ -25,12 +25,6 @@ DESIRED = "$iothub/twin/PATCH/properties/desired/#"
 METHODS = "$iothub/methods/POST/#"
 TWIN_RES = "$iothub/twin/res/#"
 
-# Phase 2 of issue 10 (cross-replica delivery: LISTEN/NOTIFY wake-ups, methods routed to the replica holding the
-# connection, one connection per identity across replicas) is not in main yet. Strict: remove the mark when it lands.
-PHASE2 = pytest.mark.xfail(strict=True, reason="issue 10 phase 2 (cross-replica delivery via LISTEN/NOTIFY) "
-                                               "has not landed in main")
-
-
 @pytest.fixture
 def rhub(hub_factory) -> ReplicatedHub:
     return hub_factory("hub", setup="replicas")
@@ -74,7 +68,6 @@ def rid_of(topic: str) -> str:
     return topic.split("$rid=", 1)[1].split("&", 1)[0]
 
 
-@PHASE2
 def test_patch_and_method_made_through_another_replica_reach_the_device(rhub):
     key = create_device(rhub, "dev1")
     raw = device(rhub, "dev1", key, 0, DESIRED, METHODS)
@@ -107,7 +100,6 @@ def test_patch_and_method_made_through_another_replica_reach_the_device(rhub):
         raw.close()
 
 
-@PHASE2
 def test_second_connection_through_another_replica_closes_the_first(rhub):
     key = create_device(rhub, "dev1")
     first = device(rhub, "dev1", key, 0, DESIRED)
@@ -124,7 +116,6 @@ def test_second_connection_through_another_replica_closes_the_first(rhub):
         second.close()
 
 
-@PHASE2
 def test_sigkill_of_a_replica_holding_100_devices_loses_nothing_acknowledged(rhub):
     count = 100
     ids = [f"fleet-{i:03d}" for i in range(count)]
