@@ -8,19 +8,48 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
 from edge_harness import Edge
-from harness import Hub, LoopbackPool, free_port, hub_on_standard_ports, outpost_bin, run_with_timeout
+from harness import (Hub, LoopbackPool, Postgres, ReplicatedHub, binary_has_database_flag, free_port,
+                     hub_on_standard_ports, outpost_bin, run_with_timeout)
 
 # A hung SDK call must fail its test, not the whole CI run: every test (setup, call, teardown) gets this long.
 TEST_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_TEST_TIMEOUT", "120"))
 # Last resort if something wedges outside a test: dump every thread's stack and exit non-zero.
 SESSION_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_SESSION_TIMEOUT", "1500"))
+
+
+# The hub set-ups (issue 10): embedded SQLite; one replica on PostgreSQL; three replicas on PostgreSQL behind
+# HAProxy. A module (or test) opts in with `pytest.mark.hub_setups(...)` (no names: all three); everything else
+# runs on SQLite only. OUTPOST_COMPAT_SETUPS=sqlite,postgres narrows a run.
+HUB_SETUPS = ("sqlite", "postgres", "replicas")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hub_setups(*names): run the test's `hub`/`hub_factory` on each named "
+                                       "set-up (sqlite, postgres, replicas; none named: all three)")
+
+
+def pytest_generate_tests(metafunc):
+    if "hub_setup" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("hub_setups")
+    if marker is None:
+        return
+    names = [n for n in (marker.args or HUB_SETUPS)]
+    unknown = set(names) - set(HUB_SETUPS)
+    assert not unknown, f"unknown hub set-ups {unknown}"
+    wanted = os.environ.get("OUTPOST_COMPAT_SETUPS")
+    if wanted:
+        names = [n for n in names if n in wanted.split(",")]
+    metafunc.parametrize("hub_setup", names, indirect=True)
 
 
 def pytest_sessionstart(session):
@@ -74,16 +103,62 @@ def loopback() -> LoopbackPool:
 
 
 @pytest.fixture
-def hub_factory(binary, loopback, tmp_path, monkeypatch, request):
-    """Starts hubs (each on a new loopback address and data dir); all are killed after the test."""
+def hub_setup(request) -> str:
+    """The set-up of this test's hubs: `sqlite` unless the test is parametrized by `hub_setups`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """One throwaway PostgreSQL server for the session (scripts/postgres.sh), started by the first test that
+    needs it and stopped (and its directory removed) at the end; every hub set-up gets a fresh database on it.
+
+    Its directory is not under pytest's temporary tree: as root the server runs as `nobody`, and every pytest
+    session on the machine resets /tmp/pytest-of-root to 0700, which would cut a running server off its files."""
+    work = Path(tempfile.mkdtemp(prefix="outpost-compat-pg-"))
+    server = Postgres(work / "pg")
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def hub_factory(binary, loopback, tmp_path, monkeypatch, request, hub_setup):
+    """Starts hubs (each on a new loopback address and data dir; on PostgreSQL each on a fresh database), in the
+    test's set-up unless `setup=` says otherwise; all are stopped after the test."""
     hubs: list[Hub] = []
+    databases: list[tuple[Postgres, str]] = []
     request.node._outpost_hubs = hubs
 
-    def start(name: str = "hub") -> Hub:
-        host = loopback.next()
-        data_dir = tmp_path / f"{name}-data"
-        data_dir.mkdir()
-        hub = Hub(data_dir, host, free_port(host), tmp_path / f"{name}.log")
+    def start(name: str = "hub", setup: str | None = None) -> Hub:
+        setup = setup or hub_setup
+        if setup == "sqlite":
+            host = loopback.next()
+            data_dir = tmp_path / f"{name}-data"
+            data_dir.mkdir()
+            hub = Hub(data_dir, host, free_port(host), tmp_path / f"{name}.log")
+        else:
+            if not binary_has_database_flag(binary):
+                pytest.skip(f"{binary} has no `hub serve --database` (PostgreSQL engine not in this build)")
+            pg = request.getfixturevalue("postgres")
+            database = pg.create_database()
+            databases.append((pg, database))
+            if setup == "postgres":
+                host = loopback.next()
+                data_dir = tmp_path / f"{name}-data"
+                data_dir.mkdir()
+                hub = Hub(data_dir, host, free_port(host), tmp_path / f"{name}.log", database=database)
+            elif setup == "replicas":
+                work = tmp_path / name
+                work.mkdir()
+                hub = ReplicatedHub(work, loopback, database)
+            else:
+                raise ValueError(f"unknown hub set-up {setup!r}")
         hubs.append(hub)
         hub.start()
         # The service SDK (requests, via msrest) trusts the hub's CA through this variable.
@@ -95,8 +170,14 @@ def hub_factory(binary, loopback, tmp_path, monkeypatch, request):
         try:
             hub.stop(timeout=5)
         except Exception:  # noqa: BLE001 - teardown must reach every hub
-            if hub.proc is not None and hub.proc.poll() is None:
-                hub.proc.kill()
+            for proc in [h.proc for h in getattr(hub, "replicas", [hub])] + [getattr(hub, "haproxy", None)]:
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+    for pg, database in databases:
+        try:
+            pg.drop_database(database)
+        except Exception:  # noqa: BLE001 - a leftover database only costs disk
+            pass
 
 
 @pytest.fixture

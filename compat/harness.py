@@ -171,9 +171,14 @@ class HubError(AssertionError):
 class Hub:
     """One `outpost hub serve` process on its own loopback address, with its data directory."""
 
-    def __init__(self, data_dir: Path, host: str, https_port: int, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, host: str, https_port: int, log_path: Path, *,
+                 database: str | None = None, public_host: str | None = None) -> None:
         self.data_dir = data_dir
         self.host = host
+        # `--database URL` (PostgreSQL) when set; else the hub keeps SQLite in its data dir.
+        self.database = database
+        # The name clients use (`--hostname`): the bind address unless the hub sits behind a load balancer.
+        self.public_host = public_host or host
         self.https_port = https_port
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -204,11 +209,12 @@ class Hub:
             [
                 str(outpost_bin()), "hub", "serve",
                 "--data-dir", str(self.data_dir),
-                "--hostname", self.host,
+                "--hostname", self.public_host,
                 "--bind", self.host,
                 "--mqtt-port", str(MQTT_PORT),
                 "--https-port", str(self.https_port),
                 "--amqp-port", str(self.amqp_port),
+                *(["--database", self.database] if self.database else []),
                 *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
@@ -228,7 +234,12 @@ class Hub:
                                f"within {timeout} s:\n{self.log_tail()}")
             time.sleep(0.05)
         assert self.ca_path.is_file(), f"hub did not create {self.ca_path}"
-        out = self.run_cli(["hub", "connection-string", "--data-dir", str(self.data_dir)], hub_env=False)
+        out = self.run_cli(["hub", "connection-string", "--data-dir", str(self.data_dir)], hub_env=False,
+                           check=self.database is None)
+        if out.returncode != 0:
+            # A hub on PostgreSQL may keep its policies only in the database.
+            out = self.run_cli(["hub", "connection-string", "--data-dir", str(self.data_dir),
+                                "--database", self.database], hub_env=False)
         lines = [l.strip() for l in out.stdout.splitlines() if l.strip().startswith("HostName=")]
         assert len(lines) == 1, f"`hub connection-string` printed no connection string: {out.stdout!r}"
         self.connection_string = lines[0]
@@ -481,11 +492,13 @@ def parse_publish(flags: int, body: bytes) -> tuple[str, int, int | None, bool, 
 class RawMqtt:
     """A TLS socket to a hub's MQTT port that sends bytes as given and reads whole packets."""
 
-    def __init__(self, hub: Hub, timeout: float = 10.0) -> None:
+    def __init__(self, hub: Hub, timeout: float = 10.0, address: str | None = None) -> None:
+        """`address` dials another address than `hub.host` (one replica of a `ReplicatedHub`) while the TLS name
+        and the tokens stay the hub's."""
         ctx = ssl.create_default_context(cafile=str(hub.ca_path))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # what the device SDK offers
-        raw = socket.create_connection((hub.host, MQTT_PORT), timeout=timeout)
+        raw = socket.create_connection((address or hub.host, MQTT_PORT), timeout=timeout)
         self.sock = ctx.wrap_socket(raw, server_hostname=hub.host)
         self.sock.settimeout(timeout)
         self.buf = b""
@@ -576,3 +589,207 @@ class RawMqtt:
             self.sock.close()
         except OSError:
             pass
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL and several replicas behind HAProxy (issue 10)
+
+
+def postgres_bin_dir() -> Path | None:
+    """The newest of Debian's PostgreSQL binary directories, or None when the package is not installed."""
+    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda d: int(d.parent.name)
+                  if d.parent.name.isdigit() else 0)
+    return dirs[-1] if dirs and (dirs[-1] / "initdb").is_file() else None
+
+
+_database_flag: dict[str, bool] = {}
+
+
+def binary_has_database_flag(binary: Path) -> bool:
+    """Whether `outpost hub serve` takes `--database` (the PostgreSQL engine has landed in this binary)."""
+    key = str(binary)
+    if key not in _database_flag:
+        cp = subprocess.run([str(binary), "hub", "serve", "--help"], capture_output=True, text=True, timeout=30)
+        _database_flag[key] = "--database" in cp.stdout
+    return _database_flag[key]
+
+
+
+class Postgres:
+    """A throwaway PostgreSQL server run by scripts/postgres.sh on 127.0.0.1:PORT (trust auth, user `outpost`
+    who may create databases). `create_database()` gives each hub set-up a fresh database of its own."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.port = free_port("127.0.0.1")
+        self._count = 0
+        self._lock = threading.Lock()
+        bin_dir = postgres_bin_dir()
+        self.psql_bin = str(bin_dir / "psql") if bin_dir else "psql"
+
+    def _script(self, *args: str, timeout: float = 120) -> None:
+        cp = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "postgres.sh"), *args], capture_output=True,
+                            text=True, timeout=timeout)
+        if cp.returncode != 0:
+            raise AssertionError(f"scripts/postgres.sh {' '.join(args)} exited {cp.returncode}:\n"
+                                 f"{cp.stdout}\n{cp.stderr}")
+
+    def start(self) -> None:
+        self._script("start", str(self.work_dir), str(self.port))
+
+    def stop(self) -> None:
+        self._script("stop", str(self.work_dir))
+
+    def url(self, database: str = "outpost") -> str:
+        return f"postgres://outpost@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "outpost", timeout: float = 60) -> str:
+        cp = subprocess.run([self.psql_bin, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+                             "-p", str(self.port), "-U", "outpost", "-d", database, "-c", sql],
+                            capture_output=True, text=True, timeout=timeout)
+        if cp.returncode != 0:
+            raise AssertionError(f"psql {sql!r} exited {cp.returncode}: {cp.stderr}")
+        return cp.stdout
+
+    def create_database(self) -> str:
+        """A new empty database owned by `outpost`; returns its URL."""
+        with self._lock:
+            self._count += 1
+            name = f"hub{self._count}_{os.getpid()}"
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class ReplicatedHub(Hub):
+    """Several `outpost hub serve` replicas on one PostgreSQL database, each on its own loopback address and data
+    dir, behind HAProxy (TCP mode, round-robin) on an address of its own: the hub's public host name, given to
+    every replica as `--hostname`. HAProxy listens on 8883 and on the same HTTPS port the replicas use, so the
+    hub's connection string (`HostName=FRONT:PORT`) is right whichever replica printed it. Same interface as `Hub`;
+    `replicas` are the processes (each a `Hub`, reachable directly on its own address)."""
+
+    def __init__(self, work_dir: Path, loopback: "LoopbackPool", database: str, count: int = 3) -> None:
+        front = loopback.next()
+        hosts = [loopback.next() for _ in range(count)]
+        for _ in range(100):
+            port = free_port(front)
+            if all(_bindable(h, port) for h in hosts):
+                break
+        else:
+            raise RuntimeError("no HTTPS port free on the front address and every replica's")
+        super().__init__(work_dir / "replica0-data", front, port, work_dir / "haproxy.log", database=database)
+        self.work_dir = work_dir
+        self.replicas = []
+        for i, host in enumerate(hosts):
+            data_dir = work_dir / f"replica{i}-data"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.replicas.append(Hub(data_dir, host, port, work_dir / f"replica{i}.log", database=database,
+                                     public_host=front))
+        self.haproxy: subprocess.Popen | None = None
+        self.haproxy_cfg = work_dir / "haproxy.cfg"
+
+    # `extra_args` goes to every replica.
+    @property
+    def extra_args(self) -> list[str]:
+        return self.replicas[0].extra_args if hasattr(self, "replicas") else []
+
+    @extra_args.setter
+    def extra_args(self, value: list[str]) -> None:
+        for r in getattr(self, "replicas", []):
+            r.extra_args = list(value)
+
+    @property
+    def proc(self):  # the first replica, for code that looks at `hub.proc`
+        return self.replicas[0].proc if hasattr(self, "replicas") else None
+
+    @proc.setter
+    def proc(self, value) -> None:
+        pass
+
+    def _write_haproxy_cfg(self) -> None:
+        def backend(name: str, port: int) -> str:
+            servers = "\n".join(f"    server r{i} {r.host}:{port} check inter 300ms fall 1 rise 1"
+                                 for i, r in enumerate(self.replicas))
+            return (f"frontend {name}\n    bind {self.host}:{port}\n    default_backend {name}_replicas\n"
+                    f"backend {name}_replicas\n    balance roundrobin\n{servers}\n")
+
+        self.haproxy_cfg.write_text(
+            "global\n    maxconn 8000\n"
+            "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n"
+            "    retries 3\n    option redispatch\n"
+            + backend("mqtt", MQTT_PORT) + backend("https", self.https_port))
+
+    def start(self, timeout: float = 30.0) -> None:
+        # The first replica creates the hub's identity in the database; the others find it there.
+        self.starts += 1
+        for r in self.replicas:
+            if not r.alive():
+                r.start(timeout)
+        cas = {r.ca_path.read_bytes() for r in self.replicas}
+        assert len(cas) == 1, "the replicas present different CAs"
+        if self.haproxy is None or self.haproxy.poll() is not None:
+            self._write_haproxy_cfg()
+            log = open(self.log_path, "ab")
+            self.haproxy = subprocess.Popen(["haproxy", "-f", str(self.haproxy_cfg), "-db"],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            log.close()
+            wait_for(lambda: self.haproxy.poll() is not None
+                     or (port_open(self.host, MQTT_PORT) and port_open(self.host, self.https_port)),
+                     timeout, "HAProxy to listen")
+            if self.haproxy.poll() is not None:
+                raise HubError(f"haproxy exited with {self.haproxy.returncode}:\n{self.log_tail()}")
+        self.connection_string = self.replicas[0].connection_string
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stops every replica (and HAProxy)."""
+        errors = []
+        for r in self.replicas:
+            try:
+                r.stop(sig, timeout)
+            except Exception as e:  # noqa: BLE001 - stop them all
+                errors.append(e)
+                if r.proc is not None and r.proc.poll() is None:
+                    r.proc.kill()
+        if self.haproxy is not None and self.haproxy.poll() is None:
+            self.haproxy.terminate()
+            try:
+                self.haproxy.wait(5)
+            except subprocess.TimeoutExpired:
+                self.haproxy.kill()
+                self.haproxy.wait(5)
+        if errors:
+            raise errors[0]
+
+    def alive(self) -> bool:
+        return all(r.alive() for r in self.replicas) and self.haproxy is not None and self.haproxy.poll() is None
+
+    def log_tail(self, n: int = 60) -> str:
+        parts = [f"--- replica {i} ({r.host}) ---\n{r.log_tail(n)}" for i, r in enumerate(self.replicas)]
+        return "\n".join(parts + [f"--- haproxy ({self.host}) ---\n{super().log_tail(n)}"])
+
+    def log_text(self) -> str:
+        return "\n".join(r.log_text() for r in self.replicas)
+
+    def replica_session(self, index: int):
+        """A requests session signed as `rest_session()` that talks to replica `index` directly (TLS name and
+        Host header stay the hub's); `replica_url(index)` is its base URL."""
+        from requests.adapters import HTTPAdapter
+
+        front = self.host
+
+        class Pinned(HTTPAdapter):
+            def init_poolmanager(self, *args, **kwargs):
+                kwargs["server_hostname"] = front
+                kwargs["assert_hostname"] = front
+                super().init_poolmanager(*args, **kwargs)
+
+        session = self.rest_session()
+        session.mount(self.replica_url(index), Pinned())
+        session.headers["Host"] = f"{front}:{self.https_port}"
+        return session
+
+    def replica_url(self, index: int) -> str:
+        return f"https://{self.replicas[index].host}:{self.https_port}"

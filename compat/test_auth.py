@@ -10,7 +10,10 @@ from azure.iot.device.exceptions import CredentialError
 
 from harness import RawMqtt, device_sas, new_key, run_with_timeout, wait_for
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 
 def assert_refused(clients, hub, device_id, key, module_id=None):

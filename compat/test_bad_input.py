@@ -14,7 +14,12 @@ from harness import (
     service_sas, set_handler, subscribe_packet,
 )
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    # SQLite and PostgreSQL; not the replicas (storage and validation, no delivery between replicas: kept out
+    # to hold the run time down, see README.md)
+    pytest.mark.hub_setups("sqlite", "postgres"),
+]
 
 # ---------------------------------------------------------------------------------------------------
 # REST

@@ -14,7 +14,10 @@ import pytest
 
 from harness import Monitor, connection_string_fields, monitor_body, outpost_bin, run_with_timeout, set_handler
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 
 def test_hub_prints_its_connection_string_on_first_start(hub):

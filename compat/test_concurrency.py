@@ -9,7 +9,10 @@ from azure.iot.device import Message
 
 from harness import Monitor, monitor_body
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 
 def test_pipelined_reported_patches_apply_in_order(hub, registry, clients):

@@ -13,7 +13,12 @@ from msrest.exceptions import HttpOperationError
 
 from harness import set_handler
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    # SQLite and PostgreSQL; not the replicas (storage and validation, no delivery between replicas: kept out
+    # to hold the run time down, see README.md)
+    pytest.mark.hub_setups("sqlite", "postgres"),
+]
 
 FILTER_CREATE_OPTIONS = json.dumps({"HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": "8080"}]}}})
 

@@ -11,7 +11,10 @@ from azure.iot.device import Message
 
 from harness import Monitor, monitor_body, run_with_timeout, set_handler
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 
 def make_device(registry, device_id="dev1"):

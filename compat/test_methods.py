@@ -11,7 +11,10 @@ from msrest.exceptions import HttpOperationError
 
 from harness import set_handler
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 
 def answer_with(client, status: int = 200):

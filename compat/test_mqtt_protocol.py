@@ -11,7 +11,10 @@ import urllib.parse
 
 from harness import PUBACK, PUBLISH, Monitor, RawMqtt, publish_packet, puback_packet
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 
 def raw_device(registry, device_id="raw1"):

@@ -9,7 +9,12 @@ from msrest.exceptions import HttpOperationError
 
 from harness import new_key
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    # SQLite and PostgreSQL; not the replicas (storage and validation, no delivery between replicas: kept out
+    # to hold the run time down, see README.md)
+    pytest.mark.hub_setups("sqlite", "postgres"),
+]
 
 
 def status_of(excinfo) -> int:

@@ -9,7 +9,10 @@ from azure.iot.hub.models import Twin, TwinProperties
 
 from harness import run_with_timeout, set_handler, wait_for
 
-pytestmark = pytest.mark.docker_free  # the real SDKs and the outpost binary only: no Docker
+pytestmark = [
+    pytest.mark.docker_free,  # the real SDKs and the outpost binary only: no Docker
+    pytest.mark.hub_setups(),  # SQLite, PostgreSQL, three replicas behind HAProxy (conftest.py)
+]
 
 
 def make_device(registry, device_id="dev1"):
