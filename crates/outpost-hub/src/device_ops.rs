@@ -50,25 +50,16 @@ impl DeviceOperations for HubDevices {
             // One connection per identity across the hub: the others close theirs.
             replicas.connected(&identity.client_id(), outbox.connection());
         }
-        self.0
-            .connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(identity.client_id(), outbox);
+        self.0.connections.connected(identity.client_id(), outbox);
         self.0.push_c2d(identity).await;
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
-        let mut connections = self
+        if self
             .0
             .connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if connections
-            .get(&identity.client_id())
-            .is_some_and(|o| o.connection() == connection)
+            .disconnected(&identity.client_id(), connection)
         {
-            connections.remove(&identity.client_id());
             if let Some(replicas) = &self.0.replicas {
                 replicas.disconnected(&identity.client_id(), connection);
             }

@@ -279,10 +279,7 @@ impl Hub {
                 // (desired patches, C2D, methods) is routed here and wakes the edge's long poll.
                 replicas.connected(&identity.client_id(), connection);
             }
-            self.connections
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(identity.client_id(), outbox);
+            self.connections.connected(identity.client_id(), outbox);
             self.push_c2d(&identity).await;
         }
         link.declared.store(true, Ordering::Release);

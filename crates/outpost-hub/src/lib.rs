@@ -33,13 +33,13 @@ pub mod stream;
 pub mod twins;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use outpost_core::{DeviceId, Identity};
-use outpost_mqtt::{Outbox, Outgoing, PendingMethods};
+use outpost_mqtt::{ConnectionTable, Outbox, PendingMethods};
 use storage::sqlite::SqliteEngine;
 use storage::Engine;
 use tokio::sync::watch;
@@ -60,10 +60,8 @@ pub struct Hub {
     /// The storage: reads on the blocking pool over the engine's read connections, writes group-committed by
     /// the writer's thread, so that no tokio worker waits on a disk.
     storage: writer::Storage,
-    /// Live device connections by MQTT client id (`d` or `d/m`).
-    ///
-    /// A std `Mutex`: held only to insert, remove or clone an outbox, never across an `.await`.
-    connections: Mutex<HashMap<String, Outbox>>,
+    /// This replica's live device connections by MQTT client id (`d` or `d/m`).
+    connections: ConnectionTable,
     /// Direct method calls waiting for their response, each bound to the connection it was sent on.
     pending_methods: PendingMethods,
     next_request_id: AtomicU64,
@@ -156,7 +154,7 @@ impl Hub {
         Ok(Self {
             host_name: host_name.to_owned(),
             storage,
-            connections: Mutex::new(HashMap::new()),
+            connections: ConnectionTable::default(),
             pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
             next_request_id: AtomicU64::new(1),
             newest_event: watch::channel(newest).0,
@@ -179,18 +177,8 @@ impl Hub {
 
     /// Closes this replica's connection of `client_id`: the client connected through another replica.
     fn close_here(&self, client_id: &str) {
-        let outbox = self
-            .connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(client_id)
-            .cloned();
-        if let Some(outbox) = outbox {
-            tracing::debug!(
-                client_id,
-                "connected through another replica: closing this connection"
-            );
-            outbox.send(Outgoing::Close);
+        if self.connections.close(client_id) {
+            tracing::debug!(client_id, "closing this replica's connection of the client");
         }
     }
 
@@ -211,50 +199,75 @@ impl Hub {
 
     /// The outbox of a connected identity.
     fn outbox(&self, identity: &Identity) -> Option<Outbox> {
-        self.connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&identity.client_id())
-            .cloned()
+        self.connections.get(&identity.client_id())
     }
 
-    /// Whether an identity has a live connection.
+    /// Whether an identity has a live connection to this replica.
     pub fn is_connected(&self, identity: &Identity) -> bool {
-        self.outbox(identity).is_some()
+        self.connections.contains(&identity.client_id())
+    }
+
+    /// Which of the given clients (`d` or `d/m`) have a live connection to any replica of the hub: this one's
+    /// table, and with replicas the live replicas' records. A lost database counts as not connected elsewhere.
+    pub async fn connected_clients(&self, client_ids: &[String]) -> HashSet<String> {
+        let mut connected: HashSet<String> = client_ids
+            .iter()
+            .filter(|client_id| self.connections.contains(client_id))
+            .cloned()
+            .collect();
+        if let Some(replicas) = &self.replicas {
+            let elsewhere: Vec<String> = client_ids
+                .iter()
+                .filter(|client_id| !connected.contains(*client_id))
+                .cloned()
+                .collect();
+            if !elsewhere.is_empty() {
+                match replicas.held_among(elsewhere).await {
+                    Ok(held) => connected.extend(held),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read which replicas hold connections");
+                    }
+                }
+            }
+        }
+        connected
+    }
+
+    /// Whether an identity has a live connection to any replica of the hub.
+    pub async fn is_connected_anywhere(&self, identity: &Identity) -> bool {
+        let client_id = identity.client_id();
+        !self
+            .connected_clients(std::slice::from_ref(&client_id))
+            .await
+            .is_empty()
     }
 
     /// Forgets the connection `connection` of an identity, unless a newer one has replaced it.
     fn disconnected(&self, identity: &Identity, connection: u64) {
-        let mut connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if connections
-            .get(&identity.client_id())
-            .is_some_and(|o| o.connection() == connection)
-        {
-            connections.remove(&identity.client_id());
-        }
+        self.connections
+            .disconnected(&identity.client_id(), connection);
     }
 
-    /// Closes the connection of one identity, if it has one.
+    /// Closes the connection of one identity, on whichever replica holds it.
     fn disconnect(&self, identity: &Identity) {
-        if let Some(outbox) = self.outbox(identity) {
-            outbox.send(Outgoing::Close);
+        let client_id = identity.client_id();
+        self.connections.close(&client_id);
+        if let Some(replicas) = &self.replicas {
+            replicas.tell(replicas::Notice::Close {
+                client_id,
+                with_modules: false,
+            });
         }
     }
 
-    /// Closes the connections of a device and of all its modules.
+    /// Closes the connections of a device and of all its modules, on whichever replicas hold them.
     fn disconnect_device(&self, device: &DeviceId) {
-        let prefix = format!("{device}/");
-        let connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (client_id, outbox) in connections.iter() {
-            if client_id == device.as_str() || client_id.starts_with(&prefix) {
-                outbox.send(Outgoing::Close);
-            }
+        self.connections.close_device(device.as_str());
+        if let Some(replicas) = &self.replicas {
+            replicas.tell(replicas::Notice::Close {
+                client_id: device.to_string(),
+                with_modules: true,
+            });
         }
     }
 }

@@ -225,11 +225,7 @@ impl HubMetrics {
 
     /// Sets the gauges read from the hub's state; called before each scrape.
     pub fn sample(&self, hub: &Hub) {
-        let connected = hub
-            .connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len();
+        let connected = hub.connections.len();
         self.0
             .gauge(CONNECTED_DEVICES, Vec::new())
             .set(connected as f64);

@@ -14,7 +14,7 @@
 //! device replaced through another replica, wakes long polls, invokes forwarded direct methods and returns
 //! their answers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,6 +69,15 @@ pub enum Notice {
     Connected {
         /// The client id.
         client_id: String,
+    },
+    /// An identity's connections must close (it was deleted, disabled or its keys changed): `client_id`, and
+    /// with `with_modules` (a device) its modules' too.
+    #[serde(rename_all = "camelCase")]
+    Close {
+        /// The client id (`d` or `d/m`).
+        client_id: String,
+        /// Whether the device's modules close too.
+        with_modules: bool,
     },
     /// Events were appended up to `newest`: long polls and Event Hub readers wake.
     #[serde(rename_all = "camelCase")]
@@ -256,29 +265,62 @@ impl Replicas {
     }
 
     /// The live replica holding a connection of `client_id`, if any (this one included): rows of a replica not
-    /// seen for [`DEAD_AFTER_SECS`] do not count. Runs on a pooled connection of its own.
+    /// seen for [`DEAD_AFTER_SECS`] do not count.
     pub async fn holder(&self, client_id: &str) -> Result<Option<String>, StorageError> {
-        let (url, pool, client_id) = (self.url.clone(), self.lookups.clone(), client_id.to_owned());
-        tokio::task::spawn_blocking(move || {
+        let client_id = client_id.to_owned();
+        self.lookup(move |client| {
             let sql = format!(
                 "SELECT c.replica FROM replica_connections c JOIN replicas r ON r.id = c.replica
                  WHERE c.client_id = $1 AND r.last_seen > now() - interval '{DEAD_AFTER_SECS} seconds'"
             );
+            Ok(client
+                .query_opt(&sql, &[&client_id])?
+                .map(|row| row.get(0)))
+        })
+        .await
+    }
+
+    /// Which of `client_ids` a live replica (this one included) holds a connection of.
+    pub async fn held_among(
+        &self,
+        client_ids: Vec<String>,
+    ) -> Result<HashSet<String>, StorageError> {
+        self.lookup(move |client| {
+            let sql = format!(
+                "SELECT c.client_id FROM replica_connections c JOIN replicas r ON r.id = c.replica
+                 WHERE c.client_id = ANY($1) AND r.last_seen > now() - interval '{DEAD_AFTER_SECS} seconds'"
+            );
+            Ok(client
+                .query(&sql, &[&client_ids])?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    /// Runs `query` on a pooled connection of the lookups' own (a new one when none is idle, or when the
+    /// database closed the idle one), on the blocking pool.
+    async fn lookup<T: Send + 'static>(
+        &self,
+        query: impl Fn(&mut postgres::Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (url, pool) = (self.url.clone(), self.lookups.clone());
+        tokio::task::spawn_blocking(move || {
             let pooled = pool
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .pop();
             let fresh = || -> Result<_, postgres::Error> {
                 let mut client = connect(&url)?;
-                let row = client.query_opt(&sql, &[&client_id])?;
-                Ok((client, row))
+                let found = query(&mut client)?;
+                Ok((client, found))
             };
-            let (client, row) = if let Some(mut client) = pooled {
-                match client.query_opt(&sql, &[&client_id]) {
-                    Ok(row) => (client, row),
-                    // A pooled connection the database closed: once more on a new one.
+            let (client, found) = if let Some(mut client) = pooled {
+                match query(&mut client) {
+                    Ok(found) => (client, found),
                     Err(error) if client.is_closed() => {
-                        tracing::debug!(%error, "holder lookup: reconnecting");
+                        tracing::debug!(%error, "replica lookup: reconnecting");
                         fresh()?
                     }
                     Err(error) => return Err(error.into()),
@@ -286,14 +328,16 @@ impl Replicas {
             } else {
                 fresh()?
             };
-            let mut idle = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if idle.len() < LOOKUP_POOL && !client.is_closed() {
                 idle.push(client);
             } else {
                 drop(idle);
                 client.close().ok();
             }
-            Ok(row.map(|row| row.get(0)))
+            Ok(found)
         })
         .await
         .map_err(|e| StorageError::Engine(e.to_string()))?
@@ -680,6 +724,16 @@ pub async fn serve(hub: Arc<crate::Hub>, mut notices: Received) {
                 }
             }
             Notice::Connected { client_id } => hub.close_here(&client_id),
+            Notice::Close {
+                client_id,
+                with_modules,
+            } => {
+                if with_modules {
+                    hub.connections.close_device(&client_id);
+                } else {
+                    hub.close_here(&client_id);
+                }
+            }
             Notice::Events { newest, partitions } => {
                 hub.events_appended_elsewhere(newest, &partitions);
             }

@@ -98,16 +98,16 @@ impl Hub {
             .storage
             .read(move |tables| Self::twin_for_update(tables, &read))
             .await?;
-        Ok(self.view(&identity, stored))
+        Ok(self.view(&identity, stored).await)
     }
 
     /// The view of a twin read (or written) with its identity's records.
-    fn view(&self, identity: &Identity, stored: StoredTwin) -> TwinView {
+    async fn view(&self, identity: &Identity, stored: StoredTwin) -> TwinView {
         TwinView {
             twin: stored.twin,
             device: stored.device,
             module: stored.module,
-            connected: self.is_connected(identity),
+            connected: self.is_connected_anywhere(identity).await,
         }
     }
 
@@ -138,7 +138,7 @@ impl Hub {
         if let Some(body) = notification {
             self.notify_desired(&identity, body);
         }
-        Ok(self.view(&identity, stored))
+        Ok(self.view(&identity, stored).await)
     }
 
     /// Applies a reported patch from the device itself, group-committed by the storage writer; returns the new

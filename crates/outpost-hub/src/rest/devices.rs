@@ -20,7 +20,9 @@ pub(super) async fn put_device(
     authorize(&hub, &headers, Right::RegistryWrite)?;
     let spec = device_spec(&device, &json_body(&body)?)?;
     let record = hub.put_device(&spec, &precondition(&headers)).await?;
-    let connected = hub.is_connected(&Identity::device(record.device_id.clone()));
+    let connected = hub
+        .is_connected_anywhere(&Identity::device(record.device_id.clone()))
+        .await;
     Ok(ok_json(device_json(&record, connected)))
 }
 
@@ -31,7 +33,9 @@ pub(super) async fn get_device(
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
     let record = hub.device(&device).await?;
-    let connected = hub.is_connected(&Identity::device(record.device_id.clone()));
+    let connected = hub
+        .is_connected_anywhere(&Identity::device(record.device_id.clone()))
+        .await;
     Ok(ok_json(device_json(&record, connected)))
 }
 
@@ -47,12 +51,13 @@ pub(super) async fn list_devices(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
-    let devices: Vec<Value> = hub
-        .devices()
-        .await?
+    let mut devices = hub.devices().await?;
+    devices.truncate(query.top.unwrap_or(usize::MAX));
+    let ids: Vec<String> = devices.iter().map(|d| d.device_id.to_string()).collect();
+    let connected = hub.connected_clients(&ids).await;
+    let devices: Vec<Value> = devices
         .iter()
-        .take(query.top.unwrap_or(usize::MAX))
-        .map(|d| device_json(d, hub.is_connected(&Identity::device(d.device_id.clone()))))
+        .map(|d| device_json(d, connected.contains(d.device_id.as_str())))
         .collect();
     Ok(ok_json(Value::Array(devices)))
 }
@@ -76,10 +81,12 @@ pub(super) async fn put_module(
     authorize_modules(&hub, &headers, Right::RegistryWrite, &device).await?;
     let spec = module_spec(&device, &module, &json_body(&body)?)?;
     let (record, created) = hub.put_module(spec, &precondition(&headers)).await?;
-    let connected = hub.is_connected(&Identity::module(
-        record.device_id.clone(),
-        record.module_id.clone(),
-    ));
+    let connected = hub
+        .is_connected_anywhere(&Identity::module(
+            record.device_id.clone(),
+            record.module_id.clone(),
+        ))
+        .await;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -95,10 +102,12 @@ pub(super) async fn get_module(
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
     let record = hub.module(&device, &module).await?;
-    let connected = hub.is_connected(&Identity::module(
-        record.device_id.clone(),
-        record.module_id.clone(),
-    ));
+    let connected = hub
+        .is_connected_anywhere(&Identity::module(
+            record.device_id.clone(),
+            record.module_id.clone(),
+        ))
+        .await;
     Ok(ok_json(module_json(&record, connected)))
 }
 
@@ -108,16 +117,16 @@ pub(super) async fn list_modules(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
-    let modules: Vec<Value> = hub
-        .modules(&device)
-        .await?
+    let modules = hub.modules(&device).await?;
+    let ids: Vec<String> = modules
         .iter()
-        .map(|m| {
-            module_json(
-                m,
-                hub.is_connected(&Identity::module(m.device_id.clone(), m.module_id.clone())),
-            )
-        })
+        .map(|m| format!("{}/{}", m.device_id, m.module_id))
+        .collect();
+    let connected = hub.connected_clients(&ids).await;
+    let modules: Vec<Value> = modules
+        .iter()
+        .zip(&ids)
+        .map(|(m, id)| module_json(m, connected.contains(id)))
         .collect();
     Ok(ok_json(Value::Array(modules)))
 }
