@@ -5,10 +5,9 @@
 //! (a drop guard, so also when a test fails). Without PostgreSQL's binaries the tests fail under `CI=true` and
 //! are skipped, with a message, otherwise.
 
+mod pg_server;
+
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -27,93 +26,7 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------------------------
 // A throwaway server.
 
-/// A PostgreSQL started by `scripts/postgres.sh`, stopped when dropped.
-struct Server {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Server {
-    fn script() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres.sh")
-    }
-
-    /// Starts a server on a free port; `None` (with a message) when PostgreSQL is not installed, outside CI.
-    fn start() -> Option<Self> {
-        if !binaries_installed() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "PostgreSQL's binaries are missing (apt-get install postgresql; scripts/setup-test-env.sh)"
-            );
-            eprintln!(
-                "skipped: PostgreSQL's binaries are not installed (apt-get install postgresql)"
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let port = free_port();
-        let server = Self { dir, port };
-        server.run("start");
-        Some(server)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("pg")
-    }
-
-    fn run(&self, command: &str) {
-        let mut script = Command::new(Self::script());
-        script.arg(command).arg(self.data());
-        if command == "start" {
-            script.arg(self.port.to_string());
-        }
-        let output = script.output().expect("scripts/postgres.sh runs");
-        assert!(
-            output.status.success(),
-            "scripts/postgres.sh {command} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn url(&self, database: &str) -> String {
-        format!("postgres://outpost@127.0.0.1:{}/{database}", self.port)
-    }
-
-    /// A new, empty database on this server.
-    fn database(&self, name: &str) -> String {
-        let mut client = postgres::Client::connect(&self.url("outpost"), postgres::NoTls)
-            .expect("the test server answers");
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("a new database");
-        self.url(name)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new(Self::script())
-            .arg("stop")
-            .arg(self.data())
-            .status();
-    }
-}
-
-fn binaries_installed() -> bool {
-    std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|versions| {
-        versions
-            .flatten()
-            .any(|version| version.path().join("bin/initdb").exists())
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
+use pg_server::{free_port, Server};
 
 /// The server the tests of this file share while any of them runs.
 fn shared_server() -> Option<Arc<Server>> {

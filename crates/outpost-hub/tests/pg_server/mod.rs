@@ -34,10 +34,7 @@ impl Server {
             );
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let server = Self {
             dir: tempfile::tempdir().expect("a temporary directory"),
             port,
@@ -90,4 +87,12 @@ impl Drop for Server {
             .arg(self.dir.path().join("pg"))
             .status();
     }
+}
+
+/// A port on 127.0.0.1 nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
