@@ -69,6 +69,9 @@ pub struct Hub {
     newest_event: watch::Sender<i64>,
     /// Cloud-to-device messages pushed and not yet acknowledged: message id → connection it went out on.
     c2d_in_flight: Mutex<HashMap<i64, u64>>,
+    /// Orders reading the C2D queue to push it against completing a message: a push that read the queue
+    /// before a completion committed must not see the message's in-flight mark already gone and send it again.
+    c2d_gate: tokio::sync::Mutex<()>,
     /// The shared access policies, read once: every service request is authorised against them, and nothing
     /// changes them while the hub runs.
     policies: Vec<identity::AccessPolicy>,
@@ -161,6 +164,7 @@ impl Hub {
             stopping: watch::channel(false).0,
             replicas: None,
             c2d_in_flight: Mutex::new(HashMap::new()),
+            c2d_gate: tokio::sync::Mutex::new(()),
             edge_links: Mutex::new(HashMap::new()),
             policies,
             metrics: metrics::HubMetrics::default(),

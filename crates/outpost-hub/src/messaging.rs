@@ -316,6 +316,7 @@ impl Hub {
         if identity.module.is_some() || !outbox.subscribed(Feature::CloudToDevice) {
             return;
         }
+        let _gate = self.c2d_gate.lock().await;
         let device = identity.device.clone();
         let Ok(pending) = self
             .storage
@@ -359,14 +360,16 @@ impl Hub {
     /// The device acknowledged a cloud-to-device message: it is complete (with its feedback, if asked for).
     pub async fn complete_c2d(&self, identity: &Identity, delivery_id: u64) {
         let id = delivery_id as i64;
+        // Its in-flight mark goes only once the removal is committed, with no push reading the queue meanwhile.
+        let _gate = self.c2d_gate.lock().await;
+        let settled = self
+            .settle_c2d(&identity.device, id, DeliveryOutcome::Completed)
+            .await;
         self.c2d_in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        match self
-            .settle_c2d(&identity.device, id, DeliveryOutcome::Completed)
-            .await
-        {
+        match settled {
             Ok(()) => self.metrics.c2d(C2dOutcome::Completed),
             Err(error) => {
                 tracing::warn!(%identity, %error, "could not complete a cloud-to-device message");
