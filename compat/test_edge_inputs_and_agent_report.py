@@ -31,16 +31,22 @@ SENDER = textwrap.dedent("""\
         time.sleep(1)
 """)
 
+# The SDK runs `on_message_received` handlers on a pool of four threads, so their order says nothing about the
+# order of delivery; `receive_message_on_input` takes each input's messages from its inbox in arrival order.
 RECEIVER = textwrap.dedent("""\
-    import json, sys, time
+    import json, sys, threading, time
     from azure.iot.device import IoTHubModuleClient
     out = sys.argv[1]
+    lock = threading.Lock()
     client = IoTHubModuleClient.create_from_edge_environment()
-    def on_message(message):
-        with open(out, "a") as f:
-            f.write(json.dumps({"input": message.input_name, "n": json.loads(message.data)["n"]}) + "\\n")
-    client.on_message_received = on_message
     client.connect()
+    def receive(input_name):
+        while True:
+            message = client.receive_message_on_input(input_name)
+            with lock, open(out, "a") as f:
+                f.write(json.dumps({"input": message.input_name, "n": json.loads(message.data)["n"]}) + "\\n")
+    for input_name in ("in1", "in2"):
+        threading.Thread(target=receive, args=(input_name,), daemon=True).start()
     while True:
         time.sleep(1)
 """)
