@@ -12,17 +12,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use outpost_core::Identity;
-use outpost_mqtt::methods::answer_payload;
-use outpost_mqtt::{Feature, Outgoing};
+use outpost_mqtt::methods::{answer_payload, new_request_id};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::state::MethodOutcome;
 use super::EdgeHub;
 
-/// Method calls that may wait for their answers at once (local and forwarded from the hub); past this a
-/// local call is refused with 429 and a forwarded one answered 429.
-pub const MAX_PENDING_METHODS: usize = 10_000;
+/// How a call refused for [`MethodOutcome::TooManyCalls`] is told (429, local or forwarded).
+fn too_many_calls(max: usize) -> String {
+    format!("{max} method calls are waiting for their answer already")
+}
 
 /// How long a call forwarded from the hub may wait for its answer: the longest response timeout IoT Hub
 /// allows (the hub gives up on its own timeout and ignores a later answer).
@@ -172,29 +173,33 @@ async fn invoke(
         Some(module) => format!("{device}/{module}"),
         None => device.to_owned(),
     };
-    let Some(outbox) = hub
-        .outbox(&target)
-        .filter(|o| o.subscribed(Feature::Methods))
-    else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            &format!("{target} is not connected to this edge hub or does not listen for methods"),
-        );
-    };
-    let pending = match hub.pending_methods.call(&target, outbox.connection()) {
-        Ok(pending) => pending,
-        Err(error) => return refuse(StatusCode::TOO_MANY_REQUESTS, &error.to_string()),
-    };
-    outbox.send(Outgoing::MethodRequest {
-        rid: pending.rid().to_owned(),
-        method: method.to_owned(),
-        payload,
-    });
-    match pending.answer(Duration::from_secs(timeout)).await {
-        Some((status, payload)) => {
+    let outcome = hub
+        .hub_loop
+        .call_method(
+            target.clone(),
+            new_request_id(),
+            method.to_owned(),
+            payload,
+            Duration::from_secs(timeout),
+        )
+        .await;
+    match outcome {
+        MethodOutcome::Answered { status, payload } => {
             Json(json!({"status": status, "payload": answer_payload(&payload)})).into_response()
         }
-        _ => refuse(
+        MethodOutcome::NotListening => refuse(
+            StatusCode::NOT_FOUND,
+            &format!("{target} is not connected to this edge hub or does not listen for methods"),
+        ),
+        MethodOutcome::TooManyCalls(max) => {
+            refuse(StatusCode::TOO_MANY_REQUESTS, &too_many_calls(max))
+        }
+        // A fresh random request id.
+        MethodOutcome::DuplicateRequestId => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "a method call with this request id is waiting already",
+        ),
+        MethodOutcome::TimedOut => refuse(
             StatusCode::GATEWAY_TIMEOUT,
             &format!("{target} did not answer {method} in {timeout} s"),
         ),
@@ -228,33 +233,30 @@ pub fn forward(hub: &Arc<EdgeHub>, client: &str, rid: String, method: String, pa
     let hub = Arc::clone(hub);
     let client = client.to_owned();
     tokio::spawn(async move {
-        let outbox = hub
-            .outbox(&client)
-            .filter(|o| o.subscribed(Feature::Methods));
-        let answer = match outbox {
-            None => Some((
+        let outcome = hub
+            .hub_loop
+            .call_method(
+                client.clone(),
+                rid.clone(),
+                method,
+                payload,
+                FORWARDED_TIMEOUT,
+            )
+            .await;
+        let answer = match outcome {
+            MethodOutcome::Answered { status, payload } => Some((status, answer_payload(&payload))),
+            MethodOutcome::NotListening => Some((
                 404,
                 json!({"message": format!("{client} is not connected to the edge hub")}),
             )),
-            Some(outbox) => {
-                match hub
-                    .pending_methods
-                    .call_with_id(rid.clone(), &client, outbox.connection())
-                {
-                    Err(error) => Some((429, json!({"message": error.to_string()}))),
-                    Ok(pending) => {
-                        outbox.send(Outgoing::MethodRequest {
-                            rid: rid.clone(),
-                            method,
-                            payload,
-                        });
-                        pending
-                            .answer(FORWARDED_TIMEOUT)
-                            .await
-                            .map(|(status, payload)| (status, answer_payload(&payload)))
-                    }
-                }
+            MethodOutcome::TooManyCalls(max) => {
+                Some((429, json!({"message": too_many_calls(max)})))
             }
+            MethodOutcome::DuplicateRequestId => Some((
+                429,
+                json!({"message": format!("a method call with request id {rid} is waiting already")}),
+            )),
+            MethodOutcome::TimedOut => None,
         };
         let Some((status, payload)) = answer else {
             return tracing::debug!(%client, rid, "no answer to a method call from the hub");

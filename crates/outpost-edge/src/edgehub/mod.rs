@@ -10,9 +10,11 @@
 
 pub mod auth;
 pub mod free_space;
+pub mod hub_loop;
 pub mod link;
 pub mod methods;
 pub mod router;
+pub mod state;
 pub mod store;
 pub mod sync;
 
@@ -24,7 +26,7 @@ use async_trait::async_trait;
 use outpost_core::twin::merge;
 use outpost_core::{Identity, Message, Twin};
 use outpost_mqtt::{
-    ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing, PendingMethods,
+    ConnectRefusal, ConnectionTable, DeviceOperations, Feature, OperationError, Outbox, Outgoing,
 };
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
@@ -32,12 +34,13 @@ use tokio::sync::Notify;
 use crate::config::{DeviceCredentials, EdgeConfig};
 use crate::identities::IdentityCache;
 use auth::{check_token, scoped_identities, ScopeRefreshGate, ScopedIdentity};
+use hub_loop::HubLoop;
 use link::Link;
 use router::Router;
 use store::EdgeStore;
 
 /// C2D delivery ids carry this bit, so that a PUBACK tells them apart from input deliveries (whose ids name
-/// the endpoint and the log sequence, see `router::deliveries`).
+/// the endpoint and the log sequence, see [`state`]).
 const C2D_DELIVERY: u64 = 1 << 63;
 
 /// The edge hub's state, shared by the gateway, the link loops and the method API.
@@ -54,15 +57,20 @@ pub struct EdgeHub {
     pub router: Router,
     /// The upstream link.
     pub link: Link,
-    /// Whether the hub answered the last call.
+    /// Whether the hub answered the last call. Changed only through [`went_online`](Self::went_online) and
+    /// [`went_offline`](Self::went_offline), which tell the state; read anywhere.
     pub online: AtomicBool,
+    /// Held while a change of `online` is told to the state, so that the state learns the changes in order.
+    /// A tokio `Mutex`: held across the send.
+    link_change: tokio::sync::Mutex<()>,
     /// Connected clients by client id. A std `Mutex`: held to insert, remove or clone, never across `.await`.
-    pub connections: Mutex<HashMap<String, Outbox>>,
-    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored.
+    pub connections: ConnectionTable,
+    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored or reported
+    /// patches queued (the link's `$upstream` and reported-patch loops wait on it).
     pub changed: Notify,
-    /// Method calls waiting for their answer, from the local method API and forwarded from the hub, each
-    /// bound to the client and connection the request went to.
-    pub pending_methods: PendingMethods,
+    /// The task that owns the edge hub's state: clients, input endpoints, deliveries in flight, and method
+    /// calls waiting for their answer (local and forwarded from the hub).
+    hub_loop: HubLoop,
     /// Refuses new messages while the disk of the message log is low.
     pub free_space: free_space::FreeSpaceGuard,
     /// What the edge hub and the agent count (records nothing unless `[metrics] listen` is set).
@@ -145,6 +153,8 @@ impl EdgeHub {
             .scope()?
             .map(|s| scoped_identities(&s))
             .unwrap_or_default();
+        // Ends when the hub is dropped, with the last sender of its channel.
+        let (hub_loop, _task) = HubLoop::start(router.log().clone(), metrics.clone());
         let free_space = free_space::FreeSpaceGuard::new(
             config.data_dir.join("edgehub").join("log"),
             config.disk.min_free_mib.saturating_mul(1 << 20),
@@ -158,9 +168,10 @@ impl EdgeHub {
             router,
             link,
             online: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
+            link_change: tokio::sync::Mutex::new(()),
+            connections: ConnectionTable::default(),
             changed: Notify::new(),
-            pending_methods: PendingMethods::new(methods::MAX_PENDING_METHODS),
+            hub_loop,
             metrics,
             scope: Mutex::new(scope),
             unknown_client_refresh: Mutex::new(ScopeRefreshGate::default()),
@@ -227,37 +238,57 @@ impl EdgeHub {
         )
     }
 
-    /// The outbox of a connected client.
-    pub fn outbox(&self, client: &str) -> Option<Outbox> {
-        lock(&self.connections).get(client).cloned()
+    /// The hub answered: the link is up (the state then declares presence).
+    pub async fn went_online(&self) {
+        let _in_order = self.link_change.lock().await;
+        if !self.online.swap(true, Ordering::AcqRel) {
+            self.hub_loop.link(true).await;
+        }
     }
 
-    /// Who is connected and what each listens for (for the hub's presence and `$edgeHub` reports).
-    pub fn presence(&self) -> Vec<(String, Vec<&'static str>)> {
-        let mut clients: Vec<(String, Vec<&'static str>)> = lock(&self.connections)
-            .iter()
-            .filter(|(_, outbox)| !outbox.is_closed())
-            .map(|(id, outbox)| {
-                let features = [
-                    (Feature::DesiredPatches, "desired"),
-                    (Feature::Methods, "methods"),
-                    (Feature::CloudToDevice, "c2d"),
-                    (Feature::Inputs, "inputs"),
-                ]
-                .into_iter()
-                .filter(|(f, _)| outbox.subscribed(*f))
-                .map(|(_, name)| name)
-                .collect();
-                (id.clone(), features)
-            })
-            .collect();
-        // The edge hub's own identity listens for its desired properties (the routes).
+    /// The hub did not answer: the link is down until the connectivity loop reaches it again. Whether it was up.
+    pub async fn went_offline(&self) -> bool {
+        let _in_order = self.link_change.lock().await;
+        if !self.online.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.metrics.went_offline();
+        self.hub_loop.link(false).await;
+        true
+    }
+
+    /// `clients` as the hub is told them: with the edge hub's own identity, which listens for its desired
+    /// properties (the routes).
+    fn with_own_identity(&self, mut clients: state::Presence) -> state::Presence {
         clients.push((
             format!("{}/$edgeHub", self.device.device_id),
             vec!["desired"],
         ));
         clients.sort();
         clients
+    }
+
+    /// The outbox of a connected client.
+    pub fn outbox(&self, client: &str) -> Option<Outbox> {
+        self.connections.get(client)
+    }
+
+    /// Who is connected and what each listens for (for the hub's presence and `$edgeHub` reports).
+    pub fn presence(&self) -> state::Presence {
+        let clients = self
+            .connections
+            .map(|id, outbox| {
+                (!outbox.is_closed()).then(|| {
+                    (
+                        id.to_owned(),
+                        state::feature_names(|f| outbox.subscribed(f)),
+                    )
+                })
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        self.with_own_identity(clients)
     }
 
     /// The twin of a client: from the hub when it answers (refreshing the cache), else the cached copy.
@@ -275,9 +306,7 @@ impl EdgeHub {
                 }
                 Err(error) => {
                     tracing::info!(client, %error, "hub unreachable: serving the cached twin");
-                    if self.online.swap(false, Ordering::AcqRel) {
-                        self.metrics.went_offline();
-                    }
+                    self.went_offline().await;
                 }
             }
         }
@@ -377,21 +406,25 @@ impl DeviceOperations for EdgeDevices {
 
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
         tracing::info!(%identity, "client connected to the edge hub");
-        lock(&self.0.connections).insert(identity.client_id(), outbox);
+        self.0
+            .connections
+            .connected(identity.client_id(), outbox.clone());
         self.0.changed.notify_waiters();
-        self.0.router.wake.notify_one();
+        self.0
+            .hub_loop
+            .connected(identity.client_id(), outbox)
+            .await;
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
-        let mut connections = lock(&self.0.connections);
-        if connections
-            .get(&identity.client_id())
-            .is_some_and(|o| o.connection() == connection)
-        {
-            connections.remove(&identity.client_id());
-        }
-        drop(connections);
+        self.0
+            .connections
+            .disconnected(&identity.client_id(), connection);
         self.0.changed.notify_waiters();
+        self.0
+            .hub_loop
+            .disconnected(identity.client_id(), connection)
+            .await;
     }
 
     async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
@@ -439,11 +472,13 @@ impl DeviceOperations for EdgeDevices {
             ));
         }
         let output = message.system.get("outputName").cloned();
-        self.0
+        let inputs = self
+            .0
             .router
             .accept(identity, message)
             .await
             .map_err(|e| OperationError::new(503, e.to_string()))?;
+        self.0.hub_loop.stored(inputs).await;
         self.0
             .metrics
             .message_received(&identity.client_id(), output.as_deref());
@@ -459,17 +494,21 @@ impl DeviceOperations for EdgeDevices {
         status: i32,
         payload: Vec<u8>,
     ) {
-        // Local calls and calls forwarded from the hub wait in the same table (see `methods::forward`).
-        if let Err(refused) =
-            self.0
-                .pending_methods
-                .answer(&identity.client_id(), connection, rid, (status, payload))
-        {
-            tracing::warn!(client = %identity, %refused, "method answer dropped");
-        }
+        // Local calls and calls forwarded from the hub wait in the same state (see `methods::forward`); it
+        // drops and logs an answer that is not from the target on the connection the request went out on.
+        self.0
+            .hub_loop
+            .method_answered(
+                identity.client_id(),
+                connection,
+                rid.to_owned(),
+                status,
+                payload,
+            )
+            .await;
     }
 
-    async fn delivered(&self, identity: &Identity, _connection: u64, delivery_id: u64) {
+    async fn delivered(&self, identity: &Identity, connection: u64, delivery_id: u64) {
         if delivery_id & C2D_DELIVERY != 0 {
             if let Err(error) = self
                 .0
@@ -480,7 +519,10 @@ impl DeviceOperations for EdgeDevices {
                 tracing::warn!(%identity, %error, "cannot complete a C2D message at the hub");
             }
         } else {
-            self.0.router.delivered(identity, delivery_id);
+            self.0
+                .hub_loop
+                .acked(identity.client_id(), connection, delivery_id)
+                .await;
         }
     }
 
@@ -493,7 +535,7 @@ impl DeviceOperations for EdgeDevices {
             tracing::warn!(client_id, %error, "cannot persist a session");
         }
         self.0.changed.notify_waiters();
-        self.0.router.wake.notify_one();
+        self.0.hub_loop.subscribed(client_id.to_owned()).await;
     }
 }
 

@@ -2,20 +2,17 @@
 //! endpoints its `$edgeHub` routes choose (`$upstream`, module inputs), each with its priority and expiry;
 //! each endpoint reads the log with its own cursor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use outpost_core::route::{MessageSource, Route, Sink};
 use outpost_core::{EdgeHubDesired, Identity, Message};
-use outpost_mqtt::{Feature, Outgoing};
 use outpost_store::log::{EndpointQueue, LogError, MessageLog, Record, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::state::InputRoute;
 use super::EdgeHub;
-use deliveries::InputDeliveries;
-
-mod deliveries;
 
 /// Why a `$edgeHub` configuration is refused (reported as its `lastDesiredStatus` 400).
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +31,13 @@ pub enum RoutesError {
 }
 /// The endpoint of the cloud.
 pub const UPSTREAM: &str = "$upstream";
-/// Unacknowledged input messages per module endpoint at a time.
-const INPUT_WINDOW: usize = 100;
-
 /// A message as it is stored in the log.
 #[derive(Serialize, Deserialize)]
-struct Stored {
-    client: String,
-    message: Message,
+pub(super) struct Stored {
+    /// The sender's client id.
+    pub client: String,
+    /// The message, with its system properties as accepted.
+    pub message: Message,
 }
 
 /// One route in force.
@@ -66,15 +62,6 @@ pub struct Router {
     upstream: EndpointQueue,
     /// A std `RwLock`: swapped whole when the routes change, read for every message.
     table: RwLock<Arc<RouteTable>>,
-    /// Module input endpoints by name, and which client and input each feeds.
-    inputs: Mutex<HashMap<String, (EndpointQueue, String, String)>>,
-    /// Input deliveries awaiting their PUBACK, by a delivery id that names the endpoint and the sequence.
-    deliveries: Mutex<InputDeliveries>,
-    /// Wakes the input delivery loop: a stored message, an acknowledgement, a client that connects. A
-    /// `notify_one` keeps its permit when the loop is busy, so no wake-up is lost.
-    pub wake: tokio::sync::Notify,
-    /// The connection each input endpoint last delivered on.
-    delivered_on: Mutex<HashMap<String, u64>>,
     /// Clients last reported in `$edgeHub`'s `clients`.
     reported_clients: Mutex<BTreeMap<String, bool>>,
     /// Held by [`refresh_configuration`] from its read of the twin to the routes' installation: the link's
@@ -105,10 +92,6 @@ impl Router {
                 routes: Vec::new(),
                 default_ttl_secs: 7200,
             })),
-            inputs: Mutex::new(HashMap::new()),
-            deliveries: Mutex::new(InputDeliveries::default()),
-            wake: tokio::sync::Notify::new(),
-            delivered_on: Mutex::new(HashMap::new()),
             reported_clients: Mutex::new(BTreeMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
         }
@@ -153,9 +136,37 @@ impl Router {
         format!("{}/{module}/{input}", self.device_id)
     }
 
+    /// The module inputs the routes in force feed.
+    pub fn input_routes(&self) -> Vec<InputRoute> {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut inputs: Vec<InputRoute> = Vec::new();
+        for (_, active) in &table.routes {
+            if let Sink::ModuleInput { module, input } = &active.route.sink {
+                let endpoint: Arc<str> = self.endpoint_name(module.as_str(), input).into();
+                if inputs.iter().all(|i| i.endpoint != endpoint) {
+                    inputs.push(InputRoute {
+                        endpoint,
+                        client: format!("{}/{module}", self.device_id),
+                        input: input.clone(),
+                    });
+                }
+            }
+        }
+        inputs
+    }
+
     /// Stores a message for the endpoints its routes choose; returns once it is durable (then the sender's
-    /// PUBACK may go). A message no route takes is accepted and dropped, as IoT Edge does.
-    pub async fn accept(&self, identity: &Identity, mut message: Message) -> Result<(), LogError> {
+    /// PUBACK may go), with the module input endpoints it was stored for. A message no route takes is accepted
+    /// and dropped, as IoT Edge does.
+    pub async fn accept(
+        &self,
+        identity: &Identity,
+        mut message: Message,
+    ) -> Result<Vec<Arc<str>>, LogError> {
         message
             .system
             .insert("connectionDeviceId".into(), identity.device.to_string());
@@ -205,8 +216,13 @@ impl Router {
         }
         if targets.is_empty() {
             tracing::debug!(%identity, source = %source.path(), "no route takes this message");
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let inputs: Vec<Arc<str>> = targets
+            .iter()
+            .map(|t| t.endpoint.clone())
+            .filter(|e| &**e != UPSTREAM)
+            .collect();
         let payload = serde_json::to_vec(&Stored {
             client: identity.client_id(),
             message,
@@ -215,8 +231,7 @@ impl Router {
         let mut record = Record::new(payload);
         record.targets = targets;
         self.log.append(vec![record]).await?;
-        self.wake.notify_one();
-        Ok(())
+        Ok(inputs)
     }
 
     /// The next messages for the hub, oldest (and most urgent) first: `(seq, sender, message)`.
@@ -253,92 +268,6 @@ impl Router {
     pub fn upstream_retry(&self) {
         self.upstream.rewind();
     }
-
-    /// A client acknowledged an input message: the copy of that one endpoint is complete.
-    pub fn delivered(&self, identity: &Identity, delivery_id: u64) {
-        let acked = lock(&self.deliveries)
-            .acked(&identity.client_id(), delivery_id)
-            .map(|(endpoint, seq)| (endpoint.to_owned(), seq));
-        if let Some((endpoint, seq)) = acked {
-            if let Some((queue, _, _)) = lock(&self.inputs).get(&endpoint) {
-                queue.ack(seq);
-            }
-            // The window has room again.
-            self.wake.notify_one();
-        }
-    }
-
-    /// Pushes pending input messages to the connected modules that listen for inputs.
-    pub fn deliver_inputs(&self, hub: &EdgeHub) {
-        let table = self
-            .table
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        for (_, active) in &table.routes {
-            if let Sink::ModuleInput { module, input } = &active.route.sink {
-                let name = self.endpoint_name(module.as_str(), input);
-                let client = format!("{}/{module}", self.device_id);
-                lock(&self.inputs)
-                    .entry(name.clone())
-                    .or_insert_with(|| (self.log.endpoint(&name), client, input.clone()));
-            }
-        }
-        let inputs: Vec<(String, EndpointQueue, String, String)> = lock(&self.inputs)
-            .iter()
-            .map(|(n, (q, c, i))| (n.clone(), q.clone(), c.clone(), i.clone()))
-            .collect();
-        for (name, queue, client, input) in inputs {
-            let Some(outbox) = hub
-                .outbox(&client)
-                .filter(|o| o.subscribed(Feature::Inputs))
-            else {
-                continue;
-            };
-            let Some(index) = lock(&self.deliveries).index(&name) else {
-                tracing::error!(endpoint = %name, "too many input endpoints: this one is not delivered");
-                continue;
-            };
-            // A new connection gets everything not acknowledged on the old one again, in order.
-            let previous = lock(&self.delivered_on).insert(name.clone(), outbox.connection());
-            if previous.is_some_and(|p| p != outbox.connection()) {
-                lock(&self.deliveries).forget(index);
-                queue.rewind();
-            }
-            let in_flight = lock(&self.deliveries).in_flight(index);
-            if in_flight >= INPUT_WINDOW {
-                continue;
-            }
-            let Ok(batch) = queue.next_batch(INPUT_WINDOW - in_flight) else {
-                continue;
-            };
-            for delivery in batch {
-                let Ok(stored) = serde_json::from_slice::<Stored>(&delivery.payload) else {
-                    queue.ack(delivery.seq);
-                    continue;
-                };
-                let Some(delivery_id) = lock(&self.deliveries).sent(&client, index, delivery.seq)
-                else {
-                    tracing::error!(endpoint = %name, seq = delivery.seq, "a log sequence past 2^48 cannot be delivered: dead-lettered");
-                    queue.dead_letter(delivery.seq);
-                    continue;
-                };
-                let mut message = stored.message;
-                hub.metrics.sent_to_input(
-                    &stored.client,
-                    message.system.get("outputName").map(String::as_str),
-                    &client,
-                    &input,
-                );
-                message.system.insert("inputName".into(), input.clone());
-                outbox.send(Outgoing::Input {
-                    delivery_id,
-                    input: input.clone(),
-                    message,
-                });
-            }
-        }
-    }
 }
 
 /// Reads the `$edgeHub` desired properties (from the hub, or the cache while offline), applies the routes and
@@ -361,6 +290,7 @@ pub async fn refresh_configuration(hub: &EdgeHub) {
     let status = match hub.router.configure(&desired) {
         Ok(count) => {
             tracing::info!(routes = count, version, "routes in force");
+            hub.hub_loop.routes(hub.router.input_routes()).await;
             json!({"code": 200, "description": ""})
         }
         Err(error) => {

@@ -1,5 +1,7 @@
 //! The loops that keep the edge hub and the hub in step over the upstream link: connectivity, presence, pushes
 //! from the hub, the `$upstream` queue, queued reported patches, and the catch-up after every reconnect.
+//! Module inputs, method calls and the presence to declare come from the task that owns the edge hub's state
+//! (`hub_loop`); these loops tell it when the link goes up or down.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,22 +38,10 @@ pub fn start(hub: &Arc<EdgeHub>) {
     tokio::spawn(pushes(hub.clone(), declaring));
     tokio::spawn(upstream(hub.clone()));
     tokio::spawn(reported(hub.clone()));
-    tokio::spawn(inputs(hub.clone()));
 }
 
-/// Delivers routed messages to the module inputs whose modules are connected and listening.
-async fn inputs(hub: Arc<EdgeHub>) {
-    loop {
-        hub.router.deliver_inputs(&hub);
-        // Woken by a stored message or an acknowledgement (a kept permit, never lost); the timer covers clients
-        // that connect or subscribe.
-        let _ = tokio::time::timeout(Duration::from_millis(100), hub.router.wake.notified()).await;
-    }
-}
-
-fn offline(hub: &EdgeHub, error: &LinkError) {
-    if hub.online.swap(false, Ordering::AcqRel) {
-        hub.metrics.went_offline();
+async fn offline(hub: &EdgeHub, error: &LinkError) {
+    if hub.went_offline().await {
         tracing::warn!(%error, "lost the hub: storing and forwarding until it is back");
     }
 }
@@ -83,11 +73,11 @@ async fn connectivity(hub: Arc<EdgeHub>, declaring: Arc<tokio::sync::Mutex<()>>)
         match hub.link.scope().await {
             Ok(scope) => {
                 hub.set_scope(&scope);
-                hub.online.store(true, Ordering::Release);
+                hub.went_online().await;
                 back_off = Duration::from_secs(1);
                 tracing::info!("upstream link to the hub is up");
                 if let Err(error) = declare(&hub, &declaring).await {
-                    offline(&hub, &error);
+                    offline(&hub, &error).await;
                     // A presence the hub refuses is refused again at once: ask again later.
                     tokio::time::sleep(back_off).await;
                 }
@@ -114,7 +104,7 @@ async fn catch_up(hub: &EdgeHub) {
         let cached = hub.store.twin(&client).ok().flatten();
         let fresh = match hub.link.twin(&client).await {
             Ok(fresh) => fresh,
-            Err(error) => return offline(hub, &error),
+            Err(error) => return offline(hub, &error).await,
         };
         let _ = hub.store.put_twin(&client, &fresh);
         let old_version = cached
@@ -168,23 +158,19 @@ pub fn desired_diff(old: &Map<String, Value>, new: &Map<String, Value>) -> Map<S
     patch
 }
 
+/// Declares presence each time the edge hub's state asks (the link came up, or who listens for what changed
+/// while it is up: the latest only), then reports the clients in `$edgeHub`'s reported properties.
 async fn presence(hub: Arc<EdgeHub>) {
-    let mut last: Option<Vec<(String, Vec<&'static str>)>> = None;
-    let mut was_online = false;
-    loop {
-        let online = hub.online.load(Ordering::Acquire);
-        let current = hub.presence();
-        if online && (!was_online || last.as_ref() != Some(&current)) {
-            match hub.link.presence(&current).await {
-                Ok(()) => {
-                    super::router::report_clients(&hub, &current);
-                    last = Some(current);
-                }
-                Err(error) => offline(&hub, &error),
-            }
+    let mut declarations = hub.hub_loop.presence();
+    while declarations.changed().await.is_ok() {
+        let Some(clients) = declarations.borrow_and_update().clone() else {
+            continue;
+        };
+        let current = hub.with_own_identity(clients);
+        match hub.link.presence(&current).await {
+            Ok(()) => super::router::report_clients(&hub, &current),
+            Err(error) => offline(&hub, &error).await,
         }
-        was_online = online && hub.online.load(Ordering::Acquire);
-        idle(&hub).await;
     }
 }
 
@@ -205,10 +191,10 @@ async fn pushes(hub: Arc<EdgeHub>, declaring: Arc<tokio::sync::Mutex<()>>) {
             Err(LinkError::PresenceRequired(reason)) => {
                 tracing::info!(%reason, "the hub forgot this edge's clients: declaring them again");
                 if let Err(error) = declare(&hub, &declaring).await {
-                    offline(&hub, &error);
+                    offline(&hub, &error).await;
                 }
             }
-            Err(error) => offline(&hub, &error),
+            Err(error) => offline(&hub, &error).await,
         }
     }
 }
@@ -245,7 +231,7 @@ async fn dispatch(hub: &Arc<EdgeHub>, event: LinkEvent) {
             // first, so that its reconnection is checked against what the hub holds now.
             match hub.link.scope().await {
                 Ok(scope) => hub.set_scope(&scope),
-                Err(error) => offline(hub, &error),
+                Err(error) => offline(hub, &error).await,
             }
             if let Some(outbox) = hub.outbox(&client) {
                 outbox.send(Outgoing::Close);
@@ -269,7 +255,7 @@ async fn link_accepted(hub: &EdgeHub) -> bool {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(%error, "the hub refuses the link itself: keeping everything queued");
-            offline(hub, &error);
+            offline(hub, &error).await;
             false
         }
     }
@@ -364,7 +350,7 @@ async fn upstream(hub: Arc<EdgeHub>) {
             Err(error) => {
                 batches.unreachable();
                 hub.router.upstream_retry();
-                offline(&hub, &error);
+                offline(&hub, &error).await;
             }
         }
     }
@@ -398,7 +384,7 @@ async fn reported(hub: Arc<EdgeHub>) {
                         "the hub refused a reported patch: dead-lettered (counted in `outpost edge stats`)");
                 }
                 Err(error) => {
-                    offline(&hub, &error);
+                    offline(&hub, &error).await;
                     break;
                 }
             }

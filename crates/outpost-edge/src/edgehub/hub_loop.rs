@@ -1,0 +1,396 @@
+//! The task that owns the edge hub's [`EdgeHubState`]: the MQTT head, the router, the route refresh and the
+//! callers of direct methods (the method API, calls forwarded from the hub) send it events over one bounded
+//! channel; it hands each to the state and carries out the actions over the drivers around it: the log's
+//! endpoint queues, the client outboxes, and the callers' answer channels. Nothing else touches that state, so
+//! it needs no lock. It waits on its channel, and on a timer only while a method call waits for its deadline.
+//!
+//! The task never waits on anything else (log reads are short `pread`s, pushes go to an outbox with
+//! `try_send`, answers to a `oneshot`), so a sender blocked on a full channel always sees it drained.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_mqtt::{Feature, Outbox, Outgoing};
+use outpost_store::log::{EndpointQueue, MessageLog};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::router::Stored;
+use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence};
+use crate::metrics::EdgeMetrics;
+
+/// Events waiting for the task at most; a sender past this waits its turn.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// What the task receives: an event of the state, or a change of the outboxes it pushes through.
+enum Input {
+    Event(Event),
+    Connected {
+        client: String,
+        outbox: Outbox,
+    },
+    Subscribed {
+        client: String,
+    },
+    /// A method call (its `id` is set by the task) and where its outcome goes.
+    Method {
+        call: MethodCall,
+        reply: oneshot::Sender<MethodOutcome>,
+    },
+    /// A method call's deadline passed.
+    Tick,
+}
+
+/// The sending end of the task that owns the edge hub's state; the task ends when every copy is dropped.
+#[derive(Clone)]
+pub struct HubLoop {
+    events: mpsc::Sender<Input>,
+    presence: watch::Receiver<Option<Presence>>,
+}
+
+/// The [`Feature`] bits an outbox's connection listens for.
+fn features(outbox: &Outbox) -> u8 {
+    [
+        Feature::CloudToDevice,
+        Feature::Inputs,
+        Feature::Methods,
+        Feature::DesiredPatches,
+    ]
+    .into_iter()
+    .filter(|f| outbox.subscribed(*f))
+    .fold(0, |bits, f| bits | f.bit())
+}
+
+impl HubLoop {
+    /// Starts the task over the message log (which it reads endpoint by endpoint).
+    pub fn start(log: MessageLog, metrics: EdgeMetrics) -> (Self, tokio::task::JoinHandle<()>) {
+        let (events, receiver) = mpsc::channel(EVENTS_CAPACITY);
+        let (declare, presence) = watch::channel(None);
+        let drivers = Drivers {
+            declare,
+            log,
+            metrics,
+            queues: HashMap::new(),
+            outboxes: HashMap::new(),
+            fetched: HashMap::new(),
+            callers: HashMap::new(),
+            next_call: 0,
+        };
+        let task = tokio::spawn(run(receiver, EdgeHubState::default(), drivers));
+        (Self { events, presence }, task)
+    }
+
+    /// The presence to declare to the hub: the latest only, changed each time the link comes up and each time
+    /// who listens for what changes while it is up.
+    pub fn presence(&self) -> watch::Receiver<Option<Presence>> {
+        self.presence.clone()
+    }
+
+    /// The upstream link came up or went down.
+    pub async fn link(&self, up: bool) {
+        let event = if up { Event::LinkUp } else { Event::LinkDown };
+        self.send(Input::Event(event)).await;
+    }
+
+    async fn send(&self, input: Input) {
+        // Gone only while the process ends.
+        let _ = self.events.send(input).await;
+    }
+
+    /// The routes in force feed these inputs.
+    pub async fn routes(&self, routes: Vec<InputRoute>) {
+        self.send(Input::Event(Event::Routes(routes))).await;
+    }
+
+    /// A client connected; its outbox tells its connection and whether it listens for inputs.
+    pub async fn connected(&self, client: String, outbox: Outbox) {
+        self.send(Input::Connected { client, outbox }).await;
+    }
+
+    /// A client's subscriptions changed (its outbox holds the new set).
+    pub async fn subscribed(&self, client: String) {
+        self.send(Input::Subscribed { client }).await;
+    }
+
+    /// A connection ended.
+    pub async fn disconnected(&self, client: String, connection: u64) {
+        self.send(Input::Event(Event::Disconnected { client, connection }))
+            .await;
+    }
+
+    /// A message is durable in the log for these endpoints.
+    pub async fn stored(&self, endpoints: Vec<Arc<str>>) {
+        if !endpoints.is_empty() {
+            self.send(Input::Event(Event::Stored(endpoints))).await;
+        }
+    }
+
+    /// Calls `method` on client `target` under request id `rid` and waits for its outcome: the answer, or why
+    /// there is none (not listening, too many calls waiting, no answer within `timeout`).
+    pub async fn call_method(
+        &self,
+        target: String,
+        rid: String,
+        method: String,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> MethodOutcome {
+        let (reply, outcome) = oneshot::channel();
+        let call = MethodCall {
+            id: 0,
+            rid,
+            target,
+            method,
+            payload,
+            timeout,
+        };
+        self.send(Input::Method { call, reply }).await;
+        outcome.await.unwrap_or(MethodOutcome::TimedOut)
+    }
+
+    /// A client answered a direct method on `connection`.
+    pub async fn method_answered(
+        &self,
+        client: String,
+        connection: u64,
+        rid: String,
+        status: i32,
+        payload: Vec<u8>,
+    ) {
+        self.send(Input::Event(Event::MethodAnswered {
+            client,
+            connection,
+            rid,
+            status,
+            payload,
+        }))
+        .await;
+    }
+
+    /// A client PUBACKed an input delivery on `connection`.
+    pub async fn acked(&self, client: String, connection: u64, delivery_id: u64) {
+        self.send(Input::Event(Event::Acked {
+            client,
+            connection,
+            delivery_id,
+        }))
+        .await;
+    }
+}
+
+async fn run(mut receiver: mpsc::Receiver<Input>, mut state: EdgeHubState, mut drivers: Drivers) {
+    loop {
+        let input = match state.next_deadline() {
+            Some(deadline) => tokio::select! {
+                input = receiver.recv() => input,
+                () = tokio::time::sleep_until(deadline.into()) => Some(Input::Tick),
+            },
+            None => receiver.recv().await,
+        };
+        let Some(input) = input else {
+            return;
+        };
+        let Some(event) = drivers.event(input) else {
+            continue;
+        };
+        let actions = state.handle(event, Instant::now());
+        drivers.carry_out(&mut state, actions);
+    }
+}
+
+/// What the state's actions are carried out with.
+struct Drivers {
+    /// Where presence declarations go (the link's presence loop sends them).
+    declare: watch::Sender<Option<Presence>>,
+    log: MessageLog,
+    metrics: EdgeMetrics,
+    /// The log's queue of each endpoint the state named.
+    queues: HashMap<Arc<str>, EndpointQueue>,
+    /// The outbox of each connected client (one per client: the newest connection's).
+    outboxes: HashMap<String, Outbox>,
+    /// Records read and not yet pushed, for the actions of the read's outcome.
+    fetched: HashMap<(Arc<str>, u64), Stored>,
+    /// Where the outcome of each method call goes, by call id (as many as the state lets wait, and each
+    /// taken out when the state ends its call).
+    callers: HashMap<u64, oneshot::Sender<MethodOutcome>>,
+    next_call: u64,
+}
+
+impl Drivers {
+    /// Turns an input into the state's event, keeping the outboxes in step.
+    fn event(&mut self, input: Input) -> Option<Event> {
+        match input {
+            Input::Event(event) => {
+                if let Event::Disconnected { client, connection } = &event {
+                    if self
+                        .outboxes
+                        .get(client)
+                        .is_some_and(|o| o.connection() == *connection)
+                    {
+                        self.outboxes.remove(client);
+                    }
+                }
+                Some(event)
+            }
+            Input::Connected { client, outbox } => {
+                let event = Event::Connected {
+                    client: client.clone(),
+                    connection: outbox.connection(),
+                    features: features(&outbox),
+                };
+                self.outboxes.insert(client, outbox);
+                Some(event)
+            }
+            Input::Subscribed { client } => {
+                let outbox = self.outboxes.get(&client)?;
+                Some(Event::Subscribed {
+                    connection: outbox.connection(),
+                    features: features(outbox),
+                    client,
+                })
+            }
+            Input::Method { mut call, reply } => {
+                self.next_call += 1;
+                call.id = self.next_call;
+                self.callers.insert(call.id, reply);
+                Some(Event::MethodCalled(call))
+            }
+            Input::Tick => Some(Event::Tick),
+        }
+    }
+
+    fn queue(&mut self, endpoint: &Arc<str>) -> &EndpointQueue {
+        self.queues
+            .entry(endpoint.clone())
+            .or_insert_with(|| self.log.endpoint(endpoint))
+    }
+
+    /// Carries out `actions` and those that the outcomes of its reads bring.
+    fn carry_out(&mut self, state: &mut EdgeHubState, actions: Vec<Action>) {
+        let mut work = VecDeque::from(actions);
+        while let Some(action) = work.pop_front() {
+            match action {
+                Action::Read { endpoint, max } => {
+                    let read = self.read(endpoint, max);
+                    work.extend(state.handle(read, Instant::now()));
+                }
+                Action::Deliver {
+                    client,
+                    connection,
+                    endpoint,
+                    input,
+                    seq,
+                    delivery_id,
+                } => self.deliver(&client, connection, &endpoint, input, seq, delivery_id),
+                Action::Complete { endpoint, seq } => {
+                    self.queue(&endpoint).ack(seq);
+                }
+                Action::DeadLetter { endpoint, seq } => {
+                    self.queue(&endpoint).dead_letter(seq);
+                }
+                Action::Rewind { endpoint } => self.queue(&endpoint).rewind(),
+                Action::SendMethod {
+                    client,
+                    connection,
+                    rid,
+                    method,
+                    payload,
+                } => {
+                    if let Some(outbox) = self
+                        .outboxes
+                        .get(&client)
+                        .filter(|o| o.connection() == connection)
+                    {
+                        outbox.send(Outgoing::MethodRequest {
+                            rid,
+                            method,
+                            payload,
+                        });
+                    }
+                }
+                Action::DeclarePresence(presence) => {
+                    self.declare.send_replace(Some(presence));
+                }
+                Action::MethodDone { id, outcome } => {
+                    if let Some(reply) = self.callers.remove(&id) {
+                        // The caller may have given up (its HTTP request closed): nobody to tell.
+                        let _ = reply.send(outcome);
+                    }
+                }
+            }
+        }
+        // Records the state gave back rather than pushed were rewound in the log.
+        self.fetched.clear();
+    }
+
+    /// Hands out up to `max` records of `endpoint`; a record that does not decode is acknowledged and skipped.
+    fn read(&mut self, endpoint: Arc<str>, max: usize) -> Event {
+        let queue = self.queue(&endpoint).clone();
+        let batch = match queue.next_batch(max) {
+            Ok(batch) => batch,
+            Err(error) => {
+                // Read again on the next message stored, acknowledgement or connection.
+                tracing::error!(%endpoint, %error, "cannot read an input endpoint's queue");
+                return Event::Read {
+                    endpoint,
+                    seqs: Vec::new(),
+                    more: false,
+                };
+            }
+        };
+        let mut seqs = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            if let Ok(stored) = serde_json::from_slice::<Stored>(&delivery.payload) {
+                self.fetched
+                    .insert((endpoint.clone(), delivery.seq), stored);
+                seqs.push(delivery.seq);
+            } else {
+                tracing::warn!(%endpoint, seq = delivery.seq, "a stored message does not decode: skipped");
+                queue.ack(delivery.seq);
+            }
+        }
+        Event::Read {
+            endpoint,
+            seqs,
+            more: queue.has_pending(),
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        client: &str,
+        connection: u64,
+        endpoint: &Arc<str>,
+        input: String,
+        seq: u64,
+        delivery_id: u64,
+    ) {
+        let Some(stored) = self.fetched.remove(&(endpoint.clone(), seq)) else {
+            return;
+        };
+        let Some(outbox) = self
+            .outboxes
+            .get(client)
+            .filter(|o| o.connection() == connection)
+        else {
+            return;
+        };
+        let mut message = stored.message;
+        self.metrics.sent_to_input(
+            &stored.client,
+            message.system.get("outputName").map(String::as_str),
+            client,
+            &input,
+        );
+        message.system.insert("inputName".into(), input.clone());
+        // A full outbox closes its connection; what it did not take goes again on the next one.
+        outbox.send(Outgoing::Input {
+            delivery_id,
+            input,
+            message,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! The edge hub's state as a pure state machine, after `outpost_mqtt::session`: which clients are connected on
+//! which connection and what they listen for, which module input endpoints the routes feed, which input
+//! deliveries await their PUBACK, which direct-method calls await their answer ([`methods`]), and whether the
+//! upstream link is up (while it is, every change of who listens for what is declared to the hub as presence).
+//! Events go in with `now`; actions come out ([`events`]). No I/O, no clock, no locks: one task owns it
+//! (`hub_loop`) and carries the actions out over the message log, the client outboxes and the callers of
+//! methods.
+//!
+//! Each endpoint reads the log with its own cursor and has at most a window of deliveries in flight. One message
+//! routed to two inputs of one module is two deliveries to the same client: the delivery id its PUBACK names
+//! carries the endpoint as well as the log sequence, so that each copy is sent, de-duplicated by the MQTT
+//! session and completed on its own. Layout of an input delivery id: bit 63 is clear (it marks C2D deliveries,
+//! see `edgehub::C2D_DELIVERY`), bits 48–62 are the endpoint's index, bits 0–47 the log sequence. The id of
+//! `(endpoint, seq)` is the same on every connection, so a resumed MQTT session that is already redelivering a
+//! message recognises the re-push.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use outpost_mqtt::Feature;
+
+pub use events::{feature_names, Action, Event, InputRoute, Presence};
+pub use methods::{MethodCall, MethodOutcome, MAX_PENDING_METHODS};
+
+mod events;
+mod methods;
+
+/// Unacknowledged input messages per module endpoint at a time.
+pub const INPUT_WINDOW: usize = 100;
+/// Bits of the log sequence in a delivery id.
+const SEQ_BITS: u32 = 48;
+/// Input endpoints a process can tell apart: 15 bits, below the C2D bit.
+const MAX_ENDPOINTS: usize = 1 << 15;
+
+/// The delivery id of `seq` of endpoint `index`, if both fit.
+fn delivery_id(index: usize, seq: u64) -> Option<u64> {
+    (index < MAX_ENDPOINTS && seq >> SEQ_BITS == 0).then_some(((index as u64) << SEQ_BITS) | seq)
+}
+
+/// The endpoint index and log sequence a delivery id names.
+fn split_delivery_id(id: u64) -> (usize, u64) {
+    // At most 15 bits after the C2D bit is masked off: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let index = ((id & !(1 << 63)) >> SEQ_BITS) as usize;
+    (index, id & ((1 << SEQ_BITS) - 1))
+}
+
+/// A connected client.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    connection: u64,
+    features: u8,
+}
+
+impl Client {
+    fn listens(self, feature: Feature) -> bool {
+        self.features & feature.bit() != 0
+    }
+}
+
+/// One module input endpoint.
+#[derive(Debug)]
+struct Endpoint {
+    route: InputRoute,
+    /// Deliveries awaiting their PUBACK.
+    in_flight: usize,
+    /// Whether the log may hold records not yet handed out.
+    backlog: bool,
+    /// The size of the read asked for and not yet reported (0: none).
+    reading: usize,
+    /// The connection it last delivered on: a new connection of its client gets everything again.
+    delivered_on: Option<u64>,
+}
+
+/// The edge hub's state. Bounded: one entry per live connection, at most [`MAX_ENDPOINTS`] endpoints, at most
+/// `window` deliveries in flight per endpoint, and at most [`MAX_PENDING_METHODS`] method calls waiting.
+#[derive(Debug)]
+pub struct EdgeHubState {
+    window: usize,
+    clients: HashMap<String, Client>,
+    /// Endpoints by index (an index is never reused while the process lives: it is part of delivery ids).
+    endpoints: Vec<Endpoint>,
+    indexes: HashMap<Arc<str>, usize>,
+    /// Delivery id → the client and connection it went to.
+    in_flight: HashMap<u64, (String, u64)>,
+    methods: methods::PendingMethods,
+    link_up: bool,
+    /// What was last declared on the link as it is now up (`None`: nothing yet).
+    declared: Option<Presence>,
+}
+
+impl Default for EdgeHubState {
+    fn default() -> Self {
+        Self::new(INPUT_WINDOW)
+    }
+}
+
+impl EdgeHubState {
+    /// An empty state whose endpoints each have at most `window` deliveries in flight.
+    pub fn new(window: usize) -> Self {
+        Self {
+            window: window.max(1),
+            clients: HashMap::new(),
+            endpoints: Vec::new(),
+            indexes: HashMap::new(),
+            in_flight: HashMap::new(),
+            methods: methods::PendingMethods::new(MAX_PENDING_METHODS),
+            link_up: false,
+            declared: None,
+        }
+    }
+
+    /// The same state with at most `max` method calls waiting at once.
+    #[must_use]
+    pub fn with_max_methods(mut self, max: usize) -> Self {
+        self.methods = methods::PendingMethods::new(max);
+        self
+    }
+
+    /// Handles one event at `now`. Only method calls wait on the clock; nothing on the delivery side does
+    /// (redelivery is by reconnect, expiry is the log's).
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let presence_may_change = matches!(
+            event,
+            Event::Connected { .. }
+                | Event::Subscribed { .. }
+                | Event::Disconnected { .. }
+                | Event::LinkUp
+        );
+        let mut actions = self.apply(event, now);
+        if presence_may_change && self.link_up {
+            let current = self.presence();
+            if self.declared.as_ref() != Some(&current) {
+                self.declared = Some(current.clone());
+                actions.push(Action::DeclarePresence(current));
+            }
+        }
+        actions
+    }
+
+    fn apply(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::LinkUp => {
+                self.link_up = true;
+                Vec::new()
+            }
+            Event::LinkDown => {
+                self.link_up = false;
+                self.declared = None;
+                Vec::new()
+            }
+            Event::Routes(routes) => self.routes(routes),
+            Event::Connected {
+                client,
+                connection,
+                features,
+            } => self.connected(
+                client,
+                Client {
+                    connection,
+                    features,
+                },
+            ),
+            Event::Subscribed {
+                client,
+                connection,
+                features,
+            } => self.subscribed(&client, connection, features),
+            Event::Disconnected { client, connection } => {
+                if self
+                    .clients
+                    .get(&client)
+                    .is_some_and(|c| c.connection == connection)
+                {
+                    self.clients.remove(&client);
+                }
+                Vec::new()
+            }
+            Event::Stored(endpoints) => {
+                let mut actions = Vec::new();
+                for name in endpoints {
+                    if let Some(&index) = self.indexes.get(&name) {
+                        self.endpoints[index].backlog = true;
+                        self.pump(index, &mut actions);
+                    }
+                }
+                actions
+            }
+            Event::Read {
+                endpoint,
+                seqs,
+                more,
+            } => self.read(&endpoint, seqs, more),
+            Event::Acked {
+                client,
+                connection,
+                delivery_id,
+            } => self.acked(&client, connection, delivery_id),
+            Event::MethodCalled(call) => vec![self.method_called(call, now)],
+            Event::MethodAnswered {
+                client,
+                connection,
+                rid,
+                status,
+                payload,
+            } => self
+                .methods
+                .answer(&client, connection, &rid)
+                .map(|id| Action::MethodDone {
+                    id,
+                    outcome: MethodOutcome::Answered { status, payload },
+                })
+                .into_iter()
+                .collect(),
+            Event::Tick => self
+                .methods
+                .expire(now)
+                .into_iter()
+                .map(|id| Action::MethodDone {
+                    id,
+                    outcome: MethodOutcome::TimedOut,
+                })
+                .collect(),
+        }
+    }
+
+    /// When the next method call times out: the owner sends [`Event::Tick`] then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.methods.next_deadline()
+    }
+
+    /// Who is connected and what each listens for, as the hub is told it.
+    pub fn presence(&self) -> Presence {
+        let mut clients: Presence = self
+            .clients
+            .iter()
+            .map(|(id, client)| (id.clone(), feature_names(|f| client.listens(f))))
+            .collect();
+        clients.sort();
+        clients
+    }
+
+    /// How many method calls wait for their answer.
+    pub fn pending_methods(&self) -> usize {
+        self.methods.len()
+    }
+
+    /// How many deliveries of an endpoint await their PUBACK.
+    pub fn in_flight(&self, endpoint: &str) -> usize {
+        self.indexes
+            .get(endpoint)
+            .map_or(0, |&i| self.endpoints[i].in_flight)
+    }
+
+    fn routes(&mut self, routes: Vec<InputRoute>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for route in routes {
+            if self.indexes.contains_key(&route.endpoint) {
+                continue;
+            }
+            if self.endpoints.len() >= MAX_ENDPOINTS {
+                tracing::error!(endpoint = %route.endpoint, "too many input endpoints: this one is not delivered");
+                continue;
+            }
+            let index = self.endpoints.len();
+            self.indexes.insert(route.endpoint.clone(), index);
+            // Unknown until read: the log may hold records from before a restart.
+            self.endpoints.push(Endpoint {
+                route,
+                in_flight: 0,
+                backlog: true,
+                reading: 0,
+                delivered_on: None,
+            });
+            self.pump(index, &mut actions);
+        }
+        actions
+    }
+
+    fn method_called(&mut self, call: MethodCall, now: Instant) -> Action {
+        let Some(connection) = self
+            .clients
+            .get(&call.target)
+            .filter(|c| c.listens(Feature::Methods))
+            .map(|c| c.connection)
+        else {
+            return Action::MethodDone {
+                id: call.id,
+                outcome: MethodOutcome::NotListening,
+            };
+        };
+        if let Err(outcome) = self.methods.wait(&call, connection, now) {
+            return Action::MethodDone {
+                id: call.id,
+                outcome,
+            };
+        }
+        Action::SendMethod {
+            client: call.target,
+            connection,
+            rid: call.rid,
+            method: call.method,
+            payload: call.payload,
+        }
+    }
+
+    fn connected(&mut self, client: String, state: Client) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let connection = state.connection;
+        let mine: Vec<usize> = self.endpoints_of(&client).collect();
+        self.clients.insert(client, state);
+        for index in mine {
+            // A new connection gets everything not acknowledged on the old one again, in order.
+            if self.endpoints[index]
+                .delivered_on
+                .is_some_and(|c| c != connection)
+            {
+                self.forget(index);
+                actions.push(Action::Rewind {
+                    endpoint: self.endpoints[index].route.endpoint.clone(),
+                });
+            }
+            self.pump(index, &mut actions);
+        }
+        actions
+    }
+
+    fn subscribed(&mut self, client: &str, connection: u64, features: u8) -> Vec<Action> {
+        let Some(known) = self
+            .clients
+            .get_mut(client)
+            .filter(|c| c.connection == connection)
+        else {
+            return Vec::new();
+        };
+        known.features = features;
+        let mut actions = Vec::new();
+        let mine: Vec<usize> = self.endpoints_of(client).collect();
+        for index in mine {
+            self.pump(index, &mut actions);
+        }
+        actions
+    }
+
+    fn read(&mut self, name: &str, seqs: Vec<u64>, more: bool) -> Vec<Action> {
+        let Some(&index) = self.indexes.get(name) else {
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        let endpoint = &mut self.endpoints[index];
+        endpoint.reading = 0;
+        endpoint.backlog = more;
+        let target = self
+            .clients
+            .get(&endpoint.route.client)
+            .filter(|c| c.listens(Feature::Inputs))
+            .map(|c| c.connection);
+        let Some(connection) = target else {
+            // Its client left or stopped listening while the read ran: the records go back, in order.
+            if !seqs.is_empty() {
+                endpoint.backlog = true;
+                actions.push(Action::Rewind {
+                    endpoint: endpoint.route.endpoint.clone(),
+                });
+            }
+            return actions;
+        };
+        for seq in seqs {
+            let Some(id) = delivery_id(index, seq) else {
+                tracing::error!(endpoint = %endpoint.route.endpoint, seq, "a log sequence past 2^48 cannot be delivered: dead-lettered");
+                actions.push(Action::DeadLetter {
+                    endpoint: endpoint.route.endpoint.clone(),
+                    seq,
+                });
+                continue;
+            };
+            let owner = (endpoint.route.client.clone(), connection);
+            if self.in_flight.insert(id, owner).is_none() {
+                endpoint.in_flight += 1;
+            }
+            endpoint.delivered_on = Some(connection);
+            actions.push(Action::Deliver {
+                client: endpoint.route.client.clone(),
+                connection,
+                endpoint: endpoint.route.endpoint.clone(),
+                input: endpoint.route.input.clone(),
+                seq,
+                delivery_id: id,
+            });
+        }
+        self.pump(index, &mut actions);
+        actions
+    }
+
+    fn acked(&mut self, client: &str, connection: u64, id: u64) -> Vec<Action> {
+        // Only the connection the delivery went to completes it: a late PUBACK of an older connection, or one
+        // from another client, completes nothing.
+        if self
+            .in_flight
+            .get(&id)
+            .is_none_or(|(c, n)| c != client || *n != connection)
+        {
+            return Vec::new();
+        }
+        self.in_flight.remove(&id);
+        let (index, seq) = split_delivery_id(id);
+        let Some(endpoint) = self.endpoints.get_mut(index) else {
+            return Vec::new();
+        };
+        endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
+        let mut actions = vec![Action::Complete {
+            endpoint: endpoint.route.endpoint.clone(),
+            seq,
+        }];
+        // The window has room again.
+        self.pump(index, &mut actions);
+        actions
+    }
+
+    /// Asks for a read when the endpoint may have records, its client listens, and its window has room.
+    fn pump(&mut self, index: usize, actions: &mut Vec<Action>) {
+        let endpoint = &self.endpoints[index];
+        let listening = self
+            .clients
+            .get(&endpoint.route.client)
+            .is_some_and(|c| c.listens(Feature::Inputs));
+        if !listening
+            || !endpoint.backlog
+            || endpoint.reading > 0
+            || endpoint.in_flight >= self.window
+        {
+            return;
+        }
+        let max = self.window - endpoint.in_flight;
+        let endpoint = &mut self.endpoints[index];
+        endpoint.reading = max;
+        actions.push(Action::Read {
+            endpoint: endpoint.route.endpoint.clone(),
+            max,
+        });
+    }
+
+    /// Forgets what endpoint `index` has in flight: its client connected again and gets it all again.
+    fn forget(&mut self, index: usize) {
+        self.in_flight
+            .retain(|id, _| split_delivery_id(*id).0 != index);
+        let endpoint = &mut self.endpoints[index];
+        endpoint.in_flight = 0;
+        endpoint.backlog = true;
+        endpoint.delivered_on = None;
+    }
+
+    fn endpoints_of<'a>(&'a self, client: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter(move |(_, e)| e.route.client == client)
+            .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests;

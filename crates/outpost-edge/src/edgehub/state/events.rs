@@ -1,0 +1,180 @@
+//! What goes into the edge hub's state machine and what comes out: its events, its actions, and the data they
+//! carry.
+
+use std::sync::Arc;
+
+use outpost_mqtt::Feature;
+
+use super::{MethodCall, MethodOutcome};
+
+/// A module input a route feeds: its endpoint in the log, and the client and input it is delivered to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRoute {
+    /// The endpoint's name in the log (`{device}/{module}/{input}`).
+    pub endpoint: Arc<str>,
+    /// The module's client id (`{device}/{module}`).
+    pub client: String,
+    /// The input's name.
+    pub input: String,
+}
+
+/// What happened, as the edge hub's state machine learns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The routes in force feed these inputs. Endpoints are added, never forgotten: what was stored for an input
+    /// whose route left still goes out.
+    Routes(Vec<InputRoute>),
+    /// A client connected.
+    Connected {
+        /// Client id.
+        client: String,
+        /// The connection, as the MQTT head numbers them.
+        connection: u64,
+        /// What its (resumed) session listens for: [`Feature`] bits.
+        features: u8,
+    },
+    /// A client's subscriptions changed.
+    Subscribed {
+        /// Client id.
+        client: String,
+        /// The connection the change was made on.
+        connection: u64,
+        /// What it listens for now: [`Feature`] bits.
+        features: u8,
+    },
+    /// The upstream link to the hub is up.
+    LinkUp,
+    /// The upstream link to the hub is down.
+    LinkDown,
+    /// A connection ended.
+    Disconnected {
+        /// Client id.
+        client: String,
+        /// The connection that ended.
+        connection: u64,
+    },
+    /// A message was stored durably in the log for these endpoints.
+    Stored(Vec<Arc<str>>),
+    /// The outcome of an [`Action::Read`]: the sequences handed out (in delivery order), and whether the
+    /// endpoint has more to hand out.
+    Read {
+        /// The endpoint read.
+        endpoint: Arc<str>,
+        /// The log sequences handed out.
+        seqs: Vec<u64>,
+        /// Whether more wait.
+        more: bool,
+    },
+    /// A client PUBACKed an input delivery on a connection.
+    Acked {
+        /// Client id.
+        client: String,
+        /// The connection the PUBACK came on.
+        connection: u64,
+        /// The delivery id it names.
+        delivery_id: u64,
+    },
+    /// A direct method is called on a client of the edge hub (from the method API, or forwarded by the hub).
+    MethodCalled(MethodCall),
+    /// A client answered a direct method on a connection.
+    MethodAnswered {
+        /// Client id.
+        client: String,
+        /// The connection the answer came on.
+        connection: u64,
+        /// The request id it answers.
+        rid: String,
+        /// The status it chose.
+        status: i32,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
+    /// Time passed: calls whose deadline is past end ([`EdgeHubState::next_deadline`](super::EdgeHubState::next_deadline) says when to send it).
+    Tick,
+}
+
+/// What the owner of the state must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Hand out up to `max` records of the endpoint's log queue, then report them as [`Event::Read`].
+    Read {
+        /// The endpoint.
+        endpoint: Arc<str>,
+        /// How many at most.
+        max: usize,
+    },
+    /// Push a record handed out by a read to a client's input, with this delivery id.
+    Deliver {
+        /// Client id.
+        client: String,
+        /// The connection to push it on.
+        connection: u64,
+        /// The endpoint the record was read from.
+        endpoint: Arc<str>,
+        /// The input it goes to.
+        input: String,
+        /// Its log sequence.
+        seq: u64,
+        /// The id its PUBACK will name.
+        delivery_id: u64,
+    },
+    /// The endpoint's copy of the record is delivered: acknowledge it in the log.
+    Complete {
+        /// The endpoint.
+        endpoint: Arc<str>,
+        /// Its log sequence.
+        seq: u64,
+    },
+    /// The record cannot be delivered (its sequence does not fit a delivery id): dead-letter it.
+    DeadLetter {
+        /// The endpoint.
+        endpoint: Arc<str>,
+        /// Its log sequence.
+        seq: u64,
+    },
+    /// Make every record of the endpoint handed out and not acknowledged deliverable again, in order.
+    Rewind {
+        /// The endpoint.
+        endpoint: Arc<str>,
+    },
+    /// Push a direct-method request to a client.
+    SendMethod {
+        /// Client id.
+        client: String,
+        /// The connection to push it on (only an answer on this one counts).
+        connection: u64,
+        /// The request id.
+        rid: String,
+        /// The method's name.
+        method: String,
+        /// The request's payload.
+        payload: Vec<u8>,
+    },
+    /// A method call ended: tell its caller.
+    MethodDone {
+        /// The call's [`MethodCall::id`].
+        id: u64,
+        /// How it ended.
+        outcome: MethodOutcome,
+    },
+    /// Declare to the hub who is connected here and what each listens for (the link is up, and this changed
+    /// since the last declaration on it).
+    DeclarePresence(Presence),
+}
+
+/// Connected clients by id, each with what it listens for (`desired`, `methods`, `c2d`, `inputs`), sorted.
+pub type Presence = Vec<(String, Vec<&'static str>)>;
+
+/// The presence names of the features a client listens for, in the order the hub is told them.
+pub fn feature_names(listens: impl Fn(Feature) -> bool) -> Vec<&'static str> {
+    [
+        (Feature::DesiredPatches, "desired"),
+        (Feature::Methods, "methods"),
+        (Feature::CloudToDevice, "c2d"),
+        (Feature::Inputs, "inputs"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| listens(*f))
+    .map(|(_, name)| name)
+    .collect()
+}
