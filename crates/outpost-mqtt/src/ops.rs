@@ -55,6 +55,10 @@ pub trait DeviceOperations: Send + Sync + 'static {
     async fn load_subscriptions(&self, client_id: &str) -> Vec<String>;
     /// Stores the full filter list after every change; an empty list for a clean session means "forget".
     async fn save_subscriptions(&self, client_id: &str, filters: &[String]);
+    /// What connection `connection` of the client listens for changed (a SUBSCRIBE or UNSUBSCRIBE, of a clean
+    /// session as of a persistent one; after `save_subscriptions` for the latter): the connection's
+    /// [`Outbox::subscribed`] tells the new set. A backend that reads the outbox when it pushes needs nothing here.
+    async fn subscriptions_changed(&self, _identity: &Identity, _connection: u64) {}
 }
 
 /// Why `authenticate` refused a CONNECT; each maps to a CONNACK return code.
@@ -328,6 +332,11 @@ impl Outbox {
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
         self.shared.queue().closed
+    }
+
+    /// The feature set (bits of [`Feature::bit`]).
+    pub fn features(&self) -> u8 {
+        self.shared.features.load(Ordering::Acquire)
     }
 
     /// Replaces the feature set (bits of [`Feature::bit`]); the connection calls it after every SUBSCRIBE.

@@ -472,6 +472,55 @@ async fn a_persistent_session_survives_a_server_restart_through_the_backend() {
     );
 }
 
+/// A backend that routes by what its clients listen for (the edge hub's state) must hear of every change, of clean
+/// sessions too, which persist nothing: the quickstart's Rust modules (clean sessions) once never got their
+/// inputs because only `save_subscriptions` told of a SUBSCRIBE.
+#[tokio::test]
+async fn every_subscription_change_is_told_to_the_backend_for_clean_and_persistent_sessions() {
+    let server = Server::start().await;
+    for (client_id, clean) in [("devA", true), ("devB", false)] {
+        let client = server.client(client_id, clean).await;
+        let connection = server.backend.outbox(client_id).await.connection();
+        client
+            .subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let told = server
+            .backend
+            .wait_for("the change told", |v| {
+                v.feature_changes()
+                    .into_iter()
+                    .find(|(c, _, _)| c == client_id)
+            })
+            .await;
+        assert_eq!(
+            told,
+            (client_id.to_owned(), connection, Feature::Methods.bit())
+        );
+        // A SUBSCRIBE that changes nothing tells nothing.
+        client
+            .subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        client.unsubscribe("$iothub/methods/POST/#").await.unwrap();
+        let changes = server
+            .backend
+            .wait_for("the unsubscribe told", |v| {
+                let mine: Vec<_> = v
+                    .feature_changes()
+                    .into_iter()
+                    .filter(|(c, _, _)| c == client_id)
+                    .collect();
+                (mine.len() >= 2).then_some(mine)
+            })
+            .await;
+        assert_eq!(
+            changes,
+            vec![told.clone(), (client_id.to_owned(), connection, 0)]
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_clean_session_forgets_the_persisted_one() {
     let server = Server::start().await;

@@ -193,7 +193,9 @@ async fn run(mut receiver: mpsc::Receiver<Input>, mut state: EdgeHubState, mut d
         let Some(event) = drivers.event(input) else {
             continue;
         };
+        tracing::trace!(?event, "hub loop event");
         let actions = state.handle(event, Instant::now());
+        tracing::trace!(?actions, "hub loop actions");
         drivers.carry_out(&mut state, actions);
     }
 }
@@ -272,6 +274,7 @@ impl Drivers {
             match action {
                 Action::Read { endpoint, max } => {
                     let read = self.read(endpoint, max);
+                    tracing::trace!(?read, "hub loop read");
                     work.extend(state.handle(read, Instant::now()));
                 }
                 Action::Deliver {

@@ -535,7 +535,11 @@ impl DeviceOperations for EdgeDevices {
             tracing::warn!(client_id, %error, "cannot persist a session");
         }
         self.0.changed.notify_waiters();
-        self.0.hub_loop.subscribed(client_id.to_owned()).await;
+    }
+
+    async fn subscriptions_changed(&self, identity: &Identity, _connection: u64) {
+        self.0.changed.notify_waiters();
+        self.0.hub_loop.subscribed(identity.client_id()).await;
     }
 }
 

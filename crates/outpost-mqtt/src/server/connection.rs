@@ -486,9 +486,14 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                 packet = incoming.next(), if self.pending.len() < MAX_PENDING_OPERATIONS => match packet {
                     Ok(Some(packet)) => {
                         let actions = session.handle(packet, Instant::now())?;
-                        self.outbox.set_features(session.features());
+                        let features = session.features();
+                        let changed = features != self.outbox.features();
+                        self.outbox.set_features(features);
                         if self.apply(actions)? {
                             return Ok(Ended::ByClient);
+                        }
+                        if changed {
+                            self.pending.push_back(self.subscriptions_changed());
                         }
                     }
                     Err(e) => return Err(e.into()),
@@ -559,6 +564,18 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                 Operation::Ready(outcome) => outcome,
             };
             (outcome, call.ack)
+        })
+    }
+
+    /// Tells the backend, after the operations before it (a persistent session's filters saved), that what the
+    /// connection listens for changed.
+    fn subscriptions_changed(&self) -> PendingCall {
+        let ops = Arc::clone(&self.ops);
+        let identity = Arc::clone(&self.identity);
+        let connection = self.outbox.connection();
+        Box::pin(async move {
+            ops.subscriptions_changed(&identity, connection).await;
+            (Outcome::Done, None)
         })
     }
 

@@ -30,6 +30,8 @@ struct State {
     method_responses: Vec<(String, i32, Vec<u8>)>,
     delivered: Vec<u64>,
     subscriptions: HashMap<String, Vec<String>>,
+    /// What each `subscriptions_changed` call saw: client id, connection, the outbox's feature bits then.
+    feature_changes: Vec<(String, u64, u8)>,
     twin_delay: Duration,
     tokens: HashMap<String, String>,
 }
@@ -123,6 +125,9 @@ impl FakeView<'_> {
     }
     pub fn subscriptions(&self, client_id: &str) -> Option<Vec<String>> {
         self.0.state().subscriptions.get(client_id).cloned()
+    }
+    pub fn feature_changes(&self) -> Vec<(String, u64, u8)> {
+        self.0.state().feature_changes.clone()
     }
     pub fn connected(&self, client_id: &str) -> Option<u64> {
         self.0
@@ -229,6 +234,14 @@ impl DeviceOperations for FakeBackend {
             .get(client_id)
             .cloned()
             .unwrap_or_default()
+    }
+
+    async fn subscriptions_changed(&self, identity: &Identity, connection: u64) {
+        self.record(|s| {
+            let client_id = identity.client_id();
+            let features = s.outboxes.get(&client_id).map_or(0, Outbox::features);
+            s.feature_changes.push((client_id, connection, features));
+        });
     }
 
     async fn save_subscriptions(&self, client_id: &str, filters: &[String]) {
