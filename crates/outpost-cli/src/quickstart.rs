@@ -190,18 +190,19 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         outpost_hub::server::connection_string(&hub, HUB_HOST, 8443)?
     );
 
-    let edge = match hub.device(EDGE_DEVICE).await {
+    let edge = match hub.registry().device(EDGE_DEVICE).await {
         Ok(edge) => edge,
         Err(_) => {
-            hub.put_device(
-                &DeviceSpec {
-                    device_id: EDGE_DEVICE.into(),
-                    iot_edge: true,
-                    ..DeviceSpec::default()
-                },
-                &Precondition::CreateOnly,
-            )
-            .await?
+            hub.registry()
+                .put_device(
+                    &DeviceSpec {
+                        device_id: EDGE_DEVICE.into(),
+                        iot_edge: true,
+                        ..DeviceSpec::default()
+                    },
+                    &Precondition::CreateOnly,
+                )
+                .await?
         }
     };
     let config = edge_config(&dir, &hub, &edge.credentials.primary_key, containers)?;
@@ -211,7 +212,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         dir.join("edge.toml").display()
     );
 
-    hub.apply_configuration(EDGE_DEVICE, &manifest(containers)?)
+    hub.twins()
+        .apply_configuration(EDGE_DEVICE, &manifest(containers)?)
         .await?;
     println!("deployed   SimulatedTemperatureSensor -> filter (TemperatureThreshold 21) -> hub");
 
@@ -234,7 +236,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
 
 /// Prints readings as the hub receives them, changes the filter's threshold, and shows the filter applying it.
 async fn show(hub: &Arc<Hub>) -> anyhow::Result<()> {
-    let mut after = hub.newest_event();
+    let mut after = hub.messaging().newest_event();
     let started = Instant::now();
     let mut changed_at: Option<Instant> = None;
     let mut applied = false;
@@ -243,7 +245,11 @@ async fn show(hub: &Arc<Hub>) -> anyhow::Result<()> {
         outpost_core::ModuleId::new("filter")?,
     );
     loop {
-        for (seq, event) in hub.read_events(after, 100, Duration::from_secs(1)).await? {
+        for (seq, event) in hub
+            .messaging()
+            .read_events(after, 100, Duration::from_secs(1))
+            .await?
+        {
             after = seq;
             let body: Value = event
                 .get("body")
@@ -267,13 +273,14 @@ async fn show(hub: &Arc<Hub>) -> anyhow::Result<()> {
                 &json!({"properties": {"desired": {"TemperatureThreshold": 25}}}),
                 false,
             )?;
-            hub.write_twin(EDGE_DEVICE, Some("filter"), &write, &Precondition::Any)
+            hub.twins()
+                .write_twin(EDGE_DEVICE, Some("filter"), &write, &Precondition::Any)
                 .await?;
             println!("twin       filter desired TemperatureThreshold 21 -> 25");
             changed_at = Some(Instant::now());
         }
         if let (Some(at), false) = (changed_at, applied) {
-            let reported = hub.device_view(&filter).await?;
+            let reported = hub.twins().device_view(&filter).await?;
             if reported
                 .pointer("/reported/TemperatureThreshold")
                 .and_then(Value::as_f64)

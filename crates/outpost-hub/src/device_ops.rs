@@ -46,21 +46,25 @@ impl DeviceOperations for HubDevices {
 
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
         tracing::debug!(%identity, connection = outbox.connection(), "connected");
-        if let Some(replicas) = &self.0.replicas {
+        if let Some(replicas) = self.0.connections().replicas() {
             // One connection per identity across the hub: the others close theirs.
             replicas.connected(&identity.client_id(), outbox.connection());
         }
-        self.0.connections.connected(identity.client_id(), outbox);
-        self.0.push_c2d(identity).await;
+        self.0
+            .connections()
+            .table()
+            .connected(identity.client_id(), outbox);
+        self.0.messaging().push_c2d(identity).await;
     }
 
     async fn disconnected(&self, identity: &Identity, connection: u64) {
         if self
             .0
-            .connections
+            .connections()
+            .table()
             .disconnected(&identity.client_id(), connection)
         {
-            if let Some(replicas) = &self.0.replicas {
+            if let Some(replicas) = self.0.connections().replicas() {
                 replicas.disconnected(&identity.client_id(), connection);
             }
         }
@@ -69,6 +73,7 @@ impl DeviceOperations for HubDevices {
     async fn get_twin(&self, identity: &Identity) -> Result<Value, OperationError> {
         let twin = self
             .0
+            .twins()
             .device_view(identity)
             .await
             .map_err(|e| operation_error(&e))?;
@@ -85,6 +90,7 @@ impl DeviceOperations for HubDevices {
     ) -> Result<u64, OperationError> {
         let version = self
             .0
+            .twins()
             .report(identity, &patch)
             .await
             .map_err(|e| operation_error(&e))?;
@@ -100,6 +106,7 @@ impl DeviceOperations for HubDevices {
         message: Message,
     ) -> Result<(), OperationError> {
         self.0
+            .messaging()
             .accept_telemetry(identity, &message)
             .await
             .map(drop)
@@ -115,11 +122,12 @@ impl DeviceOperations for HubDevices {
         payload: Vec<u8>,
     ) {
         self.0
+            .messaging()
             .method_answered(identity, connection, rid, status, payload);
     }
 
     async fn delivered(&self, identity: &Identity, _connection: u64, delivery_id: u64) {
-        self.0.complete_c2d(identity, delivery_id).await;
+        self.0.messaging().complete_c2d(identity, delivery_id).await;
     }
 
     async fn load_subscriptions(&self, client_id: &str) -> Vec<String> {
@@ -147,7 +155,7 @@ impl DeviceOperations for HubDevices {
             tracing::warn!(client_id, %error, "could not persist a session");
         }
         if let Ok(identity) = Identity::parse_client_id(client_id) {
-            self.0.push_c2d(&identity).await;
+            self.0.messaging().push_c2d(&identity).await;
         }
     }
 }

@@ -108,7 +108,7 @@ impl Hub {
             edge,
         )
         .await?;
-        self.device(edge).await
+        self.registry.device(edge).await
     }
 
     /// Whether `identity` is behind `edge`: the edge device itself, one of its modules that exists, or one of its
@@ -229,8 +229,8 @@ impl Hub {
         }
         for (id, connection) in gone {
             if let Ok(identity) = Identity::parse_client_id(&id) {
-                self.disconnected(&identity, connection);
-                if let Some(replicas) = &self.replicas {
+                self.connections.disconnected(&identity, connection);
+                if let Some(replicas) = self.connections.replicas() {
                     replicas.disconnected(&id, connection);
                 }
             }
@@ -274,13 +274,15 @@ impl Hub {
                     forward.arrived.notify_waiters();
                 }
             });
-            if let Some(replicas) = &self.replicas {
+            if let Some(replicas) = self.connections.replicas() {
                 // Held by this replica, like a device connected here: what other replicas make for the client
                 // (desired patches, C2D, methods) is routed here and wakes the edge's long poll.
                 replicas.connected(&identity.client_id(), connection);
             }
-            self.connections.connected(identity.client_id(), outbox);
-            self.push_c2d(&identity).await;
+            self.connections
+                .table()
+                .connected(identity.client_id(), outbox);
+            self.messaging.push_c2d(&identity).await;
         }
         link.declared.store(true, Ordering::Release);
         Ok(())
@@ -331,7 +333,7 @@ impl Hub {
             .into_iter()
             .zip(messages.iter().map(|m| &*m.message))
             .collect();
-        self.accept_telemetry_batch(&batch).await
+        self.messaging.accept_telemetry_batch(&batch).await
     }
 
     /// Reads a twin on behalf of a client behind an edge device.
@@ -340,7 +342,10 @@ impl Hub {
         edge: &DeviceRecord,
         client: &str,
     ) -> Result<TwinAnswer, HubError> {
-        let mut view = self.device_view(&self.scoped(edge, client).await?).await?;
+        let mut view = self
+            .twins
+            .device_view(&self.scoped(edge, client).await?)
+            .await?;
         let mut section = |name: &str| view.get_mut(name).map(Value::take).unwrap_or_default();
         Ok(TwinAnswer {
             desired: section("desired"),
@@ -355,7 +360,9 @@ impl Hub {
         client: &str,
         patch: &Value,
     ) -> Result<u64, HubError> {
-        self.report(&self.scoped(edge, client).await?, patch).await
+        self.twins
+            .report(&self.scoped(edge, client).await?, patch)
+            .await
     }
 
     /// Completes C2D messages and answers methods on behalf of clients behind an edge device.
@@ -376,7 +383,9 @@ impl Hub {
                 .scoped_or_dropped(edge, &ack.client, &mut refused)
                 .await?
             {
-                self.complete_c2d(&identity, ack.delivery_id).await;
+                self.messaging
+                    .complete_c2d(&identity, ack.delivery_id)
+                    .await;
             }
         }
         let link = self.edge_link(edge.device_id.as_str());
@@ -400,7 +409,7 @@ impl Hub {
                     "method answer dropped: the client is not connected behind this edge device");
                 continue;
             };
-            self.method_answered(
+            self.messaging.method_answered(
                 &identity,
                 connection,
                 &answer.rid,

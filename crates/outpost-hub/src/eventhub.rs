@@ -74,6 +74,8 @@ pub(crate) struct EventHubState {
     /// The sequence number of each partition's newest event, for waiting readers.
     heads: Vec<watch::Sender<i64>>,
     twin_change_events: bool,
+    /// The sequence number of the newest device-to-cloud event, for long-polling readers.
+    pub(crate) newest_event: watch::Sender<i64>,
     /// Bumped when a feedback record is added, for the waiting feedback receiver.
     pub(crate) feedback_added: watch::Sender<u64>,
     pub(crate) next_lock_token: AtomicI64,
@@ -189,9 +191,96 @@ impl EventHubState {
             record,
             heads: heads.into_iter().map(|h| watch::channel(h).0).collect(),
             twin_change_events: settings.twin_change_events,
+            newest_event: watch::channel(0).0,
             feedback_added: watch::channel(0).0,
             next_lock_token: AtomicI64::new(Utc::now().timestamp_micros()),
         })
+    }
+
+    /// The partition `identity`'s device-to-cloud messages go to (a device and its modules share one).
+    pub(crate) fn partition_of(&self, identity: &Identity) -> u32 {
+        stream::partition_of(identity.device.as_str(), self.record.partitions)
+    }
+
+    /// What a write job on the storage writer's thread needs to append twin change events.
+    pub(crate) fn twin_changes(&self) -> TwinChanges {
+        TwinChanges {
+            hub_name: self.record.name.clone(),
+            partitions: self.record.partitions,
+            enabled: self.twin_change_events,
+        }
+    }
+
+    /// Wakes the readers of the partitions `appended` went to, here and on the other `replicas`; call after their
+    /// transaction committed.
+    pub(crate) fn streamed(
+        &self,
+        appended: &[Appended],
+        replicas: Option<&crate::replicas::Replicas>,
+    ) {
+        let mut newest = None;
+        let mut partitions: Vec<(u32, i64)> = Vec::new();
+        for event in appended {
+            match partitions.iter_mut().find(|(p, _)| *p == event.partition) {
+                Some((_, seq)) => *seq = (*seq).max(event.partition_seq),
+                None => partitions.push((event.partition, event.partition_seq)),
+            }
+            if let Some(head) = self.heads.get(event.partition as usize) {
+                head.send_if_modified(|last| {
+                    let newer = event.partition_seq > *last;
+                    if newer {
+                        *last = event.partition_seq;
+                    }
+                    newer
+                });
+            }
+            newest = newest.max(Some(event.seq));
+        }
+        if let (Some(newest), Some(replicas)) = (newest, replicas) {
+            replicas.tell(crate::replicas::Notice::Events { newest, partitions });
+        }
+        if let Some(newest) = newest {
+            self.newest_event.send_if_modified(|last| {
+                let newer = newest > *last;
+                if newer {
+                    *last = newest;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Wakes the readers of the partitions another replica appended to (each with its newest sequence number).
+    pub(crate) fn streamed_elsewhere(&self, partitions: &[(u32, i64)]) {
+        for &(partition, seq) in partitions {
+            if let Some(head) = self.heads.get(partition as usize) {
+                head.send_if_modified(|last| {
+                    let newer = seq > *last;
+                    if newer {
+                        *last = seq;
+                    }
+                    newer
+                });
+            }
+        }
+    }
+
+    /// Wakes the long polls and Event Hub readers of this replica: another one appended events up to `newest`,
+    /// to `partitions` (each with its newest partition sequence number).
+    pub(crate) fn appended_elsewhere(&self, newest: i64, partitions: &[(u32, i64)]) {
+        self.streamed_elsewhere(partitions);
+        self.newest_event.send_if_modified(|last| {
+            let newer = newest > *last;
+            if newer {
+                *last = newest;
+            }
+            newer
+        });
+    }
+
+    /// Wakes the feedback receiver; call after a transaction that recorded feedback committed.
+    pub(crate) fn feedback_recorded(&self) {
+        self.feedback_added.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn partition(&self, partition: u32) -> Result<&watch::Sender<i64>, BackendError> {
@@ -280,69 +369,6 @@ impl Hub {
             name: self.stream.record.name.clone(),
             created_at_ms: self.stream.record.created_ms,
             partition_count: self.stream.record.partitions,
-        }
-    }
-
-    /// The partition `identity`'s device-to-cloud messages go to (a device and its modules share one).
-    pub(crate) fn partition_of(&self, identity: &Identity) -> u32 {
-        stream::partition_of(identity.device.as_str(), self.stream.record.partitions)
-    }
-
-    /// What a write job on the storage writer's thread needs to append twin change events.
-    pub(crate) fn twin_changes(&self) -> TwinChanges {
-        TwinChanges {
-            hub_name: self.stream.record.name.clone(),
-            partitions: self.stream.record.partitions,
-            enabled: self.stream.twin_change_events,
-        }
-    }
-
-    /// Wakes the readers of the partitions `appended` went to; call after their transaction committed.
-    pub(crate) fn streamed(&self, appended: &[Appended]) {
-        let mut newest = None;
-        let mut partitions: Vec<(u32, i64)> = Vec::new();
-        for event in appended {
-            match partitions.iter_mut().find(|(p, _)| *p == event.partition) {
-                Some((_, seq)) => *seq = (*seq).max(event.partition_seq),
-                None => partitions.push((event.partition, event.partition_seq)),
-            }
-            if let Some(head) = self.stream.heads.get(event.partition as usize) {
-                head.send_if_modified(|last| {
-                    let newer = event.partition_seq > *last;
-                    if newer {
-                        *last = event.partition_seq;
-                    }
-                    newer
-                });
-            }
-            newest = newest.max(Some(event.seq));
-        }
-        if let (Some(newest), Some(replicas)) = (newest, &self.replicas) {
-            replicas.tell(crate::replicas::Notice::Events { newest, partitions });
-        }
-        if let Some(newest) = newest {
-            self.newest_event.send_if_modified(|last| {
-                let newer = newest > *last;
-                if newer {
-                    *last = newest;
-                }
-                newer
-            });
-        }
-    }
-
-    /// Wakes the readers of the partitions another replica appended to (each with its newest sequence number).
-    pub(crate) fn streamed_elsewhere(&self, partitions: &[(u32, i64)]) {
-        for &(partition, seq) in partitions {
-            if let Some(head) = self.stream.heads.get(partition as usize) {
-                head.send_if_modified(|last| {
-                    let newer = seq > *last;
-                    if newer {
-                        *last = seq;
-                    }
-                    newer
-                });
-            }
         }
     }
 

@@ -25,13 +25,6 @@ const FEEDBACK_BATCH: usize = 100;
 const FEEDBACK_LOCK: Duration = Duration::from_mins(1);
 
 impl Hub {
-    /// Wakes the feedback receiver; call after a transaction that recorded feedback committed.
-    pub(crate) fn feedback_recorded(&self) {
-        self.stream
-            .feedback_added
-            .send_modify(|n| *n = n.wrapping_add(1));
-    }
-
     /// The oldest feedback records not locked, locked for one receiver; waits until there are some.
     pub async fn next_feedback(&self) -> Result<FeedbackBatch, BackendError> {
         let mut added = self.stream.feedback_added.subscribe();
@@ -106,7 +99,8 @@ impl Hub {
         }
         let device = message.device_id.clone();
         let message = c2d_message(message);
-        self.send_c2d(&device, &message)
+        self.messaging()
+            .send_c2d(&device, &message)
             .await
             .map(drop)
             .map_err(|error| match error {

@@ -1,18 +1,24 @@
 //! The Outpost hub: the cloud half of Outpost.
 //!
-//! Start reading at [`Hub`], the service state: the registry ([`registry`]), twins and deployments ([`twins`]),
-//! direct methods and messages ([`messaging`]). Two protocol heads sit on top of it: the REST service API of
-//! azure-iot-hub ([`rest`]) and the MQTT device protocol of azure-iot-device, which is `outpost-mqtt`'s head
-//! driven through the [`DeviceOperations`](outpost_mqtt::DeviceOperations) implementation in [`device_ops`].
+//! Start reading at [`Hub`], which composes three services: the [`Registry`] of devices and modules
+//! ([`registry`]), [`Twins`] with deployments ([`twins`]), and [`Messaging`]: the event stream, cloud-to-device
+//! messages and direct methods ([`messaging`]). Each holds only what it needs: the [`Storage`](writer::Storage)
+//! handle, the one connection table of this replica shared by all of them ([`Connections`], which also reaches
+//! the other replicas), and for twins and messaging the Event Hub's state. [`Hub`] keeps what spans them: access
+//! policies and tokens ([`auth`]), the Event Hub ([`eventhub`]), edge links ([`edge_link`]) and metrics. Two
+//! protocol heads sit on top of it: the REST service API of azure-iot-hub ([`rest`]) and the MQTT device protocol
+//! of azure-iot-device, which is `outpost-mqtt`'s head driven through the
+//! [`DeviceOperations`](outpost_mqtt::DeviceOperations) implementation in [`device_ops`].
 //! [`server`] wires both to their listeners with certificates from `outpost-pki`. Everything durable goes through
 //! the storage boundary ([`storage`]: the [`Tables`](storage::Tables) of one transaction, run by an
-//! [`Engine`](storage::Engine): SQLite by default, PostgreSQL for replicas); the hub holds a
-//! [`Storage`](writer::Storage) handle whose reads run on tokio's blocking pool and whose writes are
-//! group-committed by the storage writer's thread ([`writer`]), so no async worker waits on a disk.
+//! [`Engine`](storage::Engine): SQLite by default, PostgreSQL for replicas); the services' storage handle runs
+//! reads on tokio's blocking pool and hands writes to the storage writer's thread, which group-commits them
+//! ([`writer`]), so no async worker waits on a disk.
 //! The event stream is also an Event Hub with partitions ([`stream`] has its records, [`eventhub`] serves it to the
 //! AMQP head of `outpost-amqp` with cloud-to-device messages and their feedback).
 
 pub mod auth;
+pub mod connections;
 pub mod device_ops;
 pub mod edge_link;
 pub mod error;
@@ -33,45 +39,38 @@ pub mod stream;
 pub mod twins;
 pub mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use outpost_core::{DeviceId, Identity};
-use outpost_mqtt::{ConnectionTable, Outbox, PendingMethods};
 use storage::sqlite::SqliteEngine;
 use storage::Engine;
 use tokio::sync::watch;
 
+pub use connections::Connections;
 pub use error::HubError;
+pub use messaging::Messaging;
+pub use registry::Registry;
 pub use server::{HubConfig, RunningHub};
-
-/// Direct method calls that may wait for their answers at once; past this a call is refused with 429.
-const MAX_PENDING_METHODS: usize = 10_000;
+pub use twins::Twins;
 
 /// The setting that says the default access policies were created (see [`Hub::with_engine`]).
 const POLICIES_CREATED: &str = "hub.policies-created";
 
-/// The hub's state, shared by its protocol heads.
+/// The hub's state, shared by its protocol heads: the [`Registry`], [`Twins`] and [`Messaging`] services over
+/// one storage handle and one connection table, and what the hub keeps beside them (access policies, the Event
+/// Hub, edge links).
 pub struct Hub {
     /// The host name devices and services address the hub by (the audience of their tokens).
     host_name: String,
     /// The storage: reads on the blocking pool over the engine's read connections, writes group-committed by
-    /// the writer's thread, so that no tokio worker waits on a disk.
+    /// the writer's thread, so that no tokio worker waits on a disk. Every service holds a clone of it.
     storage: writer::Storage,
-    /// This replica's live device connections by MQTT client id (`d` or `d/m`).
-    connections: ConnectionTable,
-    /// Direct method calls waiting for their response, each bound to the connection it was sent on.
-    pending_methods: PendingMethods,
+    /// This replica's live device connections and the other replicas; every service shares the one table.
+    connections: Connections,
+    /// The ids of the virtual connections of clients behind edge links.
     next_request_id: AtomicU64,
-    /// The sequence number of the newest device-to-cloud event, for long-polling readers.
-    newest_event: watch::Sender<i64>,
-    /// Cloud-to-device messages pushed and not yet acknowledged: message id → connection it went out on.
-    c2d_in_flight: Mutex<HashMap<i64, u64>>,
-    /// Orders reading the C2D queue to push it against completing a message: a push that read the queue
-    /// before a completion committed must not see the message's in-flight mark already gone and send it again.
-    c2d_gate: tokio::sync::Mutex<()>,
     /// The shared access policies, read once: every service request is authorised against them, and nothing
     /// changes them while the hub runs.
     policies: Vec<identity::AccessPolicy>,
@@ -79,12 +78,16 @@ pub struct Hub {
     edge_links: Mutex<HashMap<String, std::sync::Arc<edge_link::EdgeLink>>>,
     /// What the hub counts and times (records nothing unless metrics are on).
     metrics: metrics::HubMetrics,
-    /// The event stream as an Event Hub: its partitions' heads, twin change events, feedback.
-    stream: eventhub::EventHubState,
-    /// The other replicas of the hub on its PostgreSQL database, when it has some ([`replicas`]).
-    replicas: Option<Arc<replicas::Replicas>>,
+    /// The event stream as an Event Hub: its partitions' heads, the newest event, twin change events, feedback.
+    stream: Arc<eventhub::EventHubState>,
     /// Set when the hub shuts down: long polls answer at once instead of holding their connections open.
     stopping: watch::Sender<bool>,
+    /// Devices and modules.
+    registry: Registry,
+    /// Twins and deployments.
+    twins: Twins,
+    /// The event stream, cloud-to-device messages and direct methods.
+    messaging: Messaging,
 }
 
 impl Hub {
@@ -153,37 +156,79 @@ impl Hub {
             Ok::<_, HubError>((tables.last_event()?, tables.policies()?))
         })?;
         tracing::debug!(engine = %engine.describe(), "hub storage opened");
+        event_hub.newest_event.send_replace(newest);
         let storage = writer::Storage::start(engine)?;
+        let connections = Connections::default();
+        let stream = Arc::new(event_hub);
+        let metrics = metrics::HubMetrics::default();
+        let stopping = watch::channel(false).0;
+        let registry = Registry::new(storage.clone(), connections.clone());
+        let twins = Twins::new(storage.clone(), connections.clone(), stream.clone());
+        let messaging = Messaging::new(
+            registry.clone(),
+            stream.clone(),
+            metrics.clone(),
+            stopping.subscribe(),
+        );
         Ok(Self {
             host_name: host_name.to_owned(),
             storage,
-            connections: ConnectionTable::default(),
-            pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
+            connections,
             next_request_id: AtomicU64::new(1),
-            newest_event: watch::channel(newest).0,
-            stopping: watch::channel(false).0,
-            replicas: None,
-            c2d_in_flight: Mutex::new(HashMap::new()),
-            c2d_gate: tokio::sync::Mutex::new(()),
+            stopping,
             edge_links: Mutex::new(HashMap::new()),
             policies,
-            metrics: metrics::HubMetrics::default(),
-            stream: event_hub,
+            metrics,
+            stream,
+            registry,
+            twins,
+            messaging,
         })
     }
 
     /// Makes this hub one replica of those on its PostgreSQL database (see [`replicas`]).
     #[must_use]
     pub fn with_replicas(mut self, replicas: Arc<replicas::Replicas>) -> Self {
-        self.replicas = Some(replicas);
+        self.connections = self.connections.with_replicas(replicas);
+        self.assemble();
         self
     }
 
-    /// Closes this replica's connection of `client_id`: the client connected through another replica.
-    fn close_here(&self, client_id: &str) {
-        if self.connections.close(client_id) {
-            tracing::debug!(client_id, "closing this replica's connection of the client");
-        }
+    /// Builds the services again over the hub's shared parts, after a builder step changed one of them. Only
+    /// builders call it, before the hub serves: the services it replaces hold no state yet.
+    pub(crate) fn assemble(&mut self) {
+        self.registry = Registry::new(self.storage.clone(), self.connections.clone());
+        self.twins = Twins::new(
+            self.storage.clone(),
+            self.connections.clone(),
+            self.stream.clone(),
+        );
+        self.messaging = Messaging::new(
+            self.registry.clone(),
+            self.stream.clone(),
+            self.metrics.clone(),
+            self.stopping.subscribe(),
+        );
+    }
+
+    /// The registry: devices and modules.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Twins and deployments.
+    pub fn twins(&self) -> &Twins {
+        &self.twins
+    }
+
+    /// The event stream, cloud-to-device messages and direct methods.
+    pub fn messaging(&self) -> &Messaging {
+        &self.messaging
+    }
+
+    /// The hub's live device connections, on this replica and the others.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     /// The host name of the hub.
@@ -199,79 +244,5 @@ impl Hub {
     /// The shared access policy named `name`.
     pub fn policy(&self, name: &str) -> Option<&identity::AccessPolicy> {
         self.policies.iter().find(|p| p.name == name)
-    }
-
-    /// The outbox of a connected identity.
-    fn outbox(&self, identity: &Identity) -> Option<Outbox> {
-        self.connections.get(&identity.client_id())
-    }
-
-    /// Whether an identity has a live connection to this replica.
-    pub fn is_connected(&self, identity: &Identity) -> bool {
-        self.connections.contains(&identity.client_id())
-    }
-
-    /// Which of the given clients (`d` or `d/m`) have a live connection to any replica of the hub: this one's
-    /// table, and with replicas the live replicas' records. A lost database counts as not connected elsewhere.
-    pub async fn connected_clients(&self, client_ids: &[String]) -> HashSet<String> {
-        let mut connected: HashSet<String> = client_ids
-            .iter()
-            .filter(|client_id| self.connections.contains(client_id))
-            .cloned()
-            .collect();
-        if let Some(replicas) = &self.replicas {
-            let elsewhere: Vec<String> = client_ids
-                .iter()
-                .filter(|client_id| !connected.contains(*client_id))
-                .cloned()
-                .collect();
-            if !elsewhere.is_empty() {
-                match replicas.held_among(elsewhere).await {
-                    Ok(held) => connected.extend(held),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot read which replicas hold connections");
-                    }
-                }
-            }
-        }
-        connected
-    }
-
-    /// Whether an identity has a live connection to any replica of the hub.
-    pub async fn is_connected_anywhere(&self, identity: &Identity) -> bool {
-        let client_id = identity.client_id();
-        !self
-            .connected_clients(std::slice::from_ref(&client_id))
-            .await
-            .is_empty()
-    }
-
-    /// Forgets the connection `connection` of an identity, unless a newer one has replaced it.
-    fn disconnected(&self, identity: &Identity, connection: u64) {
-        self.connections
-            .disconnected(&identity.client_id(), connection);
-    }
-
-    /// Closes the connection of one identity, on whichever replica holds it.
-    fn disconnect(&self, identity: &Identity) {
-        let client_id = identity.client_id();
-        self.connections.close(&client_id);
-        if let Some(replicas) = &self.replicas {
-            replicas.tell(replicas::Notice::Close {
-                client_id,
-                with_modules: false,
-            });
-        }
-    }
-
-    /// Closes the connections of a device and of all its modules, on whichever replicas hold them.
-    fn disconnect_device(&self, device: &DeviceId) {
-        self.connections.close_device(device.as_str());
-        if let Some(replicas) = &self.replicas {
-            replicas.tell(replicas::Notice::Close {
-                client_id: device.to_string(),
-                with_modules: true,
-            });
-        }
     }
 }

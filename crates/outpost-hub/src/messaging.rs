@@ -1,21 +1,25 @@
 //! Messages and direct methods: the device-to-cloud event stream, cloud-to-device queues, and method calls from
 //! the service to devices and modules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use outpost_core::{Identity, Message};
-use outpost_mqtt::{Feature, Outgoing};
+use outpost_mqtt::{Feature, Outgoing, PendingMethods};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
+use crate::connections::Connections;
 use crate::error::HubError;
+use crate::eventhub::EventHubState;
 use crate::feedback::{record_feedback, DeliveryOutcome};
-use crate::metrics::{C2dOutcome, Via};
-use crate::registry::{device_id, module_id};
-use crate::stream::EventSource;
-use crate::Hub;
+use crate::metrics::{C2dOutcome, HubMetrics, Via};
+use crate::registry::{device_id, module_id, Registry};
+use crate::stream::{Appended, EventSource};
+use crate::writer::Storage;
 
 /// Device-to-cloud messages may be at most this large (IoT Hub's limit).
 pub const MAX_D2C_BYTES: usize = 256 * 1024;
@@ -25,9 +29,11 @@ pub const MAX_C2D_BYTES: usize = 64 * 1024;
 pub const MAX_PENDING_C2D: usize = 50;
 /// Method payloads may be at most this large.
 pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
+/// Direct method calls that may wait for their answers at once; past this a call is refused with 429.
+const MAX_PENDING_METHODS: usize = 10_000;
 
 /// How much of the device-to-cloud event stream the hub keeps: events older than `max_age` and the oldest events
-/// past `max_bytes` of stored JSON are pruned in the background (see [`Hub::prune_events`]).
+/// past `max_bytes` of stored JSON are pruned in the background (see [`Messaging::prune_events`]).
 ///
 /// The size cap counts the bytes of the events' JSON (what `GET /events` returns), not the database file: a row
 /// cap would bound a stream of 256 KB messages a thousand times less tightly than one of small readings, and the
@@ -135,7 +141,62 @@ pub fn event_json(identity: &Identity, message: &Message, enqueued: &str) -> Val
     event
 }
 
-impl Hub {
+/// The messaging service: the device-to-cloud event stream, cloud-to-device queues with their feedback, and
+/// direct method calls, over the storage handle and the shared connection table.
+pub struct Messaging {
+    storage: Storage,
+    connections: Connections,
+    /// Existence checks of a method call's target.
+    registry: Registry,
+    /// The partitions, their heads and the newest event, for appends and long-polling readers.
+    stream: Arc<EventHubState>,
+    metrics: HubMetrics,
+    /// Direct method calls waiting for their response, each bound to the connection it was sent on.
+    pending_methods: PendingMethods,
+    /// Cloud-to-device messages pushed and not yet acknowledged: message id → connection it went out on.
+    c2d_in_flight: Mutex<HashMap<i64, u64>>,
+    /// Orders reading the C2D queue to push it against completing a message: a push that read the queue
+    /// before a completion committed must not see the message's in-flight mark already gone and send it again.
+    c2d_gate: tokio::sync::Mutex<()>,
+    /// Set when the hub shuts down: long polls answer at once.
+    stopping: watch::Receiver<bool>,
+}
+
+impl Messaging {
+    /// Messaging over `registry`'s storage and connections, appending to `stream`, recording into `metrics`;
+    /// long polls end when `stopping` is set.
+    pub(crate) fn new(
+        registry: Registry,
+        stream: Arc<EventHubState>,
+        metrics: HubMetrics,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            storage: registry.storage().clone(),
+            connections: registry.connections().clone(),
+            registry,
+            stream,
+            metrics,
+            pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
+            c2d_in_flight: Mutex::new(HashMap::new()),
+            c2d_gate: tokio::sync::Mutex::new(()),
+            stopping,
+        }
+    }
+
+    /// Resolves once the hub stops its long polls.
+    async fn stopping(&self) {
+        let mut stopping = self.stopping.clone();
+        // The sender lives as long as the hub, so this only ends when the flag is set.
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Wakes the readers of the events `appended`; call after their transaction committed.
+    fn streamed(&self, appended: &[Appended]) {
+        self.stream
+            .streamed(appended, self.connections.replicas().map(Arc::as_ref));
+    }
+
     /// Appends a device-to-cloud message to the event stream; answers once it is on disk, in the storage writer's
     /// next group commit (messages from many devices share one fsync).
     pub async fn accept_telemetry(
@@ -151,7 +212,7 @@ impl Hub {
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
         let event = event_json(identity, message, &enqueued);
-        let partition = self.partition_of(identity);
+        let partition = self.stream.partition_of(identity);
         let appended = self
             .storage
             .write(move |tx| {
@@ -186,7 +247,7 @@ impl Hub {
             .iter()
             .map(|(identity, message)| {
                 (
-                    self.partition_of(identity),
+                    self.stream.partition_of(identity),
                     event_json(identity, message, &enqueued),
                 )
             })
@@ -247,7 +308,7 @@ impl Hub {
         wait: Duration,
         all_sources: bool,
     ) -> Result<Vec<(i64, Value)>, HubError> {
-        let mut newest = self.newest_event.subscribe();
+        let mut newest = self.stream.newest_event.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             newest.borrow_and_update();
@@ -269,7 +330,7 @@ impl Hub {
 
     /// The sequence number of the newest event.
     pub fn newest_event(&self) -> i64 {
-        *self.newest_event.borrow()
+        *self.stream.newest_event.borrow()
     }
 
     /// Queues a cloud-to-device message for a device and pushes it if the device listens.
@@ -297,8 +358,8 @@ impl Hub {
             .await?;
         self.metrics.c2d(C2dOutcome::Queued);
         let identity = Identity::device(device);
-        match &self.replicas {
-            Some(replicas) if !self.is_connected(&identity) => {
+        match self.connections.replicas() {
+            Some(replicas) if !self.connections.is_connected(&identity) => {
                 replicas.tell(crate::replicas::Notice::C2dQueued {
                     device: identity.device.to_string(),
                 });
@@ -310,7 +371,7 @@ impl Hub {
 
     /// Pushes the waiting cloud-to-device messages of a device that listens for them and does not have them yet.
     pub async fn push_c2d(&self, identity: &Identity) {
-        let Some(outbox) = self.outbox(identity) else {
+        let Some(outbox) = self.connections.outbox(identity) else {
             return;
         };
         if identity.module.is_some() || !outbox.subscribed(Feature::CloudToDevice) {
@@ -398,7 +459,7 @@ impl Hub {
             })
             .await?;
         if recorded {
-            self.feedback_recorded();
+            self.stream.feedback_recorded();
         }
         Ok(())
     }
@@ -445,12 +506,16 @@ impl Hub {
             module: module.map(module_id).transpose()?,
         };
         match &identity.module {
-            Some(_) => drop(self.module(device, module.unwrap_or_default()).await?),
-            None => drop(self.device(device).await?),
+            Some(_) => drop(
+                self.registry
+                    .module(device, module.unwrap_or_default())
+                    .await?,
+            ),
+            None => drop(self.registry.device(device).await?),
         }
         let deadline = tokio::time::Instant::now() + call.connect_timeout;
         let outbox = loop {
-            match self.outbox(&identity) {
+            match self.connections.outbox(&identity) {
                 Some(outbox) if outbox.subscribed(Feature::Methods) => break outbox,
                 Some(_) => {}
                 None => {
@@ -491,7 +556,7 @@ impl Hub {
         identity: &Identity,
         call: &MethodCall,
     ) -> Result<Option<(i32, Value)>, HubError> {
-        let Some(replicas) = &self.replicas else {
+        let Some(replicas) = self.connections.replicas() else {
             return Ok(None);
         };
         let client_id = identity.client_id();
@@ -534,6 +599,7 @@ impl Hub {
     ) -> crate::replicas::MethodOutcome {
         use crate::replicas::MethodOutcome;
         let Some(outbox) = self
+            .connections
             .outbox(identity)
             .filter(|o| o.subscribed(Feature::Methods))
         else {
@@ -562,19 +628,6 @@ impl Hub {
             },
             None => MethodOutcome::TimedOut,
         }
-    }
-
-    /// Wakes the long polls and Event Hub readers of this replica: another one appended events up to `newest`,
-    /// to `partitions` (each with its newest partition sequence number).
-    pub(crate) fn events_appended_elsewhere(&self, newest: i64, partitions: &[(u32, i64)]) {
-        self.streamed_elsewhere(partitions);
-        self.newest_event.send_if_modified(|last| {
-            let newer = newest > *last;
-            if newer {
-                *last = newest;
-            }
-            newer
-        });
     }
 
     /// `from` answered a direct method on `connection`: accepted only if the call went to that identity on

@@ -225,7 +225,7 @@ impl HubMetrics {
 
     /// Sets the gauges read from the hub's state; called before each scrape.
     pub fn sample(&self, hub: &Hub) {
-        let connected = hub.connections.len();
+        let connected = hub.connections().table().len();
         self.0
             .gauge(CONNECTED_DEVICES, Vec::new())
             .set(connected as f64);
@@ -238,6 +238,7 @@ impl Hub {
     pub fn with_metrics(mut self, metrics: HubMetrics) -> Self {
         self.storage.writer().set_metrics(metrics.clone());
         self.metrics = metrics;
+        self.assemble();
         self
     }
 

@@ -3,12 +3,13 @@
 use chrono::Utc;
 use outpost_core::{DeviceId, Identity, ModuleId, Twin};
 
+use crate::connections::Connections;
 use crate::error::HubError;
 use crate::identity::{
     generate_generation_id, validate_key, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
 };
 use crate::storage::Tables;
-use crate::Hub;
+use crate::writer::Storage;
 
 /// What a caller asks a device to be (a create or an update).
 #[derive(Debug, Clone, Default)]
@@ -86,7 +87,33 @@ pub(crate) fn module_id(raw: &str) -> Result<ModuleId, HubError> {
         .map_err(|e| HubError::ArgumentInvalid(format!("invalid module id {raw:?}: {e}")))
 }
 
-impl Hub {
+/// The registry service: devices and modules, stored through the storage handle; a write that disables an
+/// identity, rotates its keys or deletes it closes its connections, on whichever replica holds them.
+#[derive(Clone)]
+pub struct Registry {
+    storage: Storage,
+    connections: Connections,
+}
+
+impl Registry {
+    /// The registry over `storage`, closing connections in `connections`.
+    pub(crate) fn new(storage: Storage, connections: Connections) -> Self {
+        Self {
+            storage,
+            connections,
+        }
+    }
+
+    /// The storage handle the registry reads and writes through.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The connections the registry closes.
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
     /// Creates or updates a device as `precondition` allows, group-committed by the storage writer.
     pub async fn put_device(
         &self,
@@ -206,11 +233,12 @@ impl Hub {
             })
             .await?;
         if record.status == IdentityStatus::Disabled {
-            self.disconnect_device(&record.device_id);
+            self.connections.disconnect_device(&record.device_id);
         } else if rotated {
             // A connection authenticated with a key that no longer exists must not outlive it (IoT Hub
             // closes it too; the SDK reconnects with the new key).
-            self.disconnect(&Identity::device(record.device_id.clone()));
+            self.connections
+                .disconnect(&Identity::device(record.device_id.clone()));
         }
         Ok(record)
     }
@@ -250,7 +278,7 @@ impl Hub {
                 Ok::<_, HubError>(())
             })
             .await?;
-        self.disconnect_device(&id);
+        self.connections.disconnect_device(&id);
         Ok(())
     }
 
@@ -320,7 +348,8 @@ impl Hub {
             })
             .await?;
         if rotated {
-            self.disconnect(&Identity::module(device, module));
+            self.connections
+                .disconnect(&Identity::module(device, module));
         }
         Ok(result)
     }
@@ -373,7 +402,8 @@ impl Hub {
                 Ok::<_, HubError>(())
             })
             .await?;
-        self.disconnect(&Identity::module(device, module));
+        self.connections
+            .disconnect(&Identity::module(device, module));
         Ok(())
     }
 }

@@ -706,36 +706,38 @@ fn listen(
 /// Acts on the notices of the other replicas until they stop coming (the hub shuts down).
 pub async fn serve(hub: Arc<crate::Hub>, mut notices: Received) {
     while let Some((from, notice)) = notices.recv().await {
-        let Some(replicas) = hub.replicas.clone() else {
+        let Some(replicas) = hub.connections().replicas().cloned() else {
             return;
         };
         match notice {
             Notice::Desired { client_id, body } => {
                 if let Some(identity) = identity(&client_id) {
-                    hub.notify_desired_here(&identity, body);
+                    hub.twins().notify_desired_here(&identity, body);
                 }
             }
             Notice::C2dQueued { device } => {
                 if let Ok(device) = outpost_core::DeviceId::new(device) {
                     let hub = hub.clone();
                     tokio::spawn(async move {
-                        hub.push_c2d(&outpost_core::Identity::device(device)).await;
+                        hub.messaging()
+                            .push_c2d(&outpost_core::Identity::device(device))
+                            .await;
                     });
                 }
             }
-            Notice::Connected { client_id } => hub.close_here(&client_id),
+            Notice::Connected { client_id } => hub.connections().close_here(&client_id),
             Notice::Close {
                 client_id,
                 with_modules,
             } => {
                 if with_modules {
-                    hub.connections.close_device(&client_id);
+                    hub.connections().table().close_device(&client_id);
                 } else {
-                    hub.close_here(&client_id);
+                    hub.connections().close_here(&client_id);
                 }
             }
             Notice::Events { newest, partitions } => {
-                hub.events_appended_elsewhere(newest, &partitions);
+                hub.stream.appended_elsewhere(newest, &partitions);
             }
             Notice::MethodCall {
                 holder,
@@ -749,13 +751,14 @@ pub async fn serve(hub: Arc<crate::Hub>, mut notices: Received) {
                 tokio::spawn(async move {
                     let outcome = match identity(&client_id) {
                         Some(identity) => {
-                            hub.call_method_here(
-                                &identity,
-                                method,
-                                &payload,
-                                Duration::from_millis(response_timeout_ms),
-                            )
-                            .await
+                            hub.messaging()
+                                .call_method_here(
+                                    &identity,
+                                    method,
+                                    &payload,
+                                    Duration::from_millis(response_timeout_ms),
+                                )
+                                .await
                         }
                         None => MethodOutcome::NotOnline,
                     };

@@ -274,10 +274,11 @@ impl RunningHub {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(500)) => {
-                        if let Err(error) = pusher.expire_c2d(chrono::Utc::now()).await {
+                        let messaging = pusher.messaging();
+                        if let Err(error) = messaging.expire_c2d(chrono::Utc::now()).await {
                             tracing::warn!(%error, "cannot expire cloud-to-device messages");
                         }
-                        pusher.push_all_c2d().await;
+                        messaging.push_all_c2d().await;
                     }
                     _ = stop.changed() => break,
                 }
@@ -449,7 +450,11 @@ async fn prune_events(
         }
         let mut pruned = 0;
         while !*shutdown.borrow() {
-            match hub.prune_events(&retention, chrono::Utc::now()).await {
+            match hub
+                .messaging()
+                .prune_events(&retention, chrono::Utc::now())
+                .await
+            {
                 Ok(count) => {
                     pruned += count;
                     if count < crate::messaging::PRUNE_BATCH {

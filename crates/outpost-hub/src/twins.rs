@@ -1,17 +1,20 @@
 //! Twins and deployments: reading twins, service updates of tags and desired properties (merge or replace, with
 //! etags), device updates of reported properties, and deployment manifests written into module twins.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use outpost_core::{DeploymentManifest, Identity, Twin, TwinError};
 use outpost_mqtt::Outgoing;
 use serde_json::{Map, Value};
 
+use crate::connections::Connections;
 use crate::error::HubError;
-use crate::eventhub::{twin_change_body, TwinChanges, TwinOperation};
+use crate::eventhub::{twin_change_body, EventHubState, TwinChanges, TwinOperation};
 use crate::registry::{device_id, module_id, Precondition};
 use crate::storage::Tables;
 use crate::stream::Appended;
-use crate::Hub;
+use crate::writer::Storage;
 
 /// A service write to a twin: tags and/or desired properties.
 #[derive(Debug, Clone, Default)]
@@ -86,7 +89,35 @@ fn twin_error(error: &TwinError) -> HubError {
     HubError::ArgumentInvalid(format!("the twin update was refused: {error}"))
 }
 
-impl Hub {
+/// The twins service: twins and deployments, stored through the storage handle with their twin change events;
+/// desired changes are pushed to the identity's connection, here or through the replica that holds it.
+pub struct Twins {
+    storage: Storage,
+    connections: Connections,
+    /// Where twin change events go, and whose readers wake once they commit.
+    stream: Arc<EventHubState>,
+}
+
+impl Twins {
+    /// The twins over `storage`, pushing desired changes to `connections` and appending to `stream`.
+    pub(crate) fn new(
+        storage: Storage,
+        connections: Connections,
+        stream: Arc<EventHubState>,
+    ) -> Self {
+        Self {
+            storage,
+            connections,
+            stream,
+        }
+    }
+
+    /// Wakes the readers of the events `appended`; call after their transaction committed.
+    fn streamed(&self, appended: &[Appended]) {
+        self.stream
+            .streamed(appended, self.connections.replicas().map(Arc::as_ref));
+    }
+
     /// Reads the twin of a device (`module` `None`) or a module, with its identity.
     pub async fn twin(&self, device: &str, module: Option<&str>) -> Result<TwinView, HubError> {
         let identity = Identity {
@@ -96,7 +127,7 @@ impl Hub {
         let read = identity.clone();
         let stored = self
             .storage
-            .read(move |tables| Self::twin_for_update(tables, &read))
+            .read(move |tables| twin_for_update(tables, &read))
             .await?;
         Ok(self.view(&identity, stored).await)
     }
@@ -107,7 +138,7 @@ impl Hub {
             twin: stored.twin,
             device: stored.device,
             module: stored.module,
-            connected: self.is_connected_anywhere(identity).await,
+            connected: self.connections.is_connected_anywhere(identity).await,
         }
     }
 
@@ -129,7 +160,7 @@ impl Hub {
         let job = {
             let (identity, write, precondition) =
                 (identity.clone(), write.clone(), precondition.clone());
-            let changes = self.twin_changes();
+            let changes = self.stream.twin_changes();
             move |tx: &mut dyn Tables| service_write(tx, &identity, &write, &precondition, &changes)
         };
         // The answer is the twin the job wrote, as committed: no second read.
@@ -146,7 +177,7 @@ impl Hub {
     pub async fn report(&self, identity: &Identity, patch: &Value) -> Result<u64, HubError> {
         let job = {
             let (identity, patch) = (identity.clone(), patch.clone());
-            let changes = self.twin_changes();
+            let changes = self.stream.twin_changes();
             move |tx: &mut dyn Tables| reported_write(tx, &identity, &patch, &changes)
         };
         let (version, appended) = self.storage.write(job).await?;
@@ -174,7 +205,7 @@ impl Hub {
         let device_id = device_id(device)?;
         let manifest = DeploymentManifest::from_json(content)
             .map_err(|e| HubError::InvalidConfigurationContent(e.to_string()))?;
-        let changes = self.twin_changes();
+        let changes = self.stream.twin_changes();
         let (notifications, appended) = self
             .storage
             .write(move |tx| {
@@ -227,36 +258,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Reads a twin (to change it) with its identity's records, refusing an identity that does not exist.
-    pub(crate) fn twin_for_update(
-        tx: &mut dyn Tables,
-        identity: &Identity,
-    ) -> Result<StoredTwin, HubError> {
-        let device = tx
-            .device(&identity.device)?
-            .ok_or_else(|| HubError::DeviceNotFound(identity.device.to_string()))?;
-        let module = match &identity.module {
-            Some(module) => Some(
-                tx.module(&identity.device, module)?
-                    .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))?,
-            ),
-            None => None,
-        };
-        let twin = tx
-            .twin(&identity.device, identity.module.as_ref())?
-            .unwrap_or_else(|| Twin::new(Utc::now()));
-        Ok(StoredTwin {
-            twin,
-            device,
-            module,
-        })
-    }
-
     /// Pushes a desired patch to `identity`: on its connection here, or through the replica that holds it.
     fn notify_desired(&self, identity: &Identity, body: Value) {
-        if self.outbox(identity).is_some() {
+        if self.connections.outbox(identity).is_some() {
             self.notify_desired_here(identity, body);
-        } else if let Some(replicas) = &self.replicas {
+        } else if let Some(replicas) = self.connections.replicas() {
             replicas.tell(crate::replicas::Notice::Desired {
                 client_id: identity.client_id(),
                 body,
@@ -266,12 +272,37 @@ impl Hub {
 
     /// Pushes a desired patch to `identity`'s connection here, if it has one that listens.
     pub(crate) fn notify_desired_here(&self, identity: &Identity, body: Value) {
-        if let Some(outbox) = self.outbox(identity) {
+        if let Some(outbox) = self.connections.outbox(identity) {
             if outbox.subscribed(outpost_mqtt::Feature::DesiredPatches) {
                 outbox.send(Outgoing::DesiredPatch { body });
             }
         }
     }
+}
+
+/// Reads a twin (to change it) with its identity's records, refusing an identity that does not exist.
+pub(crate) fn twin_for_update(
+    tx: &mut dyn Tables,
+    identity: &Identity,
+) -> Result<StoredTwin, HubError> {
+    let device = tx
+        .device(&identity.device)?
+        .ok_or_else(|| HubError::DeviceNotFound(identity.device.to_string()))?;
+    let module = match &identity.module {
+        Some(module) => Some(
+            tx.module(&identity.device, module)?
+                .ok_or_else(|| HubError::ModuleNotFound(module.to_string()))?,
+        ),
+        None => None,
+    };
+    let twin = tx
+        .twin(&identity.device, identity.module.as_ref())?
+        .unwrap_or_else(|| Twin::new(Utc::now()));
+    Ok(StoredTwin {
+        twin,
+        device,
+        module,
+    })
 }
 
 /// Applies a service write to the stored twin of `identity` with its twin change event, inside the caller's
@@ -287,7 +318,7 @@ fn service_write(
         twin,
         device,
         module,
-    } = Hub::twin_for_update(tx, identity)?;
+    } = twin_for_update(tx, identity)?;
     if let Precondition::Etag(_) = precondition {
         precondition.check(&twin.etag())?;
     }
@@ -341,7 +372,7 @@ fn reported_write(
     patch: &Value,
     changes: &TwinChanges,
 ) -> Result<(u64, Option<Appended>), HubError> {
-    let mut twin = Hub::twin_for_update(tx, identity)?.twin;
+    let mut twin = twin_for_update(tx, identity)?.twin;
     let version = twin
         .patch_reported(patch, Utc::now())
         .map_err(|e| twin_error(&e))?;

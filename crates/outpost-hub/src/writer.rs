@@ -416,15 +416,16 @@ mod tests {
         let hub = Arc::new(
             Hub::with_engine(engine.clone(), "hub.example", &StreamSettings::default()).unwrap(),
         );
-        hub.put_device(
-            &DeviceSpec {
-                device_id: "sensor".into(),
-                ..DeviceSpec::default()
-            },
-            &Precondition::CreateOnly,
-        )
-        .await
-        .unwrap();
+        hub.registry()
+            .put_device(
+                &DeviceSpec {
+                    device_id: "sensor".into(),
+                    ..DeviceSpec::default()
+                },
+                &Precondition::CreateOnly,
+            )
+            .await
+            .unwrap();
         let commits_before = hub.storage_commits();
         let commit_in_progress = engine.lock_writer();
         let mut futures: Vec<Pending<Result<u64, HubError>>> = (0..WRITES)
@@ -436,6 +437,7 @@ mod tests {
                         ..TwinWrite::default()
                     };
                     let view = hub
+                        .twins()
                         .write_twin("sensor", None, &write, &Precondition::Any)
                         .await?;
                     Ok(view.twin.desired_version())
@@ -449,14 +451,15 @@ mod tests {
                     desired: Some(json!({"stale": true})),
                     ..TwinWrite::default()
                 };
-                hub.write_twin(
-                    "sensor",
-                    None,
-                    &write,
-                    &Precondition::Etag("\"stale\"".into()),
-                )
-                .await
-                .map(|view| view.twin.desired_version())
+                hub.twins()
+                    .write_twin(
+                        "sensor",
+                        None,
+                        &write,
+                        &Precondition::Etag("\"stale\"".into()),
+                    )
+                    .await
+                    .map(|view| view.twin.desired_version())
             }
         }));
         let futures = queue_all(futures);
@@ -477,6 +480,7 @@ mod tests {
         drop(engine);
         let hub = Hub::open(dir.path(), "hub.example").unwrap();
         let desired = hub
+            .twins()
             .twin("sensor", None)
             .await
             .unwrap()

@@ -22,6 +22,7 @@ use tower::ServiceExt as _;
 /// `hub` with the edge device `edge1`, and that device's token.
 async fn hub_with_edge(hub: Hub) -> (Arc<Hub>, String) {
     let edge = hub
+        .registry()
         .put_device(
             &DeviceSpec {
                 device_id: "edge1".into(),

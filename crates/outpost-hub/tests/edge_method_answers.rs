@@ -131,6 +131,7 @@ async fn hub_with_two_edges() -> (Arc<Hub>, Edge, Edge) {
             ..DeviceSpec::default()
         };
         let record = hub
+            .registry()
             .put_device(&spec, &Precondition::CreateOnly)
             .await
             .unwrap();
@@ -140,16 +141,17 @@ async fn hub_with_two_edges() -> (Arc<Hub>, Edge, Edge) {
         );
     }
     for (device, module) in [("edge1", "filter"), ("edge1", "other"), ("edge2", "filter")] {
-        hub.put_module(
-            ModuleSpec {
-                device_id: device.into(),
-                module_id: module.into(),
-                ..ModuleSpec::default()
-            },
-            &Precondition::CreateOnly,
-        )
-        .await
-        .unwrap();
+        hub.registry()
+            .put_module(
+                ModuleSpec {
+                    device_id: device.into(),
+                    module_id: module.into(),
+                    ..ModuleSpec::default()
+                },
+                &Precondition::CreateOnly,
+            )
+            .await
+            .unwrap();
     }
     let hub = Arc::new(hub);
     let edge1 = Edge {
@@ -171,17 +173,18 @@ async fn hub_with_two_edges() -> (Arc<Hub>, Edge, Edge) {
 fn call_filter(hub: &Arc<Hub>, timeout: Duration) -> JoinHandle<Result<(i32, Value), HubError>> {
     let hub = hub.clone();
     tokio::spawn(async move {
-        hub.invoke_method(
-            "edge1",
-            Some("filter"),
-            MethodCall {
-                method: "reboot".into(),
-                payload: json!({"delay": 1}),
-                response_timeout: timeout,
-                connect_timeout: Duration::ZERO,
-            },
-        )
-        .await
+        hub.messaging()
+            .invoke_method(
+                "edge1",
+                Some("filter"),
+                MethodCall {
+                    method: "reboot".into(),
+                    payload: json!({"delay": 1}),
+                    response_timeout: timeout,
+                    connect_timeout: Duration::ZERO,
+                },
+            )
+            .await
     })
 }
 

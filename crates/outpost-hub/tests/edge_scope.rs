@@ -22,7 +22,8 @@ async fn hub_with_edge() -> (Hub, DeviceRecord) {
         };
         let hub = &hub;
         async move {
-            hub.put_device(&spec, &Precondition::CreateOnly)
+            hub.registry()
+                .put_device(&spec, &Precondition::CreateOnly)
                 .await
                 .unwrap()
         }
@@ -37,16 +38,17 @@ async fn hub_with_edge() -> (Hub, DeviceRecord) {
 }
 
 async fn module_on(hub: &Hub, device: &str, module: &str) {
-    hub.put_module(
-        ModuleSpec {
-            device_id: device.into(),
-            module_id: module.into(),
-            ..ModuleSpec::default()
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
+    hub.registry()
+        .put_module(
+            ModuleSpec {
+                device_id: device.into(),
+                module_id: module.into(),
+                ..ModuleSpec::default()
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
 }
 
 fn client(id: &str) -> PresenceClient {
@@ -84,8 +86,8 @@ async fn presence_with_ten_thousand_made_up_modules_is_refused_and_changes_nothi
         matches!(&refused, Err(e @ HubError::ArgumentInvalid(_)) if e.status() == 400),
         "{refused:?}"
     );
-    assert!(hub.is_connected(&identity("edge1/filter")));
-    assert!(!hub.is_connected(&identity("edge1/made-up-0")));
+    assert!(hub.connections().is_connected(&identity("edge1/filter")));
+    assert!(!hub.connections().is_connected(&identity("edge1/made-up-0")));
 }
 
 #[tokio::test]
@@ -103,8 +105,8 @@ async fn presence_of_a_module_that_does_not_exist_is_refused_and_changes_nothing
             "{foreign}: {refused:?}"
         );
     }
-    assert!(hub.is_connected(&identity("edge1/filter")));
-    assert!(!hub.is_connected(&identity("leaf")));
+    assert!(hub.connections().is_connected(&identity("edge1/filter")));
+    assert!(!hub.connections().is_connected(&identity("leaf")));
 }
 
 #[tokio::test]
@@ -128,12 +130,18 @@ async fn presence_of_the_cap_of_real_modules_is_accepted_and_replaced_by_client_
     }
     assert_eq!(all.len(), MAX_EDGE_CLIENTS);
     hub.edge_presence(&edge, &all).await.unwrap();
-    assert!(all.iter().all(|c| hub.is_connected(&identity(&c.id))));
+    assert!(all
+        .iter()
+        .all(|c| hub.connections().is_connected(&identity(&c.id))));
 
     let (kept, left) = all.split_at(MAX_EDGE_CLIENTS / 2);
     hub.edge_presence(&edge, kept).await.unwrap();
-    assert!(kept.iter().all(|c| hub.is_connected(&identity(&c.id))));
-    assert!(left.iter().all(|c| !hub.is_connected(&identity(&c.id))));
+    assert!(kept
+        .iter()
+        .all(|c| hub.connections().is_connected(&identity(&c.id))));
+    assert!(left
+        .iter()
+        .all(|c| !hub.connections().is_connected(&identity(&c.id))));
 
     let mut over = all.clone();
     over.push(client("edge1/filter"));
@@ -146,7 +154,7 @@ async fn presence_of_the_cap_of_real_modules_is_accepted_and_replaced_by_client_
 #[tokio::test]
 async fn telemetry_for_a_module_that_does_not_exist_is_refused_and_a_real_one_is_accepted() {
     let (hub, edge) = hub_with_edge().await;
-    let before = hub.newest_event();
+    let before = hub.messaging().newest_event();
     for foreign in ["edge1/ghost", "stranger", "stranger/m", "leaf/m"] {
         let refused = hub
             .edge_messages(&edge, &[message("edge1/filter"), message(foreign)])
@@ -157,13 +165,14 @@ async fn telemetry_for_a_module_that_does_not_exist_is_refused_and_a_real_one_is
         );
     }
     assert_eq!(
-        hub.newest_event(),
+        hub.messaging().newest_event(),
         before,
         "a refused batch appends nothing"
     );
     let batch = [message("edge1/filter"), message("leaf"), message("edge1")];
     assert_eq!(hub.edge_messages(&edge, &batch).await.unwrap(), 3);
     let events = hub
+        .messaging()
         .read_events(before, 10, std::time::Duration::ZERO)
         .await
         .unwrap();

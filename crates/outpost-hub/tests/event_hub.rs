@@ -19,15 +19,16 @@ use outpost_hub::Hub;
 use serde_json::{json, Value};
 
 async fn add_device(hub: &Hub, id: &str) -> Identity {
-    hub.put_device(
-        &DeviceSpec {
-            device_id: id.into(),
-            ..DeviceSpec::default()
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
+    hub.registry()
+        .put_device(
+            &DeviceSpec {
+                device_id: id.into(),
+                ..DeviceSpec::default()
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
     Identity::device(DeviceId::new(id).unwrap())
 }
 
@@ -85,7 +86,8 @@ async fn one_devices_messages_keep_their_order_in_one_partition_with_contiguous_
     }
     for round in 0..5 {
         for device in &devices {
-            hub.accept_telemetry(device, &text(&format!("{}:{round}", device.device)))
+            hub.messaging()
+                .accept_telemetry(device, &text(&format!("{}:{round}", device.device)))
                 .await
                 .unwrap();
         }
@@ -125,18 +127,19 @@ async fn events_carry_the_body_properties_and_annotations_iot_hub_puts_on_them()
     let hub = Hub::in_memory("hub.test").unwrap();
     let device = add_device(&hub, "sensor").await;
     let module = Identity::module(device.device.clone(), ModuleId::new("filter").unwrap());
-    hub.put_module(
-        outpost_hub::registry::ModuleSpec {
-            device_id: "sensor".into(),
-            module_id: "filter".into(),
-            managed_by: None,
-            primary_key: None,
-            secondary_key: None,
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
+    hub.registry()
+        .put_module(
+            outpost_hub::registry::ModuleSpec {
+                device_id: "sensor".into(),
+                module_id: "filter".into(),
+                managed_by: None,
+                primary_key: None,
+                secondary_key: None,
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
     let message = Message {
         body: vec![0xff, 0x00, 0x01],
         system: BTreeMap::from([
@@ -150,8 +153,12 @@ async fn events_carry_the_body_properties_and_annotations_iot_hub_puts_on_them()
         ]),
         properties: BTreeMap::from([("alert".to_owned(), Some("high".to_owned()))]),
     };
-    hub.accept_telemetry(&device, &message).await.unwrap();
-    hub.accept_telemetry(&module, &text("from the module"))
+    hub.messaging()
+        .accept_telemetry(&device, &message)
+        .await
+        .unwrap();
+    hub.messaging()
+        .accept_telemetry(&module, &text("from the module"))
         .await
         .unwrap();
     let service = service(hub);
@@ -200,7 +207,8 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
         let hub = Hub::open(dir.path(), "hub.test").unwrap();
         let sensor = add_device(&hub, "sensor").await;
         for i in 0..3 {
-            hub.accept_telemetry(&sensor, &text(&i.to_string()))
+            hub.messaging()
+                .accept_telemetry(&sensor, &text(&i.to_string()))
                 .await
                 .unwrap();
         }
@@ -208,7 +216,8 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
             max_age: Duration::ZERO,
             ..EventRetention::default()
         };
-        hub.prune_events(&all, Utc::now() + chrono::Duration::seconds(1))
+        hub.messaging()
+            .prune_events(&all, Utc::now() + chrono::Duration::seconds(1))
             .await
             .unwrap();
         let info = hub.partition_info(sensor_partition).unwrap();
@@ -218,7 +227,10 @@ async fn sequence_numbers_continue_after_everything_was_pruned_and_the_hub_resta
     }
     let hub = Hub::open(dir.path(), "hub.test").unwrap();
     let sensor = Identity::device(DeviceId::new("sensor").unwrap());
-    hub.accept_telemetry(&sensor, &text("after")).await.unwrap();
+    hub.messaging()
+        .accept_telemetry(&sensor, &text("after"))
+        .await
+        .unwrap();
     let service = service(hub);
     let events = partition(&service, sensor_partition).await;
     assert_eq!(events.len(), 1);
@@ -239,7 +251,8 @@ async fn positions_resolve_to_the_event_they_select() {
     let hub = Hub::in_memory("hub.test").unwrap();
     let sensor = add_device(&hub, "sensor").await;
     for i in 0..5 {
-        hub.accept_telemetry(&sensor, &text(&i.to_string()))
+        hub.messaging()
+            .accept_telemetry(&sensor, &text(&i.to_string()))
             .await
             .unwrap();
     }
@@ -310,7 +323,8 @@ async fn a_waiting_reader_wakes_when_its_partition_gets_an_event() {
     };
     tokio::task::yield_now().await;
     assert!(!reader.is_finished());
-    hub.accept_telemetry(&sensor, &text("wake up"))
+    hub.messaging()
+        .accept_telemetry(&sensor, &text("wake up"))
         .await
         .unwrap();
     let events = tokio::time::timeout(Duration::from_secs(5), reader)
@@ -343,37 +357,45 @@ fn twin_changes(events: &[outpost_amqp::Event]) -> Vec<(BTreeMap<String, String>
 async fn twin_changes_append_twin_change_events_with_what_changed() {
     let hub = Hub::in_memory("myhub.example.net").unwrap();
     let sensor = add_device(&hub, "sensor").await;
-    hub.report(&sensor, &json!({"temperature": 21}))
+    hub.twins()
+        .report(&sensor, &json!({"temperature": 21}))
         .await
         .unwrap();
-    hub.write_twin(
-        "sensor",
-        None,
-        &TwinWrite {
-            desired: Some(json!({"interval": 5})),
-            tags: Some(json!({"site": "north"})),
-            replace: false,
-        },
-        &Precondition::Any,
-    )
-    .await
-    .unwrap();
-    hub.write_twin(
-        "sensor",
-        None,
-        &TwinWrite {
-            desired: Some(json!({"only": true})),
-            replace: true,
-            ..TwinWrite::default()
-        },
-        &Precondition::Any,
-    )
-    .await
-    .unwrap();
-    let rest = hub.read_events(0, 100, Duration::ZERO).await.unwrap();
+    hub.twins()
+        .write_twin(
+            "sensor",
+            None,
+            &TwinWrite {
+                desired: Some(json!({"interval": 5})),
+                tags: Some(json!({"site": "north"})),
+                replace: false,
+            },
+            &Precondition::Any,
+        )
+        .await
+        .unwrap();
+    hub.twins()
+        .write_twin(
+            "sensor",
+            None,
+            &TwinWrite {
+                desired: Some(json!({"only": true})),
+                replace: true,
+                ..TwinWrite::default()
+            },
+            &Precondition::Any,
+        )
+        .await
+        .unwrap();
+    let rest = hub
+        .messaging()
+        .read_events(0, 100, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(rest.is_empty(), "GET /events shows telemetry only");
     assert_eq!(
-        hub.read_stream(0, 100, Duration::ZERO, true)
+        hub.messaging()
+            .read_stream(0, 100, Duration::ZERO, true)
             .await
             .unwrap()
             .len(),
@@ -420,10 +442,12 @@ async fn twin_change_events_can_be_turned_off() {
     )
     .unwrap();
     let sensor = add_device(&hub, "sensor").await;
-    hub.report(&sensor, &json!({"temperature": 21}))
+    hub.twins()
+        .report(&sensor, &json!({"temperature": 21}))
         .await
         .unwrap();
     assert!(hub
+        .messaging()
         .read_stream(0, 100, Duration::ZERO, true)
         .await
         .unwrap()
@@ -471,7 +495,11 @@ async fn the_events_of_an_older_database_get_partitions_in_their_order() {
     }
     let hub = Hub::open(dir.path(), "hub.test").unwrap();
     assert_eq!(
-        hub.read_events(0, 10, Duration::ZERO).await.unwrap().len(),
+        hub.messaging()
+            .read_events(0, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
         3,
         "the REST stream reads them as before"
     );
@@ -551,21 +579,28 @@ async fn completed_and_expired_messages_that_asked_for_feedback_leave_feedback_r
         }
     };
     let full = hub
+        .messaging()
         .send_c2d("sensor", &c2d("full-1", "full", None))
         .await
         .unwrap();
     let negative = hub
+        .messaging()
         .send_c2d("sensor", &c2d("neg-1", "negative", None))
         .await
         .unwrap();
-    hub.send_c2d(
-        "sensor",
-        &c2d("gone-1", "full", Some("2020-01-01T00:00:00.000Z".into())),
-    )
-    .await
-    .unwrap();
-    hub.complete_c2d(&sensor, full.unsigned_abs()).await;
-    hub.complete_c2d(&sensor, negative.unsigned_abs()).await;
+    hub.messaging()
+        .send_c2d(
+            "sensor",
+            &c2d("gone-1", "full", Some("2020-01-01T00:00:00.000Z".into())),
+        )
+        .await
+        .unwrap();
+    hub.messaging()
+        .complete_c2d(&sensor, full.unsigned_abs())
+        .await;
+    hub.messaging()
+        .complete_c2d(&sensor, negative.unsigned_abs())
+        .await;
 
     let batch = next_feedback(&service).await;
     let records: Value = serde_json::from_slice(&batch.body).unwrap();
@@ -583,7 +618,7 @@ async fn completed_and_expired_messages_that_asked_for_feedback_leave_feedback_r
         .is_some_and(|g| !g.is_empty()));
     service.complete_feedback(batch.lock_token).unwrap();
 
-    assert_eq!(hub.expire_c2d(Utc::now()).await.unwrap(), 1);
+    assert_eq!(hub.messaging().expire_c2d(Utc::now()).await.unwrap(), 1);
     let batch = next_feedback(&service).await;
     let records: Value = serde_json::from_slice(&batch.body).unwrap();
     assert_eq!(records[0]["originalMessageId"], "gone-1");
@@ -603,8 +638,10 @@ async fn a_feedback_batch_not_completed_stays_locked_for_others() {
         system: BTreeMap::from([("ack".to_owned(), "positive".to_owned())]),
         properties: BTreeMap::new(),
     };
-    let id = hub.send_c2d("sensor", &message).await.unwrap();
-    hub.complete_c2d(&sensor, id.unsigned_abs()).await;
+    let id = hub.messaging().send_c2d("sensor", &message).await.unwrap();
+    hub.messaging()
+        .complete_c2d(&sensor, id.unsigned_abs())
+        .await;
     let _locked = next_feedback(&service).await;
     let again = tokio::time::timeout(Duration::from_millis(200), service.next_feedback()).await;
     assert!(
@@ -656,23 +693,27 @@ fn tokens_of_policies_with_service_connect_are_granted_it() {
 async fn a_module_twin_change_names_the_module() {
     let hub = Hub::in_memory("hub.test").unwrap();
     add_device(&hub, "sensor").await;
-    hub.put_module(
-        outpost_hub::registry::ModuleSpec {
-            device_id: "sensor".into(),
-            module_id: "filter".into(),
-            managed_by: None,
-            primary_key: None,
-            secondary_key: None,
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
+    hub.registry()
+        .put_module(
+            outpost_hub::registry::ModuleSpec {
+                device_id: "sensor".into(),
+                module_id: "filter".into(),
+                managed_by: None,
+                primary_key: None,
+                secondary_key: None,
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
     let module = Identity::module(
         DeviceId::new("sensor").unwrap(),
         ModuleId::new("filter").unwrap(),
     );
-    hub.report(&module, &json!({"ok": true})).await.unwrap();
+    hub.twins()
+        .report(&module, &json!({"ok": true}))
+        .await
+        .unwrap();
     let service = service(hub);
     let events = partition(&service, partition_of("sensor", 4)).await;
     let changes = twin_changes(&events);
@@ -711,10 +752,12 @@ async fn offsets_and_times_resolve_within_their_partition_when_partitions_interl
     assert_ne!(partition_of(a, 4), partition_of(b, 4));
     let (da, db) = (add_device(&hub, a).await, add_device(&hub, b).await);
     for i in 0..3 {
-        hub.accept_telemetry(&da, &text(&format!("a{i}")))
+        hub.messaging()
+            .accept_telemetry(&da, &text(&format!("a{i}")))
             .await
             .unwrap();
-        hub.accept_telemetry(&db, &text(&format!("b{i}")))
+        hub.messaging()
+            .accept_telemetry(&db, &text(&format!("b{i}")))
             .await
             .unwrap();
     }
@@ -774,7 +817,8 @@ async fn telemetry_from_many_devices_at_once_shares_commits_and_every_message_is
             .map(|sender| {
                 let hub = hub.clone();
                 tokio::spawn(async move {
-                    hub.accept_telemetry(&sender, &text(sender.device.as_str()))
+                    hub.messaging()
+                        .accept_telemetry(&sender, &text(sender.device.as_str()))
                         .await
                 })
             })

@@ -10,15 +10,16 @@ use outpost_hub::Hub;
 
 async fn hub_with_sensor() -> (Hub, Identity) {
     let hub = Hub::in_memory("hub.test").unwrap();
-    hub.put_device(
-        &DeviceSpec {
-            device_id: "sensor".into(),
-            ..DeviceSpec::default()
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
+    hub.registry()
+        .put_device(
+            &DeviceSpec {
+                device_id: "sensor".into(),
+                ..DeviceSpec::default()
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
     (hub, Identity::device(DeviceId::new("sensor").unwrap()))
 }
 
@@ -33,7 +34,7 @@ fn reading(i: usize) -> Message {
 async fn prune(hub: &Hub, retention: &EventRetention, now: chrono::DateTime<Utc>) -> usize {
     let mut total = 0;
     loop {
-        let count = hub.prune_events(retention, now).await.unwrap();
+        let count = hub.messaging().prune_events(retention, now).await.unwrap();
         total += count;
         if count < PRUNE_BATCH {
             return total;
@@ -42,7 +43,8 @@ async fn prune(hub: &Hub, retention: &EventRetention, now: chrono::DateTime<Utc>
 }
 
 async fn kept(hub: &Hub) -> Vec<i64> {
-    hub.read_events(0, 10_000, Duration::ZERO)
+    hub.messaging()
+        .read_events(0, 10_000, Duration::ZERO)
         .await
         .unwrap()
         .into_iter()
@@ -59,7 +61,10 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
     };
     let count = PRUNE_BATCH * 2 + 10;
     for i in 0..count {
-        hub.accept_telemetry(&sensor, &reading(i)).await.unwrap();
+        hub.messaging()
+            .accept_telemetry(&sensor, &reading(i))
+            .await
+            .unwrap();
     }
     assert_eq!(
         prune(&hub, &retention, Utc::now()).await,
@@ -67,7 +72,8 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
         "nothing is old yet"
     );
     assert_eq!(
-        hub.prune_events(&retention, Utc::now() + chrono::Duration::seconds(61))
+        hub.messaging()
+            .prune_events(&retention, Utc::now() + chrono::Duration::seconds(61))
             .await
             .unwrap(),
         PRUNE_BATCH
@@ -79,11 +85,19 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
     assert!(kept(&hub).await.is_empty());
 
     let newest = i64::try_from(count).unwrap();
-    assert_eq!(hub.newest_event(), newest);
-    let next = hub.accept_telemetry(&sensor, &reading(0)).await.unwrap();
+    assert_eq!(hub.messaging().newest_event(), newest);
+    let next = hub
+        .messaging()
+        .accept_telemetry(&sensor, &reading(0))
+        .await
+        .unwrap();
     assert_eq!(next, newest + 1, "sequence numbers are never reused");
     // A reader that last saw an event long pruned gets the oldest kept.
-    let events = hub.read_events(3, 10, Duration::ZERO).await.unwrap();
+    let events = hub
+        .messaging()
+        .read_events(3, 10, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0, next);
 }
@@ -92,9 +106,16 @@ async fn events_older_than_the_retention_are_pruned_in_batches_and_readers_get_w
 async fn the_oldest_events_past_the_size_cap_are_pruned_and_the_newest_kept() {
     let (hub, sensor) = hub_with_sensor().await;
     for i in 0..100 {
-        hub.accept_telemetry(&sensor, &reading(i)).await.unwrap();
+        hub.messaging()
+            .accept_telemetry(&sensor, &reading(i))
+            .await
+            .unwrap();
     }
-    let one = hub.read_events(0, 1, Duration::ZERO).await.unwrap();
+    let one = hub
+        .messaging()
+        .read_events(0, 1, Duration::ZERO)
+        .await
+        .unwrap();
     let size = serde_json::to_string(&one[0].1).unwrap().len() as u64;
     let retention = EventRetention {
         max_bytes: 10 * size,
@@ -103,6 +124,7 @@ async fn the_oldest_events_past_the_size_cap_are_pruned_and_the_newest_kept() {
     assert_eq!(prune(&hub, &retention, Utc::now()).await, 90);
     assert_eq!(kept(&hub).await, (91..=100).collect::<Vec<i64>>());
     let bodies: Vec<String> = hub
+        .messaging()
         .read_events(0, 100, Duration::ZERO)
         .await
         .unwrap()

@@ -102,26 +102,28 @@ async fn a_scrape_of_the_hub_parses_as_prometheus_text_and_counts_what_happened(
     let hub = Hub::in_memory("hub.test")
         .unwrap()
         .with_metrics(HubMetrics::new("hub.test").unwrap());
-    hub.put_device(
-        &DeviceSpec {
-            device_id: "sensor".into(),
-            ..DeviceSpec::default()
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
-    let sensor = Identity::device(DeviceId::new("sensor").unwrap());
-    for i in 0..3 {
-        hub.accept_telemetry(
-            &sensor,
-            &Message {
-                body: format!("{i}").into_bytes(),
-                ..Message::default()
+    hub.registry()
+        .put_device(
+            &DeviceSpec {
+                device_id: "sensor".into(),
+                ..DeviceSpec::default()
             },
+            &Precondition::CreateOnly,
         )
         .await
         .unwrap();
+    let sensor = Identity::device(DeviceId::new("sensor").unwrap());
+    for i in 0..3 {
+        hub.messaging()
+            .accept_telemetry(
+                &sensor,
+                &Message {
+                    body: format!("{i}").into_bytes(),
+                    ..Message::default()
+                },
+            )
+            .await
+            .unwrap();
     }
     let hub = Arc::new(hub);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

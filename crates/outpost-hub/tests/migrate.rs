@@ -71,7 +71,8 @@ fn device(id: &str) -> DeviceSpec {
 /// edge device with a deployment and modules, a module with its own twin, queued cloud-to-device messages.
 async fn populate(hub: &Hub) {
     for id in ["sensor-1", "sensor-2", "sensor-3"] {
-        hub.put_device(&device(id), &Precondition::CreateOnly)
+        hub.registry()
+            .put_device(&device(id), &Precondition::CreateOnly)
             .await
             .unwrap();
         let write = TwinWrite::from_body(
@@ -80,47 +81,54 @@ async fn populate(hub: &Hub) {
             false,
         )
         .unwrap();
-        hub.write_twin(id, None, &write, &Precondition::Any)
+        hub.twins()
+            .write_twin(id, None, &write, &Precondition::Any)
             .await
             .unwrap();
         let identity = Identity::device(DeviceId::new(id).unwrap());
-        hub.report(&identity, &json!({"temperature": 21.5, "firmware": "1.2"}))
+        hub.twins()
+            .report(&identity, &json!({"temperature": 21.5, "firmware": "1.2"}))
             .await
             .unwrap();
-        hub.report(&identity, &json!({"temperature": 22}))
+        hub.twins()
+            .report(&identity, &json!({"temperature": 22}))
             .await
             .unwrap();
     }
-    hub.put_device(
-        &DeviceSpec {
-            iot_edge: true,
-            ..device("edge-1")
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
-    hub.apply_configuration("edge-1", &manifest())
-        .await
-        .unwrap();
-    for module in ["sensor", "filter"] {
-        hub.put_module(
-            ModuleSpec {
-                device_id: "edge-1".into(),
-                module_id: module.into(),
-                managed_by: Some("IotEdge".into()),
-                ..ModuleSpec::default()
+    hub.registry()
+        .put_device(
+            &DeviceSpec {
+                iot_edge: true,
+                ..device("edge-1")
             },
             &Precondition::CreateOnly,
         )
         .await
         .unwrap();
+    hub.twins()
+        .apply_configuration("edge-1", &manifest())
+        .await
+        .unwrap();
+    for module in ["sensor", "filter"] {
+        hub.registry()
+            .put_module(
+                ModuleSpec {
+                    device_id: "edge-1".into(),
+                    module_id: module.into(),
+                    managed_by: Some("IotEdge".into()),
+                    ..ModuleSpec::default()
+                },
+                &Precondition::CreateOnly,
+            )
+            .await
+            .unwrap();
     }
     let module = Identity::module(
         DeviceId::new("edge-1").unwrap(),
         ModuleId::new("sensor").unwrap(),
     );
-    hub.report(&module, &json!({"running": true}))
+    hub.twins()
+        .report(&module, &json!({"running": true}))
         .await
         .unwrap();
     for n in 0..3 {
@@ -129,7 +137,10 @@ async fn populate(hub: &Hub) {
             system: [("messageId".to_owned(), format!("m{n}"))].into(),
             properties: [("n".to_owned(), Some(n.to_string()))].into(),
         };
-        hub.send_c2d("sensor-2", &message).await.unwrap();
+        hub.messaging()
+            .send_c2d("sensor-2", &message)
+            .await
+            .unwrap();
     }
 }
 
@@ -149,13 +160,14 @@ struct Reads {
 async fn reads(hub: &Hub, engine: &dyn Engine) -> Reads {
     let mut devices = Vec::new();
     let mut twins = Vec::new();
-    for record in hub.devices().await.unwrap() {
+    for record in hub.registry().devices().await.unwrap() {
         let id = record.device_id.to_string();
         devices.push(serde_json::to_value(&record).unwrap());
-        twins.push(twin_json(&hub.twin(&id, None).await.unwrap()));
-        for module in hub.modules(&id).await.unwrap() {
+        twins.push(twin_json(&hub.twins().twin(&id, None).await.unwrap()));
+        for module in hub.registry().modules(&id).await.unwrap() {
             devices.push(serde_json::to_value(&module).unwrap());
             let twin = hub
+                .twins()
                 .twin(&id, Some(module.module_id.as_str()))
                 .await
                 .unwrap();
@@ -265,7 +277,7 @@ async fn a_migrated_hub_reads_the_same_on_postgresql_and_a_second_migration_is_r
     let engine: Arc<dyn Engine> = Arc::new(PostgresEngine::connect(&url).unwrap());
     let after = reads(&running.hub, &*engine).await;
     assert_eq!(after, before);
-    let twin = running.hub.twin("sensor-1", None).await.unwrap();
+    let twin = running.hub.twins().twin("sensor-1", None).await.unwrap();
     assert_eq!(
         twin.twin.reported_version(),
         3,
@@ -285,7 +297,7 @@ async fn a_migrated_hub_reads_the_same_on_postgresql_and_a_second_migration_is_r
         .unwrap()
         .as_secs()
         + 3600;
-    for record in running.hub.devices().await.unwrap() {
+    for record in running.hub.registry().devices().await.unwrap() {
         let id = record.device_id.as_str();
         let key = record.credentials.keys()[0].to_owned();
         let token = outpost_core::sas::device_token("localhost", id, &key, expiry).unwrap();
@@ -295,7 +307,12 @@ async fn a_migrated_hub_reads_the_same_on_postgresql_and_a_second_migration_is_r
             .await
             .unwrap_or_else(|e| panic!("{id} authenticates with its old key: {e}"));
     }
-    let module = running.hub.module("edge-1", "filter").await.unwrap();
+    let module = running
+        .hub
+        .registry()
+        .module("edge-1", "filter")
+        .await
+        .unwrap();
     let token = outpost_core::sas::module_token(
         "localhost",
         "edge-1",

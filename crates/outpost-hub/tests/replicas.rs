@@ -65,6 +65,7 @@ async fn replicas_started_together_share_policies_ca_and_server_certificate() {
 
     // What one replica writes, the other reads.
     a.hub
+        .registry()
         .put_device(
             &DeviceSpec {
                 device_id: "shared1".into(),
@@ -75,8 +76,18 @@ async fn replicas_started_together_share_policies_ca_and_server_certificate() {
         .await
         .unwrap();
     assert_eq!(
-        b.hub.device("shared1").await.unwrap().credentials,
-        a.hub.device("shared1").await.unwrap().credentials
+        b.hub
+            .registry()
+            .device("shared1")
+            .await
+            .unwrap()
+            .credentials,
+        a.hub
+            .registry()
+            .device("shared1")
+            .await
+            .unwrap()
+            .credentials
     );
 
     // A third replica started later loads the same identity into its own data directory.
@@ -184,6 +195,7 @@ async fn a_lost_database_answers_503_and_the_hub_recovers_when_it_returns() {
     };
     running
         .hub
+        .registry()
         .put_device(&spec("before"), &Precondition::CreateOnly)
         .await
         .unwrap();
@@ -191,12 +203,14 @@ async fn a_lost_database_answers_503_and_the_hub_recovers_when_it_returns() {
     server.run("stop");
     let write = running
         .hub
+        .registry()
         .put_device(&spec("during"), &Precondition::CreateOnly)
         .await
         .expect_err("no database, no write");
     assert_eq!(write.status(), 503, "{write}");
     let read = running
         .hub
+        .registry()
         .device("before")
         .await
         .expect_err("no database, no read");
@@ -207,6 +221,7 @@ async fn a_lost_database_answers_503_and_the_hub_recovers_when_it_returns() {
     loop {
         match running
             .hub
+            .registry()
             .put_device(&spec("after"), &Precondition::CreateOnly)
             .await
         {
@@ -218,7 +233,7 @@ async fn a_lost_database_answers_503_and_the_hub_recovers_when_it_returns() {
             Err(error) => panic!("the hub did not recover: {error}"),
         }
     }
-    assert!(running.hub.device("before").await.is_ok());
+    assert!(running.hub.registry().device("before").await.is_ok());
     running.shutdown().await;
 }
 
@@ -266,15 +281,16 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
         replicas.push(RunningHub::start(&config(dir.path(), &url)).await.unwrap());
     }
     let (a, b, c) = (&replicas[0].hub, &replicas[1].hub, &replicas[2].hub);
-    b.put_device(
-        &DeviceSpec {
-            device_id: "roamer".into(),
-            ..DeviceSpec::default()
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
+    b.registry()
+        .put_device(
+            &DeviceSpec {
+                device_id: "roamer".into(),
+                ..DeviceSpec::default()
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
     let mut on_a = connect(a, "roamer", 1).await;
     // The connection is recorded by A's sending thread: wait until B can see where it is.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -286,7 +302,8 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
         false,
     )
     .unwrap();
-    b.write_twin("roamer", None, &patch, &Precondition::Any)
+    b.twins()
+        .write_twin("roamer", None, &patch, &Precondition::Any)
         .await
         .unwrap();
     match next(&mut on_a).await {
@@ -309,7 +326,8 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
             false,
         )
         .unwrap();
-        b.write_twin("roamer", None, &patch, &Precondition::Any)
+        b.twins()
+            .write_twin("roamer", None, &patch, &Precondition::Any)
             .await
             .unwrap();
         match next(&mut on_a).await {
@@ -336,7 +354,7 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
             match next(&mut on_a).await {
                 Outgoing::MethodRequest { rid, method, .. } => {
                     assert_eq!(method, "reboot");
-                    a.method_answered(
+                    a.messaging().method_answered(
                         &identity("roamer"),
                         1,
                         &rid,
@@ -350,6 +368,7 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
         })
     };
     let (status, payload) = b
+        .messaging()
         .invoke_method(
             "roamer",
             None,
@@ -370,7 +389,7 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
         body: b"hello".to_vec(),
         ..outpost_core::Message::default()
     };
-    b.send_c2d("roamer", &message).await.unwrap();
+    b.messaging().send_c2d("roamer", &message).await.unwrap();
     match next(&mut on_a).await {
         Outgoing::CloudToDevice { message, .. } => assert_eq!(message.body, b"hello"),
         other => panic!("expected the message, got {other:?}"),
@@ -384,16 +403,18 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
     );
 
     // A device nobody holds: DeviceNotOnline, not a hang.
-    b.put_device(
-        &DeviceSpec {
-            device_id: "absent".into(),
-            ..DeviceSpec::default()
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
+    b.registry()
+        .put_device(
+            &DeviceSpec {
+                device_id: "absent".into(),
+                ..DeviceSpec::default()
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
     let error = b
+        .messaging()
         .invoke_method(
             "absent",
             None,
@@ -440,7 +461,8 @@ async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 async fn create(hub: &outpost_hub::Hub, spec: DeviceSpec) {
-    hub.put_device(&spec, &Precondition::CreateOnly)
+    hub.registry()
+        .put_device(&spec, &Precondition::CreateOnly)
         .await
         .unwrap();
 }
@@ -480,7 +502,7 @@ async fn an_edge_link_long_poll_on_one_replica_wakes_for_what_another_makes_for_
         },
     )
     .await;
-    let edge = a.device("edge1").await.unwrap();
+    let edge = a.registry().device("edge1").await.unwrap();
     a.edge_presence(
         &edge,
         &[PresenceClient {
@@ -508,7 +530,8 @@ async fn an_edge_link_long_poll_on_one_replica_wakes_for_what_another_makes_for_
         false,
     )
     .unwrap();
-    b.write_twin("leaf", None, &patch, &Precondition::Any)
+    b.twins()
+        .write_twin("leaf", None, &patch, &Precondition::Any)
         .await
         .unwrap();
     let (events, waited) = waiting.await.unwrap();
@@ -525,7 +548,7 @@ async fn an_edge_link_long_poll_on_one_replica_wakes_for_what_another_makes_for_
         body: b"to the leaf".to_vec(),
         ..outpost_core::Message::default()
     };
-    b.send_c2d("leaf", &message).await.unwrap();
+    b.messaging().send_c2d("leaf", &message).await.unwrap();
     let (events, waited) = waiting.await.unwrap();
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     assert!(
@@ -538,17 +561,18 @@ async fn an_edge_link_long_poll_on_one_replica_wakes_for_what_another_makes_for_
     let calling = {
         let b = b.clone();
         tokio::spawn(async move {
-            b.invoke_method(
-                "leaf",
-                None,
-                MethodCall {
-                    method: "blink".into(),
-                    payload: serde_json::json!({"n": 2}),
-                    response_timeout: Duration::from_secs(5),
-                    connect_timeout: Duration::ZERO,
-                },
-            )
-            .await
+            b.messaging()
+                .invoke_method(
+                    "leaf",
+                    None,
+                    MethodCall {
+                        method: "blink".into(),
+                        payload: serde_json::json!({"n": 2}),
+                        response_timeout: Duration::from_secs(5),
+                        connect_timeout: Duration::ZERO,
+                    },
+                )
+                .await
         })
     };
     let (events, waited) = waiting.await.unwrap();
@@ -609,12 +633,15 @@ async fn events_appended_through_one_replica_wake_long_polls_and_event_hub_reade
         .partition_info(partition)
         .unwrap()
         .last_enqueued_sequence_number;
-    let after = a.newest_event();
+    let after = a.messaging().newest_event();
     let long_poll = {
         let a = a.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let events = a.read_events(after, 10, Duration::from_secs(10)).await;
+            let events = a
+                .messaging()
+                .read_events(after, 10, Duration::from_secs(10))
+                .await;
             (events, started.elapsed())
         })
     };
@@ -631,7 +658,8 @@ async fn events_appended_through_one_replica_wake_long_polls_and_event_hub_reade
         body: b"21.5".to_vec(),
         ..outpost_core::Message::default()
     };
-    b.accept_telemetry(&identity("sensor"), &message)
+    b.messaging()
+        .accept_telemetry(&identity("sensor"), &message)
         .await
         .unwrap();
 
@@ -684,6 +712,7 @@ async fn the_connections_of_a_replica_whose_heartbeat_stopped_do_not_count_and_a
     });
     let started = Instant::now();
     let error = b
+        .messaging()
         .invoke_method(
             "ghost",
             None,
@@ -768,13 +797,15 @@ async fn the_connections_of_a_replica_whose_heartbeat_stopped_do_not_count_and_a
         tokio::spawn(async move {
             match next(&mut on_a).await {
                 outpost_mqtt::Outgoing::MethodRequest { rid, .. } => {
-                    a.method_answered(&identity("ghost"), 9, &rid, 200, b"{}".to_vec());
+                    a.messaging()
+                        .method_answered(&identity("ghost"), 9, &rid, 200, b"{}".to_vec());
                 }
                 other => panic!("expected the method, got {other:?}"),
             }
         })
     };
     let (status, _) = b
+        .messaging()
         .invoke_method(
             "ghost",
             None,

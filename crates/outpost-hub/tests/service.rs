@@ -21,6 +21,7 @@ fn device(id: &str) -> DeviceSpec {
 async fn a_created_device_gets_generated_keys_and_a_twin() {
     let hub = hub();
     let record = hub
+        .registry()
         .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
@@ -29,7 +30,7 @@ async fn a_created_device_gets_generated_keys_and_a_twin() {
         record.credentials.primary_key,
         record.credentials.secondary_key
     );
-    let view = hub.twin("dev1", None).await.unwrap();
+    let view = hub.twins().twin("dev1", None).await.unwrap();
     assert_eq!(view.twin.desired_version(), 1);
 }
 
@@ -37,15 +38,22 @@ async fn a_created_device_gets_generated_keys_and_a_twin() {
 async fn creating_an_existing_device_is_a_conflict_and_changes_nothing() {
     let hub = hub();
     let first = hub
+        .registry()
         .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
     let again = hub
+        .registry()
         .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await;
     assert!(matches!(again, Err(HubError::DeviceAlreadyExists(_))));
     assert_eq!(
-        hub.device("dev1").await.unwrap().credentials.primary_key,
+        hub.registry()
+            .device("dev1")
+            .await
+            .unwrap()
+            .credentials
+            .primary_key,
         first.credentials.primary_key
     );
 }
@@ -56,32 +64,38 @@ async fn illegal_ids_are_refused() {
     for id in ["bad/id", "a b", "", &"x".repeat(129)] {
         assert!(
             matches!(
-                hub.put_device(&device(id), &Precondition::CreateOnly).await,
+                hub.registry()
+                    .put_device(&device(id), &Precondition::CreateOnly)
+                    .await,
                 Err(HubError::ArgumentInvalid(_))
             ),
             "{id:?}"
         );
     }
-    assert!(hub.devices().await.unwrap().is_empty());
+    assert!(hub.registry().devices().await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn a_stale_etag_is_refused_and_the_wildcard_is_not() {
     let hub = hub();
     let created = hub
+        .registry()
         .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
     let etag = outpost_hub::identity::identity_etag(created.etag_counter);
-    hub.put_device(&device("dev1"), &Precondition::Etag(etag.clone()))
+    hub.registry()
+        .put_device(&device("dev1"), &Precondition::Etag(etag.clone()))
         .await
         .unwrap();
     assert!(matches!(
-        hub.put_device(&device("dev1"), &Precondition::Etag(etag))
+        hub.registry()
+            .put_device(&device("dev1"), &Precondition::Etag(etag))
             .await,
         Err(HubError::PreconditionFailed)
     ));
-    hub.put_device(&device("dev1"), &Precondition::Any)
+    hub.registry()
+        .put_device(&device("dev1"), &Precondition::Any)
         .await
         .unwrap();
 }
@@ -94,10 +108,12 @@ async fn an_edge_device_gets_its_system_modules_and_a_scope() {
         ..device("edge1")
     };
     let record = hub
+        .registry()
         .put_device(&spec, &Precondition::CreateOnly)
         .await
         .unwrap();
     let modules: Vec<String> = hub
+        .registry()
         .modules("edge1")
         .await
         .unwrap()
@@ -115,6 +131,7 @@ async fn an_edge_device_gets_its_system_modules_and_a_scope() {
 async fn a_child_device_takes_its_parents_scope() {
     let hub = hub();
     let edge = hub
+        .registry()
         .put_device(
             &DeviceSpec {
                 iot_edge: true,
@@ -125,6 +142,7 @@ async fn a_child_device_takes_its_parents_scope() {
         .await
         .unwrap();
     let child = hub
+        .registry()
         .put_device(
             &DeviceSpec {
                 parent: Some("edge1".into()),
@@ -136,6 +154,7 @@ async fn a_child_device_takes_its_parents_scope() {
         .unwrap();
     assert_eq!(child.parent_scopes, vec![edge.edge_scope()]);
     let not_edge = hub
+        .registry()
         .put_device(
             &DeviceSpec {
                 parent: Some("leaf".into()),
@@ -150,7 +169,8 @@ async fn a_child_device_takes_its_parents_scope() {
 #[tokio::test]
 async fn deleting_a_device_deletes_its_modules() {
     let hub = hub();
-    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+    hub.registry()
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
     let module = ModuleSpec {
@@ -159,21 +179,27 @@ async fn deleting_a_device_deletes_its_modules() {
         ..ModuleSpec::default()
     };
     let (_, created) = hub
+        .registry()
         .put_module(module.clone(), &Precondition::CreateOnly)
         .await
         .unwrap();
     assert!(created);
     assert!(matches!(
-        hub.put_module(module, &Precondition::CreateOnly).await,
+        hub.registry()
+            .put_module(module, &Precondition::CreateOnly)
+            .await,
         Err(HubError::ModuleAlreadyExists(_))
     ));
-    hub.delete_device("dev1", &Precondition::Any).await.unwrap();
+    hub.registry()
+        .delete_device("dev1", &Precondition::Any)
+        .await
+        .unwrap();
     assert!(matches!(
-        hub.module("dev1", "m1").await,
+        hub.registry().module("dev1", "m1").await,
         Err(HubError::DeviceNotFound(_))
     ));
     assert!(matches!(
-        hub.device("dev1").await,
+        hub.registry().device("dev1").await,
         Err(HubError::DeviceNotFound(_))
     ));
 }
@@ -181,7 +207,8 @@ async fn deleting_a_device_deletes_its_modules() {
 #[tokio::test]
 async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     let hub = hub();
-    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+    hub.registry()
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
     let patch = TwinWrite::from_body(
@@ -190,12 +217,14 @@ async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     )
     .unwrap();
     let view = hub
+        .twins()
         .write_twin("dev1", None, &patch, &Precondition::Any)
         .await
         .unwrap();
     assert_eq!(view.twin.desired_version(), 2);
     assert_eq!(view.twin.desired()["a"], 1);
-    let before = serde_json::to_string(&hub.twin("dev1", None).await.unwrap().twin).unwrap();
+    let before =
+        serde_json::to_string(&hub.twins().twin("dev1", None).await.unwrap().twin).unwrap();
 
     let mut deep = json!(1);
     for _ in 0..12 {
@@ -207,26 +236,30 @@ async fn a_desired_patch_bumps_the_version_and_a_refused_one_changes_nothing() {
     )
     .unwrap();
     assert!(hub
+        .twins()
         .write_twin("dev1", None, &too_deep, &Precondition::Any)
         .await
         .is_err());
-    let after = serde_json::to_string(&hub.twin("dev1", None).await.unwrap().twin).unwrap();
+    let after = serde_json::to_string(&hub.twins().twin("dev1", None).await.unwrap().twin).unwrap();
     assert_eq!(before, after);
 }
 
 #[tokio::test]
 async fn a_stale_twin_etag_is_refused() {
     let hub = hub();
-    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+    hub.registry()
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
-    let etag = hub.twin("dev1", None).await.unwrap().twin.etag();
+    let etag = hub.twins().twin("dev1", None).await.unwrap().twin.etag();
     let patch = TwinWrite::from_body(&json!({"properties": {"desired": {"a": 1}}}), false).unwrap();
-    hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag.clone()))
+    hub.twins()
+        .write_twin("dev1", None, &patch, &Precondition::Etag(etag.clone()))
         .await
         .unwrap();
     assert!(matches!(
-        hub.write_twin("dev1", None, &patch, &Precondition::Etag(etag))
+        hub.twins()
+            .write_twin("dev1", None, &patch, &Precondition::Etag(etag))
             .await,
         Err(HubError::PreconditionFailed)
     ));
@@ -258,28 +291,30 @@ fn manifest(schema: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_deployment_lands_in_the_module_twins() {
     let hub = hub();
-    hub.put_device(
-        &DeviceSpec {
-            iot_edge: true,
-            ..device("edge1")
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
-    hub.apply_configuration("edge1", &manifest("1.1"))
+    hub.registry()
+        .put_device(
+            &DeviceSpec {
+                iot_edge: true,
+                ..device("edge1")
+            },
+            &Precondition::CreateOnly,
+        )
         .await
         .unwrap();
-    let agent = hub.twin("edge1", Some("$edgeAgent")).await.unwrap();
+    hub.twins()
+        .apply_configuration("edge1", &manifest("1.1"))
+        .await
+        .unwrap();
+    let agent = hub.twins().twin("edge1", Some("$edgeAgent")).await.unwrap();
     assert_eq!(agent.twin.desired()["schemaVersion"], "1.1");
-    let edge_hub = hub.twin("edge1", Some("$edgeHub")).await.unwrap();
+    let edge_hub = hub.twins().twin("edge1", Some("$edgeHub")).await.unwrap();
     assert_eq!(
         edge_hub.twin.desired()["routes"]["up"],
         "FROM /messages/* INTO $upstream"
     );
     // The sensor's identity does not exist yet: its content waits for the edge runtime to create it.
     assert!(matches!(
-        hub.module("edge1", "sensor").await,
+        hub.registry().module("edge1", "sensor").await,
         Err(HubError::ModuleNotFound(_))
     ));
     let module = ModuleSpec {
@@ -288,32 +323,38 @@ async fn a_deployment_lands_in_the_module_twins() {
         managed_by: Some("IotEdge".into()),
         ..ModuleSpec::default()
     };
-    hub.put_module(module, &Precondition::CreateOnly)
+    hub.registry()
+        .put_module(module, &Precondition::CreateOnly)
         .await
         .unwrap();
-    let sensor = hub.twin("edge1", Some("sensor")).await.unwrap();
+    let sensor = hub.twins().twin("edge1", Some("sensor")).await.unwrap();
     assert_eq!(sensor.twin.desired()["SendInterval"], 5);
 }
 
 #[tokio::test]
 async fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
     let hub = hub();
-    hub.put_device(
-        &DeviceSpec {
-            iot_edge: true,
-            ..device("edge1")
-        },
-        &Precondition::CreateOnly,
-    )
-    .await
-    .unwrap();
-    let result = hub.apply_configuration("edge1", &manifest("2.0")).await;
+    hub.registry()
+        .put_device(
+            &DeviceSpec {
+                iot_edge: true,
+                ..device("edge1")
+            },
+            &Precondition::CreateOnly,
+        )
+        .await
+        .unwrap();
+    let result = hub
+        .twins()
+        .apply_configuration("edge1", &manifest("2.0"))
+        .await;
     assert!(matches!(
         result,
         Err(HubError::InvalidConfigurationContent(_))
     ));
     assert_eq!(
-        hub.twin("edge1", Some("$edgeAgent"))
+        hub.twins()
+            .twin("edge1", Some("$edgeAgent"))
             .await
             .unwrap()
             .twin
@@ -321,7 +362,7 @@ async fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
         1
     );
     assert!(matches!(
-        hub.module("edge1", "sensor").await,
+        hub.registry().module("edge1", "sensor").await,
         Err(HubError::ModuleNotFound(_))
     ));
 }
@@ -329,11 +370,14 @@ async fn a_deployment_with_an_unknown_schema_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn a_deployment_needs_an_edge_device() {
     let hub = hub();
-    hub.put_device(&device("plain"), &Precondition::CreateOnly)
+    hub.registry()
+        .put_device(&device("plain"), &Precondition::CreateOnly)
         .await
         .unwrap();
     assert!(matches!(
-        hub.apply_configuration("plain", &manifest("1.1")).await,
+        hub.twins()
+            .apply_configuration("plain", &manifest("1.1"))
+            .await,
         Err(HubError::ArgumentInvalid(_))
     ));
 }
@@ -342,10 +386,12 @@ async fn a_deployment_needs_an_edge_device() {
 async fn a_device_token_authenticates_only_its_own_identity() {
     let hub = hub();
     let record = hub
+        .registry()
         .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
-    hub.put_device(&device("dev2"), &Precondition::CreateOnly)
+    hub.registry()
+        .put_device(&device("dev2"), &Precondition::CreateOnly)
         .await
         .unwrap();
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
@@ -372,7 +418,10 @@ async fn a_device_token_authenticates_only_its_own_identity() {
         .authenticate_identity(&identity("dev1"), &wrong_key)
         .await
         .is_err());
-    hub.delete_device("dev1", &Precondition::Any).await.unwrap();
+    hub.registry()
+        .delete_device("dev1", &Precondition::Any)
+        .await
+        .unwrap();
     assert!(hub
         .authenticate_identity(&identity("dev1"), &token)
         .await
@@ -382,14 +431,15 @@ async fn a_device_token_authenticates_only_its_own_identity() {
 #[tokio::test]
 async fn a_method_on_an_offline_device_fails_fast() {
     let hub = hub();
-    hub.put_device(&device("dev1"), &Precondition::CreateOnly)
+    hub.registry()
+        .put_device(&device("dev1"), &Precondition::CreateOnly)
         .await
         .unwrap();
     let call = outpost_hub::messaging::MethodCall::from_body(
         &json!({"methodName": "ping", "payload": {}}),
     )
     .unwrap();
-    let result = hub.invoke_method("dev1", None, call).await;
+    let result = hub.messaging().invoke_method("dev1", None, call).await;
     assert!(matches!(result, Err(HubError::DeviceNotOnline(_))));
 }
 
@@ -398,6 +448,7 @@ async fn an_edge_device_may_manage_its_own_modules_only() {
     use outpost_hub::identity::Right;
     let hub = hub();
     let edge = hub
+        .registry()
         .put_device(
             &DeviceSpec {
                 iot_edge: true,
@@ -408,6 +459,7 @@ async fn an_edge_device_may_manage_its_own_modules_only() {
         .await
         .unwrap();
     let plain = hub
+        .registry()
         .put_device(&device("plain"), &Precondition::CreateOnly)
         .await
         .unwrap();

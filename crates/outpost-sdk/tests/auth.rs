@@ -124,6 +124,7 @@ async fn a_client_whose_identity_is_deleted_stops_with_unauthorized_instead_of_r
         .unwrap();
 
     hub.hub()
+        .registry()
         .delete_device("doomed", &Precondition::Any)
         .await
         .unwrap();

@@ -122,7 +122,12 @@ async fn edge() -> Edge {
     let hub = TestHub::start().await;
     let gateway = TestGateway::start(hub.hub(), &hub.config.data_dir).await;
     hub.create_module("edge-1", "filter").await;
-    let record = hub.hub().module("edge-1", "filter").await.unwrap();
+    let record = hub
+        .hub()
+        .registry()
+        .module("edge-1", "filter")
+        .await
+        .unwrap();
     Edge {
         key: record.credentials.primary_key.clone(),
         generation_id: record.generation_id.clone(),

@@ -76,7 +76,11 @@ async fn cloud_to_device_messages_arrive_with_their_properties() {
     first
         .properties
         .insert("valve".into(), Some("3 & 4".into()));
-    hub.hub().send_c2d("actuator", &first).await.unwrap();
+    hub.hub()
+        .messaging()
+        .send_c2d("actuator", &first)
+        .await
+        .unwrap();
 
     let mut messages = client.cloud_to_device_messages().await.unwrap();
     let received = within("the queued message", messages.next()).await.unwrap();
@@ -89,7 +93,11 @@ async fn cloud_to_device_messages_arrive_with_their_properties() {
         body: b"close valve".to_vec(),
         ..outpost_core::Message::default()
     };
-    hub.hub().send_c2d("actuator", &second).await.unwrap();
+    hub.hub()
+        .messaging()
+        .send_c2d("actuator", &second)
+        .await
+        .unwrap();
     let received = within("the pushed message", messages.next()).await.unwrap();
     assert_eq!(received.body_str(), Some("close valve"));
 }
@@ -129,6 +137,7 @@ async fn direct_methods_are_answered_with_status_and_payload_for_devices_and_mod
     };
     let (status, payload) = hub
         .hub()
+        .messaging()
         .invoke_method("d1", None, call("reboot", json!({"delay": 1})))
         .await
         .unwrap();
@@ -136,6 +145,7 @@ async fn direct_methods_are_answered_with_status_and_payload_for_devices_and_mod
     assert_eq!(payload, json!({"method": "reboot", "echo": {"delay": 1}}));
     let (status, payload) = hub
         .hub()
+        .messaging()
         .invoke_method("d1", Some("m1"), call("unknown", serde_json::Value::Null))
         .await
         .unwrap();

@@ -138,7 +138,11 @@ async fn method_calls_and_cloud_to_device_messages_resume_after_a_restart() {
         body: b"after restart".to_vec(),
         ..outpost_core::Message::default()
     };
-    hub.hub().send_c2d("d2", &message).await.unwrap();
+    hub.hub()
+        .messaging()
+        .send_c2d("d2", &message)
+        .await
+        .unwrap();
     let received = within("a C2D message after the restart", messages.next())
         .await
         .unwrap();
@@ -154,7 +158,12 @@ async fn method_calls_and_cloud_to_device_messages_resume_after_a_restart() {
         response_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(10),
     };
-    let (status, payload) = hub.hub().invoke_method("d2", None, call).await.unwrap();
+    let (status, payload) = hub
+        .hub()
+        .messaging()
+        .invoke_method("d2", None, call)
+        .await
+        .unwrap();
     assert_eq!((status, payload), (200, json!("pong")));
     answering.await.unwrap();
 }

@@ -19,8 +19,12 @@ pub(super) async fn put_device(
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryWrite)?;
     let spec = device_spec(&device, &json_body(&body)?)?;
-    let record = hub.put_device(&spec, &precondition(&headers)).await?;
+    let record = hub
+        .registry()
+        .put_device(&spec, &precondition(&headers))
+        .await?;
     let connected = hub
+        .connections()
         .is_connected_anywhere(&Identity::device(record.device_id.clone()))
         .await;
     Ok(ok_json(device_json(&record, connected)))
@@ -32,8 +36,9 @@ pub(super) async fn get_device(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
-    let record = hub.device(&device).await?;
+    let record = hub.registry().device(&device).await?;
     let connected = hub
+        .connections()
         .is_connected_anywhere(&Identity::device(record.device_id.clone()))
         .await;
     Ok(ok_json(device_json(&record, connected)))
@@ -51,10 +56,10 @@ pub(super) async fn list_devices(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryRead)?;
-    let mut devices = hub.devices().await?;
+    let mut devices = hub.registry().devices().await?;
     devices.truncate(query.top.unwrap_or(usize::MAX));
     let ids: Vec<String> = devices.iter().map(|d| d.device_id.to_string()).collect();
-    let connected = hub.connected_clients(&ids).await;
+    let connected = hub.connections().connected_clients(&ids).await;
     let devices: Vec<Value> = devices
         .iter()
         .map(|d| device_json(d, connected.contains(d.device_id.as_str())))
@@ -68,7 +73,9 @@ pub(super) async fn delete_device(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::RegistryWrite)?;
-    hub.delete_device(&device, &precondition(&headers)).await?;
+    hub.registry()
+        .delete_device(&device, &precondition(&headers))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -80,8 +87,12 @@ pub(super) async fn put_module(
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryWrite, &device).await?;
     let spec = module_spec(&device, &module, &json_body(&body)?)?;
-    let (record, created) = hub.put_module(spec, &precondition(&headers)).await?;
+    let (record, created) = hub
+        .registry()
+        .put_module(spec, &precondition(&headers))
+        .await?;
     let connected = hub
+        .connections()
         .is_connected_anywhere(&Identity::module(
             record.device_id.clone(),
             record.module_id.clone(),
@@ -101,8 +112,9 @@ pub(super) async fn get_module(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
-    let record = hub.module(&device, &module).await?;
+    let record = hub.registry().module(&device, &module).await?;
     let connected = hub
+        .connections()
         .is_connected_anywhere(&Identity::module(
             record.device_id.clone(),
             record.module_id.clone(),
@@ -117,12 +129,12 @@ pub(super) async fn list_modules(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
-    let modules = hub.modules(&device).await?;
+    let modules = hub.registry().modules(&device).await?;
     let ids: Vec<String> = modules
         .iter()
         .map(|m| format!("{}/{}", m.device_id, m.module_id))
         .collect();
-    let connected = hub.connected_clients(&ids).await;
+    let connected = hub.connections().connected_clients(&ids).await;
     let modules: Vec<Value> = modules
         .iter()
         .zip(&ids)
@@ -137,7 +149,8 @@ pub(super) async fn delete_module(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize_modules(&hub, &headers, Right::RegistryWrite, &device).await?;
-    hub.delete_module(&device, &module, &precondition(&headers))
+    hub.registry()
+        .delete_module(&device, &module, &precondition(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

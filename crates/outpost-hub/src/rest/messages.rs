@@ -27,7 +27,7 @@ async fn invoke(
 ) -> Result<Response, ApiError> {
     authorize(hub, headers, Right::ServiceConnect)?;
     let call = MethodCall::from_body(&json_body(body)?)?;
-    let (status, payload) = hub.invoke_method(device, module, call).await?;
+    let (status, payload) = hub.messaging().invoke_method(device, module, call).await?;
     Ok(ok_json(json!({"status": status, "payload": payload})))
 }
 
@@ -94,7 +94,7 @@ pub(super) async fn send_c2d(
         system,
         properties: request.properties,
     };
-    hub.send_c2d(&device, &message).await?;
+    hub.messaging().send_c2d(&device, &message).await?;
     Ok(ok_json(json!({"messageId": message_id})))
 }
 
@@ -119,10 +119,13 @@ pub(super) async fn read_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    let after = query.after.unwrap_or_else(|| hub.newest_event());
+    let after = query
+        .after
+        .unwrap_or_else(|| hub.messaging().newest_event());
     let max = query.max.unwrap_or(100).clamp(1, 1000);
     let wait = Duration::from_secs(query.wait_secs.unwrap_or(0).min(60));
     let events = hub
+        .messaging()
         .read_stream(after, max, wait, query.include_twin_changes)
         .await?;
     let next = events.last().map_or(after, |(seq, _)| *seq);

@@ -16,7 +16,7 @@ pub(super) async fn get_device_twin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    let twin = hub.twin(&device, None).await?;
+    let twin = hub.twins().twin(&device, None).await?;
     hub.metrics().twin(TwinOperation::Read, TwinSource::Service);
     Ok(ok_json(twin_json(&twin)))
 }
@@ -27,7 +27,7 @@ pub(super) async fn get_module_twin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    let twin = hub.twin(&device, Some(&module)).await?;
+    let twin = hub.twins().twin(&device, Some(&module)).await?;
     hub.metrics().twin(TwinOperation::Read, TwinSource::Service);
     Ok(ok_json(twin_json(&twin)))
 }
@@ -43,6 +43,7 @@ async fn write(
     authorize(hub, headers, Right::ServiceConnect)?;
     let write = TwinWrite::from_body(&json_body(body)?, replace)?;
     let view = hub
+        .twins()
         .write_twin(device, module, &write, &precondition(headers))
         .await?;
     let operation = if replace {
@@ -97,7 +98,9 @@ pub(super) async fn apply_configuration(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, Right::ServiceConnect)?;
-    hub.apply_configuration(&device, &json_body(&body)?).await?;
+    hub.twins()
+        .apply_configuration(&device, &json_body(&body)?)
+        .await?;
     hub.metrics()
         .twin(TwinOperation::ApplyConfiguration, TwinSource::Service);
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -120,6 +120,7 @@ impl TestHub {
     pub async fn create_device(&self, device: &str) -> String {
         let record = self
             .hub()
+            .registry()
             .put_device(
                 &DeviceSpec {
                     device_id: device.into(),
@@ -139,10 +140,11 @@ impl TestHub {
     /// Creates a module (and its device if needed); returns its connection string.
     pub async fn create_module(&self, device: &str, module: &str) -> String {
         let hub = self.hub();
-        if hub.device(device).await.is_err() {
+        if hub.registry().device(device).await.is_err() {
             self.create_device(device).await;
         }
         let (record, _) = hub
+            .registry()
             .put_module(
                 ModuleSpec {
                     device_id: device.into(),
@@ -167,6 +169,7 @@ impl TestHub {
             ..TwinWrite::default()
         };
         self.hub()
+            .twins()
             .write_twin(device, module, &write, &Precondition::Any)
             .await
             .unwrap();
@@ -174,7 +177,7 @@ impl TestHub {
 
     /// The reported properties in the hub.
     pub async fn reported(&self, device: &str, module: Option<&str>) -> Value {
-        let view = self.hub().twin(device, module).await.unwrap();
+        let view = self.hub().twins().twin(device, module).await.unwrap();
         outpost_hub::twins::twin_json(&view)["properties"]["reported"].clone()
     }
 
@@ -198,7 +201,8 @@ impl TestHub {
             desired: Some(patch),
             ..TwinWrite::default()
         };
-        hub.write_twin(device, module, &write, &Precondition::Any)
+        hub.twins()
+            .write_twin(device, module, &write, &Precondition::Any)
             .await
             .unwrap();
     }
@@ -224,7 +228,7 @@ impl TestHub {
 
     /// The sequence number of the newest device-to-cloud event.
     pub fn newest_event(&self) -> i64 {
-        self.hub().newest_event()
+        self.hub().messaging().newest_event()
     }
 
     /// Events after `after` until one matches `found`, failing after [`WAIT`].
@@ -235,7 +239,7 @@ impl TestHub {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             assert!(!left.is_zero(), "no matching event within {WAIT:?}");
-            for (seq, event) in hub.read_events(after, 100, left).await.unwrap() {
+            for (seq, event) in hub.messaging().read_events(after, 100, left).await.unwrap() {
                 after = seq;
                 if found(&event) {
                     return event;
@@ -248,6 +252,7 @@ impl TestHub {
     pub async fn events_within(&self, after: i64, wait: Duration) -> Vec<Value> {
         tokio::time::sleep(wait).await;
         self.hub()
+            .messaging()
             .read_events(after, 10_000, Duration::ZERO)
             .await
             .unwrap()
