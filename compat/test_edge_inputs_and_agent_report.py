@@ -33,6 +33,7 @@ SENDER = textwrap.dedent("""\
 
 # The SDK runs `on_message_received` handlers on a pool of four threads, so their order says nothing about the
 # order of delivery; `receive_message_on_input` takes each input's messages from its inbox in arrival order.
+# Arguments: the file to record in, then the inputs to read.
 RECEIVER = textwrap.dedent("""\
     import json, sys, threading, time
     from azure.iot.device import IoTHubModuleClient
@@ -45,7 +46,7 @@ RECEIVER = textwrap.dedent("""\
             message = client.receive_message_on_input(input_name)
             with lock, open(out, "a") as f:
                 f.write(json.dumps({"input": message.input_name, "n": json.loads(message.data)["n"]}) + "\\n")
-    for input_name in ("in1", "in2"):
+    for input_name in sys.argv[2:]:
         threading.Thread(target=receive, args=(input_name,), daemon=True).start()
     while True:
         time.sleep(1)
@@ -72,7 +73,7 @@ def deploy(hub, device_id: str, modules: dict, routes: dict, tmp_path: Path) -> 
 def test_one_message_routed_to_two_inputs_of_one_module_reaches_each_input_once_in_order(hub, edge, tmp_path):
     received, go = tmp_path / "received.jsonl", tmp_path / "go"
     modules = {"sender": python_module(tmp_path, "sender", SENDER, str(COUNT), str(go)),
-               "receiver": python_module(tmp_path, "receiver", RECEIVER, str(received))}
+               "receiver": python_module(tmp_path, "receiver", RECEIVER, str(received), "in1", "in2")}
     source = "FROM /messages/modules/sender/outputs/out1"
     routes = {"first": f'{source} INTO BrokeredEndpoint("/modules/receiver/inputs/in1")',
               "second": f'{source} INTO BrokeredEndpoint("/modules/receiver/inputs/in2")'}

@@ -47,7 +47,8 @@ class Scenario:
         self.triggers, self.received = tmp_path / "triggers", tmp_path / "received.jsonl"
         self.triggers.mkdir()
         self.modules = {"sender": python_module(tmp_path, "sender", SENDER, str(self.triggers)),
-                        "receiver": python_module(tmp_path, "receiver", RECEIVER, str(self.received))}
+                        "receiver": python_module(tmp_path, "receiver", RECEIVER, str(self.received),
+                                                 "in1", "in2", "in3")}
 
     def deploy_to(self, n: int) -> None:
         manifest = deployment(self.modules)
