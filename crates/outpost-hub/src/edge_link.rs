@@ -247,7 +247,7 @@ impl Hub {
                 continue;
             }
             let connection = self
-                .next_request_id
+                .next_virtual_connection
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 | (1 << 62);
             let (outbox, mut pushes) = Outbox::new(connection);

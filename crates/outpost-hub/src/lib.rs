@@ -70,7 +70,7 @@ pub struct Hub {
     /// This replica's live device connections and the other replicas; every service shares the one table.
     connections: Connections,
     /// The ids of the virtual connections of clients behind edge links.
-    next_request_id: AtomicU64,
+    next_virtual_connection: AtomicU64,
     /// The shared access policies, read once: every service request is authorised against them, and nothing
     /// changes them while the hub runs.
     policies: Vec<identity::AccessPolicy>,
@@ -174,7 +174,7 @@ impl Hub {
             host_name: host_name.to_owned(),
             storage,
             connections,
-            next_request_id: AtomicU64::new(1),
+            next_virtual_connection: AtomicU64::new(1),
             stopping,
             edge_links: Mutex::new(HashMap::new()),
             policies,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use outpost_core::{Identity, Message};
+use outpost_core::{DeviceId, Identity, Message};
 use outpost_mqtt::{Feature, Outgoing, PendingMethods};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -31,6 +31,9 @@ pub const MAX_PENDING_C2D: usize = 50;
 pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
 /// Direct method calls that may wait for their answers at once; past this a call is refused with 429.
 const MAX_PENDING_METHODS: usize = 10_000;
+
+/// Stripes of the lock that orders C2D pushes against completions (see `Messaging::c2d_gates`).
+const C2D_GATES: usize = 64;
 
 /// How much of the device-to-cloud event stream the hub keeps: events older than `max_age` and the oldest events
 /// past `max_bytes` of stored JSON are pruned in the background (see [`Messaging::prune_events`]).
@@ -155,9 +158,10 @@ pub struct Messaging {
     pending_methods: PendingMethods,
     /// Cloud-to-device messages pushed and not yet acknowledged: message id → connection it went out on.
     c2d_in_flight: Mutex<HashMap<i64, u64>>,
-    /// Orders reading the C2D queue to push it against completing a message: a push that read the queue
-    /// before a completion committed must not see the message's in-flight mark already gone and send it again.
-    c2d_gate: tokio::sync::Mutex<()>,
+    /// Orders reading a device's C2D queue to push it against completing one of its messages: a push that read
+    /// the queue before a completion committed must not see the message's in-flight mark already gone and send
+    /// it again. Striped by device ([`C2D_GATES`] locks), so devices do not wait on each other's pushes.
+    c2d_gates: Box<[tokio::sync::Mutex<()>]>,
     /// Set when the hub shuts down: long polls answer at once.
     stopping: watch::Receiver<bool>,
 }
@@ -179,9 +183,20 @@ impl Messaging {
             metrics,
             pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
             c2d_in_flight: Mutex::new(HashMap::new()),
-            c2d_gate: tokio::sync::Mutex::new(()),
+            c2d_gates: (0..C2D_GATES).map(|_| tokio::sync::Mutex::new(())).collect(),
             stopping,
         }
+    }
+
+    /// The lock that orders pushes and completions of `device`'s C2D messages.
+    fn c2d_gate(&self, device: &DeviceId) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        device.as_str().hash(&mut hasher);
+        // The remainder is below the stripe count: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        let stripe = (hasher.finish() % self.c2d_gates.len() as u64) as usize;
+        &self.c2d_gates[stripe]
     }
 
     /// Resolves once the hub stops its long polls.
@@ -377,7 +392,7 @@ impl Messaging {
         if identity.module.is_some() || !outbox.subscribed(Feature::CloudToDevice) {
             return;
         }
-        let _gate = self.c2d_gate.lock().await;
+        let _gate = self.c2d_gate(&identity.device).lock().await;
         let device = identity.device.clone();
         let Ok(pending) = self
             .storage
@@ -412,7 +427,7 @@ impl Messaging {
             return;
         };
         for device in devices {
-            if let Ok(device) = outpost_core::DeviceId::new(device) {
+            if let Ok(device) = DeviceId::new(device) {
                 self.push_c2d(&Identity::device(device)).await;
             }
         }
@@ -422,7 +437,7 @@ impl Messaging {
     pub async fn complete_c2d(&self, identity: &Identity, delivery_id: u64) {
         let id = delivery_id as i64;
         // Its in-flight mark goes only once the removal is committed, with no push reading the queue meanwhile.
-        let _gate = self.c2d_gate.lock().await;
+        let _gate = self.c2d_gate(&identity.device).lock().await;
         let settled = self
             .settle_c2d(&identity.device, id, DeliveryOutcome::Completed)
             .await;
@@ -442,7 +457,7 @@ impl Messaging {
     /// in the same transaction.
     pub async fn settle_c2d(
         &self,
-        device: &outpost_core::DeviceId,
+        device: &DeviceId,
         id: i64,
         outcome: DeliveryOutcome,
     ) -> Result<(), HubError> {
@@ -468,12 +483,12 @@ impl Messaging {
     /// returns how many.
     pub async fn expire_c2d(&self, now: DateTime<Utc>) -> Result<usize, HubError> {
         let now_ms = now.timestamp_millis();
-        let expired: Vec<(outpost_core::DeviceId, i64)> = self
+        let expired: Vec<(DeviceId, i64)> = self
             .storage
             .read(move |tables| tables.expired_c2d(now_ms))
             .await?
             .into_iter()
-            .filter_map(|(device, id)| Some((outpost_core::DeviceId::new(device).ok()?, id)))
+            .filter_map(|(device, id)| Some((DeviceId::new(device).ok()?, id)))
             .collect();
         for (device, id) in &expired {
             self.settle_c2d(device, *id, DeliveryOutcome::Expired)
