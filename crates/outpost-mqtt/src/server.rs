@@ -10,6 +10,7 @@
 mod connection;
 mod handshake;
 mod registry;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 pub use connection::ConnectionError;
 pub use handshake::username_names_client;
@@ -77,7 +77,6 @@ const SESSION_SWEEP: Duration = Duration::from_mins(1);
 struct Shared<O> {
     ops: Arc<O>,
     config: ServerConfig,
-    acceptor: TlsAcceptor,
     registry: Registry,
 }
 
@@ -108,12 +107,10 @@ pub async fn serve_with_handoff<O: DeviceOperations>(
 ) -> std::io::Result<()> {
     let mut handed = handed;
     let mut handing = true;
-    let acceptor = TlsAcceptor::from(Arc::clone(&config.tls));
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let shared = Arc::new(Shared {
         ops,
         config,
-        acceptor,
         registry: Registry::default(),
     });
     // Connections watch this to close on shutdown; a broadcast by value change, never lagging.

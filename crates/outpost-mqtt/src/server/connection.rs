@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use super::registry::Kick;
-use super::{handshake, Shared};
+use super::{handshake, tls, Shared};
 use crate::io::{self, ReadError};
 use crate::ops::{DeviceOperations, Inbox, Outbox, OutboxOverflow};
 use crate::packet::{ConnAck, ConnectReturnCode, Packet};
@@ -89,7 +89,9 @@ pub async fn run<O: DeviceOperations>(
 ) {
     let _ = tcp.set_nodelay(true);
     let timeout = shared.config.connect_timeout;
-    let tls = match tokio::time::timeout(timeout, shared.acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(timeout, tls::accept(tcp, Arc::clone(&shared.config.tls)))
+        .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
@@ -639,8 +641,7 @@ mod tests {
     #[test]
     fn a_held_connection_is_one_small_task() {
         let tcp = returned_size(run::<Nothing>);
-        let established =
-            returned_size(run_established::<Nothing, tokio_rustls::server::TlsStream<TcpStream>>);
+        let established = returned_size(run_established::<Nothing, tls::TlsStream<TcpStream>>);
         eprintln!("connection future: {tcp} bytes over TCP, {established} established");
         // 2026-12-02: 2,528 and 2,344 bytes (3,736 and 3,552 before the stream moved out of the arguments).
         assert!(tcp <= 2816, "the connection future is {tcp} bytes");
