@@ -32,8 +32,10 @@ SENDER = textwrap.dedent("""\
 """)
 
 # The SDK runs `on_message_received` handlers on a pool of four threads, so their order says nothing about the
-# order of delivery; `receive_message_on_input` takes each input's messages from its inbox in arrival order.
-# Arguments: the file to record in, then the inputs to read.
+# order of delivery; `receive_message_on_input` takes each input's messages from its inbox in arrival order. The
+# SDK drops a message for an input it has no inbox for yet (an inbox is made by the first receive on that input,
+# after the subscription), so the receiver makes every inbox first and then says it is ready (`{out}.ready`);
+# the tests send nothing before. Arguments: the file to record in, then the inputs to read.
 RECEIVER = textwrap.dedent("""\
     import json, sys, threading, time
     from azure.iot.device import IoTHubModuleClient
@@ -41,6 +43,9 @@ RECEIVER = textwrap.dedent("""\
     lock = threading.Lock()
     client = IoTHubModuleClient.create_from_edge_environment()
     client.connect()
+    for input_name in sys.argv[2:]:
+        client.receive_message_on_input(input_name, block=False)
+    open(out + ".ready", "w").close()
     def receive(input_name):
         while True:
             message = client.receive_message_on_input(input_name)
@@ -83,6 +88,7 @@ def test_one_message_routed_to_two_inputs_of_one_module_reaches_each_input_once_
     # before are routed nowhere, a window of its own): send once they are reported in force.
     wait_for(lambda: ((hub.registry().get_module_twin(edge.device_id, "$edgeHub").properties.reported or {})
                       .get("lastDesiredStatus") or {}).get("code") == 200, 60, "the routes in force")
+    wait_for(lambda: Path(f"{received}.ready").exists(), 60, "the receiver to be ready")
     go.write_text("go")
 
     def by_input() -> dict:

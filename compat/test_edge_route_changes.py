@@ -77,6 +77,7 @@ class Scenario:
 
     def send_and_expect(self, n: int) -> None:
         """Message n, sent (and acknowledged) under the routes to in{n}, reaches in{n}."""
+        wait_for(lambda: Path(f"{self.received}.ready").exists(), 60, "the receiver to be ready")
         (self.triggers / str(n)).write_text("")
         want = {"input": f"in{n}", "n": n}
         got = lambda: [json.loads(l) for l in self.received.read_text().splitlines()] if self.received.exists() else []
