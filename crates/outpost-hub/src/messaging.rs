@@ -183,7 +183,9 @@ impl Messaging {
             metrics,
             pending_methods: PendingMethods::new(MAX_PENDING_METHODS),
             c2d_in_flight: Mutex::new(HashMap::new()),
-            c2d_gates: (0..C2D_GATES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            c2d_gates: (0..C2D_GATES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             stopping,
         }
     }

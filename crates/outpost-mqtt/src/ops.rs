@@ -56,8 +56,9 @@ pub trait DeviceOperations: Send + Sync + 'static {
     /// Stores the full filter list after every change; an empty list for a clean session means "forget".
     async fn save_subscriptions(&self, client_id: &str, filters: &[String]);
     /// What connection `connection` of the client listens for changed (a SUBSCRIBE or UNSUBSCRIBE, of a clean
-    /// session as of a persistent one; after `save_subscriptions` for the latter): the connection's
-    /// [`Outbox::subscribed`] tells the new set. A backend that reads the outbox when it pushes needs nothing here.
+    /// session as of a persistent one): the connection's [`Outbox::subscribed`] already tells the new set. Called
+    /// from the connection's loop, so it should return quickly. A backend that reads the outbox when it pushes
+    /// needs nothing here.
     async fn subscriptions_changed(&self, _identity: &Identity, _connection: u64) {}
 }
 

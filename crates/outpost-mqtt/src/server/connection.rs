@@ -495,7 +495,12 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                             return Ok(Ended::ByClient);
                         }
                         if changed {
-                            self.pending.push_back(self.subscriptions_changed());
+                            // Told at once rather than queued with the operations: a queued call that
+                            // finishes before an earlier one parks its output in `pending`'s heap, which then
+                            // keeps its capacity for as long as the connection lives.
+                            self.ops
+                                .subscriptions_changed(&self.identity, self.outbox.connection())
+                                .await;
                         }
                     }
                     Err(e) => return Err(e.into()),
@@ -566,18 +571,6 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                 Operation::Ready(outcome) => outcome,
             };
             (outcome, call.ack)
-        })
-    }
-
-    /// Tells the backend, after the operations before it (a persistent session's filters saved), that what the
-    /// connection listens for changed.
-    fn subscriptions_changed(&self) -> PendingCall {
-        let ops = Arc::clone(&self.ops);
-        let identity = Arc::clone(&self.identity);
-        let connection = self.outbox.connection();
-        Box::pin(async move {
-            ops.subscriptions_changed(&identity, connection).await;
-            (Outcome::Done, None)
         })
     }
 
