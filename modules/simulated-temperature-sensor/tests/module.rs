@@ -87,12 +87,14 @@ async fn the_sensor_sends_readings_obeys_send_interval_and_send_data_and_answers
     // reset cools the machine down; the next reading starts from 21 °C again.
     let (status, payload) = hub
         .hub()
+        .messaging()
         .invoke_method("edge-1", Some("sensor"), method("reset"))
         .await
         .unwrap();
     assert_eq!(status, 200, "{payload}");
     let (status, _) = hub
         .hub()
+        .messaging()
         .invoke_method("edge-1", Some("sensor"), method("selfDestruct"))
         .await
         .unwrap();
