@@ -11,6 +11,7 @@ mod device;
 mod edge;
 mod edge_process;
 mod eventhub;
+mod fleet;
 mod hub;
 mod hub_process;
 mod loadgen;
@@ -68,6 +69,9 @@ enum Command {
     /// The Event Hubs-compatible endpoint: events/s per partition consumer from 1,000 devices' telemetry, and
     /// the latency from a device's PUBACK to the consumer.
     Eventhub(eventhub::EventhubArgs),
+    /// The fleet layer: 100,000 devices imported in bulk, queries by tag and by reported property, and an
+    /// automatic deployment reaching 10,000 edge devices.
+    Fleet(fleet::FleetArgs),
     /// The hub's memory under PINGREQ and twin-GET floods from clients that never read, and 1,000 idle HTTPS
     /// connections.
     Soak(soak::SoakArgs),
@@ -134,11 +138,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Edge(args) => Ok(vec![edge::run(&bench, args).await?]),
             Command::Soak(args) => Ok(vec![soak::run(&bench, args).await?]),
             Command::Eventhub(args) => Ok(vec![eventhub::run(&bench, args).await?]),
+            Command::Fleet(args) => Ok(vec![fleet::run(&bench, args).await?]),
             Command::All => Ok(vec![
                 hub::run(&bench, &hub::HubArgs::default()).await?,
                 edge::run(&bench, &edge::EdgeArgs::default()).await?,
                 soak::run(&bench, &soak::SoakArgs::default()).await?,
                 eventhub::run(&bench, &eventhub::EventhubArgs::default()).await?,
+                fleet::run(&bench, &fleet::FleetArgs::default()).await?,
             ]),
         }
     })?;

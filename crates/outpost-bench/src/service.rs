@@ -168,10 +168,56 @@ impl ServiceApi {
         Ok(checked(response).await?.json().await?)
     }
 
-    async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    /// `PUT {path}` with a JSON body; the JSON answer.
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let response = self
             .http
             .put(format!("{}{path}?api-version={API_VERSION}", self.base))
+            .header("Authorization", &self.token)
+            .json(body)
+            .send()
+            .await?;
+        Ok(checked(response).await?.json().await?)
+    }
+
+    /// `POST /devices/query`: the whole result of `query`, page by page (`x-ms-max-item-count` rows per page,
+    /// following `x-ms-continuation`).
+    pub async fn query(&self, query: &str, page_size: usize) -> anyhow::Result<Vec<Value>> {
+        let mut rows = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut request = self
+                .http
+                .post(format!(
+                    "{}/devices/query?api-version={API_VERSION}",
+                    self.base
+                ))
+                .header("Authorization", &self.token)
+                .header("x-ms-max-item-count", page_size.to_string())
+                .json(&json!({ "query": query }));
+            if let Some(token) = &continuation {
+                request = request.header("x-ms-continuation", token);
+            }
+            let response = checked(request.send().await?).await?;
+            continuation = response
+                .headers()
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned);
+            let page: Vec<Value> = response.json().await?;
+            rows.extend(page);
+            if continuation.is_none() {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// `POST {path}` with a JSON body; the JSON answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}?api-version={API_VERSION}", self.base))
             .header("Authorization", &self.token)
             .json(body)
             .send()
