@@ -40,6 +40,8 @@ enum Cond {
     IsNull(&'static str),
     IsObject(&'static str),
     StartsWith(&'static str, String),
+    /// `path arith number op literal`, as in `a * 2 >= 3`.
+    Arithmetic(&'static str, char, i32, Op, Lit),
     Not(Box<Cond>),
     And(Box<Cond>, Box<Cond>),
     Or(Box<Cond>, Box<Cond>),
@@ -83,6 +85,10 @@ fn print(cond: &Cond) -> String {
         Cond::IsNull(path) => format!("is_null({path})"),
         Cond::IsObject(path) => format!("Is_Object({path})"),
         Cond::StartsWith(path, prefix) => format!("STARTSWITH({path}, {})", quote(prefix)),
+        Cond::Arithmetic(path, arith, n, op, lit) => {
+            let compared = print(&Cond::Compare("", *op, lit.clone()));
+            format!("{path} {arith} {n}{compared}")
+        }
         Cond::Not(c) => format!("NOT ({})", print(c)),
         Cond::And(a, b) => format!("({}) AND ({})", print(a), print(b)),
         Cond::Or(a, b) => format!("({}) or ({})", print(a), print(b)),
@@ -134,6 +140,21 @@ fn reference(cond: &Cond, document: &Value) -> Option<bool> {
             Value::String(s) => Some(s.starts_with(prefix.as_str())),
             _ => None,
         },
+        Cond::Arithmetic(path, arith, n, op, lit) => {
+            let a = lookup(document, path)?.as_f64()?;
+            let b = f64::from(*n);
+            let result = match arith {
+                '+' => a + b,
+                '-' => a - b,
+                '*' => a * b,
+                '/' => a / b,
+                _ => a % b,
+            };
+            if result.is_nan() {
+                return None;
+            }
+            compare(&json!(result), *op, lit)
+        }
         Cond::Not(c) => reference(c, document).map(|b| !b),
         Cond::And(a, b) => match (reference(a, document), reference(b, document)) {
             (Some(false), _) | (_, Some(false)) => Some(false),
@@ -183,6 +204,14 @@ fn cond() -> impl Strategy<Value = Cond> {
         path().prop_map(Cond::IsNull),
         path().prop_map(Cond::IsObject),
         (path(), "[xy]{0,2}").prop_map(|(p, s)| Cond::StartsWith(p, s)),
+        (
+            path(),
+            prop::sample::select(vec!['+', '-', '*', '/', '%']),
+            -1i32..3,
+            op(),
+            lit()
+        )
+            .prop_map(|(p, a, n, o, l)| Cond::Arithmetic(p, a, n, o, l)),
     ];
     leaf.prop_recursive(5, 32, 2, |inner| {
         prop_oneof![
