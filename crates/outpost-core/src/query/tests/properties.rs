@@ -107,18 +107,32 @@ fn compare(value: &Value, op: Op, lit: &Lit) -> Option<bool> {
     let ordering = match (value, lit) {
         (Value::Null, Lit::Null) => Ordering::Equal,
         (Value::Bool(a), Lit::Bool(b)) if matches!(op, Op::Eq | Op::Ne | Op::LtGt) => a.cmp(b),
-        (Value::Number(a), Lit::Number(b)) => a.as_f64()?.partial_cmp(b)?,
+        (Value::Number(a), _) => return compare_number(a.as_f64()?, op, lit),
         (Value::String(a), Lit::Str(b)) => a.as_str().cmp(b.as_str()),
         _ => return None,
     };
-    Some(match op {
+    Some(holds(ordering, op))
+}
+
+/// Whether a number and a literal compare under `op`: only numbers compare with numbers.
+fn compare_number(a: f64, op: Op, lit: &Lit) -> Option<bool> {
+    match lit {
+        Lit::Number(b) => Some(holds(a.partial_cmp(b)?, op)),
+        _ => None,
+    }
+}
+
+/// Whether an ordering satisfies `op`.
+fn holds(ordering: std::cmp::Ordering, op: Op) -> bool {
+    use std::cmp::Ordering;
+    match op {
         Op::Eq => ordering == Ordering::Equal,
         Op::Ne | Op::LtGt => ordering != Ordering::Equal,
         Op::Lt => ordering == Ordering::Less,
         Op::Le => ordering != Ordering::Greater,
         Op::Gt => ordering == Ordering::Greater,
         Op::Ge => ordering != Ordering::Less,
-    })
+    }
 }
 
 /// The reference: three-valued (`None` is undefined), straight from the documented rules.
@@ -153,7 +167,8 @@ fn reference(cond: &Cond, document: &Value) -> Option<bool> {
             if result.is_nan() {
                 return None;
             }
-            compare(&json!(result), *op, lit)
+            // Not through JSON, which has no infinities (`1.5 / 0` is a number here).
+            compare_number(result, *op, lit)
         }
         Cond::Not(c) => reference(c, document).map(|b| !b),
         Cond::And(a, b) => match (reference(a, document), reference(b, document)) {
