@@ -117,3 +117,18 @@ def test_the_cli_updates_tags_and_queries_every_page(hub, registry):
     refused = hub.run_cli(["query", "SELECT * FROM devices WHERE"], check=False)
     assert refused.returncode != 0
     assert "400" in refused.stderr
+
+
+def test_a_query_by_reported_property_finds_what_a_device_reported(hub, registry, clients):
+    created = registry.create_device_with_sas("reporter", None, None, "enabled")
+    registry.create_device_with_sas("quiet", None, None, "enabled")
+    client = clients.open(hub, "reporter", created.authentication.symmetric_key.primary_key)
+    client.patch_twin_reported_properties({"firmware": "1.2.3"})
+
+    rows, _, _ = query_pages(registry, "SELECT * FROM devices WHERE properties.reported.firmware = '1.2.3'", 10)
+    assert [row.device_id for row in rows] == ["reporter"]
+    assert rows[0].connection_state == "Connected"
+    assert registry.get_service_statistics().connected_device_count == 1
+
+    counted = registry.query_iot_hub(QuerySpecification(query="SELECT COUNT() AS n FROM devices"))
+    assert counted.type == "raw"

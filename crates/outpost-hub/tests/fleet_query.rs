@@ -380,3 +380,49 @@ async fn the_service_writes_tags_and_a_device_cannot() {
         json!({"only": false})
     );
 }
+
+#[tokio::test]
+async fn projections_and_aggregates_are_raw_rows() {
+    let (hub, token) = hub();
+    for (i, site) in ["north", "north", "south"].iter().enumerate() {
+        device_with_tags(&hub, &format!("dev{i}"), json!({ "site": site })).await;
+    }
+    let query = |text: &str| {
+        let (hub, token) = (hub.clone(), token.clone());
+        let body = json!({ "query": text });
+        async move { call(&hub, &token, "POST", "/devices/query", &[], Some(body)).await }
+    };
+    let counted = query("SELECT COUNT() AS n FROM devices WHERE tags.site = 'north'").await;
+    assert_eq!(counted.status, StatusCode::OK, "{}", counted.body);
+    assert_eq!(counted.headers["x-ms-item-type"], "raw");
+    assert_eq!(counted.body, json!([{"n": 2}]));
+    let projected = query("SELECT deviceId FROM devices WHERE tags.site = 'south'").await;
+    assert_eq!(projected.headers["x-ms-item-type"], "raw");
+    assert_eq!(projected.body, json!([{"deviceId": "dev2"}]));
+}
+
+#[tokio::test]
+async fn a_module_query_reads_module_twins() {
+    let (hub, token) = hub();
+    device_with_tags(&hub, "dev1", json!({})).await;
+    for module in ["alpha", "beta"] {
+        let spec = ModuleSpec {
+            device_id: "dev1".into(),
+            module_id: module.into(),
+            ..ModuleSpec::default()
+        };
+        hub.registry()
+            .put_module(spec, &Precondition::CreateOnly)
+            .await
+            .unwrap();
+    }
+    let body = json!({"query": "SELECT * FROM devices.modules WHERE moduleId = 'beta'"});
+    let answer = call(&hub, &token, "POST", "/devices/query", &[], Some(body)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let rows = answer.body.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0]["deviceId"].as_str(), rows[0]["moduleId"].as_str()),
+        (Some("dev1"), Some("beta"))
+    );
+}
