@@ -11,6 +11,7 @@ mod device;
 mod edge;
 mod edge_process;
 mod eventhub;
+mod fleet;
 mod hub;
 mod hub_process;
 mod loadgen;
@@ -71,6 +72,8 @@ enum Command {
     /// The hub's memory under PINGREQ and twin-GET floods from clients that never read, and 1,000 idle HTTPS
     /// connections.
     Soak(soak::SoakArgs),
+    /// The registry at fleet size: devices imported in bulk, and queries over all of them.
+    Fleet(fleet::FleetArgs),
     /// Every benchmark, each with its defaults for the profile.
     All,
 }
@@ -134,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Edge(args) => Ok(vec![edge::run(&bench, args).await?]),
             Command::Soak(args) => Ok(vec![soak::run(&bench, args).await?]),
             Command::Eventhub(args) => Ok(vec![eventhub::run(&bench, args).await?]),
+            Command::Fleet(args) => Ok(vec![fleet::run(&bench, args).await?]),
             Command::All => Ok(vec![
                 hub::run(&bench, &hub::HubArgs::default()).await?,
                 edge::run(&bench, &edge::EdgeArgs::default()).await?,

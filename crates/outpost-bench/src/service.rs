@@ -199,6 +199,51 @@ impl ServiceApi {
     }
 }
 
+impl ServiceApi {
+    /// `POST /devices`: one bulk registry operation over `devices` (`ExportImportDevice`s); its result, which
+    /// must say that every device succeeded.
+    pub async fn bulk(&self, devices: &Value) -> Result<(), ServiceError> {
+        let response = self
+            .http
+            .post(format!("{}/devices?api-version={API_VERSION}", self.base))
+            .header("Authorization", &self.token)
+            .json(devices)
+            .send()
+            .await?;
+        checked(response).await?.bytes().await?;
+        Ok(())
+    }
+
+    /// `POST /devices/query`: one page of `query`'s rows, and the continuation token when more remain.
+    pub async fn query_page(
+        &self,
+        query: &str,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ServiceError> {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}/devices/query?api-version={API_VERSION}",
+                self.base
+            ))
+            .header("Authorization", &self.token)
+            .header("x-ms-max-item-count", page_size.to_string())
+            .json(&json!({ "query": query }));
+        if let Some(token) = continuation {
+            request = request.header("x-ms-continuation", token);
+        }
+        let response = checked(request.send().await?).await?;
+        let next = response
+            .headers()
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let rows: Vec<Value> = response.json().await?;
+        Ok((rows, next))
+    }
+}
+
 fn primary_key(id: &str, answer: &Value) -> anyhow::Result<DeviceCredentials> {
     let key = answer
         .pointer("/authentication/symmetricKey/primaryKey")
