@@ -51,6 +51,9 @@ pub struct FleetArgs {
     /// Requests in flight while importing, tagging and reporting [default: 16].
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Run the hub on this PostgreSQL database (`postgres://USER@HOST:PORT/DB`, an empty one) instead of SQLite.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
 }
 
 /// What `fleet` runs with.
@@ -92,7 +95,12 @@ pub async fn run(bench: &Bench, args: &FleetArgs) -> anyhow::Result<Section> {
         "fleet: {} devices ({} edge), {} reporting, queries x{}",
         params.devices, params.edge_devices, params.reporters, params.repeat
     );
-    let mut hub = HubProcess::start(&bench.outpost).await?;
+    let serve_args = args
+        .database
+        .iter()
+        .flat_map(|url| ["--database".to_owned(), url.clone()])
+        .collect();
+    let mut hub = HubProcess::start_with(&bench.outpost, serve_args).await?;
     eprintln!("fleet: hub pid {} on {}", hub.pid(), hub.host());
     let figures = measure(&hub, params).await;
     let alive = hub.check_alive();
@@ -100,8 +108,19 @@ pub async fn run(bench: &Bench, args: &FleetArgs) -> anyhow::Result<Section> {
     alive?;
     let figures = figures?;
     Ok(Section {
-        id: "fleet",
-        title: "Fleet: bulk import, queries and an automatic deployment".into(),
+        id: if args.database.is_some() {
+            "fleet-postgres"
+        } else {
+            "fleet"
+        },
+        title: format!(
+            "Fleet: bulk import, queries and an automatic deployment ({})",
+            if args.database.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            }
+        ),
         parts: figures.to_parts(params),
     })
 }
