@@ -9,7 +9,6 @@
 //! with the devices not done. With PostgreSQL, replicas share the jobs: a lease column says which replica
 //! runs a job, renewed while it runs and taken over by another replica once it lapses.
 
-mod condition;
 pub mod driver;
 pub mod model;
 pub mod runner;

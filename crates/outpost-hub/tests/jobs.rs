@@ -108,7 +108,7 @@ async fn a_twin_job_updates_the_devices_a_tag_selects_and_no_others() {
 
     let created = hub
         .jobs()
-        .create("fan-on", &twin_job("tags.site = 'north'", json!({"fan": true})))
+        .create("fan-on", &twin_job("tags.site = 'north' AND deviceId IN ['north-1', 'north-2']", json!({"fan": true})))
         .await
         .unwrap();
     assert_eq!(created.status, JobStatus::Queued);

@@ -2,7 +2,7 @@
 //! `JobResponse` JSON.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use super::condition::QueryCondition;
+use outpost_core::query::QueryCondition;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -202,7 +202,7 @@ impl JobRecord {
     }
 
     /// The condition, parsed (it was checked when the job was created).
-    pub(crate) fn condition(&self) -> Result<QueryCondition, HubError> {
+    pub fn condition(&self) -> Result<QueryCondition, HubError> {
         QueryCondition::parse(&self.query_condition)
             .map_err(|e| HubError::ArgumentInvalid(format!("invalid queryCondition: {e}")))
     }
