@@ -1,6 +1,9 @@
 //! Jobs end to end on a hub: a twin job over the devices a tag selects, the refusals that store nothing, a
 //! scheduled job that outlives a hub restart, and a job interrupted mid-way that the restarted hub resumes
-//! without repeating the devices already done.
+//! without repeating the devices already done; and the lease that lets one replica alone run a job, on SQLite
+//! and on a real, throwaway PostgreSQL (`scripts/postgres.sh`; skipped without its binaries unless `CI=true`).
+
+mod pg_server;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -10,11 +13,14 @@ use std::time::Duration;
 use chrono::Utc;
 use outpost_hub::eventhub::StreamSettings;
 use outpost_hub::jobs::driver::{self, JobSettings};
-use outpost_hub::jobs::model::{DeviceJobStatistics, DeviceOutcome, JobDevice, JobStatus, StoredJob};
+use outpost_hub::jobs::model::{
+    DeviceJobStatistics, DeviceOutcome, JobDevice, JobRecord, JobStatus, StoredJob,
+};
 use outpost_hub::registry::{DeviceSpec, Precondition};
 use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
+use outpost_hub::storage::postgres::PostgresEngine;
 use outpost_hub::storage::sqlite::SqliteEngine;
-use outpost_hub::storage::transaction;
+use outpost_hub::storage::{transaction, Engine};
 use outpost_hub::store::StorageError;
 use outpost_hub::twins::TwinWrite;
 use outpost_hub::{Hub, HubConfig, HubError, RunningHub};
@@ -315,4 +321,61 @@ async fn a_job_interrupted_mid_way_resumes_after_a_restart_without_repeating_the
         assert_eq!(desired(&running.hub, id).await["v"], 2, "{id}");
     }
     running.shutdown().await;
+}
+
+/// Two runners (`a` and `b`, each on its own engine over one database) claim one job: one lease at a time.
+fn one_runner_holds_a_job_at_a_time(a: &dyn Engine, b: &dyn Engine) {
+    let now = Utc::now();
+    let record = JobRecord::from_request(
+        "leased",
+        &twin_job("tags.site = 'north'", json!({"x": 1})),
+        now,
+    )
+    .unwrap();
+    let job = StoredJob {
+        record,
+        status: JobStatus::Queued,
+        end_time: None,
+        statistics: DeviceJobStatistics::default(),
+        failure_reason: None,
+    };
+    let claim = |engine: &dyn Engine, owner: &str, now_ms: i64, until_ms: i64| {
+        transaction(engine, |t| t.claim_job("leased", owner, now_ms, until_ms)).unwrap()
+    };
+    assert!(transaction(a, |t| t.create_job(&job)).unwrap());
+    assert!(!transaction(b, |t| t.create_job(&job)).unwrap(), "one job per id");
+    let t0 = now.timestamp_millis();
+    assert!(claim(a, "a", t0, t0 + 30_000));
+    assert!(!claim(b, "b", t0 + 1_000, t0 + 31_000), "a's lease holds");
+    assert!(claim(a, "a", t0 + 2_000, t0 + 32_000), "a renews its own");
+    assert!(claim(b, "b", t0 + 32_000, t0 + 62_000), "a's lease lapsed: b takes over");
+    assert!(!claim(a, "a", t0 + 33_000, t0 + 63_000), "a lost it");
+    transaction(b, |t| t.release_job("leased", "b")).unwrap();
+    assert!(claim(a, "a", t0 + 34_000, t0 + 64_000), "a released lease is free at once");
+    let end = Some(t0 + 35_000);
+    assert!(transaction(a, |t| t.set_job_status("leased", JobStatus::Completed, end, None)).unwrap());
+    assert!(
+        !transaction(b, |t| t.set_job_status("leased", JobStatus::Cancelled, end, None)).unwrap(),
+        "a final status never changes"
+    );
+    assert!(!claim(b, "b", t0 + 99_000, t0 + 129_000), "an ended job is not claimed");
+}
+
+#[test]
+fn one_runner_holds_a_job_at_a_time_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.sqlite");
+    let (a, b) = (SqliteEngine::open(&path).unwrap(), SqliteEngine::open(&path).unwrap());
+    one_runner_holds_a_job_at_a_time(&a, &b);
+}
+
+#[test]
+fn one_replica_holds_a_job_at_a_time_on_postgresql() {
+    let Some(server) = pg_server::Server::start() else {
+        return;
+    };
+    let url = server.database("job_lease");
+    let a = PostgresEngine::connect(&url).unwrap();
+    let b = PostgresEngine::connect(&url).unwrap();
+    one_runner_holds_a_job_at_a_time(&a, &b);
 }
