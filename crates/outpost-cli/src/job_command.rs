@@ -171,19 +171,25 @@ pub async fn job(args: &HubArgs, command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::Show { id } => {
             let job = client
-                .call(Method::GET, &format!("/jobs/v2/{}", segment(id)), None, None)
+                .call(
+                    Method::GET,
+                    &format!("/jobs/v2/{}", segment(id)),
+                    None,
+                    None,
+                )
                 .await?;
             print_object(args.output, &job, JOB_FIELDS);
         }
         JobCommand::List { job_type, status } => {
-            let mut path = "/jobs/v2/query".to_owned();
-            let mut separator = '?';
-            for (key, value) in [("jobType", job_type), ("jobStatus", status)] {
-                if let Some(value) = value {
-                    path.push_str(&format!("{separator}{key}={}", segment(value)));
-                    separator = '&';
-                }
-            }
+            let filters: Vec<String> = [("jobType", job_type), ("jobStatus", status)]
+                .into_iter()
+                .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={}", segment(v))))
+                .collect();
+            let path = if filters.is_empty() {
+                "/jobs/v2/query".to_owned()
+            } else {
+                format!("/jobs/v2/query?{}", filters.join("&"))
+            };
             let answer = client.call(Method::GET, &path, None, None).await?;
             let rows = answer
                 .get("items")
@@ -239,7 +245,10 @@ mod tests {
     fn a_twin_job_sends_a_bare_patch_as_desired_properties() {
         let body = job_request(&create(JobKind::Twin)).unwrap();
         assert_eq!(body["type"], "scheduleUpdateTwin");
-        assert_eq!(body["updateTwin"], json!({"properties": {"desired": {"fan": true}}}));
+        assert_eq!(
+            body["updateTwin"],
+            json!({"properties": {"desired": {"fan": true}}})
+        );
         assert_eq!(body["startTime"], "2030-01-01T00:00:00Z");
         assert_eq!(body["maxExecutionTimeInSeconds"], 60);
     }

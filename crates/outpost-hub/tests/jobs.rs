@@ -67,7 +67,7 @@ async fn device(hub: &Hub, id: &str, tags: Value) {
         .unwrap();
 }
 
-fn twin_job(condition: &str, desired: Value) -> Value {
+fn twin_job(condition: &str, desired: &Value) -> Value {
     json!({
         "type": "scheduleUpdateTwin",
         "queryCondition": condition,
@@ -114,7 +114,13 @@ async fn a_twin_job_updates_the_devices_a_tag_selects_and_no_others() {
 
     let created = hub
         .jobs()
-        .create("fan-on", &twin_job("tags.site = 'north' AND deviceId IN ['north-1', 'north-2']", json!({"fan": true})))
+        .create(
+            "fan-on",
+            &twin_job(
+                "tags.site = 'north' AND deviceId IN ['north-1', 'north-2']",
+                &json!({"fan": true}),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(created.status, JobStatus::Queued);
@@ -140,7 +146,10 @@ async fn a_twin_job_updates_the_devices_a_tag_selects_and_no_others() {
         .into_iter()
         .map(|d| d.outcome)
         .collect();
-    assert_eq!(outcomes, [DeviceOutcome::Succeeded, DeviceOutcome::Succeeded]);
+    assert_eq!(
+        outcomes,
+        [DeviceOutcome::Succeeded, DeviceOutcome::Succeeded]
+    );
 
     stop.send_replace(true);
     task.await.unwrap();
@@ -169,7 +178,7 @@ async fn a_method_job_counts_offline_devices_as_failed() {
 async fn an_invalid_job_is_refused_and_nothing_is_stored() {
     let hub = Hub::in_memory("hub.test").unwrap();
     let refused = [
-        twin_job("tags.site = ", json!({"fan": true})),
+        twin_job("tags.site = ", &json!({"fan": true})),
         json!({"type": "scheduleDeviceMethod", "queryCondition": "tags.a = 1", "cloudToDeviceMethod": {"payload": 1}}),
         json!({"type": "export", "queryCondition": "tags.a = 1"}),
         json!({"type": "scheduleUpdateTwin", "updateTwin": {"tags": {"a": 1}}}),
@@ -185,7 +194,7 @@ async fn an_invalid_job_is_refused_and_nothing_is_stored() {
     }
     let bad_id = hub
         .jobs()
-        .create("no spaces", &twin_job("tags.a = 1", json!({"x": 1})))
+        .create("no spaces", &twin_job("tags.a = 1", &json!({"x": 1})))
         .await;
     assert!(matches!(bad_id, Err(HubError::ArgumentInvalid(_))));
     assert!(hub.jobs().list(None, None).await.unwrap().is_empty());
@@ -200,8 +209,10 @@ async fn a_cancelled_scheduled_job_never_runs_and_jobs_list_by_type_and_status()
     let hub = Arc::new(Hub::in_memory("hub.test").unwrap());
     device(&hub, "d1", json!({"site": "north"})).await;
     let (stop, task) = start_runner(&hub);
-    let mut later = twin_job("tags.site = 'north'", json!({"late": true}));
-    later["startTime"] = (Utc::now() + chrono::Duration::seconds(1)).to_rfc3339().into();
+    let mut later = twin_job("tags.site = 'north'", &json!({"late": true}));
+    later["startTime"] = (Utc::now() + chrono::Duration::seconds(1))
+        .to_rfc3339()
+        .into();
     let created = hub.jobs().create("later", &later).await.unwrap();
     assert_eq!(created.status, JobStatus::Scheduled);
     let again = hub.jobs().create("later", &later).await;
@@ -209,7 +220,10 @@ async fn a_cancelled_scheduled_job_never_runs_and_jobs_list_by_type_and_status()
     let cancelled = hub.jobs().cancel("later").await.unwrap();
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     hub.jobs()
-        .create("now", &twin_job("tags.site = 'north'", json!({"now": true})))
+        .create(
+            "now",
+            &twin_job("tags.site = 'north'", &json!({"now": true})),
+        )
         .await
         .unwrap();
     ended(&hub, "now").await;
@@ -232,10 +246,7 @@ async fn a_cancelled_scheduled_job_never_runs_and_jobs_list_by_type_and_status()
     assert_eq!(ids(cancelled), ["later"]);
     let methods = hub
         .jobs()
-        .list(
-            Some(outpost_hub::jobs::model::JobType::DeviceMethod),
-            None,
-        )
+        .list(Some(outpost_hub::jobs::model::JobType::DeviceMethod), None)
         .await
         .unwrap();
     assert!(methods.is_empty());
@@ -248,8 +259,10 @@ async fn a_scheduled_job_outlives_a_hub_restart_and_runs_on_the_restarted_hub() 
     let dir = tempfile::tempdir().unwrap();
     let running = RunningHub::start(&config(dir.path())).await.unwrap();
     device(&running.hub, "d1", json!({"site": "north"})).await;
-    let mut job = twin_job("tags.site = 'north'", json!({"after": "restart"}));
-    job["startTime"] = (Utc::now() + chrono::Duration::seconds(2)).to_rfc3339().into();
+    let mut job = twin_job("tags.site = 'north'", &json!({"after": "restart"}));
+    job["startTime"] = (Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339()
+        .into();
     running.hub.jobs().create("soon", &job).await.unwrap();
     running.shutdown().await;
 
@@ -272,7 +285,7 @@ async fn a_job_interrupted_mid_way_resumes_after_a_restart_without_repeating_the
             device(&hub, id, json!({"site": "north"})).await;
         }
         hub.jobs()
-            .create("resume", &twin_job("tags.site = 'north'", json!({"v": 2})))
+            .create("resume", &twin_job("tags.site = 'north'", &json!({"v": 2})))
             .await
             .unwrap();
     }
@@ -286,7 +299,10 @@ async fn a_job_interrupted_mid_way_resumes_after_a_restart_without_repeating_the
             assert!(t.set_job_status("resume", JobStatus::Running, None, None)?);
             let ids: Vec<String> = devices.iter().map(|d| (*d).to_owned()).collect();
             t.add_job_devices("resume", &ids)?;
-            for (id, outcome) in [("d1", DeviceOutcome::Succeeded), ("d2", DeviceOutcome::Failed)] {
+            for (id, outcome) in [
+                ("d1", DeviceOutcome::Succeeded),
+                ("d2", DeviceOutcome::Failed),
+            ] {
                 t.set_job_device(
                     "resume",
                     &JobDevice {
@@ -328,7 +344,7 @@ fn one_runner_holds_a_job_at_a_time(a: &dyn Engine, b: &dyn Engine) {
     let now = Utc::now();
     let record = JobRecord::from_request(
         "leased",
-        &twin_job("tags.site = 'north'", json!({"x": 1})),
+        &twin_job("tags.site = 'north'", &json!({"x": 1})),
         now,
     )
     .unwrap();
@@ -343,29 +359,56 @@ fn one_runner_holds_a_job_at_a_time(a: &dyn Engine, b: &dyn Engine) {
         transaction(engine, |t| t.claim_job("leased", owner, now_ms, until_ms)).unwrap()
     };
     assert!(transaction(a, |t| t.create_job(&job)).unwrap());
-    assert!(!transaction(b, |t| t.create_job(&job)).unwrap(), "one job per id");
+    assert!(
+        !transaction(b, |t| t.create_job(&job)).unwrap(),
+        "one job per id"
+    );
     let t0 = now.timestamp_millis();
     assert!(claim(a, "a", t0, t0 + 30_000));
     assert!(!claim(b, "b", t0 + 1_000, t0 + 31_000), "a's lease holds");
     assert!(claim(a, "a", t0 + 2_000, t0 + 32_000), "a renews its own");
-    assert!(claim(b, "b", t0 + 32_000, t0 + 62_000), "a's lease lapsed: b takes over");
+    assert!(
+        claim(b, "b", t0 + 32_000, t0 + 62_000),
+        "a's lease lapsed: b takes over"
+    );
     assert!(!claim(a, "a", t0 + 33_000, t0 + 63_000), "a lost it");
     transaction(b, |t| t.release_job("leased", "b")).unwrap();
-    assert!(claim(a, "a", t0 + 34_000, t0 + 64_000), "a released lease is free at once");
-    let end = Some(t0 + 35_000);
-    assert!(transaction(a, |t| t.set_job_status("leased", JobStatus::Completed, end, None)).unwrap());
     assert!(
-        !transaction(b, |t| t.set_job_status("leased", JobStatus::Cancelled, end, None)).unwrap(),
+        claim(a, "a", t0 + 34_000, t0 + 64_000),
+        "a released lease is free at once"
+    );
+    let end = Some(t0 + 35_000);
+    assert!(transaction(a, |t| t.set_job_status(
+        "leased",
+        JobStatus::Completed,
+        end,
+        None
+    ))
+    .unwrap());
+    assert!(
+        !transaction(b, |t| t.set_job_status(
+            "leased",
+            JobStatus::Cancelled,
+            end,
+            None
+        ))
+        .unwrap(),
         "a final status never changes"
     );
-    assert!(!claim(b, "b", t0 + 99_000, t0 + 129_000), "an ended job is not claimed");
+    assert!(
+        !claim(b, "b", t0 + 99_000, t0 + 129_000),
+        "an ended job is not claimed"
+    );
 }
 
 #[test]
 fn one_runner_holds_a_job_at_a_time_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.sqlite");
-    let (a, b) = (SqliteEngine::open(&path).unwrap(), SqliteEngine::open(&path).unwrap());
+    let (a, b) = (
+        SqliteEngine::open(&path).unwrap(),
+        SqliteEngine::open(&path).unwrap(),
+    );
     one_runner_holds_a_job_at_a_time(&a, &b);
 }
 

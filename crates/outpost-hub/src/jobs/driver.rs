@@ -47,7 +47,7 @@ impl Default for JobSettings {
             concurrency: 16,
             poll: Duration::from_secs(1),
             lease: Duration::from_secs(30),
-            retention: Duration::from_secs(30 * 24 * 3600),
+            retention: Duration::from_hours(30 * 24),
         }
     }
 }
@@ -79,7 +79,7 @@ pub async fn run(hub: Arc<Hub>, settings: JobSettings, mut shutdown: watch::Rece
             () = tokio::time::sleep(settings.poll) => {
                 driver.poll().await;
                 polls += 1;
-                if polls % PRUNE_EVERY == 0 {
+                if polls.is_multiple_of(PRUNE_EVERY) {
                     driver.prune().await;
                 }
             }
@@ -174,10 +174,7 @@ impl Driver {
                 }
                 None
             }
-            Action::Save {
-                job_id,
-                statistics,
-            } => {
+            Action::Save { job_id, statistics } => {
                 let saved = storage
                     .write(move |t| t.set_job_statistics(&job_id, &statistics))
                     .await;
@@ -321,8 +318,8 @@ impl Driver {
 
     /// Deletes the jobs that ended longer ago than the retention.
     async fn prune(&self) {
-        let retention = chrono::Duration::from_std(self.settings.retention)
-            .unwrap_or(chrono::Duration::MAX);
+        let retention =
+            chrono::Duration::from_std(self.settings.retention).unwrap_or(chrono::Duration::MAX);
         let before = millis(Utc::now() - retention);
         let pruned = self
             .hub

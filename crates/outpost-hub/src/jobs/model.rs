@@ -356,7 +356,10 @@ pub fn job_json(job: &StoredJob) -> Value {
     let record = &job.record;
     let mut json = Map::new();
     json.insert("jobId".into(), record.job_id.clone().into());
-    json.insert("queryCondition".into(), record.query_condition.clone().into());
+    json.insert(
+        "queryCondition".into(),
+        record.query_condition.clone().into(),
+    );
     json.insert("createdTime".into(), time(record.created_time));
     json.insert("startTime".into(), time(record.start_time));
     if let Some(end) = job.end_time {

@@ -235,7 +235,9 @@ impl JobRunner {
         }
         for job in active {
             let due = job.start_time <= now;
-            if due && !self.jobs.contains_key(&job.job_id) && self.claiming.insert(job.job_id.clone())
+            if due
+                && !self.jobs.contains_key(&job.job_id)
+                && self.claiming.insert(job.job_id.clone())
             {
                 actions.push(Action::Claim { job_id: job.job_id });
             }
@@ -297,8 +299,12 @@ impl JobRunner {
                 .find(|(_, job)| !job.pending.is_empty())
                 .map(|(id, _)| id.clone());
             let Some(job_id) = next else { break };
-            let Some(job) = self.jobs.get_mut(&job_id) else { break };
-            let Some(device_id) = job.pending.pop_front() else { break };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                break;
+            };
+            let Some(device_id) = job.pending.pop_front() else {
+                break;
+            };
             job.running.insert(device_id.clone());
             job.statistics.pending_count -= 1;
             job.statistics.running_count += 1;
@@ -410,7 +416,10 @@ mod tests {
         assert_eq!(runs(&actions), ["c"]);
         assert!(runner.handle(done("j", "b", false), at(1)).is_empty());
         let actions = runner.handle(done("j", "c", true), at(2));
-        assert_eq!(finish(&actions), Some((JobStatus::Completed, stats(3, 2, 1))));
+        assert_eq!(
+            finish(&actions),
+            Some((JobStatus::Completed, stats(3, 2, 1)))
+        );
         assert!(runner.held().is_empty());
     }
 
@@ -418,7 +427,10 @@ mod tests {
     fn a_job_without_devices_completes_at_once() {
         let mut runner = JobRunner::new(2);
         let actions = runner.handle(claimed("j", 100, &[]), at(0));
-        assert_eq!(finish(&actions), Some((JobStatus::Completed, stats(0, 0, 0))));
+        assert_eq!(
+            finish(&actions),
+            Some((JobStatus::Completed, stats(0, 0, 0)))
+        );
     }
 
     #[test]
@@ -428,7 +440,10 @@ mod tests {
         runner.handle(done("j", "a", true), at(1));
         assert!(finish(&runner.handle(Event::Tick, at(9))).is_none());
         let actions = runner.handle(Event::Tick, at(10));
-        assert_eq!(finish(&actions), Some((JobStatus::Completed, stats(3, 1, 2))));
+        assert_eq!(
+            finish(&actions),
+            Some((JobStatus::Completed, stats(3, 1, 2)))
+        );
         // The operation in flight at the deadline finishes later and changes nothing, but frees its place.
         assert!(runner.handle(done("j", "b", true), at(11)).is_empty());
         let actions = runner.handle(claimed("k", 100, &["x"]), at(12));
@@ -470,7 +485,10 @@ mod tests {
         );
         assert_eq!(runs(&actions), ["c"]);
         let actions = runner.handle(done("j", "c", true), at(1));
-        assert_eq!(finish(&actions), Some((JobStatus::Completed, stats(3, 2, 1))));
+        assert_eq!(
+            finish(&actions),
+            Some((JobStatus::Completed, stats(3, 2, 1)))
+        );
     }
 
     #[test]
@@ -497,6 +515,9 @@ mod tests {
         assert!(runs(&runner.handle(claimed("small", 100, &["s1"]), at(0))).is_empty());
         // The place b1 leaves goes to the small job, not to the big job's next device.
         assert_eq!(runs(&runner.handle(done("big", "b1", true), at(1))), ["s1"]);
-        assert_eq!(runs(&runner.handle(done("small", "s1", true), at(1))), ["b3"]);
+        assert_eq!(
+            runs(&runner.handle(done("small", "s1", true), at(1))),
+            ["b3"]
+        );
     }
 }

@@ -10,15 +10,24 @@ use crate::jobs::model::{
 use crate::storage::jobs::JobTables;
 use crate::store::StorageError;
 
+/// A job's row: record, status, end, failure reason, counts.
+type JobRow = (String, i64, Option<i64>, Option<String>, String);
+
 /// The columns [`stored_job`] reads, in its order.
 const JOB_COLUMNS: &str = "record, status, end_ms, failure_reason, statistics";
 
-fn stored_job(row: &Row<'_>) -> rusqlite::Result<(String, i64, Option<i64>, Option<String>, String)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+fn stored_job(row: &Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
 }
 
 fn parse_job(
-    (record, status, end_ms, failure_reason, statistics): (String, i64, Option<i64>, Option<String>, String),
+    (record, status, end_ms, failure_reason, statistics): JobRow,
 ) -> Result<StoredJob, StorageError> {
     Ok(StoredJob {
         record: serde_json::from_str::<JobRecord>(&record)?,
@@ -30,7 +39,11 @@ fn parse_job(
 }
 
 impl SqliteTables<'_> {
-    fn job_rows(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<StoredJob>, StorageError> {
+    fn job_rows(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<StoredJob>, StorageError> {
         let mut statement = self.conn.prepare_cached(sql)?;
         let rows = statement.query_map(args, stored_job)?;
         rows.map(|row| parse_job(row?)).collect()
@@ -91,7 +104,13 @@ impl JobTables for SqliteTables<'_> {
         let changed = self.execute(
             "UPDATE jobs SET status = ?2, end_ms = ?3, failure_reason = ?4
              WHERE job_id = ?1 AND status < ?5",
-            params![id, status.code(), end_ms, failure_reason, JobStatus::FIRST_FINAL],
+            params![
+                id,
+                status.code(),
+                end_ms,
+                failure_reason,
+                JobStatus::FIRST_FINAL
+            ],
         )?;
         Ok(changed > 0)
     }
