@@ -267,7 +267,10 @@ impl Driver {
         job: &StoredJob,
     ) -> Result<Option<(Vec<String>, DeviceJobStatistics)>, HubError> {
         let condition = job.record.condition()?;
-        let selected: Vec<String> = device_documents(&self.hub)
+        let selected: Vec<String> = self
+            .hub
+            .twins()
+            .documents(outpost_core::query::Collection::Devices)
             .await?
             .iter()
             .filter(|twin| condition.matches(twin))
@@ -428,19 +431,4 @@ async fn run_device(
         device_id,
         succeeded,
     }
-}
-
-/// Every device's twin document, as the query condition sees it.
-// integrator: replace with Twins::documents
-async fn device_documents(hub: &Hub) -> Result<Vec<Value>, HubError> {
-    let mut documents = Vec::new();
-    for device in hub.registry().devices().await? {
-        match hub.twins().twin(device.device_id.as_str(), None).await {
-            Ok(view) => documents.push(crate::twins::twin_json(&view)),
-            // Deleted since it was listed.
-            Err(HubError::DeviceNotFound(_)) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(documents)
 }
