@@ -6,6 +6,7 @@
 mod edge_check;
 mod edge_command;
 mod hub_command;
+mod job_command;
 mod operator;
 mod output;
 mod query_command;
@@ -116,6 +117,13 @@ enum Command {
         #[command(subcommand)]
         command: operator::MessageCommand,
     },
+    /// Schedule twin updates and direct methods over many devices, and follow them.
+    Job {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: job_command::JobCommand,
+    },
     /// Print device-to-cloud messages as JSON lines.
     Monitor {
         #[command(flatten)]
@@ -207,5 +215,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Method { hub, command } => operator::method(&hub, command).await,
         Command::Message { hub, command } => operator::message(&hub, command).await,
         Command::Monitor { hub, args } => operator::monitor(&hub, &args).await,
+        Command::Job { hub, command } => job_command::job(&hub, command).await,
     }
 }

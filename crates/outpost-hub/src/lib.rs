@@ -25,6 +25,7 @@ pub mod error;
 pub mod eventhub;
 pub mod feedback;
 pub mod identity;
+pub mod jobs;
 pub mod messaging;
 pub mod metrics;
 pub mod migrate;
@@ -88,6 +89,8 @@ pub struct Hub {
     twins: Twins,
     /// The event stream, cloud-to-device messages and direct methods.
     messaging: Messaging,
+    /// Jobs over many devices (run by [`jobs::driver`]).
+    jobs: jobs::Jobs,
 }
 
 impl Hub {
@@ -158,6 +161,7 @@ impl Hub {
         tracing::debug!(engine = %engine.describe(), "hub storage opened");
         event_hub.newest_event.send_replace(newest);
         let storage = writer::Storage::start(engine)?;
+        let storage_for_jobs = storage.clone();
         let connections = Connections::default();
         let stream = Arc::new(event_hub);
         let metrics = metrics::HubMetrics::default();
@@ -183,6 +187,7 @@ impl Hub {
             registry,
             twins,
             messaging,
+            jobs: jobs::Jobs::new(storage_for_jobs),
         })
     }
 
@@ -224,6 +229,11 @@ impl Hub {
     /// The event stream, cloud-to-device messages and direct methods.
     pub fn messaging(&self) -> &Messaging {
         &self.messaging
+    }
+
+    /// Jobs: twin updates and direct methods over the devices a query selects.
+    pub fn jobs(&self) -> &jobs::Jobs {
+        &self.jobs
     }
 
     /// The hub's live device connections, on this replica and the others.

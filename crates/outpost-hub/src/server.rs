@@ -266,6 +266,11 @@ impl RunningHub {
                 () = stop => {}
             }
         });
+        tasks.spawn(crate::jobs::driver::run(
+            hub.clone(),
+            crate::jobs::driver::JobSettings::default(),
+            shutdown_rx.clone(),
+        ));
         let pusher = hub.clone();
         let mut stop = shutdown_rx;
         tasks.spawn(async move {

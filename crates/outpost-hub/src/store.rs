@@ -107,6 +107,27 @@ pub const MIGRATIONS: &[&str] = &["
 ", "
     -- The hub's own settings by name (its CA and server certificate, say), shared by every process on the database.
     CREATE TABLE settings (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+", "
+    -- Jobs (crate::jobs): the record as created (JSON, never changed) beside what changes: the status (active
+    -- codes below 3, so that a final one is never overwritten), the counts, and the lease of the runner that
+    -- runs it. One row per device a job selected, with its outcome, so that a resumed job skips those done.
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        status INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        end_ms INTEGER,
+        failure_reason TEXT,
+        statistics TEXT NOT NULL,
+        lease_owner TEXT,
+        lease_until_ms INTEGER NOT NULL DEFAULT 0,
+        record TEXT NOT NULL);
+    CREATE INDEX jobs_by_status ON jobs (status, created_ms);
+    CREATE TABLE job_devices (
+        job_id TEXT NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+        device_id TEXT NOT NULL,
+        outcome INTEGER NOT NULL,
+        result TEXT,
+        PRIMARY KEY (job_id, device_id));
 "];
 
 /// Errors of the hub's storage.

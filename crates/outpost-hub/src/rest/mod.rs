@@ -9,6 +9,7 @@
 mod bulk;
 mod devices;
 mod edge;
+mod jobs;
 mod messages;
 mod query;
 mod statistics;
@@ -113,6 +114,13 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(messages::invoke_module_method),
         )
         .route("/events", get(messages::read_events))
+        // Before `/jobs/v2/{id}`: `query` is a route of its own, not a job id.
+        .route(
+            "/jobs/v2/query",
+            get(jobs::query_jobs).post(jobs::query_jobs),
+        )
+        .route("/jobs/v2/{id}", put(jobs::create_job).get(jobs::get_job))
+        .route("/jobs/v2/{id}/cancel", post(jobs::cancel_job))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let edge_link = Router::new()
         .route("/edge/{device}/presence", post(edge::presence))

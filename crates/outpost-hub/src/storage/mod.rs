@@ -14,6 +14,7 @@
 //! Two engines implement it: SQLite, the embedded default, in a data directory ([`sqlite`]); PostgreSQL, for
 //! several hub replicas on one database ([`postgres`]).
 
+pub mod jobs;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,8 +28,8 @@ use crate::store::StorageError;
 use crate::stream::{Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent};
 
 /// One transaction's view of the hub's tables. Changes made through it are committed or rolled back together
-/// by the [`Engine`] that lent it.
-pub trait Tables {
+/// by the [`Engine`] that lent it. The jobs' tables are a trait of their own ([`jobs::JobTables`]).
+pub trait Tables: jobs::JobTables {
     // The registry.
 
     /// One device.

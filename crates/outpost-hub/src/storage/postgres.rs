@@ -30,6 +30,8 @@
 //! contract (storage thread, `spawn_blocking`); on a worker of a multi-thread runtime they go through
 //! `block_in_place`; connecting and dropping the engine happen on threads of their own.
 
+mod jobs;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -153,6 +155,29 @@ pub const MIGRATIONS: &[&str] = &[
         last_seen TIMESTAMPTZ NOT NULL DEFAULT now());
     CREATE INDEX replica_connections_by_replica ON replica_connections (replica);
     DELETE FROM replica_connections;
+"#,
+    r#"
+    -- Jobs (crate::jobs): the record as created (JSON text, never changed nor searched) beside what changes: the
+    -- status (active codes below 3, so that a final one is never overwritten), the counts, and the lease of the
+    -- replica that runs it. One row per device a job selected, with its outcome, so that a resumed job skips
+    -- those done.
+    CREATE TABLE jobs (
+        job_id TEXT COLLATE "C" PRIMARY KEY,
+        status BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        end_ms BIGINT,
+        failure_reason TEXT,
+        statistics TEXT NOT NULL,
+        lease_owner TEXT,
+        lease_until_ms BIGINT NOT NULL DEFAULT 0,
+        record TEXT NOT NULL);
+    CREATE INDEX jobs_by_status ON jobs (status, created_ms);
+    CREATE TABLE job_devices (
+        job_id TEXT COLLATE "C" NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+        device_id TEXT COLLATE "C" NOT NULL,
+        outcome BIGINT NOT NULL,
+        result TEXT,
+        PRIMARY KEY (job_id, device_id));
 "#,
 ];
 

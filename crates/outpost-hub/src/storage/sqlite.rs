@@ -12,6 +12,8 @@
 //! Records are JSON text keyed by their ids: the registry's shape changes more often than its access paths, and
 //! every lookup is by key.
 
+mod jobs;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
