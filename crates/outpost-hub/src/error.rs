@@ -17,6 +17,12 @@ pub enum HubError {
     /// A module with that name exists already on the device.
     #[error("a module with id {0} already exists on the device")]
     ModuleAlreadyExists(String),
+    /// The configuration does not exist.
+    #[error("configuration {0} not found")]
+    ConfigurationNotFound(String),
+    /// A configuration with that id exists already.
+    #[error("a configuration with id {0} already exists")]
+    ConfigurationAlreadyExists(String),
     /// The `If-Match` etag is stale.
     #[error("the etag in If-Match does not match the current one")]
     PreconditionFailed,
@@ -60,8 +66,13 @@ impl HubError {
     /// The HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            Self::DeviceNotFound(_) | Self::ModuleNotFound(_) | Self::DeviceNotOnline(_) => 404,
-            Self::DeviceAlreadyExists(_) | Self::ModuleAlreadyExists(_) => 409,
+            Self::DeviceNotFound(_)
+            | Self::ModuleNotFound(_)
+            | Self::DeviceNotOnline(_)
+            | Self::ConfigurationNotFound(_) => 404,
+            Self::DeviceAlreadyExists(_)
+            | Self::ModuleAlreadyExists(_)
+            | Self::ConfigurationAlreadyExists(_) => 409,
             Self::PreconditionFailed => 412,
             Self::ArgumentInvalid(_) | Self::InvalidConfigurationContent(_) => 400,
             Self::Unauthorized(_) => 401,
@@ -82,6 +93,8 @@ impl HubError {
             Self::DeviceNotOnline(_) => ("DeviceNotOnline", 404_103),
             Self::DeviceAlreadyExists(_) => ("DeviceAlreadyExists", 409_001),
             Self::ModuleAlreadyExists(_) => ("ModuleAlreadyExistsOnDevice", 409_301),
+            Self::ConfigurationNotFound(_) => ("ConfigurationNotFound", 404_104),
+            Self::ConfigurationAlreadyExists(_) => ("ConfigurationAlreadyExists", 409_004),
             Self::PreconditionFailed => ("PreconditionFailed", 412_001),
             Self::ArgumentInvalid(_) => ("ArgumentInvalid", 400_004),
             Self::InvalidConfigurationContent(_) => ("InvalidConfigurationContent", 400_004),

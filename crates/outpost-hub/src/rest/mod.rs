@@ -6,6 +6,7 @@
 //! and to AMQP over WebSocket ([`amqp_over_websocket`]), whose clients authenticate inside the protocol.
 //! Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
 
+mod configurations;
 mod devices;
 mod edge;
 mod messages;
@@ -104,6 +105,20 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(messages::invoke_module_method),
         )
         .route("/events", get(messages::read_events))
+        .route(
+            "/configurations",
+            get(configurations::list_configurations),
+        )
+        .route(
+            "/configurations/testQueries",
+            post(configurations::test_queries),
+        )
+        .route(
+            "/configurations/{id}",
+            put(configurations::put_configuration)
+                .get(configurations::get_configuration)
+                .delete(configurations::delete_configuration),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let edge_link = Router::new()
         .route("/edge/{device}/presence", post(edge::presence))
