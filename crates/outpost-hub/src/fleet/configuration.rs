@@ -149,9 +149,25 @@ impl Configuration {
         })
     }
 
-    /// The kind of configuration (stored records were checked when they were put).
+    /// The kind of configuration, read from which part of the content is there (stored records were checked
+    /// completely when they were put).
     pub fn kind(&self) -> ConfigurationKind {
-        self.content.kind().unwrap_or(ConfigurationKind::Device)
+        let present = |part: &Option<Map<String, Value>>| part.as_ref().is_some_and(|m| !m.is_empty());
+        if let Some(modules) = self.content.modules_content.as_ref().filter(|m| !m.is_empty()) {
+            let base = modules
+                .get("$edgeAgent")
+                .and_then(|agent| agent.get(PROPERTIES_DESIRED))
+                .is_some();
+            if base {
+                ConfigurationKind::BaseDeployment
+            } else {
+                ConfigurationKind::LayeredDeployment
+            }
+        } else if present(&self.content.module_content) {
+            ConfigurationKind::Module
+        } else {
+            ConfigurationKind::Device
+        }
     }
 
     /// The etag (`If-Match` of a replacement or delete).
