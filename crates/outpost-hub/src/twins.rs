@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::connections::Connections;
 use crate::error::HubError;
-use crate::fleet::schedule::{Change, FleetSignal};
 use crate::eventhub::{twin_change_body, EventHubState, TwinChanges, TwinOperation};
+use crate::fleet::schedule::{Change, FleetSignal};
 use crate::registry::{device_id, module_id, Precondition};
 use crate::storage::Tables;
 use crate::stream::Appended;
@@ -197,7 +197,8 @@ impl Twins {
         let (stored, notification, appended) = self.storage.write(job).await?;
         self.streamed(appended.as_slice());
         // Tags (and, for conditions that read them, desired properties) decide what configurations target.
-        self.fleet.changed(Change::Device(identity.device.to_string()));
+        self.fleet
+            .changed(Change::Device(identity.device.to_string()));
         if let Some(body) = notification {
             self.notify_desired(&identity, body);
         }
@@ -214,7 +215,8 @@ impl Twins {
         };
         let (version, appended) = self.storage.write(job).await?;
         self.streamed(appended.as_slice());
-        self.fleet.changed(Change::Device(identity.device.to_string()));
+        self.fleet
+            .changed(Change::Device(identity.device.to_string()));
         Ok(version)
     }
 
@@ -281,12 +283,12 @@ pub(crate) fn apply_manifest(
     device_id: &outpost_core::DeviceId,
     manifest: &DeploymentManifest,
     changes: &TwinChanges,
-) -> Result<(Vec<(Identity, Value)>, Vec<Appended>), HubError> {
+) -> Result<crate::fleet::evaluate::Written, HubError> {
     let device = device_id.as_str();
     let mut notifications = Vec::new();
     let mut appended = Vec::new();
     let record = tx
-        .device(&device_id)?
+        .device(device_id)?
         .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
     if !record.iot_edge {
         return Err(HubError::ArgumentInvalid(format!(
@@ -297,30 +299,25 @@ pub(crate) fn apply_manifest(
     let mut updates = Vec::new();
     for (name, desired) in &manifest.modules_content {
         let module = module_id(name)?;
-        let existing = tx.twin(&device_id, Some(&module))?;
-        let exists = existing.is_some() && tx.module(&device_id, &module)?.is_some();
+        let existing = tx.twin(device_id, Some(&module))?;
+        let exists = existing.is_some() && tx.module(device_id, &module)?.is_some();
         let mut twin = existing.unwrap_or_else(|| Twin::new(Utc::now()));
-        let body = twin.replace_desired(desired, Utc::now()).map_err(|e| {
-            HubError::InvalidConfigurationContent(format!("module {name}: {e}"))
-        })?;
+        let body = twin
+            .replace_desired(desired, Utc::now())
+            .map_err(|e| HubError::InvalidConfigurationContent(format!("module {name}: {e}")))?;
         if exists {
             updates.push((module, twin, body));
         }
     }
     for (module, twin, body) in updates {
-        tx.put_twin(&device_id, Some(&module), &twin)?;
+        tx.put_twin(device_id, Some(&module), &twin)?;
         let identity = Identity::module(device_id.clone(), module);
         let change = twin_change_body(twin.version(), None, Some(&body), None);
-        appended.extend(changes.append(
-            tx,
-            &identity,
-            TwinOperation::Replace,
-            &change,
-        )?);
+        appended.extend(changes.append(tx, &identity, TwinOperation::Replace, &change)?);
         notifications.push((identity, body));
     }
     let normalized = serde_json::json!({"modulesContent": manifest.modules_content});
-    tx.put_deployment(&device_id, &normalized)?;
+    tx.put_deployment(device_id, &normalized)?;
     Ok::<_, HubError>((notifications, appended))
 }
 
@@ -346,10 +343,8 @@ pub(crate) fn twin_for_update(
         .module
         .as_ref()
         .map_or(crate::fleet::assign::DEVICE_TWIN, ModuleId::as_str);
-    let configurations = crate::fleet::shown_configurations(
-        tx.assignment(&identity.device)?.as_ref(),
-        key,
-    );
+    let configurations =
+        crate::fleet::shown_configurations(tx.assignment(&identity.device)?.as_ref(), key);
     Ok(StoredTwin {
         twin,
         device,

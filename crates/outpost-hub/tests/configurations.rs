@@ -117,17 +117,25 @@ async fn an_edge_device_gets_the_base_deployment_its_tags_select_with_layers_on_
 async fn a_device_configuration_arrives_with_a_tag_and_leaves_without_it() {
     let hub = hub();
     create_device(&hub, "dev1", false, json!({"env": "test"})).await;
-    put(&hub, "low", json!({
-        "targetCondition": "tags.env = 'test'", "priority": 1,
-        "content": {"deviceContent": {"properties.desired.telemetry.interval": 10,
-                                      "properties.desired.mode": "low"}},
-    }))
+    put(
+        &hub,
+        "low",
+        json!({
+            "targetCondition": "tags.env = 'test'", "priority": 1,
+            "content": {"deviceContent": {"properties.desired.telemetry.interval": 10,
+                                          "properties.desired.mode": "low"}},
+        }),
+    )
     .await
     .unwrap();
-    put(&hub, "high", json!({
-        "targetCondition": "tags.env = 'test'", "priority": 5,
-        "content": {"deviceContent": {"properties.desired.mode": "high"}},
-    }))
+    put(
+        &hub,
+        "high",
+        json!({
+            "targetCondition": "tags.env = 'test'", "priority": 5,
+            "content": {"deviceContent": {"properties.desired.mode": "high"}},
+        }),
+    )
     .await
     .unwrap();
     hub.configurations().evaluate_all().await.unwrap();
@@ -152,15 +160,23 @@ async fn invalid_configurations_are_refused_and_nothing_is_stored() {
     }))
     .await;
     assert_eq!(bad_condition.unwrap_err().status(), 400);
-    let bad_content = put(&hub, "c1", json!({
-        "targetCondition": "*", "content": {"deviceContent": {"tags.x": 1}},
-    }))
+    let bad_content = put(
+        &hub,
+        "c1",
+        json!({
+            "targetCondition": "*", "content": {"deviceContent": {"tags.x": 1}},
+        }),
+    )
     .await;
     assert_eq!(bad_content.unwrap_err().status(), 400);
-    let bad_metric = put(&hub, "c1", json!({
-        "targetCondition": "*", "content": {"deviceContent": {"properties.desired.x": 1}},
-        "metrics": {"queries": {"m": "SELECT FROM nowhere"}},
-    }))
+    let bad_metric = put(
+        &hub,
+        "c1",
+        json!({
+            "targetCondition": "*", "content": {"deviceContent": {"properties.desired.x": 1}},
+            "metrics": {"queries": {"m": "SELECT FROM nowhere"}},
+        }),
+    )
     .await;
     assert_eq!(bad_metric.unwrap_err().status(), 400);
     assert!(hub.configurations().list(None).await.unwrap().is_empty());

@@ -64,7 +64,9 @@ pub enum Status {
 }
 
 /// Sorts `configurations` lowest rank first (the order to apply them in, so the highest wins).
-fn by_rank<'a>(configurations: impl IntoIterator<Item = &'a Configuration>) -> Vec<&'a Configuration> {
+fn by_rank<'a>(
+    configurations: impl IntoIterator<Item = &'a Configuration>,
+) -> Vec<&'a Configuration> {
     let mut sorted: Vec<_> = configurations.into_iter().collect();
     sorted.sort_by(|a, b| a.rank().cmp(&b.rank()).then_with(|| a.id.cmp(&b.id)));
     sorted
@@ -111,7 +113,11 @@ pub fn edge_statuses(
         .iter()
         .map(|c| {
             let applied = deployment.is_some_and(|d| d.base == c.id || d.layers.contains(&c.id));
-            let status = if applied { Status::Applied } else { Status::Targeted };
+            let status = if applied {
+                Status::Applied
+            } else {
+                Status::Targeted
+            };
             (c.id.clone(), status)
         })
         .collect()
@@ -138,7 +144,11 @@ pub fn twin_paths(
     }
     for (configuration, _) in targeting {
         let applied = assignment.paths.values().any(|id| *id == configuration.id);
-        let status = if applied { Status::Applied } else { Status::Targeted };
+        let status = if applied {
+            Status::Applied
+        } else {
+            Status::Targeted
+        };
         assignment
             .configurations
             .insert(configuration.id.clone(), status);
@@ -246,8 +256,13 @@ mod tests {
         )
     }
 
-    fn device(id: &str, priority: i64, created: i64, content: Value) -> Configuration {
-        configuration(id, priority, created, json!({ "deviceContent": content }))
+    fn device(id: &str, priority: i64, created: i64, content: &Value) -> Configuration {
+        configuration(
+            id,
+            priority,
+            created,
+            json!({ "deviceContent": content.clone() }),
+        )
     }
 
     fn agent_image(deployment: &EdgeDeployment, module: &str) -> Value {
@@ -300,13 +315,13 @@ mod tests {
             "low",
             1,
             1,
-            json!({"properties.desired.a": 1, "properties.desired.b": 1}),
+            &json!({"properties.desired.a": 1, "properties.desired.b": 1}),
         );
-        let high = device("high", 9, 1, json!({"properties.desired.a": 9}));
-        let targeting = [(&low, low.content.device_content.as_ref().unwrap()), (
-            &high,
-            high.content.device_content.as_ref().unwrap(),
-        )];
+        let high = device("high", 9, 1, &json!({"properties.desired.a": 9}));
+        let targeting = [
+            (&low, low.content.device_content.as_ref().unwrap()),
+            (&high, high.content.device_content.as_ref().unwrap()),
+        ];
         let (assignment, values) = twin_paths(&targeting);
         assert_eq!(values["a"], json!(9));
         assert_eq!(values["b"], json!(1));
@@ -319,12 +334,12 @@ mod tests {
 
     #[test]
     fn a_configuration_overridden_everywhere_is_only_targeted() {
-        let low = device("low", 1, 1, json!({"properties.desired.a.b": 1}));
-        let high = device("high", 2, 1, json!({"properties.desired.a.b": 2}));
-        let targeting = [(&low, low.content.device_content.as_ref().unwrap()), (
-            &high,
-            high.content.device_content.as_ref().unwrap(),
-        )];
+        let low = device("low", 1, 1, &json!({"properties.desired.a.b": 1}));
+        let high = device("high", 2, 1, &json!({"properties.desired.a.b": 2}));
+        let targeting = [
+            (&low, low.content.device_content.as_ref().unwrap()),
+            (&high, high.content.device_content.as_ref().unwrap()),
+        ];
         let (assignment, values) = twin_paths(&targeting);
         assert_eq!(assignment.configurations["low"], Status::Targeted);
         let patch = desired_patch(&Map::new(), &TwinAssignment::default(), &values).unwrap();
@@ -333,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_twin_that_stops_matching_loses_the_paths_it_was_given() {
-        let c = device("c", 1, 1, json!({"properties.desired.a.b": 1}));
+        let c = device("c", 1, 1, &json!({"properties.desired.a.b": 1}));
         let (before, values) = twin_paths(&[(&c, c.content.device_content.as_ref().unwrap())]);
         let current = json!({"a": {"b": 1}, "mine": true});
         let current = current.as_object().unwrap();

@@ -136,8 +136,7 @@ impl Configuration {
         }
         Ok(Self {
             id: id.to_owned(),
-            schema_version: string_field(object, "schemaVersion")?
-                .unwrap_or_else(|| "1.0".into()),
+            schema_version: string_field(object, "schemaVersion")?.unwrap_or_else(|| "1.0".into()),
             labels,
             content,
             target_condition,
@@ -152,8 +151,14 @@ impl Configuration {
     /// The kind of configuration, read from which part of the content is there (stored records were checked
     /// completely when they were put).
     pub fn kind(&self) -> ConfigurationKind {
-        let present = |part: &Option<Map<String, Value>>| part.as_ref().is_some_and(|m| !m.is_empty());
-        if let Some(modules) = self.content.modules_content.as_ref().filter(|m| !m.is_empty()) {
+        let present =
+            |part: &Option<Map<String, Value>>| part.as_ref().is_some_and(|m| !m.is_empty());
+        if let Some(modules) = self
+            .content
+            .modules_content
+            .as_ref()
+            .filter(|m| !m.is_empty())
+        {
             let base = modules
                 .get("$edgeAgent")
                 .and_then(|agent| agent.get(PROPERTIES_DESIRED))
@@ -217,7 +222,8 @@ pub struct Metrics {
 impl ConfigurationContent {
     /// The kind the content makes, or why it is refused.
     pub fn kind(&self) -> Result<ConfigurationKind, HubError> {
-        let present = |part: &Option<Map<String, Value>>| part.as_ref().is_some_and(|m| !m.is_empty());
+        let present =
+            |part: &Option<Map<String, Value>>| part.as_ref().is_some_and(|m| !m.is_empty());
         match (
             present(&self.device_content),
             present(&self.modules_content),
@@ -233,7 +239,8 @@ impl ConfigurationContent {
             }
             (false, true, false) => modules_kind(self.modules_content.as_ref()),
             _ => Err(HubError::InvalidConfigurationContent(
-                "exactly one of deviceContent, modulesContent and moduleContent must be given".into(),
+                "exactly one of deviceContent, modulesContent and moduleContent must be given"
+                    .into(),
             )),
         }
     }
@@ -333,9 +340,9 @@ pub fn parse_metric_query(
 fn validate_id(id: &str) -> Result<(), HubError> {
     let valid = !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || ID_PUNCTUATION.contains(c)
-        });
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ID_PUNCTUATION.contains(c));
     if valid {
         Ok(())
     } else {
@@ -350,7 +357,9 @@ fn string_field(object: &Map<String, Value>, name: &str) -> Result<Option<String
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(HubError::ArgumentInvalid(format!("{name} must be a string"))),
+        Some(_) => Err(HubError::ArgumentInvalid(format!(
+            "{name} must be a string"
+        ))),
     }
 }
 
@@ -358,8 +367,7 @@ fn string_field(object: &Map<String, Value>, name: &str) -> Result<Option<String
 fn string_map(value: Option<&Value>, name: &str) -> Result<BTreeMap<String, String>, HubError> {
     match value {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
-        Some(value) => serde_json::from_value(value.clone()).map_err(|_| {
-            HubError::ArgumentInvalid(format!("{name} must map names to strings"))
-        }),
+        Some(value) => serde_json::from_value(value.clone())
+            .map_err(|_| HubError::ArgumentInvalid(format!("{name} must map names to strings"))),
     }
 }

@@ -9,8 +9,8 @@ use outpost_core::{DeploymentManifest, DeviceId, Identity, ModuleId, Twin};
 use serde_json::{json, Map, Value};
 
 use super::assign::{
-    desired_patch, edge_deployment, edge_statuses, twin_paths, Assignment, Status, DEVICE_TWIN,
-    EDGE_AGENT,
+    desired_patch, edge_deployment, edge_statuses, twin_paths, Assignment, Status, TwinAssignment,
+    DEVICE_TWIN, EDGE_AGENT,
 };
 use super::configuration::{parse_target_condition, Configuration, ConfigurationKind};
 use crate::error::HubError;
@@ -45,7 +45,8 @@ impl Targeting {
         configurations
             .into_iter()
             .filter_map(|configuration| {
-                match parse_target_condition(&configuration.target_condition, configuration.kind()) {
+                match parse_target_condition(&configuration.target_condition, configuration.kind())
+                {
                     Ok(condition) => Some(Self {
                         configuration,
                         condition,
@@ -100,7 +101,14 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
             .collect()
     };
     let targeting = matching(ConfigurationKind::Device, &device_document);
-    plan_twin(&mut plan, &mut next, &previous, None, &device_twin, &targeting);
+    plan_twin(
+        &mut plan,
+        &mut next,
+        &previous,
+        None,
+        &device_twin,
+        &targeting,
+    );
     for module in tx.modules(device)? {
         let twin = tx
             .twin(device, Some(&module.module_id))?
@@ -186,7 +194,7 @@ fn plan_twin(
     if let Some(patch) = desired_patch(twin.desired(), &before, &values) {
         plan.desired.push((module.cloned(), patch));
     }
-    if assignment != Default::default() {
+    if assignment != TwinAssignment::default() {
         next.twins.insert(key.to_owned(), assignment);
     }
 }

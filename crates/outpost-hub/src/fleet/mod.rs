@@ -25,5 +25,5 @@ mod service;
 pub use assign::{Assignment, EdgeDeployment, Status, TwinAssignment};
 pub use configuration::{Configuration, ConfigurationContent, ConfigurationKind, Metrics};
 pub use schedule::FleetSignal;
-pub use service::Configurations;
 pub(crate) use service::shown_configurations;
+pub use service::Configurations;

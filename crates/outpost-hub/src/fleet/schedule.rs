@@ -193,11 +193,15 @@ mod tests {
             schedule.handle(Event::Changed(Change::Device(device.into())), at);
         }
         assert_eq!(schedule.next_wake(), start + DEBOUNCE);
-        assert!(schedule.handle(Event::Tick, start + DEBOUNCE / 2).is_empty());
+        assert!(schedule
+            .handle(Event::Tick, start + DEBOUNCE / 2)
+            .is_empty());
         let batches = evaluated(&schedule.handle(Event::Tick, start + DEBOUNCE));
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].devices, BTreeSet::from(["a".into(), "b".into()]));
-        assert!(schedule.handle(Event::Tick, start + DEBOUNCE * 2).is_empty());
+        assert!(schedule
+            .handle(Event::Tick, start + DEBOUNCE * 2)
+            .is_empty());
     }
 
     #[test]

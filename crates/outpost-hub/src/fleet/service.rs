@@ -63,10 +63,13 @@ impl Configurations {
                         return Err(HubError::ConfigurationAlreadyExists(id))
                     }
                     (Some(current), _) => precondition.check(&current.etag())?,
-                    (None, Precondition::Etag(_)) => return Err(HubError::ConfigurationNotFound(id)),
+                    (None, Precondition::Etag(_)) => {
+                        return Err(HubError::ConfigurationNotFound(id))
+                    }
                     (None, _) => {}
                 }
-                let record = Configuration::from_request(&id, &body, existing.as_ref(), Utc::now())?;
+                let record =
+                    Configuration::from_request(&id, &body, existing.as_ref(), Utc::now())?;
                 tx.put_configuration(&record)?;
                 Ok((record, existing.is_none()))
             })
@@ -199,7 +202,9 @@ impl Configurations {
         for device in devices {
             match self.evaluate_device(device.device_id.as_str()).await {
                 Ok(wrote) => written += usize::from(wrote),
-                Err(error) => tracing::warn!(device = %device.device_id, %error, "configuration evaluation failed"),
+                Err(error) => {
+                    tracing::warn!(device = %device.device_id, %error, "configuration evaluation failed");
+                }
             }
         }
         Ok(written)
@@ -312,8 +317,12 @@ fn system_metrics(
     let applied = format!("configurations.[[{id}]].status = 'Applied'");
     let (targeted_query, applied_query) = match kind {
         ConfigurationKind::BaseDeployment | ConfigurationKind::LayeredDeployment => (
-            format!("select deviceId from devices where capabilities.iotEdge = true and {condition}"),
-            format!("select deviceId from devices.modules where moduleId = '$edgeAgent' and {applied}"),
+            format!(
+                "select deviceId from devices where capabilities.iotEdge = true and {condition}"
+            ),
+            format!(
+                "select deviceId from devices.modules where moduleId = '$edgeAgent' and {applied}"
+            ),
         ),
         ConfigurationKind::Device => (
             format!("select deviceId from devices where {condition}"),
@@ -324,7 +333,9 @@ fn system_metrics(
             format!("select deviceId, moduleId from devices.modules where {applied}"),
         ),
     };
-    metrics.queries.insert("targetedCount".into(), targeted_query);
+    metrics
+        .queries
+        .insert("targetedCount".into(), targeted_query);
     metrics
         .queries
         .insert("appliedCount".into(), applied_query.clone());
@@ -419,10 +430,7 @@ fn documents(
 }
 
 /// The `configurations` of one twin's document, for `Twins` to show (`None` when none targets it).
-pub(crate) fn shown_configurations(
-    assignment: Option<&Assignment>,
-    twin: &str,
-) -> Option<Value> {
+pub(crate) fn shown_configurations(assignment: Option<&Assignment>, twin: &str) -> Option<Value> {
     let statuses: BTreeMap<_, _> = assignment?
         .twins
         .get(twin)?

@@ -105,10 +105,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
             post(messages::invoke_module_method),
         )
         .route("/events", get(messages::read_events))
-        .route(
-            "/configurations",
-            get(configurations::list_configurations),
-        )
+        .route("/configurations", get(configurations::list_configurations))
         .route(
             "/configurations/testQueries",
             post(configurations::test_queries),

@@ -482,7 +482,8 @@ impl Tables for SqliteTables<'_> {
         let mut statement = self.conn.prepare_cached(
             "SELECT device_id, assignment FROM configuration_assignments ORDER BY device_id",
         )?;
-        let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows =
+            statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         rows.map(|row| {
             let (device, text) = row?;
             Ok((device, serde_json::from_str(&text)?))
