@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import queue
+import sys
 
 import pytest
 from azure.iot.hub.models import (
@@ -218,3 +219,42 @@ def test_outpost_deployment_commands(hub, registry, tmp_path):
     assert layered_without_flag.returncode != 0
     hub.run_cli(["deployment", "delete", "ring1"])
     assert hub.cli_json("deployment", "list") == []
+
+
+def sleeper(tmp_path, name: str) -> tuple[dict, "Path"]:
+    from test_edge_shutdown import SLEEPER
+    script = tmp_path / f"{name}.py"
+    script.write_text(SLEEPER)
+    pid_file = tmp_path / f"{name}.pid"
+    return ({"version": "1.0", "type": "process", "status": "running", "restartPolicy": "always",
+             "startupOrder": 0, "settings": {"path": sys.executable, "args": [str(script), str(pid_file)]}},
+            pid_file)
+
+
+def test_an_edge_daemon_runs_the_deployment_its_tags_select_with_a_layered_module(hub, registry, edge, tmp_path):
+    from edge_harness import deployment, wait_reported
+    base_module, base_pid = sleeper(tmp_path, "basemod")
+    layer_module, layer_pid = sleeper(tmp_path, "layermod")
+    manager = hub.configuration()
+    manager.create_configuration(Configuration(
+        id="fleet-base", schema_version="1.0", target_condition="tags.fleet = 'edge'", priority=1,
+        content=ConfigurationContent(modules_content=deployment({"basemod": base_module})["modulesContent"])))
+    manager.create_configuration(Configuration(
+        id="fleet-layer", schema_version="1.0", target_condition="tags.fleet = 'edge'", priority=2,
+        content=ConfigurationContent(modules_content={
+            "$edgeAgent": {"properties.desired.modules.layermod": layer_module}})))
+    set_tags(registry, edge.device_id, {"fleet": "edge"})
+    edge.start()
+
+    def running(reported):
+        modules = reported.get("modules") or {}
+        return all((modules.get(n) or {}).get("runtimeStatus") == "running" for n in ("basemod", "layermod"))
+
+    wait_reported(hub, edge.device_id, running, 90, "the base and the layered module running")
+    wait_for(base_pid.exists, 30, "the base deployment's process")
+    wait_for(layer_pid.exists, 30, "the layered deployment's process")
+    shown = wait_for(lambda: (c := manager.get_configuration("fleet-base"))
+                     .system_metrics.results.get("reportedSuccessfulCount") and c, 60,
+                     "the edge agent reporting the deployment applied")
+    assert shown.system_metrics.results["appliedCount"] == 1
+    assert shown.system_metrics.results["reportedFailedCount"] == 0
