@@ -7,6 +7,8 @@
 //! the merge-patch and replace rules and the IoT Hub limits; a refused change leaves the twin untouched.
 //! [`manifest`] validates an IoT Edge deployment manifest and reads `$edgeAgent` and `$edgeHub` from it.
 //! `quote` (private) percent-encodes exactly as Python's `urllib.parse`, which is what the Azure SDKs use.
+//! [`query`] is IoT Hub's query language over twin documents (device queries, configuration target
+//! conditions, job conditions); it shares the lexer rules, values and comparison of [`route`].
 //! [`edge_link`] is the wire contract of the upstream link between an edge device and the hub.
 //! Every public function returns an error instead of panicking on bad input.
 
@@ -15,6 +17,7 @@ pub mod edge_link;
 pub mod id;
 pub mod manifest;
 pub mod message;
+pub mod query;
 pub mod quote;
 pub mod route;
 pub mod sas;
@@ -26,6 +29,7 @@ pub use connection_string::*;
 pub use id::{DeviceId, IdError, Identity, ModuleId};
 pub use manifest::*;
 pub use message::*;
+pub use query::{Collection, Query, QueryCondition, QueryError};
 pub use route::{Condition, MessageSource, Route, RouteError, RouteSource, Sink};
 pub use sas::*;
 pub use twin::{Twin, TwinError, TwinSection};

@@ -35,7 +35,7 @@ impl Value {
 
     /// The truth value for `AND`, `OR` and `NOT`: null counts as false (as edgeHub's `Null` converts), other
     /// non-booleans as unknown.
-    fn truth(&self) -> Option<bool> {
+    pub(crate) fn truth(&self) -> Option<bool> {
         match self {
             Self::Bool(b) => Some(*b),
             Self::Null => Some(false),
@@ -43,7 +43,7 @@ impl Value {
         }
     }
 
-    fn from_truth(truth: Option<bool>) -> Self {
+    pub(crate) fn from_truth(truth: Option<bool>) -> Self {
         truth.map_or(Self::Undefined, Self::Bool)
     }
 }
@@ -205,7 +205,7 @@ fn eq_ignore_case(a: &str, b: &str) -> bool {
 }
 
 /// Compares two values; different types, and undefined, give undefined.
-fn compare(op: BinaryOp, l: &Value, r: &Value) -> Value {
+pub(crate) fn compare(op: BinaryOp, l: &Value, r: &Value) -> Value {
     let ordering = match (l, r) {
         (Value::Number(a), Value::Number(b)) => a.partial_cmp(b),
         (Value::String(a), Value::String(b)) => Some(a.cmp(b)),

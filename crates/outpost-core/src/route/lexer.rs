@@ -114,7 +114,7 @@ const KEYWORDS: [(&str, Kind); 7] = [
 ];
 
 /// What the string rules make of a quote.
-enum Quoted {
+pub(crate) enum Quoted {
     /// A closed string: its length in characters and its unescaped value.
     Closed(usize, String),
     /// `len` characters of string, then the end of the text (`bad_escape` is `None`) or a bad escape
@@ -259,7 +259,7 @@ fn longest_match(s: &[char], pos: usize) -> (usize, Candidate) {
 }
 
 /// Counts the characters from `pos` that satisfy `pred`.
-fn run(s: &[char], pos: usize, pred: impl Fn(char) -> bool) -> usize {
+pub(crate) fn run(s: &[char], pos: usize, pred: impl Fn(char) -> bool) -> usize {
     s.get(pos..)
         .map_or(0, |rest| rest.iter().take_while(|&&c| pred(c)).count())
 }
@@ -272,14 +272,14 @@ fn literal(s: &[char], pos: usize, word: &str) -> bool {
 }
 
 /// Whether the ASCII keyword `word` starts at `pos`, in any case.
-fn keyword(s: &[char], pos: usize, word: &str) -> bool {
+pub(crate) fn keyword(s: &[char], pos: usize, word: &str) -> bool {
     word.chars()
         .enumerate()
         .all(|(i, w)| s.get(pos + i).is_some_and(|c| c.eq_ignore_ascii_case(&w)))
 }
 
 /// `'-'? [0-9]+`: the length matched, 0 if none.
-fn integer(s: &[char], pos: usize) -> usize {
+pub(crate) fn integer(s: &[char], pos: usize) -> usize {
     let sign = usize::from(s[pos] == '-');
     match run(s, pos + sign, |c| c.is_ascii_digit()) {
         0 => 0,
@@ -299,7 +299,7 @@ fn hex(s: &[char], pos: usize) -> usize {
 }
 
 /// `'-'? [0-9]* '.' [0-9]+ EXP? | '-'? [0-9]* EXP`.
-fn real(s: &[char], pos: usize) -> usize {
+pub(crate) fn real(s: &[char], pos: usize) -> usize {
     let sign = usize::from(s[pos] == '-');
     let digits_end = pos + sign + run(s, pos + sign, |c| c.is_ascii_digit());
     let mut best = 0;
@@ -340,7 +340,7 @@ fn comment(s: &[char], pos: usize) -> usize {
 }
 
 /// A string in `"` or `'` quotes with `\"`, `\'`, `\\` and `\uXXXX` escapes; `None` if `pos` is no quote.
-fn quoted(s: &[char], pos: usize) -> Option<Quoted> {
+pub(crate) fn quoted(s: &[char], pos: usize) -> Option<Quoted> {
     let quote = s[pos];
     if quote != '"' && quote != '\'' {
         return None;

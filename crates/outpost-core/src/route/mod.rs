@@ -37,10 +37,12 @@
 //! - Limits against hostile input: a route is at most [`MAX_ROUTE_LEN`] bytes and its condition at most
 //!   [`MAX_DEPTH`] levels deep, so parsing and evaluation neither panic nor recurse without bound.
 
-mod eval;
-mod functions;
-mod lexer;
-mod parser;
+// The query language (`crate::query`) shares the lexer's string and number rules, the value type, the
+// comparison and the scalar built-ins, so these modules are visible to the crate.
+pub(crate) mod eval;
+pub(crate) mod functions;
+pub(crate) mod lexer;
+pub(crate) mod parser;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,237 @@
+//! IoT Hub's query language over device and module twins: `POST /devices/query`, configurations'
+//! `targetCondition` and metric queries, jobs' `queryCondition`.
+//!
+//! `SELECT [TOP n] * | projection, ... FROM devices | devices.modules [WHERE condition] [GROUP BY path, ...]`,
+//! keywords in any case. [`Query::parse`] checks a query completely (syntax, function names and arities,
+//! projections against `GROUP BY`) and refuses it with a [`QueryError`] that names line and column;
+//! [`Query::run`] filters, projects and aggregates twin documents (the JSON the REST API returns).
+//! [`QueryCondition`] is the `WHERE` grammar alone.
+//!
+//! Layout: `lexer` cuts tokens, `parser` builds the condition tree and the select list, `eval` evaluates a
+//! condition over one document, `select` projects rows and computes groups and aggregates. Start with this
+//! file, then `parser`.
+//!
+//! Shared with the route language ([`crate::route`]), because the grammars agree there: the string rule
+//! (both quotes, `\" \' \\ \uXXXX` escapes) and the number rules of its lexer, its scalar value type and
+//! its comparison (like types only, strings by code point, booleans only with `=` and `!=`, `null = null`),
+//! its three-valued `AND`/`OR`/`NOT` (`null` counts as false), its string built-ins (`LOWER`, `UPPER`,
+//! `LENGTH`, `CONTAINS`, `STARTSWITH`, `ENDSWITH`) and its depth limit [`MAX_DEPTH`].
+//!
+//! Different on purpose:
+//! - **Names are twin paths**, not edgeHub identifiers: a name is letters, digits, `_` and `$` (so
+//!   `properties.desired.$version` works), segments are joined by `.`, and `[[any text]]` writes a segment
+//!   with other characters (`configurations.[[my-config]].status`). `a-b` is a subtraction here, and `-2` a
+//!   negation of 2 (the route lexer makes both one token). A keyword after a `.` is a plain segment
+//!   (`properties.reported.in`).
+//! - **`NOT` binds looser than comparisons**, as in SQL: `NOT a = 1` is `NOT (a = 1)` (edgeHub's routes
+//!   read `(NOT a) = 1`).
+//! - **Objects and arrays are values**: `IS_OBJECT`, `IS_ARRAY` and projections see them; comparing them
+//!   with anything is undefined.
+//!
+//! Decisions where IoT Hub's documents are silent:
+//! - Path segments match document keys exactly (case-sensitive), as twin property names are.
+//! - Undefined (a missing path, a comparison of unlike types) makes a condition fail, also under `NOT`.
+//!   `x IN [..]` is true when `x` equals an element, false when it equals none, undefined when `x` is
+//!   undefined, an object or an array; `NIN` is its negation with the same undefined cases. List elements
+//!   are literals (strings, numbers, `true`, `false`, `null`).
+//! - Arithmetic (`+ - * / %`, unary `-`) takes numbers only, anything else is undefined; a NaN result is
+//!   undefined.
+//! - A projection without `AS` is keyed by its path's last segment; an aggregate without `AS` by `$1`,
+//!   `$2`, ... in the order unnamed aggregates appear (as Cosmos DB names unnamed expressions). A projected
+//!   path that is missing from a document is left out of that row.
+//! - `COUNT()` counts rows; `SUM` adds the numbers it sees (0 when there are none); `AVG` averages them;
+//!   `MIN` and `MAX` take the least or greatest number, or when there is none the least or greatest string
+//!   (ISO timestamps compare well). Other values are skipped; an `AVG`, `MIN` or `MAX` with nothing to
+//!   work on is left out of the row. Whole numbers are written as JSON integers.
+//! - An aggregate query without `GROUP BY` always gives one row, even over no documents (`COUNT()` is 0).
+//!   With `GROUP BY`, documents missing a grouped path form a group of their own, whose rows leave that key
+//!   out; groups come in first-seen order. A non-aggregate projection must be one of the `GROUP BY` paths,
+//!   and `SELECT *` cannot be aggregated.
+//! - `TOP n` keeps the first `n` result rows. `FROM devices.jobs` is refused.
+//! - [`Query::run`] does not look at [`Query::collection`]: the caller passes device or module twins.
+//! - Limits against hostile input: at most [`MAX_QUERY_LEN`] bytes of text and [`MAX_DEPTH`] levels of
+//!   nesting (parentheses, `NOT`, unary `-`, calls); `AND`, `OR` and arithmetic chains are kept flat, so a
+//!   long `OR` list of device ids costs no depth. Parsing and evaluation never panic.
+
+mod eval;
+mod lexer;
+mod parser;
+mod select;
+#[cfg(test)]
+mod tests;
+
+pub use crate::route::MAX_DEPTH;
+
+/// The longest query or condition text accepted, in bytes (IoT Hub's limit on query text).
+pub const MAX_QUERY_LEN: usize = 8192;
+
+/// Why a query or condition is invalid; the `Display` text is meant for the 400 description the hub reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The text is longer than [`MAX_QUERY_LEN`] bytes.
+    #[error("query is {len} bytes long, at most {MAX_QUERY_LEN} are allowed")]
+    TooLong {
+        /// The length of the refused text in bytes.
+        len: usize,
+    },
+    /// The text does not follow the grammar.
+    #[error("syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column in that line, in characters.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A call to a function the language does not have.
+    #[error("unknown function '{name}' at line {line}, column {column}")]
+    UnknownFunction {
+        /// 1-based line of the function name.
+        line: usize,
+        /// 1-based column of the function name.
+        column: usize,
+        /// The name as written.
+        name: String,
+    },
+    /// A function or aggregate called with the wrong number or kind of arguments.
+    #[error("invalid arguments to '{function}' at line {line}, column {column}: {message}")]
+    Arguments {
+        /// 1-based line of the function name.
+        line: usize,
+        /// 1-based column of the function name.
+        column: usize,
+        /// The name as written.
+        function: String,
+        /// What the function expects.
+        message: String,
+    },
+    /// The condition nests more than [`MAX_DEPTH`] levels deep.
+    #[error("condition nests more than {MAX_DEPTH} levels deep at line {line}, column {column}")]
+    TooDeep {
+        /// 1-based line where the limit was passed.
+        line: usize,
+        /// 1-based column where the limit was passed.
+        column: usize,
+    },
+}
+
+impl QueryError {
+    /// The 1-based column (in characters, within its line) the error points at; `None` for a text that is
+    /// too long.
+    pub fn column(&self) -> Option<usize> {
+        self.position().map(|(_, column)| column)
+    }
+
+    /// The 1-based line the error points at; `None` for a text that is too long.
+    pub fn line(&self) -> Option<usize> {
+        self.position().map(|(line, _)| line)
+    }
+
+    fn position(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::TooLong { .. } => None,
+            Self::Syntax { line, column, .. }
+            | Self::UnknownFunction { line, column, .. }
+            | Self::Arguments { line, column, .. }
+            | Self::TooDeep { line, column } => Some((*line, *column)),
+        }
+    }
+}
+
+/// The document collection a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Collection {
+    /// `FROM devices`: device twins.
+    Devices,
+    /// `FROM devices.modules`: module twins.
+    Modules,
+}
+
+/// A parsed query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    top: Option<usize>,
+    projection: select::Projection,
+    collection: Collection,
+    condition: Option<parser::Expr>,
+    group_by: Vec<parser::Path>,
+}
+
+impl Query {
+    /// Parses and checks a query.
+    pub fn parse(text: &str) -> Result<Self, QueryError> {
+        check_length(text)?;
+        parser::parse_query(text)
+    }
+
+    /// The collection after `FROM`.
+    pub fn collection(&self) -> Collection {
+        self.collection
+    }
+
+    /// Whether the query aggregates: it has `COUNT`, `SUM`, `AVG`, `MIN`, `MAX` or `GROUP BY`.
+    pub fn is_aggregate(&self) -> bool {
+        !self.group_by.is_empty() || self.projection.has_aggregates()
+    }
+
+    /// The `n` of `SELECT TOP n`, if given.
+    pub fn top(&self) -> Option<usize> {
+        self.top
+    }
+
+    /// Whether the `WHERE` clause alone holds for a document (true without `WHERE`).
+    pub fn matches(&self, document: &serde_json::Value) -> bool {
+        self.condition
+            .as_ref()
+            .is_none_or(|c| eval::holds(c, document))
+    }
+
+    /// `WHERE`, then projection, `GROUP BY` and aggregates over twin documents; rows come in input order
+    /// (groups in first-seen order), at most `TOP n` of them. `SELECT *` returns each document unchanged.
+    pub fn run<'a>(
+        &self,
+        documents: impl IntoIterator<Item = &'a serde_json::Value>,
+    ) -> Vec<serde_json::Value> {
+        let matching = documents.into_iter().filter(|d| self.matches(d));
+        let limit = self.top.unwrap_or(usize::MAX);
+        if self.is_aggregate() {
+            let mut rows = select::aggregate(&self.projection, &self.group_by, matching);
+            rows.truncate(limit);
+            rows
+        } else {
+            matching
+                .take(limit)
+                .map(|d| self.projection.project(d))
+                .collect()
+        }
+    }
+}
+
+/// A `WHERE` condition on its own: configurations' `targetCondition`, jobs' `queryCondition`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryCondition(Option<parser::Expr>);
+
+impl QueryCondition {
+    /// Parses a condition; `*` (IoT Hub's "all devices") matches every document. Empty text is an error.
+    pub fn parse(text: &str) -> Result<Self, QueryError> {
+        check_length(text)?;
+        if text.trim() == "*" {
+            return Ok(Self(None));
+        }
+        parser::parse_condition(text).map(|c| Self(Some(c)))
+    }
+
+    /// Whether the condition is exactly true for a document (false and undefined both refuse it).
+    pub fn matches(&self, document: &serde_json::Value) -> bool {
+        self.0.as_ref().is_none_or(|c| eval::holds(c, document))
+    }
+}
+
+/// Refuses text longer than [`MAX_QUERY_LEN`].
+fn check_length(text: &str) -> Result<(), QueryError> {
+    if text.len() > MAX_QUERY_LEN {
+        return Err(QueryError::TooLong { len: text.len() });
+    }
+    Ok(())
+}

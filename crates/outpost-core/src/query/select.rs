@@ -1,0 +1,236 @@
+//! The select list: projecting one document into a row, and grouping documents into aggregate rows.
+
+use std::collections::HashMap;
+
+use super::eval::{resolve, Operand};
+use super::parser::Path;
+use crate::route::eval::Value;
+
+/// What `SELECT` asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Projection {
+    /// `SELECT *`: the document unchanged.
+    All,
+    /// A list of keyed values.
+    Items(Vec<Item>),
+}
+
+/// One element of the select list and the key it gets in a row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Item {
+    pub key: String,
+    pub source: Source,
+}
+
+/// Where an item's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Source {
+    Path(Path),
+    Aggregate(Aggregate),
+}
+
+/// An aggregate function over the documents of a group.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Aggregate {
+    Count,
+    Sum(Path),
+    Avg(Path),
+    Min(Path),
+    Max(Path),
+}
+
+impl Projection {
+    /// Whether any item is an aggregate.
+    pub fn has_aggregates(&self) -> bool {
+        match self {
+            Self::All => false,
+            Self::Items(items) => items
+                .iter()
+                .any(|i| matches!(i.source, Source::Aggregate(_))),
+        }
+    }
+
+    /// The row of a non-aggregate query for one document; missing paths are left out.
+    pub fn project(&self, document: &serde_json::Value) -> serde_json::Value {
+        let Self::Items(items) = self else {
+            return document.clone();
+        };
+        let mut row = serde_json::Map::new();
+        for item in items {
+            if let Source::Path(path) = &item.source {
+                if let Some(value) = path.lookup(document) {
+                    row.insert(item.key.clone(), value.clone());
+                }
+            }
+        }
+        serde_json::Value::Object(row)
+    }
+}
+
+/// One group: the grouped values of its first document and an accumulator per item.
+struct Group<'d> {
+    first: &'d serde_json::Value,
+    totals: Vec<Total>,
+}
+
+/// Groups `documents` by the `group_by` paths (one group when there are none) and makes one row per group.
+pub(crate) fn aggregate<'d>(
+    projection: &Projection,
+    group_by: &[Path],
+    documents: impl Iterator<Item = &'d serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let Projection::Items(items) = projection else {
+        // The parser refuses `SELECT *` with aggregates; pass documents through rather than panic.
+        return documents.cloned().collect();
+    };
+    let mut groups: Vec<Group<'d>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let fresh = || items.iter().map(|i| Total::new(&i.source)).collect();
+    for document in documents {
+        // The grouped values, serialised, are the group's identity; a missing value is its own group.
+        let key = serde_json::to_string(
+            &group_by
+                .iter()
+                .map(|p| p.lookup(document))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        let at = *index.entry(key).or_insert_with(|| {
+            groups.push(Group {
+                first: document,
+                totals: fresh(),
+            });
+            groups.len() - 1
+        });
+        for total in &mut groups[at].totals {
+            total.add(document);
+        }
+    }
+    if groups.is_empty() && group_by.is_empty() {
+        // Without GROUP BY an aggregate query has one row even over nothing (COUNT() is 0).
+        return vec![row(items, None, fresh())];
+    }
+    groups
+        .into_iter()
+        .map(|g| row(items, Some(g.first), g.totals))
+        .collect()
+}
+
+/// The row of one group: its grouped paths from its first document, its finished aggregates.
+fn row(items: &[Item], first: Option<&serde_json::Value>, totals: Vec<Total>) -> serde_json::Value {
+    let mut row = serde_json::Map::new();
+    for (item, total) in items.iter().zip(totals) {
+        let value = match &item.source {
+            Source::Path(path) => first.and_then(|d| path.lookup(d)).cloned(),
+            Source::Aggregate(_) => total.finish(),
+        };
+        if let Some(value) = value {
+            row.insert(item.key.clone(), value);
+        }
+    }
+    serde_json::Value::Object(row)
+}
+
+/// The running state of one aggregate (plain paths keep none).
+enum Total {
+    None,
+    Count(u64),
+    Sum(Path, f64),
+    Avg(Path, f64, u64),
+    /// `max` is false for `MIN`. The best number, else the best string.
+    Extreme {
+        path: Path,
+        max: bool,
+        number: Option<f64>,
+        string: Option<String>,
+    },
+}
+
+impl Total {
+    fn new(source: &Source) -> Self {
+        let extreme = |path: &Path, max| Self::Extreme {
+            path: path.clone(),
+            max,
+            number: None,
+            string: None,
+        };
+        match source {
+            Source::Path(_) => Self::None,
+            Source::Aggregate(Aggregate::Count) => Self::Count(0),
+            Source::Aggregate(Aggregate::Sum(p)) => Self::Sum(p.clone(), 0.0),
+            Source::Aggregate(Aggregate::Avg(p)) => Self::Avg(p.clone(), 0.0, 0),
+            Source::Aggregate(Aggregate::Min(p)) => extreme(p, false),
+            Source::Aggregate(Aggregate::Max(p)) => extreme(p, true),
+        }
+    }
+
+    fn add(&mut self, document: &serde_json::Value) {
+        let scalar = |path: &Path| match resolve(path, document) {
+            Operand::Scalar(v) => v,
+            Operand::Composite(_) => Value::Undefined,
+        };
+        match self {
+            Self::None => {}
+            Self::Count(n) => *n += 1,
+            Self::Sum(path, sum) => {
+                if let Value::Number(x) = scalar(path) {
+                    *sum += x;
+                }
+            }
+            Self::Avg(path, sum, count) => {
+                if let Value::Number(x) = scalar(path) {
+                    *sum += x;
+                    *count += 1;
+                }
+            }
+            Self::Extreme {
+                path,
+                max,
+                number,
+                string,
+            } => match scalar(path) {
+                Value::Number(x) => {
+                    let better = number.is_none_or(|best| if *max { x > best } else { x < best });
+                    if better {
+                        *number = Some(x);
+                    }
+                }
+                Value::String(s) => {
+                    let better =
+                        string
+                            .as_ref()
+                            .is_none_or(|best| if *max { s > *best } else { s < *best });
+                    if better {
+                        *string = Some(s);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// The aggregate's value, `None` when it has nothing to show.
+    fn finish(self) -> Option<serde_json::Value> {
+        match self {
+            Self::None => None,
+            Self::Count(n) => Some(n.into()),
+            Self::Sum(_, sum) => number(sum),
+            Self::Avg(_, sum, count) => (count > 0).then(|| number(sum / count as f64)).flatten(),
+            Self::Extreme {
+                number: n, string, ..
+            } => match n {
+                Some(n) => number(n),
+                None => string.map(serde_json::Value::String),
+            },
+        }
+    }
+}
+
+/// A JSON number, written as an integer when it is a whole number in the exact range of `f64`.
+fn number(n: f64) -> Option<serde_json::Value> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if n.fract() == 0.0 && n.abs() <= EXACT {
+        return Some((n as i64).into());
+    }
+    serde_json::Number::from_f64(n).map(serde_json::Value::Number)
+}
