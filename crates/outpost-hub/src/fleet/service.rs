@@ -20,6 +20,9 @@ use crate::registry::{device_id, Precondition};
 use crate::storage::Tables;
 use crate::twins::Twins;
 
+/// How many devices an evaluation pass evaluates at once.
+const CONCURRENT_EVALUATIONS: usize = 32;
+
 /// Automatic configurations and deployments: their records, metrics and evaluation.
 #[derive(Clone)]
 pub struct Configurations {
@@ -198,16 +201,38 @@ impl Configurations {
             .storage()
             .read(|tx| Ok::<_, HubError>(tx.devices()?))
             .await?;
+        let ids = devices.into_iter().map(|d| d.device_id.to_string());
+        Ok(self.evaluate_devices(ids).await)
+    }
+
+    /// Evaluates devices, [`CONCURRENT_EVALUATIONS`] at a time (so that their writes share group commits);
+    /// how many it wrote to.
+    async fn evaluate_devices(&self, devices: impl IntoIterator<Item = String>) -> usize {
+        let mut running = tokio::task::JoinSet::new();
         let mut written = 0;
+        let mut finished = |result: Result<(String, Result<bool, HubError>), _>| match result {
+            Ok((_, Ok(wrote))) => written += usize::from(wrote),
+            Ok((device, Err(error))) => {
+                tracing::warn!(%device, %error, "configuration evaluation failed");
+            }
+            Err(error) => tracing::warn!(%error, "a configuration evaluation task failed"),
+        };
         for device in devices {
-            match self.evaluate_device(device.device_id.as_str()).await {
-                Ok(wrote) => written += usize::from(wrote),
-                Err(error) => {
-                    tracing::warn!(device = %device.device_id, %error, "configuration evaluation failed");
+            if running.len() >= CONCURRENT_EVALUATIONS {
+                if let Some(result) = running.join_next().await {
+                    finished(result);
                 }
             }
+            let service = self.clone();
+            running.spawn(async move {
+                let result = service.evaluate_device(&device).await;
+                (device, result)
+            });
         }
-        Ok(written)
+        while let Some(result) = running.join_next().await {
+            finished(result);
+        }
+        written
     }
 
     /// Evaluates a batch of devices.
@@ -216,12 +241,8 @@ impl Configurations {
             if let Err(error) = self.evaluate_all().await {
                 tracing::warn!(%error, "configuration evaluation failed");
             }
-            return;
-        }
-        for device in batch.devices {
-            if let Err(error) = self.evaluate_device(&device).await {
-                tracing::debug!(%device, %error, "configuration evaluation failed");
-            }
+        } else {
+            self.evaluate_devices(batch.devices).await;
         }
     }
 
