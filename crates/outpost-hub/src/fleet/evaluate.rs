@@ -1,8 +1,6 @@
 //! One device's evaluation inside a transaction: read its twins and the configurations, decide with
 //! [`assign`](super::assign) what they should hold, and write only what differs.
 
-use std::collections::BTreeMap;
-
 use chrono::Utc;
 use outpost_core::query::QueryCondition;
 use outpost_core::{DeploymentManifest, DeviceId, Identity, ModuleId, Twin};
@@ -234,25 +232,6 @@ pub(crate) fn apply(
         tx.put_assignment(device, assignment)?;
     }
     Ok((notifications, appended))
-}
-
-/// Each twin's `configurations` (`{"ID": {"status": "Applied"}}`) by device id and twin key, as IoT Hub shows
-/// them in twin documents.
-pub(crate) fn twin_configurations(
-    assignments: &[(String, Assignment)],
-) -> BTreeMap<(String, String), Value> {
-    let mut shown = BTreeMap::new();
-    for (device, assignment) in assignments {
-        for (twin, assigned) in &assignment.twins {
-            let statuses: Map<String, Value> = assigned
-                .configurations
-                .iter()
-                .map(|(id, status)| (id.clone(), json!({ "status": status })))
-                .collect();
-            shown.insert((device.clone(), twin.clone()), Value::Object(statuses));
-        }
-    }
-    shown
 }
 
 /// Whether a twin's assignment shows `id` with `status` (any status with `None`).

@@ -1,7 +1,8 @@
 //! The configurations service: stores configurations, answers them with their metrics, and evaluates them over
 //! the fleet, one device per write job.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -9,11 +10,11 @@ use outpost_core::query::{Collection, Query};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use super::assign::{Assignment, Status, DEVICE_TWIN, EDGE_AGENT};
+use super::assign::{Assignment, Status, EDGE_AGENT};
 use super::configuration::{
     parse_metric_query, parse_target_condition, Configuration, ConfigurationKind, Metrics,
 };
-use super::evaluate::{self, has_status, twin_configurations};
+use super::evaluate::{self, has_status};
 use super::schedule::{Action, Batch, Event, FleetSignal, Schedule};
 use crate::error::HubError;
 use crate::registry::{device_id, Precondition};
@@ -28,12 +29,6 @@ const CONCURRENT_EVALUATIONS: usize = 32;
 pub struct Configurations {
     twins: Twins,
     signal: FleetSignal,
-}
-
-/// Twin documents for metric queries, as `Twins::documents` makes them.
-struct Documents {
-    devices: Vec<Value>,
-    modules: Vec<Value>,
 }
 
 impl Configurations {
@@ -102,28 +97,73 @@ impl Configurations {
     /// One configuration's REST JSON with its metrics.
     pub async fn get(&self, id: &str) -> Result<Value, HubError> {
         let id = id.to_owned();
-        self.twins
-            .storage()
-            .read(move |tx| {
+        let mut shown = self
+            .show(move |tx| {
                 let configuration = tx
                     .configuration(&id)?
                     .ok_or_else(|| HubError::ConfigurationNotFound(id.clone()))?;
-                let mut shown = with_metrics(tx, vec![configuration])?;
-                Ok(shown.pop().unwrap_or_default())
+                Ok(vec![configuration])
             })
-            .await
+            .await?;
+        Ok(shown.pop().unwrap_or_default())
     }
 
     /// At most `top` configurations' REST JSON with their metrics, ordered by id.
     pub async fn list(&self, top: Option<usize>) -> Result<Vec<Value>, HubError> {
-        self.twins
+        self.show(move |tx| {
+            let mut configurations = tx.configurations()?;
+            configurations.truncate(top.unwrap_or(usize::MAX));
+            Ok(configurations)
+        })
+        .await
+    }
+
+    /// The REST JSON of the configurations `select` reads, with their system metrics (from the assignments,
+    /// in the same read) and custom metrics (run over the fleet's twin documents, read once per collection).
+    async fn show(
+        &self,
+        select: impl FnOnce(&mut dyn Tables) -> Result<Vec<Configuration>, HubError> + Send + 'static,
+    ) -> Result<Vec<Value>, HubError> {
+        let measured: Vec<(Configuration, Metrics)> = self
+            .twins
             .storage()
             .read(move |tx| {
-                let mut configurations = tx.configurations()?;
-                configurations.truncate(top.unwrap_or(usize::MAX));
-                with_metrics(tx, configurations)
+                let configurations = select(tx)?;
+                let assignments = tx.assignments()?;
+                configurations
+                    .into_iter()
+                    .map(|c| {
+                        let metrics = system_metrics(tx, &c, &assignments)?;
+                        Ok((c, metrics))
+                    })
+                    .collect::<Result<Vec<_>, HubError>>()
             })
-            .await
+            .await?;
+        let mut documents: HashMap<Collection, Vec<Value>> = HashMap::new();
+        let mut shown = Vec::with_capacity(measured.len());
+        for (configuration, system) in measured {
+            let mut metrics = Metrics {
+                queries: configuration.metric_queries.clone(),
+                ..Metrics::default()
+            };
+            for (name, text) in &configuration.metric_queries {
+                // Stored queries were checked when they were put.
+                let Ok(query) = Query::parse(text) else {
+                    continue;
+                };
+                let collection = query.collection();
+                let rows = match documents.entry(collection) {
+                    Entry::Occupied(read) => query.run(read.get()).len(),
+                    Entry::Vacant(unread) => {
+                        let read = unread.insert(self.twins.documents(collection).await?);
+                        query.run(&*read).len()
+                    }
+                };
+                metrics.results.insert(name.clone(), rows as u64);
+            }
+            shown.push(configuration.to_json(&system, &metrics));
+        }
+        Ok(shown)
     }
 
     /// `POST /configurations/testQueries`: the error of the target condition and of each metric query
@@ -273,42 +313,6 @@ impl Configurations {
     }
 }
 
-/// The REST JSON of configurations with their system and custom metrics.
-fn with_metrics(
-    tx: &mut dyn Tables,
-    configurations: Vec<Configuration>,
-) -> Result<Vec<Value>, HubError> {
-    let assignments = tx.assignments()?;
-    let custom = configurations.iter().any(|c| !c.metric_queries.is_empty());
-    let documents = if custom {
-        Some(documents(tx, &assignments)?)
-    } else {
-        None
-    };
-    let mut shown = Vec::new();
-    for configuration in configurations {
-        let system = system_metrics(tx, &configuration, &assignments)?;
-        let mut metrics = Metrics {
-            queries: configuration.metric_queries.clone(),
-            ..Metrics::default()
-        };
-        for (name, text) in &configuration.metric_queries {
-            let (Ok(query), Some(documents)) = (Query::parse(text), &documents) else {
-                continue;
-            };
-            let collection = match query.collection() {
-                Collection::Devices => &documents.devices,
-                Collection::Modules => &documents.modules,
-            };
-            metrics
-                .results
-                .insert(name.clone(), query.run(collection).len() as u64);
-        }
-        shown.push(configuration.to_json(&system, &metrics));
-    }
-    Ok(shown)
-}
-
 /// The system metrics IoT Hub shows: targeted and applied counts, and for edge deployments the devices whose
 /// `$edgeAgent` reported success or failure with the current desired version.
 fn system_metrics(
@@ -406,48 +410,6 @@ fn system_metrics(
         );
     }
     Ok(metrics)
-}
-
-/// Every device and module twin document, with the `configurations` IoT Hub shows in them.
-// integrator: replace with Twins::documents (and add `configurations` there from the assignments).
-fn documents(
-    tx: &mut dyn Tables,
-    assignments: &[(String, Assignment)],
-) -> Result<Documents, HubError> {
-    let shown = twin_configurations(assignments);
-    let mut documents = Documents {
-        devices: Vec::new(),
-        modules: Vec::new(),
-    };
-    let with_configurations = |mut document: Value, device: &str, twin: &str| {
-        if let (Some(object), Some(configurations)) = (
-            document.as_object_mut(),
-            shown.get(&(device.to_owned(), twin.to_owned())),
-        ) {
-            object.insert("configurations".into(), configurations.clone());
-        }
-        document
-    };
-    for device in tx.devices()? {
-        let id = device.device_id.clone();
-        if let Some(twin) = tx.twin(&id, None)? {
-            let document = evaluate::document(&device, None, &twin);
-            documents
-                .devices
-                .push(with_configurations(document, id.as_str(), DEVICE_TWIN));
-        }
-        for module in tx.modules(&id)? {
-            if let Some(twin) = tx.twin(&id, Some(&module.module_id))? {
-                let document = evaluate::document(&device, Some(&module), &twin);
-                documents.modules.push(with_configurations(
-                    document,
-                    id.as_str(),
-                    module.module_id.as_str(),
-                ));
-            }
-        }
-    }
-    Ok(documents)
 }
 
 /// The `configurations` of one twin's document, for `Twins` to show (`None` when none targets it).
