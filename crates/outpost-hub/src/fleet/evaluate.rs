@@ -80,7 +80,25 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
         return Ok(None);
     };
     let configurations = Targeting::parse_all(tx.configurations()?);
-    let previous = tx.assignment(device)?.unwrap_or_default();
+    let Some(previous) = tx.assignment(device)? else {
+        // Nothing was given and nothing can be: the common case of a hub without configurations, decided
+        // without reading the device's twins (reported properties trigger an evaluation each).
+        if configurations.is_empty() {
+            return Ok(None);
+        }
+        return plan_with(tx, device, &record, &configurations, &Assignment::default());
+    };
+    plan_with(tx, device, &record, &configurations, &previous)
+}
+
+/// [`plan`] once the configurations and the previous assignment are read.
+fn plan_with(
+    tx: &mut dyn Tables,
+    device: &DeviceId,
+    record: &DeviceRecord,
+    configurations: &[Targeting],
+    previous: &Assignment,
+) -> Result<Option<Plan>, HubError> {
     let mut next = Assignment::default();
     let mut plan = Plan {
         desired: Vec::new(),
@@ -90,7 +108,7 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
     let device_twin = tx
         .twin(device, None)?
         .unwrap_or_else(|| Twin::new(Utc::now()));
-    let device_document = document(&record, None, &device_twin);
+    let device_document = document(record, None, &device_twin);
     let matching = |kind: ConfigurationKind, document: &Value| -> Vec<&Configuration> {
         configurations
             .iter()
@@ -102,7 +120,7 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
     plan_twin(
         &mut plan,
         &mut next,
-        &previous,
+        previous,
         None,
         &device_twin,
         &targeting,
@@ -111,12 +129,12 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
         let twin = tx
             .twin(device, Some(&module.module_id))?
             .unwrap_or_else(|| Twin::new(Utc::now()));
-        let module_document = document(&record, Some(&module), &twin);
+        let module_document = document(record, Some(&module), &twin);
         let targeting = matching(ConfigurationKind::Module, &module_document);
         plan_twin(
             &mut plan,
             &mut next,
-            &previous,
+            previous,
             Some(&module.module_id),
             &twin,
             &targeting,
@@ -160,7 +178,7 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
         }
         next.edge = deployment;
     }
-    if next != previous {
+    if next != *previous {
         plan.assignment = Some(next);
     }
     let empty = plan.desired.is_empty() && plan.manifest.is_none() && plan.assignment.is_none();
