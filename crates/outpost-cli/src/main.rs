@@ -3,6 +3,7 @@
 //! `hub` runs the cloud half (see `outpost-hub`); the other commands talk to a running hub's REST API through
 //! [`service::ServiceClient`], finding it by `--hub` (a service connection string) and trusting `--ca`.
 
+mod deployment;
 mod edge_check;
 mod edge_command;
 mod hub_command;
@@ -102,6 +103,13 @@ enum Command {
         device: String,
         /// The manifest (`{"modulesContent": {...}}`, Azure IoT Edge format).
         manifest: PathBuf,
+    },
+    /// Manage automatic deployments and device configurations, applied to every device they target.
+    Deployment {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: deployment::DeploymentCommand,
     },
     /// Invoke direct methods.
     Method {
@@ -212,6 +220,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             device,
             manifest,
         } => operator::deploy(&hub, &device, &manifest).await,
+        Command::Deployment { hub, command } => deployment::deployment(&hub, command).await,
         Command::Method { hub, command } => operator::method(&hub, command).await,
         Command::Message { hub, command } => operator::message(&hub, command).await,
         Command::Monitor { hub, args } => operator::monitor(&hub, &args).await,

@@ -23,6 +23,12 @@ pub enum HubError {
     /// A job with that id exists already.
     #[error("a job with id {0} already exists")]
     JobAlreadyExists(String),
+    /// The configuration does not exist.
+    #[error("configuration {0} not found")]
+    ConfigurationNotFound(String),
+    /// A configuration with that id exists already.
+    #[error("a configuration with id {0} already exists")]
+    ConfigurationAlreadyExists(String),
     /// The `If-Match` etag is stale.
     #[error("the etag in If-Match does not match the current one")]
     PreconditionFailed,
@@ -69,10 +75,12 @@ impl HubError {
             Self::DeviceNotFound(_)
             | Self::ModuleNotFound(_)
             | Self::DeviceNotOnline(_)
-            | Self::JobNotFound(_) => 404,
+            | Self::JobNotFound(_)
+            | Self::ConfigurationNotFound(_) => 404,
             Self::DeviceAlreadyExists(_)
             | Self::ModuleAlreadyExists(_)
-            | Self::JobAlreadyExists(_) => 409,
+            | Self::JobAlreadyExists(_)
+            | Self::ConfigurationAlreadyExists(_) => 409,
             Self::PreconditionFailed => 412,
             Self::ArgumentInvalid(_) | Self::InvalidConfigurationContent(_) => 400,
             Self::Unauthorized(_) => 401,
@@ -95,6 +103,8 @@ impl HubError {
             Self::ModuleAlreadyExists(_) => ("ModuleAlreadyExistsOnDevice", 409_301),
             Self::JobNotFound(_) => ("JobNotFound", 404_002),
             Self::JobAlreadyExists(_) => ("JobAlreadyExists", 409_002),
+            Self::ConfigurationNotFound(_) => ("ConfigurationNotFound", 404_104),
+            Self::ConfigurationAlreadyExists(_) => ("ConfigurationAlreadyExists", 409_004),
             Self::PreconditionFailed => ("PreconditionFailed", 412_001),
             Self::ArgumentInvalid(_) => ("ArgumentInvalid", 400_004),
             Self::InvalidConfigurationContent(_) => ("InvalidConfigurationContent", 400_004),

@@ -1,8 +1,9 @@
 //! The Outpost hub: the cloud half of Outpost.
 //!
 //! Start reading at [`Hub`], which composes three services: the [`Registry`] of devices and modules
-//! ([`registry`]), [`Twins`] with deployments ([`twins`]), and [`Messaging`]: the event stream, cloud-to-device
-//! messages and direct methods ([`messaging`]). Each holds only what it needs: the [`Storage`](writer::Storage)
+//! ([`registry`]), [`Twins`] with deployments ([`twins`]), automatic configurations and deployments evaluated
+//! over the fleet ([`fleet`]), and [`Messaging`]: the event stream, cloud-to-device messages and direct methods
+//! ([`messaging`]). Each holds only what it needs: the [`Storage`](writer::Storage)
 //! handle, the one connection table of this replica shared by all of them ([`Connections`], which also reaches
 //! the other replicas), and for twins and messaging the Event Hub's state. [`Hub`] keeps what spans them: access
 //! policies and tokens ([`auth`]), the Event Hub ([`eventhub`]), edge links ([`edge_link`]) and metrics. Two
@@ -24,6 +25,7 @@ pub mod edge_link;
 pub mod error;
 pub mod eventhub;
 pub mod feedback;
+pub mod fleet;
 pub mod identity;
 pub mod jobs;
 pub mod messaging;
@@ -87,6 +89,8 @@ pub struct Hub {
     registry: Registry,
     /// Twins and deployments.
     twins: Twins,
+    /// Automatic configurations and deployments.
+    configurations: fleet::Configurations,
     /// The event stream, cloud-to-device messages and direct methods.
     messaging: Messaging,
     /// Jobs over many devices (run by [`jobs::driver`]).
@@ -166,8 +170,15 @@ impl Hub {
         let stream = Arc::new(event_hub);
         let metrics = metrics::HubMetrics::default();
         let stopping = watch::channel(false).0;
-        let registry = Registry::new(storage.clone(), connections.clone());
-        let twins = Twins::new(storage.clone(), connections.clone(), stream.clone());
+        let fleet = fleet::FleetSignal::default();
+        let registry = Registry::new(storage.clone(), connections.clone(), fleet.clone());
+        let twins = Twins::new(
+            storage.clone(),
+            connections.clone(),
+            stream.clone(),
+            fleet.clone(),
+        );
+        let configurations = fleet::Configurations::new(twins.clone(), fleet);
         let messaging = Messaging::new(
             registry.clone(),
             stream.clone(),
@@ -186,6 +197,7 @@ impl Hub {
             stream,
             registry,
             twins,
+            configurations,
             messaging,
             jobs: jobs::Jobs::new(storage_for_jobs),
         })
@@ -202,12 +214,19 @@ impl Hub {
     /// Builds the services again over the hub's shared parts, after a builder step changed one of them. Only
     /// builders call it, before the hub serves: the services it replaces hold no state yet.
     pub(crate) fn assemble(&mut self) {
-        self.registry = Registry::new(self.storage.clone(), self.connections.clone());
+        let fleet = self.configurations.signal().clone();
+        self.registry = Registry::new(
+            self.storage.clone(),
+            self.connections.clone(),
+            fleet.clone(),
+        );
         self.twins = Twins::new(
             self.storage.clone(),
             self.connections.clone(),
             self.stream.clone(),
+            fleet.clone(),
         );
+        self.configurations = fleet::Configurations::new(self.twins.clone(), fleet);
         self.messaging = Messaging::new(
             self.registry.clone(),
             self.stream.clone(),
@@ -224,6 +243,11 @@ impl Hub {
     /// Twins and deployments.
     pub fn twins(&self) -> &Twins {
         &self.twins
+    }
+
+    /// Automatic configurations and deployments, and their evaluation.
+    pub fn configurations(&self) -> &fleet::Configurations {
+        &self.configurations
     }
 
     /// The event stream, cloud-to-device messages and direct methods.

@@ -5,6 +5,7 @@ use outpost_core::{DeviceId, Identity, ModuleId, Twin};
 
 use crate::connections::Connections;
 use crate::error::HubError;
+use crate::fleet::schedule::{Change, FleetSignal};
 use crate::identity::{
     generate_generation_id, validate_key, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
 };
@@ -93,14 +94,17 @@ pub(crate) fn module_id(raw: &str) -> Result<ModuleId, HubError> {
 pub struct Registry {
     storage: Storage,
     connections: Connections,
+    /// Told of new devices and modules, which automatic configurations may target.
+    fleet: FleetSignal,
 }
 
 impl Registry {
     /// The registry over `storage`, closing connections in `connections`.
-    pub(crate) fn new(storage: Storage, connections: Connections) -> Self {
+    pub(crate) fn new(storage: Storage, connections: Connections, fleet: FleetSignal) -> Self {
         Self {
             storage,
             connections,
+            fleet,
         }
     }
 
@@ -232,6 +236,8 @@ impl Registry {
                 Ok::<_, HubError>((record, rotated))
             })
             .await?;
+        self.fleet
+            .changed(Change::Device(record.device_id.to_string()));
         if record.status == IdentityStatus::Disabled {
             self.connections.disconnect_device(&record.device_id);
         } else if rotated {
@@ -347,6 +353,9 @@ impl Registry {
                 result.map(|written| (written, rotated))
             })
             .await?;
+        if result.1 {
+            self.fleet.changed(Change::Device(device.to_string()));
+        }
         if rotated {
             self.connections
                 .disconnect(&Identity::module(device, module));

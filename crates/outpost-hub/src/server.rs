@@ -253,6 +253,8 @@ impl RunningHub {
             }
             None => None,
         };
+        // Automatic configurations are evaluated by one task on each replica (see crate::fleet).
+        tasks.spawn(hub.configurations().clone().run(shutdown_rx.clone()));
         tasks.spawn(prune_events(
             hub.clone(),
             config.event_retention,

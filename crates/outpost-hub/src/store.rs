@@ -128,6 +128,13 @@ pub const MIGRATIONS: &[&str] = &["
         outcome INTEGER NOT NULL,
         result TEXT,
         PRIMARY KEY (job_id, device_id));
+", "
+    -- Automatic configurations and deployments (crate::fleet) by id, and what they gave each device and its
+    -- modules (so that a device that stops matching loses exactly that).
+    CREATE TABLE configurations (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE configuration_assignments (
+        device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,
+        assignment TEXT NOT NULL);
 "];
 
 /// Errors of the hub's storage.

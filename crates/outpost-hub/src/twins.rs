@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use outpost_core::{DeploymentManifest, Identity, Twin, TwinError};
+use outpost_core::{DeploymentManifest, Identity, ModuleId, Twin, TwinError};
 use outpost_mqtt::Outgoing;
 use serde_json::{Map, Value};
 
 use crate::connections::Connections;
 use crate::error::HubError;
 use crate::eventhub::{twin_change_body, EventHubState, TwinChanges, TwinOperation};
+use crate::fleet::schedule::{Change, FleetSignal};
 use crate::registry::{device_id, module_id, Precondition};
 use crate::storage::Tables;
 use crate::stream::Appended;
@@ -69,6 +70,8 @@ pub struct TwinView {
     pub module: Option<crate::identity::ModuleRecord>,
     /// Whether the twin's identity is connected now.
     pub connected: bool,
+    /// The automatic configurations that target the twin (`{"ID": {"status": "Applied"}}`), if any.
+    pub configurations: Option<Value>,
 }
 
 /// A twin as stored, with the records of its identity.
@@ -76,6 +79,7 @@ pub(crate) struct StoredTwin {
     twin: Twin,
     device: crate::identity::DeviceRecord,
     module: Option<crate::identity::ModuleRecord>,
+    configurations: Option<Value>,
 }
 
 /// The `opType` of a service write.
@@ -93,25 +97,50 @@ fn twin_error(error: &TwinError) -> HubError {
 
 /// The twins service: twins and deployments, stored through the storage handle with their twin change events;
 /// desired changes are pushed to the identity's connection, here or through the replica that holds it.
+#[derive(Clone)]
 pub struct Twins {
     storage: Storage,
     connections: Connections,
     /// Where twin change events go, and whose readers wake once they commit.
     stream: Arc<EventHubState>,
+    /// Told of the changes that can change what automatic configurations give a device.
+    fleet: FleetSignal,
 }
 
 impl Twins {
-    /// The twins over `storage`, pushing desired changes to `connections` and appending to `stream`.
+    /// The twins over `storage`, pushing desired changes to `connections`, appending to `stream` and telling
+    /// `fleet` of the changes that automatic configurations depend on.
     pub(crate) fn new(
         storage: Storage,
         connections: Connections,
         stream: Arc<EventHubState>,
+        fleet: FleetSignal,
     ) -> Self {
         Self {
             storage,
             connections,
             stream,
+            fleet,
         }
+    }
+
+    /// The storage handle the twins are kept in.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Wakes the readers of twin change events and pushes desired patches, once a transaction that made them
+    /// committed.
+    pub(crate) fn committed(&self, appended: &[Appended], notifications: Vec<(Identity, Value)>) {
+        self.streamed(appended);
+        for (identity, body) in notifications {
+            self.notify_desired(&identity, body);
+        }
+    }
+
+    /// The source of twin change events, to append them inside a transaction.
+    pub(crate) fn twin_changes(&self) -> TwinChanges {
+        self.stream.twin_changes()
     }
 
     /// Wakes the readers of the events `appended`; call after their transaction committed.
@@ -141,6 +170,7 @@ impl Twins {
             device: stored.device,
             module: stored.module,
             connected: self.connections.is_connected_anywhere(identity).await,
+            configurations: stored.configurations,
         }
     }
 
@@ -168,6 +198,9 @@ impl Twins {
         // The answer is the twin the job wrote, as committed: no second read.
         let (stored, notification, appended) = self.storage.write(job).await?;
         self.streamed(appended.as_slice());
+        // Tags (and, for conditions that read them, desired properties) decide what configurations target.
+        self.fleet
+            .changed(Change::Device(identity.device.to_string()));
         if let Some(body) = notification {
             self.notify_desired(&identity, body);
         }
@@ -184,6 +217,8 @@ impl Twins {
         };
         let (version, appended) = self.storage.write(job).await?;
         self.streamed(appended.as_slice());
+        self.fleet
+            .changed(Change::Device(identity.device.to_string()));
         Ok(version)
     }
 
@@ -210,49 +245,9 @@ impl Twins {
         let changes = self.stream.twin_changes();
         let (notifications, appended) = self
             .storage
-            .write(move |tx| {
-                let device = device_id.as_str();
-                let mut notifications = Vec::new();
-                let mut appended = Vec::new();
-                let record = tx
-                    .device(&device_id)?
-                    .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
-                if !record.iot_edge {
-                    return Err(HubError::ArgumentInvalid(format!(
-                        "{device} is not an edge device"
-                    )));
-                }
-                // Validate every twin change first, so that a refused one leaves all twins as they were.
-                let mut updates = Vec::new();
-                for (name, desired) in &manifest.modules_content {
-                    let module = module_id(name)?;
-                    let existing = tx.twin(&device_id, Some(&module))?;
-                    let exists = existing.is_some() && tx.module(&device_id, &module)?.is_some();
-                    let mut twin = existing.unwrap_or_else(|| Twin::new(Utc::now()));
-                    let body = twin.replace_desired(desired, Utc::now()).map_err(|e| {
-                        HubError::InvalidConfigurationContent(format!("module {name}: {e}"))
-                    })?;
-                    if exists {
-                        updates.push((module, twin, body));
-                    }
-                }
-                for (module, twin, body) in updates {
-                    tx.put_twin(&device_id, Some(&module), &twin)?;
-                    let identity = Identity::module(device_id.clone(), module);
-                    let change = twin_change_body(twin.version(), None, Some(&body), None);
-                    appended.extend(changes.append(
-                        tx,
-                        &identity,
-                        TwinOperation::Replace,
-                        &change,
-                    )?);
-                    notifications.push((identity, body));
-                }
-                let normalized = serde_json::json!({"modulesContent": manifest.modules_content});
-                tx.put_deployment(&device_id, &normalized)?;
-                Ok::<_, HubError>((notifications, appended))
-            })
+            .write(move |tx| apply_manifest(tx, &device_id, &manifest, &changes))
             .await?;
+        self.fleet.changed(Change::Device(device.to_owned()));
         self.streamed(&appended);
         for (identity, body) in notifications {
             self.notify_desired(&identity, body);
@@ -261,7 +256,7 @@ impl Twins {
     }
 
     /// Pushes a desired patch to `identity`: on its connection here, or through the replica that holds it.
-    fn notify_desired(&self, identity: &Identity, body: Value) {
+    pub(crate) fn notify_desired(&self, identity: &Identity, body: Value) {
         if self.connections.outbox(identity).is_some() {
             self.notify_desired_here(identity, body);
         } else if let Some(replicas) = self.connections.replicas() {
@@ -282,6 +277,52 @@ impl Twins {
     }
 }
 
+/// Applies a deployment manifest to an edge device inside the caller's transaction: each module twin's desired
+/// properties are replaced, and the manifest is recorded for the modules whose identities come later. Returns
+/// the desired notifications to push and the twin change events, once it commits.
+pub(crate) fn apply_manifest(
+    tx: &mut dyn Tables,
+    device_id: &outpost_core::DeviceId,
+    manifest: &DeploymentManifest,
+    changes: &TwinChanges,
+) -> Result<crate::fleet::evaluate::Written, HubError> {
+    let device = device_id.as_str();
+    let mut notifications = Vec::new();
+    let mut appended = Vec::new();
+    let record = tx
+        .device(device_id)?
+        .ok_or_else(|| HubError::DeviceNotFound(device.to_owned()))?;
+    if !record.iot_edge {
+        return Err(HubError::ArgumentInvalid(format!(
+            "{device} is not an edge device"
+        )));
+    }
+    // Validate every twin change first, so that a refused one leaves all twins as they were.
+    let mut updates = Vec::new();
+    for (name, desired) in &manifest.modules_content {
+        let module = module_id(name)?;
+        let existing = tx.twin(device_id, Some(&module))?;
+        let exists = existing.is_some() && tx.module(device_id, &module)?.is_some();
+        let mut twin = existing.unwrap_or_else(|| Twin::new(Utc::now()));
+        let body = twin
+            .replace_desired(desired, Utc::now())
+            .map_err(|e| HubError::InvalidConfigurationContent(format!("module {name}: {e}")))?;
+        if exists {
+            updates.push((module, twin, body));
+        }
+    }
+    for (module, twin, body) in updates {
+        tx.put_twin(device_id, Some(&module), &twin)?;
+        let identity = Identity::module(device_id.clone(), module);
+        let change = twin_change_body(twin.version(), None, Some(&body), None);
+        appended.extend(changes.append(tx, &identity, TwinOperation::Replace, &change)?);
+        notifications.push((identity, body));
+    }
+    let normalized = serde_json::json!({"modulesContent": manifest.modules_content});
+    tx.put_deployment(device_id, &normalized)?;
+    Ok::<_, HubError>((notifications, appended))
+}
+
 /// Reads a twin (to change it) with its identity's records, refusing an identity that does not exist.
 pub(crate) fn twin_for_update(
     tx: &mut dyn Tables,
@@ -300,10 +341,17 @@ pub(crate) fn twin_for_update(
     let twin = tx
         .twin(&identity.device, identity.module.as_ref())?
         .unwrap_or_else(|| Twin::new(Utc::now()));
+    let key = identity
+        .module
+        .as_ref()
+        .map_or(crate::fleet::assign::DEVICE_TWIN, ModuleId::as_str);
+    let configurations =
+        crate::fleet::shown_configurations(tx.assignment(&identity.device)?.as_ref(), key);
     Ok(StoredTwin {
         twin,
         device,
         module,
+        configurations,
     })
 }
 
@@ -320,6 +368,7 @@ fn service_write(
         twin,
         device,
         module,
+        configurations,
     } = twin_for_update(tx, identity)?;
     if let Precondition::Etag(_) = precondition {
         precondition.check(&twin.etag())?;
@@ -362,6 +411,7 @@ fn service_write(
         twin,
         device,
         module,
+        configurations,
     };
     Ok((stored, notification, appended))
 }
@@ -440,6 +490,9 @@ pub fn twin_json(view: &TwinView) -> Value {
     }
     json.insert("modelId".into(), "".into());
     json.insert("tags".into(), Value::Object(view.twin.tags().clone()));
+    if let Some(configurations) = &view.configurations {
+        json.insert("configurations".into(), configurations.clone());
+    }
     json.insert("properties".into(), view.twin.properties_json());
     Value::Object(json)
 }

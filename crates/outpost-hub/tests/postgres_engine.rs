@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use outpost_core::{DeviceId, ModuleId, Twin};
+use outpost_hub::fleet::{Assignment, Configuration};
 use outpost_hub::identity::{
     AccessPolicy, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
 };
@@ -253,6 +254,43 @@ pub fn twins_and_deployments_round_trip(engine: &dyn Engine) {
         Some(json!({"modulesContent": {"$edgeAgent": {"v": 2}}}))
     );
     assert!(read(engine, |t| t.twin(&id("nobody"), None)).is_none());
+}
+
+/// Configurations round-trip by id, and a device's assignment is deleted with the device.
+pub fn configurations_and_assignments_round_trip(engine: &dyn Engine) {
+    let body = json!({"targetCondition": "tags.a = 1", "priority": 2,
+                      "content": {"deviceContent": {"properties.desired.x": 1}}});
+    let record = Configuration::from_request("c1", &body, None, Utc::now()).unwrap();
+    let mut assignment = Assignment::default();
+    assignment
+        .twins
+        .entry(String::new())
+        .or_default()
+        .paths
+        .insert("x".into(), "c1".into());
+    write(engine, |t| {
+        t.put_configuration(&record)?;
+        t.put_device(&device_record("d", 1))?;
+        t.put_assignment(&id("d"), &assignment)
+    });
+    let (stored, all, assigned) = read(engine, |t| {
+        Ok((
+            t.configuration("c1")?,
+            t.configurations()?,
+            t.assignments()?,
+        ))
+    });
+    assert_eq!(stored.as_ref(), Some(&record));
+    assert_eq!(all, vec![record]);
+    assert_eq!(assigned, vec![("d".to_owned(), assignment)]);
+    write(engine, |t| {
+        assert!(!t.delete_configuration("nothing")?);
+        assert!(t.delete_configuration("c1")?);
+        t.delete_device(&id("d")).map(|_| ())
+    });
+    let (stored, assigned) = read(engine, |t| Ok((t.configuration("c1")?, t.assignments()?)));
+    assert!(stored.is_none());
+    assert!(assigned.is_empty());
 }
 
 /// Access policies and settings; `only_if_absent` keeps the first value.
@@ -666,6 +704,7 @@ mod postgres_engine {
     on_postgres!(
         registry_round_trips_and_cascading_deletes,
         twins_and_deployments_round_trip,
+        configurations_and_assignments_round_trip,
         policies_and_settings,
         sessions_round_trip,
         positions_in_a_partition,
@@ -1003,4 +1042,10 @@ fn a_deadlock_between_replicas_fails_one_job_as_unavailable_and_both_groups_comm
     // A's event always stays; B's unless B's second job was the one chosen to fail.
     let events = if errors[1].is_some() { 1 } else { 2 };
     assert_eq!(all_seqs(&a).len(), events);
+}
+
+#[test]
+fn configurations_and_assignments_round_trip_on_sqlite() {
+    let engine = outpost_hub::storage::sqlite::SqliteEngine::in_memory().unwrap();
+    configurations_and_assignments_round_trip(&engine);
 }

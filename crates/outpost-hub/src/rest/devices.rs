@@ -47,7 +47,7 @@ pub(super) async fn get_device(
 /// The query of `GET /devices` (azure-iot-hub's `get_devices(max_number_of_devices)` sends `top`).
 #[derive(serde::Deserialize)]
 pub(super) struct ListQuery {
-    top: Option<usize>,
+    pub(super) top: Option<usize>,
 }
 
 pub(super) async fn list_devices(

@@ -7,6 +7,7 @@
 //! Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
 
 mod bulk;
+mod configurations;
 mod devices;
 mod edge;
 mod jobs;
@@ -121,6 +122,17 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/jobs/v2/{id}", put(jobs::create_job).get(jobs::get_job))
         .route("/jobs/v2/{id}/cancel", post(jobs::cancel_job))
+        .route("/configurations", get(configurations::list_configurations))
+        .route(
+            "/configurations/testQueries",
+            post(configurations::test_queries),
+        )
+        .route(
+            "/configurations/{id}",
+            put(configurations::put_configuration)
+                .get(configurations::get_configuration)
+                .delete(configurations::delete_configuration),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let edge_link = Router::new()
         .route("/edge/{device}/presence", post(edge::presence))

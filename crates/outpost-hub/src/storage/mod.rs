@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use outpost_core::{DeviceId, ModuleId, Twin};
 use serde_json::Value;
 
+use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::store::StorageError;
 use crate::stream::{Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent};
@@ -82,6 +83,27 @@ pub trait Tables: jobs::JobTables {
     fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError>;
     /// The deployment last applied to an edge device.
     fn deployment(&mut self, device: &DeviceId) -> Result<Option<Value>, StorageError>;
+
+    // Automatic configurations and deployments.
+
+    /// One configuration by id.
+    fn configuration(&mut self, id: &str) -> Result<Option<Configuration>, StorageError>;
+    /// Every configuration, ordered by id.
+    fn configurations(&mut self) -> Result<Vec<Configuration>, StorageError>;
+    /// Inserts or replaces a configuration.
+    fn put_configuration(&mut self, record: &Configuration) -> Result<(), StorageError>;
+    /// Deletes a configuration; whether it existed.
+    fn delete_configuration(&mut self, id: &str) -> Result<bool, StorageError>;
+    /// What automatic configurations gave a device and its modules, once evaluated.
+    fn assignment(&mut self, device: &DeviceId) -> Result<Option<Assignment>, StorageError>;
+    /// Every device's assignment, ordered by device id.
+    fn assignments(&mut self) -> Result<Vec<(String, Assignment)>, StorageError>;
+    /// Records what automatic configurations gave a device (deleted with the device).
+    fn put_assignment(
+        &mut self,
+        device: &DeviceId,
+        assignment: &Assignment,
+    ) -> Result<(), StorageError>;
 
     // The hub's own state.
 

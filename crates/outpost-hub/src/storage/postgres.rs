@@ -44,6 +44,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Engine, Group, SavepointJob, Tables};
+use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::store::StorageError;
 use crate::stream::{
@@ -178,6 +179,14 @@ pub const MIGRATIONS: &[&str] = &[
         outcome BIGINT NOT NULL,
         result TEXT,
         PRIMARY KEY (job_id, device_id));
+"#,
+    r#"
+    -- Automatic configurations and deployments (crate::fleet) by id, and what they gave each device and its
+    -- modules (so that a device that stops matching loses exactly that).
+    CREATE TABLE configurations (id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
+    CREATE TABLE configuration_assignments (
+        device_id TEXT COLLATE "C" PRIMARY KEY REFERENCES devices (device_id) ON DELETE CASCADE,
+        assignment JSONB NOT NULL);
 "#,
 ];
 
@@ -896,6 +905,60 @@ impl Tables for PgTables<'_, '_> {
             "SELECT manifest::text FROM deployments WHERE device_id = $1",
             &[&device.as_str()],
         )
+    }
+
+    fn configuration(&mut self, id: &str) -> Result<Option<Configuration>, StorageError> {
+        self.record(
+            "SELECT record::text FROM configurations WHERE id = $1",
+            &[&id],
+        )
+    }
+
+    fn configurations(&mut self) -> Result<Vec<Configuration>, StorageError> {
+        self.records("SELECT record::text FROM configurations ORDER BY id", &[])
+    }
+
+    fn put_configuration(&mut self, record: &Configuration) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO configurations (id, record) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            &[&record.id, &json(record)],
+        )?;
+        Ok(())
+    }
+
+    fn delete_configuration(&mut self, id: &str) -> Result<bool, StorageError> {
+        Ok(self.execute("DELETE FROM configurations WHERE id = $1", &[&id])? > 0)
+    }
+
+    fn assignment(&mut self, device: &DeviceId) -> Result<Option<Assignment>, StorageError> {
+        self.record(
+            "SELECT assignment::text FROM configuration_assignments WHERE device_id = $1",
+            &[&device.as_str()],
+        )
+    }
+
+    fn assignments(&mut self) -> Result<Vec<(String, Assignment)>, StorageError> {
+        self.query(
+            "SELECT device_id, assignment::text FROM configuration_assignments ORDER BY device_id",
+            &[],
+        )?
+        .iter()
+        .map(|row| Ok((row.get::<_, String>(0), parse(row.get::<_, &str>(1))?)))
+        .collect()
+    }
+
+    fn put_assignment(
+        &mut self,
+        device: &DeviceId,
+        assignment: &Assignment,
+    ) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO configuration_assignments (device_id, assignment) VALUES ($1, $2)
+             ON CONFLICT (device_id) DO UPDATE SET assignment = excluded.assignment",
+            &[&device.as_str(), &json(assignment)],
+        )?;
+        Ok(())
     }
 
     fn policies(&mut self) -> Result<Vec<AccessPolicy>, StorageError> {

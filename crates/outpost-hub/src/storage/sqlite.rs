@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Engine, Group, SavepointJob, Tables};
+use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::store::{StorageError, MIGRATIONS};
 use crate::stream::{
@@ -492,6 +493,60 @@ impl Tables for SqliteTables<'_> {
             "SELECT manifest FROM deployments WHERE device_id = ?1",
             [device.as_str()],
         )
+    }
+
+    fn configuration(&mut self, id: &str) -> Result<Option<Configuration>, StorageError> {
+        self.one("SELECT record FROM configurations WHERE id = ?1", [id])
+    }
+
+    fn configurations(&mut self) -> Result<Vec<Configuration>, StorageError> {
+        self.all("SELECT record FROM configurations ORDER BY id", [])
+    }
+
+    fn put_configuration(&mut self, record: &Configuration) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO configurations (id, record) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            params![record.id, to_text(record)?],
+        )?;
+        Ok(())
+    }
+
+    fn delete_configuration(&mut self, id: &str) -> Result<bool, StorageError> {
+        Ok(self.execute("DELETE FROM configurations WHERE id = ?1", [id])? > 0)
+    }
+
+    fn assignment(&mut self, device: &DeviceId) -> Result<Option<Assignment>, StorageError> {
+        self.one(
+            "SELECT assignment FROM configuration_assignments WHERE device_id = ?1",
+            [device.as_str()],
+        )
+    }
+
+    fn assignments(&mut self) -> Result<Vec<(String, Assignment)>, StorageError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT device_id, assignment FROM configuration_assignments ORDER BY device_id",
+        )?;
+        let rows =
+            statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (device, text) = row?;
+            Ok((device, serde_json::from_str(&text)?))
+        })
+        .collect()
+    }
+
+    fn put_assignment(
+        &mut self,
+        device: &DeviceId,
+        assignment: &Assignment,
+    ) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO configuration_assignments (device_id, assignment) VALUES (?1, ?2)
+             ON CONFLICT (device_id) DO UPDATE SET assignment = excluded.assignment",
+            params![device.as_str(), to_text(assignment)?],
+        )?;
+        Ok(())
     }
 
     fn policies(&mut self) -> Result<Vec<AccessPolicy>, StorageError> {

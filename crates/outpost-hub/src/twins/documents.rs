@@ -5,12 +5,21 @@ use outpost_core::query::Collection;
 use outpost_core::Twin;
 use serde_json::Value;
 
+use std::collections::HashMap;
+
 use super::{twin_json, TwinView, Twins};
 use crate::error::HubError;
+use crate::fleet::assign::DEVICE_TWIN;
+use crate::fleet::{shown_configurations, Assignment};
 use crate::identity::{DeviceRecord, ModuleRecord};
 
-/// One identity of a collection with its twin, as read.
-type Row = (DeviceRecord, Option<ModuleRecord>, Option<Twin>);
+/// One identity of a collection with its twin and the configurations that target it, as read.
+type Row = (
+    DeviceRecord,
+    Option<ModuleRecord>,
+    Option<Twin>,
+    Option<Value>,
+);
 
 impl Twins {
     /// Every device twin document (or every module twin document) as [`twin_json`] makes it, ordered by device
@@ -24,17 +33,30 @@ impl Twins {
         let rows: Vec<Row> = self
             .storage
             .read(move |tables| {
+                // What automatic configurations target, shown in the documents as IoT Hub does (metric queries
+                // read `configurations.[[id]].status`).
+                let assignments: HashMap<String, Assignment> =
+                    tables.assignments()?.into_iter().collect();
+                let shown = |device: &DeviceRecord, twin: &str| {
+                    shown_configurations(assignments.get(device.device_id.as_str()), twin)
+                };
                 let rows = if modules {
                     tables
                         .module_twins()?
                         .into_iter()
-                        .map(|(device, module, twin)| (device, Some(module), twin))
+                        .map(|(device, module, twin)| {
+                            let configurations = shown(&device, module.module_id.as_str());
+                            (device, Some(module), twin, configurations)
+                        })
                         .collect()
                 } else {
                     tables
                         .device_twins()?
                         .into_iter()
-                        .map(|(device, twin)| (device, None, twin))
+                        .map(|(device, twin)| {
+                            let configurations = shown(&device, DEVICE_TWIN);
+                            (device, None, twin, configurations)
+                        })
                         .collect()
                 };
                 Ok::<_, HubError>(rows)
@@ -42,7 +64,7 @@ impl Twins {
             .await?;
         let client_ids: Vec<String> = rows
             .iter()
-            .map(|(device, module, _)| match module {
+            .map(|(device, module, _, _)| match module {
                 Some(module) => format!("{}/{}", device.device_id, module.module_id),
                 None => device.device_id.to_string(),
             })
@@ -53,12 +75,13 @@ impl Twins {
         Ok(rows
             .into_iter()
             .zip(&client_ids)
-            .map(|((device, module, twin), client_id)| {
+            .map(|((device, module, twin, configurations), client_id)| {
                 twin_json(&TwinView {
                     twin: twin.unwrap_or_else(|| Twin::new(now)),
                     device,
                     module,
                     connected: connected.contains(client_id),
+                    configurations,
                 })
             })
             .collect())

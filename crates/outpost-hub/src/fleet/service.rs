@@ -1,0 +1,425 @@
+//! The configurations service: stores configurations, answers them with their metrics, and evaluates them over
+//! the fleet, one device per write job.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use chrono::Utc;
+use outpost_core::query::{Collection, Query};
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use super::assign::{Assignment, Status, EDGE_AGENT};
+use super::configuration::{
+    parse_metric_query, parse_target_condition, Configuration, ConfigurationKind, Metrics,
+};
+use super::evaluate::{self, has_status};
+use super::schedule::{Action, Batch, Event, FleetSignal, Schedule};
+use crate::error::HubError;
+use crate::registry::{device_id, Precondition};
+use crate::storage::Tables;
+use crate::twins::Twins;
+
+/// How many devices an evaluation pass evaluates at once.
+const CONCURRENT_EVALUATIONS: usize = 32;
+
+/// Automatic configurations and deployments: their records, metrics and evaluation.
+#[derive(Clone)]
+pub struct Configurations {
+    twins: Twins,
+    signal: FleetSignal,
+}
+
+impl Configurations {
+    /// The service over the twins' storage, evaluating when `signal` says something changed.
+    pub(crate) fn new(twins: Twins, signal: FleetSignal) -> Self {
+        Self { twins, signal }
+    }
+
+    /// Where the other services tell the evaluation what changed.
+    pub(crate) fn signal(&self) -> &FleetSignal {
+        &self.signal
+    }
+
+    /// Creates (no `If-Match`) or replaces (`If-Match` `*` or the current etag) a configuration; the stored
+    /// record and whether it was created.
+    pub async fn put(
+        &self,
+        id: &str,
+        body: &Value,
+        precondition: &Precondition,
+    ) -> Result<(Configuration, bool), HubError> {
+        let (id, body, precondition) = (id.to_owned(), body.clone(), precondition.clone());
+        let stored = self
+            .twins
+            .storage()
+            .write(move |tx| {
+                let existing = tx.configuration(&id)?;
+                match (&existing, &precondition) {
+                    (Some(_), Precondition::CreateOnly) => {
+                        return Err(HubError::ConfigurationAlreadyExists(id))
+                    }
+                    (Some(current), _) => precondition.check(&current.etag())?,
+                    (None, Precondition::Etag(_)) => {
+                        return Err(HubError::ConfigurationNotFound(id))
+                    }
+                    (None, _) => {}
+                }
+                let record =
+                    Configuration::from_request(&id, &body, existing.as_ref(), Utc::now())?;
+                tx.put_configuration(&record)?;
+                Ok((record, existing.is_none()))
+            })
+            .await?;
+        self.signal.changed(super::schedule::Change::Everything);
+        Ok(stored)
+    }
+
+    /// Deletes a configuration (`If-Match` `*`, absent, or the current etag).
+    pub async fn delete(&self, id: &str, precondition: &Precondition) -> Result<(), HubError> {
+        let (id, precondition) = (id.to_owned(), precondition.clone());
+        self.twins
+            .storage()
+            .write(move |tx| {
+                let current = tx
+                    .configuration(&id)?
+                    .ok_or_else(|| HubError::ConfigurationNotFound(id.clone()))?;
+                precondition.check(&current.etag())?;
+                tx.delete_configuration(&id)?;
+                Ok::<_, HubError>(())
+            })
+            .await?;
+        self.signal.changed(super::schedule::Change::Everything);
+        Ok(())
+    }
+
+    /// One configuration's REST JSON with its metrics.
+    pub async fn get(&self, id: &str) -> Result<Value, HubError> {
+        let id = id.to_owned();
+        let mut shown = self
+            .show(move |tx| {
+                let configuration = tx
+                    .configuration(&id)?
+                    .ok_or_else(|| HubError::ConfigurationNotFound(id.clone()))?;
+                Ok(vec![configuration])
+            })
+            .await?;
+        Ok(shown.pop().unwrap_or_default())
+    }
+
+    /// At most `top` configurations' REST JSON with their metrics, ordered by id.
+    pub async fn list(&self, top: Option<usize>) -> Result<Vec<Value>, HubError> {
+        self.show(move |tx| {
+            let mut configurations = tx.configurations()?;
+            configurations.truncate(top.unwrap_or(usize::MAX));
+            Ok(configurations)
+        })
+        .await
+    }
+
+    /// The REST JSON of the configurations `select` reads, with their system metrics (from the assignments,
+    /// in the same read) and custom metrics (run over the fleet's twin documents, read once per collection).
+    async fn show(
+        &self,
+        select: impl FnOnce(&mut dyn Tables) -> Result<Vec<Configuration>, HubError> + Send + 'static,
+    ) -> Result<Vec<Value>, HubError> {
+        let measured: Vec<(Configuration, Metrics)> = self
+            .twins
+            .storage()
+            .read(move |tx| {
+                let configurations = select(tx)?;
+                let assignments = tx.assignments()?;
+                configurations
+                    .into_iter()
+                    .map(|c| {
+                        let metrics = system_metrics(tx, &c, &assignments)?;
+                        Ok((c, metrics))
+                    })
+                    .collect::<Result<Vec<_>, HubError>>()
+            })
+            .await?;
+        let mut documents: HashMap<Collection, Vec<Value>> = HashMap::new();
+        let mut shown = Vec::with_capacity(measured.len());
+        for (configuration, system) in measured {
+            let mut metrics = Metrics {
+                queries: configuration.metric_queries.clone(),
+                ..Metrics::default()
+            };
+            for (name, text) in &configuration.metric_queries {
+                // Stored queries were checked when they were put.
+                let Ok(query) = Query::parse(text) else {
+                    continue;
+                };
+                let collection = query.collection();
+                let rows = match documents.entry(collection) {
+                    Entry::Occupied(read) => query.run(read.get()).len(),
+                    Entry::Vacant(unread) => {
+                        let read = unread.insert(self.twins.documents(collection).await?);
+                        query.run(&*read).len()
+                    }
+                };
+                metrics.results.insert(name.clone(), rows as u64);
+            }
+            shown.push(configuration.to_json(&system, &metrics));
+        }
+        Ok(shown)
+    }
+
+    /// `POST /configurations/testQueries`: the error of the target condition and of each metric query
+    /// (empty strings when they parse).
+    pub fn test_queries(body: &Value) -> Result<Value, HubError> {
+        let object = body
+            .as_object()
+            .ok_or_else(|| HubError::ArgumentInvalid("the body must be a JSON object".into()))?;
+        let condition = object
+            .get("targetCondition")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let condition_error = if condition.trim().is_empty() {
+            String::new()
+        } else {
+            // A module configuration's condition starts with FROM devices.modules; either form is tested.
+            parse_target_condition(condition, ConfigurationKind::Module)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let mut metric_errors = Map::new();
+        for (name, query) in object
+            .get("customMetricQueries")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let error = match query.as_str() {
+                Some(query) => parse_metric_query(query)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                None => "the query must be a string".into(),
+            };
+            metric_errors.insert(name.clone(), error.into());
+        }
+        Ok(json!({
+            "targetConditionError": condition_error,
+            "customMetricQueryErrors": metric_errors,
+        }))
+    }
+
+    /// Evaluates one device: writes what configurations give it where its twins differ; whether it wrote.
+    pub async fn evaluate_device(&self, device: &str) -> Result<bool, HubError> {
+        let id = device_id(device)?;
+        let read = id.clone();
+        let differs = self
+            .twins
+            .storage()
+            .read(move |tx| Ok::<_, HubError>(evaluate::plan(tx, &read)?.is_some()))
+            .await?;
+        if !differs {
+            return Ok(false);
+        }
+        let changes = self.twins.twin_changes();
+        // Planned again inside the write: what is written follows from what the transaction sees, so two
+        // replicas evaluating the same device write the same thing, and the second writes nothing.
+        let (notifications, appended) = self
+            .twins
+            .storage()
+            .write(move |tx| match evaluate::plan(tx, &id)? {
+                Some(plan) => evaluate::apply(tx, &id, plan, &changes),
+                None => Ok((Vec::new(), Vec::new())),
+            })
+            .await?;
+        self.twins.committed(&appended, notifications);
+        Ok(true)
+    }
+
+    /// Evaluates every device; how many it wrote to.
+    pub async fn evaluate_all(&self) -> Result<usize, HubError> {
+        let devices = self
+            .twins
+            .storage()
+            .read(|tx| Ok::<_, HubError>(tx.devices()?))
+            .await?;
+        let ids = devices.into_iter().map(|d| d.device_id.to_string());
+        Ok(self.evaluate_devices(ids).await)
+    }
+
+    /// Evaluates devices, [`CONCURRENT_EVALUATIONS`] at a time (so that their writes share group commits);
+    /// how many it wrote to.
+    async fn evaluate_devices(&self, devices: impl IntoIterator<Item = String>) -> usize {
+        let mut running = tokio::task::JoinSet::new();
+        let mut written = 0;
+        let mut finished = |result: Result<(String, Result<bool, HubError>), _>| match result {
+            Ok((_, Ok(wrote))) => written += usize::from(wrote),
+            Ok((device, Err(error))) => {
+                tracing::warn!(%device, %error, "configuration evaluation failed");
+            }
+            Err(error) => tracing::warn!(%error, "a configuration evaluation task failed"),
+        };
+        for device in devices {
+            if running.len() >= CONCURRENT_EVALUATIONS {
+                if let Some(result) = running.join_next().await {
+                    finished(result);
+                }
+            }
+            let service = self.clone();
+            running.spawn(async move {
+                let result = service.evaluate_device(&device).await;
+                (device, result)
+            });
+        }
+        while let Some(result) = running.join_next().await {
+            finished(result);
+        }
+        written
+    }
+
+    /// Evaluates a batch of devices.
+    async fn evaluate(&self, batch: Batch) {
+        if batch.all {
+            if let Err(error) = self.evaluate_all().await {
+                tracing::warn!(%error, "configuration evaluation failed");
+            }
+        } else {
+            self.evaluate_devices(batch.devices).await;
+        }
+    }
+
+    /// The evaluation task: the one owner of the [`Schedule`] on this replica, until `shutdown`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut schedule = Schedule::new(Instant::now());
+        loop {
+            let wake = tokio::time::Instant::from_std(schedule.next_wake());
+            let event = tokio::select! {
+                batch = self.signal.next() => {
+                    let now = Instant::now();
+                    if batch.all {
+                        schedule.handle(Event::Changed(super::schedule::Change::Everything), now);
+                    }
+                    for device in batch.devices {
+                        schedule.handle(Event::Changed(super::schedule::Change::Device(device)), now);
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(wake) => Event::Tick,
+                _ = shutdown.changed() => return,
+            };
+            for action in schedule.handle(event, Instant::now()) {
+                let Action::Evaluate(batch) = action;
+                self.evaluate(batch).await;
+            }
+        }
+    }
+}
+
+/// The system metrics IoT Hub shows: targeted and applied counts, and for edge deployments the devices whose
+/// `$edgeAgent` reported success or failure with the current desired version.
+fn system_metrics(
+    tx: &mut dyn Tables,
+    configuration: &Configuration,
+    assignments: &[(String, Assignment)],
+) -> Result<Metrics, HubError> {
+    let id = configuration.id.as_str();
+    let kind = configuration.kind();
+    let condition = configuration.where_clause();
+    let mut metrics = Metrics::default();
+    let count = |status: Option<Status>| -> u64 {
+        assignments
+            .iter()
+            .map(|(_, a)| {
+                a.twins
+                    .keys()
+                    .filter(|twin| has_status(a, twin, id, status))
+                    .count() as u64
+            })
+            .sum()
+    };
+    metrics.results.insert("targetedCount".into(), count(None));
+    metrics
+        .results
+        .insert("appliedCount".into(), count(Some(Status::Applied)));
+    let applied = format!("configurations.[[{id}]].status = 'Applied'");
+    let (targeted_query, applied_query) = match kind {
+        ConfigurationKind::BaseDeployment | ConfigurationKind::LayeredDeployment => (
+            format!(
+                "select deviceId from devices where capabilities.iotEdge = true and {condition}"
+            ),
+            format!(
+                "select deviceId from devices.modules where moduleId = '$edgeAgent' and {applied}"
+            ),
+        ),
+        ConfigurationKind::Device => (
+            format!("select deviceId from devices where {condition}"),
+            format!("select deviceId from devices where {applied}"),
+        ),
+        ConfigurationKind::Module => (
+            format!("select deviceId, moduleId from devices.modules where {condition}"),
+            format!("select deviceId, moduleId from devices.modules where {applied}"),
+        ),
+    };
+    metrics
+        .queries
+        .insert("targetedCount".into(), targeted_query);
+    metrics
+        .queries
+        .insert("appliedCount".into(), applied_query.clone());
+    if matches!(
+        kind,
+        ConfigurationKind::BaseDeployment | ConfigurationKind::LayeredDeployment
+    ) {
+        let (mut successful, mut failed) = (0, 0);
+        for (device, assignment) in assignments {
+            if !has_status(assignment, EDGE_AGENT, id, Some(Status::Applied)) {
+                continue;
+            }
+            let (Ok(device), Ok(agent)) = (
+                outpost_core::DeviceId::new(device),
+                outpost_core::ModuleId::new(EDGE_AGENT),
+            ) else {
+                continue;
+            };
+            let Some(twin) = tx.twin(&device, Some(&agent))? else {
+                continue;
+            };
+            let reported = twin.reported();
+            let current = reported.get("lastDesiredVersion").and_then(Value::as_u64)
+                == Some(twin.desired_version());
+            match reported
+                .get("lastDesiredStatus")
+                .and_then(|s| s.get("code"))
+                .and_then(Value::as_u64)
+            {
+                Some(200) if current => successful += 1,
+                Some(_) if current => failed += 1,
+                _ => {}
+            }
+        }
+        metrics
+            .results
+            .insert("reportedSuccessfulCount".into(), successful);
+        metrics.results.insert("reportedFailedCount".into(), failed);
+        let current = "properties.desired.$version = properties.reported.lastDesiredVersion";
+        metrics.queries.insert(
+            "reportedSuccessfulCount".into(),
+            format!("{applied_query} and {current} and properties.reported.lastDesiredStatus.code = 200"),
+        );
+        metrics.queries.insert(
+            "reportedFailedCount".into(),
+            format!("{applied_query} and {current} and properties.reported.lastDesiredStatus.code != 200"),
+        );
+    }
+    Ok(metrics)
+}
+
+/// The `configurations` of one twin's document, for `Twins` to show (`None` when none targets it).
+pub(crate) fn shown_configurations(assignment: Option<&Assignment>, twin: &str) -> Option<Value> {
+    let statuses: BTreeMap<_, _> = assignment?
+        .twins
+        .get(twin)?
+        .configurations
+        .iter()
+        .map(|(id, status)| (id.clone(), json!({ "status": status })))
+        .collect();
+    (!statuses.is_empty()).then(|| json!(statuses))
+}
