@@ -340,6 +340,7 @@ async fn migrate(
         (report.twins, "twins"),
         (report.deployments, "deployments"),
         (report.configurations, "automatic configurations"),
+        (report.jobs, "scheduled jobs"),
         (report.policies, "shared access policies"),
         (report.sessions, "MQTT sessions"),
         (report.c2d_messages, "queued cloud-to-device messages"),

@@ -9,7 +9,8 @@
 //!
 //! Copied: devices and modules (keys, generation ids, etag counters, scopes), device and module twins as stored
 //! (`$version`, etag, metadata), the deployment of each edge device, the automatic configurations and what they
-//! gave each device, the shared access policies (with the marker
+//! gave each device, the scheduled jobs with how each of their devices stands (a running job resumes on the new
+//! hub once the old one's lease has lapsed), the shared access policies (with the marker
 //! that says they exist), the persisted MQTT subscriptions of each identity, the queued cloud-to-device messages
 //! (in order; their store ids are new), the consumer groups, the Event Hub record (its name and partitions), and
 //! the CA's files of the data directory, stored where the shared identity ([`crate::shared_identity`]) looks.
@@ -26,6 +27,7 @@ use serde_json::Value;
 
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
+use crate::jobs::model::{JobDevice, StoredJob};
 use crate::shared_identity::{StoredCa, CA_SETTING};
 use crate::storage::sqlite::SqliteEngine;
 use crate::storage::{transaction, Engine, Tables};
@@ -49,6 +51,8 @@ pub struct MigrationReport {
     pub deployments: usize,
     /// Automatic configurations and deployments.
     pub configurations: usize,
+    /// Scheduled jobs.
+    pub jobs: usize,
     /// Shared access policies.
     pub policies: usize,
     /// Identities with persisted MQTT subscriptions.
@@ -67,7 +71,7 @@ impl std::fmt::Display for MigrationReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} devices, {} modules, {} twins, {} deployments, {} automatic configurations, {} access policies, \
+            "{} devices, {} modules, {} twins, {} deployments, {} automatic configurations, {} jobs, {} access policies, \
              {} MQTT sessions, {} queued cloud-to-device messages, {} consumer groups, the Event Hub record: {}, \
              the CA: {}",
             self.devices,
@@ -75,6 +79,7 @@ impl std::fmt::Display for MigrationReport {
             self.twins,
             self.deployments,
             self.configurations,
+            self.jobs,
             self.policies,
             self.sessions,
             self.c2d_messages,
@@ -138,6 +143,7 @@ struct DeviceCopy {
 struct Snapshot {
     devices: Vec<DeviceCopy>,
     configurations: Vec<Configuration>,
+    jobs: Vec<(StoredJob, Vec<JobDevice>)>,
     policies: Vec<AccessPolicy>,
     consumer_groups: Vec<String>,
     event_hub: Option<EventHubRecord>,
@@ -151,6 +157,10 @@ fn read_snapshot(tables: &mut dyn Tables) -> Result<Snapshot, StorageError> {
         configurations: tables.configurations()?,
         ..Snapshot::default()
     };
+    for job in tables.jobs()? {
+        let devices = tables.job_devices(&job.record.job_id)?;
+        snapshot.jobs.push((job, devices));
+    }
     for record in tables.devices()? {
         let id = record.device_id.clone();
         let mut modules = Vec::new();
@@ -275,6 +285,16 @@ fn write_snapshot(
     for configuration in &snapshot.configurations {
         tables.put_configuration(configuration)?;
         report.configurations += 1;
+    }
+    for (job, devices) in &snapshot.jobs {
+        let id = &job.record.job_id;
+        tables.create_job(job)?;
+        let ids: Vec<String> = devices.iter().map(|d| d.device_id.clone()).collect();
+        tables.add_job_devices(id, &ids)?;
+        for device in devices {
+            tables.set_job_device(id, device)?;
+        }
+        report.jobs += 1;
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
     for group in &snapshot.consumer_groups {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use outpost_core::{DeviceId, Identity, Message, ModuleId};
 use outpost_hub::eventhub::StreamSettings;
+use outpost_hub::jobs::model::StoredJob;
 use outpost_hub::migrate::{migrate, MigrateError};
 use outpost_hub::registry::{DeviceSpec, ModuleSpec, Precondition};
 use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
@@ -131,6 +132,17 @@ async fn populate(hub: &Hub) {
         .report(&module, &json!({"running": true}))
         .await
         .unwrap();
+    // A job scheduled for tomorrow: it waits, on either hub, as it was.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    hub.jobs()
+        .create(
+            "nightly",
+            &json!({"type": "scheduleUpdateTwin", "queryCondition": "tags.site = 'north'",
+                    "updateTwin": {"etag": "*", "properties": {"desired": {"interval": 60}}},
+                    "startTime": tomorrow, "maxExecutionTimeInSeconds": 600}),
+        )
+        .await
+        .unwrap();
     for n in 0..3 {
         let message = Message {
             body: format!("command {n}").into_bytes(),
@@ -155,6 +167,7 @@ struct Reads {
     session: Vec<String>,
     consumer_groups: Vec<String>,
     partitions: u32,
+    jobs: Vec<StoredJob>,
 }
 
 async fn reads(hub: &Hub, engine: &dyn Engine) -> Reads {
@@ -196,7 +209,9 @@ async fn reads(hub: &Hub, engine: &dyn Engine) -> Reads {
         ))
     })
     .unwrap();
+    let jobs = transaction(engine, |t| t.jobs()).unwrap();
     Reads {
+        jobs,
         devices,
         twins,
         policies,
@@ -266,6 +281,8 @@ async fn a_migrated_hub_reads_the_same_on_postgresql_and_a_second_migration_is_r
         (5, 1, 3)
     );
     assert_eq!(report.consumer_groups, 1);
+    assert_eq!(report.jobs, 1);
+    assert_eq!(before.jobs.len(), 1, "the scheduled job");
     assert!(report.event_hub && report.ca);
     drop(target);
 
