@@ -18,6 +18,7 @@ use crate::stream::Appended;
 use crate::writer::Storage;
 
 mod documents;
+pub use documents::DocumentKey;
 
 /// A service write to a twin: tags and/or desired properties.
 #[derive(Debug, Clone, Default)]

@@ -211,7 +211,6 @@ async fn reads(hub: &Hub, engine: &dyn Engine) -> Reads {
     .unwrap();
     let jobs = transaction(engine, |t| t.jobs()).unwrap();
     Reads {
-        jobs,
         devices,
         twins,
         policies,
@@ -220,6 +219,7 @@ async fn reads(hub: &Hub, engine: &dyn Engine) -> Reads {
         session,
         consumer_groups,
         partitions,
+        jobs,
     }
 }
 

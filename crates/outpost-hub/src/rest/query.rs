@@ -1,8 +1,11 @@
 //! `POST /devices/query`: IoT Hub's query language over the twin documents, a page at a time.
 //!
-//! Each page evaluates the query over one consistent read of every document ([`crate::Twins::documents`]) and
-//! answers the rows from the continuation token's offset on. The token is opaque to callers; it is the number
-//! of rows already answered, so a page that follows a write may skip or repeat a row, as IoT Hub's may.
+//! A query without aggregates or `TOP` reads the documents in id order from where the last page stopped
+//! ([`crate::Twins::documents_after`], in batches) until the page is full, so the pages of a query read each
+//! document once between them; its continuation token is the key of the last document read (`key:DEVICE[/MODULE]`:
+//! ids cannot hold `/`). An aggregate or `TOP` query evaluates over one consistent read of every document
+//! ([`crate::Twins::documents`]) and its token is the number of rows already answered (`rows:N`). Tokens are opaque
+//! to callers; a page that follows a write may miss or repeat a change made meanwhile, as IoT Hub's may.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,6 +17,7 @@ use serde_json::Value;
 use super::{authorize, json_body, ApiError, HubState};
 use crate::error::HubError;
 use crate::identity::Right;
+use crate::twins::DocumentKey;
 
 /// The page size when the caller does not ask for one (`x-ms-max-item-count`).
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -48,19 +52,92 @@ fn page_size(headers: &HeaderMap) -> Result<usize, ApiError> {
     }
 }
 
-/// The offset a continuation token stands for (0 without one).
-fn offset(headers: &HeaderMap) -> Result<usize, ApiError> {
+/// Documents read at a time while filling a page of a query without aggregates.
+const BATCH: usize = 2000;
+
+/// Where a continuation token says to go on from.
+enum Resume {
+    /// From the first row.
+    Start,
+    /// After this many rows of the whole result (aggregate and `TOP` queries).
+    Rows(usize),
+    /// After this document (other queries).
+    After(DocumentKey),
+}
+
+/// The place a request's continuation token stands for.
+fn resume(headers: &HeaderMap) -> Result<Resume, ApiError> {
     let Some(value) = headers.get(CONTINUATION) else {
-        return Ok(0);
+        return Ok(Resume::Start);
     };
-    value
-        .to_str()
-        .ok()
-        .and_then(|token| token.trim().strip_prefix("rows:"))
-        .and_then(|rows| rows.parse().ok())
-        .ok_or_else(|| {
-            ApiError::bad_request("the x-ms-continuation token is not one this hub gave")
-        })
+    let refused = || ApiError::bad_request("the x-ms-continuation token is not one this hub gave");
+    let token = value.to_str().map_err(|_| refused())?.trim();
+    if let Some(rows) = token.strip_prefix("rows:") {
+        return rows.parse().map(Resume::Rows).map_err(|_| refused());
+    }
+    let key = token.strip_prefix("key:").ok_or_else(refused)?;
+    let (device, module) = match key.split_once('/') {
+        Some((device, module)) => (device, Some(module.to_owned())),
+        None => (key, None),
+    };
+    if device.is_empty() {
+        return Err(refused());
+    }
+    Ok(Resume::After(DocumentKey {
+        device: device.to_owned(),
+        module,
+    }))
+}
+
+/// One page of rows and the token of the next, if rows may remain.
+type Page = (Vec<Value>, Option<String>);
+
+/// A page of a query without aggregates or `TOP`: documents read in id order after `after` until `size` rows
+/// matched or none are left.
+async fn page_by_key(
+    hub: &crate::Hub,
+    query: &Query,
+    after: Option<DocumentKey>,
+    size: usize,
+) -> Result<Page, HubError> {
+    let mut rows = Vec::new();
+    let mut last = after;
+    loop {
+        let batch = hub
+            .twins()
+            .documents_after(query.collection(), last.clone(), BATCH)
+            .await?;
+        let exhausted = batch.len() < BATCH;
+        for document in &batch {
+            last = DocumentKey::of(document);
+            rows.extend(query.run(std::iter::once(document)));
+            if rows.len() >= size {
+                let token = last.map(|key| match key.module {
+                    Some(module) => format!("key:{}/{module}", key.device),
+                    None => format!("key:{}", key.device),
+                });
+                return Ok((rows, token));
+            }
+        }
+        if exhausted {
+            return Ok((rows, None));
+        }
+    }
+}
+
+/// A page of an aggregate or `TOP` query: the whole result over every document, from row `from` on.
+async fn page_by_offset(
+    hub: &crate::Hub,
+    query: &Query,
+    from: usize,
+    size: usize,
+) -> Result<Page, HubError> {
+    let documents = hub.twins().documents(query.collection()).await?;
+    let rows = query.run(&documents);
+    let page: Vec<Value> = rows.iter().skip(from).take(size).cloned().collect();
+    let next = from.saturating_add(page.len());
+    let token = (next < rows.len()).then(|| format!("rows:{next}"));
+    Ok((page, token))
 }
 
 /// Reads the query text of a `QuerySpecification` body.
@@ -83,11 +160,19 @@ pub(super) async fn query_devices(
     authorize(&hub, &headers, Right::RegistryRead)?;
     let body = json_body(&body)?;
     let query = parse_query(query_text(&body)?)?;
-    let (size, from) = (page_size(&headers)?, offset(&headers)?);
-    let documents = hub.twins().documents(query.collection()).await?;
-    let rows = query.run(&documents);
-    let page: Vec<Value> = rows.iter().skip(from).take(size).cloned().collect();
-    let next = from.saturating_add(page.len());
+    let size = page_size(&headers)?;
+    let by_key = !query.is_aggregate() && query.top().is_none();
+    let (page, next) = match (resume(&headers)?, by_key) {
+        (Resume::Start, true) => page_by_key(&hub, &query, None, size).await?,
+        (Resume::After(key), true) => page_by_key(&hub, &query, Some(key), size).await?,
+        (Resume::Start, false) => page_by_offset(&hub, &query, 0, size).await?,
+        (Resume::Rows(from), false) => page_by_offset(&hub, &query, from, size).await?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "the x-ms-continuation token belongs to another query",
+            ))
+        }
+    };
     // The query API does not say whether it projects; a row of `SELECT *` is a whole twin document, which a
     // projection's row is not unless it names every field of one.
     let whole_twins = !query.is_aggregate() && page.iter().all(is_twin_document);
@@ -95,10 +180,8 @@ pub(super) async fn query_devices(
     let mut response = (StatusCode::OK, axum::Json(Value::Array(page))).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert(ITEM_TYPE, HeaderValue::from_static(item_type));
-    if next < rows.len() {
-        if let Ok(token) = HeaderValue::from_str(&format!("rows:{next}")) {
-            response_headers.insert(CONTINUATION, token);
-        }
+    if let Some(token) = next.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response_headers.insert(CONTINUATION, token);
     }
     Ok(response)
 }

@@ -72,12 +72,20 @@ pub trait Tables: jobs::JobTables {
         module: Option<&ModuleId>,
         twin: &Twin,
     ) -> Result<(), StorageError>;
-    /// Every device with its twin (`None` if it has none yet), ordered by id: the documents of fleet queries,
-    /// read in one statement so that a device and its twin are of the same moment.
-    fn device_twins(&mut self) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError>;
-    /// Every module with its device and its twin, ordered by device then module id (as [`Tables::device_twins`]).
+    /// Up to `limit` devices with their twins (`None` if one has none yet), ordered by id, from the first id
+    /// after `after` (from the first without it): the documents of fleet queries, read in one statement so
+    /// that a device and its twin are of the same moment, a page at a time so that paging is not quadratic.
+    fn device_twins(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError>;
+    /// Up to `limit` modules with their devices and twins, ordered by device then module id, from the first
+    /// after `after` (device id, module id), as [`Tables::device_twins`].
     fn module_twins(
         &mut self,
+        after: Option<(&str, &str)>,
+        limit: usize,
     ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError>;
     /// Records the deployment last applied to an edge device.
     fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError>;

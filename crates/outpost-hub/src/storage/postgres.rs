@@ -854,12 +854,17 @@ impl Tables for PgTables<'_, '_> {
         Ok(())
     }
 
-    fn device_twins(&mut self) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
+    fn device_twins(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.query(
             "SELECT d.record::text, t.twin::text FROM devices d
              LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
-             ORDER BY d.device_id",
-            &[],
+             WHERE d.device_id > $1 ORDER BY d.device_id LIMIT $2",
+            &[&after.unwrap_or(""), &limit],
         )?
         .iter()
         .map(|row| {
@@ -871,13 +876,18 @@ impl Tables for PgTables<'_, '_> {
 
     fn module_twins(
         &mut self,
+        after: Option<(&str, &str)>,
+        limit: usize,
     ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError> {
+        let (device, module) = after.unwrap_or(("", ""));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.query(
             "SELECT d.record::text, m.record::text, t.twin::text FROM modules m
              JOIN devices d ON d.device_id = m.device_id
              LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
-             ORDER BY m.device_id, m.module_id",
-            &[],
+             WHERE (m.device_id, m.module_id) > ($1, $2)
+             ORDER BY m.device_id, m.module_id LIMIT $3",
+            &[&device, &module, &limit],
         )?
         .iter()
         .map(|row| {

@@ -436,13 +436,18 @@ impl Tables for SqliteTables<'_> {
         Ok(())
     }
 
-    fn device_twins(&mut self) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
+    fn device_twins(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
         let mut statement = self.conn.prepare_cached(
             "SELECT d.record, t.twin FROM devices d
              LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
-             ORDER BY d.device_id",
+             WHERE d.device_id > ?1 ORDER BY d.device_id LIMIT ?2",
         )?;
-        let rows = statement.query_map([], |r| {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![after.unwrap_or(""), limit], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
         })?;
         rows.map(|row| {
@@ -454,14 +459,19 @@ impl Tables for SqliteTables<'_> {
 
     fn module_twins(
         &mut self,
+        after: Option<(&str, &str)>,
+        limit: usize,
     ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError> {
         let mut statement = self.conn.prepare_cached(
             "SELECT d.record, m.record, t.twin FROM modules m
              JOIN devices d ON d.device_id = m.device_id
              LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
-             ORDER BY m.device_id, m.module_id",
+             WHERE (m.device_id, m.module_id) > (?1, ?2)
+             ORDER BY m.device_id, m.module_id LIMIT ?3",
         )?;
-        let rows = statement.query_map([], |r| {
+        let (device, module) = after.unwrap_or(("", ""));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![device, module, limit], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,

@@ -21,6 +21,29 @@ type Row = (
     Option<Value>,
 );
 
+/// Where a document stands in the order of [`Twins::documents_after`]: its device id, and its module id for a
+/// module twin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentKey {
+    /// The device id.
+    pub device: String,
+    /// The module id, for a module twin.
+    pub module: Option<String>,
+}
+
+impl DocumentKey {
+    /// The key of a document [`Twins::documents_after`] returned (`None` if it lacks its `deviceId`).
+    pub fn of(document: &Value) -> Option<Self> {
+        Some(Self {
+            device: document.get("deviceId")?.as_str()?.to_owned(),
+            module: document
+                .get("moduleId")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+}
+
 impl Twins {
     /// Every device twin document (or every module twin document) as [`twin_json`] makes it, ordered by device
     /// then module id, read in one consistent storage read; `connectionState` says whether each identity is
@@ -29,6 +52,17 @@ impl Twins {
     /// This is the one input of fleet queries (`POST /devices/query`), configurations and jobs: they evaluate
     /// their conditions in memory over these documents.
     pub async fn documents(&self, collection: Collection) -> Result<Vec<Value>, HubError> {
+        self.documents_after(collection, None, usize::MAX).await
+    }
+
+    /// Up to `limit` documents of [`Twins::documents`], from the first after `after`: a page of the fleet, so
+    /// that a paged query reads each document once over all its pages.
+    pub async fn documents_after(
+        &self,
+        collection: Collection,
+        after: Option<DocumentKey>,
+        limit: usize,
+    ) -> Result<Vec<Value>, HubError> {
         let modules = matches!(collection, Collection::Modules);
         let rows: Vec<Row> = self
             .storage
@@ -42,7 +76,12 @@ impl Twins {
                 };
                 let rows = if modules {
                     tables
-                        .module_twins()?
+                        .module_twins(
+                            after
+                                .as_ref()
+                                .map(|k| (k.device.as_str(), k.module.as_deref().unwrap_or(""))),
+                            limit,
+                        )?
                         .into_iter()
                         .map(|(device, module, twin)| {
                             let configurations = shown(&device, module.module_id.as_str());
@@ -51,7 +90,7 @@ impl Twins {
                         .collect()
                 } else {
                     tables
-                        .device_twins()?
+                        .device_twins(after.as_ref().map(|k| k.device.as_str()), limit)?
                         .into_iter()
                         .map(|(device, twin)| {
                             let configurations = shown(&device, DEVICE_TWIN);
