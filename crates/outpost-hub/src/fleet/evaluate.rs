@@ -13,6 +13,7 @@ use super::assign::{
     DEVICE_TWIN, EDGE_AGENT,
 };
 use super::configuration::{parse_target_condition, Configuration, ConfigurationKind};
+use super::rollout::Rollout;
 use crate::error::HubError;
 use crate::eventhub::{twin_change_body, TwinChanges, TwinOperation};
 use crate::identity::{DeviceRecord, ModuleRecord};
@@ -60,7 +61,13 @@ impl Targeting {
             .collect()
     }
 
-    fn targets(&self, document: &Value) -> bool {
+    /// The configuration.
+    pub(crate) fn configuration(&self) -> &Configuration {
+        &self.configuration
+    }
+
+    /// Whether the configuration targets the twin `document`.
+    pub(crate) fn targets(&self, document: &Value) -> bool {
         self.condition.as_ref().is_some_and(|c| c.matches(document))
     }
 }
@@ -81,7 +88,24 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
     let Some(record) = tx.device(device)? else {
         return Ok(None);
     };
-    let configurations = Targeting::parse_all(tx.configurations()?);
+    let rollouts: BTreeMap<String, Rollout> = tx
+        .rollouts()?
+        .into_iter()
+        .map(|r| (r.deployment.clone(), r))
+        .collect();
+    // A deployment rolling out reaches only the devices its rollout admits; the others keep what they had.
+    let admitted = |c: &Configuration| {
+        c.rollout.is_none()
+            || rollouts
+                .get(&c.id)
+                .is_some_and(|r| r.admits(device.as_str()))
+    };
+    let configurations = Targeting::parse_all(
+        tx.configurations()?
+            .into_iter()
+            .filter(|c| admitted(c))
+            .collect(),
+    );
     let previous = tx.assignment(device)?.unwrap_or_default();
     let mut next = Assignment::default();
     let mut plan = Plan {

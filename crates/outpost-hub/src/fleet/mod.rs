@@ -18,6 +18,7 @@
 
 pub mod assign;
 pub mod configuration;
+pub mod rollout;
 pub(crate) mod evaluate;
 pub mod schedule;
 mod service;

@@ -14,7 +14,8 @@ use super::configuration::{
     parse_metric_query, parse_target_condition, Configuration, ConfigurationKind, Metrics,
 };
 use super::evaluate::{self, has_status, twin_configurations};
-use super::schedule::{Action, Batch, Event, FleetSignal, Schedule};
+use super::rollout::{driver, Rollout};
+use super::schedule::{Action, Batch, Change, Event, FleetSignal, Schedule};
 use crate::error::HubError;
 use crate::registry::{device_id, Precondition};
 use crate::storage::Tables;
@@ -25,6 +26,8 @@ use crate::twins::Twins;
 pub struct Configurations {
     twins: Twins,
     signal: FleetSignal,
+    /// Who this process is when it holds a rollout's lease.
+    owner: String,
 }
 
 /// Twin documents for metric queries, as `Twins::documents` makes them.
@@ -36,7 +39,11 @@ struct Documents {
 impl Configurations {
     /// The service over the twins' storage, evaluating when `signal` says something changed.
     pub(crate) fn new(twins: Twins, signal: FleetSignal) -> Self {
-        Self { twins, signal }
+        Self {
+            twins,
+            signal,
+            owner: uuid::Uuid::new_v4().to_string(),
+        }
     }
 
     /// Where the other services tell the evaluation what changed.
@@ -71,6 +78,10 @@ impl Configurations {
                 let record =
                     Configuration::from_request(&id, &body, existing.as_ref(), Utc::now())?;
                 tx.put_configuration(&record)?;
+                if let (None, Some(policy)) = (&existing, &record.rollout) {
+                    // Stored in the same transaction: no evaluation may see the deployment without its rollout.
+                    tx.put_rollout(&Rollout::new(&record.id, policy.clone()))?;
+                }
                 Ok((record, existing.is_none()))
             })
             .await?;
@@ -252,12 +263,97 @@ impl Configurations {
     }
 }
 
+impl Configurations {
+    /// Pauses, resumes or aborts the rollout of deployment `id` (`POST /configurations/{id}/rollout/{command}`);
+    /// the configuration's REST JSON afterwards.
+    pub async fn rollout_command(&self, id: &str, command: &str) -> Result<Value, HubError> {
+        let event = match command {
+            "pause" => super::rollout::Event::Pause,
+            "resume" => super::rollout::Event::Resume,
+            "abort" => super::rollout::Event::Abort,
+            other => {
+                return Err(HubError::ArgumentInvalid(format!(
+                    "unknown rollout command {other:?} (pause, resume, abort)"
+                )))
+            }
+        };
+        let (id_owned, owner) = (id.to_owned(), self.owner.clone());
+        let evaluate = self
+            .twins
+            .storage()
+            .write(move |tx| {
+                tx.configuration(&id_owned)?
+                    .ok_or_else(|| HubError::ConfigurationNotFound(id_owned.clone()))?;
+                if tx.rollout(&id_owned)?.is_none() {
+                    return Err(HubError::ArgumentInvalid(format!(
+                        "configuration {id_owned:?} has no rollout"
+                    )));
+                }
+                // The operator's command takes the lease whoever held it: it must not wait for another replica.
+                tx.claim_rollout(&id_owned, &owner, i64::MAX, 0)?;
+                driver::step(tx, &id_owned, &owner, Some(event), Utc::now())
+            })
+            .await?;
+        for device in evaluate.unwrap_or_default() {
+            self.signal.changed(Change::Device(device));
+        }
+        self.get(id).await
+    }
+
+    /// One step of every active rollout this process holds (or can take) the lease of.
+    pub async fn drive_rollouts(&self) -> Result<(), HubError> {
+        let active: Vec<String> = self
+            .twins
+            .storage()
+            .read(|tx| Ok::<_, HubError>(tx.rollouts()?))
+            .await?
+            .into_iter()
+            .filter(|r| r.phase.is_active())
+            .map(|r| r.deployment)
+            .collect();
+        for id in active {
+            let owner = self.owner.clone();
+            let evaluate = self
+                .twins
+                .storage()
+                .write(move |tx| driver::step(tx, &id, &owner, None, Utc::now()))
+                .await?;
+            for device in evaluate.unwrap_or_default() {
+                self.signal.changed(Change::Device(device));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rollout driver task: a step on every twin change and every [`driver::TICK`], until `shutdown`.
+    pub async fn run_rollouts(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(error) = self.drive_rollouts().await {
+                tracing::warn!(%error, "rollout step failed");
+            }
+            tokio::select! {
+                () = self.signal.rollout_changes() => {
+                    // Lets the evaluation that the change triggered commit first (it is debounced).
+                    tokio::time::sleep(super::schedule::DEBOUNCE * 2).await;
+                }
+                () = tokio::time::sleep(driver::TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// The REST JSON of configurations with their system and custom metrics.
 fn with_metrics(
     tx: &mut dyn Tables,
     configurations: Vec<Configuration>,
 ) -> Result<Vec<Value>, HubError> {
     let assignments = tx.assignments()?;
+    let rollouts: BTreeMap<String, Rollout> = tx
+        .rollouts()?
+        .into_iter()
+        .map(|r| (r.deployment.clone(), r))
+        .collect();
     let custom = configurations.iter().any(|c| !c.metric_queries.is_empty());
     let documents = if custom {
         Some(documents(tx, &assignments)?)
@@ -266,7 +362,11 @@ fn with_metrics(
     };
     let mut shown = Vec::new();
     for configuration in configurations {
-        let system = system_metrics(tx, &configuration, &assignments)?;
+        let mut system = system_metrics(tx, &configuration, &assignments)?;
+        let rollout = rollouts.get(&configuration.id);
+        if let Some(rollout) = rollout {
+            super::rollout::show::add_metrics(&mut system, rollout);
+        }
         let mut metrics = Metrics {
             queries: configuration.metric_queries.clone(),
             ..Metrics::default()
@@ -283,7 +383,11 @@ fn with_metrics(
                 .results
                 .insert(name.clone(), query.run(collection).len() as u64);
         }
-        shown.push(configuration.to_json(&system, &metrics));
+        let mut json = configuration.to_json(&system, &metrics);
+        if let (Some(rollout), Some(object)) = (rollout, json.as_object_mut()) {
+            object.insert("rollout".into(), super::rollout::show::rollout_json(rollout));
+        }
+        shown.push(json);
     }
     Ok(shown)
 }
