@@ -70,10 +70,20 @@ pub enum DeploymentCommand {
         #[arg(long, value_name = "WAVES")]
         rollout: Option<String>,
         /// How long every device of a wave must stay healthy before the next wave (`60s`, `5m`).
-        #[arg(long, value_name = "DURATION", default_value = "60s", requires = "rollout")]
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "60s",
+            requires = "rollout"
+        )]
         healthy_for: String,
         /// How long a wave may take before its devices that are not healthy count as failed (`10m`).
-        #[arg(long, value_name = "DURATION", default_value = "10m", requires = "rollout")]
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "10m",
+            requires = "rollout"
+        )]
         wave_timeout: String,
         /// How many failed devices a wave tolerates.
         #[arg(long, default_value_t = 0, requires = "rollout")]

@@ -18,8 +18,8 @@
 
 pub mod assign;
 pub mod configuration;
-pub mod rollout;
 pub(crate) mod evaluate;
+pub mod rollout;
 pub mod schedule;
 mod service;
 

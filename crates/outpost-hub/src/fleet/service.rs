@@ -385,7 +385,10 @@ fn with_metrics(
         }
         let mut json = configuration.to_json(&system, &metrics);
         if let (Some(rollout), Some(object)) = (rollout, json.as_object_mut()) {
-            object.insert("rollout".into(), super::rollout::show::rollout_json(rollout));
+            object.insert(
+                "rollout".into(),
+                super::rollout::show::rollout_json(rollout),
+            );
         }
         shown.push(json);
     }

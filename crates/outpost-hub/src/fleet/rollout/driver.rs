@@ -74,7 +74,10 @@ fn observe(
     configuration: &Configuration,
 ) -> Result<Vec<Event>, HubError> {
     let all = Targeting::parse_all(tx.configurations()?);
-    let Some(own) = all.iter().find(|t| t.configuration().id == configuration.id) else {
+    let Some(own) = all
+        .iter()
+        .find(|t| t.configuration().id == configuration.id)
+    else {
         return Ok(Vec::new());
     };
     let mut targeted = BTreeMap::new();

@@ -174,14 +174,16 @@ impl Rollout {
     /// not): once completed, every targeted device; before, the devices of released waves that were not rolled
     /// back; never a device that left and came back during the rollout.
     pub fn admits(&self, device: &str) -> bool {
-        match (self.phase, self.devices.get(device)) {
-            (Phase::Pending, _) => false,
-            (Phase::Completed, found) => found.is_none_or(|d| d.state != DeviceState::RolledBack),
-            (_, None) => false,
-            (_, Some(found)) => matches!(
-                found.state,
-                DeviceState::Updating | DeviceState::Healthy | DeviceState::Failed
-            ),
+        let found = self.devices.get(device);
+        match self.phase {
+            Phase::Pending => false,
+            Phase::Completed => found.is_none_or(|d| d.state != DeviceState::RolledBack),
+            _ => found.is_some_and(|d| {
+                matches!(
+                    d.state,
+                    DeviceState::Updating | DeviceState::Healthy | DeviceState::Failed
+                )
+            }),
         }
     }
 
@@ -382,7 +384,11 @@ impl Rollout {
             )
         });
         if !settled {
-            return if changed { vec![Action::Store] } else { Vec::new() };
+            return if changed {
+                vec![Action::Store]
+            } else {
+                Vec::new()
+            };
         }
         if self.wave + 1 < self.waves {
             let mut actions = match self.release(self.wave + 1, now) {

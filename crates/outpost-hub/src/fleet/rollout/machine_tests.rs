@@ -226,7 +226,11 @@ fn a_device_leaving_the_target_mid_wave_no_longer_holds_its_wave() {
     let actions = rollout.handle(Event::Left("d1".into()), at(12));
     assert_eq!(
         actions,
-        [Action::Store, Action::Give(ids(&["d2", "d3"])), Action::Store]
+        [
+            Action::Store,
+            Action::Give(ids(&["d2", "d3"])),
+            Action::Store
+        ]
     );
     assert_eq!(state(&rollout, "d1"), DeviceState::Left);
     assert!(!rollout.admits("d1"));
@@ -257,7 +261,10 @@ fn pausing_stops_judging_and_resuming_restarts_the_wave_timeout() {
     assert_eq!(rollout.handle(Event::Pause, at(50)), [Action::Store]);
     assert_eq!(rollout.phase, Phase::Paused);
     assert_eq!(rollout.handle(Event::Tick, at(500)), []);
-    assert!(rollout.admits("d0"), "a paused wave keeps what it was given");
+    assert!(
+        rollout.admits("d0"),
+        "a paused wave keeps what it was given"
+    );
     assert_eq!(rollout.handle(Event::Pause, at(501)), []);
     assert_eq!(rollout.handle(Event::Resume, at(600)), [Action::Store]);
     assert_eq!(rollout.phase, Phase::Rolling);
@@ -285,7 +292,10 @@ fn aborting_rolls_the_current_wave_back_and_keeps_the_good_ones() {
     let (mut rollout, _) = started(3, &["1", "100%"], 0);
     healthy(&mut rollout, &["d0"], 1);
     let actions = rollout.handle(Event::Abort, at(20));
-    assert_eq!(actions, [Action::RollBack(ids(&["d1", "d2"])), Action::Store]);
+    assert_eq!(
+        actions,
+        [Action::RollBack(ids(&["d1", "d2"])), Action::Store]
+    );
     assert_eq!(rollout.phase, Phase::Aborted);
     assert!(rollout.admits("d0"));
     assert!(!rollout.admits("d1"));
@@ -313,7 +323,10 @@ fn a_newer_deployment_supersedes_a_rollout_in_progress() {
     assert_eq!(actions, [Action::Store]);
     assert_eq!(rollout.phase, Phase::Superseded);
     assert_eq!(rollout.superseded_by.as_deref(), Some("newer"));
-    assert!(rollout.admits("d0"), "the devices given it keep it under the newer one");
+    assert!(
+        rollout.admits("d0"),
+        "the devices given it keep it under the newer one"
+    );
     assert!(!rollout.admits("d1"));
     assert_eq!(rollout.handle(Event::Tick, at(500)), []);
     assert_eq!(
