@@ -339,6 +339,7 @@ async fn migrate(
         (report.modules, "modules"),
         (report.twins, "twins"),
         (report.deployments, "deployments"),
+        (report.configurations, "automatic configurations"),
         (report.policies, "shared access policies"),
         (report.sessions, "MQTT sessions"),
         (report.c2d_messages, "queued cloud-to-device messages"),

@@ -9,6 +9,7 @@ mod edge_command;
 mod hub_command;
 mod operator;
 mod output;
+mod query_command;
 mod quickstart;
 mod service;
 
@@ -85,6 +86,13 @@ enum Command {
         hub: HubArgs,
         #[command(subcommand)]
         command: operator::TwinCommand,
+    },
+    /// Query the twins of the fleet in IoT Hub's query language, every page.
+    Query {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(flatten)]
+        args: query_command::QueryArgs,
     },
     /// Apply a deployment manifest to an edge device.
     Deploy {
@@ -198,6 +206,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Device { hub, command } => operator::device(&hub, command).await,
         Command::Module { hub, command } => operator::module(&hub, command).await,
         Command::Twin { hub, command } => operator::twin(&hub, command).await,
+        Command::Query { hub, args } => query_command::run(&hub, &args).await,
         Command::Deploy {
             hub,
             device,

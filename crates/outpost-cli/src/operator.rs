@@ -127,12 +127,18 @@ pub enum TwinCommand {
         module: Option<String>,
     },
     /// Merge a patch into a twin: `{"properties":{"desired":{..}}}` and/or `{"tags":{..}}`; any other object is
-    /// taken as a desired-properties patch. `null` deletes a key.
+    /// taken as a desired-properties patch. `null` deletes a key. `--tags` and `--desired` add to the patch.
     Update {
         /// The device.
         device: String,
-        /// The patch (JSON).
-        patch: String,
+        /// The patch (JSON); optional with `--tags` or `--desired`.
+        patch: Option<String>,
+        /// Tags to merge (JSON object).
+        #[arg(long)]
+        tags: Option<String>,
+        /// Desired properties to merge (JSON object).
+        #[arg(long)]
+        desired: Option<String>,
         /// The module, for a module twin.
         #[arg(long)]
         module: Option<String>,
@@ -387,19 +393,12 @@ pub async fn twin(args: &HubArgs, command: TwinCommand) -> anyhow::Result<()> {
         TwinCommand::Update {
             device,
             patch,
+            tags,
+            desired,
             module,
             etag,
         } => {
-            let patch: Value =
-                serde_json::from_str(&patch).context("the patch is not valid JSON")?;
-            let Some(object) = patch.as_object() else {
-                bail!("the patch must be a JSON object")
-            };
-            let body = if object.contains_key("properties") || object.contains_key("tags") {
-                patch
-            } else {
-                json!({"properties": {"desired": patch}})
-            };
+            let body = twin_patch(patch.as_deref(), tags.as_deref(), desired.as_deref())?;
             let etag = etag.unwrap_or_else(|| "*".to_owned());
             client
                 .call(
@@ -414,6 +413,43 @@ pub async fn twin(args: &HubArgs, command: TwinCommand) -> anyhow::Result<()> {
     // A twin is nested JSON: people read it best as JSON too.
     println!("{}", serde_json::to_string_pretty(&twin)?);
     Ok(())
+}
+
+/// The body of a twin PATCH from `outpost twin update`'s patch, `--tags` and `--desired`.
+fn twin_patch(
+    patch: Option<&str>,
+    tags: Option<&str>,
+    desired: Option<&str>,
+) -> anyhow::Result<Value> {
+    let object = |text: &str, what: &str| -> anyhow::Result<Value> {
+        let value: Value =
+            serde_json::from_str(text).with_context(|| format!("{what} is not valid JSON"))?;
+        if !value.is_object() {
+            bail!("{what} must be a JSON object");
+        }
+        Ok(value)
+    };
+    let mut body = match patch {
+        Some(patch) => {
+            let patch = object(patch, "the patch")?;
+            if patch.get("properties").is_some() || patch.get("tags").is_some() {
+                patch
+            } else {
+                json!({"properties": {"desired": patch}})
+            }
+        }
+        None if tags.is_none() && desired.is_none() => {
+            bail!("give a patch, --tags or --desired")
+        }
+        None => json!({}),
+    };
+    if let Some(tags) = tags {
+        body["tags"] = object(tags, "--tags")?;
+    }
+    if let Some(desired) = desired {
+        body["properties"]["desired"] = object(desired, "--desired")?;
+    }
+    Ok(body)
 }
 
 pub async fn deploy(args: &HubArgs, device: &str, manifest: &Path) -> anyhow::Result<()> {

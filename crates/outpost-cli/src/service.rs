@@ -80,23 +80,63 @@ impl ServiceClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> anyhow::Result<Value> {
-        let separator = if path.contains('?') { '&' } else { '?' };
-        let url = format!("{}{path}{separator}api-version={API_VERSION}", self.base);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header("Authorization", &self.token);
+        let mut request = self.request(method, path);
         if let Some(etag) = if_match {
             request = request.header("If-Match", format!("\"{etag}\""));
         }
         if let Some(body) = body {
             request = request.json(body);
         }
+        Ok(self.send(request).await?.0)
+    }
+
+    /// Asks for one page of a query's rows (`POST /devices/query`): the rows, and the continuation token of the
+    /// next page when there is one.
+    pub async fn query_page(
+        &self,
+        query: &str,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> anyhow::Result<(Vec<Value>, Option<String>)> {
+        let mut request = self
+            .request(Method::POST, "/devices/query")
+            .header("x-ms-max-item-count", page_size.to_string())
+            .json(&serde_json::json!({ "query": query }));
+        if let Some(token) = continuation {
+            request = request.header("x-ms-continuation", token);
+        }
+        let (rows, headers) = self.send(request).await?;
+        let next = headers
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned);
+        match rows {
+            Value::Array(rows) => Ok((rows, next)),
+            other => bail!("the hub answered a query with {other} instead of a list"),
+        }
+    }
+
+    /// A request to `path` with the api-version and the token.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{separator}api-version={API_VERSION}", self.base);
+        self.http
+            .request(method, &url)
+            .header("Authorization", &self.token)
+    }
+
+    /// Sends a request; the JSON answer (`Value::Null` for an empty one) with the response's headers.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(Value, reqwest::header::HeaderMap)> {
         let response = request
             .send()
             .await
             .with_context(|| format!("cannot reach the hub at {}", self.base))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await?;
         if !status.is_success() {
             let message = serde_json::from_slice::<Value>(&bytes)
@@ -106,9 +146,10 @@ impl ServiceClient {
             return Err(HubRefusal { status, message }.into());
         }
         if bytes.is_empty() {
-            return Ok(Value::Null);
+            return Ok((Value::Null, headers));
         }
-        serde_json::from_slice(&bytes).context("the hub answered with invalid JSON")
+        let value = serde_json::from_slice(&bytes).context("the hub answered with invalid JSON")?;
+        Ok((value, headers))
     }
 }
 

@@ -8,7 +8,8 @@
 //! hub setting is refused with nothing changed.
 //!
 //! Copied: devices and modules (keys, generation ids, etag counters, scopes), device and module twins as stored
-//! (`$version`, etag, metadata), the deployment of each edge device, the shared access policies (with the marker
+//! (`$version`, etag, metadata), the deployment of each edge device, the automatic configurations and what they
+//! gave each device, the shared access policies (with the marker
 //! that says they exist), the persisted MQTT subscriptions of each identity, the queued cloud-to-device messages
 //! (in order; their store ids are new), the consumer groups, the Event Hub record (its name and partitions), and
 //! the CA's files of the data directory, stored where the shared identity ([`crate::shared_identity`]) looks.
@@ -23,6 +24,8 @@ use std::path::{Path, PathBuf};
 use outpost_core::{DeviceId, ModuleId, Twin};
 use serde_json::Value;
 
+use crate::fleet::rollout::Rollout;
+use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::shared_identity::{StoredCa, CA_SETTING};
 use crate::storage::sqlite::SqliteEngine;
@@ -45,6 +48,8 @@ pub struct MigrationReport {
     pub twins: usize,
     /// Deployments of edge devices.
     pub deployments: usize,
+    /// Automatic configurations and deployments.
+    pub configurations: usize,
     /// Shared access policies.
     pub policies: usize,
     /// Identities with persisted MQTT subscriptions.
@@ -63,12 +68,14 @@ impl std::fmt::Display for MigrationReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} devices, {} modules, {} twins, {} deployments, {} access policies, {} MQTT sessions, \
-             {} queued cloud-to-device messages, {} consumer groups, the Event Hub record: {}, the CA: {}",
+            "{} devices, {} modules, {} twins, {} deployments, {} automatic configurations, {} access policies, \
+             {} MQTT sessions, {} queued cloud-to-device messages, {} consumer groups, the Event Hub record: {}, \
+             the CA: {}",
             self.devices,
             self.modules,
             self.twins,
             self.deployments,
+            self.configurations,
             self.policies,
             self.sessions,
             self.c2d_messages,
@@ -120,6 +127,8 @@ struct DeviceCopy {
     record: DeviceRecord,
     twin: Option<Twin>,
     deployment: Option<Value>,
+    /// What automatic configurations gave it, so that the new hub's first evaluation finds it as it was.
+    assignment: Option<Assignment>,
     session: Vec<String>,
     c2d: Vec<Value>,
     modules: Vec<ModuleCopy>,
@@ -129,6 +138,9 @@ struct DeviceCopy {
 #[derive(Default)]
 struct Snapshot {
     devices: Vec<DeviceCopy>,
+    configurations: Vec<Configuration>,
+    /// The deployments' rollouts (their state, without the lease: the new hub takes it).
+    rollouts: Vec<Rollout>,
     policies: Vec<AccessPolicy>,
     consumer_groups: Vec<String>,
     event_hub: Option<EventHubRecord>,
@@ -139,6 +151,8 @@ fn read_snapshot(tables: &mut dyn Tables) -> Result<Snapshot, StorageError> {
         policies: tables.policies()?,
         consumer_groups: tables.consumer_groups()?,
         event_hub: tables.event_hub()?,
+        configurations: tables.configurations()?,
+        rollouts: tables.rollouts()?,
         ..Snapshot::default()
     };
     for record in tables.devices()? {
@@ -156,6 +170,7 @@ fn read_snapshot(tables: &mut dyn Tables) -> Result<Snapshot, StorageError> {
         snapshot.devices.push(DeviceCopy {
             twin: tables.twin(&id, None)?,
             deployment: tables.deployment(&id)?,
+            assignment: tables.assignment(&id)?,
             session: tables.session(id.as_str())?,
             c2d: tables
                 .pending_c2d(&id)?
@@ -261,6 +276,13 @@ fn write_snapshot(
         tables.create_event_hub(record)?;
         report.event_hub = true;
     }
+    for configuration in &snapshot.configurations {
+        tables.put_configuration(configuration)?;
+        report.configurations += 1;
+    }
+    for rollout in &snapshot.rollouts {
+        tables.put_rollout(rollout)?;
+    }
     let now_ms = chrono::Utc::now().timestamp_millis();
     for group in &snapshot.consumer_groups {
         if tables.create_consumer_group(group, now_ms)? {
@@ -278,6 +300,9 @@ fn write_snapshot(
         if let Some(manifest) = &device.deployment {
             tables.put_deployment(id, manifest)?;
             report.deployments += 1;
+        }
+        if let Some(assignment) = &device.assignment {
+            tables.put_assignment(id, assignment)?;
         }
         if !device.session.is_empty() {
             tables.put_session(id.as_str(), &device.session)?;

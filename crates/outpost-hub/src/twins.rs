@@ -17,6 +17,8 @@ use crate::storage::Tables;
 use crate::stream::Appended;
 use crate::writer::Storage;
 
+mod documents;
+
 /// A service write to a twin: tags and/or desired properties.
 #[derive(Debug, Clone, Default)]
 pub struct TwinWrite {

@@ -213,3 +213,93 @@ async fn replacing_a_configuration_needs_its_current_etag() {
         Err(HubError::ConfigurationNotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn a_module_configuration_reaches_the_module_twins_it_selects() {
+    let hub = hub();
+    create_device(&hub, "dev1", false, json!({"site": "north"})).await;
+    for module in ["logger", "other"] {
+        let spec = outpost_hub::registry::ModuleSpec {
+            device_id: "dev1".into(),
+            module_id: module.into(),
+            ..outpost_hub::registry::ModuleSpec::default()
+        };
+        hub.registry()
+            .put_module(spec, &Precondition::CreateOnly)
+            .await
+            .unwrap();
+    }
+    put(
+        &hub,
+        "logging",
+        json!({
+            "targetCondition": "FROM devices.modules WHERE moduleId = 'logger'",
+            "content": {"moduleContent": {"properties.desired.level": "debug"}},
+        }),
+    )
+    .await
+    .unwrap();
+    hub.configurations().evaluate_all().await.unwrap();
+    assert_eq!(
+        desired(&hub, "dev1", Some("logger")).await["level"],
+        "debug"
+    );
+    assert!(desired(&hub, "dev1", Some("other"))
+        .await
+        .get("level")
+        .is_none());
+    assert!(desired(&hub, "dev1", None).await.get("level").is_none());
+    let shown = hub.configurations().get("logging").await.unwrap();
+    assert_eq!(shown["systemMetrics"]["results"]["appliedCount"], 1);
+}
+
+#[tokio::test]
+async fn a_manual_deployment_is_replaced_where_an_automatic_one_targets_and_kept_elsewhere() {
+    let hub = hub();
+    create_device(&hub, "targeted", true, json!({"auto": true})).await;
+    create_device(&hub, "manual", true, json!({})).await;
+    put(
+        &hub,
+        "auto",
+        json!({
+            "targetCondition": "tags.auto = true", "content": base_deployment("auto:1"),
+        }),
+    )
+    .await
+    .unwrap();
+    hub.configurations().evaluate_all().await.unwrap();
+    let manual = base_deployment("manual:1");
+    for device in ["targeted", "manual"] {
+        hub.twins()
+            .apply_configuration(device, &manual)
+            .await
+            .unwrap();
+        hub.configurations().evaluate_device(device).await.unwrap();
+    }
+    let image = |desired: Value| desired["modules"]["sensor"]["settings"]["image"].clone();
+    assert_eq!(
+        image(desired(&hub, "targeted", Some("$edgeAgent")).await),
+        "auto:1"
+    );
+    assert_eq!(
+        image(desired(&hub, "manual", Some("$edgeAgent")).await),
+        "manual:1"
+    );
+
+    // A device that no deployment targets any more keeps the last one it got.
+    set_tags(&hub, "targeted", json!({"auto": false})).await;
+    hub.configurations()
+        .evaluate_device("targeted")
+        .await
+        .unwrap();
+    assert_eq!(
+        image(desired(&hub, "targeted", Some("$edgeAgent")).await),
+        "auto:1"
+    );
+    let twin = hub
+        .twins()
+        .twin("targeted", Some("$edgeAgent"))
+        .await
+        .unwrap();
+    assert!(twin.configurations.is_none());
+}

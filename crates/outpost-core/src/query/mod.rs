@@ -32,8 +32,8 @@
 //! - Path segments match document keys exactly (case-sensitive), as twin property names are.
 //! - Undefined (a missing path, a comparison of unlike types) makes a condition fail, also under `NOT`.
 //!   `x IN [..]` is true when `x` equals an element, false when it equals none, undefined when `x` is
-//!   undefined, an object or an array; `NIN` is its negation with the same undefined cases. List elements
-//!   are literals (strings, numbers, `true`, `false`, `null`).
+//!   undefined, an object or an array; `NIN` (also written `NOT IN`) is its negation with the same
+//!   undefined cases. List elements are literals (strings, numbers, `true`, `false`, `null`).
 //! - Arithmetic (`+ - * / %`, unary `-`) takes numbers only, anything else is undefined; a NaN result is
 //!   undefined.
 //! - A projection without `AS` is keyed by its path's last segment; an aggregate without `AS` by `$1`,
@@ -44,10 +44,15 @@
 //!   (ISO timestamps compare well). Other values are skipped; an `AVG`, `MIN` or `MAX` with nothing to
 //!   work on is left out of the row. Whole numbers are written as JSON integers.
 //! - An aggregate query without `GROUP BY` always gives one row, even over no documents (`COUNT()` is 0).
-//!   With `GROUP BY`, documents missing a grouped path form a group of their own, whose rows leave that key
-//!   out; groups come in first-seen order. A non-aggregate projection must be one of the `GROUP BY` paths,
+//!   With `GROUP BY`, documents missing a grouped path form a group of their own (apart from `null`), whose
+//!   rows leave that key out; numbers group by value (`1` with `1.0`), other values by their JSON text;
+//!   groups come in first-seen order. A non-aggregate projection must be one of the `GROUP BY` paths,
 //!   and `SELECT *` cannot be aggregated.
-//! - `TOP n` keeps the first `n` result rows. `FROM devices.jobs` is refused.
+//! - `TOP n` keeps the first `n` result rows.
+//! - Not supported (refused when parsed): `FROM devices.jobs`, array indexes in paths (`a[0]`), array
+//!   literals outside `IN`/`NIN`, expressions other than paths and aggregates in the select list, `ORDER BY`,
+//!   SQL's doubled quote (`'it''s'`; write `'it\'s'`), and the routing-only functions (math, `SUBSTRING`,
+//!   `CONCAT`, ...).
 //! - [`Query::run`] does not look at [`Query::collection`]: the caller passes device or module twins.
 //! - Limits against hostile input: at most [`MAX_QUERY_LEN`] bytes of text and [`MAX_DEPTH`] levels of
 //!   nesting (parentheses, `NOT`, unary `-`, calls); `AND`, `OR` and arithmetic chains are kept flat, so a

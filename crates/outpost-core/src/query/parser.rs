@@ -392,6 +392,16 @@ impl Parser {
             Some(Kind::Le) => BinaryOp::Le,
             Some(Kind::Gt) => BinaryOp::Gt,
             Some(Kind::Ge) => BinaryOp::Ge,
+            // `NOT IN` is read as `NIN`, as SQL readers expect.
+            Some(Kind::Not) if self.peek_kind_at(1) == Some(&Kind::In) => {
+                self.pos += 2;
+                let list = self.list()?;
+                return Ok(Expr::In {
+                    operand: Box::new(left),
+                    list,
+                    negated: true,
+                });
+            }
             Some(Kind::In | Kind::Nin) => {
                 let negated = self.peek_kind() == Some(&Kind::Nin);
                 self.pos += 1;

@@ -87,14 +87,7 @@ pub(crate) fn aggregate<'d>(
     let mut index: HashMap<String, usize> = HashMap::new();
     let fresh = || items.iter().map(|i| Total::new(&i.source)).collect();
     for document in documents {
-        // The grouped values, serialised, are the group's identity; a missing value is its own group.
-        let key = serde_json::to_string(
-            &group_by
-                .iter()
-                .map(|p| p.lookup(document))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_default();
+        let key = group_key(group_by, document);
         let at = *index.entry(key).or_insert_with(|| {
             groups.push(Group {
                 first: document,
@@ -114,6 +107,28 @@ pub(crate) fn aggregate<'d>(
         .into_iter()
         .map(|g| row(items, Some(g.first), g.totals))
         .collect()
+}
+
+/// The identity of a document's group: its grouped values as text, a missing value apart from `null`, and
+/// numbers by value (so `1` and `1.0` group together, as they compare equal).
+fn group_key(group_by: &[Path], document: &serde_json::Value) -> String {
+    let mut key = String::new();
+    for path in group_by {
+        match path.lookup(document) {
+            None => key.push('u'),
+            Some(serde_json::Value::Number(n)) => {
+                key.push('n');
+                key.push_str(&n.as_f64().unwrap_or(f64::NAN).to_string());
+            }
+            // Serialised JSON escapes control characters, so the separator below never appears inside.
+            Some(value) => {
+                key.push('j');
+                key.push_str(&value.to_string());
+            }
+        }
+        key.push('\0');
+    }
+    key
 }
 
 /// The row of one group: its grouped paths from its first document, its finished aggregates.

@@ -260,25 +260,6 @@ pub(crate) fn apply(
     Ok((notifications, appended))
 }
 
-/// Each twin's `configurations` (`{"ID": {"status": "Applied"}}`) by device id and twin key, as IoT Hub shows
-/// them in twin documents.
-pub(crate) fn twin_configurations(
-    assignments: &[(String, Assignment)],
-) -> BTreeMap<(String, String), Value> {
-    let mut shown = BTreeMap::new();
-    for (device, assignment) in assignments {
-        for (twin, assigned) in &assignment.twins {
-            let statuses: Map<String, Value> = assigned
-                .configurations
-                .iter()
-                .map(|(id, status)| (id.clone(), json!({ "status": status })))
-                .collect();
-            shown.insert((device.clone(), twin.clone()), Value::Object(statuses));
-        }
-    }
-    shown
-}
-
 /// Whether a twin's assignment shows `id` with `status` (any status with `None`).
 pub(crate) fn has_status(
     assignment: &Assignment,

@@ -1,7 +1,8 @@
 //! The configurations service: stores configurations, answers them with their metrics, and evaluates them over
 //! the fleet, one device per write job.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -9,17 +10,20 @@ use outpost_core::query::{Collection, Query};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use super::assign::{Assignment, Status, DEVICE_TWIN, EDGE_AGENT};
+use super::assign::{Assignment, Status, EDGE_AGENT};
 use super::configuration::{
     parse_metric_query, parse_target_condition, Configuration, ConfigurationKind, Metrics,
 };
-use super::evaluate::{self, has_status, twin_configurations};
+use super::evaluate::{self, has_status};
 use super::rollout::{driver, Rollout};
 use super::schedule::{Action, Batch, Change, Event, FleetSignal, Schedule};
 use crate::error::HubError;
 use crate::registry::{device_id, Precondition};
 use crate::storage::Tables;
 use crate::twins::Twins;
+
+/// How many devices an evaluation pass evaluates at once.
+const CONCURRENT_EVALUATIONS: usize = 32;
 
 /// Automatic configurations and deployments: their records, metrics and evaluation.
 #[derive(Clone)]
@@ -28,12 +32,6 @@ pub struct Configurations {
     signal: FleetSignal,
     /// Who this process is when it holds a rollout's lease.
     owner: String,
-}
-
-/// Twin documents for metric queries, as `Twins::documents` makes them.
-struct Documents {
-    devices: Vec<Value>,
-    modules: Vec<Value>,
 }
 
 impl Configurations {
@@ -110,28 +108,89 @@ impl Configurations {
     /// One configuration's REST JSON with its metrics.
     pub async fn get(&self, id: &str) -> Result<Value, HubError> {
         let id = id.to_owned();
-        self.twins
-            .storage()
-            .read(move |tx| {
+        let mut shown = self
+            .show(move |tx| {
                 let configuration = tx
                     .configuration(&id)?
                     .ok_or_else(|| HubError::ConfigurationNotFound(id.clone()))?;
-                let mut shown = with_metrics(tx, vec![configuration])?;
-                Ok(shown.pop().unwrap_or_default())
+                Ok(vec![configuration])
             })
-            .await
+            .await?;
+        Ok(shown.pop().unwrap_or_default())
     }
 
     /// At most `top` configurations' REST JSON with their metrics, ordered by id.
     pub async fn list(&self, top: Option<usize>) -> Result<Vec<Value>, HubError> {
-        self.twins
+        self.show(move |tx| {
+            let mut configurations = tx.configurations()?;
+            configurations.truncate(top.unwrap_or(usize::MAX));
+            Ok(configurations)
+        })
+        .await
+    }
+
+    /// The REST JSON of the configurations `select` reads, with their system metrics (from the assignments,
+    /// in the same read) and custom metrics (run over the fleet's twin documents, read once per collection).
+    async fn show(
+        &self,
+        select: impl FnOnce(&mut dyn Tables) -> Result<Vec<Configuration>, HubError> + Send + 'static,
+    ) -> Result<Vec<Value>, HubError> {
+        let measured: Vec<(Configuration, Metrics, Option<Rollout>)> = self
+            .twins
             .storage()
             .read(move |tx| {
-                let mut configurations = tx.configurations()?;
-                configurations.truncate(top.unwrap_or(usize::MAX));
-                with_metrics(tx, configurations)
+                let configurations = select(tx)?;
+                let assignments = tx.assignments()?;
+                let mut rollouts: BTreeMap<String, Rollout> = tx
+                    .rollouts()?
+                    .into_iter()
+                    .map(|r| (r.deployment.clone(), r))
+                    .collect();
+                configurations
+                    .into_iter()
+                    .map(|c| {
+                        let mut metrics = system_metrics(tx, &c, &assignments)?;
+                        let rollout = rollouts.remove(&c.id);
+                        if let Some(rollout) = &rollout {
+                            super::rollout::show::add_metrics(&mut metrics, rollout);
+                        }
+                        Ok((c, metrics, rollout))
+                    })
+                    .collect::<Result<Vec<_>, HubError>>()
             })
-            .await
+            .await?;
+        let mut documents: HashMap<Collection, Vec<Value>> = HashMap::new();
+        let mut shown = Vec::with_capacity(measured.len());
+        for (configuration, system, rollout) in measured {
+            let mut metrics = Metrics {
+                queries: configuration.metric_queries.clone(),
+                ..Metrics::default()
+            };
+            for (name, text) in &configuration.metric_queries {
+                // Stored queries were checked when they were put.
+                let Ok(query) = Query::parse(text) else {
+                    continue;
+                };
+                let collection = query.collection();
+                let rows = match documents.entry(collection) {
+                    Entry::Occupied(read) => query.run(read.get()).len(),
+                    Entry::Vacant(unread) => {
+                        let read = unread.insert(self.twins.documents(collection).await?);
+                        query.run(&*read).len()
+                    }
+                };
+                metrics.results.insert(name.clone(), rows as u64);
+            }
+            let mut json = configuration.to_json(&system, &metrics);
+            if let (Some(rollout), Some(object)) = (&rollout, json.as_object_mut()) {
+                object.insert(
+                    "rollout".into(),
+                    super::rollout::show::rollout_json(rollout),
+                );
+            }
+            shown.push(json);
+        }
+        Ok(shown)
     }
 
     /// `POST /configurations/testQueries`: the error of the target condition and of each metric query
@@ -209,16 +268,38 @@ impl Configurations {
             .storage()
             .read(|tx| Ok::<_, HubError>(tx.devices()?))
             .await?;
+        let ids = devices.into_iter().map(|d| d.device_id.to_string());
+        Ok(self.evaluate_devices(ids).await)
+    }
+
+    /// Evaluates devices, [`CONCURRENT_EVALUATIONS`] at a time (so that their writes share group commits);
+    /// how many it wrote to.
+    async fn evaluate_devices(&self, devices: impl IntoIterator<Item = String>) -> usize {
+        let mut running = tokio::task::JoinSet::new();
         let mut written = 0;
+        let mut finished = |result: Result<(String, Result<bool, HubError>), _>| match result {
+            Ok((_, Ok(wrote))) => written += usize::from(wrote),
+            Ok((device, Err(error))) => {
+                tracing::warn!(%device, %error, "configuration evaluation failed");
+            }
+            Err(error) => tracing::warn!(%error, "a configuration evaluation task failed"),
+        };
         for device in devices {
-            match self.evaluate_device(device.device_id.as_str()).await {
-                Ok(wrote) => written += usize::from(wrote),
-                Err(error) => {
-                    tracing::warn!(device = %device.device_id, %error, "configuration evaluation failed");
+            if running.len() >= CONCURRENT_EVALUATIONS {
+                if let Some(result) = running.join_next().await {
+                    finished(result);
                 }
             }
+            let service = self.clone();
+            running.spawn(async move {
+                let result = service.evaluate_device(&device).await;
+                (device, result)
+            });
         }
-        Ok(written)
+        while let Some(result) = running.join_next().await {
+            finished(result);
+        }
+        written
     }
 
     /// Evaluates a batch of devices.
@@ -227,12 +308,8 @@ impl Configurations {
             if let Err(error) = self.evaluate_all().await {
                 tracing::warn!(%error, "configuration evaluation failed");
             }
-            return;
-        }
-        for device in batch.devices {
-            if let Err(error) = self.evaluate_device(&device).await {
-                tracing::debug!(%device, %error, "configuration evaluation failed");
-            }
+        } else {
+            self.evaluate_devices(batch.devices).await;
         }
     }
 
@@ -343,58 +420,6 @@ impl Configurations {
     }
 }
 
-/// The REST JSON of configurations with their system and custom metrics.
-fn with_metrics(
-    tx: &mut dyn Tables,
-    configurations: Vec<Configuration>,
-) -> Result<Vec<Value>, HubError> {
-    let assignments = tx.assignments()?;
-    let rollouts: BTreeMap<String, Rollout> = tx
-        .rollouts()?
-        .into_iter()
-        .map(|r| (r.deployment.clone(), r))
-        .collect();
-    let custom = configurations.iter().any(|c| !c.metric_queries.is_empty());
-    let documents = if custom {
-        Some(documents(tx, &assignments)?)
-    } else {
-        None
-    };
-    let mut shown = Vec::new();
-    for configuration in configurations {
-        let mut system = system_metrics(tx, &configuration, &assignments)?;
-        let rollout = rollouts.get(&configuration.id);
-        if let Some(rollout) = rollout {
-            super::rollout::show::add_metrics(&mut system, rollout);
-        }
-        let mut metrics = Metrics {
-            queries: configuration.metric_queries.clone(),
-            ..Metrics::default()
-        };
-        for (name, text) in &configuration.metric_queries {
-            let (Ok(query), Some(documents)) = (Query::parse(text), &documents) else {
-                continue;
-            };
-            let collection = match query.collection() {
-                Collection::Devices => &documents.devices,
-                Collection::Modules => &documents.modules,
-            };
-            metrics
-                .results
-                .insert(name.clone(), query.run(collection).len() as u64);
-        }
-        let mut json = configuration.to_json(&system, &metrics);
-        if let (Some(rollout), Some(object)) = (rollout, json.as_object_mut()) {
-            object.insert(
-                "rollout".into(),
-                super::rollout::show::rollout_json(rollout),
-            );
-        }
-        shown.push(json);
-    }
-    Ok(shown)
-}
-
 /// The system metrics IoT Hub shows: targeted and applied counts, and for edge deployments the devices whose
 /// `$edgeAgent` reported success or failure with the current desired version.
 fn system_metrics(
@@ -492,48 +517,6 @@ fn system_metrics(
         );
     }
     Ok(metrics)
-}
-
-/// Every device and module twin document, with the `configurations` IoT Hub shows in them.
-// integrator: replace with Twins::documents (and add `configurations` there from the assignments).
-fn documents(
-    tx: &mut dyn Tables,
-    assignments: &[(String, Assignment)],
-) -> Result<Documents, HubError> {
-    let shown = twin_configurations(assignments);
-    let mut documents = Documents {
-        devices: Vec::new(),
-        modules: Vec::new(),
-    };
-    let with_configurations = |mut document: Value, device: &str, twin: &str| {
-        if let (Some(object), Some(configurations)) = (
-            document.as_object_mut(),
-            shown.get(&(device.to_owned(), twin.to_owned())),
-        ) {
-            object.insert("configurations".into(), configurations.clone());
-        }
-        document
-    };
-    for device in tx.devices()? {
-        let id = device.device_id.clone();
-        if let Some(twin) = tx.twin(&id, None)? {
-            let document = evaluate::document(&device, None, &twin);
-            documents
-                .devices
-                .push(with_configurations(document, id.as_str(), DEVICE_TWIN));
-        }
-        for module in tx.modules(&id)? {
-            if let Some(twin) = tx.twin(&id, Some(&module.module_id))? {
-                let document = evaluate::document(&device, Some(&module), &twin);
-                documents.modules.push(with_configurations(
-                    document,
-                    id.as_str(),
-                    module.module_id.as_str(),
-                ));
-            }
-        }
-    }
-    Ok(documents)
 }
 
 /// The `configurations` of one twin's document, for `Twins` to show (`None` when none targets it).

@@ -6,10 +6,13 @@
 //! and to AMQP over WebSocket ([`amqp_over_websocket`]), whose clients authenticate inside the protocol.
 //! Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
 
+mod bulk;
 mod configurations;
 mod devices;
 mod edge;
 mod messages;
+mod query;
+mod statistics;
 mod twins;
 pub mod wire;
 
@@ -62,7 +65,13 @@ pub const EDGE_BODY_LIMIT: usize = 16 << 20;
 /// body limit of the route family, then the handler and its precise rights check.
 pub fn router(hub: Arc<Hub>) -> Router {
     let service = Router::new()
-        .route("/devices", get(devices::list_devices))
+        .route(
+            "/devices",
+            get(devices::list_devices).post(bulk::update_registry),
+        )
+        .route("/devices/query", post(query::query_devices))
+        .route("/statistics/devices", get(statistics::device_statistics))
+        .route("/statistics/service", get(statistics::service_statistics))
         .route(
             "/devices/{device}",
             put(devices::put_device)

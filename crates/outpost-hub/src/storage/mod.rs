@@ -72,6 +72,13 @@ pub trait Tables {
         module: Option<&ModuleId>,
         twin: &Twin,
     ) -> Result<(), StorageError>;
+    /// Every device with its twin (`None` if it has none yet), ordered by id: the documents of fleet queries,
+    /// read in one statement so that a device and its twin are of the same moment.
+    fn device_twins(&mut self) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError>;
+    /// Every module with its device and its twin, ordered by device then module id (as [`Tables::device_twins`]).
+    fn module_twins(
+        &mut self,
+    ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError>;
     /// Records the deployment last applied to an edge device.
     fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError>;
     /// The deployment last applied to an edge device.

@@ -839,6 +839,43 @@ impl Tables for PgTables<'_, '_> {
         Ok(())
     }
 
+    fn device_twins(&mut self) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
+        self.query(
+            "SELECT d.record::text, t.twin::text FROM devices d
+             LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
+             ORDER BY d.device_id",
+            &[],
+        )?
+        .iter()
+        .map(|row| {
+            let twin = row.get::<_, Option<&str>>(1).map(parse).transpose()?;
+            Ok((parse(row.get::<_, &str>(0))?, twin))
+        })
+        .collect()
+    }
+
+    fn module_twins(
+        &mut self,
+    ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError> {
+        self.query(
+            "SELECT d.record::text, m.record::text, t.twin::text FROM modules m
+             JOIN devices d ON d.device_id = m.device_id
+             LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
+             ORDER BY m.device_id, m.module_id",
+            &[],
+        )?
+        .iter()
+        .map(|row| {
+            let twin = row.get::<_, Option<&str>>(2).map(parse).transpose()?;
+            Ok((
+                parse(row.get::<_, &str>(0))?,
+                parse(row.get::<_, &str>(1))?,
+                twin,
+            ))
+        })
+        .collect()
+    }
+
     fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError> {
         self.execute(
             "INSERT INTO deployments (device_id, manifest, applied) VALUES ($1, $2, now())

@@ -435,6 +435,49 @@ impl Tables for SqliteTables<'_> {
         Ok(())
     }
 
+    fn device_twins(&mut self) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT d.record, t.twin FROM devices d
+             LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
+             ORDER BY d.device_id",
+        )?;
+        let rows = statement.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        rows.map(|row| {
+            let (device, twin) = row?;
+            Ok((serde_json::from_str(&device)?, from_text(twin)?))
+        })
+        .collect()
+    }
+
+    fn module_twins(
+        &mut self,
+    ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT d.record, m.record, t.twin FROM modules m
+             JOIN devices d ON d.device_id = m.device_id
+             LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
+             ORDER BY m.device_id, m.module_id",
+        )?;
+        let rows = statement.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (device, module, twin) = row?;
+            Ok((
+                serde_json::from_str(&device)?,
+                serde_json::from_str(&module)?,
+                from_text(twin)?,
+            ))
+        })
+        .collect()
+    }
+
     fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError> {
         self.execute(
             "INSERT INTO deployments (device_id, manifest, applied) VALUES (?1, ?2, ?3)

@@ -305,3 +305,38 @@ fn undefined_and_unlike_types_compare_as_false() {
     ));
     assert!(!holds("tags.missing NIN [1]"));
 }
+
+#[test]
+fn not_in_reads_as_nin() {
+    let fleet = fleet();
+    assert_eq!(
+        ids(&run(
+            "SELECT * FROM devices WHERE tags.location.region NOT IN ['US']",
+            &fleet
+        )),
+        ["dev-eu-1"]
+    );
+}
+
+#[test]
+fn groups_keep_missing_apart_from_null_and_numbers_by_value() {
+    let documents = [
+        json!({"deviceId": "a", "tags": {"v": 1}}),
+        json!({"deviceId": "b", "tags": {"v": 1.0}}),
+        json!({"deviceId": "c", "tags": {"v": null}}),
+        json!({"deviceId": "d", "tags": {}}),
+        json!({"deviceId": "e", "tags": {"v": "1"}}),
+    ];
+    assert_eq!(
+        run(
+            "SELECT tags.v, COUNT() AS n FROM devices GROUP BY tags.v",
+            &documents
+        ),
+        vec![
+            json!({"v": 1, "n": 2}),
+            json!({"v": null, "n": 1}),
+            json!({"n": 1}),
+            json!({"v": "1", "n": 1}),
+        ]
+    );
+}

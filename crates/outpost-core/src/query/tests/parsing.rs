@@ -239,7 +239,18 @@ fn nesting_past_the_depth_limit_is_refused() {
         Err(QueryError::TooDeep { .. })
     ));
     let ok = format!("{}a = 1{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
-    assert!(QueryCondition::parse(&ok).is_ok());
+    assert!(QueryCondition::parse(&ok)
+        .unwrap()
+        .matches(&serde_json::json!({"a": 1})));
+    // The deepest calls and operators the limit allows still evaluate within a test thread's stack.
+    let calls = format!(
+        "{}LOWER(-(a)) = 'x'{}",
+        "NOT (LENGTH(".repeat(MAX_DEPTH / 3 - 1),
+        "))".repeat(MAX_DEPTH / 3 - 1)
+    );
+    let _ = QueryCondition::parse(&calls)
+        .unwrap()
+        .matches(&serde_json::json!({"a": 1}));
     let nots = format!("{}a = 1", "NOT ".repeat(MAX_DEPTH + 1));
     assert!(matches!(
         QueryCondition::parse(&nots),

@@ -40,6 +40,8 @@ enum Cond {
     IsNull(&'static str),
     IsObject(&'static str),
     StartsWith(&'static str, String),
+    /// `path arith number op literal`, as in `a * 2 >= 3`.
+    Arithmetic(&'static str, char, i32, Op, Lit),
     Not(Box<Cond>),
     And(Box<Cond>, Box<Cond>),
     Or(Box<Cond>, Box<Cond>),
@@ -83,6 +85,10 @@ fn print(cond: &Cond) -> String {
         Cond::IsNull(path) => format!("is_null({path})"),
         Cond::IsObject(path) => format!("Is_Object({path})"),
         Cond::StartsWith(path, prefix) => format!("STARTSWITH({path}, {})", quote(prefix)),
+        Cond::Arithmetic(path, arith, n, op, lit) => {
+            let compared = print(&Cond::Compare("", *op, lit.clone()));
+            format!("{path} {arith} {n}{compared}")
+        }
         Cond::Not(c) => format!("NOT ({})", print(c)),
         Cond::And(a, b) => format!("({}) AND ({})", print(a), print(b)),
         Cond::Or(a, b) => format!("({}) or ({})", print(a), print(b)),
@@ -101,18 +107,32 @@ fn compare(value: &Value, op: Op, lit: &Lit) -> Option<bool> {
     let ordering = match (value, lit) {
         (Value::Null, Lit::Null) => Ordering::Equal,
         (Value::Bool(a), Lit::Bool(b)) if matches!(op, Op::Eq | Op::Ne | Op::LtGt) => a.cmp(b),
-        (Value::Number(a), Lit::Number(b)) => a.as_f64()?.partial_cmp(b)?,
+        (Value::Number(a), _) => return compare_number(a.as_f64()?, op, lit),
         (Value::String(a), Lit::Str(b)) => a.as_str().cmp(b.as_str()),
         _ => return None,
     };
-    Some(match op {
+    Some(holds(ordering, op))
+}
+
+/// Whether a number and a literal compare under `op`: only numbers compare with numbers.
+fn compare_number(a: f64, op: Op, lit: &Lit) -> Option<bool> {
+    match lit {
+        Lit::Number(b) => Some(holds(a.partial_cmp(b)?, op)),
+        _ => None,
+    }
+}
+
+/// Whether an ordering satisfies `op`.
+fn holds(ordering: std::cmp::Ordering, op: Op) -> bool {
+    use std::cmp::Ordering;
+    match op {
         Op::Eq => ordering == Ordering::Equal,
         Op::Ne | Op::LtGt => ordering != Ordering::Equal,
         Op::Lt => ordering == Ordering::Less,
         Op::Le => ordering != Ordering::Greater,
         Op::Gt => ordering == Ordering::Greater,
         Op::Ge => ordering != Ordering::Less,
-    })
+    }
 }
 
 /// The reference: three-valued (`None` is undefined), straight from the documented rules.
@@ -134,6 +154,22 @@ fn reference(cond: &Cond, document: &Value) -> Option<bool> {
             Value::String(s) => Some(s.starts_with(prefix.as_str())),
             _ => None,
         },
+        Cond::Arithmetic(path, arith, n, op, lit) => {
+            let a = lookup(document, path)?.as_f64()?;
+            let b = f64::from(*n);
+            let result = match arith {
+                '+' => a + b,
+                '-' => a - b,
+                '*' => a * b,
+                '/' => a / b,
+                _ => a % b,
+            };
+            if result.is_nan() {
+                return None;
+            }
+            // Not through JSON, which has no infinities (`1.5 / 0` is a number here).
+            compare_number(result, *op, lit)
+        }
         Cond::Not(c) => reference(c, document).map(|b| !b),
         Cond::And(a, b) => match (reference(a, document), reference(b, document)) {
             (Some(false), _) | (_, Some(false)) => Some(false),
@@ -183,6 +219,14 @@ fn cond() -> impl Strategy<Value = Cond> {
         path().prop_map(Cond::IsNull),
         path().prop_map(Cond::IsObject),
         (path(), "[xy]{0,2}").prop_map(|(p, s)| Cond::StartsWith(p, s)),
+        (
+            path(),
+            prop::sample::select(vec!['+', '-', '*', '/', '%']),
+            -1i32..3,
+            op(),
+            lit()
+        )
+            .prop_map(|(p, a, n, o, l)| Cond::Arithmetic(p, a, n, o, l)),
     ];
     leaf.prop_recursive(5, 32, 2, |inner| {
         prop_oneof![
