@@ -18,9 +18,8 @@ from harness import API_VERSION, wait_for
 
 pytestmark = [
     pytest.mark.docker_free,
-    # The rollout logic is the same on both engines (the storage trait is tested on both by the unit tests and
-    # the configurations' compat tests); five edge daemons make this test long, so it runs on SQLite.
-    pytest.mark.hub_setups("sqlite"),
+    # About 30 s per engine.
+    pytest.mark.hub_setups("sqlite", "postgres"),
 ]
 
 DEVICES = [f"roll-{i}" for i in range(5)]
