@@ -2,7 +2,7 @@
 //! the fleet, one device per write job.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -354,6 +354,7 @@ impl Configurations {
                 )))
             }
         };
+        let online = self.online().await?;
         let (id_owned, owner) = (id.to_owned(), self.owner.clone());
         let evaluate = self
             .twins
@@ -368,7 +369,7 @@ impl Configurations {
                 }
                 // The operator's command takes the lease whoever held it: it must not wait for another replica.
                 tx.claim_rollout(&id_owned, &owner, i64::MAX, 0)?;
-                driver::step(tx, &id_owned, &owner, Some(event), Utc::now())
+                driver::step(tx, &id_owned, &owner, &online, Some(event), Utc::now())
             })
             .await?;
         for device in evaluate.unwrap_or_default() {
@@ -379,27 +380,45 @@ impl Configurations {
 
     /// One step of every active rollout this process holds (or can take) the lease of.
     pub async fn drive_rollouts(&self) -> Result<(), HubError> {
-        let active: Vec<String> = self
-            .twins
-            .storage()
-            .read(|tx| Ok::<_, HubError>(tx.rollouts()?))
-            .await?
-            .into_iter()
-            .filter(|r| r.phase.is_active())
-            .map(|r| r.deployment)
-            .collect();
-        for id in active {
-            let owner = self.owner.clone();
+        let rollouts = self.rollouts().await?;
+        if !rollouts.iter().any(|r| r.phase.is_active()) {
+            return Ok(());
+        }
+        let online = self.connected(&rollouts).await;
+        let active = rollouts.into_iter().filter(|r| r.phase.is_active());
+        for id in active.map(|r| r.deployment) {
+            let (owner, online) = (self.owner.clone(), online.clone());
             let evaluate = self
                 .twins
                 .storage()
-                .write(move |tx| driver::step(tx, &id, &owner, None, Utc::now()))
+                .write(move |tx| driver::step(tx, &id, &owner, &online, None, Utc::now()))
                 .await?;
             for device in evaluate.unwrap_or_default() {
                 self.signal.changed(Change::Device(device));
             }
         }
         Ok(())
+    }
+
+    /// Every rollout.
+    async fn rollouts(&self) -> Result<Vec<Rollout>, HubError> {
+        self.twins
+            .storage()
+            .read(|tx| Ok::<_, HubError>(tx.rollouts()?))
+            .await
+    }
+
+    /// The devices judged by the rollouts that are connected now (to any replica).
+    async fn connected(&self, rollouts: &[Rollout]) -> HashSet<String> {
+        let clients = driver::judged_clients(rollouts);
+        let connected = self.twins.connections().connected_clients(&clients).await;
+        driver::online_devices(connected)
+    }
+
+    /// The devices judged by any rollout that are connected now.
+    async fn online(&self) -> Result<HashSet<String>, HubError> {
+        let rollouts = self.rollouts().await?;
+        Ok(self.connected(&rollouts).await)
     }
 
     /// The rollout driver task: a step on every twin change and every [`driver::TICK`], until `shutdown`.

@@ -5,7 +5,7 @@
 //! row ([`LEASE`]), so on PostgreSQL one replica drives each rollout and another takes over once the lease
 //! expires (the replica that stopped). Each step reads and writes the state in one transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,13 +26,15 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// How often every active rollout is judged, whatever changed (wave timeouts and healthy periods end on time).
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// Runs one step of the rollout of `id` in the caller's write transaction: every event the twins show, then
-/// `extra` (an operator's command), then a tick. Returns the devices to evaluate again (given the deployment or
+/// Runs one step of the rollout of `id` in the caller's write transaction: every event the twins show (a device
+/// not in `online` is not yet healthy, whatever it last reported), then `extra` (an operator's command), then a
+/// tick. Returns the devices to evaluate again (given the deployment or
 /// rolled back), or `None` when this process does not hold the lease.
 pub(crate) fn step(
     tx: &mut dyn Tables,
     id: &str,
     owner: &str,
+    online: &HashSet<String>,
     extra: Option<Event>,
     now: DateTime<Utc>,
 ) -> Result<Option<Vec<String>>, HubError> {
@@ -47,7 +49,7 @@ pub(crate) fn step(
     let version = rollout.version;
     let mut events = Vec::new();
     if rollout.phase.is_active() {
-        events = observe(tx, &rollout, &configuration)?;
+        events = observe(tx, &rollout, &configuration, online)?;
     }
     events.extend(extra);
     events.push(Event::Tick);
@@ -72,6 +74,7 @@ fn observe(
     tx: &mut dyn Tables,
     rollout: &Rollout,
     configuration: &Configuration,
+    online: &HashSet<String>,
 ) -> Result<Vec<Event>, HubError> {
     let all = Targeting::parse_all(tx.configurations()?);
     let Some(own) = all
@@ -140,7 +143,11 @@ fn observe(
             let Ok(device_id) = DeviceId::new(id) else {
                 continue;
             };
-            let seen = health(tx, &device_id, &configuration.id, query.as_ref())?;
+            let seen = if online.contains(id) {
+                health(tx, &device_id, &configuration.id, query.as_ref())?
+            } else {
+                Health::NotYet("offline".into())
+            };
             events.push(Event::Observed(id.clone(), seen));
         }
     }
@@ -235,4 +242,63 @@ fn matches_query(
         }
     }
     Ok(false)
+}
+
+/// The devices whose health a step judges (the current wave's, of every active rollout) as client ids to ask the
+/// connection table about: the device and its `$edgeAgent` (an edge link holds both).
+pub(crate) fn judged_clients(rollouts: &[Rollout]) -> Vec<String> {
+    rollouts
+        .iter()
+        .filter(|r| r.phase.is_active())
+        .flat_map(|r| {
+            r.devices
+                .iter()
+                .filter(move |(_, d)| d.wave == r.wave)
+                .filter(|(_, d)| matches!(d.state, DeviceState::Updating | DeviceState::Healthy))
+                .map(|(id, _)| id.clone())
+        })
+        .flat_map(|id| [format!("{id}/{EDGE_AGENT}"), id])
+        .collect()
+}
+
+/// The device ids among `connected` client ids (`d` or `d/$edgeAgent`).
+pub(crate) fn online_devices(connected: HashSet<String>) -> HashSet<String> {
+    connected
+        .into_iter()
+        .map(|client| match client.split_once('/') {
+            Some((device, _)) => device.to_owned(),
+            None => client,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::fleet::rollout::RolloutPolicy;
+
+    #[test]
+    fn only_the_current_waves_released_devices_are_asked_about_and_modules_count_as_their_device() {
+        let policy = RolloutPolicy {
+            waves: vec!["1".into(), "100%".into()],
+            healthy_for_secs: 1,
+            wave_timeout_secs: 10,
+            max_failures: 0,
+            health_query: None,
+        };
+        let mut rollout = Rollout::new("r", policy);
+        let targeted = vec![
+            ("a".into(), Previous::default()),
+            ("b".into(), Previous::default()),
+        ];
+        rollout.handle(Event::Start(targeted), Utc::now());
+        assert_eq!(judged_clients(&[rollout]), ["a/$edgeAgent", "a"]);
+        let connected = HashSet::from(["a/$edgeAgent".to_owned(), "c".to_owned()]);
+        assert_eq!(
+            online_devices(connected),
+            HashSet::from(["a".to_owned(), "c".to_owned()])
+        );
+    }
 }
