@@ -88,11 +88,15 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
     let Some(record) = tx.device(device)? else {
         return Ok(None);
     };
-    let rollouts: BTreeMap<String, Rollout> = tx
-        .rollouts()?
-        .into_iter()
-        .map(|r| (r.deployment.clone(), r))
-        .collect();
+    let stored = tx.configurations()?;
+    let rollouts: BTreeMap<String, Rollout> = if stored.iter().any(|c| c.rollout.is_some()) {
+        tx.rollouts()?
+            .into_iter()
+            .map(|r| (r.deployment.clone(), r))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     // A deployment rolling out reaches only the devices its rollout admits; the others keep what they had.
     let admitted = |c: &Configuration| {
         c.rollout.is_none()
@@ -100,13 +104,26 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
                 .get(&c.id)
                 .is_some_and(|r| r.admits(device.as_str()))
     };
-    let configurations = Targeting::parse_all(
-        tx.configurations()?
-            .into_iter()
-            .filter(|c| admitted(c))
-            .collect(),
-    );
-    let previous = tx.assignment(device)?.unwrap_or_default();
+    let configurations = Targeting::parse_all(stored.into_iter().filter(|c| admitted(c)).collect());
+    let Some(previous) = tx.assignment(device)? else {
+        // Nothing was given and nothing can be: the common case of a hub without configurations, decided
+        // without reading the device's twins (reported properties trigger an evaluation each).
+        if configurations.is_empty() {
+            return Ok(None);
+        }
+        return plan_with(tx, device, &record, &configurations, &Assignment::default());
+    };
+    plan_with(tx, device, &record, &configurations, &previous)
+}
+
+/// [`plan`] once the configurations and the previous assignment are read.
+fn plan_with(
+    tx: &mut dyn Tables,
+    device: &DeviceId,
+    record: &DeviceRecord,
+    configurations: &[Targeting],
+    previous: &Assignment,
+) -> Result<Option<Plan>, HubError> {
     let mut next = Assignment::default();
     let mut plan = Plan {
         desired: Vec::new(),
@@ -116,7 +133,7 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
     let device_twin = tx
         .twin(device, None)?
         .unwrap_or_else(|| Twin::new(Utc::now()));
-    let device_document = document(&record, None, &device_twin);
+    let device_document = document(record, None, &device_twin);
     let matching = |kind: ConfigurationKind, document: &Value| -> Vec<&Configuration> {
         configurations
             .iter()
@@ -128,7 +145,7 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
     plan_twin(
         &mut plan,
         &mut next,
-        &previous,
+        previous,
         None,
         &device_twin,
         &targeting,
@@ -137,12 +154,12 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
         let twin = tx
             .twin(device, Some(&module.module_id))?
             .unwrap_or_else(|| Twin::new(Utc::now()));
-        let module_document = document(&record, Some(&module), &twin);
+        let module_document = document(record, Some(&module), &twin);
         let targeting = matching(ConfigurationKind::Module, &module_document);
         plan_twin(
             &mut plan,
             &mut next,
-            &previous,
+            previous,
             Some(&module.module_id),
             &twin,
             &targeting,
@@ -186,7 +203,7 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
         }
         next.edge = deployment;
     }
-    if next != previous {
+    if next != *previous {
         plan.assignment = Some(next);
     }
     let empty = plan.desired.is_empty() && plan.manifest.is_none() && plan.assignment.is_none();
