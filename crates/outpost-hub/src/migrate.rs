@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use outpost_core::{DeviceId, ModuleId, Twin};
 use serde_json::Value;
 
+use crate::fleet::rollout::Rollout;
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::jobs::model::{JobDevice, StoredJob};
@@ -144,6 +145,8 @@ struct Snapshot {
     devices: Vec<DeviceCopy>,
     configurations: Vec<Configuration>,
     jobs: Vec<(StoredJob, Vec<JobDevice>)>,
+    /// The deployments' rollouts (their state, without the lease: the new hub takes it).
+    rollouts: Vec<Rollout>,
     policies: Vec<AccessPolicy>,
     consumer_groups: Vec<String>,
     event_hub: Option<EventHubRecord>,
@@ -155,6 +158,7 @@ fn read_snapshot(tables: &mut dyn Tables) -> Result<Snapshot, StorageError> {
         consumer_groups: tables.consumer_groups()?,
         event_hub: tables.event_hub()?,
         configurations: tables.configurations()?,
+        rollouts: tables.rollouts()?,
         ..Snapshot::default()
     };
     for job in tables.jobs()? {
@@ -295,6 +299,9 @@ fn write_snapshot(
             tables.set_job_device(id, device)?;
         }
         report.jobs += 1;
+    }
+    for rollout in &snapshot.rollouts {
+        tables.put_rollout(rollout)?;
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
     for group in &snapshot.consumer_groups {

@@ -255,6 +255,12 @@ impl RunningHub {
         };
         // Automatic configurations are evaluated by one task on each replica (see crate::fleet).
         tasks.spawn(hub.configurations().clone().run(shutdown_rx.clone()));
+        // Rollouts are driven by the replica holding each one's lease (see crate::fleet::rollout::driver).
+        tasks.spawn(
+            hub.configurations()
+                .clone()
+                .run_rollouts(shutdown_rx.clone()),
+        );
         tasks.spawn(prune_events(
             hub.clone(),
             config.event_retention,

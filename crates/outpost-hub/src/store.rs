@@ -135,6 +135,14 @@ pub const MIGRATIONS: &[&str] = &["
     CREATE TABLE configuration_assignments (
         device_id TEXT PRIMARY KEY REFERENCES devices(device_id) ON DELETE CASCADE,
         assignment TEXT NOT NULL);
+", "
+    -- Rollouts of deployments in waves (crate::fleet::rollout): the persisted state machine, and the lease of the
+    -- process that drives it.
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY REFERENCES configurations(id) ON DELETE CASCADE,
+        record TEXT NOT NULL,
+        lease_owner TEXT,
+        lease_until_ms INTEGER NOT NULL DEFAULT 0);
 "];
 
 /// Errors of the hub's storage.

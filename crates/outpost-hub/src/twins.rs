@@ -130,6 +130,11 @@ impl Twins {
         &self.storage
     }
 
+    /// The connection table (and, with replicas, the other replicas' connections).
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
     /// Wakes the readers of twin change events and pushes desired patches, once a transaction that made them
     /// committed.
     pub(crate) fn committed(&self, appended: &[Appended], notifications: Vec<(Identity, Value)>) {

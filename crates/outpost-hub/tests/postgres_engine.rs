@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use outpost_core::{DeviceId, ModuleId, Twin};
+use outpost_hub::fleet::rollout::{Event as RolloutEvent, Previous, Rollout};
 use outpost_hub::fleet::{Assignment, Configuration};
 use outpost_hub::identity::{
     AccessPolicy, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
@@ -291,6 +292,37 @@ pub fn configurations_and_assignments_round_trip(engine: &dyn Engine) {
     let (stored, assigned) = read(engine, |t| Ok((t.configuration("c1")?, t.assignments()?)));
     assert!(stored.is_none());
     assert!(assigned.is_empty());
+}
+
+/// A rollout round-trips by deployment id, one owner holds its lease until it expires, and it is deleted with
+/// its deployment.
+pub fn rollouts_round_trip_with_their_lease(engine: &dyn Engine) {
+    let body = json!({"targetCondition": "tags.a = 1",
+                      "content": {"modulesContent": {"$edgeAgent": {"properties.desired.modules.m": {}}}},
+                      "rollout": {"waves": ["1", "100%"], "healthyForSecs": 5, "waveTimeoutSecs": 60}});
+    let record = Configuration::from_request("r1", &body, None, Utc::now()).unwrap();
+    let mut rollout = Rollout::new("r1", record.rollout.clone().unwrap());
+    rollout.handle(
+        RolloutEvent::Start(vec![("d".into(), Previous::default())]),
+        Utc::now(),
+    );
+    write(engine, |t| {
+        t.put_configuration(&record)?;
+        t.put_rollout(&rollout)
+    });
+    assert_eq!(read(engine, |t| t.rollout("r1")), Some(rollout.clone()));
+    assert_eq!(read(engine, |t| t.rollouts()), vec![rollout]);
+    let (first, other, renewed, expired) = write(engine, |t| {
+        Ok((
+            t.claim_rollout("r1", "a", 1_000, 2_000)?,
+            t.claim_rollout("r1", "b", 1_500, 2_500)?,
+            t.claim_rollout("r1", "a", 1_900, 3_000)?,
+            t.claim_rollout("r1", "b", 3_001, 4_000)?,
+        ))
+    });
+    assert!(first && !other && renewed && expired);
+    write(engine, |t| t.delete_configuration("r1").map(|_| ()));
+    assert!(read(engine, |t| t.rollouts()).is_empty());
 }
 
 /// Access policies and settings; `only_if_absent` keeps the first value.
@@ -705,6 +737,7 @@ mod postgres_engine {
         registry_round_trips_and_cascading_deletes,
         twins_and_deployments_round_trip,
         configurations_and_assignments_round_trip,
+        rollouts_round_trip_with_their_lease,
         policies_and_settings,
         sessions_round_trip,
         positions_in_a_partition,
@@ -1048,4 +1081,10 @@ fn a_deadlock_between_replicas_fails_one_job_as_unavailable_and_both_groups_comm
 fn configurations_and_assignments_round_trip_on_sqlite() {
     let engine = outpost_hub::storage::sqlite::SqliteEngine::in_memory().unwrap();
     configurations_and_assignments_round_trip(&engine);
+}
+
+#[test]
+fn rollouts_round_trip_with_their_lease_on_sqlite() {
+    let engine = outpost_hub::storage::sqlite::SqliteEngine::in_memory().unwrap();
+    rollouts_round_trip_with_their_lease(&engine);
 }

@@ -229,6 +229,7 @@ mod tests {
             priority,
             metric_queries: BTreeMap::new(),
             version: 1,
+            rollout: None,
         }
     }
 

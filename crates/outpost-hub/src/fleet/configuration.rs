@@ -8,6 +8,7 @@ use outpost_core::DeploymentManifest;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::rollout::RolloutPolicy;
 use crate::error::HubError;
 
 /// The key of a module's (or device's) whole desired properties in a configuration's content.
@@ -50,6 +51,10 @@ pub struct Configuration {
     pub metric_queries: BTreeMap<String, String>,
     /// Counts every replacement; the etag is made of it.
     pub version: u64,
+    /// Outpost's extension: how an edge deployment rolls out in waves (none: to every targeted device at once,
+    /// as in IoT Hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
 }
 
 /// What a configuration writes; exactly one part is present.
@@ -134,6 +139,14 @@ impl Configuration {
                 HubError::ArgumentInvalid(format!("metric query {name:?} is invalid: {e}"))
             })?;
         }
+        let rollout = rollout_policy(object.get("rollout"), kind)?;
+        if let Some(existing) = existing {
+            if existing.rollout != rollout {
+                return Err(HubError::ArgumentInvalid(
+                    "the rollout of an existing deployment cannot change".into(),
+                ));
+            }
+        }
         Ok(Self {
             id: id.to_owned(),
             schema_version: string_field(object, "schemaVersion")?.unwrap_or_else(|| "1.0".into()),
@@ -145,6 +158,7 @@ impl Configuration {
             priority,
             metric_queries,
             version: existing.map_or(1, |e| e.version + 1),
+            rollout,
         })
     }
 
@@ -192,7 +206,7 @@ impl Configuration {
 
     /// The REST JSON (`Configuration` of azure-iot-hub), with the metrics' results and queries.
     pub fn to_json(&self, system_metrics: &Metrics, metrics: &Metrics) -> Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "id": self.id,
             "schemaVersion": self.schema_version,
             "labels": self.labels,
@@ -206,7 +220,11 @@ impl Configuration {
             "systemMetrics": system_metrics,
             "metrics": metrics,
             "etag": self.etag(),
-        })
+        });
+        if let (Some(policy), Some(object)) = (&self.rollout, json.as_object_mut()) {
+            object.insert("rollout".into(), serde_json::json!(policy));
+        }
+        json
     }
 }
 
@@ -350,6 +368,33 @@ fn validate_id(id: &str) -> Result<(), HubError> {
             "invalid configuration id {id:?}: 1 to {MAX_ID_LEN} lower-case letters, digits and {ID_PUNCTUATION}"
         )))
     }
+}
+
+/// The `rollout` extension field: only an edge deployment may have one, and it must be valid.
+fn rollout_policy(
+    value: Option<&Value>,
+    kind: ConfigurationKind,
+) -> Result<Option<RolloutPolicy>, HubError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    if !matches!(
+        kind,
+        ConfigurationKind::BaseDeployment | ConfigurationKind::LayeredDeployment
+    ) {
+        return Err(HubError::ArgumentInvalid(
+            "only an edge deployment (modulesContent) may have a rollout".into(),
+        ));
+    }
+    // The state is the hub's to show; a client that sends back what it read is not refused for it.
+    let mut policy = value.clone();
+    if let Some(object) = policy.as_object_mut() {
+        object.remove("state");
+    }
+    let policy: RolloutPolicy = serde_json::from_value(policy)
+        .map_err(|e| HubError::ArgumentInvalid(format!("the rollout is invalid: {e}")))?;
+    policy.validate()?;
+    Ok(Some(policy))
 }
 
 /// A string field of the body, if present and not null.

@@ -1,6 +1,8 @@
 //! One device's evaluation inside a transaction: read its twins and the configurations, decide with
 //! [`assign`](super::assign) what they should hold, and write only what differs.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use outpost_core::query::QueryCondition;
 use outpost_core::{DeploymentManifest, DeviceId, Identity, ModuleId, Twin};
@@ -11,6 +13,7 @@ use super::assign::{
     DEVICE_TWIN, EDGE_AGENT,
 };
 use super::configuration::{parse_target_condition, Configuration, ConfigurationKind};
+use super::rollout::Rollout;
 use crate::error::HubError;
 use crate::eventhub::{twin_change_body, TwinChanges, TwinOperation};
 use crate::identity::{DeviceRecord, ModuleRecord};
@@ -58,7 +61,13 @@ impl Targeting {
             .collect()
     }
 
-    fn targets(&self, document: &Value) -> bool {
+    /// The configuration.
+    pub(crate) fn configuration(&self) -> &Configuration {
+        &self.configuration
+    }
+
+    /// Whether the configuration targets the twin `document`.
+    pub(crate) fn targets(&self, document: &Value) -> bool {
         self.condition.as_ref().is_some_and(|c| c.matches(document))
     }
 }
@@ -79,7 +88,23 @@ pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan
     let Some(record) = tx.device(device)? else {
         return Ok(None);
     };
-    let configurations = Targeting::parse_all(tx.configurations()?);
+    let stored = tx.configurations()?;
+    let rollouts: BTreeMap<String, Rollout> = if stored.iter().any(|c| c.rollout.is_some()) {
+        tx.rollouts()?
+            .into_iter()
+            .map(|r| (r.deployment.clone(), r))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    // A deployment rolling out reaches only the devices its rollout admits; the others keep what they had.
+    let admitted = |c: &Configuration| {
+        c.rollout.is_none()
+            || rollouts
+                .get(&c.id)
+                .is_some_and(|r| r.admits(device.as_str()))
+    };
+    let configurations = Targeting::parse_all(stored.into_iter().filter(|c| admitted(c)).collect());
     let Some(previous) = tx.assignment(device)? else {
         // Nothing was given and nothing can be: the common case of a hub without configurations, decided
         // without reading the device's twins (reported properties trigger an evaluation each).

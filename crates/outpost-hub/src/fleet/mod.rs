@@ -19,6 +19,7 @@
 pub mod assign;
 pub mod configuration;
 pub(crate) mod evaluate;
+pub mod rollout;
 pub mod schedule;
 mod service;
 

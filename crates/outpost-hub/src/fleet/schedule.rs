@@ -145,6 +145,8 @@ struct SignalInner {
     // A std Mutex: held only to add to or take the batch, never across an await.
     changes: Mutex<Batch>,
     wake: Notify,
+    /// Wakes the rollout driver: a device's reported properties may have made a wave good or failed.
+    rollouts: Notify,
 }
 
 impl FleetSignal {
@@ -154,6 +156,12 @@ impl FleetSignal {
             changes.add(change);
         }
         self.inner.wake.notify_one();
+        self.inner.rollouts.notify_one();
+    }
+
+    /// Waits until something changed since the rollout driver last woke.
+    pub async fn rollout_changes(&self) {
+        self.inner.rollouts.notified().await;
     }
 
     /// Waits for a change and takes the changes gathered.

@@ -2,7 +2,7 @@
 //! the fleet, one device per write job.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -15,7 +15,8 @@ use super::configuration::{
     parse_metric_query, parse_target_condition, Configuration, ConfigurationKind, Metrics,
 };
 use super::evaluate::{self, has_status};
-use super::schedule::{Action, Batch, Event, FleetSignal, Schedule};
+use super::rollout::{driver, Rollout};
+use super::schedule::{Action, Batch, Change, Event, FleetSignal, Schedule};
 use crate::error::HubError;
 use crate::registry::{device_id, Precondition};
 use crate::storage::Tables;
@@ -29,12 +30,18 @@ const CONCURRENT_EVALUATIONS: usize = 32;
 pub struct Configurations {
     twins: Twins,
     signal: FleetSignal,
+    /// Who this process is when it holds a rollout's lease.
+    owner: String,
 }
 
 impl Configurations {
     /// The service over the twins' storage, evaluating when `signal` says something changed.
     pub(crate) fn new(twins: Twins, signal: FleetSignal) -> Self {
-        Self { twins, signal }
+        Self {
+            twins,
+            signal,
+            owner: uuid::Uuid::new_v4().to_string(),
+        }
     }
 
     /// Where the other services tell the evaluation what changed.
@@ -69,6 +76,10 @@ impl Configurations {
                 let record =
                     Configuration::from_request(&id, &body, existing.as_ref(), Utc::now())?;
                 tx.put_configuration(&record)?;
+                if let (None, Some(policy)) = (&existing, &record.rollout) {
+                    // Stored in the same transaction: no evaluation may see the deployment without its rollout.
+                    tx.put_rollout(&Rollout::new(&record.id, policy.clone()))?;
+                }
                 Ok((record, existing.is_none()))
             })
             .await?;
@@ -124,24 +135,33 @@ impl Configurations {
         &self,
         select: impl FnOnce(&mut dyn Tables) -> Result<Vec<Configuration>, HubError> + Send + 'static,
     ) -> Result<Vec<Value>, HubError> {
-        let measured: Vec<(Configuration, Metrics)> = self
+        let measured: Vec<(Configuration, Metrics, Option<Rollout>)> = self
             .twins
             .storage()
             .read(move |tx| {
                 let configurations = select(tx)?;
                 let assignments = tx.assignments()?;
+                let mut rollouts: BTreeMap<String, Rollout> = tx
+                    .rollouts()?
+                    .into_iter()
+                    .map(|r| (r.deployment.clone(), r))
+                    .collect();
                 configurations
                     .into_iter()
                     .map(|c| {
-                        let metrics = system_metrics(tx, &c, &assignments)?;
-                        Ok((c, metrics))
+                        let mut metrics = system_metrics(tx, &c, &assignments)?;
+                        let rollout = rollouts.remove(&c.id);
+                        if let Some(rollout) = &rollout {
+                            super::rollout::show::add_metrics(&mut metrics, rollout);
+                        }
+                        Ok((c, metrics, rollout))
                     })
                     .collect::<Result<Vec<_>, HubError>>()
             })
             .await?;
         let mut documents: HashMap<Collection, Vec<Value>> = HashMap::new();
         let mut shown = Vec::with_capacity(measured.len());
-        for (configuration, system) in measured {
+        for (configuration, system, rollout) in measured {
             let mut metrics = Metrics {
                 queries: configuration.metric_queries.clone(),
                 ..Metrics::default()
@@ -161,7 +181,14 @@ impl Configurations {
                 };
                 metrics.results.insert(name.clone(), rows as u64);
             }
-            shown.push(configuration.to_json(&system, &metrics));
+            let mut json = configuration.to_json(&system, &metrics);
+            if let (Some(rollout), Some(object)) = (&rollout, json.as_object_mut()) {
+                object.insert(
+                    "rollout".into(),
+                    super::rollout::show::rollout_json(rollout),
+                );
+            }
+            shown.push(json);
         }
         Ok(shown)
     }
@@ -308,6 +335,105 @@ impl Configurations {
             for action in schedule.handle(event, Instant::now()) {
                 let Action::Evaluate(batch) = action;
                 self.evaluate(batch).await;
+            }
+        }
+    }
+}
+
+impl Configurations {
+    /// Pauses, resumes or aborts the rollout of deployment `id` (`POST /configurations/{id}/rollout/{command}`);
+    /// the configuration's REST JSON afterwards.
+    pub async fn rollout_command(&self, id: &str, command: &str) -> Result<Value, HubError> {
+        let event = match command {
+            "pause" => super::rollout::Event::Pause,
+            "resume" => super::rollout::Event::Resume,
+            "abort" => super::rollout::Event::Abort,
+            other => {
+                return Err(HubError::ArgumentInvalid(format!(
+                    "unknown rollout command {other:?} (pause, resume, abort)"
+                )))
+            }
+        };
+        let online = self.online().await?;
+        let (id_owned, owner) = (id.to_owned(), self.owner.clone());
+        let evaluate = self
+            .twins
+            .storage()
+            .write(move |tx| {
+                tx.configuration(&id_owned)?
+                    .ok_or_else(|| HubError::ConfigurationNotFound(id_owned.clone()))?;
+                if tx.rollout(&id_owned)?.is_none() {
+                    return Err(HubError::ArgumentInvalid(format!(
+                        "configuration {id_owned:?} has no rollout"
+                    )));
+                }
+                // The operator's command takes the lease whoever held it: it must not wait for another replica.
+                tx.claim_rollout(&id_owned, &owner, i64::MAX, 0)?;
+                driver::step(tx, &id_owned, &owner, &online, Some(event), Utc::now())
+            })
+            .await?;
+        for device in evaluate.unwrap_or_default() {
+            self.signal.changed(Change::Device(device));
+        }
+        self.get(id).await
+    }
+
+    /// One step of every active rollout this process holds (or can take) the lease of.
+    pub async fn drive_rollouts(&self) -> Result<(), HubError> {
+        let rollouts = self.rollouts().await?;
+        if !rollouts.iter().any(|r| r.phase.is_active()) {
+            return Ok(());
+        }
+        let online = self.connected(&rollouts).await;
+        let active = rollouts.into_iter().filter(|r| r.phase.is_active());
+        for id in active.map(|r| r.deployment) {
+            let (owner, online) = (self.owner.clone(), online.clone());
+            let evaluate = self
+                .twins
+                .storage()
+                .write(move |tx| driver::step(tx, &id, &owner, &online, None, Utc::now()))
+                .await?;
+            for device in evaluate.unwrap_or_default() {
+                self.signal.changed(Change::Device(device));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every rollout.
+    async fn rollouts(&self) -> Result<Vec<Rollout>, HubError> {
+        self.twins
+            .storage()
+            .read(|tx| Ok::<_, HubError>(tx.rollouts()?))
+            .await
+    }
+
+    /// The devices judged by the rollouts that are connected now (to any replica).
+    async fn connected(&self, rollouts: &[Rollout]) -> HashSet<String> {
+        let clients = driver::judged_clients(rollouts);
+        let connected = self.twins.connections().connected_clients(&clients).await;
+        driver::online_devices(connected)
+    }
+
+    /// The devices judged by any rollout that are connected now.
+    async fn online(&self) -> Result<HashSet<String>, HubError> {
+        let rollouts = self.rollouts().await?;
+        Ok(self.connected(&rollouts).await)
+    }
+
+    /// The rollout driver task: a step on every twin change and every [`driver::TICK`], until `shutdown`.
+    pub async fn run_rollouts(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(error) = self.drive_rollouts().await {
+                tracing::warn!(%error, "rollout step failed");
+            }
+            tokio::select! {
+                () = self.signal.rollout_changes() => {
+                    // Lets the evaluation that the change triggered commit first (it is debounced).
+                    tokio::time::sleep(super::schedule::DEBOUNCE * 2).await;
+                }
+                () = tokio::time::sleep(driver::TICK) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }

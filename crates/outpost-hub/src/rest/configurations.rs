@@ -42,6 +42,19 @@ pub(super) async fn get_configuration(
     Ok(ok_json(hub.configurations().get(&id).await?))
 }
 
+/// `POST /configurations/{id}/rollout/{pause|resume|abort}` (Outpost's extension): steers a rollout; answers
+/// the configuration with its rollout state.
+pub(super) async fn rollout_command(
+    State(hub): HubState,
+    Path((id, command)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&hub, &headers, Right::RegistryWrite)?;
+    Ok(ok_json(
+        hub.configurations().rollout_command(&id, &command).await?,
+    ))
+}
+
 pub(super) async fn delete_configuration(
     State(hub): HubState,
     Path(id): Path<String>,

@@ -133,6 +133,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
                 .get(configurations::get_configuration)
                 .delete(configurations::delete_configuration),
         )
+        .route(
+            "/configurations/{id}/rollout/{command}",
+            post(configurations::rollout_command),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let edge_link = Router::new()
         .route("/edge/{device}/presence", post(edge::presence))

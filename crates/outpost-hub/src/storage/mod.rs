@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use outpost_core::{DeviceId, ModuleId, Twin};
 use serde_json::Value;
 
+use crate::fleet::rollout::Rollout;
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::store::StorageError;
@@ -112,6 +113,21 @@ pub trait Tables: jobs::JobTables {
         device: &DeviceId,
         assignment: &Assignment,
     ) -> Result<(), StorageError>;
+    /// The rollout of a deployment, if it has one.
+    fn rollout(&mut self, id: &str) -> Result<Option<Rollout>, StorageError>;
+    /// Every rollout, ordered by deployment id.
+    fn rollouts(&mut self) -> Result<Vec<Rollout>, StorageError>;
+    /// Inserts or replaces a rollout (its lease stays as it is).
+    fn put_rollout(&mut self, rollout: &Rollout) -> Result<(), StorageError>;
+    /// Takes or renews the lease on driving a rollout for `owner` until `until_ms` when it is free, expired
+    /// (before `now_ms`) or `owner`'s already; whether `owner` holds it.
+    fn claim_rollout(
+        &mut self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StorageError>;
 
     // The hub's own state.
 

@@ -44,6 +44,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Engine, Group, SavepointJob, Tables};
+use crate::fleet::rollout::Rollout;
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::store::StorageError;
@@ -187,6 +188,15 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE configuration_assignments (
         device_id TEXT COLLATE "C" PRIMARY KEY REFERENCES devices (device_id) ON DELETE CASCADE,
         assignment JSONB NOT NULL);
+"#,
+    r#"
+    -- Rollouts of deployments in waves (crate::fleet::rollout): the persisted state machine, and the lease of the
+    -- replica that drives it.
+    CREATE TABLE rollouts (
+        id TEXT COLLATE "C" PRIMARY KEY REFERENCES configurations (id) ON DELETE CASCADE,
+        record JSONB NOT NULL,
+        lease_owner TEXT,
+        lease_until_ms BIGINT NOT NULL DEFAULT 0);
 "#,
 ];
 
@@ -969,6 +979,38 @@ impl Tables for PgTables<'_, '_> {
             &[&device.as_str(), &json(assignment)],
         )?;
         Ok(())
+    }
+
+    fn rollout(&mut self, id: &str) -> Result<Option<Rollout>, StorageError> {
+        self.record("SELECT record::text FROM rollouts WHERE id = $1", &[&id])
+    }
+
+    fn rollouts(&mut self) -> Result<Vec<Rollout>, StorageError> {
+        self.records("SELECT record::text FROM rollouts ORDER BY id", &[])
+    }
+
+    fn put_rollout(&mut self, rollout: &Rollout) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO rollouts (id, record) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            &[&rollout.deployment, &json(rollout)],
+        )?;
+        Ok(())
+    }
+
+    fn claim_rollout(
+        &mut self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let claimed = self.execute(
+            "UPDATE rollouts SET lease_owner = $2, lease_until_ms = $4
+             WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $3)",
+            &[&id, &owner, &now_ms, &until_ms],
+        )?;
+        Ok(claimed > 0)
     }
 
     fn policies(&mut self) -> Result<Vec<AccessPolicy>, StorageError> {

@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Engine, Group, SavepointJob, Tables};
+use crate::fleet::rollout::Rollout;
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::store::{StorageError, MIGRATIONS};
@@ -557,6 +558,38 @@ impl Tables for SqliteTables<'_> {
             params![device.as_str(), to_text(assignment)?],
         )?;
         Ok(())
+    }
+
+    fn rollout(&mut self, id: &str) -> Result<Option<Rollout>, StorageError> {
+        self.one("SELECT record FROM rollouts WHERE id = ?1", [id])
+    }
+
+    fn rollouts(&mut self) -> Result<Vec<Rollout>, StorageError> {
+        self.all("SELECT record FROM rollouts ORDER BY id", [])
+    }
+
+    fn put_rollout(&mut self, rollout: &Rollout) -> Result<(), StorageError> {
+        self.execute(
+            "INSERT INTO rollouts (id, record) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            params![rollout.deployment, to_text(rollout)?],
+        )?;
+        Ok(())
+    }
+
+    fn claim_rollout(
+        &mut self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let claimed = self.execute(
+            "UPDATE rollouts SET lease_owner = ?2, lease_until_ms = ?4
+             WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_until_ms < ?3)",
+            params![id, owner, now_ms, until_ms],
+        )?;
+        Ok(claimed > 0)
     }
 
     fn policies(&mut self) -> Result<Vec<AccessPolicy>, StorageError> {
