@@ -2,8 +2,10 @@
 //! evaluated over devices by their tags, and counted in their metrics (compat/test_fleet_configurations.py
 //! drives the same through the REST API with the Azure SDKs, on both engines).
 
+mod fleet_devices;
+
+use fleet_devices::set_tags;
 use outpost_hub::registry::{DeviceSpec, Precondition};
-use outpost_hub::twins::TwinWrite;
 use outpost_hub::{Hub, HubError};
 use serde_json::{json, Value};
 
@@ -22,17 +24,6 @@ async fn create_device(hub: &Hub, id: &str, edge: bool, tags: Value) {
         .await
         .unwrap();
     set_tags(hub, id, tags).await;
-}
-
-async fn set_tags(hub: &Hub, id: &str, tags: Value) {
-    let write = TwinWrite {
-        tags: Some(tags),
-        ..TwinWrite::default()
-    };
-    hub.twins()
-        .write_twin(id, None, &write, &Precondition::Any)
-        .await
-        .unwrap();
 }
 
 async fn desired(hub: &Hub, device: &str, module: Option<&str>) -> Value {

@@ -1,15 +1,17 @@
 //! Fleet operations through the REST routes: queries with paging, the bulk registry operation and statistics,
 //! and the twin documents they read (`Twins::documents`).
 
+mod fleet_devices;
+
+use fleet_devices::device_with_tags;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use outpost_core::query::Collection;
 use outpost_core::Identity;
-use outpost_hub::registry::{DeviceSpec, ModuleSpec, Precondition};
+use outpost_hub::registry::{ModuleSpec, Precondition};
 use outpost_hub::rest::API_VERSIONS;
-use outpost_hub::twins::TwinWrite;
 use outpost_hub::Hub;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
@@ -21,26 +23,6 @@ fn hub() -> (Arc<Hub>, String) {
     let token =
         outpost_core::service_token("hub.test", &owner.name, &owner.primary_key, u64::MAX).unwrap();
     (Arc::new(hub), token)
-}
-
-/// Creates `id` with `tags`.
-async fn device_with_tags(hub: &Hub, id: &str, tags: Value) {
-    let spec = DeviceSpec {
-        device_id: id.into(),
-        ..DeviceSpec::default()
-    };
-    hub.registry()
-        .put_device(&spec, &Precondition::CreateOnly)
-        .await
-        .unwrap();
-    let write = TwinWrite {
-        tags: Some(tags),
-        ..TwinWrite::default()
-    };
-    hub.twins()
-        .write_twin(id, None, &write, &Precondition::Any)
-        .await
-        .unwrap();
 }
 
 /// An answer: status, headers and JSON body.

@@ -3,8 +3,10 @@
 //! without repeating the devices already done; and the lease that lets one replica alone run a job, on SQLite
 //! and on a real, throwaway PostgreSQL (`scripts/postgres.sh`; skipped without its binaries unless `CI=true`).
 
+mod fleet_devices;
 mod pg_server;
 
+use fleet_devices::device_with_tags as device;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,13 +18,12 @@ use outpost_hub::jobs::driver::{self, JobSettings};
 use outpost_hub::jobs::model::{
     DeviceJobStatistics, DeviceOutcome, JobDevice, JobRecord, JobStatus, StoredJob,
 };
-use outpost_hub::registry::{DeviceSpec, Precondition};
+
 use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
 use outpost_hub::storage::postgres::PostgresEngine;
 use outpost_hub::storage::sqlite::SqliteEngine;
 use outpost_hub::storage::{transaction, Engine};
 use outpost_hub::store::StorageError;
-use outpost_hub::twins::TwinWrite;
 use outpost_hub::{Hub, HubConfig, HubError, RunningHub};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -43,28 +44,6 @@ fn config(data_dir: &Path) -> HubConfig {
         metrics_bind: None,
         certificates: CertificateLifetimes::default(),
     }
-}
-
-/// Creates `id` with `tags`.
-async fn device(hub: &Hub, id: &str, tags: Value) {
-    hub.registry()
-        .put_device(
-            &DeviceSpec {
-                device_id: id.into(),
-                ..DeviceSpec::default()
-            },
-            &Precondition::CreateOnly,
-        )
-        .await
-        .unwrap();
-    let write = TwinWrite {
-        tags: Some(tags),
-        ..TwinWrite::default()
-    };
-    hub.twins()
-        .write_twin(id, None, &write, &Precondition::Any)
-        .await
-        .unwrap();
 }
 
 fn twin_job(condition: &str, desired: &Value) -> Value {
