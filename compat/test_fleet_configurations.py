@@ -114,6 +114,22 @@ def test_invalid_configuration_is_400_and_stores_nothing(hub, bad):
     assert manager.get_configurations() == []
 
 
+def test_the_configuration_past_the_hub_limit_is_429_and_stores_nothing(hub):
+    manager = hub.configuration()
+    content = {"properties.desired.x": 1}
+    for n in range(100):  # IoT Hub's limit of configurations per hub
+        manager.create_configuration(device_configuration(f"cfg-{n}", "tags.env = 'test'", content, priority=n))
+    with pytest.raises(HttpOperationError) as e:
+        manager.create_configuration(device_configuration("cfg-100", "tags.env = 'test'", content))
+    assert e.value.response.status_code == 429
+    assert e.value.response.json()["Message"].startswith("ErrorCode:ThrottlingException;")
+    listed = manager.get_configurations(max_count=1000)
+    assert len(listed) == 100
+    assert "cfg-100" not in {c.id for c in listed}
+    manager.delete_configuration("cfg-0")
+    assert manager.create_configuration(device_configuration("cfg-100", "tags.env = 'test'", content)).id == "cfg-100"
+
+
 def test_configuration_queries_are_tested(hub):
     manager = hub.configuration()
     good = manager.test_configuration_queries(ConfigurationQueriesTestInput(

@@ -174,6 +174,46 @@ async fn invalid_configurations_are_refused_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn the_configuration_past_the_hub_limit_is_throttled_and_nothing_changes() {
+    let hub = hub();
+    let body = |n: usize| {
+        json!({
+            "targetCondition": "tags.env = 'prod'", "priority": n,
+            "content": {"deviceContent": {"properties.desired.n": n}},
+        })
+    };
+    for n in 0..outpost_hub::fleet::MAX_CONFIGURATIONS {
+        put(&hub, &format!("c{n}"), body(n)).await.unwrap();
+    }
+    let refused = put(&hub, "one-too-many", body(1000)).await.unwrap_err();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.code().0, "ThrottlingException");
+    let listed = hub.configurations().list(None).await.unwrap();
+    assert_eq!(listed.len(), outpost_hub::fleet::MAX_CONFIGURATIONS);
+    assert!(listed.iter().all(|c| c["id"] != "one-too-many"));
+    assert_eq!(
+        hub.configurations()
+            .get("one-too-many")
+            .await
+            .unwrap_err()
+            .status(),
+        404
+    );
+    // Replacing one of the hundred is no creation; deleting one makes room again.
+    let mut replaced = body(0);
+    replaced["priority"] = json!(50);
+    hub.configurations()
+        .put("c0", &replaced, &Precondition::Any)
+        .await
+        .unwrap();
+    hub.configurations()
+        .delete("c1", &Precondition::Any)
+        .await
+        .unwrap();
+    put(&hub, "one-too-many", body(1000)).await.unwrap();
+}
+
+#[tokio::test]
 async fn replacing_a_configuration_needs_its_current_etag() {
     let hub = hub();
     let body = json!({"targetCondition": "*", "priority": 1,

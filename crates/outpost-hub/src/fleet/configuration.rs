@@ -14,6 +14,10 @@ use crate::error::HubError;
 /// The key of a module's (or device's) whole desired properties in a configuration's content.
 pub const PROPERTIES_DESIRED: &str = "properties.desired";
 
+/// The most configurations a hub holds, as IoT Hub allows (automatic deployments and device and module
+/// configurations together): creating one more is throttled (429) and stores nothing.
+pub const MAX_CONFIGURATIONS: usize = 100;
+
 /// The longest configuration id IoT Hub accepts.
 const MAX_ID_LEN: usize = 128;
 

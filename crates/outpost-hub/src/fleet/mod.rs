@@ -24,7 +24,9 @@ pub mod schedule;
 mod service;
 
 pub use assign::{Assignment, EdgeDeployment, Status, TwinAssignment};
-pub use configuration::{Configuration, ConfigurationContent, ConfigurationKind, Metrics};
+pub use configuration::{
+    Configuration, ConfigurationContent, ConfigurationKind, Metrics, MAX_CONFIGURATIONS,
+};
 pub use schedule::FleetSignal;
 pub(crate) use service::shown_configurations;
 pub use service::Configurations;

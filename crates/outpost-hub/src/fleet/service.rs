@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::assign::{Assignment, Status, EDGE_AGENT};
 use super::configuration::{
     parse_metric_query, parse_target_condition, Configuration, ConfigurationKind, Metrics,
+    MAX_CONFIGURATIONS,
 };
 use super::evaluate::{self, has_status};
 use super::rollout::{driver, Rollout};
@@ -50,7 +51,7 @@ impl Configurations {
     }
 
     /// Creates (no `If-Match`) or replaces (`If-Match` `*` or the current etag) a configuration; the stored
-    /// record and whether it was created.
+    /// record and whether it was created. Creating one past [`MAX_CONFIGURATIONS`] is throttled (429).
     pub async fn put(
         &self,
         id: &str,
@@ -71,7 +72,13 @@ impl Configurations {
                     (None, Precondition::Etag(_)) => {
                         return Err(HubError::ConfigurationNotFound(id))
                     }
-                    (None, _) => {}
+                    (None, _) => {
+                        if tx.configurations()?.len() >= MAX_CONFIGURATIONS {
+                            return Err(HubError::Throttled(format!(
+                                "at most {MAX_CONFIGURATIONS} configurations may exist in a hub"
+                            )));
+                        }
+                    }
                 }
                 let record =
                     Configuration::from_request(&id, &body, existing.as_ref(), Utc::now())?;
