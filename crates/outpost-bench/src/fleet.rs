@@ -54,6 +54,10 @@ pub struct FleetArgs {
     /// Run the hub on this PostgreSQL database (`postgres://USER@HOST:PORT/DB`, an empty one) instead of SQLite.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
+    /// Run the hub without its query index (`OUTPOST_NO_QUERY_INDEX` in its environment): every query reads
+    /// every twin, the figures to compare the index against.
+    #[arg(long)]
+    pub no_query_index: bool,
 }
 
 /// What `fleet` runs with.
@@ -100,7 +104,12 @@ pub async fn run(bench: &Bench, args: &FleetArgs) -> anyhow::Result<Section> {
         .iter()
         .flat_map(|url| ["--database".to_owned(), url.clone()])
         .collect();
-    let mut hub = HubProcess::start_with(&bench.outpost, serve_args).await?;
+    let env = if args.no_query_index {
+        vec![("OUTPOST_NO_QUERY_INDEX".to_owned(), "1".to_owned())]
+    } else {
+        Vec::new()
+    };
+    let mut hub = HubProcess::start_with_env(&bench.outpost, serve_args, env).await?;
     eprintln!("fleet: hub pid {} on {}", hub.pid(), hub.host());
     let figures = measure(&hub, params).await;
     let alive = hub.check_alive();
@@ -108,17 +117,23 @@ pub async fn run(bench: &Bench, args: &FleetArgs) -> anyhow::Result<Section> {
     alive?;
     let figures = figures?;
     Ok(Section {
-        id: if args.database.is_some() {
-            "fleet-postgres"
-        } else {
-            "fleet"
+        id: match (args.database.is_some(), args.no_query_index) {
+            (true, false) => "fleet-postgres",
+            (true, true) => "fleet-postgres-no-index",
+            (false, false) => "fleet",
+            (false, true) => "fleet-no-index",
         },
         title: format!(
-            "Fleet: bulk import, queries and an automatic deployment ({})",
+            "Fleet: bulk import, queries and an automatic deployment ({}, {})",
             if args.database.is_some() {
                 "PostgreSQL"
             } else {
                 "SQLite"
+            },
+            if args.no_query_index {
+                "without the query index"
+            } else {
+                "with the query index"
             }
         ),
         parts: figures.to_parts(params),
@@ -132,6 +147,7 @@ struct FleetFigures {
     queries: Vec<(String, usize, LatencySummary)>,
     deployment: Duration,
     rss_mib: f64,
+    peak_rss_mib: f64,
 }
 
 async fn measure(hub: &HubProcess, params: FleetParams) -> anyhow::Result<FleetFigures> {
@@ -324,6 +340,7 @@ async fn measure(hub: &HubProcess, params: FleetParams) -> anyhow::Result<FleetF
     eprintln!("fleet: deployment on {targeted} devices in {deployment:?}");
 
     let rss_mib = hub.rss_kib()? as f64 / 1024.0;
+    let peak_rss_mib = hub.peak_rss_kib()? as f64 / 1024.0;
     Ok(FleetFigures {
         import,
         tagging,
@@ -331,6 +348,7 @@ async fn measure(hub: &HubProcess, params: FleetParams) -> anyhow::Result<FleetF
         queries,
         deployment,
         rss_mib,
+        peak_rss_mib,
     })
 }
 
@@ -387,8 +405,8 @@ impl FleetFigures {
             )),
             Part::Table(queries),
             Part::Text(format!(
-                "Hub resident set at the end: {:.1} MiB.",
-                self.rss_mib
+                "Hub resident set at the end: {:.1} MiB (peak {:.1} MiB).",
+                self.rss_mib, self.peak_rss_mib
             )),
         ]
     }

@@ -42,6 +42,8 @@ pub struct HubProcess {
     data_dir: TempDir,
     /// Options added to `outpost hub serve` (limits a benchmark sets).
     serve_args: Vec<String>,
+    /// Variables added to the hub's environment.
+    env: Vec<(String, String)>,
 }
 
 impl HubProcess {
@@ -52,6 +54,15 @@ impl HubProcess {
 
     /// Starts the hub with `serve_args` added to `outpost hub serve`'s command line.
     pub async fn start_with(outpost: &Path, serve_args: Vec<String>) -> anyhow::Result<Self> {
+        Self::start_with_env(outpost, serve_args, Vec::new()).await
+    }
+
+    /// Starts the hub with `serve_args` added to `outpost hub serve`'s command line and `env` to its environment.
+    pub async fn start_with_env(
+        outpost: &Path,
+        serve_args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let (ip, https_port, amqp_port) = free_loopback_address()?;
         let data_dir = tempfile::Builder::new()
             .prefix("outpost-bench-")
@@ -61,7 +72,7 @@ impl HubProcess {
             https: https_port,
             amqp: amqp_port,
         };
-        let child = spawn(outpost, data_dir.path(), ip, ports, &serve_args)?;
+        let child = spawn(outpost, data_dir.path(), ip, ports, &serve_args, &env)?;
         let mut hub = Self {
             child,
             ip,
@@ -70,6 +81,7 @@ impl HubProcess {
             connection_string: String::new(),
             data_dir,
             serve_args,
+            env,
         };
         hub.wait_for_listeners().await?;
         hub.connection_string = hub.read_connection_string(outpost).await?;
@@ -89,6 +101,7 @@ impl HubProcess {
             self.ip,
             self.ports(),
             &self.serve_args,
+            &self.env,
         )?;
         self.wait_for_listeners().await
     }
@@ -147,6 +160,15 @@ impl HubProcess {
     /// The hub's resident memory, in KiB.
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
         system::rss_kib(self.pid())
+    }
+
+    /// The hub's peak resident set so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        system::parse_status_kib(&status, "VmHWM")
+            .with_context(|| format!("{path} has no VmHWM line"))
     }
 
     /// The hub's open file descriptors (listeners, database, one per connection).
@@ -275,6 +297,7 @@ fn spawn(
     ip: Ipv4Addr,
     ports: Ports,
     serve_args: &[String],
+    env: &[(String, String)],
 ) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -291,6 +314,7 @@ fn spawn(
         .args(["--https-port", &ports.https.to_string()])
         .args(["--amqp-port", &ports.amqp.to_string()])
         .args(serve_args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -143,7 +143,22 @@ pub const MIGRATIONS: &[&str] = &["
         record TEXT NOT NULL,
         lease_owner TEXT,
         lease_until_ms INTEGER NOT NULL DEFAULT 0);
+", "
+    -- The index of fleet queries (crate::storage::index): every scalar leaf of a twin's tags and reported
+    -- properties, written with the twin; the engine fills it from the existing twins when it applies this
+    -- migration (TWIN_VALUES_VERSION).
+    CREATE TABLE twin_values (
+        device_id TEXT NOT NULL,
+        module_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        value TEXT NOT NULL,
+        FOREIGN KEY (device_id, module_id) REFERENCES twins (device_id, module_id) ON DELETE CASCADE);
+    CREATE INDEX twin_values_by_value ON twin_values (path, value, module_id, device_id);
+    CREATE INDEX twin_values_by_twin ON twin_values (device_id, module_id);
 "];
+
+/// The version whose migration creates `twin_values`, which the engine then fills from the stored twins.
+pub const TWIN_VALUES_VERSION: usize = 10;
 
 /// Errors of the hub's storage.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use crate::stream::Appended;
 use crate::writer::Storage;
 
 mod documents;
-pub use documents::DocumentKey;
+pub use documents::{DocumentKey, DOCUMENT_PAGE};
 
 /// A service write to a twin: tags and/or desired properties.
 #[derive(Debug, Clone, Default)]

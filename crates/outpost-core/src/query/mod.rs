@@ -60,12 +60,14 @@
 
 mod eval;
 mod lexer;
+mod narrow;
 mod parser;
 mod select;
 #[cfg(test)]
 mod tests;
 
 pub use crate::route::MAX_DEPTH;
+pub use narrow::{Constraint, Field, Literal, Narrowing};
 
 /// The longest query or condition text accepted, in bytes (IoT Hub's limit on query text).
 pub const MAX_QUERY_LEN: usize = 8192;
@@ -192,23 +194,124 @@ impl Query {
             .is_none_or(|c| eval::holds(c, document))
     }
 
+    /// What an index may check of the `WHERE` clause before [`Query::matches`] (see [`Narrowing`]).
+    pub fn narrowing(&self) -> Narrowing {
+        Narrowing::of(self.condition.as_ref())
+    }
+
     /// `WHERE`, then projection, `GROUP BY` and aggregates over twin documents; rows come in input order
     /// (groups in first-seen order), at most `TOP n` of them. `SELECT *` returns each document unchanged.
     pub fn run<'a>(
         &self,
         documents: impl IntoIterator<Item = &'a serde_json::Value>,
     ) -> Vec<serde_json::Value> {
-        let matching = documents.into_iter().filter(|d| self.matches(d));
-        let limit = self.top.unwrap_or(usize::MAX);
-        if self.is_aggregate() {
-            let mut rows = select::aggregate(&self.projection, &self.group_by, matching);
-            rows.truncate(limit);
-            rows
+        let mut rows = self.rows();
+        for document in documents {
+            if rows.is_full() {
+                break;
+            }
+            rows.add(document);
+        }
+        rows.finish()
+    }
+
+    /// The rows of [`Query::run`], fed one document at a time (so that a caller can read the fleet in pages):
+    /// an aggregate query keeps one small row per group, any other its projected rows up to `TOP n`.
+    pub fn rows(&self) -> Rows<'_> {
+        let state = if self.is_aggregate() {
+            RowState::Groups(select::Grouping::new())
         } else {
-            matching
-                .take(limit)
-                .map(|d| self.projection.project(d))
-                .collect()
+            RowState::Projected(Vec::new())
+        };
+        Rows { query: self, state }
+    }
+
+    /// How many rows [`Query::run`] gives, fed one document at a time, keeping no row of a query without
+    /// aggregates.
+    pub fn row_count(&self) -> Rows<'_> {
+        let state = if self.is_aggregate() {
+            RowState::Groups(select::Grouping::new())
+        } else {
+            RowState::Counted(0)
+        };
+        Rows { query: self, state }
+    }
+}
+
+/// A query's result being built from documents fed one at a time ([`Query::rows`], [`Query::row_count`]).
+pub struct Rows<'q> {
+    query: &'q Query,
+    state: RowState,
+}
+
+enum RowState {
+    Groups(select::Grouping),
+    Projected(Vec<serde_json::Value>),
+    Counted(usize),
+}
+
+impl Rows<'_> {
+    /// Feeds one document (ignored once [`Rows::is_full`]).
+    pub fn add(&mut self, document: &serde_json::Value) {
+        if self.is_full() || !self.query.matches(document) {
+            return;
+        }
+        let query = self.query;
+        match &mut self.state {
+            RowState::Groups(grouping) => {
+                grouping.add(&query.projection, &query.group_by, document)
+            }
+            RowState::Projected(rows) => rows.push(query.projection.project(document)),
+            RowState::Counted(n) => *n += 1,
+        }
+    }
+
+    /// Whether a query without aggregates has its `TOP n` rows: no document fed later changes the result.
+    pub fn is_full(&self) -> bool {
+        let limit = self.query.top.unwrap_or(usize::MAX);
+        match &self.state {
+            RowState::Groups(_) => false,
+            RowState::Projected(rows) => rows.len() >= limit,
+            RowState::Counted(n) => *n >= limit,
+        }
+    }
+
+    /// How many rows a query without aggregates has so far (0 for an aggregate query, whose rows exist only
+    /// once every document was fed).
+    pub fn ungrouped_rows(&self) -> usize {
+        match &self.state {
+            RowState::Groups(_) => 0,
+            RowState::Projected(rows) => rows.len(),
+            RowState::Counted(n) => *n,
+        }
+    }
+
+    /// The rows (for [`Query::row_count`], as many empty objects as there are rows: use [`Rows::count`]).
+    pub fn finish(self) -> Vec<serde_json::Value> {
+        let limit = self.query.top.unwrap_or(usize::MAX);
+        let mut rows = match self.state {
+            RowState::Groups(grouping) => {
+                if matches!(self.query.projection, select::Projection::All) {
+                    // The parser refuses `SELECT *` with aggregates.
+                    Vec::new()
+                } else {
+                    grouping.finish(&self.query.projection, &self.query.group_by)
+                }
+            }
+            RowState::Projected(rows) => rows,
+            RowState::Counted(n) => vec![serde_json::Value::Object(serde_json::Map::new()); n],
+        };
+        rows.truncate(limit);
+        rows
+    }
+
+    /// The number of rows the result has.
+    pub fn count(self) -> usize {
+        let limit = self.query.top.unwrap_or(usize::MAX);
+        match self.state {
+            RowState::Counted(n) => n.min(limit),
+            RowState::Projected(rows) => rows.len().min(limit),
+            RowState::Groups(_) => self.finish().len(),
         }
     }
 }
@@ -225,6 +328,11 @@ impl QueryCondition {
             return Ok(Self(None));
         }
         parser::parse_condition(text).map(|c| Self(Some(c)))
+    }
+
+    /// What an index may check of the condition before [`QueryCondition::matches`] (see [`Narrowing`]).
+    pub fn narrowing(&self) -> Narrowing {
+        Narrowing::of(self.0.as_ref())
     }
 
     /// Whether the condition is exactly true for a document (false and undefined both refuse it).

@@ -67,31 +67,49 @@ impl Projection {
     }
 }
 
-/// One group: the grouped values of its first document and an accumulator per item.
-struct Group<'d> {
-    first: &'d serde_json::Value,
+/// One group: the projected paths of its first document and an accumulator per item.
+struct Group {
+    first: Vec<Option<serde_json::Value>>,
     totals: Vec<Total>,
 }
 
-/// Groups `documents` by the `group_by` paths (one group when there are none) and makes one row per group.
-pub(crate) fn aggregate<'d>(
-    projection: &Projection,
-    group_by: &[Path],
-    documents: impl Iterator<Item = &'d serde_json::Value>,
-) -> Vec<serde_json::Value> {
-    let Projection::Items(items) = projection else {
-        // The parser refuses `SELECT *` with aggregates; pass documents through rather than panic.
-        return documents.cloned().collect();
-    };
-    let mut groups: Vec<Group<'d>> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let fresh = || items.iter().map(|i| Total::new(&i.source)).collect();
-    for document in documents {
+/// Documents grouped by the `GROUP BY` paths (one group when there are none), fed one at a time: what it
+/// keeps is one small row per group, whatever the number of documents.
+pub(crate) struct Grouping {
+    groups: Vec<Group>,
+    index: HashMap<String, usize>,
+}
+
+impl Grouping {
+    pub fn new() -> Self {
+        Self {
+            groups: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Adds a document to its group.
+    pub fn add(
+        &mut self,
+        projection: &Projection,
+        group_by: &[Path],
+        document: &serde_json::Value,
+    ) {
+        let Projection::Items(items) = projection else {
+            return;
+        };
         let key = group_key(group_by, document);
-        let at = *index.entry(key).or_insert_with(|| {
+        let groups = &mut self.groups;
+        let at = *self.index.entry(key).or_insert_with(|| {
             groups.push(Group {
-                first: document,
-                totals: fresh(),
+                first: items
+                    .iter()
+                    .map(|i| match &i.source {
+                        Source::Path(path) => path.lookup(document).cloned(),
+                        Source::Aggregate(_) => None,
+                    })
+                    .collect(),
+                totals: fresh(items),
             });
             groups.len() - 1
         });
@@ -99,14 +117,25 @@ pub(crate) fn aggregate<'d>(
             total.add(document);
         }
     }
-    if groups.is_empty() && group_by.is_empty() {
-        // Without GROUP BY an aggregate query has one row even over nothing (COUNT() is 0).
-        return vec![row(items, None, fresh())];
+
+    /// One row per group, in first-seen order.
+    pub fn finish(self, projection: &Projection, group_by: &[Path]) -> Vec<serde_json::Value> {
+        let Projection::Items(items) = projection else {
+            return Vec::new();
+        };
+        if self.groups.is_empty() && group_by.is_empty() {
+            // Without GROUP BY an aggregate query has one row even over nothing (COUNT() is 0).
+            return vec![row(items, None, fresh(items))];
+        }
+        self.groups
+            .into_iter()
+            .map(|g| row(items, Some(g.first), g.totals))
+            .collect()
     }
-    groups
-        .into_iter()
-        .map(|g| row(items, Some(g.first), g.totals))
-        .collect()
+}
+
+fn fresh(items: &[Item]) -> Vec<Total> {
+    items.iter().map(|i| Total::new(&i.source)).collect()
 }
 
 /// The identity of a document's group: its grouped values as text, a missing value apart from `null`, and
@@ -132,11 +161,18 @@ fn group_key(group_by: &[Path], document: &serde_json::Value) -> String {
 }
 
 /// The row of one group: its grouped paths from its first document, its finished aggregates.
-fn row(items: &[Item], first: Option<&serde_json::Value>, totals: Vec<Total>) -> serde_json::Value {
+fn row(
+    items: &[Item],
+    first: Option<Vec<Option<serde_json::Value>>>,
+    totals: Vec<Total>,
+) -> serde_json::Value {
     let mut row = serde_json::Map::new();
+    let first = first.unwrap_or_default();
+    let mut first = first.into_iter();
     for (item, total) in items.iter().zip(totals) {
+        let grouped = first.next().flatten();
         let value = match &item.source {
-            Source::Path(path) => first.and_then(|d| path.lookup(d)).cloned(),
+            Source::Path(_) => grouped,
             Source::Aggregate(_) => total.finish(),
         };
         if let Some(value) = value {

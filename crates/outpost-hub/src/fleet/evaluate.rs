@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use outpost_core::query::QueryCondition;
+use outpost_core::query::{Collection, Narrowing, QueryCondition};
 use outpost_core::{DeploymentManifest, DeviceId, Identity, ModuleId, Twin};
 use serde_json::{json, Map, Value};
 
@@ -83,28 +83,81 @@ pub(crate) fn document(device: &DeviceRecord, module: Option<&ModuleRecord>, twi
     })
 }
 
-/// Decides what configurations give `device` now; `None` when its twins hold that already.
-pub(crate) fn plan(tx: &mut dyn Tables, device: &DeviceId) -> Result<Option<Plan>, HubError> {
+/// What an evaluation pass evaluates every device against: the configurations with their parsed target
+/// conditions and the rollouts' state, read once per pass rather than once per device.
+///
+/// A configuration put or deleted during a pass signals a pass of its own, which reads a new snapshot; the
+/// pass that used the old one may write what the old one gave, and the next one corrects it.
+pub(crate) struct Snapshot {
+    configurations: Vec<Targeting>,
+    rollouts: BTreeMap<String, Rollout>,
+}
+
+impl Snapshot {
+    /// Reads the configurations, and the rollouts when a configuration has one.
+    pub(crate) fn read(tx: &mut dyn Tables) -> Result<Self, HubError> {
+        let stored = tx.configurations()?;
+        let rollouts = if stored.iter().any(|c| c.rollout.is_some()) {
+            tx.rollouts()?
+                .into_iter()
+                .map(|r| (r.deployment.clone(), r))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Self {
+            configurations: Targeting::parse_all(stored),
+            rollouts,
+        })
+    }
+
+    /// What the index can tell of the twins each configuration targets: the collection and narrowing of each,
+    /// or `None` when one of them cannot be narrowed (then every device must be evaluated).
+    pub(crate) fn narrowings(&self) -> Option<Vec<(Collection, Narrowing)>> {
+        let mut found = Vec::new();
+        for targeting in &self.configurations {
+            let Some(condition) = &targeting.condition else {
+                continue; // targets nothing
+            };
+            let narrowing = crate::storage::index::applied(condition.narrowing());
+            if narrowing.is_empty() {
+                return None;
+            }
+            let collection = match targeting.configuration.kind() {
+                ConfigurationKind::Module => Collection::Modules,
+                _ => Collection::Devices,
+            };
+            found.push((collection, narrowing));
+        }
+        Some(found)
+    }
+
+    /// The configurations that may reach `device`: a deployment rolling out reaches only the devices its
+    /// rollout admits; the others keep what they had.
+    fn admitted(&self, device: &DeviceId) -> Vec<&Targeting> {
+        self.configurations
+            .iter()
+            .filter(|t| {
+                t.configuration.rollout.is_none()
+                    || self
+                        .rollouts
+                        .get(&t.configuration.id)
+                        .is_some_and(|r| r.admits(device.as_str()))
+            })
+            .collect()
+    }
+}
+
+/// Decides what the configurations of `snapshot` give `device` now; `None` when its twins hold that already.
+pub(crate) fn plan(
+    tx: &mut dyn Tables,
+    device: &DeviceId,
+    snapshot: &Snapshot,
+) -> Result<Option<Plan>, HubError> {
     let Some(record) = tx.device(device)? else {
         return Ok(None);
     };
-    let stored = tx.configurations()?;
-    let rollouts: BTreeMap<String, Rollout> = if stored.iter().any(|c| c.rollout.is_some()) {
-        tx.rollouts()?
-            .into_iter()
-            .map(|r| (r.deployment.clone(), r))
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
-    // A deployment rolling out reaches only the devices its rollout admits; the others keep what they had.
-    let admitted = |c: &Configuration| {
-        c.rollout.is_none()
-            || rollouts
-                .get(&c.id)
-                .is_some_and(|r| r.admits(device.as_str()))
-    };
-    let configurations = Targeting::parse_all(stored.into_iter().filter(|c| admitted(c)).collect());
+    let configurations = snapshot.admitted(device);
     let Some(previous) = tx.assignment(device)? else {
         // Nothing was given and nothing can be: the common case of a hub without configurations, decided
         // without reading the device's twins (reported properties trigger an evaluation each).
@@ -121,7 +174,7 @@ fn plan_with(
     tx: &mut dyn Tables,
     device: &DeviceId,
     record: &DeviceRecord,
-    configurations: &[Targeting],
+    configurations: &[&Targeting],
     previous: &Assignment,
 ) -> Result<Option<Plan>, HubError> {
     let mut next = Assignment::default();

@@ -1,12 +1,12 @@
 //! The configurations service: stores configurations, answers them with their metrics, and evaluates them over
 //! the fleet, one device per write job.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use outpost_core::query::{Collection, Query};
+use outpost_core::query::{Collection, Narrowing, Query};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
@@ -15,7 +15,7 @@ use super::configuration::{
     parse_metric_query, parse_target_condition, Configuration, ConfigurationKind, Metrics,
     MAX_CONFIGURATIONS,
 };
-use super::evaluate::{self, has_status};
+use super::evaluate::{self, has_status, Snapshot};
 use super::rollout::{driver, Rollout};
 use super::schedule::{Action, Batch, Change, Event, FleetSignal, Schedule};
 use crate::error::HubError;
@@ -25,6 +25,9 @@ use crate::twins::Twins;
 
 /// How many devices an evaluation pass evaluates at once.
 const CONCURRENT_EVALUATIONS: usize = 32;
+
+/// How many device ids a pass over every device reads at a time.
+const EVALUATION_PAGE: usize = 2000;
 
 /// Automatic configurations and deployments: their records, metrics and evaluation.
 #[derive(Clone)]
@@ -166,27 +169,17 @@ impl Configurations {
                     .collect::<Result<Vec<_>, HubError>>()
             })
             .await?;
-        let mut documents: HashMap<Collection, Vec<Value>> = HashMap::new();
+        let counts = self.metric_counts(&measured).await?;
         let mut shown = Vec::with_capacity(measured.len());
-        for (configuration, system, rollout) in measured {
+        for (at, (configuration, system, rollout)) in measured.into_iter().enumerate() {
             let mut metrics = Metrics {
                 queries: configuration.metric_queries.clone(),
                 ..Metrics::default()
             };
-            for (name, text) in &configuration.metric_queries {
-                // Stored queries were checked when they were put.
-                let Ok(query) = Query::parse(text) else {
-                    continue;
-                };
-                let collection = query.collection();
-                let rows = match documents.entry(collection) {
-                    Entry::Occupied(read) => query.run(read.get()).len(),
-                    Entry::Vacant(unread) => {
-                        let read = unread.insert(self.twins.documents(collection).await?);
-                        query.run(&*read).len()
-                    }
-                };
-                metrics.results.insert(name.clone(), rows as u64);
+            for ((of, name), rows) in &counts {
+                if *of == at {
+                    metrics.results.insert(name.clone(), *rows as u64);
+                }
             }
             let mut json = configuration.to_json(&system, &metrics);
             if let (Some(rollout), Some(object)) = (&rollout, json.as_object_mut()) {
@@ -198,6 +191,56 @@ impl Configurations {
             shown.push(json);
         }
         Ok(shown)
+    }
+
+    /// The row count of every custom metric query, by configuration (its index in `measured`) and name. The
+    /// fleet is read a page at a time: once for each query the index narrows, once per collection for all the
+    /// others together; only counts (and one row per group of an aggregate) are kept.
+    async fn metric_counts(
+        &self,
+        measured: &[(Configuration, Metrics, Option<Rollout>)],
+    ) -> Result<BTreeMap<(usize, String), usize>, HubError> {
+        let mut queries: Vec<((usize, String), Query)> = Vec::new();
+        for (at, (configuration, _, _)) in measured.iter().enumerate() {
+            for (name, text) in &configuration.metric_queries {
+                // Stored queries were checked when they were put.
+                if let Ok(query) = Query::parse(text) {
+                    queries.push(((at, name.clone()), query));
+                }
+            }
+        }
+        let mut counts = BTreeMap::new();
+        let mut unnarrowed: HashMap<Collection, Vec<usize>> = HashMap::new();
+        for (i, (key, query)) in queries.iter().enumerate() {
+            let narrowing = query.narrowing();
+            if narrowing.is_empty() {
+                unnarrowed.entry(query.collection()).or_default().push(i);
+                continue;
+            }
+            let mut rows = query.row_count();
+            self.twins
+                .each_document(query.collection(), &narrowing, |document| {
+                    rows.add(document);
+                    !rows.is_full()
+                })
+                .await?;
+            counts.insert(key.clone(), rows.count());
+        }
+        for (collection, together) in unnarrowed {
+            let mut rows: Vec<_> = together.iter().map(|&i| queries[i].1.row_count()).collect();
+            self.twins
+                .each_document(collection, &Narrowing::default(), |document| {
+                    for counted in &mut rows {
+                        counted.add(document);
+                    }
+                    true
+                })
+                .await?;
+            for (&i, counted) in together.iter().zip(rows) {
+                counts.insert(queries[i].0.clone(), counted.count());
+            }
+        }
+        Ok(counts)
     }
 
     /// `POST /configurations/testQueries`: the error of the target condition and of each metric query
@@ -243,23 +286,35 @@ impl Configurations {
 
     /// Evaluates one device: writes what configurations give it where its twins differ; whether it wrote.
     pub async fn evaluate_device(&self, device: &str) -> Result<bool, HubError> {
+        let snapshot = self.snapshot().await?;
+        self.evaluate_with(device, snapshot).await
+    }
+
+    /// The configurations and rollouts an evaluation pass evaluates against, read once.
+    async fn snapshot(&self) -> Result<Arc<Snapshot>, HubError> {
+        let snapshot = self.twins.storage().read(|tx| Snapshot::read(tx)).await?;
+        Ok(Arc::new(snapshot))
+    }
+
+    /// [`Configurations::evaluate_device`] against a snapshot of the configurations.
+    async fn evaluate_with(&self, device: &str, snapshot: Arc<Snapshot>) -> Result<bool, HubError> {
         let id = device_id(device)?;
-        let read = id.clone();
+        let (read, read_snapshot) = (id.clone(), snapshot.clone());
         let differs = self
             .twins
             .storage()
-            .read(move |tx| Ok::<_, HubError>(evaluate::plan(tx, &read)?.is_some()))
+            .read(move |tx| Ok::<_, HubError>(evaluate::plan(tx, &read, &read_snapshot)?.is_some()))
             .await?;
         if !differs {
             return Ok(false);
         }
         let changes = self.twins.twin_changes();
-        // Planned again inside the write: what is written follows from what the transaction sees, so two
-        // replicas evaluating the same device write the same thing, and the second writes nothing.
+        // Planned again inside the write: what is written follows from what the transaction sees of the
+        // device, so two replicas evaluating the same device write the same thing, and the second nothing.
         let (notifications, appended) = self
             .twins
             .storage()
-            .write(move |tx| match evaluate::plan(tx, &id)? {
+            .write(move |tx| match evaluate::plan(tx, &id, &snapshot)? {
                 Some(plan) => evaluate::apply(tx, &id, plan, &changes),
                 None => Ok((Vec::new(), Vec::new())),
             })
@@ -268,20 +323,97 @@ impl Configurations {
         Ok(true)
     }
 
-    /// Evaluates every device; how many it wrote to.
+    /// Evaluates every device that may need it; how many it wrote to.
+    ///
+    /// When the index can narrow every configuration's target, only the devices it finds and those that hold
+    /// an assignment are evaluated: any other matches no configuration and was given nothing, so its plan is
+    /// empty. Otherwise every device is, its ids read a page at a time.
     pub async fn evaluate_all(&self) -> Result<usize, HubError> {
-        let devices = self
-            .twins
-            .storage()
-            .read(|tx| Ok::<_, HubError>(tx.devices()?))
-            .await?;
-        let ids = devices.into_iter().map(|d| d.device_id.to_string());
-        Ok(self.evaluate_devices(ids).await)
+        let snapshot = self.snapshot().await?;
+        if let Some(narrowings) = snapshot.narrowings() {
+            let candidates = self.candidates(narrowings).await?;
+            return Ok(self.evaluate_devices(candidates, snapshot).await);
+        }
+        let mut written = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let from = after.clone();
+            let ids = self
+                .twins
+                .storage()
+                .read(move |tx| Ok::<_, HubError>(tx.device_ids(from.as_deref(), EVALUATION_PAGE)?))
+                .await?;
+            let last_page = ids.len() < EVALUATION_PAGE;
+            after = ids.last().cloned();
+            written += self.evaluate_devices(ids, snapshot.clone()).await;
+            if last_page || after.is_none() {
+                return Ok(written);
+            }
+        }
     }
 
-    /// Evaluates devices, [`CONCURRENT_EVALUATIONS`] at a time (so that their writes share group commits);
-    /// how many it wrote to.
-    async fn evaluate_devices(&self, devices: impl IntoIterator<Item = String>) -> usize {
+    /// The ids of the devices the narrowed targets can select (a page at a time, through the index) and of
+    /// those holding an assignment.
+    async fn candidates(
+        &self,
+        narrowings: Vec<(Collection, Narrowing)>,
+    ) -> Result<BTreeSet<String>, HubError> {
+        let mut candidates: BTreeSet<String> = self
+            .twins
+            .storage()
+            .read(|tx| Ok::<_, HubError>(tx.assigned_devices()?))
+            .await?
+            .into_iter()
+            .collect();
+        for (collection, narrowing) in narrowings {
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let (from, narrowing) = (after.clone(), narrowing.clone());
+                let keys: Vec<(String, String)> = self
+                    .twins
+                    .storage()
+                    .read(move |tx| {
+                        let keys = match collection {
+                            Collection::Devices => tx
+                                .device_twins(
+                                    from.as_ref().map(|(d, _)| d.as_str()),
+                                    EVALUATION_PAGE,
+                                    &narrowing,
+                                )?
+                                .into_iter()
+                                .map(|(d, _)| (d.device_id.to_string(), String::new()))
+                                .collect(),
+                            Collection::Modules => tx
+                                .module_twins(
+                                    from.as_ref().map(|(d, m)| (d.as_str(), m.as_str())),
+                                    EVALUATION_PAGE,
+                                    &narrowing,
+                                )?
+                                .into_iter()
+                                .map(|(d, m, _)| (d.device_id.to_string(), m.module_id.to_string()))
+                                .collect(),
+                        };
+                        Ok::<_, HubError>(keys)
+                    })
+                    .await?;
+                let last_page = keys.len() < EVALUATION_PAGE;
+                after = keys.last().cloned();
+                candidates.extend(keys.into_iter().map(|(device, _)| device));
+                if last_page {
+                    break;
+                }
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// Evaluates devices against one snapshot, [`CONCURRENT_EVALUATIONS`] at a time (so that their writes share
+    /// group commits); how many it wrote to.
+    async fn evaluate_devices(
+        &self,
+        devices: impl IntoIterator<Item = String>,
+        snapshot: Arc<Snapshot>,
+    ) -> usize {
         let mut running = tokio::task::JoinSet::new();
         let mut written = 0;
         let mut finished = |result: Result<(String, Result<bool, HubError>), _>| match result {
@@ -297,9 +429,9 @@ impl Configurations {
                     finished(result);
                 }
             }
-            let service = self.clone();
+            let (service, snapshot) = (self.clone(), snapshot.clone());
             running.spawn(async move {
-                let result = service.evaluate_device(&device).await;
+                let result = service.evaluate_with(&device, snapshot).await;
                 (device, result)
             });
         }
@@ -316,7 +448,12 @@ impl Configurations {
                 tracing::warn!(%error, "configuration evaluation failed");
             }
         } else {
-            self.evaluate_devices(batch.devices).await;
+            match self.snapshot().await {
+                Ok(snapshot) => {
+                    self.evaluate_devices(batch.devices, snapshot).await;
+                }
+                Err(error) => tracing::warn!(%error, "configuration evaluation failed"),
+            }
         }
     }
 

@@ -267,16 +267,23 @@ impl Driver {
         job: &StoredJob,
     ) -> Result<Option<(Vec<String>, DeviceJobStatistics)>, HubError> {
         let condition = job.record.condition()?;
-        let selected: Vec<String> = self
-            .hub
+        // Read a page at a time, through the index where the condition allows; only the ids are kept.
+        let mut selected: Vec<String> = Vec::new();
+        self.hub
             .twins()
-            .documents(outpost_core::query::Collection::Devices)
-            .await?
-            .iter()
-            .filter(|twin| condition.matches(twin))
-            .filter_map(|twin| twin.get("deviceId").and_then(Value::as_str))
-            .map(str::to_owned)
-            .collect();
+            .each_document(
+                outpost_core::query::Collection::Devices,
+                &condition.narrowing(),
+                |twin| {
+                    if condition.matches(twin) {
+                        if let Some(id) = twin.get("deviceId").and_then(Value::as_str) {
+                            selected.push(id.to_owned());
+                        }
+                    }
+                    true
+                },
+            )
+            .await?;
         let statistics = DeviceJobStatistics {
             device_count: selected.len() as u64,
             pending_count: selected.len() as u64,

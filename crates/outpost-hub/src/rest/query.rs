@@ -3,8 +3,11 @@
 //! A query without aggregates or `TOP` reads the documents in id order from where the last page stopped
 //! ([`crate::Twins::documents_after`], in batches) until the page is full, so the pages of a query read each
 //! document once between them; its continuation token is the key of the last document read (`key:DEVICE[/MODULE]`:
-//! ids cannot hold `/`). An aggregate or `TOP` query evaluates over one consistent read of every document
-//! ([`crate::Twins::documents`]) and its token is the number of rows already answered (`rows:N`). Tokens are opaque
+//! ids cannot hold `/`). An aggregate or `TOP` query evaluates over every document, read a page at a time
+//! ([`crate::Twins::each_document`]) keeping only its rows (one per group for aggregates), and its token is the
+//! number of rows already answered (`rows:N`). Either way, the `deviceId`, tag and reported property equalities
+//! of the `WHERE` clause are looked up in the storage's index first ([`crate::storage::index`]), and only the
+//! documents they let through are read and evaluated. Tokens are opaque
 //! to callers; a page that follows a write may miss or repeat a change made meanwhile, as IoT Hub's may.
 
 use axum::body::Bytes;
@@ -102,10 +105,11 @@ async fn page_by_key(
 ) -> Result<Page, HubError> {
     let mut rows = Vec::new();
     let mut last = after;
+    let narrowing = query.narrowing();
     loop {
         let batch = hub
             .twins()
-            .documents_after(query.collection(), last.clone(), BATCH)
+            .documents_after(query.collection(), last.clone(), BATCH, &narrowing)
             .await?;
         let exhausted = batch.len() < BATCH;
         for document in &batch {
@@ -125,15 +129,25 @@ async fn page_by_key(
     }
 }
 
-/// A page of an aggregate or `TOP` query: the whole result over every document, from row `from` on.
+/// A page of an aggregate or `TOP` query: the whole result over every document (read a page at a time, keeping
+/// only the rows, or one row per group), from row `from` on.
 async fn page_by_offset(
     hub: &crate::Hub,
     query: &Query,
     from: usize,
     size: usize,
 ) -> Result<Page, HubError> {
-    let documents = hub.twins().documents(query.collection()).await?;
-    let rows = query.run(&documents);
+    let mut result = query.rows();
+    // A `TOP` query without aggregates needs its rows up to this page's end, and one more to know that more
+    // remain.
+    let needed = from.saturating_add(size).saturating_add(1);
+    hub.twins()
+        .each_document(query.collection(), &query.narrowing(), |document| {
+            result.add(document);
+            !result.is_full() && result.ungrouped_rows() < needed
+        })
+        .await?;
+    let rows = result.finish();
     let page: Vec<Value> = rows.iter().skip(from).take(size).cloned().collect();
     let next = from.saturating_add(page.len());
     let token = (next < rows.len()).then(|| format!("rows:{next}"));

@@ -14,12 +14,14 @@
 //! Two engines implement it: SQLite, the embedded default, in a data directory ([`sqlite`]); PostgreSQL, for
 //! several hub replicas on one database ([`postgres`]).
 
+pub mod index;
 pub mod jobs;
 pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashSet;
 
+use outpost_core::query::Narrowing;
 use outpost_core::{DeviceId, ModuleId, Twin};
 use serde_json::Value;
 
@@ -38,6 +40,12 @@ pub trait Tables: jobs::JobTables {
     fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StorageError>;
     /// Every device, ordered by id.
     fn devices(&mut self) -> Result<Vec<DeviceRecord>, StorageError>;
+    /// Up to `limit` device ids in order, from the first after `after`: a page of the fleet's ids.
+    fn device_ids(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError>;
     /// Inserts or replaces a device.
     fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StorageError>;
     /// Deletes a device with its modules, twins, sessions, queued messages and deployment; whether it existed.
@@ -76,17 +84,22 @@ pub trait Tables: jobs::JobTables {
     /// Up to `limit` devices with their twins (`None` if one has none yet), ordered by id, from the first id
     /// after `after` (from the first without it): the documents of fleet queries, read in one statement so
     /// that a device and its twin are of the same moment, a page at a time so that paging is not quadratic.
+    ///
+    /// Only devices whose twin satisfies every constraint of `narrowing` are returned, found through an index
+    /// (see [`index`]); the caller still evaluates its whole condition on each.
     fn device_twins(
         &mut self,
         after: Option<&str>,
         limit: usize,
+        narrowing: &Narrowing,
     ) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError>;
     /// Up to `limit` modules with their devices and twins, ordered by device then module id, from the first
-    /// after `after` (device id, module id), as [`Tables::device_twins`].
+    /// after `after` (device id, module id), narrowed, as [`Tables::device_twins`].
     fn module_twins(
         &mut self,
         after: Option<(&str, &str)>,
         limit: usize,
+        narrowing: &Narrowing,
     ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError>;
     /// Records the deployment last applied to an edge device.
     fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError>;
@@ -107,6 +120,8 @@ pub trait Tables: jobs::JobTables {
     fn assignment(&mut self, device: &DeviceId) -> Result<Option<Assignment>, StorageError>;
     /// Every device's assignment, ordered by device id.
     fn assignments(&mut self) -> Result<Vec<(String, Assignment)>, StorageError>;
+    /// The ids of the devices that have an assignment, ordered.
+    fn assigned_devices(&mut self) -> Result<Vec<String>, StorageError>;
     /// Records what automatic configurations gave a device (deleted with the device).
     fn put_assignment(
         &mut self,

@@ -35,6 +35,7 @@ mod jobs;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use outpost_core::query::{Field, Literal, Narrowing};
 use outpost_core::{DeviceId, ModuleId, Twin};
 use postgres::config::Host;
 use postgres::types::{Json, ToSql};
@@ -43,7 +44,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Engine, Group, SavepointJob, Tables};
+use super::{index, Engine, Group, SavepointJob, Tables};
 use crate::fleet::rollout::Rollout;
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
@@ -197,6 +198,12 @@ pub const MIGRATIONS: &[&str] = &[
         record JSONB NOT NULL,
         lease_owner TEXT,
         lease_until_ms BIGINT NOT NULL DEFAULT 0);
+"#,
+    r#"
+    -- The index of fleet queries (crate::storage::index): a tag or reported property equal to a literal is a
+    -- containment (@>) of these sections.
+    CREATE INDEX twins_by_tags ON twins USING GIN ((twin -> 'tags') jsonb_path_ops);
+    CREATE INDEX twins_by_reported ON twins USING GIN ((twin -> 'reported' -> 'properties') jsonb_path_ops);
 "#,
 ];
 
@@ -645,6 +652,65 @@ fn json<T: Serialize + std::fmt::Debug>(value: &T) -> Json<&T> {
     Json(value)
 }
 
+/// A parameter of the SQL that narrows a page of twins.
+enum NarrowValue {
+    /// Device ids (`= ANY`).
+    Ids(Vec<String>),
+    /// A document a section must contain (`@>`).
+    Contains(Json<Value>),
+}
+
+impl NarrowValue {
+    fn parameter(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Self::Ids(ids) => ids,
+            Self::Contains(document) => document,
+        }
+    }
+}
+
+/// The SQL that narrows a page of twins (`AND ...` after its `WHERE`, over the twins table as `t`), with its
+/// parameters from `$first` on; `device_column` names the device id column (see [`index`]).
+fn narrowing_sql(
+    narrowing: &Narrowing,
+    device_column: &str,
+    first: usize,
+) -> (String, Vec<NarrowValue>) {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for constraint in &narrowing.constraints {
+        let section = match &constraint.field {
+            Field::DeviceId => {
+                let ids = constraint
+                    .values
+                    .iter()
+                    .filter_map(|v| match v {
+                        Literal::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                values.push(NarrowValue::Ids(ids));
+                sql.push_str(&format!(
+                    " AND {device_column} = ANY(${})",
+                    first + values.len() - 1
+                ));
+                continue;
+            }
+            Field::Tag(_) => "t.twin -> 'tags'",
+            Field::Reported(_) => "t.twin -> 'reported' -> 'properties'",
+        };
+        let mut alternatives = Vec::new();
+        for literal in &constraint.values {
+            if let Some(document) = index::containment(&constraint.field, literal) {
+                values.push(NarrowValue::Contains(Json(document)));
+                alternatives.push(format!("{section} @> ${}", first + values.len() - 1));
+            }
+        }
+        sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+    }
+    (sql, values)
+}
+
 impl PgTables<'_, '_> {
     /// Notes a failed statement (see [`PgTables::failed`]).
     fn track<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StorageError> {
@@ -755,6 +821,22 @@ impl Tables for PgTables<'_, '_> {
 
     fn devices(&mut self) -> Result<Vec<DeviceRecord>, StorageError> {
         self.records("SELECT record::text FROM devices ORDER BY device_id", &[])
+    }
+
+    fn device_ids(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .query(
+                "SELECT device_id FROM devices WHERE device_id > $1 ORDER BY device_id LIMIT $2",
+                &[&after.unwrap_or(""), &limit],
+            )?
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect())
     }
 
     fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StorageError> {
@@ -868,47 +950,78 @@ impl Tables for PgTables<'_, '_> {
         &mut self,
         after: Option<&str>,
         limit: usize,
+        narrowing: &Narrowing,
     ) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query(
-            "SELECT d.record::text, t.twin::text FROM devices d
-             LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
-             WHERE d.device_id > $1 ORDER BY d.device_id LIMIT $2",
-            &[&after.unwrap_or(""), &limit],
-        )?
-        .iter()
-        .map(|row| {
-            let twin = row.get::<_, Option<&str>>(1).map(parse).transpose()?;
-            Ok((parse(row.get::<_, &str>(0))?, twin))
-        })
-        .collect()
+        let after = after.unwrap_or("");
+        let rows = if narrowing.is_empty() {
+            self.query(
+                "SELECT d.record::text, t.twin::text FROM devices d
+                 LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
+                 WHERE d.device_id > $1 ORDER BY d.device_id LIMIT $2",
+                &[&after, &limit],
+            )?
+        } else {
+            let (narrowed, values) = narrowing_sql(narrowing, "d.device_id", 3);
+            let sql = format!(
+                "SELECT d.record::text, t.twin::text FROM devices d
+                 LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
+                 WHERE d.device_id > $1{narrowed} ORDER BY d.device_id LIMIT $2"
+            );
+            let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit];
+            parameters.extend(values.iter().map(NarrowValue::parameter));
+            let result = self.tx.query(sql.as_str(), &parameters);
+            self.track(result)?
+        };
+        rows.iter()
+            .map(|row| {
+                let twin = row.get::<_, Option<&str>>(1).map(parse).transpose()?;
+                Ok((parse(row.get::<_, &str>(0))?, twin))
+            })
+            .collect()
     }
 
     fn module_twins(
         &mut self,
         after: Option<(&str, &str)>,
         limit: usize,
+        narrowing: &Narrowing,
     ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError> {
         let (device, module) = after.unwrap_or(("", ""));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query(
-            "SELECT d.record::text, m.record::text, t.twin::text FROM modules m
-             JOIN devices d ON d.device_id = m.device_id
-             LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
-             WHERE (m.device_id, m.module_id) > ($1, $2)
-             ORDER BY m.device_id, m.module_id LIMIT $3",
-            &[&device, &module, &limit],
-        )?
-        .iter()
-        .map(|row| {
-            let twin = row.get::<_, Option<&str>>(2).map(parse).transpose()?;
-            Ok((
-                parse(row.get::<_, &str>(0))?,
-                parse(row.get::<_, &str>(1))?,
-                twin,
-            ))
-        })
-        .collect()
+        let rows = if narrowing.is_empty() {
+            self.query(
+                "SELECT d.record::text, m.record::text, t.twin::text FROM modules m
+                 JOIN devices d ON d.device_id = m.device_id
+                 LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
+                 WHERE (m.device_id, m.module_id) > ($1, $2)
+                 ORDER BY m.device_id, m.module_id LIMIT $3",
+                &[&device, &module, &limit],
+            )?
+        } else {
+            let (narrowed, values) = narrowing_sql(narrowing, "m.device_id", 4);
+            let sql = format!(
+                "SELECT d.record::text, m.record::text, t.twin::text FROM modules m
+                 JOIN devices d ON d.device_id = m.device_id
+                 LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
+                 WHERE (m.device_id, m.module_id) > ($1, $2){narrowed}
+                 ORDER BY m.device_id, m.module_id LIMIT $3"
+            );
+            let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![&device, &module, &limit];
+            parameters.extend(values.iter().map(NarrowValue::parameter));
+            let result = self.tx.query(sql.as_str(), &parameters);
+            self.track(result)?
+        };
+        rows.iter()
+            .map(|row| {
+                let twin = row.get::<_, Option<&str>>(2).map(parse).transpose()?;
+                Ok((
+                    parse(row.get::<_, &str>(0))?,
+                    parse(row.get::<_, &str>(1))?,
+                    twin,
+                ))
+            })
+            .collect()
     }
 
     fn put_deployment(&mut self, device: &DeviceId, manifest: &Value) -> Result<(), StorageError> {
@@ -956,6 +1069,17 @@ impl Tables for PgTables<'_, '_> {
             "SELECT assignment::text FROM configuration_assignments WHERE device_id = $1",
             &[&device.as_str()],
         )
+    }
+
+    fn assigned_devices(&mut self) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .query(
+                "SELECT device_id FROM configuration_assignments ORDER BY device_id",
+                &[],
+            )?
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect())
     }
 
     fn assignments(&mut self) -> Result<Vec<(String, Assignment)>, StorageError> {

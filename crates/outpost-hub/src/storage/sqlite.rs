@@ -20,17 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use outpost_core::query::Narrowing;
 use outpost_core::{DeviceId, ModuleId, Twin};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Engine, Group, SavepointJob, Tables};
+use super::{index, Engine, Group, SavepointJob, Tables};
 use crate::fleet::rollout::Rollout;
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
-use crate::store::{StorageError, MIGRATIONS};
+use crate::store::{StorageError, MIGRATIONS, TWIN_VALUES_VERSION};
 use crate::stream::{
     partition_of, Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent,
 };
@@ -171,10 +172,102 @@ fn migrate(connection: &mut Connection) -> Result<(), StorageError> {
     for (version, migration) in MIGRATIONS.iter().enumerate().skip(found) {
         let transaction = connection.transaction()?;
         transaction.execute_batch(migration)?;
+        if version + 1 == TWIN_VALUES_VERSION {
+            index_stored_twins(&transaction)?;
+        }
         transaction.pragma_update(None, "user_version", version + 1)?;
         transaction.commit()?;
     }
     Ok(())
+}
+
+/// Fills `twin_values` from the twins stored before it existed.
+fn index_stored_twins(connection: &Connection) -> Result<(), StorageError> {
+    let mut read = connection.prepare("SELECT device_id, module_id, twin FROM twins")?;
+    let mut rows = read.query([])?;
+    while let Some(row) = rows.next()? {
+        let (device, module, twin): (String, String, String) =
+            (row.get(0)?, row.get(1)?, row.get(2)?);
+        write_twin_values(connection, &device, &module, &serde_json::from_str(&twin)?)?;
+    }
+    Ok(())
+}
+
+/// Replaces a twin's rows of `twin_values` (see [`crate::storage::index`]).
+fn write_twin_values(
+    connection: &Connection,
+    device: &str,
+    module: &str,
+    twin: &Twin,
+) -> Result<(), StorageError> {
+    connection
+        .prepare_cached("DELETE FROM twin_values WHERE device_id = ?1 AND module_id = ?2")?
+        .execute([device, module])?;
+    let mut insert = connection.prepare_cached(
+        "INSERT INTO twin_values (device_id, module_id, path, value) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (path, value) in index::entries(twin) {
+        insert.execute(params![device, module, path, value])?;
+    }
+    Ok(())
+}
+
+/// The SQL that narrows a page of twins (`AND ...` after its `WHERE`), with its parameters from `?first` on:
+/// `devices` names the device id column, and `modules` the module id column (`None` for device twins).
+fn narrowing_sql(
+    narrowing: &Narrowing,
+    device_column: &str,
+    module_column: Option<&str>,
+    first: usize,
+) -> (String, Vec<String>) {
+    let mut sql = String::new();
+    let mut values: Vec<String> = Vec::new();
+    let placeholders = |values: &mut Vec<String>, added: Vec<String>| -> String {
+        let mut list = Vec::with_capacity(added.len());
+        for value in added {
+            values.push(value);
+            list.push(format!("?{}", first + values.len() - 1));
+        }
+        list.join(", ")
+    };
+    for constraint in &narrowing.constraints {
+        let literals: Vec<String> = constraint.values.iter().map(index::literal).collect();
+        match index::path(&constraint.field) {
+            None => {
+                let ids = constraint
+                    .values
+                    .iter()
+                    .filter_map(|v| match v {
+                        outpost_core::query::Literal::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let list = placeholders(&mut values, ids);
+                sql.push_str(&format!(" AND {device_column} IN ({list})"));
+            }
+            Some(path) => {
+                let path = placeholders(&mut values, vec![path]);
+                let list = placeholders(&mut values, literals);
+                let (keys, module) = match module_column {
+                    None => (device_column.to_owned(), "v.module_id = ''".to_owned()),
+                    Some(column) => (
+                        format!("({device_column}, {column})"),
+                        "v.module_id != ''".to_owned(),
+                    ),
+                };
+                let selected = if module_column.is_some() {
+                    "v.device_id, v.module_id"
+                } else {
+                    "v.device_id"
+                };
+                sql.push_str(&format!(
+                    " AND {keys} IN (SELECT {selected} FROM twin_values v \
+                     WHERE v.path = {path} AND v.value IN ({list}) AND {module})"
+                ));
+            }
+        }
+    }
+    (sql, values)
 }
 
 impl Engine for SqliteEngine {
@@ -335,6 +428,19 @@ impl Tables for SqliteTables<'_> {
         self.all("SELECT record FROM devices ORDER BY device_id", [])
     }
 
+    fn device_ids(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT device_id FROM devices WHERE device_id > ?1 ORDER BY device_id LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![after.unwrap_or(""), limit], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn put_device(&mut self, record: &DeviceRecord) -> Result<(), StorageError> {
         self.execute(
             "INSERT INTO devices (device_id, record) VALUES (?1, ?2)
@@ -434,21 +540,26 @@ impl Tables for SqliteTables<'_> {
              ON CONFLICT (device_id, module_id) DO UPDATE SET twin = excluded.twin",
             params![device.as_str(), module_key(module), to_text(twin)?],
         )?;
-        Ok(())
+        write_twin_values(self.conn, device.as_str(), module_key(module), twin)
     }
 
     fn device_twins(
         &mut self,
         after: Option<&str>,
         limit: usize,
+        narrowing: &Narrowing,
     ) -> Result<Vec<(DeviceRecord, Option<Twin>)>, StorageError> {
-        let mut statement = self.conn.prepare_cached(
+        let (narrowed, values) = narrowing_sql(narrowing, "d.device_id", None, 3);
+        let mut statement = self.conn.prepare_cached(&format!(
             "SELECT d.record, t.twin FROM devices d
              LEFT JOIN twins t ON t.device_id = d.device_id AND t.module_id = ''
-             WHERE d.device_id > ?1 ORDER BY d.device_id LIMIT ?2",
-        )?;
+             WHERE d.device_id > ?1{narrowed} ORDER BY d.device_id LIMIT ?2"
+        ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![after.unwrap_or(""), limit], |r| {
+        let after = after.unwrap_or("");
+        let mut parameters: Vec<&dyn rusqlite::ToSql> = vec![&after, &limit];
+        parameters.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+        let rows = statement.query_map(parameters.as_slice(), |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
         })?;
         rows.map(|row| {
@@ -462,17 +573,21 @@ impl Tables for SqliteTables<'_> {
         &mut self,
         after: Option<(&str, &str)>,
         limit: usize,
+        narrowing: &Narrowing,
     ) -> Result<Vec<(DeviceRecord, ModuleRecord, Option<Twin>)>, StorageError> {
-        let mut statement = self.conn.prepare_cached(
+        let (narrowed, values) = narrowing_sql(narrowing, "m.device_id", Some("m.module_id"), 4);
+        let mut statement = self.conn.prepare_cached(&format!(
             "SELECT d.record, m.record, t.twin FROM modules m
              JOIN devices d ON d.device_id = m.device_id
              LEFT JOIN twins t ON t.device_id = m.device_id AND t.module_id = m.module_id
-             WHERE (m.device_id, m.module_id) > (?1, ?2)
-             ORDER BY m.device_id, m.module_id LIMIT ?3",
-        )?;
+             WHERE (m.device_id, m.module_id) > (?1, ?2){narrowed}
+             ORDER BY m.device_id, m.module_id LIMIT ?3"
+        ))?;
         let (device, module) = after.unwrap_or(("", ""));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![device, module, limit], |r| {
+        let mut parameters: Vec<&dyn rusqlite::ToSql> = vec![&device, &module, &limit];
+        parameters.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+        let rows = statement.query_map(parameters.as_slice(), |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -532,6 +647,14 @@ impl Tables for SqliteTables<'_> {
             "SELECT assignment FROM configuration_assignments WHERE device_id = ?1",
             [device.as_str()],
         )
+    }
+
+    fn assigned_devices(&mut self) -> Result<Vec<String>, StorageError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT device_id FROM configuration_assignments ORDER BY device_id")?;
+        let rows = statement.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn assignments(&mut self) -> Result<Vec<(String, Assignment)>, StorageError> {
@@ -1051,6 +1174,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::writer::Storage;
+    use outpost_core::query::{Field, Literal};
     use serde_json::json;
 
     fn append(t: &mut SqliteTables<'_>, event: &serde_json::Value, at: i64) -> i64 {
@@ -1240,6 +1364,41 @@ mod tests {
             [("d".to_owned(), 1)]
         );
         assert!(t.expired_c2d(1_714_557_600_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_index_migration_indexes_the_twins_stored_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.sqlite");
+        let mut twin = Twin::new(chrono::Utc::now());
+        twin.replace_tags(&json!({"site": "north"})).unwrap();
+        {
+            let db = outpost_store::Database::open(&path, &MIGRATIONS[..TWIN_VALUES_VERSION - 1])
+                .unwrap();
+            let conn = db.lock();
+            conn.execute(DEVICE_D, []).unwrap();
+            conn.execute(
+                "INSERT INTO twins (device_id, module_id, twin) VALUES ('d', '', ?1)",
+                [to_text(&twin).unwrap()],
+            )
+            .unwrap();
+        }
+        let db = SqliteEngine::open(&path).unwrap();
+        let conn = db.lock_writer();
+        let indexed: Vec<(String, String)> = conn
+            .prepare("SELECT device_id, module_id FROM twin_values WHERE path = ?1 AND value = ?2")
+            .unwrap()
+            .query_map(
+                params![
+                    index::path(&Field::Tag(vec!["site".into()])).unwrap(),
+                    index::literal(&Literal::String("north".into()))
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexed, [("d".to_owned(), String::new())]);
     }
 
     #[tokio::test]

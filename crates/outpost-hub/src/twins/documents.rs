@@ -1,7 +1,7 @@
 //! The twin documents of the whole fleet, as queries, configurations and jobs read them.
 
 use chrono::Utc;
-use outpost_core::query::Collection;
+use outpost_core::query::{Collection, Narrowing};
 use outpost_core::Twin;
 use serde_json::Value;
 
@@ -44,61 +44,78 @@ impl DocumentKey {
     }
 }
 
+/// Documents read at a time by the services that go over the whole fleet (configuration metrics, job
+/// selection, aggregate queries): what they hold at once is one page, whatever the fleet's size.
+pub const DOCUMENT_PAGE: usize = 1000;
+
 impl Twins {
     /// Every device twin document (or every module twin document) as [`twin_json`] makes it, ordered by device
     /// then module id, read in one consistent storage read; `connectionState` says whether each identity is
     /// connected to any replica now.
     ///
-    /// This is the one input of fleet queries (`POST /devices/query`), configurations and jobs: they evaluate
-    /// their conditions in memory over these documents.
+    /// All at once: for tests and small fleets. The services read pages ([`Twins::documents_after`],
+    /// [`Twins::each_document`]).
     pub async fn documents(&self, collection: Collection) -> Result<Vec<Value>, HubError> {
-        self.documents_after(collection, None, usize::MAX).await
+        self.documents_after(collection, None, usize::MAX, &Narrowing::default())
+            .await
     }
 
-    /// Up to `limit` documents of [`Twins::documents`], from the first after `after`: a page of the fleet, so
-    /// that a paged query reads each document once over all its pages.
+    /// Up to `limit` documents of [`Twins::documents`], from the first after `after`, among those that satisfy
+    /// `narrowing` (found through the storage's index, see [`crate::storage::index`]): a page of the fleet, so
+    /// that a paged query reads each document once over all its pages. The caller still evaluates its whole
+    /// condition on each document; a narrowing only skips documents it could not match.
     pub async fn documents_after(
         &self,
         collection: Collection,
         after: Option<DocumentKey>,
         limit: usize,
+        narrowing: &Narrowing,
     ) -> Result<Vec<Value>, HubError> {
         let modules = matches!(collection, Collection::Modules);
+        let narrowing = crate::storage::index::applied(narrowing.clone());
         let rows: Vec<Row> = self
             .storage
             .read(move |tables| {
-                // What automatic configurations target, shown in the documents as IoT Hub does (metric queries
-                // read `configurations.[[id]].status`).
-                let assignments: HashMap<String, Assignment> =
-                    tables.assignments()?.into_iter().collect();
-                let shown = |device: &DeviceRecord, twin: &str| {
-                    shown_configurations(assignments.get(device.device_id.as_str()), twin)
-                };
-                let rows = if modules {
+                let rows: Vec<(DeviceRecord, Option<ModuleRecord>, Option<Twin>)> = if modules {
                     tables
                         .module_twins(
                             after
                                 .as_ref()
                                 .map(|k| (k.device.as_str(), k.module.as_deref().unwrap_or(""))),
                             limit,
+                            &narrowing,
                         )?
                         .into_iter()
-                        .map(|(device, module, twin)| {
-                            let configurations = shown(&device, module.module_id.as_str());
-                            (device, Some(module), twin, configurations)
-                        })
+                        .map(|(device, module, twin)| (device, Some(module), twin))
                         .collect()
                 } else {
                     tables
-                        .device_twins(after.as_ref().map(|k| k.device.as_str()), limit)?
+                        .device_twins(after.as_ref().map(|k| k.device.as_str()), limit, &narrowing)?
                         .into_iter()
-                        .map(|(device, twin)| {
-                            let configurations = shown(&device, DEVICE_TWIN);
-                            (device, None, twin, configurations)
-                        })
+                        .map(|(device, twin)| (device, None, twin))
                         .collect()
                 };
-                Ok::<_, HubError>(rows)
+                // What automatic configurations target, shown in the documents as IoT Hub does (metric queries
+                // read `configurations.[[id]].status`): read for the page's devices only.
+                let mut assignments: HashMap<String, Option<Assignment>> = HashMap::new();
+                let mut shown = Vec::with_capacity(rows.len());
+                for (device, module, twin) in rows {
+                    let id = device.device_id.as_str().to_owned();
+                    let assignment = match assignments.get(&id) {
+                        Some(found) => found.clone(),
+                        None => {
+                            let found = tables.assignment(&device.device_id)?;
+                            assignments.insert(id, found.clone());
+                            found
+                        }
+                    };
+                    let twin_key = module
+                        .as_ref()
+                        .map_or(DEVICE_TWIN, |m| m.module_id.as_str());
+                    let configurations = shown_configurations(assignment.as_ref(), twin_key);
+                    shown.push((device, module, twin, configurations));
+                }
+                Ok::<_, HubError>(shown)
             })
             .await?;
         let client_ids: Vec<String> = rows
@@ -124,5 +141,35 @@ impl Twins {
                 })
             })
             .collect())
+    }
+}
+
+impl Twins {
+    /// Calls `visit` with every document of `collection` that `narrowing` lets through, a [`DOCUMENT_PAGE`] at a time in
+    /// id order (so that at most one page is held at once); stops early when `visit` returns false.
+    pub async fn each_document(
+        &self,
+        collection: Collection,
+        narrowing: &Narrowing,
+        mut visit: impl FnMut(&Value) -> bool,
+    ) -> Result<(), HubError> {
+        let mut after = None;
+        loop {
+            let page = self
+                .documents_after(collection, after, DOCUMENT_PAGE, narrowing)
+                .await?;
+            for document in &page {
+                if !visit(document) {
+                    return Ok(());
+                }
+            }
+            if page.len() < DOCUMENT_PAGE {
+                return Ok(());
+            }
+            after = page.last().and_then(DocumentKey::of);
+            if after.is_none() {
+                return Ok(());
+            }
+        }
     }
 }
