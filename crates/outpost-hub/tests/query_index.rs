@@ -5,7 +5,7 @@
 mod pg_server;
 
 use chrono::Utc;
-use outpost_core::query::{Collection, QueryCondition};
+use outpost_core::query::{Collection, Narrowing, QueryCondition};
 use outpost_core::{DeviceId, ModuleId, Twin};
 use outpost_hub::identity::{Credentials, DeviceRecord, IdentityStatus, ModuleRecord};
 use outpost_hub::storage::postgres::PostgresEngine;
@@ -134,7 +134,7 @@ fn matching(
     let narrowing = if narrowed {
         condition.narrowing()
     } else {
-        Default::default()
+        Narrowing::default()
     };
     let mut keys = Vec::new();
     let mut read = 0;

@@ -259,7 +259,7 @@ impl Rows<'_> {
         let query = self.query;
         match &mut self.state {
             RowState::Groups(grouping) => {
-                grouping.add(&query.projection, &query.group_by, document)
+                grouping.add(&query.projection, &query.group_by, document);
             }
             RowState::Projected(rows) => rows.push(query.projection.project(document)),
             RowState::Counted(n) => *n += 1,

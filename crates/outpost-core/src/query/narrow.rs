@@ -88,10 +88,10 @@ impl Narrowing {
 fn constraint(conjunct: &Expr) -> Option<Constraint> {
     match conjunct {
         Expr::Compare(BinaryOp::Eq, left, right) => {
-            let (path, value) = match (&**left, &**right) {
-                (Expr::Path(path), Expr::Literal(value))
-                | (Expr::Literal(value), Expr::Path(path)) => (path, value),
-                _ => return None,
+            let ((Expr::Path(path), Expr::Literal(value))
+            | (Expr::Literal(value), Expr::Path(path))) = (&**left, &**right)
+            else {
+                return None;
             };
             let field = field(path)?;
             let literal = literal(&field, value)?;

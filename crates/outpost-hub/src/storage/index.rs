@@ -119,18 +119,18 @@ mod tests {
     use chrono::Utc;
     use serde_json::json;
 
-    fn twin(tags: Value, reported: Value) -> Twin {
+    fn twin(tags: &Value, reported: &Value) -> Twin {
         let mut twin = Twin::new(Utc::now());
-        twin.replace_tags(&tags).unwrap();
-        twin.patch_reported(&reported, Utc::now()).unwrap();
+        twin.replace_tags(tags).unwrap();
+        twin.patch_reported(reported, Utc::now()).unwrap();
         twin
     }
 
     #[test]
     fn every_scalar_leaf_outside_arrays_is_an_entry_that_its_equality_finds() {
         let twin = twin(
-            json!({"site": "north", "rack": {"row": 3, "on": true}, "list": ["a"], "gone": null}),
-            json!({"fw": 2.0}),
+            &json!({"site": "north", "rack": {"row": 3, "on": true}, "list": ["a"], "gone": null}),
+            &json!({"fw": 2.0}),
         );
         let mut found = entries(&twin);
         found.sort();

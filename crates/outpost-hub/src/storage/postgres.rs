@@ -33,6 +33,7 @@
 mod jobs;
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use outpost_core::query::{Field, Literal, Narrowing};
@@ -199,12 +200,12 @@ pub const MIGRATIONS: &[&str] = &[
         lease_owner TEXT,
         lease_until_ms BIGINT NOT NULL DEFAULT 0);
 "#,
-    r#"
+    r"
     -- The index of fleet queries (crate::storage::index): a tag or reported property equal to a literal is a
     -- containment (@>) of these sections.
     CREATE INDEX twins_by_tags ON twins USING GIN ((twin -> 'tags') jsonb_path_ops);
     CREATE INDEX twins_by_reported ON twins USING GIN ((twin -> 'reported' -> 'properties') jsonb_path_ops);
-"#,
+",
 ];
 
 impl From<postgres::Error> for StorageError {
@@ -690,10 +691,11 @@ fn narrowing_sql(
                     })
                     .collect();
                 values.push(NarrowValue::Ids(ids));
-                sql.push_str(&format!(
+                let _ = write!(
+                    sql,
                     " AND {device_column} = ANY(${})",
                     first + values.len() - 1
-                ));
+                );
                 continue;
             }
             Field::Tag(_) => "t.twin -> 'tags'",
@@ -706,7 +708,7 @@ fn narrowing_sql(
                 alternatives.push(format!("{section} @> ${}", first + values.len() - 1));
             }
         }
-        sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+        let _ = write!(sql, " AND ({})", alternatives.join(" OR "));
     }
     (sql, values)
 }

@@ -15,6 +15,7 @@
 mod jobs;
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -243,7 +244,7 @@ fn narrowing_sql(
                     })
                     .collect();
                 let list = placeholders(&mut values, ids);
-                sql.push_str(&format!(" AND {device_column} IN ({list})"));
+                let _ = write!(sql, " AND {device_column} IN ({list})");
             }
             Some(path) => {
                 let path = placeholders(&mut values, vec![path]);
@@ -260,10 +261,11 @@ fn narrowing_sql(
                 } else {
                     "v.device_id"
                 };
-                sql.push_str(&format!(
+                let _ = write!(
+                    sql,
                     " AND {keys} IN (SELECT {selected} FROM twin_values v \
                      WHERE v.path = {path} AND v.value IN ({list}) AND {module})"
-                ));
+                );
             }
         }
     }

@@ -101,13 +101,12 @@ impl Twins {
                 let mut shown = Vec::with_capacity(rows.len());
                 for (device, module, twin) in rows {
                     let id = device.device_id.as_str().to_owned();
-                    let assignment = match assignments.get(&id) {
-                        Some(found) => found.clone(),
-                        None => {
-                            let found = tables.assignment(&device.device_id)?;
-                            assignments.insert(id, found.clone());
-                            found
-                        }
+                    let assignment = if let Some(found) = assignments.get(&id) {
+                        found.clone()
+                    } else {
+                        let found = tables.assignment(&device.device_id)?;
+                        assignments.insert(id, found.clone());
+                        found
                     };
                     let twin_key = module
                         .as_ref()
