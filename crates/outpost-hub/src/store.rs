@@ -143,6 +143,9 @@ pub const MIGRATIONS: &[&str] = &["
         record TEXT NOT NULL,
         lease_owner TEXT,
         lease_until_ms INTEGER NOT NULL DEFAULT 0);
+", "
+    -- CA certificates that device certificates may chain to (crate::x509_auth), by name.
+    CREATE TABLE ca_certificates (name TEXT PRIMARY KEY, record TEXT NOT NULL);
 "];
 
 /// Errors of the hub's storage.
