@@ -300,3 +300,17 @@ def test_bad_ca_certificates_are_refused_and_change_nothing(hub, certs, tmp_path
     assert twice.returncode != 0 and "exists already" in twice.stderr
     listed = ca_cli(hub, "list")
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["fleet"]
+
+
+def test_an_x509_device_updated_to_sas_gets_keys_and_its_certificate_no_longer_opens_it(
+        hub, registry, certs, x509_clients, clients):
+    cert = certs.self_signed("dev1", "dev1")
+    registry.create_device_with_x509("dev1", thumbprint(cert), None, "enabled")
+    shown = registry.get_device("dev1")
+    assert shown.authentication.symmetric_key.primary_key is None
+    updated = registry.update_device_with_sas("dev1", "*", "", "", "enabled")
+    assert updated.authentication.type == "sas"
+    key = updated.authentication.symmetric_key.primary_key
+    assert key and updated.authentication.x509_thumbprint.primary_thumbprint is None
+    assert_refused(x509_clients, hub, cert, "dev1")
+    assert clients.open(hub, "dev1", key).connected
