@@ -128,6 +128,11 @@ pub enum HubCommand {
     /// exists). Works on the database, whether or not the hub runs; a running hub sees the change at once.
     #[command(subcommand)]
     ConsumerGroup(ConsumerGroupCommand),
+    /// Add, list or remove the CA certificates that devices registered as `certificateAuthority` present
+    /// certificates signed by (X.509 authentication). Works on the database, whether or not the hub runs; a
+    /// running hub checks every X.509 CONNECT against what is stored then.
+    #[command(subcommand)]
+    Ca(crate::hub_ca::CaCommand),
 }
 
 /// `outpost hub consumer-group`.
@@ -267,6 +272,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             Ok(())
         }
         HubCommand::ConsumerGroup(command) => consumer_group(command),
+        HubCommand::Ca(command) => crate::hub_ca::run(command),
     }
 }
 
@@ -386,24 +392,29 @@ fn valid_consumer_group(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// The storage of the hub whose data directory this is: PostgreSQL when it was served with `--database` (as
+/// `hub.json` says), else its `hub.sqlite`. Commands that work on the database whether or not the hub runs
+/// (`consumer-group`, `ca`) open it so.
+pub(crate) fn open_engine(data_dir: &Path) -> anyhow::Result<Box<dyn Engine>> {
+    if let Some(url) = read_served_as(data_dir)
+        .ok()
+        .and_then(|served| served.database)
+    {
+        return Ok(Box::new(PostgresEngine::connect(&url)?));
+    }
+    let path = data_dir.join("hub.sqlite");
+    if !path.exists() {
+        anyhow::bail!(
+            "{} not found: has `outpost hub serve --data-dir {}` run?",
+            path.display(),
+            data_dir.display()
+        );
+    }
+    Ok(Box::new(SqliteEngine::open(&path)?))
+}
+
 fn consumer_group(command: ConsumerGroupCommand) -> anyhow::Result<()> {
-    let open = |data_dir: &Path| -> anyhow::Result<Box<dyn Engine>> {
-        if let Some(url) = read_served_as(data_dir)
-            .ok()
-            .and_then(|served| served.database)
-        {
-            return Ok(Box::new(PostgresEngine::connect(&url)?));
-        }
-        let path = data_dir.join("hub.sqlite");
-        if !path.exists() {
-            anyhow::bail!(
-                "{} not found: has `outpost hub serve --data-dir {}` run?",
-                path.display(),
-                data_dir.display()
-            );
-        }
-        Ok(Box::new(SqliteEngine::open(&path)?))
-    };
+    let open = open_engine;
     match command {
         ConsumerGroupCommand::Create { data_dir, name } => {
             if name.eq_ignore_ascii_case(DEFAULT_CONSUMER_GROUP) {

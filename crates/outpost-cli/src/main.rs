@@ -6,6 +6,7 @@
 mod deployment;
 mod edge_check;
 mod edge_command;
+mod hub_ca;
 mod hub_command;
 mod job_command;
 mod operator;

@@ -339,12 +339,27 @@ pub struct SymmetricKeys {
     pub secondary_key: String,
 }
 
-/// The part of an identity's `authentication` the edge checks tokens with.
+/// The X.509 thumbprints of an identity in scope (SHA-1 or SHA-256 hex; `None` unless `selfSigned`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Thumbprints {
+    /// The primary thumbprint.
+    pub primary_thumbprint: Option<String>,
+    /// The secondary thumbprint.
+    pub secondary_thumbprint: Option<String>,
+}
+
+/// The part of an identity's `authentication` the edge checks tokens and client certificates with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopeAuthentication {
     /// Its keys.
     pub symmetric_key: SymmetricKeys,
+    /// Its thumbprints (`selfSigned`).
+    pub x509_thumbprint: X509Thumbprints,
+    /// How it authenticates, as IoT Hub names it: `sas`, `selfSigned` or `certificateAuthority`.
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// A child device of the edge device.
@@ -379,6 +394,9 @@ pub struct ScopeAnswer {
     pub devices: Vec<ScopeDevice>,
     /// The edge device's modules.
     pub modules: Vec<ScopeModule>,
+    /// The hub's CA certificates (PEM), which `certificateAuthority` identities' certificates chain to.
+    #[serde(rename = "caCertificates")]
+    pub ca_certificates: Vec<String>,
 }
 
 #[cfg(test)]
@@ -570,6 +588,7 @@ pub(crate) mod tests {
                 "moduleId": "filter", "managedBy": null, "deviceId": "edge1", "generationId": "2",
                 "authentication": {"symmetricKey": keys, "x509Thumbprint": {}, "type": "sas"},
             }],
+            "caCertificates": [],
         });
         let scope: ScopeAnswer = serde_json::from_value(today).unwrap();
         assert_eq!(scope.devices[0].status, ScopeStatus::Disabled);
@@ -578,11 +597,15 @@ pub(crate) mod tests {
             "cA=="
         );
         // What the hub sends now: the part the edge reads, under the same names.
+        let x509 = json!({"primaryThumbprint": "AB".repeat(20), "secondaryThumbprint": null});
         round_trip::<ScopeAnswer>(json!({
             "devices": [{"deviceId": "leaf", "status": "disabled",
-                         "authentication": {"symmetricKey": keys}}],
+                         "authentication": {"symmetricKey": keys, "x509Thumbprint": x509, "type": "selfSigned"}}],
             "modules": [{"deviceId": "edge1", "moduleId": "filter",
-                         "authentication": {"symmetricKey": keys}}],
+                         "authentication": {"symmetricKey": keys,
+                                            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+                                            "type": "sas"}}],
+            "caCertificates": ["-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"],
         }));
         assert!(serde_json::from_value::<ScopeAnswer>(json!({"devices": []})).is_err());
     }

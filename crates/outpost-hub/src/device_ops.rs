@@ -44,6 +44,24 @@ impl DeviceOperations for HubDevices {
             })
     }
 
+    async fn authenticate_certificate(
+        &self,
+        identity: &Identity,
+        _username: &str,
+        chain: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), ConnectRefusal> {
+        self.0
+            .authenticate_certificate(identity, chain)
+            .await
+            .map_err(|error| {
+                tracing::info!(%identity, %error, "X.509 connection refused");
+                match error {
+                    HubError::Storage(_) => ConnectRefusal::ServerUnavailable,
+                    _ => ConnectRefusal::NotAuthorized,
+                }
+            })
+    }
+
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
         tracing::debug!(%identity, connection = outbox.connection(), "connected");
         if let Some(replicas) = self.0.connections().replicas() {

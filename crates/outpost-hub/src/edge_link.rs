@@ -19,7 +19,7 @@ use std::time::Duration;
 use outpost_core::edge_link::{
     Delivered, LinkEvent, LinkFeature, MethodResponse, PresenceClient, ScopeAnswer,
     ScopeAuthentication, ScopeDevice, ScopeModule, ScopeStatus, SymmetricKeys, TwinAnswer,
-    UpstreamMessage,
+    UpstreamMessage, X509Thumbprints,
 };
 use outpost_core::{DeviceId, Identity, Message};
 use outpost_mqtt::{Feature, Outbox, Outgoing};
@@ -427,11 +427,25 @@ impl Hub {
                 primary_key: c.primary_key.clone(),
                 secondary_key: c.secondary_key.clone(),
             },
+            x509_thumbprint: X509Thumbprints {
+                primary_thumbprint: c.primary_thumbprint.clone(),
+                secondary_thumbprint: c.secondary_thumbprint.clone(),
+            },
+            kind: serde_json::to_value(c.kind)
+                .ok()
+                .and_then(|kind| kind.as_str().map(str::to_owned))
+                .unwrap_or_default(),
         };
         let edge_id = edge.device_id.clone();
-        let (modules, devices) = self
+        let (modules, devices, cas) = self
             .storage
-            .read(move |tables| Ok::<_, HubError>((tables.modules(&edge_id)?, tables.devices()?)))
+            .read(move |tables| {
+                Ok::<_, HubError>((
+                    tables.modules(&edge_id)?,
+                    tables.devices()?,
+                    tables.ca_certificates()?,
+                ))
+            })
             .await?;
         let modules = modules
             .iter()
@@ -454,7 +468,11 @@ impl Hub {
                 authentication: authentication(&d.credentials),
             })
             .collect();
-        Ok(ScopeAnswer { devices, modules })
+        Ok(ScopeAnswer {
+            devices,
+            modules,
+            ca_certificates: cas.into_iter().map(|ca| ca.pem).collect(),
+        })
     }
 }
 

@@ -63,6 +63,35 @@ impl Credentials {
         }
     }
 
+    /// X.509 credentials: thumbprints for `SelfSigned` (checked by the caller with
+    /// `outpost_pki::client_auth::parse_thumbprint`), none for `CertificateAuthority`. No symmetric keys.
+    pub fn x509(
+        kind: AuthenticationType,
+        primary_thumbprint: Option<String>,
+        secondary_thumbprint: Option<String>,
+    ) -> Self {
+        Self {
+            kind,
+            primary_key: String::new(),
+            secondary_key: String::new(),
+            primary_thumbprint,
+            secondary_thumbprint,
+        }
+    }
+
+    /// The thumbprints a self-signed client certificate may have (none unless `SelfSigned`).
+    pub fn thumbprints(&self) -> Vec<&str> {
+        if self.kind != AuthenticationType::SelfSigned {
+            return Vec::new();
+        }
+        [&self.primary_thumbprint, &self.secondary_thumbprint]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
     /// The keys a SAS token may be signed with.
     pub fn keys(&self) -> Vec<&str> {
         if self.kind != AuthenticationType::Sas {

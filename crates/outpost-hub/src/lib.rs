@@ -41,6 +41,7 @@ pub mod store;
 pub mod stream;
 pub mod twins;
 pub mod writer;
+pub mod x509_auth;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -62,6 +62,8 @@ pub struct MigrationReport {
     pub c2d_messages: usize,
     /// Consumer groups (without `$Default`).
     pub consumer_groups: usize,
+    /// CA certificates for X.509 devices.
+    pub ca_certificates: usize,
     /// Whether the Event Hub record was copied (a hub that never started has none).
     pub event_hub: bool,
     /// Whether the CA was copied.
@@ -73,7 +75,7 @@ impl std::fmt::Display for MigrationReport {
         write!(
             f,
             "{} devices, {} modules, {} twins, {} deployments, {} automatic configurations, {} jobs, {} access policies, \
-             {} MQTT sessions, {} queued cloud-to-device messages, {} consumer groups, the Event Hub record: {}, \
+             {} MQTT sessions, {} queued cloud-to-device messages, {} consumer groups, {} CA certificates, the Event Hub record: {}, \
              the CA: {}",
             self.devices,
             self.modules,
@@ -85,6 +87,7 @@ impl std::fmt::Display for MigrationReport {
             self.sessions,
             self.c2d_messages,
             self.consumer_groups,
+            self.ca_certificates,
             if self.event_hub { "yes" } else { "no" },
             if self.ca { "yes" } else { "no" },
         )
@@ -149,6 +152,7 @@ struct Snapshot {
     rollouts: Vec<Rollout>,
     policies: Vec<AccessPolicy>,
     consumer_groups: Vec<String>,
+    ca_certificates: Vec<crate::x509_auth::CaRecord>,
     event_hub: Option<EventHubRecord>,
 }
 
@@ -156,6 +160,7 @@ fn read_snapshot(tables: &mut dyn Tables) -> Result<Snapshot, StorageError> {
     let mut snapshot = Snapshot {
         policies: tables.policies()?,
         consumer_groups: tables.consumer_groups()?,
+        ca_certificates: tables.ca_certificates()?,
         event_hub: tables.event_hub()?,
         configurations: tables.configurations()?,
         rollouts: tables.rollouts()?,
@@ -307,6 +312,11 @@ fn write_snapshot(
     for group in &snapshot.consumer_groups {
         if tables.create_consumer_group(group, now_ms)? {
             report.consumer_groups += 1;
+        }
+    }
+    for ca in &snapshot.ca_certificates {
+        if tables.add_ca_certificate(ca)? {
+            report.ca_certificates += 1;
         }
     }
     for device in &snapshot.devices {

@@ -7,7 +7,8 @@ use crate::connections::Connections;
 use crate::error::HubError;
 use crate::fleet::schedule::{Change, FleetSignal};
 use crate::identity::{
-    generate_generation_id, validate_key, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
+    generate_generation_id, validate_key, AuthenticationType, Credentials, DeviceRecord,
+    IdentityStatus, ModuleRecord,
 };
 use crate::storage::Tables;
 use crate::writer::Storage;
@@ -25,6 +26,12 @@ pub struct DeviceSpec {
     pub primary_key: Option<String>,
     /// The secondary key; empty or missing means generate one.
     pub secondary_key: Option<String>,
+    /// How it authenticates: `None` keeps what an existing identity has (a new one gets SAS).
+    pub authentication: Option<AuthenticationType>,
+    /// The primary X.509 thumbprint of a `SelfSigned` identity (required for one).
+    pub primary_thumbprint: Option<String>,
+    /// The secondary X.509 thumbprint of a `SelfSigned` identity.
+    pub secondary_thumbprint: Option<String>,
     /// Whether it is an edge device.
     pub iot_edge: bool,
     /// The parent edge device's id, for a device behind an edge device.
@@ -46,6 +53,12 @@ pub struct ModuleSpec {
     pub primary_key: Option<String>,
     /// The secondary key; empty or missing means generate one.
     pub secondary_key: Option<String>,
+    /// How it authenticates: `None` keeps what an existing identity has (a new one gets SAS).
+    pub authentication: Option<AuthenticationType>,
+    /// The primary X.509 thumbprint of a `SelfSigned` identity (required for one).
+    pub primary_thumbprint: Option<String>,
+    /// The secondary X.509 thumbprint of a `SelfSigned` identity.
+    pub secondary_thumbprint: Option<String>,
 }
 
 /// How a write is conditioned on the current etag.
@@ -131,6 +144,11 @@ impl Registry {
         {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
+        let x509 = requested_x509(
+            spec.authentication,
+            spec.primary_thumbprint.as_ref(),
+            spec.secondary_thumbprint.as_ref(),
+        )?;
         let (spec, precondition) = (spec.clone(), precondition.clone());
         let (record, rotated) = self
             .storage
@@ -169,10 +187,7 @@ impl Registry {
                     (Some(mut current), _) => {
                         precondition
                             .check(&crate::identity::identity_etag(current.etag_counter))?;
-                        let keys_before = (
-                            current.credentials.primary_key.clone(),
-                            current.credentials.secondary_key.clone(),
-                        );
+                        let credentials_before = current.credentials.clone();
                         let status = spec.status.unwrap_or(current.status);
                         if status != current.status {
                             current.status_updated = Utc::now();
@@ -186,18 +201,29 @@ impl Registry {
                                 .filter(|k| !k.is_empty())
                                 .unwrap_or_else(|| old.to_owned())
                         };
-                        current.credentials.primary_key =
-                            keep(&spec.primary_key, &current.credentials.primary_key);
-                        current.credentials.secondary_key =
-                            keep(&spec.secondary_key, &current.credentials.secondary_key);
+                        match (&x509, spec.authentication) {
+                            (Some(credentials), _) => current.credentials = credentials.clone(),
+                            (None, Some(AuthenticationType::Sas))
+                                if current.credentials.kind != AuthenticationType::Sas =>
+                            {
+                                current.credentials = Credentials::sas(
+                                    spec.primary_key.as_deref(),
+                                    spec.secondary_key.as_deref(),
+                                );
+                            }
+                            // An X.509 identity updated without naming its authentication keeps it.
+                            (None, _) if current.credentials.kind != AuthenticationType::Sas => {}
+                            (None, _) => {
+                                current.credentials.primary_key =
+                                    keep(&spec.primary_key, &current.credentials.primary_key);
+                                current.credentials.secondary_key =
+                                    keep(&spec.secondary_key, &current.credentials.secondary_key);
+                            }
+                        }
                         current.iot_edge = spec.iot_edge;
                         apply_scopes(&mut current, &spec, parent_scope);
                         current.etag_counter += 1;
-                        rotated = keys_before
-                            != (
-                                current.credentials.primary_key.clone(),
-                                current.credentials.secondary_key.clone(),
-                            );
+                        rotated = credentials_before != current.credentials;
                         current
                     }
                     (None, _) => {
@@ -208,10 +234,12 @@ impl Registry {
                             status: spec.status.unwrap_or(IdentityStatus::Enabled),
                             status_reason: spec.status_reason.clone(),
                             status_updated: Utc::now(),
-                            credentials: Credentials::sas(
-                                spec.primary_key.as_deref(),
-                                spec.secondary_key.as_deref(),
-                            ),
+                            credentials: x509.clone().unwrap_or_else(|| {
+                                Credentials::sas(
+                                    spec.primary_key.as_deref(),
+                                    spec.secondary_key.as_deref(),
+                                )
+                            }),
                             iot_edge: spec.iot_edge,
                             device_scope: None,
                             parent_scopes: Vec::new(),
@@ -229,7 +257,13 @@ impl Registry {
                         let module = ModuleId::new(system)
                             .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
                         if tx.module(&id, &module)?.is_none() {
-                            insert_module(tx, &id, &module, Some("IotEdge".into()), None, None)?;
+                            insert_module(
+                                tx,
+                                &id,
+                                &module,
+                                Some("IotEdge".into()),
+                                Credentials::sas(None, None),
+                            )?;
                         }
                     }
                 }
@@ -303,6 +337,11 @@ impl Registry {
         {
             validate_key(key).map_err(HubError::ArgumentInvalid)?;
         }
+        let x509 = requested_x509(
+            spec.authentication,
+            spec.primary_thumbprint.as_ref(),
+            spec.secondary_thumbprint.as_ref(),
+        )?;
         let precondition = precondition.clone();
         let (written_device, written_module) = (device.clone(), module.clone());
         let (result, rotated) = self
@@ -323,14 +362,28 @@ impl Registry {
                     (Some(mut current), _) => {
                         precondition
                             .check(&crate::identity::identity_etag(current.etag_counter))?;
-                        if let Some(key) = spec.primary_key.filter(|k| !k.is_empty()) {
-                            rotated |= key != current.credentials.primary_key;
-                            current.credentials.primary_key = key;
+                        let credentials_before = current.credentials.clone();
+                        match (x509, spec.authentication) {
+                            (Some(credentials), _) => current.credentials = credentials,
+                            (None, Some(AuthenticationType::Sas))
+                                if current.credentials.kind != AuthenticationType::Sas =>
+                            {
+                                current.credentials = Credentials::sas(
+                                    spec.primary_key.as_deref(),
+                                    spec.secondary_key.as_deref(),
+                                );
+                            }
+                            (None, _) if current.credentials.kind != AuthenticationType::Sas => {}
+                            (None, _) => {
+                                if let Some(key) = spec.primary_key.filter(|k| !k.is_empty()) {
+                                    current.credentials.primary_key = key;
+                                }
+                                if let Some(key) = spec.secondary_key.filter(|k| !k.is_empty()) {
+                                    current.credentials.secondary_key = key;
+                                }
+                            }
                         }
-                        if let Some(key) = spec.secondary_key.filter(|k| !k.is_empty()) {
-                            rotated |= key != current.credentials.secondary_key;
-                            current.credentials.secondary_key = key;
-                        }
+                        rotated = credentials_before != current.credentials;
                         if spec.managed_by.is_some() {
                             current.managed_by = spec.managed_by;
                         }
@@ -339,14 +392,14 @@ impl Registry {
                         Ok((current, false))
                     }
                     (None, _) => {
-                        let record = insert_module(
-                            tx,
-                            &device,
-                            &module,
-                            spec.managed_by,
-                            spec.primary_key.as_deref(),
-                            spec.secondary_key.as_deref(),
-                        )?;
+                        let credentials = x509.unwrap_or_else(|| {
+                            Credentials::sas(
+                                spec.primary_key.as_deref(),
+                                spec.secondary_key.as_deref(),
+                            )
+                        });
+                        let record =
+                            insert_module(tx, &device, &module, spec.managed_by, credentials)?;
                         Ok((record, true))
                     }
                 };
@@ -452,8 +505,7 @@ pub(crate) fn insert_module(
     device: &DeviceId,
     module: &ModuleId,
     managed_by: Option<String>,
-    primary_key: Option<&str>,
-    secondary_key: Option<&str>,
+    credentials: Credentials,
 ) -> Result<ModuleRecord, HubError> {
     let record = ModuleRecord {
         device_id: device.clone(),
@@ -461,7 +513,7 @@ pub(crate) fn insert_module(
         generation_id: generate_generation_id(),
         etag_counter: 1,
         managed_by,
-        credentials: Credentials::sas(primary_key, secondary_key),
+        credentials,
     };
     tx.put_module(&record)?;
     let mut twin = Twin::new(Utc::now());
@@ -476,4 +528,56 @@ pub(crate) fn insert_module(
     }
     tx.put_twin(device, Some(module), &twin)?;
     Ok(record)
+}
+
+/// The X.509 credentials a create or an update asks for, checked before anything is stored: `SelfSigned` needs a
+/// primary thumbprint and takes a secondary one, each 40 (SHA-1) or 64 (SHA-256) hexadecimal digits;
+/// `CertificateAuthority` takes none. `None` for SAS or when no type is named.
+fn requested_x509(
+    kind: Option<AuthenticationType>,
+    primary: Option<&String>,
+    secondary: Option<&String>,
+) -> Result<Option<Credentials>, HubError> {
+    let given = |t: Option<&String>| t.filter(|t| !t.is_empty()).cloned();
+    let (primary, secondary) = (given(primary), given(secondary));
+    let check = |t: &Option<String>| -> Result<(), HubError> {
+        if let Some(t) = t {
+            outpost_pki::client_auth::parse_thumbprint(t)
+                .map_err(|e| HubError::ArgumentInvalid(e.to_string()))?;
+        }
+        Ok(())
+    };
+    match kind {
+        Some(AuthenticationType::SelfSigned) => {
+            if primary.is_none() {
+                return Err(HubError::ArgumentInvalid(
+                    "a selfSigned identity needs x509Thumbprint.primaryThumbprint".into(),
+                ));
+            }
+            check(&primary)?;
+            check(&secondary)?;
+            Ok(Some(Credentials::x509(
+                AuthenticationType::SelfSigned,
+                primary,
+                secondary,
+            )))
+        }
+        Some(AuthenticationType::CertificateAuthority) => {
+            if primary.is_some() || secondary.is_some() {
+                return Err(HubError::ArgumentInvalid(
+                    "a certificateAuthority identity takes no thumbprints".into(),
+                ));
+            }
+            Ok(Some(Credentials::x509(
+                AuthenticationType::CertificateAuthority,
+                None,
+                None,
+            )))
+        }
+        Some(AuthenticationType::None) => Err(HubError::ArgumentInvalid(
+            "authentication type none is not supported; use sas, selfSigned or certificateAuthority"
+                .into(),
+        )),
+        Some(AuthenticationType::Sas) | None => Ok(None),
+    }
 }

@@ -187,7 +187,9 @@ impl RunningHub {
             });
         }
 
-        let mut mqtt_config = outpost_mqtt::ServerConfig::new(tls.clone());
+        // The MQTT listener alone asks for client certificates (X.509 devices, `x509_auth`); HTTPS and AMQP do not.
+        let mqtt_tls = certificates.servers()[0].tls_config_requesting_client_certificates()?;
+        let mut mqtt_config = outpost_mqtt::ServerConfig::new(mqtt_tls);
         mqtt_config.session_expiry = config.session_expiry;
         let max_packet_size = mqtt_config.max_packet_size;
         let devices = Arc::new(HubDevices(hub.clone()));

@@ -155,6 +155,9 @@ pub const MIGRATIONS: &[&str] = &["
         FOREIGN KEY (device_id, module_id) REFERENCES twins (device_id, module_id) ON DELETE CASCADE);
     CREATE INDEX twin_values_by_value ON twin_values (path, value, module_id, device_id);
     CREATE INDEX twin_values_by_twin ON twin_values (device_id, module_id);
+", "
+    -- CA certificates that device certificates may chain to (crate::x509_auth), by name.
+    CREATE TABLE ca_certificates (name TEXT PRIMARY KEY, record TEXT NOT NULL);
 "];
 
 /// The version whose migration creates `twin_values`, which the engine then fills from the stored twins.

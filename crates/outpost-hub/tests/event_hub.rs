@@ -133,8 +133,7 @@ async fn events_carry_the_body_properties_and_annotations_iot_hub_puts_on_them()
                 device_id: "sensor".into(),
                 module_id: "filter".into(),
                 managed_by: None,
-                primary_key: None,
-                secondary_key: None,
+                ..outpost_hub::registry::ModuleSpec::default()
             },
             &Precondition::CreateOnly,
         )
@@ -699,8 +698,7 @@ async fn a_module_twin_change_names_the_module() {
                 device_id: "sensor".into(),
                 module_id: "filter".into(),
                 managed_by: None,
-                primary_key: None,
-                secondary_key: None,
+                ..outpost_hub::registry::ModuleSpec::default()
             },
             &Precondition::CreateOnly,
         )

@@ -20,6 +20,18 @@ pub trait DeviceOperations: Send + Sync + 'static {
         username: &str,
         password: Option<&[u8]>,
     ) -> Result<(), ConnectRefusal>;
+    /// Checks a CONNECT without a password from a client that presented a TLS client certificate (X.509
+    /// authentication): `chain` is the leaf first, then the intermediates it sent; the TLS handshake proved the
+    /// client holds the leaf's key, but nothing else about the chain is checked yet. A backend without X.509
+    /// identities refuses (the default).
+    async fn authenticate_certificate(
+        &self,
+        _identity: &Identity,
+        _username: &str,
+        _chain: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), ConnectRefusal> {
+        Err(ConnectRefusal::NotAuthorized)
+    }
     /// A session is live: the backend keeps the outbox to push to this client until `disconnected` with the same connection id.
     async fn connected(&self, identity: &Identity, outbox: Outbox);
     /// The connection `connection` of this identity has ended.

@@ -5,10 +5,13 @@
 //! (`renewal`) through a [`ReloadableCertificate`] (`resolver`), so that [`CertificateRenewal`] can replace it
 //! while they run: open connections keep theirs, new handshakes get the new one. Every certificate is renewed at
 //! 80 % of its life (`x509::RENEWAL_POINT`); `x509` reads the few fields this needs from a certificate.
+//! `client_auth` holds X.509 client authentication: the TLS verifier that asks for a client certificate, and
+//! the checks of a chain against registered thumbprints or the CA certificates a hub holds.
 
 use std::sync::Arc;
 
 mod authority;
+pub mod client_auth;
 mod renewal;
 mod resolver;
 pub mod x509;
@@ -18,7 +21,10 @@ pub use authority::{
     DEFAULT_WORKLOAD_LIFETIME,
 };
 pub use renewal::{CertificateRenewal, ServerCertificate};
-pub use resolver::{reloading_tls_config, ReloadableCertificate};
+pub use resolver::{
+    reloading_tls_config, reloading_tls_config_requesting_client_certificates,
+    ReloadableCertificate,
+};
 pub use x509::{inspect_pem, CertificateInfo, CertificateState};
 
 /// Errors while creating or loading certificates.

@@ -92,6 +92,13 @@ impl ServerCertificate {
         reloading_tls_config(self.presented.clone())
     }
 
+    /// [`tls_config`](Self::tls_config) that asks clients for an optional certificate (X.509 devices).
+    pub fn tls_config_requesting_client_certificates(
+        &self,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        crate::resolver::reloading_tls_config_requesting_client_certificates(self.presented.clone())
+    }
+
     /// The certificate presented now.
     pub fn current(&self) -> CertificateInfo {
         self.current

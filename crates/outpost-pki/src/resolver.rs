@@ -64,6 +64,20 @@ pub fn reloading_tls_config(
     Ok(Arc::new(config))
 }
 
+/// [`reloading_tls_config`] that also asks clients for an optional certificate
+/// ([`AnyClientCertificate`](crate::client_auth::AnyClientCertificate)): the MQTT listeners, where devices may
+/// authenticate with X.509. The chain is checked at CONNECT, against the identity the client names.
+pub fn reloading_tls_config_requesting_client_certificates(
+    certificate: Arc<ReloadableCertificate>,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_client_cert_verifier(crate::client_auth::AnyClientCertificate::new())
+        .with_cert_resolver(certificate);
+    Ok(Arc::new(config))
+}
+
 fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, PkiError> {
     let io = |source| PkiError::Io {
         path: "<pem>".into(),

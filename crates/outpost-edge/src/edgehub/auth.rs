@@ -4,9 +4,11 @@
 use std::time::{Duration, Instant};
 
 use outpost_core::{Identity, SasToken};
+use outpost_pki::client_auth;
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
-/// The keys of one identity in scope.
+/// The credentials of one identity in scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScopedIdentity {
     /// `d` or `d/m`.
@@ -15,6 +17,30 @@ pub struct ScopedIdentity {
     pub keys: Vec<String>,
     /// Whether it is enabled.
     pub enabled: bool,
+    /// How it authenticates with a client certificate, if it does.
+    pub x509: Option<X509Registration>,
+}
+
+/// How an identity in scope authenticates with a client certificate (IoT Hub's `selfSigned` and
+/// `certificateAuthority`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum X509Registration {
+    /// The leaf's thumbprint is one of these.
+    Thumbprints(Vec<String>),
+    /// The chain verifies to one of the hub's CA certificates, and the leaf names the device.
+    CertificateAuthority,
+}
+
+/// The hub's CA certificates in a scope document (`caCertificates`, PEM), DER; what does not read is skipped.
+pub fn scope_ca_certificates(scope: &Value) -> Vec<CertificateDer<'static>> {
+    scope
+        .get("caCertificates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|pem| rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok())
+        .collect()
 }
 
 /// Reads the identities of a scope document (`{"devices":[Device..], "modules":[Module..]}`, the hub's JSON).
@@ -31,6 +57,27 @@ pub fn scoped_identities(scope: &Value) -> Vec<ScopedIdentity> {
             .map(str::to_owned)
             .collect()
     };
+    let x509 = |entry: &Value| -> Option<X509Registration> {
+        match entry
+            .pointer("/authentication/type")
+            .and_then(Value::as_str)?
+        {
+            "selfSigned" => Some(X509Registration::Thumbprints(
+                ["primaryThumbprint", "secondaryThumbprint"]
+                    .iter()
+                    .filter_map(|t| {
+                        entry
+                            .pointer(&format!("/authentication/x509Thumbprint/{t}"))
+                            .and_then(Value::as_str)
+                    })
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )),
+            "certificateAuthority" => Some(X509Registration::CertificateAuthority),
+            _ => None,
+        }
+    };
     let mut identities = Vec::new();
     for device in scope
         .get("devices")
@@ -44,6 +91,7 @@ pub fn scoped_identities(scope: &Value) -> Vec<ScopedIdentity> {
                 client: id.to_owned(),
                 keys: keys(device),
                 enabled,
+                x509: x509(device),
             });
         }
     }
@@ -61,6 +109,7 @@ pub fn scoped_identities(scope: &Value) -> Vec<ScopedIdentity> {
                 client: format!("{d}/{m}"),
                 keys: keys(module),
                 enabled: true,
+                x509: x509(module),
             });
         }
     }
@@ -103,6 +152,14 @@ pub enum AuthError {
     /// The identity is disabled.
     #[error("{0} is disabled")]
     Disabled(String),
+    /// The client certificate does not authenticate the identity (see `outpost_pki::client_auth`).
+    #[error("bad client certificate for {client}: {reason}")]
+    BadCertificate {
+        /// Who tried.
+        client: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The token is malformed, expired, for another identity or another hub, or wrongly signed.
     #[error("bad token for {client}: {reason}")]
     BadToken {
@@ -154,6 +211,42 @@ pub fn check_token(
         .map_err(|e| bad(e.to_string()))
 }
 
+/// Checks the client certificate chain (leaf first) of `identity`, whose credentials are `scoped` (None when
+/// unknown), as the hub does: its thumbprints, or a chain to one of `cas` (the hub's CA certificates, from the
+/// scope) with the device id as the leaf's common name; at `now_unix`.
+pub fn check_certificate(
+    identity: &Identity,
+    chain: &[CertificateDer<'static>],
+    scoped: Option<&ScopedIdentity>,
+    cas: &[CertificateDer<'static>],
+    now_unix: i64,
+) -> Result<(), AuthError> {
+    let client = identity.client_id();
+    let scoped = scoped.ok_or_else(|| AuthError::NotInScope(client.clone()))?;
+    if !scoped.enabled {
+        return Err(AuthError::Disabled(client));
+    }
+    let checked = match &scoped.x509 {
+        Some(X509Registration::Thumbprints(thumbprints)) => {
+            let thumbprints: Vec<&str> = thumbprints.iter().map(String::as_str).collect();
+            client_auth::verify_self_signed(chain, &thumbprints, now_unix)
+        }
+        Some(X509Registration::CertificateAuthority) => {
+            client_auth::verify_ca_signed(chain, cas, identity.device.as_str(), now_unix)
+        }
+        None => {
+            return Err(AuthError::BadCertificate {
+                client,
+                reason: "the identity is not registered for X.509 authentication".into(),
+            })
+        }
+    };
+    checked.map_err(|e| AuthError::BadCertificate {
+        client,
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +266,94 @@ mod tests {
             "devices": [{"deviceId": "leaf", "status": "enabled", "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": ""}}}],
             "modules": [{"deviceId": "edge", "moduleId": "filter", "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": ""}}}],
         }))
+    }
+
+    /// A certificate with common name `cn`, self-signed (a CA when `ca`) or signed by `issuer`.
+    fn certificate(
+        cn: &str,
+        ca: bool,
+        issuer: Option<&(rcgen::Certificate, rcgen::KeyPair)>,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match issuer {
+            Some((issuer, issuer_key)) => params.signed_by(&key, issuer, issuer_key).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (cert, key)
+    }
+
+    #[test]
+    fn x509_clients_in_scope_are_checked_against_their_thumbprints_or_the_hubs_cas_from_the_scope()
+    {
+        let ca = certificate("Fleet CA", true, None);
+        let thumb = certificate("thumb", false, None);
+        let signed = certificate("signed", false, Some(&ca));
+        let print = outpost_pki::client_auth::thumbprints(thumb.0.der()).sha1;
+        let document = json!({
+            "devices": [
+                {"deviceId": "thumb", "status": "enabled", "authentication": {"symmetricKey": {"primaryKey": "", "secondaryKey": ""},
+                 "x509Thumbprint": {"primaryThumbprint": print, "secondaryThumbprint": null}, "type": "selfSigned"}},
+                {"deviceId": "signed", "status": "enabled", "authentication": {"symmetricKey": {"primaryKey": "", "secondaryKey": ""},
+                 "x509Thumbprint": {}, "type": "certificateAuthority"}},
+                {"deviceId": "off", "status": "disabled", "authentication": {"symmetricKey": {"primaryKey": "", "secondaryKey": ""},
+                 "x509Thumbprint": {}, "type": "certificateAuthority"}},
+                {"deviceId": "leaf", "status": "enabled", "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": ""},
+                 "x509Thumbprint": {}, "type": "sas"}},
+            ],
+            "modules": [],
+            "caCertificates": [ca.0.pem()],
+        });
+        let scoped = scoped_identities(&document);
+        let cas = scope_ca_certificates(&document);
+        assert_eq!(cas.len(), 1);
+        let find = |c: &str| scoped.iter().find(|s| s.client == c);
+        let device = |d: &str| Identity::device(outpost_core::DeviceId::new(d).unwrap());
+        let now = outpost_pki::unix_now();
+        let chain = |c: &(rcgen::Certificate, rcgen::KeyPair)| vec![c.0.der().clone()];
+        check_certificate(&device("thumb"), &chain(&thumb), find("thumb"), &cas, now).unwrap();
+        check_certificate(
+            &device("signed"),
+            &chain(&signed),
+            find("signed"),
+            &cas,
+            now,
+        )
+        .unwrap();
+        let bad =
+            |d: &str, c: &(rcgen::Certificate, rcgen::KeyPair), cas: &[CertificateDer<'static>]| {
+                check_certificate(&device(d), &chain(c), find(d), cas, now)
+            };
+        assert!(matches!(
+            bad("thumb", &signed, &cas),
+            Err(AuthError::BadCertificate { .. })
+        ));
+        assert!(matches!(
+            bad("signed", &thumb, &cas),
+            Err(AuthError::BadCertificate { .. })
+        ));
+        assert!(matches!(
+            bad("signed", &signed, &[]),
+            Err(AuthError::BadCertificate { .. })
+        ));
+        assert!(matches!(
+            bad("leaf", &thumb, &cas),
+            Err(AuthError::BadCertificate { .. })
+        ));
+        assert_eq!(
+            bad("off", &signed, &cas),
+            Err(AuthError::Disabled("off".into()))
+        );
+        assert_eq!(
+            check_certificate(&device("nobody"), &chain(&thumb), None, &cas, now),
+            Err(AuthError::NotInScope("nobody".into()))
+        );
     }
 
     #[test]

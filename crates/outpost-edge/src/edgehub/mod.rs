@@ -77,6 +77,8 @@ pub struct EdgeHub {
     pub metrics: crate::metrics::EdgeMetrics,
     /// The scope as last cached.
     scope: Mutex<Vec<ScopedIdentity>>,
+    /// The hub's CA certificates, from the cached scope (X.509 `certificateAuthority` clients).
+    ca_certificates: Mutex<Vec<rustls::pki_types::CertificateDer<'static>>>,
     /// When unknown clients last made the edge hub refresh the scope.
     unknown_client_refresh: Mutex<ScopeRefreshGate>,
 }
@@ -149,9 +151,11 @@ impl EdgeHub {
         let device = config.device()?;
         let link = Link::new(&config)?;
         let metrics = crate::metrics::EdgeMetrics::new(&config)?;
-        let scope = store
-            .scope()?
-            .map(|s| scoped_identities(&s))
+        let stored = store.scope()?;
+        let scope = stored.as_ref().map(scoped_identities).unwrap_or_default();
+        let ca_certificates = stored
+            .as_ref()
+            .map(auth::scope_ca_certificates)
             .unwrap_or_default();
         // Ends when the hub is dropped, with the last sender of its channel.
         let (hub_loop, _task) = HubLoop::start(router.log().clone(), metrics.clone());
@@ -174,6 +178,7 @@ impl EdgeHub {
             hub_loop,
             metrics,
             scope: Mutex::new(scope),
+            ca_certificates: Mutex::new(ca_certificates),
             unknown_client_refresh: Mutex::new(ScopeRefreshGate::default()),
         })
     }
@@ -185,6 +190,7 @@ impl EdgeHub {
         if let Err(error) = self.store.put_scope(scope) {
             tracing::warn!(%error, "cannot persist the device scope");
         }
+        *lock(&self.ca_certificates) = auth::scope_ca_certificates(scope);
         let fresh: HashMap<String, ScopedIdentity> = scoped_identities(scope)
             .into_iter()
             .map(|s| (s.client.clone(), s))
@@ -220,7 +226,25 @@ impl EdgeHub {
                 .filter(|k| !k.is_empty())
                 .collect(),
             enabled: true,
+            x509: None,
         })
+    }
+
+    /// Checks the client certificate chain of a client of this edge hub (MQTT without a password), against the
+    /// cached scope and the hub's CA certificates cached with it, so that it works offline.
+    pub fn authenticate_certificate(
+        &self,
+        identity: &Identity,
+        chain: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), auth::AuthError> {
+        let cas = lock(&self.ca_certificates).clone();
+        auth::check_certificate(
+            identity,
+            chain,
+            self.scoped(identity).as_ref(),
+            &cas,
+            outpost_pki::unix_now(),
+        )
     }
 
     /// Checks a token of a client of this edge hub (MQTT password or HTTPS `Authorization`).
@@ -400,6 +424,29 @@ impl DeviceOperations for EdgeDevices {
         }
         result.map_err(|error| {
             tracing::info!(%identity, %error, "edge hub connection refused");
+            ConnectRefusal::NotAuthorized
+        })
+    }
+
+    async fn authenticate_certificate(
+        &self,
+        identity: &Identity,
+        _username: &str,
+        chain: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<(), ConnectRefusal> {
+        let mut result = self.0.authenticate_certificate(identity, chain);
+        // As for tokens: an identity created since the last scope refresh makes the edge ask the hub, rarely.
+        if matches!(result, Err(auth::AuthError::NotInScope(_)))
+            && self.0.online.load(Ordering::Acquire)
+            && lock(&self.0.unknown_client_refresh).admit(std::time::Instant::now())
+        {
+            if let Ok(scope) = self.0.link.scope().await {
+                self.0.set_scope(&scope);
+                result = self.0.authenticate_certificate(identity, chain);
+            }
+        }
+        result.map_err(|error| {
+            tracing::info!(%identity, %error, "edge hub X.509 connection refused");
             ConnectRefusal::NotAuthorized
         })
     }
@@ -606,12 +653,14 @@ pub async fn start(
 
     // Every listener presents the certificate as renewed (the daemon's renewal task swaps it).
     let tls = server_certificate.tls_config()?;
+    // The MQTT listeners alone ask for an optional client certificate (downstream devices and modules with X.509).
+    let mqtt_tls = server_certificate.tls_config_requesting_client_certificates()?;
     for address in addresses {
         let mqtt = tokio::net::TcpListener::bind((*address, config.edge_mqtt_port))
             .await
             .map_err(listen(config.edge_mqtt_port, *address))?;
         let devices = Arc::new(EdgeDevices(hub.clone()));
-        let server = outpost_mqtt::ServerConfig::new(tls.clone());
+        let server = outpost_mqtt::ServerConfig::new(mqtt_tls.clone());
         let max_packet_size = server.max_packet_size;
         // MQTT over WebSocket: the HTTPS listener upgrades, the MQTT server serves (under its cap).
         let (websockets, handed) = outpost_mqtt::server::handoff();

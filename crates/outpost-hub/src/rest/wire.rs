@@ -3,7 +3,9 @@
 use serde_json::{json, Value};
 
 use crate::error::HubError;
-use crate::identity::{Credentials, DeviceRecord, IdentityStatus, ModuleRecord};
+use crate::identity::{
+    AuthenticationType, Credentials, DeviceRecord, IdentityStatus, ModuleRecord,
+};
 use crate::registry::{DeviceSpec, ModuleSpec};
 
 /// The `Device` JSON of a device record.
@@ -43,8 +45,10 @@ pub fn module_json(record: &ModuleRecord, connected: bool) -> Value {
 }
 
 fn authentication_json(credentials: &Credentials) -> Value {
+    // IoT Hub shows null keys for an X.509 identity.
+    let key = |k: &str| (!k.is_empty()).then(|| k.to_owned());
     json!({
-        "symmetricKey": {"primaryKey": credentials.primary_key, "secondaryKey": credentials.secondary_key},
+        "symmetricKey": {"primaryKey": key(&credentials.primary_key), "secondaryKey": key(&credentials.secondary_key)},
         "x509Thumbprint": {
             "primaryThumbprint": credentials.primary_thumbprint,
             "secondaryThumbprint": credentials.secondary_thumbprint,
@@ -65,25 +69,55 @@ fn optional_str<'a>(value: &'a Value, key: &str) -> Result<Option<&'a str>, HubE
     }
 }
 
-/// The symmetric keys of an `authentication` object, refusing authentication types the hub cannot serve.
-fn keys(body: &Value) -> Result<(Option<String>, Option<String>), HubError> {
+/// What an `authentication` object asks for (IoT Hub's `AuthenticationMechanism`).
+#[derive(Default)]
+struct Authentication {
+    kind: Option<AuthenticationType>,
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+    primary_thumbprint: Option<String>,
+    secondary_thumbprint: Option<String>,
+}
+
+/// Reads the `authentication` object: its type (`sas`, `selfSigned`, `certificateAuthority`), symmetric keys
+/// and X.509 thumbprints. The registry checks what each type needs.
+fn authentication(body: &Value) -> Result<Authentication, HubError> {
     let Some(authentication) = body.get("authentication").filter(|a| !a.is_null()) else {
-        return Ok((None, None));
+        return Ok(Authentication::default());
     };
-    if let Some(kind) = optional_str(authentication, "type")? {
-        if kind != "sas" {
+    let kind = match optional_str(authentication, "type")? {
+        None => None,
+        Some("sas") => Some(AuthenticationType::Sas),
+        Some("selfSigned") => Some(AuthenticationType::SelfSigned),
+        Some("certificateAuthority") => Some(AuthenticationType::CertificateAuthority),
+        Some(other) => {
             return Err(invalid(format!(
-                "authentication type {kind:?} is not supported yet; use \"sas\""
-            )));
+                "authentication type {other:?} is not supported; use \"sas\", \"selfSigned\" or \"certificateAuthority\""
+            )))
         }
-    }
-    let Some(symmetric) = authentication.get("symmetricKey").filter(|s| !s.is_null()) else {
-        return Ok((None, None));
     };
-    Ok((
-        optional_str(symmetric, "primaryKey")?.map(str::to_owned),
-        optional_str(symmetric, "secondaryKey")?.map(str::to_owned),
-    ))
+    let part = |key: &str| authentication.get(key).filter(|v| !v.is_null());
+    let (primary_key, secondary_key) = match part("symmetricKey") {
+        Some(symmetric) => (
+            optional_str(symmetric, "primaryKey")?.map(str::to_owned),
+            optional_str(symmetric, "secondaryKey")?.map(str::to_owned),
+        ),
+        None => (None, None),
+    };
+    let (primary_thumbprint, secondary_thumbprint) = match part("x509Thumbprint") {
+        Some(thumbprints) => (
+            optional_str(thumbprints, "primaryThumbprint")?.map(str::to_owned),
+            optional_str(thumbprints, "secondaryThumbprint")?.map(str::to_owned),
+        ),
+        None => (None, None),
+    };
+    Ok(Authentication {
+        kind,
+        primary_key,
+        secondary_key,
+        primary_thumbprint,
+        secondary_thumbprint,
+    })
 }
 
 /// Reads the body of `PUT /devices/{id}`.
@@ -113,13 +147,16 @@ pub fn device_spec(path_id: &str, body: &Value) -> Result<DeviceSpec, HubError> 
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(invalid("capabilities.iotEdge must be true or false")),
     };
-    let (primary_key, secondary_key) = keys(body)?;
+    let authentication = authentication(body)?;
     Ok(DeviceSpec {
         device_id: path_id.to_owned(),
         status,
         status_reason: optional_str(body, "statusReason")?.map(str::to_owned),
-        primary_key,
-        secondary_key,
+        primary_key: authentication.primary_key,
+        secondary_key: authentication.secondary_key,
+        authentication: authentication.kind,
+        primary_thumbprint: authentication.primary_thumbprint,
+        secondary_thumbprint: authentication.secondary_thumbprint,
         iot_edge,
         parent: optional_str(body, "parentDeviceId")?.map(str::to_owned),
         device_scope: optional_str(body, "deviceScope")?.map(str::to_owned),
@@ -140,12 +177,15 @@ pub fn module_spec(device: &str, module: &str, body: &Value) -> Result<ModuleSpe
             }
         }
     }
-    let (primary_key, secondary_key) = keys(body)?;
+    let authentication = authentication(body)?;
     Ok(ModuleSpec {
         device_id: device.to_owned(),
         module_id: module.to_owned(),
         managed_by: optional_str(body, "managedBy")?.map(str::to_owned),
-        primary_key,
-        secondary_key,
+        primary_key: authentication.primary_key,
+        secondary_key: authentication.secondary_key,
+        authentication: authentication.kind,
+        primary_thumbprint: authentication.primary_thumbprint,
+        secondary_thumbprint: authentication.secondary_thumbprint,
     })
 }

@@ -30,6 +30,7 @@ use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::store::StorageError;
 use crate::stream::{Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent};
+use crate::x509_auth::CaRecord;
 
 /// One transaction's view of the hub's tables. Changes made through it are committed or rolled back together
 /// by the [`Engine`] that lent it. The jobs' tables are a trait of their own ([`jobs::JobTables`]).
@@ -230,6 +231,15 @@ pub trait Tables: jobs::JobTables {
     fn create_consumer_group(&mut self, name: &str, created_ms: i64) -> Result<bool, StorageError>;
     /// Deletes a consumer group; whether it existed.
     fn delete_consumer_group(&mut self, name: &str) -> Result<bool, StorageError>;
+
+    // The CA certificates device certificates may chain to (X.509 authentication).
+
+    /// Every CA certificate the hub holds, ordered by name.
+    fn ca_certificates(&mut self) -> Result<Vec<CaRecord>, StorageError>;
+    /// Adds a CA certificate; false when one of that name exists.
+    fn add_ca_certificate(&mut self, record: &CaRecord) -> Result<bool, StorageError>;
+    /// Removes a CA certificate; whether it existed.
+    fn remove_ca_certificate(&mut self, name: &str) -> Result<bool, StorageError>;
 
     // Cloud-to-device messages and their feedback.
 

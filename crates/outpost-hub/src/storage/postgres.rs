@@ -53,6 +53,7 @@ use crate::store::StorageError;
 use crate::stream::{
     partition_of, Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent,
 };
+use crate::x509_auth::CaRecord;
 
 /// How long connecting may take before the database counts as unreachable (unless the URL says otherwise).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,6 +207,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX twins_by_tags ON twins USING GIN ((twin -> 'tags') jsonb_path_ops);
     CREATE INDEX twins_by_reported ON twins USING GIN ((twin -> 'reported' -> 'properties') jsonb_path_ops);
 ",
+    r#"
+    -- CA certificates that device certificates may chain to (crate::x509_auth), by name.
+    CREATE TABLE ca_certificates (name TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
+"#,
 ];
 
 impl From<postgres::Error> for StorageError {
@@ -1478,6 +1483,24 @@ impl Tables for PgTables<'_, '_> {
             "DELETE FROM consumer_groups WHERE lower(name) = lower($1::text COLLATE \"C\")",
             &[&name],
         )? > 0)
+    }
+
+    fn ca_certificates(&mut self) -> Result<Vec<CaRecord>, StorageError> {
+        self.records(
+            "SELECT record::text FROM ca_certificates ORDER BY name",
+            &[],
+        )
+    }
+
+    fn add_ca_certificate(&mut self, record: &CaRecord) -> Result<bool, StorageError> {
+        Ok(self.execute(
+            "INSERT INTO ca_certificates (name, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&record.name, &json(record)],
+        )? > 0)
+    }
+
+    fn remove_ca_certificate(&mut self, name: &str) -> Result<bool, StorageError> {
+        Ok(self.execute("DELETE FROM ca_certificates WHERE name = $1", &[&name])? > 0)
     }
 
     fn enqueue_c2d(&mut self, device: &DeviceId, message: &Value) -> Result<i64, StorageError> {

@@ -36,6 +36,7 @@ use crate::store::{StorageError, MIGRATIONS, TWIN_VALUES_VERSION};
 use crate::stream::{
     partition_of, Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent,
 };
+use crate::x509_auth::CaRecord;
 
 /// Idle read connections kept for the next reads; more are opened when more reads run at once.
 const IDLE_READERS: usize = 8;
@@ -1038,6 +1039,21 @@ impl Tables for SqliteTables<'_> {
 
     fn delete_consumer_group(&mut self, name: &str) -> Result<bool, StorageError> {
         Ok(self.execute("DELETE FROM consumer_groups WHERE name = ?1", [name])? > 0)
+    }
+
+    fn ca_certificates(&mut self) -> Result<Vec<CaRecord>, StorageError> {
+        self.all("SELECT record FROM ca_certificates ORDER BY name", [])
+    }
+
+    fn add_ca_certificate(&mut self, record: &CaRecord) -> Result<bool, StorageError> {
+        Ok(self.execute(
+            "INSERT INTO ca_certificates (name, record) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![record.name, to_text(record)?],
+        )? > 0)
+    }
+
+    fn remove_ca_certificate(&mut self, name: &str) -> Result<bool, StorageError> {
+        Ok(self.execute("DELETE FROM ca_certificates WHERE name = ?1", [name])? > 0)
     }
 
     /// Its `absolute-expiry-time` (RFC 3339), if any, is kept in Unix milliseconds beside it for

@@ -10,9 +10,12 @@ use crate::ops::{ConnectRefusal, DeviceOperations};
 use crate::packet::{Connect, ConnectReturnCode, PROTOCOL_LEVEL_3_1_1};
 
 /// Checks a CONNECT and asks the backend to authenticate it; the error is the CONNACK refusal to send.
+/// `client_chain` is the certificate chain the client presented at the TLS handshake, if any: a CONNECT
+/// without a password is then authenticated by it (X.509), one with a password by its SAS token.
 pub async fn authenticate<O: DeviceOperations>(
     ops: &O,
     connect: &Connect,
+    client_chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
 ) -> Result<Identity, ConnectReturnCode> {
     // [MQTT-3.1.2-2] an unsupported protocol level is answered with 0x01, then the connection closes.
     if connect.protocol_level != PROTOCOL_LEVEL_3_1_1 {
@@ -27,9 +30,14 @@ pub async fn authenticate<O: DeviceOperations>(
     if !username_names_client(username, &connect.client_id) {
         return Err(ConnectReturnCode::BadUserNameOrPassword);
     }
-    ops.authenticate(&identity, username, connect.password.as_deref())
-        .await
-        .map_err(ConnectRefusal::return_code)?;
+    match (connect.password.as_deref(), client_chain) {
+        (None, Some(chain)) if !chain.is_empty() => {
+            ops.authenticate_certificate(&identity, username, chain)
+                .await
+        }
+        (password, _) => ops.authenticate(&identity, username, password).await,
+    }
+    .map_err(ConnectRefusal::return_code)?;
     Ok(identity)
 }
 

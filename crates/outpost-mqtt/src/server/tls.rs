@@ -117,6 +117,11 @@ pub async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 impl<T> TlsStream<T> {
+    /// The certificate chain the client presented at the handshake (leaf first), if it presented one.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
     /// Processes `bytes` just read from the socket after whatever incomplete record was buffered: decrypted
     /// data goes to `plaintext`, handshake messages and alerts rustls answers with go to `outgoing`. Holds on to
     /// the heap only what is left of an incomplete record.
