@@ -143,6 +143,12 @@ pub const MIGRATIONS: &[&str] = &["
         record TEXT NOT NULL,
         lease_owner TEXT,
         lease_until_ms INTEGER NOT NULL DEFAULT 0);
+", "
+    -- The provisioning service (crate::provisioning): enrollments of one device by registration id, enrollment
+    -- groups by id, and what each registration id's last registration did (DPS's registration state).
+    CREATE TABLE individual_enrollments (registration_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE enrollment_groups (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE registrations (registration_id TEXT PRIMARY KEY, record TEXT NOT NULL);
 "];
 
 /// Errors of the hub's storage.

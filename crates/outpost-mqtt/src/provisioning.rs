@@ -37,19 +37,22 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the provisioning head needs from the service that owns enrollments and registrations.
 #[async_trait::async_trait]
 pub trait ProvisioningOperations: Send + Sync + 'static {
+    /// What a successful CONNECT proved (the registration and the enrollment it belongs to), handed back
+    /// with every request of the connection.
+    type Credential: Send + Sync + 'static;
     /// Checks a CONNECT of `registration_id` in `id_scope`; `password` is the registration's SAS token.
     async fn authenticate(
         &self,
         id_scope: &str,
         registration_id: &str,
         password: Option<&[u8]>,
-    ) -> Result<(), ConnectRefusal>;
-    /// Runs a registration request (its body as received) of the connected `registration_id`.
-    async fn register(&self, registration_id: &str, body: &[u8]) -> ProvisioningAnswer;
-    /// Answers an operation-status request of the connected `registration_id`.
+    ) -> Result<Self::Credential, ConnectRefusal>;
+    /// Runs a registration request (its body as received) of the connected client.
+    async fn register(&self, credential: &Self::Credential, body: &[u8]) -> ProvisioningAnswer;
+    /// Answers an operation-status request of the connected client.
     async fn operation_status(
         &self,
-        registration_id: &str,
+        credential: &Self::Credential,
         operation_id: &str,
     ) -> ProvisioningAnswer;
 }
@@ -124,7 +127,9 @@ impl ProvisioningSession {
                 }
                 let Ok(request) = ProvisioningRequest::parse(&publish.topic) else {
                     // DPS closes a connection that publishes elsewhere.
-                    return vec![Step::Close("publish to a topic that is not a provisioning request")];
+                    return vec![Step::Close(
+                        "publish to a topic that is not a provisioning request",
+                    )];
                 };
                 let mut steps = Vec::with_capacity(2);
                 if publish.qos == QoS::AtLeastOnce {
@@ -260,10 +265,17 @@ async fn serve_stream<O: ProvisioningOperations, S: AsyncRead + AsyncWrite + Unp
     let Ok(Ok(Some(Packet::Connect(connect)))) = first else {
         return Err("no CONNECT");
     };
-    let registration_id = match authenticate(ops, &connect).await {
-        Ok(registration_id) => registration_id,
+    let credential = match authenticate(ops, &connect).await {
+        Ok(credential) => credential,
         Err(code) => {
-            send(&mut writer, &Packet::ConnAck(ConnAck { session_present: false, code })).await?;
+            send(
+                &mut writer,
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code,
+                }),
+            )
+            .await?;
             let _ = writer.shutdown().await;
             return Err("CONNECT refused");
         }
@@ -298,17 +310,20 @@ async fn serve_stream<O: ProvisioningOperations, S: AsyncRead + AsyncWrite + Unp
                 Step::Send(packet) => send(&mut writer, &packet).await?,
                 Step::Close(reason) => {
                     let _ = writer.shutdown().await;
-                    return if reason == "DISCONNECT" { Ok(()) } else { Err(reason) };
+                    return if reason == "DISCONNECT" {
+                        Ok(())
+                    } else {
+                        Err(reason)
+                    };
                 }
                 Step::Run(request, body) => {
                     let (rid, answer) = match &request {
                         ProvisioningRequest::Register { rid } => {
-                            (rid, ops.register(&registration_id, &body).await)
+                            (rid, ops.register(&credential, &body).await)
                         }
-                        ProvisioningRequest::OperationStatus { rid, operation_id } => (
-                            rid,
-                            ops.operation_status(&registration_id, operation_id).await,
-                        ),
+                        ProvisioningRequest::OperationStatus { rid, operation_id } => {
+                            (rid, ops.operation_status(&credential, operation_id).await)
+                        }
                     };
                     if session.listens() {
                         send(&mut writer, &answer_packet(rid, &answer)).await?;
@@ -320,11 +335,11 @@ async fn serve_stream<O: ProvisioningOperations, S: AsyncRead + AsyncWrite + Unp
 }
 
 /// Checks a CONNECT: MQTT 3.1.1, the client id a registration id, the user name naming it, and the backend's
-/// verdict on the token. Returns the registration id.
+/// verdict on the token.
 async fn authenticate<O: ProvisioningOperations>(
     ops: &O,
     connect: &Connect,
-) -> Result<String, ConnectReturnCode> {
+) -> Result<O::Credential, ConnectReturnCode> {
     if connect.protocol_level != PROTOCOL_LEVEL_3_1_1 {
         return Err(ConnectReturnCode::UnacceptableProtocolVersion);
     }
@@ -341,8 +356,7 @@ async fn authenticate<O: ProvisioningOperations>(
     }
     ops.authenticate(scope, registration, connect.password.as_deref())
         .await
-        .map_err(ConnectRefusal::return_code)?;
-    Ok(connect.client_id.clone())
+        .map_err(ConnectRefusal::return_code)
 }
 
 /// Writes one packet, bounded in time.
@@ -420,7 +434,11 @@ mod tests {
     #[test]
     fn a_publish_elsewhere_or_at_qos2_closes_the_connection() {
         let mut session = ProvisioningSession::default();
-        let elsewhere = Packet::Publish(Publish::new("devices/d/messages/events/", QoS::AtMostOnce, &b""[..]));
+        let elsewhere = Packet::Publish(Publish::new(
+            "devices/d/messages/events/",
+            QoS::AtMostOnce,
+            &b""[..],
+        ));
         assert!(matches!(session.handle(elsewhere)[..], [Step::Close(_)]));
         assert!(matches!(
             session.handle(register_publish(QoS::ExactlyOnce))[..],
@@ -438,8 +456,13 @@ mod tests {
                 body: b"{}".to_vec(),
             },
         );
-        let Packet::Publish(publish) = packet else { panic!() };
-        assert_eq!(publish.topic, "$dps/registrations/res/202/?$rid=5&retry-after=1");
+        let Packet::Publish(publish) = packet else {
+            panic!()
+        };
+        assert_eq!(
+            publish.topic,
+            "$dps/registrations/res/202/?$rid=5&retry-after=1"
+        );
         assert_eq!(publish.qos, QoS::AtMostOnce);
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod jobs;
 pub mod postgres;
+pub mod provisioning;
 pub mod sqlite;
 
 use std::collections::HashSet;
@@ -30,8 +31,9 @@ use crate::store::StorageError;
 use crate::stream::{Appended, EventHubRecord, EventSource, Head, LockedFeedback, PartitionEvent};
 
 /// One transaction's view of the hub's tables. Changes made through it are committed or rolled back together
-/// by the [`Engine`] that lent it. The jobs' tables are a trait of their own ([`jobs::JobTables`]).
-pub trait Tables: jobs::JobTables {
+/// by the [`Engine`] that lent it. The jobs' tables are a trait of their own ([`jobs::JobTables`]), and so are the provisioning
+/// service's ([`provisioning::ProvisioningTables`]).
+pub trait Tables: jobs::JobTables + provisioning::ProvisioningTables {
     // The registry.
 
     /// One device.

@@ -31,6 +31,7 @@
 //! `block_in_place`; connecting and dropping the engine happen on threads of their own.
 
 mod jobs;
+mod provisioning;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -197,6 +198,13 @@ pub const MIGRATIONS: &[&str] = &[
         record JSONB NOT NULL,
         lease_owner TEXT,
         lease_until_ms BIGINT NOT NULL DEFAULT 0);
+"#,
+    r#"
+    -- The provisioning service (crate::provisioning): enrollments of one device by registration id, enrollment
+    -- groups by id, and what each registration id's last registration did (DPS's registration state).
+    CREATE TABLE individual_enrollments (registration_id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
+    CREATE TABLE enrollment_groups (id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
+    CREATE TABLE registrations (registration_id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
 "#,
 ];
 

@@ -1,0 +1,203 @@
+"""The provisioning service (issue 15): the unmodified azure-iot-device `ProvisioningDeviceClient` registers with
+a symmetric key through an individual enrollment or an enrollment group, gets the hub and device id it was
+assigned, and connects there with `IoTHubDeviceClient` to find its initial twin. Refusals (a disabled
+enrollment, a wrong key, a malformed request) end the SDK's `register()` with an error instead of a hang, and
+create nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import urllib.parse
+
+import pytest
+from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
+
+from harness import (PUBLISH, RawMqtt, connect_packet, new_key, port_open, publish_packet, run_with_timeout,
+                     wait_for)
+
+REGISTER_TIMEOUT = 40
+
+
+def derive(group_key: str, registration_id: str) -> str:
+    """The key a member of a symmetric-key group proves (Azure's documented derivation)."""
+    mac = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()
+
+
+@pytest.fixture
+def dps_hub(hub_factory, loopback):
+    """A hub serving provisioning on a loopback address of its own (the SDK dials port 8883 there)."""
+    hub = hub_factory()
+    dps_host = loopback.next()
+    hub.stop()
+    hub.extra_args = ["--provisioning-bind", dps_host]
+    hub.start()
+    wait_for(lambda: port_open(dps_host, 8883), 10, "the provisioning port")
+    info = json.loads(hub.run_cli(["hub", "provisioning-info", "--data-dir", str(hub.data_dir),
+                                   "--output", "json"], hub_env=False).stdout)
+    assert info["host"] == dps_host
+    assert info["idScope"].startswith("0ne") and len(info["idScope"]) == 11
+    hub.dps_host = info["host"]
+    hub.id_scope = info["idScope"]
+    return hub
+
+
+def register(hub, registration_id: str, key: str, id_scope: str | None = None):
+    client = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host=hub.dps_host,
+        registration_id=registration_id,
+        id_scope=id_scope or hub.id_scope,
+        symmetric_key=key,
+        server_verification_cert=hub.ca_pem,
+    )
+    return run_with_timeout(client.register, REGISTER_TIMEOUT, f"register({registration_id})")
+
+
+def device_twin_desired(hub, result, key: str, clients) -> dict:
+    state = result.registration_state
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id,
+        server_verification_cert=hub.ca_pem)
+    clients.created.append(client)
+    run_with_timeout(client.connect, 20, "connect with the assigned identity")
+    return run_with_timeout(client.get_twin, 20, "get_twin")["desired"]
+
+
+def write_twin(tmp_path, name: str, twin: dict):
+    path = tmp_path / name
+    path.write_text(json.dumps(twin))
+    return path
+
+
+def device_exists(hub, device_id: str) -> bool:
+    cp = hub.run_cli(["device", "show", device_id, "--output", "json"], check=False)
+    return cp.returncode == 0
+
+
+@pytest.mark.hub_setups("sqlite", "postgres")
+def test_an_individual_enrollment_registers_and_the_device_finds_its_initial_twin(dps_hub, tmp_path, clients):
+    hub = dps_hub
+    key = new_key()
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"site": "north", "line": 3},
+                                              "properties": {"desired": {"rate": 5, "unit": "C"}}})
+    created = hub.cli_json("enrollment", "create", "sensor-01", "--primary-key", key, "--initial-twin", str(twin))
+    assert created["attestation"]["type"] == "symmetricKey"
+    assert created["attestation"]["symmetricKey"]["primaryKey"] == key
+    assert created["attestation"]["symmetricKey"]["secondaryKey"], "a missing secondary key is generated"
+
+    result = register(hub, "sensor-01", key)
+    assert result.status == "assigned"
+    state = result.registration_state
+    assert (state.device_id, state.assigned_hub, state.sub_status) == ("sensor-01", hub.host, "initialAssignment")
+
+    desired = device_twin_desired(hub, result, key, clients)
+    assert desired["rate"] == 5 and desired["unit"] == "C"
+    service_twin = hub.registry().get_twin("sensor-01")
+    assert service_twin.tags == {"site": "north", "line": 3}
+    assert service_twin.capabilities.iot_edge is False
+
+    shown = hub.cli_json("enrollment", "show", "sensor-01")
+    assert shown["registration"]["status"] == "assigned"
+    assert shown["registration"]["deviceId"] == "sensor-01"
+
+    # Registering again keeps the twin (the default policy migrates device data).
+    hub.registry().update_twin("sensor-01", {"properties": {"desired": {"rate": 9}}}, "*")
+    again = register(hub, "sensor-01", key)
+    assert again.status == "assigned"
+    assert again.registration_state.sub_status == "deviceDataMigrated"
+    assert hub.registry().get_twin("sensor-01").properties.desired["rate"] == 9
+
+    listed = hub.cli_json("enrollment", "list")
+    assert [e["registrationId"] for e in listed] == ["sensor-01"]
+    hub.run_cli(["enrollment", "delete", "sensor-01"])
+    assert hub.cli_json("enrollment", "list") == []
+    assert device_exists(hub, "sensor-01"), "deleting an enrollment leaves its device"
+
+
+def test_an_enrollment_group_registers_members_with_derived_keys(dps_hub, tmp_path, clients):
+    hub = dps_hub
+    group_key = new_key()
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"fleet": "blue"}, "properties": {"desired": {"mode": "eco"}}})
+    hub.cli_json("enrollment-group", "create", "blue-fleet", "--primary-key", group_key, "--initial-twin", str(twin))
+
+    for member in ("blue-1", "blue-2"):
+        key = derive(group_key, member)
+        result = register(hub, member, key)
+        assert result.status == "assigned", result
+        assert result.registration_state.device_id == member
+        assert device_twin_desired(hub, result, key, clients)["mode"] == "eco"
+        assert hub.registry().get_twin(member).tags == {"fleet": "blue"}
+
+    # The group key itself is no member's key; nothing is created for it.
+    with pytest.raises(Exception):
+        register(hub, "blue-3", group_key)
+    assert not device_exists(hub, "blue-3")
+    groups = hub.cli_json("enrollment-group", "list")
+    assert [g["enrollmentGroupId"] for g in groups] == ["blue-fleet"]
+
+
+def test_a_disabled_enrollment_is_refused_with_a_complete_answer(dps_hub):
+    hub = dps_hub
+    key = new_key()
+    hub.cli_json("enrollment", "create", "parked", "--primary-key", key, "--disabled")
+    # run_with_timeout fails the test if the SDK hangs on an incomplete answer.
+    with pytest.raises(Exception) as refused:
+        register(hub, "parked", key)
+    # The SDK raises ClientError from a ServiceError that names the status it was answered.
+    assert "disabled" in str(refused.value.__cause__), repr(refused.value.__cause__)
+    assert not device_exists(hub, "parked")
+    shown = hub.cli_json("enrollment", "show", "parked")
+    assert shown["provisioningStatus"] == "disabled"
+    assert shown["registration"]["status"] == "disabled"
+
+
+def test_a_wrong_key_or_scope_is_refused_and_creates_nothing(dps_hub):
+    hub = dps_hub
+    key = new_key()
+    hub.cli_json("enrollment", "create", "guarded", "--primary-key", key)
+    started = time.monotonic()
+    with pytest.raises(Exception):
+        register(hub, "guarded", new_key())
+    with pytest.raises(Exception):
+        register(hub, "guarded", key, id_scope="0ne99999999")
+    with pytest.raises(Exception):
+        register(hub, "nobody-enrolled", key)
+    assert time.monotonic() - started < 3 * REGISTER_TIMEOUT
+    assert not device_exists(hub, "guarded")
+    assert not device_exists(hub, "nobody-enrolled")
+
+
+def test_a_malformed_registration_request_is_answered_400_and_creates_nothing(dps_hub):
+    hub = dps_hub
+    key = new_key()
+    hub.cli_json("enrollment", "create", "raw-1", "--primary-key", key)
+    expiry = int(time.time()) + 3600
+    resource = urllib.parse.quote(f"{hub.id_scope}/registrations/raw-1", safe="")
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{resource}\n{expiry}".encode(),
+                                    hashlib.sha256).digest()).decode()
+    token = f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(sig, safe='')}&se={expiry}"
+    raw = RawMqtt(hub, address=hub.dps_host)
+    try:
+        raw.send(connect_packet("raw-1", f"{hub.id_scope}/registrations/raw-1/api-version=2019-03-31", token))
+        connack = raw.read_packet()
+        assert connack is not None and connack[2][1] == 0, connack
+        raw.subscribe("$dps/registrations/res/#")
+        for body in (b"{not json", json.dumps({"registrationId": "someone-else"}).encode()):
+            raw.send(publish_packet("$dps/registrations/PUT/iotdps-register/?$rid=1", body, qos=1))
+            while True:
+                topic, _, _, _, payload = raw.next_publish()
+                if topic.startswith("$dps/registrations/res/"):
+                    break
+            assert topic.startswith("$dps/registrations/res/400/"), topic
+            assert json.loads(payload)["errorCode"] == 400004
+        # A publish to any other topic closes the connection.
+        raw.send(publish_packet("devices/raw-1/messages/events/", b"x", qos=0))
+        assert raw.closed_by_peer(5)
+    finally:
+        raw.close()
+    assert not device_exists(hub, "raw-1")
+    assert "registration" not in hub.cli_json("enrollment", "show", "raw-1")
