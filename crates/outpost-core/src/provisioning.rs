@@ -34,7 +34,9 @@ pub const MAX_REGISTRATION_ID_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProvisioningError {
     /// The registration id breaks DPS's rules.
-    #[error("invalid registration id {0:?}: 1-128 lower-case letters, digits, '-', '.', '_' or ':'")]
+    #[error(
+        "invalid registration id {0:?}: 1-128 lower-case letters, digits, '-', '.', '_' or ':'"
+    )]
     InvalidRegistrationId(String),
     /// The topic is not one of the two requests a device sends.
     #[error("unknown provisioning topic {0:?}")]
@@ -306,13 +308,18 @@ mod tests {
     #[test]
     fn request_topics_round_trip_and_need_their_parameters() {
         for request in [
-            ProvisioningRequest::Register { rid: "a b/1".into() },
+            ProvisioningRequest::Register {
+                rid: "a b/1".into(),
+            },
             ProvisioningRequest::OperationStatus {
                 rid: "7".into(),
                 operation_id: "4.abc/def".into(),
             },
         ] {
-            assert_eq!(ProvisioningRequest::parse(&request.topic()).unwrap(), request);
+            assert_eq!(
+                ProvisioningRequest::parse(&request.topic()).unwrap(),
+                request
+            );
         }
         assert_eq!(
             ProvisioningRequest::parse("$dps/registrations/PUT/iotdps-register/?$rid=42").unwrap(),
@@ -332,7 +339,10 @@ mod tests {
     #[test]
     fn response_topics_carry_status_rid_and_retry_after() {
         let topic = response_topic(202, "r 1", Some(3));
-        assert_eq!(topic, "$dps/registrations/res/202/?$rid=r%201&retry-after=3");
+        assert_eq!(
+            topic,
+            "$dps/registrations/res/202/?$rid=r%201&retry-after=3"
+        );
         assert_eq!(
             parse_response_topic(&topic),
             Some((202, "r 1".to_owned(), Some(3)))
