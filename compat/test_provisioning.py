@@ -201,3 +201,105 @@ def test_a_malformed_registration_request_is_answered_400_and_creates_nothing(dp
         raw.close()
     assert not device_exists(hub, "raw-1")
     assert "registration" not in hub.cli_json("enrollment", "show", "raw-1")
+
+
+SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
+
+
+def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_tags_select(dps_hub, tmp_path,
+                                                                                          loopback):
+    """`[provisioning] source = "dps"`: the daemon registers through a group with `--edge` and an initial twin
+    with tags, connects to the assigned hub, runs the automatic deployment that targets those tags, and starts
+    again from what it stored with the provisioning service gone."""
+    import signal
+    import subprocess
+    import sys
+
+    from edge_harness import deployment, wait_reported
+    from harness import outpost_bin
+
+    hub = dps_hub
+    group_key = new_key()
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"site": "plant-7", "role": "gateway"}})
+    hub.cli_json("enrollment-group", "create", "gateways", "--primary-key", group_key, "--edge",
+                 "--initial-twin", str(twin))
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    module = {"version": "1.0", "type": "process", "status": "running", "restartPolicy": "always",
+              "startupOrder": 0, "settings": {"path": sys.executable, "args": [str(script)]}}
+    content = tmp_path / "deployment.json"
+    content.write_text(json.dumps(deployment({"sleeper": module})))
+    hub.cli_json("deployment", "create", "plant-7-gateways", "--content", str(content),
+                 "--target-condition", "tags.site = 'plant-7' AND tags.role = 'gateway'", "--priority", "5")
+
+    registration_id = "gw-0001"
+    edge_host = loopback.next()
+    data_dir = tmp_path / "edge-data"
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'hub_ca = "{hub.ca_path}"\n'
+        f"hub_https_port = {hub.https_port}\n"
+        f'data_dir = "{data_dir}"\n'
+        f'hostname = "{edge_host}"\n'
+        f'listen_address = "{edge_host}"\n'
+        "\n[runtime]\ntype = \"process\"\n"
+        "\n[provisioning]\nsource = \"dps\"\n"
+        f'global_endpoint = "https://{hub.dps_host}"\n'
+        f'id_scope = "{hub.id_scope}"\n'
+        "\n[provisioning.attestation]\nmethod = \"symmetric_key\"\n"
+        f'registration_id = "{registration_id}"\n'
+        f'symmetric_key = {{ value = "{derive(group_key, registration_id)}" }}\n')
+    log_path = tmp_path / "edge.log"
+
+    def start():
+        log = open(log_path, "ab")
+        proc = subprocess.Popen([str(outpost_bin()), "edge", "run", "--config", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        return proc
+
+    def stop(proc):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    proc = start()
+    try:
+        wait_for(lambda: (data_dir / "provisioning.json").exists() or proc.poll() is not None, 60,
+                 "the edge device to register and store its assignment")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        device = hub.cli_json("device", "show", registration_id)
+        assert device["capabilities"]["iotEdge"] is True
+        assert hub.registry().get_twin(registration_id).tags == {"site": "plant-7", "role": "gateway"}
+        stored = json.loads((data_dir / "provisioning.json").read_text())
+        assert (stored["assignedHub"], stored["deviceId"]) == (hub.host, registration_id)
+        assert (data_dir / "provisioning.json").stat().st_mode & 0o077 == 0, "the stored key is private"
+        wait_reported(hub, registration_id,
+                      lambda r: ((r.get("modules") or {}).get("sleeper") or {}).get("runtimeStatus") == "running",
+                      90, "the targeted deployment's module running on the provisioned edge")
+    finally:
+        stop(proc)
+
+    # Later starts use what was stored: no provisioning service needed.
+    hub.stop()
+    hub.extra_args = []
+    hub.start()
+    assert not port_open(hub.dps_host, 8883)
+    second_start = log_path.stat().st_size
+    proc = start()
+    try:
+        wait_for(lambda: "using the stored assignment" in log_path.read_text(errors="replace")[second_start:]
+                 or proc.poll() is not None, 30, "the edge daemon to start again from its stored assignment")
+        wait_for(lambda: port_open(edge_host, 8883) or proc.poll() is not None, 30, "the edge hub's MQTT port")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        stop(proc)
+        for pid_file in (data_dir / "processes").glob("*/pid"):
+            try:
+                import os
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (ValueError, OSError):
+                pass
