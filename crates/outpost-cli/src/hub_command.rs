@@ -20,6 +20,8 @@ use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
 /// The `outpost hub` subcommands.
+// Parsed once per process: the size of `Serve`'s flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum HubCommand {
     /// Run the hub: the REST service API (HTTPS) and the device endpoint (MQTT over TLS).

@@ -162,11 +162,11 @@ impl ProvisioningRequest {
 
 /// The topic of an answer: `$dps/registrations/res/{status}/?$rid={rid}[&retry-after={s}]`.
 pub fn response_topic(status: u16, rid: &str, retry_after: Option<u32>) -> String {
-    let mut topic = format!("{RESPONSE_PREFIX}{status}/?$rid={}", quote(rid));
-    if let Some(seconds) = retry_after {
-        topic.push_str(&format!("&retry-after={seconds}"));
+    let topic = format!("{RESPONSE_PREFIX}{status}/?$rid={}", quote(rid));
+    match retry_after {
+        Some(seconds) => format!("{topic}&retry-after={seconds}"),
+        None => topic,
     }
-    topic
 }
 
 /// An answer's status, request id and retry-after, read from its topic.

@@ -15,7 +15,7 @@ use outpost_sdk::provisioning::{register_with_symmetric_key, ProvisioningError};
 /// The file the assignment is kept in.
 const PROVISIONED_FILE: &str = "provisioning.json";
 /// The longest wait between two attempts while the provisioning service cannot be reached.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_mins(1);
 
 /// Why the device could not get an identity.
 #[derive(Debug, thiserror::Error)]

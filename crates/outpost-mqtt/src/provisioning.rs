@@ -291,7 +291,7 @@ async fn serve_stream<O: ProvisioningOperations, S: AsyncRead + AsyncWrite + Unp
     // [MQTT-3.1.2-24] one and a half keep-alive periods without a packet end the connection; a client
     // without keep-alive still gets closed after a while, since registering takes seconds.
     let idle = match connect.keep_alive {
-        0 => Duration::from_secs(300),
+        0 => Duration::from_mins(5),
         seconds => Duration::from_millis(u64::from(seconds) * 1500),
     };
     let mut session = ProvisioningSession::default();

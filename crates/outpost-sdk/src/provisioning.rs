@@ -45,8 +45,8 @@ pub enum ProvisioningError {
 /// What to do after an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Assigned: the registration state.
-    Done(DeviceRegistrationResult),
+    /// Assigned: the registration state (boxed: the other steps are small).
+    Done(Box<DeviceRegistrationResult>),
     /// Ask for the operation's status after this many seconds.
     Poll {
         /// The operation to ask about.
@@ -90,7 +90,7 @@ pub fn next_step(status: u16, retry_after: Option<u32>, body: &[u8]) -> Step {
             operation_id: answer.operation_id,
             after,
         },
-        (RegistrationStatus::Assigned, Some(state)) => Step::Done(state),
+        (RegistrationStatus::Assigned, Some(state)) => Step::Done(Box::new(state)),
         (RegistrationStatus::Assigned, None) => {
             Step::Fail("assigned without a registration state".into())
         }
@@ -192,7 +192,7 @@ pub async fn register_with_symmetric_key(
         };
         match next_step(status, retry_after, &answer) {
             Step::Done(state) => {
-                result = Ok(state);
+                result = Ok(*state);
                 break;
             }
             Step::Fail(why) => {
@@ -210,7 +210,7 @@ pub async fn register_with_symmetric_key(
                 };
             }
             Step::Retry { after } => {
-                tokio::time::sleep(Duration::from_secs(u64::from(after))).await
+                tokio::time::sleep(Duration::from_secs(u64::from(after))).await;
             }
         }
     }

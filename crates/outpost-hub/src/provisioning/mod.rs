@@ -52,8 +52,9 @@ pub struct Provisioning<'a> {
 /// How a registration request ended: the operation status to answer with, or a refusal before anything happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Registered {
-    /// The operation ran (assigned, disabled or failed): its record holds the answer.
-    Ran(RegistrationRecord),
+    /// The operation ran (assigned, disabled or failed): its record holds the answer (boxed: a refusal is
+    /// small).
+    Ran(Box<RegistrationRecord>),
     /// The request was refused as it stands (malformed body, another registration id): nothing changed.
     Refused {
         /// 400 or 401.
@@ -354,17 +355,16 @@ impl<'a> Provisioning<'a> {
                     registry.put_device(&spec, &Precondition::Any).await?;
                 }
                 if let Some((initial, replace)) = twin {
-                    let write = TwinWrite {
-                        tags: initial
-                            .tags
-                            .clone()
-                            .or_else(|| replace.then(|| Value::Object(Default::default()))),
-                        desired: initial
-                            .desired()
-                            .cloned()
-                            .or_else(|| replace.then(|| Value::Object(Default::default()))),
-                        replace,
-                    };
+                    let write =
+                        TwinWrite {
+                            tags: initial.tags.clone().or_else(|| {
+                                replace.then(|| Value::Object(serde_json::Map::default()))
+                            }),
+                            desired: initial.desired().cloned().or_else(|| {
+                                replace.then(|| Value::Object(serde_json::Map::default()))
+                            }),
+                            replace,
+                        };
                     if write.tags.is_some() || write.desired.is_some() {
                         self.hub
                             .twins()
@@ -387,7 +387,7 @@ impl<'a> Provisioning<'a> {
             substatus = %record.substatus,
             "registration"
         );
-        Ok(Registered::Ran(record))
+        Ok(Registered::Ran(Box::new(record)))
     }
 
     /// The record of the operation `operation_id` of `registration_id`, if it is the latest one.
