@@ -283,6 +283,10 @@ def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_ta
     finally:
         stop(proc)
 
+    check = subprocess.run([str(outpost_bin()), "edge", "check", "--config", str(config)], capture_output=True,
+                           text=True, timeout=60)
+    assert f"{registration_id} on {hub.host}" in check.stdout, check.stdout
+
     # Later starts use what was stored: no provisioning service needed.
     hub.stop()
     hub.extra_args = []

@@ -86,6 +86,19 @@ fn store(path: &Path, provisioned: &Provisioned) -> Result<(), ProvisionError> {
     outpost_store::host::write_atomically(path, &bytes, 0o600).map_err(failed)
 }
 
+/// `config` with the connection string of the assignment stored by an earlier start, when it provisions itself
+/// and has one (what `outpost edge check` looks at without registering).
+pub fn with_stored_assignment(mut config: EdgeConfig) -> EdgeConfig {
+    if config.connection_string.is_none() {
+        if let Some(settings) = &config.provisioning {
+            if let Some(kept) = stored(&config).filter(|kept| kept.made_with(settings)) {
+                config.connection_string = Some(kept.connection_string());
+            }
+        }
+    }
+    config
+}
+
 /// Gives `config` its connection string: as written, from the stored assignment, or by registering (retried
 /// with back-off while the service cannot be reached; a refusal is an error at once).
 pub async fn provision(mut config: EdgeConfig) -> Result<EdgeConfig, ProvisionError> {
