@@ -16,7 +16,7 @@ import urllib.parse
 import pytest
 from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
 
-from harness import (PUBLISH, RawMqtt, connect_packet, new_key, port_open, publish_packet, run_with_timeout,
+from harness import (RawMqtt, _bindable, connect_packet, new_key, port_open, publish_packet, run_with_timeout,
                      wait_for)
 
 REGISTER_TIMEOUT = 40
@@ -35,6 +35,10 @@ def dps_hub(hub_factory, loopback):
     dps_host = loopback.next()
     hub.stop()
     hub.extra_args = ["--provisioning-bind", dps_host]
+    # The REST variant wants port 443 (what DPS clients dial): only where this user may bind it.
+    hub.dps_rest = _bindable(dps_host, 443)
+    if not hub.dps_rest:
+        hub.extra_args += ["--provisioning-https-port", "0"]
     hub.start()
     wait_for(lambda: port_open(dps_host, 8883), 10, "the provisioning port")
     info = json.loads(hub.run_cli(["hub", "provisioning-info", "--data-dir", str(hub.data_dir),
@@ -65,6 +69,15 @@ def device_twin_desired(hub, result, key: str, clients) -> dict:
     clients.created.append(client)
     run_with_timeout(client.connect, 20, "connect with the assigned identity")
     return run_with_timeout(client.get_twin, 20, "get_twin")["desired"]
+
+
+def registration_token(hub, registration_id: str, key: str) -> str:
+    """A registration's SAS token, as the SDK signs it."""
+    expiry = int(time.time()) + 3600
+    resource = urllib.parse.quote(f"{hub.id_scope}/registrations/{registration_id}", safe="")
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{resource}\n{expiry}".encode(),
+                                    hashlib.sha256).digest()).decode()
+    return f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(sig, safe='')}&se={expiry}"
 
 
 def write_twin(tmp_path, name: str, twin: dict):
@@ -175,11 +188,7 @@ def test_a_malformed_registration_request_is_answered_400_and_creates_nothing(dp
     hub = dps_hub
     key = new_key()
     hub.cli_json("enrollment", "create", "raw-1", "--primary-key", key)
-    expiry = int(time.time()) + 3600
-    resource = urllib.parse.quote(f"{hub.id_scope}/registrations/raw-1", safe="")
-    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{resource}\n{expiry}".encode(),
-                                    hashlib.sha256).digest()).decode()
-    token = f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(sig, safe='')}&se={expiry}"
+    token = registration_token(hub, "raw-1", key)
     raw = RawMqtt(hub, address=hub.dps_host)
     try:
         raw.send(connect_packet("raw-1", f"{hub.id_scope}/registrations/raw-1/api-version=2019-03-31", token))
@@ -201,6 +210,40 @@ def test_a_malformed_registration_request_is_answered_400_and_creates_nothing(dp
         raw.close()
     assert not device_exists(hub, "raw-1")
     assert "registration" not in hub.cli_json("enrollment", "show", "raw-1")
+
+
+def test_the_rest_variant_registers_and_refuses_alike(dps_hub):
+    """DPS's REST device API on the provisioning host's port 443: register, poll the operation, and a 401 with
+    DPS's error body for a token signed with another key."""
+    import requests
+
+    hub = dps_hub
+    if not hub.dps_rest:
+        pytest.skip("cannot bind port 443 on a loopback address (not root?)")
+    key = new_key()
+    hub.cli_json("enrollment", "create", "rest-1", "--primary-key", key, "--edge")
+    base = f"https://{hub.dps_host}/{hub.id_scope}/registrations/rest-1"
+    query = {"api-version": "2019-03-31"}
+    refused = requests.put(f"{base}/register", params=query, json={"registrationId": "rest-1"},
+                           headers={"Authorization": registration_token(hub, "rest-1", new_key())},
+                           verify=str(hub.ca_path), timeout=10)
+    assert refused.status_code == 401 and refused.json()["errorCode"] == 401002, refused.text
+    assert not device_exists(hub, "rest-1")
+
+    auth = {"Authorization": registration_token(hub, "rest-1", key)}
+    started = requests.put(f"{base}/register", params=query, json={"registrationId": "rest-1"}, headers=auth,
+                           verify=str(hub.ca_path), timeout=10)
+    assert started.status_code == 202, started.text
+    assert started.json()["status"] == "assigning" and int(started.headers["Retry-After"]) >= 1
+    status = requests.get(f"{base}/operations/{started.json()['operationId']}", params=query, headers=auth,
+                          verify=str(hub.ca_path), timeout=10)
+    assert status.status_code == 200, status.text
+    state = status.json()["registrationState"]
+    assert (status.json()["status"], state["deviceId"], state["assignedHub"]) == ("assigned", "rest-1", hub.host)
+    assert hub.cli_json("device", "show", "rest-1")["capabilities"]["iotEdge"] is True
+    unknown = requests.get(f"{base}/operations/nope", params=query, headers=auth, verify=str(hub.ca_path),
+                           timeout=10)
+    assert unknown.status_code == 404
 
 
 SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"

@@ -101,13 +101,16 @@ pub enum HubCommand {
         server_cert_lifetime: Duration,
 
         // The provisioning service (docs/architecture.md, "Provisioning").
-        /// Serve the provisioning service (DPS's device protocol, MQTT on port 8883) on this address of its own:
-        /// devices dial the provisioning host on the same fixed port as the hub.
+        /// Serve the provisioning service (DPS's device protocol: MQTT on port 8883, its REST variant on 443) on this
+        /// address of its own: devices dial the provisioning host on the same fixed ports as the hub.
         #[arg(long, value_name = "ADDR")]
         provisioning_bind: Option<IpAddr>,
         /// The name devices dial for provisioning (their global device endpoint; the bind address when absent).
         #[arg(long, value_name = "NAME", requires = "provisioning_bind")]
         provisioning_hostname: Option<String>,
+        /// The port of the provisioning service's REST variant (`0`: none).
+        #[arg(long, default_value_t = 443, requires = "provisioning_bind")]
+        provisioning_https_port: u16,
     },
     /// Print the provisioning host and the hub's ID scope, what devices need to register.
     ProvisioningInfo {
@@ -232,6 +235,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             server_cert_lifetime,
             provisioning_bind,
             provisioning_hostname,
+            provisioning_https_port,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -265,6 +269,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                     bind,
                     host_name: provisioning_hostname.unwrap_or_else(|| bind.to_string()),
                     mqtt_port: 8883,
+                    https_port: (provisioning_https_port != 0).then_some(provisioning_https_port),
                 }),
             };
             serve(&config).await

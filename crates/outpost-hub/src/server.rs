@@ -64,6 +64,8 @@ pub struct ProvisioningListener {
     pub host_name: String,
     /// The MQTT/TLS port (8883, what the SDK dials).
     pub mqtt_port: u16,
+    /// The HTTPS port of the REST variant (443); `None` serves no REST variant.
+    pub https_port: Option<u16>,
 }
 
 /// How long the certificates a daemon makes are valid; each is renewed at 80 % of its life.
@@ -189,6 +191,14 @@ impl RunningHub {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
+        let provisioning_https = match &config.provisioning {
+            Some(ProvisioningListener {
+                bind: address,
+                https_port: Some(port),
+                ..
+            }) => Some(bind(*address, *port, "provisioning HTTPS").await?),
+            _ => None,
+        };
         let amqp_listener = match config.amqp_port {
             Some(port) => Some(bind(config.bind, port, "AMQP").await?),
             None => None,
@@ -201,6 +211,16 @@ impl RunningHub {
             .transpose()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        if let Some(listener) = provisioning_https {
+            let backend = Arc::new(crate::provisioning::head::HubProvisioning(hub.clone()));
+            tasks.spawn(outpost_https::serve(
+                listener,
+                TlsAcceptor::from(tls.clone()),
+                crate::provisioning::rest::router(backend),
+                config.https_limits.clone(),
+                stopped(shutdown_rx.clone()),
+            ));
+        }
         if let Some(listener) = provisioning_listener {
             let backend = Arc::new(crate::provisioning::head::HubProvisioning(hub.clone()));
             let provisioning_config =

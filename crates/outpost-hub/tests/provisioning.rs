@@ -3,7 +3,7 @@
 //! (a malformed request, a disabled enrollment, a wrong key) create no device. The ID scope is made once.
 
 use outpost_core::provisioning::{derive_device_key, registration_token, RegistrationStatus};
-use outpost_hub::provisioning::model::EnrollmentRef;
+use outpost_hub::provisioning::model::{Attestation, EnrollmentRef};
 use outpost_hub::provisioning::{operation_status, Registered};
 use outpost_hub::{Hub, HubError};
 use serde_json::json;
@@ -36,12 +36,10 @@ async fn hub_with_group() -> Hub {
 async fn a_group_member_registers_as_an_edge_device_with_its_derived_key_and_initial_twin() {
     let hub = hub_with_group().await;
     let group = hub.provisioning().group("plant").await.unwrap();
-    let secondary = match &group.settings.attestation {
-        outpost_hub::provisioning::model::Attestation::SymmetricKey { symmetric_key } => {
-            symmetric_key.secondary_key.clone()
-        }
-        other => panic!("{other:?}"),
+    let Attestation::SymmetricKey { symmetric_key } = &group.settings.attestation else {
+        panic!("{:?}", group.settings.attestation)
     };
+    let secondary = symmetric_key.secondary_key.clone();
     assert!(!secondary.is_empty(), "a missing key is generated");
 
     let derived = derive_device_key(GROUP_KEY, "gw-1").unwrap();

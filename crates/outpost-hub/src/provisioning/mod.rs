@@ -12,6 +12,7 @@
 pub mod attest;
 pub mod head;
 pub mod model;
+pub mod rest;
 
 use chrono::Utc;
 use outpost_core::provisioning::{
