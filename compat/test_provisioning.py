@@ -212,6 +212,33 @@ def test_a_malformed_registration_request_is_answered_400_and_creates_nothing(dp
     assert "registration" not in hub.cli_json("enrollment", "show", "raw-1")
 
 
+def test_bad_enrollments_are_refused_and_x509_ones_are_kept_but_not_registered(dps_hub, tmp_path):
+    import subprocess
+
+    hub = dps_hub
+    bad_twin = write_twin(tmp_path, "bad.json", {"tags": ["not", "an", "object"]})
+    for args in (["enrollment", "create", "bad-1", "--initial-twin", str(bad_twin)],
+                 ["enrollment", "create", "Bad 1"],
+                 ["enrollment", "create", "bad-2", "--primary-key", "not base64!"],
+                 ["enrollment-group", "create", "bad-3", "--attestation", "x509"]):
+        cp = hub.run_cli(args, check=False)
+        assert cp.returncode != 0 and cp.stderr.strip(), (args, cp.stdout, cp.stderr)
+    assert hub.cli_json("enrollment", "list") == []
+    assert hub.cli_json("enrollment-group", "list") == []
+
+    key, cert = tmp_path / "device.key", tmp_path / "device.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=cert-1", "-days", "1"],
+                   check=True, capture_output=True)
+    created = hub.cli_json("enrollment", "create", "cert-1", "--attestation", "x509", "--certificate", str(cert))
+    assert created["attestation"]["type"] == "x509"
+    assert "BEGIN CERTIFICATE" in created["attestation"]["x509"]["clientCertificates"]["primary"]["certificate"]
+    # A symmetric key cannot stand in for a certificate.
+    with pytest.raises(Exception):
+        register(hub, "cert-1", new_key())
+    assert not device_exists(hub, "cert-1")
+
+
 def test_the_rest_variant_registers_and_refuses_alike(dps_hub):
     """DPS's REST device API on the provisioning host's port 443: register, poll the operation, and a 401 with
     DPS's error body for a token signed with another key."""
