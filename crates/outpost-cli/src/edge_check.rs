@@ -30,7 +30,17 @@ pub async fn check(config_path: &Path) -> anyhow::Result<()> {
     let config = match EdgeConfig::load(config_path) {
         Ok(config) => {
             report.line(true, "configuration", &config_path.display().to_string());
-            config
+            if config.provisioning.is_some() {
+                let config = outpost_edge::provisioning::with_stored_assignment(config);
+                let state = match config.device() {
+                    Ok(device) => format!("{} on {}", device.device_id, device.hub_hostname),
+                    Err(_) => "not yet: the daemon registers at its first start".into(),
+                };
+                report.line(true, "provisioning", &state);
+                config
+            } else {
+                config
+            }
         }
         Err(error) => {
             report.line(false, "configuration", &error.to_string());

@@ -10,7 +10,9 @@ use clap::Subcommand;
 use outpost_core::units::{parse_bytes, parse_duration};
 use outpost_hub::eventhub::{StreamSettings, DEFAULT_CONSUMER_GROUP, MAX_CONSUMER_GROUPS};
 use outpost_hub::messaging::EventRetention;
-use outpost_hub::server::{CertificateLifetimes, HttpsLimits, DEFAULT_SESSION_EXPIRY};
+use outpost_hub::server::{
+    CertificateLifetimes, HttpsLimits, ProvisioningListener, DEFAULT_SESSION_EXPIRY,
+};
 use outpost_hub::storage::postgres::PostgresEngine;
 use outpost_hub::storage::sqlite::SqliteEngine;
 use outpost_hub::storage::{transaction, Engine};
@@ -18,6 +20,8 @@ use outpost_hub::{HubConfig, RunningHub};
 use serde::{Deserialize, Serialize};
 
 /// The `outpost hub` subcommands.
+// Parsed once per process: the size of `Serve`'s flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum HubCommand {
     /// Run the hub: the REST service API (HTTPS) and the device endpoint (MQTT over TLS).
@@ -95,6 +99,27 @@ pub enum HubCommand {
         /// its life without a restart.
         #[arg(long, default_value = "90d", value_parser = parse_duration)]
         server_cert_lifetime: Duration,
+
+        // The provisioning service (docs/architecture.md, "Provisioning").
+        /// Serve the provisioning service (DPS's device protocol: MQTT on port 8883, its REST variant on 443) on this
+        /// address of its own: devices dial the provisioning host on the same fixed ports as the hub.
+        #[arg(long, value_name = "ADDR")]
+        provisioning_bind: Option<IpAddr>,
+        /// The name devices dial for provisioning (their global device endpoint; the bind address when absent).
+        #[arg(long, value_name = "NAME", requires = "provisioning_bind")]
+        provisioning_hostname: Option<String>,
+        /// The port of the provisioning service's REST variant (`0`: none).
+        #[arg(long, default_value_t = 443, requires = "provisioning_bind")]
+        provisioning_https_port: u16,
+    },
+    /// Print the provisioning host and the hub's ID scope, what devices need to register.
+    ProvisioningInfo {
+        /// The hub's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// `human` or `json` (`{"host": ..., "idScope": ...}`).
+        #[arg(long, value_enum, default_value_t = crate::output::OutputFormat::Human)]
+        output: crate::output::OutputFormat,
     },
     /// Copy a stopped hub kept in SQLite (its data directory) into an empty PostgreSQL database: identities and
     /// keys, twins with their versions and etags, deployments, access policies, MQTT sessions, queued
@@ -175,6 +200,9 @@ struct ServedAs {
     /// its user's only, as the directory is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     database: Option<String>,
+    /// The provisioning host devices dial, when the hub serves provisioning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provisioning_host: Option<String>,
 }
 
 impl ServedAs {
@@ -210,6 +238,9 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
             metrics_bind,
             ca_lifetime,
             server_cert_lifetime,
+            provisioning_bind,
+            provisioning_hostname,
+            provisioning_https_port,
         } => {
             let config = HubConfig {
                 data_dir,
@@ -239,6 +270,12 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                     ca: ca_lifetime,
                     server: server_cert_lifetime,
                 },
+                provisioning: provisioning_bind.map(|bind| ProvisioningListener {
+                    bind,
+                    host_name: provisioning_hostname.unwrap_or_else(|| bind.to_string()),
+                    mqtt_port: 8883,
+                    https_port: (provisioning_https_port != 0).then_some(provisioning_https_port),
+                }),
             };
             serve(&config).await
         }
@@ -263,6 +300,7 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
                 session_expiry: DEFAULT_SESSION_EXPIRY,
                 metrics_bind: None,
                 certificates: CertificateLifetimes::default(),
+                provisioning: None,
             };
             println!("{}", config.owner_connection_string()?);
             Ok(())
@@ -273,7 +311,35 @@ pub async fn run(command: HubCommand) -> anyhow::Result<()> {
         }
         HubCommand::ConsumerGroup(command) => consumer_group(command),
         HubCommand::Ca(command) => crate::hub_ca::run(command),
+        HubCommand::ProvisioningInfo { data_dir, output } => provisioning_info(&data_dir, output),
     }
+}
+
+/// `outpost hub provisioning-info`: the provisioning host `serve` recorded and the ID scope stored in the hub.
+fn provisioning_info(data_dir: &Path, output: crate::output::OutputFormat) -> anyhow::Result<()> {
+    let served = read_served_as(data_dir)?;
+    let host = served.provisioning_host.clone().with_context(|| {
+        format!(
+            "the hub in {} serves no provisioning: start it with --provisioning-bind ADDR",
+            data_dir.display()
+        )
+    })?;
+    let engine: Box<dyn Engine> = match &served.database {
+        Some(url) => Box::new(PostgresEngine::connect(url)?),
+        None => Box::new(SqliteEngine::open(&data_dir.join("hub.sqlite"))?),
+    };
+    let scope = transaction(&*engine, |tables| {
+        tables.setting(outpost_hub::provisioning::ID_SCOPE_SETTING)
+    })?
+    .map(|s| String::from_utf8_lossy(&s).into_owned())
+    .context("the hub has no ID scope yet: has it started?")?;
+    if output == crate::output::OutputFormat::Json {
+        println!("{}", serde_json::json!({"host": host, "idScope": scope}));
+    } else {
+        println!("host     {host}");
+        println!("idScope  {scope}");
+    }
+    Ok(())
 }
 
 /// `Endpoint=sb://HOST[:PORT]/;SharedAccessKeyName=iothubowner;SharedAccessKey=..;EntityPath=NAME`.
@@ -480,6 +546,7 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
             https_port: config.https_port,
             amqp_port: ServedAs::amqp(config.amqp_port.unwrap_or(0)),
             database: config.database.clone(),
+            provisioning_host: config.provisioning.as_ref().map(|p| p.host_name.clone()),
         };
         write_served_as(&config.data_dir, &served)?;
     }
@@ -490,6 +557,7 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
         https_port: running.https_addr.port(),
         amqp_port: ServedAs::amqp(running.amqp_addr.map_or(0, |a| a.port())),
         database: config.database.clone(),
+        provisioning_host: config.provisioning.as_ref().map(|p| p.host_name.clone()),
     };
     if config.https_port == 0 || config.amqp_port == Some(0) {
         write_served_as(&config.data_dir, &served)?;
@@ -504,6 +572,12 @@ async fn serve(config: &HubConfig) -> anyhow::Result<()> {
     }
     if let Some(metrics) = running.metrics_addr {
         println!("  METRICS http://{metrics}/metrics");
+    }
+    if let Some(provisioning) = running.provisioning_addr {
+        println!(
+            "  DPS    {provisioning} (ID scope {})",
+            running.hub.id_scope()
+        );
     }
     println!("  CA     {}", config.data_dir.join("ca.pem").display());
     println!("Service connection string:");

@@ -7,6 +7,7 @@ mod deployment;
 mod edge_check;
 mod edge_command;
 mod hub_ca;
+mod enrollment_command;
 mod hub_command;
 mod job_command;
 mod operator;
@@ -133,6 +134,20 @@ enum Command {
         #[command(subcommand)]
         command: job_command::JobCommand,
     },
+    /// Manage the provisioning service's individual enrollments (devices that register by themselves).
+    Enrollment {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: enrollment_command::EnrollmentCommand,
+    },
+    /// Manage the provisioning service's enrollment groups.
+    EnrollmentGroup {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        command: enrollment_command::EnrollmentGroupCommand,
+    },
     /// Print device-to-cloud messages as JSON lines.
     Monitor {
         #[command(flatten)]
@@ -226,5 +241,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Message { hub, command } => operator::message(&hub, command).await,
         Command::Monitor { hub, args } => operator::monitor(&hub, &args).await,
         Command::Job { hub, command } => job_command::job(&hub, command).await,
+        Command::Enrollment { hub, command } => enrollment_command::enrollment(&hub, command).await,
+        Command::EnrollmentGroup { hub, command } => {
+            enrollment_command::enrollment_group(&hub, command).await
+        }
     }
 }

@@ -181,6 +181,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
         metrics_bind: None,
         certificates: outpost_hub::server::CertificateLifetimes::default(),
+        provisioning: None,
     };
     let running = RunningHub::start(&hub_config).await?;
     let hub = running.hub.clone();

@@ -17,6 +17,7 @@ pub mod edge_link;
 pub mod id;
 pub mod manifest;
 pub mod message;
+pub mod provisioning;
 pub mod query;
 pub mod quote;
 pub mod route;

@@ -53,14 +53,29 @@ pub enum SettingsError {
     /// A setting that must be at least 1 is 0.
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    /// Neither `connection_string` nor `[provisioning]`, or both.
+    #[error("give either connection_string or a [provisioning] section, not {0}")]
+    Identity(&'static str),
+    /// `[provisioning]` is incomplete or wrong.
+    #[error("provisioning: {0}")]
+    Provisioning(String),
+    /// The device has not been provisioned yet (`[provisioning]` without a stored assignment).
+    #[error("the device is not provisioned yet")]
+    NotProvisioned,
 }
 
 /// The edge daemon's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
-    /// The edge device's connection string (`HostName=..;DeviceId=..;SharedAccessKey=..`).
-    pub connection_string: String,
+    /// The edge device's connection string (`HostName=..;DeviceId=..;SharedAccessKey=..`); absent when the
+    /// device provisions itself (`[provisioning]`), which then fills it in at start from what it was assigned.
+    #[serde(default)]
+    pub connection_string: Option<String>,
+    /// How the device gets its identity when there is no connection string: `source = "dps"` registers with a
+    /// provisioning service on first start (see [`crate::provisioning`]).
+    #[serde(default)]
+    pub provisioning: Option<ProvisioningConfig>,
     /// The CA certificate (PEM) the hub's TLS certificate chains to.
     pub hub_ca: PathBuf,
     /// The hub's HTTPS port (443 unless the hub serves elsewhere).
@@ -103,6 +118,102 @@ pub struct EdgeConfig {
     /// The lifetimes of the certificates the daemon makes.
     #[serde(default)]
     pub certificates: CertificatesConfig,
+}
+
+/// `[provisioning]`: registration with a Device Provisioning Service (named as in aziot's `config.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// `"dps"`: the only source there is besides `connection_string`.
+    pub source: String,
+    /// The provisioning host (aziot's `global_endpoint`): a host name, or a URL whose host is taken.
+    pub global_endpoint: String,
+    /// The port the provisioning service's MQTT listens on (8883).
+    #[serde(default = "default_mqtt_port")]
+    pub mqtt_port: u16,
+    /// The ID scope.
+    pub id_scope: String,
+    /// How the device proves its registration.
+    pub attestation: AttestationConfig,
+}
+
+/// `[provisioning.attestation]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// `"symmetric_key"` (`"x509"` once the hub accepts certificates for registration).
+    pub method: String,
+    /// The registration id.
+    pub registration_id: String,
+    /// The device's key (for a group member: the key derived from the group key and the registration id):
+    /// `"base64"` or aziot's `{ value = "base64" }`.
+    pub symmetric_key: SymmetricKeySetting,
+}
+
+/// A symmetric key as text, or as aziot's `{ value = ".." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SymmetricKeySetting {
+    /// The base64 key.
+    Text(String),
+    /// `{ value = "base64" }`.
+    Value {
+        /// The base64 key.
+        value: String,
+    },
+}
+
+impl SymmetricKeySetting {
+    /// The base64 key.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Text(key) | Self::Value { value: key } => key,
+        }
+    }
+}
+
+impl ProvisioningConfig {
+    /// The provisioning host: `global_endpoint` without scheme, port or path.
+    pub fn host(&self) -> &str {
+        let endpoint = self.global_endpoint.trim();
+        let endpoint = endpoint
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest);
+        let endpoint = endpoint.split('/').next().unwrap_or(endpoint);
+        endpoint
+            .rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .map_or(endpoint, |(host, _)| host)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let refuse = |why: String| Err(SettingsError::Provisioning(why));
+        if self.source != "dps" {
+            return refuse(format!(
+                "source {:?} is not supported (\"dps\")",
+                self.source
+            ));
+        }
+        if self.host().is_empty() {
+            return refuse("global_endpoint names no host".into());
+        }
+        if self.id_scope.is_empty() {
+            return refuse("id_scope must not be empty".into());
+        }
+        if self.attestation.method != "symmetric_key" {
+            return refuse(format!(
+                "attestation method {:?} is not supported (\"symmetric_key\")",
+                self.attestation.method
+            ));
+        }
+        outpost_core::provisioning::validate_registration_id(&self.attestation.registration_id)
+            .map_err(|e| SettingsError::Provisioning(e.to_string()))?;
+        let key = self.attestation.symmetric_key.key();
+        if outpost_core::sign(key, b"probe").is_err() {
+            return refuse("attestation.symmetric_key is not a base64 key".into());
+        }
+        Ok(())
+    }
 }
 
 /// How long the edge's certificates are valid (`"365d"`, `"90d"`, `"30s"`); each is renewed at 80 % of its
@@ -351,7 +462,14 @@ impl EdgeConfig {
     /// Parses settings from TOML text.
     pub fn parse(text: &str) -> Result<Self, SettingsError> {
         let config: Self = toml::from_str(text)?;
-        config.device()?;
+        match (&config.connection_string, &config.provisioning) {
+            (Some(_), None) => {
+                config.device()?;
+            }
+            (None, Some(provisioning)) => provisioning.check()?,
+            (None, None) => return Err(SettingsError::Identity("neither")),
+            (Some(_), Some(_)) => return Err(SettingsError::Identity("both")),
+        }
         if config.hostname.is_empty() {
             return Err(SettingsError::EmptyHostname);
         }
@@ -361,7 +479,11 @@ impl EdgeConfig {
 
     /// The device connection string, checked: it must name a device with a key.
     pub fn device(&self) -> Result<DeviceCredentials, SettingsError> {
-        let parsed: ConnectionString = self.connection_string.parse()?;
+        let parsed: ConnectionString = self
+            .connection_string
+            .as_deref()
+            .ok_or(SettingsError::NotProvisioned)?
+            .parse()?;
         let device_id = parsed.device_id.clone().ok_or(SettingsError::NoDeviceId)?;
         let key = parsed
             .shared_access_key
@@ -418,6 +540,86 @@ mod tests {
         type = "docker"
         network = "outpost-test"
     "#;
+
+    const PROVISIONED: &str = r#"
+        hub_ca = "/etc/outpost/hub-ca.pem"
+        data_dir = "/var/lib/outpost"
+        hostname = "edge1.local"
+
+        [runtime]
+        type = "process"
+
+        [provisioning]
+        source = "dps"
+        global_endpoint = "https://dps.example.net/"
+        id_scope = "0ne00000001"
+
+        [provisioning.attestation]
+        method = "symmetric_key"
+        registration_id = "edge-7"
+        symmetric_key = { value = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=" }
+    "#;
+
+    #[test]
+    fn a_provisioned_device_needs_no_connection_string() {
+        let config = EdgeConfig::parse(PROVISIONED).unwrap();
+        let provisioning = config.provisioning.as_ref().unwrap();
+        assert_eq!(provisioning.host(), "dps.example.net");
+        assert_eq!(provisioning.mqtt_port, 8883);
+        assert_eq!(
+            provisioning.attestation.symmetric_key.key(),
+            "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
+        );
+        assert!(matches!(
+            config.device(),
+            Err(SettingsError::NotProvisioned)
+        ));
+        let plain_key = PROVISIONED.replace(
+            "{ value = \"a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=\" }",
+            "\"a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=\"",
+        );
+        assert!(EdgeConfig::parse(&plain_key).is_ok());
+    }
+
+    #[test]
+    fn identity_settings_must_be_one_and_complete() {
+        let both = format!("connection_string = \"HostName=h;DeviceId=d;SharedAccessKey=a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=\"\n{PROVISIONED}");
+        assert!(matches!(
+            EdgeConfig::parse(&both),
+            Err(SettingsError::Identity("both"))
+        ));
+        let neither = EXAMPLE
+            .lines()
+            .filter(|l| !l.contains("connection_string"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(matches!(
+            EdgeConfig::parse(&neither),
+            Err(SettingsError::Identity("neither"))
+        ));
+        for (from, to) in [
+            ("source = \"dps\"", "source = \"manual\""),
+            ("method = \"symmetric_key\"", "method = \"tpm\""),
+            (
+                "registration_id = \"edge-7\"",
+                "registration_id = \"Edge 7\"",
+            ),
+            ("id_scope = \"0ne00000001\"", "id_scope = \"\""),
+            (
+                "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=",
+                "not base64!",
+            ),
+        ] {
+            let text = PROVISIONED.replace(from, to);
+            assert!(
+                matches!(
+                    EdgeConfig::parse(&text),
+                    Err(SettingsError::Provisioning(_))
+                ),
+                "{to}"
+            );
+        }
+    }
 
     #[test]
     fn a_complete_file_parses_with_defaults() {

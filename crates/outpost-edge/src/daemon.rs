@@ -29,6 +29,9 @@ pub enum StartError {
     /// The settings.
     #[error(transparent)]
     Settings(#[from] crate::config::SettingsError),
+    /// Provisioning (`[provisioning]`) failed.
+    #[error(transparent)]
+    Provisioning(#[from] crate::provisioning::ProvisionError),
     /// A directory of the daemon's cannot be created or made private.
     #[error("cannot create {path}: {source}")]
     CreateDir {
@@ -82,6 +85,12 @@ pub async fn run(
     config: EdgeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
+    tokio::pin!(shutdown);
+    // Registering may wait for a provisioning service that cannot be reached: a stop signal ends the wait.
+    let config = tokio::select! {
+        provisioned = crate::provisioning::provision(config) => provisioned?,
+        () = &mut shutdown => return Ok(()),
+    };
     let edge = start(config).await?;
     shutdown.await;
     tracing::info!(
@@ -134,6 +143,7 @@ impl RunningEdge {
 
 /// Builds the agent and starts its tasks; returns once the last-known-good deployment has been started.
 pub async fn start(config: EdgeConfig) -> Result<RunningEdge, StartError> {
+    let config = crate::provisioning::provision(config).await?;
     let device = config.device()?;
     // Everything under the data directory is the daemon's user's only: module keys, the CA key, the deployment
     // (with its registry credentials), tokens in the edge hub's database. An older installation is tightened.

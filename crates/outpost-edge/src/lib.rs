@@ -16,6 +16,7 @@ pub mod hub_http;
 pub mod identities;
 pub mod management;
 pub mod metrics;
+pub mod provisioning;
 pub mod runtime;
 pub mod support_bundle;
 pub mod workload;

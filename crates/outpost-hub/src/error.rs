@@ -29,6 +29,12 @@ pub enum HubError {
     /// A configuration with that id exists already.
     #[error("a configuration with id {0} already exists")]
     ConfigurationAlreadyExists(String),
+    /// The enrollment or enrollment group does not exist.
+    #[error("enrollment {0} not found")]
+    EnrollmentNotFound(String),
+    /// No registration of this registration id is recorded.
+    #[error("registration {0} not found")]
+    RegistrationNotFound(String),
     /// The `If-Match` etag is stale.
     #[error("the etag in If-Match does not match the current one")]
     PreconditionFailed,
@@ -76,7 +82,9 @@ impl HubError {
             | Self::ModuleNotFound(_)
             | Self::DeviceNotOnline(_)
             | Self::JobNotFound(_)
-            | Self::ConfigurationNotFound(_) => 404,
+            | Self::ConfigurationNotFound(_)
+            | Self::EnrollmentNotFound(_)
+            | Self::RegistrationNotFound(_) => 404,
             Self::DeviceAlreadyExists(_)
             | Self::ModuleAlreadyExists(_)
             | Self::JobAlreadyExists(_)
@@ -105,6 +113,8 @@ impl HubError {
             Self::JobAlreadyExists(_) => ("JobAlreadyExists", 409_002),
             Self::ConfigurationNotFound(_) => ("ConfigurationNotFound", 404_104),
             Self::ConfigurationAlreadyExists(_) => ("ConfigurationAlreadyExists", 409_004),
+            Self::EnrollmentNotFound(_) => ("EnrollmentNotFound", 404_201),
+            Self::RegistrationNotFound(_) => ("DeviceRegistrationNotFound", 404_202),
             Self::PreconditionFailed => ("PreconditionFailed", 412_001),
             Self::ArgumentInvalid(_) => ("ArgumentInvalid", 400_004),
             Self::InvalidConfigurationContent(_) => ("InvalidConfigurationContent", 400_004),

@@ -31,6 +31,7 @@ pub mod jobs;
 pub mod messaging;
 pub mod metrics;
 pub mod migrate;
+pub mod provisioning;
 pub mod registry;
 pub mod replicas;
 pub mod rest;
@@ -96,6 +97,8 @@ pub struct Hub {
     messaging: Messaging,
     /// Jobs over many devices (run by [`jobs::driver`]).
     jobs: jobs::Jobs,
+    /// The ID scope devices register in ([`provisioning`]), made once and stored.
+    id_scope: String,
 }
 
 impl Hub {
@@ -153,7 +156,7 @@ impl Hub {
         stream: &eventhub::StreamSettings,
     ) -> Result<Self, HubError> {
         let event_hub = eventhub::EventHubState::open(&*engine, host_name, stream)?;
-        let (newest, policies) = storage::transaction(&*engine, |tables| {
+        let (newest, policies, id_scope) = storage::transaction(&*engine, |tables| {
             // Replicas starting together on one new database: the marker's insert makes all but the first wait
             // for its commit and then skip, so every replica reads the same policies (with the same keys).
             if tables.policies()?.is_empty() && tables.put_setting(POLICIES_CREATED, b"1", true)? {
@@ -161,7 +164,17 @@ impl Hub {
                     tables.put_policy(&policy)?;
                 }
             }
-            Ok::<_, HubError>((tables.last_event()?, tables.policies()?))
+            // The first start makes the ID scope; concurrent first starts of replicas keep the winner's.
+            tables.put_setting(
+                provisioning::ID_SCOPE_SETTING,
+                provisioning::new_id_scope().as_bytes(),
+                true,
+            )?;
+            let id_scope = tables
+                .setting(provisioning::ID_SCOPE_SETTING)?
+                .map(|s| String::from_utf8_lossy(&s).into_owned())
+                .unwrap_or_default();
+            Ok::<_, HubError>((tables.last_event()?, tables.policies()?, id_scope))
         })?;
         tracing::debug!(engine = %engine.describe(), "hub storage opened");
         event_hub.newest_event.send_replace(newest);
@@ -201,6 +214,7 @@ impl Hub {
             configurations,
             messaging,
             jobs: jobs::Jobs::new(storage_for_jobs),
+            id_scope,
         })
     }
 
@@ -234,6 +248,21 @@ impl Hub {
             self.metrics.clone(),
             self.stopping.subscribe(),
         );
+    }
+
+    /// The provisioning service: enrollments and registrations of devices that join by themselves.
+    pub fn provisioning(&self) -> provisioning::Provisioning<'_> {
+        provisioning::Provisioning::new(self)
+    }
+
+    /// The storage handle every service shares.
+    pub(crate) fn storage(&self) -> &writer::Storage {
+        &self.storage
+    }
+
+    /// The ID scope devices register in.
+    pub fn id_scope(&self) -> &str {
+        &self.id_scope
     }
 
     /// The registry: devices and modules.

@@ -29,6 +29,7 @@ use crate::fleet::rollout::Rollout;
 use crate::fleet::{Assignment, Configuration};
 use crate::identity::{AccessPolicy, DeviceRecord, ModuleRecord};
 use crate::jobs::model::{JobDevice, StoredJob};
+use crate::provisioning::model::{EnrollmentGroup, IndividualEnrollment, RegistrationRecord};
 use crate::shared_identity::{StoredCa, CA_SETTING};
 use crate::storage::sqlite::SqliteEngine;
 use crate::storage::{transaction, Engine, Tables};
@@ -154,6 +155,11 @@ struct Snapshot {
     consumer_groups: Vec<String>,
     ca_certificates: Vec<crate::x509_auth::CaRecord>,
     event_hub: Option<EventHubRecord>,
+    /// The provisioning service's ID scope (devices carry it), enrollments, groups and registration records.
+    id_scope: Option<Vec<u8>>,
+    enrollments: Vec<IndividualEnrollment>,
+    enrollment_groups: Vec<EnrollmentGroup>,
+    registrations: Vec<RegistrationRecord>,
 }
 
 fn read_snapshot(tables: &mut dyn Tables) -> Result<Snapshot, StorageError> {
@@ -164,6 +170,10 @@ fn read_snapshot(tables: &mut dyn Tables) -> Result<Snapshot, StorageError> {
         event_hub: tables.event_hub()?,
         configurations: tables.configurations()?,
         rollouts: tables.rollouts()?,
+        id_scope: tables.setting(crate::provisioning::ID_SCOPE_SETTING)?,
+        enrollments: tables.individual_enrollments()?,
+        enrollment_groups: tables.enrollment_groups()?,
+        registrations: tables.registrations()?,
         ..Snapshot::default()
     };
     for job in tables.jobs()? {
@@ -307,6 +317,18 @@ fn write_snapshot(
     }
     for rollout in &snapshot.rollouts {
         tables.put_rollout(rollout)?;
+    }
+    if let Some(scope) = &snapshot.id_scope {
+        tables.put_setting(crate::provisioning::ID_SCOPE_SETTING, scope, false)?;
+    }
+    for enrollment in &snapshot.enrollments {
+        tables.put_individual_enrollment(enrollment)?;
+    }
+    for group in &snapshot.enrollment_groups {
+        tables.put_enrollment_group(group)?;
+    }
+    for record in &snapshot.registrations {
+        tables.put_registration(record)?;
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
     for group in &snapshot.consumer_groups {

@@ -51,6 +51,21 @@ pub struct HubConfig {
     pub metrics_bind: Option<SocketAddr>,
     /// How long the hub's CA and its server certificate are valid (each is renewed at 80 % of its life).
     pub certificates: CertificateLifetimes,
+    /// The provisioning service's listener, when the hub serves one.
+    pub provisioning: Option<ProvisioningListener>,
+}
+
+/// Where the provisioning service (DPS's device protocol, [`crate::provisioning`]) listens.
+#[derive(Debug, Clone)]
+pub struct ProvisioningListener {
+    /// Its own address (devices dial the provisioning host on fixed ports, so it cannot share the hub's).
+    pub bind: IpAddr,
+    /// The name devices dial (the global device endpoint); the server certificate names it too.
+    pub host_name: String,
+    /// The MQTT/TLS port (8883, what the SDK dials).
+    pub mqtt_port: u16,
+    /// The HTTPS port of the REST variant (443); `None` serves no REST variant.
+    pub https_port: Option<u16>,
 }
 
 /// How long the certificates a daemon makes are valid; each is renewed at 80 % of its life.
@@ -86,6 +101,8 @@ pub struct RunningHub {
     pub amqp_addr: Option<SocketAddr>,
     /// Where `/metrics` is served, when metrics are on.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the provisioning service's MQTT listens, when it does.
+    pub provisioning_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     certificates: Arc<CertificateRenewal>,
@@ -164,6 +181,24 @@ impl RunningHub {
 
         let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT").await?;
         let https_listener = bind(config.bind, config.https_port, "HTTPS").await?;
+        let provisioning_listener = match &config.provisioning {
+            Some(listener) => {
+                Some(bind(listener.bind, listener.mqtt_port, "provisioning MQTT").await?)
+            }
+            None => None,
+        };
+        let provisioning_addr = provisioning_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let provisioning_https = match &config.provisioning {
+            Some(ProvisioningListener {
+                bind: address,
+                https_port: Some(port),
+                ..
+            }) => Some(bind(*address, *port, "provisioning HTTPS").await?),
+            _ => None,
+        };
         let amqp_listener = match config.amqp_port {
             Some(port) => Some(bind(config.bind, port, "AMQP").await?),
             None => None,
@@ -176,6 +211,27 @@ impl RunningHub {
             .transpose()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        if let Some(listener) = provisioning_https {
+            let backend = Arc::new(crate::provisioning::head::HubProvisioning(hub.clone()));
+            tasks.spawn(outpost_https::serve(
+                listener,
+                TlsAcceptor::from(tls.clone()),
+                crate::provisioning::rest::router(backend),
+                config.https_limits.clone(),
+                stopped(shutdown_rx.clone()),
+            ));
+        }
+        if let Some(listener) = provisioning_listener {
+            let backend = Arc::new(crate::provisioning::head::HubProvisioning(hub.clone()));
+            let provisioning_config =
+                outpost_mqtt::provisioning::ProvisioningConfig::new(tls.clone());
+            tasks.spawn(outpost_mqtt::provisioning::serve(
+                listener,
+                provisioning_config,
+                backend,
+                stopped(shutdown_rx.clone()),
+            ));
+        }
         if let Some(notices) = replica_notices {
             let stop = stopped(shutdown_rx.clone());
             let hub = hub.clone();
@@ -306,6 +362,7 @@ impl RunningHub {
             https_addr,
             amqp_addr,
             metrics_addr,
+            provisioning_addr,
             shutdown,
             tasks,
             certificates,
@@ -352,11 +409,17 @@ fn hub_certificates(
     if ca.current().renewal_due(now) && shared.is_none() {
         ca.renew(now)?;
     }
-    let others: &[&str] = if config.host_name == "localhost" {
-        &[]
-    } else {
-        &["localhost"]
-    };
+    let mut names = Vec::new();
+    if config.host_name != "localhost" {
+        names.push("localhost");
+    }
+    // Devices check the provisioning host's name against the same certificate.
+    if let Some(provisioning) = &config.provisioning {
+        if provisioning.host_name != config.host_name {
+            names.push(provisioning.host_name.as_str());
+        }
+    }
+    let others: &[&str] = &names;
     let file = config.data_dir.join("server.pem");
     let issue = || {
         ServerCertificate::issue(
@@ -386,7 +449,14 @@ fn hub_certificates(
             &stored.key,
         )
     };
-    let stored = crate::shared_identity::stored_server_certificate(engine, &config.host_name)?;
+    // Stored by the names it covers: a replica that also names the provisioning host needs a certificate that does.
+    let stored_as = match &config.provisioning {
+        Some(provisioning) if provisioning.host_name != config.host_name => {
+            format!("{}+{}", config.host_name, provisioning.host_name)
+        }
+        _ => config.host_name.clone(),
+    };
+    let stored = crate::shared_identity::stored_server_certificate(engine, &stored_as)?;
     // Issued by the shared CA (its chain leads to the CA's key) and not due: every replica presents it.
     let usable = stored.clone().filter(|stored| {
         outpost_pki::inspect_pem(&stored.chain).is_ok_and(|chain| {
@@ -412,17 +482,11 @@ fn hub_certificates(
         // None stored: the first replica's wins (the others adopt it); one stored but due or of another CA:
         // replaced.
         let replace = stored.is_some();
-        if crate::shared_identity::store_server_certificate(
-            engine,
-            &config.host_name,
-            &ours,
-            replace,
-        )? {
+        if crate::shared_identity::store_server_certificate(engine, &stored_as, &ours, replace)? {
             adopt(&ours)?
         } else {
-            let theirs =
-                crate::shared_identity::stored_server_certificate(engine, &config.host_name)?
-                    .unwrap_or(ours);
+            let theirs = crate::shared_identity::stored_server_certificate(engine, &stored_as)?
+                .unwrap_or(ours);
             adopt(&theirs)?
         }
     };

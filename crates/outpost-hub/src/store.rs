@@ -158,6 +158,12 @@ pub const MIGRATIONS: &[&str] = &["
 ", "
     -- CA certificates that device certificates may chain to (crate::x509_auth), by name.
     CREATE TABLE ca_certificates (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+", "
+    -- The provisioning service (crate::provisioning): enrollments of one device by registration id, enrollment
+    -- groups by id, and what each registration id's last registration did (DPS's registration state).
+    CREATE TABLE individual_enrollments (registration_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE enrollment_groups (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE registrations (registration_id TEXT PRIMARY KEY, record TEXT NOT NULL);
 "];
 
 /// The version whose migration creates `twin_values`, which the engine then fills from the stored twins.

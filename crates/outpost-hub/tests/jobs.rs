@@ -43,6 +43,7 @@ fn config(data_dir: &Path) -> HubConfig {
         session_expiry: DEFAULT_SESSION_EXPIRY,
         metrics_bind: None,
         certificates: CertificateLifetimes::default(),
+        provisioning: None,
     }
 }
 

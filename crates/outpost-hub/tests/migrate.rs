@@ -40,6 +40,7 @@ fn config(data_dir: &Path, database: Option<&str>) -> HubConfig {
         session_expiry: DEFAULT_SESSION_EXPIRY,
         metrics_bind: None,
         certificates: CertificateLifetimes::default(),
+        provisioning: None,
     }
 }
 

@@ -13,6 +13,7 @@ mod io;
 pub mod methods;
 pub mod ops;
 pub mod packet;
+pub mod provisioning;
 pub mod server;
 pub mod session;
 pub mod topic;

@@ -10,7 +10,7 @@
 mod connection;
 mod handshake;
 mod registry;
-mod tls;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -58,6 +58,7 @@ mod link;
 mod message;
 pub mod methods;
 mod options;
+pub mod provisioning;
 mod requests;
 mod stream;
 mod tls;

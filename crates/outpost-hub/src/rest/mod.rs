@@ -12,6 +12,7 @@ mod devices;
 mod edge;
 mod jobs;
 mod messages;
+mod provisioning;
 mod query;
 mod statistics;
 mod twins;
@@ -137,6 +138,28 @@ pub fn router(hub: Arc<Hub>) -> Router {
             "/configurations/{id}/rollout/{command}",
             post(configurations::rollout_command),
         )
+        .route("/enrollments", get(provisioning::list_enrollments))
+        .route("/enrollments/query", post(provisioning::list_enrollments))
+        .route(
+            "/enrollments/{id}",
+            put(provisioning::put_enrollment)
+                .get(provisioning::get_enrollment)
+                .delete(provisioning::delete_enrollment),
+        )
+        .route("/enrollmentGroups", get(provisioning::list_groups))
+        .route("/enrollmentGroups/query", post(provisioning::list_groups))
+        .route(
+            "/enrollmentGroups/{id}",
+            put(provisioning::put_group)
+                .get(provisioning::get_group)
+                .delete(provisioning::delete_group),
+        )
+        .route("/registrations", get(provisioning::list_registrations))
+        .route(
+            "/registrations/{id}",
+            get(provisioning::get_registration).delete(provisioning::delete_registration),
+        )
+        .route("/provisioning", get(provisioning::provisioning_info))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     let edge_link = Router::new()
         .route("/edge/{device}/presence", post(edge::presence))

@@ -17,6 +17,7 @@
 pub mod index;
 pub mod jobs;
 pub mod postgres;
+pub mod provisioning;
 pub mod sqlite;
 
 use std::collections::HashSet;
@@ -33,8 +34,9 @@ use crate::stream::{Appended, EventHubRecord, EventSource, Head, LockedFeedback,
 use crate::x509_auth::CaRecord;
 
 /// One transaction's view of the hub's tables. Changes made through it are committed or rolled back together
-/// by the [`Engine`] that lent it. The jobs' tables are a trait of their own ([`jobs::JobTables`]).
-pub trait Tables: jobs::JobTables {
+/// by the [`Engine`] that lent it. The jobs' tables are a trait of their own ([`jobs::JobTables`]), and so are the provisioning
+/// service's ([`provisioning::ProvisioningTables`]).
+pub trait Tables: jobs::JobTables + provisioning::ProvisioningTables {
     // The registry.
 
     /// One device.

@@ -31,6 +31,7 @@
 //! `block_in_place`; connecting and dropping the engine happen on threads of their own.
 
 mod jobs;
+mod provisioning;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -210,6 +211,13 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     -- CA certificates that device certificates may chain to (crate::x509_auth), by name.
     CREATE TABLE ca_certificates (name TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
+"#,
+    r#"
+    -- The provisioning service (crate::provisioning): enrollments of one device by registration id, enrollment
+    -- groups by id, and what each registration id's last registration did (DPS's registration state).
+    CREATE TABLE individual_enrollments (registration_id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
+    CREATE TABLE enrollment_groups (id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
+    CREATE TABLE registrations (registration_id TEXT COLLATE "C" PRIMARY KEY, record JSONB NOT NULL);
 "#,
 ];
 

@@ -13,6 +13,7 @@
 //! every lookup is by key.
 
 mod jobs;
+mod provisioning;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

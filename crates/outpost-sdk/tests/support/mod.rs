@@ -79,6 +79,7 @@ impl TestHub {
             session_expiry: outpost_hub::server::DEFAULT_SESSION_EXPIRY,
             metrics_bind: None,
             certificates: outpost_hub::server::CertificateLifetimes::default(),
+            provisioning: None,
         };
         let running = RunningHub::start(&config).await.expect("the hub starts");
         let ca_pem = std::fs::read_to_string(config.data_dir.join("ca.pem")).unwrap();

@@ -1,0 +1,379 @@
+"""The provisioning service (issue 15): the unmodified azure-iot-device `ProvisioningDeviceClient` registers with
+a symmetric key through an individual enrollment or an enrollment group, gets the hub and device id it was
+assigned, and connects there with `IoTHubDeviceClient` to find its initial twin. Refusals (a disabled
+enrollment, a wrong key, a malformed request) end the SDK's `register()` with an error instead of a hang, and
+create nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import urllib.parse
+
+import pytest
+from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
+
+from harness import (RawMqtt, _bindable, connect_packet, new_key, port_open, publish_packet, run_with_timeout,
+                     wait_for)
+
+REGISTER_TIMEOUT = 40
+
+
+def derive(group_key: str, registration_id: str) -> str:
+    """The key a member of a symmetric-key group proves (Azure's documented derivation)."""
+    mac = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()
+
+
+@pytest.fixture
+def dps_hub(hub_factory, loopback):
+    """A hub serving provisioning on a loopback address of its own (the SDK dials port 8883 there)."""
+    hub = hub_factory()
+    dps_host = loopback.next()
+    hub.stop()
+    hub.extra_args = ["--provisioning-bind", dps_host]
+    # The REST variant wants port 443 (what DPS clients dial): only where this user may bind it.
+    hub.dps_rest = _bindable(dps_host, 443)
+    if not hub.dps_rest:
+        hub.extra_args += ["--provisioning-https-port", "0"]
+    hub.start()
+    wait_for(lambda: port_open(dps_host, 8883), 10, "the provisioning port")
+    info = json.loads(hub.run_cli(["hub", "provisioning-info", "--data-dir", str(hub.data_dir),
+                                   "--output", "json"], hub_env=False).stdout)
+    assert info["host"] == dps_host
+    assert info["idScope"].startswith("0ne") and len(info["idScope"]) == 11
+    hub.dps_host = info["host"]
+    hub.id_scope = info["idScope"]
+    return hub
+
+
+def register(hub, registration_id: str, key: str, id_scope: str | None = None):
+    client = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host=hub.dps_host,
+        registration_id=registration_id,
+        id_scope=id_scope or hub.id_scope,
+        symmetric_key=key,
+        server_verification_cert=hub.ca_pem,
+    )
+    return run_with_timeout(client.register, REGISTER_TIMEOUT, f"register({registration_id})")
+
+
+def device_twin_desired(hub, result, key: str, clients) -> dict:
+    state = result.registration_state
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id,
+        server_verification_cert=hub.ca_pem)
+    clients.created.append(client)
+    run_with_timeout(client.connect, 20, "connect with the assigned identity")
+    return run_with_timeout(client.get_twin, 20, "get_twin")["desired"]
+
+
+def registration_token(hub, registration_id: str, key: str) -> str:
+    """A registration's SAS token, as the SDK signs it."""
+    expiry = int(time.time()) + 3600
+    resource = urllib.parse.quote(f"{hub.id_scope}/registrations/{registration_id}", safe="")
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{resource}\n{expiry}".encode(),
+                                    hashlib.sha256).digest()).decode()
+    return f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(sig, safe='')}&se={expiry}"
+
+
+def write_twin(tmp_path, name: str, twin: dict):
+    path = tmp_path / name
+    path.write_text(json.dumps(twin))
+    return path
+
+
+def device_exists(hub, device_id: str) -> bool:
+    cp = hub.run_cli(["device", "show", device_id, "--output", "json"], check=False)
+    return cp.returncode == 0
+
+
+@pytest.mark.hub_setups("sqlite", "postgres")
+def test_an_individual_enrollment_registers_and_the_device_finds_its_initial_twin(dps_hub, tmp_path, clients):
+    hub = dps_hub
+    key = new_key()
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"site": "north", "line": 3},
+                                              "properties": {"desired": {"rate": 5, "unit": "C"}}})
+    created = hub.cli_json("enrollment", "create", "sensor-01", "--primary-key", key, "--initial-twin", str(twin))
+    assert created["attestation"]["type"] == "symmetricKey"
+    assert created["attestation"]["symmetricKey"]["primaryKey"] == key
+    assert created["attestation"]["symmetricKey"]["secondaryKey"], "a missing secondary key is generated"
+
+    result = register(hub, "sensor-01", key)
+    assert result.status == "assigned"
+    state = result.registration_state
+    assert (state.device_id, state.assigned_hub, state.sub_status) == ("sensor-01", hub.host, "initialAssignment")
+
+    desired = device_twin_desired(hub, result, key, clients)
+    assert desired["rate"] == 5 and desired["unit"] == "C"
+    service_twin = hub.registry().get_twin("sensor-01")
+    assert service_twin.tags == {"site": "north", "line": 3}
+    assert service_twin.capabilities.iot_edge is False
+
+    shown = hub.cli_json("enrollment", "show", "sensor-01")
+    assert shown["registration"]["status"] == "assigned"
+    assert shown["registration"]["deviceId"] == "sensor-01"
+
+    # Registering again keeps the twin (the default policy migrates device data).
+    hub.registry().update_twin("sensor-01", {"properties": {"desired": {"rate": 9}}}, "*")
+    again = register(hub, "sensor-01", key)
+    assert again.status == "assigned"
+    assert again.registration_state.sub_status == "deviceDataMigrated"
+    assert hub.registry().get_twin("sensor-01").properties.desired["rate"] == 9
+
+    listed = hub.cli_json("enrollment", "list")
+    assert [e["registrationId"] for e in listed] == ["sensor-01"]
+    hub.run_cli(["enrollment", "delete", "sensor-01"])
+    assert hub.cli_json("enrollment", "list") == []
+    assert device_exists(hub, "sensor-01"), "deleting an enrollment leaves its device"
+
+
+def test_an_enrollment_group_registers_members_with_derived_keys(dps_hub, tmp_path, clients):
+    hub = dps_hub
+    group_key = new_key()
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"fleet": "blue"}, "properties": {"desired": {"mode": "eco"}}})
+    hub.cli_json("enrollment-group", "create", "blue-fleet", "--primary-key", group_key, "--initial-twin", str(twin))
+
+    for member in ("blue-1", "blue-2"):
+        key = derive(group_key, member)
+        result = register(hub, member, key)
+        assert result.status == "assigned", result
+        assert result.registration_state.device_id == member
+        assert device_twin_desired(hub, result, key, clients)["mode"] == "eco"
+        assert hub.registry().get_twin(member).tags == {"fleet": "blue"}
+
+    # The group key itself is no member's key; nothing is created for it.
+    with pytest.raises(Exception):
+        register(hub, "blue-3", group_key)
+    assert not device_exists(hub, "blue-3")
+    groups = hub.cli_json("enrollment-group", "list")
+    assert [g["enrollmentGroupId"] for g in groups] == ["blue-fleet"]
+
+
+def test_a_disabled_enrollment_is_refused_with_a_complete_answer(dps_hub):
+    hub = dps_hub
+    key = new_key()
+    hub.cli_json("enrollment", "create", "parked", "--primary-key", key, "--disabled")
+    # run_with_timeout fails the test if the SDK hangs on an incomplete answer.
+    with pytest.raises(Exception) as refused:
+        register(hub, "parked", key)
+    # The SDK raises ClientError from a ServiceError that names the status it was answered.
+    assert "disabled" in str(refused.value.__cause__), repr(refused.value.__cause__)
+    assert not device_exists(hub, "parked")
+    shown = hub.cli_json("enrollment", "show", "parked")
+    assert shown["provisioningStatus"] == "disabled"
+    assert shown["registration"]["status"] == "disabled"
+
+
+def test_a_wrong_key_or_scope_is_refused_and_creates_nothing(dps_hub):
+    hub = dps_hub
+    key = new_key()
+    hub.cli_json("enrollment", "create", "guarded", "--primary-key", key)
+    started = time.monotonic()
+    with pytest.raises(Exception):
+        register(hub, "guarded", new_key())
+    with pytest.raises(Exception):
+        register(hub, "guarded", key, id_scope="0ne99999999")
+    with pytest.raises(Exception):
+        register(hub, "nobody-enrolled", key)
+    assert time.monotonic() - started < 3 * REGISTER_TIMEOUT
+    assert not device_exists(hub, "guarded")
+    assert not device_exists(hub, "nobody-enrolled")
+
+
+def test_a_malformed_registration_request_is_answered_400_and_creates_nothing(dps_hub):
+    hub = dps_hub
+    key = new_key()
+    hub.cli_json("enrollment", "create", "raw-1", "--primary-key", key)
+    token = registration_token(hub, "raw-1", key)
+    raw = RawMqtt(hub, address=hub.dps_host)
+    try:
+        raw.send(connect_packet("raw-1", f"{hub.id_scope}/registrations/raw-1/api-version=2019-03-31", token))
+        connack = raw.read_packet()
+        assert connack is not None and connack[2][1] == 0, connack
+        raw.subscribe("$dps/registrations/res/#")
+        for body in (b"{not json", json.dumps({"registrationId": "someone-else"}).encode()):
+            raw.send(publish_packet("$dps/registrations/PUT/iotdps-register/?$rid=1", body, qos=1))
+            while True:
+                topic, _, _, _, payload = raw.next_publish()
+                if topic.startswith("$dps/registrations/res/"):
+                    break
+            assert topic.startswith("$dps/registrations/res/400/"), topic
+            assert json.loads(payload)["errorCode"] == 400004
+        # A publish to any other topic closes the connection.
+        raw.send(publish_packet("devices/raw-1/messages/events/", b"x", qos=0))
+        assert raw.closed_by_peer(5)
+    finally:
+        raw.close()
+    assert not device_exists(hub, "raw-1")
+    assert "registration" not in hub.cli_json("enrollment", "show", "raw-1")
+
+
+def test_bad_enrollments_are_refused_and_x509_ones_are_kept_but_not_registered(dps_hub, tmp_path):
+    import subprocess
+
+    hub = dps_hub
+    bad_twin = write_twin(tmp_path, "bad.json", {"tags": ["not", "an", "object"]})
+    for args in (["enrollment", "create", "bad-1", "--initial-twin", str(bad_twin)],
+                 ["enrollment", "create", "Bad 1"],
+                 ["enrollment", "create", "bad-2", "--primary-key", "not base64!"],
+                 ["enrollment-group", "create", "bad-3", "--attestation", "x509"]):
+        cp = hub.run_cli(args, check=False)
+        assert cp.returncode != 0 and cp.stderr.strip(), (args, cp.stdout, cp.stderr)
+    assert hub.cli_json("enrollment", "list") == []
+    assert hub.cli_json("enrollment-group", "list") == []
+
+    key, cert = tmp_path / "device.key", tmp_path / "device.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=cert-1", "-days", "1"],
+                   check=True, capture_output=True)
+    created = hub.cli_json("enrollment", "create", "cert-1", "--attestation", "x509", "--certificate", str(cert))
+    assert created["attestation"]["type"] == "x509"
+    assert "BEGIN CERTIFICATE" in created["attestation"]["x509"]["clientCertificates"]["primary"]["certificate"]
+    # A symmetric key cannot stand in for a certificate.
+    with pytest.raises(Exception):
+        register(hub, "cert-1", new_key())
+    assert not device_exists(hub, "cert-1")
+
+
+def test_the_rest_variant_registers_and_refuses_alike(dps_hub):
+    """DPS's REST device API on the provisioning host's port 443: register, poll the operation, and a 401 with
+    DPS's error body for a token signed with another key."""
+    import requests
+
+    hub = dps_hub
+    if not hub.dps_rest:
+        pytest.skip("cannot bind port 443 on a loopback address (not root?)")
+    key = new_key()
+    hub.cli_json("enrollment", "create", "rest-1", "--primary-key", key, "--edge")
+    base = f"https://{hub.dps_host}/{hub.id_scope}/registrations/rest-1"
+    query = {"api-version": "2019-03-31"}
+    refused = requests.put(f"{base}/register", params=query, json={"registrationId": "rest-1"},
+                           headers={"Authorization": registration_token(hub, "rest-1", new_key())},
+                           verify=str(hub.ca_path), timeout=10)
+    assert refused.status_code == 401 and refused.json()["errorCode"] == 401002, refused.text
+    assert not device_exists(hub, "rest-1")
+
+    auth = {"Authorization": registration_token(hub, "rest-1", key)}
+    started = requests.put(f"{base}/register", params=query, json={"registrationId": "rest-1"}, headers=auth,
+                           verify=str(hub.ca_path), timeout=10)
+    assert started.status_code == 202, started.text
+    assert started.json()["status"] == "assigning" and int(started.headers["Retry-After"]) >= 1
+    status = requests.get(f"{base}/operations/{started.json()['operationId']}", params=query, headers=auth,
+                          verify=str(hub.ca_path), timeout=10)
+    assert status.status_code == 200, status.text
+    state = status.json()["registrationState"]
+    assert (status.json()["status"], state["deviceId"], state["assignedHub"]) == ("assigned", "rest-1", hub.host)
+    assert hub.cli_json("device", "show", "rest-1")["capabilities"]["iotEdge"] is True
+    unknown = requests.get(f"{base}/operations/nope", params=query, headers=auth, verify=str(hub.ca_path),
+                           timeout=10)
+    assert unknown.status_code == 404
+
+
+SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
+
+
+def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_tags_select(dps_hub, tmp_path,
+                                                                                          loopback):
+    """`[provisioning] source = "dps"`: the daemon registers through a group with `--edge` and an initial twin
+    with tags, connects to the assigned hub, runs the automatic deployment that targets those tags, and starts
+    again from what it stored with the provisioning service gone."""
+    import signal
+    import subprocess
+    import sys
+
+    from edge_harness import deployment, wait_reported
+    from harness import outpost_bin
+
+    hub = dps_hub
+    group_key = new_key()
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"site": "plant-7", "role": "gateway"}})
+    hub.cli_json("enrollment-group", "create", "gateways", "--primary-key", group_key, "--edge",
+                 "--initial-twin", str(twin))
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    module = {"version": "1.0", "type": "process", "status": "running", "restartPolicy": "always",
+              "startupOrder": 0, "settings": {"path": sys.executable, "args": [str(script)]}}
+    content = tmp_path / "deployment.json"
+    content.write_text(json.dumps(deployment({"sleeper": module})))
+    hub.cli_json("deployment", "create", "plant-7-gateways", "--content", str(content),
+                 "--target-condition", "tags.site = 'plant-7' AND tags.role = 'gateway'", "--priority", "5")
+
+    registration_id = "gw-0001"
+    edge_host = loopback.next()
+    data_dir = tmp_path / "edge-data"
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'hub_ca = "{hub.ca_path}"\n'
+        f"hub_https_port = {hub.https_port}\n"
+        f'data_dir = "{data_dir}"\n'
+        f'hostname = "{edge_host}"\n'
+        f'listen_address = "{edge_host}"\n'
+        "\n[runtime]\ntype = \"process\"\n"
+        "\n[provisioning]\nsource = \"dps\"\n"
+        f'global_endpoint = "https://{hub.dps_host}"\n'
+        f'id_scope = "{hub.id_scope}"\n'
+        "\n[provisioning.attestation]\nmethod = \"symmetric_key\"\n"
+        f'registration_id = "{registration_id}"\n'
+        f'symmetric_key = {{ value = "{derive(group_key, registration_id)}" }}\n')
+    log_path = tmp_path / "edge.log"
+
+    def start():
+        log = open(log_path, "ab")
+        proc = subprocess.Popen([str(outpost_bin()), "edge", "run", "--config", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        return proc
+
+    def stop(proc):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    proc = start()
+    try:
+        wait_for(lambda: (data_dir / "provisioning.json").exists() or proc.poll() is not None, 60,
+                 "the edge device to register and store its assignment")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        device = hub.cli_json("device", "show", registration_id)
+        assert device["capabilities"]["iotEdge"] is True
+        assert hub.registry().get_twin(registration_id).tags == {"site": "plant-7", "role": "gateway"}
+        stored = json.loads((data_dir / "provisioning.json").read_text())
+        assert (stored["assignedHub"], stored["deviceId"]) == (hub.host, registration_id)
+        assert (data_dir / "provisioning.json").stat().st_mode & 0o077 == 0, "the stored key is private"
+        wait_reported(hub, registration_id,
+                      lambda r: ((r.get("modules") or {}).get("sleeper") or {}).get("runtimeStatus") == "running",
+                      90, "the targeted deployment's module running on the provisioned edge")
+    finally:
+        stop(proc)
+
+    check = subprocess.run([str(outpost_bin()), "edge", "check", "--config", str(config)], capture_output=True,
+                           text=True, timeout=60)
+    assert f"{registration_id} on {hub.host}" in check.stdout, check.stdout
+
+    # Later starts use what was stored: no provisioning service needed.
+    hub.stop()
+    hub.extra_args = []
+    hub.start()
+    assert not port_open(hub.dps_host, 8883)
+    second_start = log_path.stat().st_size
+    proc = start()
+    try:
+        wait_for(lambda: "using the stored assignment" in log_path.read_text(errors="replace")[second_start:]
+                 or proc.poll() is not None, 30, "the edge daemon to start again from its stored assignment")
+        wait_for(lambda: port_open(edge_host, 8883) or proc.poll() is not None, 30, "the edge hub's MQTT port")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        stop(proc)
+        for pid_file in (data_dir / "processes").glob("*/pid"):
+            try:
+                import os
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (ValueError, OSError):
+                pass
