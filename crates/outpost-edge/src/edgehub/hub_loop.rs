@@ -15,8 +15,8 @@ use outpost_mqtt::{Feature, Outbox, Outgoing};
 use outpost_store::log::{EndpointQueue, MessageLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::router::Stored;
 use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence};
+use super::stored::Stored;
 use crate::metrics::EdgeMetrics;
 
 /// Events waiting for the task at most; a sender past this waits its turn.
@@ -343,13 +343,16 @@ impl Drivers {
         };
         let mut seqs = Vec::with_capacity(batch.len());
         for delivery in batch {
-            if let Ok(stored) = serde_json::from_slice::<Stored>(&delivery.payload) {
-                self.fetched
-                    .insert((endpoint.clone(), delivery.seq), stored);
-                seqs.push(delivery.seq);
-            } else {
-                tracing::warn!(%endpoint, seq = delivery.seq, "a stored message does not decode: skipped");
-                queue.ack(delivery.seq);
+            match Stored::decode(&delivery.payload) {
+                Ok(stored) => {
+                    self.fetched
+                        .insert((endpoint.clone(), delivery.seq), stored);
+                    seqs.push(delivery.seq);
+                }
+                Err(error) => {
+                    tracing::warn!(%endpoint, seq = delivery.seq, %error, "a stored message does not decode: skipped");
+                    queue.ack(delivery.seq);
+                }
             }
         }
         Event::Read {

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use outpost_core::route::{MessageSource, Route, Sink};
 use outpost_core::{EdgeHubDesired, Identity, Message};
 use outpost_store::log::{EndpointQueue, LogError, MessageLog, Record, Target};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::state::InputRoute;
+use super::stored::Stored;
 use super::EdgeHub;
 
 /// Why a `$edgeHub` configuration is refused (reported as its `lastDesiredStatus` 400).
@@ -31,14 +31,6 @@ pub enum RoutesError {
 }
 /// The endpoint of the cloud.
 pub const UPSTREAM: &str = "$upstream";
-/// A message as it is stored in the log.
-#[derive(Serialize, Deserialize)]
-pub(super) struct Stored {
-    /// The sender's client id.
-    pub client: String,
-    /// The message, with its system properties as accepted.
-    pub message: Message,
-}
 
 /// One route in force.
 struct ActiveRoute {
@@ -223,11 +215,11 @@ impl Router {
             .map(|t| t.endpoint.clone())
             .filter(|e| &**e != UPSTREAM)
             .collect();
-        let payload = serde_json::to_vec(&Stored {
+        let payload = Stored {
             client: identity.client_id(),
             message,
-        })
-        .unwrap_or_default();
+        }
+        .encode();
         let mut record = Record::new(payload);
         record.targets = targets;
         self.log.append(vec![record]).await?;
@@ -239,9 +231,14 @@ impl Router {
         match self.upstream.next_batch(max) {
             Ok(deliveries) => deliveries
                 .into_iter()
-                .filter_map(|d| {
-                    let stored: Stored = serde_json::from_slice(&d.payload).ok()?;
-                    Some((d.seq, stored.client, stored.message))
+                .filter_map(|d| match Stored::decode(&d.payload) {
+                    Ok(stored) => Some((d.seq, stored.client, stored.message)),
+                    Err(error) => {
+                        // Reading it again would not make it decode: it leaves the queue, counted.
+                        tracing::error!(seq = d.seq, %error, "a stored upstream message does not decode: dead-lettered");
+                        self.upstream.dead_letter(d.seq);
+                        None
+                    }
                 })
                 .collect(),
             Err(error) => {
@@ -352,3 +349,6 @@ pub fn report_clients(hub: &EdgeHub, presence: &[(String, Vec<&'static str>)]) {
         tracing::warn!(%error, "cannot report the edge hub's clients");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -39,14 +39,14 @@ impl Harness {
 
     /// Stores a message with body `body` for these inputs, as the router does, and tells the task.
     async fn store(&self, body: &str, inputs: &[&str]) {
-        let payload = serde_json::to_vec(&Stored {
+        let payload = Stored {
             client: "edge/sender".into(),
             message: Message {
                 body: body.as_bytes().to_vec(),
                 ..Message::default()
             },
-        })
-        .unwrap();
+        }
+        .encode();
         let mut record = Record::new(payload);
         record.targets = inputs.iter().map(|i| Target::new(endpoint(i))).collect();
         self.log.append(vec![record]).await.unwrap();
