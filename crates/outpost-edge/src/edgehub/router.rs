@@ -35,6 +35,8 @@ pub const UPSTREAM: &str = "$upstream";
 /// One route in force.
 struct ActiveRoute {
     route: Route,
+    /// The name of its sink's endpoint in the log, made once rather than for every message.
+    endpoint: Arc<str>,
     priority: u32,
     /// 0: the store-and-forward TTL.
     ttl_secs: u64,
@@ -103,9 +105,16 @@ impl Router {
                 name: name.clone(),
                 source,
             })?;
+            let endpoint = match &route.sink {
+                Sink::Upstream => Arc::from(UPSTREAM),
+                Sink::ModuleInput { module, input } => {
+                    self.endpoint_name(module.as_str(), input).into()
+                }
+            };
             routes.push((
                 name.clone(),
                 ActiveRoute {
+                    endpoint,
                     route,
                     priority: spec.priority,
                     ttl_secs: spec.time_to_live_secs,
@@ -182,16 +191,13 @@ impl Router {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let now = now_ms();
+        let path = source.path();
         let mut targets: Vec<Target> = Vec::new();
         for (_, active) in &table.routes {
-            if !active.route.matches(&source, &message) {
+            if !active.route.matches_at(&path, &source, &message) {
                 continue;
             }
-            let endpoint = match &active.route.sink {
-                Sink::Upstream => UPSTREAM.to_owned(),
-                Sink::ModuleInput { module, input } => self.endpoint_name(module.as_str(), input),
-            };
-            if targets.iter().any(|t| &*t.endpoint == endpoint.as_str()) {
+            if targets.iter().any(|t| t.endpoint == active.endpoint) {
                 continue;
             }
             let ttl = if active.ttl_secs == 0 {
@@ -200,14 +206,14 @@ impl Router {
                 active.ttl_secs
             };
             let expiry = if ttl == 0 { 0 } else { now + ttl * 1000 };
-            targets.push(
-                Target::new(endpoint)
-                    .with_priority(active.priority)
-                    .with_expiry(expiry),
-            );
+            targets.push(Target {
+                endpoint: active.endpoint.clone(),
+                priority: active.priority,
+                expiry_unix_ms: expiry,
+            });
         }
         if targets.is_empty() {
-            tracing::debug!(%identity, source = %source.path(), "no route takes this message");
+            tracing::debug!(%identity, source = %path, "no route takes this message");
             return Ok(Vec::new());
         }
         let inputs: Vec<Arc<str>> = targets
