@@ -82,6 +82,7 @@ pub enum EdgeCommand {
 pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
     match command {
         EdgeCommand::Run { config } => {
+            hand_over_to_edged(&config)?;
             let config = EdgeConfig::load(&config)?;
             crate::hub_command::raise_open_files_limit();
             outpost_edge::daemon::run(config, crate::hub_command::shutdown_signal()).await?;
@@ -113,6 +114,32 @@ pub async fn run(command: EdgeCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Set (to anything) to run the daemon in this process even where `outpost-edged` is installed.
+const IN_PROCESS: &str = "OUTPOST_EDGE_IN_PROCESS";
+
+/// Replaces this process with `outpost-edged` from the directory of this executable, if it is there and
+/// [`IN_PROCESS`] is not set: the same daemon with a smaller resident set, under the same process id. Returns
+/// only when there is nothing to hand over to; an `exec` that fails is an error.
+fn hand_over_to_edged(config: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    if std::env::var_os(IN_PROCESS).is_some() {
+        return Ok(());
+    }
+    let Some(edged) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("outpost-edged")))
+        .filter(|path| path.is_file())
+    else {
+        return Ok(());
+    };
+    tracing::debug!(path = %edged.display(), "handing over to the lean edge daemon");
+    let error = std::process::Command::new(&edged)
+        .arg("--config")
+        .arg(config)
+        .exec();
+    Err(error).with_context(|| format!("cannot run {}", edged.display()))
 }
 
 async fn list(config: &EdgeConfig, output: OutputFormat) -> anyhow::Result<()> {

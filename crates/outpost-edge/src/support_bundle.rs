@@ -179,6 +179,10 @@ async fn check(source: Option<&Path>) -> String {
             .into();
     };
     let exe = match std::env::current_exe() {
+        // The lean daemon has no `edge check`: the `outpost` beside it has.
+        Ok(exe) if exe.file_name().is_some_and(|n| n == "outpost-edged") => {
+            exe.with_file_name("outpost")
+        }
         Ok(exe) => exe,
         Err(error) => return format!("cannot find the outpost binary: {error}\n"),
     };

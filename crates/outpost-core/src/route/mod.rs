@@ -139,7 +139,12 @@ impl Route {
 
     /// Whether the route takes this message: the source matches and the condition is exactly `true`.
     pub fn matches(&self, source: &MessageSource, message: &Message) -> bool {
-        self.source.matches(source)
+        self.matches_at(&source.path(), source, message)
+    }
+
+    /// [`Route::matches`] with the source's [`path`](MessageSource::path) made once for all the routes.
+    pub fn matches_at(&self, path: &str, source: &MessageSource, message: &Message) -> bool {
+        self.source.matches_path(path)
             && self
                 .condition
                 .as_ref()
@@ -165,7 +170,11 @@ impl RouteSource {
 
     /// Whether a message from `source` is one this route looks at: a case-insensitive prefix test.
     pub fn matches(&self, source: &MessageSource) -> bool {
-        let path = source.path();
+        self.matches_path(&source.path())
+    }
+
+    /// [`RouteSource::matches`] with the source's path made already.
+    pub fn matches_path(&self, path: &str) -> bool {
         // The common case, on every message and route: ASCII on both sides (ids are ASCII), compared in place.
         if self.0.is_ascii() && path.is_ascii() {
             return path.len() >= self.0.len()

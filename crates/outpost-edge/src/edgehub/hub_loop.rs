@@ -15,8 +15,8 @@ use outpost_mqtt::{Feature, Outbox, Outgoing};
 use outpost_store::log::{EndpointQueue, MessageLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::router::Stored;
 use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence};
+use super::stored::Stored;
 use crate::metrics::EdgeMetrics;
 
 /// Events waiting for the task at most; a sender past this waits its turn.
@@ -31,6 +31,11 @@ enum Input {
     },
     Subscribed {
         client: String,
+    },
+    /// A message is durable for these endpoints; `admitted` is told when its sender may have its PUBACK.
+    Stored {
+        endpoints: Vec<Arc<str>>,
+        admitted: oneshot::Sender<()>,
     },
     /// A method call (its `id` is set by the task) and where its outcome goes.
     Method {
@@ -64,6 +69,15 @@ fn features(outbox: &Outbox) -> u8 {
 impl HubLoop {
     /// Starts the task over the message log (which it reads endpoint by endpoint).
     pub fn start(log: MessageLog, metrics: EdgeMetrics) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start_with(log, metrics, EdgeHubState::default())
+    }
+
+    /// [`HubLoop::start`] over a state set up by the caller (its window and pacing).
+    pub fn start_with(
+        log: MessageLog,
+        metrics: EdgeMetrics,
+        state: EdgeHubState,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (events, receiver) = mpsc::channel(EVENTS_CAPACITY);
         let (declare, presence) = watch::channel(None);
         let drivers = Drivers {
@@ -75,8 +89,10 @@ impl HubLoop {
             fetched: HashMap::new(),
             callers: HashMap::new(),
             next_call: 0,
+            admissions: HashMap::new(),
+            next_admission: 0,
         };
-        let task = tokio::spawn(run(receiver, EdgeHubState::default(), drivers));
+        let task = tokio::spawn(run(receiver, state, drivers));
         (Self { events, presence }, task)
     }
 
@@ -118,10 +134,18 @@ impl HubLoop {
             .await;
     }
 
-    /// A message is durable in the log for these endpoints.
+    /// A message is durable in the log for these endpoints; returns when its sender may have its PUBACK (at
+    /// once, unless a connected endpoint among them is too far behind: see the state's pacing).
     pub async fn stored(&self, endpoints: Vec<Arc<str>>) {
         if !endpoints.is_empty() {
-            self.send(Input::Event(Event::Stored(endpoints))).await;
+            let (admitted, admission) = oneshot::channel();
+            self.send(Input::Stored {
+                endpoints,
+                admitted,
+            })
+            .await;
+            // Dropped only while the process ends.
+            let _ = admission.await;
         }
     }
 
@@ -216,6 +240,10 @@ struct Drivers {
     /// taken out when the state ends its call).
     callers: HashMap<u64, oneshot::Sender<MethodOutcome>>,
     next_call: u64,
+    /// The senders of stored messages waiting for their admission, by admission number (as many as the state
+    /// holds, and each taken out when it admits).
+    admissions: HashMap<u64, oneshot::Sender<()>>,
+    next_admission: u64,
 }
 
 impl Drivers {
@@ -256,6 +284,17 @@ impl Drivers {
                 call.id = self.next_call;
                 self.callers.insert(call.id, reply);
                 Some(Event::MethodCalled(call))
+            }
+            Input::Stored {
+                endpoints,
+                admitted,
+            } => {
+                self.next_admission += 1;
+                self.admissions.insert(self.next_admission, admitted);
+                Some(Event::Stored {
+                    endpoints,
+                    admission: self.next_admission,
+                })
             }
             Input::Tick => Some(Event::Tick),
         }
@@ -311,6 +350,12 @@ impl Drivers {
                         });
                     }
                 }
+                Action::Admit { admission } => {
+                    if let Some(admitted) = self.admissions.remove(&admission) {
+                        // The sender's connection may have closed meanwhile: nobody to tell.
+                        let _ = admitted.send(());
+                    }
+                }
                 Action::DeclarePresence(presence) => {
                     self.declare.send_replace(Some(presence));
                 }
@@ -338,24 +383,29 @@ impl Drivers {
                     endpoint,
                     seqs: Vec::new(),
                     more: false,
+                    queued: 0,
                 };
             }
         };
         let mut seqs = Vec::with_capacity(batch.len());
         for delivery in batch {
-            if let Ok(stored) = serde_json::from_slice::<Stored>(&delivery.payload) {
-                self.fetched
-                    .insert((endpoint.clone(), delivery.seq), stored);
-                seqs.push(delivery.seq);
-            } else {
-                tracing::warn!(%endpoint, seq = delivery.seq, "a stored message does not decode: skipped");
-                queue.ack(delivery.seq);
+            match Stored::decode(&delivery.payload) {
+                Ok(stored) => {
+                    self.fetched
+                        .insert((endpoint.clone(), delivery.seq), stored);
+                    seqs.push(delivery.seq);
+                }
+                Err(error) => {
+                    tracing::warn!(%endpoint, seq = delivery.seq, %error, "a stored message does not decode: skipped");
+                    queue.ack(delivery.seq);
+                }
             }
         }
         Event::Read {
             endpoint,
             seqs,
             more: queue.has_pending(),
+            queued: usize::try_from(queue.queued()).unwrap_or(usize::MAX),
         }
     }
 

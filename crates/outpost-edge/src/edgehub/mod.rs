@@ -16,6 +16,7 @@ pub mod methods;
 pub mod router;
 pub mod state;
 pub mod store;
+pub mod stored;
 pub mod sync;
 
 use std::collections::HashMap;

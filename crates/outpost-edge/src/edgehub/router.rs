@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use outpost_core::route::{MessageSource, Route, Sink};
 use outpost_core::{EdgeHubDesired, Identity, Message};
 use outpost_store::log::{EndpointQueue, LogError, MessageLog, Record, Target};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::state::InputRoute;
+use super::stored::Stored;
 use super::EdgeHub;
 
 /// Why a `$edgeHub` configuration is refused (reported as its `lastDesiredStatus` 400).
@@ -31,18 +31,12 @@ pub enum RoutesError {
 }
 /// The endpoint of the cloud.
 pub const UPSTREAM: &str = "$upstream";
-/// A message as it is stored in the log.
-#[derive(Serialize, Deserialize)]
-pub(super) struct Stored {
-    /// The sender's client id.
-    pub client: String,
-    /// The message, with its system properties as accepted.
-    pub message: Message,
-}
 
 /// One route in force.
 struct ActiveRoute {
     route: Route,
+    /// The name of its sink's endpoint in the log, made once rather than for every message.
+    endpoint: Arc<str>,
     priority: u32,
     /// 0: the store-and-forward TTL.
     ttl_secs: u64,
@@ -111,9 +105,16 @@ impl Router {
                 name: name.clone(),
                 source,
             })?;
+            let endpoint = match &route.sink {
+                Sink::Upstream => Arc::from(UPSTREAM),
+                Sink::ModuleInput { module, input } => {
+                    self.endpoint_name(module.as_str(), input).into()
+                }
+            };
             routes.push((
                 name.clone(),
                 ActiveRoute {
+                    endpoint,
                     route,
                     priority: spec.priority,
                     ttl_secs: spec.time_to_live_secs,
@@ -190,16 +191,13 @@ impl Router {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let now = now_ms();
+        let path = source.path();
         let mut targets: Vec<Target> = Vec::new();
         for (_, active) in &table.routes {
-            if !active.route.matches(&source, &message) {
+            if !active.route.matches_at(&path, &source, &message) {
                 continue;
             }
-            let endpoint = match &active.route.sink {
-                Sink::Upstream => UPSTREAM.to_owned(),
-                Sink::ModuleInput { module, input } => self.endpoint_name(module.as_str(), input),
-            };
-            if targets.iter().any(|t| &*t.endpoint == endpoint.as_str()) {
+            if targets.iter().any(|t| t.endpoint == active.endpoint) {
                 continue;
             }
             let ttl = if active.ttl_secs == 0 {
@@ -208,14 +206,14 @@ impl Router {
                 active.ttl_secs
             };
             let expiry = if ttl == 0 { 0 } else { now + ttl * 1000 };
-            targets.push(
-                Target::new(endpoint)
-                    .with_priority(active.priority)
-                    .with_expiry(expiry),
-            );
+            targets.push(Target {
+                endpoint: active.endpoint.clone(),
+                priority: active.priority,
+                expiry_unix_ms: expiry,
+            });
         }
         if targets.is_empty() {
-            tracing::debug!(%identity, source = %source.path(), "no route takes this message");
+            tracing::debug!(%identity, source = %path, "no route takes this message");
             return Ok(Vec::new());
         }
         let inputs: Vec<Arc<str>> = targets
@@ -223,11 +221,11 @@ impl Router {
             .map(|t| t.endpoint.clone())
             .filter(|e| &**e != UPSTREAM)
             .collect();
-        let payload = serde_json::to_vec(&Stored {
+        let payload = Stored {
             client: identity.client_id(),
             message,
-        })
-        .unwrap_or_default();
+        }
+        .encode();
         let mut record = Record::new(payload);
         record.targets = targets;
         self.log.append(vec![record]).await?;
@@ -239,9 +237,14 @@ impl Router {
         match self.upstream.next_batch(max) {
             Ok(deliveries) => deliveries
                 .into_iter()
-                .filter_map(|d| {
-                    let stored: Stored = serde_json::from_slice(&d.payload).ok()?;
-                    Some((d.seq, stored.client, stored.message))
+                .filter_map(|d| match Stored::decode(&d.payload) {
+                    Ok(stored) => Some((d.seq, stored.client, stored.message)),
+                    Err(error) => {
+                        // Reading it again would not make it decode: it leaves the queue, counted.
+                        tracing::error!(seq = d.seq, %error, "a stored upstream message does not decode: dead-lettered");
+                        self.upstream.dead_letter(d.seq);
+                        None
+                    }
                 })
                 .collect(),
             Err(error) => {
@@ -352,3 +355,6 @@ pub fn report_clients(hub: &EdgeHub, presence: &[(String, Vec<&'static str>)]) {
         tracing::warn!(%error, "cannot report the edge hub's clients");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,12 @@
 //! see `edgehub::C2D_DELIVERY`), bits 48–62 are the endpoint's index, bits 0–47 the log sequence. The id of
 //! `(endpoint, seq)` is the same on every connection, so a resumed MQTT session that is already redelivering a
 //! message recognises the re-push.
+//!
+//! Pacing ([`pacing`]): each stored message's sender waits for an [`Action::Admit`] before its PUBACK. It comes at
+//! once unless an endpoint the message was stored for has more than a bounded backlog while its client is
+//! connected and listening; then it comes when that backlog falls back to the bound, when the client leaves,
+//! or after [`MAX_HOLD`] at the latest. Endpoints whose client is away store and forward without limit but the
+//! log's quota.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,9 +28,11 @@ use outpost_mqtt::Feature;
 
 pub use events::{feature_names, Action, Event, InputRoute, Presence};
 pub use methods::{MethodCall, MethodOutcome, MAX_PENDING_METHODS};
+pub use pacing::{MAX_HELD, MAX_HOLD, PACED_BACKLOG};
 
 mod events;
 mod methods;
+mod pacing;
 
 /// Unacknowledged input messages per module endpoint at a time.
 pub const INPUT_WINDOW: usize = 100;
@@ -71,6 +79,9 @@ struct Endpoint {
     reading: usize,
     /// The connection it last delivered on: a new connection of its client gets everything again.
     delivered_on: Option<u64>,
+    /// Records stored for it and not yet done, as far as the state knows: set from the log at each read,
+    /// counted up by each message stored and down by each completion in between.
+    queued: usize,
 }
 
 /// The edge hub's state. Bounded: one entry per live connection, at most [`MAX_ENDPOINTS`] endpoints, at most
@@ -88,6 +99,8 @@ pub struct EdgeHubState {
     link_up: bool,
     /// What was last declared on the link as it is now up (`None`: nothing yet).
     declared: Option<Presence>,
+    /// Senders' acknowledgements held while a connected endpoint's backlog is over its bound.
+    pacing: pacing::Pacing,
 }
 
 impl Default for EdgeHubState {
@@ -108,7 +121,21 @@ impl EdgeHubState {
             methods: methods::PendingMethods::new(MAX_PENDING_METHODS),
             link_up: false,
             declared: None,
+            pacing: pacing::Pacing::new(PACED_BACKLOG, MAX_HELD, MAX_HOLD),
         }
+    }
+
+    /// The same state pacing senders past `backlog` records per connected endpoint, holding at most `max_held`
+    /// acknowledgements for at most `max_hold`.
+    #[must_use]
+    pub fn with_pacing(
+        mut self,
+        backlog: usize,
+        max_held: usize,
+        max_hold: std::time::Duration,
+    ) -> Self {
+        self.pacing = pacing::Pacing::new(backlog, max_held, max_hold);
+        self
     }
 
     /// The same state with at most `max` method calls waiting at once.
@@ -168,30 +195,31 @@ impl EdgeHubState {
                 features,
             } => self.subscribed(&client, connection, features),
             Event::Disconnected { client, connection } => {
+                let mut actions = Vec::new();
                 if self
                     .clients
                     .get(&client)
                     .is_some_and(|c| c.connection == connection)
                 {
                     self.clients.remove(&client);
-                }
-                Vec::new()
-            }
-            Event::Stored(endpoints) => {
-                let mut actions = Vec::new();
-                for name in endpoints {
-                    if let Some(&index) = self.indexes.get(&name) {
-                        self.endpoints[index].backlog = true;
-                        self.pump(index, &mut actions);
+                    // Gone: its endpoints store and forward, their senders are no longer paced.
+                    let mine: Vec<usize> = self.endpoints_of(&client).collect();
+                    for index in mine {
+                        self.release(index, &mut actions);
                     }
                 }
                 actions
             }
+            Event::Stored {
+                endpoints,
+                admission,
+            } => self.stored(endpoints, admission, now),
             Event::Read {
                 endpoint,
                 seqs,
                 more,
-            } => self.read(&endpoint, seqs, more),
+                queued,
+            } => self.read(&endpoint, seqs, more, queued),
             Event::Acked {
                 client,
                 connection,
@@ -221,13 +249,33 @@ impl EdgeHubState {
                     id,
                     outcome: MethodOutcome::TimedOut,
                 })
+                .chain(
+                    self.pacing
+                        .expire(now)
+                        .into_iter()
+                        .map(|admission| Action::Admit { admission }),
+                )
                 .collect(),
         }
     }
 
-    /// When the next method call times out: the owner sends [`Event::Tick`] then.
+    /// When the next method call times out or a held acknowledgement is let go: the owner sends
+    /// [`Event::Tick`] then.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.methods.next_deadline()
+        let pacing = if self.pacing.len() == 0 {
+            None
+        } else {
+            self.pacing.next_deadline()
+        };
+        match (self.methods.next_deadline(), pacing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How many senders' acknowledgements are held.
+    pub fn paced(&self) -> usize {
+        self.pacing.len()
     }
 
     /// Who is connected and what each listens for, as the hub is told it.
@@ -272,6 +320,7 @@ impl EdgeHubState {
                 backlog: true,
                 reading: 0,
                 delivered_on: None,
+                queued: 0,
             });
             self.pump(index, &mut actions);
         }
@@ -338,12 +387,68 @@ impl EdgeHubState {
         let mut actions = Vec::new();
         let mine: Vec<usize> = self.endpoints_of(client).collect();
         for index in mine {
+            self.release(index, &mut actions);
             self.pump(index, &mut actions);
         }
         actions
     }
 
-    fn read(&mut self, name: &str, seqs: Vec<u64>, more: bool) -> Vec<Action> {
+    fn stored(&mut self, endpoints: Vec<Arc<str>>, admission: u64, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut indexes = Vec::with_capacity(endpoints.len());
+        for name in endpoints {
+            if let Some(&index) = self.indexes.get(&name) {
+                let endpoint = &mut self.endpoints[index];
+                endpoint.backlog = true;
+                endpoint.queued += 1;
+                indexes.push(index);
+                self.pump(index, &mut actions);
+            }
+        }
+        self.admit(
+            pacing::Held {
+                admission,
+                since: now,
+                endpoints: indexes,
+            },
+            &mut actions,
+        );
+        actions
+    }
+
+    /// Whether endpoint `index`'s senders wait: its client listens and its backlog is over the bound.
+    fn over(&self, index: usize) -> bool {
+        let endpoint = &self.endpoints[index];
+        endpoint.queued > self.pacing.backlog
+            && self
+                .clients
+                .get(&endpoint.route.client)
+                .is_some_and(|c| c.listens(Feature::Inputs))
+    }
+
+    /// Admits a stored message now, or holds it on the first of its endpoints that is over its bound.
+    fn admit(&mut self, held: pacing::Held, actions: &mut Vec<Action>) {
+        let admission = held.admission;
+        if let Some(&index) = held.endpoints.iter().find(|&&i| self.over(i)) {
+            if self.pacing.hold(held, index).is_ok() {
+                return;
+            }
+        }
+        actions.push(Action::Admit { admission });
+    }
+
+    /// Lets go what waits on endpoint `index` once it is no longer over its bound (each then waits on another
+    /// of its endpoints that is, if any).
+    fn release(&mut self, index: usize, actions: &mut Vec<Action>) {
+        if self.over(index) {
+            return;
+        }
+        for held in self.pacing.take(index) {
+            self.admit(held, actions);
+        }
+    }
+
+    fn read(&mut self, name: &str, seqs: Vec<u64>, more: bool, queued: usize) -> Vec<Action> {
         let Some(&index) = self.indexes.get(name) else {
             return Vec::new();
         };
@@ -351,6 +456,7 @@ impl EdgeHubState {
         let endpoint = &mut self.endpoints[index];
         endpoint.reading = 0;
         endpoint.backlog = more;
+        endpoint.queued = queued;
         let target = self
             .clients
             .get(&endpoint.route.client)
@@ -373,6 +479,7 @@ impl EdgeHubState {
                     endpoint: endpoint.route.endpoint.clone(),
                     seq,
                 });
+                endpoint.queued = endpoint.queued.saturating_sub(1);
                 continue;
             };
             let owner = (endpoint.route.client.clone(), connection);
@@ -389,6 +496,7 @@ impl EdgeHubState {
                 delivery_id: id,
             });
         }
+        self.release(index, &mut actions);
         self.pump(index, &mut actions);
         actions
     }
@@ -409,10 +517,12 @@ impl EdgeHubState {
             return Vec::new();
         };
         endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
+        endpoint.queued = endpoint.queued.saturating_sub(1);
         let mut actions = vec![Action::Complete {
             endpoint: endpoint.route.endpoint.clone(),
             seq,
         }];
+        self.release(index, &mut actions);
         // The window has room again.
         self.pump(index, &mut actions);
         actions

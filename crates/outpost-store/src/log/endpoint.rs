@@ -125,6 +125,12 @@ impl EndpointQueue {
             .any(super::queue::Lane::has_pending)
     }
 
+    /// Records of this endpoint not yet done: handed out and not acknowledged, or waiting (expired ones
+    /// included until a read skips them).
+    pub fn queued(&self) -> u64 {
+        self.log.shared.lock().endpoint_mut(&self.name).queued()
+    }
+
     /// Waits until `has_pending` is true.
     pub async fn ready(&self) {
         loop {

@@ -18,9 +18,13 @@ struct Harness {
 
 impl Harness {
     async fn new(inputs: &[&str]) -> Self {
+        Self::with_state(inputs, EdgeHubState::default()).await
+    }
+
+    async fn with_state(inputs: &[&str], state: EdgeHubState) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = MessageLog::open(dir.path().join("log"), LogOptions::default()).unwrap();
-        let (hub_loop, _task) = HubLoop::start(log.clone(), EdgeMetrics::default());
+        let (hub_loop, _task) = HubLoop::start_with(log.clone(), EdgeMetrics::default(), state);
         let routes = inputs
             .iter()
             .map(|i| InputRoute {
@@ -39,14 +43,14 @@ impl Harness {
 
     /// Stores a message with body `body` for these inputs, as the router does, and tells the task.
     async fn store(&self, body: &str, inputs: &[&str]) {
-        let payload = serde_json::to_vec(&Stored {
+        let payload = Stored {
             client: "edge/sender".into(),
             message: Message {
                 body: body.as_bytes().to_vec(),
                 ..Message::default()
             },
-        })
-        .unwrap();
+        }
+        .encode();
         let mut record = Record::new(payload);
         record.targets = inputs.iter().map(|i| Target::new(endpoint(i))).collect();
         self.log.append(vec![record]).await.unwrap();
@@ -244,4 +248,42 @@ async fn a_method_call_to_a_client_not_listening_is_refused_at_once() {
         )
         .await;
     assert_eq!(outcome, MethodOutcome::NotListening);
+}
+
+#[tokio::test]
+async fn a_sender_waits_for_its_acknowledgement_while_the_listening_subscriber_is_too_far_behind() {
+    let state = EdgeHubState::new(1).with_pacing(2, 100, Duration::from_secs(30));
+    let harness = Harness::with_state(&["in1"], state).await;
+    let (_outbox, mut inbox) = harness.connect(1).await;
+    harness.store("a", &["in1"]).await;
+    harness.store("b", &["in1"]).await;
+    // The third makes the backlog 3, over the bound of 2: its sender waits.
+    let third = harness.store("c", &["in1"]);
+    tokio::pin!(third);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
+        "admitted while the subscriber is 3 behind"
+    );
+    let (_, body, id) = next(&mut inbox).await;
+    assert_eq!(body, "a");
+    harness.hub_loop.acked(MODULE.into(), 1, id).await;
+    tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("admitted once the backlog is back to the bound");
+}
+
+#[tokio::test]
+async fn a_sender_is_not_paced_while_the_subscriber_is_away() {
+    let state = EdgeHubState::new(1).with_pacing(2, 100, Duration::from_secs(30));
+    let harness = Harness::with_state(&["in1"], state).await;
+    for body in ["a", "b", "c", "d", "e"] {
+        tokio::time::timeout(Duration::from_secs(10), harness.store(body, &["in1"]))
+            .await
+            .expect("stored and admitted");
+    }
+    // All kept for it.
+    let (_outbox, mut inbox) = harness.connect(1).await;
+    assert_eq!(next(&mut inbox).await.1, "a");
 }

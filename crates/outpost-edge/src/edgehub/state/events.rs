@@ -53,8 +53,14 @@ pub enum Event {
         /// The connection that ended.
         connection: u64,
     },
-    /// A message was stored durably in the log for these endpoints.
-    Stored(Vec<Arc<str>>),
+    /// A message was stored durably in the log for these endpoints; its sender's acknowledgement waits for
+    /// [`Action::Admit`] of `admission`.
+    Stored {
+        /// The endpoints it was stored for.
+        endpoints: Vec<Arc<str>>,
+        /// The owner's number for the sender waiting (unique among those waiting).
+        admission: u64,
+    },
     /// The outcome of an [`Action::Read`]: the sequences handed out (in delivery order), and whether the
     /// endpoint has more to hand out.
     Read {
@@ -64,6 +70,8 @@ pub enum Event {
         seqs: Vec<u64>,
         /// Whether more wait.
         more: bool,
+        /// Records of the endpoint not yet done in the log (handed out or not).
+        queued: usize,
     },
     /// A client PUBACKed an input delivery on a connection.
     Acked {
@@ -156,6 +164,11 @@ pub enum Action {
         id: u64,
         /// How it ended.
         outcome: MethodOutcome,
+    },
+    /// The sender of a stored message may have its acknowledgement now.
+    Admit {
+        /// The [`Event::Stored`] admission.
+        admission: u64,
     },
     /// Declare to the hub who is connected here and what each listens for (the link is up, and this changed
     /// since the last declaration on it).

@@ -42,6 +42,8 @@ struct Hub {
     now: Instant,
     pushed: Vec<Pushed>,
     reads: Vec<usize>,
+    /// Admissions given, in order.
+    admitted: Vec<u64>,
 }
 
 impl Hub {
@@ -52,6 +54,7 @@ impl Hub {
             now: Instant::now(),
             pushed: Vec::new(),
             reads: Vec::new(),
+            admitted: Vec::new(),
         };
         hub.feed(Event::Routes(inputs.iter().map(|i| route(i)).collect()));
         hub
@@ -72,7 +75,10 @@ impl Hub {
             .iter()
             .map(|i| Arc::from(format!("{MODULE}/{i}")))
             .collect();
-        self.feed(Event::Stored(endpoints));
+        self.feed(Event::Stored {
+            endpoints,
+            admission: seq,
+        });
     }
 
     fn connect(&mut self, connection: u64, inputs: bool) {
@@ -105,10 +111,12 @@ impl Hub {
                         queue.handed.insert(*seq);
                     }
                     let more = !queue.waiting.is_empty();
+                    let queued = queue.waiting.len() + queue.handed.len();
                     let read = Event::Read {
                         endpoint,
                         seqs,
                         more,
+                        queued,
                     };
                     work.extend(self.state.handle(read, self.now));
                 }
@@ -138,6 +146,7 @@ impl Hub {
                     let handed = std::mem::take(&mut queue.handed);
                     queue.waiting.extend(handed);
                 }
+                Action::Admit { admission } => self.admitted.push(admission),
                 Action::SendMethod { .. }
                 | Action::MethodDone { .. }
                 | Action::DeclarePresence(_) => {
@@ -344,6 +353,7 @@ fn records_read_after_the_client_left_go_back_in_order() {
             endpoint: "edge/m/in1".into(),
             seqs: vec![1, 2],
             more: false,
+            queued: 2,
         },
         now,
     );
@@ -375,7 +385,10 @@ fn the_disconnect_of_an_older_connection_keeps_the_newer_one() {
 fn a_message_stored_for_an_endpoint_no_route_feeds_is_ignored() {
     let mut hub = Hub::new(INPUT_WINDOW, &["in1"]);
     hub.connect(1, true);
-    hub.feed(Event::Stored(vec!["$upstream".into()]));
+    hub.feed(Event::Stored {
+        endpoints: vec!["$upstream".into()],
+        admission: 1,
+    });
     assert!(hub.take_pushed().is_empty());
 }
 
@@ -429,4 +442,5 @@ fn endpoints_keep_their_index_and_are_bounded() {
 }
 
 mod methods;
+mod pacing;
 mod presence;

@@ -1,0 +1,130 @@
+//! The router over a real log: what a message costs on disk, and records of the JSON form written before the
+//! binary one read after the upgrade.
+
+use outpost_core::{DeviceId, ModuleId};
+use outpost_store::log::LogOptions;
+
+use super::*;
+
+fn sensor() -> Identity {
+    Identity::module(
+        DeviceId::new("edge1").unwrap(),
+        ModuleId::new("sensor").unwrap(),
+    )
+}
+
+fn router(dir: &std::path::Path) -> Router {
+    let log = MessageLog::open(dir.join("log"), LogOptions::default()).unwrap();
+    let router = Router::new("edge1", log);
+    router
+        .configure(&json!({
+            "schemaVersion": "1.1",
+            "routes": {"up": "FROM /messages/* INTO $upstream"},
+            "storeAndForwardConfiguration": {"timeToLiveSecs": 7200},
+        }))
+        .unwrap();
+    router
+}
+
+/// A message as a module sends it: 100 bytes of body, an output name and a message id.
+fn message(n: usize) -> Message {
+    let mut message = Message {
+        body: vec![b'x'; 100],
+        ..Message::default()
+    };
+    message.system.insert("outputName".into(), "out1".into());
+    message.system.insert("messageId".into(), format!("{n:08}"));
+    message
+}
+
+fn segment_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_100_byte_message_takes_less_than_half_the_bytes_of_the_json_form() {
+    const N: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(dir.path());
+    for n in 0..N {
+        router.accept(&sensor(), message(n)).await.unwrap();
+    }
+    let binary = segment_bytes(dir.path()) as f64 / N as f64;
+    // The same records as the JSON form wrote them, for comparison.
+    let mut json_payloads = 0;
+    let mut binary_payloads = 0;
+    for d in router.upstream.next_batch(N).unwrap() {
+        binary_payloads += d.payload.len();
+        json_payloads += serde_json::to_vec(&Stored::decode(&d.payload).unwrap())
+            .unwrap()
+            .len();
+    }
+    let json = binary + (json_payloads - binary_payloads) as f64 / N as f64;
+    println!("bytes on disk per 100-byte message: binary {binary:.1}, JSON form {json:.1}");
+    assert!(binary < 250.0, "{binary}");
+    assert!(binary * 2.0 < json + 60.0, "binary {binary}, JSON {json}");
+}
+
+#[tokio::test]
+async fn records_of_the_json_form_are_read_after_the_upgrade_in_order_with_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What the edge hub wrote before the binary form: JSON payloads.
+        let log = MessageLog::open(dir.path().join("log"), LogOptions::default()).unwrap();
+        let old: Vec<Record> = (0..3)
+            .map(|n| {
+                let payload = serde_json::to_vec(&Stored {
+                    client: "edge1/sensor".into(),
+                    message: message(n),
+                })
+                .unwrap();
+                Record::to(UPSTREAM, payload)
+            })
+            .collect();
+        log.append(old).await.unwrap();
+    }
+    let router = router(dir.path());
+    for n in 3..5 {
+        router.accept(&sensor(), message(n)).await.unwrap();
+    }
+    let batch = router.upstream_batch(10);
+    let ids: Vec<&str> = batch
+        .iter()
+        .map(|(_, _, m)| m.system["messageId"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["00000000", "00000001", "00000002", "00000003", "00000004"]
+    );
+    for (_, client, message) in &batch {
+        assert_eq!(client, "edge1/sensor");
+        assert_eq!(message.body, vec![b'x'; 100]);
+        assert_eq!(message.system["outputName"], "out1");
+    }
+    // The new ones carry what the router adds.
+    assert_eq!(batch[4].2.system["connectionModuleId"], "sensor");
+}
+
+#[tokio::test]
+async fn a_payload_that_does_not_decode_is_dead_lettered_not_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(dir.path());
+    router
+        .log
+        .append(vec![Record::to(
+            UPSTREAM,
+            vec![crate::edgehub::stored::FORMAT_V1, 0xff],
+        )])
+        .await
+        .unwrap();
+    router.accept(&sensor(), message(1)).await.unwrap();
+    let batch = router.upstream_batch(10);
+    assert_eq!(batch.len(), 1);
+    router.upstream_retry();
+    assert_eq!(router.upstream_batch(10).len(), 1);
+}

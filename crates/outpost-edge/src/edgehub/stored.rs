@@ -1,0 +1,353 @@
+//! A message as the edge hub stores it in its log: the sender's client id and the message (body, system and
+//! application properties as accepted), in the payload of one log record.
+//!
+//! Records are written in a compact binary form (`FORMAT_V1`); records written before it are JSON
+//! (`{"client":..,"message":{"bodyBase64":..,..}}`) and are still read. The first byte tells them apart: JSON
+//! starts with `{`, the binary form with `0xB1`, which no JSON text starts with. The log's own record checksum
+//! covers the payload, so this layer adds none.
+//!
+//! ```text
+//! size   field
+//! 1      0xB1                       format tag
+//! v      client length, then client (UTF-8)
+//! v      number of system properties, then each:
+//!          1      name code: 1..=N an entry of SYSTEM_NAMES, 0 = the name follows (v length, UTF-8)
+//!          v      value length, then value (UTF-8)
+//! v      number of application properties, then each:
+//!          v      key length, then key (UTF-8)
+//!          v      0 = no value (a key sent without `=`), else value length + 1, then value (UTF-8)
+//! ..     body: the rest of the payload, raw
+//! ```
+//! `v` is an unsigned LEB128 varint (at most 5 bytes, below 2^32): one byte for anything under 128.
+//! Every length is checked against the bytes left before anything is allocated, so corrupt lengths are an
+//! error, never a large allocation or a panic.
+
+use std::collections::BTreeMap;
+
+use outpost_core::Message;
+use serde::{Deserialize, Serialize};
+
+/// The first byte of a binary record (version 1).
+pub const FORMAT_V1: u8 = 0xB1;
+
+/// The system property names with a one-byte code (code = index + 1). Part of the on-disk format: entries are
+/// only ever appended, never reordered or removed.
+const SYSTEM_NAMES: [&str; 19] = [
+    "messageId",
+    "correlationId",
+    "userId",
+    "to",
+    "contentType",
+    "contentEncoding",
+    "absolute-expiry-time",
+    "outputName",
+    "inputName",
+    "connectionDeviceId",
+    "connectionModuleId",
+    "messageSchema",
+    "creationTime",
+    "iothub-interface-id",
+    "componentName",
+    "ack",
+    "operation",
+    "enqueuedTime",
+    "iothub-connection-auth-method",
+];
+
+/// A message as it is stored in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The sender's client id.
+    pub client: String,
+    /// The message, with its system properties as accepted.
+    pub message: Message,
+}
+
+/// Why a stored payload does not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoredError {
+    /// A binary record is cut short or a length points past its end.
+    #[error("binary message record: {0}")]
+    Binary(&'static str),
+    /// A record of the JSON form does not parse.
+    #[error("JSON message record: {0}")]
+    Json(String),
+}
+
+impl Stored {
+    /// The binary form, ready to append to the log.
+    pub fn encode(&self) -> Vec<u8> {
+        let message = &self.message;
+        let mut out = Vec::with_capacity(self.encoded_len_hint());
+        out.push(FORMAT_V1);
+        put_str(&mut out, &self.client);
+        put_varint(&mut out, message.system.len());
+        for (name, value) in &message.system {
+            if let Some(index) = SYSTEM_NAMES.iter().position(|n| n == name) {
+                // At most 19 entries: the code fits a byte.
+                #[allow(clippy::cast_possible_truncation)]
+                out.push(index as u8 + 1);
+            } else {
+                out.push(0);
+                put_str(&mut out, name);
+            }
+            put_str(&mut out, value);
+        }
+        put_varint(&mut out, message.properties.len());
+        for (key, value) in &message.properties {
+            put_str(&mut out, key);
+            match value {
+                None => put_varint(&mut out, 0),
+                Some(value) => {
+                    put_varint(&mut out, value.len() + 1);
+                    out.extend_from_slice(value.as_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(&message.body);
+        out
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        let m = &self.message;
+        1 + 5
+            + self.client.len()
+            + 10
+            + m.system
+                .iter()
+                .map(|(k, v)| 12 + k.len() + v.len())
+                .sum::<usize>()
+            + m.properties
+                .iter()
+                .map(|(k, v)| 10 + k.len() + v.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+            + m.body.len()
+    }
+
+    /// Decodes a payload of either form.
+    pub fn decode(payload: &[u8]) -> Result<Self, StoredError> {
+        match payload.first() {
+            Some(&FORMAT_V1) => decode_binary(&payload[1..]).map_err(StoredError::Binary),
+            _ => serde_json::from_slice(payload).map_err(|e| StoredError::Json(e.to_string())),
+        }
+    }
+}
+
+fn decode_binary(bytes: &[u8]) -> Result<Stored, &'static str> {
+    let mut r = Reader { bytes };
+    let client = r.string()?;
+    let mut system = BTreeMap::new();
+    for _ in 0..r.varint()? {
+        let code = r.take(1)?[0];
+        let name = match code {
+            0 => r.string()?,
+            code => (*SYSTEM_NAMES
+                .get(usize::from(code) - 1)
+                .ok_or("unknown system property code")?)
+            .to_owned(),
+        };
+        system.insert(name, r.string()?);
+    }
+    let mut properties = BTreeMap::new();
+    for _ in 0..r.varint()? {
+        let key = r.string()?;
+        let value = match r.varint()? {
+            0 => None,
+            n => Some(r.utf8(n - 1)?),
+        };
+        properties.insert(key, value);
+    }
+    Ok(Stored {
+        client,
+        message: Message {
+            body: r.bytes.to_vec(),
+            system,
+            properties,
+        },
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, value: usize) {
+    let mut value = value;
+    while value >= 0x80 {
+        // The low 7 bits, with the continuation bit.
+        #[allow(clippy::cast_possible_truncation)]
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    out.push(value as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    put_varint(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if n > self.bytes.len() {
+            return Err("a length points past the end of the record");
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    /// A varint below 2^32 (5 bytes at most).
+    fn varint(&mut self) -> Result<usize, &'static str> {
+        let mut value: u64 = 0;
+        for shift in (0..35).step_by(7) {
+            let byte = *self
+                .bytes
+                .first()
+                .ok_or("the record ends inside a length")?;
+            self.bytes = &self.bytes[1..];
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return u32::try_from(value)
+                    .map(|v| v as usize)
+                    .map_err(|_| "a length over 2^32");
+            }
+        }
+        Err("a length of more than 5 bytes")
+    }
+
+    fn utf8(&mut self, n: usize) -> Result<String, &'static str> {
+        std::str::from_utf8(self.take(n)?)
+            .map(str::to_owned)
+            .map_err(|_| "a string that is not UTF-8")
+    }
+
+    fn string(&mut self) -> Result<String, &'static str> {
+        let n = self.varint()?;
+        self.utf8(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Stored {
+        let mut message = Message {
+            body: b"{\"temperature\":21.5}".to_vec(),
+            ..Message::default()
+        };
+        for (k, v) in [
+            ("connectionDeviceId", "edge1"),
+            ("connectionModuleId", "sensor"),
+            ("enqueuedTime", "2026-12-02T19:44:55.123+00:00"),
+            ("outputName", "out1"),
+            ("x-unknown-system", "kept"),
+        ] {
+            message.system.insert(k.into(), v.into());
+        }
+        message
+            .properties
+            .insert("alert".into(), Some("yes".into()));
+        message.properties.insert("flag".into(), None);
+        message
+            .properties
+            .insert("long".into(), Some("é".repeat(200)));
+        Stored {
+            client: "edge1/sensor".into(),
+            message,
+        }
+    }
+
+    #[test]
+    fn a_binary_record_decodes_to_the_same_message() {
+        let stored = sample();
+        let bytes = stored.encode();
+        assert_eq!(bytes[0], FORMAT_V1);
+        assert_eq!(Stored::decode(&bytes).unwrap(), stored);
+    }
+
+    #[test]
+    fn an_empty_message_round_trips() {
+        let stored = Stored {
+            client: String::new(),
+            message: Message::default(),
+        };
+        assert_eq!(Stored::decode(&stored.encode()).unwrap(), stored);
+    }
+
+    #[test]
+    fn a_json_record_of_the_old_form_still_decodes() {
+        let stored = sample();
+        let json = serde_json::to_vec(&stored).unwrap();
+        assert_eq!(json[0], b'{');
+        assert_eq!(Stored::decode(&json).unwrap(), stored);
+    }
+
+    #[test]
+    fn the_binary_form_is_smaller_than_the_json_form() {
+        let mut stored = sample();
+        stored.message.body = vec![7; 100];
+        stored.message.properties.remove("long");
+        let binary = stored.encode().len();
+        let json = serde_json::to_vec(&stored).unwrap().len();
+        assert!(binary < 100 + 160, "{binary} bytes");
+        assert!(binary * 3 < json * 2, "binary {binary}, JSON {json}");
+    }
+
+    #[test]
+    fn every_truncation_of_a_record_is_an_error_not_a_panic() {
+        let bytes = sample().encode();
+        // The body is the tail, so cuts inside it decode (shorter body); every cut before it must not panic.
+        for cut in 0..bytes.len() {
+            let _ = Stored::decode(&bytes[..cut]);
+        }
+        assert!(Stored::decode(&bytes[..10]).is_err());
+        assert!(Stored::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn hostile_lengths_are_errors_without_allocating() {
+        // A client length of 2^32 - 1 in a 7-byte record.
+        let huge = [FORMAT_V1, 0xff, 0xff, 0xff, 0xff, 0x0f, b'a'];
+        assert_eq!(
+            Stored::decode(&huge).unwrap_err(),
+            StoredError::Binary("a length points past the end of the record")
+        );
+        // A varint that never ends.
+        let endless = [FORMAT_V1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(Stored::decode(&endless).is_err());
+        // A property count of 2^32 - 1 with nothing behind it: fails at the first missing entry.
+        let mut many = vec![FORMAT_V1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(Stored::decode(&many).is_err());
+        // An unknown system code.
+        many = vec![FORMAT_V1, 0, 1, 200, 0];
+        assert_eq!(
+            Stored::decode(&many).unwrap_err(),
+            StoredError::Binary("unknown system property code")
+        );
+        // Bytes that are not UTF-8 in a name.
+        let bad = [FORMAT_V1, 2, 0xc3, 0x28, 0, 0];
+        assert!(Stored::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // A small xorshift: deterministic, no dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40) as usize;
+            let mut bytes = vec![FORMAT_V1];
+            let mut y = x;
+            for _ in 0..len {
+                y = y.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                bytes.push((y >> 56) as u8);
+            }
+            let _ = Stored::decode(&bytes);
+        }
+    }
+}
