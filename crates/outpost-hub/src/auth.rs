@@ -3,7 +3,8 @@
 use outpost_core::{Identity, SasToken};
 
 use crate::error::HubError;
-use crate::identity::{AccessPolicy, IdentityStatus, Right};
+use crate::identity::{AccessPolicy, Credentials, IdentityStatus, Right};
+use crate::storage::Tables;
 use crate::Hub;
 
 fn now_unix() -> u64 {
@@ -19,6 +20,28 @@ pub(crate) fn same_host(token_host: &str, hub_host: &str) -> bool {
             .to_ascii_lowercase()
     };
     strip(token_host) == strip(hub_host)
+}
+
+/// The credentials `identity` connects with, read in `tables`: its device must exist and be enabled, and a module
+/// identity's module must exist. The outer `Result` is storage's, the inner one the refusal.
+pub(crate) fn identity_credentials(
+    tables: &mut dyn Tables,
+    identity: &Identity,
+) -> Result<Result<Credentials, HubError>, HubError> {
+    let unauthorized = |why: &str| HubError::Unauthorized(format!("{identity}: {why}"));
+    let Some(device) = tables.device(&identity.device)? else {
+        return Ok(Err(unauthorized("no such device")));
+    };
+    if device.status != IdentityStatus::Enabled {
+        return Ok(Err(unauthorized("the device is disabled")));
+    }
+    let Some(module) = &identity.module else {
+        return Ok(Ok(device.credentials));
+    };
+    Ok(tables
+        .module(&identity.device, module)?
+        .map(|module| module.credentials)
+        .ok_or_else(|| unauthorized("no such module")))
 }
 
 impl Hub {
@@ -48,29 +71,10 @@ impl Hub {
             return Err(unauthorized("the token is for another identity"));
         }
         let read = identity.clone();
-        let (device, module) = self
+        let credentials = self
             .storage
-            .read(move |tables| {
-                let device = tables.device(&read.device)?;
-                let module = match (&device, &read.module) {
-                    (Some(_), Some(module)) => tables.module(&read.device, module)?,
-                    _ => None,
-                };
-                Ok::<_, HubError>((device, module))
-            })
-            .await?;
-        let device = device.ok_or_else(|| unauthorized("no such device"))?;
-        if device.status != IdentityStatus::Enabled {
-            return Err(unauthorized("the device is disabled"));
-        }
-        let credentials = match &identity.module {
-            Some(_) => {
-                module
-                    .ok_or_else(|| unauthorized("no such module"))?
-                    .credentials
-            }
-            None => device.credentials,
-        };
+            .read(move |tables| identity_credentials(tables, &read))
+            .await??;
         token
             .verify(&credentials.keys(), now_unix())
             .map_err(|e| unauthorized(&e.to_string()))

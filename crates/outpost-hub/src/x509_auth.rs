@@ -14,7 +14,7 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::HubError;
-use crate::identity::{AuthenticationType, IdentityStatus};
+use crate::identity::AuthenticationType;
 use crate::storage::Tables;
 use crate::Hub;
 
@@ -114,30 +114,14 @@ impl Hub {
     ) -> Result<(), HubError> {
         let unauthorized = |why: &str| HubError::Unauthorized(format!("{identity}: {why}"));
         let read = identity.clone();
-        let (device, module, cas) = self
+        let (credentials, cas) = self
             .storage
             .read(move |tables| {
-                let device = tables.device(&read.device)?;
-                let module = match (&device, &read.module) {
-                    (Some(_), Some(module)) => tables.module(&read.device, module)?,
-                    _ => None,
-                };
-                let cas = tables.ca_certificates()?;
-                Ok::<_, HubError>((device, module, cas))
+                let credentials = crate::auth::identity_credentials(tables, &read)?;
+                Ok::<_, HubError>((credentials, tables.ca_certificates()?))
             })
             .await?;
-        let device = device.ok_or_else(|| unauthorized("no such device"))?;
-        if device.status != IdentityStatus::Enabled {
-            return Err(unauthorized("the device is disabled"));
-        }
-        let credentials = match &identity.module {
-            Some(_) => {
-                module
-                    .ok_or_else(|| unauthorized("no such module"))?
-                    .credentials
-            }
-            None => device.credentials,
-        };
+        let credentials = credentials?;
         let now = Utc::now().timestamp();
         let checked = match credentials.kind {
             AuthenticationType::SelfSigned => {
