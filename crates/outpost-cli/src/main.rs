@@ -6,8 +6,8 @@
 mod deployment;
 mod edge_check;
 mod edge_command;
-mod hub_ca;
 mod enrollment_command;
+mod hub_ca;
 mod hub_command;
 mod job_command;
 mod operator;
