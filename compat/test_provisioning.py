@@ -1,6 +1,6 @@
 """The provisioning service (issue 15): the unmodified azure-iot-device `ProvisioningDeviceClient` registers with
-a symmetric key through an individual enrollment or an enrollment group, gets the hub and device id it was
-assigned, and connects there with `IoTHubDeviceClient` to find its initial twin. Refusals (a disabled
+a symmetric key or an X.509 certificate through an individual enrollment or an enrollment group, gets the hub
+and device id it was assigned, and connects there with `IoTHubDeviceClient` to find its initial twin. Refusals (a disabled
 enrollment, a wrong key, a malformed request) end the SDK's `register()` with an error instead of a hang, and
 create nothing."""
 
@@ -14,7 +14,7 @@ import time
 import urllib.parse
 
 import pytest
-from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
+from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 
 from harness import (RawMqtt, _bindable, connect_packet, new_key, port_open, publish_packet, run_with_timeout,
                      wait_for)
@@ -212,7 +212,7 @@ def test_a_malformed_registration_request_is_answered_400_and_creates_nothing(dp
     assert "registration" not in hub.cli_json("enrollment", "show", "raw-1")
 
 
-def test_bad_enrollments_are_refused_and_x509_ones_are_kept_but_not_registered(dps_hub, tmp_path):
+def test_bad_enrollments_are_refused_and_a_key_cannot_stand_in_for_a_certificate(dps_hub, tmp_path):
     import subprocess
 
     hub = dps_hub
@@ -237,6 +237,91 @@ def test_bad_enrollments_are_refused_and_x509_ones_are_kept_but_not_registered(d
     with pytest.raises(Exception):
         register(hub, "cert-1", new_key())
     assert not device_exists(hub, "cert-1")
+
+
+def register_x509(hub, registration_id: str, cert):
+    client = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=hub.dps_host,
+        registration_id=registration_id,
+        id_scope=hub.id_scope,
+        x509=X509(cert_file=str(cert[0]), key_file=str(cert[1])),
+        server_verification_cert=hub.ca_pem,
+    )
+    return run_with_timeout(client.register, REGISTER_TIMEOUT, f"x509 register({registration_id})")
+
+
+def x509_twin_desired(hub, result, cert, clients) -> dict:
+    state = result.registration_state
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        x509=X509(cert_file=str(cert[0]), key_file=str(cert[1])), hostname=state.assigned_hub,
+        device_id=state.device_id, server_verification_cert=hub.ca_pem, connection_retry=False)
+    clients.created.append(client)
+    run_with_timeout(client.connect, 20, "X.509 connect with the assigned identity")
+    return run_with_timeout(client.get_twin, 20, "get_twin")["desired"]
+
+
+def test_an_individual_x509_enrollment_registers_and_the_device_connects_with_its_certificate(dps_hub, tmp_path,
+                                                                                             clients):
+    from test_x509 import Certs, thumbprint
+
+    hub = dps_hub
+    certs = Certs(tmp_path / "certs")
+    cert = certs.self_signed("cert-1", "cert-1")
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"kind": "x509"}, "properties": {"desired": {"rate": 7}}})
+    hub.cli_json("enrollment", "create", "cert-1", "--attestation", "x509", "--certificate", str(cert[0]),
+                 "--initial-twin", str(twin))
+
+    result = register_x509(hub, "cert-1", cert)
+    assert result.status == "assigned", result
+    state = result.registration_state
+    assert (state.device_id, state.assigned_hub, state.sub_status) == ("cert-1", hub.host, "initialAssignment")
+    authentication = hub.registry().get_device("cert-1").authentication
+    assert authentication.type == "selfSigned"
+    assert authentication.x509_thumbprint.primary_thumbprint.upper() == thumbprint(cert, "sha256")
+    assert x509_twin_desired(hub, result, cert, clients)["rate"] == 7
+    assert hub.registry().get_twin("cert-1").tags == {"kind": "x509"}
+
+    # Another certificate with the enrolled name is refused, without a hang, and changes nothing.
+    impostor = certs.self_signed("impostor", "cert-1")
+    started = time.monotonic()
+    with pytest.raises(Exception):
+        register_x509(hub, "cert-1", impostor)
+    assert time.monotonic() - started < REGISTER_TIMEOUT
+    authentication = hub.registry().get_device("cert-1").authentication
+    assert authentication.x509_thumbprint.primary_thumbprint.upper() == thumbprint(cert, "sha256")
+
+
+def test_an_x509_enrollment_group_registers_members_signed_by_its_ca(dps_hub, tmp_path, clients):
+    from test_x509 import Certs
+
+    hub = dps_hub
+    certs = Certs(tmp_path / "certs")
+    ca = certs.self_signed("fleet-ca", "Fleet CA", ca=True)
+    other_ca = certs.self_signed("other-ca", "Other CA", ca=True)
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"fleet": "x509"}, "properties": {"desired": {"mode": "on"}}})
+    hub.cli_json("enrollment-group", "create", "x509-fleet", "--attestation", "x509", "--certificate", str(ca[0]),
+                 "--initial-twin", str(twin))
+
+    member = certs.signed_by("cam-1", "cam-1", ca)
+    result = register_x509(hub, "cam-1", member)
+    assert result.status == "assigned", result
+    assert result.registration_state.device_id == "cam-1"
+    # The hub does not hold the group's CA: the member connects with its own certificate (selfSigned).
+    assert hub.registry().get_device("cam-1").authentication.type == "selfSigned"
+    assert x509_twin_desired(hub, result, member, clients)["mode"] == "on"
+    assert hub.registry().get_twin("cam-1").tags == {"fleet": "x509"}
+    assert hub.cli_json("enrollment-group", "show", "x509-fleet")["enrollmentGroupId"] == "x509-fleet"
+
+    # Refused without a hang, creating nothing: a certificate of another CA, a self-signed one, and a member
+    # certificate whose common name is not the registration id it registers as.
+    started = time.monotonic()
+    for registration_id, cert in (("cam-2", certs.signed_by("cam-2", "cam-2", other_ca)),
+                                  ("cam-3", certs.self_signed("cam-3", "cam-3")),
+                                  ("cam-4", certs.signed_by("cam-4", "cam-5", ca))):
+        with pytest.raises(Exception):
+            register_x509(hub, registration_id, cert)
+        assert not device_exists(hub, registration_id)
+    assert time.monotonic() - started < 3 * REGISTER_TIMEOUT
 
 
 def test_the_rest_variant_registers_and_refuses_alike(dps_hub):

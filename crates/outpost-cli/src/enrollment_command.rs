@@ -17,7 +17,8 @@ use crate::HubArgs;
 pub enum AttestationKind {
     /// A symmetric key (a group's devices prove the key derived from the group key and their registration id).
     SymmetricKey,
-    /// X.509 certificates (stored; registration with them is not served yet).
+    /// X.509 certificates: the device presents its certificate (common name = registration id) at the TLS
+    /// handshake.
     X509,
 }
 

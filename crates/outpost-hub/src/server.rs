@@ -223,8 +223,11 @@ impl RunningHub {
         }
         if let Some(listener) = provisioning_listener {
             let backend = Arc::new(crate::provisioning::head::HubProvisioning(hub.clone()));
+            // Requesting client certificates (not requiring them) lets devices attest with X.509.
+            let provisioning_tls =
+                certificates.servers()[0].tls_config_requesting_client_certificates()?;
             let provisioning_config =
-                outpost_mqtt::provisioning::ProvisioningConfig::new(tls.clone());
+                outpost_mqtt::provisioning::ProvisioningConfig::new(provisioning_tls);
             tasks.spawn(outpost_mqtt::provisioning::serve(
                 listener,
                 provisioning_config,

@@ -45,7 +45,12 @@ async fn a_group_member_registers_as_an_edge_device_with_its_derived_key_and_ini
     let derived = derive_device_key(GROUP_KEY, "gw-1").unwrap();
     let attested = hub
         .provisioning()
-        .authenticate(hub.id_scope(), "gw-1", &token(&hub, "gw-1", &derived))
+        .authenticate(
+            hub.id_scope(),
+            "gw-1",
+            Some(&token(&hub, "gw-1", &derived)),
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(attested.enrollment, EnrollmentRef::Group("plant".into()));
@@ -98,7 +103,12 @@ async fn a_malformed_or_foreign_request_is_refused_and_creates_nothing() {
     let derived = derive_device_key(GROUP_KEY, "gw-2").unwrap();
     let attested = hub
         .provisioning()
-        .authenticate(hub.id_scope(), "gw-2", &token(&hub, "gw-2", &derived))
+        .authenticate(
+            hub.id_scope(),
+            "gw-2",
+            Some(&token(&hub, "gw-2", &derived)),
+            &[],
+        )
         .await
         .unwrap();
     for body in [&b"{not json"[..], br#"{"registrationId": "gw-3"}"#, b"[]"] {
@@ -122,19 +132,24 @@ async fn a_wrong_key_scope_or_the_group_key_itself_is_refused() {
     let derived = derive_device_key(GROUP_KEY, "gw-4").unwrap();
     let provisioning = hub.provisioning();
     assert!(provisioning
-        .authenticate(&scope, "gw-4", &token(&hub, "gw-4", GROUP_KEY))
+        .authenticate(&scope, "gw-4", Some(&token(&hub, "gw-4", GROUP_KEY)), &[])
         .await
         .is_err());
     assert!(provisioning
-        .authenticate("0ne00000000", "gw-4", &token(&hub, "gw-4", &derived))
+        .authenticate(
+            "0ne00000000",
+            "gw-4",
+            Some(&token(&hub, "gw-4", &derived)),
+            &[]
+        )
         .await
         .is_err());
     assert!(provisioning
-        .authenticate(&scope, "gw-4", "not a token")
+        .authenticate(&scope, "gw-4", Some("not a token"), &[])
         .await
         .is_err());
     assert!(provisioning
-        .authenticate(&scope, "gw-5", &token(&hub, "gw-4", &derived))
+        .authenticate(&scope, "gw-5", Some(&token(&hub, "gw-4", &derived)), &[])
         .await
         .is_err());
 }
@@ -153,7 +168,12 @@ async fn a_disabled_enrollment_records_the_refusal_and_creates_no_device() {
         .unwrap();
     let attested = hub
         .provisioning()
-        .authenticate(hub.id_scope(), "parked", &token(&hub, "parked", key))
+        .authenticate(
+            hub.id_scope(),
+            "parked",
+            Some(&token(&hub, "parked", key)),
+            &[],
+        )
         .await
         .unwrap();
     let Registered::Ran(record) = hub

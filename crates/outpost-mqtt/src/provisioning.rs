@@ -40,12 +40,15 @@ pub trait ProvisioningOperations: Send + Sync + 'static {
     /// What a successful CONNECT proved (the registration and the enrollment it belongs to), handed back
     /// with every request of the connection.
     type Credential: Send + Sync + 'static;
-    /// Checks a CONNECT of `registration_id` in `id_scope`; `password` is the registration's SAS token.
+    /// Checks a CONNECT of `registration_id` in `id_scope`; `password` is the registration's SAS token, and
+    /// `client_chain` the certificate chain (leaf first) the client presented at the TLS handshake, empty when
+    /// it presented none (X.509 attestation: a CONNECT without a password).
     async fn authenticate(
         &self,
         id_scope: &str,
         registration_id: &str,
         password: Option<&[u8]>,
+        client_chain: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Result<Self::Credential, ConnectRefusal>;
     /// Runs a registration request (its body as received) of the connected client.
     async fn register(&self, credential: &Self::Credential, body: &[u8]) -> ProvisioningAnswer;
@@ -160,7 +163,8 @@ pub fn answer_packet(rid: &str, answer: &ProvisioningAnswer) -> Packet {
 /// How the provisioning listener runs.
 #[derive(Clone)]
 pub struct ProvisioningConfig {
-    /// TLS (the hub's certificate, which names the provisioning host too).
+    /// TLS (the hub's certificate, which names the provisioning host too); a configuration that requests client
+    /// certificates lets devices attest with X.509.
     pub tls: Arc<rustls::ServerConfig>,
     /// Time allowed for the TLS handshake, and then for the CONNECT.
     pub connect_timeout: Duration,
@@ -243,7 +247,8 @@ async fn run<O: ProvisioningOperations>(
         Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    if let Err(reason) = serve_stream(config, ops, stream, stopped).await {
+    let client_chain: Vec<_> = stream.peer_certificates().unwrap_or_default().to_vec();
+    if let Err(reason) = serve_stream(config, ops, stream, &client_chain, stopped).await {
         tracing::debug!(%peer, reason, "provisioning connection closed");
     }
 }
@@ -253,6 +258,7 @@ async fn serve_stream<O: ProvisioningOperations, S: AsyncRead + AsyncWrite + Unp
     config: &ProvisioningConfig,
     ops: &O,
     stream: S,
+    client_chain: &[rustls::pki_types::CertificateDer<'static>],
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), &'static str> {
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -265,7 +271,7 @@ async fn serve_stream<O: ProvisioningOperations, S: AsyncRead + AsyncWrite + Unp
     let Ok(Ok(Some(Packet::Connect(connect)))) = first else {
         return Err("no CONNECT");
     };
-    let credential = match authenticate(ops, &connect).await {
+    let credential = match authenticate(ops, &connect, client_chain).await {
         Ok(credential) => credential,
         Err(code) => {
             send(
@@ -335,10 +341,11 @@ async fn serve_stream<O: ProvisioningOperations, S: AsyncRead + AsyncWrite + Unp
 }
 
 /// Checks a CONNECT: MQTT 3.1.1, the client id a registration id, the user name naming it, and the backend's
-/// verdict on the token.
+/// verdict on the token or the client certificate chain.
 async fn authenticate<O: ProvisioningOperations>(
     ops: &O,
     connect: &Connect,
+    client_chain: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<O::Credential, ConnectReturnCode> {
     if connect.protocol_level != PROTOCOL_LEVEL_3_1_1 {
         return Err(ConnectReturnCode::UnacceptableProtocolVersion);
@@ -354,9 +361,14 @@ async fn authenticate<O: ProvisioningOperations>(
     if registration != connect.client_id {
         return Err(ConnectReturnCode::BadUserNameOrPassword);
     }
-    ops.authenticate(scope, registration, connect.password.as_deref())
-        .await
-        .map_err(ConnectRefusal::return_code)
+    ops.authenticate(
+        scope,
+        registration,
+        connect.password.as_deref(),
+        client_chain,
+    )
+    .await
+    .map_err(ConnectRefusal::return_code)
 }
 
 /// Writes one packet, bounded in time.

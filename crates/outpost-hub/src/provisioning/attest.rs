@@ -5,19 +5,23 @@
 use outpost_core::provisioning::{derive_device_key, registration_resource};
 use outpost_core::quote::unquote;
 use outpost_core::SasToken;
+use outpost_pki::client_auth;
+use rustls::pki_types::CertificateDer;
 
 use super::model::{
     Attestation, EnrollmentGroup, EnrollmentRef, EnrollmentSettings, IndividualEnrollment,
-    InitialTwin, ProvisioningStatus, RegistrationRecord,
+    InitialTwin, ProvisioningStatus, RegistrationRecord, X509Certificates,
 };
 use outpost_core::provisioning::RegistrationStatus;
 
-/// What a device presents at CONNECT. X.509 attestation adds a variant here carrying the TLS client
-/// certificate chain (see [`attest`]).
+/// What a device presents at CONNECT.
 #[derive(Debug, Clone, Copy)]
 pub enum Proof<'a> {
     /// A SAS token for `{idScope}/registrations/{registrationId}`.
     Token(&'a SasToken),
+    /// The certificate chain (leaf first) the client presented at the TLS handshake, which proved it holds the
+    /// leaf's key.
+    Certificate(&'a [CertificateDer<'a>]),
 }
 
 /// The keys the device will have in the hub.
@@ -29,6 +33,21 @@ pub struct DeviceKeys {
     pub secondary: String,
 }
 
+/// How the registered device will authenticate to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceCredentials {
+    /// SAS keys: the individual enrollment's, or those derived from the group's.
+    Keys(DeviceKeys),
+    /// `selfSigned` X.509 with these SHA-256 thumbprints: an individual enrollment's primary and secondary
+    /// certificates, or a group member's own leaf certificate.
+    Thumbprints {
+        /// Primary.
+        primary: String,
+        /// Secondary, if the enrollment has a second certificate.
+        secondary: Option<String>,
+    },
+}
+
 /// What a successful CONNECT proved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attested {
@@ -36,8 +55,8 @@ pub struct Attested {
     pub registration_id: String,
     /// The enrollment it belongs to.
     pub enrollment: EnrollmentRef,
-    /// The keys the device gets: the individual enrollment's, or those derived from the group's.
-    pub keys: DeviceKeys,
+    /// What the device authenticates with in the hub.
+    pub credentials: DeviceCredentials,
 }
 
 /// Why a proof was refused (all are CONNACK 5, "not authorized", as DPS refuses them).
@@ -52,19 +71,30 @@ pub enum AttestError {
     /// The token is expired or its signature matches no key of the enrollment.
     #[error("the token does not verify against the enrollment's keys")]
     BadSignature,
-    /// The enrollment attests with certificates, which registration does not accept yet.
-    #[error("the enrollment uses X.509 attestation, which this hub does not accept for registration yet")]
-    X509NotSupported,
+    /// The proof is a token and the enrollment attests with certificates, or the other way round.
+    #[error("the enrollment's attestation is not the kind of proof presented")]
+    WrongAttestation,
+    /// The certificate's common name is not the registration id.
+    #[error("the certificate's common name {found:?} is not the registration id {expected:?}")]
+    CommonNameMismatch {
+        /// The registration id.
+        expected: String,
+        /// The leaf's common name.
+        found: String,
+    },
+    /// The certificate does not match the enrollment (thumbprint, chain or validity).
+    #[error("the certificate does not match the enrollment: {0}")]
+    Certificate(String),
 }
 
 /// Finds the enrollment `proof` belongs to: the individual enrollment of `registration_id` when there is one
 /// (it takes precedence over groups, as in DPS), else the symmetric-key group whose key, derived for this
 /// registration id, signed the token.
 ///
-/// X.509 attestation plugs in here: a `Proof::Certificate(chain)` matched against an individual enrollment's
-/// `clientCertificates` (thumbprint) or a group's `signingCertificates` (the chain leads to it), and the
-/// registration id taken from the certificate's common name; [`Attested::keys`] then becomes an enum of keys
-/// or thumbprints for the device's authentication.
+/// A certificate chain ([`Proof::Certificate`]) must name the registration id as its leaf's common name, and
+/// matches an individual X.509 enrollment whose primary or secondary `clientCertificates` has the leaf's
+/// thumbprint, or else an X.509 group whose primary or secondary `signingCertificates` the chain verifies to
+/// (for client authentication, at `now_unix`).
 pub fn attest(
     id_scope: &str,
     registration_id: &str,
@@ -73,7 +103,12 @@ pub fn attest(
     groups: &[EnrollmentGroup],
     now_unix: u64,
 ) -> Result<Attested, AttestError> {
-    let Proof::Token(token) = proof;
+    let token = match proof {
+        Proof::Token(token) => token,
+        Proof::Certificate(chain) => {
+            return attest_certificate(registration_id, chain, individual, groups, now_unix)
+        }
+    };
     let expected = registration_resource(id_scope, registration_id);
     let resource = unquote(&token.resource_raw).unwrap_or_default();
     if !resource.eq_ignore_ascii_case(&expected) {
@@ -82,11 +117,11 @@ pub fn attest(
     let attested = |enrollment, keys| Attested {
         registration_id: registration_id.to_owned(),
         enrollment,
-        keys,
+        credentials: DeviceCredentials::Keys(keys),
     };
     if let Some(enrollment) = individual {
         let Attestation::SymmetricKey { symmetric_key } = &enrollment.settings.attestation else {
-            return Err(AttestError::X509NotSupported);
+            return Err(AttestError::WrongAttestation);
         };
         token
             .verify(
@@ -117,6 +152,81 @@ pub fn attest(
                 EnrollmentRef::Group(group.enrollment_group_id.clone()),
                 DeviceKeys { primary, secondary },
             ));
+        }
+    }
+    Err(AttestError::NoMatch)
+}
+
+/// The DER certificates of a primary and optional secondary (PEM that no longer reads is skipped: the service
+/// API checked it when the enrollment was written).
+fn ders(certificates: Option<&X509Certificates>) -> Vec<CertificateDer<'static>> {
+    let Some(certificates) = certificates else {
+        return Vec::new();
+    };
+    std::iter::once(&certificates.primary)
+        .chain(&certificates.secondary)
+        .filter_map(|c| {
+            rustls_pemfile::certs(&mut c.certificate.as_bytes())
+                .next()?
+                .ok()
+        })
+        .collect()
+}
+
+/// [`attest`] for a certificate chain.
+fn attest_certificate(
+    registration_id: &str,
+    chain: &[CertificateDer<'_>],
+    individual: Option<&IndividualEnrollment>,
+    groups: &[EnrollmentGroup],
+    now_unix: u64,
+) -> Result<Attested, AttestError> {
+    let leaf = chain.first().ok_or(AttestError::NoMatch)?;
+    let info =
+        outpost_pki::x509::inspect(leaf).map_err(|e| AttestError::Certificate(e.to_string()))?;
+    if info.common_name != registration_id {
+        return Err(AttestError::CommonNameMismatch {
+            expected: registration_id.to_owned(),
+            found: info.common_name,
+        });
+    }
+    let now = i64::try_from(now_unix).unwrap_or(i64::MAX);
+    let sha256 = |der: &[u8]| client_auth::thumbprints(der).sha256;
+    if let Some(enrollment) = individual {
+        let Attestation::X509 { x509 } = &enrollment.settings.attestation else {
+            return Err(AttestError::WrongAttestation);
+        };
+        let enrolled: Vec<String> = ders(x509.client_certificates.as_ref())
+            .iter()
+            .map(|der| sha256(der))
+            .collect();
+        let registered: Vec<&str> = enrolled.iter().map(String::as_str).collect();
+        client_auth::verify_self_signed(chain, &registered, now)
+            .map_err(|e| AttestError::Certificate(e.to_string()))?;
+        let mut enrolled = enrolled.into_iter();
+        return Ok(Attested {
+            registration_id: registration_id.to_owned(),
+            enrollment: EnrollmentRef::Individual,
+            credentials: DeviceCredentials::Thumbprints {
+                primary: enrolled.next().unwrap_or_default(),
+                secondary: enrolled.next(),
+            },
+        });
+    }
+    for group in groups {
+        let Attestation::X509 { x509 } = &group.settings.attestation else {
+            continue;
+        };
+        let cas = ders(x509.signing_certificates.as_ref());
+        if client_auth::verify_ca_signed(chain, &cas, registration_id, now).is_ok() {
+            return Ok(Attested {
+                registration_id: registration_id.to_owned(),
+                enrollment: EnrollmentRef::Group(group.enrollment_group_id.clone()),
+                credentials: DeviceCredentials::Thumbprints {
+                    primary: sha256(leaf),
+                    secondary: None,
+                },
+            });
         }
     }
     Err(AttestError::NoMatch)
@@ -248,7 +358,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(attested.enrollment, EnrollmentRef::Group("fleet".into()));
-        assert_eq!(attested.keys.primary, derived);
+        assert_eq!(
+            attested.credentials,
+            DeviceCredentials::Keys(DeviceKeys {
+                primary: derived.clone(),
+                secondary: derived
+            })
+        );
     }
 
     #[test]
@@ -360,8 +476,202 @@ mod tests {
                 &[],
                 NOW
             ),
-            Err(AttestError::X509NotSupported)
+            Err(AttestError::WrongAttestation)
         );
+    }
+
+    fn x509_settings(client: Option<&str>, signing: Option<&str>) -> EnrollmentSettings {
+        let certificates = |pem: &str| X509Certificates {
+            primary: crate::provisioning::model::X509Certificate {
+                certificate: pem.into(),
+            },
+            secondary: None,
+        };
+        let mut x509 = settings(INDIVIDUAL_KEY);
+        x509.attestation = Attestation::X509 {
+            x509: X509Attestation {
+                client_certificates: client.map(certificates),
+                signing_certificates: signing.map(certificates),
+            },
+        };
+        x509
+    }
+
+    fn params(cn: &str) -> rcgen::CertificateParams {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params
+    }
+
+    fn self_signed(cn: &str) -> rcgen::Certificate {
+        params(cn)
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+    }
+
+    fn ca() -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = params("Fleet CA");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (ca.self_signed(&key).unwrap(), key)
+    }
+
+    fn signed(cn: &str, ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> rcgen::Certificate {
+        let mut leaf = params(cn);
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        leaf.signed_by(&rcgen::KeyPair::generate().unwrap(), ca, ca_key)
+            .unwrap()
+    }
+
+    fn now() -> u64 {
+        u64::try_from(Utc::now().timestamp()).unwrap()
+    }
+
+    #[test]
+    fn an_individual_x509_enrollment_matches_its_certificate_by_thumbprint() {
+        let cert = self_signed("sensor-7");
+        let individual = IndividualEnrollment {
+            registration_id: "sensor-7".into(),
+            device_id: None,
+            settings: x509_settings(Some(&cert.pem()), None),
+        };
+        let chain = [cert.der().clone()];
+        let attested = attest(
+            SCOPE,
+            "sensor-7",
+            Proof::Certificate(&chain),
+            Some(&individual),
+            &[],
+            now(),
+        )
+        .unwrap();
+        assert_eq!(attested.enrollment, EnrollmentRef::Individual);
+        assert_eq!(
+            attested.credentials,
+            DeviceCredentials::Thumbprints {
+                primary: client_auth::thumbprints(cert.der()).sha256,
+                secondary: None
+            }
+        );
+        // Another certificate with the same name is not the enrolled one.
+        let other = [self_signed("sensor-7").der().clone()];
+        assert!(matches!(
+            attest(
+                SCOPE,
+                "sensor-7",
+                Proof::Certificate(&other),
+                Some(&individual),
+                &[],
+                now()
+            ),
+            Err(AttestError::Certificate(_))
+        ));
+        // A token is not accepted for an x509 enrollment, nor a certificate for a symmetric-key one.
+        let keyed = IndividualEnrollment {
+            registration_id: "sensor-7".into(),
+            device_id: None,
+            settings: settings(INDIVIDUAL_KEY),
+        };
+        assert_eq!(
+            attest(
+                SCOPE,
+                "sensor-7",
+                Proof::Certificate(&chain),
+                Some(&keyed),
+                &[],
+                now()
+            ),
+            Err(AttestError::WrongAttestation)
+        );
+    }
+
+    #[test]
+    fn a_group_member_certificate_chains_to_the_groups_ca_and_names_its_registration() {
+        let (fleet_ca, fleet_key) = ca();
+        let (other_ca, _) = ca();
+        let groups = [
+            EnrollmentGroup {
+                enrollment_group_id: "other".into(),
+                settings: x509_settings(None, Some(&other_ca.pem())),
+            },
+            EnrollmentGroup {
+                enrollment_group_id: "keys".into(),
+                settings: settings(GROUP_KEY),
+            },
+            EnrollmentGroup {
+                enrollment_group_id: "fleet".into(),
+                settings: x509_settings(None, Some(&fleet_ca.pem())),
+            },
+        ];
+        let leaf = signed("sensor-7", &fleet_ca, &fleet_key);
+        let chain = [leaf.der().clone()];
+        let attested = attest(
+            SCOPE,
+            "sensor-7",
+            Proof::Certificate(&chain),
+            None,
+            &groups,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(attested.enrollment, EnrollmentRef::Group("fleet".into()));
+        assert_eq!(
+            attested.credentials,
+            DeviceCredentials::Thumbprints {
+                primary: client_auth::thumbprints(leaf.der()).sha256,
+                secondary: None
+            }
+        );
+        // The name must be the registration id.
+        assert!(matches!(
+            attest(
+                SCOPE,
+                "sensor-8",
+                Proof::Certificate(&chain),
+                None,
+                &groups,
+                now()
+            ),
+            Err(AttestError::CommonNameMismatch { .. })
+        ));
+        // A self-signed certificate, or one of no group's CA, matches nothing.
+        let stranger = [self_signed("sensor-7").der().clone()];
+        assert_eq!(
+            attest(
+                SCOPE,
+                "sensor-7",
+                Proof::Certificate(&stranger),
+                None,
+                &groups,
+                now()
+            ),
+            Err(AttestError::NoMatch)
+        );
+        // Expired (rcgen makes certificates valid until 4096).
+        assert_eq!(
+            attest(
+                SCOPE,
+                "sensor-7",
+                Proof::Certificate(&chain),
+                None,
+                &groups,
+                70_000_000_000
+            ),
+            Err(AttestError::NoMatch)
+        );
+        assert!(matches!(
+            attest(
+                SCOPE,
+                "sensor-7",
+                Proof::Certificate(&[]),
+                None,
+                &groups,
+                now()
+            ),
+            Err(AttestError::NoMatch)
+        ));
     }
 
     fn record(status: RegistrationStatus) -> RegistrationRecord {

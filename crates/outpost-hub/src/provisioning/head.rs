@@ -11,6 +11,7 @@ use outpost_core::provisioning::{
 };
 use outpost_mqtt::provisioning::{ProvisioningAnswer, ProvisioningOperations};
 use outpost_mqtt::ConnectRefusal;
+use rustls::pki_types::CertificateDer;
 
 use super::attest::Attested;
 use super::{operation_status, Registered};
@@ -33,13 +34,17 @@ impl ProvisioningOperations for HubProvisioning {
         id_scope: &str,
         registration_id: &str,
         password: Option<&[u8]>,
+        client_chain: &[CertificateDer<'static>],
     ) -> Result<Attested, ConnectRefusal> {
-        let token = password
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .ok_or(ConnectRefusal::NotAuthorized)?;
+        let token = match password {
+            Some(password) => {
+                Some(std::str::from_utf8(password).map_err(|_| ConnectRefusal::NotAuthorized)?)
+            }
+            None => None,
+        };
         self.0
             .provisioning()
-            .authenticate(id_scope, registration_id, token)
+            .authenticate(id_scope, registration_id, token, client_chain)
             .await
             .map_err(|error| {
                 tracing::info!(registration = registration_id, %error, "provisioning connection refused");

@@ -25,7 +25,10 @@ use crate::identity::generate_key;
 use crate::registry::{DeviceSpec, Precondition};
 use crate::twins::TwinWrite;
 use crate::Hub;
-use attest::{Attested, Plan};
+use attest::{Attested, DeviceCredentials, Plan};
+use rustls::pki_types::CertificateDer;
+
+use crate::identity::AuthenticationType;
 use model::{
     Attestation, EnrollmentGroup, EnrollmentRef, EnrollmentSettings, IndividualEnrollment,
     RegistrationRecord, MAX_ENROLLMENT_GROUPS,
@@ -229,21 +232,33 @@ impl<'a> Provisioning<'a> {
 
     // The device side.
 
-    /// Checks a device's proof at CONNECT: the scope must be this hub's and the proof must match an
-    /// enrollment ([`attest::attest`]).
+    /// Checks a device's proof at CONNECT: the scope must be this hub's and the proof (a SAS token, or else the
+    /// TLS client certificate chain, leaf first) must match an enrollment ([`attest::attest`]).
     pub async fn authenticate(
         &self,
         id_scope: &str,
         registration_id: &str,
-        proof_token: &str,
+        proof_token: Option<&str>,
+        client_chain: &[CertificateDer<'static>],
     ) -> Result<Attested, HubError> {
         if id_scope != self.id_scope() {
             return Err(HubError::Unauthorized(format!(
                 "unknown ID scope {id_scope}"
             )));
         }
-        let token = outpost_core::SasToken::parse(proof_token)
+        let token = proof_token
+            .map(outpost_core::SasToken::parse)
+            .transpose()
             .map_err(|e| HubError::Unauthorized(e.to_string()))?;
+        let proof = match &token {
+            Some(token) => attest::Proof::Token(token),
+            None if !client_chain.is_empty() => attest::Proof::Certificate(client_chain),
+            None => {
+                return Err(HubError::Unauthorized(
+                    "neither a SAS token nor a client certificate".into(),
+                ))
+            }
+        };
         let id = registration_id.to_owned();
         let (individual, groups) = self
             .hub
@@ -262,7 +277,7 @@ impl<'a> Provisioning<'a> {
         attest::attest(
             id_scope,
             registration_id,
-            attest::Proof::Token(&token),
+            proof,
             individual.as_ref(),
             &groups,
             now,
@@ -346,13 +361,25 @@ impl<'a> Provisioning<'a> {
                 substatus,
             } => {
                 if write_device {
-                    let spec = DeviceSpec {
+                    let mut spec = DeviceSpec {
                         device_id: device_id.clone(),
-                        primary_key: Some(attested.keys.primary.clone()),
-                        secondary_key: Some(attested.keys.secondary.clone()),
                         iot_edge: settings.capabilities.iot_edge,
                         ..DeviceSpec::default()
                     };
+                    match &attested.credentials {
+                        DeviceCredentials::Keys(keys) => {
+                            spec.primary_key = Some(keys.primary.clone());
+                            spec.secondary_key = Some(keys.secondary.clone());
+                            spec.authentication = Some(AuthenticationType::Sas);
+                        }
+                        // A group member too: its own leaf's thumbprint, so that it connects to the hub with
+                        // that certificate whether or not the hub holds the group's CA.
+                        DeviceCredentials::Thumbprints { primary, secondary } => {
+                            spec.authentication = Some(AuthenticationType::SelfSigned);
+                            spec.primary_thumbprint = Some(primary.clone());
+                            spec.secondary_thumbprint.clone_from(secondary);
+                        }
+                    }
                     registry.put_device(&spec, &Precondition::Any).await?;
                 }
                 if let Some((initial, replace)) = twin {
@@ -435,8 +462,9 @@ impl<'a> Provisioning<'a> {
                     .map(|g| (g.settings, attested.registration_id.clone()))
             }
         };
+        let keys = matches!(attested.credentials, DeviceCredentials::Keys(_));
         Ok(found.filter(|(settings, _)| {
-            matches!(settings.attestation, Attestation::SymmetricKey { .. })
+            matches!(settings.attestation, Attestation::SymmetricKey { .. }) == keys
         }))
     }
 }

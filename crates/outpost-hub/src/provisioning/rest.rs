@@ -43,7 +43,7 @@ async fn attested(
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
     backend
-        .authenticate(scope, registration, token)
+        .authenticate(scope, registration, token, &[])
         .await
         .map_err(|refusal| {
             let (status, code) = match refusal {
