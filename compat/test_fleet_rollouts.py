@@ -143,7 +143,10 @@ def test_a_failing_canary_is_rolled_back_and_a_good_deployment_rolls_out_in_wave
     assert restarted
     counts = [len(g) for g in seen]
     assert counts[:1] == [0] or counts[0] == 1, seen
-    assert [c for c in counts if c] == [1, 2, 5], seen
+    # The devices are read one after another, so a read can land while the last wave's three twins are being
+    # written: 3 or 4 is a wave 3 in progress, seen only after 2 and before 5. Waves 1 and 2 add one device each.
+    given = [c for c in counts if c]
+    assert given[:2] == [1, 2] and given[-1] == 5 and all(2 < c < 5 for c in given[2:-1]), seen
     assert all(set(a) <= set(b) for a, b in zip(seen, seen[1:])), seen
     for device in DEVICES:
         wait_reported(hub, device, running(["basemod", "extra"]), 60, f"the good deployment running on {device}")

@@ -181,13 +181,17 @@ impl Agent {
     }
 
     /// Looks at every instance once: restarts by policy, and rebuilds the report.
+    ///
+    /// The instances are listed while the state is held, never before: a list taken before a deployment that
+    /// is being applied would show its new instances created but not started, which would read as `backoff`.
     pub async fn supervise(&self) {
         let now = Utc::now();
+        let mut state = self.state.lock().await;
         let instances = match self.runtime.list().await {
             Ok(instances) => instances,
             Err(error) => return tracing::warn!(%error, "cannot list module instances"),
         };
-        let mut state = self.state.lock().await;
+        let mut restarted = false;
         let modules = state.modules.clone();
         for module in &modules {
             let name = &module.instance.name;
@@ -220,6 +224,7 @@ impl Agent {
                     if let Err(error) = result {
                         state.problems.insert(name.clone(), error.to_string());
                     }
+                    restarted = true;
                 }
                 Decision::GiveUp => {
                     state.given_up.insert(name.clone(), true);
@@ -227,24 +232,32 @@ impl Agent {
                 Decision::Wait { .. } | Decision::Leave => {}
             }
         }
-        drop(state);
-        self.refresh_report_with(&instances, now).await;
+        if restarted {
+            // What was just restarted runs now: the report must not show it as it was before.
+            match self.runtime.list().await {
+                Ok(fresh) => self.publish_report(&state, &fresh, now),
+                Err(error) => tracing::warn!(%error, "cannot list module instances"),
+            }
+        } else {
+            self.publish_report(&state, &instances, now);
+        }
     }
 
-    /// Rebuilds the reported document from a fresh look at the runtime.
+    /// Rebuilds the reported document from a fresh look at the runtime, taken while the state is held.
     pub async fn refresh_report(&self) {
+        let state = self.state.lock().await;
         match self.runtime.list().await {
-            Ok(instances) => self.refresh_report_with(&instances, Utc::now()).await,
+            Ok(instances) => self.publish_report(&state, &instances, Utc::now()),
             Err(error) => tracing::warn!(%error, "cannot list module instances"),
         }
     }
 
-    async fn refresh_report_with(
+    fn publish_report(
         &self,
+        state: &AgentState,
         instances: &[crate::runtime::InstanceState],
         now: DateTime<Utc>,
     ) {
-        let state = self.state.lock().await;
         let mut modules = BTreeMap::new();
         for module in &state.modules {
             let name = &module.instance.name;
@@ -286,7 +299,6 @@ impl Agent {
             started: self.started,
         };
         let document = report.to_json();
-        drop(state);
         self.reported.send_if_modified(|current| {
             if *current == document {
                 false
