@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_harness import Edge
-from harness import (Hub, LoopbackPool, Postgres, ReplicatedHub, binary_has_database_flag, free_port,
+from harness import (Clients, Hub, LoopbackPool, Postgres, ReplicatedHub, binary_has_database_flag, free_port,
                      hub_on_standard_ports, outpost_bin, run_with_timeout)
 
 # A hung SDK call must fail its test, not the whole CI run: every test (setup, call, teardown) gets this long.
@@ -188,34 +188,6 @@ def hub(hub_factory) -> Hub:
 @pytest.fixture
 def registry(hub):
     return hub.registry()
-
-
-class Clients:
-    """Creates official device/module clients for a hub and shuts them all down at teardown."""
-
-    def __init__(self) -> None:
-        self.created = []
-
-    def open(self, hub: Hub, device_id: str, key: str, module_id: str | None = None, *, connect: bool = True,
-             **kwargs):
-        from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient
-
-        kwargs.setdefault("server_verification_cert", hub.ca_pem)
-        kwargs.setdefault("connection_retry", False)
-        cls = IoTHubModuleClient if module_id is not None else IoTHubDeviceClient
-        client = cls.create_from_connection_string(hub.device_connection_string(device_id, key, module_id),
-                                                    **kwargs)
-        self.created.append(client)
-        if connect:
-            run_with_timeout(client.connect, 20, f"connect of {device_id}{'/' + module_id if module_id else ''}")
-        return client
-
-    def close_all(self) -> None:
-        for client in self.created:
-            try:
-                run_with_timeout(client.shutdown, 10, "client shutdown")
-            except Exception:  # noqa: BLE001 - a broken client must not hide the test's own result
-                pass
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, X509
 from azure.iot.device.exceptions import CredentialError
 from msrest.exceptions import HttpOperationError
 
-from harness import Monitor, monitor_body, run_with_timeout
+from harness import Clients, Monitor, monitor_body, run_with_timeout
 
 pytestmark = [pytest.mark.docker_free]
 
@@ -81,11 +81,8 @@ def certs(tmp_path) -> Certs:
 
 # -- clients
 
-class X509Clients:
+class X509Clients(Clients):
     """Device and module clients with certificates, shut down at teardown."""
-
-    def __init__(self) -> None:
-        self.created = []
 
     def open(self, hub, cert: tuple[Path, Path], device_id: str, module_id: str | None = None, *,
              connect: bool = True):
@@ -101,13 +98,6 @@ class X509Clients:
         if connect:
             run_with_timeout(client.connect, 20, f"X.509 connect of {device_id}")
         return client
-
-    def close_all(self) -> None:
-        for client in self.created:
-            try:
-                run_with_timeout(client.shutdown, 10, "client shutdown")
-            except Exception:  # noqa: BLE001 - a broken client must not hide the test's own result
-                pass
 
 
 @pytest.fixture

@@ -194,32 +194,13 @@ impl Registry {
                         }
                         current.status = status;
                         current.status_reason.clone_from(&spec.status_reason);
-                        // Keys left empty on an update keep their value: an update is not a key rotation.
-                        let keep = |given: &Option<String>, old: &str| {
-                            given
-                                .clone()
-                                .filter(|k| !k.is_empty())
-                                .unwrap_or_else(|| old.to_owned())
-                        };
-                        match (&x509, spec.authentication) {
-                            (Some(credentials), _) => current.credentials = credentials.clone(),
-                            (None, Some(AuthenticationType::Sas))
-                                if current.credentials.kind != AuthenticationType::Sas =>
-                            {
-                                current.credentials = Credentials::sas(
-                                    spec.primary_key.as_deref(),
-                                    spec.secondary_key.as_deref(),
-                                );
-                            }
-                            // An X.509 identity updated without naming its authentication keeps it.
-                            (None, _) if current.credentials.kind != AuthenticationType::Sas => {}
-                            (None, _) => {
-                                current.credentials.primary_key =
-                                    keep(&spec.primary_key, &current.credentials.primary_key);
-                                current.credentials.secondary_key =
-                                    keep(&spec.secondary_key, &current.credentials.secondary_key);
-                            }
-                        }
+                        update_credentials(
+                            &mut current.credentials,
+                            x509.clone(),
+                            spec.authentication,
+                            spec.primary_key.as_deref(),
+                            spec.secondary_key.as_deref(),
+                        );
                         current.iot_edge = spec.iot_edge;
                         apply_scopes(&mut current, &spec, parent_scope);
                         current.etag_counter += 1;
@@ -363,26 +344,13 @@ impl Registry {
                         precondition
                             .check(&crate::identity::identity_etag(current.etag_counter))?;
                         let credentials_before = current.credentials.clone();
-                        match (x509, spec.authentication) {
-                            (Some(credentials), _) => current.credentials = credentials,
-                            (None, Some(AuthenticationType::Sas))
-                                if current.credentials.kind != AuthenticationType::Sas =>
-                            {
-                                current.credentials = Credentials::sas(
-                                    spec.primary_key.as_deref(),
-                                    spec.secondary_key.as_deref(),
-                                );
-                            }
-                            (None, _) if current.credentials.kind != AuthenticationType::Sas => {}
-                            (None, _) => {
-                                if let Some(key) = spec.primary_key.filter(|k| !k.is_empty()) {
-                                    current.credentials.primary_key = key;
-                                }
-                                if let Some(key) = spec.secondary_key.filter(|k| !k.is_empty()) {
-                                    current.credentials.secondary_key = key;
-                                }
-                            }
-                        }
+                        update_credentials(
+                            &mut current.credentials,
+                            x509,
+                            spec.authentication,
+                            spec.primary_key.as_deref(),
+                            spec.secondary_key.as_deref(),
+                        );
                         rotated = credentials_before != current.credentials;
                         if spec.managed_by.is_some() {
                             current.managed_by = spec.managed_by;
@@ -528,6 +496,33 @@ pub(crate) fn insert_module(
     }
     tx.put_twin(device, Some(module), &twin)?;
     Ok(record)
+}
+
+/// What an update makes of an identity's credentials: X.509 credentials it asks for replace them; a switch to
+/// SAS takes the given keys (or new ones); an X.509 identity updated without naming its authentication keeps
+/// them; a SAS identity keeps each key the update leaves empty (an update is not a key rotation).
+fn update_credentials(
+    current: &mut Credentials,
+    x509: Option<Credentials>,
+    authentication: Option<AuthenticationType>,
+    primary_key: Option<&str>,
+    secondary_key: Option<&str>,
+) {
+    match (x509, authentication) {
+        (Some(credentials), _) => *current = credentials,
+        (None, Some(AuthenticationType::Sas)) if current.kind != AuthenticationType::Sas => {
+            *current = Credentials::sas(primary_key, secondary_key);
+        }
+        (None, _) if current.kind != AuthenticationType::Sas => {}
+        (None, _) => {
+            if let Some(key) = primary_key.filter(|k| !k.is_empty()) {
+                key.clone_into(&mut current.primary_key);
+            }
+            if let Some(key) = secondary_key.filter(|k| !k.is_empty()) {
+                key.clone_into(&mut current.secondary_key);
+            }
+        }
+    }
 }
 
 /// The X.509 credentials a create or an update asks for, checked before anything is stored: `SelfSigned` needs a

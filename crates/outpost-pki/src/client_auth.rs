@@ -398,6 +398,16 @@ mod tests {
 
     const NOW_YEARS: (i32, i32) = (2020, 2050);
 
+    /// `leaf` alone, checked against `ca` alone, for device `device`, at [`NOW`].
+    fn one_leaf(leaf: &Issued, ca: &Issued, device: &str) -> Result<(), ClientCertificateError> {
+        verify_ca_signed(
+            std::slice::from_ref(&leaf.der),
+            std::slice::from_ref(&ca.der),
+            device,
+            NOW,
+        )
+    }
+
     #[test]
     fn a_self_signed_leaf_matches_its_primary_or_secondary_thumbprint_of_either_length() {
         let leaf = self_signed("dev1", false, NOW_YEARS);
@@ -438,15 +448,7 @@ mod tests {
     fn a_leaf_signed_by_a_held_ca_and_named_after_the_device_is_accepted() {
         let ca = self_signed("Fleet CA", true, NOW_YEARS);
         let leaf = signed_by("dev1", false, &ca, NOW_YEARS);
-        assert_eq!(
-            verify_ca_signed(
-                std::slice::from_ref(&leaf.der),
-                std::slice::from_ref(&ca.der),
-                "dev1",
-                NOW
-            ),
-            Ok(())
-        );
+        assert_eq!(one_leaf(&leaf, &ca, "dev1"), Ok(()));
     }
 
     #[test]
@@ -470,12 +472,7 @@ mod tests {
         let ca = self_signed("Fleet CA", true, NOW_YEARS);
         let leaf = signed_by("dev2", false, &ca, NOW_YEARS);
         assert_eq!(
-            verify_ca_signed(
-                std::slice::from_ref(&leaf.der),
-                std::slice::from_ref(&ca.der),
-                "dev1",
-                NOW
-            ),
+            one_leaf(&leaf, &ca, "dev1"),
             Err(ClientCertificateError::CommonNameMismatch {
                 expected: "dev1".into(),
                 found: "dev2".into()
@@ -489,12 +486,7 @@ mod tests {
         let stranger = self_signed("Other CA", true, NOW_YEARS);
         let leaf = signed_by("dev1", false, &stranger, NOW_YEARS);
         assert!(matches!(
-            verify_ca_signed(
-                std::slice::from_ref(&leaf.der),
-                std::slice::from_ref(&ca.der),
-                "dev1",
-                NOW
-            ),
+            one_leaf(&leaf, &ca, "dev1"),
             Err(ClientCertificateError::Untrusted(_))
         ));
         assert!(matches!(
@@ -504,12 +496,7 @@ mod tests {
         // A self-signed leaf is no CA of its own.
         let alone = self_signed("dev1", false, NOW_YEARS);
         assert!(matches!(
-            verify_ca_signed(
-                std::slice::from_ref(&alone.der),
-                std::slice::from_ref(&ca.der),
-                "dev1",
-                NOW
-            ),
+            one_leaf(&alone, &ca, "dev1"),
             Err(ClientCertificateError::Untrusted(_))
         ));
     }
@@ -519,12 +506,7 @@ mod tests {
         let ca = self_signed("Fleet CA", true, (2000, 2050));
         let leaf = signed_by("dev1", false, &ca, (2010, 2015));
         assert!(matches!(
-            verify_ca_signed(
-                std::slice::from_ref(&leaf.der),
-                std::slice::from_ref(&ca.der),
-                "dev1",
-                NOW
-            ),
+            one_leaf(&leaf, &ca, "dev1"),
             Err(ClientCertificateError::Untrusted(_))
         ));
     }

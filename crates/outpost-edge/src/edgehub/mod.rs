@@ -397,6 +397,28 @@ impl EdgeHub {
     }
 }
 
+impl EdgeHub {
+    /// Runs an authentication `check`; when it fails because the identity is not in the cached scope (a device or
+    /// module created since the last refresh), refreshes the scope from the hub and checks again, if the hub
+    /// answers and no unknown client made it ask in the last few seconds.
+    async fn refreshing_scope_for_unknown(
+        &self,
+        check: impl Fn(&Self) -> Result<(), auth::AuthError>,
+    ) -> Result<(), auth::AuthError> {
+        let result = check(self);
+        if matches!(result, Err(auth::AuthError::NotInScope(_)))
+            && self.online.load(Ordering::Acquire)
+            && lock(&self.unknown_client_refresh).admit(std::time::Instant::now())
+        {
+            if let Ok(scope) = self.link.scope().await {
+                self.set_scope(&scope);
+                return check(self);
+            }
+        }
+        result
+    }
+}
+
 /// [`EdgeHub`] behind an `Arc`, as the protocol head holds it.
 pub struct EdgeDevices(pub Arc<EdgeHub>);
 
@@ -411,22 +433,13 @@ impl DeviceOperations for EdgeDevices {
         let token = password
             .and_then(|p| std::str::from_utf8(p).ok())
             .ok_or(ConnectRefusal::NotAuthorized)?;
-        let mut result = self.0.authenticate(identity, token);
-        // A device or module created since the last scope refresh: ask the hub, if it answers and no unknown
-        // client asked it in the last few seconds.
-        if matches!(result, Err(auth::AuthError::NotInScope(_)))
-            && self.0.online.load(Ordering::Acquire)
-            && lock(&self.0.unknown_client_refresh).admit(std::time::Instant::now())
-        {
-            if let Ok(scope) = self.0.link.scope().await {
-                self.0.set_scope(&scope);
-                result = self.0.authenticate(identity, token);
-            }
-        }
-        result.map_err(|error| {
-            tracing::info!(%identity, %error, "edge hub connection refused");
-            ConnectRefusal::NotAuthorized
-        })
+        self.0
+            .refreshing_scope_for_unknown(|hub| hub.authenticate(identity, token))
+            .await
+            .map_err(|error| {
+                tracing::info!(%identity, %error, "edge hub connection refused");
+                ConnectRefusal::NotAuthorized
+            })
     }
 
     async fn authenticate_certificate(
@@ -435,21 +448,13 @@ impl DeviceOperations for EdgeDevices {
         _username: &str,
         chain: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Result<(), ConnectRefusal> {
-        let mut result = self.0.authenticate_certificate(identity, chain);
-        // As for tokens: an identity created since the last scope refresh makes the edge ask the hub, rarely.
-        if matches!(result, Err(auth::AuthError::NotInScope(_)))
-            && self.0.online.load(Ordering::Acquire)
-            && lock(&self.0.unknown_client_refresh).admit(std::time::Instant::now())
-        {
-            if let Ok(scope) = self.0.link.scope().await {
-                self.0.set_scope(&scope);
-                result = self.0.authenticate_certificate(identity, chain);
-            }
-        }
-        result.map_err(|error| {
-            tracing::info!(%identity, %error, "edge hub X.509 connection refused");
-            ConnectRefusal::NotAuthorized
-        })
+        self.0
+            .refreshing_scope_for_unknown(|hub| hub.authenticate_certificate(identity, chain))
+            .await
+            .map_err(|error| {
+                tracing::info!(%identity, %error, "edge hub X.509 connection refused");
+                ConnectRefusal::NotAuthorized
+            })
     }
 
     async fn connected(&self, identity: &Identity, outbox: Outbox) {
