@@ -173,6 +173,11 @@ class Edge:
     def stats(self) -> dict:
         return json.loads(self.cli("stats").stdout)
 
+    def wait_online(self, timeout: float = 60, what: str = "the edge's link to the hub to be up") -> None:
+        """Waits until the edge hub says its link to the hub is up: before that it knows only the identities it
+        cached, and refuses a module or device created at the hub since."""
+        wait_for(lambda: self.stats()["online"], timeout, what)
+
     def container(self, module: str) -> str:
         return f"{self.prefix}{module}"
 

@@ -78,6 +78,7 @@ def test_deleting_a_module_closes_its_connection(hub, registry):
 def test_rotating_a_leafs_key_closes_its_connection_at_the_edge_hub(hub, edge, tmp_path):
     deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
     edge.start()
+    edge.wait_online()
     leaf = hub.cli_json("device", "create", f"leaf-{uuid.uuid4().hex[:4]}", "--parent", edge.device_id)
     leaf_id, old = leaf["deviceId"], leaf["authentication"]["symmetricKey"]["primaryKey"]
     target = SimpleNamespace(host=edge.host, ca_path=edge.ca_path)
@@ -111,6 +112,7 @@ def _connected_at_the_hub(hub, device_id: str, module_id: str | None = None) -> 
 def test_deleting_a_module_closes_its_connection_at_the_edge_hub(hub, edge, tmp_path):
     deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
     edge.start()
+    edge.wait_online()
     module = hub.cli_json("module", "create", edge.device_id, "doomed")
     key = module["authentication"]["symmetricKey"]["primaryKey"]
     token = device_sas(hub.host, edge.device_id, key, module_id="doomed")
@@ -128,6 +130,7 @@ def test_deleting_a_module_closes_its_connection_at_the_edge_hub(hub, edge, tmp_
 def test_deleting_a_leaf_device_closes_its_connection_at_the_edge_hub(hub, edge, tmp_path):
     deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
     edge.start()
+    edge.wait_online()
     leaf = hub.cli_json("device", "create", f"leaf-{uuid.uuid4().hex[:4]}", "--parent", edge.device_id)
     leaf_id, key = leaf["deviceId"], leaf["authentication"]["symmetricKey"]["primaryKey"]
     raw = RawMqtt(_edge_target(edge))
@@ -144,6 +147,7 @@ def test_deleting_a_leaf_device_closes_its_connection_at_the_edge_hub(hub, edge,
 def test_a_connection_closes_when_its_token_expires_at_the_edge_hub(hub, edge, tmp_path):
     deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
     edge.start()
+    edge.wait_online()
     leaf = hub.cli_json("device", "create", f"leaf-{uuid.uuid4().hex[:4]}", "--parent", edge.device_id)
     leaf_id, key = leaf["deviceId"], leaf["authentication"]["symmetricKey"]["primaryKey"]
     # Still accepted for four seconds: its expiry lies within the allowed clock skew.

@@ -131,7 +131,7 @@ def test_thirty_messages_of_100_kb_acknowledged_during_an_outage_all_reach_the_h
         # 30 × 100 KB is 4 MB of JSON (bodies in base64): twice the hub's body limit in one batch of 500.
         assert send(tmp_path, edge, cs, [(seq, 100_000) for seq in range(1, 31)]) == ["ack"] * 30
         hub.start()
-        wait_for(lambda: edge.stats()["online"], 60, "the edge back online")
+        edge.wait_online(60, "the edge back online")
         seqs = received_seqs(hub, start)
         assert sorted(set(seqs)) == list(range(1, 31)), f"acknowledged messages were lost: got {sorted(set(seqs))}"
         stats = edge.stats()
@@ -162,7 +162,7 @@ def test_a_message_over_256_kb_is_refused_at_the_gateway_and_the_small_ones_arou
         log = edge_log(edge)
         assert "over IoT Hub's 256 KB limit" in log and f"bytes={260 * 1024}" in log
         hub.start()
-        wait_for(lambda: edge.stats()["online"], 60, "the edge back online")
+        edge.wait_online(60, "the edge back online")
         seqs = received_seqs(hub, start)
         assert sorted(set(seqs)) == list(range(1, 11)), f"got {sorted(set(seqs))}"
         stats = edge.stats()

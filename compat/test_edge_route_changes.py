@@ -101,7 +101,7 @@ def test_routes_deployed_while_connected_or_while_the_link_reconnects_route_the_
     scenario.send_and_expect(2)
 
     # Applied while connected.
-    wait_for(lambda: edge.stats()["online"], 30, "the link to be up")
+    edge.wait_online(30)
     scenario.deploy_to(3)
     scenario.in_force("routes deployed while connected")
     scenario.send_and_expect(3)
@@ -114,7 +114,7 @@ def test_routes_deployed_after_a_hub_restart_the_edge_did_not_notice_route_the_n
     scenario.in_force("the first routes in force")
     for n in (2, 3):
         hub.restart()
-        wait_for(lambda: edge.stats()["online"], 30, "the link to be up")
+        edge.wait_online(30)
         scenario.deploy_to(n)
         scenario.in_force(f"routes deployed after hub restart {n - 1}")
         scenario.send_and_expect(n)

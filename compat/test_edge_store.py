@@ -88,7 +88,7 @@ def test_messages_older_than_their_ttl_are_dropped_and_counted(hub, tmp_path, lo
         assert send(tmp_path, edge, connection_string, 20, 100) == 20
         time.sleep(4)
         hub.start()
-        wait_for(lambda: edge.stats()["online"], 60, "the edge back online")
+        edge.wait_online(60, "the edge back online")
         assert received_seqs(hub, start) == []
         stats = edge.stats()
         assert stats["expired"] == 20 and stats["queued"] == 0, stats
