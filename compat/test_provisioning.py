@@ -358,6 +358,42 @@ def test_the_rest_variant_registers_and_refuses_alike(dps_hub):
     assert unknown.status_code == 404
 
 
+def test_the_rest_variant_attests_with_a_client_certificate(dps_hub, tmp_path):
+    """DPS's REST device API with X.509: no Authorization header, the device's certificate at the TLS handshake
+    (as DPS's REST clients do); an untrusted certificate is a 401 and creates nothing."""
+    import requests
+
+    from test_x509 import Certs
+
+    hub = dps_hub
+    if not hub.dps_rest:
+        pytest.skip("cannot bind port 443 on a loopback address (not root?)")
+    certs = Certs(tmp_path / "certs")
+    ca = certs.self_signed("fleet-ca", "Fleet CA", ca=True)
+    hub.cli_json("enrollment-group", "create", "rest-cams", "--attestation", "x509", "--certificate", str(ca[0]))
+    query = {"api-version": "2019-03-31"}
+
+    def put_register(registration_id, cert):
+        return requests.put(f"https://{hub.dps_host}/{hub.id_scope}/registrations/{registration_id}/register",
+                            params=query, json={"registrationId": registration_id},
+                            cert=(str(cert[0]), str(cert[1])), verify=str(hub.ca_path), timeout=10)
+
+    stranger = certs.self_signed("rest-cam-9", "rest-cam-9")
+    refused = put_register("rest-cam-9", stranger)
+    assert refused.status_code == 401 and refused.json()["errorCode"] == 401002, refused.text
+    assert not device_exists(hub, "rest-cam-9")
+
+    member = certs.signed_by("rest-cam-1", "rest-cam-1", ca)
+    started = put_register("rest-cam-1", member)
+    assert started.status_code == 202, started.text
+    status = requests.get(f"https://{hub.dps_host}/{hub.id_scope}/registrations/rest-cam-1/operations/"
+                          f"{started.json()['operationId']}", params=query, cert=(str(member[0]), str(member[1])),
+                          verify=str(hub.ca_path), timeout=10)
+    assert status.status_code == 200, status.text
+    assert (status.json()["status"], status.json()["registrationState"]["deviceId"]) == ("assigned", "rest-cam-1")
+    assert hub.registry().get_device("rest-cam-1").authentication.type == "selfSigned"
+
+
 SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
 
 

@@ -213,9 +213,12 @@ impl RunningHub {
         let mut tasks = JoinSet::new();
         if let Some(listener) = provisioning_https {
             let backend = Arc::new(crate::provisioning::head::HubProvisioning(hub.clone()));
+            // Requesting client certificates lets devices attest with X.509 on REST too.
+            let provisioning_tls =
+                certificates.servers()[0].tls_config_requesting_client_certificates()?;
             tasks.spawn(outpost_https::serve(
                 listener,
-                TlsAcceptor::from(tls.clone()),
+                TlsAcceptor::from(provisioning_tls),
                 crate::provisioning::rest::router(backend),
                 config.https_limits.clone(),
                 stopped(shutdown_rx.clone()),
