@@ -355,4 +355,32 @@ mod tests {
         };
         assert!(!kept.made_with("0ne00000001", &other_key));
     }
+
+    #[test]
+    fn a_certificate_assignment_is_made_again_for_another_certificate_in_the_same_files() {
+        let files = CertificateFiles {
+            cert: "/secrets/gw-1.pem".into(),
+            key: "/secrets/gw-1.key.pem".into(),
+        };
+        let attesting = |thumbprint: &str| Attesting::Certificate {
+            registration_id: "gw-1".into(),
+            certificate: Box::new(DeviceCertificate {
+                files: files.clone(),
+                chain_pem: String::new(),
+                key_pem: String::new(),
+                common_name: "gw-1".into(),
+                thumbprint: thumbprint.into(),
+            }),
+        };
+        let kept = provisioned(attesting("AA").credentials());
+        assert!(kept.made_with("0ne00000001", &attesting("AA")));
+        assert!(
+            !kept.made_with("0ne00000001", &attesting("BB")),
+            "a renewed certificate registers again (the hub's device holds the old thumbprint)"
+        );
+        let with_key = provisioned(ProvisionedCredentials::Key {
+            key: "a2tra2s=".into(),
+        });
+        assert!(!with_key.made_with("0ne00000001", &attesting("AA")));
+    }
 }

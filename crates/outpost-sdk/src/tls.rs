@@ -119,6 +119,19 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_without_a_certificate_or_a_key_is_refused_with_a_clear_error() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let no_certificate =
+            client_config_with_certificate(None, "nothing here", "nothing either").unwrap_err();
+        assert!(
+            no_certificate.to_string().contains("no certificate"),
+            "{no_certificate}"
+        );
+        let no_key = client_config_with_certificate(Some("not a CA"), ca, "no key").unwrap_err();
+        assert!(no_key.to_string().contains("private key"), "{no_key}");
+    }
+
+    #[test]
     fn ip_addresses_and_dns_names_are_valid_server_names() {
         assert!(server_name("127.0.0.42").is_ok());
         assert!(server_name("edgehub.local").is_ok());
