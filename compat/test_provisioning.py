@@ -596,6 +596,9 @@ def test_an_edge_daemon_provisions_itself_with_a_certificate_and_runs_as_that_de
     check = subprocess.run([str(outpost_bin()), "edge", "check", "--config", str(config)], capture_output=True,
                            text=True, timeout=60)
     assert f"{device_id} on {hub.host}" in check.stdout, check.stdout
+    assert f"ok   identity certificate: CN={device_id}, SHA-256 {thumbprint(cert, 'sha256')}" in check.stdout, \
+        check.stdout
+    assert "ok   hub: reachable with this device's credentials" in check.stdout, check.stdout
 
     # Later starts use what was stored: no provisioning service needed, the certificate still opens the hub.
     hub.stop()

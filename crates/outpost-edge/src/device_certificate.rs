@@ -69,6 +69,8 @@ pub struct DeviceCertificate {
     pub common_name: String,
     /// The leaf's SHA-256 thumbprint (upper-case hex), what the hub registers a provisioned device with.
     pub thumbprint: String,
+    /// The end of the leaf's validity, in Unix seconds.
+    pub not_after: i64,
 }
 
 impl std::fmt::Debug for DeviceCertificate {
@@ -140,6 +142,7 @@ impl DeviceCertificate {
             files: files.clone(),
             thumbprint: outpost_pki::client_auth::thumbprints(leaf).sha256,
             common_name: info.common_name,
+            not_after: info.not_after,
             chain_pem,
             key_pem,
         })

@@ -370,6 +370,7 @@ mod tests {
                 key_pem: String::new(),
                 common_name: "gw-1".into(),
                 thumbprint: thumbprint.into(),
+                not_after: i64::MAX,
             }),
         };
         let kept = provisioned(attesting("AA").credentials());
