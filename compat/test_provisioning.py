@@ -358,39 +358,49 @@ def test_the_rest_variant_registers_and_refuses_alike(dps_hub):
     assert unknown.status_code == 404
 
 
+def test_the_rest_variant_attests_with_a_client_certificate(dps_hub, tmp_path):
+    """DPS's REST device API with X.509: no Authorization header, the device's certificate at the TLS handshake
+    (as DPS's REST clients do); an untrusted certificate is a 401 and creates nothing."""
+    import requests
+
+    from test_x509 import Certs
+
+    hub = dps_hub
+    if not hub.dps_rest:
+        pytest.skip("cannot bind port 443 on a loopback address (not root?)")
+    certs = Certs(tmp_path / "certs")
+    ca = certs.self_signed("fleet-ca", "Fleet CA", ca=True)
+    hub.cli_json("enrollment-group", "create", "rest-cams", "--attestation", "x509", "--certificate", str(ca[0]))
+    query = {"api-version": "2019-03-31"}
+
+    def put_register(registration_id, cert):
+        return requests.put(f"https://{hub.dps_host}/{hub.id_scope}/registrations/{registration_id}/register",
+                            params=query, json={"registrationId": registration_id},
+                            cert=(str(cert[0]), str(cert[1])), verify=str(hub.ca_path), timeout=10)
+
+    stranger = certs.self_signed("rest-cam-9", "rest-cam-9")
+    refused = put_register("rest-cam-9", stranger)
+    assert refused.status_code == 401 and refused.json()["errorCode"] == 401002, refused.text
+    assert not device_exists(hub, "rest-cam-9")
+
+    member = certs.signed_by("rest-cam-1", "rest-cam-1", ca)
+    started = put_register("rest-cam-1", member)
+    assert started.status_code == 202, started.text
+    status = requests.get(f"https://{hub.dps_host}/{hub.id_scope}/registrations/rest-cam-1/operations/"
+                          f"{started.json()['operationId']}", params=query, cert=(str(member[0]), str(member[1])),
+                          verify=str(hub.ca_path), timeout=10)
+    assert status.status_code == 200, status.text
+    assert (status.json()["status"], status.json()["registrationState"]["deviceId"]) == ("assigned", "rest-cam-1")
+    assert hub.registry().get_device("rest-cam-1").authentication.type == "selfSigned"
+
+
 SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
 
 
-def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_tags_select(dps_hub, tmp_path,
-                                                                                          loopback):
-    """`[provisioning] source = "dps"`: the daemon registers through a group with `--edge` and an initial twin
-    with tags, connects to the assigned hub, runs the automatic deployment that targets those tags, and starts
-    again from what it stored with the provisioning service gone."""
-    import signal
-    import subprocess
-    import sys
-
-    from edge_harness import deployment, wait_reported
-    from harness import outpost_bin
-
-    hub = dps_hub
-    group_key = new_key()
-    twin = write_twin(tmp_path, "twin.json", {"tags": {"site": "plant-7", "role": "gateway"}})
-    hub.cli_json("enrollment-group", "create", "gateways", "--primary-key", group_key, "--edge",
-                 "--initial-twin", str(twin))
-    script = tmp_path / "sleeper.py"
-    script.write_text(SLEEPER)
-    module = {"version": "1.0", "type": "process", "status": "running", "restartPolicy": "always",
-              "startupOrder": 0, "settings": {"path": sys.executable, "args": [str(script)]}}
-    content = tmp_path / "deployment.json"
-    content.write_text(json.dumps(deployment({"sleeper": module})))
-    hub.cli_json("deployment", "create", "plant-7-gateways", "--content", str(content),
-                 "--target-condition", "tags.site = 'plant-7' AND tags.role = 'gateway'", "--priority", "5")
-
-    registration_id = "gw-0001"
-    edge_host = loopback.next()
-    data_dir = tmp_path / "edge-data"
-    config = tmp_path / "edge.toml"
+def write_edge_config(tmp_path, hub, edge_host, data_dir, attestation: str, name: str = "edge.toml"):
+    """An edge daemon's config.toml that provisions itself through `hub` with the `[provisioning.attestation]`
+    lines `attestation`."""
+    config = tmp_path / name
     config.write_text(
         f'hub_ca = "{hub.ca_path}"\n'
         f"hub_https_port = {hub.https_port}\n"
@@ -401,27 +411,92 @@ def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_ta
         "\n[provisioning]\nsource = \"dps\"\n"
         f'global_endpoint = "https://{hub.dps_host}"\n'
         f'id_scope = "{hub.id_scope}"\n'
-        "\n[provisioning.attestation]\nmethod = \"symmetric_key\"\n"
+        f"\n[provisioning.attestation]\n{attestation}")
+    return config
+
+
+def start_edge(config, log_path):
+    """`outpost edge run --config CONFIG`, its output appended to `log_path`."""
+    import subprocess
+
+    from harness import outpost_bin
+
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([str(outpost_bin()), "edge", "run", "--config", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+
+def stop_edge(proc):
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def kill_process_modules(data_dir):
+    import os
+    import signal
+
+    for pid_file in (data_dir / "processes").glob("*/pid"):
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (ValueError, OSError):
+            pass
+
+
+def deploy_sleeper(hub, tmp_path, name: str, target_condition: str):
+    """An automatic deployment of one process module, `sleeper`, to the edge devices `target_condition` selects."""
+    import sys
+
+    from edge_harness import deployment
+
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    module = {"version": "1.0", "type": "process", "status": "running", "restartPolicy": "always",
+              "startupOrder": 0, "settings": {"path": sys.executable, "args": [str(script)]}}
+    content = tmp_path / f"{name}.json"
+    content.write_text(json.dumps(deployment({"sleeper": module})))
+    hub.cli_json("deployment", "create", name, "--content", str(content), "--target-condition", target_condition,
+                 "--priority", "5")
+
+
+def sleeper_running(reported) -> bool:
+    return ((reported.get("modules") or {}).get("sleeper") or {}).get("runtimeStatus") == "running"
+
+
+def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_tags_select(dps_hub, tmp_path,
+                                                                                          loopback):
+    """`[provisioning] source = "dps"`: the daemon registers through a group with `--edge` and an initial twin
+    with tags, connects to the assigned hub, runs the automatic deployment that targets those tags, and starts
+    again from what it stored with the provisioning service gone."""
+    import subprocess
+
+    from edge_harness import wait_reported
+    from harness import outpost_bin
+
+    hub = dps_hub
+    group_key = new_key()
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"site": "plant-7", "role": "gateway"}})
+    hub.cli_json("enrollment-group", "create", "gateways", "--primary-key", group_key, "--edge",
+                 "--initial-twin", str(twin))
+    deploy_sleeper(hub, tmp_path, "plant-7-gateways", "tags.site = 'plant-7' AND tags.role = 'gateway'")
+
+    registration_id = "gw-0001"
+    edge_host = loopback.next()
+    data_dir = tmp_path / "edge-data"
+    config = write_edge_config(
+        tmp_path, hub, edge_host, data_dir,
+        "method = \"symmetric_key\"\n"
         f'registration_id = "{registration_id}"\n'
         f'symmetric_key = {{ value = "{derive(group_key, registration_id)}" }}\n')
     log_path = tmp_path / "edge.log"
 
-    def start():
-        log = open(log_path, "ab")
-        proc = subprocess.Popen([str(outpost_bin()), "edge", "run", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        log.close()
-        return proc
-
-    def stop(proc):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    proc = start()
+    proc = start_edge(config, log_path)
     try:
         wait_for(lambda: (data_dir / "provisioning.json").exists() or proc.poll() is not None, 60,
                  "the edge device to register and store its assignment")
@@ -432,11 +507,10 @@ def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_ta
         stored = json.loads((data_dir / "provisioning.json").read_text())
         assert (stored["assignedHub"], stored["deviceId"]) == (hub.host, registration_id)
         assert (data_dir / "provisioning.json").stat().st_mode & 0o077 == 0, "the stored key is private"
-        wait_reported(hub, registration_id,
-                      lambda r: ((r.get("modules") or {}).get("sleeper") or {}).get("runtimeStatus") == "running",
-                      90, "the targeted deployment's module running on the provisioned edge")
+        wait_reported(hub, registration_id, sleeper_running, 90,
+                      "the targeted deployment's module running on the provisioned edge")
     finally:
-        stop(proc)
+        stop_edge(proc)
 
     check = subprocess.run([str(outpost_bin()), "edge", "check", "--config", str(config)], capture_output=True,
                            text=True, timeout=60)
@@ -448,17 +522,138 @@ def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_ta
     hub.start()
     assert not port_open(hub.dps_host, 8883)
     second_start = log_path.stat().st_size
-    proc = start()
+    proc = start_edge(config, log_path)
     try:
         wait_for(lambda: "using the stored assignment" in log_path.read_text(errors="replace")[second_start:]
                  or proc.poll() is not None, 30, "the edge daemon to start again from its stored assignment")
         wait_for(lambda: port_open(edge_host, 8883) or proc.poll() is not None, 30, "the edge hub's MQTT port")
         assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
     finally:
-        stop(proc)
-        for pid_file in (data_dir / "processes").glob("*/pid"):
-            try:
-                import os
-                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-            except (ValueError, OSError):
-                pass
+        stop_edge(proc)
+        kill_process_modules(data_dir)
+
+
+def test_an_edge_daemon_provisions_itself_with_a_certificate_and_runs_as_that_device(dps_hub, tmp_path, loopback):
+    """`[provisioning.attestation] method = "x509"`: the daemon registers through an X.509 group with the
+    certificate its CA signed (registration id: the certificate's common name), is created selfSigned with that
+    certificate's thumbprint, and from then on authenticates to the hub with the certificate alone (module
+    identities, the upstream link): the deployment its initial tags select runs and `$edgeAgent` reports it. Later
+    starts need no provisioning service. Its stored assignment names the files and holds no key."""
+    import subprocess
+
+    from edge_harness import wait_reported
+    from harness import outpost_bin
+    from test_x509 import Certs, thumbprint
+
+    hub = dps_hub
+    certs = Certs(tmp_path / "certs")
+    ca = certs.self_signed("fleet-ca", "Gateway CA", ca=True)
+    twin = write_twin(tmp_path, "twin.json", {"tags": {"site": "plant-9", "role": "x509-gateway"}})
+    hub.cli_json("enrollment-group", "create", "x509-gateways", "--attestation", "x509", "--certificate", str(ca[0]),
+                 "--edge", "--initial-twin", str(twin))
+    deploy_sleeper(hub, tmp_path, "plant-9-gateways", "tags.site = 'plant-9' AND tags.role = 'x509-gateway'")
+
+    device_id = "gw-x509-1"
+    cert = certs.signed_by(device_id, device_id, ca)
+    edge_host = loopback.next()
+    data_dir = tmp_path / "edge-data"
+    config = write_edge_config(
+        tmp_path, hub, edge_host, data_dir,
+        "method = \"x509\"\n"
+        f'identity_cert = "file://{cert[0]}"\n'
+        f'identity_pk = "{cert[1]}"\n')
+    log_path = tmp_path / "edge.log"
+
+    proc = start_edge(config, log_path)
+    try:
+        wait_for(lambda: (data_dir / "provisioning.json").exists() or proc.poll() is not None, 60,
+                 "the edge device to register with its certificate and store its assignment")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        device = hub.cli_json("device", "show", device_id)
+        assert device["capabilities"]["iotEdge"] is True
+        authentication = hub.registry().get_device(device_id).authentication
+        assert authentication.type == "selfSigned"
+        assert authentication.x509_thumbprint.primary_thumbprint.upper() == thumbprint(cert, "sha256")
+        assert hub.registry().get_twin(device_id).tags == {"site": "plant-9", "role": "x509-gateway"}
+        stored = json.loads((data_dir / "provisioning.json").read_text())
+        assert (stored["assignedHub"], stored["deviceId"], stored["registrationId"]) == (hub.host, device_id,
+                                                                                         device_id)
+        assert (stored["identityCert"], stored["identityPk"]) == (str(cert[0]), str(cert[1]))
+        assert "key" not in stored and "PRIVATE" not in json.dumps(stored)
+
+        # The device has no key: whatever the daemon did in the hub, it did with its certificate.
+        reported = wait_reported(hub, device_id, sleeper_running, 90,
+                                 "the targeted deployment's module running on the certificate-provisioned edge")
+        assert reported["modules"]["sleeper"]["runtimeStatus"] == "running"
+        modules = {m.module_id: m for m in hub.registry().get_modules(device_id)}
+        assert {"$edgeAgent", "$edgeHub", "sleeper"} <= set(modules), sorted(modules)
+        assert modules["sleeper"].authentication.type == "sas", "module identities keep SAS keys"
+        wait_for(lambda: hub.registry().get_module(device_id, "$edgeAgent").connection_state == "Connected", 30,
+                 "$edgeAgent connected through the edge's upstream link")
+    finally:
+        stop_edge(proc)
+
+    check = subprocess.run([str(outpost_bin()), "edge", "check", "--config", str(config)], capture_output=True,
+                           text=True, timeout=60)
+    assert f"{device_id} on {hub.host}" in check.stdout, check.stdout
+    assert f"ok   identity certificate: CN={device_id}, SHA-256 {thumbprint(cert, 'sha256')}" in check.stdout, \
+        check.stdout
+    assert "ok   hub: reachable with this device's credentials" in check.stdout, check.stdout
+
+    # Later starts use what was stored: no provisioning service needed, the certificate still opens the hub.
+    hub.stop()
+    hub.extra_args = []
+    hub.start()
+    assert not port_open(hub.dps_host, 8883)
+    second_start = log_path.stat().st_size
+    proc = start_edge(config, log_path)
+    try:
+        wait_for(lambda: "using the stored assignment" in log_path.read_text(errors="replace")[second_start:]
+                 or proc.poll() is not None, 30, "the edge daemon to start again from its stored assignment")
+        wait_for(lambda: hub.registry().get_module(device_id, "$edgeAgent").connection_state == "Connected"
+                 or proc.poll() is not None, 60, "$edgeAgent connected again after the restart")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        stop_edge(proc)
+        kill_process_modules(data_dir)
+
+
+def test_an_edge_daemon_with_an_untrusted_or_unreadable_certificate_stops_with_a_clear_error(dps_hub, tmp_path,
+                                                                                              loopback):
+    """A certificate that no enrollment trusts is refused by the provisioning service: the daemon stops at once
+    (no retry loop), saying so, and nothing is created. A missing key file stops it before it registers, naming
+    the file."""
+    import subprocess
+
+    from harness import outpost_bin
+    from test_x509 import Certs
+
+    hub = dps_hub
+    certs = Certs(tmp_path / "certs")
+    ca = certs.self_signed("fleet-ca", "Gateway CA", ca=True)
+    other_ca = certs.self_signed("other-ca", "Other CA", ca=True)
+    hub.cli_json("enrollment-group", "create", "x509-gateways", "--attestation", "x509", "--certificate", str(ca[0]),
+                 "--edge")
+    edge_host = loopback.next()
+
+    def run(name: str, attestation: str) -> subprocess.CompletedProcess:
+        config = write_edge_config(tmp_path, hub, edge_host, tmp_path / f"{name}-data", attestation,
+                                   name=f"{name}.toml")
+        return subprocess.run([str(outpost_bin()), "edge", "run", "--config", str(config)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=REGISTER_TIMEOUT)
+
+    stranger = certs.signed_by("gw-stranger", "gw-stranger", other_ca)
+    refused = run("stranger", f'method = "x509"\nidentity_cert = "{stranger[0]}"\nidentity_pk = "{stranger[1]}"\n')
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output
+    assert "gw-stranger" in output and "refused" in output, output
+    assert not device_exists(hub, "gw-stranger")
+    assert not (tmp_path / "stranger-data" / "provisioning.json").exists()
+
+    member = certs.signed_by("gw-member", "gw-member", ca)
+    missing_key = tmp_path / "certs" / "nowhere.key"
+    broken = run("broken", f'method = "x509"\nidentity_cert = "{member[0]}"\nidentity_pk = "{missing_key}"\n')
+    output = broken.stdout + broken.stderr
+    assert broken.returncode != 0, output
+    assert str(missing_key) in output and "identity_pk" in output, output
+    assert not device_exists(hub, "gw-member")

@@ -268,3 +268,44 @@ def test_an_upgraded_connection_leaves_the_https_idle_and_header_timeouts(hub, r
     finally:
         monitor.close()
     assert monitor_body(received) == b"after the HTTPS timeouts"
+
+
+def test_an_x509_device_connects_over_websockets_with_its_certificate(hub, registry, tmp_path):
+    """The certificate a device presents at the TLS handshake under the WebSocket reaches CONNECT, as on port 8883:
+    its registered certificate connects with `websockets=True`, another certificate of the same name is refused."""
+    from azure.iot.device import X509
+    from azure.iot.device.exceptions import CredentialError
+
+    from test_x509 import Certs, thumbprint
+
+    certs = Certs(tmp_path / "certs")
+    cert = certs.self_signed("ws-x509", "ws-x509")
+    impostor = certs.self_signed("impostor", "ws-x509")
+    registry.create_device_with_x509("ws-x509", thumbprint(cert), None, "enabled")
+    created = []
+
+    def open_client(pair):
+        from azure.iot.device import IoTHubDeviceClient
+
+        client = IoTHubDeviceClient.create_from_x509_certificate(
+            x509=X509(cert_file=str(pair[0]), key_file=str(pair[1])), hostname=hub.public_host,
+            device_id="ws-x509", server_verification_cert=hub.ca_pem, connection_retry=False, websockets=True)
+        created.append(client)
+        return client
+
+    try:
+        client = open_client(cert)
+        run_with_timeout(client.connect, 20, "X.509 connect over WebSocket")
+        run_with_timeout(lambda: client.patch_twin_reported_properties({"via": "wss"}), 15, "patch reported")
+        assert registry.get_twin("ws-x509").properties.reported["via"] == "wss"
+        run_with_timeout(client.disconnect, 15, "disconnect")
+
+        refused = open_client(impostor)
+        with pytest.raises(CredentialError):
+            run_with_timeout(refused.connect, 15, "X.509 connect over WebSocket that must be refused")
+    finally:
+        for client in created:
+            try:
+                run_with_timeout(client.shutdown, 10, "client shutdown")
+            except Exception:  # noqa: BLE001 - a broken client must not hide the test's own result
+                pass

@@ -140,7 +140,7 @@ pub async fn serve_with_handoff<B: ServiceBackend>(
                 }
             },
             established = handed.recv(), if handing => {
-                let Some(outpost_https::handoff::Established { stream, peer }) = established else {
+                let Some(outpost_https::handoff::Established { stream, peer, .. }) = established else {
                     // Every sender is gone: only the listener is left.
                     handing = false;
                     continue;

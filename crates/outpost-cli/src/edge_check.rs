@@ -24,12 +24,39 @@ impl Report {
     }
 }
 
+/// The device's own certificate, when it provisions itself with one: readable, its key's, valid now.
+fn identity_certificate(report: &mut Report, config: &EdgeConfig) {
+    use outpost_edge::config::AttestationConfig;
+    use outpost_edge::device_certificate::DeviceCertificate;
+
+    let Some(AttestationConfig::X509(attestation)) =
+        config.provisioning.as_ref().map(|p| &p.attestation)
+    else {
+        return;
+    };
+    let now = outpost_pki::unix_now();
+    match DeviceCertificate::load(&attestation.files(), now) {
+        Ok(certificate) => report.line(
+            true,
+            "identity certificate",
+            &format!(
+                "CN={}, SHA-256 {}, expires in {} day(s)",
+                certificate.common_name,
+                certificate.thumbprint,
+                (certificate.not_after - now) / 86_400
+            ),
+        ),
+        Err(error) => report.line(false, "identity certificate", &error.to_string()),
+    }
+}
+
 /// Runs every check and fails if any does.
 pub async fn check(config_path: &Path) -> anyhow::Result<()> {
     let mut report = Report { failures: 0 };
     let config = match EdgeConfig::load(config_path) {
         Ok(config) => {
             report.line(true, "configuration", &config_path.display().to_string());
+            identity_certificate(&mut report, &config);
             if config.provisioning.is_some() {
                 let config = outpost_edge::provisioning::with_stored_assignment(config);
                 let state = match config.device() {

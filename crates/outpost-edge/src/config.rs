@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use outpost_core::{ConnectionString, ConnectionStringError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors in the settings file.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,9 @@ pub enum SettingsError {
     /// The connection string has no key.
     #[error("connection_string has no SharedAccessKey")]
     NoSharedAccessKey,
+    /// The connection string says `x509=true` and no certificate is configured.
+    #[error("connection_string has x509=true, which needs [provisioning.attestation] method = \"x509\" with identity_cert and identity_pk")]
+    NoCertificate,
     /// The connection string is a module's.
     #[error("connection_string must be the edge device's, not a module's")]
     ModuleConnectionString,
@@ -137,17 +140,66 @@ pub struct ProvisioningConfig {
     pub attestation: AttestationConfig,
 }
 
-/// `[provisioning.attestation]`.
+/// `[provisioning.attestation]`: how the device proves its registration, by aziot's `method`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "method")]
+pub enum AttestationConfig {
+    /// `method = "symmetric_key"`.
+    #[serde(rename = "symmetric_key")]
+    SymmetricKey(SymmetricKeyAttestation),
+    /// `method = "x509"`.
+    #[serde(rename = "x509")]
+    X509(X509Attestation),
+}
+
+/// `[provisioning.attestation] method = "symmetric_key"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AttestationConfig {
-    /// `"symmetric_key"` (`"x509"` once the hub accepts certificates for registration).
-    pub method: String,
+pub struct SymmetricKeyAttestation {
     /// The registration id.
     pub registration_id: String,
     /// The device's key (for a group member: the key derived from the group key and the registration id):
     /// `"base64"` or aziot's `{ value = "base64" }`.
     pub symmetric_key: SymmetricKeySetting,
+}
+
+/// `[provisioning.attestation] method = "x509"`: the device's certificate, which is also how it authenticates to
+/// the hub it is assigned (REST and the upstream link with the certificate, no key).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509Attestation {
+    /// The registration id; by default the certificate's common name (what DPS requires of it anyway).
+    #[serde(default)]
+    pub registration_id: Option<String>,
+    /// The device's certificate chain, leaf first (PEM): a path, or aziot's `file:///path` URI.
+    #[serde(deserialize_with = "file_setting")]
+    pub identity_cert: PathBuf,
+    /// The leaf's private key (PEM): a path, or aziot's `file:///path` URI.
+    #[serde(deserialize_with = "file_setting")]
+    pub identity_pk: PathBuf,
+}
+
+impl X509Attestation {
+    /// The certificate and key files.
+    pub fn files(&self) -> CertificateFiles {
+        CertificateFiles {
+            cert: self.identity_cert.clone(),
+            key: self.identity_pk.clone(),
+        }
+    }
+}
+
+/// Reads a file setting: a path, or a `file://` URI (aziot writes `identity_cert = "file:///var/secrets/x.pem"`).
+fn file_setting<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let path = match text.strip_prefix("file://") {
+        Some(uri) => outpost_core::quote::unquote(uri).map_err(serde::de::Error::custom)?,
+        None => text,
+    };
+    if path.is_empty() {
+        return Err(serde::de::Error::custom("a file path must not be empty"));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// A symmetric key as text, or as aziot's `{ value = ".." }`.
@@ -200,17 +252,20 @@ impl ProvisioningConfig {
         if self.id_scope.is_empty() {
             return refuse("id_scope must not be empty".into());
         }
-        if self.attestation.method != "symmetric_key" {
-            return refuse(format!(
-                "attestation method {:?} is not supported (\"symmetric_key\")",
-                self.attestation.method
-            ));
-        }
-        outpost_core::provisioning::validate_registration_id(&self.attestation.registration_id)
-            .map_err(|e| SettingsError::Provisioning(e.to_string()))?;
-        let key = self.attestation.symmetric_key.key();
-        if outpost_core::sign(key, b"probe").is_err() {
-            return refuse("attestation.symmetric_key is not a base64 key".into());
+        match &self.attestation {
+            AttestationConfig::SymmetricKey(attestation) => {
+                outpost_core::provisioning::validate_registration_id(&attestation.registration_id)
+                    .map_err(|e| SettingsError::Provisioning(e.to_string()))?;
+                if outpost_core::sign(attestation.symmetric_key.key(), b"probe").is_err() {
+                    return refuse("attestation.symmetric_key is not a base64 key".into());
+                }
+            }
+            AttestationConfig::X509(attestation) => {
+                if let Some(registration_id) = &attestation.registration_id {
+                    outpost_core::provisioning::validate_registration_id(registration_id)
+                        .map_err(|e| SettingsError::Provisioning(e.to_string()))?;
+                }
+            }
         }
         Ok(())
     }
@@ -477,7 +532,8 @@ impl EdgeConfig {
         Ok(config)
     }
 
-    /// The device connection string, checked: it must name a device with a key.
+    /// The device connection string, checked: it must name a device with a key, or, with `x509=true`, one whose
+    /// certificate the `[provisioning.attestation]` names (what provisioning with `method = "x509"` fills in).
     pub fn device(&self) -> Result<DeviceCredentials, SettingsError> {
         let parsed: ConnectionString = self
             .connection_string
@@ -485,17 +541,28 @@ impl EdgeConfig {
             .ok_or(SettingsError::NotProvisioned)?
             .parse()?;
         let device_id = parsed.device_id.clone().ok_or(SettingsError::NoDeviceId)?;
-        let key = parsed
-            .shared_access_key
-            .clone()
-            .ok_or(SettingsError::NoSharedAccessKey)?;
         if parsed.module_id.is_some() {
             return Err(SettingsError::ModuleConnectionString);
         }
+        let auth = if parsed.x509 {
+            match self.provisioning.as_ref().map(|p| &p.attestation) {
+                Some(AttestationConfig::X509(attestation)) => {
+                    DeviceAuth::Certificate(attestation.files())
+                }
+                _ => return Err(SettingsError::NoCertificate),
+            }
+        } else {
+            DeviceAuth::Key(
+                parsed
+                    .shared_access_key
+                    .clone()
+                    .ok_or(SettingsError::NoSharedAccessKey)?,
+            )
+        };
         Ok(DeviceCredentials {
             hub_hostname: parsed.host_name.clone(),
             device_id,
-            key,
+            auth,
         })
     }
 
@@ -522,8 +589,28 @@ pub struct DeviceCredentials {
     pub hub_hostname: String,
     /// The edge device's id.
     pub device_id: String,
-    /// Its base64 primary key.
-    pub key: String,
+    /// How it authenticates to the hub.
+    pub auth: DeviceAuth,
+}
+
+/// How the edge device authenticates to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAuth {
+    /// SAS tokens signed with its base64 primary key.
+    Key(String),
+    /// Its X.509 certificate, presented at the TLS handshake.
+    Certificate(CertificateFiles),
+}
+
+/// The files of an X.509 identity (`identity_cert`, `identity_pk`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first (PEM).
+    #[serde(rename = "identityCert")]
+    pub cert: PathBuf,
+    /// The leaf's private key (PEM).
+    #[serde(rename = "identityPk")]
+    pub key: PathBuf,
 }
 
 #[cfg(test)]
@@ -566,8 +653,11 @@ mod tests {
         let provisioning = config.provisioning.as_ref().unwrap();
         assert_eq!(provisioning.host(), "dps.example.net");
         assert_eq!(provisioning.mqtt_port, 8883);
+        let AttestationConfig::SymmetricKey(attestation) = &provisioning.attestation else {
+            panic!("{:?}", provisioning.attestation)
+        };
         assert_eq!(
-            provisioning.attestation.symmetric_key.key(),
+            attestation.symmetric_key.key(),
             "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
         );
         assert!(matches!(
@@ -597,9 +687,16 @@ mod tests {
             EdgeConfig::parse(&neither),
             Err(SettingsError::Identity("neither"))
         ));
+        for method in ["tpm", "x509"] {
+            // An unknown method, or x509 without its files.
+            let text = PROVISIONED.replace("\"symmetric_key\"", &format!("\"{method}\""));
+            assert!(
+                matches!(EdgeConfig::parse(&text), Err(SettingsError::Toml(_))),
+                "{method}"
+            );
+        }
         for (from, to) in [
             ("source = \"dps\"", "source = \"manual\""),
-            ("method = \"symmetric_key\"", "method = \"tpm\""),
             (
                 "registration_id = \"edge-7\"",
                 "registration_id = \"Edge 7\"",
@@ -619,6 +716,63 @@ mod tests {
                 "{to}"
             );
         }
+    }
+
+    /// [`PROVISIONED`] attesting with a certificate.
+    fn x509_provisioned(attestation: &str) -> String {
+        let start = PROVISIONED.find("method = ").unwrap();
+        format!("{}{attestation}", &PROVISIONED[..start])
+    }
+
+    #[test]
+    fn an_x509_attestation_names_its_files_and_the_device_authenticates_with_them() {
+        let text = x509_provisioned(
+            "method = \"x509\"\nidentity_cert = \"file:///var/secrets/device%20id.pem\"\n\
+             identity_pk = \"/var/secrets/device-id.key.pem\"\n",
+        );
+        let mut config = EdgeConfig::parse(&text).unwrap();
+        let provisioning = config.provisioning.clone().unwrap();
+        let AttestationConfig::X509(attestation) = &provisioning.attestation else {
+            panic!("{:?}", provisioning.attestation)
+        };
+        assert_eq!(
+            attestation.registration_id, None,
+            "the certificate's CN by default"
+        );
+        let files = attestation.files();
+        assert_eq!(files.cert, Path::new("/var/secrets/device id.pem"));
+        assert_eq!(files.key, Path::new("/var/secrets/device-id.key.pem"));
+        // What provisioning fills in: a connection string without a key, the certificate doing its work.
+        config.connection_string = Some("HostName=hub.local;DeviceId=edge-7;x509=true".into());
+        let device = config.device().unwrap();
+        assert_eq!(device.device_id, "edge-7");
+        assert_eq!(device.auth, DeviceAuth::Certificate(files));
+
+        let named = x509_provisioned(
+            "method = \"x509\"\nregistration_id = \"edge-7\"\nidentity_cert = \"c.pem\"\nidentity_pk = \"k.pem\"\n",
+        );
+        assert!(EdgeConfig::parse(&named).is_ok());
+        for wrong in [
+            // A bad registration id, a key where the certificate should be, an empty path, an unknown setting.
+            "method = \"x509\"\nregistration_id = \"Edge 7\"\nidentity_cert = \"c.pem\"\nidentity_pk = \"k.pem\"\n",
+            "method = \"x509\"\nidentity_cert = \"c.pem\"\nsymmetric_key = \"a2tra2s=\"\n",
+            "method = \"x509\"\nidentity_cert = \"\"\nidentity_pk = \"k.pem\"\n",
+            "method = \"x509\"\nidentity_cert = \"c.pem\"\nidentity_pk = \"k.pem\"\ncolour = 1\n",
+        ] {
+            assert!(EdgeConfig::parse(&x509_provisioned(wrong)).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn an_x509_connection_string_needs_the_certificate_settings() {
+        let text = EXAMPLE.replace(
+            "SharedAccessKey=a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=",
+            "x509=true",
+        );
+        assert!(matches!(
+            EdgeConfig::parse(&text),
+            Err(SettingsError::NoCertificate)
+        ));
     }
 
     #[test]

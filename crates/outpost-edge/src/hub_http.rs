@@ -1,5 +1,7 @@
-//! The edge device's HTTPS session with the hub's REST API: it trusts the hub's CA and signs every request with
-//! the edge device's own SAS token. The agent's identity management and the edge hub's upstream link share it.
+//! The edge device's HTTPS session with the hub's REST API: it trusts the hub's CA and authenticates as the edge
+//! device, signing every request with its own SAS token or, for a device with an X.509 identity, presenting its
+//! certificate at the TLS handshake (and no `Authorization` header). The agent's identity management and the edge
+//! hub's upstream link share it.
 
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::config::{DeviceCredentials, EdgeConfig, SettingsError};
+use crate::config::{DeviceAuth, DeviceCredentials, EdgeConfig, SettingsError};
+use crate::device_certificate::{DeviceCertificate, DeviceCertificateError};
 
 /// How long the device's tokens live.
 const TOKEN_TTL_SECS: u64 = 3600;
@@ -34,6 +37,17 @@ pub enum HubSetupError {
     /// The hub's CA file is not PEM certificates.
     #[error("hub_ca is not PEM: {0}")]
     HubCaPem(#[source] reqwest::Error),
+    /// The device's certificate or key cannot be used.
+    #[error(transparent)]
+    Certificate(#[from] DeviceCertificateError),
+    /// The device's certificate and key are not an identity the HTTPS client takes.
+    #[error("identity_cert {path}: {source}")]
+    Identity {
+        /// The certificate file.
+        path: String,
+        /// Why.
+        source: reqwest::Error,
+    },
     /// The HTTPS client could not be built.
     #[error("cannot build the HTTPS client: {0}")]
     Client(#[source] reqwest::Error),
@@ -93,6 +107,15 @@ impl HubHttp {
         {
             builder = builder.add_root_certificate(certificate);
         }
+        if let DeviceAuth::Certificate(files) = &device.auth {
+            let certificate = DeviceCertificate::load(files, outpost_pki::unix_now())?;
+            let identity = reqwest::Identity::from_pem(certificate.identity_pem().as_bytes())
+                .map_err(|source| HubSetupError::Identity {
+                    path: files.cert.display().to_string(),
+                    source,
+                })?;
+            builder = builder.identity(identity);
+        }
         let http = builder.build().map_err(HubSetupError::Client)?;
         let base = format!("https://{}:{}", device.hub_hostname, config.hub_https_port);
         Ok(Self { http, base, device })
@@ -111,19 +134,19 @@ impl HubHttp {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<HubAnswer, HubRequestError> {
-        let expiry = Utc::now().timestamp().max(0) as u64 + TOKEN_TTL_SECS;
-        let token = outpost_core::device_token(
-            &self.device.hub_hostname,
-            &self.device.device_id,
-            &self.device.key,
-            expiry,
-        )?;
         let separator = if path.contains('?') { '&' } else { '?' };
         let url = format!("{}{path}{separator}api-version=2021-04-12", self.base);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header("Authorization", token);
+        let mut request = self.http.request(method, &url);
+        if let DeviceAuth::Key(key) = &self.device.auth {
+            let expiry = Utc::now().timestamp().max(0) as u64 + TOKEN_TTL_SECS;
+            let token = outpost_core::device_token(
+                &self.device.hub_hostname,
+                &self.device.device_id,
+                key,
+                expiry,
+            )?;
+            request = request.header("Authorization", token);
+        }
         if let Some(etag) = if_match {
             request = request.header("If-Match", format!("\"{etag}\""));
         }

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 pub mod daemon;
 pub mod daemon_log;
+pub mod device_certificate;
 pub mod edgehub;
 pub mod hub_client;
 pub mod hub_http;

@@ -16,6 +16,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 pub struct Established {
     pub stream: Box<dyn Transport>,
     pub peer: SocketAddr,
+    /// The certificate chain the client presented at that listener's TLS handshake, if it asked for one and got
+    /// it: the server may authenticate the client with it as with a chain of its own handshake.
+    pub client_chain: Option<crate::ClientCertificateChain>,
 }
 
 /// Streams handed over and not yet taken by the server (which takes one when it has a connection permit);
@@ -55,10 +58,22 @@ impl StreamHandoff {
         stream: impl Transport,
         peer: SocketAddr,
     ) -> Result<(), HandoffRefused> {
+        self.hand_over_with_certificate(stream, peer, None)
+    }
+
+    /// [`hand_over`](Self::hand_over) with the certificate chain the client presented at this listener's TLS
+    /// handshake.
+    pub fn hand_over_with_certificate(
+        &self,
+        stream: impl Transport,
+        peer: SocketAddr,
+        client_chain: Option<crate::ClientCertificateChain>,
+    ) -> Result<(), HandoffRefused> {
         self.0
             .try_send(Established {
                 stream: Box::new(stream),
                 peer,
+                client_chain,
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => HandoffRefused::Busy,

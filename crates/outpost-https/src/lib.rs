@@ -10,7 +10,9 @@
 //!
 //! What a request may carry (body limits, authorisation before the body is read) belongs to each router.
 //!
-//! Requests carry the client's address as axum's `ConnectInfo<SocketAddr>`, and HTTP/1.1 connections may be
+//! Requests carry the client's address as axum's `ConnectInfo<SocketAddr>` and, when the TLS configuration asked for
+//! one and the client presented it, its certificate chain as a [`ClientCertificateChain`] extension (whose
+//! identity it proves is the router's to decide). HTTP/1.1 connections may be
 //! upgraded (a router's WebSocket route): the upgraded stream leaves this listener's cap and timers, and is the
 //! route's to bound ([`websocket::WebSocketBytes`] reads a WebSocket as bytes).
 
@@ -30,8 +32,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
+
+/// The certificate chain (leaf first) a client presented at the TLS handshake, carried in the extensions of each
+/// of its connection's requests. The handshake proved only that the client holds the leaf's key (the acceptor's
+/// client-certificate verifier, e.g. `outpost_pki::client_auth::AnyClientCertificate`, decides what else); which
+/// identity the chain authenticates is the router's check.
+#[derive(Debug, Clone)]
+pub struct ClientCertificateChain(pub Arc<[CertificateDer<'static>]>);
 
 /// The limits of one HTTPS listener.
 #[derive(Debug, Clone)]
@@ -209,12 +219,21 @@ async fn connection(
         Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .filter(|chain| !chain.is_empty())
+        .map(|chain| ClientCertificateChain(chain.into()));
     let activity = Activity::new();
     let counted = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
+        if let Some(chain) = &chain {
+            request.extensions_mut().insert(chain.clone());
+        }
         let in_flight = counted.begin();
         let router = router.clone();
         async move {

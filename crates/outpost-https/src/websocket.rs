@@ -61,6 +61,7 @@ struct MqttUpgrade {
 async fn upgrade_to_mqtt(
     State(upgrade): State<MqttUpgrade>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_chain: Option<axum::Extension<crate::ClientCertificateChain>>,
     websocket: WebSocketUpgrade,
 ) -> Response {
     let websocket = websocket.protocols([MQTT_SUBPROTOCOL]);
@@ -82,7 +83,12 @@ async fn upgrade_to_mqtt(
         .max_write_buffer_size(2 * max_message_size + (128 << 10))
         .on_failed_upgrade(move |error| tracing::debug!(%peer, %error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            if let Err(error) = mqtt.hand_over(WebSocketBytes::new(socket), peer) {
+            // The client certificate of the TLS under the WebSocket goes along: X.509 devices authenticate at
+            // CONNECT with it, as on port 8883.
+            let client_chain = client_chain.map(|axum::Extension(chain)| chain);
+            if let Err(error) =
+                mqtt.hand_over_with_certificate(WebSocketBytes::new(socket), peer, client_chain)
+            {
                 tracing::info!(%peer, %error, "MQTT over WebSocket refused");
             }
         })

@@ -1,11 +1,22 @@
-//! Who may do what: SAS tokens of devices and modules (MQTT) and of shared access policies (REST).
+//! Who may do what: SAS tokens of devices and modules (MQTT) and of shared access policies (REST), and edge devices
+//! that manage their modules by token or by client certificate (REST).
 
-use outpost_core::{Identity, SasToken};
+use outpost_core::{DeviceId, Identity, SasToken};
 
 use crate::error::HubError;
-use crate::identity::{AccessPolicy, Credentials, IdentityStatus, Right};
+use crate::identity::{AccessPolicy, Credentials, DeviceRecord, IdentityStatus, Right};
 use crate::storage::Tables;
 use crate::Hub;
+
+/// What a REST request authenticates with, for the checks that a device may pass as well as a policy.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// Its `Authorization` header (a shared access signature), if it has one.
+    Token(Option<&'a str>),
+    /// A device, by the TLS client certificate it presented, which
+    /// [`authenticate_certificate`](Hub::authenticate_certificate) has accepted for it.
+    Certificate(&'a DeviceId),
+}
 
 fn now_unix() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
@@ -80,16 +91,28 @@ impl Hub {
             .map_err(|e| unauthorized(&e.to_string()))
     }
 
-    /// Checks a request on the modules of `device`: a shared access policy granting `right`, or the token of
-    /// that edge device itself, which manages the modules it owns (the edge runtime creates and deletes them).
+    /// Checks a request on the modules of `device`: a shared access policy granting `right`, or that edge device
+    /// itself, which manages the modules it owns (the edge runtime creates and deletes them), by its own SAS token
+    /// or by the client certificate it presented.
     pub async fn authorize_module_management(
         &self,
-        authorization: Option<&str>,
+        caller: Caller<'_>,
         right: Right,
         device: &str,
     ) -> Result<(), HubError> {
-        let header = authorization
-            .ok_or_else(|| HubError::Unauthorized("the Authorization header is missing".into()))?;
+        let header = match caller {
+            Caller::Token(header) => header.ok_or_else(|| {
+                HubError::Unauthorized("the Authorization header is missing".into())
+            })?,
+            Caller::Certificate(certified) => {
+                if certified.as_str() != device {
+                    return Err(HubError::Unauthorized(format!(
+                        "the client certificate does not belong to edge device {device}"
+                    )));
+                }
+                return self.enabled_edge_device(device).await.map(drop);
+            }
+        };
         let token = SasToken::parse(header).map_err(|e| HubError::Unauthorized(e.to_string()))?;
         if token.key_name.is_some() {
             return self.authorize_service(Some(header), right).map(drop);
@@ -102,11 +125,17 @@ impl Hub {
                 "the token does not belong to edge device {device}"
             )));
         }
+        let record = self.enabled_edge_device(device).await?;
+        self.authenticate_identity(&Identity::device(record.device_id), header)
+            .await
+    }
+
+    /// The record of `device`, which must be an enabled edge device.
+    async fn enabled_edge_device(&self, device: &str) -> Result<DeviceRecord, HubError> {
         let device_id = crate::registry::device_id(device)?;
-        let read = device_id.clone();
         let record = self
             .storage
-            .read(move |tables| tables.device(&read))
+            .read(move |tables| tables.device(&device_id))
             .await?
             .ok_or_else(|| HubError::Unauthorized(format!("no such device {device}")))?;
         if !record.iot_edge || record.status != IdentityStatus::Enabled {
@@ -114,8 +143,7 @@ impl Hub {
                 "{device} is not an enabled edge device"
             )));
         }
-        self.authenticate_identity(&Identity::device(device_id), header)
-            .await
+        Ok(record)
     }
 
     /// Checks that `authorization` is a valid SAS token of this hub: a shared access policy's (whatever rights it

@@ -96,18 +96,15 @@ fn event_of(client: &str, item: Outgoing) -> Option<LinkEvent> {
 }
 
 impl Hub {
-    /// Checks that `authorization` is the token of the enabled edge device `edge`; returns its record.
+    /// Checks that `caller` is the enabled edge device `edge` (its token or its client certificate); returns its
+    /// record.
     pub async fn authorize_edge(
         &self,
-        authorization: Option<&str>,
+        caller: crate::auth::Caller<'_>,
         edge: &str,
     ) -> Result<DeviceRecord, HubError> {
-        self.authorize_module_management(
-            authorization,
-            crate::identity::Right::ServiceConnect,
-            edge,
-        )
-        .await?;
+        self.authorize_module_management(caller, crate::identity::Right::ServiceConnect, edge)
+            .await?;
         self.registry.device(edge).await
     }
 

@@ -213,9 +213,12 @@ impl RunningHub {
         let mut tasks = JoinSet::new();
         if let Some(listener) = provisioning_https {
             let backend = Arc::new(crate::provisioning::head::HubProvisioning(hub.clone()));
+            // Requesting client certificates lets devices attest with X.509 on REST too.
+            let provisioning_tls =
+                certificates.servers()[0].tls_config_requesting_client_certificates()?;
             tasks.spawn(outpost_https::serve(
                 listener,
-                TlsAcceptor::from(tls.clone()),
+                TlsAcceptor::from(provisioning_tls),
                 crate::provisioning::rest::router(backend),
                 config.https_limits.clone(),
                 stopped(shutdown_rx.clone()),
@@ -246,7 +249,8 @@ impl RunningHub {
             });
         }
 
-        // The MQTT listener alone asks for client certificates (X.509 devices, `x509_auth`); HTTPS and AMQP do not.
+        // The MQTT and HTTPS listeners ask for client certificates (X.509 devices, `x509_auth`, and edge devices
+        // calling the REST API with theirs, `rest`); AMQP does not.
         let mqtt_tls = certificates.servers()[0].tls_config_requesting_client_certificates()?;
         let mut mqtt_config = outpost_mqtt::ServerConfig::new(mqtt_tls);
         mqtt_config.session_expiry = config.session_expiry;
@@ -293,9 +297,10 @@ impl RunningHub {
                 }
             });
         }
+        let https_tls = certificates.servers()[0].tls_config_requesting_client_certificates()?;
         tasks.spawn(outpost_https::serve(
             https_listener,
-            TlsAcceptor::from(tls.clone()),
+            TlsAcceptor::from(https_tls),
             https_routes,
             config.https_limits.clone(),
             stopped(shutdown_rx.clone()),

@@ -209,3 +209,100 @@ fn the_id_scope_is_made_once_and_kept() {
     assert_eq!(first, again);
     assert!(first.starts_with("0ne") && first.len() == 11, "{first}");
 }
+
+/// A self-signed device certificate with common name `name`: its DER and its PEM.
+fn device_certificate(name: &str) -> (rustls::pki_types::CertificateDer<'static>, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = params.self_signed(&key).unwrap();
+    (certificate.der().clone(), certificate.pem())
+}
+
+/// `method uri` on the provisioning host's REST routes, presenting `chain` as the TLS client certificate.
+async fn rest_call(
+    hub: &std::sync::Arc<Hub>,
+    method: &str,
+    uri: &str,
+    chain: Option<&rustls::pki_types::CertificateDer<'static>>,
+    body: &str,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt as _;
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("Content-Type", "application/json")
+        .body(axum::body::Body::from(body.to_owned()))
+        .unwrap();
+    if let Some(certificate) = chain {
+        request
+            .extensions_mut()
+            .insert(outpost_https::ClientCertificateChain(
+                vec![certificate.clone()].into(),
+            ));
+    }
+    let backend = std::sync::Arc::new(outpost_hub::provisioning::head::HubProvisioning(
+        hub.clone(),
+    ));
+    let answer = outpost_hub::provisioning::rest::router(backend)
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_rest_variant_attests_with_the_client_certificate_of_an_x509_enrollment() {
+    let hub = Hub::in_memory("hub.test").unwrap();
+    let (enrolled, pem) = device_certificate("cam-1");
+    hub.provisioning()
+        .put_enrollment(
+            "cam-1",
+            &json!({"registrationId": "cam-1", "attestation": {"type": "x509", "x509": {
+                "clientCertificates": {"primary": {"certificate": pem}}}}}),
+        )
+        .await
+        .unwrap();
+    let hub = std::sync::Arc::new(hub);
+    let base = format!("/{}/registrations/cam-1", hub.id_scope());
+    let register = format!("{base}/register?api-version=2019-03-31");
+    let body = r#"{"registrationId": "cam-1"}"#;
+
+    // No proof at all, and a certificate of the same name that is not the enrolled one: 401, nothing created.
+    let (impostor, _) = device_certificate("cam-1");
+    for chain in [None, Some(&impostor)] {
+        let (status, refusal) = rest_call(&hub, "PUT", &register, chain, body).await;
+        assert_eq!(status, 401, "{refusal}");
+        assert_eq!(refusal["errorCode"], 401_002, "{refusal}");
+    }
+    assert!(hub.registry().device("cam-1").await.is_err());
+
+    let (status, started) = rest_call(&hub, "PUT", &register, Some(&enrolled), body).await;
+    assert_eq!(status, 202, "{started}");
+    let operation = started["operationId"].as_str().unwrap();
+    let (status, polled) = rest_call(
+        &hub,
+        "GET",
+        &format!("{base}/operations/{operation}?api-version=2019-03-31"),
+        Some(&enrolled),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(polled["status"], "assigned", "{polled}");
+    let device = hub.registry().device("cam-1").await.unwrap();
+    assert_eq!(
+        device.credentials.primary_thumbprint.as_deref(),
+        Some(
+            outpost_pki::client_auth::thumbprints(&enrolled)
+                .sha256
+                .as_str()
+        )
+    );
+}

@@ -445,6 +445,7 @@ async fn a_method_on_an_offline_device_fails_fast() {
 
 #[tokio::test]
 async fn an_edge_device_may_manage_its_own_modules_only() {
+    use outpost_hub::auth::Caller;
     use outpost_hub::identity::Right;
     let hub = hub();
     let edge = hub
@@ -471,19 +472,31 @@ async fn an_edge_device_may_manage_its_own_modules_only() {
         outpost_core::device_token("hub.test", "plain", &plain.credentials.primary_key, expiry)
             .unwrap();
 
-    hub.authorize_module_management(Some(&edge_token), Right::RegistryWrite, "edge1")
-        .await
-        .unwrap();
+    hub.authorize_module_management(
+        Caller::Token(Some(&edge_token)),
+        Right::RegistryWrite,
+        "edge1",
+    )
+    .await
+    .unwrap();
     assert!(hub
-        .authorize_module_management(Some(&edge_token), Right::RegistryWrite, "plain")
+        .authorize_module_management(
+            Caller::Token(Some(&edge_token)),
+            Right::RegistryWrite,
+            "plain"
+        )
         .await
         .is_err());
     assert!(hub
-        .authorize_module_management(Some(&plain_token), Right::RegistryWrite, "plain")
+        .authorize_module_management(
+            Caller::Token(Some(&plain_token)),
+            Right::RegistryWrite,
+            "plain"
+        )
         .await
         .is_err());
     assert!(hub
-        .authorize_module_management(None, Right::RegistryRead, "edge1")
+        .authorize_module_management(Caller::Token(None), Right::RegistryRead, "edge1")
         .await
         .is_err());
 }

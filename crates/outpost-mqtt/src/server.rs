@@ -137,7 +137,7 @@ pub async fn serve_with_handoff<O: DeviceOperations>(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
             established = handed.recv(), if handing => {
-                let Some(outpost_https::handoff::Established { stream, peer }) = established else {
+                let Some(outpost_https::handoff::Established { stream, peer, client_chain }) = established else {
                     // Every sender is gone: only the listener is left.
                     handing = false;
                     continue;
@@ -145,7 +145,8 @@ pub async fn serve_with_handoff<O: DeviceOperations>(
                 let shared = Arc::clone(&shared);
                 let stopped = stopped.clone();
                 connections.spawn(async move {
-                    connection::run_established(shared, stream, peer, stopped).await;
+                    let client_chain = client_chain.map(|chain| Box::from(&chain.0[..]));
+                    connection::run_established(shared, stream, peer, client_chain, stopped).await;
                     drop(permit);
                 });
                 while connections.try_join_next().is_some() {}

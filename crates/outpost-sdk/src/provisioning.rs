@@ -1,8 +1,10 @@
 //! Registration with a Device Provisioning Service (Azure's, or an Outpost hub's `--provisioning-bind`) over
 //! MQTT, as azure-iot-device's `ProvisioningDeviceClient` does it: connect as the registration with a SAS token
-//! of its key, subscribe to the answers, publish the registration, poll the operation until it ends.
+//! of its key (or, for X.509 attestation, no password and the device's certificate at the TLS handshake),
+//! subscribe to the answers, publish the registration, poll the operation until it ends.
 //!
-//! [`register_with_symmetric_key`] is the whole exchange; [`next_step`] is its pure decision on each answer.
+//! [`register_with_symmetric_key`] and [`register_with_certificate`] are the whole exchange; [`next_step`] is its
+//! pure decision on each answer.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -125,6 +127,38 @@ pub async fn register_with_symmetric_key(
         + 3600;
     let token = provisioning::registration_token(id_scope, registration_id, key, expiry)
         .map_err(|e| ProvisioningError::Configuration(format!("the key: {e}")))?;
+    register(host, port, tls, id_scope, registration_id, Some(&token)).await
+}
+
+/// Registers `registration_id` in `id_scope` at `host:port` with an X.509 certificate: the chain of `chain_pem`
+/// (leaf first; an individual enrollment's certificate, or one that chains to a group's CA) and its private key
+/// `key_pem`, presented at the TLS handshake, trusting `ca_pem` (or the system's CAs); returns the assignment.
+/// DPS wants the leaf's common name as the registration id.
+pub async fn register_with_certificate(
+    host: &str,
+    port: u16,
+    ca_pem: Option<&str>,
+    id_scope: &str,
+    registration_id: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<DeviceRegistrationResult, ProvisioningError> {
+    provisioning::validate_registration_id(registration_id)
+        .map_err(|e| ProvisioningError::Configuration(e.to_string()))?;
+    let tls = crate::tls::client_config_with_certificate(ca_pem, chain_pem, key_pem)
+        .map_err(|e| ProvisioningError::Configuration(e.to_string()))?;
+    register(host, port, tls, id_scope, registration_id, None).await
+}
+
+/// The exchange, once connected as `registration_id` with `password` (a token) or none (a client certificate).
+async fn register(
+    host: &str,
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    id_scope: &str,
+    registration_id: &str,
+    password: Option<&str>,
+) -> Result<DeviceRegistrationResult, ProvisioningError> {
     let username = provisioning::username(id_scope, registration_id);
     let mut client = outpost_mqtt::Client::connect(
         (host, port),
@@ -132,7 +166,7 @@ pub async fn register_with_symmetric_key(
         tls,
         registration_id,
         Some(&username),
-        Some(&token),
+        password,
         60,
         true,
     )

@@ -17,6 +17,44 @@ const SYSTEM_BUNDLES: &[&str] = &[
 pub(crate) fn client_config(
     ca_pem: Option<&str>,
 ) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    Ok(Arc::new(trusting(ca_pem)?.with_no_client_auth()))
+}
+
+/// [`client_config`] that also presents a client certificate when the server asks for one (X.509 devices): the
+/// chain of `chain_pem` (leaf first) and the private key of `key_pem`, which must be the leaf's.
+pub(crate) fn client_config_with_certificate(
+    ca_pem: Option<&str>,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ClientError::Configuration(format!("the client certificate is not valid PEM: {e}"))
+        })?;
+    if chain.is_empty() {
+        return Err(ClientError::Configuration(
+            "no certificate found in the client certificate's PEM".into(),
+        ));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| {
+            ClientError::Configuration(format!("the client private key is not valid PEM: {e}"))
+        })?
+        .ok_or_else(|| {
+            ClientError::Configuration("no private key found in the client key's PEM".into())
+        })?;
+    let config = trusting(ca_pem)?
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| ClientError::Configuration(format!("the client certificate and key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// A configuration builder (TLS 1.2 and 1.3, ring) trusting the certificates of `ca_pem` (or the system bundle).
+fn trusting(
+    ca_pem: Option<&str>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, ClientError>
+{
     let pem = match ca_pem {
         Some(pem) => pem.to_owned(),
         None => system_bundle()?,
@@ -38,12 +76,10 @@ pub(crate) fn client_config(
         ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ClientError::Configuration(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_root_certificates(roots))
 }
 
 /// The system's CA bundle: `SSL_CERT_FILE`, else the first of the usual paths that exists.
@@ -80,6 +116,19 @@ mod tests {
     fn pem_without_certificates_is_refused_with_a_clear_error() {
         let error = client_config(Some("not a certificate")).unwrap_err();
         assert!(error.to_string().contains("no CA certificate"), "{error}");
+    }
+
+    #[test]
+    fn a_client_certificate_without_a_certificate_or_a_key_is_refused_with_a_clear_error() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let no_certificate =
+            client_config_with_certificate(None, "nothing here", "nothing either").unwrap_err();
+        assert!(
+            no_certificate.to_string().contains("no certificate"),
+            "{no_certificate}"
+        );
+        let no_key = client_config_with_certificate(Some("not a CA"), ca, "no key").unwrap_err();
+        assert!(no_key.to_string().contains("private key"), "{no_key}");
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! The REST variant of DPS's device protocol on the provisioning host's HTTPS port:
 //! `PUT /{idScope}/registrations/{registrationId}/register` (a registration) and
 //! `GET /{idScope}/registrations/{registrationId}/operations/{operationId}` (its status), each authorised by
-//! the registration's SAS token in `Authorization`. They run the very operations the MQTT head runs
-//! ([`HubProvisioning`]), so both variants answer alike; a refused token is a 401 with DPS's error body.
+//! the registration's SAS token in `Authorization` or, without one, by the X.509 certificate the client presented
+//! at the TLS handshake (the listener asks for an optional one; `outpost_https::ClientCertificateChain`). They run
+//! the very operations the MQTT head runs ([`HubProvisioning`]), so both variants answer alike; a refused proof is
+//! a 401 with DPS's error body.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
+use outpost_https::ClientCertificateChain;
 use outpost_mqtt::provisioning::{ProvisioningAnswer, ProvisioningOperations, MAX_PACKET_SIZE};
 
 use super::head::HubProvisioning;
@@ -33,17 +36,24 @@ pub fn router(backend: Arc<HubProvisioning>) -> Router {
 
 type Backend = State<Arc<HubProvisioning>>;
 
+/// The client certificate chain of the request's connection, if it presented one.
+type Chain = Option<Extension<ClientCertificateChain>>;
+
 async fn attested(
     backend: &HubProvisioning,
     scope: &str,
     registration: &str,
     headers: &HeaderMap,
+    chain: &Chain,
 ) -> Result<super::attest::Attested, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
+    let chain = chain
+        .as_ref()
+        .map_or(&[][..], |Extension(chain)| &chain.0[..]);
     backend
-        .authenticate(scope, registration, token, &[])
+        .authenticate(scope, registration, token, chain)
         .await
         .map_err(|refusal| {
             let (status, code) = match refusal {
@@ -83,9 +93,10 @@ async fn register(
     State(backend): Backend,
     Path((scope, registration)): Path<(String, String)>,
     headers: HeaderMap,
+    chain: Chain,
     body: Bytes,
 ) -> Response {
-    match attested(&backend, &scope, &registration, &headers).await {
+    match attested(&backend, &scope, &registration, &headers, &chain).await {
         Ok(attested) => answer(backend.register(&attested, &body).await),
         Err(refused) => refused,
     }
@@ -95,8 +106,9 @@ async fn operation_status(
     State(backend): Backend,
     Path((scope, registration, operation)): Path<(String, String, String)>,
     headers: HeaderMap,
+    chain: Chain,
 ) -> Response {
-    match attested(&backend, &scope, &registration, &headers).await {
+    match attested(&backend, &scope, &registration, &headers, &chain).await {
         Ok(attested) => answer(backend.operation_status(&attested, &operation).await),
         Err(refused) => refused,
     }

@@ -8,7 +8,9 @@ use outpost_core::Identity;
 use serde_json::Value;
 
 use super::wire::{device_json, device_spec, module_json, module_spec};
-use super::{authorize, authorize_modules, json_body, ok_json, precondition, ApiError, HubState};
+use super::{
+    authorize, authorize_modules, json_body, ok_json, precondition, ApiError, HubState, RestCaller,
+};
 use crate::identity::Right;
 
 pub(super) async fn put_device(
@@ -83,9 +85,10 @@ pub(super) async fn put_module(
     State(hub): HubState,
     Path((device, module)): Path<(String, String)>,
     headers: HeaderMap,
+    caller: RestCaller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryWrite, &device).await?;
+    authorize_modules(&hub, &caller, Right::RegistryWrite, &device).await?;
     let spec = module_spec(&device, &module, &json_body(&body)?)?;
     let (record, created) = hub
         .registry()
@@ -109,9 +112,9 @@ pub(super) async fn put_module(
 pub(super) async fn get_module(
     State(hub): HubState,
     Path((device, module)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: RestCaller,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
+    authorize_modules(&hub, &caller, Right::RegistryRead, &device).await?;
     let record = hub.registry().module(&device, &module).await?;
     let connected = hub
         .connections()
@@ -126,9 +129,9 @@ pub(super) async fn get_module(
 pub(super) async fn list_modules(
     State(hub): HubState,
     Path(device): Path<String>,
-    headers: HeaderMap,
+    caller: RestCaller,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryRead, &device).await?;
+    authorize_modules(&hub, &caller, Right::RegistryRead, &device).await?;
     let modules = hub.registry().modules(&device).await?;
     let ids: Vec<String> = modules
         .iter()
@@ -147,8 +150,9 @@ pub(super) async fn delete_module(
     State(hub): HubState,
     Path((device, module)): Path<(String, String)>,
     headers: HeaderMap,
+    caller: RestCaller,
 ) -> Result<Response, ApiError> {
-    authorize_modules(&hub, &headers, Right::RegistryWrite, &device).await?;
+    authorize_modules(&hub, &caller, Right::RegistryWrite, &device).await?;
     hub.registry()
         .delete_module(&device, &module, &precondition(&headers))
         .await?;

@@ -1,4 +1,5 @@
-//! Routes of the edge upstream link (`/edge/{device}/...`), authenticated with the edge device's own token. Every
+//! Routes of the edge upstream link (`/edge/{device}/...`), authenticated with the edge device's own token or
+//! client certificate. Every
 //! body is a type of [`outpost_core::edge_link`]; a request naming another link version is refused (400).
 //! A long poll from an edge device that has not declared its presence to this process is a 409 with a
 //! [`LinkRefusal`]. See [`crate::edge_link`].
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use outpost_core::edge_link::{
     check_link_version, AcksAnswer, AcksRequest, EventsAnswer, LinkRefusal, PresenceAnswer,
@@ -15,7 +16,7 @@ use outpost_core::edge_link::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{json_body, ApiError, HubState};
+use super::{json_body, ApiError, HubState, RestCaller};
 use crate::identity::DeviceRecord;
 use crate::metrics::{TwinOperation, TwinSource};
 use crate::Hub;
@@ -27,19 +28,17 @@ pub(super) struct LinkVersion {
     version: Option<String>,
 }
 
-/// Checks the link version, then that the caller is the enabled edge device `device`.
+/// Checks the link version, then that the caller is the enabled edge device `device` (by its token or its client
+/// certificate).
 async fn edge(
     hub: &Hub,
     version: &LinkVersion,
-    headers: &HeaderMap,
+    caller: &RestCaller,
     device: &str,
 ) -> Result<DeviceRecord, ApiError> {
     check_link_version(version.version.as_deref())
         .map_err(|e| ApiError::bad_request(&e.to_string()))?;
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    Ok(hub.authorize_edge(header, device).await?)
+    Ok(hub.authorize_edge(caller.caller(), device).await?)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -56,10 +55,10 @@ pub(super) async fn presence(
     State(hub): HubState,
     Path(device): Path<String>,
     Query(version): Query<LinkVersion>,
-    headers: HeaderMap,
+    caller: RestCaller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device).await?;
+    let record = edge(&hub, &version, &caller, &device).await?;
     let presence: PresenceRequest = parse(&body)?;
     hub.edge_presence(&record, &presence.clients).await?;
     Ok(ok(&PresenceAnswer {
@@ -78,9 +77,9 @@ pub(super) async fn events(
     Path(device): Path<String>,
     Query(query): Query<EventsQuery>,
     Query(version): Query<LinkVersion>,
-    headers: HeaderMap,
+    caller: RestCaller,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device).await?;
+    let record = edge(&hub, &version, &caller, &device).await?;
     let wait = Duration::from_secs(query.wait_secs.unwrap_or(0).min(60));
     match hub.edge_events(&record, wait).await {
         Ok(events) => Ok(ok(&EventsAnswer { events })),
@@ -100,10 +99,10 @@ pub(super) async fn messages(
     State(hub): HubState,
     Path(device): Path<String>,
     Query(version): Query<LinkVersion>,
-    headers: HeaderMap,
+    caller: RestCaller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device).await?;
+    let record = edge(&hub, &version, &caller, &device).await?;
     let batch: TelemetryBatch<'static> = parse(&body)?;
     Ok(ok(&TelemetryAnswer {
         accepted: hub.edge_messages(&record, &batch.messages).await?,
@@ -114,10 +113,10 @@ pub(super) async fn acks(
     State(hub): HubState,
     Path(device): Path<String>,
     Query(version): Query<LinkVersion>,
-    headers: HeaderMap,
+    caller: RestCaller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device).await?;
+    let record = edge(&hub, &version, &caller, &device).await?;
     let acks: AcksRequest = parse(&body)?;
     hub.edge_acks(&record, &acks.delivered, acks.method_responses)
         .await?;
@@ -134,9 +133,9 @@ pub(super) async fn twin(
     Path(device): Path<String>,
     Query(query): Query<ClientQuery>,
     Query(version): Query<LinkVersion>,
-    headers: HeaderMap,
+    caller: RestCaller,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device).await?;
+    let record = edge(&hub, &version, &caller, &device).await?;
     let twin = hub.edge_twin(&record, &query.client).await?;
     hub.metrics().twin(TwinOperation::Read, TwinSource::Edge);
     Ok(ok(&twin))
@@ -147,10 +146,10 @@ pub(super) async fn reported(
     Path(device): Path<String>,
     Query(query): Query<ClientQuery>,
     Query(version): Query<LinkVersion>,
-    headers: HeaderMap,
+    caller: RestCaller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device).await?;
+    let record = edge(&hub, &version, &caller, &device).await?;
     // The patch is a document whose shape the user owns.
     let version = hub
         .edge_reported(&record, &query.client, &json_body(&body)?)
@@ -164,8 +163,8 @@ pub(super) async fn scope(
     State(hub): HubState,
     Path(device): Path<String>,
     Query(version): Query<LinkVersion>,
-    headers: HeaderMap,
+    caller: RestCaller,
 ) -> Result<Response, ApiError> {
-    let record = edge(&hub, &version, &headers, &device).await?;
+    let record = edge(&hub, &version, &caller, &device).await?;
     Ok(ok(&hub.edge_scope(&record).await?))
 }

@@ -4,7 +4,10 @@
 //! Every request needs a known `api-version` and a shared access signature whose policy grants the right the
 //! route needs, except the upgrades to MQTT over WebSocket (`outpost_https::websocket::mqtt_over_websocket`)
 //! and to AMQP over WebSocket ([`amqp_over_websocket`]), whose clients authenticate inside the protocol.
-//! Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
+//! Where a device may act for itself (an edge device managing its modules, the upstream link), its own SAS token
+//! does too, or, on a request without an `Authorization` header, the TLS client certificate it presented
+//! (X.509 devices: [`authenticate_caller`] checks it with [`Hub::authenticate_certificate`] against the device
+//! the path names). Errors are answered in IoT Hub's shape by [`ApiError`], in one place.
 
 mod bulk;
 mod configurations;
@@ -32,6 +35,9 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use serde_json::Value;
 
+use outpost_core::{DeviceId, Identity};
+
+use crate::auth::Caller;
 use crate::error::HubError;
 use crate::identity::Right;
 use crate::registry::Precondition;
@@ -63,7 +69,7 @@ pub const EDGE_BODY_LIMIT: usize = 16 << 20;
 
 /// The REST router over a hub.
 ///
-/// Layers, outermost first: [`require_sas_token`] (before any body is read), [`require_api_version`], then the
+/// Layers, outermost first: [`authenticate_caller`] (before any body is read), [`require_api_version`], then the
 /// body limit of the route family, then the handler and its precise rights check.
 pub fn router(hub: Arc<Hub>) -> Router {
     let service = Router::new()
@@ -183,7 +189,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .layer(axum::middleware::from_fn(require_api_version))
         .layer(axum::middleware::from_fn_with_state(
             hub.clone(),
-            require_sas_token,
+            authenticate_caller,
         ))
         .with_state(hub)
 }
@@ -255,15 +261,29 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// Refuses with 401, before its body is read, a request whose `Authorization` header is not a valid shared access
-/// signature of this hub (a policy's, a device's, a module's or an edge device's). Which right the request needs
+/// Refuses with 401, before its body is read, a request that does not authenticate: its `Authorization` header
+/// must be a valid shared access signature of this hub (a policy's, a device's, a module's or an edge device's),
+/// or, without one, the TLS client certificate it presented must authenticate the device its path names
+/// ([`certified_device`]), which the request then carries as a [`CertifiedDevice`]. Which right the request needs
 /// is the handler's check; this one keeps unauthenticated clients from making the hub buffer their bodies.
-async fn require_sas_token(State(hub): HubState, request: Request, next: Next) -> Response {
+async fn authenticate_caller(State(hub): HubState, mut request: Request, next: Next) -> Response {
     let header = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match hub.authenticate_token(header).await {
+    let chain = request
+        .extensions()
+        .get::<outpost_https::ClientCertificateChain>()
+        .cloned();
+    let authenticated = match (header, chain) {
+        (None, Some(chain)) => certified_device(&hub, request.uri().path(), &chain.0)
+            .await
+            .map(|device| {
+                request.extensions_mut().insert(CertifiedDevice(device));
+            }),
+        (header, _) => hub.authenticate_token(header).await,
+    };
+    match authenticated {
         Ok(()) => next.run(request).await,
         Err(error) => {
             let mut response = ApiError::from(error).into_response();
@@ -275,6 +295,79 @@ async fn require_sas_token(State(hub): HubState, request: Request, next: Next) -
                 );
             }
             response
+        }
+    }
+}
+
+/// The device whose TLS client certificate a request presented, as [`authenticate_caller`] checked it.
+#[derive(Debug, Clone)]
+struct CertifiedDevice(DeviceId);
+
+/// The device a request's path names (`/devices/{id}/...`, `/edge/{id}/...`, `/twins/{id}/...`), percent-decoded.
+fn device_in_path(path: &str) -> Option<String> {
+    let mut segments = path.trim_start_matches('/').split('/');
+    let family = segments.next()?;
+    let device = segments.next().filter(|device| !device.is_empty())?;
+    if !matches!(family, "devices" | "edge" | "twins") {
+        return None;
+    }
+    outpost_core::quote::unquote(device).ok()
+}
+
+/// Authenticates the device `path` names by the client certificate `chain` (leaf first) it presented: a request
+/// that names no device cannot be made with a certificate alone.
+async fn certified_device(
+    hub: &Hub,
+    path: &str,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<DeviceId, HubError> {
+    let device = device_in_path(path).ok_or_else(|| {
+        HubError::Unauthorized(
+            "the Authorization header is missing (a client certificate authenticates a device only on a request that names it)"
+                .into(),
+        )
+    })?;
+    let device = DeviceId::new(device)
+        .map_err(|e| HubError::Unauthorized(format!("the client certificate: {e}")))?;
+    hub.authenticate_certificate(&Identity::device(device.clone()), chain)
+        .await?;
+    Ok(device)
+}
+
+/// Who a request comes from, for the handlers whose right a device may have: its `Authorization` header, or the
+/// device its client certificate authenticated.
+pub(super) struct RestCaller {
+    authorization: Option<String>,
+    certified: Option<DeviceId>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RestCaller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            authorization: parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            certified: parts
+                .extensions
+                .get::<CertifiedDevice>()
+                .map(|certified| certified.0.clone()),
+        })
+    }
+}
+
+impl RestCaller {
+    /// What the hub's rights checks take.
+    pub(super) fn caller(&self) -> Caller<'_> {
+        match (&self.authorization, &self.certified) {
+            (None, Some(device)) => Caller::Certificate(device),
+            (header, _) => Caller::Token(header.as_deref()),
         }
     }
 }
@@ -388,17 +481,14 @@ fn authorize(hub: &Hub, headers: &HeaderMap, right: Right) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Checks the caller's right on the modules of `device` (a policy, or that edge device's own token).
+/// Checks the caller's right on the modules of `device` (a policy, or that edge device itself).
 async fn authorize_modules(
     hub: &Hub,
-    headers: &HeaderMap,
+    caller: &RestCaller,
     right: Right,
     device: &str,
 ) -> Result<(), ApiError> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    hub.authorize_module_management(header, right, device)
+    hub.authorize_module_management(caller.caller(), right, device)
         .await?;
     Ok(())
 }
@@ -421,4 +511,28 @@ fn json_body(body: &Bytes) -> Result<Value, ApiError> {
 /// A `200 OK` JSON response.
 fn ok_json(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_a_certificate_may_authenticate_is_the_one_the_path_names() {
+        assert_eq!(
+            device_in_path("/devices/edge%2D1/modules/%24edgeAgent").as_deref(),
+            Some("edge-1")
+        );
+        assert_eq!(device_in_path("/edge/gw/events").as_deref(), Some("gw"));
+        assert_eq!(device_in_path("/twins/d1").as_deref(), Some("d1"));
+        for nameless in [
+            "/devices",
+            "/devices/",
+            "/statistics/devices",
+            "/configurations/c1",
+            "/",
+        ] {
+            assert_eq!(device_in_path(nameless), None, "{nameless}");
+        }
+    }
 }

@@ -118,16 +118,20 @@ fn established_tls<O: DeviceOperations>(
 /// The stream moves to the heap (split in two halves) before the returned future is made: an `async fn` keeps
 /// its arguments in every state of its future, and a TLS stream is over a kilobyte that every held connection
 /// would pay twice.
+///
+/// `client_chain` is the certificate chain the client presented at the TLS handshake of the listener that set up
+/// the transport (the HTTPS listener under a WebSocket), if any.
 pub fn run_established<O: DeviceOperations, S>(
     shared: Arc<Shared<O>>,
     stream: S,
     peer: SocketAddr,
+    client_chain: Option<Box<[rustls::pki_types::CertificateDer<'static>]>>,
     shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    established(shared, stream, peer, None, shutdown)
+    established(shared, stream, peer, client_chain, shutdown)
 }
 
 /// [`run_established`] with the certificate chain the client presented at the TLS handshake, if any.
@@ -659,12 +663,18 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    /// [`returned_size`] of a function of five arguments.
+    fn returned_size_of_five<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     /// Every held connection is one task whose cell is this future; the bounds catch a change that makes each
     /// of 100,000 idle connections pay for a large, rarely used state (box it instead).
     #[test]
     fn a_held_connection_is_one_small_task() {
         let tcp = returned_size(run::<Nothing>);
-        let established = returned_size(run_established::<Nothing, tls::TlsStream<TcpStream>>);
+        let established =
+            returned_size_of_five(run_established::<Nothing, tls::TlsStream<TcpStream>>);
         eprintln!("connection future: {tcp} bytes over TCP, {established} established");
         // 2026-12-02: 2,528 and 2,344 bytes (3,736 and 3,552 before the stream moved out of the arguments);
         // 2,728 and 2,544 with the client certificate chain kept until the CONNECT (2,688 and 2,504 before).
