@@ -469,6 +469,25 @@ def sleeper_running(reported) -> bool:
     return ((reported.get("modules") or {}).get("sleeper") or {}).get("runtimeStatus") == "running"
 
 
+def start_again_from_the_stored_assignment(hub, config, log_path, data_dir, up, what: str) -> None:
+    """Restarts the hub without its provisioning service and starts the edge daemon again: it must come up from
+    the assignment it stored (`up` says when it is), not register again."""
+    hub.stop()
+    hub.extra_args = []
+    hub.start()
+    assert not port_open(hub.dps_host, 8883)
+    second_start = log_path.stat().st_size
+    proc = start_edge(config, log_path)
+    try:
+        wait_for(lambda: "using the stored assignment" in log_path.read_text(errors="replace")[second_start:]
+                 or proc.poll() is not None, 30, "the edge daemon to start again from its stored assignment")
+        wait_for(lambda: up() or proc.poll() is not None, 60, what)
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        stop_edge(proc)
+        kill_process_modules(data_dir)
+
+
 def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_tags_select(dps_hub, tmp_path,
                                                                                           loopback):
     """`[provisioning] source = "dps"`: the daemon registers through a group with `--edge` and an initial twin
@@ -517,20 +536,8 @@ def test_an_edge_daemon_provisions_itself_and_runs_the_deployment_its_initial_ta
     assert f"{registration_id} on {hub.host}" in check.stdout, check.stdout
 
     # Later starts use what was stored: no provisioning service needed.
-    hub.stop()
-    hub.extra_args = []
-    hub.start()
-    assert not port_open(hub.dps_host, 8883)
-    second_start = log_path.stat().st_size
-    proc = start_edge(config, log_path)
-    try:
-        wait_for(lambda: "using the stored assignment" in log_path.read_text(errors="replace")[second_start:]
-                 or proc.poll() is not None, 30, "the edge daemon to start again from its stored assignment")
-        wait_for(lambda: port_open(edge_host, 8883) or proc.poll() is not None, 30, "the edge hub's MQTT port")
-        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-    finally:
-        stop_edge(proc)
-        kill_process_modules(data_dir)
+    start_again_from_the_stored_assignment(hub, config, log_path, data_dir,
+                                           lambda: port_open(edge_host, 8883), "the edge hub's MQTT port")
 
 
 def test_an_edge_daemon_provisions_itself_with_a_certificate_and_runs_as_that_device(dps_hub, tmp_path, loopback):
@@ -601,21 +608,10 @@ def test_an_edge_daemon_provisions_itself_with_a_certificate_and_runs_as_that_de
     assert "ok   hub: reachable with this device's credentials" in check.stdout, check.stdout
 
     # Later starts use what was stored: no provisioning service needed, the certificate still opens the hub.
-    hub.stop()
-    hub.extra_args = []
-    hub.start()
-    assert not port_open(hub.dps_host, 8883)
-    second_start = log_path.stat().st_size
-    proc = start_edge(config, log_path)
-    try:
-        wait_for(lambda: "using the stored assignment" in log_path.read_text(errors="replace")[second_start:]
-                 or proc.poll() is not None, 30, "the edge daemon to start again from its stored assignment")
-        wait_for(lambda: hub.registry().get_module(device_id, "$edgeAgent").connection_state == "Connected"
-                 or proc.poll() is not None, 60, "$edgeAgent connected again after the restart")
-        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-    finally:
-        stop_edge(proc)
-        kill_process_modules(data_dir)
+    start_again_from_the_stored_assignment(
+        hub, config, log_path, data_dir,
+        lambda: hub.registry().get_module(device_id, "$edgeAgent").connection_state == "Connected",
+        "$edgeAgent connected again after the restart")
 
 
 def test_an_edge_daemon_with_an_untrusted_or_unreadable_certificate_stops_with_a_clear_error(dps_hub, tmp_path,

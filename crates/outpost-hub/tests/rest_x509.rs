@@ -162,90 +162,46 @@ async fn a_certificate_opens_only_what_its_devices_token_would() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     };
 
-    // Another device's modules and link, with the edge device's certificate.
     let impostor = certificate("edge1");
-    refused(
-        call(
-            &hub,
-            Credential::Certificate(&impostor),
-            "GET",
+    let scope = link("/scope");
+    for (why, certificate, path) in [
+        // Another device's modules and link, with the edge device's certificate.
+        (
+            "a certificate of another key named edge1",
+            &impostor,
             "/devices/edge1/modules",
-            None,
-        )
-        .await,
-    );
-    refused(
-        call(
-            &hub,
-            Credential::Certificate(&impostor),
-            "GET",
-            &link("/scope"),
-            None,
-        )
-        .await,
-    );
-    // A device that is not an edge device manages no modules.
-    refused(
-        call(
-            &hub,
-            Credential::Certificate(&plain),
-            "GET",
+        ),
+        (
+            "a certificate of another key named edge1",
+            &impostor,
+            scope.as_str(),
+        ),
+        (
+            "a device that is not an edge device manages no modules",
+            &plain,
             "/devices/plain/modules",
-            None,
-        )
-        .await,
-    );
-    // The edge device's certificate on a path naming another device, or on service routes.
-    refused(
-        call(
+        ),
+        // The edge device's certificate on a path naming another device, or on service routes.
+        ("edge1's certificate", &edge, "/devices/plain/modules"),
+        ("edge1's certificate", &edge, "/devices"),
+        ("edge1's certificate", &edge, "/devices/edge1"),
+        ("edge1's certificate", &edge, "/twins/edge1"),
+        ("edge1's certificate", &edge, "/statistics/devices"),
+    ] {
+        let (status, body) = call(
             &hub,
-            Credential::Certificate(&edge),
+            Credential::Certificate(certificate),
             "GET",
-            "/devices/plain/modules",
+            path,
             None,
         )
-        .await,
-    );
-    refused(
-        call(
-            &hub,
-            Credential::Certificate(&edge),
-            "GET",
-            "/devices",
-            None,
-        )
-        .await,
-    );
-    refused(
-        call(
-            &hub,
-            Credential::Certificate(&edge),
-            "GET",
-            "/devices/edge1",
-            None,
-        )
-        .await,
-    );
-    refused(
-        call(
-            &hub,
-            Credential::Certificate(&edge),
-            "GET",
-            "/twins/edge1",
-            None,
-        )
-        .await,
-    );
-    refused(
-        call(
-            &hub,
-            Credential::Certificate(&edge),
-            "GET",
-            "/statistics/devices",
-            None,
-        )
-        .await,
-    );
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{why}, GET {path}: {body}"
+        );
+    }
 
     // A disabled device's certificate opens nothing.
     let mut record = hub.registry().device("edge1").await.unwrap();
