@@ -5,6 +5,8 @@
 //! its presence to this hub process: a restarted hub has forgotten the edge's clients, and a poll it answered
 //! would wait for pushes that never come.
 
+mod router_call;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -17,7 +19,6 @@ use outpost_hub::registry::{DeviceSpec, Precondition};
 use outpost_hub::rest::API_VERSIONS;
 use outpost_hub::Hub;
 use serde_json::Value;
-use tower::ServiceExt as _;
 
 /// `hub` with the edge device `edge1`, and that device's token.
 async fn hub_with_edge(hub: Hub) -> (Arc<Hub>, String) {
@@ -74,15 +75,7 @@ async fn call_as_version(
         .header("Content-Type", "application/json")
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .unwrap();
-    let answer = outpost_hub::rest::router(hub.clone())
-        .oneshot(request)
-        .await
-        .unwrap();
-    let status = answer.status();
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&body).unwrap())
+    router_call::answer(outpost_hub::rest::router(hub.clone()), request).await
 }
 
 /// `GET /scope` with `link_version` (if any) on a new hub.

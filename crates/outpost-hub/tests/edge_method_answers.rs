@@ -3,6 +3,8 @@
 //! the edge device's scope, or one inside it that is not the target) is dropped: the caller gets the target's
 //! own answer, or a timeout, never the forged one.
 
+mod router_call;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,6 @@ use outpost_hub::rest::API_VERSIONS;
 use outpost_hub::{Hub, HubError};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
-use tower::ServiceExt as _;
 
 /// One edge device's end of the link: its id and its token.
 struct Edge {
@@ -47,15 +48,7 @@ impl Edge {
             .header("Content-Type", "application/json")
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .unwrap();
-        let answer = outpost_hub::rest::router(hub.clone())
-            .oneshot(request)
-            .await
-            .unwrap();
-        let status = answer.status();
-        let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        router_call::answer(outpost_hub::rest::router(hub.clone()), request).await
     }
 
     /// Declares `clients` present behind this edge device, each listening for methods.

@@ -2,6 +2,8 @@
 //! creates the edge device with the derived key and its initial twin and records the assignment, and refusals
 //! (a malformed request, a disabled enrollment, a wrong key) create no device. The ID scope is made once.
 
+mod router_call;
+
 use outpost_core::provisioning::{derive_device_key, registration_token, RegistrationStatus};
 use outpost_hub::provisioning::model::{Attestation, EnrollmentRef};
 use outpost_hub::provisioning::{operation_status, Registered};
@@ -229,7 +231,6 @@ async fn rest_call(
     chain: Option<&rustls::pki_types::CertificateDer<'static>>,
     body: &str,
 ) -> (axum::http::StatusCode, serde_json::Value) {
-    use tower::ServiceExt as _;
     let mut request = axum::http::Request::builder()
         .method(method)
         .uri(uri)
@@ -246,15 +247,7 @@ async fn rest_call(
     let backend = std::sync::Arc::new(outpost_hub::provisioning::head::HubProvisioning(
         hub.clone(),
     ));
-    let answer = outpost_hub::provisioning::rest::router(backend)
-        .oneshot(request)
-        .await
-        .unwrap();
-    let status = answer.status();
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, serde_json::from_slice(&body).unwrap_or_default())
+    router_call::answer(outpost_hub::provisioning::rest::router(backend), request).await
 }
 
 #[tokio::test]
