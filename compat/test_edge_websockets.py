@@ -11,7 +11,7 @@ import queue
 import uuid
 
 import pytest
-from azure.iot.device import IoTHubDeviceClient, Message
+from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message
 from azure.iot.hub.models import Twin, TwinProperties
 
 from harness import Monitor, monitor_body, port_open, run_with_timeout, set_handler, wait_for
@@ -58,6 +58,43 @@ def test_a_device_behind_the_edge_over_websockets_sends_telemetry_and_gets_desir
     hub.registry().update_twin(leaf_id, Twin(properties=TwinProperties(desired={"interval": 9})), "*")
     patch = patches.get(timeout=30)
     assert patch["interval"] == 9
+
+
+def test_a_module_of_the_edge_device_over_websockets_routes_upstream_and_gets_its_twin(hub, edge, tmp_path,
+                                                                                     clients):
+    routes = {"up": "FROM /messages/modules/wsmod/outputs/* INTO $upstream"}
+    deploy(hub, edge.device_id, edge_manifest({}, routes=routes), tmp_path)
+    edge.start()
+    wait_for(lambda: port_open(edge.host, 443), 10, "the edge hub's HTTPS port 443")
+    edge.wait_online()
+    module = hub.cli_json("module", "create", edge.device_id, "wsmod")
+    key = module["authentication"]["symmetricKey"]["primaryKey"]
+    cs = (f"HostName={hub.host};DeviceId={edge.device_id};ModuleId=wsmod;SharedAccessKey={key};"
+          f"GatewayHostName={edge.host}")
+    client = IoTHubModuleClient.create_from_connection_string(cs, server_verification_cert=edge.ca_path.read_text(),
+                                                              websockets=True, connection_retry=False)
+    clients.created.append(client)
+    run_with_timeout(client.connect, 30, "connect a module to the edge hub over WebSocket")
+
+    # a message to an output takes the edge's route to the hub
+    monitor = Monitor(hub, count=1, timeout=60)
+    try:
+        run_with_timeout(lambda: client.send_message_to_output(Message("module behind the edge"), "out1"), 15,
+                         "send_message_to_output over WebSocket to the edge")
+        (received,) = monitor.messages()
+    finally:
+        monitor.close()
+    assert monitor_body(received) == b"module behind the edge"
+    assert (received["deviceId"], received["moduleId"]) == (edge.device_id, "wsmod")
+
+    # its module twin's desired patch, made at the hub, reaches it through the edge
+    patches = queue.Queue()
+    set_handler(client, "on_twin_desired_properties_patch_received", patches.put)
+    hub.registry().update_module_twin(edge.device_id, "wsmod",
+                                      Twin(properties=TwinProperties(desired={"threshold": 4})), "*")
+    assert patches.get(timeout=30)["threshold"] == 4
+    twin = run_with_timeout(client.get_twin, 15, "get_twin over WebSocket through the edge")
+    assert twin["desired"]["threshold"] == 4
 
 
 def test_the_edge_upgrade_needs_the_mqtt_subprotocol(hub, edge, tmp_path):

@@ -309,3 +309,32 @@ def test_an_x509_device_connects_over_websockets_with_its_certificate(hub, regis
                 run_with_timeout(client.shutdown, 10, "client shutdown")
             except Exception:  # noqa: BLE001 - a broken client must not hide the test's own result
                 pass
+
+
+def test_a_module_over_websockets_sends_to_an_output_and_gets_its_module_twin(hub, registry, clients):
+    key = new_device(registry, "dev1")
+    module_key = registry.create_module_with_sas("dev1", "wsmod", None, "", "").authentication.symmetric_key \
+        .primary_key
+    assert module_key != key
+    client = clients.open(hub, "dev1", module_key, module_id="wsmod", websockets=True)
+
+    # a message sent to an output arrives in `outpost monitor` as the module's
+    monitor = Monitor(hub, count=1)
+    try:
+        run_with_timeout(lambda: client.send_message_to_output(Message("module over port 443"), "out1"), 15,
+                         "send_message_to_output over WebSocket")
+        (received,) = monitor.messages()
+    finally:
+        monitor.close()
+    assert monitor_body(received) == b"module over port 443"
+    assert (received["deviceId"], received["moduleId"]) == ("dev1", "wsmod")
+
+    # the module twin's desired patch reaches it, and its twin holds what it reported
+    patches = queue.Queue()
+    set_handler(client, "on_twin_desired_properties_patch_received", patches.put)
+    registry.update_module_twin("dev1", "wsmod", Twin(properties=TwinProperties(desired={"threshold": 3})), "*")
+    assert patches.get(timeout=15)["threshold"] == 3
+    run_with_timeout(lambda: client.patch_twin_reported_properties({"state": "ok"}), 15, "patch reported")
+    twin = run_with_timeout(client.get_twin, 15, "get_twin over WebSocket")
+    assert twin["desired"]["threshold"] == 3 and twin["reported"]["state"] == "ok"
+    assert registry.get_module_twin("dev1", "wsmod").properties.reported["state"] == "ok"
