@@ -21,8 +21,8 @@ from test_websockets import RawWebSocket
 pytestmark = pytest.mark.docker_free
 
 
-def started(hub, edge, tmp_path):
-    deploy(hub, edge.device_id, edge_manifest({}), tmp_path)
+def started(hub, edge, tmp_path, routes: dict | None = None):
+    deploy(hub, edge.device_id, edge_manifest({}, routes=routes), tmp_path)
     edge.start()
     wait_for(lambda: port_open(edge.host, 443), 10, "the edge hub's HTTPS port 443")
 
@@ -62,10 +62,7 @@ def test_a_device_behind_the_edge_over_websockets_sends_telemetry_and_gets_desir
 
 def test_a_module_of_the_edge_device_over_websockets_routes_upstream_and_gets_its_twin(hub, edge, tmp_path,
                                                                                      clients):
-    routes = {"up": "FROM /messages/modules/wsmod/outputs/* INTO $upstream"}
-    deploy(hub, edge.device_id, edge_manifest({}, routes=routes), tmp_path)
-    edge.start()
-    wait_for(lambda: port_open(edge.host, 443), 10, "the edge hub's HTTPS port 443")
+    started(hub, edge, tmp_path, routes={"up": "FROM /messages/modules/wsmod/outputs/* INTO $upstream"})
     edge.wait_online()
     module = hub.cli_json("module", "create", edge.device_id, "wsmod")
     key = module["authentication"]["symmetricKey"]["primaryKey"]
