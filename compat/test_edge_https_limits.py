@@ -94,19 +94,32 @@ def test_method_api_connections_past_the_cap_wait_until_one_closes(running_edge)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, MAX_CONNECTIONS + 500), hard))
     held: list[socket.socket] = []
     try:
-        # Plain TCP connections hold a permit from accept until the TLS handshake (10 s timeout): opening them is
-        # quick, so the whole check runs well inside that window.
-        started = time.monotonic()
-        for _ in range(MAX_CONNECTIONS):
-            held.append(socket.create_connection((edge.host, EDGE_HTTPS_PORT), timeout=5))
-        time.sleep(0.5)
-        raw = socket.create_connection((edge.host, EDGE_HTTPS_PORT), timeout=5)
-        raw.settimeout(2)
+        # Plain TCP connections hold a permit from accept until the TLS handshake (10 s timeout): the check must
+        # run inside that window. On a loaded machine opening 1,000 connections can take most of it; such an
+        # attempt proves nothing either way, so it is let go (its permits expire) and the check is made again.
         context = ssl.create_default_context(cafile=str(edge.ca_path))
-        with pytest.raises((TimeoutError, socket.timeout)):
-            context.wrap_socket(raw, server_hostname=edge.host)  # the 1,001st is not served while 1,000 are open
-        raw.close()
-        assert time.monotonic() - started < 8, "too slow to check the cap inside the handshake timeout"
+        for attempt in range(3):
+            started = time.monotonic()
+            for _ in range(MAX_CONNECTIONS):
+                held.append(socket.create_connection((edge.host, EDGE_HTTPS_PORT), timeout=5))
+            time.sleep(0.5)
+            raw = socket.create_connection((edge.host, EDGE_HTTPS_PORT), timeout=5)
+            raw.settimeout(2)
+            try:
+                context.wrap_socket(raw, server_hostname=edge.host)
+                served = True
+            except (TimeoutError, socket.timeout):
+                served = False
+            raw.close()
+            if time.monotonic() - started < 8:
+                assert not served, "the 1,001st connection was served while 1,000 were open"
+                break
+            for sock in held:
+                sock.close()
+            held.clear()
+            time.sleep(11)  # past the handshake timeout: every permit of this attempt is back
+        else:
+            pytest.fail("three attempts too slow to check the cap inside the handshake timeout")
 
         for sock in held[:5]:
             sock.close()
