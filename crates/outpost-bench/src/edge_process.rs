@@ -16,6 +16,9 @@ use crate::system;
 
 /// The edge hub's MQTT port.
 pub const MQTT_PORT: u16 = 8883;
+/// The management API version the harness speaks (`outpost_edge::management::api::MANAGEMENT_API_VERSION`; the
+/// harness does not link the edge runtime). The socket refuses a request without it.
+const MANAGEMENT_API_VERSION: &str = "2026-12-01";
 
 /// How long the daemon may take to create its CA and listen.
 const START_TIMEOUT: Duration = Duration::from_mins(1);
@@ -178,13 +181,17 @@ impl EdgeProcess {
         let mut stream = tokio::net::UnixStream::connect(&socket)
             .await
             .with_context(|| format!("cannot connect to {}", socket.display()))?;
-        stream
-            .write_all(b"GET /stats HTTP/1.1\r\nHost: outpost\r\nConnection: close\r\n\r\n")
-            .await?;
+        let request = format!(
+            "GET /stats?api-version={MANAGEMENT_API_VERSION} HTTP/1.1\r\nHost: outpost\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await?;
         let text = String::from_utf8_lossy(&answer);
         let body = http_body(&text).context("the management socket answered without a body")?;
+        if !text.starts_with("HTTP/1.1 200") {
+            bail!("the management socket refused GET /stats: {body}");
+        }
         serde_json::from_str(body).context("the management socket answered with invalid JSON")
     }
 

@@ -20,7 +20,6 @@ pub mod stored;
 pub mod sync;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -30,7 +29,7 @@ use outpost_mqtt::{
     ConnectRefusal, ConnectionTable, DeviceOperations, Feature, OperationError, Outbox, Outgoing,
 };
 use serde_json::{json, Map, Value};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::config::{DeviceCredentials, EdgeConfig};
 use crate::identities::IdentityCache;
@@ -59,16 +58,17 @@ pub struct EdgeHub {
     /// The upstream link.
     pub link: Link,
     /// Whether the hub answered the last call. Changed only through [`went_online`](Self::went_online) and
-    /// [`went_offline`](Self::went_offline), which tell the state; read anywhere.
-    pub online: AtomicBool,
+    /// [`went_offline`](Self::went_offline), which tell the state; read with [`is_online`](Self::is_online),
+    /// and waited for by the link's loops (none of them polls it).
+    online: watch::Sender<bool>,
     /// Held while a change of `online` is told to the state, so that the state learns the changes in order.
     /// A tokio `Mutex`: held across the send.
     link_change: tokio::sync::Mutex<()>,
     /// Connected clients by client id. A std `Mutex`: held to insert, remove or clone, never across `.await`.
     pub connections: ConnectionTable,
-    /// Signalled when clients connect, disconnect or subscribe, and when messages are stored or reported
-    /// patches queued (the link's `$upstream` and reported-patch loops wait on it).
-    pub changed: Notify,
+    /// Signalled when a reported patch is queued (the link's reported-patch loop waits on it; a permit is kept
+    /// while the loop is busy).
+    reported_queued: Notify,
     /// The task that owns the edge hub's state: clients, input endpoints, deliveries in flight, and method
     /// calls waiting for their answer (local and forwarded from the hub).
     hub_loop: HubLoop,
@@ -172,10 +172,10 @@ impl EdgeHub {
             identities,
             router,
             link,
-            online: AtomicBool::new(false),
+            online: watch::Sender::new(false),
             link_change: tokio::sync::Mutex::new(()),
             connections: ConnectionTable::default(),
-            changed: Notify::new(),
+            reported_queued: Notify::new(),
             hub_loop,
             metrics,
             scope: Mutex::new(scope),
@@ -263,10 +263,28 @@ impl EdgeHub {
         )
     }
 
+    /// Whether the upstream link is up (the hub answered the last call).
+    pub fn is_online(&self) -> bool {
+        *self.online.borrow()
+    }
+
+    /// Returns once the upstream link is up (at once if it is).
+    pub async fn until_online(&self) {
+        let mut online = self.online.subscribe();
+        // The sender lives as long as `self`.
+        let _ = online.wait_for(|up| *up).await;
+    }
+
+    /// Returns once the upstream link is down (at once if it is).
+    pub async fn until_offline(&self) {
+        let mut online = self.online.subscribe();
+        let _ = online.wait_for(|up| !*up).await;
+    }
+
     /// The hub answered: the link is up (the state then declares presence).
     pub async fn went_online(&self) {
         let _in_order = self.link_change.lock().await;
-        if !self.online.swap(true, Ordering::AcqRel) {
+        if !self.online.send_replace(true) {
             self.hub_loop.link(true).await;
         }
     }
@@ -274,7 +292,7 @@ impl EdgeHub {
     /// The hub did not answer: the link is down until the connectivity loop reaches it again. Whether it was up.
     pub async fn went_offline(&self) -> bool {
         let _in_order = self.link_change.lock().await;
-        if !self.online.swap(false, Ordering::AcqRel) {
+        if !self.online.send_replace(false) {
             return false;
         }
         self.metrics.went_offline();
@@ -318,7 +336,7 @@ impl EdgeHub {
 
     /// The twin of a client: from the hub when it answers (refreshing the cache), else the cached copy.
     pub async fn twin(&self, client: &str) -> Result<Value, OperationError> {
-        if self.online.load(Ordering::Acquire) {
+        if self.is_online() {
             match self.link.twin(client).await {
                 Ok(view) => {
                     if let Err(error) = self.store.put_twin(client, &view) {
@@ -379,7 +397,7 @@ impl EdgeHub {
         self.store
             .queue_reported(client, patch, &view)
             .map_err(|e| OperationError::new(500, e.to_string()))?;
-        self.changed.notify_waiters();
+        self.reported_queued.notify_one();
         Ok(version)
     }
 
@@ -407,7 +425,7 @@ impl EdgeHub {
     ) -> Result<(), auth::AuthError> {
         let result = check(self);
         if matches!(result, Err(auth::AuthError::NotInScope(_)))
-            && self.online.load(Ordering::Acquire)
+            && self.is_online()
             && lock(&self.unknown_client_refresh).admit(std::time::Instant::now())
         {
             if let Ok(scope) = self.link.scope().await {
@@ -462,7 +480,6 @@ impl DeviceOperations for EdgeDevices {
         self.0
             .connections
             .connected(identity.client_id(), outbox.clone());
-        self.0.changed.notify_waiters();
         self.0
             .hub_loop
             .connected(identity.client_id(), outbox)
@@ -473,7 +490,6 @@ impl DeviceOperations for EdgeDevices {
         self.0
             .connections
             .disconnected(&identity.client_id(), connection);
-        self.0.changed.notify_waiters();
         self.0
             .hub_loop
             .disconnected(identity.client_id(), connection)
@@ -535,7 +551,6 @@ impl DeviceOperations for EdgeDevices {
         self.0
             .metrics
             .message_received(&identity.client_id(), output.as_deref());
-        self.0.changed.notify_waiters();
         Ok(())
     }
 
@@ -587,11 +602,9 @@ impl DeviceOperations for EdgeDevices {
         if let Err(error) = self.0.store.put_session(client_id, filters) {
             tracing::warn!(client_id, %error, "cannot persist a session");
         }
-        self.0.changed.notify_waiters();
     }
 
     async fn subscriptions_changed(&self, identity: &Identity, _connection: u64) {
-        self.0.changed.notify_waiters();
         self.0.hub_loop.subscribed(identity.client_id()).await;
     }
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use tokio::sync::Notify;
+
 use outpost_core::route::{MessageSource, Route, Sink};
 use outpost_core::{EdgeHubDesired, Identity, Message};
 use outpost_store::log::{EndpointQueue, LogError, MessageLog, Record, Target};
@@ -62,6 +64,9 @@ pub struct Router {
     /// catch-up and a pushed change may refresh at once, and the older read must not be installed last. A
     /// tokio `Mutex`: held across the twin read.
     refreshing: tokio::sync::Mutex<()>,
+    /// Signalled when a message is stored for `$upstream` (a permit is kept while the link's loop is busy, so
+    /// no message waits for its next look).
+    upstream_stored: Notify,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,6 +92,7 @@ impl Router {
                 default_ttl_secs: 7200,
             })),
             reported_clients: Mutex::new(BTreeMap::new()),
+            upstream_stored: Notify::new(),
             refreshing: tokio::sync::Mutex::new(()),
         }
     }
@@ -227,9 +233,18 @@ impl Router {
         }
         .encode();
         let mut record = Record::new(payload);
+        let upstream = inputs.len() < targets.len();
         record.targets = targets;
         self.log.append(vec![record]).await?;
+        if upstream {
+            self.upstream_stored.notify_one();
+        }
         Ok(inputs)
+    }
+
+    /// Returns once a message was stored for `$upstream` since the last return, or after `at_most`.
+    pub async fn upstream_stored(&self, at_most: std::time::Duration) {
+        let _ = tokio::time::timeout(at_most, self.upstream_stored.notified()).await;
     }
 
     /// The next messages for the hub, oldest (and most urgent) first: `(seq, sender, message)`.

@@ -3,7 +3,6 @@
 //! Module inputs, method calls and the presence to declare come from the task that owns the edge hub's state
 //! (`hub_loop`); these loops tell it when the link goes up or down.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +26,14 @@ const UPSTREAM_BATCH: usize = 500;
 /// limit of the hub's `/edge/{device}/messages` (axum's default of 2 MiB), so a batch is never refused for
 /// its size.
 pub const UPSTREAM_BATCH_BYTES: usize = (1 << 20) - BATCH_ENVELOPE_BYTES;
-/// How often an idle loop looks again.
+/// How long a loop waits for its signal before it looks again anyway (every change it waits for signals it).
 const IDLE: Duration = Duration::from_millis(500);
+/// The first wait before reaching for an unreachable hub again; it doubles on each failure up to
+/// [`RECONNECT_AT_MOST`]. A hub that is down refuses at once, so trying every 2 s costs it nothing, and a
+/// backlog starts to drain within about a second of the hub's return (the wait is half the cap on average).
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts to reach the hub.
+const RECONNECT_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Starts every loop; they run until the process ends.
 pub fn start(hub: &Arc<EdgeHub>) {
@@ -46,11 +51,6 @@ async fn offline(hub: &EdgeHub, error: &LinkError) {
     }
 }
 
-/// Waits until something changes or `IDLE` passes.
-async fn idle(hub: &EdgeHub) {
-    let _ = tokio::time::timeout(IDLE, hub.changed.notified()).await;
-}
-
 /// Declares who listens here, then reads what they missed: after every reconnect, and when the hub asks for it
 /// (it restarted between two long polls, and forgot). Declare before the catch-up: the hub pushes the changes
 /// made after the declaration (`$edgeHub`'s routes among them), the catch-up reads those made before it; in the
@@ -64,28 +64,25 @@ async fn declare(hub: &EdgeHub, declaring: &tokio::sync::Mutex<()>) -> Result<()
 }
 
 async fn connectivity(hub: Arc<EdgeHub>, declaring: Arc<tokio::sync::Mutex<()>>) {
-    let mut back_off = Duration::from_secs(1);
+    let mut back_off = RECONNECT_FIRST;
     loop {
-        if hub.online.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
+        hub.until_offline().await;
         match hub.link.scope().await {
             Ok(scope) => {
                 hub.set_scope(&scope);
                 hub.went_online().await;
-                back_off = Duration::from_secs(1);
+                back_off = RECONNECT_FIRST;
                 tracing::info!("upstream link to the hub is up");
                 if let Err(error) = declare(&hub, &declaring).await {
                     offline(&hub, &error).await;
                     // A presence the hub refuses is refused again at once: ask again later.
-                    tokio::time::sleep(back_off).await;
+                    tokio::time::sleep(RECONNECT_AT_MOST).await;
                 }
             }
             Err(error) => {
                 tracing::debug!(%error, "the hub is still unreachable");
                 tokio::time::sleep(back_off).await;
-                back_off = (back_off * 2).min(Duration::from_secs(5));
+                back_off = (back_off * 2).min(RECONNECT_AT_MOST);
             }
         }
     }
@@ -176,10 +173,7 @@ async fn presence(hub: Arc<EdgeHub>) {
 
 async fn pushes(hub: Arc<EdgeHub>, declaring: Arc<tokio::sync::Mutex<()>>) {
     loop {
-        if !hub.online.load(Ordering::Acquire) {
-            tokio::time::sleep(IDLE).await;
-            continue;
-        }
+        hub.until_online().await;
         match hub.link.events(20).await {
             Ok(events) => {
                 for event in events {
@@ -289,13 +283,10 @@ fn take_upstream(hub: &EdgeHub, batches: &mut UpstreamBatches<(String, Message)>
 async fn upstream(hub: Arc<EdgeHub>) {
     let mut batches = UpstreamBatches::new(UPSTREAM_BATCH, UPSTREAM_BATCH_BYTES);
     loop {
-        if !hub.online.load(Ordering::Acquire) {
-            tokio::time::sleep(IDLE).await;
-            continue;
-        }
+        hub.until_online().await;
         take_upstream(&hub, &mut batches);
         if batches.is_empty() {
-            idle(&hub).await;
+            hub.router.upstream_stored(IDLE).await;
             continue;
         }
         let request = TelemetryBatch {
@@ -358,13 +349,10 @@ async fn upstream(hub: Arc<EdgeHub>) {
 
 async fn reported(hub: Arc<EdgeHub>) {
     loop {
-        if !hub.online.load(Ordering::Acquire) {
-            tokio::time::sleep(IDLE).await;
-            continue;
-        }
+        hub.until_online().await;
         let queued = hub.store.queued_reported(100).unwrap_or_default();
         if queued.is_empty() {
-            idle(&hub).await;
+            let _ = tokio::time::timeout(IDLE, hub.reported_queued.notified()).await;
             continue;
         }
         for (seq, client, patch) in queued {

@@ -245,7 +245,7 @@ pub fn stats_document(edge_hub: &EdgeHub) -> Stats {
         })
         .collect();
     Stats {
-        online: edge_hub.online.load(std::sync::atomic::Ordering::Acquire),
+        online: edge_hub.is_online(),
         appended: stats.appended,
         queued: stats.endpoints.values().map(|e| e.queued).sum(),
         delivered: stats.delivered,

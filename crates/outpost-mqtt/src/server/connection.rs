@@ -15,6 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf as _, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt as _;
 use outpost_core::Identity;
 use tokio::io::{
     AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
@@ -302,6 +303,11 @@ impl<W: AsyncWrite + Unpin> Sending<W> {
         Ok(())
     }
 
+    /// Packets waiting to be encoded.
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Whether anything waits to be written or flushed.
     fn has_work(&self) -> bool {
         !self.failed && (self.unflushed || !self.batch.is_empty() || !self.queue.is_empty())
@@ -543,6 +549,15 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                 Some(item) = inbox.recv() => {
                     let actions = session.push(item?)?;
                     self.apply(actions)?;
+                    // What else is already waiting goes out in the same write (one TLS record and one syscall
+                    // for a burst of deliveries rather than one each), up to half the send queue.
+                    while self.sending.queued() < self.sending.max_queued / 2 {
+                        let Some(Some(item)) = inbox.recv().now_or_never() else {
+                            break;
+                        };
+                        let actions = session.push(item?)?;
+                        self.apply(actions)?;
+                    }
                 }
                 () = &mut keep_alive, if deadline.is_some() => return Err(ConnectionError::KeepAliveExpired),
                 () = &mut token_expired, if self.token_expiry.is_some() => return Err(ConnectionError::TokenExpired),

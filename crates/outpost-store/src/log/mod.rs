@@ -26,8 +26,9 @@
 //! sealed segment is damage to acknowledged data and the open fails with [`LogError::Corrupt`] instead.
 //!
 //! # Acknowledgement durability
-//! [`EndpointQueue::ack`] changes memory only; the writer persists all cursors at each checkpoint (every
-//! [`LogOptions::checkpoint_interval`], or on [`MessageLog::checkpoint`], and when the log closes). A crash
+//! [`EndpointQueue::ack`] changes memory only; all cursors are persisted at each checkpoint (every
+//! [`LogOptions::checkpoint_interval`] by a checkpoint thread beside the writer, so that appends never wait
+//! behind the cursor file's fsyncs; on [`MessageLog::checkpoint`] and when the log closes, by the writer). A crash
 //! in between makes an endpoint see its last acknowledged records again: at least once, never lost.
 //!
 //! # TTL, cleanup and the disk quota
@@ -140,6 +141,9 @@ pub(crate) struct Shared {
     dir: PathBuf,
     options: LogOptions,
     state: Mutex<State>,
+    /// Held for a whole checkpoint (the cursor file and the deletions after it) and while the full policy drops
+    /// a segment: the checkpoint thread and the writer both checkpoint, and `cursors.tmp` has one writer.
+    checkpointing: Mutex<()>,
     /// Set by the writer after a failed write or fsync; appends fail from then on.
     poisoned: AtomicBool,
     #[cfg(test)]
@@ -180,6 +184,9 @@ pub(crate) struct State {
     truncated_at_open: u64,
     /// A lane's cursor moved since the cursor file was last written.
     cursors_dirty: bool,
+    /// While the writer commits a group: the first sequence number of the segment the group started in. That
+    /// segment and every later one may hold bytes the index does not know yet, so no checkpoint deletes them.
+    group_from: Option<u64>,
 }
 
 impl State {
@@ -296,6 +303,7 @@ impl MessageLog {
             appended: 0,
             truncated_at_open: 0,
             cursors_dirty: false,
+            group_from: None,
         };
         let mut max_acked = 0;
         for (name, lanes) in cursors {
@@ -349,6 +357,7 @@ impl MessageLog {
             dir: dir.to_owned(),
             options,
             state: Mutex::new(state),
+            checkpointing: Mutex::new(()),
             poisoned: AtomicBool::new(false),
             #[cfg(test)]
             fault: None,

@@ -339,6 +339,40 @@ fn consumed_segments_are_removed_at_checkpoint_and_stay_consumed() {
     assert_eq!(log.stats().next_seq, 21);
 }
 
+/// The periodic checkpoint runs on its own thread: with no append and no checkpoint asked for, consumed
+/// segments still go and the cursor file still moves.
+#[test]
+fn consumed_segments_go_at_the_next_periodic_checkpoint_without_any_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        checkpoint_interval: Duration::from_millis(20),
+        ..small()
+    };
+    {
+        let log = MessageLog::open(dir.path(), options.clone()).unwrap();
+        let endpoint = log.endpoint("e");
+        for i in 0..20 {
+            log.append_blocking(vec![Record::to("e", payload(i, 500))])
+                .unwrap();
+        }
+        let before = log.stats().segments;
+        assert!(before > 2);
+        ack_all(&endpoint, &endpoint.next_batch(15).unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.stats().segments == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no periodic checkpoint removed the consumed segments"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Killed rather than closed: only what a periodic checkpoint wrote is in the cursor file.
+        std::mem::forget(log);
+    }
+    let cursors = cursor::load(dir.path()).unwrap();
+    assert_eq!(cursors["e"].values().copied().max(), Some(15));
+}
+
 #[test]
 fn segments_holding_only_expired_records_are_removed() {
     let dir = tempfile::tempdir().unwrap();

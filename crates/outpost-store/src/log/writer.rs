@@ -16,7 +16,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::{oneshot, Notify};
 
@@ -99,50 +98,59 @@ impl Writer {
         }
     }
 
-    /// Serves commands until every handle is gone, then checkpoints a last time.
+    /// Serves commands until every handle is gone, then checkpoints a last time. The periodic checkpoints run
+    /// on a thread of their own: the cursor file costs two fsyncs and the deletions a third, and appends
+    /// waiting behind them would be late by as much.
     pub fn run(mut self) {
-        let interval = self.shared.options.checkpoint_interval;
         let max_group = self.shared.options.max_group_bytes;
-        let mut next_checkpoint = Instant::now() + interval;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let checkpointer = {
+            let shared = Arc::clone(&self.shared);
+            std::thread::Builder::new()
+                .name("outpost-log-checkpoint".into())
+                .spawn(move || checkpoint_every(&shared, &stopped))
+        };
+        if let Err(e) = &checkpointer {
+            tracing::warn!(error = %e, "cannot start the message log's checkpoint thread; checkpoints wait for the next close");
+        }
         loop {
-            let wait = next_checkpoint.saturating_duration_since(Instant::now());
             let mut appends = Vec::new();
             let mut checkpoints = Vec::new();
-            match self.commands.recv_timeout(wait) {
-                Ok(first) => {
-                    let mut bytes = 0;
-                    let mut next = Some(first);
-                    while let Some(command) = next.take() {
-                        match command {
-                            Command::Append { records, reply } => {
-                                bytes += records.iter().map(Record::encoded_len).sum::<usize>();
-                                appends.push((records, reply));
-                            }
-                            Command::Checkpoint { reply } => checkpoints.push(reply),
-                        }
-                        if bytes < max_group {
-                            next = self.commands.try_recv().ok();
-                        }
+            let Ok(first) = self.commands.recv() else {
+                break;
+            };
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append { records, reply } => {
+                        bytes += records.iter().map(Record::encoded_len).sum::<usize>();
+                        appends.push((records, reply));
                     }
+                    Command::Checkpoint { reply } => checkpoints.push(reply),
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                if bytes < max_group {
+                    next = self.commands.try_recv().ok();
+                }
             }
             if !appends.is_empty() {
                 self.commit(appends);
             }
-            if !checkpoints.is_empty() || Instant::now() >= next_checkpoint {
-                let result = self.checkpoint(self.active.first_seq);
+            if !checkpoints.is_empty() {
+                let result = checkpoint(&self.shared, self.active.first_seq);
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "message log checkpoint failed; acknowledgements stay in memory");
                 }
                 for reply in checkpoints {
                     let _ = reply.send(result.as_ref().copied().map_err(LogError::duplicate));
                 }
-                next_checkpoint = Instant::now() + interval;
             }
         }
-        if let Err(e) = self.checkpoint(self.active.first_seq) {
+        drop(stop);
+        if let Ok(checkpointer) = checkpointer {
+            let _ = checkpointer.join();
+        }
+        if let Err(e) = checkpoint(&self.shared, self.active.first_seq) {
             tracing::warn!(error = %e, "message log: last checkpoint before closing failed");
         }
     }
@@ -157,6 +165,7 @@ impl Writer {
         }
         // Segments from this one on may hold bytes of this group that the index does not know: never delete them.
         let protect_from = self.active.first_seq;
+        self.shared.lock().group_from = Some(protect_from);
         let group_start = (self.active.first_seq, self.active.len);
         let enqueued = now_unix_ms();
         let mut placed = Vec::new();
@@ -206,6 +215,8 @@ impl Writer {
                 }
             }
         }
+        // Published (or refused for good): the index knows every byte on disk again.
+        self.shared.lock().group_from = None;
     }
 
     /// Encodes one record into the group, starting a new segment first if this one is full.
@@ -318,7 +329,7 @@ impl Writer {
         // Consumed or expired segments may be waiting for the next periodic checkpoint; once per group.
         if !*checkpointed {
             *checkpointed = true;
-            self.checkpoint(protect_from)?;
+            checkpoint(&self.shared, protect_from)?;
             if used(self) + needed <= quota {
                 return Ok(());
             }
@@ -339,6 +350,7 @@ impl Writer {
 
     /// Deletes the oldest segment before `protect_from`, whatever it holds; false if there is none.
     fn drop_oldest(&mut self, protect_from: u64) -> Result<bool, LogError> {
+        let _no_checkpoint_meanwhile = lock(&self.shared.checkpointing);
         let segment = {
             let mut state = self.shared.lock();
             if state
@@ -367,73 +379,97 @@ impl Writer {
             );
             segment
         };
-        self.remove_segments(&[segment])?;
+        remove_segments(&self.shared, &[segment])?;
         Ok(true)
     }
+}
 
-    /// Persists the cursors if they moved, then deletes the sealed segments before `protect_from` that no
-    /// lane needs any more. The deletion follows the cursor file, so a crash between them only leaves a
-    /// segment that reopening will find fully consumed.
-    fn checkpoint(&mut self, protect_from: u64) -> Result<(), LogError> {
-        let now = now_unix_ms();
-        let (snapshot, floor) = {
-            let mut state = self.shared.lock();
-            let mut floor = u64::MAX;
-            let mut expired = 0;
-            for endpoint in state.endpoints.values_mut() {
-                let mut outcome = Outcome::default();
-                for lane in endpoint.lanes.values_mut() {
-                    outcome.expired += lane.purge_expired_front(now).expired;
-                    if let Some(first) = lane.first_needed() {
-                        floor = floor.min(first);
-                    }
+/// Checkpoints every `interval` until `stop`'s sender is dropped (the writer is closing: it checkpoints a last
+/// time itself).
+fn checkpoint_every(shared: &Shared, stop: &Receiver<()>) {
+    let interval = shared.options.checkpoint_interval;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        if let Err(e) = checkpoint(shared, u64::MAX) {
+            tracing::warn!(error = %e, "message log checkpoint failed; acknowledgements stay in memory");
+        }
+    }
+}
+
+/// Persists the cursors if they moved, then deletes the sealed segments that no lane needs any more, before
+/// `protect_from`, the segment being written and the segment where a group being committed started. The
+/// deletion follows the cursor file, so a crash between them only leaves a segment that reopening will find
+/// fully consumed.
+fn checkpoint(shared: &Shared, protect_from: u64) -> Result<(), LogError> {
+    let _one_at_a_time = lock(&shared.checkpointing);
+    let now = now_unix_ms();
+    let (snapshot, floor) = {
+        let mut state = shared.lock();
+        let mut floor = u64::MAX;
+        let mut expired = 0;
+        for endpoint in state.endpoints.values_mut() {
+            let mut outcome = Outcome::default();
+            for lane in endpoint.lanes.values_mut() {
+                outcome.expired += lane.purge_expired_front(now).expired;
+                if let Some(first) = lane.first_needed() {
+                    floor = floor.min(first);
                 }
-                expired += outcome.expired;
-                endpoint.count(outcome);
             }
-            // Finishing expired records moves cursors.
-            state.cursors_dirty |= expired > 0;
-            let snapshot = if state.cursors_dirty {
-                state.cursors_dirty = false;
-                Some(snapshot(&state))
-            } else {
-                None
-            };
-            (snapshot, floor)
-        };
-        if let Some(cursors) = snapshot {
-            if let Err(e) = cursor::store(&self.shared, &cursors) {
-                self.shared.lock().cursors_dirty = true;
-                return Err(e.into());
-            }
+            expired += outcome.expired;
+            endpoint.count(outcome);
         }
-        let removable = {
-            let mut state = self.shared.lock();
-            let mut removable = Vec::new();
-            while state
-                .segments
-                .front()
-                .is_some_and(|s| s.first_seq < protect_from && s.end_seq() <= floor)
-            {
-                removable.extend(state.segments.pop_front());
-            }
-            removable
+        // Finishing expired records moves cursors.
+        state.cursors_dirty |= expired > 0;
+        let snapshot = if state.cursors_dirty {
+            state.cursors_dirty = false;
+            Some(snapshot(&state))
+        } else {
+            None
         };
-        self.remove_segments(&removable)
+        (snapshot, floor)
+    };
+    if let Some(cursors) = snapshot {
+        if let Err(e) = cursor::store(shared, &cursors) {
+            shared.lock().cursors_dirty = true;
+            return Err(e.into());
+        }
     }
+    let removable = {
+        let mut state = shared.lock();
+        let protect_from = state
+            .segments
+            .back()
+            .map_or(protect_from, |active| active.first_seq.min(protect_from))
+            .min(state.group_from.unwrap_or(u64::MAX));
+        let mut removable = Vec::new();
+        while state
+            .segments
+            .front()
+            .is_some_and(|s| s.first_seq < protect_from && s.end_seq() <= floor)
+        {
+            removable.extend(state.segments.pop_front());
+        }
+        removable
+    };
+    remove_segments(shared, &removable)
+}
 
-    /// Deletes segment files the index has already let go of.
-    fn remove_segments(&self, segments: &[Segment]) -> Result<(), LogError> {
-        if segments.is_empty() {
-            return Ok(());
-        }
-        for segment in segments {
-            self.shared.fault(FaultPoint::SegmentRemove)?;
-            fs::remove_file(&segment.path)?;
-        }
-        cursor::sync_dir(&self.shared.dir)?;
-        Ok(())
+/// Deletes segment files the index has already let go of.
+fn remove_segments(shared: &Shared, segments: &[Segment]) -> Result<(), LogError> {
+    if segments.is_empty() {
+        return Ok(());
     }
+    for segment in segments {
+        shared.fault(FaultPoint::SegmentRemove)?;
+        fs::remove_file(&segment.path)?;
+    }
+    cursor::sync_dir(&shared.dir)?;
+    Ok(())
+}
+
+fn lock(mutex: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The cursors to persist. A lane with nothing left whose cursor is older than every segment is left out:

@@ -128,3 +128,45 @@ async fn a_payload_that_does_not_decode_is_dead_lettered_not_handed_out_again() 
     router.upstream_retry();
     assert_eq!(router.upstream_batch(10).len(), 1);
 }
+
+/// The link's `$upstream` loop sleeps until a message is stored for `$upstream`: it is woken by one (even
+/// stored while it was busy, before it waited), and not by a message routed only to a module input.
+#[tokio::test]
+async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(dir.path());
+    router
+        .configure(&json!({
+            "schemaVersion": "1.1",
+            "routes": {
+                "up": "FROM /messages/modules/sensor/outputs/up INTO $upstream",
+                "local": "FROM /messages/modules/sensor/outputs/local INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")",
+            },
+        }))
+        .unwrap();
+    let long = std::time::Duration::from_secs(30);
+    let short = std::time::Duration::from_millis(300);
+    let output = |name: &str| {
+        let mut message = message(0);
+        message.system.insert("outputName".into(), name.into());
+        message
+    };
+
+    let inputs = router.accept(&sensor(), output("up")).await.unwrap();
+    assert!(inputs.is_empty());
+    let started = tokio::time::Instant::now();
+    router.upstream_stored(long).await;
+    assert!(
+        started.elapsed() < long,
+        "stored for $upstream: woken at once"
+    );
+
+    let inputs = router.accept(&sensor(), output("local")).await.unwrap();
+    assert_eq!(inputs.len(), 1);
+    let started = tokio::time::Instant::now();
+    router.upstream_stored(short).await;
+    assert!(
+        started.elapsed() >= short,
+        "stored only for an input: not woken"
+    );
+}
