@@ -22,8 +22,12 @@ from harness import (Clients, Hub, LoopbackPool, Postgres, ReplicatedHub, binary
 
 # A hung SDK call must fail its test, not the whole CI run: every test (setup, call, teardown) gets this long.
 TEST_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_TEST_TIMEOUT", "120"))
-# Last resort if something wedges outside a test: dump every thread's stack and exit non-zero.
-SESSION_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_SESSION_TIMEOUT", "1500"))
+# Last resort if something wedges outside a test: dump every thread's stack and exit non-zero. The suite takes
+# 18-25 minutes on two busy cores; CI allows 90 for everything.
+SESSION_TIMEOUT_SECS = int(os.environ.get("OUTPOST_COMPAT_SESSION_TIMEOUT", "3000"))
+# Where that dump goes: the session's real stderr. pytest's capture holds fd 2 while a test runs, and a dump
+# written there would be discarded with the capture when the process exits.
+_session_stderr = None
 
 
 # The hub set-ups (issue 10): embedded SQLite; one replica on PostgreSQL; three replicas on PostgreSQL behind
@@ -52,8 +56,19 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("hub_setup", names, indirect=True)
 
 
+def real_stderr(config):
+    """A file on the stderr the session started with (the saved fd of pytest's global capture), else fd 2."""
+    capture = getattr(config.pluginmanager.getplugin("capturemanager"), "_global_capturing", None)
+    saved = getattr(getattr(capture, "err", None), "targetfd_save", None)
+    return os.fdopen(os.dup(saved if isinstance(saved, int) else 2), "w")
+
+
 def pytest_sessionstart(session):
-    faulthandler.dump_traceback_later(SESSION_TIMEOUT_SECS, exit=True)
+    global _session_stderr
+    _session_stderr = real_stderr(session.config)
+    print(f"compat: the session ends with a stack dump after {SESSION_TIMEOUT_SECS} s", file=_session_stderr,
+          flush=True)
+    faulthandler.dump_traceback_later(SESSION_TIMEOUT_SECS, exit=True, file=_session_stderr)
 
 
 def pytest_sessionfinish(session, exitstatus):
