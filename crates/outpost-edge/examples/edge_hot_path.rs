@@ -8,7 +8,6 @@
 //! back, pushed to `filter`'s outbox and acknowledged, one after the other; the upstream copy is read and
 //! acknowledged as the link does. No sockets: the MQTT head's framing is not counted.
 
-use std::sync::Arc;
 
 use outpost_core::{DeviceId, Identity, Message, ModuleId};
 use outpost_edge::edgehub::hub_loop::HubLoop;
@@ -65,8 +64,9 @@ async fn run(n: usize) {
             "alert".into(),
             Some(if i % 2 == 0 { "yes" } else { "no" }.into()),
         );
-        let inputs: Vec<Arc<str>> = router.accept(&sensor, message).await.expect("stored");
-        hub_loop.stored(inputs).await;
+        let mut accepted = router.accept(&sensor, message).await.expect("stored");
+        hub_loop.stored(std::mem::take(&mut accepted.inputs)).await;
+        accepted.durable().await.expect("durable");
         let Some(Ok(Outgoing::Input {
             delivery_id,
             message,

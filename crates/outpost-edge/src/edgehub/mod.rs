@@ -541,13 +541,21 @@ impl DeviceOperations for EdgeDevices {
             ));
         }
         let output = message.system.get("outputName").cloned();
-        let inputs = self
+        let mut accepted = self
             .0
             .router
             .accept(identity, message)
             .await
             .map_err(|e| OperationError::new(503, e.to_string()))?;
-        self.0.hub_loop.stored(inputs).await;
+        // Delivered while the fsync runs; acknowledged only after it.
+        self.0
+            .hub_loop
+            .stored(std::mem::take(&mut accepted.inputs))
+            .await;
+        accepted
+            .durable()
+            .await
+            .map_err(|e| OperationError::new(503, e.to_string()))?;
         self.0
             .metrics
             .message_received(&identity.client_id(), output.as_deref());

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use outpost_core::route::{MessageSource, Route, Sink};
 use outpost_core::{EdgeHubDesired, Identity, Message};
-use outpost_store::log::{EndpointQueue, LogError, MessageLog, Record, Target};
+use outpost_store::log::{Appending, EndpointQueue, LogError, MessageLog, Record, Target};
 use serde_json::{json, Value};
 
 use super::state::InputRoute;
@@ -49,6 +49,24 @@ struct ActiveRoute {
 struct RouteTable {
     routes: Vec<(String, ActiveRoute)>,
     default_ttl_secs: u64,
+}
+
+/// A message the router stored: readable by its endpoints, durable once [`Accepted::durable`] says so.
+pub struct Accepted {
+    /// The module input endpoints it was stored for (`$upstream` left out).
+    pub inputs: Vec<Arc<str>>,
+    /// None when no route took it.
+    append: Option<Appending>,
+}
+
+impl Accepted {
+    /// Resolves once the message is fsync'd: its sender's PUBACK may go.
+    pub async fn durable(self) -> Result<(), LogError> {
+        match self.append {
+            Some(append) => append.durable().await.map(drop),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The router and its log.
@@ -166,14 +184,14 @@ impl Router {
         inputs
     }
 
-    /// Stores a message for the endpoints its routes choose; returns once it is durable (then the sender's
-    /// PUBACK may go), with the module input endpoints it was stored for. A message no route takes is accepted
-    /// and dropped, as IoT Edge does.
+    /// Stores a message for the endpoints its routes choose; returns once the endpoints can read it, with the
+    /// module input endpoints it was stored for and the append, which says when it is durable (only then may the
+    /// sender's PUBACK go). A message no route takes is accepted and dropped, as IoT Edge does.
     pub async fn accept(
         &self,
         identity: &Identity,
         mut message: Message,
-    ) -> Result<Vec<Arc<str>>, LogError> {
+    ) -> Result<Accepted, LogError> {
         message
             .system
             .insert("connectionDeviceId".into(), identity.device.to_string());
@@ -220,7 +238,10 @@ impl Router {
         }
         if targets.is_empty() {
             tracing::debug!(%identity, source = %path, "no route takes this message");
-            return Ok(Vec::new());
+            return Ok(Accepted {
+                inputs: Vec::new(),
+                append: None,
+            });
         }
         let inputs: Vec<Arc<str>> = targets
             .iter()
@@ -235,11 +256,15 @@ impl Router {
         let mut record = Record::new(payload);
         let upstream = inputs.len() < targets.len();
         record.targets = targets;
-        self.log.append(vec![record]).await?;
+        let mut append = self.log.append_readable_first(vec![record]);
+        append.readable().await?;
         if upstream {
             self.upstream_stored.notify_one();
         }
-        Ok(inputs)
+        Ok(Accepted {
+            inputs,
+            append: Some(append),
+        })
     }
 
     /// Returns once a message was stored for `$upstream` since the last return, or after `at_most`.

@@ -259,6 +259,53 @@ impl Drop for Inner {
     }
 }
 
+/// An append in progress from [`MessageLog::append_readable_first`]: readable first, durable later.
+pub struct Appending {
+    readable: Option<oneshot::Receiver<()>>,
+    durable: Option<writer::Reply>,
+    /// Refused before it reached the writer.
+    failed: Option<LogError>,
+}
+
+impl Appending {
+    /// Resolves once the records are written and indexed: the endpoints can read them. An error here means they
+    /// were not written (the same error comes again from [`Appending::durable`]).
+    pub async fn readable(&mut self) -> Result<(), LogError> {
+        if let Some(error) = &self.failed {
+            return Err(error.duplicate());
+        }
+        let Some(read) = self.readable.take() else {
+            return Ok(());
+        };
+        if read.await.is_ok() {
+            return Ok(());
+        }
+        // Dropped unanswered: the group failed before its write, and the durable answer says why.
+        let durable = self.durable.take();
+        let error = match durable {
+            Some(reply) => match reply.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => LogError::Closed,
+            },
+            None => LogError::Closed,
+        };
+        self.failed = Some(error.duplicate());
+        Err(error)
+    }
+
+    /// Resolves to the records' sequence numbers once they are fsync'd (as [`MessageLog::append`]).
+    pub async fn durable(self) -> Result<Vec<u64>, LogError> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        match self.durable {
+            Some(reply) => reply.await.map_err(|_| LogError::Closed)?,
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
 /// A durable, segmented, group-committed message log with per-endpoint cursors. Cheap to clone.
 ///
 /// The writer thread lives as long as any handle (this or an [`EndpointQueue`]); dropping the last one
@@ -387,7 +434,7 @@ impl MessageLog {
         &self,
         records: Vec<Record>,
     ) -> impl Future<Output = Result<Vec<u64>, LogError>> + Send + 'static {
-        let sent = self.send_append(records);
+        let sent = self.send_append(records, None);
         async move {
             match sent? {
                 Some(reply) => reply.await.map_err(|_| LogError::Closed)?,
@@ -396,15 +443,49 @@ impl MessageLog {
         }
     }
 
+    /// Appends `records` in two steps: [`Appending::readable`] resolves once they are written and the endpoints
+    /// can read them (before the fsync), [`Appending::durable`] once they are fsync'd, as [`MessageLog::append`].
+    ///
+    /// What this buys is latency: a consumer gets a record while its group's fsync is still running, instead
+    /// of one fsync later. It promises nothing more than `append` to the appender, who must still wait for
+    /// `durable` before acknowledging its own sender. A record read before it is durable may be lost to a
+    /// crash, but only one its sender was never acknowledged for, so the sender sends it again (at least
+    /// once). A consumer's acknowledgement of such a record is safe too: reopening never reuses a sequence
+    /// number a persisted cursor has passed.
+    pub fn append_readable_first(&self, records: Vec<Record>) -> Appending {
+        let (readable, read) = oneshot::channel();
+        match self.send_append(records, Some(readable)) {
+            Ok(Some(durable)) => Appending {
+                readable: Some(read),
+                durable: Some(durable),
+                failed: None,
+            },
+            Ok(None) => Appending {
+                readable: None,
+                durable: None,
+                failed: None,
+            },
+            Err(error) => Appending {
+                readable: None,
+                durable: None,
+                failed: Some(error),
+            },
+        }
+    }
+
     /// [`MessageLog::append`] for threads outside an async runtime (it panics inside one).
     pub fn append_blocking(&self, records: Vec<Record>) -> Result<Vec<u64>, LogError> {
-        match self.send_append(records)? {
+        match self.send_append(records, None)? {
             Some(reply) => reply.blocking_recv().map_err(|_| LogError::Closed)?,
             None => Ok(Vec::new()),
         }
     }
 
-    fn send_append(&self, records: Vec<Record>) -> Result<Option<writer::Reply>, LogError> {
+    fn send_append(
+        &self,
+        records: Vec<Record>,
+        readable: Option<oneshot::Sender<()>>,
+    ) -> Result<Option<writer::Reply>, LogError> {
         if records.is_empty() {
             return Ok(None);
         }
@@ -421,7 +502,11 @@ impl MessageLog {
             return Err(LogError::Poisoned);
         }
         let (reply, receiver) = oneshot::channel();
-        self.inner.send(Command::Append { records, reply })?;
+        self.inner.send(Command::Append {
+            records,
+            readable,
+            reply,
+        })?;
         Ok(Some(receiver))
     }
 

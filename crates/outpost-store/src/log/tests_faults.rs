@@ -177,3 +177,90 @@ fn invalid_records_and_options_are_refused() {
         Err(LogError::InvalidOptions(_))
     ));
 }
+
+/// An append made readable first: its endpoint reads the record while the group's fsync is still running, and the
+/// appender hears `durable` only once that fsync returns.
+#[test]
+fn a_record_is_readable_during_its_fsync_and_durable_only_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let hook: FaultHook = Arc::new(move |point| {
+        if point == FaultPoint::SegmentSync {
+            // The fsync in progress: it lasts until the test lets it finish.
+            let _ = released.lock().unwrap().recv();
+        }
+        Ok(())
+    });
+    let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
+    let endpoint = log.endpoint("e");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut append = log.append_readable_first(vec![Record::to("e", payload(0, 100))]);
+        append.readable().await.unwrap();
+        let read = drain(&endpoint);
+        assert_eq!(seqs(&read), vec![1]);
+        assert_eq!(&read[0].payload[..], &payload(0, 100)[..]);
+        let mut durable = std::pin::pin!(append.durable());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), durable.as_mut())
+                .await
+                .is_err(),
+            "durable before its fsync returned"
+        );
+        release.send(()).unwrap();
+        assert_eq!(durable.await.unwrap(), vec![1]);
+    });
+}
+
+/// The fsync fails after the endpoint read and acknowledged the record: the appender hears the failure (its sender
+/// gets no PUBACK and sends again), and even if the record never reached the disk, the persisted cursor past it
+/// does not make a reopened log treat the next record as consumed.
+#[test]
+fn a_record_read_before_a_failed_fsync_never_makes_a_later_record_look_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let failing = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&failing);
+        let hook: FaultHook = Arc::new(move |point| {
+            if point == FaultPoint::SegmentSync && flag.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+            Ok(())
+        });
+        let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
+        log.append_blocking(vec![Record::to("e", payload(0, 10))])
+            .unwrap();
+        failing.store(true, Ordering::SeqCst);
+        let endpoint = log.endpoint("e");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut append = log.append_readable_first(vec![Record::to("e", payload(1, 10))]);
+            append.readable().await.unwrap();
+            let read = drain(&endpoint);
+            assert_eq!(seqs(&read), vec![1, 2]);
+            ack_all(&endpoint, &read);
+            assert!(matches!(append.durable().await, Err(LogError::Io(_))));
+        });
+        log.checkpoint_blocking().unwrap();
+    }
+    // The worst case: the page cache lost the unsynced record, the cursor file says 2 is consumed.
+    let segment = dir.path().join(segment::file_name(1));
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    let kept = fs::metadata(&segment).unwrap().len() - Record::to("e", payload(1, 10)).encoded_len() as u64;
+    file.set_len(kept).unwrap();
+    drop(file);
+    let log = open(dir.path());
+    let endpoint = log.endpoint("e");
+    assert!(drain(&endpoint).is_empty());
+    let next = log
+        .append_blocking(vec![Record::to("e", "sent again")])
+        .unwrap();
+    assert!(next[0] > 2, "{next:?} reuses a consumed sequence number");
+    assert_eq!(seqs(&drain(&endpoint)), next);
+}

@@ -1,8 +1,9 @@
 //! The writer thread: the only code that writes segments and the cursor file.
 //!
 //! It takes whatever commands are waiting (up to `max_group_bytes` of appends), encodes every record into one
-//! buffer, writes it with one `pwrite` and makes it durable with one `fdatasync` (group commit); only then does
-//! it publish the records to the index and answer the appenders. A dedicated OS thread rather than a tokio
+//! buffer, writes it with one `pwrite`, publishes the records to the index (endpoints read them from the page
+//! cache while the fsync runs) and makes them durable with one `fdatasync` (group commit); only then does it
+//! answer the appenders. A dedicated OS thread rather than a tokio
 //! task: fsync blocks for milliseconds, and the log must work (and close) without a runtime.
 //!
 //! After a failed write or fsync the writer stops accepting appends ([`LogError::Poisoned`]): once fsync has
@@ -30,9 +31,11 @@ pub(crate) type Reply = oneshot::Receiver<Result<Vec<u64>, LogError>>;
 
 /// What the handles ask of the writer.
 pub(crate) enum Command {
-    /// Persist these records, then answer with their sequence numbers.
+    /// Persist these records, then answer with their sequence numbers; `readable` is told as soon as the
+    /// endpoints can read them (written, not yet fsync'd).
     Append {
         records: Vec<Record>,
+        readable: Option<oneshot::Sender<()>>,
         reply: oneshot::Sender<Result<Vec<u64>, LogError>>,
     },
     /// Persist the cursors and remove consumed segments now.
@@ -42,7 +45,11 @@ pub(crate) enum Command {
 }
 
 /// An append waiting in the current group.
-type Pending = (Vec<Record>, oneshot::Sender<Result<Vec<u64>, LogError>>);
+struct Pending {
+    records: Vec<Record>,
+    readable: Option<oneshot::Sender<()>>,
+    reply: oneshot::Sender<Result<Vec<u64>, LogError>>,
+}
 
 /// A record encoded in the current group, to publish once the group is durable.
 struct Placed {
@@ -123,9 +130,17 @@ impl Writer {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Append { records, reply } => {
+                    Command::Append {
+                        records,
+                        readable,
+                        reply,
+                    } => {
                         bytes += records.iter().map(Record::encoded_len).sum::<usize>();
-                        appends.push((records, reply));
+                        appends.push(Pending {
+                            records,
+                            readable,
+                            reply,
+                        });
                     }
                     Command::Checkpoint { reply } => checkpoints.push(reply),
                 }
@@ -155,11 +170,12 @@ impl Writer {
         }
     }
 
-    /// Writes one group durably and answers its appenders.
+    /// Writes one group, publishes it to the index (the endpoints may read it from then on), makes it durable
+    /// and answers its appenders: nothing is acknowledged before its fsync, but nobody reading waits for it.
     fn commit(&mut self, appends: Vec<Pending>) {
         if self.shared.poisoned.load(Ordering::Acquire) {
-            for (_, reply) in appends {
-                let _ = reply.send(Err(LogError::Poisoned));
+            for pending in appends {
+                let _ = pending.reply.send(Err(LogError::Poisoned));
             }
             return;
         }
@@ -172,9 +188,14 @@ impl Writer {
         let mut accepted = Vec::new();
         let mut failure = None;
         let mut checkpointed = false;
-        for (records, reply) in appends {
+        for Pending {
+            records,
+            readable,
+            reply,
+        } in appends
+        {
             if failure.is_some() {
-                accepted.push((reply, Vec::new()));
+                accepted.push((reply, readable, Vec::new()));
                 continue;
             }
             let needed = records.iter().map(|r| r.encoded_len() as u64).sum();
@@ -189,15 +210,26 @@ impl Writer {
                     break;
                 }
             }
-            accepted.push((reply, seqs));
+            accepted.push((reply, readable, seqs));
         }
         if failure.is_none() && !placed.is_empty() {
-            failure = self.write_buffer().and_then(|()| self.sync()).err();
+            failure = self.write_buffer().err();
+        }
+        let published = failure.is_none();
+        if published {
+            // Written: readable from the page cache. A crash before the fsync below loses only records whose
+            // appenders never heard `Ok`, and reopening never reuses a sequence number a cursor has passed.
+            self.publish(placed);
+            for (_, readable, _) in &mut accepted {
+                if let Some(readable) = readable.take() {
+                    let _ = readable.send(());
+                }
+            }
+            failure = self.sync().err();
         }
         match failure {
             None => {
-                self.publish(placed);
-                for (reply, seqs) in accepted {
+                for (reply, _, seqs) in accepted {
                     let _ = reply.send(Ok(seqs));
                 }
             }
@@ -205,11 +237,11 @@ impl Writer {
                 self.shared.poisoned.store(true, Ordering::Release);
                 tracing::error!(%error, "message log write failed; appends refused until it is reopened");
                 // Tidy, not needed for correctness: unacknowledged bytes left behind would only be delivered
-                // as duplicates after a reopen.
-                if self.active.first_seq == group_start.0 {
+                // as duplicates after a reopen. Once published, the index points at them: they stay.
+                if !published && self.active.first_seq == group_start.0 {
                     let _ = self.active.file.set_len(group_start.1);
                 }
-                for (reply, _) in accepted {
+                for (reply, _, _) in accepted {
                     let copy = io::Error::new(error.kind(), error.to_string());
                     let _ = reply.send(Err(copy.into()));
                 }
@@ -281,7 +313,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes the durable records of a group visible to the endpoints, and wakes the ones waiting.
+    /// Makes the written records of a group visible to the endpoints, and wakes the ones waiting.
     fn publish(&mut self, placed: Vec<Placed>) {
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         let mut state = self.shared.lock();

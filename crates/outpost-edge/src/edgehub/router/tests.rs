@@ -52,7 +52,13 @@ async fn a_100_byte_message_takes_less_than_half_the_bytes_of_the_json_form() {
     let dir = tempfile::tempdir().unwrap();
     let router = router(dir.path());
     for n in 0..N {
-        router.accept(&sensor(), message(n)).await.unwrap();
+        router
+            .accept(&sensor(), message(n))
+            .await
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
     }
     let binary = segment_bytes(dir.path()) as f64 / N as f64;
     // The same records as the JSON form wrote them, for comparison.
@@ -90,7 +96,13 @@ async fn records_of_the_json_form_are_read_after_the_upgrade_in_order_with_new_o
     }
     let router = router(dir.path());
     for n in 3..5 {
-        router.accept(&sensor(), message(n)).await.unwrap();
+        router
+            .accept(&sensor(), message(n))
+            .await
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
     }
     let batch = router.upstream_batch(10);
     let ids: Vec<&str> = batch
@@ -122,7 +134,13 @@ async fn a_payload_that_does_not_decode_is_dead_lettered_not_handed_out_again() 
         )])
         .await
         .unwrap();
-    router.accept(&sensor(), message(1)).await.unwrap();
+    router
+        .accept(&sensor(), message(1))
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
     let batch = router.upstream_batch(10);
     assert_eq!(batch.len(), 1);
     router.upstream_retry();
@@ -152,7 +170,7 @@ async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_doe
         message
     };
 
-    let inputs = router.accept(&sensor(), output("up")).await.unwrap();
+    let inputs = router.accept(&sensor(), output("up")).await.unwrap().inputs;
     assert!(inputs.is_empty());
     let started = tokio::time::Instant::now();
     router.upstream_stored(long).await;
@@ -161,7 +179,7 @@ async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_doe
         "stored for $upstream: woken at once"
     );
 
-    let inputs = router.accept(&sensor(), output("local")).await.unwrap();
+    let inputs = router.accept(&sensor(), output("local")).await.unwrap().inputs;
     assert_eq!(inputs.len(), 1);
     let started = tokio::time::Instant::now();
     router.upstream_stored(short).await;
