@@ -272,17 +272,7 @@ impl Messaging {
         let appended = self
             .storage
             .write(move |tx| {
-                events
-                    .iter()
-                    .map(|(partition, event)| {
-                        tx.append_event(
-                            *partition,
-                            EventSource::Telemetry,
-                            event,
-                            now.timestamp_millis(),
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                tx.append_events(EventSource::Telemetry, &events, now.timestamp_millis())
             })
             .await?;
         self.streamed(&appended);

@@ -72,7 +72,7 @@ pub struct Head {
 }
 
 /// One event of a partition as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PartitionEvent {
     /// Its sequence number in the partition.
     pub partition_seq: i64,

@@ -203,6 +203,21 @@ pub trait Tables: jobs::JobTables + provisioning::ProvisioningTables {
         event: &Value,
         enqueued_ms: i64,
     ) -> Result<Appended, StorageError>;
+    /// Appends `events` in order, `(partition, event)` each, from one source and at one time, as
+    /// [`append_event`](Self::append_event) would one by one. An engine may share the partition heads' reads
+    /// and writes across the batch (SQLite does: a batch of telemetry from an edge device is one insert per
+    /// event and one head update per partition, instead of three statements per event).
+    fn append_events(
+        &mut self,
+        source: EventSource,
+        events: &[(u32, Value)],
+        enqueued_ms: i64,
+    ) -> Result<Vec<Appended>, StorageError> {
+        events
+            .iter()
+            .map(|(partition, event)| self.append_event(*partition, source, event, enqueued_ms))
+            .collect()
+    }
     /// Gives events stored before partitions existed their partition; how many.
     fn assign_partitions(&mut self, partitions: u32) -> Result<usize, StorageError>;
     /// A partition's newest event.
