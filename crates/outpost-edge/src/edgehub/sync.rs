@@ -20,7 +20,7 @@ use batches::{Refusal, Taken, UpstreamBatches};
 mod batches;
 
 /// Messages sent upstream in one request at most.
-const UPSTREAM_BATCH: usize = 500;
+const UPSTREAM_BATCH: usize = 2000;
 /// Bytes of encoded JSON sent upstream in one request at most (a single larger message still goes alone,
 /// but the edge hub refuses messages over 256 KB, about 350 KB as base64). Well below the smallest body
 /// limit of the hub's `/edge/{device}/messages` (axum's default of 2 MiB), so a batch is never refused for

@@ -359,6 +359,22 @@ fn module_key(module: Option<&ModuleId>) -> &str {
     module.map_or("", ModuleId::as_str)
 }
 
+/// Inserts one event.
+const INSERT_EVENT: &str =
+    "INSERT INTO events (enqueued_ms, bytes, partition, partition_seq, source, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Events inserted by one statement of a batch append.
+const ROWS_PER_INSERT: usize = 50;
+
+/// Inserts [`ROWS_PER_INSERT`] events.
+static INSERT_EVENT_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let row = "(?, ?, ?, ?, ?, ?)";
+    format!(
+        "INSERT INTO events (enqueued_ms, bytes, partition, partition_seq, source, event) VALUES {}",
+        vec![row; ROWS_PER_INSERT].join(", ")
+    )
+});
+
 fn column(source: EventSource) -> i64 {
     match source {
         EventSource::Telemetry => 0,
@@ -881,8 +897,7 @@ impl Tables for SqliteTables<'_> {
         let text = serde_json::to_string(event)?;
         let partition_seq = self.head(partition)?.last_seq + 1;
         self.execute(
-            "INSERT INTO events (enqueued_ms, bytes, partition, partition_seq, source, event)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            INSERT_EVENT,
             params![
                 enqueued_ms,
                 limit(text.len()),
@@ -914,38 +929,59 @@ impl Tables for SqliteTables<'_> {
                 heads.push((*partition, self.head(*partition)?.last_seq, -1));
             }
         }
-        let mut appended = Vec::with_capacity(events.len());
-        {
-            let mut insert = self.conn.prepare_cached(
-                "INSERT INTO events (enqueued_ms, bytes, partition, partition_seq, source, event)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for (partition, event) in events {
-                let text = serde_json::to_string(event)?;
-                let head = heads
-                    .iter_mut()
-                    .find(|(p, _, _)| p == partition)
-                    .expect("every partition's head was read above");
-                let partition_seq = head.1 + 1;
-                insert.execute(params![
-                    enqueued_ms,
-                    limit(text.len()),
-                    partition,
-                    partition_seq,
-                    column(source),
-                    text
-                ])?;
-                let seq = self.conn.last_insert_rowid();
-                head.1 = partition_seq;
-                head.2 = seq;
-                appended.push(Appended {
-                    seq,
-                    partition: *partition,
-                    partition_seq,
-                });
-            }
+        let mut rows = Vec::with_capacity(events.len());
+        for (partition, event) in events {
+            let text = serde_json::to_string(event)?;
+            let head = heads
+                .iter_mut()
+                .find(|(p, _, _)| p == partition)
+                .expect("every partition's head was read above");
+            head.1 += 1;
+            rows.push((
+                enqueued_ms,
+                limit(text.len()),
+                *partition,
+                head.1,
+                column(source),
+                text,
+            ));
         }
-        for (partition, last_seq, offset) in heads {
+        let mut appended = Vec::with_capacity(events.len());
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            // A statement in a transaction with savepoints journals every page it changes, and the `events`
+            // trigger updates `event_totals` for every row: one statement per full chunk copies those pages once
+            // per chunk instead of once per event.
+            if chunk.len() == ROWS_PER_INSERT {
+                let args: Vec<&dyn rusqlite::ToSql> = chunk
+                    .iter()
+                    .flat_map(|r| -> [&dyn rusqlite::ToSql; 6] { [&r.0, &r.1, &r.2, &r.3, &r.4, &r.5] })
+                    .collect();
+                self.conn
+                    .prepare_cached(&INSERT_EVENT_ROWS)?
+                    .execute(&*args)?;
+            } else {
+                for r in chunk {
+                    self.execute(
+                        INSERT_EVENT,
+                        params![r.0, r.1, r.2, r.3, r.4, r.5],
+                    )?;
+                }
+            }
+            // One writer, AUTOINCREMENT: the rows of a statement got consecutive sequence numbers, in order.
+            let last = self.conn.last_insert_rowid();
+            let first = last - chunk.len() as i64 + 1;
+            appended.extend(chunk.iter().zip(first..).map(|(r, seq)| Appended {
+                seq,
+                partition: r.2,
+                partition_seq: r.3,
+            }));
+        }
+        for (partition, last_seq, _) in heads {
+            let offset = appended
+                .iter()
+                .rev()
+                .find(|a| a.partition == partition)
+                .map_or(-1, |a| a.seq);
             self.advance_head(partition, last_seq, offset, enqueued_ms)?;
         }
         Ok(appended)
@@ -1270,10 +1306,9 @@ mod tests {
 
     #[test]
     fn a_batch_append_numbers_and_heads_its_events_as_appends_one_by_one_do() {
-        let events: Vec<(u32, serde_json::Value)> = [0, 1, 0, 2, 1, 0]
-            .into_iter()
-            .enumerate()
-            .map(|(i, partition)| (partition, json!({ "n": i })))
+        // Two statements' worth of rows and a remainder, over three partitions.
+        let events: Vec<(u32, serde_json::Value)> = (0..2 * ROWS_PER_INSERT + 7)
+            .map(|i| ([0, 1, 0, 2, 1, 0][i % 6], json!({ "n": i })))
             .collect();
         let one_by_one = events_db();
         let batched = events_db();
@@ -1307,9 +1342,10 @@ mod tests {
         };
         assert_eq!(single, batch);
         assert_eq!(
-            batch.iter().map(|a| a.partition_seq).collect::<Vec<_>>(),
+            batch.iter().take(6).map(|a| a.partition_seq).collect::<Vec<_>>(),
             vec![1, 0, 2, 0, 1, 3]
         );
+        assert_eq!(batch.last().unwrap().seq, events.len() as i64 + 1);
     }
 
     #[test]
