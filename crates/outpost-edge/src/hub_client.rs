@@ -19,6 +19,9 @@ pub enum HubClientError {
     /// The hub's answer is not the JSON its API documents.
     #[error("invalid JSON from the hub: {0}")]
     Malformed(#[source] serde_json::Error),
+    /// A request's body could not be encoded.
+    #[error("cannot encode a request to the hub: {0}")]
+    Encode(#[source] serde_json::Error),
     /// The hub answered with an error.
     #[error("the hub answered {status}: {message}")]
     Refused {
@@ -60,6 +63,10 @@ impl HubClient {
         body: Option<&Value>,
     ) -> Result<Option<Value>, HubClientError> {
         let if_match = (method == Method::DELETE).then_some("*");
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(HubClientError::Encode)?;
         let answer = self.http.send(method, path, body, if_match).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
 
 use crate::config::{DeviceAuth, DeviceCredentials, EdgeConfig, SettingsError};
 use crate::device_certificate::{DeviceCertificate, DeviceCertificateError};
@@ -131,7 +130,7 @@ impl HubHttp {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
         if_match: Option<&str>,
     ) -> Result<HubAnswer, HubRequestError> {
         let separator = if path.contains('?') { '&' } else { '?' };
@@ -151,7 +150,9 @@ impl HubHttp {
             request = request.header("If-Match", format!("\"{etag}\""));
         }
         if let Some(body) = body {
-            request = request.json(body);
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
         }
         let response = request.send().await?;
         let status = response.status();

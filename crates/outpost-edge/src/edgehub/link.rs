@@ -96,16 +96,27 @@ impl Link {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<A, LinkError> {
+        // Encoded straight to bytes: through a `Value` first, a batch of telemetry cost a map per message.
         let body = body
-            .map(serde_json::to_value)
+            .map(serde_json::to_vec)
             .transpose()
             .map_err(LinkError::Encode)?;
+        self.call_encoded(method, path, body).await
+    }
+
+    /// [`Link::call`] with the body already encoded.
+    async fn call_encoded<A: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<A, LinkError> {
         let separator = if path.contains('?') { '&' } else { '?' };
         let url = format!(
             "{}{path}{separator}{LINK_VERSION_PARAM}={LINK_API_VERSION}",
             self.prefix
         );
-        let answer = self.http.send(method, &url, body.as_ref(), None).await?;
+        let answer = self.http.send(method, &url, body, None).await?;
         if answer.status.is_server_error() {
             return Err(LinkError::HubFailed {
                 status: answer.status.as_u16(),
@@ -151,10 +162,19 @@ impl Link {
     /// Sends a batch of telemetry; returns once the hub has stored it. The body's size is the sum of the
     /// messages' [`UpstreamMessage::encoded_len`] plus [`BATCH_ENVELOPE_BYTES`].
     pub async fn messages(&self, batch: &TelemetryBatch<'_>) -> Result<(), LinkError> {
-        let answer: TelemetryAnswer = self.call(Method::POST, "/messages", Some(batch)).await?;
-        if answer.accepted != batch.messages.len() {
+        let body = serde_json::to_vec(batch).map_err(LinkError::Encode)?;
+        self.encoded_messages(body, batch.messages.len()).await
+    }
+
+    /// [`Link::messages`] for a batch of `count` messages already encoded, so that the caller's messages are
+    /// free while the request is in flight.
+    pub async fn encoded_messages(&self, body: Vec<u8>, count: usize) -> Result<(), LinkError> {
+        let answer: TelemetryAnswer = self
+            .call_encoded(Method::POST, "/messages", Some(body))
+            .await?;
+        if answer.accepted != count {
             tracing::warn!(
-                sent = batch.messages.len(),
+                sent = count,
                 accepted = answer.accepted,
                 "the hub stored a different number of messages than were sent"
             );

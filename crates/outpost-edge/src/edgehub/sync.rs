@@ -297,20 +297,30 @@ async fn upstream(hub: Arc<EdgeHub>) {
                 .collect(),
         };
         let count = request.messages.len();
+        let body = serde_json::to_vec(&request);
+        drop(request);
         let started = std::time::Instant::now();
-        let result = hub.link.messages(&request).await;
+        let result = match body {
+            // The next request's messages are read from the log while the hub stores this one.
+            Ok(body) => {
+                let (result, ()) = tokio::join!(hub.link.encoded_messages(body, count), async {
+                    take_upstream(&hub, &mut batches);
+                });
+                result
+            }
+            Err(error) => Err(LinkError::Encode(error)),
+        };
         if result.is_ok() {
             hub.metrics.sent_upstream(
-                request.messages.iter().map(|m| {
+                batches.in_flight().iter().map(|t| {
                     (
-                        &*m.client,
-                        m.message.system.get("outputName").map(String::as_str),
+                        t.item.0.as_str(),
+                        t.item.1.system.get("outputName").map(String::as_str),
                     )
                 }),
                 started.elapsed(),
             );
         }
-        drop(request);
         match result {
             Ok(()) => hub.router.upstream_sent(batches.stored()),
             Err(error) if refused_for_good(&error) => match batches.refused() {

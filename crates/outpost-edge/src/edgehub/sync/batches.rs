@@ -60,16 +60,20 @@ impl<T> UpstreamBatches<T> {
         }
     }
 
-    /// How many messages to take from the log before cutting the next request (0: take none).
+    /// How many messages to take from the log before cutting the next request (0: take none). While a request is
+    /// in flight, what it wants is the request after it: taken (read and decoded) while the hub stores this one.
     pub fn wants(&self) -> usize {
-        let bytes: usize = self.pending.iter().map(|t| t.bytes).sum();
-        if !self.groups.is_empty()
-            || self.pending.len() >= self.max_count
-            || bytes >= self.max_bytes
-        {
+        let waiting = self.pending.len() - self.sending;
+        let bytes: usize = self.pending.iter().skip(self.sending).map(|t| t.bytes).sum();
+        if !self.groups.is_empty() || waiting >= self.max_count || bytes >= self.max_bytes {
             return 0;
         }
-        (self.max_count - self.pending.len()).min(TAKE_AT_A_TIME)
+        (self.max_count - waiting).min(TAKE_AT_A_TIME)
+    }
+
+    /// The messages of the request in flight.
+    pub fn in_flight(&mut self) -> &[Taken<T>] {
+        &self.pending.make_contiguous()[..self.sending]
     }
 
     /// Adds a message taken from the log (after the ones already here).
@@ -278,6 +282,35 @@ mod tests {
         full.next_request();
         full.stored();
         assert_eq!(full.wants(), TAKE_AT_A_TIME);
+    }
+
+    #[test]
+    fn the_next_request_is_taken_while_one_is_in_flight_and_goes_after_it_even_when_that_one_is_split() {
+        let push = |batches: &mut UpstreamBatches<()>, seqs: std::ops::RangeInclusive<u64>| {
+            for seq in seqs {
+                batches.push(Taken {
+                    seq,
+                    bytes: 10,
+                    item: (),
+                });
+            }
+        };
+        let mut batches = batches(&[10; 5], 5, 1 << 20);
+        assert_eq!(batches.wants(), 0, "a whole request waits");
+        assert_eq!(seqs(batches.next_request()), [1, 2, 3, 4, 5]);
+        assert_eq!(batches.wants(), 5, "the next request, while this one is in flight");
+        push(&mut batches, 6..=8);
+        assert_eq!(seqs(batches.in_flight()), [1, 2, 3, 4, 5]);
+        assert_eq!(batches.stored(), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(batches.next_request()), [6, 7, 8]);
+        push(&mut batches, 9..=10);
+        assert_eq!(batches.refused(), Refusal::Split);
+        assert_eq!(seqs(batches.next_request()), [6]);
+        assert_eq!(batches.wants(), 0, "nothing is taken while halves wait");
+        batches.stored();
+        assert_eq!(seqs(batches.next_request()), [7, 8]);
+        batches.stored();
+        assert_eq!(seqs(batches.next_request()), [9, 10]);
     }
 
     #[test]
