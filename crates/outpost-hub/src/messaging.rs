@@ -122,9 +122,11 @@ impl MethodCall {
 pub fn event_json(identity: &Identity, message: &Message, enqueued: &str) -> Value {
     let mut system: BTreeMap<String, String> = message.system.clone();
     system.insert("connectionDeviceId".into(), identity.device.to_string());
-    if let Some(module) = &identity.module {
-        system.insert("connectionModuleId".into(), module.to_string());
-    }
+    // What the hub adds is the hub's word: a device's own `connectionModuleId` is not kept either.
+    match &identity.module {
+        Some(module) => system.insert("connectionModuleId".into(), module.to_string()),
+        None => system.remove("connectionModuleId"),
+    };
     system.insert("enqueuedTime".into(), enqueued.to_owned());
     let mut event = json!({
         "deviceId": identity.device.as_str(),
@@ -142,6 +144,108 @@ pub fn event_json(identity: &Identity, message: &Message, enqueued: &str) -> Val
         }
     }
     event
+}
+
+/// [`event_json`]'s text, written without building the JSON tree first: the same keys in the same order, byte
+/// for byte what `serde_json::to_string(&event_json(..))` writes (a batch of telemetry from an edge device is
+/// thousands of these per request).
+pub fn event_text(
+    identity: &Identity,
+    message: &Message,
+    enqueued: &str,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&EventView {
+        identity,
+        message,
+        enqueued,
+    })
+}
+
+/// A message as [`event_json`] shapes it, borrowed.
+struct EventView<'a> {
+    identity: &'a Identity,
+    message: &'a Message,
+    enqueued: &'a str,
+}
+
+impl serde::Serialize for EventView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("deviceId", self.identity.device.as_str())?;
+        map.serialize_entry(
+            "moduleId",
+            &self
+                .identity
+                .module
+                .as_ref()
+                .map(outpost_core::ModuleId::as_str),
+        )?;
+        map.serialize_entry("properties", &self.message.properties)?;
+        // Sorted by name, as the `BTreeMap` of `event_json`; these three replace a sender's own of the same name.
+        let added = [
+            ("connectionDeviceId", Some(self.identity.device.as_str())),
+            (
+                "connectionModuleId",
+                self.identity
+                    .module
+                    .as_ref()
+                    .map(outpost_core::ModuleId::as_str),
+            ),
+            ("enqueuedTime", Some(self.enqueued)),
+        ];
+        map.serialize_entry(
+            "systemProperties",
+            &SystemView {
+                system: &self.message.system,
+                added,
+            },
+        )?;
+        map.serialize_entry("enqueuedTime", self.enqueued)?;
+        match std::str::from_utf8(&self.message.body) {
+            Ok(text) => map.serialize_entry("body", text)?,
+            Err(_) => map.serialize_entry(
+                "bodyBase64",
+                &base64::engine::general_purpose::STANDARD.encode(&self.message.body),
+            )?,
+        }
+        map.end()
+    }
+}
+
+/// A message's system properties merged with the ones the hub adds, in name order.
+struct SystemView<'a> {
+    system: &'a BTreeMap<String, String>,
+    /// Sorted by name; `None` adds nothing.
+    added: [(&'static str, Option<&'a str>); 3],
+}
+
+impl serde::Serialize for SystemView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        let mut added = self
+            .added
+            .iter()
+            .filter_map(|&(name, value)| Some((name, value?)))
+            .peekable();
+        let mut own = self
+            .system
+            .iter()
+            .filter(|(name, _)| self.added.iter().all(|(added, _)| added != name))
+            .peekable();
+        loop {
+            let next = match (own.peek(), added.peek()) {
+                (Some((name, _)), Some((first, _))) if name.as_str() < *first => own.next().map(|(n, v)| (n.as_str(), v.as_str())),
+                (Some(_), Some(_)) | (None, Some(_)) => added.next(),
+                (Some(_), None) => own.next().map(|(n, v)| (n.as_str(), v.as_str())),
+                (None, None) => None,
+            };
+            let Some((name, value)) = next else { break };
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// The messaging service: the device-to-cloud event stream, cloud-to-device queues with their feedback, and
@@ -260,15 +364,16 @@ impl Messaging {
         }
         let now = Utc::now();
         let enqueued = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let events: Vec<(u32, Value)> = batch
+        let events: Vec<(u32, String)> = batch
             .iter()
             .map(|(identity, message)| {
-                (
+                Ok((
                     self.stream.partition_of(identity),
-                    event_json(identity, message, &enqueued),
-                )
+                    event_text(identity, message, &enqueued)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_, serde_json::Error>>()
+            .map_err(crate::store::StorageError::from)?;
         let appended = self
             .storage
             .write(move |tx| {
@@ -659,4 +764,59 @@ impl Messaging {
 /// Reads a queued cloud-to-device message back into a [`Message`].
 fn stored_c2d(stored: &Value) -> Option<Message> {
     serde_json::from_value(stored.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_core::{DeviceId, ModuleId};
+
+    use super::*;
+
+    fn message(body: &[u8], system: &[(&str, &str)]) -> Message {
+        let mut message = Message {
+            body: body.to_vec(),
+            ..Message::default()
+        };
+        for (name, value) in system {
+            message.system.insert((*name).into(), (*value).into());
+        }
+        message.properties.insert("alert".into(), Some("yes".into()));
+        message.properties.insert("flag".into(), None);
+        message
+    }
+
+    #[test]
+    fn the_event_text_is_byte_for_byte_the_event_json() {
+        let device = Identity::device(DeviceId::new("edge-1").unwrap());
+        let module = Identity::module(
+            DeviceId::new("edge-1").unwrap(),
+            ModuleId::new("filter").unwrap(),
+        );
+        let messages = [
+            message(b"{\"t\":21.5}", &[]),
+            message(b"plain \"quoted\"\n", &[("messageId", "m1"), ("outputName", "out")]),
+            message(&[0xff, 0x00, 0x80], &[("contentType", "application/octet-stream")]),
+            // A sender's own properties of the names the hub adds are replaced, wherever they sort.
+            message(
+                b"x",
+                &[
+                    ("aaa", "first"),
+                    ("connectionDeviceId", "forged"),
+                    ("connectionModuleId", "forged"),
+                    ("enqueuedTime", "forged"),
+                    ("zzz", "last"),
+                ],
+            ),
+        ];
+        let enqueued = "2026-12-03T19:00:00.000Z";
+        for identity in [&device, &module] {
+            for message in &messages {
+                assert_eq!(
+                    event_text(identity, message, enqueued).unwrap(),
+                    serde_json::to_string(&event_json(identity, message, enqueued)).unwrap(),
+                    "{identity} {message:?}"
+                );
+            }
+        }
+    }
 }

@@ -202,20 +202,30 @@ pub trait Tables: jobs::JobTables + provisioning::ProvisioningTables {
         source: EventSource,
         event: &Value,
         enqueued_ms: i64,
+    ) -> Result<Appended, StorageError> {
+        self.append_event_text(partition, source, &serde_json::to_string(event)?, enqueued_ms)
+    }
+    /// [`append_event`](Self::append_event) with the event already written as JSON text.
+    fn append_event_text(
+        &mut self,
+        partition: u32,
+        source: EventSource,
+        text: &str,
+        enqueued_ms: i64,
     ) -> Result<Appended, StorageError>;
-    /// Appends `events` in order, `(partition, event)` each, from one source and at one time, as
-    /// [`append_event`](Self::append_event) would one by one. An engine may share the partition heads' reads
-    /// and writes across the batch (SQLite does: a batch of telemetry from an edge device is one insert per
-    /// event and one head update per partition, instead of three statements per event).
+    /// Appends `events` in order, `(partition, JSON text)` each, from one source and at one time, as
+    /// [`append_event_text`](Self::append_event_text) would one by one. An engine may share the partition heads'
+    /// reads and writes across the batch (SQLite does: a batch of telemetry from an edge device is an insert per
+    /// 50 events and one head update per partition, instead of three statements per event).
     fn append_events(
         &mut self,
         source: EventSource,
-        events: &[(u32, Value)],
+        events: &[(u32, String)],
         enqueued_ms: i64,
     ) -> Result<Vec<Appended>, StorageError> {
         events
             .iter()
-            .map(|(partition, event)| self.append_event(*partition, source, event, enqueued_ms))
+            .map(|(partition, text)| self.append_event_text(*partition, source, text, enqueued_ms))
             .collect()
     }
     /// Gives events stored before partitions existed their partition; how many.

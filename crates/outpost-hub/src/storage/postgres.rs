@@ -1312,14 +1312,13 @@ impl Tables for PgTables<'_, '_> {
         Ok(())
     }
 
-    fn append_event(
+    fn append_event_text(
         &mut self,
         partition: u32,
         source: EventSource,
-        event: &Value,
+        text: &str,
         enqueued_ms: i64,
     ) -> Result<Appended, StorageError> {
-        let text = serde_json::to_string(event)?;
         let bytes = big(text.len());
         // One round trip: first the counter row, whose lock orders appending transactions until COMMIT
         // (module documentation), then the partition's head (the upsert locks it), then the event.

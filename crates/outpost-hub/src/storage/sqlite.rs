@@ -887,14 +887,13 @@ impl Tables for SqliteTables<'_> {
         Ok(())
     }
 
-    fn append_event(
+    fn append_event_text(
         &mut self,
         partition: u32,
         source: EventSource,
-        event: &Value,
+        text: &str,
         enqueued_ms: i64,
     ) -> Result<Appended, StorageError> {
-        let text = serde_json::to_string(event)?;
         let partition_seq = self.head(partition)?.last_seq + 1;
         self.execute(
             INSERT_EVENT,
@@ -919,7 +918,7 @@ impl Tables for SqliteTables<'_> {
     fn append_events(
         &mut self,
         source: EventSource,
-        events: &[(u32, Value)],
+        events: &[(u32, String)],
         enqueued_ms: i64,
     ) -> Result<Vec<Appended>, StorageError> {
         // Each partition's head read once before the batch and written once after it.
@@ -930,8 +929,7 @@ impl Tables for SqliteTables<'_> {
             }
         }
         let mut rows = Vec::with_capacity(events.len());
-        for (partition, event) in events {
-            let text = serde_json::to_string(event)?;
+        for (partition, text) in events {
             let head = heads
                 .iter_mut()
                 .find(|(p, _, _)| p == partition)
@@ -1307,8 +1305,8 @@ mod tests {
     #[test]
     fn a_batch_append_numbers_and_heads_its_events_as_appends_one_by_one_do() {
         // Two statements' worth of rows and a remainder, over three partitions.
-        let events: Vec<(u32, serde_json::Value)> = (0..2 * ROWS_PER_INSERT + 7)
-            .map(|i| ([0, 1, 0, 2, 1, 0][i % 6], json!({ "n": i })))
+        let events: Vec<(u32, String)> = (0..2 * ROWS_PER_INSERT + 7)
+            .map(|i| ([0, 1, 0, 2, 1, 0][i % 6], json!({ "n": i }).to_string()))
             .collect();
         let one_by_one = events_db();
         let batched = events_db();
@@ -1318,7 +1316,10 @@ mod tests {
             append(t, &json!({"before": true}), 500);
             let single: Vec<Appended> = events
                 .iter()
-                .map(|(p, e)| t.append_event(*p, EventSource::Telemetry, e, 1_000).unwrap())
+                .map(|(p, e)| {
+                    t.append_event_text(*p, EventSource::Telemetry, e, 1_000)
+                        .unwrap()
+                })
                 .collect();
             let conn = batched.lock_writer();
             let b = &mut SqliteTables::new(&conn);
