@@ -38,6 +38,14 @@ pub(super) fn seqs(deliveries: &[Delivery]) -> Vec<u64> {
     deliveries.iter().map(|d| d.seq).collect()
 }
 
+/// A runtime on the test's thread, with timers, for the log's async API.
+pub(super) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
 pub(super) fn ack_all(endpoint: &EndpointQueue, deliveries: &[Delivery]) {
     for d in deliveries {
         assert!(endpoint.ack(d.seq), "seq {} was not in flight", d.seq);
@@ -428,10 +436,7 @@ fn ready_wakes_a_waiting_consumer_when_a_record_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     let endpoint = log.endpoint("e");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         let waiter = tokio::spawn({
             let endpoint = endpoint.clone();

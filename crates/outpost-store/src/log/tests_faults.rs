@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::tests::{ack_all, drain, open, payload, seqs, small};
+use super::tests::{ack_all, drain, open, payload, runtime, seqs, small};
 use super::*;
 
 #[test]
@@ -24,9 +24,7 @@ fn concurrent_appends_share_one_fsync() {
     let pending: Vec<_> = (0..16)
         .map(|i| log.append(vec![Record::to("e", payload(i, 100))]))
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let mut acked: Vec<u64> = runtime.block_on(async {
         let mut acked = Vec::new();
         for append in pending {
@@ -194,10 +192,7 @@ fn a_record_is_readable_during_its_fsync_and_durable_only_after_it() {
     });
     let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
     let endpoint = log.endpoint("e");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         let mut append = log.append_readable_first(vec![Record::to("e", payload(0, 100))]);
         append.readable().await.unwrap();
@@ -236,9 +231,7 @@ fn a_record_read_before_a_failed_fsync_never_makes_a_later_record_look_consumed(
             .unwrap();
         failing.store(true, Ordering::SeqCst);
         let endpoint = log.endpoint("e");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         runtime.block_on(async {
             let mut append = log.append_readable_first(vec![Record::to("e", payload(1, 10))]);
             append.readable().await.unwrap();

@@ -37,6 +37,17 @@ fn message(n: usize) -> Message {
     message
 }
 
+/// Routes and stores a message from the sensor, durably.
+async fn store(router: &Router, message: Message) {
+    router
+        .accept(&sensor(), message)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+}
+
 fn segment_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir.join("log"))
         .unwrap()
@@ -52,13 +63,7 @@ async fn a_100_byte_message_takes_less_than_half_the_bytes_of_the_json_form() {
     let dir = tempfile::tempdir().unwrap();
     let router = router(dir.path());
     for n in 0..N {
-        router
-            .accept(&sensor(), message(n))
-            .await
-            .unwrap()
-            .durable()
-            .await
-            .unwrap();
+        store(&router, message(n)).await;
     }
     let binary = segment_bytes(dir.path()) as f64 / N as f64;
     // The same records as the JSON form wrote them, for comparison.
@@ -96,13 +101,7 @@ async fn records_of_the_json_form_are_read_after_the_upgrade_in_order_with_new_o
     }
     let router = router(dir.path());
     for n in 3..5 {
-        router
-            .accept(&sensor(), message(n))
-            .await
-            .unwrap()
-            .durable()
-            .await
-            .unwrap();
+        store(&router, message(n)).await;
     }
     let batch = router.upstream_batch(10);
     let ids: Vec<&str> = batch
@@ -134,13 +133,7 @@ async fn a_payload_that_does_not_decode_is_dead_lettered_not_handed_out_again() 
         )])
         .await
         .unwrap();
-    router
-        .accept(&sensor(), message(1))
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    store(&router, message(1)).await;
     let batch = router.upstream_batch(10);
     assert_eq!(batch.len(), 1);
     router.upstream_retry();
