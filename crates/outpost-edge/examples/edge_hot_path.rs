@@ -8,7 +8,6 @@
 //! back, pushed to `filter`'s outbox and acknowledged, one after the other; the upstream copy is read and
 //! acknowledged as the link does. No sockets: the MQTT head's framing is not counted.
 
-
 use outpost_core::{DeviceId, Identity, Message, ModuleId};
 use outpost_edge::edgehub::hub_loop::HubLoop;
 use outpost_edge::edgehub::router::Router;

@@ -236,8 +236,10 @@ impl serde::Serialize for SystemView<'_> {
             .peekable();
         loop {
             let next = match (own.peek(), added.peek()) {
-                (Some((name, _)), Some((first, _))) if name.as_str() < *first => own.next().map(|(n, v)| (n.as_str(), v.as_str())),
-                (Some(_), Some(_)) | (None, Some(_)) => added.next(),
+                (Some((name, _)), Some((first, _))) if name.as_str() < *first => {
+                    own.next().map(|(n, v)| (n.as_str(), v.as_str()))
+                }
+                (_, Some(_)) => added.next(),
                 (Some(_), None) => own.next().map(|(n, v)| (n.as_str(), v.as_str())),
                 (None, None) => None,
             };
@@ -780,7 +782,9 @@ mod tests {
         for (name, value) in system {
             message.system.insert((*name).into(), (*value).into());
         }
-        message.properties.insert("alert".into(), Some("yes".into()));
+        message
+            .properties
+            .insert("alert".into(), Some("yes".into()));
         message.properties.insert("flag".into(), None);
         message
     }
@@ -794,8 +798,14 @@ mod tests {
         );
         let messages = [
             message(b"{\"t\":21.5}", &[]),
-            message(b"plain \"quoted\"\n", &[("messageId", "m1"), ("outputName", "out")]),
-            message(&[0xff, 0x00, 0x80], &[("contentType", "application/octet-stream")]),
+            message(
+                b"plain \"quoted\"\n",
+                &[("messageId", "m1"), ("outputName", "out")],
+            ),
+            message(
+                &[0xff, 0x00, 0x80],
+                &[("contentType", "application/octet-stream")],
+            ),
             // A sender's own properties of the names the hub adds are replaced, wherever they sort.
             message(
                 b"x",

@@ -203,7 +203,12 @@ pub trait Tables: jobs::JobTables + provisioning::ProvisioningTables {
         event: &Value,
         enqueued_ms: i64,
     ) -> Result<Appended, StorageError> {
-        self.append_event_text(partition, source, &serde_json::to_string(event)?, enqueued_ms)
+        self.append_event_text(
+            partition,
+            source,
+            &serde_json::to_string(event)?,
+            enqueued_ms,
+        )
     }
     /// [`append_event`](Self::append_event) with the event already written as JSON text.
     fn append_event_text(

@@ -952,17 +952,16 @@ impl Tables for SqliteTables<'_> {
             if chunk.len() == ROWS_PER_INSERT {
                 let args: Vec<&dyn rusqlite::ToSql> = chunk
                     .iter()
-                    .flat_map(|r| -> [&dyn rusqlite::ToSql; 6] { [&r.0, &r.1, &r.2, &r.3, &r.4, &r.5] })
+                    .flat_map(|r| -> [&dyn rusqlite::ToSql; 6] {
+                        [&r.0, &r.1, &r.2, &r.3, &r.4, &r.5]
+                    })
                     .collect();
                 self.conn
                     .prepare_cached(&INSERT_EVENT_ROWS)?
                     .execute(&*args)?;
             } else {
                 for r in chunk {
-                    self.execute(
-                        INSERT_EVENT,
-                        params![r.0, r.1, r.2, r.3, r.4, r.5],
-                    )?;
+                    self.execute(INSERT_EVENT, params![r.0, r.1, r.2, r.3, r.4, r.5])?;
                 }
             }
             // One writer, AUTOINCREMENT: the rows of a statement got consecutive sequence numbers, in order.
@@ -1343,7 +1342,11 @@ mod tests {
         };
         assert_eq!(single, batch);
         assert_eq!(
-            batch.iter().take(6).map(|a| a.partition_seq).collect::<Vec<_>>(),
+            batch
+                .iter()
+                .take(6)
+                .map(|a| a.partition_seq)
+                .collect::<Vec<_>>(),
             vec![1, 0, 2, 0, 1, 3]
         );
         assert_eq!(batch.last().unwrap().seq, events.len() as i64 + 1);

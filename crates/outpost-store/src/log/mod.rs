@@ -4,6 +4,8 @@
 //! bytes are fsync'd, so an acknowledgement (PUBACK) sent after it survives `kill -9` and power loss. A
 //! single writer thread batches whatever appends are waiting into one write and one `fdatasync` (group
 //! commit): many publishers share each fsync, and none is acknowledged before its own bytes are durable.
+//! [`MessageLog::append_readable_first`] lets the endpoints read a group as soon as it is written, while its
+//! fsync runs; the appender still hears that it is durable only after.
 //!
 //! # Endpoints: one persisted copy, one cursor per endpoint and priority
 //! A [`Record`] lists its [`Target`]s: the endpoints its routes chose (`$upstream`, a module input), each

@@ -245,7 +245,8 @@ fn a_record_read_before_a_failed_fsync_never_makes_a_later_record_look_consumed(
     // The worst case: the page cache lost the unsynced record, the cursor file says 2 is consumed.
     let segment = dir.path().join(segment::file_name(1));
     let file = OpenOptions::new().write(true).open(&segment).unwrap();
-    let kept = fs::metadata(&segment).unwrap().len() - Record::to("e", payload(1, 10)).encoded_len() as u64;
+    let kept = fs::metadata(&segment).unwrap().len()
+        - Record::to("e", payload(1, 10)).encoded_len() as u64;
     file.set_len(kept).unwrap();
     drop(file);
     let log = open(dir.path());

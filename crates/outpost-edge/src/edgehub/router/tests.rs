@@ -172,7 +172,11 @@ async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_doe
         "stored for $upstream: woken at once"
     );
 
-    let inputs = router.accept(&sensor(), output("local")).await.unwrap().inputs;
+    let inputs = router
+        .accept(&sensor(), output("local"))
+        .await
+        .unwrap()
+        .inputs;
     assert_eq!(inputs.len(), 1);
     let started = tokio::time::Instant::now();
     router.upstream_stored(short).await;

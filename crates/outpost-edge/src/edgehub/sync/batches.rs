@@ -64,7 +64,12 @@ impl<T> UpstreamBatches<T> {
     /// in flight, what it wants is the request after it: taken (read and decoded) while the hub stores this one.
     pub fn wants(&self) -> usize {
         let waiting = self.pending.len() - self.sending;
-        let bytes: usize = self.pending.iter().skip(self.sending).map(|t| t.bytes).sum();
+        let bytes: usize = self
+            .pending
+            .iter()
+            .skip(self.sending)
+            .map(|t| t.bytes)
+            .sum();
         if !self.groups.is_empty() || waiting >= self.max_count || bytes >= self.max_bytes {
             return 0;
         }
@@ -285,7 +290,8 @@ mod tests {
     }
 
     #[test]
-    fn the_next_request_is_taken_while_one_is_in_flight_and_goes_after_it_even_when_that_one_is_split() {
+    fn the_next_request_is_taken_while_one_is_in_flight_and_goes_after_it_even_when_that_one_is_split(
+    ) {
         let push = |batches: &mut UpstreamBatches<()>, seqs: std::ops::RangeInclusive<u64>| {
             for seq in seqs {
                 batches.push(Taken {
@@ -298,7 +304,11 @@ mod tests {
         let mut batches = batches(&[10; 5], 5, 1 << 20);
         assert_eq!(batches.wants(), 0, "a whole request waits");
         assert_eq!(seqs(batches.next_request()), [1, 2, 3, 4, 5]);
-        assert_eq!(batches.wants(), 5, "the next request, while this one is in flight");
+        assert_eq!(
+            batches.wants(),
+            5,
+            "the next request, while this one is in flight"
+        );
         push(&mut batches, 6..=8);
         assert_eq!(seqs(batches.in_flight()), [1, 2, 3, 4, 5]);
         assert_eq!(batches.stored(), [1, 2, 3, 4, 5]);
