@@ -2,10 +2,11 @@
 //!
 //! Every accepted message is appended once ([`MessageLog::append`]) and the append resolves only after its
 //! bytes are fsync'd, so an acknowledgement (PUBACK) sent after it survives `kill -9` and power loss. A
-//! single writer thread batches whatever appends are waiting into one write and one `fdatasync` (group
-//! commit): many publishers share each fsync, and none is acknowledged before its own bytes are durable.
-//! [`MessageLog::append_readable_first`] lets the endpoints read a group as soon as it is written, while its
-//! fsync runs; the appender still hears that it is durable only after.
+//! single writer thread batches whatever appends are waiting into one write, and a sync thread beside it makes
+//! every written group waiting for it durable with one `fdatasync` (group commit): many publishers share each
+//! fsync, none is acknowledged before its own bytes are durable, and the next group is written while the last
+//! one's fsync runs. [`MessageLog::append_readable_first`] lets the endpoints read a group as soon as it is
+//! written; the appender still hears that it is durable only after its fsync.
 //!
 //! # Endpoints: one persisted copy, one cursor per endpoint and priority
 //! A [`Record`] lists its [`Target`]s: the endpoints its routes chose (`$upstream`, a module input), each

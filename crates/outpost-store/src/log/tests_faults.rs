@@ -211,6 +211,46 @@ fn a_record_is_readable_during_its_fsync_and_durable_only_after_it() {
     });
 }
 
+/// The sync thread runs beside the writer: while one group's fsync lasts, the next group is written and read, and
+/// each appender still hears `durable` only after an fsync that covers its record.
+#[test]
+fn a_group_is_written_and_read_while_the_previous_groups_fsync_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let hook: FaultHook = Arc::new(move |point| {
+        if point == FaultPoint::SegmentSync {
+            let _ = released.lock().unwrap().recv();
+        }
+        Ok(())
+    });
+    let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
+    let endpoint = log.endpoint("e");
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut first = log.append_readable_first(vec![Record::to("e", payload(0, 100))]);
+        first.readable().await.unwrap();
+        // The first group's fsync is held from here on.
+        let mut second = log.append_readable_first(vec![Record::to("e", payload(1, 100))]);
+        tokio::time::timeout(Duration::from_secs(5), second.readable())
+            .await
+            .expect("the second group waited for the first one's fsync")
+            .unwrap();
+        assert_eq!(seqs(&drain(&endpoint)), vec![1, 2]);
+        let mut second_durable = std::pin::pin!(second.durable());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), second_durable.as_mut())
+                .await
+                .is_err(),
+            "durable before any fsync returned"
+        );
+        release.send(()).unwrap();
+        assert_eq!(first.durable().await.unwrap(), vec![1]);
+        release.send(()).unwrap();
+        assert_eq!(second_durable.await.unwrap(), vec![2]);
+    });
+}
+
 /// The fsync fails after the endpoint read and acknowledged the record: the appender hears the failure (its sender
 /// gets no PUBACK and sends again), and even if the record never reached the disk, the persisted cursor past it
 /// does not make a reopened log treat the next record as consumed.

@@ -1,10 +1,12 @@
 //! The writer thread: the only code that writes segments and the cursor file.
 //!
 //! It takes whatever commands are waiting (up to `max_group_bytes` of appends), encodes every record into one
-//! buffer, writes it with one `pwrite`, publishes the records to the index (endpoints read them from the page
-//! cache while the fsync runs) and makes them durable with one `fdatasync` (group commit); only then does it
-//! answer the appenders. A dedicated OS thread rather than a tokio
-//! task: fsync blocks for milliseconds, and the log must work (and close) without a runtime.
+//! buffer, writes it with one `pwrite` and publishes the records to the index (endpoints read them from the page
+//! cache from then on), then hands the group to the sync thread and takes the next one. The sync thread makes
+//! every group waiting for it durable with one `fdatasync` (group commit) and only then answers their appenders:
+//! nothing is acknowledged before its fsync, and no reader nor the next group's write waits for one (an fsync
+//! takes 0.1 ms here at the median and 3–6 ms at the tail). Dedicated OS threads rather than tokio tasks: fsync
+//! blocks for milliseconds, and the log must work (and close) without a runtime.
 //!
 //! After a failed write or fsync the writer stops accepting appends ([`LogError::Poisoned`]): once fsync has
 //! failed, Linux may have dropped the dirty pages and a retried fsync can succeed without them, so only a
@@ -15,7 +17,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, Notify};
@@ -60,6 +62,17 @@ struct Placed {
     targets: Vec<Target>,
 }
 
+/// A written and published group waiting for its fsync: the file its last bytes went to (a group that started a
+/// new segment synced the one before at the roll) and the appenders to answer once it is durable.
+struct Written {
+    file: Arc<File>,
+    replies: Vec<(oneshot::Sender<Result<Vec<u64>, LogError>>, Vec<u64>)>,
+}
+
+/// Groups written ahead of the sync thread at most; past that the writer waits for it, so a disk whose fsync
+/// stalls slows the appenders down instead of piling up their replies.
+const SYNC_QUEUE: usize = 64;
+
 /// The segment being appended to.
 struct Active {
     first_seq: u64,
@@ -78,6 +91,10 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// Bytes of the current group (written or buffered) that the index does not count yet.
     unpublished: u64,
+    /// To the sync thread; `None` if it could not start or has gone, and the writer syncs each group itself.
+    to_sync: Option<SyncSender<Written>>,
+    /// Whether an fsync failed when the writer synced a group itself.
+    syncs: Syncs,
 }
 
 impl Writer {
@@ -102,6 +119,8 @@ impl Writer {
             active,
             buf: Vec::new(),
             unpublished: 0,
+            to_sync: None,
+            syncs: Syncs::default(),
         }
     }
 
@@ -119,6 +138,19 @@ impl Writer {
         };
         if let Err(e) = &checkpointer {
             tracing::warn!(error = %e, "cannot start the message log's checkpoint thread; checkpoints wait for the next close");
+        }
+        let (to_sync, written) = std::sync::mpsc::sync_channel::<Written>(SYNC_QUEUE);
+        let syncer = {
+            let shared = Arc::clone(&self.shared);
+            std::thread::Builder::new()
+                .name("outpost-log-sync".into())
+                .spawn(move || Syncs::default().serve(&shared, &written))
+        };
+        match &syncer {
+            Ok(_) => self.to_sync = Some(to_sync),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the message log's sync thread; the writer syncs each group itself")
+            }
         }
         loop {
             let mut appends = Vec::new();
@@ -161,6 +193,11 @@ impl Writer {
                 }
             }
         }
+        // Every group answered before the last checkpoint and the close.
+        drop(self.to_sync.take());
+        if let Ok(syncer) = syncer {
+            let _ = syncer.join();
+        }
         drop(stop);
         if let Ok(checkpointer) = checkpointer {
             let _ = checkpointer.join();
@@ -170,8 +207,8 @@ impl Writer {
         }
     }
 
-    /// Writes one group, publishes it to the index (the endpoints may read it from then on), makes it durable
-    /// and answers its appenders: nothing is acknowledged before its fsync, but nobody reading waits for it.
+    /// Writes one group, publishes it to the index (the endpoints may read it from then on) and hands it to the
+    /// sync thread, which answers its appenders once it is durable.
     fn commit(&mut self, appends: Vec<Pending>) {
         if self.shared.poisoned.load(Ordering::Acquire) {
             for pending in appends {
@@ -215,40 +252,45 @@ impl Writer {
         if failure.is_none() && !placed.is_empty() {
             failure = self.write_buffer().err();
         }
-        let published = failure.is_none();
-        if published {
-            // Written: readable from the page cache. A crash before the fsync below loses only records whose
-            // appenders never heard `Ok`, and reopening never reuses a sequence number a cursor has passed.
-            self.publish(placed);
-            for (_, readable, _) in &mut accepted {
-                if let Some(readable) = readable.take() {
-                    let _ = readable.send(());
-                }
+        if let Some(error) = failure {
+            self.shared.poisoned.store(true, Ordering::Release);
+            tracing::error!(%error, "message log write failed; appends refused until it is reopened");
+            // Tidy, not needed for correctness: unacknowledged bytes left behind would only be delivered as
+            // duplicates after a reopen.
+            if self.active.first_seq == group_start.0 {
+                let _ = self.active.file.set_len(group_start.1);
             }
-            failure = self.sync().err();
+            let error = LogError::from(error);
+            for (reply, _, _) in accepted {
+                let _ = reply.send(Err(error.duplicate()));
+            }
+            self.shared.lock().group_from = None;
+            return;
         }
-        match failure {
-            None => {
-                for (reply, _, seqs) in accepted {
-                    let _ = reply.send(Ok(seqs));
-                }
-            }
-            Some(error) => {
-                self.shared.poisoned.store(true, Ordering::Release);
-                tracing::error!(%error, "message log write failed; appends refused until it is reopened");
-                // Tidy, not needed for correctness: unacknowledged bytes left behind would only be delivered
-                // as duplicates after a reopen. Once published, the index points at them: they stay.
-                if !published && self.active.first_seq == group_start.0 {
-                    let _ = self.active.file.set_len(group_start.1);
-                }
-                for (reply, _, _) in accepted {
-                    let copy = io::Error::new(error.kind(), error.to_string());
-                    let _ = reply.send(Err(copy.into()));
-                }
-            }
-        }
-        // Published (or refused for good): the index knows every byte on disk again.
+        // Written: readable from the page cache. A crash before the fsync loses only records whose appenders
+        // never heard `Ok`, and reopening never reuses a sequence number a cursor has passed.
+        self.publish(placed);
+        // Published: the index knows every byte on disk again.
         self.shared.lock().group_from = None;
+        let mut replies = Vec::with_capacity(accepted.len());
+        for (reply, readable, seqs) in accepted {
+            if let Some(readable) = readable {
+                let _ = readable.send(());
+            }
+            replies.push((reply, seqs));
+        }
+        let group = Written {
+            file: Arc::clone(&self.active.file),
+            replies,
+        };
+        let group = match &self.to_sync {
+            Some(to_sync) => match to_sync.send(group) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(group)) => group,
+            },
+            None => group,
+        };
+        self.syncs.answer(&self.shared, vec![group]);
     }
 
     /// Encodes one record into the group, starting a new segment first if this one is full.
@@ -292,16 +334,10 @@ impl Writer {
         Ok(())
     }
 
-    fn sync(&self) -> io::Result<()> {
-        self.shared.fault(FaultPoint::SegmentSync)?;
-        // fdatasync: the data and the file size, which is all a reader needs; mtime can wait.
-        self.active.file.sync_data()
-    }
-
     /// Seals the active segment (durably) and starts the next one at `next_seq`.
     fn roll(&mut self) -> io::Result<()> {
         self.write_buffer()?;
-        self.sync()?;
+        sync(&self.shared, &self.active.file)?;
         self.shared.fault(FaultPoint::SegmentCreate)?;
         let segment = segment::create(&self.shared.dir, self.next_seq)?;
         self.active = Active {
@@ -414,6 +450,56 @@ impl Writer {
         remove_segments(&self.shared, &[segment])?;
         Ok(true)
     }
+}
+
+/// The sync side of the group commit: whether an fsync has failed, after which nothing is acknowledged (Linux
+/// may have dropped the dirty pages, and a later fsync can succeed without them).
+#[derive(Default)]
+struct Syncs {
+    failed: bool,
+}
+
+impl Syncs {
+    /// Syncs and answers written groups until the writer hangs up, every group waiting at once.
+    fn serve(mut self, shared: &Shared, written: &Receiver<Written>) {
+        while let Ok(first) = written.recv() {
+            let mut groups = vec![first];
+            groups.extend(written.try_iter());
+            self.answer(shared, groups);
+        }
+    }
+
+    /// Makes `groups` durable, oldest first, with one `fdatasync` per segment they end in, and answers them.
+    fn answer(&mut self, shared: &Shared, groups: Vec<Written>) {
+        let mut groups = groups.into_iter().peekable();
+        while let Some(group) = groups.next() {
+            let mut same_file = vec![group];
+            while let Some(next) = groups.next_if(|g| Arc::ptr_eq(&g.file, &same_file[0].file)) {
+                same_file.push(next);
+            }
+            let result = if self.failed {
+                Err(LogError::Poisoned)
+            } else {
+                sync(shared, &same_file[0].file).map_err(|error| {
+                    self.failed = true;
+                    shared.poisoned.store(true, Ordering::Release);
+                    tracing::error!(%error, "message log fsync failed; appends refused until it is reopened");
+                    LogError::from(error)
+                })
+            };
+            for Written { replies, .. } in same_file {
+                for (reply, seqs) in replies {
+                    let _ = reply.send(result.as_ref().map(|()| seqs).map_err(LogError::duplicate));
+                }
+            }
+        }
+    }
+}
+
+/// fdatasync: the data and the file size, which is all a reader needs; mtime can wait.
+fn sync(shared: &Shared, file: &File) -> io::Result<()> {
+    shared.fault(FaultPoint::SegmentSync)?;
+    file.sync_data()
 }
 
 /// Checkpoints every `interval` until `stop`'s sender is dropped (the writer is closing: it checkpoints a last
