@@ -31,6 +31,9 @@ use super::{now_unix_ms, FaultPoint, FullPolicy, LogError, Shared, State};
 /// Where an append's answer arrives.
 pub(crate) type Reply = oneshot::Receiver<Result<Vec<u64>, LogError>>;
 
+/// Where the writer (or the sync thread) sends an append's answer.
+type Answer = oneshot::Sender<Result<Vec<u64>, LogError>>;
+
 /// What the handles ask of the writer.
 pub(crate) enum Command {
     /// Persist these records, then answer with their sequence numbers; `readable` is told as soon as the
@@ -38,7 +41,7 @@ pub(crate) enum Command {
     Append {
         records: Vec<Record>,
         readable: Option<oneshot::Sender<()>>,
-        reply: oneshot::Sender<Result<Vec<u64>, LogError>>,
+        reply: Answer,
     },
     /// Persist the cursors and remove consumed segments now.
     Checkpoint {
@@ -50,7 +53,7 @@ pub(crate) enum Command {
 struct Pending {
     records: Vec<Record>,
     readable: Option<oneshot::Sender<()>>,
-    reply: oneshot::Sender<Result<Vec<u64>, LogError>>,
+    reply: Answer,
 }
 
 /// A record encoded in the current group, to publish once the group is durable.
@@ -66,7 +69,7 @@ struct Placed {
 /// new segment synced the one before at the roll) and the appenders to answer once it is durable.
 struct Written {
     file: Arc<File>,
-    replies: Vec<(oneshot::Sender<Result<Vec<u64>, LogError>>, Vec<u64>)>,
+    replies: Vec<(Answer, Vec<u64>)>,
 }
 
 /// Groups written ahead of the sync thread at most; past that the writer waits for it, so a disk whose fsync
@@ -149,7 +152,7 @@ impl Writer {
         match &syncer {
             Ok(_) => self.to_sync = Some(to_sync),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start the message log's sync thread; the writer syncs each group itself")
+                tracing::warn!(error = %e, "cannot start the message log's sync thread; the writer syncs each group itself");
             }
         }
         loop {
