@@ -135,7 +135,15 @@ impl Record {
     }
 
     /// Appends the encoded record to `out`.
+    #[cfg(test)]
     pub(crate) fn encode(&self, seq: u64, enqueued_unix_ms: u64, out: &mut Vec<u8>) {
+        self.encode_head(seq, enqueued_unix_ms, out);
+        out.extend_from_slice(&self.payload);
+    }
+
+    /// Appends the encoded record to `out` up to its payload, the prefix complete (its length and CRC count the
+    /// payload): the payload's bytes must follow on disk, copied after these or written from its own buffer.
+    pub(crate) fn encode_head(&self, seq: u64, enqueued_unix_ms: u64, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; PREFIX]);
         out.extend_from_slice(&seq.to_le_bytes());
@@ -147,12 +155,13 @@ impl Record {
             out.extend_from_slice(&(t.endpoint.len() as u16).to_le_bytes());
             out.extend_from_slice(t.endpoint.as_bytes());
         }
-        out.extend_from_slice(&self.payload);
-        let body = &out[start + PREFIX..];
-        let len = body.len() as u32;
-        let crc = crc32fast::hash(body);
+        let head = &out[start + PREFIX..];
+        let len = (head.len() + self.payload.len()) as u32;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(head);
+        crc.update(&self.payload);
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
     }
 }
 

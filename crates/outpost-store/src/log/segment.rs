@@ -107,8 +107,18 @@ pub(crate) fn read_record(
     len: usize,
     seq: u64,
 ) -> Result<(u64, Bytes), LogError> {
-    let mut buf = vec![0; len];
-    file.read_exact_at(&mut buf, offset)?;
+    // Read into the vector's spare capacity (exactly `len`: `with_capacity` allocates what it is asked for),
+    // without zeroing it first.
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)
+            .map_err(io::Error::from)?
+            == 0
+        {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+    }
     let corrupt = |reason| LogError::Corrupt {
         path: path.to_owned(),
         offset,
