@@ -1,12 +1,13 @@
 //! The writer thread: the only code that writes segments and the cursor file.
 //!
 //! It takes whatever commands are waiting (up to `max_group_bytes` of appends), encodes every record into one
-//! buffer, writes it with one `pwrite` and publishes the records to the index (endpoints read them from the page
-//! cache from then on), then hands the group to the sync thread and takes the next one. The sync thread makes
-//! every group waiting for it durable with one `fdatasync` (group commit) and only then answers their appenders:
-//! nothing is acknowledged before its fsync, and no reader nor the next group's write waits for one (an fsync
-//! takes 0.1 ms here at the median and 3–6 ms at the tail). Dedicated OS threads rather than tokio tasks: fsync
-//! blocks for milliseconds, and the log must work (and close) without a runtime.
+//! buffer (payloads of [`COPY_BELOW`] bytes or more stay in their own buffers), writes it with one `pwrite` (or
+//! `pwritev`) and publishes the records to the index (endpoints read them from the page cache from then on),
+//! then hands the group to the sync thread and takes the next one. The sync thread makes every group waiting
+//! for it durable with one `fdatasync` (group commit) and only then answers their appenders: nothing is
+//! acknowledged before its fsync, and no reader nor the next group's write waits for one (an fsync takes 0.1 ms
+//! here at the median and 3–6 ms at the tail). Dedicated OS threads rather than tokio tasks: fsync blocks for
+//! milliseconds, and the log must work (and close) without a runtime.
 //!
 //! After a failed write or fsync the writer stops accepting appends ([`LogError::Poisoned`]): once fsync has
 //! failed, Linux may have dropped the dirty pages and a retried fsync can succeed without them, so only a
