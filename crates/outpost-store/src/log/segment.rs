@@ -112,11 +112,10 @@ pub(crate) fn read_record(
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
-        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)
-            .map_err(io::Error::from)?
-            == 0
-        {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io::Error::from(e).into()),
         }
     }
     let corrupt = |reason| LogError::Corrupt {

@@ -229,6 +229,53 @@ fn records_are_readable_during_their_fsync_and_durable_only_after_it() {
     });
 }
 
+/// The writer runs at most `SYNC_QUEUE` groups ahead of a stalled fsync: past that it waits, so the replies held
+/// for a disk that does not answer stay bounded, and everything is answered once the fsync returns.
+#[test]
+fn the_writer_runs_a_bounded_number_of_groups_ahead_of_a_stalled_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (release, hook) = held_fsyncs();
+    let log = MessageLog::open_with_faults(dir.path(), small_unbounded(), hook).unwrap();
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut appends = Vec::new();
+        let mut readable = 0;
+        for i in 0..super::writer::SYNC_QUEUE + 10 {
+            let mut append = log.append_readable_first(vec![Record::to("e", payload(i, 10))]);
+            let read = tokio::time::timeout(Duration::from_secs(1), append.readable()).await;
+            appends.push(append);
+            if read.is_err() {
+                break;
+            }
+            readable += 1;
+        }
+        // One group in the held fsync, SYNC_QUEUE waiting for it, one written while the writer waits to queue it.
+        assert_eq!(readable, super::writer::SYNC_QUEUE + 2);
+        for _ in 0..appends.len() {
+            release.send(()).unwrap();
+        }
+        for append in appends {
+            assert_eq!(
+                tokio::time::timeout(Duration::from_secs(10), append.durable())
+                    .await
+                    .expect("answered once the fsync returned")
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+    });
+}
+
+/// Options with segments large enough that no group rolls one (a roll syncs inline).
+fn small_unbounded() -> LogOptions {
+    LogOptions {
+        segment_bytes: 1 << 20,
+        quota_bytes: 4 << 20,
+        ..small()
+    }
+}
+
 /// The fsync fails after the endpoint read and acknowledged the record: the appender hears the failure (its sender
 /// gets no PUBACK and sends again), and even if the record never reached the disk, the persisted cursor past it
 /// does not make a reopened log treat the next record as consumed.

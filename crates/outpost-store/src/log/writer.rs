@@ -84,7 +84,7 @@ const MAX_SLICES: usize = 1024;
 
 /// Groups written ahead of the sync thread at most; past that the writer waits for it, so a disk whose fsync
 /// stalls slows the appenders down instead of piling up their replies.
-const SYNC_QUEUE: usize = 64;
+pub(crate) const SYNC_QUEUE: usize = 64;
 
 /// The segment being appended to.
 struct Active {
@@ -552,7 +552,12 @@ fn write_all_vectored_at(
 ) -> io::Result<()> {
     while !slices.is_empty() {
         let at_most = slices.len().min(MAX_SLICES);
-        let written = rustix::io::pwritev(file, &slices[..at_most], offset)?;
+        let written = match rustix::io::pwritev(file, &slices[..at_most], offset) {
+            Ok(written) => written,
+            // As `write_all_at`: an interrupted call is made again.
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
