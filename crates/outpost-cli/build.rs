@@ -4,7 +4,8 @@
 //! Why: the daemon's resident set is mostly its executable's own pages, and the kernel maps code in blocks around
 //! each page a process touches (fault-around, 64 KiB). Left where the compiler puts them, the ~4 MB of functions
 //! that startup, idle and routing run are spread over nearly all of the 12 MB of code, so 9 MB of it stayed mapped;
-//! packed, they map little more than themselves (idle RSS 15.5 -> 9.9 MiB, docs/benchmarks.md).
+//! packed, they map little more than themselves (idle RSS with the sample modules 15.5 -> 9.9 MiB; 8.1 MiB with
+//! `scripts/build-edge.sh`'s static link; docs/benchmarks.md, "The edge daemon's layout").
 //!
 //! The linker (lld, rustc's own on this target since Rust 1.90) skips names it does not find, so a file made with
 //! another toolchain, dependency version or build profile costs memory, never a build. GNU ld has no such option,
@@ -21,8 +22,8 @@ fn main() {
         let order = concat!(env!("CARGO_MANIFEST_DIR"), "/edged.order");
         println!("cargo:rustc-link-arg-bin=outpost-edged=-Wl,--symbol-ordering-file={order}");
         println!("cargo:rustc-link-arg-bin=outpost-edged=-Wl,--no-warn-symbol-ordering");
-        // Relative relocations packed (DT_RELR): the 540 KB table the loader reads at every start, and keeps
-        // resident, becomes 7 KB. glibc 2.36 onwards applies them; an older one refuses such an executable.
+        // Relative relocations packed (DT_RELR): the 548 KB table the loader reads at every start, and keeps
+        // resident, becomes 11 KB. glibc 2.36 onwards applies them; an older one refuses such an executable.
         if glibc_at_least(2, 36) {
             println!("cargo:rustc-link-arg-bin=outpost-edged=-Wl,-z,pack-relative-relocs");
         }
