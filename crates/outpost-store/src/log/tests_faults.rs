@@ -176,17 +176,45 @@ fn invalid_records_and_options_are_refused() {
     ));
 }
 
-/// A hook under which every fsync lasts until the test sends one `()` on the returned channel for it.
-fn held_fsyncs() -> (std::sync::mpsc::Sender<()>, FaultHook) {
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let released = std::sync::Mutex::new(released);
-    let hook: FaultHook = Arc::new(move |point| {
-        if point == FaultPoint::SegmentSync {
-            let _ = released.lock().unwrap().recv();
-        }
-        Ok(())
-    });
-    (release, hook)
+/// Fsyncs held by a test: each one lasts until the test releases one, and tells the test when it starts.
+///
+/// Bind it after the log it holds, so that it is dropped first: a failed assertion then unwinds through its drop,
+/// every held fsync returns, and the log's close (which joins the sync thread) finishes instead of hanging.
+struct HeldFsyncs {
+    release: std::sync::mpsc::Sender<()>,
+    entered: std::sync::mpsc::Receiver<()>,
+}
+
+impl HeldFsyncs {
+    /// The hook that holds every segment fsync, and the handle that releases them.
+    fn new() -> (Self, FaultHook) {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (enter, entered) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new((released, enter));
+        let hook: FaultHook = Arc::new(move |point| {
+            if point == FaultPoint::SegmentSync {
+                let held = held.lock().unwrap();
+                let _ = held.1.send(());
+                // Bounded, so that no mistake in a test can hang the suite: a minute is far longer than any
+                // test holds an fsync on purpose.
+                let _ = held.0.recv_timeout(Duration::from_secs(60));
+            }
+            Ok(())
+        });
+        (Self { release, entered }, hook)
+    }
+
+    /// Lets one held fsync (or the next one) return.
+    fn release(&self) {
+        self.release.send(()).unwrap();
+    }
+
+    /// Waits until an fsync has started.
+    fn entered(&self) {
+        self.entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an fsync started");
+    }
 }
 
 /// An append made readable first: its endpoint reads the record while the group's fsync is still running, and the
@@ -195,8 +223,9 @@ fn held_fsyncs() -> (std::sync::mpsc::Sender<()>, FaultHook) {
 #[test]
 fn records_are_readable_during_their_fsync_and_durable_only_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (release, hook) = held_fsyncs();
+    let (held, hook) = HeldFsyncs::new();
     let log = MessageLog::open_with_faults(dir.path(), small(), hook).unwrap();
+    let held = held; // dropped before the log (see `HeldFsyncs`)
     let endpoint = log.endpoint("e");
     let runtime = runtime();
     runtime.block_on(async {
@@ -206,8 +235,9 @@ fn records_are_readable_during_their_fsync_and_durable_only_after_it() {
         assert_eq!(seqs(&read), vec![1]);
         assert_eq!(&read[0].payload[..], &payload(0, 100)[..]);
         // The first group's fsync is held from here on.
+        held.entered();
         let mut second = log.append_readable_first(vec![Record::to("e", payload(1, 100))]);
-        tokio::time::timeout(Duration::from_secs(5), second.readable())
+        tokio::time::timeout(Duration::from_secs(10), second.readable())
             .await
             .expect("the second group waited for the first one's fsync")
             .unwrap();
@@ -222,9 +252,9 @@ fn records_are_readable_during_their_fsync_and_durable_only_after_it() {
             }
         };
         assert!(neither.await, "durable before any fsync returned");
-        release.send(()).unwrap();
+        held.release();
         assert_eq!(first_durable.await.unwrap(), vec![1]);
-        release.send(()).unwrap();
+        held.release();
         assert_eq!(second_durable.await.unwrap(), vec![2]);
     });
 }
@@ -234,25 +264,44 @@ fn records_are_readable_during_their_fsync_and_durable_only_after_it() {
 #[test]
 fn the_writer_runs_a_bounded_number_of_groups_ahead_of_a_stalled_fsync() {
     let dir = tempfile::tempdir().unwrap();
-    let (release, hook) = held_fsyncs();
+    let (held, hook) = HeldFsyncs::new();
     let log = MessageLog::open_with_faults(dir.path(), small_unbounded(), hook).unwrap();
+    let held = held; // dropped before the log (see `HeldFsyncs`)
     let runtime = runtime();
     runtime.block_on(async {
-        let mut appends = Vec::new();
-        let mut readable = 0;
-        for i in 0..super::writer::SYNC_QUEUE + 10 {
-            let mut append = log.append_readable_first(vec![Record::to("e", payload(i, 10))]);
-            let read = tokio::time::timeout(Duration::from_secs(1), append.readable()).await;
-            appends.push(append);
-            if read.is_err() {
-                break;
-            }
-            readable += 1;
+        let append = |i| log.append_readable_first(vec![Record::to("e", payload(i, 10))]);
+        let mut first = append(0);
+        first.readable().await.unwrap();
+        // The sync thread holds the first group alone in its fsync (nothing else was appended yet).
+        held.entered();
+        let mut appends = vec![first];
+        // SYNC_QUEUE groups queue up for the sync thread, and one more is written while the writer waits to
+        // queue it.
+        for i in 1..=super::writer::SYNC_QUEUE + 1 {
+            let mut next = append(i);
+            tokio::time::timeout(Duration::from_secs(10), next.readable())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "group {} of {} written",
+                        i + 1,
+                        super::writer::SYNC_QUEUE + 2
+                    )
+                })
+                .unwrap();
+            appends.push(next);
         }
-        // One group in the held fsync, SYNC_QUEUE waiting for it, one written while the writer waits to queue it.
-        assert_eq!(readable, super::writer::SYNC_QUEUE + 2);
+        let mut over = append(super::writer::SYNC_QUEUE + 2);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), over.readable())
+                .await
+                .is_err(),
+            "the writer ran more than {} groups ahead of the held fsync",
+            super::writer::SYNC_QUEUE + 1
+        );
+        appends.push(over);
         for _ in 0..appends.len() {
-            release.send(()).unwrap();
+            held.release();
         }
         for append in appends {
             assert_eq!(
