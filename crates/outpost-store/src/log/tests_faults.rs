@@ -197,7 +197,7 @@ impl HeldFsyncs {
                 let _ = held.1.send(());
                 // Bounded, so that no mistake in a test can hang the suite: a minute is far longer than any
                 // test holds an fsync on purpose.
-                let _ = held.0.recv_timeout(Duration::from_secs(60));
+                let _ = held.0.recv_timeout(Duration::from_mins(1));
             }
             Ok(())
         });
