@@ -77,9 +77,7 @@ impl IdentityCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ModuleCredentials>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.entries)
     }
 }
 

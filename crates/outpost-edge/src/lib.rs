@@ -21,3 +21,11 @@ pub mod provisioning;
 pub mod runtime;
 pub mod support_bundle;
 pub mod workload;
+
+/// Locks `mutex`, going on after a panic in another holder: every lock in this crate guards state that its
+/// holders leave consistent before anything that can panic, so a poisoned lock is safe to take.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

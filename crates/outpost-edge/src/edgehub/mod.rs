@@ -33,6 +33,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{DeviceCredentials, EdgeConfig};
 use crate::identities::IdentityCache;
+use crate::lock;
 use auth::{check_token, scoped_identities, ScopeRefreshGate, ScopedIdentity};
 use hub_loop::HubLoop;
 use link::Link;
@@ -86,12 +87,6 @@ pub struct EdgeHub {
 
 fn now_unix() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Merges a desired patch from the hub into a cached twin view `{"desired":..,"reported":..}`, with core's merge

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::state::InputRoute;
 use super::stored::Stored;
 use super::EdgeHub;
+use crate::lock;
 
 /// Why a `$edgeHub` configuration is refused (reported as its `lastDesiredStatus` 400).
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +86,6 @@ pub struct Router {
     /// Signalled when a message is stored for `$upstream` (a permit is kept while the link's loop is busy, so
     /// no message waits for its next look).
     upstream_stored: Notify,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_ms() -> u64 {

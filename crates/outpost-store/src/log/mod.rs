@@ -157,10 +157,7 @@ impl Shared {
     /// Locks the index. Held for index updates only, never across file I/O or an `.await`; a std `Mutex`
     /// because readers and the writer thread both take it briefly and the writer is not async.
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every update leaves the index consistent before anything that can panic, so a poisoned lock is safe.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Fails the step `point` if a test asked for it.
@@ -571,6 +568,14 @@ impl MessageLog {
     pub fn dir(&self) -> &Path {
         &self.inner.shared.dir
     }
+}
+
+/// Locks `mutex`, going on after a panic in another holder: every update of the log's shared state leaves it
+/// consistent before anything that can panic, so a poisoned lock is safe to take.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Takes the directory's `flock`, so a second writer fails at open instead of interleaving records.

@@ -28,7 +28,7 @@ use super::cursor::{self, Cursors};
 use super::queue::Outcome;
 use super::record::{Record, Target};
 use super::segment::{self, Segment, HEADER};
-use super::{now_unix_ms, FaultPoint, FullPolicy, LogError, Shared, State};
+use super::{lock, now_unix_ms, FaultPoint, FullPolicy, LogError, Shared, State};
 
 /// Where an append's answer arrives.
 pub(crate) type Reply = oneshot::Receiver<Result<Vec<u64>, LogError>>;
@@ -291,8 +291,6 @@ impl Writer {
         // Written: readable from the page cache. A crash before the fsync loses only records whose appenders
         // never heard `Ok`, and reopening never reuses a sequence number a cursor has passed.
         self.publish(placed);
-        // Published: the index knows every byte on disk again.
-        self.shared.lock().group_from = None;
         let mut replies = Vec::with_capacity(accepted.len());
         for (reply, readable, seqs) in accepted {
             if let Some(readable) = readable {
@@ -397,7 +395,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes the written records of a group visible to the endpoints, and wakes the ones waiting.
+    /// Makes the written records of a group visible to the endpoints, lifts the group's protection of its
+    /// segments, and wakes the endpoints waiting.
     fn publish(&mut self, placed: Vec<Placed>) {
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         let mut state = self.shared.lock();
@@ -423,6 +422,8 @@ impl Writer {
         }
         state.next_seq = self.next_seq;
         state.appended += count;
+        // Published: the index knows every byte on disk again, and checkpoints may delete any consumed segment.
+        state.group_from = None;
         drop(state);
         self.unpublished = 0;
         for notify in wake {
@@ -653,12 +654,6 @@ fn remove_segments(shared: &Shared, segments: &[Segment]) -> Result<(), LogError
     }
     cursor::sync_dir(&shared.dir)?;
     Ok(())
-}
-
-fn lock(mutex: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The cursors to persist. A lane with nothing left whose cursor is older than every segment is left out:

@@ -19,7 +19,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +34,8 @@ use super::{
     ImageOrigin, ImageRemoval, InstanceSpec, InstanceState, InstanceStatus, LogRotation,
     ModuleRuntime, RegistryCredential, RuntimeError,
 };
+use crate::lock;
+
 /// How long an orphan of a previous daemon gets between SIGTERM and SIGKILL.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// How long a child's output may keep flowing after it exited before its exit is recorded anyway (a grandchild
@@ -553,10 +555,6 @@ fn check_executable(spec: &InstanceSpec) -> Result<(), ExecutableError> {
         return Err(ExecutableError::NotExecutable(path.clone()));
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
