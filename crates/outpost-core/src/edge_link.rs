@@ -417,7 +417,7 @@ pub(crate) mod tests {
 
     fn message() -> (Message, Value) {
         let mut message = Message {
-            body: b"21.5".to_vec(),
+            body: bytes::Bytes::from_static(b"21.5"),
             ..Message::default()
         };
         message

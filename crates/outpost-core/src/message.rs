@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use crate::quote::{quote, unquote};
 
 /// A telemetry / output / input / C2D message.
@@ -13,9 +15,11 @@ use crate::quote::{quote, unquote};
 /// Its JSON form (for links and stores) is `{"bodyBase64": "...", "system": {..}, "properties": {..}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Message {
-    /// The payload, raw bytes.
+    /// The payload, raw bytes, cheap to clone and to slice: the edge hub sends a routed message's body as a
+    /// slice of the record it read back from its log, without a copy. A body taken from a received packet is
+    /// copied once, so that a queue holding the message never keeps the connection's read buffer alive.
     #[serde(rename = "bodyBase64", with = "base64_body")]
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// System properties by internal name: messageId, correlationId, userId, to, contentType, contentEncoding,
     /// absolute-expiry-time, outputName, inputName, connectionDeviceId, connectionModuleId, messageSchema,
     /// creationTime, iothub-interface-id, componentName, ack, operation.
@@ -33,10 +37,13 @@ mod base64_body {
         serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(body))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<bytes::Bytes, D::Error> {
         let text = String::deserialize(deserializer)?;
         base64::engine::general_purpose::STANDARD
             .decode(text)
+            .map(bytes::Bytes::from)
             .map_err(serde::de::Error::custom)
     }
 }
@@ -191,7 +198,7 @@ mod tests {
     fn the_sdk_output_bag_re_encodes_identically() {
         let (system, properties) = Message::decode_property_bag(SDK_OUTPUT_BAG).unwrap();
         let message = Message {
-            body: b"{\"temp\": 20}".to_vec(),
+            body: bytes::Bytes::from_static(b"{\"temp\": 20}"),
             system,
             properties,
         };
@@ -342,7 +349,7 @@ mod tests {
             system in system_properties(),
             properties in proptest::collection::btree_map(application_key(), proptest::option::of(any::<String>()), 0..8),
         ) {
-            let message = Message { body: Vec::new(), system, properties };
+            let message = Message { body: bytes::Bytes::new(), system, properties };
             let bag = message.encode_property_bag();
             let (system, properties) = Message::decode_property_bag(&bag).unwrap();
             prop_assert_eq!(system, message.system);

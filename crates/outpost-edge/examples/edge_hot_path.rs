@@ -1,8 +1,9 @@
 //! A fixed workload through the edge hub's data path, for counting instructions per message:
-//! `valgrind --tool=callgrind target/release/examples/edge_hot_path N` at two values of N, then
-//! (instructions(N2) - instructions(N1)) / (N2 - N1) is the cost of one message without the start-up.
+//! `valgrind --tool=callgrind target/release/examples/edge_hot_path N [BYTES]` at two values of N, then
+//! (instructions(N2) - instructions(N1)) / (N2 - N1) is the cost of one message without the start-up (or
+//! `perf stat -e cycles`, which also counts what copies cost in memory traffic).
 //!
-//! One module (`sensor`) sends 100-byte messages on output `out1` with a message id and an application
+//! One module (`sensor`) sends messages of BYTES bytes (default 100) on output `out1` with a message id and an application
 //! property; the routes take them to `filter/input1` and to `$upstream`. Each message is accepted by the
 //! router (route matching, encoding, a durable append), told to the task that owns the edge hub's state, read
 //! back, pushed to `filter`'s outbox and acknowledged, one after the other; the upstream copy is read and
@@ -20,14 +21,18 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
+    let bytes: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime")
-        .block_on(run(n));
+        .block_on(run(n, bytes));
 }
 
-async fn run(n: usize) {
+async fn run(n: usize, bytes: usize) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let log = MessageLog::open(dir.path().join("log"), LogOptions::default()).expect("the log");
     let router = Router::new("edge1", log.clone());
@@ -54,7 +59,7 @@ async fn run(n: usize) {
     let mut bodies = 0;
     for i in 0..n {
         let mut message = Message {
-            body: vec![b'x'; 100],
+            body: vec![b'x'; bytes].into(),
             ..Message::default()
         };
         message.system.insert("outputName".into(), "out1".into());
@@ -79,6 +84,6 @@ async fn run(n: usize) {
         let up = router.upstream_batch(10);
         router.upstream_sent(up.into_iter().map(|(seq, _, _)| seq).collect());
     }
-    assert_eq!(bodies, n * 100);
+    assert_eq!(bodies, n * bytes);
     println!("{n} messages through the edge hub");
 }

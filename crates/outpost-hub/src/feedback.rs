@@ -209,7 +209,7 @@ fn c2d_message(message: C2dMessage) -> Message {
         }
     }
     Message {
-        body: message.body,
+        body: message.body.into(),
         system,
         properties: message
             .application_properties

@@ -776,7 +776,7 @@ mod tests {
 
     fn message(body: &[u8], system: &[(&str, &str)]) -> Message {
         let mut message = Message {
-            body: body.to_vec(),
+            body: body.to_vec().into(),
             ..Message::default()
         };
         for (name, value) in system {

@@ -66,7 +66,7 @@ fn message(client: &str) -> UpstreamMessage<'static> {
     UpstreamMessage {
         client: client.to_owned().into(),
         message: std::borrow::Cow::Owned(Message {
-            body: b"21.5".to_vec(),
+            body: bytes::Bytes::from_static(b"21.5"),
             ..Message::default()
         }),
     }

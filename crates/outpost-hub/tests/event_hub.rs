@@ -34,7 +34,7 @@ async fn add_device(hub: &Hub, id: &str) -> Identity {
 
 fn text(body: &str) -> Message {
     Message {
-        body: body.as_bytes().to_vec(),
+        body: body.as_bytes().to_vec().into(),
         ..Message::default()
     }
 }
@@ -140,7 +140,7 @@ async fn events_carry_the_body_properties_and_annotations_iot_hub_puts_on_them()
         .await
         .unwrap();
     let message = Message {
-        body: vec![0xff, 0x00, 0x01],
+        body: vec![0xff, 0x00, 0x01].into(),
         system: BTreeMap::from([
             ("messageId".to_owned(), "m-1".to_owned()),
             ("correlationId".to_owned(), "c-1".to_owned()),
@@ -572,7 +572,7 @@ async fn completed_and_expired_messages_that_asked_for_feedback_leave_feedback_r
             system.insert("absolute-expiry-time".into(), expiry);
         }
         Message {
-            body: b"hi".to_vec(),
+            body: bytes::Bytes::from_static(b"hi"),
             system,
             properties: BTreeMap::new(),
         }
@@ -633,7 +633,7 @@ async fn a_feedback_batch_not_completed_stays_locked_for_others() {
     let sensor = add_device(&hub, "sensor").await;
     let service = HubService(hub.clone());
     let message = Message {
-        body: b"hi".to_vec(),
+        body: bytes::Bytes::from_static(b"hi"),
         system: BTreeMap::from([("ack".to_owned(), "positive".to_owned())]),
         properties: BTreeMap::new(),
     };

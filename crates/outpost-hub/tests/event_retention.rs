@@ -25,7 +25,7 @@ async fn hub_with_sensor() -> (Hub, Identity) {
 
 fn reading(i: usize) -> Message {
     Message {
-        body: format!("{{\"reading\": {i:04}}}").into_bytes(),
+        body: format!("{{\"reading\": {i:04}}}").into_bytes().into(),
         ..Message::default()
     }
 }

@@ -118,7 +118,7 @@ async fn a_scrape_of_the_hub_parses_as_prometheus_text_and_counts_what_happened(
             .accept_telemetry(
                 &sensor,
                 &Message {
-                    body: format!("{i}").into_bytes(),
+                    body: format!("{i}").into_bytes().into(),
                     ..Message::default()
                 },
             )

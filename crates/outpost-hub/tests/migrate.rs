@@ -146,7 +146,7 @@ async fn populate(hub: &Hub) {
         .unwrap();
     for n in 0..3 {
         let message = Message {
-            body: format!("command {n}").into_bytes(),
+            body: format!("command {n}").into_bytes().into(),
             system: [("messageId".to_owned(), format!("m{n}"))].into(),
             properties: [("n".to_owned(), Some(n.to_string()))].into(),
         };

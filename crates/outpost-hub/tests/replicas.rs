@@ -387,12 +387,12 @@ async fn patches_methods_and_messages_made_through_one_replica_reach_a_device_on
 
     // A cloud-to-device message sent through B.
     let message = outpost_core::Message {
-        body: b"hello".to_vec(),
+        body: bytes::Bytes::from_static(b"hello"),
         ..outpost_core::Message::default()
     };
     b.messaging().send_c2d("roamer", &message).await.unwrap();
     match next(&mut on_a).await {
-        Outgoing::CloudToDevice { message, .. } => assert_eq!(message.body, b"hello"),
+        Outgoing::CloudToDevice { message, .. } => assert_eq!(&message.body[..], b"hello"),
         other => panic!("expected the message, got {other:?}"),
     }
 
@@ -546,14 +546,14 @@ async fn an_edge_link_long_poll_on_one_replica_wakes_for_what_another_makes_for_
     let waiting = poll(a.clone(), edge.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let message = outpost_core::Message {
-        body: b"to the leaf".to_vec(),
+        body: bytes::Bytes::from_static(b"to the leaf"),
         ..outpost_core::Message::default()
     };
     b.messaging().send_c2d("leaf", &message).await.unwrap();
     let (events, waited) = waiting.await.unwrap();
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     assert!(
-        matches!(&events[..], [LinkEvent::C2d { client, message, .. }] if client == "leaf" && message.body == b"to the leaf"),
+        matches!(&events[..], [LinkEvent::C2d { client, message, .. }] if client == "leaf" && &message.body[..] == b"to the leaf"),
         "{events:?}"
     );
 
@@ -656,7 +656,7 @@ async fn events_appended_through_one_replica_wake_long_polls_and_event_hub_reade
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let message = outpost_core::Message {
-        body: b"21.5".to_vec(),
+        body: bytes::Bytes::from_static(b"21.5"),
         ..outpost_core::Message::default()
     };
     b.messaging()

@@ -10,6 +10,7 @@ mod inflight;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use outpost_core::{Identity, Message};
 use serde_json::Value;
 
@@ -352,7 +353,9 @@ impl Session {
                 }
             }
             ClientRequest::Telemetry { system, properties } => Operation::SendMessage(Message {
-                body: publish.payload.to_vec(),
+                // Copied: a slice would keep the connection's whole read buffer alive for as long as any
+                // queue holds the message.
+                body: Bytes::copy_from_slice(&publish.payload),
                 system,
                 properties,
             }),
@@ -535,7 +538,7 @@ impl Session {
         feature: Feature,
         delivery_id: u64,
         topic: String,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<Vec<Action>, SessionError> {
         let Some(qos) = self.granted(Subscription::Feature(feature)) else {
             return Ok(self.dropped("message", feature));

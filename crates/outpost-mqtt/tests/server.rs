@@ -224,7 +224,7 @@ async fn telemetry_reaches_the_backend_with_its_properties_before_the_puback() {
         .await;
     let (sender, message) = &messages[0];
     assert_eq!(sender, "dev1/mod1");
-    assert_eq!(message.body, br#"{"temp": 20}"#);
+    assert_eq!(&message.body[..], br#"{"temp": 20}"#);
     assert_eq!(message.system["outputName"], "output1");
     assert_eq!(message.system["correlationId"], "corr-1");
     assert_eq!(message.properties["sp ace"], Some("a b&c=d/e".to_owned()));
@@ -281,7 +281,7 @@ async fn a_c2d_message_is_reported_delivered_when_the_client_acknowledges_it() {
         .await
         .unwrap();
     let mut message = Message {
-        body: b"hello device".to_vec(),
+        body: bytes::Bytes::from_static(b"hello device"),
         ..Message::default()
     };
     message.system.insert("messageId".into(), "c2d-1".into());
@@ -331,7 +331,7 @@ async fn a_module_receives_input_messages_and_answers_methods() {
         .unwrap();
 
     let mut message = Message {
-        body: br#"{"t": 21}"#.to_vec(),
+        body: bytes::Bytes::from_static(br#"{"t": 21}"#),
         ..Message::default()
     };
     message
@@ -564,7 +564,7 @@ async fn unacknowledged_c2d_messages_are_redelivered_after_a_reconnect() {
         Some(outpost_mqtt::Packet::SubAck(_))
     ));
     let message = Message {
-        body: b"once".to_vec(),
+        body: bytes::Bytes::from_static(b"once"),
         ..Message::default()
     };
     assert!(
@@ -673,7 +673,7 @@ async fn many_pipelined_publishes_are_all_acknowledged() {
     // One connection's messages reach the backend in the order they were sent.
     let bodies: Vec<String> = messages
         .into_iter()
-        .map(|(_, m)| String::from_utf8(m.body).unwrap())
+        .map(|(_, m)| String::from_utf8(m.body.to_vec()).unwrap())
         .collect();
     assert_eq!(bodies, (0..500).map(|i| i.to_string()).collect::<Vec<_>>());
 }

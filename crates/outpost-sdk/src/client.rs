@@ -11,7 +11,6 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -358,7 +357,7 @@ impl<K: Kind> Client<K> {
         }
         let message: outpost_core::Message = message.into();
         let topic = topics::telemetry(&self.inner.config.identity, &message);
-        let payload = Bytes::from(message.body);
+        let payload = message.body;
         self.inner
             .requester
             .request("telemetry", |reply| Command::Publish {

@@ -186,7 +186,7 @@ impl Message {
 impl From<outpost_core::Message> for Message {
     fn from(message: outpost_core::Message) -> Self {
         Self {
-            body: message.body,
+            body: message.body.into(),
             system: message.system,
             properties: message.properties,
         }
@@ -196,7 +196,7 @@ impl From<outpost_core::Message> for Message {
 impl From<Message> for outpost_core::Message {
     fn from(message: Message) -> Self {
         Self {
-            body: message.body,
+            body: message.body.into(),
             system: message.system,
             properties: message.properties,
         }

@@ -186,7 +186,7 @@ fn decode(bag: &str, topic: &str) -> Result<Message, TopicError> {
     let (system, properties) =
         Message::decode_property_bag(bag).map_err(|_| TopicError::Malformed(topic.to_owned()))?;
     Ok(Message {
-        body: Vec::new(),
+        body: bytes::Bytes::new(),
         system,
         properties,
     })

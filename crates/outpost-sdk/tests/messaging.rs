@@ -69,7 +69,7 @@ async fn cloud_to_device_messages_arrive_with_their_properties() {
             .unwrap();
     // Queued before the device listens: it waits in the hub.
     let mut first = outpost_core::Message {
-        body: b"open valve".to_vec(),
+        body: bytes::Bytes::from_static(b"open valve"),
         ..outpost_core::Message::default()
     };
     first.system.insert("messageId".into(), "c2d-1".into());
@@ -90,7 +90,7 @@ async fn cloud_to_device_messages_arrive_with_their_properties() {
 
     // Sent while it listens: pushed at once.
     let second = outpost_core::Message {
-        body: b"close valve".to_vec(),
+        body: bytes::Bytes::from_static(b"close valve"),
         ..outpost_core::Message::default()
     };
     hub.hub()
@@ -204,7 +204,7 @@ async fn a_module_behind_a_gateway_receives_inputs_and_outputs_are_routed_to_oth
         "receiver",
         "control",
         outpost_core::Message {
-            body: b"direct".to_vec(),
+            body: bytes::Bytes::from_static(b"direct"),
             ..outpost_core::Message::default()
         },
     );

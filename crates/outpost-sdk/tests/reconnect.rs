@@ -135,7 +135,7 @@ async fn method_calls_and_cloud_to_device_messages_resume_after_a_restart() {
     wait_status(&client, ConnectionStatus::Connected).await;
 
     let message = outpost_core::Message {
-        body: b"after restart".to_vec(),
+        body: bytes::Bytes::from_static(b"after restart"),
         ..outpost_core::Message::default()
     };
     hub.hub()

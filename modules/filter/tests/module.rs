@@ -26,7 +26,8 @@ fn reading(temperature: f64) -> outpost_core::Message {
             "timeCreated": "2026-01-01T00:00:00Z"
         })
         .to_string()
-        .into_bytes(),
+        .into_bytes()
+        .into(),
         ..outpost_core::Message::default()
     };
     message

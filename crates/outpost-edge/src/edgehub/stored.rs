@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use outpost_core::Message;
 use serde::{Deserialize, Serialize};
 
@@ -124,17 +125,20 @@ impl Stored {
             + m.body.len()
     }
 
-    /// Decodes a payload of either form.
-    pub fn decode(payload: &[u8]) -> Result<Self, StoredError> {
+    /// Decodes a payload of either form. The body of a binary record is a slice of `payload`, not a copy.
+    pub fn decode(payload: &Bytes) -> Result<Self, StoredError> {
         match payload.first() {
-            Some(&FORMAT_V1) => decode_binary(&payload[1..]).map_err(StoredError::Binary),
+            Some(&FORMAT_V1) => decode_binary(payload).map_err(StoredError::Binary),
             _ => serde_json::from_slice(payload).map_err(|e| StoredError::Json(e.to_string())),
         }
     }
 }
 
-fn decode_binary(bytes: &[u8]) -> Result<Stored, &'static str> {
-    let mut r = Reader { bytes };
+/// Decodes `payload`, a binary record with its format tag.
+fn decode_binary(payload: &Bytes) -> Result<Stored, &'static str> {
+    let mut r = Reader {
+        bytes: &payload[1..],
+    };
     let client = r.string()?;
     let mut system = BTreeMap::new();
     for _ in 0..r.varint()? {
@@ -157,10 +161,12 @@ fn decode_binary(bytes: &[u8]) -> Result<Stored, &'static str> {
         };
         properties.insert(key, value);
     }
+    // The body is the rest of the record.
+    let body = payload.slice(payload.len() - r.bytes.len()..);
     Ok(Stored {
         client,
         message: Message {
-            body: r.bytes.to_vec(),
+            body,
             system,
             properties,
         },
@@ -233,9 +239,13 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    fn decode(bytes: &[u8]) -> Result<Stored, StoredError> {
+        Stored::decode(&Bytes::copy_from_slice(bytes))
+    }
+
     fn sample() -> Stored {
         let mut message = Message {
-            body: b"{\"temperature\":21.5}".to_vec(),
+            body: bytes::Bytes::from_static(b"{\"temperature\":21.5}"),
             ..Message::default()
         };
         for (k, v) in [
@@ -265,7 +275,23 @@ mod tests {
         let stored = sample();
         let bytes = stored.encode();
         assert_eq!(bytes[0], FORMAT_V1);
-        assert_eq!(Stored::decode(&bytes).unwrap(), stored);
+        assert_eq!(decode(&bytes).unwrap(), stored);
+    }
+
+    /// Delivery sends the body from the record read out of the log: decoding shares it rather than copying it.
+    #[test]
+    fn a_decoded_body_is_a_slice_of_the_record() {
+        let mut stored = sample();
+        stored.message.body = vec![9; 4096].into();
+        let record = Bytes::from(stored.encode());
+        let decoded = Stored::decode(&record).unwrap();
+        assert_eq!(decoded, stored);
+        let body = decoded.message.body.as_ptr_range();
+        let inside = record.as_ptr_range();
+        assert!(
+            inside.start <= body.start && body.end == inside.end,
+            "the body was copied"
+        );
     }
 
     #[test]
@@ -274,7 +300,7 @@ mod tests {
             client: String::new(),
             message: Message::default(),
         };
-        assert_eq!(Stored::decode(&stored.encode()).unwrap(), stored);
+        assert_eq!(decode(&stored.encode()).unwrap(), stored);
     }
 
     #[test]
@@ -282,13 +308,13 @@ mod tests {
         let stored = sample();
         let json = serde_json::to_vec(&stored).unwrap();
         assert_eq!(json[0], b'{');
-        assert_eq!(Stored::decode(&json).unwrap(), stored);
+        assert_eq!(decode(&json).unwrap(), stored);
     }
 
     #[test]
     fn the_binary_form_is_smaller_than_the_json_form() {
         let mut stored = sample();
-        stored.message.body = vec![7; 100];
+        stored.message.body = vec![7; 100].into();
         stored.message.properties.remove("long");
         let binary = stored.encode().len();
         let json = serde_json::to_vec(&stored).unwrap().len();
@@ -301,10 +327,10 @@ mod tests {
         let bytes = sample().encode();
         // The body is the tail, so cuts inside it decode (shorter body); every cut before it must not panic.
         for cut in 0..bytes.len() {
-            let _ = Stored::decode(&bytes[..cut]);
+            let _ = decode(&bytes[..cut]);
         }
-        assert!(Stored::decode(&bytes[..10]).is_err());
-        assert!(Stored::decode(&[]).is_err());
+        assert!(decode(&bytes[..10]).is_err());
+        assert!(decode(&[]).is_err());
     }
 
     #[test]
@@ -312,24 +338,24 @@ mod tests {
         // A client length of 2^32 - 1 in a 7-byte record.
         let huge = [FORMAT_V1, 0xff, 0xff, 0xff, 0xff, 0x0f, b'a'];
         assert_eq!(
-            Stored::decode(&huge).unwrap_err(),
+            decode(&huge).unwrap_err(),
             StoredError::Binary("a length points past the end of the record")
         );
         // A varint that never ends.
         let endless = [FORMAT_V1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-        assert!(Stored::decode(&endless).is_err());
+        assert!(decode(&endless).is_err());
         // A property count of 2^32 - 1 with nothing behind it: fails at the first missing entry.
         let mut many = vec![FORMAT_V1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
-        assert!(Stored::decode(&many).is_err());
+        assert!(decode(&many).is_err());
         // An unknown system code.
         many = vec![FORMAT_V1, 0, 1, 200, 0];
         assert_eq!(
-            Stored::decode(&many).unwrap_err(),
+            decode(&many).unwrap_err(),
             StoredError::Binary("unknown system property code")
         );
         // Bytes that are not UTF-8 in a name.
         let bad = [FORMAT_V1, 2, 0xc3, 0x28, 0, 0];
-        assert!(Stored::decode(&bad).is_err());
+        assert!(decode(&bad).is_err());
     }
 
     #[test]
@@ -347,7 +373,7 @@ mod tests {
                 y = y.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                 bytes.push((y >> 56) as u8);
             }
-            let _ = Stored::decode(&bytes);
+            let _ = decode(&bytes);
         }
     }
 }

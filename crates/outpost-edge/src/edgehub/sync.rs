@@ -400,7 +400,7 @@ mod tests {
         let messages: Vec<(String, Message)> = (0..3)
             .map(|i| {
                 let message = Message {
-                    body: vec![i; 1000 + usize::from(i)],
+                    body: vec![i; 1000 + usize::from(i)].into(),
                     properties: [("quote\"d".into(), Some("é\n".into()))].into(),
                     ..Message::default()
                 };

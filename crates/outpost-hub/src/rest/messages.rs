@@ -90,7 +90,7 @@ pub(super) async fn send_c2d(
         }
     }
     let message = Message {
-        body: request.body.into_bytes(),
+        body: request.body.into_bytes().into(),
         system,
         properties: request.properties,
     };

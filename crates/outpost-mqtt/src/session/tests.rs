@@ -106,6 +106,33 @@ fn a_server_only_packet_from_the_client_closes_the_connection() {
     assert_eq!(error, Err(SessionError::UnexpectedPacket("PINGRESP")));
 }
 
+/// The body of an accepted message is its own allocation, not a slice of the packet it came in: a slice would
+/// keep the connection's whole read buffer alive for as long as a queue holds the message, so that a client
+/// sending small messages could pin many times their size in memory.
+#[test]
+fn an_accepted_message_body_does_not_share_the_packets_buffer() {
+    let mut s = session(module(), true);
+    let frame = bytes::Bytes::from(vec![b'x'; 64]);
+    let packet = Packet::Publish(Publish {
+        pkid: 1,
+        ..Publish::new(
+            "devices/dev1/modules/mod1/messages/events/",
+            QoS::AtLeastOnce,
+            frame.slice(8..40),
+        )
+    });
+    let call = only_call(s.handle(packet, Instant::now()).unwrap());
+    let Operation::SendMessage(message) = &call.operation else {
+        panic!("{call:?}")
+    };
+    assert_eq!(&message.body[..], &frame[8..40]);
+    let inside = frame.as_ptr_range();
+    assert!(
+        !inside.contains(&message.body.as_ptr()),
+        "the body is a slice of the packet"
+    );
+}
+
 #[test]
 fn telemetry_is_acknowledged_only_after_the_backend_accepts_it() {
     let mut s = session(module(), true);
@@ -120,7 +147,7 @@ fn telemetry_is_acknowledged_only_after_the_backend_accepts_it() {
     let Operation::SendMessage(message) = &call.operation else {
         panic!("{call:?}")
     };
-    assert_eq!(message.body, b"{\"temp\": 20}");
+    assert_eq!(&message.body[..], b"{\"temp\": 20}");
     assert_eq!(message.system["outputName"], "output1");
     assert_eq!(call.ack, Some(Packet::PubAck(PubAck { pkid: 7 })));
     assert_eq!(
@@ -358,7 +385,7 @@ fn a_c2d_message_is_delivered_when_its_puback_arrives() {
     let mut s = session(device(), true);
     subscribe(&mut s, "devices/devA/messages/devicebound/#");
     let mut message = Message {
-        body: b"hello device".to_vec(),
+        body: bytes::Bytes::from_static(b"hello device"),
         ..Message::default()
     };
     message.system.insert("messageId".into(), "c2d-1".into());
@@ -384,7 +411,7 @@ fn an_input_message_goes_to_the_module_input_topic() {
     let mut s = session(module(), true);
     subscribe(&mut s, "devices/dev1/modules/mod1/inputs/#");
     let message = Message {
-        body: b"{\"t\": 21}".to_vec(),
+        body: bytes::Bytes::from_static(b"{\"t\": 21}"),
         ..Message::default()
     };
     let sent = sent_publish(
@@ -430,7 +457,7 @@ fn a_persistent_session_resumes_with_its_subscriptions_and_redelivers_unacked_pu
     subscribe(&mut s, "devices/devA/messages/devicebound/#");
     subscribe(&mut s, "$iothub/twin/PATCH/properties/desired/#");
     let message = Message {
-        body: b"hi".to_vec(),
+        body: bytes::Bytes::from_static(b"hi"),
         ..Message::default()
     };
     let first = sent_publish(

@@ -132,7 +132,7 @@ fn body_paths_are_undefined_unless_the_message_declares_json_in_a_known_encoding
     let body = br#"{"temperature": 40}"#.to_vec();
     let declared = |content_type: &str, encoding: &str| {
         let mut message = Message {
-            body: body.clone(),
+            body: body.clone().into(),
             ..Message::default()
         };
         for (key, value) in [("contentType", content_type), ("contentEncoding", encoding)] {
@@ -153,7 +153,7 @@ fn body_paths_are_undefined_unless_the_message_declares_json_in_a_known_encoding
         value_of(
             "$body.temperature",
             &Message {
-                body,
+                body: body.into(),
                 ..Message::default()
             }
         ),
@@ -171,7 +171,7 @@ fn utf16_and_utf32_bodies_are_decoded_little_endian() {
         .collect();
     for (encoding, body) in [("utf-16", utf16), ("UTF-32", utf32)] {
         let message = Message {
-            body,
+            body: body.into(),
             ..with_system(&[
                 ("contentType", "application/json"),
                 ("contentEncoding", encoding),

@@ -138,7 +138,9 @@ fn twin_change_includes_looks_into_twin_change_notifications_only() {
         Condition::parse("twin_change_includes(properties.reported.telemetry.interval)").unwrap();
     let absent = Condition::parse("twin_change_includes(properties.reported.other)").unwrap();
     let notification = Message {
-        body: br#"{"properties":{"reported":{"telemetry":{"interval":10},"other":null}}}"#.to_vec(),
+        body: bytes::Bytes::from_static(
+            br#"{"properties":{"reported":{"telemetry":{"interval":10},"other":null}}}"#,
+        ),
         ..Message::default()
     };
     let twin = MessageSource::TwinChangeNotifications;

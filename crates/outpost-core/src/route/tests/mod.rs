@@ -35,7 +35,7 @@ fn with_system(pairs: &[(&str, &str)]) -> Message {
 /// A message whose body is `json`, declared as UTF-8 JSON.
 fn json_message(json: &str) -> Message {
     Message {
-        body: json.as_bytes().to_vec(),
+        body: json.as_bytes().to_vec().into(),
         ..with_system(&[
             ("contentType", "application/json"),
             ("contentEncoding", "utf-8"),
@@ -138,7 +138,7 @@ proptest! {
         ]),
     ) {
         let mut message = Message {
-            body: if use_json { json_body.into_bytes() } else { body },
+            body: (if use_json { json_body.into_bytes() } else { body }).into(),
             system: system.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             properties,
         };

@@ -46,7 +46,7 @@ impl Harness {
         let payload = Stored {
             client: "edge/sender".into(),
             message: Message {
-                body: body.as_bytes().to_vec(),
+                body: body.as_bytes().to_vec().into(),
                 ..Message::default()
             },
         }
@@ -87,7 +87,11 @@ async fn next(inbox: &mut Inbox) -> (String, String, u64) {
         panic!("not an input: {pushed:?}");
     };
     assert_eq!(message.system["inputName"], input);
-    (input, String::from_utf8(message.body).unwrap(), delivery_id)
+    (
+        input,
+        String::from_utf8(message.body.to_vec()).unwrap(),
+        delivery_id,
+    )
 }
 
 #[tokio::test]

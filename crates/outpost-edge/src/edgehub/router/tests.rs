@@ -29,7 +29,7 @@ fn router(dir: &std::path::Path) -> Router {
 /// A message as a module sends it: 100 bytes of body, an output name and a message id.
 fn message(n: usize) -> Message {
     let mut message = Message {
-        body: vec![b'x'; 100],
+        body: vec![b'x'; 100].into(),
         ..Message::default()
     };
     message.system.insert("outputName".into(), "out1".into());
