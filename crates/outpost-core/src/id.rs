@@ -167,7 +167,18 @@ impl Identity {
 
     /// The MQTT client id: `d` or `d/m`, not encoded.
     pub fn client_id(&self) -> String {
-        self.to_string()
+        // Built directly rather than through `Display`: the edge hub asks for it per message.
+        let device = self.device.as_str();
+        match &self.module {
+            None => device.to_owned(),
+            Some(module) => {
+                let mut id = String::with_capacity(device.len() + 1 + module.as_str().len());
+                id.push_str(device);
+                id.push('/');
+                id.push_str(module.as_str());
+                id
+            }
+        }
     }
 
     /// Parses an MQTT client id, `d` or `d/m`.
@@ -184,8 +195,8 @@ impl Identity {
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.module {
-            None => write!(f, "{}", self.device),
-            Some(m) => write!(f, "{}/{}", self.device, m),
+            None => f.write_str(self.device.as_str()),
+            Some(m) => write!(f, "{}/{}", self.device.as_str(), m.as_str()),
         }
     }
 }

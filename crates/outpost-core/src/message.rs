@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::quote::{quote, unquote};
+use crate::quote::{push_quoted, unquote};
 
 /// A telemetry / output / input / C2D message.
 ///
@@ -133,16 +133,36 @@ impl Message {
     /// Both sides are encoded with `quote(safe="")`. System properties without a wire name (`inputName`,
     /// which travels in the topic) are left out.
     pub fn encode_property_bag(&self) -> String {
-        let system = SYSTEM_PROPERTIES.iter().filter_map(|(wire, internal)| {
-            self.system
-                .get(*internal)
-                .map(|v| format!("{}={}", quote(wire), quote(v)))
-        });
-        let application = self.properties.iter().map(|(k, v)| match v {
-            Some(v) => format!("{}={}", quote(k), quote(v)),
-            None => quote(k),
-        });
-        system.chain(application).collect::<Vec<_>>().join("&")
+        let mut bag = String::new();
+        self.push_property_bag(&mut bag);
+        bag
+    }
+
+    /// Appends [`Message::encode_property_bag`] to `out`, with no strings of its own (a topic per delivered
+    /// message is built this way).
+    pub fn push_property_bag(&self, out: &mut String) {
+        let mut first = true;
+        let mut separate = |out: &mut String| {
+            if !std::mem::take(&mut first) {
+                out.push('&');
+            }
+        };
+        for (wire, internal) in SYSTEM_PROPERTIES {
+            if let Some(value) = self.system.get(internal) {
+                separate(out);
+                push_quoted(out, wire);
+                out.push('=');
+                push_quoted(out, value);
+            }
+        }
+        for (key, value) in &self.properties {
+            separate(out);
+            push_quoted(out, key);
+            if let Some(value) = value {
+                out.push('=');
+                push_quoted(out, value);
+            }
+        }
     }
 }
 

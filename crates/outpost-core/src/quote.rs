@@ -16,7 +16,14 @@ const QUOTE_SAFE_SLASH: &AsciiSet = &QUOTE_SAFE_NONE.remove(b'/');
 
 /// `urllib.parse.quote(s, safe="")`.
 pub fn quote(s: &str) -> String {
-    utf8_percent_encode(s, QUOTE_SAFE_NONE).to_string()
+    let mut out = String::with_capacity(s.len());
+    push_quoted(&mut out, s);
+    out
+}
+
+/// Appends `quote(s)` to `out`, without a string of its own (topics are built this way per message).
+pub fn push_quoted(out: &mut String, s: &str) {
+    out.extend(utf8_percent_encode(s, QUOTE_SAFE_NONE));
 }
 
 /// `urllib.parse.quote(s)`: like [`quote`] but `/` stays raw.
@@ -45,6 +52,13 @@ mod tests {
         assert_eq!(quote("a-b_c.d~e"), "a-b_c.d~e");
         assert_eq!(quote("$ /&=+%"), "%24%20%2F%26%3D%2B%25");
         assert_eq!(quote("\u{e9}"), "%C3%A9");
+    }
+
+    #[test]
+    fn push_quoted_appends_what_quote_returns() {
+        let mut out = String::from("a/");
+        push_quoted(&mut out, "$ /&=+%\u{e9}");
+        assert_eq!(out, format!("a/{}", quote("$ /&=+%\u{e9}")));
     }
 
     #[test]

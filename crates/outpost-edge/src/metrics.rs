@@ -134,6 +134,11 @@ impl EdgeMetrics {
         "other".to_owned()
     }
 
+    /// Whether anything is recorded: callers skip preparing labels when not.
+    pub fn is_enabled(&self) -> bool {
+        self.registry.is_enabled()
+    }
+
     /// A client's message was stored (its PUBACK may go).
     pub fn message_received(&self, client: &str, output: Option<&str>) {
         // Labels cost a few allocations and a lock: none on every message when nothing is recorded.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use outpost_core::quote::quote;
+use outpost_core::quote::{push_quoted, quote};
 use outpost_core::{Identity, Message, PropertyBagError};
 
 use crate::ops::Feature;
@@ -206,28 +206,34 @@ pub fn method_request(method: &str, rid: &str) -> String {
 
 /// `devices/{d}/messages/devicebound/{bag}`.
 pub fn cloud_to_device(identity: &Identity, message: &Message) -> String {
-    format!(
-        "devices/{}/messages/devicebound/{}",
-        identity.device,
-        message.encode_property_bag()
-    )
+    let mut topic = String::with_capacity(64 + identity.device.as_str().len());
+    topic.push_str("devices/");
+    topic.push_str(identity.device.as_str());
+    topic.push_str("/messages/devicebound/");
+    message.push_property_bag(&mut topic);
+    topic
 }
 
 /// `devices/{d}/modules/{m}/inputs/{input}`, with `/{bag}` when the message has properties (as edgeHub).
+/// Built in one string, sized for the usual bag: one is made per delivered message.
 pub fn input(identity: &Identity, input: &str, message: &Message) -> String {
     let module = identity
         .module
         .as_ref()
         .map_or("", outpost_core::ModuleId::as_str);
-    let mut topic = format!(
-        "devices/{}/modules/{module}/inputs/{}",
-        identity.device,
-        quote(input)
-    );
-    let bag = message.encode_property_bag();
-    if !bag.is_empty() {
-        topic.push('/');
-        topic.push_str(&bag);
+    let mut topic =
+        String::with_capacity(256 + identity.device.as_str().len() + module.len() + input.len());
+    topic.push_str("devices/");
+    topic.push_str(identity.device.as_str());
+    topic.push_str("/modules/");
+    topic.push_str(module);
+    topic.push_str("/inputs/");
+    push_quoted(&mut topic, input);
+    let path = topic.len();
+    topic.push('/');
+    message.push_property_bag(&mut topic);
+    if topic.len() == path + 1 {
+        topic.truncate(path);
     }
     topic
 }

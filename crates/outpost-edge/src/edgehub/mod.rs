@@ -535,7 +535,12 @@ impl DeviceOperations for EdgeDevices {
                 "the edge device's disk is low: new messages are refused until there is room",
             ));
         }
-        let output = message.system.get("outputName").cloned();
+        // Copied for the metrics only when they are recorded: this runs per message.
+        let output = self
+            .0
+            .metrics
+            .is_enabled()
+            .then(|| message.system.get("outputName").cloned());
         let mut accepted = self
             .0
             .router
@@ -551,9 +556,11 @@ impl DeviceOperations for EdgeDevices {
             .durable()
             .await
             .map_err(|e| OperationError::new(503, e.to_string()))?;
-        self.0
-            .metrics
-            .message_received(&identity.client_id(), output.as_deref());
+        if let Some(output) = output {
+            self.0
+                .metrics
+                .message_received(&identity.client_id(), output.as_deref());
+        }
         Ok(())
     }
 

@@ -37,6 +37,9 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 /// Operations running at once for one connection; past this, reading pauses and TCP pushes back.
 const MAX_PENDING_OPERATIONS: usize = 128;
 
+/// A connection that wrote nothing for this long gives its send queue's memory back.
+const QUIET: Duration = Duration::from_secs(1);
+
 /// How long a closing connection waits for its running operations, and for its last writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -264,7 +267,9 @@ impl<S: AsyncRead + Unpin> Incoming<S> {
 
 /// The write half of a connection, the packets waiting for it and the bytes being written: the connection's
 /// loop writes itself, without a writer task and a channel of packets (each would cost every held connection
-/// memory). An idle connection holds no memory here: the queue and the batch are given back once written.
+/// memory). A busy connection keeps the queue's and the batch's memory from one write to the next (each would
+/// otherwise be allocated again per write); a connection that wrote nothing for a [`QUIET`] period gives them
+/// back ([`Sending::release_if_quiet`]), so an idle one holds no memory here.
 struct Sending<W> {
     writer: W,
     /// Packets not yet encoded into a batch; at most `max_queued`.
@@ -276,6 +281,11 @@ struct Sending<W> {
     unflushed: bool,
     /// A write failed: nothing more is written.
     failed: bool,
+    /// Something was written since the last [`Sending::release_if_quiet`].
+    written: bool,
+    /// Something was queued since the memory was last given back (`BytesMut::capacity` does not tell: it
+    /// shrinks as the batch is written).
+    holding: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Sending<W> {
@@ -287,7 +297,26 @@ impl<W: AsyncWrite + Unpin> Sending<W> {
             batch: BytesMut::new(),
             unflushed: false,
             failed: false,
+            written: false,
+            holding: false,
         }
+    }
+
+    /// Whether the queue or the batch holds memory that [`Sending::release_if_quiet`] would give back.
+    fn holds_memory(&self) -> bool {
+        self.holding
+    }
+
+    /// Gives the queue's and the batch's memory back if nothing was written since the last call and nothing
+    /// waits; true once they are given back.
+    fn release_if_quiet(&mut self) -> bool {
+        if std::mem::take(&mut self.written) || !self.queue.is_empty() || !self.batch.is_empty() {
+            return false;
+        }
+        self.queue = VecDeque::new();
+        self.batch = BytesMut::new();
+        self.holding = false;
+        true
     }
 
     /// Queues a packet. A client that stops reading fills its socket buffer and then this queue, and is
@@ -300,6 +329,7 @@ impl<W: AsyncWrite + Unpin> Sending<W> {
             return Err(ConnectionError::SlowReader(self.max_queued));
         }
         self.queue.push_back(packet);
+        self.holding = true;
         Ok(())
     }
 
@@ -326,16 +356,18 @@ impl<W: AsyncWrite + Unpin> Sending<W> {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
             if self.batch.is_empty() {
-                // The written batch's memory goes back before the next is encoded, or before going idle.
-                self.batch = BytesMut::new();
+                // The written batch's memory is used again for the next one (an oversized one, from a burst of
+                // large packets, goes back).
+                if self.batch.capacity() > 2 * io::WRITE_BATCH {
+                    self.batch = BytesMut::new();
+                } else {
+                    self.batch.clear();
+                }
                 while self.batch.len() < io::WRITE_BATCH {
                     let Some(packet) = self.queue.pop_front() else {
                         break;
                     };
                     io::encode_logged(&packet, &mut self.batch);
-                }
-                if self.queue.is_empty() && self.queue.capacity() > 0 {
-                    self.queue = VecDeque::new();
                 }
                 if self.batch.is_empty() {
                     if self.unflushed {
@@ -351,6 +383,7 @@ impl<W: AsyncWrite + Unpin> Sending<W> {
             }
             self.batch.advance(written);
             self.unflushed = true;
+            self.written = true;
         }
     }
 
@@ -493,20 +526,37 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
         kick: &mut oneshot::Receiver<Kick>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Ended, ConnectionError> {
-        // One timer, moved forward when a packet arrives, rather than a new one per loop.
         let far = Duration::from_hours(24 * 365);
         let to_tokio = |deadline: Option<Instant>| {
             tokio::time::Instant::from_std(deadline.unwrap_or_else(|| Instant::now() + far))
         };
-        let mut deadline = session.deadline();
-        let keep_alive = tokio::time::sleep_until(to_tokio(deadline));
-        tokio::pin!(keep_alive);
+        // The timer wakes the loop at the earlier of the keep-alive deadline and the end of the quiet period
+        // after which the send queue's memory goes back (set while it holds memory; one timer per connection,
+        // since every held connection pays for each).
+        let mut quiet: Option<Instant> = None;
+        let mut wake = session.deadline();
+        let timer = tokio::time::sleep_until(to_tokio(wake));
+        tokio::pin!(timer);
         let token_expired = tokio::time::sleep_until(to_tokio(self.token_expiry));
         tokio::pin!(token_expired);
         loop {
-            if session.deadline() != deadline {
-                deadline = session.deadline();
-                keep_alive.as_mut().reset(to_tokio(deadline));
+            if quiet.is_none() && self.sending.holds_memory() {
+                quiet = Some(Instant::now() + QUIET);
+            }
+            let next = match (session.deadline(), quiet) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // Set again only for an earlier time: a deadline that moved later (each packet moves the
+            // keep-alive's) waits for the timer to fire, which then sets it for the new one. One timer update
+            // per keep-alive period instead of one per packet.
+            let earlier = match (next, wake) {
+                (Some(next), Some(wake)) => next < wake,
+                (next, wake) => next.is_some() && wake.is_none(),
+            };
+            if earlier {
+                wake = next;
+                timer.as_mut().reset(to_tokio(wake));
             }
             tokio::select! {
                 biased;
@@ -559,7 +609,17 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                         self.apply(actions)?;
                     }
                 }
-                () = &mut keep_alive, if deadline.is_some() => return Err(ConnectionError::KeepAliveExpired),
+                () = &mut timer, if wake.is_some() => {
+                    let now = Instant::now();
+                    if session.deadline().is_some_and(|d| d <= now) {
+                        return Err(ConnectionError::KeepAliveExpired);
+                    }
+                    if quiet.is_some_and(|q| q <= now) {
+                        quiet = (!self.sending.release_if_quiet()).then(|| now + QUIET);
+                    }
+                    // Early for a deadline that moved later, or the quiet period's end: the loop sets it again.
+                    wake = None;
+                }
                 () = &mut token_expired, if self.token_expiry.is_some() => return Err(ConnectionError::TokenExpired),
             }
         }
@@ -715,9 +775,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_loop_writes_queued_packets_in_order_then_holds_no_memory() {
+    async fn the_loop_writes_queued_packets_in_order_then_holds_no_memory_once_quiet() {
         let (client, mut server) = tokio::io::duplex(1024);
         let mut sending = Sending::new(client, 4);
+        assert!(!sending.holds_memory());
         for pkid in 1..=3 {
             sending
                 .queue(Packet::PubAck(crate::packet::PubAck { pkid }))
@@ -725,6 +786,11 @@ mod tests {
         }
         sending.write().await.unwrap();
         assert!(!sending.has_work());
+        // Kept while the connection writes, given back after a period with no write.
+        assert!(sending.holds_memory());
+        assert!(!sending.release_if_quiet(), "written since the last check");
+        assert!(sending.release_if_quiet());
+        assert!(!sending.holds_memory());
         assert_eq!((sending.queue.capacity(), sending.batch.capacity()), (0, 0));
         sending.finish().await;
         drop(sending);

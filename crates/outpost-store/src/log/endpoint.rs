@@ -49,28 +49,38 @@ impl EndpointQueue {
             }
             let mut located = Vec::with_capacity(picks.len());
             for (seq, priority, expiry) in picks {
+                // Written last and still in memory: no read.
+                if let Some(kept) = state.recent.get(seq) {
+                    located.push((seq, priority, expiry, Source::Kept(kept)));
+                    continue;
+                }
                 let segment = state
                     .segment_of(seq)
                     .ok_or_else(|| missing(&self.log, seq))?;
                 let (offset, len) = segment.locate(seq).ok_or_else(|| missing(&self.log, seq))?;
-                located.push((
-                    seq,
-                    priority,
-                    expiry,
-                    Arc::clone(&segment.file),
-                    Arc::clone(&segment.path),
+                let on_disk = Source::Disk {
+                    file: Arc::clone(&segment.file),
+                    path: Arc::clone(&segment.path),
                     offset,
                     len,
-                ));
+                };
+                located.push((seq, priority, expiry, on_disk));
             }
             located
         };
         // The files are read outside the lock; a segment deleted meanwhile stays readable through its handle.
         picks
             .into_iter()
-            .map(|(seq, priority, expiry_unix_ms, file, path, offset, len)| {
-                let (enqueued_unix_ms, payload) =
-                    segment::read_record(&file, &path, offset, len, seq)?;
+            .map(|(seq, priority, expiry_unix_ms, source)| {
+                let (enqueued_unix_ms, payload) = match source {
+                    Source::Kept(kept) => kept,
+                    Source::Disk {
+                        file,
+                        path,
+                        offset,
+                        len,
+                    } => segment::read_record(&file, &path, offset, len, seq)?,
+                };
                 Ok(Delivery {
                     seq,
                     priority,
@@ -142,6 +152,19 @@ impl EndpointQueue {
             notified.await;
         }
     }
+}
+
+/// Where `next_batch` takes a record from.
+enum Source {
+    /// Still in memory: when it was enqueued, and its payload.
+    Kept((u64, bytes::Bytes)),
+    /// Read from its segment, outside the index's lock.
+    Disk {
+        file: Arc<std::fs::File>,
+        path: Arc<std::path::Path>,
+        offset: u64,
+        len: usize,
+    },
 }
 
 fn missing(log: &Inner, seq: u64) -> LogError {

@@ -48,6 +48,7 @@ mod endpoint;
 mod error;
 mod options;
 mod queue;
+mod recent;
 mod record;
 mod segment;
 mod writer;
@@ -78,6 +79,7 @@ pub use options::{FullPolicy, LogOptions};
 pub use record::{Delivery, Record, Target, LOWEST_PRIORITY, MAX_ENDPOINT_NAME};
 
 use queue::{EndpointIndex, Lane};
+use recent::Recent;
 use record::RecordView;
 use segment::{Segment, Tail};
 use writer::{Command, Writer};
@@ -187,6 +189,8 @@ pub(crate) struct State {
     /// While the writer commits a group: the first sequence number of the segment the group started in. That
     /// segment and every later one may hold bytes the index does not know yet, so no checkpoint deletes them.
     group_from: Option<u64>,
+    /// The payloads written last, read without the disk.
+    recent: Recent,
 }
 
 impl State {
@@ -351,6 +355,7 @@ impl MessageLog {
             truncated_at_open: 0,
             cursors_dirty: false,
             group_from: None,
+            recent: Recent::new(options.recent_bytes),
         };
         let mut max_acked = 0;
         for (name, lanes) in cursors {

@@ -30,6 +30,9 @@ pub struct LogOptions {
     pub max_group_bytes: usize,
     /// How often acknowledgements are persisted and consumed segments removed.
     pub checkpoint_interval: Duration,
+    /// Payload bytes of the records written last kept in memory for endpoints reading close behind the writer
+    /// (for at most a second); 0 reads every record from its segment.
+    pub recent_bytes: usize,
 }
 
 impl Default for LogOptions {
@@ -41,6 +44,7 @@ impl Default for LogOptions {
             max_record_bytes: 4 << 20,
             max_group_bytes: 4 << 20,
             checkpoint_interval: Duration::from_secs(1),
+            recent_bytes: 4 << 20,
         }
     }
 }

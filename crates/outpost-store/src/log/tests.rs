@@ -81,6 +81,50 @@ fn records_round_trip_across_reopen() {
     );
 }
 
+/// An endpoint reading close behind the writer gets the records written last from memory and the older ones from
+/// their segments, in one batch, the same bytes either way; a checkpoint lets go of what every endpoint is done
+/// with.
+#[test]
+fn records_read_from_memory_and_from_disk_are_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        recent_bytes: 1000,
+        // Only the checkpoint below lets go of records.
+        checkpoint_interval: Duration::from_secs(3600),
+        ..small()
+    };
+    let log = MessageLog::open(dir.path(), options).unwrap();
+    let expected: Vec<Vec<u8>> = (0..50).map(|i| payload(i, 100)).collect();
+    for p in &expected {
+        log.append_blocking(vec![
+            Record::to("a", p.clone()).with_target(Target::new("b"))
+        ])
+        .unwrap();
+    }
+    assert_eq!(
+        log.inner.shared.lock().recent.len(),
+        10,
+        "the last 1,000 bytes"
+    );
+    let a = log.endpoint("a");
+    let read: Vec<Vec<u8>> = a
+        .next_batch(50)
+        .unwrap()
+        .iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    assert_eq!(read, expected);
+    for seq in 1..=50 {
+        a.ack(seq);
+    }
+    let b = log.endpoint("b");
+    for d in b.next_batch(50).unwrap() {
+        assert!(b.ack(d.seq));
+    }
+    log.checkpoint_blocking().unwrap();
+    assert_eq!(log.inner.shared.lock().recent.len(), 0);
+}
+
 /// A group of small payloads (copied into the group's buffer) and large ones (written from their own buffers),
 /// with more slices than one `pwritev` takes, in one segment and across several: every record reads back whole,
 /// before and after a reopen that checks every record's CRC.

@@ -65,6 +65,8 @@ struct Placed {
     offset: u32,
     len: u64,
     targets: Vec<Target>,
+    /// Kept in memory once published (see `recent.rs`): the same bytes, not a copy.
+    payload: Bytes,
 }
 
 /// A written and published group waiting for its fsync: the file its last bytes went to (a group that started a
@@ -290,7 +292,7 @@ impl Writer {
         }
         // Written: readable from the page cache. A crash before the fsync loses only records whose appenders
         // never heard `Ok`, and reopening never reuses a sequence number a cursor has passed.
-        self.publish(placed);
+        self.publish(placed, enqueued);
         let mut replies = Vec::with_capacity(accepted.len());
         for (reply, readable, seqs) in accepted {
             if let Some(readable) = readable {
@@ -333,7 +335,7 @@ impl Writer {
         if payload.len() < COPY_BELOW {
             self.buf.extend_from_slice(&payload);
         } else {
-            self.payloads.push((self.buf.len(), payload));
+            self.payloads.push((self.buf.len(), payload.clone()));
         }
         self.pending += len;
         self.unpublished += len;
@@ -344,6 +346,7 @@ impl Writer {
             offset: offset as u32,
             len,
             targets,
+            payload,
         });
         seqs.push(seq);
         Ok(())
@@ -397,7 +400,7 @@ impl Writer {
 
     /// Makes the written records of a group visible to the endpoints, lifts the group's protection of its
     /// segments, and wakes the endpoints waiting.
-    fn publish(&mut self, placed: Vec<Placed>) {
+    fn publish(&mut self, placed: Vec<Placed>, enqueued: u64) {
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         let mut state = self.shared.lock();
         let count = placed.len() as u64;
@@ -410,6 +413,7 @@ impl Writer {
                 .expect("the segments of the current group are never removed");
             segment.offsets.push(p.offset);
             segment.bytes = u64::from(p.offset) + p.len;
+            state.recent.push(p.seq, enqueued, p.payload);
             for target in &p.targets {
                 let endpoint = state.endpoint_mut(&target.endpoint);
                 endpoint
@@ -609,6 +613,9 @@ fn checkpoint(shared: &Shared, protect_from: u64) -> Result<(), LogError> {
         }
         // Finishing expired records moves cursors.
         state.cursors_dirty |= expired > 0;
+        state
+            .recent
+            .trim(floor, now.saturating_sub(super::recent::MAX_AGE_MS));
         let snapshot = if state.cursors_dirty {
             state.cursors_dirty = false;
             Some(snapshot(&state))
