@@ -5,8 +5,13 @@
 //! a third of what a held device connection cost.)
 //!
 //! Reads go through a stack buffer: only the incomplete record at the end of a read moves to the heap, and
-//! only until the rest of it arrives. Writes encrypt one chunk at a time into a buffer dropped once sent.
+//! only until the rest of it arrives. Writes encrypt one chunk at a time into a buffer given back once sent.
+//!
+//! A buffer a connection gives back goes to a small pool of its thread ([`spare`]) rather than to the allocator,
+//! and the next connection of that thread to need one takes it from there: a busy connection does not allocate
+//! and free a buffer per write and per read, and an idle one still holds none.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +29,44 @@ const WRITE_CHUNK: usize = 16 * 1024;
 
 /// Room for the header and tag of each record when encrypting (rustls says how much it needs if short).
 const RECORD_OVERHEAD: usize = 64;
+
+/// Buffers given back by the connections of one thread, for the next one of that thread that needs one.
+mod spare {
+    use super::{RefCell, WRITE_CHUNK};
+
+    /// Buffers kept per thread at most.
+    const KEPT: usize = 4;
+    /// Larger buffers (from an unusually large read) go back to the allocator.
+    const MAX_CAPACITY: usize = WRITE_CHUNK + 4 * 1024;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer, with the capacity of one given back if there is one.
+    pub(super) fn take() -> Vec<u8> {
+        SPARE
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Leaves `buf` empty and without an allocation, its memory kept for [`take`] if there is room.
+    pub(super) fn give_back(buf: &mut Vec<u8>) {
+        let mut buf = std::mem::take(buf);
+        if buf.capacity() == 0 || buf.capacity() > MAX_CAPACITY {
+            return;
+        }
+        buf.clear();
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < KEPT {
+                spare.push(buf);
+            }
+        });
+    }
+}
 
 /// A server-side TLS connection over `T`, read and written through `AsyncRead`/`AsyncWrite`.
 pub struct TlsStream<T> {
@@ -216,6 +259,9 @@ impl Buffers {
                         match record {
                             Ok(record) => {
                                 extra_discard += record.discard;
+                                if self.plaintext.capacity() == 0 {
+                                    self.plaintext = spare::take();
+                                }
                                 self.plaintext.extend_from_slice(record.payload);
                             }
                             Err(e) => {
@@ -301,7 +347,7 @@ impl Buffers {
             self.outgoing_sent += sent;
         }
         if self.outgoing.capacity() > 0 {
-            self.outgoing = Vec::new();
+            spare::give_back(&mut self.outgoing);
             self.outgoing_sent = 0;
         }
         Poll::Ready(Ok(()))
@@ -317,7 +363,7 @@ impl Buffers {
         buf.put_slice(&available[..n]);
         self.plaintext_read += n;
         if self.plaintext_read == self.plaintext.len() {
-            self.plaintext = Vec::new();
+            spare::give_back(&mut self.plaintext);
             self.plaintext_read = 0;
         }
         true
@@ -331,6 +377,9 @@ fn append(
     guess: usize,
     mut write: impl FnMut(&mut [u8]) -> Result<usize, Result<usize, io::Error>>,
 ) -> io::Result<()> {
+    if out.capacity() == 0 {
+        *out = spare::take();
+    }
     let start = out.len();
     let mut size = guess;
     for _ in 0..2 {
@@ -460,6 +509,29 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
     type Client = tokio_rustls::client::TlsStream<DuplexStream>;
+
+    #[test]
+    fn a_buffer_given_back_is_used_again_by_the_next_taker_of_its_thread() {
+        let mut buf = Vec::with_capacity(1000);
+        buf.extend_from_slice(b"abc");
+        spare::give_back(&mut buf);
+        assert_eq!(buf.capacity(), 0, "the giver holds nothing");
+        let again = spare::take();
+        assert!(again.is_empty());
+        assert!(again.capacity() >= 1000);
+        assert_eq!(
+            spare::take().capacity(),
+            0,
+            "one buffer was kept, and taken"
+        );
+        let mut large = Vec::with_capacity(1 << 20);
+        spare::give_back(&mut large);
+        assert_eq!(
+            spare::take().capacity(),
+            0,
+            "a large buffer goes back to the allocator"
+        );
+    }
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
