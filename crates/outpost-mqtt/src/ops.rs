@@ -257,10 +257,7 @@ impl Inbox {
             return Poll::Ready(Some(Err(OutboxOverflow)));
         }
         if let Some(item) = queue.items.pop_front() {
-            if queue.items.is_empty() {
-                // What a push or a burst grew is given back: an idle connection holds no queue memory.
-                queue.items = VecDeque::new();
-            }
+            // What a burst grew stays for the next one while the connection is busy; see `release_if_empty`.
             return Poll::Ready(Some(Ok(item)));
         }
         if queue.senders == 0 {
@@ -274,6 +271,17 @@ impl Inbox {
             queue.waiting = Some(cx.waker().clone());
         }
         Poll::Pending
+    }
+
+    /// Gives back the queue's memory if no push waits (the connection calls this once it has been quiet for
+    /// a while, so that an idle connection holds no queue memory); true if it was empty.
+    pub fn release_if_empty(&self) -> bool {
+        let mut queue = self.shared.queue();
+        if !queue.items.is_empty() {
+            return false;
+        }
+        queue.items = VecDeque::new();
+        true
     }
 
     /// Pushes waiting to be taken.
@@ -568,7 +576,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_emptied_queue_gives_back_what_a_burst_grew() {
+    async fn an_emptied_queue_gives_back_what_a_burst_grew_once_released() {
         let (outbox, mut inbox) = Outbox::new(1);
         for _ in 0..100 {
             assert!(outbox.send(Outgoing::Close));
@@ -576,6 +584,11 @@ mod tests {
         while !inbox.is_empty() {
             inbox.recv().await.unwrap().unwrap();
         }
+        assert!(inbox.shared.queue().items.capacity() > 0, "kept while busy");
+        assert!(outbox.send(Outgoing::Close));
+        assert!(!inbox.release_if_empty(), "a push waits");
+        inbox.recv().await.unwrap().unwrap();
+        assert!(inbox.release_if_empty());
         assert_eq!(inbox.shared.queue().items.capacity(), 0);
     }
 }

@@ -615,7 +615,9 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                         return Err(ConnectionError::KeepAliveExpired);
                     }
                     if quiet.is_some_and(|q| q <= now) {
-                        quiet = (!self.sending.release_if_quiet()).then(|| now + QUIET);
+                        // Quiet: nothing was written, so nothing came through the inbox either.
+                        let released = self.sending.release_if_quiet() && inbox.release_if_empty();
+                        quiet = (!released).then(|| now + QUIET);
                     }
                     // Early for a deadline that moved later, or the quiet period's end: the loop sets it again.
                     wake = None;
