@@ -44,7 +44,7 @@ impl Default for LogOptions {
             max_record_bytes: 4 << 20,
             max_group_bytes: 4 << 20,
             checkpoint_interval: Duration::from_secs(1),
-            recent_bytes: 4 << 20,
+            recent_bytes: 1 << 20,
         }
     }
 }
