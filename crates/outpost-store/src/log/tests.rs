@@ -90,7 +90,7 @@ fn records_read_from_memory_and_from_disk_are_the_same() {
     let options = LogOptions {
         recent_bytes: 1000,
         // Only the checkpoint below lets go of records.
-        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_interval: Duration::from_hours(1),
         ..small()
     };
     let log = MessageLog::open(dir.path(), options).unwrap();
