@@ -68,7 +68,7 @@ async fn run(n: usize, bytes: usize) {
             "alert".into(),
             Some(if i % 2 == 0 { "yes" } else { "no" }.into()),
         );
-        let mut accepted = router.accept(&sensor, message).await.expect("stored");
+        let mut accepted = router.accept(&sensor, vec![message]).await.expect("stored");
         hub_loop.stored(std::mem::take(&mut accepted.inputs)).await;
         accepted.durable().await.expect("durable");
         let Some(Ok(Outgoing::Input {
@@ -80,7 +80,9 @@ async fn run(n: usize, bytes: usize) {
             panic!("no input pushed");
         };
         bodies += message.body.len();
-        hub_loop.acked("edge1/filter".into(), 1, delivery_id).await;
+        hub_loop
+            .acked("edge1/filter".into(), 1, vec![delivery_id])
+            .await;
         let up = router.upstream_batch(10);
         router.upstream_sent(up.into_iter().map(|(seq, _, _)| seq).collect());
     }

@@ -23,7 +23,7 @@ pub use io::ReadError;
 pub use methods::{MethodAnswer, MethodTable, PendingMethods};
 pub use ops::{
     ConnectRefusal, ConnectionTable, DeviceOperations, Feature, Inbox, OperationError, Outbox,
-    OutboxOverflow, Outgoing,
+    OutboxOverflow, Outgoing, PartlyAccepted,
 };
 pub use packet::*;
 pub use server::{serve, ServerConfig, DEFAULT_MAX_PACKET_SIZE};

@@ -50,6 +50,32 @@ pub trait DeviceOperations: Send + Sync + 'static {
         identity: &Identity,
         message: Message,
     ) -> Result<(), OperationError>;
+    /// Messages of one client read together, in the order it sent them: the first `accepted` are durably
+    /// accepted (as by [`send_message`](Self::send_message)) when one is refused; the head then sends the
+    /// PUBACKs of the accepted ones only and closes the connection, and the client sends the rest again (QoS 1
+    /// is at least once: a backend may have stored some after the refused one). A backend that stores a batch
+    /// at once (one append, one wait for its fsync) overrides this; the default runs `send_message` for each,
+    /// all at once, as the head did before it read messages in batches.
+    async fn send_messages(
+        &self,
+        identity: &Identity,
+        messages: Vec<Message>,
+    ) -> Result<(), PartlyAccepted> {
+        let results = futures_util::future::join_all(
+            messages
+                .into_iter()
+                .map(|message| self.send_message(identity, message)),
+        )
+        .await;
+        match results
+            .into_iter()
+            .enumerate()
+            .find_map(|(at, r)| r.err().map(|e| (at, e)))
+        {
+            Some((accepted, error)) => Err(PartlyAccepted { accepted, error }),
+            None => Ok(()),
+        }
+    }
     /// The client answered a direct method on connection `connection` (the backend accepts it only from the
     /// identity and connection the request went to; see [`PendingMethods`](crate::PendingMethods)).
     async fn method_response(
@@ -63,6 +89,16 @@ pub trait DeviceOperations: Send + Sync + 'static {
     /// The client PUBACKed, on connection `connection`, a C2D or input message that was pushed with this
     /// delivery id (a backend may accept it only from the connection the message went to).
     async fn delivered(&self, identity: &Identity, connection: u64, delivery_id: u64);
+    /// PUBACKs of one connection read together, in order: [`delivered`](Self::delivered) for each, all at once
+    /// (as before the head read them in batches). A backend that records them together overrides this.
+    async fn delivered_batch(&self, identity: &Identity, connection: u64, delivery_ids: Vec<u64>) {
+        futures_util::future::join_all(
+            delivery_ids
+                .into_iter()
+                .map(|delivery_id| self.delivered(identity, connection, delivery_id)),
+        )
+        .await;
+    }
     /// Persisted session state for CleanSession=0 (subscription filters by client id), so sessions survive restarts.
     async fn load_subscriptions(&self, client_id: &str) -> Vec<String>;
     /// Stores the full filter list after every change; an empty list for a clean session means "forget".
@@ -72,6 +108,16 @@ pub trait DeviceOperations: Send + Sync + 'static {
     /// from the connection's loop, so it should return quickly. A backend that reads the outbox when it pushes
     /// needs nothing here.
     async fn subscriptions_changed(&self, _identity: &Identity, _connection: u64) {}
+}
+
+/// A batch of messages ([`DeviceOperations::send_messages`]) was refused part of the way: the first `accepted`
+/// are durably accepted and the next one was refused with `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartlyAccepted {
+    /// How many from the first on were accepted.
+    pub accepted: usize,
+    /// Why the next one was refused.
+    pub error: OperationError,
 }
 
 /// Why `authenticate` refused a CONNECT; each maps to a CONNACK return code.

@@ -6,7 +6,8 @@ mod common;
 use common::{FakeBackend, Server, WAIT};
 use outpost_core::Message;
 use outpost_mqtt::{
-    Client, ClientError, ConnectReturnCode, Feature, Outgoing, Publish, QoS, SubscribeReturnCode,
+    Client, ClientError, ConnectReturnCode, Feature, Outgoing, Packet, PubAck, Publish, QoS,
+    SubscribeReturnCode,
 };
 use serde_json::{json, Value};
 
@@ -624,7 +625,6 @@ async fn shutdown_closes_every_connection_and_serve_returns() {
 
 #[tokio::test]
 async fn pubacks_keep_the_order_of_the_publishes_when_operations_finish_out_of_order() {
-    use outpost_mqtt::{Packet, PubAck};
     let server = Server::start().await;
     server
         .backend
@@ -676,4 +676,136 @@ async fn many_pipelined_publishes_are_all_acknowledged() {
         .map(|(_, m)| String::from_utf8(m.body.to_vec()).unwrap())
         .collect();
     assert_eq!(bodies, (0..500).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+/// Ten publishes in one TLS record, the one at `refused` (if any) refused by the backend: what the client hears.
+async fn ten_publishes_in_one_write(refused: Option<u16>) -> (Server, Vec<Option<Packet>>) {
+    let server = Server::start().await;
+    let mut raw = server.raw_connected("devA", false).await;
+    let mut bytes = bytes::BytesMut::new();
+    for pkid in 1..=10u16 {
+        let body = if Some(pkid) == refused {
+            common::backend::REFUSED_BODY.to_vec()
+        } else {
+            pkid.to_string().into_bytes()
+        };
+        let publish = Publish::new("devices/devA/messages/events/", QoS::AtLeastOnce, body);
+        outpost_mqtt::encode(&Packet::Publish(publish.with_pkid(pkid)), &mut bytes).unwrap();
+    }
+    raw.send_bytes(&bytes).await;
+    let mut heard = Vec::new();
+    for _ in 0..10 {
+        heard.push(raw.recv().await);
+    }
+    (server, heard)
+}
+
+fn bodies(messages: Vec<(String, Message)>) -> Vec<String> {
+    messages
+        .into_iter()
+        .map(|(_, m)| String::from_utf8(m.body.to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn publishes_read_together_reach_the_backend_as_one_batch_and_are_acknowledged_in_order() {
+    let (server, heard) = ten_publishes_in_one_write(None).await;
+    let pubacks: Vec<Option<Packet>> = (1..=10)
+        .map(|pkid| Some(Packet::PubAck(PubAck { pkid })))
+        .collect();
+    assert_eq!(heard, pubacks);
+    let messages = server
+        .backend
+        .wait_for("10 messages", |v| {
+            Some(v.messages()).filter(|m| m.len() == 10)
+        })
+        .await;
+    assert_eq!(
+        bodies(messages),
+        (1..=10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    // Ten publishes in one TLS record are read at once: one call, not ten.
+    assert_eq!(
+        server
+            .backend
+            .wait_for("the batch", |v| Some(v.batches()))
+            .await,
+        vec![10]
+    );
+}
+
+#[tokio::test]
+async fn a_message_refused_in_a_batch_acknowledges_those_before_it_and_closes_the_connection() {
+    let (server, heard) = ten_publishes_in_one_write(Some(6)).await;
+    let mut expected: Vec<Option<Packet>> = (1..=5)
+        .map(|pkid| Some(Packet::PubAck(PubAck { pkid })))
+        .collect();
+    // Closed after the five PUBACKs: nothing for the refused one or those after it.
+    expected.extend(std::iter::repeat_n(None, 5));
+    assert_eq!(heard, expected);
+    let messages = server
+        .backend
+        .wait_for("5 messages", |v| {
+            Some(v.messages()).filter(|m| m.len() == 5)
+        })
+        .await;
+    assert_eq!(
+        bodies(messages),
+        (1..=5).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn pubacks_read_together_reach_the_backend_as_one_batch_in_order() {
+    let server = Server::start().await;
+    let mut raw = server.raw_connected("devA", false).await;
+    raw.send(&Packet::Subscribe(outpost_mqtt::Subscribe {
+        pkid: 1,
+        filters: vec![(
+            "devices/devA/messages/devicebound/#".into(),
+            QoS::AtLeastOnce,
+        )],
+    }))
+    .await;
+    assert!(matches!(raw.recv().await, Some(Packet::SubAck(_))));
+    let mut pkids = Vec::new();
+    for delivery_id in [30, 10, 20] {
+        let message = Message {
+            body: bytes::Bytes::from(delivery_id.to_string()),
+            ..Message::default()
+        };
+        let item = Outgoing::CloudToDevice {
+            delivery_id,
+            message,
+        };
+        assert!(
+            server
+                .backend
+                .push("devA", Feature::CloudToDevice, item)
+                .await
+        );
+        let Some(Packet::Publish(publish)) = raw.recv().await else {
+            panic!("no C2D")
+        };
+        pkids.push(publish.pkid);
+    }
+    let mut bytes = bytes::BytesMut::new();
+    for pkid in pkids {
+        outpost_mqtt::encode(&Packet::PubAck(PubAck { pkid }), &mut bytes).unwrap();
+    }
+    raw.send_bytes(&bytes).await;
+    let delivered = server
+        .backend
+        .wait_for("three deliveries", |v| {
+            Some(v.delivered()).filter(|d| d.len() == 3)
+        })
+        .await;
+    assert_eq!(delivered, [30, 10, 20]);
+    assert_eq!(
+        server
+            .backend
+            .wait_for("the batch", |v| Some(v.delivered_batches()))
+            .await,
+        [3]
+    );
 }

@@ -191,12 +191,12 @@ impl HubLoop {
         .await;
     }
 
-    /// A client PUBACKed an input delivery on `connection`.
-    pub async fn acked(&self, client: String, connection: u64, delivery_id: u64) {
+    /// A client PUBACKed input deliveries on `connection` (those read together, in order).
+    pub async fn acked(&self, client: String, connection: u64, delivery_ids: Vec<u64>) {
         self.send(Input::Event(Event::Acked {
             client,
             connection,
-            delivery_id,
+            delivery_ids,
         }))
         .await;
     }

@@ -27,6 +27,7 @@ use outpost_core::twin::merge;
 use outpost_core::{Identity, Message, Twin};
 use outpost_mqtt::{
     ConnectRefusal, ConnectionTable, DeviceOperations, Feature, OperationError, Outbox, Outgoing,
+    PartlyAccepted,
 };
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Notify};
@@ -435,6 +436,44 @@ impl EdgeHub {
 /// [`EdgeHub`] behind an `Arc`, as the protocol head holds it.
 pub struct EdgeDevices(pub Arc<EdgeHub>);
 
+impl EdgeDevices {
+    /// Stores messages of one client through the routes, hands them to the inputs they go to (delivered while
+    /// the fsync runs) and returns once they are durable: only then may their PUBACKs go.
+    async fn store(
+        &self,
+        identity: &Identity,
+        messages: Vec<Message>,
+    ) -> Result<(), OperationError> {
+        // Copied for the metrics only when they are recorded: this runs per message.
+        let outputs: Option<Vec<Option<String>>> = self.0.metrics.is_enabled().then(|| {
+            messages
+                .iter()
+                .map(|m| m.system.get("outputName").cloned())
+                .collect()
+        });
+        let mut accepted = self
+            .0
+            .router
+            .accept(identity, messages)
+            .await
+            .map_err(|e| OperationError::new(503, e.to_string()))?;
+        self.0
+            .hub_loop
+            .stored(std::mem::take(&mut accepted.inputs))
+            .await;
+        accepted
+            .durable()
+            .await
+            .map_err(|e| OperationError::new(503, e.to_string()))?;
+        for output in outputs.into_iter().flatten() {
+            self.0
+                .metrics
+                .message_received(&identity.client_id(), output.as_deref());
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl DeviceOperations for EdgeDevices {
     async fn authenticate(
@@ -514,54 +553,33 @@ impl DeviceOperations for EdgeDevices {
         identity: &Identity,
         message: Message,
     ) -> Result<(), OperationError> {
-        // IoT Hub's limit, which the hub applies to every message of a batch: refused here, before the PUBACK,
-        // the sender learns of it (its connection closes); accepted, it could only be dead-lettered later.
-        if message.body.len() > outpost_sdk::MAX_MESSAGE_BYTES {
-            tracing::warn!(%identity, bytes = message.body.len(), limit = outpost_sdk::MAX_MESSAGE_BYTES,
-                "refused a message over IoT Hub's 256 KB limit: no PUBACK, the connection closes");
-            return Err(OperationError::new(
-                413,
-                format!(
-                    "a message of {} bytes is over IoT Hub's limit of {} bytes",
-                    message.body.len(),
-                    outpost_sdk::MAX_MESSAGE_BYTES
-                ),
-            ));
-        }
+        self.send_messages(identity, vec![message])
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    async fn send_messages(
+        &self,
+        identity: &Identity,
+        mut messages: Vec<Message>,
+    ) -> Result<(), PartlyAccepted> {
+        let refused = refuse_oversized(identity, &mut messages);
         // As the `reject` quota policy: no PUBACK, the sender sends again later (the guard logs the change).
         if !self.0.free_space.admits(std::time::Instant::now()) {
-            return Err(OperationError::new(
-                503,
-                "the edge device's disk is low: new messages are refused until there is room",
-            ));
+            return Err(PartlyAccepted {
+                accepted: 0,
+                error: OperationError::new(
+                    503,
+                    "the edge device's disk is low: new messages are refused until there is room",
+                ),
+            });
         }
-        // Copied for the metrics only when they are recorded: this runs per message.
-        let output = self
-            .0
-            .metrics
-            .is_enabled()
-            .then(|| message.system.get("outputName").cloned());
-        let mut accepted = self
-            .0
-            .router
-            .accept(identity, message)
-            .await
-            .map_err(|e| OperationError::new(503, e.to_string()))?;
-        // Delivered while the fsync runs; acknowledged only after it.
-        self.0
-            .hub_loop
-            .stored(std::mem::take(&mut accepted.inputs))
-            .await;
-        accepted
-            .durable()
-            .await
-            .map_err(|e| OperationError::new(503, e.to_string()))?;
-        if let Some(output) = output {
-            self.0
-                .metrics
-                .message_received(&identity.client_id(), output.as_deref());
+        if !messages.is_empty() {
+            self.store(identity, messages)
+                .await
+                .map_err(|error| PartlyAccepted { accepted: 0, error })?;
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     async fn method_response(
@@ -587,19 +605,32 @@ impl DeviceOperations for EdgeDevices {
     }
 
     async fn delivered(&self, identity: &Identity, connection: u64, delivery_id: u64) {
-        if delivery_id & C2D_DELIVERY != 0 {
+        self.delivered_batch(identity, connection, vec![delivery_id])
+            .await;
+    }
+
+    async fn delivered_batch(
+        &self,
+        identity: &Identity,
+        connection: u64,
+        mut delivery_ids: Vec<u64>,
+    ) {
+        // C2D messages are completed at the hub one by one; the inputs' deliveries go to the state together.
+        for id in delivery_ids.iter().filter(|id| *id & C2D_DELIVERY != 0) {
             if let Err(error) = self
                 .0
                 .link
-                .delivered(&identity.client_id(), delivery_id & !C2D_DELIVERY)
+                .delivered(&identity.client_id(), id & !C2D_DELIVERY)
                 .await
             {
                 tracing::warn!(%identity, %error, "cannot complete a C2D message at the hub");
             }
-        } else {
+        }
+        delivery_ids.retain(|id| id & C2D_DELIVERY == 0);
+        if !delivery_ids.is_empty() {
             self.0
                 .hub_loop
-                .acked(identity.client_id(), connection, delivery_id)
+                .acked(identity.client_id(), connection, delivery_ids)
                 .await;
         }
     }
@@ -617,6 +648,29 @@ impl DeviceOperations for EdgeDevices {
     async fn subscriptions_changed(&self, identity: &Identity, _connection: u64) {
         self.0.hub_loop.subscribed(identity.client_id()).await;
     }
+}
+
+/// IoT Hub's limit, which the hub applies to every message of a batch: refused here, before the PUBACK, the
+/// sender learns of it (its connection closes); accepted, it could only be dead-lettered later. Cuts `messages`
+/// before the first one over the limit and says why it is refused.
+fn refuse_oversized(identity: &Identity, messages: &mut Vec<Message>) -> Option<PartlyAccepted> {
+    let at = messages
+        .iter()
+        .position(|m| m.body.len() > outpost_sdk::MAX_MESSAGE_BYTES)?;
+    let bytes = messages[at].body.len();
+    tracing::warn!(%identity, bytes, limit = outpost_sdk::MAX_MESSAGE_BYTES,
+        "refused a message over IoT Hub's 256 KB limit: no PUBACK, the connection closes");
+    messages.truncate(at);
+    Some(PartlyAccepted {
+        accepted: at,
+        error: OperationError::new(
+            413,
+            format!(
+                "a message of {bytes} bytes is over IoT Hub's limit of {} bytes",
+                outpost_sdk::MAX_MESSAGE_BYTES
+            ),
+        ),
+    })
 }
 
 /// Marks a C2D delivery id.
@@ -724,6 +778,28 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_cut_before_its_first_message_over_iot_hubs_limit() {
+        let identity = Identity::device(outpost_core::DeviceId::new("leaf").unwrap());
+        let sized = |bytes: usize| Message {
+            body: vec![b'x'; bytes].into(),
+            ..Message::default()
+        };
+        let limit = outpost_sdk::MAX_MESSAGE_BYTES;
+        let mut messages = vec![sized(10), sized(limit), sized(limit + 1), sized(10)];
+        let refused = refuse_oversized(&identity, &mut messages).expect("one is over the limit");
+        assert_eq!(refused.accepted, 2);
+        assert_eq!(refused.error.status, 413);
+        assert_eq!(
+            messages.iter().map(|m| m.body.len()).collect::<Vec<_>>(),
+            [10, limit]
+        );
+
+        let mut messages = vec![sized(10), sized(limit)];
+        assert_eq!(refuse_oversized(&identity, &mut messages), None);
+        assert_eq!(messages.len(), 2);
+    }
 
     #[test]
     fn a_desired_patch_keeps_the_order_of_the_cached_twins_keys() {

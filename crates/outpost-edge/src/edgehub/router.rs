@@ -52,16 +52,49 @@ struct RouteTable {
     default_ttl_secs: u64,
 }
 
-/// A message the router stored: readable by its endpoints, durable once [`Accepted::durable`] says so.
+impl RouteTable {
+    /// The endpoints the routes choose for a message of `module` (None for a device), each once, with its
+    /// route's priority and expiry (`now` plus the route's TTL, or the default; 0 for none).
+    fn targets(&self, message: &Message, module: Option<&str>, now: u64) -> Vec<Target> {
+        let source = MessageSource::from_sender(
+            module,
+            message.system.get("outputName").map(String::as_str),
+        );
+        let path = source.path();
+        let mut targets: Vec<Target> = Vec::new();
+        for (_, active) in &self.routes {
+            if !active.route.matches_at(&path, &source, message) {
+                continue;
+            }
+            if targets.iter().any(|t| t.endpoint == active.endpoint) {
+                continue;
+            }
+            let ttl = if active.ttl_secs == 0 {
+                self.default_ttl_secs
+            } else {
+                active.ttl_secs
+            };
+            let expiry = if ttl == 0 { 0 } else { now + ttl * 1000 };
+            targets.push(Target {
+                endpoint: active.endpoint.clone(),
+                priority: active.priority,
+                expiry_unix_ms: expiry,
+            });
+        }
+        targets
+    }
+}
+
+/// Messages the router stored: readable by their endpoints, durable once [`Accepted::durable`] says so.
 pub struct Accepted {
-    /// The module input endpoints it was stored for (`$upstream` left out).
+    /// The module input endpoints they were stored for, each once (`$upstream` left out).
     pub inputs: Vec<Arc<str>>,
-    /// None when no route took it.
+    /// None when no route took any.
     append: Option<Appending>,
 }
 
 impl Accepted {
-    /// Resolves once the message is fsync'd: its sender's PUBACK may go.
+    /// Resolves once the messages are fsync'd: their sender's PUBACKs may go.
     pub async fn durable(self) -> Result<(), LogError> {
         match self.append {
             Some(append) => append.durable().await.map(drop),
@@ -179,79 +212,70 @@ impl Router {
         inputs
     }
 
-    /// Stores a message for the endpoints its routes choose; returns once the endpoints can read it, with the
-    /// module input endpoints it was stored for and the append, which says when it is durable (only then may the
-    /// sender's PUBACK go). A message no route takes is accepted and dropped, as IoT Edge does.
+    /// Stores messages (of one sender, in its order) for the endpoints their routes choose, in one append;
+    /// returns once the endpoints can read them, with the module input endpoints they were stored for and the
+    /// append, which says when they are durable (only then may the sender's PUBACKs go). A message no route
+    /// takes is accepted and dropped, as IoT Edge does.
     pub async fn accept(
         &self,
         identity: &Identity,
-        mut message: Message,
+        messages: Vec<Message>,
     ) -> Result<Accepted, LogError> {
-        message
-            .system
-            .insert("connectionDeviceId".into(), identity.device.to_string());
-        if let Some(module) = &identity.module {
-            message
-                .system
-                .insert("connectionModuleId".into(), module.to_string());
-        }
-        message
-            .system
-            .entry("enqueuedTime".into())
-            .or_insert_with(|| chrono::Utc::now().to_rfc3339());
-        let module = identity.module.as_ref().map(outpost_core::ModuleId::as_str);
-        let source = MessageSource::from_sender(
-            module,
-            message.system.get("outputName").map(String::as_str),
-        );
         let table = self
             .table
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let now = now_ms();
-        let path = source.path();
-        let mut targets: Vec<Target> = Vec::new();
-        for (_, active) in &table.routes {
-            if !active.route.matches_at(&path, &source, &message) {
+        // One time for the messages read together: they arrived together.
+        let mut enqueued: Option<String> = None;
+        let client = identity.client_id();
+        let module = identity.module.as_ref().map(outpost_core::ModuleId::as_str);
+        let mut records = Vec::with_capacity(messages.len());
+        let mut inputs: Vec<Arc<str>> = Vec::new();
+        let mut upstream = false;
+        for mut message in messages {
+            message
+                .system
+                .insert("connectionDeviceId".into(), identity.device.to_string());
+            if let Some(module) = module {
+                message
+                    .system
+                    .insert("connectionModuleId".into(), module.to_owned());
+            }
+            if !message.system.contains_key("enqueuedTime") {
+                let time = enqueued.get_or_insert_with(|| chrono::Utc::now().to_rfc3339());
+                message.system.insert("enqueuedTime".into(), time.clone());
+            }
+            let targets = table.targets(&message, module, now);
+            if targets.is_empty() {
+                tracing::debug!(%identity, "no route takes this message");
                 continue;
             }
-            if targets.iter().any(|t| t.endpoint == active.endpoint) {
-                continue;
+            for target in &targets {
+                if &*target.endpoint == UPSTREAM {
+                    upstream = true;
+                } else if !inputs.contains(&target.endpoint) {
+                    inputs.push(target.endpoint.clone());
+                }
             }
-            let ttl = if active.ttl_secs == 0 {
-                table.default_ttl_secs
-            } else {
-                active.ttl_secs
-            };
-            let expiry = if ttl == 0 { 0 } else { now + ttl * 1000 };
-            targets.push(Target {
-                endpoint: active.endpoint.clone(),
-                priority: active.priority,
-                expiry_unix_ms: expiry,
-            });
+            let mut record = Record::new(
+                Stored {
+                    client: client.clone(),
+                    message,
+                }
+                .encode(),
+            );
+            record.targets = targets;
+            records.push(record);
         }
-        if targets.is_empty() {
-            tracing::debug!(%identity, source = %path, "no route takes this message");
+        if records.is_empty() {
             return Ok(Accepted {
                 inputs: Vec::new(),
                 append: None,
             });
         }
-        let inputs: Vec<Arc<str>> = targets
-            .iter()
-            .map(|t| t.endpoint.clone())
-            .filter(|e| &**e != UPSTREAM)
-            .collect();
-        let payload = Stored {
-            client: identity.client_id(),
-            message,
-        }
-        .encode();
-        let mut record = Record::new(payload);
-        let upstream = inputs.len() < targets.len();
-        record.targets = targets;
-        let mut append = self.log.append_readable_first(vec![record]);
+        let mut append = self.log.append_readable_first(records);
         append.readable().await?;
         if upstream {
             self.upstream_stored.notify_one();

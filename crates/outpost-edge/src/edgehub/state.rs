@@ -223,8 +223,8 @@ impl EdgeHubState {
             Event::Acked {
                 client,
                 connection,
-                delivery_id,
-            } => self.acked(&client, connection, delivery_id),
+                delivery_ids,
+            } => self.acked(&client, connection, &delivery_ids),
             Event::MethodCalled(call) => vec![self.method_called(call, now)],
             Event::MethodAnswered {
                 client,
@@ -501,30 +501,41 @@ impl EdgeHubState {
         actions
     }
 
-    fn acked(&mut self, client: &str, connection: u64, id: u64) -> Vec<Action> {
-        // Only the connection the delivery went to completes it: a late PUBACK of an older connection, or one
-        // from another client, completes nothing.
-        if self
-            .in_flight
-            .get(&id)
-            .is_none_or(|(c, n)| c != client || *n != connection)
-        {
-            return Vec::new();
+    fn acked(&mut self, client: &str, connection: u64, ids: &[u64]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // Each endpoint that got its window's room back, once: released and refilled after all the PUBACKs read
+        // together are counted, so a batch of them asks for one read, not one per PUBACK.
+        let mut touched: Vec<usize> = Vec::new();
+        for &id in ids {
+            // Only the connection the delivery went to completes it: a late PUBACK of an older connection, or
+            // one from another client, completes nothing.
+            if self
+                .in_flight
+                .get(&id)
+                .is_none_or(|(c, n)| c != client || *n != connection)
+            {
+                continue;
+            }
+            self.in_flight.remove(&id);
+            let (index, seq) = split_delivery_id(id);
+            let Some(endpoint) = self.endpoints.get_mut(index) else {
+                continue;
+            };
+            endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
+            endpoint.queued = endpoint.queued.saturating_sub(1);
+            actions.push(Action::Complete {
+                endpoint: endpoint.route.endpoint.clone(),
+                seq,
+            });
+            if !touched.contains(&index) {
+                touched.push(index);
+            }
         }
-        self.in_flight.remove(&id);
-        let (index, seq) = split_delivery_id(id);
-        let Some(endpoint) = self.endpoints.get_mut(index) else {
-            return Vec::new();
-        };
-        endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
-        endpoint.queued = endpoint.queued.saturating_sub(1);
-        let mut actions = vec![Action::Complete {
-            endpoint: endpoint.route.endpoint.clone(),
-            seq,
-        }];
-        self.release(index, &mut actions);
-        // The window has room again.
-        self.pump(index, &mut actions);
+        for index in touched {
+            self.release(index, &mut actions);
+            // The window has room again.
+            self.pump(index, &mut actions);
+        }
         actions
     }
 

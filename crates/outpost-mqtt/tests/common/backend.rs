@@ -8,9 +8,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use outpost_core::{Identity, Message};
-use outpost_mqtt::{ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing};
+use outpost_mqtt::{
+    ConnectRefusal, DeviceOperations, Feature, OperationError, Outbox, Outgoing, PartlyAccepted,
+};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
+
+/// The body of a message that `send_message` refuses (the others of its batch are not refused).
+pub const REFUSED_BODY: &[u8] = b"refuse me";
 
 /// An in-memory stand-in for the hub.
 #[derive(Default)]
@@ -26,9 +31,13 @@ struct State {
     disconnects: Vec<(String, u64)>,
     reported_version: u64,
     messages: Vec<(String, Message)>,
+    /// How many messages each `send_messages` call brought, in order.
+    batches: Vec<usize>,
     refuse_messages: bool,
     method_responses: Vec<(String, i32, Vec<u8>)>,
     delivered: Vec<u64>,
+    /// How many delivery ids each `delivered_batch` call brought, in order.
+    delivered_batches: Vec<usize>,
     subscriptions: HashMap<String, Vec<String>>,
     /// What each `subscriptions_changed` call saw: client id, connection, the outbox's feature bits then.
     feature_changes: Vec<(String, u64, u8)>,
@@ -113,6 +122,12 @@ pub struct FakeView<'a>(&'a FakeBackend);
 impl FakeView<'_> {
     pub fn messages(&self) -> Vec<(String, Message)> {
         self.0.state().messages.clone()
+    }
+    pub fn batches(&self) -> Vec<usize> {
+        self.0.state().batches.clone()
+    }
+    pub fn delivered_batches(&self) -> Vec<usize> {
+        self.0.state().delivered_batches.clone()
     }
     pub fn delivered(&self) -> Vec<u64> {
         self.0.state().delivered.clone()
@@ -206,11 +221,32 @@ impl DeviceOperations for FakeBackend {
         identity: &Identity,
         message: Message,
     ) -> Result<(), OperationError> {
-        if self.state().refuse_messages {
+        if self.state().refuse_messages || message.body == REFUSED_BODY {
             return Err(OperationError::new(503, "queue unavailable"));
         }
         self.record(|s| s.messages.push((identity.client_id(), message)));
         Ok(())
+    }
+
+    async fn send_messages(
+        &self,
+        identity: &Identity,
+        messages: Vec<Message>,
+    ) -> Result<(), PartlyAccepted> {
+        self.record(|s| s.batches.push(messages.len()));
+        for (accepted, message) in messages.into_iter().enumerate() {
+            self.send_message(identity, message)
+                .await
+                .map_err(|error| PartlyAccepted { accepted, error })?;
+        }
+        Ok(())
+    }
+
+    async fn delivered_batch(&self, identity: &Identity, connection: u64, delivery_ids: Vec<u64>) {
+        self.record(|s| s.delivered_batches.push(delivery_ids.len()));
+        for delivery_id in delivery_ids {
+            self.delivered(identity, connection, delivery_id).await;
+        }
     }
 
     async fn method_response(

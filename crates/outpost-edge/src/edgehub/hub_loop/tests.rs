@@ -114,7 +114,7 @@ async fn a_message_routed_to_two_inputs_of_a_module_is_pushed_to_each_once_in_or
         assert_eq!(bodies, ["a", "b", "c"], "{input}");
     }
     for (_, _, id) in &pushed {
-        harness.hub_loop.acked(MODULE.into(), 1, *id).await;
+        harness.hub_loop.acked(MODULE.into(), 1, vec![*id]).await;
     }
     // All acknowledged: a new connection gets only what is new.
     harness.hub_loop.disconnected(MODULE.into(), 1).await;
@@ -134,7 +134,7 @@ async fn what_a_connection_left_unacknowledged_goes_again_in_order_on_the_next()
     }
     let (_, first, id) = next(&mut inbox).await;
     assert_eq!(first, "a");
-    harness.hub_loop.acked(MODULE.into(), 1, id).await;
+    harness.hub_loop.acked(MODULE.into(), 1, vec![id]).await;
     next(&mut inbox).await;
     next(&mut inbox).await;
     harness.hub_loop.disconnected(MODULE.into(), 1).await;
@@ -143,7 +143,7 @@ async fn what_a_connection_left_unacknowledged_goes_again_in_order_on_the_next()
     // A late PUBACK of the old connection completes nothing.
     let (_, body, id) = next(&mut inbox).await;
     assert_eq!(body, "b");
-    harness.hub_loop.acked(MODULE.into(), 1, id).await;
+    harness.hub_loop.acked(MODULE.into(), 1, vec![id]).await;
     assert_eq!(next(&mut inbox).await.1, "c");
     harness.hub_loop.disconnected(MODULE.into(), 2).await;
     let (_outbox, mut inbox) = harness.connect(3).await;
@@ -272,7 +272,7 @@ async fn a_sender_waits_for_its_acknowledgement_while_the_listening_subscriber_i
     );
     let (_, body, id) = next(&mut inbox).await;
     assert_eq!(body, "a");
-    harness.hub_loop.acked(MODULE.into(), 1, id).await;
+    harness.hub_loop.acked(MODULE.into(), 1, vec![id]).await;
     tokio::time::timeout(Duration::from_secs(10), third)
         .await
         .expect("admitted once the backlog is back to the bound");

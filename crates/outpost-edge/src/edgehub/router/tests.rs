@@ -40,7 +40,7 @@ fn message(n: usize) -> Message {
 /// Routes and stores a message from the sensor, durably.
 async fn store(router: &Router, message: Message) {
     router
-        .accept(&sensor(), message)
+        .accept(&sensor(), vec![message])
         .await
         .unwrap()
         .durable()
@@ -163,7 +163,11 @@ async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_doe
         message
     };
 
-    let inputs = router.accept(&sensor(), output("up")).await.unwrap().inputs;
+    let inputs = router
+        .accept(&sensor(), vec![output("up")])
+        .await
+        .unwrap()
+        .inputs;
     assert!(inputs.is_empty());
     let started = tokio::time::Instant::now();
     router.upstream_stored(long).await;
@@ -173,7 +177,7 @@ async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_doe
     );
 
     let inputs = router
-        .accept(&sensor(), output("local"))
+        .accept(&sensor(), vec![output("local")])
         .await
         .unwrap()
         .inputs;

@@ -73,14 +73,14 @@ pub enum Event {
         /// Records of the endpoint not yet done in the log (handed out or not).
         queued: usize,
     },
-    /// A client PUBACKed an input delivery on a connection.
+    /// A client PUBACKed input deliveries on a connection (the PUBACKs read together, in order).
     Acked {
         /// Client id.
         client: String,
-        /// The connection the PUBACK came on.
+        /// The connection the PUBACKs came on.
         connection: u64,
-        /// The delivery id it names.
-        delivery_id: u64,
+        /// The delivery ids they name.
+        delivery_ids: Vec<u64>,
     },
     /// A direct method is called on a client of the edge hub (from the method API, or forwarded by the hub).
     MethodCalled(MethodCall),

@@ -93,7 +93,7 @@ impl Hub {
         self.feed(Event::Acked {
             client: MODULE.to_owned(),
             connection,
-            delivery_id: id,
+            delivery_ids: vec![id],
         });
     }
 
@@ -286,6 +286,29 @@ fn an_ack_from_another_connection_of_the_same_client_completes_nothing() {
 }
 
 #[test]
+fn pubacks_read_together_complete_each_delivery_and_refill_the_window_with_one_read() {
+    let mut hub = Hub::new(3, &["in1"]);
+    hub.connect(1, true);
+    for seq in 1..=8 {
+        hub.store(seq, &["in1"]);
+    }
+    let pushed = hub.take_pushed();
+    assert_eq!(Hub::seqs_to(&pushed, "in1"), [1, 2, 3]);
+    hub.reads.clear();
+    // Two of the three, and one that is not in flight (acknowledged twice): nothing for the last.
+    let ids = vec![pushed[0].id, pushed[1].id, pushed[0].id];
+    hub.feed(Event::Acked {
+        client: MODULE.to_owned(),
+        connection: 1,
+        delivery_ids: ids,
+    });
+    assert_eq!(hub.queue("in1").done, [1, 2]);
+    assert_eq!(hub.reads, [2], "one read for the room the two made");
+    assert_eq!(Hub::seqs_to(&hub.take_pushed(), "in1"), [4, 5]);
+    assert_eq!(hub.state.in_flight("edge/m/in1"), 3);
+}
+
+#[test]
 fn an_ack_from_another_client_completes_nothing() {
     let mut hub = Hub::new(INPUT_WINDOW, &["in1"]);
     hub.connect(1, true);
@@ -294,7 +317,7 @@ fn an_ack_from_another_client_completes_nothing() {
     hub.feed(Event::Acked {
         client: "edge/other".into(),
         connection: 1,
-        delivery_id: id,
+        delivery_ids: vec![id],
     });
     assert!(hub.queue("in1").done.is_empty());
     assert_eq!(hub.state.in_flight("edge/m/in1"), 1);
