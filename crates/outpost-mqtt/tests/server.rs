@@ -700,11 +700,19 @@ async fn ten_publishes_in_one_write(refused: Option<u16>) -> (Server, Vec<Option
     (server, heard)
 }
 
-fn bodies(messages: Vec<(String, Message)>) -> Vec<String> {
-    messages
+/// Waits for `n` messages at the backend and checks their bodies are "1" to "n", in order.
+async fn assert_bodies_one_to(server: &Server, n: usize) {
+    let messages = server
+        .backend
+        .wait_for("the messages", |v| {
+            Some(v.messages()).filter(|m| m.len() == n)
+        })
+        .await;
+    let bodies: Vec<String> = messages
         .into_iter()
         .map(|(_, m)| String::from_utf8(m.body.to_vec()).unwrap())
-        .collect()
+        .collect();
+    assert_eq!(bodies, (1..=n).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
 #[tokio::test]
@@ -714,16 +722,7 @@ async fn publishes_read_together_reach_the_backend_as_one_batch_and_are_acknowle
         .map(|pkid| Some(Packet::PubAck(PubAck { pkid })))
         .collect();
     assert_eq!(heard, pubacks);
-    let messages = server
-        .backend
-        .wait_for("10 messages", |v| {
-            Some(v.messages()).filter(|m| m.len() == 10)
-        })
-        .await;
-    assert_eq!(
-        bodies(messages),
-        (1..=10).map(|i| i.to_string()).collect::<Vec<_>>()
-    );
+    assert_bodies_one_to(&server, 10).await;
     // Ten publishes in one TLS record are read at once: one call, not ten.
     assert_eq!(
         server
@@ -743,16 +742,7 @@ async fn a_message_refused_in_a_batch_acknowledges_those_before_it_and_closes_th
     // Closed after the five PUBACKs: nothing for the refused one or those after it.
     expected.extend(std::iter::repeat_n(None, 5));
     assert_eq!(heard, expected);
-    let messages = server
-        .backend
-        .wait_for("5 messages", |v| {
-            Some(v.messages()).filter(|m| m.len() == 5)
-        })
-        .await;
-    assert_eq!(
-        bodies(messages),
-        (1..=5).map(|i| i.to_string()).collect::<Vec<_>>()
-    );
+    assert_bodies_one_to(&server, 5).await;
 }
 
 #[tokio::test]
