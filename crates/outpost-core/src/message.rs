@@ -141,27 +141,45 @@ impl Message {
     /// Appends [`Message::encode_property_bag`] to `out`, with no strings of its own (a topic per delivered
     /// message is built this way).
     pub fn push_property_bag(&self, out: &mut String) {
-        let mut first = true;
-        let mut separate = |out: &mut String| {
-            if !std::mem::take(&mut first) {
-                out.push('&');
-            }
-        };
-        for (wire, internal) in SYSTEM_PROPERTIES {
-            if let Some(value) = self.system.get(internal) {
-                separate(out);
-                push_quoted(out, wire);
-                out.push('=');
-                push_quoted(out, value);
-            }
+        push_property_bag(
+            out,
+            |internal| self.system.get(internal).map(String::as_str),
+            self.properties
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_deref())),
+        );
+    }
+}
+
+/// Appends a property bag to `out`, as [`Message::encode_property_bag`] makes it, from borrowed parts:
+/// `system` looks a system property up by its internal name, `properties` are the application properties in the
+/// order to write them (a [`Message`]'s are sorted by key). The edge hub renders a stored record's bag with it
+/// without building a [`Message`].
+pub fn push_property_bag<'a>(
+    out: &mut String,
+    system: impl Fn(&str) -> Option<&'a str>,
+    properties: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) {
+    let mut first = true;
+    let mut separate = |out: &mut String| {
+        if !std::mem::take(&mut first) {
+            out.push('&');
         }
-        for (key, value) in &self.properties {
+    };
+    for (wire, internal) in SYSTEM_PROPERTIES {
+        if let Some(value) = system(internal) {
             separate(out);
-            push_quoted(out, key);
-            if let Some(value) = value {
-                out.push('=');
-                push_quoted(out, value);
-            }
+            push_quoted(out, wire);
+            out.push('=');
+            push_quoted(out, value);
+        }
+    }
+    for (key, value) in properties {
+        separate(out);
+        push_quoted(out, key);
+        if let Some(value) = value {
+            out.push('=');
+            push_quoted(out, value);
         }
     }
 }

@@ -72,14 +72,12 @@ async fn run(n: usize, bytes: usize) {
         hub_loop.stored(std::mem::take(&mut accepted.inputs)).await;
         accepted.durable().await.expect("durable");
         let Some(Ok(Outgoing::Input {
-            delivery_id,
-            message,
-            ..
+            delivery_id, body, ..
         })) = inbox.recv().await
         else {
             panic!("no input pushed");
         };
-        bodies += message.body.len();
+        bodies += body.len();
         hub_loop
             .acked("edge1/filter".into(), 1, vec![delivery_id])
             .await;

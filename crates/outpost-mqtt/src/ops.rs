@@ -186,8 +186,11 @@ pub enum Outgoing {
         delivery_id: u64,
         /// The input name.
         input: String,
-        /// The message.
-        message: Message,
+        /// The message's properties as its topic carries them ([`Message::encode_property_bag`]; empty for
+        /// none): the edge hub renders them from the stored record without building a [`Message`].
+        property_bag: String,
+        /// The message's body.
+        body: bytes::Bytes,
     },
     /// A direct method call, sent at QoS 0; the answer comes back as `method_response`.
     MethodRequest {

@@ -501,13 +501,14 @@ impl Session {
             Outgoing::Input {
                 delivery_id,
                 input,
-                message,
+                property_bag,
+                body,
             } => {
                 if self.identity.module.is_none() {
                     return Ok(self.dropped("input message to a device", Feature::Inputs));
                 }
-                let topic = topic::input(&self.identity, &input, &message);
-                self.deliver(Feature::Inputs, delivery_id, topic, message.body)?
+                let topic = topic::input(&self.identity, &input, &property_bag);
+                self.deliver(Feature::Inputs, delivery_id, topic, body)?
             }
             Outgoing::MethodRequest {
                 rid,

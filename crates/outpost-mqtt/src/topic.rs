@@ -214,26 +214,25 @@ pub fn cloud_to_device(identity: &Identity, message: &Message) -> String {
     topic
 }
 
-/// `devices/{d}/modules/{m}/inputs/{input}`, with `/{bag}` when the message has properties (as edgeHub).
-/// Built in one string, sized for the usual bag: one is made per delivered message.
-pub fn input(identity: &Identity, input: &str, message: &Message) -> String {
+/// `devices/{d}/modules/{m}/inputs/{input}`, with `/{bag}` when the message has properties (as edgeHub):
+/// `property_bag` is [`Message::encode_property_bag`]'s. Built in one string: one is made per delivered message.
+pub fn input(identity: &Identity, input: &str, property_bag: &str) -> String {
     let module = identity
         .module
         .as_ref()
         .map_or("", outpost_core::ModuleId::as_str);
-    let mut topic =
-        String::with_capacity(256 + identity.device.as_str().len() + module.len() + input.len());
+    let mut topic = String::with_capacity(
+        32 + identity.device.as_str().len() + module.len() + input.len() + property_bag.len(),
+    );
     topic.push_str("devices/");
     topic.push_str(identity.device.as_str());
     topic.push_str("/modules/");
     topic.push_str(module);
     topic.push_str("/inputs/");
     push_quoted(&mut topic, input);
-    let path = topic.len();
-    topic.push('/');
-    message.push_property_bag(&mut topic);
-    if topic.len() == path + 1 {
-        topic.truncate(path);
+    if !property_bag.is_empty() {
+        topic.push('/');
+        topic.push_str(property_bag);
     }
     topic
 }
@@ -476,11 +475,15 @@ mod tests {
             "devices/devA/messages/devicebound/%24.mid=abc&p1=v%201"
         );
         assert_eq!(
-            input(&module("dev1", "mod1"), "input1", &message),
+            input(
+                &module("dev1", "mod1"),
+                "input1",
+                &message.encode_property_bag()
+            ),
             "devices/dev1/modules/mod1/inputs/input1/%24.mid=abc&p1=v%201"
         );
         assert_eq!(
-            input(&module("dev1", "mod1"), "in", &Message::default()),
+            input(&module("dev1", "mod1"), "in", ""),
             "devices/dev1/modules/mod1/inputs/in"
         );
     }

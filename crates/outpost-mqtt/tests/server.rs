@@ -342,7 +342,8 @@ async fn a_module_receives_input_messages_and_answers_methods() {
     let input = Outgoing::Input {
         delivery_id: 3,
         input: "input1".into(),
-        message,
+        property_bag: message.encode_property_bag(),
+        body: message.body,
     };
     assert!(
         server

@@ -355,17 +355,15 @@ mod tests {
         message
             .system
             .insert("connectionModuleId".into(), "sender".into());
-        let Ok(Incoming::Input(parsed)) =
-            parse_incoming(&server::input(&m, "input 1", &message), &m)
-        else {
+        let Ok(Incoming::Input(parsed)) = parse_incoming(
+            &server::input(&m, "input 1", &message.encode_property_bag()),
+            &m,
+        ) else {
             panic!("not an input")
         };
         assert_eq!(parsed.system["inputName"], "input 1");
         assert_eq!(parsed.system["connectionModuleId"], "sender");
-        let Ok(Incoming::Input(bare)) = parse_incoming(
-            &server::input(&m, "in", &outpost_core::Message::default()),
-            &m,
-        ) else {
+        let Ok(Incoming::Input(bare)) = parse_incoming(&server::input(&m, "in", ""), &m) else {
             panic!("not an input")
         };
         assert_eq!(bare.system["inputName"], "in");

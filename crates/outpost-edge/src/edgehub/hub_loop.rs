@@ -16,7 +16,7 @@ use outpost_store::log::{EndpointQueue, MessageLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence};
-use super::stored::Stored;
+use super::stored::ForInput;
 use crate::metrics::EdgeMetrics;
 
 /// Events waiting for the task at most; a sender past this waits its turn.
@@ -235,7 +235,7 @@ struct Drivers {
     /// The outbox of each connected client (one per client: the newest connection's).
     outboxes: HashMap<String, Outbox>,
     /// Records read and not yet pushed, for the actions of the read's outcome.
-    fetched: HashMap<(Arc<str>, u64), Stored>,
+    fetched: HashMap<(Arc<str>, u64), ForInput>,
     /// Where the outcome of each method call goes, by call id (as many as the state lets wait, and each
     /// taken out when the state ends its call).
     callers: HashMap<u64, oneshot::Sender<MethodOutcome>>,
@@ -388,11 +388,11 @@ impl Drivers {
             }
         };
         let mut seqs = Vec::with_capacity(batch.len());
+        let sender = self.metrics.is_enabled();
         for delivery in batch {
-            match Stored::decode(&delivery.payload) {
-                Ok(stored) => {
-                    self.fetched
-                        .insert((endpoint.clone(), delivery.seq), stored);
+            match ForInput::read(&delivery.payload, sender) {
+                Ok(read) => {
+                    self.fetched.insert((endpoint.clone(), delivery.seq), read);
                     seqs.push(delivery.seq);
                 }
                 Err(error) => {
@@ -418,7 +418,7 @@ impl Drivers {
         seq: u64,
         delivery_id: u64,
     ) {
-        let Some(stored) = self.fetched.remove(&(endpoint.clone(), seq)) else {
+        let Some(read) = self.fetched.remove(&(endpoint.clone(), seq)) else {
             return;
         };
         let Some(outbox) = self
@@ -428,19 +428,16 @@ impl Drivers {
         else {
             return;
         };
-        let mut message = stored.message;
-        self.metrics.sent_to_input(
-            &stored.client,
-            message.system.get("outputName").map(String::as_str),
-            client,
-            &input,
-        );
-        message.system.insert("inputName".into(), input.clone());
+        if let Some((from, output)) = &read.sender {
+            self.metrics
+                .sent_to_input(from, output.as_deref(), client, &input);
+        }
         // A full outbox closes its connection; what it did not take goes again on the next one.
         outbox.send(Outgoing::Input {
             delivery_id,
             input,
-            message,
+            property_bag: read.property_bag,
+            body: read.body,
         });
     }
 }

@@ -211,13 +211,16 @@ impl Link {
         Ok(())
     }
 
-    /// Completes a C2D message a client acknowledged.
-    pub async fn delivered(&self, client: &str, delivery_id: u64) -> Result<(), LinkError> {
+    /// Completes the C2D messages a client acknowledged (those read together), in one request.
+    pub async fn delivered(&self, client: &str, delivery_ids: &[u64]) -> Result<(), LinkError> {
         self.acks(&AcksRequest {
-            delivered: vec![Delivered {
-                client: client.to_owned(),
-                delivery_id,
-            }],
+            delivered: delivery_ids
+                .iter()
+                .map(|&delivery_id| Delivered {
+                    client: client.to_owned(),
+                    delivery_id,
+                })
+                .collect(),
             ..AcksRequest::default()
         })
         .await

@@ -615,15 +615,15 @@ impl DeviceOperations for EdgeDevices {
         connection: u64,
         mut delivery_ids: Vec<u64>,
     ) {
-        // C2D messages are completed at the hub one by one; the inputs' deliveries go to the state together.
-        for id in delivery_ids.iter().filter(|id| *id & C2D_DELIVERY != 0) {
-            if let Err(error) = self
-                .0
-                .link
-                .delivered(&identity.client_id(), id & !C2D_DELIVERY)
-                .await
-            {
-                tracing::warn!(%identity, %error, "cannot complete a C2D message at the hub");
+        // The C2D messages are completed at the hub in one request, the inputs' deliveries in one event.
+        let c2d: Vec<u64> = delivery_ids
+            .iter()
+            .filter(|id| *id & C2D_DELIVERY != 0)
+            .map(|id| id & !C2D_DELIVERY)
+            .collect();
+        if !c2d.is_empty() {
+            if let Err(error) = self.0.link.delivered(&identity.client_id(), &c2d).await {
+                tracing::warn!(%identity, %error, "cannot complete C2D messages at the hub");
             }
         }
         delivery_ids.retain(|id| id & C2D_DELIVERY == 0);

@@ -610,13 +610,15 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
                 // another branch and start again; reading pauses while too many operations run.
                 packet = incoming.next(), if self.running < MAX_PENDING_OPERATIONS => {
                     let mut packet = packet;
+                    // One clock read for the packets read together.
+                    let now = Instant::now();
                     // The packets already read (a client with many messages in flight sends them back to
                     // back) are handled now, their messages stored as one batch: one append and one wait for
                     // its fsync rather than one each.
                     loop {
                         match packet {
                             Ok(Some(packet)) => {
-                                if self.handle(session, packet).await? {
+                                if self.handle(session, packet, now).await? {
                                     return Ok(Ended::ByClient);
                                 }
                             }
@@ -670,8 +672,9 @@ impl<O: DeviceOperations, W: AsyncWrite + Unpin> Driver<'_, O, W> {
         &mut self,
         session: &mut Session,
         packet: Packet,
+        now: Instant,
     ) -> Result<bool, ConnectionError> {
-        let actions = session.handle(packet, Instant::now())?;
+        let actions = session.handle(packet, now)?;
         let features = session.features();
         let changed = features != self.outbox.features();
         self.outbox.set_features(features);

@@ -410,15 +410,12 @@ fn a_c2d_message_is_delivered_when_its_puback_arrives() {
 fn an_input_message_goes_to_the_module_input_topic() {
     let mut s = session(module(), true);
     subscribe(&mut s, "devices/dev1/modules/mod1/inputs/#");
-    let message = Message {
-        body: bytes::Bytes::from_static(b"{\"t\": 21}"),
-        ..Message::default()
-    };
     let sent = sent_publish(
         &s.push(Outgoing::Input {
             delivery_id: 1,
             input: "input1".into(),
-            message,
+            property_bag: String::new(),
+            body: bytes::Bytes::from_static(b"{\"t\": 21}"),
         })
         .unwrap(),
     );

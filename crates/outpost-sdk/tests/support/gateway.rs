@@ -64,7 +64,8 @@ impl GatewayDevices {
             outbox.send(Outgoing::Input {
                 delivery_id,
                 input,
-                message,
+                property_bag: message.encode_property_bag(),
+                body: message.body,
             });
         }
     }

@@ -6,6 +6,8 @@ use outpost_core::Message;
 use outpost_mqtt::Inbox;
 use outpost_store::log::{LogOptions, Record, Target};
 
+use super::super::stored::Stored;
+
 use super::*;
 
 const MODULE: &str = "edge/m";
@@ -81,15 +83,15 @@ async fn next(inbox: &mut Inbox) -> (String, String, u64) {
     let Outgoing::Input {
         delivery_id,
         input,
-        message,
+        body,
+        ..
     } = pushed
     else {
         panic!("not an input: {pushed:?}");
     };
-    assert_eq!(message.system["inputName"], input);
     (
         input,
-        String::from_utf8(message.body.to_vec()).unwrap(),
+        String::from_utf8(body.to_vec()).unwrap(),
         delivery_id,
     )
 }
