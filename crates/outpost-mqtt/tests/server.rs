@@ -677,6 +677,13 @@ async fn many_pipelined_publishes_are_all_acknowledged() {
         .map(|(_, m)| String::from_utf8(m.body.to_vec()).unwrap())
         .collect();
     assert_eq!(bodies, (0..500).map(|i| i.to_string()).collect::<Vec<_>>());
+    // Past the 128 operations a connection may run, reading pauses: no batch is larger.
+    let batches = server
+        .backend
+        .wait_for("the batches", |v| Some(v.batches()))
+        .await;
+    assert_eq!(batches.iter().sum::<usize>(), 500);
+    assert!(batches.iter().all(|b| *b <= 128), "{batches:?}");
 }
 
 /// Ten publishes in one TLS record, the one at `refused` (if any) refused by the backend: what the client hears.
