@@ -7,10 +7,11 @@
 //! The task never waits on anything else (log reads are short `pread`s, pushes go to an outbox with
 //! `try_send`, answers to a `oneshot`), so a sender blocked on a full channel always sees it drained.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt as _};
 use outpost_mqtt::{Feature, Outbox, Outgoing};
 use outpost_store::log::{EndpointQueue, MessageLog};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -414,7 +415,7 @@ impl Drivers {
         client: &str,
         connection: u64,
         endpoint: &Arc<str>,
-        input: String,
+        input: Arc<str>,
         seq: u64,
         delivery_id: u64,
     ) {

@@ -13,7 +13,7 @@ use outpost_store::log::{Appending, EndpointQueue, LogError, MessageLog, Record,
 use serde_json::{json, Value};
 
 use super::state::InputRoute;
-use super::stored::Stored;
+use super::stored::{self, Stored};
 use super::EdgeHub;
 use crate::lock;
 
@@ -53,17 +53,15 @@ struct RouteTable {
 }
 
 impl RouteTable {
-    /// The endpoints the routes choose for a message of `module` (None for a device), each once, with its
-    /// route's priority and expiry (`now` plus the route's TTL, or the default; 0 for none).
-    fn targets(&self, message: &Message, module: Option<&str>, now: u64) -> Vec<Target> {
-        let source = MessageSource::from_sender(
-            module,
-            message.system.get("outputName").map(String::as_str),
-        );
-        let path = source.path();
+    /// The endpoints the routes choose for `message` from `source`, each once, with its route's priority and
+    /// expiry (`now` plus the route's TTL, or the default; 0 for none).
+    fn targets(&self, origin: &Origin, message: &Message, now: u64) -> Vec<Target> {
         let mut targets: Vec<Target> = Vec::new();
         for (_, active) in &self.routes {
-            if !active.route.matches_at(&path, &source, message) {
+            if !active
+                .route
+                .matches_at(&origin.path, &origin.source, message)
+            {
                 continue;
             }
             if targets.iter().any(|t| t.endpoint == active.endpoint) {
@@ -82,6 +80,31 @@ impl RouteTable {
             });
         }
         targets
+    }
+}
+
+/// Where a message entered, as routes match it: made once for the messages of a batch that one sender sent on
+/// one output (the usual batch), not once per message.
+struct Origin {
+    output: Option<String>,
+    source: MessageSource,
+    path: String,
+}
+
+impl Origin {
+    fn of(module: Option<&str>, message: &Message, last: Option<Self>) -> Self {
+        let output = message.system.get("outputName");
+        match last {
+            Some(last) if last.output.as_ref() == output => last,
+            _ => {
+                let source = MessageSource::from_sender(module, output.map(String::as_str));
+                Self {
+                    output: output.cloned(),
+                    path: source.path(),
+                    source,
+                }
+            }
+        }
     }
 }
 
@@ -203,8 +226,8 @@ impl Router {
                 if inputs.iter().all(|i| i.endpoint != endpoint) {
                     inputs.push(InputRoute {
                         endpoint,
-                        client: format!("{}/{module}", self.device_id),
-                        input: input.clone(),
+                        client: format!("{}/{module}", self.device_id).into(),
+                        input: input.as_str().into(),
                     });
                 }
             }
@@ -234,6 +257,7 @@ impl Router {
         let mut records = Vec::with_capacity(messages.len());
         let mut inputs: Vec<Arc<str>> = Vec::new();
         let mut upstream = false;
+        let mut origin: Option<Origin> = None;
         for mut message in messages {
             message
                 .system
@@ -247,7 +271,9 @@ impl Router {
                 let time = enqueued.get_or_insert_with(|| chrono::Utc::now().to_rfc3339());
                 message.system.insert("enqueuedTime".into(), time.clone());
             }
-            let targets = table.targets(&message, module, now);
+            let from = Origin::of(module, &message, origin.take());
+            let targets = table.targets(&from, &message, now);
+            origin = Some(from);
             if targets.is_empty() {
                 tracing::debug!(%identity, "no route takes this message");
                 continue;
@@ -259,13 +285,7 @@ impl Router {
                     inputs.push(target.endpoint.clone());
                 }
             }
-            let mut record = Record::new(
-                Stored {
-                    client: client.clone(),
-                    message,
-                }
-                .encode(),
-            );
+            let mut record = Record::new(stored::encode(&client, &message));
             record.targets = targets;
             records.push(record);
         }

@@ -19,11 +19,10 @@
 //! connected and listening; then it comes when that backlog falls back to the bound, when the client leaves,
 //! or after [`MAX_HOLD`] at the latest. Endpoints whose client is away store and forward without limit but the
 //! log's quota.
-
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use foldhash::{HashMap, HashMapExt as _};
 use outpost_mqtt::Feature;
 
 pub use events::{feature_names, Action, Event, InputRoute, Presence};
@@ -94,7 +93,7 @@ pub struct EdgeHubState {
     endpoints: Vec<Endpoint>,
     indexes: HashMap<Arc<str>, usize>,
     /// Delivery id → the client and connection it went to.
-    in_flight: HashMap<u64, (String, u64)>,
+    in_flight: HashMap<u64, (Arc<str>, u64)>,
     methods: methods::PendingMethods,
     link_up: bool,
     /// What was last declared on the link as it is now up (`None`: nothing yet).
@@ -422,7 +421,7 @@ impl EdgeHubState {
         endpoint.queued > self.pacing.backlog
             && self
                 .clients
-                .get(&endpoint.route.client)
+                .get(&*endpoint.route.client)
                 .is_some_and(|c| c.listens(Feature::Inputs))
     }
 
@@ -459,7 +458,7 @@ impl EdgeHubState {
         endpoint.queued = queued;
         let target = self
             .clients
-            .get(&endpoint.route.client)
+            .get(&*endpoint.route.client)
             .filter(|c| c.listens(Feature::Inputs))
             .map(|c| c.connection);
         let Some(connection) = target else {
@@ -512,7 +511,7 @@ impl EdgeHubState {
             if self
                 .in_flight
                 .get(&id)
-                .is_none_or(|(c, n)| c != client || *n != connection)
+                .is_none_or(|(c, n)| &**c != client || *n != connection)
             {
                 continue;
             }
@@ -544,7 +543,7 @@ impl EdgeHubState {
         let endpoint = &self.endpoints[index];
         let listening = self
             .clients
-            .get(&endpoint.route.client)
+            .get(&*endpoint.route.client)
             .is_some_and(|c| c.listens(Feature::Inputs));
         if !listening
             || !endpoint.backlog
@@ -576,7 +575,7 @@ impl EdgeHubState {
         self.endpoints
             .iter()
             .enumerate()
-            .filter(move |(_, e)| e.route.client == client)
+            .filter(move |(_, e)| &*e.route.client == client)
             .map(|(i, _)| i)
     }
 }

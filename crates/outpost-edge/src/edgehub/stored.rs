@@ -78,51 +78,7 @@ pub enum StoredError {
 impl Stored {
     /// The binary form, ready to append to the log.
     pub fn encode(&self) -> Vec<u8> {
-        let message = &self.message;
-        let mut out = Vec::with_capacity(self.encoded_len_hint());
-        out.push(FORMAT_V1);
-        put_str(&mut out, &self.client);
-        put_varint(&mut out, message.system.len());
-        for (name, value) in &message.system {
-            if let Some(index) = SYSTEM_NAMES.iter().position(|n| n == name) {
-                // At most 19 entries: the code fits a byte.
-                #[allow(clippy::cast_possible_truncation)]
-                out.push(index as u8 + 1);
-            } else {
-                out.push(0);
-                put_str(&mut out, name);
-            }
-            put_str(&mut out, value);
-        }
-        put_varint(&mut out, message.properties.len());
-        for (key, value) in &message.properties {
-            put_str(&mut out, key);
-            match value {
-                None => put_varint(&mut out, 0),
-                Some(value) => {
-                    put_varint(&mut out, value.len() + 1);
-                    out.extend_from_slice(value.as_bytes());
-                }
-            }
-        }
-        out.extend_from_slice(&message.body);
-        out
-    }
-
-    fn encoded_len_hint(&self) -> usize {
-        let m = &self.message;
-        1 + 5
-            + self.client.len()
-            + 10
-            + m.system
-                .iter()
-                .map(|(k, v)| 12 + k.len() + v.len())
-                .sum::<usize>()
-            + m.properties
-                .iter()
-                .map(|(k, v)| 10 + k.len() + v.as_ref().map_or(0, String::len))
-                .sum::<usize>()
-            + m.body.len()
+        encode(&self.client, &self.message)
     }
 
     /// Decodes a payload of either form. The body of a binary record is a slice of `payload`, not a copy.
@@ -132,6 +88,54 @@ impl Stored {
             _ => serde_json::from_slice(payload).map_err(|e| StoredError::Json(e.to_string())),
         }
     }
+}
+
+/// [`Stored::encode`] of `client`'s `message`, from borrowed parts (the router stores a batch of one sender's
+/// messages without a copy of its client id per message).
+pub fn encode(client: &str, message: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len_hint(client, message));
+    out.push(FORMAT_V1);
+    put_str(&mut out, client);
+    put_varint(&mut out, message.system.len());
+    for (name, value) in &message.system {
+        if let Some(index) = SYSTEM_NAMES.iter().position(|n| n == name) {
+            // At most 19 entries: the code fits a byte.
+            #[allow(clippy::cast_possible_truncation)]
+            out.push(index as u8 + 1);
+        } else {
+            out.push(0);
+            put_str(&mut out, name);
+        }
+        put_str(&mut out, value);
+    }
+    put_varint(&mut out, message.properties.len());
+    for (key, value) in &message.properties {
+        put_str(&mut out, key);
+        match value {
+            None => put_varint(&mut out, 0),
+            Some(value) => {
+                put_varint(&mut out, value.len() + 1);
+                out.extend_from_slice(value.as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(&message.body);
+    out
+}
+
+fn encoded_len_hint(client: &str, m: &Message) -> usize {
+    1 + 5
+        + client.len()
+        + 10
+        + m.system
+            .iter()
+            .map(|(k, v)| 12 + k.len() + v.len())
+            .sum::<usize>()
+        + m.properties
+            .iter()
+            .map(|(k, v)| 10 + k.len() + v.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+        + m.body.len()
 }
 
 /// What a module input's delivery needs of a stored record: the property bag its topic carries, the body (a

@@ -4,11 +4,10 @@
 //! ConnectionForcefullyClosedOnNewConnection") and takes over its session, including the publishes the
 //! client has not acknowledged. The map is behind a std `Mutex`: it is held for a few map operations and
 //! never across an `.await`, so tokio's async mutex would only add cost.
-
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use tokio::sync::oneshot;
 
 use crate::session::StoredSession;

@@ -63,7 +63,7 @@ impl GatewayDevices {
                 INPUT_DELIVERY_BASE + self.next_delivery.fetch_add(1, Ordering::Relaxed);
             outbox.send(Outgoing::Input {
                 delivery_id,
-                input,
+                input: input.into(),
                 property_bag: message.encode_property_bag(),
                 body: message.body,
             });

@@ -60,7 +60,7 @@ mod tests_crash;
 #[cfg(test)]
 mod tests_faults;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -71,6 +71,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use foldhash::{HashMap, HashMapExt as _};
 use tokio::sync::oneshot;
 
 pub use endpoint::EndpointQueue;

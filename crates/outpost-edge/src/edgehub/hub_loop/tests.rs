@@ -90,7 +90,7 @@ async fn next(inbox: &mut Inbox) -> (String, String, u64) {
         panic!("not an input: {pushed:?}");
     };
     (
-        input,
+        input.to_string(),
         String::from_utf8(body.to_vec()).unwrap(),
         delivery_id,
     )

@@ -189,3 +189,71 @@ async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_doe
         "stored only for an input: not woken"
     );
 }
+
+/// The router matches a batch's messages against one source while their output stays the same: a batch whose
+/// messages change output (and back) still routes each by its own output, in the batch's order.
+#[tokio::test]
+async fn a_batch_that_changes_output_routes_each_message_by_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(dir.path());
+    router
+        .configure(&json!({
+            "schemaVersion": "1.1",
+            "routes": {
+                "a": "FROM /messages/modules/sensor/outputs/a INTO BrokeredEndpoint(\"/modules/filter/inputs/a\")",
+                "b": "FROM /messages/modules/sensor/outputs/b INTO BrokeredEndpoint(\"/modules/filter/inputs/b\")",
+                "none": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/filter/inputs/all\")",
+            },
+        }))
+        .unwrap();
+    let outputs = [
+        Some("a"),
+        Some("a"),
+        Some("b"),
+        None,
+        Some("a"),
+        Some("b"),
+        Some("b"),
+    ];
+    let batch = outputs
+        .iter()
+        .enumerate()
+        .map(|(n, output)| {
+            let mut message = message(n);
+            match output {
+                Some(name) => message.system.insert("outputName".into(), (*name).into()),
+                None => message.system.remove("outputName"),
+            };
+            message
+        })
+        .collect();
+    router
+        .accept(&sensor(), batch)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+
+    let ids = |input: &str| -> Vec<String> {
+        router
+            .log()
+            .endpoint(&format!("edge1/filter/{input}"))
+            .next_batch(100)
+            .unwrap()
+            .into_iter()
+            .map(|d| Stored::decode(&d.payload).unwrap().message.system["messageId"].clone())
+            .collect()
+    };
+    let sent_on = |wanted: Option<&str>| -> Vec<String> {
+        (0..outputs.len())
+            .filter(|&n| outputs[n] == wanted)
+            .map(|n| format!("{n:08}"))
+            .collect()
+    };
+    assert_eq!(ids("a"), sent_on(Some("a")));
+    assert_eq!(ids("b"), sent_on(Some("b")));
+    // `/messages/modules/sensor/*` takes every message of the sensor, on an output or not.
+    let all: Vec<String> = (0..outputs.len()).map(|n| format!("{n:08}")).collect();
+    assert_eq!(ids("all"), all);
+}

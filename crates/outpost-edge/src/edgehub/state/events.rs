@@ -12,10 +12,10 @@ use super::{MethodCall, MethodOutcome};
 pub struct InputRoute {
     /// The endpoint's name in the log (`{device}/{module}/{input}`).
     pub endpoint: Arc<str>,
-    /// The module's client id (`{device}/{module}`).
-    pub client: String,
-    /// The input's name.
-    pub input: String,
+    /// The module's client id (`{device}/{module}`): shared, as every delivery and its entry in flight name it.
+    pub client: Arc<str>,
+    /// The input's name (shared: every delivery names it).
+    pub input: Arc<str>,
 }
 
 /// What happened, as the edge hub's state machine learns it.
@@ -114,13 +114,13 @@ pub enum Action {
     /// Push a record handed out by a read to a client's input, with this delivery id.
     Deliver {
         /// Client id.
-        client: String,
+        client: Arc<str>,
         /// The connection to push it on.
         connection: u64,
         /// The endpoint the record was read from.
         endpoint: Arc<str>,
         /// The input it goes to.
-        input: String,
+        input: Arc<str>,
         /// Its log sequence.
         seq: u64,
         /// The id its PUBACK will name.

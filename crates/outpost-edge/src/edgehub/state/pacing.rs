@@ -7,8 +7,10 @@
 //! and its quota still bound what accumulates); none waits longer than `max_hold` (a subscriber that does not
 //! acknowledge must not make its senders time out and send again).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 /// Records of a connected endpoint, not yet acknowledged, past which its senders' acknowledgements wait: three
 /// input windows ([`super::INPUT_WINDOW`]), so that a subscriber always has the next window queued, and the

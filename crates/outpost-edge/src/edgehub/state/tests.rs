@@ -13,8 +13,8 @@ const METHODS: u8 = 4;
 fn route(input: &str) -> InputRoute {
     InputRoute {
         endpoint: format!("{MODULE}/{input}").into(),
-        client: MODULE.to_owned(),
-        input: input.to_owned(),
+        client: MODULE.into(),
+        input: input.into(),
     }
 }
 
@@ -128,10 +128,10 @@ impl Hub {
                     delivery_id,
                     ..
                 } => {
-                    assert_eq!(client, MODULE);
+                    assert_eq!(&*client, MODULE);
                     self.pushed.push(Pushed {
                         connection,
-                        input,
+                        input: input.to_string(),
                         seq,
                         id: delivery_id,
                     });
@@ -453,7 +453,7 @@ fn endpoints_keep_their_index_and_are_bounded() {
     let routes = (0..=MAX_ENDPOINTS)
         .map(|n| InputRoute {
             endpoint: format!("edge/m{n}/in").into(),
-            client: format!("edge/m{n}"),
+            client: format!("edge/m{n}").into(),
             input: "in".into(),
         })
         .collect();
