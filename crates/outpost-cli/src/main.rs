@@ -25,6 +25,10 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::output::OutputFormat;
 
+/// The allocator `outpost-edged` uses (see there), so that `outpost edge run` without it beside behaves the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Outpost: an IoT edge platform that speaks Azure IoT.
 #[derive(Parser)]
 #[command(name = "outpost", version, about)]
