@@ -26,6 +26,15 @@ fn router(dir: &std::path::Path) -> Router {
     router
 }
 
+/// A router over a new log in `dir` with `routes` (name → route) in force instead of the default one.
+fn router_with(dir: &std::path::Path, routes: &Value) -> Router {
+    let router = router(dir);
+    router
+        .configure(&json!({"schemaVersion": "1.1", "routes": routes}))
+        .unwrap();
+    router
+}
+
 /// A message as a module sends it: 100 bytes of body, an output name and a message id.
 fn message(n: usize) -> Message {
     let mut message = Message {
@@ -145,16 +154,13 @@ async fn a_payload_that_does_not_decode_is_dead_lettered_not_handed_out_again() 
 #[tokio::test]
 async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let router = router(dir.path());
-    router
-        .configure(&json!({
-            "schemaVersion": "1.1",
-            "routes": {
-                "up": "FROM /messages/modules/sensor/outputs/up INTO $upstream",
-                "local": "FROM /messages/modules/sensor/outputs/local INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")",
-            },
-        }))
-        .unwrap();
+    let router = router_with(
+        dir.path(),
+        &json!({
+            "up": "FROM /messages/modules/sensor/outputs/up INTO $upstream",
+            "local": "FROM /messages/modules/sensor/outputs/local INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")",
+        }),
+    );
     let long = std::time::Duration::from_secs(30);
     let short = std::time::Duration::from_millis(300);
     let output = |name: &str| {
@@ -195,17 +201,14 @@ async fn a_message_for_upstream_wakes_the_upstream_loop_and_one_for_an_input_doe
 #[tokio::test]
 async fn a_batch_that_changes_output_routes_each_message_by_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let router = router(dir.path());
-    router
-        .configure(&json!({
-            "schemaVersion": "1.1",
-            "routes": {
-                "a": "FROM /messages/modules/sensor/outputs/a INTO BrokeredEndpoint(\"/modules/filter/inputs/a\")",
-                "b": "FROM /messages/modules/sensor/outputs/b INTO BrokeredEndpoint(\"/modules/filter/inputs/b\")",
-                "none": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/filter/inputs/all\")",
-            },
-        }))
-        .unwrap();
+    let router = router_with(
+        dir.path(),
+        &json!({
+            "a": "FROM /messages/modules/sensor/outputs/a INTO BrokeredEndpoint(\"/modules/filter/inputs/a\")",
+            "b": "FROM /messages/modules/sensor/outputs/b INTO BrokeredEndpoint(\"/modules/filter/inputs/b\")",
+            "none": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/filter/inputs/all\")",
+        }),
+    );
     let outputs = [
         Some("a"),
         Some("a"),
