@@ -7,6 +7,11 @@
 //! Every other segment was fsync'd whole before the next one was created, so a bad record there is damage
 //! to acknowledged data, not a crash: the log refuses to open ([`LogError::Corrupt`]) rather than drop
 //! it silently. Damage inside the last segment cannot be told from a torn tail and is cut like one.
+//!
+//! The writer extends the segment it appends to with zeros ahead of its records (see `PREALLOCATE` in
+//! `writer.rs`) and cuts them when it seals the segment or closes the log. After a crash the last segment can
+//! end in them: zeros from the first bad record to the end of the file are that space, cut without a warning
+//! and not counted as a torn tail.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
@@ -236,7 +241,12 @@ pub(crate) fn recover(
     };
 
     let mut truncated = 0;
-    if let Some(reason) = bad {
+    if bad.is_some() && tail == Tail::Truncate && zeros_from(&file, at, file_len)? {
+        // The space the writer extended the segment with ahead of its records: nothing was written there.
+        tracing::debug!(path = %path.display(), offset = at, "cutting the zeros past the last record");
+        file.set_len(at)?;
+        file.sync_all()?;
+    } else if let Some(reason) = bad {
         if tail == Tail::Refuse {
             return Err(corrupt(at, reason));
         }
@@ -261,6 +271,22 @@ pub(crate) fn recover(
         },
         truncated,
     })
+}
+
+/// Whether every byte of `file` from `at` to `end` is zero.
+fn zeros_from(file: &File, mut at: u64, end: u64) -> io::Result<bool> {
+    let mut buf = vec![0; 64 << 10];
+    while at < end {
+        // At most 64 KiB: fits usize.
+        #[allow(clippy::cast_possible_truncation)]
+        let n = (end - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -202,6 +202,95 @@ fn a_torn_tail_is_cut_and_appends_resume_after_it() {
 }
 
 #[test]
+fn the_segment_written_to_is_extended_with_zeros_that_closing_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = MessageLog::open(
+        dir.path(),
+        LogOptions {
+            segment_bytes: 1 << 22,
+            quota_bytes: 1 << 24,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
+        .unwrap();
+    let path = dir.path().join(segment::file_name(1));
+    let records =
+        segment::HEADER.len() as u64 + 3 * Record::to("e", payload(0, 50)).encoded_len() as u64;
+    let open_len = fs::metadata(&path).unwrap().len();
+    assert!(
+        open_len > records,
+        "{open_len} bytes for {records} of records"
+    );
+    assert!(fs::read(&path).unwrap()[records as usize..]
+        .iter()
+        .all(|&b| b == 0));
+    drop(log);
+    assert_eq!(fs::metadata(&path).unwrap().len(), records);
+}
+
+/// A crash leaves the last segment with the zeros it was extended with: reopening cuts them, and they are not
+/// a torn tail.
+#[test]
+fn zeros_past_the_last_record_are_cut_at_open_and_not_counted_as_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
+            .unwrap();
+    }
+    let last = segment::list(dir.path()).unwrap().pop().unwrap();
+    let path = dir.path().join(segment::file_name(last));
+    let records = fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(records + 3000)
+        .unwrap();
+
+    let log = open(dir.path());
+    assert_eq!(log.stats().truncated_at_open, 0);
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
+    assert_eq!(
+        log.append_blocking(vec![Record::to("e", "after")]).unwrap(),
+        vec![4]
+    );
+    drop(log);
+    let log = open(dir.path());
+    let read = drain(&log.endpoint("e"));
+    assert_eq!(seqs(&read), vec![1, 2, 3, 4]);
+    assert_eq!(&read[3].payload[..], b"after");
+}
+
+/// Bytes of a torn group followed by zeros are a torn tail: cut and counted, zeros and all.
+#[test]
+fn a_torn_record_before_the_zeros_is_cut_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
+            .unwrap();
+    }
+    let mut torn = Vec::new();
+    Record::to("e", payload(9, 50)).encode(4, 0, &mut torn);
+    torn.truncate(torn.len() - 7);
+    torn.resize(torn.len() + 500, 0);
+    let last = segment::list(dir.path()).unwrap().pop().unwrap();
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(segment::file_name(last)))
+        .unwrap();
+    file.write_all(&torn).unwrap();
+    drop(file);
+
+    let log = open(dir.path());
+    assert_eq!(log.stats().truncated_at_open, torn.len() as u64);
+    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
+}
+
+#[test]
 fn a_checksum_failure_in_a_sealed_segment_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     {

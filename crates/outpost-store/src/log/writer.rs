@@ -88,12 +88,25 @@ const MAX_SLICES: usize = 1024;
 /// stalls slows the appenders down instead of piling up their replies.
 pub(crate) const SYNC_QUEUE: usize = 64;
 
+/// The segment file is extended with written zeros this much at a time, ahead of the records. An `fdatasync` of a
+/// file that grew must commit the new size through the filesystem's journal; one of blocks already written
+/// flushes only the data: 0.09 ms against 0.15–0.2 here (ext4, 4–40 KB groups), and under load the fsync is
+/// most of the time a PUBACK waits. `fallocate` does not do: its unwritten extents are converted, in the
+/// journal, when first written. The zeros past the records are cut when the segment is sealed or the log
+/// closes, and recovery tells them from a torn tail.
+const PREALLOCATE: u64 = 1 << 20;
+
+/// Zeros to extend a segment with, a slice at a time.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// The segment being appended to.
 struct Active {
     first_seq: u64,
     file: Arc<File>,
     /// Bytes written to the file (the group buffer lands here next).
     len: u64,
+    /// The file's size: zeros from `len` to here.
+    allocated: u64,
 }
 
 /// The writer thread's state.
@@ -126,10 +139,12 @@ impl Writer {
                 .segments
                 .back()
                 .expect("open always leaves a segment to write");
+            // Recovery cut the last segment at its last record.
             let active = Active {
                 first_seq: last.first_seq,
                 file: Arc::clone(&last.file),
                 len: last.bytes,
+                allocated: last.bytes,
             };
             (state.next_seq, active)
         };
@@ -228,6 +243,11 @@ impl Writer {
         if let Err(e) = checkpoint(&self.shared, self.active.first_seq) {
             tracing::warn!(error = %e, "message log: last checkpoint before closing failed");
         }
+        if !self.shared.poisoned.load(Ordering::Acquire) {
+            if let Err(e) = self.trim() {
+                tracing::warn!(error = %e, "message log: cannot cut the zeros past its last record; the next open will");
+            }
+        }
     }
 
     /// Writes one group, publishes it to the index (the endpoints may read it from then on) and hands it to the
@@ -280,8 +300,10 @@ impl Writer {
             tracing::error!(%error, "message log write failed; appends refused until it is reopened");
             // Tidy, not needed for correctness: unacknowledged bytes left behind would only be delivered as
             // duplicates after a reopen.
-            if self.active.first_seq == group_start.0 {
-                let _ = self.active.file.set_len(group_start.1);
+            if self.active.first_seq == group_start.0
+                && self.active.file.set_len(group_start.1).is_ok()
+            {
+                self.active.allocated = group_start.1;
             }
             let error = LogError::from(error);
             for (reply, _, _) in accepted {
@@ -359,6 +381,7 @@ impl Writer {
             return Ok(());
         }
         self.shared.fault(FaultPoint::SegmentWrite)?;
+        self.preallocate(self.active.len + self.pending)?;
         if self.payloads.is_empty() {
             self.active.file.write_all_at(&self.buf, self.active.len)?;
         } else {
@@ -383,9 +406,41 @@ impl Writer {
         Ok(())
     }
 
-    /// Seals the active segment (durably) and starts the next one at `next_seq`.
+    /// Extends the active segment with zeros, [`PREALLOCATE`] bytes at a time, so that it holds `end` bytes (a
+    /// segment is not extended past `segment_bytes` but for the record that ends it).
+    fn preallocate(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.active.allocated {
+            return Ok(());
+        }
+        let to = (self.active.allocated + PREALLOCATE)
+            .min(self.shared.options.segment_bytes)
+            .max(end);
+        let mut at = self.active.allocated;
+        while at < to {
+            // At most 64 KiB: fits usize.
+            #[allow(clippy::cast_possible_truncation)]
+            let n = (to - at).min(ZEROS.len() as u64) as usize;
+            self.active.file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        self.active.allocated = to;
+        Ok(())
+    }
+
+    /// Cuts the zeros past the active segment's last record, durably.
+    fn trim(&mut self) -> io::Result<()> {
+        if self.active.allocated > self.active.len {
+            self.active.file.set_len(self.active.len)?;
+            self.active.allocated = self.active.len;
+            sync(&self.shared, &self.active.file)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (durably, its zeros cut) and starts the next one at `next_seq`.
     fn roll(&mut self) -> io::Result<()> {
         self.write_buffer()?;
+        self.active.file.set_len(self.active.len)?;
         sync(&self.shared, &self.active.file)?;
         self.shared.fault(FaultPoint::SegmentCreate)?;
         let segment = segment::create(&self.shared.dir, self.next_seq)?;
@@ -393,6 +448,7 @@ impl Writer {
             first_seq: segment.first_seq,
             file: Arc::clone(&segment.file),
             len: segment.bytes,
+            allocated: segment.bytes,
         };
         self.shared.lock().segments.push_back(segment);
         Ok(())
