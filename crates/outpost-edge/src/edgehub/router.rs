@@ -53,7 +53,7 @@ struct RouteTable {
 }
 
 impl RouteTable {
-    /// The endpoints the routes choose for `message` from `source`, each once, with its route's priority and
+    /// The endpoints the routes choose for `message` from `origin`, each once, with its route's priority and
     /// expiry (`now` plus the route's TTL, or the default; 0 for none).
     fn targets(&self, origin: &Origin, message: &Message, now: u64) -> Vec<Target> {
         let mut targets: Vec<Target> = Vec::new();

@@ -168,37 +168,53 @@ fn small_and_large_payloads_in_one_group_read_back_the_same_across_reopen() {
     }
 }
 
-#[test]
-fn a_torn_tail_is_cut_and_appends_resume_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let log = open(dir.path());
-        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
-            .unwrap();
-    }
-    // What a crash mid-write leaves: the start of a record whose fsync never finished.
-    let mut torn = Vec::new();
-    Record::to("e", payload(9, 50)).encode(4, 0, &mut torn);
-    let last = segment::list(dir.path()).unwrap().pop().unwrap();
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(dir.path().join(segment::file_name(last)))
+/// A closed log of three 50-byte records for "e"; the path of its last segment.
+fn three_records_closed(dir: &Path) -> std::path::PathBuf {
+    let log = open(dir);
+    log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
         .unwrap();
-    file.write_all(&torn[..torn.len() - 7]).unwrap();
-    drop(file);
+    drop(log);
+    let last = segment::list(dir).unwrap().pop().unwrap();
+    dir.join(segment::file_name(last))
+}
 
-    let log = open(dir.path());
-    assert_eq!(log.stats().truncated_at_open, torn.len() as u64 - 7);
+/// What a crash mid-write leaves after the records: `bytes`.
+fn append_to(path: &Path, bytes: &[u8]) {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
+
+/// Reopens the log of [`three_records_closed`] after a crash left `truncated` bytes of torn tail: the three
+/// records are there, and the next append follows them and survives a reopen.
+fn reopens_with_the_three_records_and_appends_after(dir: &Path, truncated: u64) {
+    let log = open(dir);
+    assert_eq!(log.stats().truncated_at_open, truncated);
     assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
     assert_eq!(
         log.append_blocking(vec![Record::to("e", "after")]).unwrap(),
         vec![4]
     );
     drop(log);
-    let log = open(dir.path());
+    let log = open(dir);
     let read = drain(&log.endpoint("e"));
     assert_eq!(seqs(&read), vec![1, 2, 3, 4]);
     assert_eq!(&read[3].payload[..], b"after");
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_appends_resume_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_records_closed(dir.path());
+    // The start of a record whose fsync never finished.
+    let mut torn = Vec::new();
+    Record::to("e", payload(9, 50)).encode(4, 0, &mut torn);
+    append_to(&path, &torn[..torn.len() - 7]);
+
+    reopens_with_the_three_records_and_appends_after(dir.path(), torn.len() as u64 - 7);
 }
 
 #[test]
@@ -235,55 +251,22 @@ fn the_segment_written_to_is_extended_with_zeros_that_closing_cuts() {
 #[test]
 fn zeros_past_the_last_record_are_cut_at_open_and_not_counted_as_torn() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = open(dir.path());
-        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
-            .unwrap();
-    }
-    let last = segment::list(dir.path()).unwrap().pop().unwrap();
-    let path = dir.path().join(segment::file_name(last));
-    let records = fs::metadata(&path).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(records + 3000)
-        .unwrap();
+    let path = three_records_closed(dir.path());
+    append_to(&path, &[0; 3000]);
 
-    let log = open(dir.path());
-    assert_eq!(log.stats().truncated_at_open, 0);
-    assert_eq!(seqs(&drain(&log.endpoint("e"))), vec![1, 2, 3]);
-    assert_eq!(
-        log.append_blocking(vec![Record::to("e", "after")]).unwrap(),
-        vec![4]
-    );
-    drop(log);
-    let log = open(dir.path());
-    let read = drain(&log.endpoint("e"));
-    assert_eq!(seqs(&read), vec![1, 2, 3, 4]);
-    assert_eq!(&read[3].payload[..], b"after");
+    reopens_with_the_three_records_and_appends_after(dir.path(), 0);
 }
 
 /// Bytes of a torn group followed by zeros are a torn tail: cut and counted, zeros and all.
 #[test]
 fn a_torn_record_before_the_zeros_is_cut_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = open(dir.path());
-        log.append_blocking((0..3).map(|i| Record::to("e", payload(i, 50))).collect())
-            .unwrap();
-    }
+    let path = three_records_closed(dir.path());
     let mut torn = Vec::new();
     Record::to("e", payload(9, 50)).encode(4, 0, &mut torn);
     torn.truncate(torn.len() - 7);
     torn.resize(torn.len() + 500, 0);
-    let last = segment::list(dir.path()).unwrap().pop().unwrap();
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(dir.path().join(segment::file_name(last)))
-        .unwrap();
-    file.write_all(&torn).unwrap();
-    drop(file);
+    append_to(&path, &torn);
 
     let log = open(dir.path());
     assert_eq!(log.stats().truncated_at_open, torn.len() as u64);
