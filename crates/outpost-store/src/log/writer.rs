@@ -427,21 +427,19 @@ impl Writer {
         Ok(())
     }
 
-    /// Cuts the zeros past the active segment's last record, durably.
+    /// Cuts the zeros past the active segment's last record and makes the segment durable as it is.
     fn trim(&mut self) -> io::Result<()> {
         if self.active.allocated > self.active.len {
             self.active.file.set_len(self.active.len)?;
             self.active.allocated = self.active.len;
-            sync(&self.shared, &self.active.file)?;
         }
-        Ok(())
+        sync(&self.shared, &self.active.file)
     }
 
     /// Seals the active segment (durably, its zeros cut) and starts the next one at `next_seq`.
     fn roll(&mut self) -> io::Result<()> {
         self.write_buffer()?;
-        self.active.file.set_len(self.active.len)?;
-        sync(&self.shared, &self.active.file)?;
+        self.trim()?;
         self.shared.fault(FaultPoint::SegmentCreate)?;
         let segment = segment::create(&self.shared.dir, self.next_seq)?;
         self.active = Active {
