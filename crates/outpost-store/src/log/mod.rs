@@ -416,7 +416,7 @@ impl MessageLog {
             fault: None,
         }));
         let (commands, receiver) = std::sync::mpsc::channel();
-        let writer = Writer::new(Arc::clone(&shared), receiver);
+        let writer = Writer::new(Arc::clone(&shared), receiver)?;
         let writer = std::thread::Builder::new()
             .name("outpost-log-writer".into())
             .spawn(move || writer.run())?;

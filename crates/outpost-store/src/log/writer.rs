@@ -11,12 +11,16 @@
 //!
 //! After a failed write or fsync the writer stops accepting appends ([`LogError::Poisoned`]): once fsync has
 //! failed, Linux may have dropped the dirty pages and a retried fsync can succeed without them, so only a
-//! reopen, which reads back what is really on disk, can tell what survived.
+//! reopen, which reads back what is really on disk, can tell what survived. The sync thread syncs the active
+//! segment through an open file description of its own: Linux reports a writeback error once per description,
+//! so on the writer's, the sync thread's `fdatasync` could return success after the writer's own (sealing a
+//! segment) had reported, and consumed, the error for pages of a group the sync thread was about to answer.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -69,8 +73,9 @@ struct Placed {
     payload: Bytes,
 }
 
-/// A written and published group waiting for its fsync: the file its last bytes went to (a group that started a
-/// new segment synced the one before at the roll) and the appenders to answer once it is durable.
+/// A written and published group waiting for its fsync: the segment its last bytes went to (a group that started
+/// a new segment synced the one before at the roll), as the sync thread opened it, and the appenders to answer
+/// once it is durable.
 struct Written {
     file: Arc<File>,
     replies: Vec<(Answer, Vec<u64>)>,
@@ -103,6 +108,8 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 struct Active {
     first_seq: u64,
     file: Arc<File>,
+    /// The same segment, opened again for the sync thread (see the module's doc).
+    sync_file: Arc<File>,
     /// Bytes written to the file (the group buffer lands here next).
     len: u64,
     /// The file's size: zeros from `len` to here.
@@ -132,7 +139,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, commands: Receiver<Command>) -> Self {
+    pub fn new(shared: Arc<Shared>, commands: Receiver<Command>) -> io::Result<Self> {
         let (next_seq, active) = {
             let state = shared.lock();
             let last = state
@@ -143,12 +150,13 @@ impl Writer {
             let active = Active {
                 first_seq: last.first_seq,
                 file: Arc::clone(&last.file),
+                sync_file: open_for_sync(&last.path)?,
                 len: last.bytes,
                 allocated: last.bytes,
             };
             (state.next_seq, active)
         };
-        Self {
+        Ok(Self {
             shared,
             commands,
             next_seq,
@@ -159,7 +167,7 @@ impl Writer {
             unpublished: 0,
             to_sync: None,
             syncs: Syncs::default(),
-        }
+        })
     }
 
     /// Serves commands until every handle is gone, then checkpoints a last time. The periodic checkpoints run
@@ -323,7 +331,7 @@ impl Writer {
             replies.push((reply, seqs));
         }
         let group = Written {
-            file: Arc::clone(&self.active.file),
+            file: Arc::clone(&self.active.sync_file),
             replies,
         };
         let group = match &self.to_sync {
@@ -445,6 +453,7 @@ impl Writer {
         self.active = Active {
             first_seq: segment.first_seq,
             file: Arc::clone(&segment.file),
+            sync_file: open_for_sync(&segment.path)?,
             len: segment.bytes,
             allocated: segment.bytes,
         };
@@ -624,6 +633,12 @@ fn write_all_vectored_at(
         IoSlice::advance_slices(&mut slices, written);
     }
     Ok(())
+}
+
+/// Opens the segment at `path` again, for the sync thread (read-only: `fdatasync` flushes a file's pages
+/// whatever description it is called on).
+fn open_for_sync(path: &Path) -> io::Result<Arc<File>> {
+    File::open(path).map(Arc::new)
 }
 
 /// fdatasync: the data and the file size, which is all a reader needs; mtime can wait.
