@@ -346,6 +346,9 @@ pub struct Received {
     pub stale: u64,
     /// [`now_ns`] of the last message of the phase.
     pub last_ns: u64,
+    /// Why the subscriber stopped before it was told to (the broker closed the connection, a read or a
+    /// packet failed), if it did.
+    pub ended_early: Option<String>,
 }
 
 /// Connects, subscribes to `filter` at QoS 1, and spawns a task that acknowledges and times what arrives until
@@ -414,7 +417,8 @@ async fn receive(
             }
         }
         if !acks.is_empty() {
-            if connection.writer.write_all(&acks).await.is_err() {
+            if let Err(e) = connection.writer.write_all(&acks).await {
+                received.ended_early = Some(format!("writing PUBACKs failed: {e}"));
                 break;
             }
             acks.clear();
@@ -428,19 +432,30 @@ async fn receive(
                 Ok(Some(Packet::Publish(p))) => pending.push(p),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(_) => return received,
+                Err(e) => {
+                    received.ended_early = Some(format!("undecodable packet: {e}"));
+                    return received;
+                }
             }
         }
         if !pending.is_empty() {
             continue;
         }
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(
+        match tokio::time::timeout(
             Duration::from_millis(100),
             connection.reader.read_buf(&mut connection.buf),
         )
         .await
         {
-            break;
+            Ok(Ok(0)) => {
+                received.ended_early = Some("the broker closed the connection".to_owned());
+                break;
+            }
+            Ok(Err(e)) => {
+                received.ended_early = Some(format!("reading failed: {e}"));
+                break;
+            }
+            Ok(Ok(_)) | Err(_) => {}
         }
     }
     let mut out = BytesMut::new();

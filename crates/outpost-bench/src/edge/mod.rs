@@ -400,6 +400,12 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
             };
             eprintln!("edge: {} {size} B, maximum load", target.name);
             let at_max = routed::run_phase(target, max).await?;
+            let log_if_lost = |figures: &routed::PhaseFigures| {
+                if target.peer == "Outpost" && figures.lost() > 0 {
+                    eprintln!("edge: the daemon's log ends:\n{}", setup.edge.log_tail());
+                }
+            };
+            log_if_lost(&at_max);
             if target.name.starts_with("Outpost") {
                 peak_rss = peak_rss.max(setup.edge.rss_kib()?);
             }
@@ -416,6 +422,7 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
                 },
             )
             .await?;
+            log_if_lost(&at_half);
             eprintln!("edge: {} {size} B, {LOW_RATE} msg/s", target.name);
             let low = Load {
                 rate: Some(LOW_RATE),
@@ -423,6 +430,7 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
                 ..max
             };
             let at_low = routed::run_phase(target, low).await?;
+            log_if_lost(&at_low);
             let row = |load: String, figures, max| Row {
                 peer: target.peer,
                 name: target.name.clone(),

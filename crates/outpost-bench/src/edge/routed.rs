@@ -149,8 +149,16 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
     let mut latencies = Vec::new();
     let mut last_ns = started_ns;
     let mut stale = 0;
-    for subscriber in subscribers {
+    let mut ended_early = Vec::new();
+    for (subscriber, (login, _)) in subscribers.into_iter().zip(&target.subscribers) {
         let received = subscriber.await?;
+        if let Some(why) = received.ended_early {
+            ended_early.push(format!(
+                "{} stopped after {} messages: {why}",
+                login.client_id,
+                received.latencies_ns.len()
+            ));
+        }
         latencies.extend(received.latencies_ns);
         last_ns = last_ns.max(received.last_ns);
         stale += received.stale;
@@ -173,6 +181,9 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
         target.name,
         figures.loss()
     );
+    for line in ended_early {
+        eprintln!("  {}: {line}", target.name);
+    }
     Ok(figures)
 }
 
