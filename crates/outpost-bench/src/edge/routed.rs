@@ -177,7 +177,7 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
         stale,
     };
     eprintln!(
-        "  {}: sent {sent}, acked {acked}, delivered {delivered}, lost {}",
+        "  {}: sent {sent}, acked {acked}, delivered {delivered}, lost {}, earlier phases' arriving late {stale}",
         target.name,
         figures.loss()
     );
