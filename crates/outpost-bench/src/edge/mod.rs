@@ -77,6 +77,9 @@ pub struct EdgeArgs {
     /// Skip the container deployment case.
     #[arg(long)]
     pub skip_docker: bool,
+    /// Payload sizes of the routed phases, in bytes [default: 100,4096]
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Option<Vec<usize>>,
 }
 
 /// The parameters of a run, resolved against the profile.
@@ -111,10 +114,18 @@ impl EdgeArgs {
                 (false, true) => 1_000_000,
                 (false, false) => 200_000,
             }),
-            sizes: vec![100, 4096],
+            sizes: self.sizes.clone().unwrap_or_else(|| vec![100, 4096]),
         };
         if params.publishers == 0 || params.subscribers == 0 || params.window == 0 {
             bail!("--publishers, --subscribers and --window must be at least 1");
+        }
+        if params.sizes.is_empty()
+            || params
+                .sizes
+                .iter()
+                .any(|&size| size < crate::loadgen::Stamp::LEN)
+        {
+            bail!("--sizes must name at least one size, each at least {} bytes (the timestamp each message carries)", crate::loadgen::Stamp::LEN);
         }
         Ok(params)
     }
