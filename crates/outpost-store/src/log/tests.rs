@@ -246,6 +246,46 @@ fn the_segment_written_to_is_extended_with_zeros_that_closing_cuts() {
     assert_eq!(fs::metadata(&path).unwrap().len(), records);
 }
 
+/// The zeros ahead of the records take disk too: the segment files never hold more than the quota, zeros
+/// included (give or take a segment header), however full the log is.
+#[test]
+fn the_zeros_ahead_of_the_records_stay_within_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        segment_bytes: 64 << 10,
+        // Two and a half segments: the third one's zeros would pass it.
+        quota_bytes: 160 << 10,
+        ..LogOptions::default()
+    };
+    let quota = options.quota_bytes;
+    let log = MessageLog::open(dir.path(), options).unwrap();
+    let on_disk = || -> u64 {
+        segment::list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|first| {
+                fs::metadata(dir.path().join(segment::file_name(first)))
+                    .unwrap()
+                    .len()
+            })
+            .sum()
+    };
+    let mut appended = 0;
+    while log
+        .append_blocking(vec![Record::to("e", payload(appended, 1000))])
+        .is_ok()
+    {
+        appended += 1;
+        let segments = appended / 60 + 1;
+        assert!(
+            on_disk() <= quota + segments as u64 * segment::HEADER.len() as u64,
+            "{} bytes of segments for a quota of {quota} after {appended} records",
+            on_disk()
+        );
+    }
+    assert!(appended > 140, "full after {appended} records of 1 KB");
+}
+
 /// A crash leaves the last segment with the zeros it was extended with: reopening cuts them, and they are not
 /// a torn tail.
 #[test]

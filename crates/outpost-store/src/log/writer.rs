@@ -415,13 +415,17 @@ impl Writer {
     }
 
     /// Extends the active segment with zeros, [`PREALLOCATE`] bytes at a time, so that it holds `end` bytes (a
-    /// segment is not extended past `segment_bytes` but for the record that ends it).
+    /// segment is not extended past `segment_bytes` but for the record that ends it). The zeros take disk as
+    /// records do: they never go past what the quota leaves once the current group is counted.
     fn preallocate(&mut self, end: u64) -> io::Result<()> {
         if end <= self.active.allocated {
             return Ok(());
         }
+        let used = self.shared.lock().bytes_on_disk() + self.unpublished;
+        let headroom = self.shared.options.quota_bytes.saturating_sub(used);
         let to = (self.active.allocated + PREALLOCATE)
             .min(self.shared.options.segment_bytes)
+            .min(end.saturating_add(headroom))
             .max(end);
         let mut at = self.active.allocated;
         while at < to {
