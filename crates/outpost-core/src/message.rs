@@ -82,6 +82,27 @@ const SYSTEM_PROPERTIES: [(&str, &str); 16] = [
     ("iothub-ack", "ack"),
 ];
 
+/// [`SYSTEM_PROPERTIES`]' wire names as a bag writes them, `quote(safe="")`d (`$` is `%24`; the rest are
+/// unreserved): written as they are rather than encoded per message.
+const QUOTED_WIRE_NAMES: [&str; SYSTEM_PROPERTIES.len()] = [
+    "%24.on",
+    "%24.mid",
+    "%24.cid",
+    "%24.uid",
+    "%24.ct",
+    "%24.ce",
+    "%24.ifid",
+    "%24.exp",
+    "%24.to",
+    "%24.cdid",
+    "%24.cmid",
+    "%24.schema",
+    "%24.ctime",
+    "%24.sub",
+    "iothub-operation",
+    "iothub-ack",
+];
+
 /// Wire names that are read as system properties but never written (the SDK writes `iothub-ack`).
 const SYSTEM_ALIASES: [(&str, &str); 1] = [("ack", "ack")];
 
@@ -143,7 +164,9 @@ impl Message {
     pub fn push_property_bag(&self, out: &mut String) {
         push_property_bag(
             out,
-            |internal| self.system.get(internal).map(String::as_str),
+            self.system
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
             self.properties
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_deref())),
@@ -152,24 +175,35 @@ impl Message {
 }
 
 /// Appends a property bag to `out`, as [`Message::encode_property_bag`] makes it, from borrowed parts:
-/// `system` looks a system property up by its internal name, `properties` are the application properties in the
-/// order to write them (a [`Message`]'s are sorted by key). The edge hub renders a stored record's bag with it
-/// without building a [`Message`].
+/// `system` are the system properties by internal name, in any order (of a name given twice, the last one
+/// counts, as a map would keep it); `properties` are the application properties in the order to write them
+/// (a [`Message`]'s are sorted by key). The edge hub renders a stored record's bag with it without building a
+/// [`Message`].
 pub fn push_property_bag<'a>(
     out: &mut String,
-    system: impl Fn(&str) -> Option<&'a str>,
+    system: impl Iterator<Item = (&'a str, &'a str)>,
     properties: impl Iterator<Item = (&'a str, Option<&'a str>)>,
 ) {
+    // Each given property looked up once among the names a bag writes, then written in their order.
+    let mut values: [Option<&str>; SYSTEM_PROPERTIES.len()] = [None; SYSTEM_PROPERTIES.len()];
+    for (name, value) in system {
+        if let Some(index) = SYSTEM_PROPERTIES
+            .iter()
+            .position(|&(_, internal)| internal == name)
+        {
+            values[index] = Some(value);
+        }
+    }
     let mut first = true;
     let mut separate = |out: &mut String| {
         if !std::mem::take(&mut first) {
             out.push('&');
         }
     };
-    for (wire, internal) in SYSTEM_PROPERTIES {
-        if let Some(value) = system(internal) {
+    for (wire, value) in QUOTED_WIRE_NAMES.iter().zip(values) {
+        if let Some(value) = value {
             separate(out);
-            push_quoted(out, wire);
+            out.push_str(wire);
             out.push('=');
             push_quoted(out, value);
         }
@@ -211,6 +245,13 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
             .collect()
+    }
+
+    #[test]
+    fn the_wire_names_are_written_as_quote_encodes_them() {
+        for ((wire, _), quoted) in SYSTEM_PROPERTIES.iter().zip(QUOTED_WIRE_NAMES) {
+            assert_eq!(crate::quote::quote(wire), quoted);
+        }
     }
 
     #[test]

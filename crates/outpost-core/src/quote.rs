@@ -21,9 +21,19 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// Appends `quote(s)` to `out`, without a string of its own (topics are built this way per message).
+/// Whether `quote(s, safe="")` leaves byte `b` alone (the bytes [`QUOTE_SAFE_NONE`] does not hold).
+fn always_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~')
+}
+
+/// Appends `quote(s)` to `out`, without a string of its own (topics are built this way per message). Most of
+/// what it is given (ids, names, numbers) needs no encoding and is copied whole.
 pub fn push_quoted(out: &mut String, s: &str) {
-    out.extend(utf8_percent_encode(s, QUOTE_SAFE_NONE));
+    if s.bytes().all(always_safe) {
+        out.push_str(s);
+    } else {
+        out.extend(utf8_percent_encode(s, QUOTE_SAFE_NONE));
+    }
 }
 
 /// `urllib.parse.quote(s)`: like [`quote`] but `/` stays raw.
@@ -46,6 +56,16 @@ pub fn unquote(s: &str) -> Result<String, std::str::Utf8Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bytes_copied_whole_are_those_the_encoder_leaves_alone() {
+        for b in 0..=0x7f_u8 {
+            let s = char::from(b).to_string();
+            let encoded: String = utf8_percent_encode(&s, QUOTE_SAFE_NONE).collect();
+            assert_eq!(always_safe(b), encoded == s, "byte {b:#04x}");
+        }
+        assert!(!always_safe(0xc3));
+    }
 
     #[test]
     fn quote_matches_python_for_reserved_and_unreserved_characters() {

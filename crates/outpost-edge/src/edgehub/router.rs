@@ -50,6 +50,10 @@ struct ActiveRoute {
 struct RouteTable {
     routes: Vec<(String, ActiveRoute)>,
     default_ttl_secs: u64,
+    /// Some route has a condition, which may read the system properties the edge hub sets on a message: only
+    /// then are they set in the message before its routes are matched (otherwise they go straight into its
+    /// record).
+    conditions: bool,
 }
 
 impl RouteTable {
@@ -159,6 +163,7 @@ impl Router {
             table: RwLock::new(Arc::new(RouteTable {
                 routes: Vec::new(),
                 default_ttl_secs: 7200,
+                conditions: false,
             })),
             reported_clients: Mutex::new(BTreeMap::new()),
             upstream_stored: Notify::new(),
@@ -198,6 +203,7 @@ impl Router {
         }
         let count = routes.len();
         let table = RouteTable {
+            conditions: routes.iter().any(|(_, r)| r.route.condition.is_some()),
             routes,
             default_ttl_secs: config.store_and_forward_ttl_secs,
         };
@@ -258,18 +264,29 @@ impl Router {
         let mut inputs: Vec<Arc<str>> = Vec::new();
         let mut upstream = false;
         let mut origin: Option<Origin> = None;
+        let device = identity.device.as_str();
         for mut message in messages {
-            message
-                .system
-                .insert("connectionDeviceId".into(), identity.device.to_string());
+            // What the edge hub says of the message, over anything its sender said: who sent it and when it
+            // arrived (unless it says so already).
+            let mut stamped = [("connectionDeviceId", device), ("", ""), ("", "")];
+            let mut count = 1;
             if let Some(module) = module {
-                message
-                    .system
-                    .insert("connectionModuleId".into(), module.to_owned());
+                stamped[count] = ("connectionModuleId", module);
+                count += 1;
             }
             if !message.system.contains_key("enqueuedTime") {
                 let time = enqueued.get_or_insert_with(|| chrono::Utc::now().to_rfc3339());
-                message.system.insert("enqueuedTime".into(), time.clone());
+                stamped[count] = ("enqueuedTime", time.as_str());
+                count += 1;
+            }
+            let mut stamped = &stamped[..count];
+            if table.conditions {
+                for (name, value) in stamped {
+                    message
+                        .system
+                        .insert((*name).to_owned(), (*value).to_owned());
+                }
+                stamped = &[];
             }
             let from = Origin::of(module, &message, origin.take());
             let targets = table.targets(&from, &message, now);
@@ -285,7 +302,7 @@ impl Router {
                     inputs.push(target.endpoint.clone());
                 }
             }
-            let mut record = Record::new(stored::encode(&client, &message));
+            let mut record = Record::new(stored::encode(&client, &message, stamped));
             record.targets = targets;
             records.push(record);
         }

@@ -78,7 +78,7 @@ pub enum StoredError {
 impl Stored {
     /// The binary form, ready to append to the log.
     pub fn encode(&self) -> Vec<u8> {
-        encode(&self.client, &self.message)
+        encode(&self.client, &self.message, &[])
     }
 
     /// Decodes a payload of either form. The body of a binary record is a slice of `payload`, not a copy.
@@ -91,14 +91,21 @@ impl Stored {
 }
 
 /// [`Stored::encode`] of `client`'s `message`, from borrowed parts (the router stores a batch of one sender's
-/// messages without a copy of its client id per message).
-pub fn encode(client: &str, message: &Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded_len_hint(client, message));
+/// messages without a copy of its client id per message), with the system properties `stamped` written after
+/// the message's own: every reader keeps the last of a name, so a stamped property stands over one of the same
+/// name that the sender set (the router stamps who sent a message and when it arrived without a map entry and
+/// two strings of each per message).
+pub fn encode(client: &str, message: &Message, stamped: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len_hint(client, message, stamped));
     out.push(FORMAT_V1);
     put_str(&mut out, client);
-    put_varint(&mut out, message.system.len());
-    for (name, value) in &message.system {
-        if let Some(index) = SYSTEM_NAMES.iter().position(|n| n == name) {
+    put_varint(&mut out, message.system.len() + stamped.len());
+    let system = message
+        .system
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    for (name, value) in system.chain(stamped.iter().copied()) {
+        if let Some(index) = SYSTEM_NAMES.iter().position(|n| *n == name) {
             // At most 19 entries: the code fits a byte.
             #[allow(clippy::cast_possible_truncation)]
             out.push(index as u8 + 1);
@@ -123,12 +130,14 @@ pub fn encode(client: &str, message: &Message) -> Vec<u8> {
     out
 }
 
-fn encoded_len_hint(client: &str, m: &Message) -> usize {
+fn encoded_len_hint(client: &str, m: &Message, stamped: &[(&str, &str)]) -> usize {
     1 + 5
         + client.len()
         + 10
         + m.system
             .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(stamped.iter().copied())
             .map(|(k, v)| 12 + k.len() + v.len())
             .sum::<usize>()
         + m.properties
@@ -208,20 +217,24 @@ fn read_binary_in_place(payload: &Bytes, sender: bool) -> Result<Option<ForInput
         properties.push((key, value));
     }
     let body = payload.slice(payload.len() - r.bytes.len()..);
+    let mut property_bag = String::with_capacity(payload.len() - body.len() + 64);
+    outpost_core::push_property_bag(
+        &mut property_bag,
+        system.iter().copied(),
+        properties.into_iter(),
+    );
     // A name repeated among the system properties: the last one, as a map would keep.
-    let lookup = |internal: &str| {
+    let output = || {
         system
             .iter()
             .rev()
-            .find(|(name, _)| *name == internal)
-            .map(|&(_, value)| value)
+            .find(|(name, _)| *name == "outputName")
+            .map(|&(_, value)| value.to_owned())
     };
-    let mut property_bag = String::with_capacity(payload.len() - body.len() + 64);
-    outpost_core::push_property_bag(&mut property_bag, lookup, properties.into_iter());
     Ok(Some(ForInput {
         property_bag,
         body,
-        sender: sender.then(|| (client.to_owned(), lookup("outputName").map(str::to_owned))),
+        sender: sender.then(|| (client.to_owned(), output())),
     }))
 }
 
@@ -471,6 +484,36 @@ mod tests {
             ))
         );
         assert_eq!(ForInput::read(payload, false).unwrap().sender, None);
+    }
+
+    /// The properties the router stamps on a message stand over those of the same name its sender set, both
+    /// in the decoded message and in an input's property bag, and the rest of the message is as sent.
+    #[test]
+    fn stamped_properties_stand_over_what_the_sender_set() {
+        let sent = sample();
+        let bytes = Bytes::from(encode(
+            &sent.client,
+            &sent.message,
+            &[
+                ("connectionDeviceId", "edge2"),
+                ("connectionModuleId", "filter"),
+                ("x-stamped", "by name"),
+            ],
+        ));
+        let decoded = Stored::decode(&bytes).unwrap();
+        let mut expected = sent.clone();
+        for (name, value) in [
+            ("connectionDeviceId", "edge2"),
+            ("connectionModuleId", "filter"),
+            ("x-stamped", "by name"),
+        ] {
+            expected.message.system.insert(name.into(), value.into());
+        }
+        assert_eq!(decoded, expected);
+        let read = ForInput::read(&bytes, true).unwrap();
+        assert_eq!(read.property_bag, expected.message.encode_property_bag());
+        assert!(read.property_bag.contains("%24.cdid=edge2&%24.cmid=filter"));
+        assert_read_in_place_as_decoded(&bytes);
     }
 
     #[test]

@@ -252,3 +252,56 @@ async fn a_batch_that_changes_output_routes_each_message_by_its_own() {
     let all: Vec<String> = (0..outputs.len()).map(|n| format!("{n:08}")).collect();
     assert_eq!(ids("all"), all);
 }
+
+/// The router stamps who sent a message and when it arrived, over what its sender claimed, whether the routes in
+/// force have conditions (then the stamps are in the message before its routes are matched, and a condition can
+/// read them) or not (then they go straight into its record).
+#[tokio::test]
+async fn the_sender_and_arrival_are_stamped_over_what_the_sender_claimed() {
+    let claimed = || {
+        let mut message = message(0);
+        message
+            .system
+            .insert("connectionDeviceId".into(), "someone-else".into());
+        message
+            .system
+            .insert("enqueuedTime".into(), "2026-12-06T00:00:00+00:00".into());
+        message
+    };
+    let stamped = |router: &Router| {
+        let batch = router.upstream_batch(10);
+        assert_eq!(batch.len(), 1, "routed once");
+        batch[0].2.system.clone()
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let plain = router(dir.path());
+    store(&plain, claimed()).await;
+    let system = stamped(&plain);
+    assert_eq!(system["connectionDeviceId"], "edge1");
+    assert_eq!(system["connectionModuleId"], "sensor");
+    // A time the message carries is kept.
+    assert_eq!(system["enqueuedTime"], "2026-12-06T00:00:00+00:00");
+
+    let dir = tempfile::tempdir().unwrap();
+    let conditional = router_with(
+        dir.path(),
+        &json!({
+            "mine": "FROM /messages/* WHERE $connectionDeviceId = 'edge1' AND $connectionModuleId = 'sensor' INTO $upstream",
+            "claimed": "FROM /messages/* WHERE $connectionDeviceId = 'someone-else' INTO BrokeredEndpoint(\"/modules/filter/inputs/x\")",
+        }),
+    );
+    let mut without_time = claimed();
+    without_time.system.remove("enqueuedTime");
+    store(&conditional, without_time).await;
+    let system = stamped(&conditional);
+    assert_eq!(system["connectionDeviceId"], "edge1");
+    assert_eq!(system["connectionModuleId"], "sensor");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&system["enqueuedTime"]).is_ok(),
+        "stamped with the time it arrived: {:?}",
+        system["enqueuedTime"]
+    );
+    let claimed_route = conditional.log().endpoint("edge1/filter/x");
+    assert!(claimed_route.next_batch(10).unwrap().is_empty());
+}
