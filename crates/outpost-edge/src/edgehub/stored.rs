@@ -19,6 +19,8 @@
 //! ..     body: the rest of the payload, raw
 //! ```
 //! `v` is an unsigned LEB128 varint (at most 5 bytes, below 2^32): one byte for anything under 128.
+//! A system property's name may appear twice (the router writes the properties it stamps after the sender's
+//! own): readers keep the last.
 //! Every length is checked against the bytes left before anything is allocated, so corrupt lengths are an
 //! error, never a large allocation or a panic.
 
