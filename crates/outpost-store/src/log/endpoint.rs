@@ -17,12 +17,19 @@ use super::{now_unix_ms, segment, Inner, LogError};
 pub struct EndpointQueue {
     log: Arc<Inner>,
     name: Arc<str>,
+    /// Its index's position in the log's state.
+    id: usize,
     notify: Arc<Notify>,
 }
 
 impl EndpointQueue {
-    pub(crate) fn new(log: Arc<Inner>, name: Arc<str>, notify: Arc<Notify>) -> Self {
-        Self { log, name, notify }
+    pub(crate) fn new(log: Arc<Inner>, name: Arc<str>, id: usize, notify: Arc<Notify>) -> Self {
+        Self {
+            log,
+            name,
+            id,
+            notify,
+        }
     }
 
     /// The endpoint's name.
@@ -36,7 +43,7 @@ impl EndpointQueue {
         let now = now_unix_ms();
         let picks = {
             let mut state = self.log.shared.lock();
-            let endpoint = state.endpoint_mut(&self.name);
+            let endpoint = state.endpoint_at(self.id);
             let expired_before = endpoint.expired;
             let taken = endpoint.take(max, now);
             let mut picks = Vec::with_capacity(taken.len());
@@ -96,7 +103,7 @@ impl EndpointQueue {
     /// moves in memory now and on disk at the next checkpoint.
     pub fn ack(&self, seq: u64) -> bool {
         let mut state = self.log.shared.lock();
-        let acked = state.endpoint_mut(&self.name).ack(seq);
+        let acked = state.endpoint_at(self.id).ack(seq);
         if acked {
             state.cursors_dirty = true;
         }
@@ -108,7 +115,7 @@ impl EndpointQueue {
     /// delivered. False if it was not in flight here.
     pub fn dead_letter(&self, seq: u64) -> bool {
         let mut state = self.log.shared.lock();
-        let done = state.endpoint_mut(&self.name).dead_letter(seq);
+        let done = state.endpoint_at(self.id).dead_letter(seq);
         if done {
             state.cursors_dirty = true;
         }
@@ -118,7 +125,7 @@ impl EndpointQueue {
     /// Makes every record handed out and not acknowledged deliverable again, in its original order.
     pub fn rewind(&self) {
         let mut state = self.log.shared.lock();
-        for lane in state.endpoint_mut(&self.name).lanes.values_mut() {
+        for lane in state.endpoint_at(self.id).lanes.values_mut() {
             lane.rewind();
         }
         drop(state);
@@ -129,7 +136,7 @@ impl EndpointQueue {
     pub fn has_pending(&self) -> bool {
         let mut state = self.log.shared.lock();
         state
-            .endpoint_mut(&self.name)
+            .endpoint_at(self.id)
             .lanes
             .values()
             .any(super::queue::Lane::has_pending)
@@ -138,7 +145,7 @@ impl EndpointQueue {
     /// Records of this endpoint not yet done: handed out and not acknowledged, or waiting (expired ones
     /// included until a read skips them).
     pub fn queued(&self) -> u64 {
-        self.log.shared.lock().endpoint_mut(&self.name).queued()
+        self.log.shared.lock().endpoint_at(self.id).queued()
     }
 
     /// Waits until `has_pending` is true.

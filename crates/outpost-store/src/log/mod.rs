@@ -71,7 +71,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::HashMap;
 use tokio::sync::oneshot;
 
 pub use endpoint::EndpointQueue;
@@ -181,7 +181,7 @@ impl Shared {
 pub(crate) struct State {
     /// Oldest first; the last one is the segment being written.
     segments: VecDeque<Segment>,
-    endpoints: HashMap<Arc<str>, EndpointIndex>,
+    endpoints: Endpoints,
     next_seq: u64,
     appended: u64,
     truncated_at_open: u64,
@@ -194,14 +194,45 @@ pub(crate) struct State {
     recent: Recent,
 }
 
+/// The endpoints' indexes, each at the position it was created at: none is ever removed, so an
+/// [`EndpointQueue`] reaches its own by that position, without hashing its name for every call.
+#[derive(Default)]
+struct Endpoints {
+    ids: HashMap<Arc<str>, usize>,
+    all: Vec<(Arc<str>, EndpointIndex)>,
+}
+
+impl Endpoints {
+    /// The position of the endpoint called `name`, created empty if needed.
+    fn id(&mut self, name: &str) -> usize {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.all.push((Arc::clone(&name), EndpointIndex::default()));
+        self.ids.insert(name, self.all.len() - 1);
+        self.all.len() - 1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &EndpointIndex)> {
+        self.all.iter().map(|(name, endpoint)| (&**name, endpoint))
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut EndpointIndex> {
+        self.all.iter_mut().map(|(_, endpoint)| endpoint)
+    }
+}
+
 impl State {
     /// The endpoint called `name`, created empty if needed.
     fn endpoint_mut(&mut self, name: &str) -> &mut EndpointIndex {
-        if !self.endpoints.contains_key(name) {
-            self.endpoints
-                .insert(Arc::from(name), EndpointIndex::default());
-        }
-        self.endpoints.get_mut(name).expect("inserted above")
+        let id = self.endpoints.id(name);
+        self.endpoint_at(id)
+    }
+
+    /// The endpoint at position `id` (from [`Endpoints::id`]).
+    fn endpoint_at(&mut self, id: usize) -> &mut EndpointIndex {
+        &mut self.endpoints.all[id].1
     }
 
     /// Indexes a record found on disk at open: under each target whose cursor it is past, unless expired.
@@ -350,7 +381,7 @@ impl MessageLog {
         let cursors = cursor::load(dir)?;
         let mut state = State {
             segments: VecDeque::new(),
-            endpoints: HashMap::new(),
+            endpoints: Endpoints::default(),
             next_seq: 1,
             appended: 0,
             truncated_at_open: 0,
@@ -518,8 +549,12 @@ impl MessageLog {
 
     /// The queue of endpoint `name`: its records, in priority order, with its own cursors.
     pub fn endpoint(&self, name: &str) -> EndpointQueue {
-        let notify = Arc::clone(&self.inner.shared.lock().endpoint_mut(name).notify);
-        EndpointQueue::new(Arc::clone(&self.inner), Arc::from(name), notify)
+        let (id, notify) = {
+            let mut state = self.inner.shared.lock();
+            let id = state.endpoints.id(name);
+            (id, Arc::clone(&state.endpoint_at(id).notify))
+        };
+        EndpointQueue::new(Arc::clone(&self.inner), Arc::from(name), id, notify)
     }
 
     /// Persists every acknowledgement now and removes the segments no endpoint needs any more.
@@ -550,7 +585,7 @@ impl MessageLog {
             next_seq: state.next_seq,
             ..LogStats::default()
         };
-        for (name, endpoint) in &state.endpoints {
+        for (name, endpoint) in state.endpoints.iter() {
             stats.delivered += endpoint.delivered;
             stats.expired += endpoint.expired;
             stats.dropped += endpoint.dropped;

@@ -744,7 +744,7 @@ fn snapshot(state: &State) -> Cursors {
         .front()
         .map_or(state.next_seq, |s| s.first_seq);
     let mut cursors = Cursors::new();
-    for (name, endpoint) in &state.endpoints {
+    for (name, endpoint) in state.endpoints.iter() {
         let lanes: BTreeMap<u32, u64> = endpoint
             .lanes
             .iter()
