@@ -35,7 +35,7 @@ if docker version >/dev/null 2>&1; then
   docker_args=()
 fi
 target/release/outpost-bench --outpost "${work}/outpost" --quick --no-report edge \
-  --skip-mosquitto --skip-rumqttd --soak 10 "${docker_args[@]}"
+  --skip-mosquitto --skip-rumqttd --window 64 --soak 10 "${docker_args[@]}"
 
 # In the order the daemons started (by pid): the process-runtime daemon's functions before the container one's.
 mapfile -t profiles < <(cd "${work}" && ls callgrind.* | sort -t. -k2 -n | sed "s|^|${work}/|")
