@@ -93,6 +93,8 @@ struct Origin {
     output: Option<String>,
     source: MessageSource,
     path: String,
+    /// The targets of this origin's messages, once made, when the routes in force have no condition.
+    targets: Option<Arc<[Target]>>,
 }
 
 impl Origin {
@@ -106,6 +108,7 @@ impl Origin {
                     output: output.cloned(),
                     path: source.path(),
                     source,
+                    targets: None,
                 }
             }
         }
@@ -288,23 +291,33 @@ impl Router {
                 }
                 stamped = &[];
             }
-            let from = Origin::of(module, &message, origin.take());
-            let targets = table.targets(&from, &message, now);
+            let mut from = Origin::of(module, &message, origin.take());
+            // Without conditions a message's targets depend only on where it came from.
+            let targets = if let Some(targets) = &from.targets {
+                Arc::clone(targets)
+            } else {
+                let targets: Arc<[Target]> = table.targets(&from, &message, now).into();
+                for target in &*targets {
+                    if &*target.endpoint == UPSTREAM {
+                        upstream = true;
+                    } else if !inputs.contains(&target.endpoint) {
+                        inputs.push(target.endpoint.clone());
+                    }
+                }
+                if !table.conditions {
+                    from.targets = Some(Arc::clone(&targets));
+                }
+                targets
+            };
             origin = Some(from);
             if targets.is_empty() {
                 tracing::debug!(%identity, "no route takes this message");
                 continue;
             }
-            for target in &targets {
-                if &*target.endpoint == UPSTREAM {
-                    upstream = true;
-                } else if !inputs.contains(&target.endpoint) {
-                    inputs.push(target.endpoint.clone());
-                }
-            }
-            let mut record = Record::new(stored::encode(&client, &message, stamped));
-            record.targets = targets;
-            records.push(record);
+            records.push(Record::routed(
+                stored::encode(&client, &message, stamped),
+                targets,
+            ));
         }
         if records.is_empty() {
             return Ok(Accepted {

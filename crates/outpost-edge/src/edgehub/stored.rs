@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use outpost_core::Message;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// The first byte of a binary record (version 1).
 pub const FORMAT_V1: u8 = 0xB1;
@@ -193,7 +194,8 @@ fn read_binary_in_place(payload: &Bytes, sender: bool) -> Result<Option<ForInput
     let client = r.str()?;
     // Counts come from the record: capacity only for what its remaining bytes can hold (two bytes per entry).
     let count = r.varint()?;
-    let mut system: Vec<(&str, &str)> = Vec::with_capacity(count.min(r.bytes.len() / 2));
+    // On the stack for the usual handful: this runs once per delivery.
+    let mut system: SmallVec<[(&str, &str); 8]> = SmallVec::new();
     for _ in 0..count {
         let code = r.take(1)?[0];
         let name = match code {
@@ -205,8 +207,7 @@ fn read_binary_in_place(payload: &Bytes, sender: bool) -> Result<Option<ForInput
         system.push((name, r.str()?));
     }
     let count = r.varint()?;
-    let mut properties: Vec<(&str, Option<&str>)> =
-        Vec::with_capacity(count.min(r.bytes.len() / 2));
+    let mut properties: SmallVec<[(&str, Option<&str>); 4]> = SmallVec::new();
     for _ in 0..count {
         let key = r.str()?;
         let value = match r.varint()? {

@@ -74,16 +74,22 @@ impl Target {
 pub struct Record {
     /// The serialized message; the log never looks inside.
     pub payload: Bytes,
-    /// Where it goes; at least one.
-    pub targets: Vec<Target>,
+    /// Where it goes; at least one. Shared: the messages one sender sent together on one output usually go to
+    /// the same targets, and the router makes the list once for all of them.
+    pub targets: Arc<[Target]>,
 }
 
 impl Record {
     /// A record with no targets yet; add them with [`Record::with_target`].
     pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self::routed(payload, Arc::new([]))
+    }
+
+    /// A record for `targets`.
+    pub fn routed(payload: impl Into<Bytes>, targets: Arc<[Target]>) -> Self {
         Self {
             payload: payload.into(),
-            targets: Vec::new(),
+            targets,
         }
     }
 
@@ -95,7 +101,9 @@ impl Record {
     /// The same record with one more target.
     #[must_use]
     pub fn with_target(mut self, target: Target) -> Self {
-        self.targets.push(target);
+        let mut targets = self.targets.to_vec();
+        targets.push(target);
+        self.targets = targets.into();
         self
     }
 
@@ -149,7 +157,7 @@ impl Record {
         out.extend_from_slice(&seq.to_le_bytes());
         out.extend_from_slice(&enqueued_unix_ms.to_le_bytes());
         out.extend_from_slice(&(self.targets.len() as u16).to_le_bytes());
-        for t in &self.targets {
+        for t in self.targets.iter() {
             out.extend_from_slice(&t.priority.to_le_bytes());
             out.extend_from_slice(&t.expiry_unix_ms.to_le_bytes());
             out.extend_from_slice(&(t.endpoint.len() as u16).to_le_bytes());

@@ -68,7 +68,7 @@ struct Placed {
     segment_first_seq: u64,
     offset: u32,
     len: u64,
-    targets: Vec<Target>,
+    targets: Arc<[Target]>,
     /// Kept in memory once published (see `recent.rs`): the same bytes, not a copy.
     payload: Bytes,
 }
@@ -471,6 +471,8 @@ impl Writer {
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         let mut state = self.shared.lock();
         let count = placed.len() as u64;
+        // The endpoints' positions of the last target list seen: the records of one batch share their list.
+        let mut last: Option<(Arc<[Target]>, Vec<usize>)> = None;
         for p in placed {
             let segment = state
                 .segments
@@ -481,8 +483,19 @@ impl Writer {
             segment.offsets.push(p.offset);
             segment.bytes = u64::from(p.offset) + p.len;
             state.recent.push(p.seq, enqueued, p.payload);
-            for target in &p.targets {
-                let endpoint = state.endpoint_mut(&target.endpoint);
+            let ids = match &last {
+                Some((targets, ids)) if Arc::ptr_eq(targets, &p.targets) => ids,
+                _ => {
+                    let ids = p
+                        .targets
+                        .iter()
+                        .map(|t| state.endpoints.id(&t.endpoint))
+                        .collect();
+                    &last.insert((Arc::clone(&p.targets), ids)).1
+                }
+            };
+            for (target, &id) in p.targets.iter().zip(ids) {
+                let endpoint = state.endpoint_at(id);
                 endpoint
                     .lane(target.priority)
                     .push(p.seq, target.expiry_unix_ms);

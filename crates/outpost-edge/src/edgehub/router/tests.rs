@@ -253,6 +253,55 @@ async fn a_batch_that_changes_output_routes_each_message_by_its_own() {
     assert_eq!(ids("all"), all);
 }
 
+/// The messages of a batch on one output share their targets only while no route has a condition: with one, each
+/// message is matched by its own properties.
+#[tokio::test]
+async fn a_batch_on_one_output_is_matched_message_by_message_under_a_condition() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(
+        dir.path(),
+        &json!({
+            "every": "FROM /messages/modules/sensor/outputs/out1 INTO BrokeredEndpoint(\"/modules/filter/inputs/every\")",
+            "alerts": "FROM /messages/modules/sensor/outputs/out1 WHERE alert = 'yes' INTO BrokeredEndpoint(\"/modules/filter/inputs/alerts\")",
+        }),
+    );
+    let alerts = [false, true, false, false, true];
+    let batch = alerts
+        .iter()
+        .enumerate()
+        .map(|(n, alert)| {
+            let mut message = message(n);
+            if *alert {
+                message
+                    .properties
+                    .insert("alert".into(), Some("yes".into()));
+            }
+            message
+        })
+        .collect();
+    router
+        .accept(&sensor(), batch)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+
+    let ids = |input: &str| -> Vec<String> {
+        router
+            .log()
+            .endpoint(&format!("edge1/filter/{input}"))
+            .next_batch(100)
+            .unwrap()
+            .into_iter()
+            .map(|d| Stored::decode(&d.payload).unwrap().message.system["messageId"].clone())
+            .collect()
+    };
+    let all: Vec<String> = (0..alerts.len()).map(|n| format!("{n:08}")).collect();
+    assert_eq!(ids("every"), all);
+    assert_eq!(ids("alerts"), ["00000001", "00000004"]);
+}
+
 /// The router stamps who sent a message and when it arrived, over what its sender claimed, whether the routes in
 /// force have conditions (then the stamps are in the message before its routes are matched, and a condition can
 /// read them) or not (then they go straight into its record).
