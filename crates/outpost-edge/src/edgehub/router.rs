@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::BytesMut;
 use tokio::sync::Notify;
 
 use outpost_core::route::{MessageSource, Route, Sink};
@@ -55,6 +56,13 @@ struct RouteTable {
     /// record).
     conditions: bool,
 }
+
+/// What a record takes besides its body, for the size of the buffer a batch's records are encoded into (an
+/// estimate: `stored::encode_into` reserves what each needs).
+const RECORD_ALLOWANCE: usize = 256;
+
+/// The most a batch's records share of one buffer.
+const SHARED_RECORDS_BYTES: usize = 64 << 10;
 
 impl RouteTable {
     /// The endpoints the routes choose for `message` from `origin`, each once, with its route's priority and
@@ -264,6 +272,15 @@ impl Router {
         let client = identity.client_id();
         let module = identity.module.as_ref().map(outpost_core::ModuleId::as_str);
         let mut records = Vec::with_capacity(messages.len());
+        // The records of the batch, one after the other in one buffer that each is split off (up to 64 KiB: past
+        // it, `encode_into` starts another).
+        let mut encoded = BytesMut::with_capacity(
+            messages
+                .iter()
+                .map(|m| m.body.len() + RECORD_ALLOWANCE)
+                .sum::<usize>()
+                .min(SHARED_RECORDS_BYTES),
+        );
         let mut inputs: Vec<Arc<str>> = Vec::new();
         let mut upstream = false;
         let mut origin: Option<Origin> = None;
@@ -314,10 +331,8 @@ impl Router {
                 tracing::debug!(%identity, "no route takes this message");
                 continue;
             }
-            records.push(Record::routed(
-                stored::encode(&client, &message, stamped),
-                targets,
-            ));
+            stored::encode_into(&mut encoded, &client, &message, stamped);
+            records.push(Record::routed(encoded.split().freeze(), targets));
         }
         if records.is_empty() {
             return Ok(Accepted {

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use outpost_core::Message;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -99,10 +99,19 @@ impl Stored {
 /// name that the sender set (the router stamps who sent a message and when it arrived without a map entry and
 /// two strings of each per message).
 pub fn encode(client: &str, message: &Message, stamped: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded_len_hint(client, message, stamped));
-    out.push(FORMAT_V1);
-    put_str(&mut out, client);
-    put_varint(&mut out, message.system.len() + stamped.len());
+    let mut out = BytesMut::new();
+    encode_into(&mut out, client, message, stamped);
+    out.into()
+}
+
+/// [`encode`] at the end of `out`, which grows only if it has too little room left: the router encodes the
+/// messages read together one after the other into one buffer and splits each record off it, so that a batch
+/// of messages takes one allocation rather than one or two per message.
+pub fn encode_into(out: &mut BytesMut, client: &str, message: &Message, stamped: &[(&str, &str)]) {
+    out.reserve(encoded_len_hint(client, message, stamped));
+    out.put_u8(FORMAT_V1);
+    put_str(out, client);
+    put_varint(out, message.system.len() + stamped.len());
     let system = message
         .system
         .iter()
@@ -111,26 +120,25 @@ pub fn encode(client: &str, message: &Message, stamped: &[(&str, &str)]) -> Vec<
         if let Some(index) = SYSTEM_NAMES.iter().position(|n| *n == name) {
             // At most 19 entries: the code fits a byte.
             #[allow(clippy::cast_possible_truncation)]
-            out.push(index as u8 + 1);
+            out.put_u8(index as u8 + 1);
         } else {
-            out.push(0);
-            put_str(&mut out, name);
+            out.put_u8(0);
+            put_str(out, name);
         }
-        put_str(&mut out, value);
+        put_str(out, value);
     }
-    put_varint(&mut out, message.properties.len());
+    put_varint(out, message.properties.len());
     for (key, value) in &message.properties {
-        put_str(&mut out, key);
+        put_str(out, key);
         match value {
-            None => put_varint(&mut out, 0),
+            None => put_varint(out, 0),
             Some(value) => {
-                put_varint(&mut out, value.len() + 1);
+                put_varint(out, value.len() + 1);
                 out.extend_from_slice(value.as_bytes());
             }
         }
     }
     out.extend_from_slice(&message.body);
-    out
 }
 
 fn encoded_len_hint(client: &str, m: &Message, stamped: &[(&str, &str)]) -> usize {
@@ -280,19 +288,19 @@ fn decode_binary(payload: &Bytes) -> Result<Stored, &'static str> {
     })
 }
 
-fn put_varint(out: &mut Vec<u8>, value: usize) {
+fn put_varint(out: &mut BytesMut, value: usize) {
     let mut value = value;
     while value >= 0x80 {
         // The low 7 bits, with the continuation bit.
         #[allow(clippy::cast_possible_truncation)]
-        out.push((value as u8 & 0x7f) | 0x80);
+        out.put_u8((value as u8 & 0x7f) | 0x80);
         value >>= 7;
     }
     #[allow(clippy::cast_possible_truncation)]
-    out.push(value as u8);
+    out.put_u8(value as u8);
 }
 
-fn put_str(out: &mut Vec<u8>, text: &str) {
+fn put_str(out: &mut BytesMut, text: &str) {
     put_varint(out, text.len());
     out.extend_from_slice(text.as_bytes());
 }
@@ -561,7 +569,7 @@ mod tests {
     #[test]
     fn application_properties_out_of_order_read_as_the_decoded_map_has_them() {
         // Written by hand: "b" before "a", and "a" twice (the last one wins in a map).
-        let mut record = vec![FORMAT_V1];
+        let mut record = BytesMut::from(&[FORMAT_V1][..]);
         put_str(&mut record, "edge/m");
         put_varint(&mut record, 0);
         put_varint(&mut record, 3);
@@ -571,7 +579,7 @@ mod tests {
             record.extend_from_slice(value.as_bytes());
         }
         record.extend_from_slice(b"body");
-        let payload = Bytes::from(record);
+        let payload = record.freeze();
         assert_eq!(
             ForInput::read(&payload, false).unwrap().property_bag,
             "a=3&b=1"

@@ -253,6 +253,49 @@ async fn a_batch_that_changes_output_routes_each_message_by_its_own() {
     assert_eq!(ids("all"), all);
 }
 
+/// The records of a batch are encoded into shared buffers of at most 64 KiB: a batch larger than one reads back
+/// message by message, each with its own body and id.
+#[tokio::test]
+async fn a_batch_larger_than_one_shared_buffer_reads_back_message_by_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(
+        dir.path(),
+        &json!({"toFilter": "FROM /messages/modules/sensor/outputs/out1 INTO BrokeredEndpoint(\"/modules/filter/inputs/input1\")"}),
+    );
+    let count = 100;
+    let batch = (0..count)
+        .map(|n| {
+            let mut message = message(n);
+            message.body = vec![u8::try_from(n).unwrap(); 1500].into();
+            message
+        })
+        .collect();
+    router
+        .accept(&sensor(), batch)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+
+    let read: Vec<Stored> = router
+        .log()
+        .endpoint("edge1/filter/input1")
+        .next_batch(1000)
+        .unwrap()
+        .into_iter()
+        .map(|d| Stored::decode(&d.payload).unwrap())
+        .collect();
+    assert_eq!(read.len(), count);
+    for (n, stored) in read.iter().enumerate() {
+        assert_eq!(stored.message.system["messageId"], format!("{n:08}"));
+        assert_eq!(
+            &stored.message.body[..],
+            &vec![u8::try_from(n).unwrap(); 1500][..]
+        );
+    }
+}
+
 /// The messages of a batch on one output share their targets only while no route has a condition: with one, each
 /// message is matched by its own properties.
 #[tokio::test]
