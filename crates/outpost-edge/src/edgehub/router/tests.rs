@@ -48,13 +48,38 @@ fn message(n: usize) -> Message {
 
 /// Routes and stores a message from the sensor, durably.
 async fn store(router: &Router, message: Message) {
+    store_all(router, vec![message]).await;
+}
+
+/// The message ids queued for the filter module's `input`, in order.
+fn ids_at(router: &Router, input: &str) -> Vec<String> {
+    stored_at(router, input)
+        .into_iter()
+        .map(|stored| stored.message.system["messageId"].clone())
+        .collect()
+}
+
+/// Routes and stores the messages of `batch` from the sensor, read together, durably.
+async fn store_all(router: &Router, batch: Vec<Message>) {
     router
-        .accept(&sensor(), vec![message])
+        .accept(&sensor(), batch)
         .await
         .unwrap()
         .durable()
         .await
         .unwrap();
+}
+
+/// What is queued for the filter module's `input`, in order.
+fn stored_at(router: &Router, input: &str) -> Vec<Stored> {
+    router
+        .log()
+        .endpoint(&format!("edge1/filter/{input}"))
+        .next_batch(1000)
+        .unwrap()
+        .into_iter()
+        .map(|d| Stored::decode(&d.payload).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -222,35 +247,19 @@ async fn a_batch_that_changes_output_routes_each_message_by_its_own() {
             message
         })
         .collect();
-    router
-        .accept(&sensor(), batch)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    store_all(&router, batch).await;
 
-    let ids = |input: &str| -> Vec<String> {
-        router
-            .log()
-            .endpoint(&format!("edge1/filter/{input}"))
-            .next_batch(100)
-            .unwrap()
-            .into_iter()
-            .map(|d| Stored::decode(&d.payload).unwrap().message.system["messageId"].clone())
-            .collect()
-    };
     let sent_on = |wanted: Option<&str>| -> Vec<String> {
         (0..outputs.len())
             .filter(|&n| outputs[n] == wanted)
             .map(|n| format!("{n:08}"))
             .collect()
     };
-    assert_eq!(ids("a"), sent_on(Some("a")));
-    assert_eq!(ids("b"), sent_on(Some("b")));
+    assert_eq!(ids_at(&router, "a"), sent_on(Some("a")));
+    assert_eq!(ids_at(&router, "b"), sent_on(Some("b")));
     // `/messages/modules/sensor/*` takes every message of the sensor, on an output or not.
     let all: Vec<String> = (0..outputs.len()).map(|n| format!("{n:08}")).collect();
-    assert_eq!(ids("all"), all);
+    assert_eq!(ids_at(&router, "all"), all);
 }
 
 /// The records of a batch are encoded into shared buffers of at most 64 KiB: a batch larger than one reads back
@@ -270,22 +279,9 @@ async fn a_batch_larger_than_one_shared_buffer_reads_back_message_by_message() {
             message
         })
         .collect();
-    router
-        .accept(&sensor(), batch)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    store_all(&router, batch).await;
 
-    let read: Vec<Stored> = router
-        .log()
-        .endpoint("edge1/filter/input1")
-        .next_batch(1000)
-        .unwrap()
-        .into_iter()
-        .map(|d| Stored::decode(&d.payload).unwrap())
-        .collect();
+    let read = stored_at(&router, "input1");
     assert_eq!(read.len(), count);
     for (n, stored) in read.iter().enumerate() {
         assert_eq!(stored.message.system["messageId"], format!("{n:08}"));
@@ -322,27 +318,11 @@ async fn a_batch_on_one_output_is_matched_message_by_message_under_a_condition()
             message
         })
         .collect();
-    router
-        .accept(&sensor(), batch)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    store_all(&router, batch).await;
 
-    let ids = |input: &str| -> Vec<String> {
-        router
-            .log()
-            .endpoint(&format!("edge1/filter/{input}"))
-            .next_batch(100)
-            .unwrap()
-            .into_iter()
-            .map(|d| Stored::decode(&d.payload).unwrap().message.system["messageId"].clone())
-            .collect()
-    };
     let all: Vec<String> = (0..alerts.len()).map(|n| format!("{n:08}")).collect();
-    assert_eq!(ids("every"), all);
-    assert_eq!(ids("alerts"), ["00000001", "00000004"]);
+    assert_eq!(ids_at(&router, "every"), all);
+    assert_eq!(ids_at(&router, "alerts"), ["00000001", "00000004"]);
 }
 
 /// The router stamps who sent a message and when it arrived, over what its sender claimed, whether the routes in
