@@ -200,9 +200,9 @@ fn read_binary_in_place(payload: &Bytes, sender: bool) -> Result<Option<ForInput
         bytes: &payload[1..],
     };
     let client = r.str()?;
-    // Counts come from the record: capacity only for what its remaining bytes can hold (two bytes per entry).
+    // Counts come from the record: nothing is reserved by them, entries are pushed as they parse (two bytes
+    // each at least), on the stack for the usual handful (this runs once per delivery).
     let count = r.varint()?;
-    // On the stack for the usual handful: this runs once per delivery.
     let mut system: SmallVec<[(&str, &str); 8]> = SmallVec::new();
     for _ in 0..count {
         let code = r.take(1)?[0];

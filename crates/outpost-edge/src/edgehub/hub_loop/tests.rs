@@ -54,11 +54,7 @@ impl Harness {
         }
         .encode();
         let mut record = Record::new(payload);
-        record.targets = inputs
-            .iter()
-            .map(|i| Target::new(endpoint(i)))
-            .collect::<Vec<_>>()
-            .into();
+        record.targets = inputs.iter().map(|i| Target::new(endpoint(i))).collect();
         self.log.append(vec![record]).await.unwrap();
         self.hub_loop
             .stored(inputs.iter().map(|i| endpoint(i)).collect())
