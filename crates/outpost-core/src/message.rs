@@ -4,11 +4,12 @@
 //! `k=v` pairs joined by `&`, both sides percent-encoded. System properties travel under short wire names
 //! (`$.mid`); in a [`Message`] they are kept under their internal (routing) names (`messageId`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::quote::{push_quoted, unquote};
+use crate::quote::{push_quoted, unquote_borrowed};
 
 /// A telemetry / output / input / C2D message.
 ///
@@ -130,19 +131,28 @@ impl Message {
                 Some((k, v)) => (k, Some(v)),
                 None => (pair, None),
             };
-            let key = decode(raw_key)?;
+            // A system property's name as the SDKs write it (`%24.mid`) is known without decoding it.
+            let (key, internal) =
+                if let Some(index) = QUOTED_WIRE_NAMES.iter().position(|&w| w == raw_key) {
+                    let (wire, internal) = SYSTEM_PROPERTIES[index];
+                    (Cow::Borrowed(wire), Some(internal))
+                } else {
+                    let key = decode(raw_key)?;
+                    let internal = internal_name(&key);
+                    (key, internal)
+                };
             if key.is_empty() {
                 return Err(PropertyBagError::BadEncoding(format!(
                     "pair {pair:?} has an empty key"
                 )));
             }
             let value = raw_value.map(decode).transpose()?;
-            match (internal_name(&key), value) {
+            match (internal, value) {
                 (Some(internal), Some(value)) => {
-                    system.insert(internal.to_owned(), value);
+                    system.insert(internal.to_owned(), value.into_owned());
                 }
                 (_, value) => {
-                    properties.insert(key, value);
+                    properties.insert(key.into_owned(), value.map(Cow::into_owned));
                 }
             }
         }
@@ -218,9 +228,9 @@ pub fn push_property_bag<'a>(
     }
 }
 
-/// Percent-decodes one side of a pair.
-fn decode(s: &str) -> Result<String, PropertyBagError> {
-    unquote(s)
+/// Percent-decodes one side of a pair, borrowing it when there is nothing to decode.
+fn decode(s: &str) -> Result<Cow<'_, str>, PropertyBagError> {
+    unquote_borrowed(s)
         .map_err(|_| PropertyBagError::BadEncoding(format!("{s:?} is not UTF-8 once decoded")))
 }
 

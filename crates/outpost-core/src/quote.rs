@@ -2,6 +2,8 @@
 //! the one percent-encoding of the workspace (tokens, topics, message properties, URL path segments), so that
 //! what Outpost writes is what the SDKs write and what it reads is what they read.
 
+use std::borrow::Cow;
+
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// What `quote(s, safe="")` leaves alone: Python's "always safe" characters.
@@ -48,9 +50,13 @@ pub fn quote_plus(s: &str) -> String {
 
 /// Percent-decodes `s` to UTF-8. `+` stays `+`: the SDKs never use it for a space, and base64 needs it.
 pub fn unquote(s: &str) -> Result<String, std::str::Utf8Error> {
-    percent_decode_str(s)
-        .decode_utf8()
-        .map(std::borrow::Cow::into_owned)
+    unquote_borrowed(s).map(Cow::into_owned)
+}
+
+/// [`unquote`] without a string of its own when `s` holds no `%` (the message properties of every message are
+/// decoded this way).
+pub fn unquote_borrowed(s: &str) -> Result<Cow<'_, str>, std::str::Utf8Error> {
+    percent_decode_str(s).decode_utf8()
 }
 
 #[cfg(test)]

@@ -46,7 +46,8 @@ pub async fn read_packet<R: AsyncRead + Unpin>(
             return Ok(Some(packet));
         }
         let read = if buf.is_empty() {
-            // Between packets: hold no buffer while waiting (a decoded packet may still share the old one).
+            // Between packets: hold no buffer while waiting (no decoded packet shares it: the codec copies out
+            // what a packet keeps).
             *buf = BytesMut::new();
             read_idle(reader, buf).await?
         } else {

@@ -353,9 +353,9 @@ impl Session {
                 }
             }
             ClientRequest::Telemetry { system, properties } => Operation::SendMessage(Message {
-                // Copied: a slice would keep the connection's whole read buffer alive for as long as any
-                // queue holds the message.
-                body: Bytes::copy_from_slice(&publish.payload),
+                // The codec copied the payload out of the read buffer: a queue holding the message keeps
+                // only the payload alive.
+                body: publish.payload,
                 system,
                 properties,
             }),

@@ -1,9 +1,10 @@
 //! The fixed header and the field primitives every packet is built from (MQTT 3.1.1 §1.5, §2.2).
 //!
 //! Framing is two-phase, after mini-redis: [`check`] looks at the fixed header without allocating and
-//! says whether a whole frame is buffered; only then is the frame split off and parsed with a [`Reader`].
+//! says whether a whole frame is buffered; only then is the frame parsed where it lies, with a [`Reader`], and
+//! consumed.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::PacketError;
 
@@ -151,14 +152,19 @@ pub fn remaining_len_bytes(remaining_len: usize) -> usize {
     }
 }
 
-/// A cursor over the body of one frame; every read fails with `Truncated` instead of panicking.
-pub struct Reader {
-    body: Bytes,
+/// A cursor over the body of one frame, borrowed from the read buffer; every read fails with `Truncated`
+/// instead of panicking.
+///
+/// What a packet keeps (its strings, its payload) is copied out, so a decoded packet never shares the read
+/// buffer: no reference count is taken per packet and per field, and a queue holding a payload keeps only the
+/// payload alive, never the buffer it arrived in.
+pub struct Reader<'a> {
+    body: &'a [u8],
 }
 
-impl Reader {
+impl<'a> Reader<'a> {
     /// Reads the variable header and payload of a frame.
-    pub fn new(body: Bytes) -> Self {
+    pub fn new(body: &'a [u8]) -> Self {
         Self { body }
     }
 
@@ -169,18 +175,19 @@ impl Reader {
 
     /// One byte.
     pub fn u8(&mut self) -> Result<u8, PacketError> {
-        if self.body.is_empty() {
-            return Err(PacketError::Truncated);
-        }
-        Ok(self.body.get_u8())
+        let (&byte, rest) = self.body.split_first().ok_or(PacketError::Truncated)?;
+        self.body = rest;
+        Ok(byte)
     }
 
     /// A big-endian two-byte integer (§1.5.2).
     pub fn u16(&mut self) -> Result<u16, PacketError> {
-        if self.body.len() < 2 {
-            return Err(PacketError::Truncated);
-        }
-        Ok(self.body.get_u16())
+        let (bytes, rest) = self
+            .body
+            .split_first_chunk::<2>()
+            .ok_or(PacketError::Truncated)?;
+        self.body = rest;
+        Ok(u16::from_be_bytes(*bytes))
     }
 
     /// A non-zero Packet Identifier: [MQTT-2.3.1-1].
@@ -191,20 +198,27 @@ impl Reader {
         }
     }
 
-    /// Two-byte length then that many bytes (§1.5.3 without the text rules; passwords, will messages).
-    pub fn binary(&mut self) -> Result<Bytes, PacketError> {
+    /// Two-byte length then that many bytes, borrowed.
+    fn field(&mut self) -> Result<&'a [u8], PacketError> {
         let len = usize::from(self.u16()?);
         if self.body.len() < len {
             return Err(PacketError::Truncated);
         }
-        Ok(self.body.split_to(len))
+        let (field, rest) = self.body.split_at(len);
+        self.body = rest;
+        Ok(field)
+    }
+
+    /// Two-byte length then that many bytes (§1.5.3 without the text rules; passwords, will messages).
+    pub fn binary(&mut self) -> Result<Bytes, PacketError> {
+        self.field().map(Bytes::copy_from_slice)
     }
 
     /// A UTF-8 encoded string (§1.5.3).
     pub fn string(&mut self) -> Result<String, PacketError> {
-        let raw = self.binary()?;
+        let raw = self.field()?;
         // [MQTT-1.5.3-1] ill-formed UTF-8 (which includes the surrogates U+D800..U+DFFF) closes the connection.
-        let text = std::str::from_utf8(&raw).map_err(|_| PacketError::InvalidUtf8)?;
+        let text = std::str::from_utf8(raw).map_err(|_| PacketError::InvalidUtf8)?;
         // [MQTT-1.5.3-2] U+0000 is not allowed either.
         if text.contains('\0') {
             return Err(PacketError::NullCharacter);
@@ -213,9 +227,9 @@ impl Reader {
         Ok(text.to_owned())
     }
 
-    /// Everything left (a PUBLISH payload), without copying.
+    /// Everything left (a PUBLISH payload), copied into a buffer of its own.
     pub fn rest(&mut self) -> Bytes {
-        self.body.split_off(0)
+        Bytes::copy_from_slice(std::mem::take(&mut self.body))
     }
 
     /// Fails if bytes are left over after the last field.
@@ -334,19 +348,19 @@ mod tests {
 
     #[test]
     fn strings_with_a_null_character_are_refused() {
-        let mut r = Reader::new(Bytes::from_static(&[0, 3, b'a', 0, b'b']));
+        let mut r = Reader::new(&[0, 3, b'a', 0, b'b']);
         assert_eq!(r.string(), Err(PacketError::NullCharacter));
     }
 
     #[test]
     fn strings_with_bad_utf8_are_refused() {
-        let mut r = Reader::new(Bytes::from_static(&[0, 2, 0xC3, 0x28]));
+        let mut r = Reader::new(&[0, 2, 0xC3, 0x28]);
         assert_eq!(r.string(), Err(PacketError::InvalidUtf8));
     }
 
     #[test]
     fn a_string_longer_than_its_packet_is_truncated() {
-        let mut r = Reader::new(Bytes::from_static(&[0, 9, b'a']));
+        let mut r = Reader::new(&[0, 9, b'a']);
         assert_eq!(r.string(), Err(PacketError::Truncated));
     }
 }

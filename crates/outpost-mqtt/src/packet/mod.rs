@@ -21,7 +21,7 @@ mod unsubscribe;
 #[cfg(test)]
 mod proptests;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 pub use connack::{ConnAck, ConnectReturnCode};
 pub use connect::{Connect, Will, PROTOCOL_LEVEL_3_1_1};
@@ -200,12 +200,15 @@ pub fn decode(buf: &mut BytesMut, max_size: usize) -> Result<Option<Packet>, Pac
     let Some(header) = frame::check(buf, max_size)? else {
         return Ok(None);
     };
-    let mut frame = buf.split_to(header.frame_len()).freeze();
-    let body = frame.split_off(header.header_len);
-    read(header, Reader::new(body)).map(Some)
+    let packet = read(
+        header,
+        Reader::new(&buf[header.header_len..header.frame_len()]),
+    )?;
+    buf.advance(header.frame_len());
+    Ok(Some(packet))
 }
 
-fn read(header: FixedHeader, mut body: Reader) -> Result<Packet, PacketError> {
+fn read(header: FixedHeader, mut body: Reader<'_>) -> Result<Packet, PacketError> {
     let packet = match header.packet_type() {
         kind::CONNECT => Packet::Connect(Box::new(Connect::read(&mut body)?)),
         kind::CONNACK => Packet::ConnAck(ConnAck::read(&mut body)?),
@@ -288,6 +291,34 @@ mod tests {
         // A lone DISCONNECT type byte is incomplete, not an error, and stays buffered.
         assert_eq!(decode(&mut buf, 100), Ok(None));
         assert_eq!(buf.len(), 1);
+    }
+
+    /// A decoded payload is its own allocation, not a slice of the read buffer: a slice would keep the
+    /// connection's whole read buffer alive for as long as a queue holds the message, so that a client sending
+    /// small messages could pin many times their size in memory.
+    #[test]
+    fn a_decoded_payload_does_not_share_the_read_buffer() {
+        let publish = Publish {
+            pkid: 1,
+            ..Publish::new(
+                "devices/dev1/messages/events/",
+                QoS::AtLeastOnce,
+                vec![b'x'; 32],
+            )
+        };
+        let mut buf = BytesMut::new();
+        encode(&Packet::Publish(publish.clone()), &mut buf).unwrap();
+        encode(&Packet::PingReq, &mut buf).unwrap();
+        let inside = buf.as_ptr_range();
+        let Ok(Some(Packet::Publish(decoded))) = decode(&mut buf, 1000) else {
+            panic!("a PUBLISH was encoded")
+        };
+        assert_eq!(decoded, publish);
+        assert!(
+            !inside.contains(&decoded.payload.as_ptr()),
+            "the payload is a slice of the read buffer"
+        );
+        assert_eq!(decode(&mut buf, 1000), Ok(Some(Packet::PingReq)));
     }
 
     #[test]

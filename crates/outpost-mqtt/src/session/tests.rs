@@ -106,33 +106,6 @@ fn a_server_only_packet_from_the_client_closes_the_connection() {
     assert_eq!(error, Err(SessionError::UnexpectedPacket("PINGRESP")));
 }
 
-/// The body of an accepted message is its own allocation, not a slice of the packet it came in: a slice would
-/// keep the connection's whole read buffer alive for as long as a queue holds the message, so that a client
-/// sending small messages could pin many times their size in memory.
-#[test]
-fn an_accepted_message_body_does_not_share_the_packets_buffer() {
-    let mut s = session(module(), true);
-    let frame = bytes::Bytes::from(vec![b'x'; 64]);
-    let packet = Packet::Publish(Publish {
-        pkid: 1,
-        ..Publish::new(
-            "devices/dev1/modules/mod1/messages/events/",
-            QoS::AtLeastOnce,
-            frame.slice(8..40),
-        )
-    });
-    let call = only_call(s.handle(packet, Instant::now()).unwrap());
-    let Operation::SendMessage(message) = &call.operation else {
-        panic!("{call:?}")
-    };
-    assert_eq!(&message.body[..], &frame[8..40]);
-    let inside = frame.as_ptr_range();
-    assert!(
-        !inside.contains(&message.body.as_ptr()),
-        "the body is a slice of the packet"
-    );
-}
-
 #[test]
 fn telemetry_is_acknowledged_only_after_the_backend_accepts_it() {
     let mut s = session(module(), true);

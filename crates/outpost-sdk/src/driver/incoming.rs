@@ -145,11 +145,11 @@ impl Driver {
                 let _ = self.sinks.methods.send(call);
             }
             Incoming::CloudToDevice(mut message) => {
-                message.body = bytes::Bytes::copy_from_slice(&publish.payload);
+                message.body = publish.payload;
                 let _ = self.sinks.cloud_to_device.send(message.into());
             }
             Incoming::Input(mut message) => {
-                message.body = bytes::Bytes::copy_from_slice(&publish.payload);
+                message.body = publish.payload;
                 let _ = self.sinks.inputs.send(message.into());
             }
         }
