@@ -184,11 +184,9 @@ pub enum Outgoing {
     Input {
         /// The backend's id for this delivery.
         delivery_id: u64,
-        /// The input name (shared: the edge hub names the same input in every delivery).
-        input: std::sync::Arc<str>,
-        /// The message's properties as its topic carries them ([`Message::encode_property_bag`]; empty for
-        /// none): the edge hub renders them from the stored record without building a [`Message`].
-        property_bag: String,
+        /// The whole topic, the input and the message's properties ([`crate::topic::input`]): the edge hub
+        /// renders it from the stored record in one string, without building a [`Message`].
+        topic: String,
         /// The message's body.
         body: bytes::Bytes,
     },

@@ -500,14 +500,12 @@ impl Session {
             }
             Outgoing::Input {
                 delivery_id,
-                input,
-                property_bag,
+                topic,
                 body,
             } => {
                 if self.identity.module.is_none() {
                     return Ok(self.dropped("input message to a device", Feature::Inputs));
                 }
-                let topic = topic::input(&self.identity, &input, &property_bag);
                 self.deliver(Feature::Inputs, delivery_id, topic, body)?
             }
             Outgoing::MethodRequest {

@@ -215,24 +215,43 @@ pub fn cloud_to_device(identity: &Identity, message: &Message) -> String {
 }
 
 /// `devices/{d}/modules/{m}/inputs/{input}`, with `/{bag}` when the message has properties (as edgeHub):
-/// `property_bag` is [`Message::encode_property_bag`]'s. Built in one string: one is made per delivered message.
+/// `property_bag` is [`Message::encode_property_bag`]'s.
 pub fn input(identity: &Identity, input: &str, property_bag: &str) -> String {
     let module = identity
         .module
         .as_ref()
         .map_or("", outpost_core::ModuleId::as_str);
-    let mut topic = String::with_capacity(
-        32 + identity.device.as_str().len() + module.len() + input.len() + property_bag.len(),
-    );
-    topic.push_str("devices/");
-    topic.push_str(identity.device.as_str());
-    topic.push_str("/modules/");
-    topic.push_str(module);
-    topic.push_str("/inputs/");
-    push_quoted(&mut topic, input);
-    if !property_bag.is_empty() {
-        topic.push('/');
-        topic.push_str(property_bag);
+    input_with_bag(
+        &input_prefix(identity.device.as_str(), module, input),
+        property_bag.len(),
+        |topic| topic.push_str(property_bag),
+    )
+}
+
+/// `devices/{d}/modules/{m}/inputs/{input}`: what [`input`] writes before the property bag, the same for every
+/// message to that input (the edge hub makes it once per input).
+pub fn input_prefix(device: &str, module: &str, input: &str) -> String {
+    let mut prefix = String::with_capacity(24 + device.len() + module.len() + input.len());
+    prefix.push_str("devices/");
+    prefix.push_str(device);
+    prefix.push_str("/modules/");
+    prefix.push_str(module);
+    prefix.push_str("/inputs/");
+    push_quoted(&mut prefix, input);
+    prefix
+}
+
+/// [`input`]'s topic from its [`input_prefix`] and a property bag that `push_bag` appends (nothing for none),
+/// `bag_len` bytes or about: built in one string, with no string for the bag (one is made per delivered
+/// message, the bag rendered straight from the stored record).
+pub fn input_with_bag(prefix: &str, bag_len: usize, push_bag: impl FnOnce(&mut String)) -> String {
+    let mut topic = String::with_capacity(prefix.len() + 1 + bag_len);
+    topic.push_str(prefix);
+    topic.push('/');
+    push_bag(&mut topic);
+    if topic.len() == prefix.len() + 1 {
+        // No properties: no trailing slash.
+        topic.pop();
     }
     topic
 }
@@ -485,6 +504,10 @@ mod tests {
         assert_eq!(
             input(&module("dev1", "mod1"), "in", ""),
             "devices/dev1/modules/mod1/inputs/in"
+        );
+        assert_eq!(
+            input_prefix("dev1", "mod1", "in put"),
+            "devices/dev1/modules/mod1/inputs/in%20put"
         );
     }
 }

@@ -341,8 +341,11 @@ async fn a_module_receives_input_messages_and_answers_methods() {
     message.properties.insert("nullprop".into(), None);
     let input = Outgoing::Input {
         delivery_id: 3,
-        input: "input1".into(),
-        property_bag: message.encode_property_bag(),
+        topic: outpost_mqtt::topic::input_with_bag(
+            &outpost_mqtt::topic::input_prefix("dev1", "mod1", "input1"),
+            0,
+            |topic| message.push_property_bag(topic),
+        ),
         body: message.body,
     };
     assert!(

@@ -312,8 +312,12 @@ impl Drivers {
         let mut work = VecDeque::from(actions);
         while let Some(action) = work.pop_front() {
             match action {
-                Action::Read { endpoint, max } => {
-                    let read = self.read(endpoint, max);
+                Action::Read {
+                    endpoint,
+                    topic,
+                    max,
+                } => {
+                    let read = self.read(endpoint, &topic, max);
                     tracing::trace!(?read, "hub loop read");
                     work.extend(state.handle(read, Instant::now()));
                 }
@@ -324,7 +328,7 @@ impl Drivers {
                     input,
                     seq,
                     delivery_id,
-                } => self.deliver(&client, connection, &endpoint, input, seq, delivery_id),
+                } => self.deliver(&client, connection, &endpoint, &input, seq, delivery_id),
                 Action::Complete { endpoint, seq } => {
                     self.queue(&endpoint).ack(seq);
                 }
@@ -372,8 +376,9 @@ impl Drivers {
         self.fetched.clear();
     }
 
-    /// Hands out up to `max` records of `endpoint`; a record that does not decode is acknowledged and skipped.
-    fn read(&mut self, endpoint: Arc<str>, max: usize) -> Event {
+    /// Hands out up to `max` records of `endpoint`, each with its whole topic (`topic` and the record's property
+    /// bag); a record that does not decode is acknowledged and skipped.
+    fn read(&mut self, endpoint: Arc<str>, topic: &str, max: usize) -> Event {
         let queue = self.queue(&endpoint).clone();
         let batch = match queue.next_batch(max) {
             Ok(batch) => batch,
@@ -391,7 +396,7 @@ impl Drivers {
         let mut seqs = Vec::with_capacity(batch.len());
         let sender = self.metrics.is_enabled();
         for delivery in batch {
-            match ForInput::read(&delivery.payload, sender) {
+            match ForInput::read(&delivery.payload, topic, sender) {
                 Ok(read) => {
                     self.fetched.insert((endpoint.clone(), delivery.seq), read);
                     seqs.push(delivery.seq);
@@ -415,7 +420,7 @@ impl Drivers {
         client: &str,
         connection: u64,
         endpoint: &Arc<str>,
-        input: Arc<str>,
+        input: &str,
         seq: u64,
         delivery_id: u64,
     ) {
@@ -431,13 +436,12 @@ impl Drivers {
         };
         if let Some((from, output)) = &read.sender {
             self.metrics
-                .sent_to_input(from, output.as_deref(), client, &input);
+                .sent_to_input(from, output.as_deref(), client, input);
         }
         // A full outbox closes its connection; what it did not take goes again on the next one.
         outbox.send(Outgoing::Input {
             delivery_id,
-            input,
-            property_bag: read.property_bag,
+            topic: read.topic,
             body: read.body,
         });
     }

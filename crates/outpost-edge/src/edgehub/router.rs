@@ -245,6 +245,12 @@ impl Router {
                         endpoint,
                         client: format!("{}/{module}", self.device_id).into(),
                         input: input.as_str().into(),
+                        topic: outpost_mqtt::topic::input_prefix(
+                            self.device_id.as_str(),
+                            module.as_str(),
+                            input,
+                        )
+                        .into(),
                     });
                 }
             }

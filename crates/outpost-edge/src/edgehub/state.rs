@@ -557,6 +557,7 @@ impl EdgeHubState {
         endpoint.reading = max;
         actions.push(Action::Read {
             endpoint: endpoint.route.endpoint.clone(),
+            topic: endpoint.route.topic.clone(),
             max,
         });
     }

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use outpost_core::Message;
+use outpost_mqtt::topic::input_with_bag;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -162,8 +163,9 @@ fn encoded_len_hint(client: &str, m: &Message, stamped: &[(&str, &str)]) -> usiz
 /// slice of the record), and, when asked for (the metrics' labels), the sender and its output.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ForInput {
-    /// [`Message::encode_property_bag`] of the stored message.
-    pub property_bag: String,
+    /// The whole topic of its delivery: the input's ([`outpost_mqtt::topic::input_prefix`]) and the stored
+    /// message's property bag ([`Message::encode_property_bag`]), as [`outpost_mqtt::topic::input`] writes them.
+    pub topic: String,
     /// The body, a slice of the record for the binary form.
     pub body: Bytes,
     /// The sender's client id and the output it sent on, if asked for.
@@ -175,10 +177,10 @@ impl ForInput {
     /// bag rendered from the bytes without building a [`Message`] (a few borrowed slices instead of a string
     /// and a map entry per property); a record of the JSON form, or one whose application properties are not in
     /// the order the encoder writes them, goes through [`Stored::decode`], with the same result.
-    pub fn read(payload: &Bytes, sender: bool) -> Result<Self, StoredError> {
+    pub fn read(payload: &Bytes, topic: &str, sender: bool) -> Result<Self, StoredError> {
         if payload.first() == Some(&FORMAT_V1) {
             if let Some(read) =
-                read_binary_in_place(payload, sender).map_err(StoredError::Binary)?
+                read_binary_in_place(payload, topic, sender).map_err(StoredError::Binary)?
             {
                 return Ok(read);
             }
@@ -186,7 +188,7 @@ impl ForInput {
         let stored = Stored::decode(payload)?;
         let message = stored.message;
         Ok(Self {
-            property_bag: message.encode_property_bag(),
+            topic: input_with_bag(topic, 64, |topic| message.push_property_bag(topic)),
             sender: sender.then(|| (stored.client, message.system.get("outputName").cloned())),
             body: message.body,
         })
@@ -195,7 +197,11 @@ impl ForInput {
 
 /// [`ForInput::read`] of a binary record; `None` when its application properties are not strictly ordered by
 /// key (the encoder writes them so; a decoded [`Message`] would sort them and keep the last of a repeated key).
-fn read_binary_in_place(payload: &Bytes, sender: bool) -> Result<Option<ForInput>, &'static str> {
+fn read_binary_in_place(
+    payload: &Bytes,
+    topic: &str,
+    sender: bool,
+) -> Result<Option<ForInput>, &'static str> {
     let mut r = Reader {
         bytes: &payload[1..],
     };
@@ -228,12 +234,9 @@ fn read_binary_in_place(payload: &Bytes, sender: bool) -> Result<Option<ForInput
         properties.push((key, value));
     }
     let body = payload.slice(payload.len() - r.bytes.len()..);
-    let mut property_bag = String::with_capacity(payload.len() - body.len() + 64);
-    outpost_core::push_property_bag(
-        &mut property_bag,
-        system.iter().copied(),
-        properties.into_iter(),
-    );
+    let topic = input_with_bag(topic, payload.len() - body.len() + 64, |topic| {
+        outpost_core::push_property_bag(topic, system.iter().copied(), properties.into_iter());
+    });
     // A name repeated among the system properties: the last one, as a map would keep.
     let output = || {
         system
@@ -243,7 +246,7 @@ fn read_binary_in_place(payload: &Bytes, sender: bool) -> Result<Option<ForInput
             .map(|&(_, value)| value.to_owned())
     };
     Ok(Some(ForInput {
-        property_bag,
+        topic,
         body,
         sender: sender.then(|| (client.to_owned(), output())),
     }))
@@ -481,11 +484,26 @@ mod tests {
         assert!(decode(&bad).is_err());
     }
 
+    /// The topic of the input the reads below are for, before the property bag.
+    const TOPIC: &str = "devices/edge/modules/m/inputs/in1";
+
+    /// [`TOPIC`] with a property bag, as a module gets it: no trailing slash without properties.
+    fn topic_with(bag: &str) -> String {
+        if bag.is_empty() {
+            TOPIC.to_owned()
+        } else {
+            format!("{TOPIC}/{bag}")
+        }
+    }
+
     /// What a delivery to an input gets from the record, read in place, against the decoded message's.
     fn assert_read_in_place_as_decoded(payload: &Bytes) {
         let decoded = Stored::decode(payload).unwrap();
-        let read = ForInput::read(payload, true).unwrap();
-        assert_eq!(read.property_bag, decoded.message.encode_property_bag());
+        let read = ForInput::read(payload, TOPIC, true).unwrap();
+        assert_eq!(
+            read.topic,
+            topic_with(&decoded.message.encode_property_bag())
+        );
         assert_eq!(read.body, decoded.message.body);
         assert_eq!(
             read.sender,
@@ -494,7 +512,7 @@ mod tests {
                 decoded.message.system.get("outputName").cloned()
             ))
         );
-        assert_eq!(ForInput::read(payload, false).unwrap().sender, None);
+        assert_eq!(ForInput::read(payload, TOPIC, false).unwrap().sender, None);
     }
 
     /// The properties the router stamps on a message stand over those of the same name its sender set, both
@@ -521,9 +539,12 @@ mod tests {
             expected.message.system.insert(name.into(), value.into());
         }
         assert_eq!(decoded, expected);
-        let read = ForInput::read(&bytes, true).unwrap();
-        assert_eq!(read.property_bag, expected.message.encode_property_bag());
-        assert!(read.property_bag.contains("%24.cdid=edge2&%24.cmid=filter"));
+        let read = ForInput::read(&bytes, TOPIC, true).unwrap();
+        assert_eq!(
+            read.topic,
+            topic_with(&expected.message.encode_property_bag())
+        );
+        assert!(read.topic.contains("%24.cdid=edge2&%24.cmid=filter"));
         assert_read_in_place_as_decoded(&bytes);
     }
 
@@ -581,8 +602,8 @@ mod tests {
         record.extend_from_slice(b"body");
         let payload = record.freeze();
         assert_eq!(
-            ForInput::read(&payload, false).unwrap().property_bag,
-            "a=3&b=1"
+            ForInput::read(&payload, TOPIC, false).unwrap().topic,
+            topic_with("a=3&b=1")
         );
         assert_read_in_place_as_decoded(&payload);
     }
@@ -606,7 +627,7 @@ mod tests {
             let bytes = Bytes::from(bytes);
             // Read in place, a record is refused exactly when decoding refuses it.
             assert_eq!(
-                ForInput::read(&bytes, false).is_err(),
+                ForInput::read(&bytes, TOPIC, false).is_err(),
                 Stored::decode(&bytes).is_err()
             );
         }

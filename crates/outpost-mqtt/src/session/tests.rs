@@ -386,8 +386,7 @@ fn an_input_message_goes_to_the_module_input_topic() {
     let sent = sent_publish(
         &s.push(Outgoing::Input {
             delivery_id: 1,
-            input: "input1".into(),
-            property_bag: String::new(),
+            topic: crate::topic::input(&module(), "input1", ""),
             body: bytes::Bytes::from_static(b"{\"t\": 21}"),
         })
         .unwrap(),

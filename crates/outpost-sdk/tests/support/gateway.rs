@@ -61,10 +61,14 @@ impl GatewayDevices {
         for (input, message) in state.pending.remove(client_id).unwrap_or_default() {
             let delivery_id =
                 INPUT_DELIVERY_BASE + self.next_delivery.fetch_add(1, Ordering::Relaxed);
+            // A module's client id is `{device}/{module}`.
+            let (device, module) = client_id.split_once('/').unwrap_or((client_id, ""));
+            let prefix = outpost_mqtt::topic::input_prefix(device, module, &input);
             outbox.send(Outgoing::Input {
                 delivery_id,
-                input: input.into(),
-                property_bag: message.encode_property_bag(),
+                topic: outpost_mqtt::topic::input_with_bag(&prefix, 0, |topic| {
+                    message.push_property_bag(topic);
+                }),
                 body: message.body,
             });
         }

@@ -33,6 +33,7 @@ impl Harness {
                 endpoint: endpoint(i),
                 client: MODULE.into(),
                 input: (*i).into(),
+                topic: format!("{TOPICS}/{i}").into(),
             })
             .collect();
         hub_loop.routes(routes).await;
@@ -73,7 +74,10 @@ fn endpoint(input: &str) -> Arc<str> {
     format!("{MODULE}/{input}").into()
 }
 
-/// The next push: `(input, body, delivery id)`.
+/// The topics of the module's inputs, before the input's name.
+const TOPICS: &str = "devices/edge/modules/m/inputs";
+
+/// The next push: `(input, body, delivery id)`, the input read from the topic.
 async fn next(inbox: &mut Inbox) -> (String, String, u64) {
     let pushed = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
         .await
@@ -82,15 +86,18 @@ async fn next(inbox: &mut Inbox) -> (String, String, u64) {
         .unwrap();
     let Outgoing::Input {
         delivery_id,
-        input,
+        topic,
         body,
-        ..
     } = pushed
     else {
         panic!("not an input: {pushed:?}");
     };
+    let Some(rest) = topic.strip_prefix(TOPICS).and_then(|r| r.strip_prefix('/')) else {
+        panic!("not an input's topic: {topic}");
+    };
+    let input = rest.split('/').next().unwrap_or(rest);
     (
-        input.to_string(),
+        input.to_owned(),
         String::from_utf8(body.to_vec()).unwrap(),
         delivery_id,
     )

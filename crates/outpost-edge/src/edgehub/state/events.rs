@@ -16,6 +16,9 @@ pub struct InputRoute {
     pub client: Arc<str>,
     /// The input's name (shared: every delivery names it).
     pub input: Arc<str>,
+    /// The topic of the input's messages before their property bag
+    /// (`devices/{device}/modules/{module}/inputs/{input}`, [`outpost_mqtt::topic::input_prefix`]).
+    pub topic: Arc<str>,
 }
 
 /// What happened, as the edge hub's state machine learns it.
@@ -108,6 +111,8 @@ pub enum Action {
     Read {
         /// The endpoint.
         endpoint: Arc<str>,
+        /// Its input's topic before the property bag ([`InputRoute::topic`]).
+        topic: Arc<str>,
         /// How many at most.
         max: usize,
     },

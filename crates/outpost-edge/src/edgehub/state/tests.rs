@@ -15,6 +15,7 @@ fn route(input: &str) -> InputRoute {
         endpoint: format!("{MODULE}/{input}").into(),
         client: MODULE.into(),
         input: input.into(),
+        topic: format!("devices/edge/modules/m/inputs/{input}").into(),
     }
 }
 
@@ -102,7 +103,7 @@ impl Hub {
         let mut work: VecDeque<Action> = self.state.handle(event, self.now).into();
         while let Some(action) = work.pop_front() {
             match action {
-                Action::Read { endpoint, max } => {
+                Action::Read { endpoint, max, .. } => {
                     self.reads.push(max);
                     let queue = self.log.entry(endpoint.clone()).or_default();
                     let seqs: Vec<u64> = queue.waiting.iter().copied().take(max).collect();
@@ -361,6 +362,7 @@ fn records_read_after_the_client_left_go_back_in_order() {
         reads,
         [Action::Read {
             endpoint: "edge/m/in1".into(),
+            topic: "devices/edge/modules/m/inputs/in1".into(),
             max: 10
         }]
     );
@@ -455,6 +457,7 @@ fn endpoints_keep_their_index_and_are_bounded() {
             endpoint: format!("edge/m{n}/in").into(),
             client: format!("edge/m{n}").into(),
             input: "in".into(),
+            topic: format!("devices/edge/modules/m{n}/inputs/in").into(),
         })
         .collect();
     state.handle(Event::Routes(routes), now);
