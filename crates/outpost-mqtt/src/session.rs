@@ -266,7 +266,11 @@ impl Session {
             identity,
             clean,
             subscriptions: stored.subscriptions,
-            inflight: stored.inflight,
+            inflight: if clean {
+                stored.inflight.without_copies()
+            } else {
+                stored.inflight
+            },
             keep_alive,
             deadline: keep_alive.map(|k| now + k),
         }

@@ -14,7 +14,8 @@ use crate::packet::Publish;
 /// A QoS 1 publish the client has not acknowledged yet.
 #[derive(Debug, Clone)]
 struct Pending {
-    publish: Publish,
+    /// A copy to send again, kept only for a session that can resume ([`Inflight::without_copies`]).
+    publish: Option<Publish>,
     /// The backend's delivery id (C2D and inputs), reported back on PUBACK.
     delivery: Option<u64>,
     /// Send order, so redelivery keeps it even after packet ids wrapped [MQTT-4.6.0-1].
@@ -32,6 +33,8 @@ pub struct Inflight {
     next_seq: u64,
     waiting: VecDeque<(Publish, Option<u64>)>,
     max_waiting: usize,
+    /// Whether a publish sent is also kept, to be sent again when the session resumes.
+    keep_copies: bool,
 }
 
 /// What became of a publish handed to [`Inflight::push`].
@@ -56,7 +59,16 @@ impl Inflight {
             next_seq: 0,
             waiting: VecDeque::new(),
             max_waiting,
+            keep_copies: true,
         }
+    }
+
+    /// The same, for a clean session, which never resumes [MQTT-3.1.2-6]: what it sends is never sent again,
+    /// so no copy of it is kept (a string and a reference count per delivered message) and
+    /// [`redeliver`](Self::redeliver) has nothing to give.
+    pub fn without_copies(mut self) -> Self {
+        self.keep_copies = false;
+        self
     }
 
     /// Publishes awaiting an ack, plus those waiting for a packet id.
@@ -92,7 +104,7 @@ impl Inflight {
         self.next_pkid = if index + 1 == capacity { 1 } else { pkid + 1 };
         publish.pkid = pkid;
         self.slots[index] = Some(Pending {
-            publish: publish.clone(),
+            publish: self.keep_copies.then(|| publish.clone()),
             delivery,
             seq: self.next_seq,
         });
@@ -127,10 +139,10 @@ impl Inflight {
         pending.sort_by_key(|p| p.seq);
         pending
             .into_iter()
-            .map(|p| {
-                let mut publish = p.publish.clone();
+            .filter_map(|p| {
+                let mut publish = p.publish.clone()?;
                 publish.dup = true;
-                publish
+                Some(publish)
             })
             .collect()
     }
@@ -205,6 +217,20 @@ mod tests {
             !inflight.holds_delivery(9),
             "a refused delivery is not held"
         );
+    }
+
+    #[test]
+    fn without_copies_acks_and_delivery_ids_work_and_nothing_is_kept_to_send_again() {
+        let mut inflight = Inflight::new(2, 4).without_copies();
+        let first = sent(inflight.push(publish("a"), Some(7)));
+        sent(inflight.push(publish("b"), None));
+        assert_eq!(inflight.push(publish("c"), Some(8)), Pushed::Queued);
+        assert!(inflight.holds_delivery(7) && inflight.holds_delivery(8));
+        assert!(inflight.slots.iter().flatten().all(|p| p.publish.is_none()));
+        assert!(inflight.redeliver().is_empty());
+        let (delivery, next) = inflight.ack(first.pkid).unwrap();
+        assert_eq!(delivery, Some(7));
+        assert_eq!(next.unwrap().topic, "c");
     }
 
     #[test]
