@@ -159,8 +159,8 @@ fn encoded_len_hint(client: &str, m: &Message, stamped: &[(&str, &str)]) -> usiz
         + m.body.len()
 }
 
-/// What a module input's delivery needs of a stored record: the property bag its topic carries, the body (a
-/// slice of the record), and, when asked for (the metrics' labels), the sender and its output.
+/// What a module input's delivery needs of a stored record: its topic with the property bag, the body (a slice
+/// of the record), and, when asked for (the metrics' labels), the sender and its output.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ForInput {
     /// The whole topic of its delivery: the input's ([`outpost_mqtt::topic::input_prefix`]) and the stored
@@ -173,8 +173,9 @@ pub struct ForInput {
 }
 
 impl ForInput {
-    /// Reads a stored payload for a delivery to a module input. A binary record is read in place, its property
-    /// bag rendered from the bytes without building a [`Message`] (a few borrowed slices instead of a string
+    /// Reads a stored payload for a delivery to a module input whose topic before the property bag is `topic`
+    /// ([`outpost_mqtt::topic::input_prefix`]). A binary record is read in place, its property bag rendered
+    /// from the bytes after `topic` without building a [`Message`] (a few borrowed slices instead of a string
     /// and a map entry per property); a record of the JSON form, or one whose application properties are not in
     /// the order the encoder writes them, goes through [`Stored::decode`], with the same result.
     pub fn read(payload: &Bytes, topic: &str, sender: bool) -> Result<Self, StoredError> {
