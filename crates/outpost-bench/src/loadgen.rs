@@ -2,8 +2,9 @@
 //! packet codec, over plain TCP or TLS, so that the same clients load the edge hub and mosquitto.
 //!
 //! A publisher keeps up to `window` QoS 1 publishes unacknowledged, or paces itself at a rate; every payload
-//! carries a [`Stamp`] (phase, sequence, send time) so that a subscriber measures latency on arrival and
-//! ignores messages left over from an earlier phase.
+//! carries a [`Stamp`] (phase, sequence, send time, the time it was due) so that a subscriber measures latency on
+//! arrival, tells the messages a paced publisher sent late from those it sent on schedule, and ignores messages
+//! left over from an earlier phase.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +40,7 @@ pub fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// What a payload starts with: the phase it belongs to, its sequence number and when it was sent.
+/// What a payload starts with: the phase it belongs to, its sequence number, when it was sent and when it was due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     /// The measurement phase (a subscriber counts only its own phase).
@@ -48,11 +49,17 @@ pub struct Stamp {
     pub seq: u64,
     /// [`now_ns`] when the publish was encoded.
     pub sent_ns: u64,
+    /// [`now_ns`] when a paced publisher's schedule had it due; `sent_ns` for one that is not paced.
+    pub due_ns: u64,
 }
+
+/// How far behind its schedule a paced publish may be encoded and still count as on schedule: the pacer sleeps
+/// between sends, and tokio's timer rounds a sleep up to the millisecond.
+pub const ON_SCHEDULE: Duration = Duration::from_millis(2);
 
 impl Stamp {
     /// Bytes the stamp takes at the start of a payload.
-    pub const LEN: usize = 20;
+    pub const LEN: usize = 28;
 
     /// A payload of `size` bytes (at least [`Stamp::LEN`]) that starts with this stamp.
     pub fn payload(self, size: usize) -> Vec<u8> {
@@ -60,6 +67,7 @@ impl Stamp {
         out.extend_from_slice(&self.phase.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.sent_ns.to_be_bytes());
+        out.extend_from_slice(&self.due_ns.to_be_bytes());
         out.resize(size.max(Self::LEN), b'x');
         out
     }
@@ -69,17 +77,31 @@ impl Stamp {
         let phase = u32::from_be_bytes(payload.get(0..4)?.try_into().ok()?);
         let seq = u64::from_be_bytes(payload.get(4..12)?.try_into().ok()?);
         let sent_ns = u64::from_be_bytes(payload.get(12..20)?.try_into().ok()?);
+        let due_ns = u64::from_be_bytes(payload.get(20..28)?.try_into().ok()?);
         Some(Self {
             phase,
             seq,
             sent_ns,
+            due_ns,
         })
+    }
+
+    /// How long after it was due the publish was encoded: time its publisher spent waiting (for its window of
+    /// unacknowledged publishes, or for the CPU) while behind its schedule.
+    pub fn behind(self) -> Duration {
+        Duration::from_nanos(self.sent_ns.saturating_sub(self.due_ns))
     }
 }
 
 /// How many messages a paced sender should have sent `elapsed` into its run at `rate` per second.
 pub fn due(elapsed: Duration, rate: f64) -> u64 {
     (elapsed.as_secs_f64() * rate).floor().max(0.0) as u64
+}
+
+/// When the message numbered `seq` (from 0) of a sender paced at `rate` per second falls due, `started_ns` being
+/// its start: the first instant [`due`] counts it.
+pub fn due_at_ns(started_ns: u64, seq: u64, rate: f64) -> u64 {
+    started_ns + ((seq + 1) as f64 * 1e9 / rate).ceil() as u64
 }
 
 /// The packet identifier after `pkid` (1..=65535; 0 is not a valid identifier).
@@ -260,6 +282,7 @@ impl Publisher {
             })
         };
         let started = Instant::now();
+        let started_ns = now_ns();
         let deadline = started + plan.duration;
         let limit = plan.count.unwrap_or(u64::MAX);
         let mut sent = 0_u64;
@@ -294,10 +317,14 @@ impl Publisher {
             out.clear();
             for _ in 0..batch {
                 pkid = next_pkid(pkid);
+                let sent_ns = now_ns();
                 let stamp = Stamp {
                     phase: plan.phase,
                     seq: sent,
-                    sent_ns: now_ns(),
+                    sent_ns,
+                    due_ns: plan
+                        .rate
+                        .map_or(sent_ns, |rate| due_at_ns(started_ns, sent, rate)),
                 };
                 let mut publish = Publish::new(
                     plan.topic.clone(),
@@ -342,6 +369,10 @@ pub struct Tally {
 pub struct Received {
     /// Latency of each message of the phase (send to arrival), in nanoseconds.
     pub latencies_ns: Vec<u64>,
+    /// The latencies of the messages sent on schedule ([`ON_SCHEDULE`]), or all of them if not paced.
+    pub on_schedule_ns: Vec<u64>,
+    /// The longest a message of the phase was sent behind its schedule ([`Stamp::behind`]).
+    pub max_behind: Duration,
     /// Messages of earlier phases (left over) that arrived.
     pub stale: u64,
     /// [`now_ns`] of the last message of the phase.
@@ -403,9 +434,12 @@ async fn receive(
             let now = now_ns();
             match Stamp::read(&publish.payload) {
                 Some(stamp) if stamp.phase == phase => {
-                    received
-                        .latencies_ns
-                        .push(now.saturating_sub(stamp.sent_ns));
+                    let latency = now.saturating_sub(stamp.sent_ns);
+                    received.latencies_ns.push(latency);
+                    if stamp.behind() <= ON_SCHEDULE {
+                        received.on_schedule_ns.push(latency);
+                    }
+                    received.max_behind = received.max_behind.max(stamp.behind());
                     received.last_ns = now;
                     tally.received.fetch_add(1, Ordering::Relaxed);
                 }
@@ -475,6 +509,7 @@ mod tests {
             phase: 3,
             seq: 42,
             sent_ns: 123_456_789,
+            due_ns: 123_000_000,
         };
         let payload = stamp.payload(100);
         assert_eq!(payload.len(), 100);
@@ -487,6 +522,7 @@ mod tests {
             phase: 1,
             seq: 1,
             sent_ns: 1,
+            due_ns: 1,
         };
         assert_eq!(stamp.payload(4).len(), Stamp::LEN);
         assert_eq!(Stamp::read(b"short"), None);
@@ -497,6 +533,38 @@ mod tests {
         assert_eq!(due(Duration::from_millis(0), 1000.0), 0);
         assert_eq!(due(Duration::from_millis(1500), 1000.0), 1500);
         assert_eq!(due(Duration::from_micros(999), 1000.0), 0);
+    }
+
+    #[test]
+    fn a_paced_message_falls_due_when_the_pacer_first_counts_it() {
+        // At 1,000 a second from 5 s: the first message at 5.001 s, the 1,500th at 6.5 s.
+        let start = 5_000_000_000;
+        assert_eq!(due_at_ns(start, 0, 1000.0), 5_001_000_000);
+        assert_eq!(due_at_ns(start, 1499, 1000.0), 6_500_000_000);
+        let elapsed = |ns: u64| Duration::from_nanos(ns - start);
+        for seq in [0, 7, 1499] {
+            let at = due_at_ns(start, seq, 1000.0);
+            assert_eq!(due(elapsed(at), 1000.0), seq + 1);
+            assert_eq!(due(elapsed(at - 1), 1000.0), seq);
+        }
+    }
+
+    #[test]
+    fn a_stamp_is_behind_by_what_its_send_came_after_its_due_time() {
+        let late = Stamp {
+            phase: 1,
+            seq: 9,
+            sent_ns: 30_000_000,
+            due_ns: 4_000_000,
+        };
+        assert_eq!(late.behind(), Duration::from_millis(26));
+        assert!(late.behind() > ON_SCHEDULE);
+        // Sent ahead of its time (an unpaced publisher's due time is its send time): not behind.
+        let early = Stamp {
+            due_ns: 31_000_000,
+            ..late
+        };
+        assert_eq!(early.behind(), Duration::ZERO);
     }
 
     #[test]

@@ -611,6 +611,29 @@ pub async fn run(bench: &Bench, args: &EdgeArgs) -> anyhow::Result<Section> {
             ms(soak.p999_ns)
         ),
     ]);
+    let behind = soak.delivered.saturating_sub(soak.on_schedule);
+    table.row(vec![
+        format!(
+            "soak: sent more than {} ms behind schedule (the publisher held by its window of {} unacknowledged, \
+             PUBACKs waiting on an fsync, or by the CPU)",
+            crate::loadgen::ON_SCHEDULE.as_millis(),
+            soak.window
+        ),
+        format!(
+            "{behind} ({:.2} %), at most {} behind",
+            behind as f64 * 100.0 / soak.delivered.max(1) as f64,
+            ms(soak.max_behind_ns)
+        ),
+    ]);
+    table.row(vec![
+        "soak: latency of the messages sent on schedule, p50 / p99 / p99.9".into(),
+        format!(
+            "{} / {} / {}",
+            ms(soak.on_schedule_ns[0]),
+            ms(soak.on_schedule_ns[1]),
+            ms(soak.on_schedule_ns[2])
+        ),
+    ]);
     table.row(vec![
         "soak: RSS first / max / last sample".into(),
         format!(
@@ -792,6 +815,11 @@ struct Soak {
     p50_ns: u64,
     p99_ns: u64,
     p999_ns: u64,
+    /// Messages sent on schedule, their p50 / p99 / p99.9, and the longest a message was sent behind.
+    on_schedule: u64,
+    on_schedule_ns: [u64; 3],
+    max_behind_ns: u64,
+    window: usize,
     first_kib: u64,
     max_kib: u64,
     last_kib: u64,
@@ -837,6 +865,14 @@ async fn footprint_soak(
         p50_ns: figures.p50_ns,
         p99_ns: figures.p99_ns,
         p999_ns: figures.p999_ns,
+        on_schedule: figures.on_schedule,
+        on_schedule_ns: [
+            figures.on_schedule_p50_ns,
+            figures.on_schedule_p99_ns,
+            figures.on_schedule_p999_ns,
+        ],
+        max_behind_ns: figures.max_behind_ns,
+        window: load.window,
         first_kib: samples.first().copied().unwrap_or(0),
         max_kib: samples.iter().copied().max().unwrap_or(0),
         last_kib: samples.last().copied().unwrap_or(0),

@@ -62,6 +62,16 @@ pub struct PhaseFigures {
     pub p999_ns: u64,
     /// Messages of earlier phases that arrived during this one.
     pub stale: u64,
+    /// Of the delivered, those a paced publisher sent on schedule ([`loadgen::ON_SCHEDULE`]): all, if not paced.
+    pub on_schedule: u64,
+    /// Their latency percentiles (p50, p99, p99.9), nanoseconds.
+    pub on_schedule_p50_ns: u64,
+    /// 99th percentile.
+    pub on_schedule_p99_ns: u64,
+    /// 99.9th percentile.
+    pub on_schedule_p999_ns: u64,
+    /// The longest a delivered message was sent behind its schedule, nanoseconds.
+    pub max_behind_ns: u64,
 }
 
 impl PhaseFigures {
@@ -147,6 +157,8 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
     }
     tally.stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
+    let mut on_schedule = Vec::new();
+    let mut max_behind = Duration::ZERO;
     let mut last_ns = started_ns;
     let mut stale = 0;
     let mut ended_early = Vec::new();
@@ -160,10 +172,13 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
             ));
         }
         latencies.extend(received.latencies_ns);
+        on_schedule.extend(received.on_schedule_ns);
+        max_behind = max_behind.max(received.max_behind);
         last_ns = last_ns.max(received.last_ns);
         stale += received.stale;
     }
     latencies.sort_unstable();
+    on_schedule.sort_unstable();
     let delivered = latencies.len() as u64;
     let figures = PhaseFigures {
         sent,
@@ -175,6 +190,11 @@ pub async fn run_phase(target: &Target, load: Load) -> anyhow::Result<PhaseFigur
         p99_ns: percentile(&latencies, 99.0).unwrap_or(0),
         p999_ns: percentile(&latencies, 99.9).unwrap_or(0),
         stale,
+        on_schedule: on_schedule.len() as u64,
+        on_schedule_p50_ns: percentile(&on_schedule, 50.0).unwrap_or(0),
+        on_schedule_p99_ns: percentile(&on_schedule, 99.0).unwrap_or(0),
+        on_schedule_p999_ns: percentile(&on_schedule, 99.9).unwrap_or(0),
+        max_behind_ns: max_behind.as_nanos() as u64,
     };
     eprintln!(
         "  {}: sent {sent}, acked {acked}, delivered {delivered}, lost {}, earlier phases' arriving late {stale}",
