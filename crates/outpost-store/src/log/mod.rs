@@ -51,6 +51,7 @@ mod queue;
 mod recent;
 mod record;
 mod segment;
+mod sync_queue;
 mod writer;
 
 #[cfg(test)]

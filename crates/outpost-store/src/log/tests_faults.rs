@@ -259,14 +259,23 @@ fn records_are_readable_during_their_fsync_and_durable_only_after_it() {
     });
 }
 
-/// The writer runs at most `SYNC_QUEUE` groups ahead of a stalled fsync: past that it waits, so the replies held
-/// for a disk that does not answer stay bounded, and everything is answered once the fsync returns.
+/// The writer runs at most `SYNC_QUEUE_RECORDS` records ahead of a stalled fsync, however small its groups: past
+/// that it waits, so the replies held for a disk that does not answer stay bounded, and everything is answered once
+/// the fsync returns. Until then, one record per group, the endpoint reads every group written.
 #[test]
-fn the_writer_runs_a_bounded_number_of_groups_ahead_of_a_stalled_fsync() {
+fn the_writer_runs_a_bounded_number_of_records_ahead_of_a_stalled_fsync() {
+    const LIMIT: usize = super::writer::SYNC_QUEUE_RECORDS;
     let dir = tempfile::tempdir().unwrap();
     let (held, hook) = HeldFsyncs::new();
-    let log = MessageLog::open_with_faults(dir.path(), small_unbounded(), hook).unwrap();
+    // One segment holds them all (a roll syncs inline).
+    let options = LogOptions {
+        segment_bytes: 8 << 20,
+        quota_bytes: 32 << 20,
+        ..small()
+    };
+    let log = MessageLog::open_with_faults(dir.path(), options, hook).unwrap();
     let held = held; // dropped before the log (see `HeldFsyncs`)
+    let endpoint = log.endpoint("e");
     let runtime = runtime();
     runtime.block_on(async {
         let append = |i| log.append_readable_first(vec![Record::to("e", payload(i, 10))]);
@@ -275,29 +284,27 @@ fn the_writer_runs_a_bounded_number_of_groups_ahead_of_a_stalled_fsync() {
         // The sync thread holds the first group alone in its fsync (nothing else was appended yet).
         held.entered();
         let mut appends = vec![first];
-        // SYNC_QUEUE groups queue up for the sync thread, and one more is written while the writer waits to
-        // queue it.
-        for i in 1..=super::writer::SYNC_QUEUE + 1 {
+        // With the first record, LIMIT records are written and unanswered after group LIMIT - 1; group LIMIT is
+        // written too, and the writer then waits to queue it.
+        for i in 1..=LIMIT {
             let mut next = append(i);
             tokio::time::timeout(Duration::from_secs(10), next.readable())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "group {} of {} written",
-                        i + 1,
-                        super::writer::SYNC_QUEUE + 2
-                    )
-                })
+                .unwrap_or_else(|_| panic!("group {} of {} written", i + 1, LIMIT + 1))
                 .unwrap();
             appends.push(next);
         }
-        let mut over = append(super::writer::SYNC_QUEUE + 2);
+        assert_eq!(
+            drain(&endpoint).len(),
+            LIMIT + 1,
+            "read while the fsync is held"
+        );
+        let mut over = append(LIMIT + 1);
         assert!(
             tokio::time::timeout(Duration::from_millis(500), over.readable())
                 .await
                 .is_err(),
-            "the writer ran more than {} groups ahead of the held fsync",
-            super::writer::SYNC_QUEUE + 1
+            "the writer ran more than {LIMIT} records ahead of the held fsync"
         );
         appends.push(over);
         for _ in 0..appends.len() {
@@ -314,15 +321,6 @@ fn the_writer_runs_a_bounded_number_of_groups_ahead_of_a_stalled_fsync() {
             );
         }
     });
-}
-
-/// Options with segments large enough that no group rolls one (a roll syncs inline).
-fn small_unbounded() -> LogOptions {
-    LogOptions {
-        segment_bytes: 1 << 20,
-        quota_bytes: 4 << 20,
-        ..small()
-    }
 }
 
 /// The fsync fails after the endpoint read and acknowledged the record: the appender hears the failure (its sender

@@ -22,7 +22,7 @@ use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use super::cursor::{self, Cursors};
 use super::queue::Outcome;
 use super::record::{Record, Target};
 use super::segment::{self, Segment, HEADER};
+use super::sync_queue::SyncQueue;
 use super::{lock, now_unix_ms, FaultPoint, FullPolicy, LogError, Shared, State};
 
 /// Where an append's answer arrives.
@@ -89,9 +90,10 @@ const COPY_BELOW: usize = 1024;
 /// Slices per `pwritev` (Linux's `IOV_MAX`).
 const MAX_SLICES: usize = 1024;
 
-/// Groups written ahead of the sync thread at most; past that the writer waits for it, so a disk whose fsync
-/// stalls slows the appenders down instead of piling up their replies.
-pub(crate) const SYNC_QUEUE: usize = 64;
+/// Records written and not yet answered at most; past that the writer waits for the sync thread, so a disk whose
+/// fsync stalls slows the appenders down instead of piling up their replies (see `sync_queue.rs`). At 10,000
+/// messages a second, a flush may stall for 1.6 s before the endpoints' reads wait for it.
+pub(crate) const SYNC_QUEUE_RECORDS: usize = 1 << 14;
 
 /// The segment file is extended with written zeros this much at a time, ahead of the records. An `fdatasync` of a
 /// file that grew must commit the new size through the filesystem's journal; one of blocks already written
@@ -133,7 +135,7 @@ pub(crate) struct Writer {
     /// Bytes of the current group (written or buffered) that the index does not count yet.
     unpublished: u64,
     /// To the sync thread; `None` if it could not start or has gone, and the writer syncs each group itself.
-    to_sync: Option<SyncSender<Written>>,
+    to_sync: Option<Arc<SyncQueue<Written>>>,
     /// Whether an fsync failed when the writer synced a group itself.
     syncs: Syncs,
 }
@@ -185,9 +187,10 @@ impl Writer {
         if let Err(e) = &checkpointer {
             tracing::warn!(error = %e, "cannot start the message log's checkpoint thread; checkpoints wait for the next close");
         }
-        let (to_sync, written) = std::sync::mpsc::sync_channel::<Written>(SYNC_QUEUE);
+        let to_sync = Arc::new(SyncQueue::new(SYNC_QUEUE_RECORDS));
         let syncer = {
             let shared = Arc::clone(&self.shared);
+            let written = Arc::clone(&to_sync);
             std::thread::Builder::new()
                 .name("outpost-log-sync".into())
                 .spawn(move || Syncs::default().serve(&shared, &written))
@@ -240,7 +243,9 @@ impl Writer {
             }
         }
         // Every group answered before the last checkpoint and the close.
-        drop(self.to_sync.take());
+        if let Some(to_sync) = self.to_sync.take() {
+            to_sync.close();
+        }
         if let Ok(syncer) = syncer {
             let _ = syncer.join();
         }
@@ -324,7 +329,9 @@ impl Writer {
         // never heard `Ok`, and reopening never reuses a sequence number a cursor has passed.
         self.publish(placed, enqueued);
         let mut replies = Vec::with_capacity(accepted.len());
+        let mut records = 0;
         for (reply, readable, seqs) in accepted {
+            records += seqs.len();
             if let Some(readable) = readable {
                 let _ = readable.send(());
             }
@@ -335,9 +342,9 @@ impl Writer {
             replies,
         };
         let group = match &self.to_sync {
-            Some(to_sync) => match to_sync.send(group) {
+            Some(to_sync) => match to_sync.push(group, records.max(1)) {
                 Ok(()) => return,
-                Err(std::sync::mpsc::SendError(group)) => group,
+                Err(group) => group,
             },
             None => group,
         };
@@ -593,12 +600,19 @@ struct Syncs {
 }
 
 impl Syncs {
-    /// Syncs and answers written groups until the writer hangs up, every group waiting at once.
-    fn serve(mut self, shared: &Shared, written: &Receiver<Written>) {
-        while let Ok(first) = written.recv() {
-            let mut groups = vec![first];
-            groups.extend(written.try_iter());
+    /// Syncs and answers written groups until the writer closes the queue, every group waiting at once. However
+    /// it ends, the writer hears that it has gone (and syncs for itself).
+    fn serve(mut self, shared: &Shared, written: &SyncQueue<Written>) {
+        struct Gone<'a>(&'a SyncQueue<Written>);
+        impl Drop for Gone<'_> {
+            fn drop(&mut self) {
+                self.0.gone();
+            }
+        }
+        let _gone = Gone(written);
+        while let Some((groups, records)) = written.take() {
             self.answer(shared, groups);
+            written.answered(records);
         }
     }
 
