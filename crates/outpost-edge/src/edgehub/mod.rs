@@ -743,7 +743,9 @@ pub async fn start(
             .await
             .map_err(listen(config.edge_mqtt_port, *address))?;
         let devices = Arc::new(EdgeDevices(hub.clone()));
-        let server = outpost_mqtt::ServerConfig::new(mqtt_tls.clone());
+        let mut server = outpost_mqtt::ServerConfig::new(mqtt_tls.clone());
+        // A module's session lets its endpoint's whole window of input messages be in flight.
+        server.session.max_inflight = u16::try_from(state::INPUT_WINDOW).unwrap_or(u16::MAX);
         let max_packet_size = server.max_packet_size;
         // MQTT over WebSocket: the HTTPS listener upgrades, the MQTT server serves (under its cap).
         let (websockets, handed) = outpost_mqtt::server::handoff();

@@ -906,9 +906,11 @@ mod tests {
         // 2,728 and 2,544 with the client certificate chain kept until the CONNECT (2,688 and 2,504 before).
         // 2026-12-06: 2,760 and 2,576 with the batch of messages and PUBACKs read together (boxed, none between
         // reads) and the count of operations running.
+        // 2026-12-07: 2,784 and 2,600 with the session's set of the delivery ids it holds (boxed, made on the first
+        // delivery), in place of a scan of the window for every delivery.
         assert!(tcp <= 2816, "the connection future is {tcp} bytes");
         assert!(
-            established <= 2592,
+            established <= 2624,
             "the established future is {established} bytes"
         );
     }

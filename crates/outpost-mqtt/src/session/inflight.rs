@@ -9,6 +9,8 @@
 
 use std::collections::VecDeque;
 
+use foldhash::{HashSet, HashSetExt as _};
+
 use crate::packet::Publish;
 
 /// A QoS 1 publish the client has not acknowledged yet.
@@ -33,8 +35,34 @@ pub struct Inflight {
     next_seq: u64,
     waiting: VecDeque<(Publish, Option<u64>)>,
     max_waiting: usize,
+    /// The delivery ids of the publishes in `slots` and `waiting`, so that a duplicate is found without a scan
+    /// of the window for every delivery (a cost that grew with the window).
+    deliveries: DeliveryIds,
     /// Whether a publish sent is also kept, to be sent again when the session resumes.
     keep_copies: bool,
+}
+
+/// A set of delivery ids, boxed and made on the first insert: every held connection's task carries its session
+/// (a bare set would add 120 bytes to each), and many never receive a delivery.
+#[derive(Debug, Clone, Default)]
+struct DeliveryIds(Option<Box<HashSet<u64>>>);
+
+impl DeliveryIds {
+    fn insert(&mut self, id: u64) {
+        self.0
+            .get_or_insert_with(|| Box::new(HashSet::new()))
+            .insert(id);
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(ids) = &mut self.0 {
+            ids.remove(&id);
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.0.as_ref().is_some_and(|ids| ids.contains(&id))
+    }
 }
 
 /// What became of a publish handed to [`Inflight::push`].
@@ -59,6 +87,7 @@ impl Inflight {
             next_seq: 0,
             waiting: VecDeque::new(),
             max_waiting,
+            deliveries: DeliveryIds::default(),
             keep_copies: true,
         }
     }
@@ -78,15 +107,20 @@ impl Inflight {
     }
 
     /// Takes `publish` in: with its packet id if one is free, else into the queue if it has room.
+    /// A delivery id held already (see [`holds_delivery`](Self::holds_delivery)) must not be pushed again.
     pub fn push(&mut self, publish: Publish, delivery: Option<u64>) -> Pushed {
-        if self.in_use < self.capacity {
-            return Pushed::Send(self.assign(publish, delivery));
-        }
-        if self.waiting.len() >= self.max_waiting {
+        let pushed = if self.in_use < self.capacity {
+            Pushed::Send(self.assign(publish, delivery))
+        } else if self.waiting.len() >= self.max_waiting {
             return Pushed::Full;
+        } else {
+            self.waiting.push_back((publish, delivery));
+            Pushed::Queued
+        };
+        if let Some(delivery) = delivery {
+            self.deliveries.insert(delivery);
         }
-        self.waiting.push_back((publish, delivery));
-        Pushed::Queued
+        pushed
     }
 
     fn assign(&mut self, mut publish: Publish, delivery: Option<u64>) -> Publish {
@@ -119,6 +153,9 @@ impl Inflight {
         let slot = self.slots.get_mut(usize::from(pkid).checked_sub(1)?)?;
         let pending = slot.take()?;
         self.in_use -= 1;
+        if let Some(delivery) = pending.delivery {
+            self.deliveries.remove(delivery);
+        }
         let next = self
             .waiting
             .pop_front()
@@ -128,8 +165,7 @@ impl Inflight {
 
     /// Whether the backend's delivery `id` is already awaiting an ack or queued, so a re-push is a duplicate.
     pub fn holds_delivery(&self, id: u64) -> bool {
-        self.slots.iter().flatten().any(|p| p.delivery == Some(id))
-            || self.waiting.iter().any(|(_, d)| *d == Some(id))
+        self.deliveries.contains(id)
     }
 
     /// The unacknowledged publishes in the order they were first sent, flagged DUP [MQTT-3.3.1-1], for a
@@ -203,6 +239,31 @@ mod tests {
         let next = next.unwrap();
         assert_eq!((next.topic.as_str(), next.pkid), ("c", 1));
         assert!(inflight.holds_delivery(5));
+    }
+
+    #[test]
+    fn a_delivery_is_held_from_its_push_to_its_ack_whether_sent_or_queued() {
+        let mut inflight = Inflight::new(1, 4);
+        let first = sent(inflight.push(publish("a"), Some(3)));
+        assert_eq!(inflight.push(publish("b"), Some(4)), Pushed::Queued);
+        assert!(inflight.holds_delivery(3) && inflight.holds_delivery(4));
+        assert!(!inflight.holds_delivery(5), "never pushed");
+        let (_, next) = inflight.ack(first.pkid).unwrap();
+        assert!(!inflight.holds_delivery(3), "acknowledged");
+        assert!(
+            inflight.holds_delivery(4),
+            "moved from the queue to a packet id"
+        );
+        inflight.ack(next.unwrap().pkid).unwrap();
+        assert!(!inflight.holds_delivery(4));
+        assert!(
+            inflight
+                .deliveries
+                .0
+                .as_ref()
+                .is_some_and(|ids| ids.is_empty()),
+            "nothing is left behind once all are acknowledged"
+        );
     }
 
     #[test]

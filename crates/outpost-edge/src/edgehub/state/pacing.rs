@@ -15,7 +15,7 @@ use foldhash::{HashMap, HashMapExt as _};
 /// Records of a connected endpoint, not yet acknowledged, past which its senders' acknowledgements wait: three
 /// input windows ([`super::INPUT_WINDOW`]), so that a subscriber always has the next window queued, and the
 /// time a message waits in a backlog stays a few milliseconds at tens of thousands per second.
-pub const PACED_BACKLOG: usize = 300;
+pub const PACED_BACKLOG: usize = 3 * super::INPUT_WINDOW;
 /// Admissions held at once, at most.
 pub const MAX_HELD: usize = 10_000;
 /// The longest an admission is held.
