@@ -16,7 +16,9 @@ use outpost_mqtt::{Feature, Outbox, Outgoing};
 use outpost_store::log::{EndpointQueue, MessageLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::state::{Action, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence};
+use super::state::{
+    Action, Delivery, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence,
+};
 use super::stored::ForInput;
 use crate::metrics::EdgeMetrics;
 
@@ -235,8 +237,9 @@ struct Drivers {
     queues: HashMap<Arc<str>, EndpointQueue>,
     /// The outbox of each connected client (one per client: the newest connection's).
     outboxes: HashMap<String, Outbox>,
-    /// Records read and not yet pushed, for the actions of the read's outcome.
-    fetched: HashMap<(Arc<str>, u64), ForInput>,
+    /// Records read and not yet pushed, by endpoint, in the order read, for the actions of the read's outcome
+    /// (an endpoint has one read at a time).
+    fetched: HashMap<Arc<str>, Vec<(u64, ForInput)>>,
     /// Where the outcome of each method call goes, by call id (as many as the state lets wait, and each
     /// taken out when the state ends its call).
     callers: HashMap<u64, oneshot::Sender<MethodOutcome>>,
@@ -326,9 +329,8 @@ impl Drivers {
                     connection,
                     endpoint,
                     input,
-                    seq,
-                    delivery_id,
-                } => self.deliver(&client, connection, &endpoint, &input, seq, delivery_id),
+                    deliveries,
+                } => self.deliver(&client, connection, &endpoint, &input, &deliveries),
                 Action::Complete { endpoint, seq } => {
                     self.queue(&endpoint).ack(seq);
                 }
@@ -394,11 +396,12 @@ impl Drivers {
             }
         };
         let mut seqs = Vec::with_capacity(batch.len());
+        let mut fetched = Vec::with_capacity(batch.len());
         let sender = self.metrics.is_enabled();
         for delivery in batch {
             match ForInput::read(&delivery.payload, topic, sender) {
                 Ok(read) => {
-                    self.fetched.insert((endpoint.clone(), delivery.seq), read);
+                    fetched.push((delivery.seq, read));
                     seqs.push(delivery.seq);
                 }
                 Err(error) => {
@@ -407,6 +410,7 @@ impl Drivers {
                 }
             }
         }
+        self.fetched.insert(endpoint.clone(), fetched);
         Event::Read {
             endpoint,
             seqs,
@@ -415,16 +419,17 @@ impl Drivers {
         }
     }
 
+    /// Pushes the records of `endpoint`'s read that the state delivers (all of them, in order, but those it
+    /// dead-lettered) to `client`'s input on `connection`.
     fn deliver(
         &mut self,
         client: &str,
         connection: u64,
         endpoint: &Arc<str>,
         input: &str,
-        seq: u64,
-        delivery_id: u64,
+        deliveries: &[Delivery],
     ) {
-        let Some(read) = self.fetched.remove(&(endpoint.clone(), seq)) else {
+        let Some(fetched) = self.fetched.remove(endpoint) else {
             return;
         };
         let Some(outbox) = self
@@ -434,16 +439,23 @@ impl Drivers {
         else {
             return;
         };
-        if let Some((from, output)) = &read.sender {
-            self.metrics
-                .sent_to_input(from, output.as_deref(), client, input);
+        let mut fetched = fetched.into_iter();
+        for delivery in deliveries {
+            // The deliveries are a subsequence of the records read, in the same order.
+            let Some((_, read)) = fetched.find(|(seq, _)| *seq == delivery.seq) else {
+                return;
+            };
+            if let Some((from, output)) = &read.sender {
+                self.metrics
+                    .sent_to_input(from, output.as_deref(), client, input);
+            }
+            // A full outbox closes its connection; what it did not take goes again on the next one.
+            outbox.send(Outgoing::Input {
+                delivery_id: delivery.id,
+                topic: read.topic,
+                body: read.body,
+            });
         }
-        // A full outbox closes its connection; what it did not take goes again on the next one.
-        outbox.send(Outgoing::Input {
-            delivery_id,
-            topic: read.topic,
-            body: read.body,
-        });
     }
 }
 

@@ -19,13 +19,14 @@
 //! connected and listening; then it comes when that backlog falls back to the bound, when the client leaves,
 //! or after [`MAX_HOLD`] at the latest. Endpoints whose client is away store and forward without limit but the
 //! log's quota.
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Instant;
 
 use foldhash::{HashMap, HashMapExt as _};
 use outpost_mqtt::Feature;
 
-pub use events::{feature_names, Action, Event, InputRoute, Presence};
+pub use events::{feature_names, Action, Delivery, Event, InputRoute, Presence};
 pub use methods::{MethodCall, MethodOutcome, MAX_PENDING_METHODS};
 pub use pacing::{MAX_HELD, MAX_HOLD, PACED_BACKLOG};
 
@@ -473,6 +474,7 @@ impl EdgeHubState {
             }
             return actions;
         };
+        let mut deliveries = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let Some(id) = delivery_id(index, seq) else {
                 tracing::error!(endpoint = %endpoint.route.endpoint, seq, "a log sequence past 2^48 cannot be delivered: dead-lettered");
@@ -488,13 +490,15 @@ impl EdgeHubState {
                 endpoint.in_flight += 1;
             }
             endpoint.delivered_on = Some(connection);
+            deliveries.push(Delivery { seq, id });
+        }
+        if !deliveries.is_empty() {
             actions.push(Action::Deliver {
                 client: endpoint.route.client.clone(),
                 connection,
                 endpoint: endpoint.route.endpoint.clone(),
                 input: endpoint.route.input.clone(),
-                seq,
-                delivery_id: id,
+                deliveries,
             });
         }
         self.release(index, &mut actions);
@@ -510,14 +514,14 @@ impl EdgeHubState {
         for &id in ids {
             // Only the connection the delivery went to completes it: a late PUBACK of an older connection, or
             // one from another client, completes nothing.
-            if self
-                .in_flight
-                .get(&id)
-                .is_none_or(|(c, n)| &**c != client || *n != connection)
-            {
-                continue;
+            match self.in_flight.entry(id) {
+                Entry::Occupied(owner)
+                    if &*owner.get().0 == client && owner.get().1 == connection =>
+                {
+                    owner.remove();
+                }
+                _ => continue,
             }
-            self.in_flight.remove(&id);
             let (index, seq) = split_delivery_id(id);
             let Some(endpoint) = self.endpoints.get_mut(index) else {
                 continue;

@@ -104,6 +104,15 @@ pub enum Event {
     Tick,
 }
 
+/// A record of an endpoint pushed to its client: its log sequence and the id its PUBACK will name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its log sequence.
+    pub seq: u64,
+    /// Its delivery id.
+    pub id: u64,
+}
+
 /// What the owner of the state must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -116,20 +125,19 @@ pub enum Action {
         /// How many at most.
         max: usize,
     },
-    /// Push a record handed out by a read to a client's input, with this delivery id.
+    /// Push records handed out by one read to a client's input, in order, each with its delivery id: one
+    /// action for the read, not one per record.
     Deliver {
         /// Client id.
         client: Arc<str>,
-        /// The connection to push it on.
+        /// The connection to push them on.
         connection: u64,
-        /// The endpoint the record was read from.
+        /// The endpoint the records were read from.
         endpoint: Arc<str>,
-        /// The input it goes to.
+        /// The input they go to.
         input: Arc<str>,
-        /// Its log sequence.
-        seq: u64,
-        /// The id its PUBACK will name.
-        delivery_id: u64,
+        /// The records, in the order read.
+        deliveries: Vec<Delivery>,
     },
     /// The endpoint's copy of the record is delivered: acknowledge it in the log.
     Complete {

@@ -125,17 +125,19 @@ impl Hub {
                     client,
                     connection,
                     input,
-                    seq,
-                    delivery_id,
+                    deliveries,
                     ..
                 } => {
                     assert_eq!(&*client, MODULE);
-                    self.pushed.push(Pushed {
-                        connection,
-                        input: input.to_string(),
-                        seq,
-                        id: delivery_id,
-                    });
+                    assert!(!deliveries.is_empty(), "a delivery of nothing");
+                    for Delivery { seq, id } in deliveries {
+                        self.pushed.push(Pushed {
+                            connection,
+                            input: input.to_string(),
+                            seq,
+                            id,
+                        });
+                    }
                 }
                 Action::Complete { endpoint, seq } | Action::DeadLetter { endpoint, seq } => {
                     let queue = self.log.get_mut(&endpoint).unwrap();
