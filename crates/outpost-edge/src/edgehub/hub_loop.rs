@@ -17,7 +17,7 @@ use outpost_store::log::{EndpointQueue, MessageLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::state::{
-    Action, Delivery, EdgeHubState, Event, InputRoute, MethodCall, MethodOutcome, Presence,
+    Action, Delivery, EdgeHubState, Event, Handed, InputRoute, MethodCall, MethodOutcome, Presence,
 };
 use super::stored::ForInput;
 use crate::metrics::EdgeMetrics;
@@ -319,8 +319,9 @@ impl Drivers {
                     endpoint,
                     topic,
                     max,
+                    max_bytes,
                 } => {
-                    let read = self.read(endpoint, &topic, max);
+                    let read = self.read(endpoint, &topic, max, max_bytes);
                     tracing::trace!(?read, "hub loop read");
                     work.extend(state.handle(read, Instant::now()));
                 }
@@ -378,31 +379,35 @@ impl Drivers {
         self.fetched.clear();
     }
 
-    /// Hands out up to `max` records of `endpoint`, each with its whole topic (`topic` and the record's property
-    /// bag); a record that does not decode is acknowledged and skipped.
-    fn read(&mut self, endpoint: Arc<str>, topic: &str, max: usize) -> Event {
+    /// Hands out up to `max` records of `endpoint`, up to `max_bytes` of payload (the last may pass it), each
+    /// with its whole topic (`topic` and the record's property bag); a record that does not decode is
+    /// acknowledged and skipped.
+    fn read(&mut self, endpoint: Arc<str>, topic: &str, max: usize, max_bytes: usize) -> Event {
         let queue = self.queue(&endpoint).clone();
-        let batch = match queue.next_batch(max) {
+        let batch = match queue.next_batch_within(max, max_bytes) {
             Ok(batch) => batch,
             Err(error) => {
                 // Read again on the next message stored, acknowledgement or connection.
                 tracing::error!(%endpoint, %error, "cannot read an input endpoint's queue");
                 return Event::Read {
                     endpoint,
-                    seqs: Vec::new(),
+                    records: Vec::new(),
                     more: false,
                     queued: 0,
                 };
             }
         };
-        let mut seqs = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
         let mut fetched = Vec::with_capacity(batch.len());
         let sender = self.metrics.is_enabled();
         for delivery in batch {
             match ForInput::read(&delivery.payload, topic, sender) {
                 Ok(read) => {
                     fetched.push((delivery.seq, read));
-                    seqs.push(delivery.seq);
+                    records.push(Handed {
+                        seq: delivery.seq,
+                        bytes: delivery.payload.len(),
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(%endpoint, seq = delivery.seq, %error, "a stored message does not decode: skipped");
@@ -413,7 +418,7 @@ impl Drivers {
         self.fetched.insert(endpoint.clone(), fetched);
         Event::Read {
             endpoint,
-            seqs,
+            records,
             more: queue.has_pending(),
             queued: usize::try_from(queue.queued()).unwrap_or(usize::MAX),
         }

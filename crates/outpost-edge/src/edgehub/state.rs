@@ -26,7 +26,7 @@ use std::time::Instant;
 use foldhash::{HashMap, HashMapExt as _};
 use outpost_mqtt::Feature;
 
-pub use events::{feature_names, Action, Delivery, Event, InputRoute, Presence};
+pub use events::{feature_names, Action, Delivery, Event, Handed, InputRoute, Presence};
 pub use methods::{MethodCall, MethodOutcome, MAX_PENDING_METHODS};
 pub use pacing::{MAX_HELD, MAX_HOLD, PACED_BACKLOG};
 
@@ -38,6 +38,10 @@ mod pacing;
 /// flight). 256 rather than 100: an endpoint's deliveries wait on its module's PUBACKs, and at a few hundred
 /// thousand messages per second 100 in flight left the daemon's CPU idle a quarter of the time.
 pub const INPUT_WINDOW: usize = 256;
+/// Bytes of input messages' payloads in flight per module endpoint at a time, past which it reads no more (a
+/// read may pass it by its last record): the window's records are in memory until acknowledged, and 256 of
+/// the largest messages (256 KiB) would be 64 MiB per endpoint.
+pub const INPUT_WINDOW_BYTES: usize = 4 << 20;
 /// Bits of the log sequence in a delivery id.
 const SEQ_BITS: u32 = 48;
 /// Input endpoints a process can tell apart: 15 bits, below the C2D bit.
@@ -75,6 +79,8 @@ struct Endpoint {
     route: InputRoute,
     /// Deliveries awaiting their PUBACK.
     in_flight: usize,
+    /// Their payloads' bytes.
+    in_flight_bytes: usize,
     /// Whether the log may hold records not yet handed out.
     backlog: bool,
     /// The size of the read asked for and not yet reported (0: none).
@@ -86,17 +92,27 @@ struct Endpoint {
     queued: usize,
 }
 
+/// A delivery awaiting its PUBACK: the client and connection it went to, and its payload's size.
+#[derive(Debug)]
+struct Owner {
+    client: Arc<str>,
+    connection: u64,
+    bytes: usize,
+}
+
 /// The edge hub's state. Bounded: one entry per live connection, at most [`MAX_ENDPOINTS`] endpoints, at most
-/// `window` deliveries in flight per endpoint, and at most [`MAX_PENDING_METHODS`] method calls waiting.
+/// `window` deliveries and `window_bytes` of payload (plus one delivery) in flight per endpoint, and at most
+/// [`MAX_PENDING_METHODS`] method calls waiting.
 #[derive(Debug)]
 pub struct EdgeHubState {
     window: usize,
+    window_bytes: usize,
     clients: HashMap<String, Client>,
     /// Endpoints by index (an index is never reused while the process lives: it is part of delivery ids).
     endpoints: Vec<Endpoint>,
     indexes: HashMap<Arc<str>, usize>,
-    /// Delivery id → the client and connection it went to.
-    in_flight: HashMap<u64, (Arc<str>, u64)>,
+    /// Delivery id → where it went.
+    in_flight: HashMap<u64, Owner>,
     methods: methods::PendingMethods,
     link_up: bool,
     /// What was last declared on the link as it is now up (`None`: nothing yet).
@@ -112,10 +128,12 @@ impl Default for EdgeHubState {
 }
 
 impl EdgeHubState {
-    /// An empty state whose endpoints each have at most `window` deliveries in flight.
+    /// An empty state whose endpoints each have at most `window` deliveries in flight (and
+    /// [`INPUT_WINDOW_BYTES`]).
     pub fn new(window: usize) -> Self {
         Self {
             window: window.max(1),
+            window_bytes: INPUT_WINDOW_BYTES,
             clients: HashMap::new(),
             endpoints: Vec::new(),
             indexes: HashMap::new(),
@@ -137,6 +155,13 @@ impl EdgeHubState {
         max_hold: std::time::Duration,
     ) -> Self {
         self.pacing = pacing::Pacing::new(backlog, max_held, max_hold);
+        self
+    }
+
+    /// The same state with at most `bytes` of payload in flight per endpoint (plus the last record of a read).
+    #[must_use]
+    pub fn with_window_bytes(mut self, bytes: usize) -> Self {
+        self.window_bytes = bytes.max(1);
         self
     }
 
@@ -218,10 +243,10 @@ impl EdgeHubState {
             } => self.stored(endpoints, admission, now),
             Event::Read {
                 endpoint,
-                seqs,
+                records,
                 more,
                 queued,
-            } => self.read(&endpoint, seqs, more, queued),
+            } => self.read(&endpoint, records, more, queued),
             Event::Acked {
                 client,
                 connection,
@@ -319,6 +344,7 @@ impl EdgeHubState {
             self.endpoints.push(Endpoint {
                 route,
                 in_flight: 0,
+                in_flight_bytes: 0,
                 backlog: true,
                 reading: 0,
                 delivered_on: None,
@@ -450,7 +476,7 @@ impl EdgeHubState {
         }
     }
 
-    fn read(&mut self, name: &str, seqs: Vec<u64>, more: bool, queued: usize) -> Vec<Action> {
+    fn read(&mut self, name: &str, records: Vec<Handed>, more: bool, queued: usize) -> Vec<Action> {
         let Some(&index) = self.indexes.get(name) else {
             return Vec::new();
         };
@@ -466,7 +492,7 @@ impl EdgeHubState {
             .map(|c| c.connection);
         let Some(connection) = target else {
             // Its client left or stopped listening while the read ran: the records go back, in order.
-            if !seqs.is_empty() {
+            if !records.is_empty() {
                 endpoint.backlog = true;
                 actions.push(Action::Rewind {
                     endpoint: endpoint.route.endpoint.clone(),
@@ -474,8 +500,8 @@ impl EdgeHubState {
             }
             return actions;
         };
-        let mut deliveries = Vec::with_capacity(seqs.len());
-        for seq in seqs {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for Handed { seq, bytes } in records {
             let Some(id) = delivery_id(index, seq) else {
                 tracing::error!(endpoint = %endpoint.route.endpoint, seq, "a log sequence past 2^48 cannot be delivered: dead-lettered");
                 actions.push(Action::DeadLetter {
@@ -485,9 +511,14 @@ impl EdgeHubState {
                 endpoint.queued = endpoint.queued.saturating_sub(1);
                 continue;
             };
-            let owner = (endpoint.route.client.clone(), connection);
+            let owner = Owner {
+                client: endpoint.route.client.clone(),
+                connection,
+                bytes,
+            };
             if self.in_flight.insert(id, owner).is_none() {
                 endpoint.in_flight += 1;
+                endpoint.in_flight_bytes += bytes;
             }
             endpoint.delivered_on = Some(connection);
             deliveries.push(Delivery { seq, id });
@@ -514,19 +545,20 @@ impl EdgeHubState {
         for &id in ids {
             // Only the connection the delivery went to completes it: a late PUBACK of an older connection, or
             // one from another client, completes nothing.
-            match self.in_flight.entry(id) {
+            let bytes = match self.in_flight.entry(id) {
                 Entry::Occupied(owner)
-                    if &*owner.get().0 == client && owner.get().1 == connection =>
+                    if &*owner.get().client == client && owner.get().connection == connection =>
                 {
-                    owner.remove();
+                    owner.remove().bytes
                 }
                 _ => continue,
-            }
+            };
             let (index, seq) = split_delivery_id(id);
             let Some(endpoint) = self.endpoints.get_mut(index) else {
                 continue;
             };
             endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
+            endpoint.in_flight_bytes = endpoint.in_flight_bytes.saturating_sub(bytes);
             endpoint.queued = endpoint.queued.saturating_sub(1);
             actions.push(Action::Complete {
                 endpoint: endpoint.route.endpoint.clone(),
@@ -555,16 +587,19 @@ impl EdgeHubState {
             || !endpoint.backlog
             || endpoint.reading > 0
             || endpoint.in_flight >= self.window
+            || endpoint.in_flight_bytes >= self.window_bytes
         {
             return;
         }
         let max = self.window - endpoint.in_flight;
+        let max_bytes = self.window_bytes - endpoint.in_flight_bytes;
         let endpoint = &mut self.endpoints[index];
         endpoint.reading = max;
         actions.push(Action::Read {
             endpoint: endpoint.route.endpoint.clone(),
             topic: endpoint.route.topic.clone(),
             max,
+            max_bytes,
         });
     }
 
@@ -574,6 +609,7 @@ impl EdgeHubState {
             .retain(|id, _| split_delivery_id(*id).0 != index);
         let endpoint = &mut self.endpoints[index];
         endpoint.in_flight = 0;
+        endpoint.in_flight_bytes = 0;
         endpoint.backlog = true;
         endpoint.delivered_on = None;
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use super::queue::Limit;
 use super::record::Delivery;
 use super::{now_unix_ms, segment, Inner, LogError};
 
@@ -40,12 +41,30 @@ impl EndpointQueue {
     /// Up to `max` records not yet handed out: lowest priority number first, FIFO within a priority,
     /// expired ones skipped (and counted). Empty when there is nothing to deliver.
     pub fn next_batch(&self, max: usize) -> Result<Vec<Delivery>, LogError> {
+        self.take(Limit::records(max))
+    }
+
+    /// [`next_batch`](Self::next_batch) that also stops once the payloads handed out reach `max_bytes`: the
+    /// last one may pass it, and one record is handed out however large (a consumer's memory in flight is
+    /// bounded by its bytes plus one record).
+    pub fn next_batch_within(
+        &self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Delivery>, LogError> {
+        self.take(Limit {
+            records: max,
+            bytes: max_bytes,
+        })
+    }
+
+    fn take(&self, limit: Limit) -> Result<Vec<Delivery>, LogError> {
         let now = now_unix_ms();
         let picks = {
             let mut state = self.log.shared.lock();
             let endpoint = state.endpoint_at(self.id);
             let expired_before = endpoint.expired;
-            let taken = endpoint.take(max, now);
+            let taken = endpoint.take(limit, now);
             let mut picks = Vec::with_capacity(taken.len());
             for (seq, priority) in taken {
                 let expiry = endpoint.lanes[&priority].expiry_of(seq).unwrap_or_default();

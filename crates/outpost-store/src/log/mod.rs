@@ -247,7 +247,7 @@ impl State {
             if target.expiry_unix_ms != 0 && target.expiry_unix_ms <= now_unix_ms {
                 endpoint.expired += 1;
             } else {
-                lane.push(view.seq, target.expiry_unix_ms);
+                lane.push(view.seq, target.expiry_unix_ms, view.payload_len);
             }
         }
     }

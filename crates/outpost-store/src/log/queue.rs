@@ -27,12 +27,36 @@ enum SlotState {
 struct Slot {
     seq: u64,
     expiry_unix_ms: u64,
+    /// The record's payload, in bytes (saturated at `u32::MAX`), for reads bounded in bytes.
+    bytes: u32,
     state: SlotState,
 }
 
 impl Slot {
     fn expired(&self, now_unix_ms: u64) -> bool {
         self.expiry_unix_ms != 0 && self.expiry_unix_ms <= now_unix_ms
+    }
+}
+
+/// How much one `take` may still hand out: records, and bytes of their payloads. A record is handed out while
+/// both are above zero, so the bytes can be passed by the last record's size, never more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limit {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl Limit {
+    /// Up to `records` records, whatever their size.
+    pub fn records(records: usize) -> Self {
+        Self {
+            records,
+            bytes: usize::MAX,
+        }
+    }
+
+    fn reached(self) -> bool {
+        self.records == 0 || self.bytes == 0
     }
 }
 
@@ -67,22 +91,23 @@ impl Lane {
         }
     }
 
-    /// Adds the next record of this lane; sequence numbers must increase.
-    pub fn push(&mut self, seq: u64, expiry_unix_ms: u64) {
+    /// Adds the next record of this lane, whose payload is `bytes` long; sequence numbers must increase.
+    pub fn push(&mut self, seq: u64, expiry_unix_ms: u64, bytes: usize) {
         debug_assert!(self.slots.back().is_none_or(|s| s.seq < seq));
         self.slots.push_back(Slot {
             seq,
             expiry_unix_ms,
+            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
             state: SlotState::Pending,
         });
         self.live += 1;
     }
 
-    /// Hands out up to `max` pending slots in order, skipping (and finishing) expired ones.
-    pub fn take(&mut self, max: usize, now_unix_ms: u64, out: &mut Vec<u64>) -> Outcome {
+    /// Hands out pending slots in order within `limit` (counting them off it), skipping (and finishing) expired
+    /// ones.
+    pub fn take(&mut self, limit: &mut Limit, now_unix_ms: u64, out: &mut Vec<u64>) -> Outcome {
         let mut outcome = Outcome::default();
-        let mut taken = 0;
-        while taken < max && self.handed < self.slots.len() {
+        while !limit.reached() && self.handed < self.slots.len() {
             let slot = &mut self.slots[self.handed];
             self.handed += 1;
             if slot.state != SlotState::Pending {
@@ -96,7 +121,8 @@ impl Lane {
                 slot.state = SlotState::InFlight;
                 self.in_flight += 1;
                 out.push(slot.seq);
-                taken += 1;
+                limit.records -= 1;
+                limit.bytes = limit.bytes.saturating_sub(slot.bytes as usize);
             }
         }
         self.compact();
@@ -247,16 +273,16 @@ impl EndpointIndex {
         self.lanes.entry(priority).or_default()
     }
 
-    /// Hands out up to `max` records, highest priority first; returns `(seq, priority)` pairs.
-    pub fn take(&mut self, max: usize, now_unix_ms: u64) -> Vec<(u64, u32)> {
+    /// Hands out records within `limit`, highest priority first; returns `(seq, priority)` pairs.
+    pub fn take(&mut self, mut limit: Limit, now_unix_ms: u64) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
         let mut seqs = Vec::new();
         let mut outcome = Outcome::default();
         for (&priority, lane) in &mut self.lanes {
-            if out.len() >= max {
+            if limit.reached() {
                 break;
             }
-            let taken = lane.take(max - out.len(), now_unix_ms, &mut seqs);
+            let taken = lane.take(&mut limit, now_unix_ms, &mut seqs);
             outcome.expired += taken.expired;
             out.extend(seqs.drain(..).map(|seq| (seq, priority)));
         }
@@ -300,14 +326,14 @@ mod tests {
     fn lane(seqs: &[u64]) -> Lane {
         let mut lane = Lane::default();
         for &s in seqs {
-            lane.push(s, 0);
+            lane.push(s, 0, 1);
         }
         lane
     }
 
     fn take(lane: &mut Lane, max: usize) -> Vec<u64> {
         let mut out = Vec::new();
-        lane.take(max, 1, &mut out);
+        lane.take(&mut Limit::records(max), 1, &mut out);
         out
     }
 
@@ -347,11 +373,11 @@ mod tests {
     #[test]
     fn expired_records_are_skipped_and_counted() {
         let mut lane = Lane::default();
-        lane.push(1, 5);
-        lane.push(2, 0);
-        lane.push(3, 50);
+        lane.push(1, 5, 1);
+        lane.push(2, 0, 1);
+        lane.push(3, 50, 1);
         let mut out = Vec::new();
-        let outcome = lane.take(10, 10, &mut out);
+        let outcome = lane.take(&mut Limit::records(10), 10, &mut out);
         assert_eq!(out, vec![2, 3]);
         assert_eq!(outcome.expired, 1);
         assert_eq!(lane.acked_through, 1);
@@ -372,22 +398,52 @@ mod tests {
     #[test]
     fn an_endpoint_hands_out_higher_priorities_first() {
         let mut endpoint = EndpointIndex::default();
-        endpoint.lane(5).push(1, 0);
-        endpoint.lane(0).push(2, 0);
-        endpoint.lane(5).push(3, 0);
-        endpoint.lane(0).push(4, 0);
-        assert_eq!(endpoint.take(3, 1), vec![(2, 0), (4, 0), (1, 5)]);
+        endpoint.lane(5).push(1, 0, 1);
+        endpoint.lane(0).push(2, 0, 1);
+        endpoint.lane(5).push(3, 0, 1);
+        endpoint.lane(0).push(4, 0, 1);
+        assert_eq!(
+            endpoint.take(Limit::records(3), 1),
+            vec![(2, 0), (4, 0), (1, 5)]
+        );
         assert!(endpoint.ack(4));
         assert_eq!(endpoint.delivered, 1);
         assert_eq!((endpoint.queued(), endpoint.in_flight()), (3, 2));
     }
 
     #[test]
+    fn a_take_stops_once_its_bytes_are_reached_across_lanes_and_hands_out_at_least_one() {
+        let mut endpoint = EndpointIndex::default();
+        endpoint.lane(0).push(1, 0, 400);
+        endpoint.lane(0).push(2, 0, 400);
+        endpoint.lane(5).push(3, 0, 400);
+        endpoint.lane(5).push(4, 0, 10);
+        let limit = Limit {
+            records: 10,
+            bytes: 1000,
+        };
+        // 400 + 400 leaves 200: the next record is handed out and passes the bytes by less than its size.
+        assert_eq!(endpoint.take(limit, 1), vec![(1, 0), (2, 0), (3, 5)]);
+        let one_byte = Limit {
+            records: 10,
+            bytes: 1,
+        };
+        assert_eq!(endpoint.take(one_byte, 1), vec![(4, 5)]);
+        let mut big = EndpointIndex::default();
+        big.lane(0).push(7, 0, 1 << 20);
+        assert_eq!(
+            big.take(one_byte, 1),
+            vec![(7, 0)],
+            "a record larger than the bytes is still handed out alone"
+        );
+    }
+
+    #[test]
     fn a_dead_lettered_record_is_done_but_not_delivered() {
         let mut endpoint = EndpointIndex::default();
-        endpoint.lane(0).push(1, 0);
-        endpoint.lane(0).push(2, 0);
-        endpoint.take(2, 1);
+        endpoint.lane(0).push(1, 0, 1);
+        endpoint.lane(0).push(2, 0, 1);
+        endpoint.take(Limit::records(2), 1);
         assert!(endpoint.dead_letter(1));
         assert!(endpoint.ack(2));
         assert!(!endpoint.dead_letter(1));

@@ -196,6 +196,8 @@ pub(crate) struct RecordView<'a> {
     pub targets: Vec<TargetView<'a>>,
     /// Where the payload starts within the body.
     pub payload_at: usize,
+    /// The payload's length.
+    pub payload_len: usize,
 }
 
 /// One target of a decoded body.
@@ -243,6 +245,7 @@ pub(crate) fn decode_body(body: &[u8], crc: u32) -> Result<RecordView<'_>, &'sta
         enqueued_unix_ms,
         targets,
         payload_at: r.at,
+        payload_len: body.len() - r.at,
     })
 }
 

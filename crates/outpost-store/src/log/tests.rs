@@ -125,6 +125,37 @@ fn records_read_from_memory_and_from_disk_are_the_same() {
     assert_eq!(log.inner.shared.lock().recent.len(), 0);
 }
 
+/// A read bounded in bytes hands out records until their payloads reach the bound (the last one may pass it),
+/// and counts the same sizes after a reopen, when the records are indexed from their segments.
+#[test]
+fn a_read_within_bytes_stops_once_the_payloads_reach_them_before_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        for i in 0..6 {
+            log.append_blocking(vec![Record::to("in", payload(i, 400))])
+                .unwrap();
+        }
+        let endpoint = log.endpoint("in");
+        assert_eq!(
+            seqs(&endpoint.next_batch_within(10, 1000).unwrap()),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            seqs(&endpoint.next_batch_within(2, 1 << 20).unwrap()),
+            vec![4, 5],
+            "the count still bounds it"
+        );
+    }
+    let log = open(dir.path());
+    let endpoint = log.endpoint("in");
+    assert_eq!(
+        seqs(&endpoint.next_batch_within(10, 801).unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(seqs(&endpoint.next_batch_within(10, 1).unwrap()), vec![4]);
+}
+
 /// A group of small payloads (copied into the group's buffer) and large ones (written from their own buffers),
 /// with more slices than one `pwritev` takes, in one segment and across several: every record reads back whole,
 /// before and after a reopen that checks every record's CRC.

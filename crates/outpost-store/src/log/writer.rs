@@ -489,6 +489,7 @@ impl Writer {
                 .expect("the segments of the current group are never removed");
             segment.offsets.push(p.offset);
             segment.bytes = u64::from(p.offset) + p.len;
+            let payload_len = p.payload.len();
             state.recent.push(p.seq, enqueued, p.payload);
             let ids = match &last {
                 Some((targets, ids)) if Arc::ptr_eq(targets, &p.targets) => ids,
@@ -505,7 +506,7 @@ impl Writer {
                 let endpoint = state.endpoint_at(id);
                 endpoint
                     .lane(target.priority)
-                    .push(p.seq, target.expiry_unix_ms);
+                    .push(p.seq, target.expiry_unix_ms, payload_len);
                 if !wake.iter().any(|n| Arc::ptr_eq(n, &endpoint.notify)) {
                     wake.push(Arc::clone(&endpoint.notify));
                 }

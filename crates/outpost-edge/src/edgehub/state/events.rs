@@ -64,13 +64,13 @@ pub enum Event {
         /// The owner's number for the sender waiting (unique among those waiting).
         admission: u64,
     },
-    /// The outcome of an [`Action::Read`]: the sequences handed out (in delivery order), and whether the
+    /// The outcome of an [`Action::Read`]: the records handed out (in delivery order), and whether the
     /// endpoint has more to hand out.
     Read {
         /// The endpoint read.
         endpoint: Arc<str>,
-        /// The log sequences handed out.
-        seqs: Vec<u64>,
+        /// The records handed out.
+        records: Vec<Handed>,
         /// Whether more wait.
         more: bool,
         /// Records of the endpoint not yet done in the log (handed out or not).
@@ -104,6 +104,15 @@ pub enum Event {
     Tick,
 }
 
+/// A record of an endpoint handed out by a read: its log sequence and the size of its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handed {
+    /// Its log sequence.
+    pub seq: u64,
+    /// Its payload's length.
+    pub bytes: usize,
+}
+
 /// A record of an endpoint pushed to its client: its log sequence and the id its PUBACK will name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -116,7 +125,8 @@ pub struct Delivery {
 /// What the owner of the state must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Hand out up to `max` records of the endpoint's log queue, then report them as [`Event::Read`].
+    /// Hand out up to `max` records of the endpoint's log queue, and no more once their payloads reach
+    /// `max_bytes` (the last one may pass it), then report them as [`Event::Read`].
     Read {
         /// The endpoint.
         endpoint: Arc<str>,
@@ -124,6 +134,8 @@ pub enum Action {
         topic: Arc<str>,
         /// How many at most.
         max: usize,
+        /// The payloads' bytes at which the read stops.
+        max_bytes: usize,
     },
     /// Push records handed out by one read to a client's input, in order, each with its delivery id: one
     /// action for the read, not one per record.

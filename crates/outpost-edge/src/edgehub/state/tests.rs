@@ -45,6 +45,8 @@ struct Hub {
     reads: Vec<usize>,
     /// Admissions given, in order.
     admitted: Vec<u64>,
+    /// The payload size of every record.
+    record_bytes: usize,
 }
 
 impl Hub {
@@ -56,6 +58,7 @@ impl Hub {
             pushed: Vec::new(),
             reads: Vec::new(),
             admitted: Vec::new(),
+            record_bytes: 1,
         };
         hub.feed(Event::Routes(inputs.iter().map(|i| route(i)).collect()));
         hub
@@ -103,19 +106,34 @@ impl Hub {
         let mut work: VecDeque<Action> = self.state.handle(event, self.now).into();
         while let Some(action) = work.pop_front() {
             match action {
-                Action::Read { endpoint, max, .. } => {
+                Action::Read {
+                    endpoint,
+                    max,
+                    max_bytes,
+                    ..
+                } => {
                     self.reads.push(max);
+                    let bytes = self.record_bytes;
                     let queue = self.log.entry(endpoint.clone()).or_default();
-                    let seqs: Vec<u64> = queue.waiting.iter().copied().take(max).collect();
-                    for seq in &seqs {
-                        queue.waiting.remove(seq);
-                        queue.handed.insert(*seq);
+                    // As the log hands out: while both the count and the bytes have room.
+                    let mut records = Vec::new();
+                    let mut room = max_bytes;
+                    for &seq in queue.waiting.iter().take(max) {
+                        if room == 0 {
+                            break;
+                        }
+                        room = room.saturating_sub(bytes);
+                        records.push(Handed { seq, bytes });
+                    }
+                    for record in &records {
+                        queue.waiting.remove(&record.seq);
+                        queue.handed.insert(record.seq);
                     }
                     let more = !queue.waiting.is_empty();
                     let queued = queue.waiting.len() + queue.handed.len();
                     let read = Event::Read {
                         endpoint,
-                        seqs,
+                        records,
                         more,
                         queued,
                     };
@@ -273,6 +291,39 @@ fn the_window_bounds_what_is_in_flight_per_endpoint() {
 }
 
 #[test]
+fn the_window_bounds_the_bytes_in_flight_per_endpoint_too() {
+    let mut hub = Hub::new(INPUT_WINDOW, &["in1"]);
+    hub.state = EdgeHubState::new(INPUT_WINDOW).with_window_bytes(1000);
+    hub.feed(Event::Routes(vec![route("in1")]));
+    hub.record_bytes = 300;
+    hub.connect(1, true);
+    for seq in 1..=10 {
+        hub.store(seq, &["in1"]);
+    }
+    let pushed = hub.take_pushed();
+    // 300 + 300 + 300 leaves 100: a fourth goes, and then the bytes, not the count, hold the rest.
+    assert_eq!(Hub::seqs_to(&pushed, "in1"), [1, 2, 3, 4]);
+    assert_eq!(hub.state.in_flight("edge/m/in1"), 4);
+    hub.ack(1, pushed[0].id);
+    assert_eq!(
+        Hub::seqs_to(&hub.take_pushed(), "in1"),
+        [5],
+        "900 bytes in flight: 100 of room, filled by one record"
+    );
+    hub.feed(Event::Acked {
+        client: MODULE.to_owned(),
+        connection: 1,
+        delivery_ids: vec![pushed[1].id, pushed[2].id],
+    });
+    assert_eq!(Hub::seqs_to(&hub.take_pushed(), "in1"), [6, 7]);
+    assert_eq!(hub.state.in_flight("edge/m/in1"), 4);
+    assert!(
+        hub.reads.iter().all(|max| *max <= INPUT_WINDOW),
+        "the count never held them back"
+    );
+}
+
+#[test]
 fn an_ack_from_another_connection_of_the_same_client_completes_nothing() {
     let mut hub = Hub::new(INPUT_WINDOW, &["in1"]);
     hub.connect(1, true);
@@ -378,7 +429,7 @@ fn records_read_after_the_client_left_go_back_in_order() {
     let actions = state.handle(
         Event::Read {
             endpoint: "edge/m/in1".into(),
-            seqs: vec![1, 2],
+            records: vec![Handed { seq: 1, bytes: 1 }, Handed { seq: 2, bytes: 1 }],
             more: false,
             queued: 2,
         },
