@@ -416,7 +416,8 @@ fn records_read_after_the_client_left_go_back_in_order() {
         [Action::Read {
             endpoint: "edge/m/in1".into(),
             topic: "devices/edge/modules/m/inputs/in1".into(),
-            max: 10
+            max: 10,
+            max_bytes: INPUT_WINDOW_BYTES,
         }]
     );
     state.handle(
