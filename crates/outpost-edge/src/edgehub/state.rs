@@ -42,6 +42,11 @@ pub const INPUT_WINDOW: usize = 256;
 /// read may pass it by its last record): the window's records are in memory until acknowledged, and 256 of
 /// the largest messages (256 KiB) would be 64 MiB per endpoint.
 pub const INPUT_WINDOW_BYTES: usize = 4 << 20;
+/// Unacknowledged input messages per module, over all its input endpoints, which share it evenly (each at
+/// most [`INPUT_WINDOW`], at least one): a module's one session holds 256 in flight and 1,000 queued, and its
+/// connection's outbox takes 1,024 pushes not yet written ([`outpost_mqtt::ops::OUTBOX_CAPACITY`]), so a module
+/// with many inputs, each with a backlog, must not be pushed 256 for each.
+const CLIENT_WINDOW_FACTOR: usize = 3;
 /// Bits of the log sequence in a delivery id.
 const SEQ_BITS: u32 = 48;
 /// Input endpoints a process can tell apart: 15 bits, below the C2D bit.
@@ -79,6 +84,8 @@ struct Endpoint {
     route: InputRoute,
     /// Deliveries awaiting their PUBACK.
     in_flight: usize,
+    /// The most of them: the state's window, or the endpoint's share of its client's.
+    window: usize,
     /// Their payloads' bytes.
     in_flight_bytes: usize,
     /// Whether the log may hold records not yet handed out.
@@ -101,7 +108,8 @@ struct Owner {
 }
 
 /// The edge hub's state. Bounded: one entry per live connection, at most [`MAX_ENDPOINTS`] endpoints, at most
-/// `window` deliveries and `window_bytes` of payload (plus one delivery) in flight per endpoint, and at most
+/// `window` deliveries and `window_bytes` of payload (plus one delivery) in flight per endpoint, three windows
+/// per client (shared evenly by its endpoints, at least one each), and at most
 /// [`MAX_PENDING_METHODS`] method calls waiting.
 #[derive(Debug)]
 pub struct EdgeHubState {
@@ -330,6 +338,7 @@ impl EdgeHubState {
 
     fn routes(&mut self, routes: Vec<InputRoute>) -> Vec<Action> {
         let mut actions = Vec::new();
+        let added = self.endpoints.len();
         for route in routes {
             if self.indexes.contains_key(&route.endpoint) {
                 continue;
@@ -344,12 +353,27 @@ impl EdgeHubState {
             self.endpoints.push(Endpoint {
                 route,
                 in_flight: 0,
+                window: self.window,
                 in_flight_bytes: 0,
                 backlog: true,
                 reading: 0,
                 delivered_on: None,
                 queued: 0,
             });
+        }
+        if self.endpoints.len() > added {
+            // Each client's endpoints share its window anew (one pass to count, one to share).
+            let mut inputs: HashMap<Arc<str>, usize> = HashMap::new();
+            for endpoint in &self.endpoints {
+                *inputs.entry(endpoint.route.client.clone()).or_default() += 1;
+            }
+            let client_window = self.window * CLIENT_WINDOW_FACTOR;
+            for endpoint in &mut self.endpoints {
+                let count = inputs.get(&endpoint.route.client).copied().unwrap_or(1);
+                endpoint.window = (client_window / count).clamp(1, self.window);
+            }
+        }
+        for index in added..self.endpoints.len() {
             self.pump(index, &mut actions);
         }
         actions
@@ -586,12 +610,12 @@ impl EdgeHubState {
         if !listening
             || !endpoint.backlog
             || endpoint.reading > 0
-            || endpoint.in_flight >= self.window
+            || endpoint.in_flight >= endpoint.window
             || endpoint.in_flight_bytes >= self.window_bytes
         {
             return;
         }
-        let max = self.window - endpoint.in_flight;
+        let max = endpoint.window - endpoint.in_flight;
         let max_bytes = self.window_bytes - endpoint.in_flight_bytes;
         let endpoint = &mut self.endpoints[index];
         endpoint.reading = max;

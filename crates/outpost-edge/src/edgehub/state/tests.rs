@@ -324,6 +324,39 @@ fn the_window_bounds_the_bytes_in_flight_per_endpoint_too() {
 }
 
 #[test]
+fn a_module_with_many_inputs_shares_three_windows_among_them() {
+    let inputs = ["in1", "in2", "in3", "in4", "in5"];
+    let mut hub = Hub::new(INPUT_WINDOW, &inputs);
+    hub.connect(1, true);
+    for seq in 1..=300 {
+        hub.store(seq, &inputs);
+    }
+    let pushed = hub.take_pushed();
+    // 768 / 5: what one module's session and outbox take at once is bounded however many inputs it has.
+    for input in inputs {
+        assert_eq!(
+            Hub::seqs_to(&pushed, input),
+            (1..=153).collect::<Vec<u64>>()
+        );
+    }
+    assert!(pushed.len() <= 3 * INPUT_WINDOW);
+    let first = pushed.iter().find(|p| p.input == "in5").unwrap().id;
+    hub.ack(1, first);
+    assert_eq!(Hub::seqs_to(&hub.take_pushed(), "in5"), [154]);
+
+    let mut few = Hub::new(INPUT_WINDOW, &["in1", "in2"]);
+    few.connect(1, true);
+    for seq in 1..=300 {
+        few.store(seq, &["in1", "in2"]);
+    }
+    assert_eq!(
+        Hub::seqs_to(&few.take_pushed(), "in2").len(),
+        INPUT_WINDOW,
+        "up to three inputs each have a whole window"
+    );
+}
+
+#[test]
 fn an_ack_from_another_connection_of_the_same_client_completes_nothing() {
     let mut hub = Hub::new(INPUT_WINDOW, &["in1"]);
     hub.connect(1, true);
